@@ -1,0 +1,117 @@
+//! Wire error codes: one numbering for QUIC close codes and for `ERROR` frames.
+//!
+//! Codes below `0x100` end the connection (sent as the QUIC application close code);
+//! codes from `0x100` reject one operation and leave the connection up (sent in an
+//! `ERROR` frame). A receiver that meets a code it does not know treats it as a generic
+//! error of its class, so new codes can be added without breaking old clients.
+
+use std::fmt;
+
+macro_rules! codes {
+    ($( $(#[$doc:meta])* $name:ident = $value:literal, $text:literal; )*) => {
+        /// A wire error code. See `docs/PROTOCOL.md` §"Error codes".
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum ErrorCode {
+            $( $(#[$doc])* $name, )*
+            /// A code this version does not know; its class follows from its value.
+            Unknown(u64),
+        }
+
+        impl ErrorCode {
+            /// The code's number on the wire.
+            pub fn to_u64(self) -> u64 {
+                match self {
+                    $( ErrorCode::$name => $value, )*
+                    ErrorCode::Unknown(v) => v,
+                }
+            }
+
+            /// The code for a number read from the wire; never fails.
+            pub fn from_u64(v: u64) -> Self {
+                match v {
+                    $( $value => ErrorCode::$name, )*
+                    other => ErrorCode::Unknown(other),
+                }
+            }
+
+            /// A short description for humans.
+            pub fn description(self) -> &'static str {
+                match self {
+                    $( ErrorCode::$name => $text, )*
+                    ErrorCode::Unknown(_) => "unknown error code",
+                }
+            }
+
+            /// Every known code, for documentation and tests.
+            pub const ALL: &'static [ErrorCode] = &[ $( ErrorCode::$name, )* ];
+        }
+    };
+}
+
+codes! {
+    /// Normal close.
+    NoError = 0x00, "closed normally";
+    /// A malformed or unexpected frame.
+    ProtocolError = 0x01, "protocol error";
+    /// A frame longer than the receiver's limit.
+    FrameTooLarge = 0x02, "frame too large";
+    /// No protocol version in common.
+    UnsupportedVersion = 0x03, "unsupported protocol version";
+    /// The credential was refused (or the realm is unknown: the two are not told apart).
+    AuthFailed = 0x04, "authentication failed";
+    /// `HELLO` did not arrive in time.
+    HandshakeTimeout = 0x05, "handshake timeout";
+    /// The node is at its connection limit; try another node or later.
+    NodeFull = 0x06, "node full";
+    /// The node is shutting down; reconnect (to another node if there is one).
+    GoingAway = 0x07, "node going away";
+    /// The client read too slowly for too long.
+    SlowConsumer = 0x08, "slow consumer";
+    /// A bug or resource failure in the node.
+    InternalError = 0x09, "internal error";
+    /// A stream was opened that the protocol does not allow.
+    StreamError = 0x0a, "stream error";
+    /// The topic of a `PUB` is invalid.
+    InvalidTopic = 0x101, "invalid topic";
+    /// The pattern of a `SUB` is invalid.
+    InvalidPattern = 0x102, "invalid pattern";
+    /// A `SUB` reused a subscription id that is still active.
+    DuplicateSid = 0x103, "subscription id already in use";
+    /// The connection holds as many subscriptions as the node allows.
+    TooManySubscriptions = 0x104, "too many subscriptions";
+    /// A payload larger than the node's `max_payload`.
+    PayloadTooLarge = 0x105, "payload too large";
+    /// The credential does not allow this operation.
+    PermissionDenied = 0x106, "permission denied";
+}
+
+impl ErrorCode {
+    /// Whether this code ends the connection (below `0x100`) rather than one operation.
+    pub fn is_fatal(self) -> bool {
+        self.to_u64() < 0x100
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (0x{:x})", self.description(), self.to_u64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for c in ErrorCode::ALL {
+            assert!(seen.insert(c.to_u64()), "duplicate {c:?}");
+            assert_eq!(ErrorCode::from_u64(c.to_u64()), *c);
+        }
+        assert_eq!(ErrorCode::from_u64(0x777), ErrorCode::Unknown(0x777));
+        assert!(ErrorCode::NodeFull.is_fatal());
+        assert!(!ErrorCode::InvalidTopic.is_fatal());
+    }
+}

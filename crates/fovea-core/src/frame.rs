@@ -1,0 +1,580 @@
+//! The frame codec: every message of the fovea protocol, encoded and decoded.
+//!
+//! ```text
+//! frame = length:varint  type:varint  body
+//!         └─ bytes of type + body, at most MAX_FRAME
+//! ```
+//!
+//! All integers are QUIC varints ([`crate::varint`]); `str` and `bytes` fields are
+//! `len:varint` followed by that many bytes (`str` is UTF-8). Bytes after the last field a
+//! receiver knows are ignored, so later protocol versions may append fields. The full
+//! layout of each frame, with hex examples, is in `docs/PROTOCOL.md`; the examples there are
+//! the `test_vectors` at the bottom of this file.
+//!
+//! Decoding never panics and never allocates more than the frame it is given: the declared
+//! length is checked against the limit before anything else, and payloads, topics and
+//! header blocks are [`Bytes`] slices of the input.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::code::ErrorCode;
+use crate::headers::{HeaderError, Headers};
+use crate::limits::{MAX_REALM_LEN, MAX_TEXT_LEN, MAX_TOKEN_LEN, MAX_TOPIC_LEN};
+use crate::varint;
+
+/// The protocol version this crate speaks. Sent in `HELLO` and `WELCOME`.
+pub const VERSION: u64 = 1;
+
+/// The TLS ALPN protocol id. A later major version gets a new ALPN (`fovea/2`).
+pub const ALPN: &[u8] = b"fovea/1";
+
+/// Frame type codes.
+pub mod kind {
+    pub const HELLO: u64 = 0x01;
+    pub const WELCOME: u64 = 0x02;
+    pub const PING: u64 = 0x03;
+    pub const PONG: u64 = 0x04;
+    pub const ERROR: u64 = 0x05;
+    pub const GOAWAY: u64 = 0x06;
+    pub const PUB: u64 = 0x10;
+    pub const SUB: u64 = 0x11;
+    pub const UNSUB: u64 = 0x12;
+    pub const SUBACK: u64 = 0x13;
+    pub const MSG: u64 = 0x14;
+}
+
+/// One protocol message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Frame {
+    /// Client → node, first frame: who I am and what I speak.
+    Hello(Hello),
+    /// Node → client, answer to `HELLO`: the session is open.
+    Welcome(Welcome),
+    /// Either way: answer with `PONG` carrying the same token, after every frame received
+    /// before it has been processed.
+    Ping(u64),
+    /// Either way: answer to `PING`.
+    Pong(u64),
+    /// Node → client: one operation failed; the connection stays up.
+    Error(ErrorFrame),
+    /// Node → client: the node is shutting down; reconnect.
+    GoAway(GoAway),
+    /// Client → node: publish a message.
+    Pub(Publish),
+    /// Client → node: subscribe `sid` to a pattern.
+    Sub(Subscribe),
+    /// Client → node: end subscription `sid`.
+    Unsub(u64),
+    /// Node → client: subscription `sid` is active.
+    SubAck(u64),
+    /// Node → client: a message for subscription `sid`.
+    Msg(Delivery),
+}
+
+/// `HELLO` fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// Highest protocol version the client speaks.
+    pub version: u64,
+    /// The realm to join.
+    pub realm: String,
+    /// The credential (may be empty).
+    pub token: Bytes,
+    /// A free-text client name, shown in introspection.
+    pub name: String,
+}
+
+/// `WELCOME` fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Welcome {
+    /// The version both sides will speak: the lower of the two.
+    pub version: u64,
+    /// The node's name.
+    pub node: String,
+    /// The node's id for this connection (for logs and introspection).
+    pub connection_id: u64,
+    /// Largest payload the node accepts.
+    pub max_payload: u64,
+}
+
+/// `ERROR` fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorFrame {
+    /// What went wrong.
+    pub code: ErrorCode,
+    /// The id the failed operation carried (a sid), or 0.
+    pub reference: u64,
+    /// Details for humans.
+    pub message: String,
+}
+
+/// `GOAWAY` fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoAway {
+    /// Why (normally [`ErrorCode::GoingAway`]).
+    pub code: ErrorCode,
+    /// Details for humans.
+    pub message: String,
+}
+
+/// `PUB` fields. The topic is raw: the node validates it (so a bad topic is an `ERROR`
+/// for that publish, not a broken connection).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    pub topic: Bytes,
+    pub headers: Headers,
+    pub payload: Bytes,
+}
+
+/// `SUB` fields. The pattern is raw, validated by the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribe {
+    /// Client-chosen subscription id, non-zero, unique among the connection's active ones.
+    pub sid: u64,
+    pub pattern: Bytes,
+}
+
+/// `MSG` fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub sid: u64,
+    pub topic: Bytes,
+    pub headers: Headers,
+    pub payload: Bytes,
+}
+
+/// Why a frame could not be decoded. Every variant is fatal for the connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The declared length is over the limit.
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    FrameTooLarge { len: u64, max: usize },
+    /// A frame with length 0 (no type).
+    #[error("empty frame")]
+    Empty,
+    /// A field runs past the end of its frame.
+    #[error("truncated {field} field")]
+    Truncated { field: &'static str },
+    /// A field is longer than its limit.
+    #[error("{field} field of {len} bytes exceeds the limit of {max}")]
+    FieldTooLong { field: &'static str, len: u64, max: usize },
+    /// A text field is not UTF-8.
+    #[error("{field} field is not valid UTF-8")]
+    NotUtf8 { field: &'static str },
+    /// A frame type this version does not know (the peer ignored the negotiated version).
+    #[error("unknown frame type 0x{0:x}")]
+    UnknownType(u64),
+    /// The header block is malformed.
+    #[error("bad headers: {0}")]
+    Headers(#[from] HeaderError),
+}
+
+impl DecodeError {
+    /// The close code a receiver sends for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            DecodeError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
+            _ => ErrorCode::ProtocolError,
+        }
+    }
+}
+
+/// Reads the length prefix at the front of `src`: the total size of the first frame
+/// (prefix included), or `None` if even the prefix is incomplete.
+///
+/// # Errors
+/// [`DecodeError::FrameTooLarge`] or [`DecodeError::Empty`] as soon as the prefix is known.
+pub fn frame_size(src: &[u8], max_frame: usize) -> Result<Option<usize>, DecodeError> {
+    let Some((len, n)) = varint::decode(src) else { return Ok(None) };
+    if len > max_frame as u64 {
+        return Err(DecodeError::FrameTooLarge { len, max: max_frame });
+    }
+    if len == 0 {
+        return Err(DecodeError::Empty);
+    }
+    // Cannot overflow: len <= max_frame, a usize.
+    Ok(Some(n + len as usize))
+}
+
+impl Frame {
+    /// Decodes the first frame of `src`.
+    ///
+    /// Returns `Ok(None)` when `src` does not yet hold a whole frame, else the frame and the
+    /// number of bytes it took. Variable-length fields are slices of `src`.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for a malformed frame; the connection must be closed with
+    /// [`DecodeError::code`].
+    pub fn decode(src: &Bytes, max_frame: usize) -> Result<Option<(Frame, usize)>, DecodeError> {
+        let Some(total) = frame_size(src, max_frame)? else { return Ok(None) };
+        if src.len() < total {
+            return Ok(None);
+        }
+        // The prefix may use a non-minimal encoding: take its real size.
+        let start = varint::decode(src).map_or(0, |(_, n)| n);
+        let mut r = Reader { src: src.slice(start..total) };
+        let ty = r.varint("type")?;
+        let frame = match ty {
+            kind::HELLO => Frame::Hello(Hello {
+                version: r.varint("version")?,
+                realm: r.text("realm", MAX_REALM_LEN)?,
+                token: r.bytes("token", MAX_TOKEN_LEN)?,
+                name: r.text("name", MAX_TEXT_LEN)?,
+            }),
+            kind::WELCOME => Frame::Welcome(Welcome {
+                version: r.varint("version")?,
+                node: r.text("node", MAX_TEXT_LEN)?,
+                connection_id: r.varint("connection_id")?,
+                max_payload: r.varint("max_payload")?,
+            }),
+            kind::PING => Frame::Ping(r.varint("token")?),
+            kind::PONG => Frame::Pong(r.varint("token")?),
+            kind::ERROR => Frame::Error(ErrorFrame {
+                code: ErrorCode::from_u64(r.varint("code")?),
+                reference: r.varint("reference")?,
+                message: r.text("message", MAX_TEXT_LEN)?,
+            }),
+            kind::GOAWAY => Frame::GoAway(GoAway {
+                code: ErrorCode::from_u64(r.varint("code")?),
+                message: r.text("message", MAX_TEXT_LEN)?,
+            }),
+            kind::PUB => Frame::Pub(Publish {
+                topic: r.bytes("topic", MAX_TOPIC_LEN)?,
+                headers: r.headers()?,
+                payload: r.bytes("payload", usize::MAX)?,
+            }),
+            kind::SUB => Frame::Sub(Subscribe { sid: r.varint("sid")?, pattern: r.bytes("pattern", MAX_TOPIC_LEN)? }),
+            kind::UNSUB => Frame::Unsub(r.varint("sid")?),
+            kind::SUBACK => Frame::SubAck(r.varint("sid")?),
+            kind::MSG => Frame::Msg(Delivery {
+                sid: r.varint("sid")?,
+                topic: r.bytes("topic", MAX_TOPIC_LEN)?,
+                headers: r.headers()?,
+                payload: r.bytes("payload", usize::MAX)?,
+            }),
+            other => return Err(DecodeError::UnknownType(other)),
+        };
+        Ok(Some((frame, total)))
+    }
+
+    /// The frame's type code.
+    pub fn kind(&self) -> u64 {
+        match self {
+            Frame::Hello(_) => kind::HELLO,
+            Frame::Welcome(_) => kind::WELCOME,
+            Frame::Ping(_) => kind::PING,
+            Frame::Pong(_) => kind::PONG,
+            Frame::Error(_) => kind::ERROR,
+            Frame::GoAway(_) => kind::GOAWAY,
+            Frame::Pub(_) => kind::PUB,
+            Frame::Sub(_) => kind::SUB,
+            Frame::Unsub(_) => kind::UNSUB,
+            Frame::SubAck(_) => kind::SUBACK,
+            Frame::Msg(_) => kind::MSG,
+        }
+    }
+
+    /// Appends the encoded frame to `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        match self {
+            Frame::Pub(p) => {
+                encode_pub_head(out, &p.topic, &p.headers, p.payload.len());
+                out.put_slice(&p.payload);
+            }
+            Frame::Msg(m) => {
+                encode_msg_head(out, m.sid, &m.topic, &m.headers, m.payload.len());
+                out.put_slice(&m.payload);
+            }
+            other => {
+                let mut w = Writer::default();
+                other.fields(&mut w, None);
+                let len = varint::size(other.kind()) + w.len;
+                out.reserve(varint::size(len as u64) + len);
+                varint::encode(len as u64, out);
+                varint::encode(other.kind(), out);
+                other.fields(&mut w, Some(out));
+            }
+        }
+    }
+
+    /// Encodes into a fresh buffer; for tests and cold paths.
+    pub fn to_bytes(&self) -> Bytes {
+        let mut out = BytesMut::new();
+        self.encode(&mut out);
+        out.freeze()
+    }
+
+    /// Walks the fields of a fixed-layout frame: counts their size into `w`, and writes them
+    /// to `out` when given. One walk for both keeps size and layout from drifting apart.
+    fn fields(&self, w: &mut Writer, mut out: Option<&mut BytesMut>) {
+        let o = &mut out;
+        match self {
+            Frame::Hello(h) => {
+                w.varint(o, h.version);
+                w.bytes(o, h.realm.as_bytes());
+                w.bytes(o, &h.token);
+                w.bytes(o, h.name.as_bytes());
+            }
+            Frame::Welcome(x) => {
+                w.varint(o, x.version);
+                w.bytes(o, x.node.as_bytes());
+                w.varint(o, x.connection_id);
+                w.varint(o, x.max_payload);
+            }
+            Frame::Ping(t) | Frame::Pong(t) | Frame::Unsub(t) | Frame::SubAck(t) => w.varint(o, *t),
+            Frame::Error(e) => {
+                w.varint(o, e.code.to_u64());
+                w.varint(o, e.reference);
+                w.bytes(o, e.message.as_bytes());
+            }
+            Frame::GoAway(g) => {
+                w.varint(o, g.code.to_u64());
+                w.bytes(o, g.message.as_bytes());
+            }
+            Frame::Sub(s) => {
+                w.varint(o, s.sid);
+                w.bytes(o, &s.pattern);
+            }
+            // Encoded by their own fast paths in `encode`.
+            Frame::Pub(_) | Frame::Msg(_) => {}
+        }
+    }
+}
+
+/// Appends a `PUB` frame without its payload bytes, which the caller appends (or sends by
+/// reference) next: `payload_len` of them.
+pub fn encode_pub_head(out: &mut BytesMut, topic: &[u8], headers: &Headers, payload_len: usize) {
+    let fields = str_len(topic.len()) + headers.encoded_len() + str_len(payload_len);
+    let len = varint::size(kind::PUB) + fields;
+    out.reserve(varint::size(len as u64) + len - payload_len);
+    varint::encode(len as u64, out);
+    varint::encode(kind::PUB, out);
+    varint::encode(topic.len() as u64, out);
+    out.put_slice(topic);
+    headers.write(out);
+    varint::encode(payload_len as u64, out);
+}
+
+/// Appends a `MSG` frame without its payload bytes, which the caller appends (or sends by
+/// reference) next: `payload_len` of them.
+pub fn encode_msg_head(out: &mut BytesMut, sid: u64, topic: &[u8], headers: &Headers, payload_len: usize) {
+    let fields = varint::size(sid) + str_len(topic.len()) + headers.encoded_len() + str_len(payload_len);
+    let len = varint::size(kind::MSG) + fields;
+    out.reserve(varint::size(len as u64) + len - payload_len);
+    varint::encode(len as u64, out);
+    varint::encode(kind::MSG, out);
+    varint::encode(sid, out);
+    varint::encode(topic.len() as u64, out);
+    out.put_slice(topic);
+    headers.write(out);
+    varint::encode(payload_len as u64, out);
+}
+
+fn str_len(len: usize) -> usize {
+    varint::size(len as u64) + len
+}
+
+#[derive(Default)]
+struct Writer {
+    len: usize,
+}
+
+impl Writer {
+    fn varint(&mut self, out: &mut Option<&mut BytesMut>, v: u64) {
+        self.len += varint::size(v);
+        if let Some(out) = out {
+            varint::encode(v, *out);
+        }
+    }
+
+    fn bytes(&mut self, out: &mut Option<&mut BytesMut>, b: &[u8]) {
+        self.varint(out, b.len() as u64);
+        self.len += b.len();
+        if let Some(out) = out {
+            out.put_slice(b);
+        }
+    }
+}
+
+/// A cursor over one frame's type and body. Every read is checked.
+struct Reader {
+    src: Bytes,
+}
+
+impl Reader {
+    fn varint(&mut self, field: &'static str) -> Result<u64, DecodeError> {
+        let (v, n) = varint::decode(&self.src).ok_or(DecodeError::Truncated { field })?;
+        self.src.advance(n);
+        Ok(v)
+    }
+
+    fn bytes(&mut self, field: &'static str, max: usize) -> Result<Bytes, DecodeError> {
+        let len = self.varint(field)?;
+        if len > max as u64 {
+            return Err(DecodeError::FieldTooLong { field, len, max });
+        }
+        if len > self.src.len() as u64 {
+            return Err(DecodeError::Truncated { field });
+        }
+        // Cannot truncate: len <= src.len(), a usize.
+        Ok(self.src.split_to(len as usize))
+    }
+
+    fn text(&mut self, field: &'static str, max: usize) -> Result<String, DecodeError> {
+        let raw = self.bytes(field, max)?;
+        String::from_utf8(raw.to_vec()).map_err(|_| DecodeError::NotUtf8 { field })
+    }
+
+    fn headers(&mut self) -> Result<Headers, DecodeError> {
+        // The block is self-delimiting: find its end, then validate it as a whole.
+        let (count, mut pos) = varint::decode(&self.src).ok_or(DecodeError::Truncated { field: "headers" })?;
+        for _ in 0..count.min(crate::limits::MAX_HEADERS as u64 + 1) * 2 {
+            let (len, n) = varint::decode(self.src.get(pos..).unwrap_or_default())
+                .ok_or(DecodeError::Truncated { field: "headers" })?;
+            pos = usize::try_from(len)
+                .ok()
+                .and_then(|len| pos.checked_add(n)?.checked_add(len))
+                .filter(|end| *end <= self.src.len())
+                .ok_or(DecodeError::Truncated { field: "headers" })?;
+        }
+        Ok(Headers::from_encoded(self.src.split_to(pos))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::MAX_FRAME;
+    use proptest::prelude::*;
+
+    fn hex(s: &str) -> Bytes {
+        let digits: Vec<u8> = s.bytes().filter(u8::is_ascii_hexdigit).collect();
+        digits
+            .chunks(2)
+            .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
+            .collect::<Vec<u8>>()
+            .into()
+    }
+
+    fn round_trip(f: &Frame) {
+        let bytes = f.to_bytes();
+        let (back, n) = Frame::decode(&bytes, MAX_FRAME).unwrap().unwrap();
+        assert_eq!(&back, f);
+        assert_eq!(n, bytes.len());
+        // Every strict prefix is "need more bytes", never an error or a panic.
+        for cut in 0..bytes.len() {
+            assert_eq!(Frame::decode(&bytes.slice(..cut), MAX_FRAME), Ok(None), "cut at {cut}");
+        }
+    }
+
+    /// The examples in docs/PROTOCOL.md. If one of these changes, the document must too.
+    #[test]
+    fn test_vectors() {
+        let vectors: Vec<(Frame, &str)> = vec![
+            (
+                Frame::Hello(Hello {
+                    version: 1,
+                    realm: "default".into(),
+                    token: Bytes::new(),
+                    name: "cli".into(),
+                }),
+                "0f 01 01 07 64 65 66 61 75 6c 74 00 03 63 6c 69",
+            ),
+            (
+                Frame::Welcome(Welcome { version: 1, node: "n1".into(), connection_id: 7, max_payload: 1_048_576 }),
+                "0a 02 01 02 6e 31 07 80 10 00 00",
+            ),
+            (
+                Frame::Pub(Publish {
+                    topic: Bytes::from_static(b"sensors.temp"),
+                    headers: Headers::new(),
+                    payload: Bytes::from_static(b"21.5"),
+                }),
+                "14 10 0c 73 65 6e 73 6f 72 73 2e 74 65 6d 70 00 04 32 31 2e 35",
+            ),
+            (
+                Frame::Sub(Subscribe { sid: 1, pattern: Bytes::from_static(b"sensors.>") }),
+                "0c 11 01 09 73 65 6e 73 6f 72 73 2e 3e",
+            ),
+            (
+                Frame::Msg(Delivery {
+                    sid: 1,
+                    topic: Bytes::from_static(b"sensors.temp"),
+                    headers: Headers::from_pairs([("unit", "C")]).unwrap(),
+                    payload: Bytes::from_static(b"21.5"),
+                }),
+                "1c 14 01 0c 73 65 6e 73 6f 72 73 2e 74 65 6d 70 01 04 75 6e 69 74 01 43 04 32 31 2e 35",
+            ),
+            (Frame::SubAck(1), "02 13 01"),
+            (Frame::Unsub(1), "02 12 01"),
+            (Frame::Ping(42), "02 03 2a"),
+            (Frame::Pong(42), "02 04 2a"),
+            (
+                Frame::Error(ErrorFrame { code: ErrorCode::InvalidPattern, reference: 3, message: "bad".into() }),
+                "08 05 41 02 03 03 62 61 64",
+            ),
+            (Frame::GoAway(GoAway { code: ErrorCode::GoingAway, message: String::new() }), "03 06 07 00"),
+        ];
+        for (frame, dump) in vectors {
+            let want = hex(dump);
+            assert_eq!(frame.to_bytes(), want, "encoding of {frame:?}");
+            let (back, n) = Frame::decode(&want, MAX_FRAME).unwrap().unwrap();
+            assert_eq!(back, frame);
+            assert_eq!(n, want.len());
+        }
+    }
+
+    #[test]
+    fn limits_checked_before_reading() {
+        // Declares 2^30 bytes: refused from the prefix alone.
+        let big = hex("c0 00 00 00 40 00 00 00");
+        assert!(matches!(Frame::decode(&big, MAX_FRAME), Err(DecodeError::FrameTooLarge { .. })));
+        assert_eq!(Frame::decode(&hex("00"), MAX_FRAME), Err(DecodeError::Empty));
+        assert_eq!(Frame::decode(&hex("01 3f"), MAX_FRAME), Err(DecodeError::UnknownType(0x3f)));
+        // A non-minimal length prefix is accepted, as RFC 9000 allows for varints.
+        assert_eq!(Frame::decode(&hex("40 02 03 2a"), MAX_FRAME), Ok(Some((Frame::Ping(42), 4))));
+        // A PUB whose payload length runs past the frame.
+        assert_eq!(Frame::decode(&hex("05 10 01 61 00 09"), MAX_FRAME), Err(DecodeError::Truncated { field: "payload" }));
+        // Trailing bytes after known fields are ignored (forward compatibility).
+        assert_eq!(Frame::decode(&hex("04 03 2a ff ff"), MAX_FRAME), Ok(Some((Frame::Ping(42), 5))));
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        round_trip(&Frame::Hello(Hello { version: 9, realm: "r".into(), token: Bytes::from_static(b"\0\xff"), name: "ü".into() }));
+        round_trip(&Frame::Pub(Publish {
+            topic: Bytes::from_static(b"a"),
+            headers: Headers::from_pairs([("k", "v"), ("k2", "v2")]).unwrap(),
+            payload: Bytes::from(vec![7u8; 100_000]),
+        }));
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let src = Bytes::from(bytes);
+            if let Ok(Some((f, n))) = Frame::decode(&src, 1024) {
+                prop_assert!(n <= src.len());
+                // Whatever decodes re-encodes to something that decodes to the same frame.
+                let again = f.to_bytes();
+                prop_assert_eq!(Frame::decode(&again, MAX_FRAME).unwrap().map(|x| x.0), Some(f));
+            }
+        }
+
+        #[test]
+        fn publish_round_trips(
+            topic in "[a-z]{1,10}(\\.[a-z]{1,10}){0,4}",
+            payload in proptest::collection::vec(any::<u8>(), 0..2000),
+            hv in "[ -~]{0,20}",
+        ) {
+            let f = Frame::Pub(Publish {
+                topic: Bytes::from(topic),
+                headers: Headers::from_pairs([("h", hv.as_str())]).unwrap(),
+                payload: Bytes::from(payload),
+            });
+            round_trip(&f);
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! Topics and patterns: parsed once at the edge, then carried as validated newtypes.
+//!
+//! A **topic** is a non-empty sequence of dot-separated, non-empty segments
+//! (`sensors.kitchen.temp`). A **pattern** is a topic whose segments may also be `*`
+//! (exactly one segment) or, as the last segment only, `>` (one or more segments).
+//!
+//! Segments are UTF-8 without whitespace or control characters, and the characters `*`
+//! and `>` appear only as whole wildcard segments of a pattern: `a*b` is rejected rather
+//! than silently treated as a literal, because a user who typed it meant a wildcard.
+//!
+//! Both types hold their text as [`Bytes`], so a topic decoded from a frame is a slice of
+//! the read buffer and is never copied on the way to a subscriber.
+
+use std::fmt;
+
+use bytes::Bytes;
+
+use crate::limits::{MAX_TOPIC_DEPTH, MAX_TOPIC_LEN};
+
+/// What is wrong with a topic or pattern. The `Display` text names the offending part.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TopicError {
+    /// The string is empty.
+    #[error("is empty: a topic needs at least one segment, e.g. `sensors.temp`")]
+    Empty,
+    /// Longer than [`MAX_TOPIC_LEN`] bytes.
+    #[error("is {len} bytes long; the limit is {max}")]
+    TooLong { len: usize, max: usize },
+    /// More than [`MAX_TOPIC_DEPTH`] segments.
+    #[error("has more than {max} segments")]
+    TooDeep { max: usize },
+    /// Two dots in a row, or a leading or trailing dot.
+    #[error("has an empty segment at position {position} (leading, trailing or double dot)")]
+    EmptySegment { position: usize },
+    /// Whitespace or a control character.
+    #[error("contains {ch:?} in segment {position}; whitespace and control characters are not allowed")]
+    InvalidChar { ch: char, position: usize },
+    /// A wildcard in a topic that is published to.
+    #[error("contains the wildcard `{segment}`; wildcards are only allowed when subscribing")]
+    WildcardInTopic { segment: String },
+    /// `*` or `>` inside a longer segment, such as `a*`.
+    #[error("segment {position} `{segment}` mixes a wildcard with other characters; `*` and `>` must stand alone")]
+    PartialWildcard { segment: String, position: usize },
+    /// `>` somewhere other than the last segment.
+    #[error("has `>` at segment {position}; `>` may only be the last segment")]
+    GtNotLast { position: usize },
+    /// Not valid UTF-8.
+    #[error("is not valid UTF-8")]
+    NotUtf8,
+}
+
+/// One segment of a parsed pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Segment<'a> {
+    /// A literal segment, matched byte for byte.
+    Literal(&'a [u8]),
+    /// `*`: exactly one segment.
+    Star,
+    /// `>`: one or more trailing segments (always the last segment).
+    Gt,
+}
+
+/// A validated topic: no wildcards. Cheap to clone (a refcounted slice).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Topic(Bytes);
+
+/// A validated subscription pattern. Cheap to clone.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Pattern(Bytes);
+
+impl Topic {
+    /// Validates `raw` as a topic without copying it.
+    ///
+    /// # Errors
+    /// [`TopicError`] naming the first problem found.
+    pub fn from_bytes(raw: Bytes) -> Result<Self, TopicError> {
+        validate(&raw, false)?;
+        Ok(Topic(raw))
+    }
+
+    /// Validates and copies a string.
+    ///
+    /// # Errors
+    /// [`TopicError`] naming the first problem found.
+    pub fn new(s: &str) -> Result<Self, TopicError> {
+        Self::from_bytes(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    /// The topic's bytes (valid UTF-8).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The topic as a refcounted buffer.
+    pub fn as_shared(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// The topic as text.
+    pub fn as_str(&self) -> &str {
+        // Invariant: validated as UTF-8 at construction, so the fallback is unreachable.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// The topic's segments, in order.
+    pub fn segments(&self) -> impl Iterator<Item = &[u8]> {
+        self.0.split(|b| *b == b'.')
+    }
+}
+
+impl Pattern {
+    /// Validates `raw` as a pattern without copying it.
+    ///
+    /// # Errors
+    /// [`TopicError`] naming the first problem found.
+    pub fn from_bytes(raw: Bytes) -> Result<Self, TopicError> {
+        validate(&raw, true)?;
+        Ok(Pattern(raw))
+    }
+
+    /// Validates and copies a string.
+    ///
+    /// # Errors
+    /// [`TopicError`] naming the first problem found.
+    pub fn new(s: &str) -> Result<Self, TopicError> {
+        Self::from_bytes(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    /// The pattern's bytes (valid UTF-8).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The pattern as text.
+    pub fn as_str(&self) -> &str {
+        // Invariant: validated as UTF-8 at construction, so the fallback is unreachable.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// The pattern's segments, in order.
+    pub fn segments(&self) -> impl Iterator<Item = Segment<'_>> {
+        self.0.split(|b| *b == b'.').map(|s| match s {
+            b"*" => Segment::Star,
+            b">" => Segment::Gt,
+            lit => Segment::Literal(lit),
+        })
+    }
+
+    /// Whether the pattern has no wildcard (and so matches exactly one topic).
+    pub fn is_literal(&self) -> bool {
+        self.segments().all(|s| matches!(s, Segment::Literal(_)))
+    }
+
+    /// Whether `topic` matches this pattern. A direct, trie-free check, used for tests and
+    /// for one-off checks such as permissions; routing uses [`crate::trie::SubTrie`].
+    pub fn matches(&self, topic: &Topic) -> bool {
+        let mut t = topic.segments();
+        for seg in self.segments() {
+            match seg {
+                Segment::Gt => return t.next().is_some(),
+                Segment::Star => {
+                    if t.next().is_none() {
+                        return false;
+                    }
+                }
+                Segment::Literal(l) => {
+                    if t.next() != Some(l) {
+                        return false;
+                    }
+                }
+            }
+        }
+        t.next().is_none()
+    }
+}
+
+fn validate(raw: &[u8], wildcards: bool) -> Result<(), TopicError> {
+    if raw.is_empty() {
+        return Err(TopicError::Empty);
+    }
+    if raw.len() > MAX_TOPIC_LEN {
+        return Err(TopicError::TooLong { len: raw.len(), max: MAX_TOPIC_LEN });
+    }
+    let text = std::str::from_utf8(raw).map_err(|_| TopicError::NotUtf8)?;
+    let count = text.split('.').count();
+    if count > MAX_TOPIC_DEPTH {
+        return Err(TopicError::TooDeep { max: MAX_TOPIC_DEPTH });
+    }
+    for (position, seg) in text.split('.').enumerate() {
+        if seg.is_empty() {
+            return Err(TopicError::EmptySegment { position });
+        }
+        if let Some(ch) = seg.chars().find(|c| c.is_whitespace() || c.is_control()) {
+            return Err(TopicError::InvalidChar { ch, position });
+        }
+        let wild = seg == "*" || seg == ">";
+        if wild && !wildcards {
+            return Err(TopicError::WildcardInTopic { segment: seg.to_owned() });
+        }
+        if !wild && seg.contains(['*', '>']) {
+            return Err(TopicError::PartialWildcard { segment: seg.to_owned(), position });
+        }
+        if seg == ">" && position + 1 != count {
+            return Err(TopicError::GtNotLast { position });
+        }
+    }
+    Ok(())
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Topic({:?})", self.as_str())
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Pattern({:?})", self.as_str())
+    }
+}
+
+impl std::str::FromStr for Topic {
+    type Err = TopicError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Topic::new(s)
+    }
+}
+
+impl std::str::FromStr for Pattern {
+    type Err = TopicError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Pattern::new(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Pattern {
+        Pattern::new(s).unwrap()
+    }
+    fn t(s: &str) -> Topic {
+        Topic::new(s).unwrap()
+    }
+
+    #[test]
+    fn valid_topics() {
+        for s in ["a", "a.b.c", "sensors.kitchen.temp", "ünï.cödé", "a-b_c.D9"] {
+            assert!(Topic::new(s).is_ok(), "{s}");
+        }
+    }
+
+    #[test]
+    fn invalid_topics_say_why() {
+        assert_eq!(Topic::new(""), Err(TopicError::Empty));
+        assert_eq!(Topic::new("a..b"), Err(TopicError::EmptySegment { position: 1 }));
+        assert_eq!(Topic::new(".a"), Err(TopicError::EmptySegment { position: 0 }));
+        assert_eq!(Topic::new("a."), Err(TopicError::EmptySegment { position: 1 }));
+        assert_eq!(Topic::new("a b"), Err(TopicError::InvalidChar { ch: ' ', position: 0 }));
+        assert_eq!(Topic::new("a.\n"), Err(TopicError::InvalidChar { ch: '\n', position: 1 }));
+        assert!(matches!(Topic::new("a.*"), Err(TopicError::WildcardInTopic { .. })));
+        assert!(matches!(Topic::new("a.>"), Err(TopicError::WildcardInTopic { .. })));
+        assert!(matches!(Topic::new("a*"), Err(TopicError::PartialWildcard { .. })));
+        assert!(matches!(Topic::new(&"a".repeat(MAX_TOPIC_LEN + 1)), Err(TopicError::TooLong { .. })));
+        let deep = vec!["a"; MAX_TOPIC_DEPTH + 1].join(".");
+        assert_eq!(Topic::new(&deep), Err(TopicError::TooDeep { max: MAX_TOPIC_DEPTH }));
+        assert_eq!(Topic::from_bytes(Bytes::from_static(b"\xff")), Err(TopicError::NotUtf8));
+        let msg = Topic::new("a..b").unwrap_err().to_string();
+        assert!(msg.contains("empty segment"), "{msg}");
+    }
+
+    #[test]
+    fn patterns() {
+        for s in ["*", ">", "a.*", "a.>", "*.b.>", "a.*.c"] {
+            assert!(Pattern::new(s).is_ok(), "{s}");
+        }
+        assert_eq!(Pattern::new("a.>.c"), Err(TopicError::GtNotLast { position: 1 }));
+        assert!(matches!(Pattern::new("a.b*"), Err(TopicError::PartialWildcard { .. })));
+        assert!(matches!(Pattern::new("a.>>"), Err(TopicError::PartialWildcard { .. })));
+        assert!(p("a.b").is_literal());
+        assert!(!p("a.*").is_literal());
+    }
+
+    #[test]
+    fn direct_matching() {
+        assert!(p("a.b").matches(&t("a.b")));
+        assert!(!p("a.b").matches(&t("a.b.c")));
+        assert!(!p("a.b").matches(&t("a")));
+        assert!(p("a.*").matches(&t("a.b")));
+        assert!(!p("a.*").matches(&t("a")));
+        assert!(!p("a.*").matches(&t("a.b.c")));
+        assert!(p("a.>").matches(&t("a.b")));
+        assert!(p("a.>").matches(&t("a.b.c")));
+        assert!(!p("a.>").matches(&t("a")));
+        assert!(p(">").matches(&t("x")));
+        assert!(p("*.b.>").matches(&t("x.b.y.z")));
+        assert!(!p("*.b.>").matches(&t("x.c.y")));
+    }
+}
