@@ -23,7 +23,6 @@
 //! it depends on neither.
 
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
 
 pub mod code;
 pub mod deframer;

@@ -1,1 +1,222 @@
+//! # fovea-node
+//!
+//! The fovea node: the IO shell around [`fovea_core`]. It owns the QUIC endpoint, gives
+//! every client connection its own task, and keeps the routing state that those tasks
+//! share. It decides nothing about the wire format or topic matching; those are
+//! `fovea-core`'s. The `fovea` binary runs it as `fovea node`; tests run it in-process.
+//!
+//! ```text
+//!             ┌──────────── Node::run: accept loop ───────────┐
+//!  QUIC ──▶   │ conn task: read → decode → route (MatchCache) │──▶ other conns' Outbound
+//!             │            write ◀── own Outbound ◀───────────│◀── deliveries
+//!             └────────────────────────────────────────────────┘
+//! ```
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), fovea_node::NodeError> {
+//! use fovea_node::{Node, NodeConfig};
+//! let mut config = NodeConfig::new("/tmp/fovea-demo");
+//! config.listen = "127.0.0.1:0".parse().unwrap();
+//! let node = Node::bind(config)?;
+//! println!("listening on {}", node.local_addr());
+//! let shutdown = tokio_util::sync::CancellationToken::new();
+//! node.run(shutdown).await
+//! # }
+//! ```
 
+
+mod config;
+mod conn;
+mod outbound;
+mod router;
+mod stats;
+pub mod tls;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fovea_core::ErrorCode;
+use quinn::{IdleTimeout, VarInt};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{Limits, NodeConfig, TlsFiles, DEFAULT_LISTEN};
+pub use stats::{Stats, StatsSnapshot};
+
+use router::Realm;
+
+/// The realm every client joins when the node has no realm configuration.
+pub const DEFAULT_REALM: &str = "default";
+
+/// Why a node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// Reading or writing a file failed (data dir, certificate, key).
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The certificate or key is unusable.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source}; is another node running there? choose another with --listen")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A configuration value is out of range.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// State shared by all connection tasks.
+pub(crate) struct Shared {
+    pub config: NodeConfig,
+    pub realms: HashMap<String, Arc<Realm>>,
+    pub stats: Stats,
+    pub next_conn_id: AtomicU64,
+}
+
+/// A bound, not yet running node.
+pub struct Node {
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    fingerprint: String,
+    self_signed: Option<PathBuf>,
+}
+
+impl Node {
+    /// Loads (or creates) the TLS identity and binds the UDP socket.
+    ///
+    /// Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    /// [`NodeError`] if the data dir, certificate or key cannot be used, or the address
+    /// cannot be bound.
+    pub fn bind(config: NodeConfig) -> Result<Node, NodeError> {
+        let identity = tls::load_identity(&config.data_dir, config.tls.as_ref())?;
+        let fingerprint = tls::fingerprint(&identity.chain[0]);
+        let mut server = quinn::ServerConfig::with_crypto(tls::server_crypto(&identity)?);
+        server.transport_config(Arc::new(transport(&config.limits)?));
+        // Address validation costs a round trip per connection and only helps against
+        // spoofed floods on public addresses; issue-level hardening revisits it.
+        server.migration(false);
+        let endpoint = quinn::Endpoint::server(server, config.listen)
+            .map_err(|source| NodeError::Bind { addr: config.listen, source })?;
+        let realms = HashMap::from([(DEFAULT_REALM.to_owned(), Arc::new(Realm::new(DEFAULT_REALM)))]);
+        let shared = Arc::new(Shared { config, realms, stats: Stats::default(), next_conn_id: AtomicU64::new(1) });
+        Ok(Node { endpoint, shared, fingerprint, self_signed: identity.self_signed })
+    }
+
+    /// The address the node listens on (with the real port when configured with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.endpoint.local_addr().unwrap_or(self.shared.config.listen)
+    }
+
+    /// The SHA-256 fingerprint of the node's certificate, `AB:CD:…`.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The self-signed certificate file, when the node uses one (clients trust this file).
+    pub fn self_signed_cert(&self) -> Option<&Path> {
+        self.self_signed.as_deref()
+    }
+
+    /// A handle to the node's counters, valid after `run` returns too.
+    pub fn stats(&self) -> StatsHandle {
+        StatsHandle(self.shared.clone())
+    }
+
+    /// Serves clients until `shutdown` is cancelled, then drains: every client gets
+    /// `GOAWAY`, has `drain_timeout` to leave, and the rest are closed with `GOING_AWAY`.
+    ///
+    /// # Errors
+    /// None today; the `Result` leaves room for fatal endpoint errors.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), NodeError> {
+        let limits = self.shared.config.limits.clone();
+        let tracker = TaskTracker::new();
+        let permits = Arc::new(Semaphore::new(limits.max_connections));
+        loop {
+            let incoming = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                i = self.endpoint.accept() => match i {
+                    Some(i) => i,
+                    None => break,
+                },
+            };
+            let permit = permits.clone().try_acquire_owned().ok();
+            let (shared, token) = (self.shared.clone(), shutdown.child_token());
+            tracker.spawn(async move {
+                let remote = incoming.remote_address();
+                let conn = match incoming.await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::debug!(%remote, error = %e, "QUIC handshake failed");
+                        return;
+                    }
+                };
+                shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                let Some(_permit) = permit else {
+                    shared.stats.count_close(ErrorCode::NodeFull);
+                    tracing::warn!(%remote, limit = shared.config.limits.max_connections, "refused a connection: node full");
+                    let reason = format!("node full: {} connections", shared.config.limits.max_connections);
+                    conn.close(close_code(ErrorCode::NodeFull), reason.as_bytes());
+                    return;
+                };
+                conn::serve(conn, shared, token).await;
+            });
+        }
+        tracker.close();
+        if tokio::time::timeout(limits.drain_timeout, tracker.wait()).await.is_err() {
+            tracing::info!(remaining = tracker.len(), "drain timeout: closing remaining connections");
+        }
+        self.endpoint.close(close_code(ErrorCode::GoingAway), b"node shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        Ok(())
+    }
+}
+
+/// Read access to a node's counters.
+#[derive(Clone)]
+pub struct StatsHandle(Arc<Shared>);
+
+impl StatsHandle {
+    /// A consistent-enough copy of every counter (each is read atomically on its own).
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let subscriptions = self.0.realms.values().map(|r| r.subscription_count() as u64).sum();
+        self.0.stats.snapshot(subscriptions)
+    }
+}
+
+pub(crate) fn close_code(code: ErrorCode) -> VarInt {
+    VarInt::from_u64(code.to_u64()).unwrap_or(VarInt::from_u32(0))
+}
+
+/// QUIC transport settings for client connections. One bidirectional stream per
+/// connection (the control stream) and no unidirectional ones: besides being all the
+/// protocol uses, each allowed stream pre-allocates per-connection state in quinn
+/// (`../shared/research/quinn-conn-memory.md`: 100+100 streams cost ~8 KB per connection).
+fn transport(limits: &Limits) -> Result<quinn::TransportConfig, NodeError> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(1));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    let idle = IdleTimeout::try_from(limits.idle_timeout)
+        .map_err(|_| NodeError::Config(format!("idle timeout {:?} is too large", limits.idle_timeout)))?;
+    t.max_idle_timeout(Some(idle));
+    t.keep_alive_interval(Some(limits.keep_alive));
+    t.datagram_receive_buffer_size(None);
+    Ok(t)
+}

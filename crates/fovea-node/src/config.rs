@@ -1,0 +1,99 @@
+//! Node configuration and its limits, each with a default and the reason for it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything a node needs to start. `NodeConfig::new(data_dir)` gives the defaults.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// UDP address to listen on. Default `127.0.0.1:4433`: loopback until the operator
+    /// chooses to expose the node.
+    pub listen: SocketAddr,
+    /// Where the node keeps its state (the self-signed certificate, later the identity key).
+    pub data_dir: PathBuf,
+    /// A PEM certificate chain and private key to use instead of the self-signed pair.
+    pub tls: Option<TlsFiles>,
+    /// The node's name, announced in `WELCOME`. Default: the host name.
+    pub name: String,
+    /// Resource limits.
+    pub limits: Limits,
+}
+
+/// Paths of a PEM certificate chain and its private key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PKCS#8, PKCS#1 or SEC1 private key.
+    pub key: PathBuf,
+}
+
+/// Per-node and per-connection bounds. Every one has a behaviour at the limit, stated here.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Open client connections. At the limit a new connection is closed right after its
+    /// handshake with `NODE_FULL`. Default 100 000: the design target for idle clients.
+    pub max_connections: usize,
+    /// Active subscriptions per connection. At the limit `SUB` is answered with
+    /// `TOO_MANY_SUBSCRIPTIONS`. Default 65 536.
+    pub max_subscriptions: usize,
+    /// Largest payload accepted in `PUB` (announced in `WELCOME`). Larger: `PAYLOAD_TOO_LARGE`.
+    /// Default 1 MiB, as NATS.
+    pub max_payload: usize,
+    /// Bytes queued for one connection that its client has not yet read. A message that
+    /// would exceed it is dropped for that connection and counted. Default 64 MiB, as NATS.
+    pub max_pending_bytes: usize,
+    /// Topics remembered per publishing connection with their subscriber lists; at the
+    /// limit the cache is cleared. Default 4096.
+    pub match_cache_entries: usize,
+    /// Time from the QUIC handshake to `HELLO`. Late: closed with `HANDSHAKE_TIMEOUT`.
+    pub handshake_timeout: Duration,
+    /// A connection with no traffic for this long is closed (QUIC idle timeout).
+    pub idle_timeout: Duration,
+    /// QUIC keep-alive interval, well under the idle timeout so idle clients stay up.
+    pub keep_alive: Duration,
+    /// On shutdown, how long clients get to leave after `GOAWAY` before the node closes.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 100_000,
+            max_subscriptions: 65_536,
+            max_payload: fovea_core::limits::MAX_PAYLOAD,
+            max_pending_bytes: 64 * 1024 * 1024,
+            match_cache_entries: 4096,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:4433";
+
+impl NodeConfig {
+    /// Defaults, keeping state in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        NodeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            data_dir: data_dir.into(),
+            tls: None,
+            name: default_name(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+fn default_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_owned()))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "fovea".to_owned())
+}

@@ -1,0 +1,89 @@
+//! Node-wide counters. Updated with relaxed atomics, in batches where the hot path would
+//! otherwise touch a shared cache line per message.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use fovea_core::ErrorCode;
+
+/// Close and rejection counters are kept per code for codes below this bound (within
+/// each class); later codes share the last slot.
+const CODE_SLOTS: usize = 16;
+
+/// The node's counters.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Open client sessions (gauge).
+    pub connections: AtomicU64,
+    /// QUIC connections accepted (handshake done).
+    pub accepted: AtomicU64,
+    /// `PUB` frames received.
+    pub msgs_in: AtomicU64,
+    /// Bytes read from client streams.
+    pub bytes_in: AtomicU64,
+    /// Messages queued for subscribers.
+    pub deliveries: AtomicU64,
+    /// Messages dropped because a subscriber's queue was full.
+    pub dropped: AtomicU64,
+    /// Connections closed for malformed or unexpected frames.
+    pub protocol_errors: AtomicU64,
+    /// Handshakes refused for the realm or credential.
+    pub auth_failures: AtomicU64,
+    closes: [AtomicU64; CODE_SLOTS],
+    rejections: [AtomicU64; CODE_SLOTS],
+}
+
+/// A copy of [`Stats`] at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StatsSnapshot {
+    pub connections: u64,
+    pub accepted: u64,
+    pub msgs_in: u64,
+    pub bytes_in: u64,
+    pub deliveries: u64,
+    pub dropped: u64,
+    pub protocol_errors: u64,
+    pub auth_failures: u64,
+    pub subscriptions: u64,
+    /// Connections the node closed, by close code (`NO_ERROR` not counted).
+    pub closes: Vec<(ErrorCode, u64)>,
+    /// Operations refused with an `ERROR` frame, by code.
+    pub rejections: Vec<(ErrorCode, u64)>,
+}
+
+impl Stats {
+    pub(crate) fn count_close(&self, code: ErrorCode) {
+        let slot = (code.to_u64() as usize).min(CODE_SLOTS - 1);
+        self.closes[slot].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_rejection(&self, code: ErrorCode) {
+        let slot = (code.to_u64().saturating_sub(0x100) as usize).min(CODE_SLOTS - 1);
+        self.rejections[slot].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self, subscriptions: u64) -> StatsSnapshot {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let by_code = |slots: &[AtomicU64; CODE_SLOTS], base: u64| {
+            slots
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| get(n) > 0)
+                .map(|(i, n)| (ErrorCode::from_u64(base + i as u64), get(n)))
+                .collect()
+        };
+        StatsSnapshot {
+            connections: get(&self.connections),
+            accepted: get(&self.accepted),
+            msgs_in: get(&self.msgs_in),
+            bytes_in: get(&self.bytes_in),
+            deliveries: get(&self.deliveries),
+            dropped: get(&self.dropped),
+            protocol_errors: get(&self.protocol_errors),
+            auth_failures: get(&self.auth_failures),
+            subscriptions,
+            closes: by_code(&self.closes, 0),
+            rejections: by_code(&self.rejections, 0x100),
+        }
+    }
+}

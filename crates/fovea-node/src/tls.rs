@@ -1,0 +1,109 @@
+//! The node's TLS identity: a PEM pair given by the operator, or a self-signed certificate
+//! created in the data dir on first start and reused afterwards (so clients that trust it
+//! keep trusting it across restarts).
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::TlsFiles;
+use crate::NodeError;
+
+/// File name of the self-signed certificate in the data dir. Clients on the same machine
+/// trust this file by default.
+pub const CERT_FILE: &str = "node.crt";
+/// File name of the self-signed certificate's private key in the data dir.
+pub const KEY_FILE: &str = "node.key";
+
+/// A loaded identity.
+pub(crate) struct Identity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    /// The certificate file clients should trust, when the node made it itself.
+    pub self_signed: Option<PathBuf>,
+}
+
+pub(crate) fn load_identity(data_dir: &Path, files: Option<&TlsFiles>) -> Result<Identity, NodeError> {
+    match files {
+        Some(f) => Ok(Identity { chain: read_chain(&f.cert)?, key: read_key(&f.key)?, self_signed: None }),
+        None => {
+            let (cert, key) = (data_dir.join(CERT_FILE), data_dir.join(KEY_FILE));
+            if !cert.exists() || !key.exists() {
+                create_self_signed(data_dir, &cert, &key)?;
+            }
+            Ok(Identity { chain: read_chain(&cert)?, key: read_key(&key)?, self_signed: Some(cert) })
+        }
+    }
+}
+
+fn create_self_signed(dir: &Path, cert: &Path, key: &Path) -> Result<(), NodeError> {
+    let io_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source: io::Error| NodeError::Io { path, source }
+    };
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    let made = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| NodeError::Tls(format!("cannot generate a self-signed certificate: {e}")))?;
+    write_private(key, made.signing_key.serialize_pem().as_bytes()).map_err(io_err(key))?;
+    fs::write(cert, made.cert.pem()).map_err(io_err(cert))?;
+    tracing::info!(cert = %cert.display(), "created a self-signed certificate");
+    Ok(())
+}
+
+/// Writes a secret readable by its owner only.
+fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)?.write_all(data)
+}
+
+fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, NodeError> {
+    let data = fs::read(path).map_err(|source| NodeError::Io { path: path.to_owned(), source })?;
+    let chain = CertificateDer::pem_slice_iter(&data)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| NodeError::Tls(format!("{}: not a PEM certificate chain: {e}", path.display())))?;
+    if chain.is_empty() {
+        return Err(NodeError::Tls(format!("{}: no certificate found (expected PEM `BEGIN CERTIFICATE`)", path.display())));
+    }
+    Ok(chain)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, NodeError> {
+    let data = fs::read(path).map_err(|source| NodeError::Io { path: path.to_owned(), source })?;
+    PrivateKeyDer::from_pem_slice(&data)
+        .map_err(|e| NodeError::Tls(format!("{}: not a PEM private key: {e}", path.display())))
+}
+
+/// The SHA-256 fingerprint of a DER certificate, as `AB:CD:…` (the form `openssl x509
+/// -fingerprint -sha256` prints).
+pub fn fingerprint(cert: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert);
+    digest.as_ref().iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+}
+
+/// The rustls server configuration: TLS 1.3 only (QUIC requires it), ALPN `fovea/1`.
+pub(crate) fn server_crypto(id: &Identity) -> Result<Arc<quinn::crypto::rustls::QuicServerConfig>, NodeError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| NodeError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(id.chain.clone(), id.key.clone_key())
+        .map_err(|e| NodeError::Tls(format!("certificate and key do not work together: {e}")))?;
+    cfg.alpn_protocols = vec![fovea_core::frame::ALPN.to_vec()];
+    // Session tickets cost memory per connection and buy nothing for long-lived clients.
+    cfg.send_tls13_tickets = 0;
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(cfg).map_err(|e| NodeError::Tls(e.to_string()))?;
+    Ok(Arc::new(quic))
+}
