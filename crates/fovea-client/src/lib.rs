@@ -1,1 +1,581 @@
+//! # fovea-client
+//!
+//! The Rust SDK for fovea: connect to a node over QUIC, publish, subscribe.
+//!
+//! ```no_run
+//! use fovea_client::{Client, ConnectOptions};
+//!
+//! # async fn demo() -> Result<(), fovea_client::ClientError> {
+//! let client = Client::connect("quic://127.0.0.1:4433", ConnectOptions::new()).await?;
+//! let mut sub = client.subscribe("sensors.>").await?;
+//! client.publish("sensors.kitchen.temp", "21.5").await?;
+//! if let Some(msg) = sub.next().await {
+//!     println!("{} {}", msg.topic, String::from_utf8_lossy(&msg.payload));
+//! }
+//! client.close().await;
+//! # Ok(()) }
+//! ```
+//!
+//! A [`Client`] is a cheap-to-clone handle to one connection, kept up by a background task:
+//! when the node goes away the task reconnects with backoff and restores every live
+//! subscription, and [`Client::state`] reports each change. Dropping the last handle (and
+//! the last [`Subscription`]) closes the connection.
+//!
+//! **Flow control, not silent loss.** A subscription holds a bounded queue of messages
+//! ([`ConnectOptions::subscription_capacity`]). When the application does not keep up,
+//! the SDK stops reading from the node rather than dropping messages; the node then
+//! applies its own, counted, slow-consumer policy. Likewise [`Client::publish`] waits when
+//! more than [`ConnectOptions::max_buffered`] bytes are queued for the node.
+//!
+//! Neighbours: built on `fovea-core` (codec, topics); talks to `fovea-node` over the wire
+//! only, as any client in another language would (`docs/PROTOCOL.md`).
 
+mod session;
+mod tls;
+mod url;
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fovea_core::frame::Subscribe;
+use fovea_core::{ErrorCode, Frame, Headers, OutBuf, Pattern, Topic, TopicError};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use fovea_core::headers::HeaderError;
+pub use tls::{default_data_dir, Trust};
+pub use url::{NodeUrl, DEFAULT_PORT};
+
+/// The default node URL.
+pub const DEFAULT_URL: &str = "quic://127.0.0.1:4433";
+
+/// Errors of the SDK. Each says what happened and, where there is one, what to do.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The URL does not parse.
+    #[error("invalid node URL {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    /// The host name did not resolve.
+    #[error("cannot resolve {url}: {reason}")]
+    Resolve { url: String, reason: String },
+    /// Nothing answered at the address in time.
+    #[error("no node answered at {url} within {timeout:?}: is one running? start one with `fovea node`")]
+    NoNode { url: String, timeout: Duration },
+    /// TLS set-up failed on this side (CA file unreadable, no trust anchor, ...).
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The node's certificate was not trusted.
+    #[error("the node at {url} presented a certificate this client does not trust ({reason}): pass --ca with the node's node.crt or its CA, or --insecure for a test")]
+    Untrusted { url: String, reason: String },
+    /// The node refused the realm or credential.
+    #[error("authentication failed: check the realm and token (--realm, --token)")]
+    AuthFailed,
+    /// The node closed the connection with a code.
+    #[error("the node closed the connection: {code}{}", fmt_reason(reason))]
+    Closed { code: ErrorCode, reason: String },
+    /// The connection failed for another reason.
+    #[error("connection to the node failed: {0}")]
+    Connection(String),
+    /// The operation needs a connection and there is none right now (it is reconnecting).
+    #[error("not connected to the node (reconnecting)")]
+    Disconnected,
+    /// While disconnected, more than `max_buffered` bytes of publishes are waiting.
+    #[error("disconnected and the publish buffer is full ({0} bytes)")]
+    BufferFull(usize),
+    /// The client was closed.
+    #[error("the client is closed")]
+    ClientClosed,
+    /// A topic failed validation.
+    #[error("invalid topic {topic:?}: it {source}")]
+    InvalidTopic { topic: String, source: TopicError },
+    /// A pattern failed validation.
+    #[error("invalid pattern {pattern:?}: it {source}")]
+    InvalidPattern { pattern: String, source: TopicError },
+    /// Headers failed validation.
+    #[error("invalid headers: {0}")]
+    InvalidHeaders(#[from] HeaderError),
+    /// The payload is over the node's limit.
+    #[error("payload of {size} bytes exceeds the node's max_payload of {max}")]
+    PayloadTooLarge { size: usize, max: usize },
+    /// The node refused an operation.
+    #[error("the node refused: {code}: {message}")]
+    Refused { code: ErrorCode, message: String },
+}
+
+fn fmt_reason(r: &str) -> String {
+    if r.is_empty() {
+        String::new()
+    } else {
+        format!(": {r}")
+    }
+}
+
+/// Where a client's connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionState {
+    /// A session with the node is open.
+    Connected,
+    /// The connection was lost; the client is trying to reconnect.
+    Reconnecting,
+    /// The client is closed (by [`Client::close`], by dropping it, or because reconnecting
+    /// is off and the connection was lost).
+    Closed,
+}
+
+/// Things the client reports besides messages.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    /// A session opened (first connect or reconnect).
+    Connected,
+    /// The connection was lost, with the reason.
+    Disconnected(String),
+    /// The node is shutting down and asked clients to reconnect.
+    GoAway(String),
+    /// The node rejected an operation that had no one waiting for the answer (a publish).
+    ServerError { code: ErrorCode, message: String },
+}
+
+/// Options for [`Client::connect`]. `ConnectOptions::new()` gives the defaults.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    realm: String,
+    token: Bytes,
+    name: String,
+    trust: Trust,
+    connect_timeout: Duration,
+    reconnect: bool,
+    max_reconnect_delay: Duration,
+    max_buffered: usize,
+    subscription_capacity: usize,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            realm: "default".into(),
+            token: Bytes::new(),
+            name: String::new(),
+            trust: Trust::Auto,
+            connect_timeout: Duration::from_secs(5),
+            reconnect: true,
+            max_reconnect_delay: Duration::from_secs(2),
+            max_buffered: 8 * 1024 * 1024,
+            subscription_capacity: 8192,
+        }
+    }
+}
+
+impl ConnectOptions {
+    /// The defaults: realm `default`, no token, trust [`Trust::Auto`], reconnect on.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// The realm to join.
+    pub fn realm(mut self, realm: impl Into<String>) -> Self {
+        self.realm = realm.into();
+        self
+    }
+    /// The credential.
+    pub fn token(mut self, token: impl Into<Bytes>) -> Self {
+        self.token = token.into();
+        self
+    }
+    /// A name for this client, shown in the node's introspection.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+    /// How to verify the node's certificate.
+    pub fn trust(mut self, trust: Trust) -> Self {
+        self.trust = trust;
+        self
+    }
+    /// Shortcut for [`Trust::CaFiles`] with one file.
+    pub fn ca_file(self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.trust(Trust::CaFiles(vec![path.into()]))
+    }
+    /// How long one connection attempt may take. Default 5 s.
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = t;
+        self
+    }
+    /// Whether to reconnect after the connection is lost. Default on.
+    pub fn reconnect(mut self, on: bool) -> Self {
+        self.reconnect = on;
+        self
+    }
+    /// Longest wait between reconnect attempts (the backoff doubles up to it). Default 2 s.
+    pub fn max_reconnect_delay(mut self, t: Duration) -> Self {
+        self.max_reconnect_delay = t;
+        self
+    }
+    /// Bytes of outgoing frames queued before [`Client::publish`] waits (connected) or
+    /// fails with [`ClientError::BufferFull`] (reconnecting). Default 8 MiB.
+    pub fn max_buffered(mut self, bytes: usize) -> Self {
+        self.max_buffered = bytes.max(1);
+        self
+    }
+    /// Messages a [`Subscription`] holds before the client stops reading from the node
+    /// (flow control). Default 8192.
+    pub fn subscription_capacity(mut self, n: usize) -> Self {
+        self.subscription_capacity = n.max(1);
+        self
+    }
+}
+
+/// A message received on a subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The topic it was published to.
+    pub topic: Topic,
+    /// Its headers (often empty).
+    pub headers: Headers,
+    /// Its payload.
+    pub payload: Bytes,
+}
+
+/// What the node said about itself in `WELCOME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// The node's name.
+    pub node: String,
+    /// The protocol version in use.
+    pub version: u64,
+    /// The node's id for this connection.
+    pub connection_id: u64,
+    /// Largest payload the node accepts.
+    pub max_payload: usize,
+}
+
+/// A handle to a connection. Cheap to clone; all clones share the connection.
+#[derive(Clone)]
+pub struct Client {
+    handle: Arc<Handle>,
+}
+
+/// Owned by the `Client` clones and subscriptions; dropping the last one stops the driver.
+struct Handle {
+    inner: Arc<Inner>,
+    driver: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.inner.shutdown.cancel();
+    }
+}
+
+/// State shared between the handles and the connection driver.
+pub(crate) struct Inner {
+    pub url: NodeUrl,
+    pub opts: ConnectOptions,
+    pub endpoint: quinn::Endpoint,
+    pub quic: quinn::ClientConfig,
+    /// Lock order: `out` before `subs`.
+    pub out: Mutex<Out>,
+    pub subs: Mutex<HashMap<u64, SubEntry>>,
+    pub pings: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    /// Wakes the writer.
+    pub wake: Notify,
+    /// Wakes publishers waiting for buffer space.
+    pub drained: Notify,
+    pub next_id: AtomicU64,
+    pub state: watch::Sender<ConnectionState>,
+    pub events: broadcast::Sender<Event>,
+    pub info: Mutex<Option<ServerInfo>>,
+    pub shutdown: CancellationToken,
+}
+
+/// The outgoing queue and whether a session is open to drain it.
+pub(crate) struct Out {
+    pub buf: OutBuf,
+    pub connected: bool,
+    /// Sids whose `SUB` frame sits in `buf`, not yet handed to a session: a reconnect
+    /// must not send those twice.
+    pub queued_subs: Vec<u64>,
+}
+
+pub(crate) struct SubEntry {
+    pub pattern: Pattern,
+    pub tx: mpsc::Sender<Message>,
+    /// The caller of `subscribe` waiting for `SUBACK`.
+    pub ack: Option<oneshot::Sender<Result<(), ClientError>>>,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Client {
+    /// Connects to the node at `url` (`quic://host:port`) and opens a session.
+    ///
+    /// The first attempt's failure is returned as is (so a wrong address, certificate or
+    /// credential is reported at once); later disconnections are handled by reconnecting.
+    ///
+    /// # Errors
+    /// [`ClientError`]: bad URL, no node, untrusted certificate, authentication failure.
+    pub async fn connect(url: &str, opts: ConnectOptions) -> Result<Client, ClientError> {
+        let url = NodeUrl::parse(url)?;
+        let crypto = tls::client_crypto(&opts.trust, &url)?;
+        let quic = session::quic_config(crypto)?;
+        let addr = session::resolve(&url).await?;
+        let bind: std::net::SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
+            .parse()
+            .map_err(|_| ClientError::Connection("bad bind address".into()))?;
+        let endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Connection(format!("cannot open a UDP socket: {e}")))?;
+        let (state, _) = watch::channel(ConnectionState::Reconnecting);
+        let inner = Arc::new(Inner {
+            url,
+            opts,
+            endpoint,
+            quic,
+            out: Mutex::new(Out { buf: OutBuf::new(), connected: false, queued_subs: Vec::new() }),
+            subs: Mutex::new(HashMap::new()),
+            pings: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            drained: Notify::new(),
+            next_id: AtomicU64::new(1),
+            state,
+            events: broadcast::channel(64).0,
+            info: Mutex::new(None),
+            shutdown: CancellationToken::new(),
+        });
+        let first = session::establish(&inner).await?;
+        let driver = tokio::spawn(session::drive(inner.clone(), first));
+        Ok(Client { handle: Arc::new(Handle { inner, driver: Mutex::new(Some(driver)) }) })
+    }
+
+    fn inner(&self) -> &Inner {
+        &self.handle.inner
+    }
+
+    /// Publishes `payload` to `topic`.
+    ///
+    /// Returns once the message is queued for the node, not when it is delivered; use
+    /// [`Client::flush`] to wait until the node has routed everything published so far.
+    ///
+    /// # Errors
+    /// Invalid topic, payload over the node's limit, [`ClientError::BufferFull`] while
+    /// reconnecting, [`ClientError::ClientClosed`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe: if the future is dropped before it completes, nothing was queued.
+    pub async fn publish(&self, topic: &str, payload: impl Into<Bytes>) -> Result<(), ClientError> {
+        self.publish_with_headers(topic, &Headers::new(), payload).await
+    }
+
+    /// Publishes with headers (see [`Headers::from_pairs`]).
+    ///
+    /// # Errors
+    /// As [`Client::publish`].
+    pub async fn publish_with_headers(
+        &self,
+        topic: &str,
+        headers: &Headers,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), ClientError> {
+        let payload = payload.into();
+        let t = Topic::new(topic).map_err(|source| ClientError::InvalidTopic { topic: topic.to_owned(), source })?;
+        let max = self.max_payload();
+        if payload.len() > max {
+            return Err(ClientError::PayloadTooLarge { size: payload.len(), max });
+        }
+        let inner = self.inner();
+        loop {
+            let drained = inner.drained.notified();
+            {
+                let mut out = lock(&inner.out);
+                if inner.shutdown.is_cancelled() {
+                    return Err(ClientError::ClientClosed);
+                }
+                if out.buf.len() < inner.opts.max_buffered {
+                    let was_empty = out.buf.is_empty();
+                    out.buf.push_pub(t.as_bytes(), headers, &payload);
+                    drop(out);
+                    if was_empty {
+                        inner.wake.notify_one();
+                    }
+                    return Ok(());
+                }
+                if !out.connected {
+                    return Err(ClientError::BufferFull(inner.opts.max_buffered));
+                }
+            }
+            drained.await;
+        }
+    }
+
+    /// Subscribes to `pattern` (`*` matches one segment, a final `>` one or more).
+    ///
+    /// When connected, returns once the node has confirmed the subscription, so any
+    /// message published after that (by anyone) reaches it. While reconnecting, returns at
+    /// once and the subscription starts with the next session. Dropping the
+    /// [`Subscription`] unsubscribes.
+    ///
+    /// # Errors
+    /// Invalid pattern; [`ClientError::Refused`] if the node refuses it (too many
+    /// subscriptions, permission denied); [`ClientError::ClientClosed`].
+    pub async fn subscribe(&self, pattern: &str) -> Result<Subscription, ClientError> {
+        let parsed =
+            Pattern::new(pattern).map_err(|source| ClientError::InvalidPattern { pattern: pattern.to_owned(), source })?;
+        let inner = self.inner();
+        let sid = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(inner.opts.subscription_capacity);
+        let (ack_tx, ack_rx) = oneshot::channel();
+        let connected = {
+            let mut out = lock(&inner.out);
+            if inner.shutdown.is_cancelled() {
+                return Err(ClientError::ClientClosed);
+            }
+            let connected = out.connected;
+            let ack = connected.then_some(ack_tx);
+            lock(&inner.subs).insert(sid, SubEntry { pattern: parsed.clone(), tx, ack });
+            if connected {
+                let sub = Frame::Sub(Subscribe { sid, pattern: Bytes::copy_from_slice(parsed.as_bytes()) });
+                out.buf.push_frame(&sub);
+                out.queued_subs.push(sid);
+            }
+            connected
+        };
+        let sub = Subscription { sid, pattern: parsed, rx, client: self.clone() };
+        if connected {
+            inner.wake.notify_one();
+            match ack_rx.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(ClientError::ClientClosed),
+            }
+        }
+        Ok(sub)
+    }
+
+    fn unsubscribe(&self, sid: u64) {
+        let inner = self.inner();
+        let mut out = lock(&inner.out);
+        lock(&inner.subs).remove(&sid);
+        // Always queued: if this sub's SUB is still in the buffer, the UNSUB must follow
+        // it; if not, a node that does not know the sid ignores it.
+        out.buf.push_frame(&Frame::Unsub(sid));
+        drop(out);
+        inner.wake.notify_one();
+    }
+
+    /// Waits until the node has processed everything this client sent before the call
+    /// (so every earlier publish has been routed to its subscribers).
+    ///
+    /// # Errors
+    /// [`ClientError::Disconnected`] if there is no session or it is lost meanwhile.
+    pub async fn flush(&self) -> Result<(), ClientError> {
+        let inner = self.inner();
+        let token = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut out = lock(&inner.out);
+            if !out.connected {
+                return Err(ClientError::Disconnected);
+            }
+            lock(&inner.pings).insert(token, tx);
+            out.buf.push_frame(&Frame::Ping(token));
+        }
+        inner.wake.notify_one();
+        rx.await.map_err(|_| ClientError::Disconnected)
+    }
+
+    /// Flushes (for at most the connect timeout), then closes the connection. Other clones
+    /// of this client and its subscriptions see the client closed.
+    pub async fn close(&self) {
+        let _ = tokio::time::timeout(self.inner().opts.connect_timeout, self.flush()).await;
+        self.inner().shutdown.cancel();
+        let driver = lock(&self.handle.driver).take();
+        if let Some(d) = driver {
+            let _ = d.await;
+        }
+    }
+
+    /// The connection state; `.changed().await` on the receiver to follow it.
+    pub fn state(&self) -> watch::Receiver<ConnectionState> {
+        self.inner().state.subscribe()
+    }
+
+    /// Events besides messages: reconnects, `GOAWAY`, errors for publishes. A receiver that
+    /// falls more than 64 events behind misses the oldest (see `broadcast::Receiver`).
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.inner().events.subscribe()
+    }
+
+    /// What the node said in its last `WELCOME`.
+    pub fn server_info(&self) -> Option<ServerInfo> {
+        lock(&self.inner().info).clone()
+    }
+
+    /// The URL this client connects to.
+    pub fn url(&self) -> &NodeUrl {
+        &self.inner().url
+    }
+
+    fn max_payload(&self) -> usize {
+        lock(&self.inner().info).as_ref().map_or(fovea_core::limits::MAX_PAYLOAD, |i| i.max_payload)
+    }
+}
+
+/// A stream of the messages that match one pattern. Ends when the client closes or the
+/// node cancels the subscription. Dropping it unsubscribes.
+pub struct Subscription {
+    sid: u64,
+    pattern: Pattern,
+    rx: mpsc::Receiver<Message>,
+    client: Client,
+}
+
+impl Subscription {
+    /// The next message, or `None` when the subscription has ended.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: no message is lost if the future is dropped.
+    pub async fn next(&mut self) -> Option<Message> {
+        self.rx.recv().await
+    }
+
+    /// The subscription's pattern.
+    pub fn pattern(&self) -> &Pattern {
+        &self.pattern
+    }
+
+    /// The subscription id on the wire.
+    pub fn sid(&self) -> u64 {
+        self.sid
+    }
+}
+
+impl futures_core::Stream for Subscription {
+    type Item = Message;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.client.unsubscribe(self.sid);
+    }
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription").field("sid", &self.sid).field("pattern", &self.pattern).finish()
+    }
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("url", &self.inner().url.to_string()).finish()
+    }
+}

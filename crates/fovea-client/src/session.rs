@@ -1,0 +1,315 @@
+//! The connection driver: opens sessions, restores subscriptions, moves frames both ways,
+//! and reconnects with backoff when a session ends.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use fovea_core::frame::{Hello, Subscribe, VERSION};
+use fovea_core::{Deframer, ErrorCode, Frame, Topic};
+use quinn::{Connection, ConnectionError, RecvStream, SendStream, VarInt};
+use tokio::sync::mpsc::error::TrySendError;
+
+use crate::{lock, ClientError, ConnectionState, Event, Inner, Message, NodeUrl, ServerInfo};
+
+/// Largest chunk read from the stream at once.
+const READ_CHUNK: usize = 256 * 1024;
+/// First wait before reconnecting; doubles up to `max_reconnect_delay`.
+const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(50);
+
+pub(crate) fn quic_config(crypto: rustls::ClientConfig) -> Result<quinn::ClientConfig, ClientError> {
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(|e| ClientError::Tls(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut t = quinn::TransportConfig::default();
+    // The node never opens streams towards a client.
+    t.max_concurrent_bidi_streams(VarInt::from_u32(0));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t.keep_alive_interval(Some(Duration::from_secs(10)));
+    t.datagram_receive_buffer_size(None);
+    cfg.transport_config(Arc::new(t));
+    Ok(cfg)
+}
+
+pub(crate) async fn resolve(url: &NodeUrl) -> Result<SocketAddr, ClientError> {
+    let err = |reason: String| ClientError::Resolve { url: url.to_string(), reason };
+    let mut addrs = tokio::net::lookup_host((url.host.as_str(), url.port)).await.map_err(|e| err(e.to_string()))?;
+    addrs.next().ok_or_else(|| err("no addresses".into()))
+}
+
+/// An open session, after `WELCOME`.
+pub(crate) struct Session {
+    conn: Connection,
+    send: SendStream,
+    recv: RecvStream,
+    deframer: Deframer,
+}
+
+/// Connects and performs the handshake.
+pub(crate) async fn establish(inner: &Inner) -> Result<Session, ClientError> {
+    let timeout = inner.opts.connect_timeout;
+    let url = inner.url.to_string();
+    let attempt = async {
+        let addr = resolve(&inner.url).await?;
+        let connecting = inner
+            .endpoint
+            .connect_with(inner.quic.clone(), addr, &inner.url.host)
+            .map_err(|e| ClientError::Connection(e.to_string()))?;
+        let conn = connecting.await.map_err(|e| map_conn_error(&url, e))?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| map_conn_error(&url, e))?;
+        let hello = Frame::Hello(Hello {
+            version: VERSION,
+            realm: inner.opts.realm.clone(),
+            token: inner.opts.token.clone(),
+            name: inner.opts.name.clone(),
+        });
+        send.write_all(&hello.to_bytes()).await.map_err(|e| ClientError::Connection(e.to_string()))?;
+        let mut deframer = Deframer::new(fovea_core::limits::MAX_FRAME);
+        let first = loop {
+            match deframer.next_frame() {
+                Ok(Some(f)) => break f,
+                Ok(None) => {}
+                Err(e) => return Err(ClientError::Connection(format!("node sent a malformed frame: {e}"))),
+            }
+            match recv.read_chunk(READ_CHUNK, true).await {
+                Ok(Some(c)) => deframer.push(c.bytes),
+                Ok(None) => return Err(ClientError::Connection("node ended the stream during the handshake".into())),
+                Err(quinn::ReadError::ConnectionLost(e)) => return Err(map_conn_error(&url, e)),
+                Err(e) => return Err(ClientError::Connection(e.to_string())),
+            }
+        };
+        let Frame::Welcome(w) = first else {
+            return Err(ClientError::Connection(format!("expected WELCOME, got frame type 0x{:x}", first.kind())));
+        };
+        *lock(&inner.info) = Some(ServerInfo {
+            node: w.node,
+            version: w.version,
+            connection_id: w.connection_id,
+            max_payload: usize::try_from(w.max_payload).unwrap_or(usize::MAX),
+        });
+        Ok(Session { conn, send, recv, deframer })
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(ClientError::NoNode { url, timeout }),
+    }
+}
+
+fn map_conn_error(url: &str, e: ConnectionError) -> ClientError {
+    match e {
+        ConnectionError::ApplicationClosed(c) => {
+            let code = ErrorCode::from_u64(c.error_code.into_inner());
+            if code == ErrorCode::AuthFailed {
+                return ClientError::AuthFailed;
+            }
+            ClientError::Closed { code, reason: String::from_utf8_lossy(&c.reason).into_owned() }
+        }
+        ConnectionError::TransportError(t) if t.code.to_string().contains("CRYPTO") || t.reason.contains("certificate") => {
+            ClientError::Untrusted { url: url.to_owned(), reason: t.reason }
+        }
+        ConnectionError::TimedOut => ClientError::NoNode { url: url.to_owned(), timeout: Duration::ZERO },
+        other => ClientError::Connection(other.to_string()),
+    }
+}
+
+/// Why a session ended.
+enum End {
+    /// The client is closing.
+    Shutdown,
+    /// The connection was lost or closed by the node.
+    Lost(String),
+}
+
+/// Runs sessions until the client is closed.
+pub(crate) async fn drive(inner: Arc<Inner>, first: Session) {
+    let mut session = Some(first);
+    let mut delay = FIRST_RECONNECT_DELAY;
+    let jitter = RandomState::new();
+    let mut attempt = 0u64;
+    loop {
+        if let Some(s) = session.take() {
+            delay = FIRST_RECONNECT_DELAY;
+            match run(&inner, s).await {
+                End::Shutdown => break,
+                End::Lost(reason) => {
+                    tracing::debug!(url = %inner.url, %reason, "connection lost");
+                    let _ = inner.events.send(Event::Disconnected(reason));
+                    if !inner.opts.reconnect {
+                        break;
+                    }
+                    inner.state.send_replace(ConnectionState::Reconnecting);
+                }
+            }
+        }
+        // Backoff with ±25% jitter, so clients of a restarted node do not return in step.
+        attempt += 1;
+        let spread = delay.as_millis() as u64 / 2 + 1;
+        let wait = delay - delay / 4 + Duration::from_millis(jitter.hash_one(attempt) % spread);
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        match establish(&inner).await {
+            Ok(s) => session = Some(s),
+            Err(e) => {
+                tracing::debug!(url = %inner.url, error = %e, "reconnect failed");
+                delay = (delay * 2).min(inner.opts.max_reconnect_delay);
+            }
+        }
+    }
+    inner.state.send_replace(ConnectionState::Closed);
+    // Wake everyone who waits on the connection: they will see it closed.
+    lock(&inner.out).connected = false;
+    inner.drained.notify_waiters();
+    lock(&inner.subs).clear();
+    lock(&inner.pings).clear();
+    inner.endpoint.close(VarInt::from_u32(0), b"client closed");
+    let _ = tokio::time::timeout(Duration::from_secs(1), inner.endpoint.wait_idle()).await;
+}
+
+/// One session: restore subscriptions, then read and write until it ends.
+async fn run(inner: &Arc<Inner>, s: Session) -> End {
+    let Session { conn, mut send, mut recv, mut deframer } = s;
+    // Restore: SUB for every live subscription whose SUB is not still queued, sent
+    // before anything already queued. Done under the `out` lock so no subscribe() falls
+    // between the snapshot and `connected = true`.
+    let mut restore = BytesMut::new();
+    {
+        let mut out = lock(&inner.out);
+        let subs = lock(&inner.subs);
+        for (sid, e) in subs.iter() {
+            if !out.queued_subs.contains(sid) {
+                Frame::Sub(Subscribe { sid: *sid, pattern: Bytes::copy_from_slice(e.pattern.as_bytes()) }).encode(&mut restore);
+            }
+        }
+        out.connected = true;
+    }
+    inner.state.send_replace(ConnectionState::Connected);
+    let _ = inner.events.send(Event::Connected);
+    let end = async {
+        if !restore.is_empty() {
+            send.write_all(&restore).await.map_err(|e| e.to_string())?;
+        }
+        tokio::select! {
+            r = read_loop(inner, &mut recv, &mut deframer) => r,
+            r = write_loop(inner, &mut send) => r,
+        }
+    };
+    let end = tokio::select! {
+        r = end => End::Lost(r.err().unwrap_or_else(|| "node ended the stream".into())),
+        _ = inner.shutdown.cancelled() => End::Shutdown,
+    };
+    lock(&inner.out).connected = false;
+    inner.drained.notify_waiters();
+    lock(&inner.pings).clear();
+    match &end {
+        End::Shutdown => {
+            // Best effort: hand what is queued to the stream, then close.
+            let mut chunks = Vec::new();
+            lock(&inner.out).buf.take_into(&mut chunks);
+            let _ = tokio::time::timeout(Duration::from_secs(1), send.write_all_chunks(&mut chunks)).await;
+            let _ = send.finish();
+            conn.close(VarInt::from_u32(0), b"client closed");
+        }
+        End::Lost(_) => conn.close(VarInt::from_u32(0), b""),
+    }
+    end
+}
+
+async fn write_loop(inner: &Inner, send: &mut SendStream) -> Result<(), String> {
+    let mut chunks: Vec<Bytes> = Vec::new();
+    loop {
+        {
+            let mut out = lock(&inner.out);
+            out.buf.take_into(&mut chunks);
+            out.queued_subs.clear();
+        }
+        inner.drained.notify_waiters();
+        if chunks.is_empty() {
+            inner.wake.notified().await;
+            continue;
+        }
+        send.write_all_chunks(&mut chunks).await.map_err(|e| format!("write: {e}"))?;
+        chunks.clear();
+    }
+}
+
+async fn read_loop(inner: &Inner, recv: &mut RecvStream, deframer: &mut Deframer) -> Result<(), String> {
+    loop {
+        while let Some(frame) = deframer.next_frame().map_err(|e| format!("node sent a malformed frame: {e}"))? {
+            handle(inner, frame).await?;
+        }
+        match recv.read_chunk(READ_CHUNK, true).await {
+            Ok(Some(c)) => deframer.push(c.bytes),
+            Ok(None) => return Err("node ended the stream".into()),
+            Err(quinn::ReadError::ConnectionLost(ConnectionError::ApplicationClosed(c))) => {
+                let code = ErrorCode::from_u64(c.error_code.into_inner());
+                return Err(format!("closed by the node: {code}{}", crate::fmt_reason(&String::from_utf8_lossy(&c.reason))));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+async fn handle(inner: &Inner, frame: Frame) -> Result<(), String> {
+    match frame {
+        Frame::Msg(m) => {
+            let topic = Topic::from_bytes(m.topic).map_err(|e| format!("node sent an invalid topic: {e}"))?;
+            let msg = Message { topic, headers: m.headers, payload: m.payload };
+            let waiting = {
+                let subs = lock(&inner.subs);
+                match subs.get(&m.sid).map(|e| e.tx.try_send(msg)) {
+                    // No entry: a message in flight when the subscription ended.
+                    None | Some(Ok(())) | Some(Err(TrySendError::Closed(_))) => None,
+                    Some(Err(TrySendError::Full(msg))) => subs.get(&m.sid).map(|e| (e.tx.clone(), msg)),
+                }
+            };
+            if let Some((tx, msg)) = waiting {
+                // Flow control: stop reading until the application takes a message.
+                let _ = tx.send(msg).await;
+            }
+        }
+        Frame::SubAck(sid) => {
+            if let Some(ack) = lock(&inner.subs).get_mut(&sid).and_then(|e| e.ack.take()) {
+                let _ = ack.send(Ok(()));
+            }
+        }
+        Frame::Pong(token) => {
+            if let Some(tx) = lock(&inner.pings).remove(&token) {
+                let _ = tx.send(());
+            }
+        }
+        Frame::Ping(token) => {
+            let mut out = lock(&inner.out);
+            out.buf.push_frame(&Frame::Pong(token));
+            drop(out);
+            inner.wake.notify_one();
+        }
+        Frame::Error(e) => {
+            let entry = if e.reference != 0 { lock(&inner.subs).remove(&e.reference) } else { None };
+            match entry {
+                Some(entry) => {
+                    let err = ClientError::Refused { code: e.code, message: e.message.clone() };
+                    match entry.ack {
+                        Some(ack) => {
+                            let _ = ack.send(Err(err));
+                        }
+                        None => tracing::warn!(code = %e.code, message = %e.message, "the node ended a subscription"),
+                    }
+                }
+                None => {
+                    tracing::warn!(code = %e.code, message = %e.message, "the node refused an operation");
+                    let _ = inner.events.send(Event::ServerError { code: e.code, message: e.message });
+                }
+            }
+        }
+        Frame::GoAway(g) => {
+            let _ = inner.events.send(Event::GoAway(g.message.clone()));
+            return Err(format!("node going away: {}", g.message));
+        }
+        other => return Err(format!("unexpected frame type 0x{:x} from the node", other.kind())),
+    }
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! Which node certificates the client trusts.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+use crate::{ClientError, NodeUrl};
+
+/// How the client decides whether to trust a node's certificate.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub enum Trust {
+    /// For a loopback URL, the local node's self-signed certificate
+    /// (`<default data dir>/node.crt`); otherwise an error asking for a CA.
+    #[default]
+    Auto,
+    /// Certificates (CA or self-signed node certificates) from these PEM files.
+    CaFiles(Vec<PathBuf>),
+    /// Accept any certificate. For tests only: anyone on the path can impersonate the node.
+    Insecure,
+}
+
+/// The platform data dir fovea uses by default (`~/.local/share/fovea` on Linux).
+pub fn default_data_dir() -> PathBuf {
+    dirs::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("fovea")
+}
+
+pub(crate) fn client_crypto(trust: &Trust, url: &NodeUrl) -> Result<rustls::ClientConfig, ClientError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ClientError::Tls(e.to_string()))?;
+    let mut cfg = match trust {
+        Trust::Insecure => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+            .with_no_client_auth(),
+        other => {
+            let files = match other {
+                Trust::CaFiles(files) => files.clone(),
+                _ => {
+                    let local = default_data_dir().join("node.crt");
+                    if !url.is_loopback() || !local.exists() {
+                        return Err(ClientError::Tls(format!(
+                            "no certificate to trust for {url}: pass --ca FILE (the node's node.crt or its CA), \
+                             or --insecure for a test{}",
+                            if url.is_loopback() { format!(" ({} does not exist yet)", local.display()) } else { String::new() }
+                        )));
+                    }
+                    vec![local]
+                }
+            };
+            let mut roots = rustls::RootCertStore::empty();
+            for f in &files {
+                for cert in read_certs(f)? {
+                    roots
+                        .add(cert)
+                        .map_err(|e| ClientError::Tls(format!("{}: unusable certificate: {e}", f.display())))?;
+                }
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+    };
+    cfg.alpn_protocols = vec![fovea_core::frame::ALPN.to_vec()];
+    Ok(cfg)
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientError> {
+    let data = std::fs::read(path).map_err(|e| ClientError::Tls(format!("cannot read CA file {}: {e}", path.display())))?;
+    let certs = CertificateDer::pem_slice_iter(&data)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ClientError::Tls(format!("{}: not PEM certificates: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(ClientError::Tls(format!("{}: no `BEGIN CERTIFICATE` block found", path.display())));
+    }
+    Ok(certs)
+}
+
+/// Accepts any certificate but still checks the handshake signatures, so the session is
+/// at least bound to the key the peer presented.
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
