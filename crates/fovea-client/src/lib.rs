@@ -43,12 +43,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fovea_core::frame::Subscribe;
-use fovea_core::{ErrorCode, Frame, Headers, OutBuf, Pattern, Topic, TopicError};
+use fovea_core::{Frame, OutBuf};
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use fovea_core::headers::HeaderError;
+pub use fovea_core::{ErrorCode, Headers, Pattern, Topic, TopicError};
 pub use tls::{default_data_dir, Trust};
 pub use url::{NodeUrl, DEFAULT_PORT};
 

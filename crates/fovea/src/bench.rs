@@ -1,0 +1,118 @@
+//! `fovea bench`: throughput figures, printed last as key=value pairs in the shape that
+//! `../shared/bench/nats.sh` prints, so the two can be compared from one run.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use fovea_client::{Client, ConnectOptions, Trust};
+
+use crate::cli::{BenchArgs, BenchMode};
+
+/// A subscriber that has seen nothing for this long after the publisher finished is done.
+const QUIET: Duration = Duration::from_secs(3);
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let (url, trust, _node) = match &args.url {
+        Some(url) => {
+            let trust = match (&args.ca, args.insecure) {
+                (_, true) => Trust::Insecure,
+                (Some(ca), false) => Trust::CaFiles(vec![ca.clone()]),
+                (None, false) => Trust::Auto,
+            };
+            (url.clone(), trust, None)
+        }
+        None => {
+            let node = ChildNode::start()?;
+            (node.url.clone(), Trust::CaFiles(vec![node.cert.clone()]), Some(node))
+        }
+    };
+    match args.mode {
+        BenchMode::Pubsub => pubsub(&url, trust, args.msgs, args.size).await,
+    }
+}
+
+async fn pubsub(url: &str, trust: Trust, msgs: u64, size: usize) -> anyhow::Result<()> {
+    let opts = ConnectOptions::new().trust(trust);
+    let sub_client = Client::connect(url, opts.clone().name("bench-sub")).await?;
+    let publisher = Client::connect(url, opts.name("bench-pub")).await?;
+    let mut sub = sub_client.subscribe("bench.x").await?;
+    let t0 = Instant::now();
+    let receiver = tokio::spawn(async move {
+        let mut got = 0u64;
+        let mut last = Instant::now();
+        while got < msgs {
+            match tokio::time::timeout(QUIET, sub.next()).await {
+                Ok(Some(_)) => {
+                    got += 1;
+                    last = Instant::now();
+                }
+                _ => break,
+            }
+        }
+        (got, last)
+    });
+    let payload = Bytes::from(vec![b'x'; size]);
+    for _ in 0..msgs {
+        publisher.publish("bench.x", payload.clone()).await?;
+    }
+    publisher.flush().await.context("flushing the publisher")?;
+    let pub_elapsed = t0.elapsed();
+    let (got, last) = receiver.await.context("receiver task failed")?;
+    let elapsed = last.saturating_duration_since(t0).as_secs_f64().max(1e-9);
+    let dropped = msgs - got;
+    let delivered_rate = got as f64 / elapsed;
+    let pub_rate = msgs as f64 / pub_elapsed.as_secs_f64().max(1e-9);
+    println!("pubsub: {msgs} messages of {size} bytes, 1 publisher -> 1 subscriber");
+    println!("  published at {:.0} msgs/s, delivered {got} at {:.0} msgs/s ({:.1} MB/s), dropped {dropped}", pub_rate, delivered_rate, delivered_rate * size as f64 / 1e6);
+    println!(
+        "system=fovea mode=pubsub size={size} subs=1 published={msgs} delivered={got} dropped={dropped} \
+         pub_rate={pub_rate:.0} delivered_rate={delivered_rate:.0} elapsed_s={elapsed:.3}"
+    );
+    publisher.close().await;
+    sub_client.close().await;
+    if dropped > 0 {
+        bail!("{dropped} messages were not delivered");
+    }
+    Ok(())
+}
+
+/// A node started as a child process, as users run it, on a free port and a fresh data dir.
+struct ChildNode {
+    child: Child,
+    url: String,
+    cert: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ChildNode {
+    fn start() -> anyhow::Result<ChildNode> {
+        let dir = tempfile::tempdir().context("creating a temporary data dir")?;
+        let exe = std::env::current_exe().context("locating the fovea binary")?;
+        let mut child = Command::new(exe)
+            .args(["node", "--listen", "127.0.0.1:0", "--log-level", "warn", "--data-dir"])
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting a node")?;
+        let stdout = child.stdout.take().context("node stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).context("reading the node's ready line")?;
+        let Some(url) = line.split_whitespace().find(|w| w.starts_with("quic://")) else {
+            let _ = child.kill();
+            bail!("the node did not print its ready line (got {line:?})");
+        };
+        Ok(ChildNode { url: url.to_owned(), cert: dir.path().join("node.crt"), child, _dir: dir })
+    }
+}
+
+impl Drop for ChildNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,90 @@
+//! `fovea pub` and `fovea sub`.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use fovea_client::{Client, ConnectOptions, Headers, Trust};
+use tokio::io::AsyncBufReadExt;
+
+use crate::cli::{ClientArgs, PubArgs, SubArgs};
+
+/// Connects as the flags say.
+pub async fn connect(args: &ClientArgs, name: &str) -> anyhow::Result<Client> {
+    if args.insecure {
+        eprintln!("warning: --insecure: the node's certificate is not verified; do not use this outside tests");
+    }
+    if !(args.connect_timeout.is_finite() && args.connect_timeout > 0.0) {
+        bail!("--connect-timeout must be a positive number of seconds, got {}", args.connect_timeout);
+    }
+    let trust = match (&args.ca, args.insecure) {
+        (_, true) => Trust::Insecure,
+        (Some(ca), false) => Trust::CaFiles(vec![ca.clone()]),
+        (None, false) => Trust::Auto,
+    };
+    let mut opts = ConnectOptions::new()
+        .realm(&args.realm)
+        .name(name)
+        .trust(trust)
+        .connect_timeout(Duration::from_secs_f64(args.connect_timeout));
+    if let Some(t) = &args.token {
+        opts = opts.token(t.clone().into_bytes());
+    }
+    Ok(Client::connect(&args.url, opts).await?)
+}
+
+pub async fn publish(args: PubArgs) -> anyhow::Result<()> {
+    let pairs: Vec<(&str, &str)> = args
+        .headers
+        .iter()
+        .map(|h| h.split_once('=').with_context(|| format!("header {h:?} has no `=`: write it as NAME=VALUE")))
+        .collect::<Result<_, _>>()?;
+    let headers = Headers::from_pairs(pairs)?;
+    // Validate before connecting, so a typo is reported even with no node running.
+    fovea_core::Topic::new(&args.topic).map_err(|e| anyhow::anyhow!("invalid topic {:?}: it {e}", args.topic))?;
+    let client = connect(&args.client, "fovea-pub").await?;
+    match args.payload {
+        Some(p) => client.publish_with_headers(&args.topic, &headers, p).await?,
+        None => {
+            let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+            while let Some(line) = lines.next_line().await.context("reading stdin")? {
+                client.publish_with_headers(&args.topic, &headers, line).await?;
+            }
+        }
+    }
+    client.flush().await.context("the node did not confirm the publish")?;
+    client.close().await;
+    Ok(())
+}
+
+pub async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
+    fovea_core::Pattern::new(&args.pattern).map_err(|e| anyhow::anyhow!("invalid pattern {:?}: it {e}", args.pattern))?;
+    let client = connect(&args.client, "fovea-sub").await?;
+    let mut sub = client.subscribe(&args.pattern).await?;
+    eprintln!("subscribed to {} on {}", args.pattern, client.url());
+    let stdout = std::io::stdout();
+    let mut n = 0u64;
+    while args.count.is_none_or(|c| n < c) {
+        let Some(msg) = sub.next().await else {
+            bail!("the subscription ended: the client was closed or the node cancelled it");
+        };
+        n += 1;
+        let mut out = stdout.lock();
+        if args.raw {
+            out.write_all(&msg.payload)?;
+        } else {
+            out.write_all(msg.topic.as_bytes())?;
+            if args.headers && !msg.headers.is_empty() {
+                let hs: Vec<String> = msg.headers.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                write!(out, " [{}]", hs.join(" "))?;
+            }
+            out.write_all(b" ")?;
+            out.write_all(String::from_utf8_lossy(&msg.payload).as_bytes())?;
+        }
+        out.write_all(b"\n")?;
+        out.flush()?;
+    }
+    drop(sub);
+    client.close().await;
+    Ok(())
+}

@@ -1,0 +1,53 @@
+//! `fovea node`: run a node until SIGINT or SIGTERM.
+
+use anyhow::Context;
+use fovea_node::{Node, NodeConfig, TlsFiles};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::NodeArgs;
+
+pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+    let data_dir = args.data_dir.unwrap_or_else(fovea_client::default_data_dir);
+    let mut config = NodeConfig::new(&data_dir);
+    config.listen = args.listen;
+    if let Some(name) = args.name {
+        config.name = name;
+    }
+    if let (Some(cert), Some(key)) = (args.cert, args.key) {
+        config.tls = Some(TlsFiles { cert, key });
+    }
+    let node = Node::bind(config).context("cannot start the node")?;
+    let addr = node.local_addr();
+    let trust = match node.self_signed_cert() {
+        Some(path) => format!(", clients trust {}", path.display()),
+        None => String::new(),
+    };
+    // The one line scripts and tests wait for; keep its shape stable.
+    println!("fovea node ready on quic://{addr} (certificate sha256 {}{trust})", node.fingerprint());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    node.run(shutdown).await.context("node failed")?;
+    tracing::info!("node stopped");
+    Ok(())
+}
+
+async fn stop_on_signal(token: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            tracing::warn!("cannot install signal handlers; stop the node with SIGKILL");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutting down: telling clients to go away");
+    token.cancel();
+}
