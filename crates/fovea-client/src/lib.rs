@@ -350,6 +350,10 @@ impl Client {
             shutdown: CancellationToken::new(),
         });
         let first = session::establish(&inner).await?;
+        // Open for business before returning, so the caller's first subscribe and flush
+        // see a session; the driver's restore finds nothing to restore yet.
+        lock(&inner.out).connected = true;
+        inner.state.send_replace(ConnectionState::Connected);
         let driver = tokio::spawn(session::drive(inner.clone(), first));
         Ok(Client { handle: Arc::new(Handle { inner, driver: Mutex::new(Some(driver)) }) })
     }

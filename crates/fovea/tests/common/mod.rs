@@ -1,0 +1,162 @@
+//! Test helpers: in-process nodes on ephemeral loopback ports, SDK clients that trust them,
+//! and a raw protocol client for feeding nodes bad input.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fovea_client::{Client, ConnectOptions};
+use fovea_core::frame::{Hello, VERSION};
+use fovea_core::{Deframer, Frame};
+use fovea_node::{Limits, Node, NodeConfig, StatsHandle};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use tokio_util::sync::CancellationToken;
+
+/// Generous bound for anything a test waits for; a hang fails instead of blocking CI.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct TestNode {
+    pub addr: SocketAddr,
+    pub cert: PathBuf,
+    pub stats: StatsHandle,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+    pub dir: Arc<tempfile::TempDir>,
+}
+
+impl TestNode {
+    pub async fn start() -> TestNode {
+        Self::start_with(Limits::default()).await
+    }
+
+    pub async fn start_with(limits: Limits) -> TestNode {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        Self::start_at("127.0.0.1:0".parse().unwrap(), dir, limits).await
+    }
+
+    /// Starts a node at `addr` with state in `dir` (reuse both to "restart" a node).
+    pub async fn start_at(addr: SocketAddr, dir: Arc<tempfile::TempDir>, limits: Limits) -> TestNode {
+        let mut config = NodeConfig::new(dir.path());
+        config.listen = addr;
+        config.name = "test-node".into();
+        config.limits = limits;
+        let node = Node::bind(config).expect("node binds");
+        let addr = node.local_addr();
+        let cert = node.self_signed_cert().unwrap().to_owned();
+        let stats = node.stats();
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let task = tokio::spawn(async move {
+            node.run(token).await.unwrap();
+        });
+        TestNode { addr, cert, stats, shutdown, task, dir }
+    }
+
+    pub fn url(&self) -> String {
+        format!("quic://{}", self.addr)
+    }
+
+    pub fn options(&self) -> ConnectOptions {
+        ConnectOptions::new().ca_file(&self.cert)
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.url(), self.options()).await.expect("client connects")
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.task).await.expect("node stops in time").unwrap();
+    }
+}
+
+/// Waits for `cond` to hold, polling; panics after [`WAIT`].
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A client that speaks the protocol by hand, to send what the SDK never would.
+pub struct RawClient {
+    pub conn: quinn::Connection,
+    pub send: quinn::SendStream,
+    pub recv: quinn::RecvStream,
+    deframer: Deframer,
+    _endpoint: quinn::Endpoint,
+}
+
+impl RawClient {
+    /// Connects and opens the control stream, without sending anything.
+    pub async fn connect(node: &TestNode) -> RawClient {
+        let pem = std::fs::read(&node.cert).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(&pem) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"fovea/1".to_vec()];
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+        let conn = endpoint.connect(node.addr, "localhost").unwrap().await.unwrap();
+        let (send, recv) = conn.open_bi().await.unwrap();
+        RawClient { conn, send, recv, deframer: Deframer::new(fovea_core::limits::MAX_FRAME), _endpoint: endpoint }
+    }
+
+    /// Connects and completes the handshake.
+    pub async fn handshake(node: &TestNode) -> RawClient {
+        let mut c = Self::connect(node).await;
+        c.send_frame(&Frame::Hello(Hello { version: VERSION, realm: "default".into(), token: Bytes::new(), name: "raw".into() }))
+            .await;
+        match c.next_frame().await {
+            Some(Frame::Welcome(_)) => c,
+            other => panic!("expected WELCOME, got {other:?}"),
+        }
+    }
+
+    pub async fn send_frame(&mut self, f: &Frame) {
+        self.send.write_all(&f.to_bytes()).await.unwrap();
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        let _ = self.send.write_all(bytes).await;
+    }
+
+    /// The next frame from the node, or `None` if the stream or connection ended.
+    pub async fn next_frame(&mut self) -> Option<Frame> {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(f) = self.deframer.next_frame().expect("node sends valid frames") {
+                    return Some(f);
+                }
+                match self.recv.read_chunk(65536, true).await {
+                    Ok(Some(c)) => self.deframer.push(c.bytes),
+                    _ => return None,
+                }
+            }
+        })
+        .await
+        .expect("node answers in time")
+    }
+
+    /// Waits for the node to close the connection and returns its application close code.
+    pub async fn close_code(&self) -> Option<u64> {
+        match tokio::time::timeout(WAIT, self.conn.closed()).await.expect("node closes in time") {
+            quinn::ConnectionError::ApplicationClosed(c) => Some(c.error_code.into_inner()),
+            _ => None,
+        }
+    }
+}

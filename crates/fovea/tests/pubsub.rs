@@ -1,0 +1,244 @@
+//! Pub/sub through real nodes on loopback, driven by the SDK.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{eventually, TestNode, WAIT};
+use fovea_client::{Client, ClientError, ConnectionState, ErrorCode, Event, Headers, Message, Subscription};
+use fovea_node::Limits;
+
+async fn recv(sub: &mut Subscription) -> Message {
+    tokio::time::timeout(WAIT, sub.next()).await.expect("message in time").expect("subscription open")
+}
+
+/// Asserts that nothing more arrives on `sub` once everything sent before has been routed.
+async fn assert_quiet(sub: &mut Subscription, publisher: &Client) {
+    publisher.flush().await.unwrap();
+    // The publisher's flush orders its earlier publishes before the node's PONG; a short
+    // grace covers the hop from the node to this subscriber.
+    let got = tokio::time::timeout(Duration::from_millis(200), sub.next()).await;
+    assert!(got.is_err(), "unexpected message: {got:?}");
+}
+
+#[tokio::test]
+async fn wildcards_route_to_exactly_the_matching_subscriptions() {
+    let node = TestNode::start().await;
+    let sub_client = node.client().await;
+    let publisher = node.client().await;
+    let mut exact = sub_client.subscribe("sensors.kitchen.temp").await.unwrap();
+    let mut star = sub_client.subscribe("sensors.*.temp").await.unwrap();
+    let mut gt = sub_client.subscribe("sensors.>").await.unwrap();
+    let mut other = sub_client.subscribe("actuators.>").await.unwrap();
+
+    publisher.publish("sensors.kitchen.temp", "21.5").await.unwrap();
+    publisher.publish("sensors.kitchen.humidity.raw", "40").await.unwrap();
+    publisher.publish("sensors", "not matched by sensors.>").await.unwrap();
+
+    let m = recv(&mut exact).await;
+    assert_eq!((m.topic.as_str(), &m.payload[..]), ("sensors.kitchen.temp", &b"21.5"[..]));
+    assert_eq!(recv(&mut star).await.topic.as_str(), "sensors.kitchen.temp");
+    assert_eq!(recv(&mut gt).await.topic.as_str(), "sensors.kitchen.temp");
+    assert_eq!(recv(&mut gt).await.topic.as_str(), "sensors.kitchen.humidity.raw");
+    assert_quiet(&mut gt, &publisher).await;
+    assert_quiet(&mut exact, &publisher).await;
+    assert_quiet(&mut star, &publisher).await;
+    assert_quiet(&mut other, &publisher).await;
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn one_publishers_messages_arrive_in_order_with_headers() {
+    let node = TestNode::start().await;
+    let a = node.client().await;
+    let b = node.client().await;
+    let mut sub = b.subscribe("seq.>").await.unwrap();
+    let headers = Headers::from_pairs([("trace-id", "t1"), ("unit", "C")]).unwrap();
+    const N: u32 = 20_000;
+    for i in 0..N {
+        // Alternate sizes so small (copied) and large (by reference) payloads interleave.
+        let mut payload = i.to_be_bytes().to_vec();
+        if i % 100 == 0 {
+            payload.resize(4000, 7);
+        }
+        a.publish_with_headers("seq.n", &headers, payload).await.unwrap();
+    }
+    for i in 0..N {
+        let m = recv(&mut sub).await;
+        assert_eq!(&m.payload[..4], &i.to_be_bytes(), "message {i} out of order");
+        assert_eq!(m.headers.get("trace-id"), Some("t1"));
+    }
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_publisher_receives_its_own_messages_when_subscribed() {
+    let node = TestNode::start().await;
+    let c = node.client().await;
+    let mut sub = c.subscribe("echo").await.unwrap();
+    c.publish("echo", Bytes::from_static(b"me")).await.unwrap();
+    assert_eq!(&recv(&mut sub).await.payload[..], b"me");
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn dropping_a_subscription_unsubscribes_at_the_node() {
+    let node = TestNode::start().await;
+    let c = node.client().await;
+    let sub = c.subscribe("x.>").await.unwrap();
+    let _keep = c.subscribe("y").await.unwrap();
+    assert_eq!(node.stats.snapshot().subscriptions, 2);
+    drop(sub);
+    c.flush().await.unwrap();
+    assert_eq!(node.stats.snapshot().subscriptions, 1);
+    drop(_keep);
+    c.close().await;
+    eventually("the node to forget a closed client's subscriptions", || node.stats.snapshot().subscriptions == 0).await;
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_names_are_refused_with_the_reason() {
+    let node = TestNode::start().await;
+    let c = node.client().await;
+    let e = c.subscribe("a.>.b").await.unwrap_err();
+    assert!(matches!(e, ClientError::InvalidPattern { .. }), "{e}");
+    assert!(e.to_string().contains("`>` may only be the last segment"), "{e}");
+    let e = c.publish("a.*", "x").await.unwrap_err();
+    assert!(e.to_string().contains("wildcards are only allowed when subscribing"), "{e}");
+    let big = vec![0u8; fovea_core::limits::MAX_PAYLOAD + 1];
+    assert!(matches!(c.publish("a", big).await, Err(ClientError::PayloadTooLarge { .. })));
+    // The connection is still fine.
+    c.flush().await.unwrap();
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn subscription_limit_is_a_clear_error_and_the_connection_stays() {
+    let node = TestNode::start_with(Limits { max_subscriptions: 2, ..Limits::default() }).await;
+    let c = node.client().await;
+    let _a = c.subscribe("a").await.unwrap();
+    let _b = c.subscribe("b").await.unwrap();
+    match c.subscribe("c").await {
+        Err(ClientError::Refused { code: ErrorCode::TooManySubscriptions, message }) => {
+            assert!(message.contains("2 subscriptions"), "{message}")
+        }
+        other => panic!("expected TooManySubscriptions, got {other:?}"),
+    }
+    c.flush().await.unwrap();
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_realm_fails_authentication() {
+    let node = TestNode::start().await;
+    let e = Client::connect(&node.url(), node.options().realm("nope")).await.unwrap_err();
+    assert!(matches!(e, ClientError::AuthFailed), "{e}");
+    assert_eq!(node.stats.snapshot().auth_failures, 1);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_certificate_from_elsewhere_is_not_trusted() {
+    let node = TestNode::start().await;
+    let other = TestNode::start().await;
+    let e = Client::connect(&node.url(), fovea_client::ConnectOptions::new().ca_file(&other.cert)).await.unwrap_err();
+    assert!(matches!(e, ClientError::Untrusted { .. }), "{e}");
+    assert!(e.to_string().contains("--ca"), "{e}");
+    // --insecure connects anyway.
+    let c = Client::connect(&node.url(), fovea_client::ConnectOptions::new().trust(fovea_client::Trust::Insecure)).await;
+    assert!(c.is_ok());
+    node.stop().await;
+    other.stop().await;
+}
+
+#[tokio::test]
+async fn no_node_says_how_to_start_one() {
+    // A bound but silent UDP socket: nothing will answer the handshake.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let url = format!("quic://{}", silent.local_addr().unwrap());
+    let opts = fovea_client::ConnectOptions::new()
+        .trust(fovea_client::Trust::Insecure)
+        .connect_timeout(Duration::from_millis(300));
+    let e = Client::connect(&url, opts).await.unwrap_err();
+    assert!(matches!(e, ClientError::NoNode { .. }), "{e}");
+    assert!(e.to_string().contains("start one with `fovea node`"), "{e}");
+}
+
+#[tokio::test]
+async fn a_stalled_subscriber_loses_messages_counted_and_never_slows_the_publisher() {
+    // 1 MiB per-connection queue; 10 MiB published in batches that the healthy subscriber
+    // confirms, so only the stalled one can overflow.
+    let node = TestNode::start_with(Limits { max_pending_bytes: 1024 * 1024, ..Limits::default() }).await;
+    let stalled_client = Client::connect(&node.url(), node.options().subscription_capacity(1)).await.unwrap();
+    let _stalled = stalled_client.subscribe("load").await.unwrap();
+    let healthy_client = node.client().await;
+    let mut healthy = healthy_client.subscribe("load").await.unwrap();
+    let publisher = node.client().await;
+    const BATCH: u32 = 1000;
+    const BATCHES: u32 = 20;
+    let (progress_tx, mut progress) = tokio::sync::watch::channel(0u32);
+    let reader = tokio::spawn(async move {
+        for n in 1..=BATCH * BATCHES {
+            recv(&mut healthy).await;
+            progress_tx.send_replace(n);
+        }
+    });
+    for b in 1..=BATCHES {
+        for _ in 0..BATCH {
+            publisher.publish("load", vec![1u8; 512]).await.unwrap();
+        }
+        tokio::time::timeout(WAIT, progress.wait_for(|n| *n >= b * BATCH))
+            .await
+            .expect("the healthy subscriber keeps up")
+            .unwrap();
+    }
+    reader.await.unwrap();
+    let s = node.stats.snapshot();
+    assert!(s.dropped > 0, "drops for the stalled subscriber are counted: {s:?}");
+    assert_eq!(s.deliveries + s.dropped, u64::from(2 * BATCH * BATCHES), "every message is delivered or counted");
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn the_client_reconnects_and_restores_subscriptions() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let node = TestNode::start_at("127.0.0.1:0".parse().unwrap(), dir.clone(), Limits::default()).await;
+    let addr = node.addr;
+    let opts = node.options().max_reconnect_delay(Duration::from_millis(100));
+    let c = Client::connect(&node.url(), opts).await.unwrap();
+    let mut sub = c.subscribe("after.restart").await.unwrap();
+    let mut state = c.state();
+    let mut events = c.events();
+
+    node.stop().await;
+    tokio::time::timeout(WAIT, state.wait_for(|s| *s == ConnectionState::Reconnecting)).await.unwrap().unwrap();
+    let mut saw_goaway = false;
+    while let Ok(e) = events.try_recv() {
+        saw_goaway |= matches!(e, Event::GoAway(_));
+    }
+    assert!(saw_goaway, "a stopping node says GOAWAY");
+
+    let node = TestNode::start_at(addr, dir, Limits::default()).await;
+    tokio::time::timeout(WAIT, state.wait_for(|s| *s == ConnectionState::Connected)).await.unwrap().unwrap();
+    let publisher = node.client().await;
+    // The restored SUB is sent before anything else on the new session; once the
+    // subscriber's own flush returns, the node has it.
+    c.flush().await.unwrap();
+    publisher.publish("after.restart", "hello again").await.unwrap();
+    assert_eq!(&recv(&mut sub).await.payload[..], b"hello again");
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn close_ends_subscriptions_and_later_calls_fail() {
+    let node = TestNode::start().await;
+    let c = node.client().await;
+    let mut sub = c.subscribe("z").await.unwrap();
+    c.close().await;
+    assert!(tokio::time::timeout(WAIT, sub.next()).await.unwrap().is_none());
+    assert!(matches!(c.publish("z", "x").await, Err(ClientError::ClientClosed)));
+    assert_eq!(*c.state().borrow(), ConnectionState::Closed);
+    node.stop().await;
+}
