@@ -331,7 +331,8 @@ impl Client {
         let bind: std::net::SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
             .parse()
             .map_err(|_| ClientError::Connection("bad bind address".into()))?;
-        let endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Connection(format!("cannot open a UDP socket: {e}")))?;
+        let endpoint = quinn::Endpoint::client(bind)
+            .map_err(|e| ClientError::Connection(format!("cannot open a UDP socket: {e}")))?;
         let (state, _) = watch::channel(ConnectionState::Reconnecting);
         let inner = Arc::new(Inner {
             url,
@@ -429,8 +430,8 @@ impl Client {
     /// Invalid pattern; [`ClientError::Refused`] if the node refuses it (too many
     /// subscriptions, permission denied); [`ClientError::ClientClosed`].
     pub async fn subscribe(&self, pattern: &str) -> Result<Subscription, ClientError> {
-        let parsed =
-            Pattern::new(pattern).map_err(|source| ClientError::InvalidPattern { pattern: pattern.to_owned(), source })?;
+        let parsed = Pattern::new(pattern)
+            .map_err(|source| ClientError::InvalidPattern { pattern: pattern.to_owned(), source })?;
         let inner = self.inner();
         let sid = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(inner.opts.subscription_capacity);

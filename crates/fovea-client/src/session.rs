@@ -21,7 +21,8 @@ const READ_CHUNK: usize = 256 * 1024;
 const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(50);
 
 pub(crate) fn quic_config(crypto: rustls::ClientConfig) -> Result<quinn::ClientConfig, ClientError> {
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(|e| ClientError::Tls(e.to_string()))?;
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(|e| ClientError::Tls(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
     let mut t = quinn::TransportConfig::default();
     // The node never opens streams towards a client.
@@ -106,7 +107,9 @@ fn map_conn_error(url: &str, e: ConnectionError) -> ClientError {
             }
             ClientError::Closed { code, reason: String::from_utf8_lossy(&c.reason).into_owned() }
         }
-        ConnectionError::TransportError(t) if t.code.to_string().contains("CRYPTO") || t.reason.contains("certificate") => {
+        ConnectionError::TransportError(t)
+            if t.code.to_string().contains("CRYPTO") || t.reason.contains("certificate") =>
+        {
             ClientError::Untrusted { url: url.to_owned(), reason: t.reason }
         }
         ConnectionError::TimedOut => ClientError::NoNode { url: url.to_owned(), timeout: Duration::ZERO },
@@ -181,7 +184,8 @@ async fn run(inner: &Arc<Inner>, s: Session) -> End {
         let subs = lock(&inner.subs);
         for (sid, e) in subs.iter() {
             if !out.queued_subs.contains(sid) {
-                Frame::Sub(Subscribe { sid: *sid, pattern: Bytes::copy_from_slice(e.pattern.as_bytes()) }).encode(&mut restore);
+                Frame::Sub(Subscribe { sid: *sid, pattern: Bytes::copy_from_slice(e.pattern.as_bytes()) })
+                    .encode(&mut restore);
             }
         }
         out.connected = true;
@@ -246,7 +250,10 @@ async fn read_loop(inner: &Inner, recv: &mut RecvStream, deframer: &mut Deframer
             Ok(None) => return Err("node ended the stream".into()),
             Err(quinn::ReadError::ConnectionLost(ConnectionError::ApplicationClosed(c))) => {
                 let code = ErrorCode::from_u64(c.error_code.into_inner());
-                return Err(format!("closed by the node: {code}{}", crate::fmt_reason(&String::from_utf8_lossy(&c.reason))));
+                return Err(format!(
+                    "closed by the node: {code}{}",
+                    crate::fmt_reason(&String::from_utf8_lossy(&c.reason))
+                ));
             }
             Err(e) => return Err(e.to_string()),
         }

@@ -35,10 +35,9 @@ pub(crate) fn client_crypto(trust: &Trust, url: &NodeUrl) -> Result<rustls::Clie
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| ClientError::Tls(e.to_string()))?;
     let mut cfg = match trust {
-        Trust::Insecure => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
-            .with_no_client_auth(),
+        Trust::Insecure => {
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAny(provider))).with_no_client_auth()
+        }
         other => {
             let files = match other {
                 Trust::CaFiles(files) => files.clone(),
@@ -48,7 +47,11 @@ pub(crate) fn client_crypto(trust: &Trust, url: &NodeUrl) -> Result<rustls::Clie
                         return Err(ClientError::Tls(format!(
                             "no certificate to trust for {url}: pass --ca FILE (the node's node.crt or its CA), \
                              or --insecure for a test{}",
-                            if url.is_loopback() { format!(" ({} does not exist yet)", local.display()) } else { String::new() }
+                            if url.is_loopback() {
+                                format!(" ({} does not exist yet)", local.display())
+                            } else {
+                                String::new()
+                            }
                         )));
                     }
                     vec![local]
@@ -70,7 +73,8 @@ pub(crate) fn client_crypto(trust: &Trust, url: &NodeUrl) -> Result<rustls::Clie
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientError> {
-    let data = std::fs::read(path).map_err(|e| ClientError::Tls(format!("cannot read CA file {}: {e}", path.display())))?;
+    let data =
+        std::fs::read(path).map_err(|e| ClientError::Tls(format!("cannot read CA file {}: {e}", path.display())))?;
     let certs = CertificateDer::pem_slice_iter(&data)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ClientError::Tls(format!("{}: not PEM certificates: {e}", path.display())))?;

@@ -47,7 +47,9 @@ impl NodeUrl {
             }
         } else {
             match rest.rsplit_once(':') {
-                Some((h, _)) if h.contains(':') => return Err(bad("IPv6 addresses go in brackets, e.g. quic://[::1]:4433")),
+                Some((h, _)) if h.contains(':') => {
+                    return Err(bad("IPv6 addresses go in brackets, e.g. quic://[::1]:4433"))
+                }
                 Some((h, p)) => (h, Some(p)),
                 None => (rest, None),
             }

@@ -474,12 +474,7 @@ mod tests {
     fn test_vectors() {
         let vectors: Vec<(Frame, &str)> = vec![
             (
-                Frame::Hello(Hello {
-                    version: 1,
-                    realm: "default".into(),
-                    token: Bytes::new(),
-                    name: "cli".into(),
-                }),
+                Frame::Hello(Hello { version: 1, realm: "default".into(), token: Bytes::new(), name: "cli".into() }),
                 "0f 01 01 07 64 65 66 61 75 6c 74 00 03 63 6c 69",
             ),
             (
@@ -536,14 +531,22 @@ mod tests {
         // A non-minimal length prefix is accepted, as RFC 9000 allows for varints.
         assert_eq!(Frame::decode(&hex("40 02 03 2a"), MAX_FRAME), Ok(Some((Frame::Ping(42), 4))));
         // A PUB whose payload length runs past the frame.
-        assert_eq!(Frame::decode(&hex("05 10 01 61 00 09"), MAX_FRAME), Err(DecodeError::Truncated { field: "payload" }));
+        assert_eq!(
+            Frame::decode(&hex("05 10 01 61 00 09"), MAX_FRAME),
+            Err(DecodeError::Truncated { field: "payload" })
+        );
         // Trailing bytes after known fields are ignored (forward compatibility).
         assert_eq!(Frame::decode(&hex("04 03 2a ff ff"), MAX_FRAME), Ok(Some((Frame::Ping(42), 5))));
     }
 
     #[test]
     fn frames_round_trip() {
-        round_trip(&Frame::Hello(Hello { version: 9, realm: "r".into(), token: Bytes::from_static(b"\0\xff"), name: "ü".into() }));
+        round_trip(&Frame::Hello(Hello {
+            version: 9,
+            realm: "r".into(),
+            token: Bytes::from_static(b"\0\xff"),
+            name: "ü".into(),
+        }));
         round_trip(&Frame::Pub(Publish {
             topic: Bytes::from_static(b"a"),
             headers: Headers::from_pairs([("k", "v"), ("k2", "v2")]).unwrap(),

@@ -185,6 +185,9 @@ mod tests {
         assert!(matches!(Headers::from_pairs([("a", "x\ny")]), Err(HeaderError::InvalidValue { .. })));
         assert_eq!(Headers::from_encoded(Bytes::from_static(&[1, 1])), Err(HeaderError::Malformed));
         assert_eq!(Headers::from_encoded(Bytes::from_static(&[0, 0])), Err(HeaderError::Malformed));
-        assert_eq!(Headers::from_encoded(Bytes::from_static(&[0x40, 0x41])), Err(HeaderError::TooMany { max: MAX_HEADERS }));
+        assert_eq!(
+            Headers::from_encoded(Bytes::from_static(&[0x40, 0x41])),
+            Err(HeaderError::TooMany { max: MAX_HEADERS })
+        );
     }
 }

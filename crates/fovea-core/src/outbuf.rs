@@ -122,8 +122,18 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                Frame::Msg(Delivery { sid: 1, topic: Bytes::from_static(b"a.b"), headers: Headers::new(), payload: small }),
-                Frame::Msg(Delivery { sid: 2, topic: Bytes::from_static(b"a.c"), headers: Headers::new(), payload: big }),
+                Frame::Msg(Delivery {
+                    sid: 1,
+                    topic: Bytes::from_static(b"a.b"),
+                    headers: Headers::new(),
+                    payload: small
+                }),
+                Frame::Msg(Delivery {
+                    sid: 2,
+                    topic: Bytes::from_static(b"a.c"),
+                    headers: Headers::new(),
+                    payload: big
+                }),
                 Frame::Ping(3),
             ]
         );

@@ -188,11 +188,15 @@ impl Session {
     /// Routes one publish; returns the number of subscriptions it was queued for.
     fn publish(&mut self, p: Publish) -> u64 {
         if p.payload.len() > self.shared.config.limits.max_payload {
-            self.reject(ErrorCode::PayloadTooLarge, 0, format!(
-                "payload of {} bytes exceeds this node's max_payload of {}",
-                p.payload.len(),
-                self.shared.config.limits.max_payload
-            ));
+            self.reject(
+                ErrorCode::PayloadTooLarge,
+                0,
+                format!(
+                    "payload of {} bytes exceeds this node's max_payload of {}",
+                    p.payload.len(),
+                    self.shared.config.limits.max_payload
+                ),
+            );
             return 0;
         }
         let subs = match self.cache.lookup(&self.realm, &p.topic) {

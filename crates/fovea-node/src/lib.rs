@@ -24,7 +24,6 @@
 //! # }
 //! ```
 
-
 mod config;
 mod conn;
 mod outbound;

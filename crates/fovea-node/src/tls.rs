@@ -74,7 +74,10 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, NodeError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| NodeError::Tls(format!("{}: not a PEM certificate chain: {e}", path.display())))?;
     if chain.is_empty() {
-        return Err(NodeError::Tls(format!("{}: no certificate found (expected PEM `BEGIN CERTIFICATE`)", path.display())));
+        return Err(NodeError::Tls(format!(
+            "{}: no certificate found (expected PEM `BEGIN CERTIFICATE`)",
+            path.display()
+        )));
     }
     Ok(chain)
 }

@@ -67,7 +67,12 @@ async fn pubsub(url: &str, trust: Trust, msgs: u64, size: usize) -> anyhow::Resu
     let delivered_rate = got as f64 / elapsed;
     let pub_rate = msgs as f64 / pub_elapsed.as_secs_f64().max(1e-9);
     println!("pubsub: {msgs} messages of {size} bytes, 1 publisher -> 1 subscriber");
-    println!("  published at {:.0} msgs/s, delivered {got} at {:.0} msgs/s ({:.1} MB/s), dropped {dropped}", pub_rate, delivered_rate, delivered_rate * size as f64 / 1e6);
+    println!(
+        "  published at {:.0} msgs/s, delivered {got} at {:.0} msgs/s ({:.1} MB/s), dropped {dropped}",
+        pub_rate,
+        delivered_rate,
+        delivered_rate * size as f64 / 1e6
+    );
     println!(
         "system=fovea mode=pubsub size={size} subs=1 published={msgs} delivered={got} dropped={dropped} \
          pub_rate={pub_rate:.0} delivered_rate={delivered_rate:.0} elapsed_s={elapsed:.3}"

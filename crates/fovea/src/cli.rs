@@ -28,16 +28,24 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a node.
-    #[command(after_help = "Examples:\n  fovea node\n  fovea node --listen 0.0.0.0:4433 --cert node.pem --key node.key")]
+    #[command(
+        after_help = "Examples:\n  fovea node\n  fovea node --listen 0.0.0.0:4433 --cert node.pem --key node.key"
+    )]
     Node(NodeArgs),
     /// Publish a message (or one per line of stdin).
-    #[command(after_help = "Examples:\n  fovea pub sensors.kitchen.temp 21.5\n  printf 'a\\nb\\n' | fovea pub logs.app\n  fovea pub -H unit=C sensors.kitchen.temp 21.5")]
+    #[command(
+        after_help = "Examples:\n  fovea pub sensors.kitchen.temp 21.5\n  printf 'a\\nb\\n' | fovea pub logs.app\n  fovea pub -H unit=C sensors.kitchen.temp 21.5"
+    )]
     Pub(PubArgs),
     /// Subscribe to a pattern and print each message as `TOPIC PAYLOAD`.
-    #[command(after_help = "Patterns: `*` matches one segment, a final `>` one or more.\n\nExamples:\n  fovea sub 'sensors.>'\n  fovea sub 'sensors.*.temp' --count 1 --raw")]
+    #[command(
+        after_help = "Patterns: `*` matches one segment, a final `>` one or more.\n\nExamples:\n  fovea sub 'sensors.>'\n  fovea sub 'sensors.*.temp' --count 1 --raw"
+    )]
     Sub(SubArgs),
     /// Measure throughput (starts its own node unless --url is given).
-    #[command(after_help = "Examples:\n  fovea bench pubsub\n  fovea bench pubsub --msgs 2000000 --size 1024\n\nThe last line is key=value pairs, as ../shared/bench/nats.sh prints, for side-by-side comparison.")]
+    #[command(
+        after_help = "Examples:\n  fovea bench pubsub\n  fovea bench pubsub --msgs 2000000 --size 1024\n\nThe last line is key=value pairs, as ../shared/bench/nats.sh prints, for side-by-side comparison."
+    )]
     Bench(BenchArgs),
 }
 

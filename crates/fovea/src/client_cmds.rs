@@ -58,7 +58,8 @@ pub async fn publish(args: PubArgs) -> anyhow::Result<()> {
 }
 
 pub async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
-    fovea_core::Pattern::new(&args.pattern).map_err(|e| anyhow::anyhow!("invalid pattern {:?}: it {e}", args.pattern))?;
+    fovea_core::Pattern::new(&args.pattern)
+        .map_err(|e| anyhow::anyhow!("invalid pattern {:?}: it {e}", args.pattern))?;
     let client = connect(&args.client, "fovea-sub").await?;
     let mut sub = client.subscribe(&args.pattern).await?;
     eprintln!("subscribed to {} on {}", args.pattern, client.url());

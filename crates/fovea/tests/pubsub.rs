@@ -147,7 +147,8 @@ async fn a_certificate_from_elsewhere_is_not_trusted() {
     assert!(matches!(e, ClientError::Untrusted { .. }), "{e}");
     assert!(e.to_string().contains("--ca"), "{e}");
     // --insecure connects anyway.
-    let c = Client::connect(&node.url(), fovea_client::ConnectOptions::new().trust(fovea_client::Trust::Insecure)).await;
+    let c =
+        Client::connect(&node.url(), fovea_client::ConnectOptions::new().trust(fovea_client::Trust::Insecure)).await;
     assert!(c.is_ok());
     node.stop().await;
     other.stop().await;

@@ -119,8 +119,13 @@ impl RawClient {
     /// Connects and completes the handshake.
     pub async fn handshake(node: &TestNode) -> RawClient {
         let mut c = Self::connect(node).await;
-        c.send_frame(&Frame::Hello(Hello { version: VERSION, realm: "default".into(), token: Bytes::new(), name: "raw".into() }))
-            .await;
+        c.send_frame(&Frame::Hello(Hello {
+            version: VERSION,
+            realm: "default".into(),
+            token: Bytes::new(),
+            name: "raw".into(),
+        }))
+        .await;
         match c.next_frame().await {
             Some(Frame::Welcome(_)) => c,
             other => panic!("expected WELCOME, got {other:?}"),

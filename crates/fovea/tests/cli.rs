@@ -1,0 +1,155 @@
+//! The built `fovea` binary, as a user runs it: a node, `sub` and `pub`.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_fovea");
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `fovea node` on a free port and returns it with its URL once it is ready.
+fn start_node(data_dir: &Path) -> (Proc, String) {
+    let mut child = Command::new(BIN)
+        .args(["node", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.starts_with("fovea node ready on quic://127.0.0.1:"), "ready line: {line:?}");
+    assert!(line.contains("certificate sha256 "), "{line}");
+    let url = line.split_whitespace().find(|w| w.starts_with("quic://")).unwrap().to_owned();
+    (Proc(child), url)
+}
+
+fn fovea(args: &[&str], ca: &Path, url: &str) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args).arg("--url").arg(url).arg("--ca").arg(ca);
+    c
+}
+
+/// Waits for a child to exit, killing it after a bound so a hang fails the test.
+fn wait_output(mut child: Child, limit: Duration) -> Output {
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn sub_prints_what_pub_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, url) = start_node(dir.path());
+    let ca = dir.path().join("node.crt");
+    assert!(ca.exists(), "the node writes its self-signed certificate to the data dir");
+
+    let mut sub = fovea(&["sub", "greetings.>", "--count", "3"], &ca, &url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `sub` says on stderr when it is subscribed; publish only after that.
+    let mut err = BufReader::new(sub.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.starts_with("subscribed to greetings.>"), "{line:?}");
+
+    let status = fovea(&["pub", "greetings.en", "hello world"], &ca, &url).status().unwrap();
+    assert!(status.success());
+    let mut stdin_pub = fovea(&["pub", "greetings.lines"], &ca, &url).stdin(Stdio::piped()).spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = stdin_pub.stdin.take().unwrap();
+        stdin.write_all(b"one\ntwo\n").unwrap();
+    }
+    assert!(wait_output(stdin_pub, Duration::from_secs(20)).status.success());
+
+    let out = wait_output(sub, Duration::from_secs(20));
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "greetings.en hello world\ngreetings.lines one\ngreetings.lines two\n"
+    );
+}
+
+#[test]
+fn the_certificate_is_reused_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _) = start_node(dir.path());
+    let first = std::fs::read(dir.path().join("node.crt")).unwrap();
+    drop(node);
+    let (_node, _) = start_node(dir.path());
+    assert_eq!(std::fs::read(dir.path().join("node.crt")).unwrap(), first);
+}
+
+#[test]
+fn errors_say_what_to_do_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("missing.crt");
+    // Bad topic: reported before connecting.
+    let out = Command::new(BIN).args(["pub", "a..b", "x"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("empty segment"));
+    // No node at the address.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let url = format!("quic://{}", silent.local_addr().unwrap());
+    let out = Command::new(BIN)
+        .args(["pub", "a", "x", "--insecure", "--connect-timeout", "0.3", "--url", &url])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("start one with `fovea node`"), "{err}");
+    // Unreadable CA file.
+    let out = fovea(&["pub", "a", "x"], &ca, &url).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read CA file"));
+    // Usage errors exit 2, as clap does.
+    let out = Command::new(BIN).args(["sub"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn help_shows_examples() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("fovea sub 'sensors.>'"), "{text}");
+    for cmd in ["node", "pub", "sub", "bench"] {
+        let out = Command::new(BIN).args([cmd, "--help"]).output().unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Examples:"), "{cmd}");
+    }
+}
+
+#[test]
+fn node_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut node, _) = start_node(dir.path());
+    let pid = node.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let start = Instant::now();
+    loop {
+        if let Some(status) = node.0.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "node did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut rest = String::new();
+    let _ = node.0.stdout.take().map(|mut s| s.read_to_string(&mut rest));
+}
