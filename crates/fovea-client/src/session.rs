@@ -295,7 +295,17 @@ async fn handle(inner: &Inner, frame: Frame) -> Result<(), String> {
             inner.wake.notify_one();
         }
         Frame::Error(e) => {
-            let entry = if e.reference != 0 { lock(&inner.subs).remove(&e.reference) } else { None };
+            // An ERROR for a SUB means that SUB did not take effect, so the subscription
+            // ends, except for DUPLICATE_SID against a live one: the node still has that.
+            let entry = {
+                let mut subs = lock(&inner.subs);
+                let keep = e.code == ErrorCode::DuplicateSid && subs.get(&e.reference).is_some_and(|s| s.ack.is_none());
+                if e.reference != 0 && !keep {
+                    subs.remove(&e.reference)
+                } else {
+                    None
+                }
+            };
             match entry {
                 Some(entry) => {
                     let err = ClientError::Refused { code: e.code, message: e.message.clone() };
