@@ -33,12 +33,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     for _ in 0..3 {
         let msg = tokio::time::timeout(Duration::from_secs(5), temps.next()).await?.ok_or("subscription ended")?;
-        println!(
-            "{} = {} {}",
-            msg.topic,
-            String::from_utf8_lossy(&msg.payload),
-            msg.headers.get("unit").unwrap_or("")
-        );
+        println!("{} = {} {}", msg.topic, String::from_utf8_lossy(&msg.payload), msg.headers.get("unit").unwrap_or(""));
     }
     client.close().await;
     Ok(())

@@ -12,7 +12,7 @@ use fovea_core::{Deframer, ErrorCode, Frame, Pattern};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio_util::sync::CancellationToken;
 
-use crate::outbound::Outbound;
+use crate::outbound::{Delivered, Outbound};
 use crate::router::{MatchCache, Realm, SubRef};
 use crate::Shared;
 
@@ -209,10 +209,12 @@ impl Session {
         };
         let mut n = 0;
         for s in subs.iter() {
-            if s.out.deliver(s.sid, &p.topic, &p.headers, &p.payload) {
-                n += 1;
-            } else {
-                self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            match s.out.deliver(s.sid, &p.topic, &p.headers, &p.payload) {
+                Delivered::Queued => n += 1,
+                Delivered::Dropped => {
+                    self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                Delivered::Closed => {}
             }
         }
         n

@@ -8,6 +8,17 @@ use bytes::Bytes;
 use fovea_core::{Frame, Headers, OutBuf};
 use tokio::sync::Notify;
 
+/// What became of one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delivered {
+    /// Queued for the writer.
+    Queued,
+    /// The queue was full: dropped and counted (slow consumer).
+    Dropped,
+    /// The connection is closing; not a loss worth counting.
+    Closed,
+}
+
 /// The bounded queue of frames for one client.
 ///
 /// Invariant: queued bytes stay at or under `max_pending` for messages; control frames
@@ -37,17 +48,16 @@ impl Outbound {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues a message for subscription `sid`. Returns `false` if it was dropped: the
-    /// queue is full (counted in `dropped`) or the connection is closing.
-    pub fn deliver(&self, sid: u64, topic: &[u8], headers: &Headers, payload: &Bytes) -> bool {
+    /// Queues a message for subscription `sid`.
+    pub fn deliver(&self, sid: u64, topic: &[u8], headers: &Headers, payload: &Bytes) -> Delivered {
         if self.closed.load(Ordering::Relaxed) {
-            return false;
+            return Delivered::Closed;
         }
         let mut q = self.lock();
         if q.len() + payload.len() > self.max_pending {
             drop(q);
             self.dropped.fetch_add(1, Ordering::Relaxed);
-            return false;
+            return Delivered::Dropped;
         }
         let was_empty = q.is_empty();
         q.push_msg(sid, topic, headers, payload);
@@ -55,7 +65,7 @@ impl Outbound {
         if was_empty {
             self.wake.notify_one();
         }
-        true
+        Delivered::Queued
     }
 
     /// Queues a control frame.
@@ -82,9 +92,11 @@ impl Outbound {
         self.wake.notified().await;
     }
 
-    /// Stops further deliveries (the connection is going away).
+    /// Stops further deliveries and frees what is queued: other connections' match caches
+    /// may hold this queue until their next lookup, and must not keep its bytes alive.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
+        *self.lock() = OutBuf::new();
         self.wake.notify_one();
     }
 }
