@@ -18,9 +18,14 @@ impl Drop for Proc {
 
 /// Starts `fovea node` on a free port and returns it with its URL once it is ready.
 fn start_node(data_dir: &Path) -> (Proc, String) {
+    start_node_with(data_dir, &[])
+}
+
+fn start_node_with(data_dir: &Path, extra: &[&str]) -> (Proc, String) {
     let mut child = Command::new(BIN)
         .args(["node", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -59,16 +64,8 @@ fn sub_prints_what_pub_sends() {
     let ca = dir.path().join("node.crt");
     assert!(ca.exists(), "the node writes its self-signed certificate to the data dir");
 
-    let mut sub = fovea(&["sub", "greetings.>", "--count", "3"], &ca, &url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     // `sub` says on stderr when it is subscribed; publish only after that.
-    let mut err = BufReader::new(sub.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    assert!(line.starts_with("subscribed to greetings.>"), "{line:?}");
+    let sub = start_sub(&["sub", "greetings.>", "--count", "3"], &ca, &url);
 
     let status = fovea(&["pub", "greetings.en", "hello world"], &ca, &url).status().unwrap();
     assert!(status.success());
@@ -152,4 +149,42 @@ fn node_stops_cleanly_on_sigterm() {
     }
     let mut rest = String::new();
     let _ = node.0.stdout.take().map(|mut s| s.read_to_string(&mut rest));
+}
+
+/// Starts `fovea sub` and waits until it reports being subscribed.
+fn start_sub(args: &[&str], ca: &Path, url: &str) -> Child {
+    let mut sub = fovea(args, ca, url).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(sub.stderr.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.starts_with("subscribed to"), "{line:?}");
+    sub
+}
+
+#[test]
+fn node_serves_an_operator_certificate() {
+    // The PEM pair a first start writes stands in for an operator's own files.
+    let made = tempfile::tempdir().unwrap();
+    drop(start_node(made.path()));
+    let (cert, key) = (made.path().join("node.crt"), made.path().join("node.key"));
+    let data = tempfile::tempdir().unwrap();
+    let (_node, url) =
+        start_node_with(data.path(), &["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()]);
+    assert!(!data.path().join("node.crt").exists(), "no self-signed certificate when one is given");
+
+    let sub = start_sub(&["sub", "raw.*", "--count", "1", "--raw"], &cert, &url);
+    assert!(fovea(&["pub", "raw.bytes", "just the payload"], &cert, &url).status().unwrap().success());
+    let out = wait_output(sub, Duration::from_secs(20));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "just the payload\n");
+
+    // A key that is not PEM stops the node with a message naming the file.
+    std::fs::write(data.path().join("bad.key"), "not a key").unwrap();
+    let out = Command::new(BIN)
+        .args(["node", "--listen", "127.0.0.1:0", "--cert", cert.to_str().unwrap(), "--key"])
+        .arg(data.path().join("bad.key"))
+        .arg("--data-dir")
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.key"), "{}", String::from_utf8_lossy(&out.stderr));
 }
