@@ -331,7 +331,8 @@ impl Client {
         let bind: std::net::SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
             .parse()
             .map_err(|_| ClientError::Connection("bad bind address".into()))?;
-        let endpoint = session::endpoint(bind)?;
+        let endpoint = quinn::Endpoint::client(bind)
+            .map_err(|e| ClientError::Connection(format!("cannot open a UDP socket: {e}")))?;
         let (state, _) = watch::channel(ConnectionState::Reconnecting);
         let inner = Arc::new(Inner {
             url,

@@ -30,28 +30,8 @@ pub(crate) fn quic_config(crypto: rustls::ClientConfig) -> Result<quinn::ClientC
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     t.keep_alive_interval(Some(Duration::from_secs(10)));
     t.datagram_receive_buffer_size(None);
-    // The client keeps quinn's default MTU search (up to 1452 bytes): measured on loopback,
-    // letting clients send larger packets made pub/sub slower (their bursts overflow the
-    // node's default socket receive buffer), while the node sending larger packets to
-    // clients made it faster. `endpoint` below still accepts large packets from the node.
     cfg.transport_config(Arc::new(t));
     Ok(cfg)
-}
-
-/// Largest UDP payload (IPv6 limit).
-const MAX_UDP_PAYLOAD: u16 = 65527;
-
-/// A client endpoint on an ephemeral port of `bind`'s family that accepts datagrams as
-/// large as MTU discovery may choose.
-pub(crate) fn endpoint(bind: SocketAddr) -> Result<quinn::Endpoint, ClientError> {
-    let err = |e: std::io::Error| ClientError::Connection(format!("cannot open a UDP socket: {e}"));
-    let socket = std::net::UdpSocket::bind(bind).map_err(err)?;
-    let runtime = quinn::default_runtime()
-        .ok_or_else(|| ClientError::Connection("the client must run inside a tokio runtime".into()))?;
-    let mut config = quinn::EndpointConfig::default();
-    // Cannot fail: 65527 is within the range quinn accepts (1200..=65527).
-    let _ = config.max_udp_payload_size(MAX_UDP_PAYLOAD);
-    quinn::Endpoint::new(config, None, socket, runtime).map_err(err)
 }
 
 pub(crate) async fn resolve(url: &NodeUrl) -> Result<SocketAddr, ClientError> {

@@ -16,7 +16,7 @@ use crate::frame::{encode_msg_head, encode_pub_head, Frame};
 use crate::headers::Headers;
 
 /// Payloads at least this long are queued by reference rather than copied.
-pub const BY_REF_MIN: usize = 16 * 1024;
+pub const BY_REF_MIN: usize = 1024;
 
 /// A queue of encoded frames. Invariant: `len()` is the exact number of bytes queued.
 #[derive(Debug, Default)]

@@ -112,11 +112,8 @@ impl Node {
         // Address validation costs a round trip per connection and only helps against
         // spoofed floods on public addresses; issue-level hardening revisits it.
         server.migration(false);
-        let bind_err = |source| NodeError::Bind { addr: config.listen, source };
-        let socket = std::net::UdpSocket::bind(config.listen).map_err(bind_err)?;
-        let runtime = quinn::default_runtime()
-            .ok_or_else(|| NodeError::Config("Node::bind must be called inside a tokio runtime".into()))?;
-        let endpoint = quinn::Endpoint::new(endpoint_config(), Some(server), socket, runtime).map_err(bind_err)?;
+        let endpoint = quinn::Endpoint::server(server, config.listen)
+            .map_err(|source| NodeError::Bind { addr: config.listen, source })?;
         let realms = HashMap::from([(DEFAULT_REALM.to_owned(), Arc::new(Realm::new(DEFAULT_REALM)))]);
         let shared = Arc::new(Shared { config, realms, stats: Stats::default(), next_conn_id: AtomicU64::new(1) });
         Ok(Node { endpoint, shared, fingerprint, self_signed: identity.self_signed })
@@ -220,26 +217,5 @@ fn transport(limits: &Limits) -> Result<quinn::TransportConfig, NodeError> {
     t.max_idle_timeout(Some(idle));
     t.keep_alive_interval(Some(limits.keep_alive));
     t.datagram_receive_buffer_size(None);
-    t.mtu_discovery_config(Some(mtu_discovery()));
     Ok(t)
-}
-
-/// Path MTU discovery searching up to the largest UDP payload. On Ethernet it settles at
-/// ~1450 bytes as before; on loopback and jumbo-frame links it finds far larger packets,
-/// which divides per-packet costs (encryption setup, syscalls, ACKs) accordingly.
-fn mtu_discovery() -> quinn::MtuDiscoveryConfig {
-    let mut m = quinn::MtuDiscoveryConfig::default();
-    m.upper_bound(MAX_UDP_PAYLOAD);
-    m
-}
-
-/// Largest UDP payload (IPv6 limit).
-const MAX_UDP_PAYLOAD: u16 = 65527;
-
-/// Endpoint settings: accept datagrams as large as MTU discovery may choose.
-fn endpoint_config() -> quinn::EndpointConfig {
-    let mut e = quinn::EndpointConfig::default();
-    // Cannot fail: 65527 is within the range quinn accepts (1200..=65527).
-    let _ = e.max_udp_payload_size(MAX_UDP_PAYLOAD);
-    e
 }
