@@ -17,14 +17,7 @@ const QUIET: Duration = Duration::from_secs(3);
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (url, trust, _node) = match &args.url {
-        Some(url) => {
-            let trust = match (&args.ca, args.insecure) {
-                (_, true) => Trust::Insecure,
-                (Some(ca), false) => Trust::CaFiles(vec![ca.clone()]),
-                (None, false) => Trust::Auto,
-            };
-            (url.clone(), trust, None)
-        }
+        Some(url) => (url.clone(), crate::client_cmds::trust(args.ca.as_deref(), args.insecure), None),
         None => {
             let node = ChildNode::start()?;
             (node.url.clone(), Trust::CaFiles(vec![node.cert.clone()]), Some(node))

@@ -9,6 +9,15 @@ use tokio::io::AsyncBufReadExt;
 
 use crate::cli::{ClientArgs, PubArgs, SubArgs};
 
+/// What `--ca` and `--insecure` ask for.
+pub fn trust(ca: Option<&std::path::Path>, insecure: bool) -> Trust {
+    match (ca, insecure) {
+        (_, true) => Trust::Insecure,
+        (Some(ca), false) => Trust::CaFiles(vec![ca.to_owned()]),
+        (None, false) => Trust::Auto,
+    }
+}
+
 /// Connects as the flags say.
 pub async fn connect(args: &ClientArgs, name: &str) -> anyhow::Result<Client> {
     if args.insecure {
@@ -17,11 +26,7 @@ pub async fn connect(args: &ClientArgs, name: &str) -> anyhow::Result<Client> {
     if !(args.connect_timeout.is_finite() && args.connect_timeout > 0.0) {
         bail!("--connect-timeout must be a positive number of seconds, got {}", args.connect_timeout);
     }
-    let trust = match (&args.ca, args.insecure) {
-        (_, true) => Trust::Insecure,
-        (Some(ca), false) => Trust::CaFiles(vec![ca.clone()]),
-        (None, false) => Trust::Auto,
-    };
+    let trust = trust(args.ca.as_deref(), args.insecure);
     let mut opts = ConnectOptions::new()
         .realm(&args.realm)
         .name(name)
