@@ -296,10 +296,10 @@ async fn handle(inner: &Inner, frame: Frame) -> Result<(), String> {
         }
         Frame::Error(e) => {
             // An ERROR for a SUB means that SUB did not take effect, so the subscription
-            // ends, except for DUPLICATE_SID against a live one: the node still has that.
+            // ends, except for DUPLICATE_ID against a live one: the node still has that.
             let entry = {
                 let mut subs = lock(&inner.subs);
-                let keep = e.code == ErrorCode::DuplicateSid && subs.get(&e.reference).is_some_and(|s| s.ack.is_none());
+                let keep = e.code == ErrorCode::DuplicateId && subs.get(&e.reference).is_some_and(|s| s.ack.is_none());
                 if e.reference != 0 && !keep {
                     subs.remove(&e.reference)
                 } else {

@@ -76,20 +76,39 @@ codes! {
     InvalidTopic = 0x101, "invalid topic";
     /// The pattern of a `SUB` is invalid.
     InvalidPattern = 0x102, "invalid pattern";
-    /// A `SUB` reused a subscription id that is still active.
-    DuplicateSid = 0x103, "subscription id already in use";
+    /// A `SUB`, `REG` or `CALL` reused an id that is still active on the connection.
+    DuplicateId = 0x103, "id already in use";
     /// The connection holds as many subscriptions as the node allows.
     TooManySubscriptions = 0x104, "too many subscriptions";
     /// A payload larger than the node's `max_payload`.
     PayloadTooLarge = 0x105, "payload too large";
     /// The credential does not allow this operation.
     PermissionDenied = 0x106, "permission denied";
+    /// No provider is registered for the procedure (answered at once).
+    NoProvider = 0x107, "no provider";
+    /// The call's deadline passed before a response arrived.
+    Timeout = 0x108, "timeout";
+    /// The provider handling the call disconnected.
+    ProviderDisconnected = 0x109, "provider disconnected";
+    /// The caller or every eligible provider is at its in-flight limit; retry later.
+    Busy = 0x10a, "busy";
+    /// The procedure name is invalid.
+    InvalidProcedure = 0x10b, "invalid procedure";
+    /// The provider failed the call without a code of its own (codes from 0x1000 are the
+    /// provider's own, passed through).
+    ApplicationError = 0x1000, "application error";
 }
 
 impl ErrorCode {
     /// Whether this code ends the connection (below `0x100`) rather than one operation.
     pub fn is_fatal(self) -> bool {
         self.to_u64() < 0x100
+    }
+
+    /// Whether this code belongs to a provider (`0x1000` and above): a call result carrying
+    /// it is the provider's answer, not the node's.
+    pub fn is_application(self) -> bool {
+        self.to_u64() >= 0x1000
     }
 }
 

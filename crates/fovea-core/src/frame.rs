@@ -23,7 +23,12 @@ use crate::limits::{MAX_REALM_LEN, MAX_TEXT_LEN, MAX_TOKEN_LEN, MAX_TOPIC_LEN};
 use crate::varint;
 
 /// The protocol version this crate speaks. Sent in `HELLO` and `WELCOME`.
-pub const VERSION: u64 = 1;
+///
+/// Version 2 added RPC (`REG` … `CANCEL`) and queue groups (the `group` field of `SUB`).
+pub const VERSION: u64 = 2;
+
+/// The first version with RPC frames and queue groups.
+pub const VERSION_RPC: u64 = 2;
 
 /// The TLS ALPN protocol id. A later major version gets a new ALPN (`fovea/2`).
 pub const ALPN: &[u8] = b"fovea/1";
@@ -41,6 +46,14 @@ pub mod kind {
     pub const UNSUB: u64 = 0x12;
     pub const SUBACK: u64 = 0x13;
     pub const MSG: u64 = 0x14;
+    pub const REG: u64 = 0x20;
+    pub const UNREG: u64 = 0x21;
+    pub const REGACK: u64 = 0x22;
+    pub const CALL: u64 = 0x23;
+    pub const REQUEST: u64 = 0x24;
+    pub const RESPOND: u64 = 0x25;
+    pub const RESULT: u64 = 0x26;
+    pub const CANCEL: u64 = 0x27;
 }
 
 /// One protocol message.
@@ -70,6 +83,23 @@ pub enum Frame {
     SubAck(u64),
     /// Node → client: a message for subscription `sid`.
     Msg(Delivery),
+    /// Client → node (v2): provide a procedure under registration id `rid`.
+    Reg(Register),
+    /// Client → node (v2): stop providing registration `rid`.
+    Unreg(u64),
+    /// Node → client (v2): registration `rid` is active.
+    RegAck(u64),
+    /// Client → node (v2): call a procedure.
+    Call(Call),
+    /// Node → provider (v2): handle a call.
+    Request(Request),
+    /// Provider → node (v2): the answer to a `REQUEST`.
+    Respond(Respond),
+    /// Node → caller (v2): the answer to a `CALL`.
+    Result(CallResult),
+    /// Either way (v2): caller → node, abandon call `id`; node → provider, request `id` was
+    /// abandoned (cancelled or timed out) and will not be answered to anyone.
+    Cancel(u64),
 }
 
 /// `HELLO` fields.
@@ -133,6 +163,64 @@ pub struct Subscribe {
     /// Client-chosen subscription id, non-zero, unique among the connection's active ones.
     pub sid: u64,
     pub pattern: Bytes,
+    /// Queue group (v2; empty: none). Encoded only when non-empty, so a `SUB` without a
+    /// group is byte-for-byte a version 1 `SUB`.
+    pub group: Bytes,
+}
+
+/// `REG` fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Register {
+    /// Client-chosen registration id, non-zero, unique among the connection's active ones.
+    pub rid: u64,
+    pub procedure: Bytes,
+}
+
+/// `CALL` fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    /// Client-chosen call id, non-zero, unique among the connection's calls in flight.
+    pub call_id: u64,
+    pub procedure: Bytes,
+    /// Milliseconds the caller will wait, from when the node reads the frame.
+    pub timeout_ms: u64,
+    pub headers: Headers,
+    pub payload: Bytes,
+}
+
+/// `REQUEST` fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Node-chosen id, unique among this provider connection's requests in flight.
+    pub req_id: u64,
+    /// The registration it is for.
+    pub rid: u64,
+    /// Milliseconds left before the caller's deadline, as the node forwards it.
+    pub timeout_ms: u64,
+    pub headers: Headers,
+    pub payload: Bytes,
+}
+
+/// `RESPOND` fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Respond {
+    pub req_id: u64,
+    /// [`ErrorCode::NoError`] for success; otherwise an application code (0x1000 and up)
+    /// and `payload` is the error message in UTF-8.
+    pub code: ErrorCode,
+    pub headers: Headers,
+    pub payload: Bytes,
+}
+
+/// `RESULT` fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallResult {
+    pub call_id: u64,
+    /// [`ErrorCode::NoError`] for success; a node code (`NO_PROVIDER`, `TIMEOUT`, …) or the
+    /// provider's application code otherwise, with the message in `payload`.
+    pub code: ErrorCode,
+    pub headers: Headers,
+    pub payload: Bytes,
 }
 
 /// `MSG` fields.
@@ -245,7 +333,11 @@ impl Frame {
                 headers: r.headers()?,
                 payload: r.bytes("payload", usize::MAX)?,
             }),
-            kind::SUB => Frame::Sub(Subscribe { sid: r.varint("sid")?, pattern: r.bytes("pattern", MAX_TOPIC_LEN)? }),
+            kind::SUB => Frame::Sub(Subscribe {
+                sid: r.varint("sid")?,
+                pattern: r.bytes("pattern", MAX_TOPIC_LEN)?,
+                group: if r.src.is_empty() { Bytes::new() } else { r.bytes("group", MAX_TOPIC_LEN)? },
+            }),
             kind::UNSUB => Frame::Unsub(r.varint("sid")?),
             kind::SUBACK => Frame::SubAck(r.varint("sid")?),
             kind::MSG => Frame::Msg(Delivery {
@@ -254,6 +346,36 @@ impl Frame {
                 headers: r.headers()?,
                 payload: r.bytes("payload", usize::MAX)?,
             }),
+            kind::REG => Frame::Reg(Register { rid: r.varint("rid")?, procedure: r.bytes("procedure", MAX_TOPIC_LEN)? }),
+            kind::UNREG => Frame::Unreg(r.varint("rid")?),
+            kind::REGACK => Frame::RegAck(r.varint("rid")?),
+            kind::CALL => Frame::Call(Call {
+                call_id: r.varint("call_id")?,
+                procedure: r.bytes("procedure", MAX_TOPIC_LEN)?,
+                timeout_ms: r.varint("timeout_ms")?,
+                headers: r.headers()?,
+                payload: r.bytes("payload", usize::MAX)?,
+            }),
+            kind::REQUEST => Frame::Request(Request {
+                req_id: r.varint("req_id")?,
+                rid: r.varint("rid")?,
+                timeout_ms: r.varint("timeout_ms")?,
+                headers: r.headers()?,
+                payload: r.bytes("payload", usize::MAX)?,
+            }),
+            kind::RESPOND => Frame::Respond(Respond {
+                req_id: r.varint("req_id")?,
+                code: ErrorCode::from_u64(r.varint("code")?),
+                headers: r.headers()?,
+                payload: r.bytes("payload", usize::MAX)?,
+            }),
+            kind::RESULT => Frame::Result(CallResult {
+                call_id: r.varint("call_id")?,
+                code: ErrorCode::from_u64(r.varint("code")?),
+                headers: r.headers()?,
+                payload: r.bytes("payload", usize::MAX)?,
+            }),
+            kind::CANCEL => Frame::Cancel(r.varint("id")?),
             other => return Err(DecodeError::UnknownType(other)),
         };
         Ok(Some((frame, total)))
@@ -273,6 +395,14 @@ impl Frame {
             Frame::Unsub(_) => kind::UNSUB,
             Frame::SubAck(_) => kind::SUBACK,
             Frame::Msg(_) => kind::MSG,
+            Frame::Reg(_) => kind::REG,
+            Frame::Unreg(_) => kind::UNREG,
+            Frame::RegAck(_) => kind::REGACK,
+            Frame::Call(_) => kind::CALL,
+            Frame::Request(_) => kind::REQUEST,
+            Frame::Respond(_) => kind::RESPOND,
+            Frame::Result(_) => kind::RESULT,
+            Frame::Cancel(_) => kind::CANCEL,
         }
     }
 
@@ -323,7 +453,13 @@ impl Frame {
                 w.varint(o, x.connection_id);
                 w.varint(o, x.max_payload);
             }
-            Frame::Ping(t) | Frame::Pong(t) | Frame::Unsub(t) | Frame::SubAck(t) => w.varint(o, *t),
+            Frame::Ping(t)
+            | Frame::Pong(t)
+            | Frame::Unsub(t)
+            | Frame::SubAck(t)
+            | Frame::Unreg(t)
+            | Frame::RegAck(t)
+            | Frame::Cancel(t) => w.varint(o, *t),
             Frame::Error(e) => {
                 w.varint(o, e.code.to_u64());
                 w.varint(o, e.reference);
@@ -336,6 +472,39 @@ impl Frame {
             Frame::Sub(s) => {
                 w.varint(o, s.sid);
                 w.bytes(o, &s.pattern);
+                if !s.group.is_empty() {
+                    w.bytes(o, &s.group);
+                }
+            }
+            Frame::Reg(x) => {
+                w.varint(o, x.rid);
+                w.bytes(o, &x.procedure);
+            }
+            Frame::Call(c) => {
+                w.varint(o, c.call_id);
+                w.bytes(o, &c.procedure);
+                w.varint(o, c.timeout_ms);
+                w.headers(o, &c.headers);
+                w.bytes(o, &c.payload);
+            }
+            Frame::Request(q) => {
+                w.varint(o, q.req_id);
+                w.varint(o, q.rid);
+                w.varint(o, q.timeout_ms);
+                w.headers(o, &q.headers);
+                w.bytes(o, &q.payload);
+            }
+            Frame::Respond(x) => {
+                w.varint(o, x.req_id);
+                w.varint(o, x.code.to_u64());
+                w.headers(o, &x.headers);
+                w.bytes(o, &x.payload);
+            }
+            Frame::Result(x) => {
+                w.varint(o, x.call_id);
+                w.varint(o, x.code.to_u64());
+                w.headers(o, &x.headers);
+                w.bytes(o, &x.payload);
             }
             // Encoded by their own fast paths in `encode`.
             Frame::Pub(_) | Frame::Msg(_) => {}
@@ -386,6 +555,13 @@ impl Writer {
         self.len += varint::size(v);
         if let Some(out) = out {
             varint::encode(v, *out);
+        }
+    }
+
+    fn headers(&mut self, out: &mut Option<&mut BytesMut>, h: &Headers) {
+        self.len += h.encoded_len();
+        if let Some(out) = out {
+            h.write(*out);
         }
     }
 
@@ -490,9 +666,63 @@ mod tests {
                 "14 10 0c 73 65 6e 73 6f 72 73 2e 74 65 6d 70 00 04 32 31 2e 35",
             ),
             (
-                Frame::Sub(Subscribe { sid: 1, pattern: Bytes::from_static(b"sensors.>") }),
+                Frame::Sub(Subscribe { sid: 1, pattern: Bytes::from_static(b"sensors.>"), group: Bytes::new() }),
                 "0c 11 01 09 73 65 6e 73 6f 72 73 2e 3e",
             ),
+            (
+                Frame::Sub(Subscribe {
+                    sid: 2,
+                    pattern: Bytes::from_static(b"jobs.>"),
+                    group: Bytes::from_static(b"workers"),
+                }),
+                "11 11 02 06 6a 6f 62 73 2e 3e 07 77 6f 72 6b 65 72 73",
+            ),
+            (Frame::Reg(Register { rid: 1, procedure: Bytes::from_static(b"math.add") }), "0b 20 01 08 6d 61 74 68 2e 61 64 64"),
+            (Frame::RegAck(1), "02 22 01"),
+            (Frame::Unreg(1), "02 21 01"),
+            (
+                Frame::Call(Call {
+                    call_id: 5,
+                    procedure: Bytes::from_static(b"math.add"),
+                    timeout_ms: 5000,
+                    headers: Headers::new(),
+                    payload: Bytes::from_static(b"[1,2]"),
+                }),
+                "14 23 05 08 6d 61 74 68 2e 61 64 64 53 88 00 05 5b 31 2c 32 5d",
+            ),
+            (
+                Frame::Request(Request {
+                    req_id: 9,
+                    rid: 1,
+                    timeout_ms: 4998,
+                    headers: Headers::new(),
+                    payload: Bytes::from_static(b"[1,2]"),
+                }),
+                "0c 24 09 01 53 86 00 05 5b 31 2c 32 5d",
+            ),
+            (
+                Frame::Respond(Respond { req_id: 9, code: ErrorCode::NoError, headers: Headers::new(), payload: Bytes::from_static(b"3") }),
+                "06 25 09 00 00 01 33",
+            ),
+            (
+                Frame::Result(CallResult {
+                    call_id: 5,
+                    code: ErrorCode::NoError,
+                    headers: Headers::new(),
+                    payload: Bytes::from_static(b"3"),
+                }),
+                "06 26 05 00 00 01 33",
+            ),
+            (
+                Frame::Result(CallResult {
+                    call_id: 6,
+                    code: ErrorCode::NoProvider,
+                    headers: Headers::new(),
+                    payload: Bytes::from_static(b"none"),
+                }),
+                "0a 26 06 41 07 00 04 6e 6f 6e 65",
+            ),
+            (Frame::Cancel(5), "02 27 05"),
             (
                 Frame::Msg(Delivery {
                     sid: 1,

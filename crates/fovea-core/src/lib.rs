@@ -17,6 +17,7 @@
 //! - [`outbuf`]: batches encoded frames for one write.
 //! - [`topic`]: validated [`Topic`] and [`Pattern`] newtypes.
 //! - [`trie`]: the subscription index.
+//! - [`balance`]: the procedure registry and power-of-two-choices balancing.
 //! - [`code`]: wire error codes. [`limits`]: protocol maxima. [`varint`]: integer encoding.
 //!
 //! Neighbours: `fovea-node` (the server) and `fovea-client` (the SDK) depend on this crate;
@@ -24,6 +25,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod balance;
 pub mod code;
 pub mod deframer;
 pub mod frame;
@@ -39,5 +41,5 @@ pub use deframer::Deframer;
 pub use frame::{DecodeError, Frame};
 pub use headers::Headers;
 pub use outbuf::OutBuf;
-pub use topic::{Pattern, Topic, TopicError};
+pub use topic::{Pattern, Procedure, Topic, TopicError};
 pub use trie::SubTrie;

@@ -69,6 +69,52 @@ pub struct Topic(Bytes);
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Pattern(Bytes);
 
+/// A validated procedure name (`math.add`): the same rules as a topic, no wildcards.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Procedure(Bytes);
+
+impl Procedure {
+    /// Validates `raw` as a procedure name without copying it.
+    ///
+    /// # Errors
+    /// [`TopicError`] naming the first problem found (wildcards are refused).
+    pub fn from_bytes(raw: Bytes) -> Result<Self, TopicError> {
+        validate(&raw, false)?;
+        Ok(Procedure(raw))
+    }
+
+    /// Validates and copies a string.
+    ///
+    /// # Errors
+    /// [`TopicError`] naming the first problem found.
+    pub fn new(s: &str) -> Result<Self, TopicError> {
+        Self::from_bytes(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    /// The name's bytes (valid UTF-8).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        // Invariant: validated as UTF-8 at construction, so the fallback is unreachable.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for Procedure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Procedure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Procedure({:?})", self.as_str())
+    }
+}
+
 impl Topic {
     /// Validates `raw` as a topic without copying it.
     ///

@@ -247,7 +247,7 @@ impl Session {
             return self.reject(ErrorCode::InvalidPattern, 0, "subscription id 0 is reserved; use ids from 1");
         }
         if self.subs.contains_key(&s.sid) {
-            return self.reject(ErrorCode::DuplicateSid, s.sid, format!("subscription id {} is already active", s.sid));
+            return self.reject(ErrorCode::DuplicateId, s.sid, format!("subscription id {} is already active", s.sid));
         }
         if self.subs.len() >= limits.max_subscriptions {
             let msg = format!("this connection already has {} subscriptions, the node's limit", self.subs.len());

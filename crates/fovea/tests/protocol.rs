@@ -70,7 +70,7 @@ async fn a_silent_client_is_closed_after_the_handshake_timeout() {
 async fn operation_errors_keep_the_connection_up() {
     let node = TestNode::start().await;
     let mut raw = RawClient::handshake(&node).await;
-    let sub = |sid, p: &'static str| Frame::Sub(Subscribe { sid, pattern: Bytes::from_static(p.as_bytes()) });
+    let sub = |sid, p: &'static str| Frame::Sub(Subscribe { sid, pattern: Bytes::from_static(p.as_bytes()), group: Bytes::new() });
     raw.send_frame(&sub(5, "a.>.b")).await;
     match raw.next_frame().await {
         Some(Frame::Error(e)) => {
@@ -82,7 +82,7 @@ async fn operation_errors_keep_the_connection_up() {
     raw.send_frame(&sub(6, "ok.*")).await;
     assert_eq!(raw.next_frame().await, Some(Frame::SubAck(6)));
     raw.send_frame(&sub(6, "again")).await;
-    assert!(matches!(raw.next_frame().await, Some(Frame::Error(e)) if e.code == ErrorCode::DuplicateSid));
+    assert!(matches!(raw.next_frame().await, Some(Frame::Error(e)) if e.code == ErrorCode::DuplicateId));
     let publish = |t: &'static str| {
         Frame::Pub(Publish {
             topic: Bytes::from_static(t.as_bytes()),
