@@ -30,6 +30,7 @@
 //! Neighbours: built on `fovea-core` (codec, topics); talks to `fovea-node` over the wire
 //! only, as any client in another language would (`docs/PROTOCOL.md`).
 
+mod rpc;
 mod session;
 mod tls;
 mod url;
@@ -49,7 +50,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use fovea_core::headers::HeaderError;
-pub use fovea_core::{ErrorCode, Headers, Pattern, Topic, TopicError};
+pub use fovea_core::{ErrorCode, Headers, Pattern, Procedure, Topic, TopicError};
+pub use rpc::{Registration, Request, Response};
 pub use tls::{default_data_dir, Trust};
 pub use url::{NodeUrl, DEFAULT_PORT};
 
@@ -108,6 +110,24 @@ pub enum ClientError {
     /// The node refused an operation.
     #[error("the node refused: {code}: {message}")]
     Refused { code: ErrorCode, message: String },
+    /// A procedure name failed validation.
+    #[error("invalid procedure {procedure:?}: it {source}")]
+    InvalidProcedure { procedure: String, source: TopicError },
+    /// No provider is registered for the procedure (answered at once by the node).
+    #[error("no provider for {0}: start one (e.g. `fovea serve {0}`) or check the name and realm")]
+    NoProvider(String),
+    /// The call's deadline passed.
+    #[error("the call timed out after {0:?}")]
+    Timeout(Duration),
+    /// The provider answered with an error.
+    #[error("the provider failed the call: {message} (code 0x{code:x})")]
+    Remote { code: u64, message: String },
+    /// The provider disconnected while handling the call.
+    #[error("the provider disconnected while handling the call")]
+    ProviderDisconnected,
+    /// The caller or the providers are at their in-flight limit; retry later.
+    #[error("busy: {0}")]
+    Busy(String),
 }
 
 fn fmt_reason(r: &str) -> String {
@@ -283,6 +303,8 @@ pub(crate) struct Inner {
     /// Lock order: `out` before `subs`.
     pub out: Mutex<Out>,
     pub subs: Mutex<HashMap<u64, SubEntry>>,
+    pub regs: Mutex<HashMap<u64, rpc::RegEntry>>,
+    pub calls: Mutex<HashMap<u64, oneshot::Sender<fovea_core::frame::CallResult>>>,
     pub pings: Mutex<HashMap<u64, oneshot::Sender<()>>>,
     /// Wakes the writer.
     pub wake: Notify,
@@ -299,13 +321,15 @@ pub(crate) struct Inner {
 pub(crate) struct Out {
     pub buf: OutBuf,
     pub connected: bool,
-    /// Sids whose `SUB` frame sits in `buf`, not yet handed to a session: a reconnect
-    /// must not send those twice.
-    pub queued_subs: Vec<u64>,
+    /// Ids whose `SUB` or `REG` frame sits in `buf`, not yet handed to a session: a
+    /// reconnect must not send those twice.
+    pub queued: Vec<u64>,
 }
 
 pub(crate) struct SubEntry {
     pub pattern: Pattern,
+    /// Queue group; empty for none.
+    pub group: Bytes,
     pub tx: mpsc::Sender<Message>,
     /// The caller of `subscribe` waiting for `SUBACK`.
     pub ack: Option<oneshot::Sender<Result<(), ClientError>>>,
@@ -339,8 +363,10 @@ impl Client {
             opts,
             endpoint,
             quic,
-            out: Mutex::new(Out { buf: OutBuf::new(), connected: false, queued_subs: Vec::new() }),
+            out: Mutex::new(Out { buf: OutBuf::new(), connected: false, queued: Vec::new() }),
             subs: Mutex::new(HashMap::new()),
+            regs: Mutex::new(HashMap::new()),
+            calls: Mutex::new(HashMap::new()),
             pings: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             drained: Notify::new(),
@@ -359,7 +385,7 @@ impl Client {
         Ok(Client { handle: Arc::new(Handle { inner, driver: Mutex::new(Some(driver)) }) })
     }
 
-    fn inner(&self) -> &Inner {
+    pub(crate) fn inner(&self) -> &Inner {
         &self.handle.inner
     }
 
@@ -430,6 +456,23 @@ impl Client {
     /// Invalid pattern; [`ClientError::Refused`] if the node refuses it (too many
     /// subscriptions, permission denied); [`ClientError::ClientClosed`].
     pub async fn subscribe(&self, pattern: &str) -> Result<Subscription, ClientError> {
+        self.subscribe_inner(pattern, "").await
+    }
+
+    /// Subscribes as a member of queue group `group`: the subscriptions of all clients
+    /// with the same pattern and group share its messages, each message going to one of
+    /// them (chosen by power of two choices on their queued bytes), as NATS queue groups.
+    ///
+    /// # Errors
+    /// As [`Client::subscribe`]; the group name follows the rules of a topic.
+    pub async fn subscribe_group(&self, pattern: &str, group: &str) -> Result<Subscription, ClientError> {
+        Topic::new(group)
+            .map_err(|source| ClientError::InvalidPattern { pattern: format!("group {group}"), source })?;
+        self.subscribe_inner(pattern, group).await
+    }
+
+    async fn subscribe_inner(&self, pattern: &str, group: &str) -> Result<Subscription, ClientError> {
+        let group = Bytes::copy_from_slice(group.as_bytes());
         let parsed = Pattern::new(pattern)
             .map_err(|source| ClientError::InvalidPattern { pattern: pattern.to_owned(), source })?;
         let inner = self.inner();
@@ -443,11 +486,11 @@ impl Client {
             }
             let connected = out.connected;
             let ack = connected.then_some(ack_tx);
-            lock(&inner.subs).insert(sid, SubEntry { pattern: parsed.clone(), tx, ack });
+            lock(&inner.subs).insert(sid, SubEntry { pattern: parsed.clone(), group: group.clone(), tx, ack });
             if connected {
-                let sub = Frame::Sub(Subscribe { sid, pattern: Bytes::copy_from_slice(parsed.as_bytes()) });
+                let sub = Frame::Sub(Subscribe { sid, pattern: Bytes::copy_from_slice(parsed.as_bytes()), group });
                 out.buf.push_frame(&sub);
-                out.queued_subs.push(sid);
+                out.queued.push(sid);
             }
             connected
         };
@@ -527,7 +570,7 @@ impl Client {
         &self.inner().url
     }
 
-    fn max_payload(&self) -> usize {
+    pub(crate) fn max_payload(&self) -> usize {
         lock(&self.inner().info).as_ref().map_or(fovea_core::limits::MAX_PAYLOAD, |i| i.max_payload)
     }
 }

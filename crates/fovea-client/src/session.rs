@@ -8,10 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use fovea_core::frame::{Hello, Subscribe, VERSION};
+use fovea_core::frame::{Hello, Register, Subscribe, VERSION};
 use fovea_core::{Deframer, ErrorCode, Frame, Topic};
 use quinn::{Connection, ConnectionError, RecvStream, SendStream, VarInt};
+use std::collections::HashMap;
+
+use fovea_core::frame::ErrorFrame;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::oneshot;
 
 use crate::{lock, ClientError, ConnectionState, Event, Inner, Message, NodeUrl, ServerInfo};
 
@@ -167,7 +171,9 @@ pub(crate) async fn drive(inner: Arc<Inner>, first: Session) {
     lock(&inner.out).connected = false;
     inner.drained.notify_waiters();
     lock(&inner.subs).clear();
+    lock(&inner.regs).clear();
     lock(&inner.pings).clear();
+    lock(&inner.calls).clear();
     inner.endpoint.close(VarInt::from_u32(0), b"client closed");
     let _ = tokio::time::timeout(Duration::from_secs(1), inner.endpoint.wait_idle()).await;
 }
@@ -183,9 +189,16 @@ async fn run(inner: &Arc<Inner>, s: Session) -> End {
         let mut out = lock(&inner.out);
         let subs = lock(&inner.subs);
         for (sid, e) in subs.iter() {
-            if !out.queued_subs.contains(sid) {
-                Frame::Sub(Subscribe { sid: *sid, pattern: Bytes::copy_from_slice(e.pattern.as_bytes()) })
-                    .encode(&mut restore);
+            if !out.queued.contains(sid) {
+                let pattern = Bytes::copy_from_slice(e.pattern.as_bytes());
+                Frame::Sub(Subscribe { sid: *sid, pattern, group: e.group.clone() }).encode(&mut restore);
+            }
+        }
+        drop(subs);
+        for (rid, e) in lock(&inner.regs).iter() {
+            if !out.queued.contains(rid) {
+                let procedure = Bytes::copy_from_slice(e.procedure.as_bytes());
+                Frame::Reg(Register { rid: *rid, procedure }).encode(&mut restore);
             }
         }
         out.connected = true;
@@ -208,6 +221,8 @@ async fn run(inner: &Arc<Inner>, s: Session) -> End {
     lock(&inner.out).connected = false;
     inner.drained.notify_waiters();
     lock(&inner.pings).clear();
+    // Calls in flight end with `Disconnected`: whether they ran is unknown (at most once).
+    lock(&inner.calls).clear();
     match &end {
         End::Shutdown => {
             // Best effort: hand what is queued to the stream, then close.
@@ -228,7 +243,7 @@ async fn write_loop(inner: &Inner, send: &mut SendStream) -> Result<(), String> 
         {
             let mut out = lock(&inner.out);
             out.buf.take_into(&mut chunks);
-            out.queued_subs.clear();
+            out.queued.clear();
         }
         inner.drained.notify_waiters();
         if chunks.is_empty() {
@@ -240,7 +255,7 @@ async fn write_loop(inner: &Inner, send: &mut SendStream) -> Result<(), String> 
     }
 }
 
-async fn read_loop(inner: &Inner, recv: &mut RecvStream, deframer: &mut Deframer) -> Result<(), String> {
+async fn read_loop(inner: &Arc<Inner>, recv: &mut RecvStream, deframer: &mut Deframer) -> Result<(), String> {
     loop {
         while let Some(frame) = deframer.next_frame().map_err(|e| format!("node sent a malformed frame: {e}"))? {
             handle(inner, frame).await?;
@@ -260,7 +275,7 @@ async fn read_loop(inner: &Inner, recv: &mut RecvStream, deframer: &mut Deframer
     }
 }
 
-async fn handle(inner: &Inner, frame: Frame) -> Result<(), String> {
+async fn handle(inner: &Arc<Inner>, frame: Frame) -> Result<(), String> {
     match frame {
         Frame::Msg(m) => {
             let topic = Topic::from_bytes(m.topic).map_err(|e| format!("node sent an invalid topic: {e}"))?;
@@ -278,6 +293,20 @@ async fn handle(inner: &Inner, frame: Frame) -> Result<(), String> {
                 let _ = tx.send(msg).await;
             }
         }
+        Frame::Request(q) => crate::rpc::dispatch_request(inner, q).await,
+        Frame::RegAck(rid) => {
+            if let Some(ack) = lock(&inner.regs).get_mut(&rid).and_then(|e| e.ack.take()) {
+                let _ = ack.send(Ok(()));
+            }
+        }
+        Frame::Result(r) => {
+            if let Some(tx) = lock(&inner.calls).remove(&r.call_id) {
+                let _ = tx.send(r);
+            }
+        }
+        // The node abandoned a request (deadline or caller gone). The provider learns it
+        // from the deadline it was given; an answer now is counted late and dropped.
+        Frame::Cancel(_) => {}
         Frame::SubAck(sid) => {
             if let Some(ack) = lock(&inner.subs).get_mut(&sid).and_then(|e| e.ack.take()) {
                 let _ = ack.send(Ok(()));
@@ -295,26 +324,19 @@ async fn handle(inner: &Inner, frame: Frame) -> Result<(), String> {
             inner.wake.notify_one();
         }
         Frame::Error(e) => {
-            // An ERROR for a SUB means that SUB did not take effect, so the subscription
-            // ends, except for DUPLICATE_ID against a live one: the node still has that.
-            let entry = {
-                let mut subs = lock(&inner.subs);
-                let keep = e.code == ErrorCode::DuplicateId && subs.get(&e.reference).is_some_and(|s| s.ack.is_none());
-                if e.reference != 0 && !keep {
-                    subs.remove(&e.reference)
-                } else {
-                    None
-                }
+            // Ids come from one counter, so the reference names at most one subscription
+            // or registration. An ERROR for a SUB or REG means it did not take effect, so
+            // it ends, except DUPLICATE_ID against a live one: the node still has that.
+            let ended = match end_refused(&inner.subs, &e) {
+                Some(ack) => Some(ack),
+                None => end_refused(&inner.regs, &e),
             };
-            match entry {
-                Some(entry) => {
-                    let err = ClientError::Refused { code: e.code, message: e.message.clone() };
-                    match entry.ack {
-                        Some(ack) => {
-                            let _ = ack.send(Err(err));
-                        }
-                        None => tracing::warn!(code = %e.code, message = %e.message, "the node ended a subscription"),
-                    }
+            match ended {
+                Some(Some(ack)) => {
+                    let _ = ack.send(Err(ClientError::Refused { code: e.code, message: e.message }));
+                }
+                Some(None) => {
+                    tracing::warn!(code = %e.code, message = %e.message, "the node ended a subscription or registration")
                 }
                 None => {
                     tracing::warn!(code = %e.code, message = %e.message, "the node refused an operation");
@@ -330,3 +352,32 @@ async fn handle(inner: &Inner, frame: Frame) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// An entry waiting for the node's acknowledgement (`SUBACK`, `REGACK`).
+pub(crate) trait Acked {
+    fn ack(&mut self) -> &mut Option<oneshot::Sender<Result<(), ClientError>>>;
+}
+
+impl Acked for crate::SubEntry {
+    fn ack(&mut self) -> &mut Option<oneshot::Sender<Result<(), ClientError>>> {
+        &mut self.ack
+    }
+}
+
+impl Acked for crate::rpc::RegEntry {
+    fn ack(&mut self) -> &mut Option<oneshot::Sender<Result<(), ClientError>>> {
+        &mut self.ack
+    }
+}
+
+/// Removes the entry an `ERROR` refers to, if any, returning its pending acknowledgement.
+fn end_refused<T: Acked>(map: &std::sync::Mutex<HashMap<u64, T>>, e: &ErrorFrame) -> Option<Option<AckSender>> {
+    let mut map = lock(map);
+    let entry = map.get_mut(&e.reference)?;
+    if e.code == ErrorCode::DuplicateId && entry.ack().is_none() {
+        return None;
+    }
+    map.remove(&e.reference).map(|mut entry| entry.ack().take())
+}
+
+type AckSender = oneshot::Sender<Result<(), ClientError>>;

@@ -94,6 +94,8 @@ codes! {
     Busy = 0x10a, "busy";
     /// The procedure name is invalid.
     InvalidProcedure = 0x10b, "invalid procedure";
+    /// The connection holds as many registrations as the node allows.
+    TooManyRegistrations = 0x10c, "too many registrations";
     /// The provider failed the call without a code of its own (codes from 0x1000 are the
     /// provider's own, passed through).
     ApplicationError = 0x1000, "application error";

@@ -346,7 +346,9 @@ impl Frame {
                 headers: r.headers()?,
                 payload: r.bytes("payload", usize::MAX)?,
             }),
-            kind::REG => Frame::Reg(Register { rid: r.varint("rid")?, procedure: r.bytes("procedure", MAX_TOPIC_LEN)? }),
+            kind::REG => {
+                Frame::Reg(Register { rid: r.varint("rid")?, procedure: r.bytes("procedure", MAX_TOPIC_LEN)? })
+            }
             kind::UNREG => Frame::Unreg(r.varint("rid")?),
             kind::REGACK => Frame::RegAck(r.varint("rid")?),
             kind::CALL => Frame::Call(Call {
@@ -677,7 +679,10 @@ mod tests {
                 }),
                 "11 11 02 06 6a 6f 62 73 2e 3e 07 77 6f 72 6b 65 72 73",
             ),
-            (Frame::Reg(Register { rid: 1, procedure: Bytes::from_static(b"math.add") }), "0b 20 01 08 6d 61 74 68 2e 61 64 64"),
+            (
+                Frame::Reg(Register { rid: 1, procedure: Bytes::from_static(b"math.add") }),
+                "0b 20 01 08 6d 61 74 68 2e 61 64 64",
+            ),
             (Frame::RegAck(1), "02 22 01"),
             (Frame::Unreg(1), "02 21 01"),
             (
@@ -701,7 +706,12 @@ mod tests {
                 "0c 24 09 01 53 86 00 05 5b 31 2c 32 5d",
             ),
             (
-                Frame::Respond(Respond { req_id: 9, code: ErrorCode::NoError, headers: Headers::new(), payload: Bytes::from_static(b"3") }),
+                Frame::Respond(Respond {
+                    req_id: 9,
+                    code: ErrorCode::NoError,
+                    headers: Headers::new(),
+                    payload: Bytes::from_static(b"3"),
+                }),
                 "06 25 09 00 00 01 33",
             ),
             (

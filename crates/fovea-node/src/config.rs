@@ -38,6 +38,17 @@ pub struct Limits {
     /// Active subscriptions per connection. At the limit `SUB` is answered with
     /// `TOO_MANY_SUBSCRIPTIONS`. Default 65 536.
     pub max_subscriptions: usize,
+    /// Active registrations (procedures provided) per connection. At the limit `REG` is
+    /// answered with `TOO_MANY_REGISTRATIONS`. Default 4096.
+    pub max_registrations: usize,
+    /// Calls one connection may have in flight. At the limit a `CALL` is answered at once
+    /// with `BUSY`: push-back to that caller only. Default 1024.
+    pub max_calls_in_flight: usize,
+    /// Requests one provider connection may be handling. A provider at the limit is skipped;
+    /// if every provider chosen is at it, the call gets `BUSY`. Default 1024.
+    pub max_requests_in_flight: usize,
+    /// Longest call timeout honoured; longer (or 0) timeouts are cut to it. Default 5 min.
+    pub max_call_timeout: Duration,
     /// Largest payload accepted in `PUB` (announced in `WELCOME`). Larger: `PAYLOAD_TOO_LARGE`.
     /// Default 1 MiB, as NATS.
     pub max_payload: usize,
@@ -62,6 +73,10 @@ impl Default for Limits {
         Limits {
             max_connections: 100_000,
             max_subscriptions: 65_536,
+            max_registrations: 4096,
+            max_calls_in_flight: 1024,
+            max_requests_in_flight: 1024,
+            max_call_timeout: Duration::from_secs(300),
             max_payload: fovea_core::limits::MAX_PAYLOAD,
             max_pending_bytes: 64 * 1024 * 1024,
             match_cache_entries: 4096,

@@ -7,13 +7,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use fovea_core::frame::{ErrorFrame, GoAway, Publish, Subscribe, Welcome, VERSION};
-use fovea_core::{Deframer, ErrorCode, Frame, Pattern};
+use fovea_core::balance::Rng;
+use fovea_core::frame::{
+    Call, CallResult, ErrorFrame, GoAway, Publish, Register, Subscribe, Welcome, VERSION, VERSION_RPC,
+};
+use fovea_core::{Deframer, ErrorCode, Frame, Headers, Pattern, Procedure};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio_util::sync::CancellationToken;
 
-use crate::outbound::{Delivered, Outbound};
-use crate::router::{MatchCache, Realm, SubRef};
+use crate::outbound::Delivered;
+use crate::router::{GroupKey, MatchCache, ProviderRef, Realm, SubRef};
+use crate::rpc::{Peer, Refusal};
 use crate::Shared;
 
 /// Why a connection ends, sent as its QUIC close code and reason.
@@ -82,9 +86,10 @@ async fn handshake(conn: &Connection, shared: &Arc<Shared>, id: u64) -> Result<(
         return Err(Close::new(ErrorCode::AuthFailed, "authentication failed"));
     };
     let limits = &shared.config.limits;
-    let out = Arc::new(Outbound::new(limits.max_pending_bytes));
-    out.send(&Frame::Welcome(Welcome {
-        version: hello.version.min(VERSION),
+    let peer = Arc::new(Peer::new(limits.max_pending_bytes));
+    let version = hello.version.min(VERSION);
+    peer.out.send(&Frame::Welcome(Welcome {
+        version,
         node: shared.config.name.clone(),
         connection_id: id,
         max_payload: limits.max_payload as u64,
@@ -93,11 +98,14 @@ async fn handshake(conn: &Connection, shared: &Arc<Shared>, id: u64) -> Result<(
     let session = Session {
         shared: shared.clone(),
         realm,
-        out,
+        peer,
+        version,
         recv,
         deframer,
         subs: HashMap::new(),
+        regs: HashMap::new(),
         cache: MatchCache::new(limits.match_cache_entries),
+        rng: Rng::new(id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ shared.seed),
     };
     Ok((session, send))
 }
@@ -106,19 +114,25 @@ async fn handshake(conn: &Connection, shared: &Arc<Shared>, id: u64) -> Result<(
 struct Session {
     shared: Arc<Shared>,
     realm: Arc<Realm>,
-    out: Arc<Outbound>,
+    peer: Arc<Peer>,
+    /// The protocol version agreed in the handshake.
+    version: u64,
     recv: RecvStream,
     deframer: Deframer,
     /// This connection's subscriptions by sid.
-    subs: HashMap<u64, Pattern>,
+    subs: HashMap<u64, (Pattern, Option<Arc<GroupKey>>)>,
+    /// This connection's registrations by rid.
+    regs: HashMap<u64, Procedure>,
     cache: MatchCache,
+    /// Balancing choices (queue groups, providers).
+    rng: Rng,
 }
 
 impl Session {
     async fn run(mut self, mut send: SendStream, shutdown: &CancellationToken) -> Result<(), Close> {
         self.shared.stats.connections.fetch_add(1, Ordering::Relaxed);
-        let out = self.out.clone();
-        let writer = write_loop(&mut send, &out);
+        let peer = self.peer.clone();
+        let writer = write_loop(&mut send, &peer);
         tokio::pin!(writer);
         let mut going_away = false;
         let result = loop {
@@ -129,16 +143,29 @@ impl Session {
                     Err(close) => break Err(close),
                 },
                 r = &mut writer => break r,
+                () = peer.expire_next() => {
+                    self.shared.stats.count_rejection(ErrorCode::Timeout);
+                }
                 _ = shutdown.cancelled(), if !going_away => {
                     going_away = true;
-                    self.out.send(&Frame::GoAway(GoAway { code: ErrorCode::GoingAway, message: "node shutting down".into() }));
+                    let bye = GoAway { code: ErrorCode::GoingAway, message: "node shutting down".into() };
+                    self.peer.out.send(&Frame::GoAway(bye));
                 }
             }
         };
-        self.out.close();
-        let subs: Vec<(Pattern, u64)> = self.subs.drain().map(|(sid, p)| (p, sid)).collect();
+        self.peer.out.close();
+        let subs: Vec<(Pattern, SubRef)> =
+            self.subs.drain().map(|(sid, (p, group))| (p, SubRef { peer: peer.clone(), sid, group })).collect();
         if !subs.is_empty() {
-            self.realm.unsubscribe(subs.iter().map(|(p, sid)| (p, SubRef { out: out.clone(), sid: *sid })));
+            self.realm.unsubscribe(subs.iter().map(|(p, s)| (p, s.clone())));
+        }
+        let regs: Vec<(Procedure, u64)> = self.regs.drain().map(|(rid, p)| (p, rid)).collect();
+        if !regs.is_empty() {
+            self.realm.unregister(regs.iter().map(|(p, rid)| (p, ProviderRef { peer: peer.clone(), rid: *rid })));
+        }
+        let failed = peer.abandon_all();
+        for _ in 0..failed {
+            self.shared.stats.count_rejection(ErrorCode::ProviderDisconnected);
         }
         self.shared.stats.connections.fetch_sub(1, Ordering::Relaxed);
         result
@@ -208,28 +235,48 @@ impl Session {
             }
         };
         let mut n = 0;
-        for s in subs.iter() {
-            match s.out.deliver(s.sid, &p.topic, &p.headers, &p.payload) {
-                Delivered::Queued => n += 1,
-                Delivered::Dropped => {
-                    self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                }
-                Delivered::Closed => {}
+        let stats = &self.shared.stats;
+        subs.for_each_target(&mut self.rng, |s| match s.peer.out.deliver(s.sid, &p.topic, &p.headers, &p.payload) {
+            Delivered::Queued => n += 1,
+            Delivered::Dropped => {
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
             }
-        }
+            Delivered::Closed => {}
+        });
         n
     }
 
     fn control(&mut self, frame: Frame) -> Result<(), Close> {
+        let rpc =
+            matches!(frame, Frame::Reg(_) | Frame::Unreg(_) | Frame::Call(_) | Frame::Respond(_) | Frame::Cancel(_));
+        if rpc && self.version < VERSION_RPC {
+            self.shared.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            let msg = format!("frame type 0x{:x} needs protocol version {VERSION_RPC}", frame.kind());
+            return Err(Close::new(ErrorCode::ProtocolError, msg));
+        }
         match frame {
             Frame::Sub(s) => self.subscribe(s),
             Frame::Unsub(sid) => {
-                if let Some(p) = self.subs.remove(&sid) {
-                    self.realm.unsubscribe([(&p, SubRef { out: self.out.clone(), sid })]);
+                if let Some((p, group)) = self.subs.remove(&sid) {
+                    self.realm.unsubscribe([(&p, SubRef { peer: self.peer.clone(), sid, group })]);
                 }
             }
-            Frame::Ping(token) => self.out.send(&Frame::Pong(token)),
+            Frame::Ping(token) => self.peer.out.send(&Frame::Pong(token)),
             Frame::Pong(_) => {}
+            Frame::Reg(r) => self.register(r),
+            Frame::Unreg(rid) => {
+                if let Some(p) = self.regs.remove(&rid) {
+                    self.realm.unregister([(&p, ProviderRef { peer: self.peer.clone(), rid })]);
+                }
+            }
+            Frame::Call(c) => self.call(c),
+            Frame::Respond(r) => {
+                self.shared.stats.responses.fetch_add(1, Ordering::Relaxed);
+                if !self.peer.finish_request(r.req_id, r.code, r.headers, r.payload) {
+                    self.shared.stats.late_responses.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Frame::Cancel(call_id) => self.peer.cancel_call(call_id),
             other => {
                 self.shared.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
                 return Err(Close::new(
@@ -260,14 +307,108 @@ impl Session {
                 return self.reject(ErrorCode::InvalidPattern, s.sid, format!("pattern {text:?} {e}"));
             }
         };
-        self.realm.subscribe(&pattern, SubRef { out: self.out.clone(), sid: s.sid });
-        self.subs.insert(s.sid, pattern);
-        self.out.send(&Frame::SubAck(s.sid));
+        // Before version 2 the group field did not exist: a v1 peer's trailing bytes are
+        // ignored, as the protocol's extension rule says.
+        let group = if s.group.is_empty() || self.version < VERSION_RPC {
+            None
+        } else {
+            match Procedure::from_bytes(Bytes::copy_from_slice(&s.group)) {
+                Ok(_) => Some(Arc::new(GroupKey { pattern: pattern.clone(), name: Bytes::copy_from_slice(&s.group) })),
+                Err(e) => {
+                    let text = String::from_utf8_lossy(&s.group).into_owned();
+                    return self.reject(ErrorCode::InvalidPattern, s.sid, format!("queue group {text:?} {e}"));
+                }
+            }
+        };
+        self.realm.subscribe(&pattern, SubRef { peer: self.peer.clone(), sid: s.sid, group: group.clone() });
+        self.subs.insert(s.sid, (pattern, group));
+        self.peer.out.send(&Frame::SubAck(s.sid));
+    }
+
+    fn register(&mut self, r: Register) {
+        let limits = &self.shared.config.limits;
+        if r.rid == 0 {
+            return self.reject(ErrorCode::InvalidProcedure, 0, "registration id 0 is reserved; use ids from 1");
+        }
+        if self.regs.contains_key(&r.rid) {
+            return self.reject(ErrorCode::DuplicateId, r.rid, format!("registration id {} is already active", r.rid));
+        }
+        if self.regs.len() >= limits.max_registrations {
+            let msg = format!("this connection already has {} registrations, the node's limit", self.regs.len());
+            return self.reject(ErrorCode::TooManyRegistrations, r.rid, msg);
+        }
+        let procedure = match Procedure::from_bytes(Bytes::copy_from_slice(&r.procedure)) {
+            Ok(p) => p,
+            Err(e) => {
+                let text = String::from_utf8_lossy(&r.procedure).into_owned();
+                return self.reject(ErrorCode::InvalidProcedure, r.rid, format!("procedure {text:?} {e}"));
+            }
+        };
+        self.realm.register(&procedure, ProviderRef { peer: self.peer.clone(), rid: r.rid });
+        self.regs.insert(r.rid, procedure);
+        self.peer.out.send(&Frame::RegAck(r.rid));
+    }
+
+    fn call(&mut self, c: Call) {
+        let limits = &self.shared.config.limits;
+        self.shared.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let call_id = c.call_id;
+        let fail = |this: &Self, code: ErrorCode, message: String| {
+            this.shared.stats.count_rejection(code);
+            let payload = Bytes::from(message.into_bytes());
+            this.peer.out.send(&Frame::Result(CallResult { call_id, code, headers: Headers::new(), payload }));
+        };
+        if c.call_id == 0 {
+            return self.reject(ErrorCode::InvalidProcedure, 0, "call id 0 is reserved; use ids from 1");
+        }
+        if c.payload.len() > limits.max_payload {
+            let msg = format!(
+                "payload of {} bytes exceeds this node's max_payload of {}",
+                c.payload.len(),
+                limits.max_payload
+            );
+            return fail(self, ErrorCode::PayloadTooLarge, msg);
+        }
+        if let Err(e) = Procedure::from_bytes(c.procedure.clone()) {
+            let text = String::from_utf8_lossy(&c.procedure).into_owned();
+            return fail(self, ErrorCode::InvalidProcedure, format!("procedure {text:?} {e}"));
+        }
+        let provider = match self.realm.choose_provider(&c.procedure, &mut self.rng, limits.max_requests_in_flight) {
+            Ok(p) => p,
+            Err(false) => {
+                let text = String::from_utf8_lossy(&c.procedure).into_owned();
+                return fail(
+                    self,
+                    ErrorCode::NoProvider,
+                    format!("no provider of {text:?} in realm {:?}", self.realm.name),
+                );
+            }
+            Err(true) => {
+                let msg = format!(
+                    "every provider chosen has {} requests in flight, the node's limit",
+                    limits.max_requests_in_flight
+                );
+                return fail(self, ErrorCode::Busy, msg);
+            }
+        };
+        let timeout = match std::time::Duration::from_millis(c.timeout_ms) {
+            t if t.is_zero() || t > limits.max_call_timeout => limits.max_call_timeout,
+            t => t,
+        };
+        let call_id = c.call_id;
+        let started = self.peer.start_call(&provider, c, timeout, limits.max_calls_in_flight);
+        match started {
+            Ok(()) => {}
+            Err(Refusal::DuplicateId) => {
+                self.reject(ErrorCode::DuplicateId, call_id, format!("call id {call_id} is already in flight"))
+            }
+            Err(Refusal::Result(code, msg)) => fail(self, code, msg),
+        }
     }
 
     fn reject(&self, code: ErrorCode, reference: u64, message: impl Into<String>) {
         self.shared.stats.count_rejection(code);
-        self.out.send(&Frame::Error(ErrorFrame { code, reference, message: message.into() }));
+        self.peer.out.send(&Frame::Error(ErrorFrame { code, reference, message: message.into() }));
     }
 }
 
@@ -276,7 +417,8 @@ impl Session {
 /// # Cancel safety
 /// Not cancel safe: frames taken from the queue and not yet written are lost if the
 /// future is dropped; it is only dropped when the connection ends.
-async fn write_loop(send: &mut SendStream, out: &Outbound) -> Result<(), Close> {
+async fn write_loop(send: &mut SendStream, peer: &Peer) -> Result<(), Close> {
+    let out = &peer.out;
     let mut chunks: Vec<Bytes> = Vec::new();
     loop {
         out.take_into(&mut chunks);

@@ -28,6 +28,7 @@ mod config;
 mod conn;
 mod outbound;
 mod router;
+mod rpc;
 mod stats;
 pub mod tls;
 
@@ -86,6 +87,8 @@ pub(crate) struct Shared {
     pub realms: HashMap<String, Arc<Realm>>,
     pub stats: Stats,
     pub next_conn_id: AtomicU64,
+    /// Per-process randomness for the connections' balancing generators.
+    pub seed: u64,
 }
 
 /// A bound, not yet running node.
@@ -115,7 +118,9 @@ impl Node {
         let endpoint = quinn::Endpoint::server(server, config.listen)
             .map_err(|source| NodeError::Bind { addr: config.listen, source })?;
         let realms = HashMap::from([(DEFAULT_REALM.to_owned(), Arc::new(Realm::new(DEFAULT_REALM)))]);
-        let shared = Arc::new(Shared { config, realms, stats: Stats::default(), next_conn_id: AtomicU64::new(1) });
+        let seed = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u64);
+        let shared =
+            Arc::new(Shared { config, realms, stats: Stats::default(), next_conn_id: AtomicU64::new(1), seed });
         Ok(Node { endpoint, shared, fingerprint, self_signed: identity.self_signed })
     }
 
@@ -196,7 +201,8 @@ impl StatsHandle {
     /// A consistent-enough copy of every counter (each is read atomically on its own).
     pub fn snapshot(&self) -> StatsSnapshot {
         let subscriptions = self.0.realms.values().map(|r| r.subscription_count() as u64).sum();
-        self.0.stats.snapshot(subscriptions)
+        let registrations = self.0.realms.values().map(|r| r.registration_count() as u64).sum();
+        self.0.stats.snapshot(subscriptions, registrations)
     }
 }
 

@@ -79,6 +79,11 @@ impl Outbound {
         }
     }
 
+    /// Bytes queued now (a load measure for balancing queue groups).
+    pub fn pending(&self) -> usize {
+        self.lock().len()
+    }
+
     /// Moves everything queued into `into`.
     pub fn take_into(&self, into: &mut Vec<Bytes>) {
         self.lock().take_into(into);

@@ -1,12 +1,13 @@
 //! Routing state shared by all connection tasks of a node, and the per-connection match
 //! cache that keeps the shared state off the hot path.
 //!
-//! Each realm has one subscription trie behind a `RwLock`, written only when a
-//! subscription starts or ends, and a generation counter bumped after every write. A
-//! publishing connection's task routes its own messages: it looks the topic up in its
-//! private [`MatchCache`], which is valid while the generation is unchanged, so a steady
-//! stream of publishes touches no lock and no shared cache line except one atomic load.
-//! This is principle 1: no process, task or lock that every message crosses.
+//! Each realm has one subscription trie and one procedure registry, each behind a
+//! `RwLock` written only when a subscription or registration starts or ends. A generation
+//! counter is bumped after every trie write. A publishing connection's task routes its own
+//! messages: it looks the topic up in its private [`MatchCache`], valid while the
+//! generation is unchanged, so a steady stream of publishes touches no lock and no shared
+//! cache line except one atomic load. This is principle 1: no process, task or lock that
+//! every message crosses.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,20 +15,63 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Bytes;
 use foldhash::fast::RandomState;
-use fovea_core::{Pattern, SubTrie, Topic, TopicError};
+use fovea_core::balance::{pick_two, Registry, Rng};
+use fovea_core::{Pattern, Procedure, SubTrie, Topic, TopicError};
 
-use crate::outbound::Outbound;
+use crate::rpc::Peer;
+
+/// The identity of a queue group: members share a pattern and a group name.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct GroupKey {
+    pub pattern: Pattern,
+    pub name: Bytes,
+}
 
 /// One subscription as the router sees it: where to deliver, and under which id.
 #[derive(Clone)]
 pub(crate) struct SubRef {
-    pub out: Arc<Outbound>,
+    pub peer: Arc<Peer>,
     pub sid: u64,
+    /// Set for a queue-group member.
+    pub group: Option<Arc<GroupKey>>,
 }
 
 impl PartialEq for SubRef {
     fn eq(&self, other: &Self) -> bool {
-        self.sid == other.sid && Arc::ptr_eq(&self.out, &other.out)
+        self.sid == other.sid && Arc::ptr_eq(&self.peer, &other.peer)
+    }
+}
+
+/// One registration of a procedure.
+#[derive(Clone)]
+pub(crate) struct ProviderRef {
+    pub peer: Arc<Peer>,
+    pub rid: u64,
+}
+
+impl PartialEq for ProviderRef {
+    fn eq(&self, other: &Self) -> bool {
+        self.rid == other.rid && Arc::ptr_eq(&self.peer, &other.peer)
+    }
+}
+
+/// The subscriptions a topic reaches: every plain one, and one member of each group.
+#[derive(Default)]
+pub(crate) struct Matches {
+    pub plain: Vec<SubRef>,
+    pub groups: Vec<Vec<SubRef>>,
+}
+
+impl Matches {
+    /// Calls `f` for every plain subscription and for one member of each queue group,
+    /// chosen by power of two choices on queued bytes (the same policy as RPC).
+    pub fn for_each_target(&self, rng: &mut Rng, mut f: impl FnMut(&SubRef)) {
+        self.plain.iter().for_each(&mut f);
+        for members in &self.groups {
+            if let Some(i) = pick_two(members.len(), rng, |i| members[i].peer.out.pending() as u64) {
+                f(&members[i]);
+            }
+        }
     }
 }
 
@@ -36,11 +80,17 @@ pub(crate) struct Realm {
     pub name: String,
     subs: RwLock<SubTrie<SubRef>>,
     generation: AtomicU64,
+    procs: RwLock<Registry<ProviderRef>>,
 }
 
 impl Realm {
     pub fn new(name: impl Into<String>) -> Self {
-        Realm { name: name.into(), subs: RwLock::new(SubTrie::new()), generation: AtomicU64::new(0) }
+        Realm {
+            name: name.into(),
+            subs: RwLock::new(SubTrie::new()),
+            generation: AtomicU64::new(0),
+            procs: RwLock::new(Registry::new()),
+        }
     }
 
     pub fn subscribe(&self, pattern: &Pattern, sub: SubRef) {
@@ -65,11 +115,54 @@ impl Realm {
         self.subs.read().unwrap_or_else(PoisonError::into_inner).len()
     }
 
-    fn lookup(&self, topic: &Topic) -> Arc<[SubRef]> {
+    pub fn register(&self, procedure: &Procedure, provider: ProviderRef) {
+        self.procs.write().unwrap_or_else(PoisonError::into_inner).insert(procedure, provider);
+    }
+
+    /// Removes registrations; one lock for the whole batch.
+    pub fn unregister<'a>(&self, regs: impl IntoIterator<Item = (&'a Procedure, ProviderRef)>) {
+        let mut procs = self.procs.write().unwrap_or_else(PoisonError::into_inner);
+        for (procedure, provider) in regs {
+            procs.remove(procedure, &provider);
+        }
+    }
+
+    /// Number of registrations in the realm.
+    pub fn registration_count(&self) -> usize {
+        self.procs.read().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    /// Chooses a provider of `name` by power of two choices on requests in flight.
+    /// `Err(true)`: there are providers but the chosen one is at `limit`; `Err(false)`:
+    /// there is none.
+    pub fn choose_provider(&self, name: &[u8], rng: &mut Rng, limit: usize) -> Result<ProviderRef, bool> {
+        let procs = self.procs.read().unwrap_or_else(PoisonError::into_inner);
+        let list = procs.providers(name);
+        let i = pick_two(list.len(), rng, |i| list[i].peer.requests_in_flight() as u64).ok_or(false)?;
+        let p = &list[i];
+        if p.peer.requests_in_flight() >= limit {
+            return Err(true);
+        }
+        Ok(p.clone())
+    }
+
+    fn lookup(&self, topic: &Topic) -> Arc<Matches> {
         let trie = self.subs.read().unwrap_or_else(PoisonError::into_inner);
-        let mut found = Vec::new();
-        trie.for_each_match(topic, |s| found.push(s.clone()));
-        found.into()
+        let mut m = Matches::default();
+        // Members of a group are those with equal keys (same pattern, same name); a topic
+        // meets few groups, so a linear search is the cheap way to collect them.
+        let mut keys: Vec<Arc<GroupKey>> = Vec::new();
+        trie.for_each_match(topic, |s| match &s.group {
+            None => m.plain.push(s.clone()),
+            Some(g) => match keys.iter().position(|k| **k == **g) {
+                Some(i) => m.groups[i].push(s.clone()),
+                None => {
+                    keys.push(g.clone());
+                    m.groups.push(vec![s.clone()]);
+                }
+            },
+        });
+        Arc::new(m)
     }
 }
 
@@ -79,7 +172,7 @@ impl Realm {
 /// is dropped when the realm's generation moves on, and when it reaches `cap` entries.
 pub(crate) struct MatchCache {
     generation: u64,
-    map: HashMap<Bytes, Arc<[SubRef]>, RandomState>,
+    map: HashMap<Bytes, Arc<Matches>, RandomState>,
     cap: usize,
 }
 
@@ -89,7 +182,7 @@ impl MatchCache {
     }
 
     /// The subscribers of `raw`, validating the topic on a miss (a hit was valid before).
-    pub fn lookup(&mut self, realm: &Realm, raw: &Bytes) -> Result<Arc<[SubRef]>, TopicError> {
+    pub fn lookup(&mut self, realm: &Realm, raw: &Bytes) -> Result<Arc<Matches>, TopicError> {
         let generation = realm.generation.load(Ordering::Acquire);
         if generation != self.generation {
             self.map.clear();

@@ -28,6 +28,12 @@ pub struct Stats {
     pub protocol_errors: AtomicU64,
     /// Handshakes refused for the realm or credential.
     pub auth_failures: AtomicU64,
+    /// `CALL` frames received.
+    pub calls: AtomicU64,
+    /// `RESPOND` frames received.
+    pub responses: AtomicU64,
+    /// Responses that arrived after their call ended (deadline, cancel, caller gone).
+    pub late_responses: AtomicU64,
     closes: [AtomicU64; CODE_SLOTS],
     rejections: [AtomicU64; CODE_SLOTS],
 }
@@ -44,10 +50,15 @@ pub struct StatsSnapshot {
     pub dropped: u64,
     pub protocol_errors: u64,
     pub auth_failures: u64,
+    pub calls: u64,
+    pub responses: u64,
+    pub late_responses: u64,
     pub subscriptions: u64,
+    pub registrations: u64,
     /// Connections the node closed, by close code (`NO_ERROR` not counted).
     pub closes: Vec<(ErrorCode, u64)>,
-    /// Operations refused with an `ERROR` frame, by code.
+    /// Operations refused or failed by the node (`ERROR` frames and failed call results),
+    /// by code.
     pub rejections: Vec<(ErrorCode, u64)>,
 }
 
@@ -62,7 +73,7 @@ impl Stats {
         self.rejections[slot].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn snapshot(&self, subscriptions: u64) -> StatsSnapshot {
+    pub(crate) fn snapshot(&self, subscriptions: u64, registrations: u64) -> StatsSnapshot {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let by_code = |slots: &[AtomicU64; CODE_SLOTS], base: u64| {
             slots
@@ -81,7 +92,11 @@ impl Stats {
             dropped: get(&self.dropped),
             protocol_errors: get(&self.protocol_errors),
             auth_failures: get(&self.auth_failures),
+            calls: get(&self.calls),
+            responses: get(&self.responses),
+            late_responses: get(&self.late_responses),
             subscriptions,
+            registrations,
             closes: by_code(&self.closes, 0),
             rejections: by_code(&self.rejections, 0x100),
         }

@@ -70,7 +70,9 @@ async fn a_silent_client_is_closed_after_the_handshake_timeout() {
 async fn operation_errors_keep_the_connection_up() {
     let node = TestNode::start().await;
     let mut raw = RawClient::handshake(&node).await;
-    let sub = |sid, p: &'static str| Frame::Sub(Subscribe { sid, pattern: Bytes::from_static(p.as_bytes()), group: Bytes::new() });
+    let sub = |sid, p: &'static str| {
+        Frame::Sub(Subscribe { sid, pattern: Bytes::from_static(p.as_bytes()), group: Bytes::new() })
+    };
     raw.send_frame(&sub(5, "a.>.b")).await;
     match raw.next_frame().await {
         Some(Frame::Error(e)) => {

@@ -1,0 +1,367 @@
+//! RPC in the SDK: providing procedures ([`Client::register`]) and calling them
+//! ([`Client::call`]).
+
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fovea_core::frame::{Call, Register, Respond};
+use fovea_core::{ErrorCode, Frame, Headers, Procedure};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::{lock, Client, ClientError, Inner};
+
+/// How long the SDK waits past a call's timeout for the node's own `TIMEOUT` answer before
+/// giving up locally (the node's answer also cancels the request at the provider).
+const TIMEOUT_GRACE: Duration = Duration::from_millis(100);
+
+pub(crate) struct RegEntry {
+    pub procedure: Procedure,
+    pub tx: mpsc::Sender<Request>,
+    pub ack: Option<oneshot::Sender<Result<(), ClientError>>>,
+}
+
+/// A successful call's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// Headers the provider set.
+    pub headers: Headers,
+    /// The provider's answer.
+    pub payload: Bytes,
+}
+
+/// One call to a procedure this client provides. Answer it with [`Request::respond`] or
+/// [`Request::fail`]; dropping it unanswered fails the call ("dropped without an answer").
+pub struct Request {
+    /// The procedure called.
+    pub procedure: Procedure,
+    /// The caller's headers.
+    pub headers: Headers,
+    /// The caller's payload.
+    pub payload: Bytes,
+    deadline: Instant,
+    req_id: u64,
+    /// The connection's state (not a `Client`: an unanswered request must not keep the
+    /// connection open).
+    inner: Arc<Inner>,
+    answered: bool,
+}
+
+impl Request {
+    /// When the caller stops waiting. Work past it is wasted: the node discards a late
+    /// answer (and counts it).
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Answers with `payload`.
+    pub fn respond(self, payload: impl Into<Bytes>) {
+        self.respond_with_headers(Headers::new(), payload)
+    }
+
+    /// Answers with headers and `payload`.
+    pub fn respond_with_headers(mut self, headers: Headers, payload: impl Into<Bytes>) {
+        self.answer(ErrorCode::NoError, headers, payload.into());
+    }
+
+    /// Fails the call with `message` (code `APPLICATION_ERROR`, 0x1000).
+    pub fn fail(self, message: &str) {
+        self.fail_with_code(ErrorCode::ApplicationError.to_u64(), message)
+    }
+
+    /// Fails the call with an application code of your own, from `0x1000` up (smaller codes
+    /// are the node's and become 0x1000), and `message`.
+    pub fn fail_with_code(mut self, code: u64, message: &str) {
+        let code = ErrorCode::from_u64(code.max(ErrorCode::ApplicationError.to_u64()));
+        self.answer(code, Headers::new(), Bytes::copy_from_slice(message.as_bytes()));
+    }
+
+    fn answer(&mut self, code: ErrorCode, headers: Headers, payload: Bytes) {
+        self.answered = true;
+        send_respond(&self.inner, self.req_id, code, headers, payload);
+    }
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        if !self.answered {
+            let msg = Bytes::from_static(b"the provider dropped the request without an answer");
+            self.answer(ErrorCode::ApplicationError, Headers::new(), msg);
+        }
+    }
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request").field("procedure", &self.procedure).field("payload_len", &self.payload.len()).finish()
+    }
+}
+
+/// A stream of the calls to one procedure this client provides. Dropping it unregisters.
+pub struct Registration {
+    rid: u64,
+    procedure: Procedure,
+    rx: mpsc::Receiver<Request>,
+    client: Client,
+}
+
+impl Registration {
+    /// The next call, or `None` when the registration has ended.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn next(&mut self) -> Option<Request> {
+        self.rx.recv().await
+    }
+
+    /// The procedure provided.
+    pub fn procedure(&self) -> &Procedure {
+        &self.procedure
+    }
+}
+
+impl futures_core::Stream for Registration {
+    type Item = Request;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Request>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let inner = self.client.inner();
+        let mut out = lock(&inner.out);
+        lock(&inner.regs).remove(&self.rid);
+        out.buf.push_frame(&Frame::Unreg(self.rid));
+        drop(out);
+        inner.wake.notify_one();
+    }
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration").field("procedure", &self.procedure).finish()
+    }
+}
+
+/// Sends `CANCEL` for a call whose future is dropped before its result arrives.
+struct CancelOnDrop<'a> {
+    inner: &'a Inner,
+    call_id: u64,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed && lock(&self.inner.calls).remove(&self.call_id).is_some() {
+            let mut out = lock(&self.inner.out);
+            if out.connected {
+                out.buf.push_frame(&Frame::Cancel(self.call_id));
+                drop(out);
+                self.inner.wake.notify_one();
+            }
+        }
+    }
+}
+
+impl Client {
+    /// Provides `procedure`: calls to it arrive on the returned [`Registration`].
+    ///
+    /// Several clients may register the same procedure; the node balances calls across
+    /// them by power of two choices on their requests in flight. When connected, returns
+    /// once the node has confirmed the registration; while reconnecting, at once.
+    ///
+    /// # Errors
+    /// Invalid name; [`ClientError::Refused`] (too many registrations, permission denied);
+    /// [`ClientError::ClientClosed`].
+    pub async fn register(&self, procedure: &str) -> Result<Registration, ClientError> {
+        let parsed = parse_procedure(procedure)?;
+        let inner = self.inner();
+        let rid = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(inner.opts.subscription_capacity);
+        let (ack_tx, ack_rx) = oneshot::channel();
+        let connected = {
+            let mut out = lock(&inner.out);
+            if inner.shutdown.is_cancelled() {
+                return Err(ClientError::ClientClosed);
+            }
+            let connected = out.connected;
+            lock(&inner.regs).insert(rid, RegEntry { procedure: parsed.clone(), tx, ack: connected.then_some(ack_tx) });
+            if connected {
+                let reg = Frame::Reg(Register { rid, procedure: Bytes::copy_from_slice(parsed.as_bytes()) });
+                out.buf.push_frame(&reg);
+                out.queued.push(rid);
+            }
+            connected
+        };
+        let registration = Registration { rid, procedure: parsed, rx, client: self.clone() };
+        if connected {
+            inner.wake.notify_one();
+            match ack_rx.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(ClientError::ClientClosed),
+            }
+        }
+        Ok(registration)
+    }
+
+    /// Calls `procedure` with `payload` and waits at most `timeout` for the answer.
+    ///
+    /// The timeout travels with the call: the provider sees it as
+    /// [`Request::deadline`], and the node answers `TIMEOUT` when it passes.
+    ///
+    /// # Errors
+    /// [`ClientError::NoProvider`] at once when nobody provides it;
+    /// [`ClientError::Timeout`]; [`ClientError::Remote`] with the provider's code and
+    /// message; [`ClientError::ProviderDisconnected`]; [`ClientError::Busy`];
+    /// [`ClientError::Disconnected`] if the connection is lost (the call may or may not
+    /// have run); invalid name or payload.
+    ///
+    /// # Cancel safety
+    /// Dropping the future cancels the call: the node is told, and the provider gets a
+    /// `CANCEL` for the request.
+    pub async fn call(
+        &self,
+        procedure: &str,
+        payload: impl Into<Bytes>,
+        timeout: Duration,
+    ) -> Result<Response, ClientError> {
+        self.call_with_headers(procedure, &Headers::new(), payload, timeout).await
+    }
+
+    /// [`Client::call`] with headers.
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub async fn call_with_headers(
+        &self,
+        procedure: &str,
+        headers: &Headers,
+        payload: impl Into<Bytes>,
+        timeout: Duration,
+    ) -> Result<Response, ClientError> {
+        let parsed = parse_procedure(procedure)?;
+        let payload = payload.into();
+        let max = self.max_payload();
+        if payload.len() > max {
+            return Err(ClientError::PayloadTooLarge { size: payload.len(), max });
+        }
+        let inner = self.inner();
+        let call_id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut out = lock(&inner.out);
+            if inner.shutdown.is_cancelled() {
+                return Err(ClientError::ClientClosed);
+            }
+            if !out.connected {
+                return Err(ClientError::Disconnected);
+            }
+            lock(&inner.calls).insert(call_id, tx);
+            out.buf.push_frame(&Frame::Call(Call {
+                call_id,
+                procedure: Bytes::copy_from_slice(parsed.as_bytes()),
+                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1),
+                headers: headers.clone(),
+                payload,
+            }));
+        }
+        inner.wake.notify_one();
+        let mut guard = CancelOnDrop { inner, call_id, armed: true };
+        let result = match tokio::time::timeout(timeout + TIMEOUT_GRACE, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => {
+                guard.armed = false;
+                return Err(if inner.shutdown.is_cancelled() {
+                    ClientError::ClientClosed
+                } else {
+                    ClientError::Disconnected
+                });
+            }
+            // The guard cancels the call at the node as it drops.
+            Err(_) => return Err(ClientError::Timeout(timeout)),
+        };
+        guard.armed = false;
+        let message = || String::from_utf8_lossy(&result.payload).into_owned();
+        match result.code {
+            ErrorCode::NoError => Ok(Response { headers: result.headers, payload: result.payload }),
+            ErrorCode::NoProvider => Err(ClientError::NoProvider(parsed.to_string())),
+            ErrorCode::Timeout => Err(ClientError::Timeout(timeout)),
+            ErrorCode::ProviderDisconnected => Err(ClientError::ProviderDisconnected),
+            ErrorCode::Busy => Err(ClientError::Busy(message())),
+            code if code.is_application() => Err(ClientError::Remote { code: code.to_u64(), message: message() }),
+            code => Err(ClientError::Refused { code, message: message() }),
+        }
+    }
+}
+
+fn parse_procedure(name: &str) -> Result<Procedure, ClientError> {
+    Procedure::new(name).map_err(|source| ClientError::InvalidProcedure { procedure: name.to_owned(), source })
+}
+
+/// Hands a `REQUEST` to its registration; waits (flow control) when the application is
+/// behind.
+pub(crate) async fn dispatch_request(inner: &Arc<Inner>, q: fovea_core::frame::Request) {
+    enum Next {
+        Done,
+        Wait(mpsc::Sender<Request>, Request),
+        Fail,
+    }
+    let req_id = q.req_id;
+    // Failing a request takes the `out` lock, which comes before `regs` in the lock order:
+    // so it happens after this block.
+    let next = {
+        let regs = lock(&inner.regs);
+        match regs.get(&q.rid) {
+            // Unregistered meanwhile: fail it rather than let the caller wait.
+            None => Next::Fail,
+            Some(entry) => {
+                let request = Request {
+                    procedure: entry.procedure.clone(),
+                    headers: q.headers,
+                    payload: q.payload,
+                    deadline: Instant::now() + Duration::from_millis(q.timeout_ms),
+                    req_id,
+                    inner: inner.clone(),
+                    answered: false,
+                };
+                match entry.tx.try_send(request) {
+                    Ok(()) => Next::Done,
+                    Err(TrySendError::Full(r)) => Next::Wait(entry.tx.clone(), r),
+                    Err(TrySendError::Closed(mut r)) => {
+                        r.answered = true;
+                        Next::Fail
+                    }
+                }
+            }
+        }
+    };
+    match next {
+        Next::Done => {}
+        // Flow control: stop reading until the application takes a request. If the
+        // registration ends meanwhile, the request comes back and its drop fails it.
+        Next::Wait(tx, r) => {
+            let _ = tx.send(r).await;
+        }
+        Next::Fail => send_respond(
+            inner,
+            req_id,
+            ErrorCode::ApplicationError,
+            Headers::new(),
+            Bytes::from_static(b"the provider unregistered the procedure"),
+        ),
+    }
+}
+
+fn send_respond(inner: &Inner, req_id: u64, code: ErrorCode, headers: Headers, payload: Bytes) {
+    let mut out = lock(&inner.out);
+    out.buf.push_frame(&Frame::Respond(Respond { req_id, code, headers, payload }));
+    drop(out);
+    inner.wake.notify_one();
+}
