@@ -25,6 +25,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     match args.mode {
         BenchMode::Pubsub => pubsub(&url, trust, args.msgs, args.size).await,
+        BenchMode::Rpc => rpc(&url, trust, args.callers, args.calls, args.size).await,
     }
 }
 
@@ -75,6 +76,56 @@ async fn pubsub(url: &str, trust: Trust, msgs: u64, size: usize) -> anyhow::Resu
     if dropped > 0 {
         bail!("{dropped} messages were not delivered");
     }
+    Ok(())
+}
+
+async fn rpc(url: &str, trust: Trust, callers: usize, calls: u64, size: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(callers > 0, "--callers must be at least 1");
+    let opts = ConnectOptions::new().trust(trust);
+    let provider = Client::connect(url, opts.clone().name("bench-provider")).await?;
+    let mut reg = provider.register("bench.rpc").await?;
+    tokio::spawn(async move {
+        while let Some(req) = reg.next().await {
+            let payload = req.payload.clone();
+            req.respond(payload);
+        }
+    });
+    let caller = Client::connect(url, opts.name("bench-caller")).await?;
+    let payload = Bytes::from(vec![b'x'; size]);
+    let per = calls / callers as u64;
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..callers {
+        let (c, p) = (caller.clone(), payload.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per as usize);
+            for _ in 0..per {
+                let t = Instant::now();
+                c.call("bench.rpc", p.clone(), Duration::from_secs(10)).await?;
+                lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+            }
+            Ok::<_, fovea_client::ClientError>(lat)
+        }));
+    }
+    let mut lat = Vec::with_capacity(calls as usize);
+    for t in tasks {
+        lat.extend(t.await.context("caller task failed")??);
+    }
+    let elapsed = t0.elapsed().as_secs_f64().max(1e-9);
+    lat.sort_unstable();
+    let q = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
+    let rate = lat.len() as f64 / elapsed;
+    println!("rpc: {} calls of {size} bytes from {callers} concurrent callers to 1 provider", lat.len());
+    println!("  {rate:.0} calls/s; latency p50 {} µs, p99 {} µs, p99.9 {} µs", q(0.5), q(0.99), q(0.999));
+    println!(
+        "system=fovea mode=rpc size={size} callers={callers} calls={} rate={rate:.0} p50_us={} p99_us={} p999_us={}",
+        lat.len(),
+        q(0.5),
+        q(0.99),
+        q(0.999)
+    );
+    caller.close().await;
+    provider.close().await;
     Ok(())
 }
 

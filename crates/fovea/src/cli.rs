@@ -43,8 +43,19 @@ pub enum Command {
     )]
     Sub(SubArgs),
     /// Measure throughput (starts its own node unless --url is given).
+    /// Provide a procedure: echo each call's payload, or run a command per call.
     #[command(
-        after_help = "Examples:\n  fovea bench pubsub\n  fovea bench pubsub --msgs 2000000 --size 1024\n\nThe last line is key=value pairs, as ../shared/bench/nats.sh prints, for side-by-side comparison."
+        after_help = "Examples:\n  fovea serve demo.echo\n  fovea serve text.upper --exec 'tr a-z A-Z'\n  fovea serve math.add --exec ./add.py --concurrency 4\n\nWith --exec, each call runs `sh -c CMD` with the payload on stdin; its stdout is the\nanswer. A non-zero exit fails the call with code 0x1000 + the exit status and stderr as\nthe message. FOVEA_PROCEDURE and FOVEA_TIMEOUT_MS are set for the command, which is\nkilled at the caller's deadline."
+    )]
+    Serve(ServeArgs),
+    /// Call a procedure and print its answer.
+    #[command(
+        after_help = "Examples:\n  fovea call demo.echo hello\n  echo '{\"a\":1}' | fovea call math.add --timeout 500ms\n\nExit status: 0 answered, 1 other error, 2 bad usage, 3 no provider, 4 timeout,\n5 the provider failed the call, 6 the provider disconnected, 7 busy."
+    )]
+    Call(CallArgs),
+    /// Measure throughput and latency (starts its own node unless --url is given).
+    #[command(
+        after_help = "Examples:\n  fovea bench pubsub\n  fovea bench pubsub --msgs 2000000 --size 1024\n  fovea bench rpc --callers 64 --calls 200000\n\nThe last line is key=value pairs, as ../shared/bench/nats.sh prints, for side-by-side comparison."
     )]
     Bench(BenchArgs),
 }
@@ -118,6 +129,9 @@ pub struct SubArgs {
     /// Print headers too, as ` [name=value …]` after the topic.
     #[arg(long)]
     pub headers: bool,
+    /// Join queue group NAME: subscribers with the same pattern and group share the messages, each going to one of them.
+    #[arg(long, value_name = "NAME")]
+    pub group: Option<String>,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -126,6 +140,8 @@ pub struct SubArgs {
 pub enum BenchMode {
     /// One publisher, one subscriber.
     Pubsub,
+    /// Concurrent callers, one provider that echoes.
+    Rpc,
 }
 
 #[derive(Debug, Args)]
@@ -139,6 +155,12 @@ pub struct BenchArgs {
     /// Payload size in bytes.
     #[arg(long, default_value_t = 64, value_name = "BYTES")]
     pub size: usize,
+    /// RPC: concurrent callers.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub callers: usize,
+    /// RPC: calls in all.
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    pub calls: u64,
     /// Use this node instead of starting one (with the other connection flags).
     #[arg(long, env = "FOVEA_BENCH_URL", value_name = "URL")]
     pub url: Option<String>,
@@ -148,4 +170,70 @@ pub struct BenchArgs {
     /// Skip certificate verification for --url.
     #[arg(long)]
     pub insecure: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Procedure to provide, e.g. math.add.
+    pub procedure: String,
+    /// Run this shell command per call instead of echoing.
+    #[arg(long, value_name = "CMD")]
+    pub exec: Option<String>,
+    /// Calls handled at once; more wait (and the node balances to other providers).
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub concurrency: usize,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CallArgs {
+    /// Procedure to call, e.g. math.add.
+    pub procedure: String,
+    /// The payload. Without it, stdin is read as the payload (unless it is a terminal).
+    pub payload: Option<String>,
+    /// How long to wait for the answer: e.g. 500ms, 5s, 2m.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: std::time::Duration,
+    /// A header, as NAME=VALUE. Repeat for more.
+    #[arg(short = 'H', long = "header", value_name = "NAME=VALUE")]
+    pub headers: Vec<String>,
+    /// Print the answer's headers to stderr.
+    #[arg(long)]
+    pub show_headers: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Parses `500ms`, `5s`, `2m`, `1h` or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration; write e.g. 500ms, 5s or 2m"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => return Err(format!("unknown unit {other:?} in {s:?}; use ms, s, m or h")),
+    };
+    std::time::Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
 }

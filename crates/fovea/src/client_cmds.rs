@@ -39,12 +39,7 @@ pub async fn connect(args: &ClientArgs, name: &str) -> anyhow::Result<Client> {
 }
 
 pub async fn publish(args: PubArgs) -> anyhow::Result<()> {
-    let pairs: Vec<(&str, &str)> = args
-        .headers
-        .iter()
-        .map(|h| h.split_once('=').with_context(|| format!("header {h:?} has no `=`: write it as NAME=VALUE")))
-        .collect::<Result<_, _>>()?;
-    let headers = Headers::from_pairs(pairs)?;
+    let headers = parse_headers(&args.headers)?;
     // Validate before connecting, so a typo is reported even with no node running.
     fovea_core::Topic::new(&args.topic).map_err(|e| anyhow::anyhow!("invalid topic {:?}: it {e}", args.topic))?;
     let client = connect(&args.client, "fovea-pub").await?;
@@ -62,12 +57,27 @@ pub async fn publish(args: PubArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Turns `-H NAME=VALUE` flags into headers.
+pub fn parse_headers(flags: &[String]) -> anyhow::Result<Headers> {
+    let pairs: Vec<(&str, &str)> = flags
+        .iter()
+        .map(|h| h.split_once('=').with_context(|| format!("header {h:?} has no `=`: write it as NAME=VALUE")))
+        .collect::<Result<_, _>>()?;
+    Ok(Headers::from_pairs(pairs)?)
+}
+
 pub async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
     fovea_core::Pattern::new(&args.pattern)
         .map_err(|e| anyhow::anyhow!("invalid pattern {:?}: it {e}", args.pattern))?;
     let client = connect(&args.client, "fovea-sub").await?;
-    let mut sub = client.subscribe(&args.pattern).await?;
-    eprintln!("subscribed to {} on {}", args.pattern, client.url());
+    let mut sub = match &args.group {
+        Some(group) => client.subscribe_group(&args.pattern, group).await?,
+        None => client.subscribe(&args.pattern).await?,
+    };
+    match &args.group {
+        Some(group) => eprintln!("subscribed to {} in queue group {group} on {}", args.pattern, client.url()),
+        None => eprintln!("subscribed to {} on {}", args.pattern, client.url()),
+    }
     let stdout = std::io::stdout();
     let mut n = 0u64;
     while args.count.is_none_or(|c| n < c) {

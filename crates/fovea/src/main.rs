@@ -7,6 +7,7 @@ mod bench;
 mod cli;
 mod client_cmds;
 mod node_cmd;
+mod rpc_cmds;
 
 use std::process::ExitCode;
 
@@ -29,6 +30,8 @@ fn main() -> ExitCode {
             Command::Node(args) => node_cmd::run(args).await,
             Command::Pub(args) => client_cmds::publish(args).await,
             Command::Sub(args) => client_cmds::subscribe(args).await,
+            Command::Serve(args) => rpc_cmds::serve(args).await,
+            Command::Call(args) => rpc_cmds::call(args).await,
             Command::Bench(args) => bench::run(args).await,
         }
     });
@@ -39,7 +42,7 @@ fn main() -> ExitCode {
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(1)
+            ExitCode::from(exit_code(&e))
         }
     }
 }
@@ -55,6 +58,20 @@ fn init_logging(level: &str) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
+}
+
+/// Exit status per failure kind, as `fovea call --help` documents: 3 no provider,
+/// 4 timeout, 5 the provider failed, 6 the provider disconnected, 7 busy, 1 anything else.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    use fovea_client::ClientError;
+    match e.chain().find_map(|c| c.downcast_ref::<ClientError>()) {
+        Some(ClientError::NoProvider(_)) => 3,
+        Some(ClientError::Timeout(_)) => 4,
+        Some(ClientError::Remote { .. }) => 5,
+        Some(ClientError::ProviderDisconnected) => 6,
+        Some(ClientError::Busy(_)) => 7,
+        _ => 1,
+    }
 }
 
 /// A reader closing our stdout (`fovea sub … | head`) is not an error.
