@@ -79,6 +79,11 @@ impl Outbound {
         }
     }
 
+    /// Whether the connection is closing (no more deliveries).
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
     /// Bytes queued now (a load measure for balancing queue groups).
     pub fn pending(&self) -> usize {
         self.lock().len()

@@ -68,8 +68,25 @@ impl Matches {
     pub fn for_each_target(&self, rng: &mut Rng, mut f: impl FnMut(&SubRef)) {
         self.plain.iter().for_each(&mut f);
         for members in &self.groups {
-            if let Some(i) = pick_two(members.len(), rng, |i| members[i].peer.out.pending() as u64) {
-                f(&members[i]);
+            // A member whose connection is closing (its unsubscribe not yet applied) must
+            // not swallow the message: it loses every comparison, and if drawn anyway the
+            // message goes to any live member.
+            let load = |i: usize| {
+                let out = &members[i].peer.out;
+                if out.is_closed() {
+                    u64::MAX
+                } else {
+                    out.pending() as u64
+                }
+            };
+            let Some(i) = pick_two(members.len(), rng, load) else { continue };
+            let chosen = if members[i].peer.out.is_closed() {
+                members.iter().find(|m| !m.peer.out.is_closed())
+            } else {
+                members.get(i)
+            };
+            if let Some(m) = chosen {
+                f(m);
             }
         }
     }
@@ -138,8 +155,22 @@ impl Realm {
     pub fn choose_provider(&self, name: &[u8], rng: &mut Rng, limit: usize) -> Result<ProviderRef, bool> {
         let procs = self.procs.read().unwrap_or_else(PoisonError::into_inner);
         let list = procs.providers(name);
-        let i = pick_two(list.len(), rng, |i| list[i].peer.requests_in_flight() as u64).ok_or(false)?;
-        let p = &list[i];
+        // A provider whose connection is closing (not yet unregistered) loses every
+        // comparison; if drawn anyway, any live one is taken instead.
+        let load = |i: usize| {
+            let peer = &list[i].peer;
+            if peer.out.is_closed() {
+                u64::MAX
+            } else {
+                peer.requests_in_flight() as u64
+            }
+        };
+        let i = pick_two(list.len(), rng, load).ok_or(false)?;
+        let p = if list[i].peer.out.is_closed() {
+            list.iter().find(|p| !p.peer.out.is_closed()).ok_or(false)?
+        } else {
+            &list[i]
+        };
         if p.peer.requests_in_flight() >= limit {
             return Err(true);
         }

@@ -98,8 +98,11 @@ impl Peer {
     ) -> Result<(), Refusal> {
         let Call { call_id, headers, payload, .. } = call;
         let (rid, provider) = (provider.rid, &provider.peer);
+        let req_id = provider.next_req.fetch_add(1, Ordering::Relaxed);
         {
-            let calls = lock(&self.calls);
+            // The caller's entry goes in first, so that a provider disconnecting from here
+            // on finds it and answers `PROVIDER_DISCONNECTED` itself.
+            let mut calls = lock(&self.calls);
             if calls.map.contains_key(&call_id) {
                 return Err(Refusal::DuplicateId);
             }
@@ -107,17 +110,24 @@ impl Peer {
                 let msg = format!("this connection has {} calls in flight, the node's limit", calls.map.len());
                 return Err(Refusal::Result(ErrorCode::Busy, msg));
             }
+            let timer = calls.timers.insert(call_id, timeout);
+            calls.map.insert(call_id, InFlight { provider: provider.clone(), req_id, timer });
         }
-        let req_id = provider.next_req.fetch_add(1, Ordering::Relaxed);
         {
             let mut serving = lock(&provider.serving);
             serving.insert(req_id, Serving { caller: self.clone(), call_id });
             provider.serving_len.store(serving.len(), Ordering::Relaxed);
         }
-        {
-            let mut calls = lock(&self.calls);
-            let timer = calls.timers.insert(call_id, timeout);
-            calls.map.insert(call_id, InFlight { provider: provider.clone(), req_id, timer });
+        // The provider may have closed after it was chosen. Its `out.close()` precedes its
+        // draining of `serving`, so either the drain saw our entry (and answers), or we see
+        // the flag here and take the entry back ourselves.
+        if provider.out.is_closed() {
+            if provider.take_serving(req_id).is_some() {
+                self.take_call(call_id);
+                let msg = "the provider disconnected as the call started".to_owned();
+                return Err(Refusal::Result(ErrorCode::ProviderDisconnected, msg));
+            }
+            return Ok(());
         }
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
         provider.out.send(&Frame::Request(Request { req_id, rid, timeout_ms, headers, payload }));

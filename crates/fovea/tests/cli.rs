@@ -188,3 +188,79 @@ fn node_serves_an_operator_certificate() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.key"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Starts `fovea serve` and waits until it reports serving.
+fn start_serve(args: &[&str], ca: &Path, url: &str) -> Proc {
+    let mut serve = fovea(args, ca, url).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(serve.stderr.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.starts_with("serving "), "{line:?}");
+    Proc(serve)
+}
+
+#[test]
+fn serve_and_call_through_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, url) = start_node(dir.path());
+    let ca = dir.path().join("node.crt");
+
+    // No provider: exit status 3, at once.
+    let out = fovea(&["call", "text.upper", "hi"], &ca, &url).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no provider for text.upper"));
+
+    let _echo = start_serve(&["serve", "demo.echo"], &ca, &url);
+    let out = fovea(&["call", "demo.echo", "ping"], &ca, &url).output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ping\n");
+
+    // Any script is a provider: payload on stdin, stdout is the answer.
+    let _upper = start_serve(&["serve", "text.upper", "--exec", "tr a-z A-Z"], &ca, &url);
+    let mut call =
+        fovea(&["call", "text.upper"], &ca, &url).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    {
+        use std::io::Write;
+        call.stdin.take().unwrap().write_all(b"shout\n").unwrap();
+    }
+    let out = wait_output(call, Duration::from_secs(20));
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "SHOUT\n");
+
+    // A failing script: exit status 5 and its stderr as the message.
+    let _fail = start_serve(&["serve", "always.fails", "--exec", "echo broken >&2; exit 3"], &ca, &url);
+    let out = fovea(&["call", "always.fails", "x"], &ca, &url).output().unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("broken") && err.contains("0x1003"), "{err}");
+
+    // A script slower than the caller's deadline: exit status 4.
+    let _slow = start_serve(&["serve", "very.slow", "--exec", "sleep 5"], &ca, &url);
+    let out = fovea(&["call", "very.slow", "--timeout", "300ms"], &ca, &url).output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn sub_group_members_share_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, url) = start_node(dir.path());
+    let ca = dir.path().join("node.crt");
+    let mut members = vec![
+        start_sub(&["sub", "work.>", "--group", "w", "--count", "1"], &ca, &url),
+        start_sub(&["sub", "work.>", "--group", "w", "--count", "1"], &ca, &url),
+    ];
+    // The first message goes to exactly one member, which prints it and exits.
+    assert!(fovea(&["pub", "work.item", "0"], &ca, &url).status().unwrap().success());
+    let start = Instant::now();
+    let first = loop {
+        if let Some(i) = members.iter_mut().position(|m| m.try_wait().unwrap().is_some()) {
+            break members.remove(i);
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "no member received the message");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(String::from_utf8_lossy(&wait_output(first, Duration::from_secs(5)).stdout), "work.item 0\n");
+    // The other did not get it: it gets the next one.
+    assert!(fovea(&["pub", "work.item", "1"], &ca, &url).status().unwrap().success());
+    let other = wait_output(members.remove(0), Duration::from_secs(20));
+    assert_eq!(String::from_utf8_lossy(&other.stdout), "work.item 1\n");
+}
