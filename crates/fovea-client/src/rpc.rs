@@ -20,6 +20,9 @@ use crate::{lock, Client, ClientError, Inner};
 /// giving up locally (the node's answer also cancels the request at the provider).
 const TIMEOUT_GRACE: Duration = Duration::from_millis(100);
 
+/// Longest deadline a `REQUEST` may carry as far as the SDK is concerned (one day).
+const MAX_DEADLINE_MS: u64 = 86_400_000;
+
 pub(crate) struct RegEntry {
     pub procedure: Procedure,
     pub tx: mpsc::Sender<Request>,
@@ -274,7 +277,7 @@ impl Client {
         }
         inner.wake.notify_one();
         let mut guard = CancelOnDrop { inner, call_id, armed: true };
-        let result = match tokio::time::timeout(timeout + TIMEOUT_GRACE, rx).await {
+        let result = match tokio::time::timeout(timeout.saturating_add(TIMEOUT_GRACE), rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => {
                 guard.armed = false;
@@ -326,7 +329,9 @@ pub(crate) async fn dispatch_request(inner: &Arc<Inner>, q: fovea_core::frame::R
                     procedure: entry.procedure.clone(),
                     headers: q.headers,
                     payload: q.payload,
-                    deadline: Instant::now() + Duration::from_millis(q.timeout_ms),
+                    // The node's value, clamped: a hostile or buggy peer must not be able
+                    // to overflow the clock arithmetic.
+                    deadline: Instant::now() + Duration::from_millis(q.timeout_ms.min(MAX_DEADLINE_MS)),
                     req_id,
                     inner: inner.clone(),
                     answered: false,

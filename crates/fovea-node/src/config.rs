@@ -88,6 +88,25 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// Checks that the limits can be honoured.
+    ///
+    /// # Errors
+    /// A message naming the limit and its allowed range.
+    pub fn validate(&self) -> Result<(), String> {
+        // Call deadlines live in a timer wheel that spans about two years; a day is far
+        // beyond any sensible call and keeps the arithmetic away from the edge.
+        let day = Duration::from_secs(86_400);
+        if self.max_call_timeout.is_zero() || self.max_call_timeout > day {
+            return Err(format!("max_call_timeout must be between 1 ms and 1 day, got {:?}", self.max_call_timeout));
+        }
+        if self.max_connections == 0 {
+            return Err("max_connections must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 /// The default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4433";
 

@@ -108,6 +108,7 @@ impl Node {
     /// [`NodeError`] if the data dir, certificate or key cannot be used, or the address
     /// cannot be bound.
     pub fn bind(config: NodeConfig) -> Result<Node, NodeError> {
+        config.limits.validate().map_err(NodeError::Config)?;
         let identity = tls::load_identity(&config.data_dir, config.tls.as_ref())?;
         let fingerprint = tls::fingerprint(&identity.chain[0]);
         let mut server = quinn::ServerConfig::with_crypto(tls::server_crypto(&identity)?);
