@@ -198,6 +198,23 @@ impl Pattern {
         self.segments().all(|s| matches!(s, Segment::Literal(_)))
     }
 
+    /// Whether every topic that `other` matches is also matched by `self`: the check that a
+    /// subscription to `other` stays within a permission to subscribe to `self`.
+    pub fn covers(&self, other: &Pattern) -> bool {
+        let mut mine = self.segments();
+        let mut theirs = other.segments();
+        loop {
+            match (mine.next(), theirs.next()) {
+                (None, None) => return true,
+                // `>` takes one or more segments: whatever `other` has left (at least one).
+                (Some(Segment::Gt), Some(_)) => return true,
+                (Some(Segment::Star), Some(Segment::Star | Segment::Literal(_))) => {}
+                (Some(Segment::Literal(a)), Some(Segment::Literal(b))) if a == b => {}
+                _ => return false,
+            }
+        }
+    }
+
     /// Whether `topic` matches this pattern. A direct, trie-free check, used for tests and
     /// for one-off checks such as permissions; routing uses [`crate::trie::SubTrie`].
     pub fn matches(&self, topic: &Topic) -> bool {
@@ -339,6 +356,41 @@ mod tests {
         assert!(matches!(Pattern::new("a.>>"), Err(TopicError::PartialWildcard { .. })));
         assert!(p("a.b").is_literal());
         assert!(!p("a.*").is_literal());
+    }
+
+    #[test]
+    fn coverage() {
+        assert!(p("a.>").covers(&p("a.b")));
+        assert!(p("a.>").covers(&p("a.*.c")));
+        assert!(p("a.>").covers(&p("a.>")));
+        assert!(!p("a.>").covers(&p("a")));
+        assert!(!p("a.>").covers(&p(">")));
+        assert!(p("a.*").covers(&p("a.b")));
+        assert!(!p("a.*").covers(&p("a.>")));
+        assert!(!p("a.b").covers(&p("a.*")));
+        assert!(p(">").covers(&p("*.x.>")));
+        assert!(!p("*").covers(&p("a.b")));
+    }
+
+    proptest::proptest! {
+        /// `covers` agrees with its definition on every topic over a small alphabet.
+        #[test]
+        fn covers_means_every_match_is_a_match(
+            a in "(x|y|\\*)(\\.(x|y|\\*)){0,2}(\\.>)?",
+            b in "(x|y|\\*)(\\.(x|y|\\*)){0,2}(\\.>)?",
+        ) {
+            let (a, b) = (p(&a), p(&b));
+            // Topics of up to 5 segments over {x, y, z}: one more than the longest pattern
+            // before its `>`, enough to tell every pair apart.
+            let mut topics = vec![String::new()];
+            let mut all = Vec::new();
+            for _ in 0..5 {
+                topics = topics.iter().flat_map(|t| ["x", "y", "z"].map(|s| if t.is_empty() { s.to_string() } else { format!("{t}.{s}") })).collect();
+                all.extend(topics.clone());
+            }
+            let by_definition = all.iter().map(|s| t(s)).all(|topic| !b.matches(&topic) || a.matches(&topic));
+            proptest::prop_assert_eq!(a.covers(&b), by_definition, "{} covers {}", a, b);
+        }
     }
 
     #[test]

@@ -7,9 +7,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 const AFTER_HELP: &str = "\
 Quick start:
-  fovea node                         # start a node on quic://127.0.0.1:4433
-  fovea sub 'sensors.>'              # in a second shell: print matching messages
+  fovea node                           # start a node on quic://127.0.0.1:4433
+  fovea sub 'sensors.>'                # in a second shell: print matching messages
   fovea pub sensors.kitchen.temp 21.5  # in a third: publish one
+  fovea serve demo.echo                # provide a procedure (echo)
+  fovea call demo.echo hello           # call it
 
 Exit status: 0 success, 1 error (the message says what to do next), 2 bad usage.";
 
