@@ -218,7 +218,12 @@ impl Pattern {
     /// Whether `topic` matches this pattern. A direct, trie-free check, used for tests and
     /// for one-off checks such as permissions; routing uses [`crate::trie::SubTrie`].
     pub fn matches(&self, topic: &Topic) -> bool {
-        let mut t = topic.segments();
+        self.matches_name(topic.as_bytes())
+    }
+
+    /// Whether a valid topic or procedure name, given as bytes, matches this pattern.
+    pub fn matches_name(&self, name: &[u8]) -> bool {
+        let mut t = name.split(|b| *b == b'.');
         for seg in self.segments() {
             match seg {
                 Segment::Gt => return t.next().is_some(),

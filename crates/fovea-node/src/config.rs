@@ -16,6 +16,12 @@ pub struct NodeConfig {
     pub tls: Option<TlsFiles>,
     /// The node's name, announced in `WELCOME`. Default: the host name.
     pub name: String,
+    /// Realms and their users, from the configuration file. `None`: one open realm,
+    /// `default`, that admits anyone (refused on a non-loopback address unless
+    /// `allow_anonymous`).
+    pub realms: Option<Vec<crate::auth::RealmConfig>>,
+    /// Allow the open `default` realm on a non-loopback address.
+    pub allow_anonymous: bool,
     /// Resource limits.
     pub limits: Limits,
 }
@@ -118,6 +124,8 @@ impl NodeConfig {
             data_dir: data_dir.into(),
             tls: None,
             name: default_name(),
+            realms: None,
+            allow_anonymous: false,
             limits: Limits::default(),
         }
     }

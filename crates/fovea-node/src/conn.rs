@@ -15,6 +15,7 @@ use fovea_core::{Deframer, ErrorCode, Frame, Headers, Pattern, Procedure};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Permissions;
 use crate::outbound::Delivered;
 use crate::router::{GroupKey, MatchCache, ProviderRef, Realm, SubRef};
 use crate::rpc::{Peer, Refusal};
@@ -81,8 +82,19 @@ async fn handshake(conn: &Connection, shared: &Arc<Shared>, id: u64) -> Result<(
     if hello.version == 0 {
         return Err(Close::new(ErrorCode::UnsupportedVersion, format!("this node speaks version {VERSION}")));
     }
-    let Some(realm) = shared.realms.get(&hello.realm).cloned() else {
+    let ip = conn.remote_address().ip();
+    let now = std::time::Instant::now();
+    if shared.auth_limiter.blocked(ip, now) {
         shared.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
+        shared.stats.auth_rate_limited.fetch_add(1, Ordering::Relaxed);
+        return Err(Close::new(ErrorCode::AuthFailed, "authentication failed"));
+    }
+    // One answer for an unknown realm and a bad token: which part was wrong stays secret.
+    let admitted = shared.realms.get(&hello.realm).and_then(|r| Some((r.clone(), r.admission.admit(&hello.token)?)));
+    let Some((realm, (user, perms))) = admitted else {
+        shared.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
+        shared.auth_limiter.failed(ip, now);
+        tracing::debug!(conn = id, %ip, realm = %hello.realm, "authentication failed");
         return Err(Close::new(ErrorCode::AuthFailed, "authentication failed"));
     };
     let limits = &shared.config.limits;
@@ -94,10 +106,11 @@ async fn handshake(conn: &Connection, shared: &Arc<Shared>, id: u64) -> Result<(
         connection_id: id,
         max_payload: limits.max_payload as u64,
     }));
-    tracing::debug!(conn = id, realm = %realm.name, client = %hello.name, "session open");
+    tracing::debug!(conn = id, realm = %realm.name, %user, client = %hello.name, "session open");
     let session = Session {
         shared: shared.clone(),
         realm,
+        perms,
         peer,
         version,
         recv,
@@ -114,6 +127,8 @@ async fn handshake(conn: &Connection, shared: &Arc<Shared>, id: u64) -> Result<(
 struct Session {
     shared: Arc<Shared>,
     realm: Arc<Realm>,
+    /// What this connection's credential may do.
+    perms: Arc<Permissions>,
     peer: Arc<Peer>,
     /// The protocol version agreed in the handshake.
     version: u64,
@@ -226,8 +241,13 @@ impl Session {
             );
             return 0;
         }
-        let subs = match self.cache.lookup(&self.realm, &p.topic) {
-            Ok(subs) => subs,
+        let subs = match self.cache.lookup(&self.realm, &p.topic, &self.perms.publish) {
+            Ok((_, false)) => {
+                let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                self.reject(ErrorCode::PermissionDenied, 0, format!("not allowed to publish to {topic:?}"));
+                return 0;
+            }
+            Ok((subs, true)) => subs,
             Err(e) => {
                 let topic = String::from_utf8_lossy(&p.topic).into_owned();
                 self.reject(ErrorCode::InvalidTopic, 0, format!("topic {topic:?} {e}"));
@@ -307,6 +327,9 @@ impl Session {
                 return self.reject(ErrorCode::InvalidPattern, s.sid, format!("pattern {text:?} {e}"));
             }
         };
+        if !self.perms.subscribe.pattern(&pattern) {
+            return self.reject(ErrorCode::PermissionDenied, s.sid, format!("not allowed to subscribe to {pattern:?}"));
+        }
         // Before version 2 the group field did not exist: a v1 peer's trailing bytes are
         // ignored, as the protocol's extension rule says.
         let group = if s.group.is_empty() || self.version < VERSION_RPC {
@@ -344,6 +367,9 @@ impl Session {
                 return self.reject(ErrorCode::InvalidProcedure, r.rid, format!("procedure {text:?} {e}"));
             }
         };
+        if !self.perms.register.name(procedure.as_bytes()) {
+            return self.reject(ErrorCode::PermissionDenied, r.rid, format!("not allowed to register {procedure:?}"));
+        }
         self.realm.register(&procedure, ProviderRef { peer: self.peer.clone(), rid: r.rid });
         self.regs.insert(r.rid, procedure);
         self.peer.out.send(&Frame::RegAck(r.rid));
@@ -372,6 +398,10 @@ impl Session {
         if let Err(e) = Procedure::from_bytes(c.procedure.clone()) {
             let text = String::from_utf8_lossy(&c.procedure).into_owned();
             return fail(self, ErrorCode::InvalidProcedure, format!("procedure {text:?} {e}"));
+        }
+        if !self.perms.call.name(&c.procedure) {
+            let text = String::from_utf8_lossy(&c.procedure).into_owned();
+            return fail(self, ErrorCode::PermissionDenied, format!("not allowed to call {text:?}"));
         }
         let provider = match self.realm.choose_provider(&c.procedure, &mut self.rng, limits.max_requests_in_flight) {
             Ok(p) => p,

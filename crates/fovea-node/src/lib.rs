@@ -24,6 +24,7 @@
 //! # }
 //! ```
 
+pub mod auth;
 mod config;
 mod conn;
 mod outbound;
@@ -87,6 +88,8 @@ pub(crate) struct Shared {
     pub realms: HashMap<String, Arc<Realm>>,
     pub stats: Stats,
     pub next_conn_id: AtomicU64,
+    /// Failed authentications per source address.
+    pub auth_limiter: auth::AuthLimiter,
     /// Per-process randomness for the connections' balancing generators.
     pub seed: u64,
 }
@@ -109,6 +112,7 @@ impl Node {
     /// cannot be bound.
     pub fn bind(config: NodeConfig) -> Result<Node, NodeError> {
         config.limits.validate().map_err(NodeError::Config)?;
+        let realms = build_realms(&config)?;
         let identity = tls::load_identity(&config.data_dir, config.tls.as_ref())?;
         let fingerprint = tls::fingerprint(&identity.chain[0]);
         let mut server = quinn::ServerConfig::with_crypto(tls::server_crypto(&identity)?);
@@ -118,10 +122,15 @@ impl Node {
         server.migration(false);
         let endpoint = quinn::Endpoint::server(server, config.listen)
             .map_err(|source| NodeError::Bind { addr: config.listen, source })?;
-        let realms = HashMap::from([(DEFAULT_REALM.to_owned(), Arc::new(Realm::new(DEFAULT_REALM)))]);
         let seed = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u64);
-        let shared =
-            Arc::new(Shared { config, realms, stats: Stats::default(), next_conn_id: AtomicU64::new(1), seed });
+        let shared = Arc::new(Shared {
+            config,
+            realms,
+            stats: Stats::default(),
+            next_conn_id: AtomicU64::new(1),
+            auth_limiter: auth::AuthLimiter::new(),
+            seed,
+        });
         Ok(Node { endpoint, shared, fingerprint, self_signed: identity.self_signed })
     }
 
@@ -192,6 +201,32 @@ impl Node {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
         Ok(())
     }
+}
+
+/// The realms a node serves: as configured, or the one open `default` realm.
+fn build_realms(config: &NodeConfig) -> Result<HashMap<String, Arc<Realm>>, NodeError> {
+    let Some(realms) = &config.realms else {
+        if !config.listen.ip().is_loopback() && !config.allow_anonymous {
+            return Err(NodeError::Config(format!(
+                "refusing to listen on {} with no realms configured: anyone who can reach it could use it. \
+                 Declare realms and users in a config file (--config), or pass --allow-anonymous to run it open",
+                config.listen
+            )));
+        }
+        tracing::warn!(
+            "no realms configured: realm `{DEFAULT_REALM}` is open to every client that can reach {}",
+            config.listen
+        );
+        let open = Realm::new(DEFAULT_REALM, auth::Admission::Open);
+        return Ok(HashMap::from([(DEFAULT_REALM.to_owned(), Arc::new(open))]));
+    };
+    Ok(realms
+        .iter()
+        .map(|r| {
+            let users = r.users.iter().map(|u| (u.token_sha256, u.clone())).collect();
+            (r.name.clone(), Arc::new(Realm::new(r.name.clone(), auth::Admission::Users(users))))
+        })
+        .collect())
 }
 
 /// Read access to a node's counters.

@@ -18,6 +18,7 @@ use foldhash::fast::RandomState;
 use fovea_core::balance::{pick_two, Registry, Rng};
 use fovea_core::{Pattern, Procedure, SubTrie, Topic, TopicError};
 
+use crate::auth::Allow;
 use crate::rpc::Peer;
 
 /// The identity of a queue group: members share a pattern and a group name.
@@ -95,15 +96,18 @@ impl Matches {
 /// A realm's routing state.
 pub(crate) struct Realm {
     pub name: String,
+    /// Who may join, and with what permissions.
+    pub admission: crate::auth::Admission,
     subs: RwLock<SubTrie<SubRef>>,
     generation: AtomicU64,
     procs: RwLock<Registry<ProviderRef>>,
 }
 
 impl Realm {
-    pub fn new(name: impl Into<String>) -> Self {
+    pub fn new(name: impl Into<String>, admission: crate::auth::Admission) -> Self {
         Realm {
             name: name.into(),
+            admission,
             subs: RwLock::new(SubTrie::new()),
             generation: AtomicU64::new(0),
             procs: RwLock::new(Registry::new()),
@@ -203,7 +207,8 @@ impl Realm {
 /// is dropped when the realm's generation moves on, and when it reaches `cap` entries.
 pub(crate) struct MatchCache {
     generation: u64,
-    map: HashMap<Bytes, Arc<Matches>, RandomState>,
+    /// Topic → (subscribers, may this connection publish to it).
+    map: HashMap<Bytes, (Arc<Matches>, bool), RandomState>,
     cap: usize,
 }
 
@@ -212,23 +217,25 @@ impl MatchCache {
         MatchCache { generation: u64::MAX, map: HashMap::default(), cap: cap.max(1) }
     }
 
-    /// The subscribers of `raw`, validating the topic on a miss (a hit was valid before).
-    pub fn lookup(&mut self, realm: &Realm, raw: &Bytes) -> Result<Arc<Matches>, TopicError> {
+    /// The subscribers of `raw` and whether `allow` lets this connection publish to it,
+    /// validating the topic and checking the permission on a miss only.
+    pub fn lookup(&mut self, realm: &Realm, raw: &Bytes, allow: &Allow) -> Result<(Arc<Matches>, bool), TopicError> {
         let generation = realm.generation.load(Ordering::Acquire);
         if generation != self.generation {
             self.map.clear();
             self.generation = generation;
         }
-        if let Some(hit) = self.map.get(&raw[..]) {
-            return Ok(hit.clone());
+        if let Some((subs, allowed)) = self.map.get(&raw[..]) {
+            return Ok((subs.clone(), *allowed));
         }
         // Copy the key: `raw` is a slice of a read buffer that must not be pinned.
         let topic = Topic::from_bytes(Bytes::copy_from_slice(raw))?;
-        let subs = realm.lookup(&topic);
+        let allowed = allow.name(topic.as_bytes());
+        let subs = if allowed { realm.lookup(&topic) } else { Arc::new(Matches::default()) };
         if self.map.len() >= self.cap {
             self.map.clear();
         }
-        self.map.insert(topic.as_shared().clone(), subs.clone());
-        Ok(subs)
+        self.map.insert(topic.as_shared().clone(), (subs.clone(), allowed));
+        Ok((subs, allowed))
     }
 }

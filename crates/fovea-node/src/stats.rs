@@ -28,6 +28,8 @@ pub struct Stats {
     pub protocol_errors: AtomicU64,
     /// Handshakes refused for the realm or credential.
     pub auth_failures: AtomicU64,
+    /// Of those, refused unchecked because the source had failed too often.
+    pub auth_rate_limited: AtomicU64,
     /// `CALL` frames received.
     pub calls: AtomicU64,
     /// `RESPOND` frames received.
@@ -50,6 +52,7 @@ pub struct StatsSnapshot {
     pub dropped: u64,
     pub protocol_errors: u64,
     pub auth_failures: u64,
+    pub auth_rate_limited: u64,
     pub calls: u64,
     pub responses: u64,
     pub late_responses: u64,
@@ -92,6 +95,7 @@ impl Stats {
             dropped: get(&self.dropped),
             protocol_errors: get(&self.protocol_errors),
             auth_failures: get(&self.auth_failures),
+            auth_rate_limited: get(&self.auth_rate_limited),
             calls: get(&self.calls),
             responses: get(&self.responses),
             late_responses: get(&self.late_responses),

@@ -31,7 +31,7 @@ pub struct Cli {
 pub enum Command {
     /// Run a node.
     #[command(
-        after_help = "Examples:\n  fovea node\n  fovea node --listen 0.0.0.0:4433 --cert node.pem --key node.key"
+        after_help = "Examples:\n  fovea node\n  fovea node --config fovea.toml --listen 0.0.0.0:4433 --cert node.pem --key node.key\n  fovea node --config fovea.toml --check-config"
     )]
     Node(NodeArgs),
     /// Publish a message (or one per line of stdin).
@@ -55,11 +55,23 @@ pub enum Command {
         after_help = "Examples:\n  fovea call demo.echo hello\n  echo '{\"a\":1}' | fovea call math.add --timeout 500ms\n\nExit status: 0 answered, 1 other error, 2 bad usage, 3 no provider, 4 timeout,\n5 the provider failed the call, 6 the provider disconnected, 7 busy."
     )]
     Call(CallArgs),
+    /// Manage credentials.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Measure throughput and latency (starts its own node unless --url is given).
     #[command(
         after_help = "Examples:\n  fovea bench pubsub\n  fovea bench pubsub --msgs 2000000 --size 1024\n  fovea bench rpc --callers 64 --calls 200000\n\nThe last line is key=value pairs, as ../shared/bench/nats.sh prints, for side-by-side comparison."
     )]
     Bench(BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a fresh random token, and the `token_sha256` line that admits it, for a user in the node's config file.
+    #[command(
+        after_help = "Example:\n  fovea token new\n  # give the token to the client (--token / FOVEA_TOKEN);\n  # put the token_sha256 line in the user's [[realm.user]] table."
+    )]
+    New,
 }
 
 #[derive(Debug, Args)]
@@ -79,6 +91,15 @@ pub struct NodeArgs {
     /// The node's name, shown to clients. Default: the host name.
     #[arg(long, env = "FOVEA_NAME", value_name = "NAME")]
     pub name: Option<String>,
+    /// Configuration file declaring realms, users and their permissions (see README).
+    #[arg(long, env = "FOVEA_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// With no realms configured, allow the open `default` realm on a non-loopback address.
+    #[arg(long)]
+    pub allow_anonymous: bool,
+    /// Check the configuration file and exit (0 if it is valid) without starting a node.
+    #[arg(long, requires = "config")]
+    pub check_config: bool,
 }
 
 /// How a client reaches and authenticates to a node.

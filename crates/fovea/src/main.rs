@@ -32,6 +32,7 @@ fn main() -> ExitCode {
             Command::Sub(args) => client_cmds::subscribe(args).await,
             Command::Serve(args) => rpc_cmds::serve(args).await,
             Command::Call(args) => rpc_cmds::call(args).await,
+            Command::Token(cli::TokenCommand::New) => node_cmd::new_token(),
             Command::Bench(args) => bench::run(args).await,
         }
     });

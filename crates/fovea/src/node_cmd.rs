@@ -7,9 +7,21 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::NodeArgs;
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+    let realms = match &args.config {
+        Some(path) => Some(fovea_node::auth::load_realms(path).map_err(|e| anyhow::anyhow!("{e}"))?),
+        None => None,
+    };
+    if args.check_config {
+        let n = realms.as_ref().map_or(0, Vec::len);
+        let users: usize = realms.iter().flatten().map(|r| r.users.len()).sum();
+        println!("configuration is valid: {n} realms, {users} users");
+        return Ok(());
+    }
     let data_dir = args.data_dir.unwrap_or_else(fovea_client::default_data_dir);
     let mut config = NodeConfig::new(&data_dir);
     config.listen = args.listen;
+    config.realms = realms;
+    config.allow_anonymous = args.allow_anonymous;
     if let Some(name) = args.name {
         config.name = name;
     }
@@ -50,4 +62,12 @@ async fn stop_on_signal(token: CancellationToken) {
     }
     tracing::info!("shutting down: telling clients to go away");
     token.cancel();
+}
+
+/// `fovea token new`.
+pub fn new_token() -> anyhow::Result<()> {
+    let (token, line) = fovea_node::auth::new_token().map_err(|e| anyhow::anyhow!(e))?;
+    println!("token:  {token}");
+    println!("config: {line}");
+    Ok(())
 }

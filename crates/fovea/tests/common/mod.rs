@@ -39,12 +39,29 @@ impl TestNode {
         Self::start_at("127.0.0.1:0".parse().unwrap(), dir, limits).await
     }
 
+    /// Starts a node whose realms are declared by `toml` (a configuration file's text).
+    pub async fn start_with_realms(toml: &str) -> TestNode {
+        let realms = fovea_node::auth::parse_realms(toml, "test.toml").expect("valid realms");
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        Self::start_config("127.0.0.1:0".parse().unwrap(), dir, Limits::default(), Some(realms)).await
+    }
+
     /// Starts a node at `addr` with state in `dir` (reuse both to "restart" a node).
     pub async fn start_at(addr: SocketAddr, dir: Arc<tempfile::TempDir>, limits: Limits) -> TestNode {
+        Self::start_config(addr, dir, limits, None).await
+    }
+
+    async fn start_config(
+        addr: SocketAddr,
+        dir: Arc<tempfile::TempDir>,
+        limits: Limits,
+        realms: Option<Vec<fovea_node::auth::RealmConfig>>,
+    ) -> TestNode {
         let mut config = NodeConfig::new(dir.path());
         config.listen = addr;
         config.name = "test-node".into();
         config.limits = limits;
+        config.realms = realms;
         let node = Node::bind(config).expect("node binds");
         let addr = node.local_addr();
         let cert = node.self_signed_cert().unwrap().to_owned();

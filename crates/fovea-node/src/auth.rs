@@ -1,0 +1,404 @@
+//! Realms, users and what they may do: the configuration file's `[[realm]]` tables, the
+//! credential check at connect time, and the per-operation permission checks.
+//!
+//! Authentication happens once, in the handshake; authorisation happens when a
+//! subscription or registration is made, and per publish or call through the connection's
+//! own match cache, so the message path pays one boolean per cached topic.
+//!
+//! ```toml
+//! [[realm]]
+//! name = "acme"
+//!
+//! [[realm.user]]
+//! name = "sensor-1"
+//! token_sha256 = "…64 hex digits…"   # the node never stores the token itself
+//! publish   = ["sensors.>"]          # allow-lists of patterns; omitted = nothing allowed
+//! subscribe = ["commands.sensor-1.>"]
+//! call      = []
+//! register  = []
+//! ```
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use fovea_core::Pattern;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// What one credential may do in its realm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permissions {
+    /// Topics it may publish to.
+    pub publish: Allow,
+    /// Patterns it may subscribe to (a subscription must lie within one of them).
+    pub subscribe: Allow,
+    /// Procedures it may call.
+    pub call: Allow,
+    /// Procedures it may provide.
+    pub register: Allow,
+}
+
+/// An allow-list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Allow {
+    /// Everything (an open realm).
+    All,
+    /// Names matching one of these patterns; empty allows nothing.
+    Patterns(Vec<Pattern>),
+}
+
+impl Allow {
+    /// Whether a (valid) topic or procedure name is allowed.
+    pub fn name(&self, name: &[u8]) -> bool {
+        match self {
+            Allow::All => true,
+            Allow::Patterns(ps) => ps.iter().any(|p| p.matches_name(name)),
+        }
+    }
+
+    /// Whether every name `pattern` can match is allowed.
+    pub fn pattern(&self, pattern: &Pattern) -> bool {
+        match self {
+            Allow::All => true,
+            Allow::Patterns(ps) => ps.iter().any(|p| p.covers(pattern)),
+        }
+    }
+}
+
+impl Permissions {
+    /// Everything allowed: the open `default` realm of a node without configuration.
+    pub fn all() -> Self {
+        Permissions { publish: Allow::All, subscribe: Allow::All, call: Allow::All, register: Allow::All }
+    }
+}
+
+/// A user of a realm.
+#[derive(Debug, Clone)]
+pub struct User {
+    /// Its name (for logs and introspection).
+    pub name: String,
+    /// SHA-256 of its token.
+    pub token_sha256: [u8; 32],
+    /// What it may do.
+    pub permissions: Arc<Permissions>,
+}
+
+/// A realm as configured.
+#[derive(Debug, Clone)]
+pub struct RealmConfig {
+    /// Its name, as clients give it in `HELLO`.
+    pub name: String,
+    /// Its users.
+    pub users: Vec<User>,
+}
+
+/// How a realm admits clients.
+pub(crate) enum Admission {
+    /// Anyone, with every permission.
+    Open,
+    /// Users by the SHA-256 of their token.
+    Users(HashMap<[u8; 32], User>),
+}
+
+impl Admission {
+    /// The permissions of the holder of `token`, or `None`. Tokens are compared through
+    /// their SHA-256, and the final comparison is constant-time.
+    pub fn admit(&self, token: &[u8]) -> Option<(String, Arc<Permissions>)> {
+        match self {
+            Admission::Open => Some((String::new(), Arc::new(Permissions::all()))),
+            Admission::Users(users) => {
+                let digest = sha256(token);
+                let user = users.get(&digest)?;
+                // The map finds the candidate by digest; the digests are then compared in
+                // constant time, so nothing about a stored digest leaks through timing.
+                if !bool::from(subtle::ConstantTimeEq::ct_eq(&user.token_sha256[..], &digest[..])) {
+                    return None;
+                }
+                Some((user.name.clone(), user.permissions.clone()))
+            }
+        }
+    }
+}
+
+pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// A fresh random token and the `token_sha256` line that admits it.
+///
+/// # Errors
+/// If the system's random number generator fails.
+pub fn new_token() -> Result<(String, String), String> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 32];
+    ring::rand::SystemRandom::new().fill(&mut bytes).map_err(|_| "the system random generator failed".to_owned())?;
+    let token = hex(&bytes);
+    let line = format!("token_sha256 = \"{}\"", hex(&sha256(token.as_bytes())));
+    Ok((token, line))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Failed authentications per source address: after `MAX_FAILURES` in `WINDOW`, further
+/// attempts from that address are refused without checking, until the window ends.
+///
+/// Bounded: at most `MAX_SOURCES` addresses are tracked; when full, expired entries are
+/// dropped, and if none has expired the table is cleared (forgetting is the safe side of
+/// the trade: it only gives guessers a little more room).
+pub(crate) struct AuthLimiter {
+    map: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+const MAX_FAILURES: u32 = 5;
+const WINDOW: Duration = Duration::from_secs(10);
+const MAX_SOURCES: usize = 10_000;
+
+impl AuthLimiter {
+    pub fn new() -> Self {
+        AuthLimiter { map: Mutex::new(HashMap::new()) }
+    }
+
+    /// Whether `ip` is currently blocked.
+    pub fn blocked(&self, ip: IpAddr, now: Instant) -> bool {
+        let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(&ip).is_some_and(|(n, since)| *n >= MAX_FAILURES && now.duration_since(*since) < WINDOW)
+    }
+
+    /// Records a failure from `ip`.
+    pub fn failed(&self, ip: IpAddr, now: Instant) {
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= MAX_SOURCES && !map.contains_key(&ip) {
+            map.retain(|_, (_, since)| now.duration_since(*since) < WINDOW);
+            if map.len() >= MAX_SOURCES {
+                map.clear();
+            }
+        }
+        let entry = map.entry(ip).or_insert((0, now));
+        if now.duration_since(entry.1) >= WINDOW {
+            *entry = (0, now);
+        }
+        entry.0 += 1;
+    }
+}
+
+/// A configuration error: the file, the line, the key and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    realm: Vec<FileRealm>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRealm {
+    name: Spanned<String>,
+    #[serde(default)]
+    user: Vec<FileUser>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileUser {
+    name: Spanned<String>,
+    token_sha256: Spanned<String>,
+    #[serde(default)]
+    publish: Vec<Spanned<String>>,
+    #[serde(default)]
+    subscribe: Vec<Spanned<String>>,
+    #[serde(default)]
+    call: Vec<Spanned<String>>,
+    #[serde(default)]
+    register: Vec<Spanned<String>>,
+}
+
+/// Reads the realms of a configuration file.
+///
+/// # Errors
+/// [`ConfigError`] naming the file, line and key of the first problem.
+pub fn load_realms(path: &Path) -> Result<Vec<RealmConfig>, ConfigError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
+    parse_realms(&text, &path.display().to_string())
+}
+
+/// Parses the realms of a configuration file's text; `origin` names it in errors.
+///
+/// # Errors
+/// [`ConfigError`] naming the origin, line and key of the first problem.
+pub fn parse_realms(text: &str, origin: &str) -> Result<Vec<RealmConfig>, ConfigError> {
+    let file: FileConfig = toml::from_str(text).map_err(|e| {
+        let at = e.span().map(|s| format!(":{}", line_of(text, &s))).unwrap_or_default();
+        ConfigError(format!("{origin}{at}: {}", e.message()))
+    })?;
+    let err = |span: Range<usize>, key: &str, what: String| {
+        ConfigError(format!("{origin}:{}: {key}: {what}", line_of(text, &span)))
+    };
+    let mut realms: Vec<RealmConfig> = Vec::new();
+    for r in file.realm {
+        let name = r.name.get_ref();
+        if let Err(why) = check_name(name) {
+            return Err(err(r.name.span(), "realm.name", why));
+        }
+        if realms.iter().any(|x| x.name == *name) {
+            return Err(err(r.name.span(), "realm.name", format!("realm {name:?} is declared twice")));
+        }
+        let mut users: Vec<User> = Vec::new();
+        for u in r.user {
+            let uname = u.name.get_ref();
+            if let Err(why) = check_name(uname) {
+                return Err(err(u.name.span(), "realm.user.name", why));
+            }
+            if users.iter().any(|x| x.name == *uname) {
+                return Err(err(
+                    u.name.span(),
+                    "realm.user.name",
+                    format!("user {uname:?} is declared twice in realm {name:?}"),
+                ));
+            }
+            let token_sha256 = parse_digest(u.token_sha256.get_ref())
+                .map_err(|why| err(u.token_sha256.span(), "realm.user.token_sha256", why))?;
+            if users.iter().any(|x| x.token_sha256 == token_sha256) {
+                let why = "two users of this realm have the same token".to_owned();
+                return Err(err(u.token_sha256.span(), "realm.user.token_sha256", why));
+            }
+            let list = |key: &str, items: &[Spanned<String>]| -> Result<Allow, ConfigError> {
+                let mut out = Vec::new();
+                for item in items {
+                    let p = Pattern::new(item.get_ref()).map_err(|e| {
+                        err(item.span(), &format!("realm.user.{key}"), format!("pattern {:?} {e}", item.get_ref()))
+                    })?;
+                    out.push(p);
+                }
+                Ok(Allow::Patterns(out))
+            };
+            let permissions = Permissions {
+                publish: list("publish", &u.publish)?,
+                subscribe: list("subscribe", &u.subscribe)?,
+                call: list("call", &u.call)?,
+                register: list("register", &u.register)?,
+            };
+            users.push(User { name: uname.clone(), token_sha256, permissions: Arc::new(permissions) });
+        }
+        realms.push(RealmConfig { name: name.clone(), users });
+    }
+    Ok(realms)
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > fovea_core::limits::MAX_REALM_LEN {
+        return Err(format!("{name:?} must be 1 to {} bytes long", fovea_core::limits::MAX_REALM_LEN));
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("{name:?} must not contain whitespace or control characters"));
+    }
+    Ok(())
+}
+
+fn parse_digest(s: &str) -> Result<[u8; 32], String> {
+    let bad = || format!("{s:?} is not 64 hexadecimal digits; `fovea token new` prints a valid line");
+    if s.len() != 64 {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        let pair = s.get(2 * i..2 * i + 2).ok_or_else(bad)?;
+        *byte = u8::from_str_radix(pair, 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+/// The 1-based line of a byte offset.
+fn line_of(text: &str, span: &Range<usize>) -> usize {
+    text.get(..span.start).map_or(1, |before| before.matches('\n').count() + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "s3cret";
+
+    fn digest_hex() -> String {
+        hex(&sha256(TOKEN.as_bytes()))
+    }
+
+    #[test]
+    fn parses_realms_users_and_permissions() {
+        let text = format!(
+            "[[realm]]\nname = \"acme\"\n\n[[realm.user]]\nname = \"sensor-1\"\ntoken_sha256 = \"{}\"\npublish = [\"sensors.>\"]\n",
+            digest_hex()
+        );
+        let realms = parse_realms(&text, "f.toml").unwrap();
+        assert_eq!(realms.len(), 1);
+        let u = &realms[0].users[0];
+        assert_eq!(u.name, "sensor-1");
+        assert!(u.permissions.publish.name(b"sensors.a"));
+        assert!(!u.permissions.publish.name(b"other"));
+        assert!(!u.permissions.subscribe.pattern(&Pattern::new("x").unwrap()), "omitted means nothing");
+        let admission = Admission::Users(realms[0].users.iter().map(|u| (u.token_sha256, u.clone())).collect());
+        assert_eq!(admission.admit(TOKEN.as_bytes()).map(|(n, _)| n), Some("sensor-1".into()));
+        assert!(admission.admit(b"wrong").is_none());
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let cases = [
+            ("[[realm]]\nname = \"a\"\nbogus = 1\n", "f.toml:3", "unknown field `bogus`"),
+            ("[[realm]]\nname = \"a\"\n[[realm.user]]\nname = \"u\"\ntoken_sha256 = \"xyz\"\n", "f.toml:5: realm.user.token_sha256", "64 hexadecimal"),
+            (
+                &format!("[[realm]]\nname = \"a\"\n[[realm.user]]\nname = \"u\"\ntoken_sha256 = \"{}\"\nsubscribe = [\"a..b\"]\n", digest_hex()),
+                "f.toml:6: realm.user.subscribe",
+                "empty segment",
+            ),
+            ("[[realm]]\nname = \"a\"\n[[realm]]\nname = \"a\"\n", "f.toml:4: realm.name", "declared twice"),
+            ("[[realm]]\nname = \"\"\n", "f.toml:2: realm.name", "1 to 64 bytes"),
+            ("[[realm]\n", "f.toml:1", ""),
+        ];
+        for (text, at, what) in cases {
+            let e = parse_realms(text, "f.toml").unwrap_err().0;
+            assert!(e.starts_with(at) && e.contains(what), "{text:?} gave {e:?}");
+        }
+    }
+
+    #[test]
+    fn new_tokens_verify_against_their_line() {
+        let (token, line) = new_token().unwrap();
+        assert_eq!(token.len(), 64);
+        let text = format!("[[realm]]\nname = \"r\"\n[[realm.user]]\nname = \"u\"\n{line}\n");
+        let realms = parse_realms(&text, "t").unwrap();
+        assert_eq!(realms[0].users[0].token_sha256, sha256(token.as_bytes()));
+    }
+
+    #[test]
+    fn the_limiter_blocks_after_repeated_failures_and_forgets() {
+        let l = AuthLimiter::new();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let t0 = Instant::now();
+        for _ in 0..MAX_FAILURES {
+            assert!(!l.blocked(ip, t0));
+            l.failed(ip, t0);
+        }
+        assert!(l.blocked(ip, t0));
+        assert!(!l.blocked("10.0.0.2".parse().unwrap(), t0));
+        assert!(!l.blocked(ip, t0 + WINDOW));
+    }
+}

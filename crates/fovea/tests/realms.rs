@@ -1,0 +1,209 @@
+//! Realms, credentials and permissions through real nodes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestNode, WAIT};
+use fovea_client::{Client, ClientError, ErrorCode, Event};
+
+const T: Duration = Duration::from_secs(10);
+
+fn digest(token: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Two realms, each with an all-powerful user, and in `acme` a restricted one.
+fn config() -> String {
+    format!(
+        r#"
+[[realm]]
+name = "acme"
+
+[[realm.user]]
+name = "admin"
+token_sha256 = "{admin}"
+publish = [">"]
+subscribe = [">"]
+call = [">"]
+register = [">"]
+
+[[realm.user]]
+name = "sensor-1"
+token_sha256 = "{sensor}"
+publish = ["sensors.sensor-1.>"]
+subscribe = ["commands.sensor-1.>", "broadcast.*"]
+call = ["time.*"]
+register = ["sensor-1.>"]
+
+[[realm]]
+name = "globex"
+
+[[realm.user]]
+name = "admin"
+token_sha256 = "{globex}"
+publish = [">"]
+subscribe = [">"]
+call = [">"]
+register = [">"]
+"#,
+        admin = digest("acme-admin"),
+        sensor = digest("sensor-1-token"),
+        globex = digest("globex-admin"),
+    )
+}
+
+async fn join(node: &TestNode, realm: &str, token: &str) -> Result<Client, ClientError> {
+    Client::connect(&node.url(), node.options().realm(realm).token(token.as_bytes().to_vec())).await
+}
+
+#[tokio::test]
+async fn nothing_crosses_realms() {
+    let node = TestNode::start_with_realms(&config()).await;
+    let acme = join(&node, "acme", "acme-admin").await.unwrap();
+    let globex = join(&node, "globex", "globex-admin").await.unwrap();
+
+    // Pub/sub and queue groups: the same names in both realms never meet.
+    let mut acme_sub = acme.subscribe("orders.>").await.unwrap();
+    let mut acme_group = acme.subscribe_group("orders.>", "workers").await.unwrap();
+    let mut globex_sub = globex.subscribe("orders.>").await.unwrap();
+    let mut globex_group = globex.subscribe_group("orders.>", "workers").await.unwrap();
+    globex.publish("orders.new", "globex order").await.unwrap();
+    acme.publish("orders.new", "acme order").await.unwrap();
+    for (sub, want) in [
+        (&mut acme_sub, "acme order"),
+        (&mut acme_group, "acme order"),
+        (&mut globex_sub, "globex order"),
+        (&mut globex_group, "globex order"),
+    ] {
+        let m = tokio::time::timeout(WAIT, sub.next()).await.unwrap().unwrap();
+        assert_eq!(&m.payload[..], want.as_bytes());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), sub.next()).await.is_err(),
+            "a message crossed realms"
+        );
+    }
+
+    // RPC: a provider in one realm is invisible from the other.
+    let mut reg = acme.register("svc.secret").await.unwrap();
+    tokio::spawn(async move {
+        while let Some(r) = reg.next().await {
+            r.respond("acme only");
+        }
+    });
+    assert_eq!(&acme.call("svc.secret", "", T).await.unwrap().payload[..], b"acme only");
+    assert!(matches!(globex.call("svc.secret", "", T).await, Err(ClientError::NoProvider(_))));
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn bad_token_and_unknown_realm_fail_alike() {
+    let node = TestNode::start_with_realms(&config()).await;
+    for (realm, token) in [("acme", "wrong"), ("acme", ""), ("nope", "acme-admin"), ("globex", "acme-admin")] {
+        let e = join(&node, realm, token).await.unwrap_err();
+        assert!(matches!(e, ClientError::AuthFailed), "{realm}/{token}: {e}");
+        assert_eq!(e.to_string(), "authentication failed: check the realm and token (--realm, --token)");
+    }
+    assert_eq!(node.stats.snapshot().auth_failures, 4);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn repeated_failures_are_rate_limited() {
+    let node = TestNode::start_with_realms(&config()).await;
+    for _ in 0..5 {
+        assert!(matches!(join(&node, "acme", "guess").await, Err(ClientError::AuthFailed)));
+    }
+    // Now even the right token is refused for a while from this address.
+    assert!(matches!(join(&node, "acme", "acme-admin").await, Err(ClientError::AuthFailed)));
+    let s = node.stats.snapshot();
+    assert_eq!((s.auth_failures, s.auth_rate_limited), (6, 1));
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn each_permission_is_checked_with_wildcards() {
+    let node = TestNode::start_with_realms(&config()).await;
+    let admin = join(&node, "acme", "acme-admin").await.unwrap();
+    let sensor = join(&node, "acme", "sensor-1-token").await.unwrap();
+    let mut events = sensor.events();
+
+    // subscribe: within an allowed pattern, or refused.
+    let mut commands = sensor.subscribe("commands.sensor-1.reboot").await.unwrap();
+    let _all = sensor.subscribe("broadcast.*").await.unwrap();
+    for p in ["commands.>", "commands.sensor-2.x", "broadcast.>", ">"] {
+        match sensor.subscribe(p).await {
+            Err(ClientError::Refused { code: ErrorCode::PermissionDenied, message }) => {
+                assert!(message.contains("not allowed to subscribe"), "{message}")
+            }
+            other => panic!("{p}: expected PermissionDenied, got {other:?}"),
+        }
+    }
+
+    // publish: allowed topics go through; others are refused with an event, and the
+    // connection stays up.
+    let mut watch = admin.subscribe("sensors.>").await.unwrap();
+    sensor.publish("sensors.sensor-1.temp", "20").await.unwrap();
+    sensor.publish("sensors.sensor-2.temp", "forged").await.unwrap();
+    sensor.flush().await.unwrap();
+    let m = tokio::time::timeout(WAIT, watch.next()).await.unwrap().unwrap();
+    assert_eq!(m.topic.as_str(), "sensors.sensor-1.temp");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), watch.next()).await.is_err(),
+        "a denied publish got through"
+    );
+    loop {
+        match tokio::time::timeout(WAIT, events.recv()).await.unwrap().unwrap() {
+            Event::ServerError { code, message } => {
+                assert_eq!(code, ErrorCode::PermissionDenied);
+                assert!(message.contains("sensors.sensor-2.temp"), "{message}");
+                break;
+            }
+            Event::Connected => {}
+            other => panic!("expected a permission error event, got {other:?}"),
+        }
+    }
+    admin.publish("commands.sensor-1.reboot", "now").await.unwrap();
+    assert_eq!(&tokio::time::timeout(WAIT, commands.next()).await.unwrap().unwrap().payload[..], b"now");
+
+    // register and call.
+    let mut reg = sensor.register("sensor-1.status").await.unwrap();
+    tokio::spawn(async move {
+        while let Some(r) = reg.next().await {
+            r.respond("ok");
+        }
+    });
+    assert!(matches!(
+        sensor.register("sensor-2.status").await,
+        Err(ClientError::Refused { code: ErrorCode::PermissionDenied, .. })
+    ));
+    let mut time = admin.register("time.now").await.unwrap();
+    tokio::spawn(async move {
+        while let Some(r) = time.next().await {
+            r.respond("noon");
+        }
+    });
+    assert_eq!(&sensor.call("time.now", "", T).await.unwrap().payload[..], b"noon");
+    match sensor.call("sensor-1.status", "", T).await {
+        Err(ClientError::Refused { code: ErrorCode::PermissionDenied, message }) => {
+            assert!(message.contains("not allowed to call"), "{message}")
+        }
+        other => panic!("expected PermissionDenied, got {other:?}"),
+    }
+    assert_eq!(&admin.call("sensor-1.status", "", T).await.unwrap().payload[..], b"ok");
+    let denied = node.stats.snapshot().rejections.iter().find(|(c, _)| *c == ErrorCode::PermissionDenied).map(|x| x.1);
+    assert_eq!(denied, Some(7), "every denial is counted");
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn an_open_node_refuses_public_addresses_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = fovea_node::NodeConfig::new(dir.path());
+    config.listen = "0.0.0.0:0".parse().unwrap();
+    let e = fovea_node::Node::bind(config.clone()).err().expect("refused");
+    assert!(e.to_string().contains("--allow-anonymous"), "{e}");
+    config.allow_anonymous = true;
+    assert!(fovea_node::Node::bind(config).is_ok());
+}
