@@ -19,18 +19,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (url, trust, _node) = match &args.url {
         Some(url) => (url.clone(), crate::client_cmds::trust(args.ca.as_deref(), args.insecure), None),
         None => {
-            let node = ChildNode::start()?;
+            let node = ChildNode::start(args.node_config.as_deref())?;
             (node.url.clone(), Trust::CaFiles(vec![node.cert.clone()]), Some(node))
         }
     };
+    let mut opts = ConnectOptions::new().trust(trust).realm(&args.realm);
+    if let Some(t) = &args.token {
+        opts = opts.token(t.clone().into_bytes());
+    }
     match args.mode {
-        BenchMode::Pubsub => pubsub(&url, trust, args.msgs, args.size).await,
-        BenchMode::Rpc => rpc(&url, trust, args.callers, args.calls, args.size).await,
+        BenchMode::Pubsub => pubsub(&url, opts, args.msgs, args.size).await,
+        BenchMode::Rpc => rpc(&url, opts, args.callers, args.calls, args.size).await,
     }
 }
 
-async fn pubsub(url: &str, trust: Trust, msgs: u64, size: usize) -> anyhow::Result<()> {
-    let opts = ConnectOptions::new().trust(trust);
+async fn pubsub(url: &str, opts: ConnectOptions, msgs: u64, size: usize) -> anyhow::Result<()> {
     let sub_client = Client::connect(url, opts.clone().name("bench-sub")).await?;
     let publisher = Client::connect(url, opts.name("bench-pub")).await?;
     let mut sub = sub_client.subscribe("bench.x").await?;
@@ -79,9 +82,8 @@ async fn pubsub(url: &str, trust: Trust, msgs: u64, size: usize) -> anyhow::Resu
     Ok(())
 }
 
-async fn rpc(url: &str, trust: Trust, callers: usize, calls: u64, size: usize) -> anyhow::Result<()> {
+async fn rpc(url: &str, opts: ConnectOptions, callers: usize, calls: u64, size: usize) -> anyhow::Result<()> {
     anyhow::ensure!(callers > 0, "--callers must be at least 1");
-    let opts = ConnectOptions::new().trust(trust);
     let provider = Client::connect(url, opts.clone().name("bench-provider")).await?;
     let mut reg = provider.register("bench.rpc").await?;
     tokio::spawn(async move {
@@ -138,12 +140,13 @@ struct ChildNode {
 }
 
 impl ChildNode {
-    fn start() -> anyhow::Result<ChildNode> {
+    fn start(config: Option<&std::path::Path>) -> anyhow::Result<ChildNode> {
         let dir = tempfile::tempdir().context("creating a temporary data dir")?;
         let exe = std::env::current_exe().context("locating the fovea binary")?;
         let mut child = Command::new(exe)
-            .args(["node", "--listen", "127.0.0.1:0", "--log-level", "warn", "--data-dir"])
+            .args(["node", "--listen", "127.0.0.1:0", "--log-level", "error", "--data-dir"])
             .arg(dir.path())
+            .args(config.map(|c| vec![std::ffi::OsStr::new("--config"), c.as_os_str()]).unwrap_or_default())
             .stdout(Stdio::piped())
             .stdin(Stdio::null())
             .spawn()

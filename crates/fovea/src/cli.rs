@@ -184,6 +184,16 @@ pub struct BenchArgs {
     /// RPC: calls in all.
     #[arg(long, default_value_t = 100_000, value_name = "N")]
     pub calls: u64,
+    /// Start the node with this configuration file (realms and permissions), to measure
+    /// their cost; give --realm and --token for the benchmark's clients.
+    #[arg(long, value_name = "FILE", conflicts_with = "url")]
+    pub node_config: Option<PathBuf>,
+    /// Realm for the benchmark's clients.
+    #[arg(long, default_value = "default", value_name = "NAME")]
+    pub realm: String,
+    /// Token for the benchmark's clients.
+    #[arg(long, env = "FOVEA_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Use this node instead of starting one (with the other connection flags).
     #[arg(long, env = "FOVEA_BENCH_URL", value_name = "URL")]
     pub url: Option<String>,

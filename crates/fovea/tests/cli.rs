@@ -264,3 +264,38 @@ fn sub_group_members_share_messages() {
     let other = wait_output(members.remove(0), Duration::from_secs(20));
     assert_eq!(String::from_utf8_lossy(&other.stdout), "work.item 1\n");
 }
+
+#[test]
+fn config_files_are_checked_and_errors_point_at_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN).args(["token", "new"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let token = text.lines().find_map(|l| l.strip_prefix("token:  ")).unwrap().to_owned();
+    let line = text.lines().find_map(|l| l.strip_prefix("config: ")).unwrap().to_owned();
+
+    let good = dir.path().join("good.toml");
+    let config = format!("[[realm]]\nname = \"acme\"\n\n[[realm.user]]\nname = \"app\"\n{line}\npublish = [\">\"]\nsubscribe = [\">\"]\n");
+    std::fs::write(&good, &config).unwrap();
+    let out = Command::new(BIN).args(["node", "--check-config", "--config"]).arg(&good).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 realms, 1 users"));
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, config.replace("publish = [\">\"]", "publish = [\"a.>.b\"]")).unwrap();
+    let out = Command::new(BIN).args(["node", "--check-config", "--config"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml:7: realm.user.publish"), "{err}");
+
+    // The printed token admits its user through the binary, end to end.
+    let (_node, url) = start_node_with(dir.path(), &["--config", good.to_str().unwrap()]);
+    let ca = dir.path().join("node.crt");
+    let sub = start_sub(&["sub", "x", "--count", "1", "--realm", "acme", "--token", &token], &ca, &url);
+    let status = fovea(&["pub", "x", "y", "--realm", "acme", "--token", &token], &ca, &url).status().unwrap();
+    assert!(status.success());
+    assert_eq!(String::from_utf8_lossy(&wait_output(sub, Duration::from_secs(20)).stdout), "x y\n");
+    let out = fovea(&["pub", "x", "y", "--realm", "acme", "--token", "nope"], &ca, &url).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("authentication failed"));
+}
