@@ -43,6 +43,7 @@ pub async fn publish(args: PubArgs) -> anyhow::Result<()> {
     // Validate before connecting, so a typo is reported even with no node running.
     fovea_core::Topic::new(&args.topic).map_err(|e| anyhow::anyhow!("invalid topic {:?}: it {e}", args.topic))?;
     let client = connect(&args.client, "fovea-pub").await?;
+    let mut events = client.events();
     match args.payload {
         Some(p) => client.publish_with_headers(&args.topic, &headers, p).await?,
         None => {
@@ -54,6 +55,13 @@ pub async fn publish(args: PubArgs) -> anyhow::Result<()> {
     }
     client.flush().await.context("the node did not confirm the publish")?;
     client.close().await;
+    // The node answers a refused publish (permission, topic, size) before the flush's
+    // PONG, so every refusal is in the event queue by now.
+    while let Ok(event) = events.try_recv() {
+        if let fovea_client::Event::ServerError { code, message } = event {
+            bail!("the node refused the publish: {code}: {message}");
+        }
+    }
     Ok(())
 }
 

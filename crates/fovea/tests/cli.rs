@@ -275,14 +275,14 @@ fn config_files_are_checked_and_errors_point_at_the_line() {
     let line = text.lines().find_map(|l| l.strip_prefix("config: ")).unwrap().to_owned();
 
     let good = dir.path().join("good.toml");
-    let config = format!("[[realm]]\nname = \"acme\"\n\n[[realm.user]]\nname = \"app\"\n{line}\npublish = [\">\"]\nsubscribe = [\">\"]\n");
+    let config = format!("[[realm]]\nname = \"acme\"\n\n[[realm.user]]\nname = \"app\"\n{line}\npublish = [\"x\"]\nsubscribe = [\">\"]\n");
     std::fs::write(&good, &config).unwrap();
     let out = Command::new(BIN).args(["node", "--check-config", "--config"]).arg(&good).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 realms, 1 users"));
 
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, config.replace("publish = [\">\"]", "publish = [\"a.>.b\"]")).unwrap();
+    std::fs::write(&bad, config.replace("publish = [\"x\"]", "publish = [\"a.>.b\"]")).unwrap();
     let out = Command::new(BIN).args(["node", "--check-config", "--config"]).arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -295,6 +295,11 @@ fn config_files_are_checked_and_errors_point_at_the_line() {
     let status = fovea(&["pub", "x", "y", "--realm", "acme", "--token", &token], &ca, &url).status().unwrap();
     assert!(status.success());
     assert_eq!(String::from_utf8_lossy(&wait_output(sub, Duration::from_secs(20)).stdout), "x y\n");
+    // A publish outside the user's allow-list fails the command, with the reason.
+    let out = fovea(&["pub", "not.allowed", "y", "--realm", "acme", "--token", &token], &ca, &url).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refused the publish: permission denied"), "{err}");
     let out = fovea(&["pub", "x", "y", "--realm", "acme", "--token", "nope"], &ca, &url).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("authentication failed"));
