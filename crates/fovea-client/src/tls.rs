@@ -15,7 +15,8 @@ use crate::{ClientError, NodeUrl};
 #[non_exhaustive]
 pub enum Trust {
     /// For a loopback URL, the local node's self-signed certificate
-    /// (`<default data dir>/node.crt`); otherwise an error asking for a CA.
+    /// (`<default data dir>/node.crt`) when it exists; otherwise the system's root
+    /// certificates (for nodes with certificates from a public or company CA).
     #[default]
     Auto,
     /// Certificates (CA or self-signed node certificates) from these PEM files.
@@ -39,30 +40,34 @@ pub(crate) fn client_crypto(trust: &Trust, url: &NodeUrl) -> Result<rustls::Clie
             builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAny(provider))).with_no_client_auth()
         }
         other => {
+            let mut roots = rustls::RootCertStore::empty();
+            let local = default_data_dir().join("node.crt");
             let files = match other {
                 Trust::CaFiles(files) => files.clone(),
-                _ => {
-                    let local = default_data_dir().join("node.crt");
-                    if !url.is_loopback() || !local.exists() {
-                        return Err(ClientError::Tls(format!(
-                            "no certificate to trust for {url}: pass --ca FILE (the node's node.crt or its CA), \
-                             or --insecure for a test{}",
-                            if url.is_loopback() {
-                                format!(" ({} does not exist yet)", local.display())
-                            } else {
-                                String::new()
-                            }
-                        )));
-                    }
-                    vec![local]
-                }
+                _ if url.is_loopback() && local.exists() => vec![local.clone()],
+                _ => Vec::new(),
             };
-            let mut roots = rustls::RootCertStore::empty();
             for f in &files {
                 for cert in read_certs(f)? {
                     roots
                         .add(cert)
                         .map_err(|e| ClientError::Tls(format!("{}: unusable certificate: {e}", f.display())))?;
+                }
+            }
+            if files.is_empty() {
+                // Unreadable entries in the system store are skipped, as browsers do.
+                let native = rustls_native_certs::load_native_certs();
+                let (added, _) = roots.add_parsable_certificates(native.certs);
+                if added == 0 {
+                    return Err(ClientError::Tls(format!(
+                        "no certificate to trust for {url}: the system has no root certificates{}; \
+                         pass --ca FILE (the node's node.crt or its CA), or --insecure for a test",
+                        if url.is_loopback() {
+                            format!(" and {} does not exist", local.display())
+                        } else {
+                            String::new()
+                        }
+                    )));
                 }
             }
             builder.with_root_certificates(roots).with_no_client_auth()
