@@ -72,6 +72,9 @@ codes! {
     InternalError = 0x09, "internal error";
     /// A stream was opened that the protocol does not allow.
     StreamError = 0x0a, "stream error";
+    /// The node's configuration changed and this credential no longer admits the
+    /// connection, or no longer allows one of its subscriptions or registrations.
+    CredentialsRevoked = 0x0b, "credentials revoked";
     /// The topic of a `PUB` is invalid.
     InvalidTopic = 0x101, "invalid topic";
     /// The pattern of a `SUB` is invalid.

@@ -97,7 +97,7 @@ pub struct RealmConfig {
 }
 
 /// How a realm admits clients.
-pub(crate) enum Admission {
+pub enum Admission {
     /// Anyone, with every permission.
     Open,
     /// Users by the SHA-256 of their token.
@@ -105,13 +105,24 @@ pub(crate) enum Admission {
 }
 
 impl Admission {
+    /// The users of a configured realm.
+    pub fn users(realm: &RealmConfig) -> Self {
+        Admission::Users(realm.users.iter().map(|u| (u.token_sha256, u.clone())).collect())
+    }
+
     /// The permissions of the holder of `token`, or `None`. Tokens are compared through
     /// their SHA-256, and the final comparison is constant-time.
     pub fn admit(&self, token: &[u8]) -> Option<(String, Arc<Permissions>)> {
+        self.admit_digest(&sha256(token))
+    }
+
+    /// As [`Admission::admit`], given the token's SHA-256 (kept by a session so that a
+    /// configuration reload can check it again without keeping the token).
+    pub fn admit_digest(&self, digest: &[u8; 32]) -> Option<(String, Arc<Permissions>)> {
         match self {
             Admission::Open => Some((String::new(), Arc::new(Permissions::all()))),
             Admission::Users(users) => {
-                let digest = sha256(token);
+                let digest = *digest;
                 let user = users.get(&digest)?;
                 // The map finds the candidate by digest; the digests are then compared in
                 // constant time, so nothing about a stored digest leaks through timing.

@@ -90,7 +90,14 @@ async fn handshake(conn: &Connection, shared: &Arc<Shared>, id: u64) -> Result<(
         return Err(Close::new(ErrorCode::AuthFailed, "authentication failed"));
     }
     // One answer for an unknown realm and a bad token: which part was wrong stays secret.
-    let admitted = shared.realms.get(&hello.realm).and_then(|r| Some((r.clone(), r.admission.admit(&hello.token)?)));
+    // Watch for reloads from before the credential is checked, so none falls in between.
+    let config_rx = shared.config_generation.subscribe();
+    let digest = crate::auth::sha256(&hello.token);
+    let realm = shared.realms.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&hello.realm).cloned();
+    let admitted = realm.and_then(|r| {
+        let admitted = r.admission().admit_digest(&digest)?;
+        Some((r, admitted))
+    });
     let Some((realm, (user, perms))) = admitted else {
         shared.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
         shared.auth_limiter.failed(ip, now);
@@ -111,6 +118,8 @@ async fn handshake(conn: &Connection, shared: &Arc<Shared>, id: u64) -> Result<(
         shared: shared.clone(),
         realm,
         perms,
+        credential: digest,
+        config: Some(config_rx),
         peer,
         version,
         recv,
@@ -129,6 +138,10 @@ struct Session {
     realm: Arc<Realm>,
     /// What this connection's credential may do.
     perms: Arc<Permissions>,
+    /// SHA-256 of the credential, to check it again after a configuration reload.
+    credential: [u8; 32],
+    /// Changes when the configuration is reloaded. Taken by `run`, which waits on it.
+    config: Option<tokio::sync::watch::Receiver<u64>>,
     peer: Arc<Peer>,
     /// The protocol version agreed in the handshake.
     version: u64,
@@ -147,6 +160,7 @@ impl Session {
     async fn run(mut self, mut send: SendStream, shutdown: &CancellationToken) -> Result<(), Close> {
         self.shared.stats.connections.fetch_add(1, Ordering::Relaxed);
         let peer = self.peer.clone();
+        let mut config = self.config.take().unwrap_or_else(|| self.shared.config_generation.subscribe());
         let writer = write_loop(&mut send, &peer);
         tokio::pin!(writer);
         let mut going_away = false;
@@ -158,6 +172,11 @@ impl Session {
                     Err(close) => break Err(close),
                 },
                 r = &mut writer => break r,
+                Ok(()) = config.changed() => {
+                    if let Err(close) = self.recheck() {
+                        break Err(close);
+                    }
+                }
                 () = peer.expire_next() => {
                     self.shared.stats.count_rejection(ErrorCode::Timeout);
                 }
@@ -184,6 +203,27 @@ impl Session {
         }
         self.shared.stats.connections.fetch_sub(1, Ordering::Relaxed);
         result
+    }
+
+    /// After a configuration reload: is this connection still admitted, and is everything
+    /// it holds still allowed? If so it carries on with the new permissions.
+    fn recheck(&mut self) -> Result<(), Close> {
+        let revoked = |why: String| Err(Close::new(ErrorCode::CredentialsRevoked, why));
+        let Some((_, perms)) = self.realm.admission().admit_digest(&self.credential) else {
+            return revoked("the node's configuration no longer admits this credential".into());
+        };
+        if let Some((pattern, _)) = self.subs.values().find(|(p, _)| !perms.subscribe.pattern(p)) {
+            return revoked(format!("the permission to subscribe to {pattern} was revoked"));
+        }
+        if let Some(procedure) = self.regs.values().find(|p| !perms.register.name(p.as_bytes())) {
+            return revoked(format!("the permission to register {procedure} was revoked"));
+        }
+        if perms != self.perms {
+            self.perms = perms;
+            // Publish verdicts are cached with the topics: start afresh.
+            self.cache = MatchCache::new(self.shared.config.limits.match_cache_entries);
+        }
+        Ok(())
     }
 
     /// Reads one chunk and handles every frame it completes. `Ok(false)`: the client

@@ -85,7 +85,12 @@ pub enum NodeError {
 /// State shared by all connection tasks.
 pub(crate) struct Shared {
     pub config: NodeConfig,
-    pub realms: HashMap<String, Arc<Realm>>,
+    /// Realms by name. Written only by a configuration reload, which adds realms and
+    /// never removes one (a realm dropped from the file keeps its routing state and admits
+    /// nobody).
+    pub realms: std::sync::RwLock<HashMap<String, Arc<Realm>>>,
+    /// Bumped by each configuration reload; sessions re-check their credential on change.
+    pub config_generation: tokio::sync::watch::Sender<u64>,
     pub stats: Stats,
     pub next_conn_id: AtomicU64,
     /// Failed authentications per source address.
@@ -125,7 +130,8 @@ impl Node {
         let seed = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u64);
         let shared = Arc::new(Shared {
             config,
-            realms,
+            realms: std::sync::RwLock::new(realms),
+            config_generation: tokio::sync::watch::Sender::new(0),
             stats: Stats::default(),
             next_conn_id: AtomicU64::new(1),
             auth_limiter: auth::AuthLimiter::new(),
@@ -147,6 +153,11 @@ impl Node {
     /// The self-signed certificate file, when the node uses one (clients trust this file).
     pub fn self_signed_cert(&self) -> Option<&Path> {
         self.self_signed.as_deref()
+    }
+
+    /// A handle that reloads the node's realms and credentials while it runs.
+    pub fn reloader(&self) -> Reloader {
+        Reloader(self.shared.clone())
     }
 
     /// A handle to the node's counters, valid after `run` returns too.
@@ -222,11 +233,49 @@ fn build_realms(config: &NodeConfig) -> Result<HashMap<String, Arc<Realm>>, Node
     };
     Ok(realms
         .iter()
-        .map(|r| {
-            let users = r.users.iter().map(|u| (u.token_sha256, u.clone())).collect();
-            (r.name.clone(), Arc::new(Realm::new(r.name.clone(), auth::Admission::Users(users))))
-        })
+        .map(|r| (r.name.clone(), Arc::new(Realm::new(r.name.clone(), auth::Admission::users(r)))))
         .collect())
+}
+
+/// Reloads realms, users and permissions without a restart (see [`Node::reloader`]).
+#[derive(Clone)]
+pub struct Reloader(Arc<Shared>);
+
+impl Reloader {
+    /// Replaces every realm's users with those in `realms`. New realms are added; a realm
+    /// missing from `realms` admits nobody from now on. Every connection then checks its
+    /// credential again: one that is no longer admitted, or whose subscriptions or
+    /// registrations are no longer allowed, is closed with `CREDENTIALS_REVOKED`; the
+    /// others carry on with their new permissions.
+    ///
+    /// # Errors
+    /// [`NodeError::Config`] if the node runs without configured realms (open mode).
+    pub fn reload(&self, realms: &[auth::RealmConfig]) -> Result<(), NodeError> {
+        if self.0.config.realms.is_none() {
+            return Err(NodeError::Config(
+                "this node runs open (no --config): there are no credentials to reload".into(),
+            ));
+        }
+        {
+            let mut map = self.0.realms.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for realm in map.values() {
+                if !realms.iter().any(|r| r.name == realm.name) {
+                    realm.set_admission(auth::Admission::Users(HashMap::new()));
+                }
+            }
+            for r in realms {
+                match map.get(&r.name) {
+                    Some(realm) => realm.set_admission(auth::Admission::users(r)),
+                    None => {
+                        map.insert(r.name.clone(), Arc::new(Realm::new(r.name.clone(), auth::Admission::users(r))));
+                    }
+                }
+            }
+        }
+        self.0.config_generation.send_modify(|g| *g += 1);
+        tracing::info!(realms = realms.len(), "credentials reloaded");
+        Ok(())
+    }
 }
 
 /// Read access to a node's counters.
@@ -236,8 +285,10 @@ pub struct StatsHandle(Arc<Shared>);
 impl StatsHandle {
     /// A consistent-enough copy of every counter (each is read atomically on its own).
     pub fn snapshot(&self) -> StatsSnapshot {
-        let subscriptions = self.0.realms.values().map(|r| r.subscription_count() as u64).sum();
-        let registrations = self.0.realms.values().map(|r| r.registration_count() as u64).sum();
+        let realms = self.0.realms.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let subscriptions = realms.values().map(|r| r.subscription_count() as u64).sum();
+        let registrations = realms.values().map(|r| r.registration_count() as u64).sum();
+        drop(realms);
         self.0.stats.snapshot(subscriptions, registrations)
     }
 }

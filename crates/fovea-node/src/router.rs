@@ -96,8 +96,8 @@ impl Matches {
 /// A realm's routing state.
 pub(crate) struct Realm {
     pub name: String,
-    /// Who may join, and with what permissions.
-    pub admission: crate::auth::Admission,
+    /// Who may join, and with what permissions; replaced when the configuration reloads.
+    admission: RwLock<Arc<crate::auth::Admission>>,
     subs: RwLock<SubTrie<SubRef>>,
     generation: AtomicU64,
     procs: RwLock<Registry<ProviderRef>>,
@@ -107,11 +107,21 @@ impl Realm {
     pub fn new(name: impl Into<String>, admission: crate::auth::Admission) -> Self {
         Realm {
             name: name.into(),
-            admission,
+            admission: RwLock::new(Arc::new(admission)),
             subs: RwLock::new(SubTrie::new()),
             generation: AtomicU64::new(0),
             procs: RwLock::new(Registry::new()),
         }
+    }
+
+    /// The realm's current admission rules.
+    pub fn admission(&self) -> Arc<crate::auth::Admission> {
+        self.admission.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Replaces the admission rules (configuration reload).
+    pub fn set_admission(&self, admission: crate::auth::Admission) {
+        *self.admission.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(admission);
     }
 
     pub fn subscribe(&self, pattern: &Pattern, sub: SubRef) {

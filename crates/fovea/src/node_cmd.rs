@@ -29,6 +29,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         config.tls = Some(TlsFiles { cert, key });
     }
     let node = Node::bind(config).context("cannot start the node")?;
+    if args.config.is_some() {
+        tracing::info!("send SIGHUP to reload realms and credentials from the configuration file");
+    }
     let addr = node.local_addr();
     let trust = match node.self_signed_cert() {
         Some(path) => format!(", clients trust {}", path.display()),
@@ -38,9 +41,37 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     println!("fovea node ready on quic://{addr} (certificate sha256 {}{trust})", node.fingerprint());
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
+    if let Some(path) = args.config.clone() {
+        tokio::spawn(reload_on_hangup(path, node.reloader()));
+    }
     node.run(shutdown).await.context("node failed")?;
     tracing::info!("node stopped");
     Ok(())
+}
+
+/// SIGHUP: read the configuration file again and apply its realms and credentials. A file
+/// that does not parse is reported and the running configuration stays.
+async fn reload_on_hangup(path: std::path::PathBuf, reloader: fovea_node::Reloader) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot install the SIGHUP handler; credentials reload only with a restart");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match fovea_node::auth::load_realms(&path) {
+                Ok(realms) => {
+                    if let Err(e) = reloader.reload(&realms) {
+                        tracing::error!("reload failed: {e}");
+                    }
+                }
+                Err(e) => tracing::error!("reload refused, keeping the running configuration: {e}"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, reloader);
 }
 
 async fn stop_on_signal(token: CancellationToken) {

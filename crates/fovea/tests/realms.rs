@@ -207,3 +207,40 @@ async fn an_open_node_refuses_public_addresses_unless_allowed() {
     config.allow_anonymous = true;
     assert!(fovea_node::Node::bind(config).is_ok());
 }
+
+#[tokio::test]
+async fn a_reload_revokes_exactly_what_it_takes_away() {
+    let node = TestNode::start_with_realms(&config()).await;
+    let opts = |realm: &str, token: &str| node.options().realm(realm).token(token.as_bytes().to_vec()).reconnect(false);
+    let admin = Client::connect(&node.url(), opts("acme", "acme-admin")).await.unwrap();
+    let sensor = Client::connect(&node.url(), opts("acme", "sensor-1-token")).await.unwrap();
+    let globex = Client::connect(&node.url(), opts("globex", "globex-admin")).await.unwrap();
+    let _broadcasts = sensor.subscribe("broadcast.*").await.unwrap();
+    let mut admin_events = admin.events();
+
+    // New file: globex is gone, sensor-1 may no longer subscribe to broadcasts, the admin
+    // is unchanged.
+    let text = config();
+    let acme_only = &text[..text.find("[[realm]]\nname = \"globex\"").unwrap()];
+    let changed = acme_only.replace(r#""commands.sensor-1.>", "broadcast.*""#, r#""commands.sensor-1.>""#);
+    assert_ne!(changed, acme_only);
+    let realms = fovea_node::auth::parse_realms(&changed, "reloaded.toml").unwrap();
+    node.reloader.reload(&realms).unwrap();
+
+    for (who, c) in [("sensor", &sensor), ("globex", &globex)] {
+        let mut state = c.state();
+        tokio::time::timeout(WAIT, state.wait_for(|s| *s == fovea_client::ConnectionState::Closed))
+            .await
+            .unwrap_or_else(|_| panic!("{who} was not disconnected"))
+            .unwrap();
+    }
+    // The admin is still connected and working, and no disconnect happened to it.
+    admin.flush().await.unwrap();
+    assert_eq!(*admin.state().borrow(), fovea_client::ConnectionState::Connected);
+    assert!(!std::iter::from_fn(|| admin_events.try_recv().ok()).any(|e| matches!(e, Event::Disconnected(_))));
+    let closes = node.stats.snapshot().closes;
+    assert!(closes.contains(&(ErrorCode::CredentialsRevoked, 2)), "{closes:?}");
+    // And the revoked credentials no longer get in.
+    assert!(matches!(join(&node, "globex", "globex-admin").await, Err(ClientError::AuthFailed)));
+    node.stop().await;
+}

@@ -24,6 +24,7 @@ pub struct TestNode {
     pub addr: SocketAddr,
     pub cert: PathBuf,
     pub stats: StatsHandle,
+    pub reloader: fovea_node::Reloader,
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<()>,
     pub dir: Arc<tempfile::TempDir>,
@@ -66,12 +67,13 @@ impl TestNode {
         let addr = node.local_addr();
         let cert = node.self_signed_cert().unwrap().to_owned();
         let stats = node.stats();
+        let reloader = node.reloader();
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
             node.run(token).await.unwrap();
         });
-        TestNode { addr, cert, stats, shutdown, task, dir }
+        TestNode { addr, cert, stats, reloader, shutdown, task, dir }
     }
 
     pub fn url(&self) -> String {
