@@ -171,6 +171,7 @@ pub struct ConnectOptions {
     token: Bytes,
     name: String,
     trust: Trust,
+    client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
     connect_timeout: Duration,
     reconnect: bool,
     max_reconnect_delay: Duration,
@@ -185,6 +186,7 @@ impl Default for ConnectOptions {
             token: Bytes::new(),
             name: String::new(),
             trust: Trust::Auto,
+            client_cert: None,
             connect_timeout: Duration::from_secs(5),
             reconnect: true,
             max_reconnect_delay: Duration::from_secs(2),
@@ -219,6 +221,13 @@ impl ConnectOptions {
         self.trust = trust;
         self
     }
+    /// Presents this TLS client certificate (PEM chain and key files): nodes identify a user
+    /// by its fingerprint (`cert_sha256`) when no token is given.
+    pub fn client_cert(mut self, cert: impl Into<std::path::PathBuf>, key: impl Into<std::path::PathBuf>) -> Self {
+        self.client_cert = Some((cert.into(), key.into()));
+        self
+    }
+
     /// Shortcut for [`Trust::CaFiles`] with one file.
     pub fn ca_file(self, path: impl Into<std::path::PathBuf>) -> Self {
         self.trust(Trust::CaFiles(vec![path.into()]))
@@ -349,7 +358,7 @@ impl Client {
     /// [`ClientError`]: bad URL, no node, untrusted certificate, authentication failure.
     pub async fn connect(url: &str, opts: ConnectOptions) -> Result<Client, ClientError> {
         let url = NodeUrl::parse(url)?;
-        let crypto = tls::client_crypto(&opts.trust, &url)?;
+        let crypto = tls::client_crypto(&opts.trust, opts.client_cert.as_ref(), &url)?;
         let quic = session::quic_config(crypto)?;
         let addr = session::resolve(&url).await?;
         let bind: std::net::SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }

@@ -30,15 +30,17 @@ pub fn default_data_dir() -> PathBuf {
     dirs::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("fovea")
 }
 
-pub(crate) fn client_crypto(trust: &Trust, url: &NodeUrl) -> Result<rustls::ClientConfig, ClientError> {
+pub(crate) fn client_crypto(
+    trust: &Trust,
+    client_cert: Option<&(PathBuf, PathBuf)>,
+    url: &NodeUrl,
+) -> Result<rustls::ClientConfig, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| ClientError::Tls(e.to_string()))?;
-    let mut cfg = match trust {
-        Trust::Insecure => {
-            builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAny(provider))).with_no_client_auth()
-        }
+    let builder = match trust {
+        Trust::Insecure => builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAny(provider))),
         other => {
             let mut roots = rustls::RootCertStore::empty();
             let local = default_data_dir().join("node.crt");
@@ -70,7 +72,20 @@ pub(crate) fn client_crypto(trust: &Trust, url: &NodeUrl) -> Result<rustls::Clie
                     )));
                 }
             }
-            builder.with_root_certificates(roots).with_no_client_auth()
+            builder.with_root_certificates(roots)
+        }
+    };
+    let mut cfg = match client_cert {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = read_certs(cert)?;
+            let data = std::fs::read(key)
+                .map_err(|e| ClientError::Tls(format!("cannot read client key {}: {e}", key.display())))?;
+            let key_der = rustls::pki_types::PrivateKeyDer::from_pem_slice(&data)
+                .map_err(|e| ClientError::Tls(format!("{}: not a PEM private key: {e}", key.display())))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| ClientError::Tls(format!("client certificate and key do not work together: {e}")))?
         }
     };
     cfg.alpn_protocols = vec![fovea_core::frame::ALPN.to_vec()];

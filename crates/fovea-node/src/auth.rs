@@ -81,10 +81,20 @@ impl Permissions {
 pub struct User {
     /// Its name (for logs and introspection).
     pub name: String,
-    /// SHA-256 of its token.
-    pub token_sha256: [u8; 32],
+    /// How it proves who it is.
+    pub credential: Credential,
     /// What it may do.
     pub permissions: Arc<Permissions>,
+}
+
+/// What identifies a client: the SHA-256 of its token, or of its TLS client certificate
+/// (DER), i.e. the certificate's fingerprint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Credential {
+    /// SHA-256 of a token sent in `HELLO`.
+    Token([u8; 32]),
+    /// SHA-256 of the client certificate presented in the TLS handshake.
+    Certificate([u8; 32]),
 }
 
 /// A realm as configured.
@@ -100,38 +110,43 @@ pub struct RealmConfig {
 pub enum Admission {
     /// Anyone, with every permission.
     Open,
-    /// Users by the SHA-256 of their token.
-    Users(HashMap<[u8; 32], User>),
+    /// Users by credential.
+    Users(HashMap<Credential, User>),
 }
 
 impl Admission {
     /// The users of a configured realm.
     pub fn users(realm: &RealmConfig) -> Self {
-        Admission::Users(realm.users.iter().map(|u| (u.token_sha256, u.clone())).collect())
+        Admission::Users(realm.users.iter().map(|u| (u.credential, u.clone())).collect())
     }
 
-    /// The permissions of the holder of `token`, or `None`. Tokens are compared through
-    /// their SHA-256, and the final comparison is constant-time.
-    pub fn admit(&self, token: &[u8]) -> Option<(String, Arc<Permissions>)> {
-        self.admit_digest(&sha256(token))
-    }
-
-    /// As [`Admission::admit`], given the token's SHA-256 (kept by a session so that a
-    /// configuration reload can check it again without keeping the token).
-    pub fn admit_digest(&self, digest: &[u8; 32]) -> Option<(String, Arc<Permissions>)> {
+    /// The permissions of the holder of `credential`, or `None`. The map finds the
+    /// candidate by digest; the digests are then compared in constant time, so nothing
+    /// about a stored digest leaks through timing.
+    pub fn admit(&self, credential: &Credential) -> Option<(String, Arc<Permissions>)> {
         match self {
             Admission::Open => Some((String::new(), Arc::new(Permissions::all()))),
             Admission::Users(users) => {
-                let digest = *digest;
-                let user = users.get(&digest)?;
-                // The map finds the candidate by digest; the digests are then compared in
-                // constant time, so nothing about a stored digest leaks through timing.
-                if !bool::from(subtle::ConstantTimeEq::ct_eq(&user.token_sha256[..], &digest[..])) {
+                let user = users.get(credential)?;
+                let (
+                    Credential::Token(a) | Credential::Certificate(a),
+                    Credential::Token(b) | Credential::Certificate(b),
+                ) = (&user.credential, credential);
+                if !bool::from(subtle::ConstantTimeEq::ct_eq(&a[..], &b[..])) {
                     return None;
                 }
                 Some((user.name.clone(), user.permissions.clone()))
             }
         }
+    }
+}
+
+/// The credential a client presents: its token when `HELLO` carries one, else its TLS
+/// client certificate, else an empty token (which only an open realm admits).
+pub fn credential_of(token: &[u8], client_cert: Option<&[u8]>) -> Credential {
+    match client_cert {
+        Some(der) if token.is_empty() => Credential::Certificate(sha256(der)),
+        _ => Credential::Token(sha256(token)),
     }
 }
 
@@ -153,6 +168,18 @@ pub fn new_token() -> Result<(String, String), String> {
     let token = hex(&bytes);
     let line = format!("token_sha256 = \"{}\"", hex(&sha256(token.as_bytes())));
     Ok((token, line))
+}
+
+/// A fresh client certificate and key (PEM) for `name`, and the `cert_sha256` line that
+/// admits it.
+///
+/// # Errors
+/// If key generation fails.
+pub fn new_client_cert(name: &str) -> Result<(String, String, String), String> {
+    let made = rcgen::generate_simple_self_signed(vec![name.to_owned()])
+        .map_err(|e| format!("cannot generate a certificate: {e}"))?;
+    let line = format!("cert_sha256 = \"{}\"", hex(&sha256(made.cert.der())));
+    Ok((made.cert.pem(), made.signing_key.serialize_pem(), line))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -230,7 +257,8 @@ struct FileRealm {
 #[serde(deny_unknown_fields)]
 struct FileUser {
     name: Spanned<String>,
-    token_sha256: Spanned<String>,
+    token_sha256: Option<Spanned<String>>,
+    cert_sha256: Option<Spanned<String>>,
     #[serde(default)]
     publish: Vec<Spanned<String>>,
     #[serde(default)]
@@ -285,11 +313,21 @@ pub fn parse_realms(text: &str, origin: &str) -> Result<Vec<RealmConfig>, Config
                     format!("user {uname:?} is declared twice in realm {name:?}"),
                 ));
             }
-            let token_sha256 = parse_digest(u.token_sha256.get_ref())
-                .map_err(|why| err(u.token_sha256.span(), "realm.user.token_sha256", why))?;
-            if users.iter().any(|x| x.token_sha256 == token_sha256) {
-                let why = "two users of this realm have the same token".to_owned();
-                return Err(err(u.token_sha256.span(), "realm.user.token_sha256", why));
+            let credential = match (&u.token_sha256, &u.cert_sha256) {
+                (Some(t), None) => Credential::Token(
+                    parse_digest(t.get_ref()).map_err(|why| err(t.span(), "realm.user.token_sha256", why))?,
+                ),
+                (None, Some(c)) => Credential::Certificate(
+                    parse_digest(c.get_ref()).map_err(|why| err(c.span(), "realm.user.cert_sha256", why))?,
+                ),
+                _ => {
+                    let why = "give exactly one of token_sha256 (`fovea token new`) and cert_sha256 (`fovea cert new`)";
+                    return Err(err(u.name.span(), "realm.user", why.to_owned()));
+                }
+            };
+            if users.iter().any(|x| x.credential == credential) {
+                let why = "two users of this realm have the same credential".to_owned();
+                return Err(err(u.name.span(), "realm.user", why));
             }
             let list = |key: &str, items: &[Spanned<String>]| -> Result<Allow, ConfigError> {
                 let mut out = Vec::new();
@@ -307,7 +345,7 @@ pub fn parse_realms(text: &str, origin: &str) -> Result<Vec<RealmConfig>, Config
                 call: list("call", &u.call)?,
                 register: list("register", &u.register)?,
             };
-            users.push(User { name: uname.clone(), token_sha256, permissions: Arc::new(permissions) });
+            users.push(User { name: uname.clone(), credential, permissions: Arc::new(permissions) });
         }
         realms.push(RealmConfig { name: name.clone(), users });
     }
@@ -324,8 +362,12 @@ fn check_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn parse_digest(s: &str) -> Result<[u8; 32], String> {
-    let bad = || format!("{s:?} is not 64 hexadecimal digits; `fovea token new` prints a valid line");
+/// 64 hex digits, optionally in `AB:CD:…` form (as fingerprints are printed).
+fn parse_digest(raw: &str) -> Result<[u8; 32], String> {
+    let bad = || {
+        format!("{raw:?} is not a SHA-256 digest (64 hexadecimal digits, colons allowed); `fovea token new` and `fovea cert new` print valid lines")
+    };
+    let s: String = raw.chars().filter(|c| *c != ':').collect();
     if s.len() != 64 {
         return Err(bad());
     }
@@ -365,9 +407,10 @@ mod tests {
         assert!(u.permissions.publish.name(b"sensors.a"));
         assert!(!u.permissions.publish.name(b"other"));
         assert!(!u.permissions.subscribe.pattern(&Pattern::new("x").unwrap()), "omitted means nothing");
-        let admission = Admission::Users(realms[0].users.iter().map(|u| (u.token_sha256, u.clone())).collect());
-        assert_eq!(admission.admit(TOKEN.as_bytes()).map(|(n, _)| n), Some("sensor-1".into()));
-        assert!(admission.admit(b"wrong").is_none());
+        let admission = Admission::users(&realms[0]);
+        assert_eq!(admission.admit(&credential_of(TOKEN.as_bytes(), None)).map(|(n, _)| n), Some("sensor-1".into()));
+        assert!(admission.admit(&credential_of(b"wrong", None)).is_none());
+        assert!(admission.admit(&credential_of(b"", Some(TOKEN.as_bytes()))).is_none(), "a certificate is not a token");
     }
 
     #[test]
@@ -375,6 +418,7 @@ mod tests {
         let cases = [
             ("[[realm]]\nname = \"a\"\nbogus = 1\n", "f.toml:3", "unknown field `bogus`"),
             ("[[realm]]\nname = \"a\"\n[[realm.user]]\nname = \"u\"\ntoken_sha256 = \"xyz\"\n", "f.toml:5: realm.user.token_sha256", "64 hexadecimal"),
+            ("[[realm]]\nname = \"a\"\n[[realm.user]]\nname = \"u\"\n", "f.toml:4: realm.user", "exactly one of token_sha256"),
             (
                 &format!("[[realm]]\nname = \"a\"\n[[realm.user]]\nname = \"u\"\ntoken_sha256 = \"{}\"\nsubscribe = [\"a..b\"]\n", digest_hex()),
                 "f.toml:6: realm.user.subscribe",
@@ -396,7 +440,7 @@ mod tests {
         assert_eq!(token.len(), 64);
         let text = format!("[[realm]]\nname = \"r\"\n[[realm.user]]\nname = \"u\"\n{line}\n");
         let realms = parse_realms(&text, "t").unwrap();
-        assert_eq!(realms[0].users[0].token_sha256, sha256(token.as_bytes()));
+        assert_eq!(realms[0].users[0].credential, Credential::Token(sha256(token.as_bytes())));
     }
 
     #[test]

@@ -92,10 +92,14 @@ async fn handshake(conn: &Connection, shared: &Arc<Shared>, id: u64) -> Result<(
     // One answer for an unknown realm and a bad token: which part was wrong stays secret.
     // Watch for reloads from before the credential is checked, so none falls in between.
     let config_rx = shared.config_generation.subscribe();
-    let digest = crate::auth::sha256(&hello.token);
+    let client_cert = conn
+        .peer_identity()
+        .and_then(|id| id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+        .and_then(|chain| chain.first().map(|c| c.to_vec()));
+    let credential = crate::auth::credential_of(&hello.token, client_cert.as_deref());
     let realm = shared.realms.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&hello.realm).cloned();
     let admitted = realm.and_then(|r| {
-        let admitted = r.admission().admit_digest(&digest)?;
+        let admitted = r.admission().admit(&credential)?;
         Some((r, admitted))
     });
     let Some((realm, (user, perms))) = admitted else {
@@ -118,7 +122,7 @@ async fn handshake(conn: &Connection, shared: &Arc<Shared>, id: u64) -> Result<(
         shared: shared.clone(),
         realm,
         perms,
-        credential: digest,
+        credential,
         config: Some(config_rx),
         peer,
         version,
@@ -138,8 +142,8 @@ struct Session {
     realm: Arc<Realm>,
     /// What this connection's credential may do.
     perms: Arc<Permissions>,
-    /// SHA-256 of the credential, to check it again after a configuration reload.
-    credential: [u8; 32],
+    /// The credential (as digests), to check it again after a configuration reload.
+    credential: crate::auth::Credential,
     /// Changes when the configuration is reloaded. Taken by `run`, which waits on it.
     config: Option<tokio::sync::watch::Receiver<u64>>,
     peer: Arc<Peer>,
@@ -209,7 +213,7 @@ impl Session {
     /// it holds still allowed? If so it carries on with the new permissions.
     fn recheck(&mut self) -> Result<(), Close> {
         let revoked = |why: String| Err(Close::new(ErrorCode::CredentialsRevoked, why));
-        let Some((_, perms)) = self.realm.admission().admit_digest(&self.credential) else {
+        let Some((_, perms)) = self.realm.admission().admit(&self.credential) else {
             return revoked("the node's configuration no longer admits this credential".into());
         };
         if let Some((pattern, _)) = self.subs.values().find(|(p, _)| !perms.subscribe.pattern(p)) {

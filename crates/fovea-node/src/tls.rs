@@ -98,10 +98,10 @@ pub fn fingerprint(cert: &[u8]) -> String {
 /// The rustls server configuration: TLS 1.3 only (QUIC requires it), ALPN `fovea/1`.
 pub(crate) fn server_crypto(id: &Identity) -> Result<Arc<quinn::crypto::rustls::QuicServerConfig>, NodeError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| NodeError::Tls(e.to_string()))?
-        .with_no_client_auth()
+        .with_client_cert_verifier(Arc::new(PinnedClientCerts(provider)))
         .with_single_cert(id.chain.clone(), id.key.clone_key())
         .map_err(|e| NodeError::Tls(format!("certificate and key do not work together: {e}")))?;
     cfg.alpn_protocols = vec![fovea_core::frame::ALPN.to_vec()];
@@ -109,4 +109,53 @@ pub(crate) fn server_crypto(id: &Identity) -> Result<Arc<quinn::crypto::rustls::
     cfg.send_tls13_tickets = 0;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(cfg).map_err(|e| NodeError::Tls(e.to_string()))?;
     Ok(Arc::new(quic))
+}
+
+/// Client certificates are optional, and identify a user by their SHA-256 fingerprint
+/// (`cert_sha256` in the configuration), as SSH keys do: so any certificate is accepted
+/// here, with its handshake signature checked (proving the client holds the key), and the
+/// fingerprint decides in the `HELLO` handling whether it admits anyone. No CA, no expiry:
+/// revocation is removing the fingerprint from the file and reloading.
+#[derive(Debug)]
+struct PinnedClientCerts(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::server::danger::ClientCertVerifier for PinnedClientCerts {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }

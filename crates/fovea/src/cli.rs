@@ -55,9 +55,12 @@ pub enum Command {
         after_help = "Examples:\n  fovea call demo.echo hello\n  echo '{\"a\":1}' | fovea call math.add --timeout 500ms\n\nExit status: 0 answered, 1 other error, 2 bad usage, 3 no provider, 4 timeout,\n5 the provider failed the call, 6 the provider disconnected, 7 busy."
     )]
     Call(CallArgs),
-    /// Manage credentials.
+    /// Manage token credentials.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Manage client-certificate credentials.
+    #[command(subcommand)]
+    Cert(CertCommand),
     /// Measure throughput and latency (starts its own node unless --url is given).
     #[command(
         after_help = "Examples:\n  fovea bench pubsub\n  fovea bench pubsub --msgs 2000000 --size 1024\n  fovea bench rpc --callers 64 --calls 200000\n\nThe last line is key=value pairs, as ../shared/bench/nats.sh prints, for side-by-side comparison."
@@ -72,6 +75,21 @@ pub enum TokenCommand {
         after_help = "Example:\n  fovea token new\n  # give the token to the client (--token / FOVEA_TOKEN);\n  # put the token_sha256 line in the user's [[realm.user]] table."
     )]
     New,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Write a new client certificate and key (NAME.crt, NAME.key) and print the `cert_sha256` line that admits it.
+    #[command(
+        after_help = "Example:\n  fovea cert new sensor-1 --out certs/\n  fovea pub sensors.sensor-1.temp 20 --realm acme --client-cert certs/sensor-1.crt --client-key certs/sensor-1.key"
+    )]
+    New {
+        /// Name for the certificate (and its files).
+        name: String,
+        /// Directory to write the files to.
+        #[arg(long, default_value = ".", value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -121,6 +139,12 @@ pub struct ClientArgs {
     /// The credential for the realm.
     #[arg(long, env = "FOVEA_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM client certificate to present (users with `cert_sha256` are identified by it; needs --client-key).
+    #[arg(long, env = "FOVEA_CLIENT_CERT", requires = "client_key", value_name = "FILE")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(long, env = "FOVEA_CLIENT_KEY", requires = "client_cert", value_name = "FILE")]
+    pub client_key: Option<PathBuf>,
     /// Give up connecting after this many seconds.
     #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
     pub connect_timeout: f64,

@@ -35,6 +35,9 @@ pub async fn connect(args: &ClientArgs, name: &str) -> anyhow::Result<Client> {
     if let Some(t) = &args.token {
         opts = opts.token(t.clone().into_bytes());
     }
+    if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
+        opts = opts.client_cert(cert, key);
+    }
     Ok(Client::connect(&args.url, opts).await?)
 }
 

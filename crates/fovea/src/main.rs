@@ -33,6 +33,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => rpc_cmds::serve(args).await,
             Command::Call(args) => rpc_cmds::call(args).await,
             Command::Token(cli::TokenCommand::New) => node_cmd::new_token(),
+            Command::Cert(cli::CertCommand::New { name, out }) => node_cmd::new_cert(&name, &out),
             Command::Bench(args) => bench::run(args).await,
         }
     });

@@ -102,3 +102,35 @@ pub fn new_token() -> anyhow::Result<()> {
     println!("config: {line}");
     Ok(())
 }
+
+/// `fovea cert new`.
+pub fn new_cert(name: &str, out: &std::path::Path) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
+        "certificate name {name:?} must be letters, digits, `-`, `_` or `.` (it names the files)"
+    );
+    let (cert, key, line) = fovea_node::auth::new_client_cert(name).map_err(|e| anyhow::anyhow!(e))?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let (cert_path, key_path) = (out.join(format!("{name}.crt")), out.join(format!("{name}.key")));
+    for p in [&cert_path, &key_path] {
+        anyhow::ensure!(!p.exists(), "{} exists already; choose another name or --out", p.display());
+    }
+    std::fs::write(&cert_path, cert).with_context(|| format!("writing {}", cert_path.display()))?;
+    write_private(&key_path, key.as_bytes()).with_context(|| format!("writing {}", key_path.display()))?;
+    println!("certificate: {}", cert_path.display());
+    println!("key:         {}", key_path.display());
+    println!("config:      {line}");
+    Ok(())
+}
+
+fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)?.write_all(data)
+}

@@ -244,3 +244,36 @@ async fn a_reload_revokes_exactly_what_it_takes_away() {
     assert!(matches!(join(&node, "globex", "globex-admin").await, Err(ClientError::AuthFailed)));
     node.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_certificate_identifies_a_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str| {
+        let (cert, key, line) = fovea_node::auth::new_client_cert(name).unwrap();
+        let (c, k) = (dir.path().join(format!("{name}.crt")), dir.path().join(format!("{name}.key")));
+        std::fs::write(&c, cert).unwrap();
+        std::fs::write(&k, key).unwrap();
+        (c, k, line)
+    };
+    let (cert, key, line) = write("device-7");
+    let (other_cert, other_key, _) = write("stranger");
+    let config = format!(
+        "[[realm]]\nname = \"iot\"\n[[realm.user]]\nname = \"device-7\"\n{line}\npublish = [\"devices.7.>\"]\nsubscribe = [\"devices.7.>\"]\n"
+    );
+    let node = TestNode::start_with_realms(&config).await;
+    let device = Client::connect(&node.url(), node.options().realm("iot").client_cert(&cert, &key)).await.unwrap();
+    let mut sub = device.subscribe("devices.7.>").await.unwrap();
+    device.publish("devices.7.temp", "31").await.unwrap();
+    assert_eq!(&tokio::time::timeout(WAIT, sub.next()).await.unwrap().unwrap().payload[..], b"31");
+    assert!(matches!(
+        device.subscribe("devices.8.>").await,
+        Err(ClientError::Refused { code: ErrorCode::PermissionDenied, .. })
+    ));
+    let e = Client::connect(&node.url(), node.options().realm("iot").client_cert(&other_cert, &other_key))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ClientError::AuthFailed), "{e}");
+    let e = Client::connect(&node.url(), node.options().realm("iot")).await.unwrap_err();
+    assert!(matches!(e, ClientError::AuthFailed), "{e}");
+    node.stop().await;
+}
