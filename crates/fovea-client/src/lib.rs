@@ -162,6 +162,10 @@ pub enum Event {
     GoAway(String),
     /// The node rejected an operation that had no one waiting for the answer (a publish).
     ServerError { code: ErrorCode, message: String },
+    /// The node dropped `count` messages for the subscription to `pattern`: this client's
+    /// queue at the node was full (it reads too slowly). Also counted in
+    /// [`Subscription::dropped`].
+    Dropped { pattern: String, count: u64 },
 }
 
 /// Options for [`Client::connect`]. `ConnectOptions::new()` gives the defaults.
@@ -337,6 +341,8 @@ pub(crate) struct Out {
 
 pub(crate) struct SubEntry {
     pub pattern: Pattern,
+    /// Messages the node reported dropped for this subscription.
+    pub dropped: Arc<AtomicU64>,
     /// Queue group; empty for none.
     pub group: Bytes,
     pub tx: mpsc::Sender<Message>,
@@ -488,6 +494,7 @@ impl Client {
         let sid = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(inner.opts.subscription_capacity);
         let (ack_tx, ack_rx) = oneshot::channel();
+        let dropped = Arc::new(AtomicU64::new(0));
         let connected = {
             let mut out = lock(&inner.out);
             if inner.shutdown.is_cancelled() {
@@ -495,7 +502,8 @@ impl Client {
             }
             let connected = out.connected;
             let ack = connected.then_some(ack_tx);
-            lock(&inner.subs).insert(sid, SubEntry { pattern: parsed.clone(), group: group.clone(), tx, ack });
+            let entry = SubEntry { pattern: parsed.clone(), dropped: dropped.clone(), group: group.clone(), tx, ack };
+            lock(&inner.subs).insert(sid, entry);
             if connected {
                 let sub = Frame::Sub(Subscribe { sid, pattern: Bytes::copy_from_slice(parsed.as_bytes()), group });
                 out.buf.push_frame(&sub);
@@ -503,7 +511,7 @@ impl Client {
             }
             connected
         };
-        let sub = Subscription { sid, pattern: parsed, rx, client: self.clone() };
+        let sub = Subscription { sid, pattern: parsed, rx, dropped, client: self.clone() };
         if connected {
             inner.wake.notify_one();
             match ack_rx.await {
@@ -590,6 +598,7 @@ pub struct Subscription {
     sid: u64,
     pattern: Pattern,
     rx: mpsc::Receiver<Message>,
+    dropped: Arc<AtomicU64>,
     client: Client,
 }
 
@@ -610,6 +619,12 @@ impl Subscription {
     /// The subscription id on the wire.
     pub fn sid(&self) -> u64 {
         self.sid
+    }
+
+    /// Messages the node dropped for this subscription so far, because this client read
+    /// too slowly (its queue at the node was full). The SDK itself never drops.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 }
 

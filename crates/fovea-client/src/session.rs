@@ -212,6 +212,9 @@ async fn run(inner: &Arc<Inner>, s: Session) -> End {
         tokio::select! {
             r = read_loop(inner, &mut recv, &mut deframer) => r,
             r = write_loop(inner, &mut send) => r,
+            // The reader may be parked on a full subscription (flow control) and the writer
+            // idle: the close must still be noticed.
+            e = conn.closed() => Err(describe_close(e)),
         }
     };
     let end = tokio::select! {
@@ -235,6 +238,16 @@ async fn run(inner: &Arc<Inner>, s: Session) -> End {
         End::Lost(_) => conn.close(VarInt::from_u32(0), b""),
     }
     end
+}
+
+fn describe_close(e: ConnectionError) -> String {
+    match e {
+        ConnectionError::ApplicationClosed(c) => {
+            let code = ErrorCode::from_u64(c.error_code.into_inner());
+            format!("closed by the node: {code}{}", crate::fmt_reason(&String::from_utf8_lossy(&c.reason)))
+        }
+        other => other.to_string(),
+    }
 }
 
 async fn write_loop(inner: &Inner, send: &mut SendStream) -> Result<(), String> {
@@ -307,6 +320,16 @@ async fn handle(inner: &Arc<Inner>, frame: Frame) -> Result<(), String> {
         // The node abandoned a request (deadline or caller gone). The provider learns it
         // from the deadline it was given; an answer now is counted late and dropped.
         Frame::Cancel(_) => {}
+        Frame::Dropped(d) => {
+            let pattern = lock(&inner.subs).get(&d.sid).map(|e| {
+                e.dropped.fetch_add(d.count, std::sync::atomic::Ordering::Relaxed);
+                e.pattern.to_string()
+            });
+            if let Some(pattern) = pattern {
+                tracing::debug!(%pattern, count = d.count, "the node dropped messages: this client reads too slowly");
+                let _ = inner.events.send(Event::Dropped { pattern, count: d.count });
+            }
+        }
         Frame::SubAck(sid) => {
             if let Some(ack) = lock(&inner.subs).get_mut(&sid).and_then(|e| e.ack.take()) {
                 let _ = ack.send(Ok(()));

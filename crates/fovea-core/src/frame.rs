@@ -24,11 +24,15 @@ use crate::varint;
 
 /// The protocol version this crate speaks. Sent in `HELLO` and `WELCOME`.
 ///
-/// Version 2 added RPC (`REG` … `CANCEL`) and queue groups (the `group` field of `SUB`).
-pub const VERSION: u64 = 2;
+/// Version 2 added RPC (`REG` … `CANCEL`) and queue groups (the `group` field of `SUB`);
+/// version 3 the `DROPPED` notice.
+pub const VERSION: u64 = 3;
 
 /// The first version with RPC frames and queue groups.
 pub const VERSION_RPC: u64 = 2;
+
+/// The first version whose clients receive `DROPPED`.
+pub const VERSION_DROPPED: u64 = 3;
 
 /// The TLS ALPN protocol id. A later major version gets a new ALPN (`fovea/2`).
 pub const ALPN: &[u8] = b"fovea/1";
@@ -46,6 +50,7 @@ pub mod kind {
     pub const UNSUB: u64 = 0x12;
     pub const SUBACK: u64 = 0x13;
     pub const MSG: u64 = 0x14;
+    pub const DROPPED: u64 = 0x15;
     pub const REG: u64 = 0x20;
     pub const UNREG: u64 = 0x21;
     pub const REGACK: u64 = 0x22;
@@ -83,6 +88,9 @@ pub enum Frame {
     SubAck(u64),
     /// Node → client: a message for subscription `sid`.
     Msg(Delivery),
+    /// Node → client (v3): messages for a subscription were dropped because the
+    /// connection's queue at the node was full.
+    Dropped(Dropped),
     /// Client → node (v2): provide a procedure under registration id `rid`.
     Reg(Register),
     /// Client → node (v2): stop providing registration `rid`.
@@ -166,6 +174,15 @@ pub struct Subscribe {
     /// Queue group (v2; empty: none). Encoded only when non-empty, so a `SUB` without a
     /// group is byte-for-byte a version 1 `SUB`.
     pub group: Bytes,
+}
+
+/// `DROPPED` fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dropped {
+    /// The subscription that lost messages.
+    pub sid: u64,
+    /// How many, since the previous `DROPPED` for it.
+    pub count: u64,
 }
 
 /// `REG` fields.
@@ -346,6 +363,7 @@ impl Frame {
                 headers: r.headers()?,
                 payload: r.bytes("payload", usize::MAX)?,
             }),
+            kind::DROPPED => Frame::Dropped(Dropped { sid: r.varint("sid")?, count: r.varint("count")? }),
             kind::REG => {
                 Frame::Reg(Register { rid: r.varint("rid")?, procedure: r.bytes("procedure", MAX_TOPIC_LEN)? })
             }
@@ -397,6 +415,7 @@ impl Frame {
             Frame::Unsub(_) => kind::UNSUB,
             Frame::SubAck(_) => kind::SUBACK,
             Frame::Msg(_) => kind::MSG,
+            Frame::Dropped(_) => kind::DROPPED,
             Frame::Reg(_) => kind::REG,
             Frame::Unreg(_) => kind::UNREG,
             Frame::RegAck(_) => kind::REGACK,
@@ -477,6 +496,10 @@ impl Frame {
                 if !s.group.is_empty() {
                     w.bytes(o, &s.group);
                 }
+            }
+            Frame::Dropped(d) => {
+                w.varint(o, d.sid);
+                w.varint(o, d.count);
             }
             Frame::Reg(x) => {
                 w.varint(o, x.rid);
@@ -733,6 +756,7 @@ mod tests {
                 "0a 26 06 41 07 00 04 6e 6f 6e 65",
             ),
             (Frame::Cancel(5), "02 27 05"),
+            (Frame::Dropped(Dropped { sid: 1, count: 300 }), "04 15 01 41 2c"),
             (
                 Frame::Msg(Delivery {
                     sid: 1,

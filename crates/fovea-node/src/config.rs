@@ -61,6 +61,9 @@ pub struct Limits {
     /// Bytes queued for one connection that its client has not yet read. A message that
     /// would exceed it is dropped for that connection and counted. Default 64 MiB, as NATS.
     pub max_pending_bytes: usize,
+    /// A connection that keeps losing messages (its queue full) for this long, without one
+    /// delivery getting through, is closed with `SLOW_CONSUMER`. Default 10 s.
+    pub slow_consumer_timeout: Duration,
     /// Topics remembered per publishing connection with their subscriber lists; at the
     /// limit the cache is cleared. Default 4096.
     pub match_cache_entries: usize,
@@ -85,6 +88,7 @@ impl Default for Limits {
             max_call_timeout: Duration::from_secs(300),
             max_payload: fovea_core::limits::MAX_PAYLOAD,
             max_pending_bytes: 64 * 1024 * 1024,
+            slow_consumer_timeout: Duration::from_secs(10),
             match_cache_entries: 4096,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),

@@ -9,14 +9,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use fovea_core::balance::Rng;
 use fovea_core::frame::{
-    Call, CallResult, ErrorFrame, GoAway, Publish, Register, Subscribe, Welcome, VERSION, VERSION_RPC,
+    Call, CallResult, ErrorFrame, GoAway, Publish, Register, Subscribe, Welcome, VERSION, VERSION_DROPPED, VERSION_RPC,
 };
 use fovea_core::{Deframer, ErrorCode, Frame, Headers, Pattern, Procedure};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Permissions;
-use crate::outbound::Delivered;
+use crate::outbound::{Delivered, Outbound};
 use crate::router::{GroupKey, MatchCache, ProviderRef, Realm, SubRef};
 use crate::rpc::{Peer, Refusal};
 use crate::Shared;
@@ -109,8 +109,9 @@ async fn handshake(conn: &Connection, shared: &Arc<Shared>, id: u64) -> Result<(
         return Err(Close::new(ErrorCode::AuthFailed, "authentication failed"));
     };
     let limits = &shared.config.limits;
-    let peer = Arc::new(Peer::new(limits.max_pending_bytes));
     let version = hello.version.min(VERSION);
+    let out = Outbound::new(limits.max_pending_bytes, limits.slow_consumer_timeout, version >= VERSION_DROPPED);
+    let peer = Arc::new(Peer::new(out));
     peer.out.send(&Frame::Welcome(Welcome {
         version,
         node: shared.config.name.clone(),
@@ -493,15 +494,29 @@ impl Session {
 /// future is dropped; it is only dropped when the connection ends.
 async fn write_loop(send: &mut SendStream, peer: &Peer) -> Result<(), Close> {
     let out = &peer.out;
+    let too_slow = || {
+        let why =
+            format!("messages were dropped for {:?} without a break: the client reads too slowly", out.slow_after());
+        Close::new(ErrorCode::SlowConsumer, why)
+    };
     let mut chunks: Vec<Bytes> = Vec::new();
     loop {
-        out.take_into(&mut chunks);
+        if out.take_into(&mut chunks).is_err() {
+            return Err(too_slow());
+        }
         if chunks.is_empty() {
             out.wait().await;
             continue;
         }
-        if let Err(e) = send.write_all_chunks(&mut chunks).await {
-            return Err(Close::new(ErrorCode::NoError, format!("write: {e}")));
+        // A stalled client holds this write through flow control, so the slow-consumer
+        // verdict must be able to interrupt it.
+        tokio::select! {
+            r = send.write_all_chunks(&mut chunks) => {
+                if let Err(e) = r {
+                    return Err(Close::new(ErrorCode::NoError, format!("write: {e}")));
+                }
+            }
+            () = out.turned_slow() => return Err(too_slow()),
         }
         chunks.clear();
     }

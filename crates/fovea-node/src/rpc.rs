@@ -73,9 +73,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Peer {
-    pub fn new(max_pending: usize) -> Self {
+    pub fn new(out: Outbound) -> Self {
         Peer {
-            out: Outbound::new(max_pending),
+            out,
             calls: Mutex::new(Calls::default()),
             serving: Mutex::new(HashMap::new()),
             serving_len: AtomicUsize::new(0),

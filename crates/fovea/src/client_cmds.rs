@@ -81,6 +81,21 @@ pub async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
     fovea_core::Pattern::new(&args.pattern)
         .map_err(|e| anyhow::anyhow!("invalid pattern {:?}: it {e}", args.pattern))?;
     let client = connect(&args.client, "fovea-sub").await?;
+    let mut events = client.events();
+    tokio::spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match events.recv().await {
+                Ok(fovea_client::Event::Dropped { pattern, count }) => {
+                    eprintln!(
+                        "warning: the node dropped {count} messages for {pattern}: this subscriber reads too slowly"
+                    );
+                }
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => break,
+            }
+        }
+    });
     let mut sub = match &args.group {
         Some(group) => client.subscribe_group(&args.pattern, group).await?,
         None => client.subscribe(&args.pattern).await?,

@@ -173,7 +173,8 @@ async fn a_stalled_subscriber_loses_messages_counted_and_never_slows_the_publish
     // confirms, so only the stalled one can overflow.
     let node = TestNode::start_with(Limits { max_pending_bytes: 1024 * 1024, ..Limits::default() }).await;
     let stalled_client = Client::connect(&node.url(), node.options().subscription_capacity(1)).await.unwrap();
-    let _stalled = stalled_client.subscribe("load").await.unwrap();
+    let mut stalled = stalled_client.subscribe("load").await.unwrap();
+    let mut stalled_events = stalled_client.events();
     let healthy_client = node.client().await;
     let mut healthy = healthy_client.subscribe("load").await.unwrap();
     let publisher = node.client().await;
@@ -199,6 +200,23 @@ async fn a_stalled_subscriber_loses_messages_counted_and_never_slows_the_publish
     let s = node.stats.snapshot();
     assert!(s.dropped > 0, "drops for the stalled subscriber are counted: {s:?}");
     assert_eq!(s.deliveries + s.dropped, u64::from(2 * BATCH * BATCHES), "every message is delivered or counted");
+
+    // The stalled subscriber wakes up: it gets what was queued, then learns exactly how
+    // many messages it lost.
+    let mut received = 0u64;
+    while tokio::time::timeout(Duration::from_millis(500), stalled.next()).await.is_ok_and(|m| m.is_some()) {
+        received += 1;
+    }
+    assert_eq!(received + stalled.dropped(), u64::from(BATCH * BATCHES), "received + reported dropped = published");
+    assert_eq!(stalled.dropped(), s.dropped);
+    let mut reported = 0;
+    while let Ok(e) = stalled_events.try_recv() {
+        if let Event::Dropped { pattern, count } = e {
+            assert_eq!(pattern, "load");
+            reported += count;
+        }
+    }
+    assert_eq!(reported, s.dropped, "the drops arrive as events too");
     node.stop().await;
 }
 
@@ -241,5 +259,36 @@ async fn close_ends_subscriptions_and_later_calls_fail() {
     assert!(tokio::time::timeout(WAIT, sub.next()).await.unwrap().is_none());
     assert!(matches!(c.publish("z", "x").await, Err(ClientError::ClientClosed)));
     assert_eq!(*c.state().borrow(), ConnectionState::Closed);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_subscriber_that_stays_slow_is_disconnected() {
+    let limits =
+        Limits { max_pending_bytes: 64 * 1024, slow_consumer_timeout: Duration::from_millis(300), ..Limits::default() };
+    let node = TestNode::start_with(limits).await;
+    let opts = node.options().subscription_capacity(1).reconnect(false);
+    let stalled_client = Client::connect(&node.url(), opts).await.unwrap();
+    let _stalled = stalled_client.subscribe("flood").await.unwrap();
+    let publisher = node.client().await;
+    let mut state = stalled_client.state();
+    // Publish until the node gives up on the subscriber (bounded: 30 s of publishing).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while *state.borrow() != ConnectionState::Closed {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slow consumer was never disconnected: {:?}",
+            node.stats.snapshot()
+        );
+        for _ in 0..100 {
+            publisher.publish("flood", vec![0u8; 1024]).await.unwrap();
+        }
+        publisher.flush().await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_millis(10), state.changed()).await;
+    }
+    let closes = node.stats.snapshot().closes;
+    assert!(closes.contains(&(ErrorCode::SlowConsumer, 1)), "{closes:?}");
+    // The publisher never noticed.
+    publisher.flush().await.unwrap();
     node.stop().await;
 }
