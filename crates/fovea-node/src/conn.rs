@@ -239,6 +239,10 @@ impl Session {
     async fn read_some(&mut self) -> Result<bool, Close> {
         let chunk = match self.recv.read_chunk(READ_CHUNK, true).await {
             Ok(Some(chunk)) => chunk.bytes,
+            Ok(None) if self.deframer.buffered() > 0 => {
+                self.shared.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                return Err(Close::new(ErrorCode::ProtocolError, "the stream ended inside a frame"));
+            }
             Ok(None) => return Ok(false),
             Err(e) => return Err(Close::new(ErrorCode::NoError, format!("read: {e}"))),
         };
