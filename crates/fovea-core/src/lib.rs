@@ -43,3 +43,56 @@ pub use headers::Headers;
 pub use outbuf::OutBuf;
 pub use topic::{Pattern, Procedure, Topic, TopicError};
 pub use trie::SubTrie;
+
+/// Entry points for the fuzz targets in `fuzz/` and for the test that replays their
+/// corpora. Each must never panic, whatever the input; a panic is a bug.
+#[doc(hidden)]
+pub mod fuzzing {
+    use bytes::Bytes;
+
+    use crate::limits::MAX_FRAME;
+    use crate::{Deframer, Frame, Pattern, Procedure, Topic};
+
+    /// Feeds `data` to a deframer in chunks whose sizes come from the data itself, and
+    /// checks that every frame that decodes re-encodes to an equal frame.
+    pub fn frames(data: &[u8]) {
+        let Some((&split, rest)) = data.split_first() else { return };
+        let rest = Bytes::copy_from_slice(rest);
+        let step = usize::from(split).max(1);
+        let mut d = Deframer::new(MAX_FRAME);
+        let mut pos = 0;
+        while pos < rest.len() {
+            let end = (pos + step).min(rest.len());
+            d.push(rest.slice(pos..end));
+            pos = end;
+            loop {
+                match d.next_frame() {
+                    Ok(Some(f)) => {
+                        let again = f.to_bytes();
+                        let back = Frame::decode(&again, MAX_FRAME).ok().flatten().map(|(f, _)| f);
+                        assert_eq!(back.as_ref(), Some(&f), "a decoded frame must round-trip");
+                    }
+                    Ok(None) => break,
+                    Err(_) => return,
+                }
+            }
+        }
+    }
+
+    /// Parses `data` as a topic, a pattern and a procedure name, and checks the relations
+    /// between them.
+    pub fn names(data: &[u8]) {
+        let raw = Bytes::copy_from_slice(data);
+        let topic = Topic::from_bytes(raw.clone());
+        let pattern = Pattern::from_bytes(raw.clone());
+        let procedure = Procedure::from_bytes(raw);
+        assert_eq!(topic.is_ok(), procedure.is_ok(), "procedures follow the topic rules");
+        if let Ok(t) = &topic {
+            let p = pattern.as_ref().expect("every topic is a literal pattern");
+            assert!(p.matches(t) && p.is_literal());
+        }
+        if let Ok(p) = &pattern {
+            assert!(p.covers(p), "a pattern covers itself");
+        }
+    }
+}

@@ -243,6 +243,16 @@ impl std::fmt::Display for ConfigError {
 struct FileConfig {
     #[serde(default)]
     realm: Vec<FileRealm>,
+    limits: Option<crate::config::Limits>,
+}
+
+/// What a configuration file declares.
+#[derive(Debug, Clone)]
+pub struct ConfigFile {
+    /// Its realms; empty when it declares none (the node then runs open).
+    pub realms: Vec<RealmConfig>,
+    /// Its `[limits]` table, with defaults for the keys it omits.
+    pub limits: Option<crate::config::Limits>,
 }
 
 #[derive(Deserialize)]
@@ -269,14 +279,14 @@ struct FileUser {
     register: Vec<Spanned<String>>,
 }
 
-/// Reads the realms of a configuration file.
+/// Reads a configuration file.
 ///
 /// # Errors
 /// [`ConfigError`] naming the file, line and key of the first problem.
-pub fn load_realms(path: &Path) -> Result<Vec<RealmConfig>, ConfigError> {
+pub fn load_config(path: &Path) -> Result<ConfigFile, ConfigError> {
     let text =
         std::fs::read_to_string(path).map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
-    parse_realms(&text, &path.display().to_string())
+    parse_config(&text, &path.display().to_string())
 }
 
 /// Parses the realms of a configuration file's text; `origin` names it in errors.
@@ -284,10 +294,21 @@ pub fn load_realms(path: &Path) -> Result<Vec<RealmConfig>, ConfigError> {
 /// # Errors
 /// [`ConfigError`] naming the origin, line and key of the first problem.
 pub fn parse_realms(text: &str, origin: &str) -> Result<Vec<RealmConfig>, ConfigError> {
+    Ok(parse_config(text, origin)?.realms)
+}
+
+/// Parses a configuration file's text; `origin` names it in errors.
+///
+/// # Errors
+/// [`ConfigError`] naming the origin, line and key of the first problem.
+pub fn parse_config(text: &str, origin: &str) -> Result<ConfigFile, ConfigError> {
     let file: FileConfig = toml::from_str(text).map_err(|e| {
         let at = e.span().map(|s| format!(":{}", line_of(text, &s))).unwrap_or_default();
         ConfigError(format!("{origin}{at}: {}", e.message()))
     })?;
+    if let Some(limits) = &file.limits {
+        limits.validate().map_err(|why| ConfigError(format!("{origin}: limits: {why}")))?;
+    }
     let err = |span: Range<usize>, key: &str, what: String| {
         ConfigError(format!("{origin}:{}: {key}: {what}", line_of(text, &span)))
     };
@@ -349,7 +370,18 @@ pub fn parse_realms(text: &str, origin: &str) -> Result<Vec<RealmConfig>, Config
         }
         realms.push(RealmConfig { name: name.clone(), users });
     }
-    Ok(realms)
+    Ok(ConfigFile { realms, limits: file.limits })
+}
+
+/// Fuzz entry point: any text, parsed as a configuration file, yields realms or an error
+/// that names a line, never a panic.
+#[doc(hidden)]
+pub fn fuzz_config(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Err(e) = parse_realms(text, "fuzz.toml") {
+            assert!(e.0.starts_with("fuzz.toml"), "errors name the file: {}", e.0);
+        }
+    }
 }
 
 fn check_name(name: &str) -> Result<(), String> {
@@ -432,6 +464,21 @@ mod tests {
             let e = parse_realms(text, "f.toml").unwrap_err().0;
             assert!(e.starts_with(at) && e.contains(what), "{text:?} gave {e:?}");
         }
+    }
+
+    #[test]
+    fn limits_table() {
+        let c = parse_config("[limits]\nmax_connections = 5\nslow_consumer_timeout = \"2s\"\n", "f").unwrap();
+        let l = c.limits.unwrap();
+        assert_eq!((l.max_connections, l.slow_consumer_timeout), (5, std::time::Duration::from_secs(2)));
+        assert_eq!(l.max_payload, crate::config::Limits::default().max_payload, "omitted keys keep their defaults");
+        assert!(c.realms.is_empty());
+        let e = parse_config("[limits]\nmax_conections = 5\n", "f").unwrap_err().0;
+        assert!(e.starts_with("f:2") && e.contains("max_conections"), "{e}");
+        let e = parse_config("[limits]\nidle_timeout = \"soon\"\n", "f").unwrap_err().0;
+        assert!(e.starts_with("f:2") && e.contains("not a duration"), "{e}");
+        let e = parse_config("[limits]\nmax_topic_depth = 99\n", "f").unwrap_err().0;
+        assert!(e.contains("max_topic_depth must be between 1 and 32"), "{e}");
     }
 
     #[test]

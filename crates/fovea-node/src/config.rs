@@ -35,8 +35,11 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-/// Per-node and per-connection bounds. Every one has a behaviour at the limit, stated here.
-#[derive(Debug, Clone)]
+/// Per-node and per-connection bounds. Every one has a behaviour at the limit, stated here
+/// and in `docs/LIMITS.md`. In a configuration file they form the `[limits]` table, with
+/// the field names as keys and durations written as `"10s"`, `"500ms"`, `"5m"`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Open client connections. At the limit a new connection is closed right after its
     /// handshake with `NODE_FULL`. Default 100 000: the design target for idle clients.
@@ -54,6 +57,7 @@ pub struct Limits {
     /// if every provider chosen is at it, the call gets `BUSY`. Default 1024.
     pub max_requests_in_flight: usize,
     /// Longest call timeout honoured; longer (or 0) timeouts are cut to it. Default 5 min.
+    #[serde(deserialize_with = "de_duration")]
     pub max_call_timeout: Duration,
     /// Largest payload accepted in `PUB` (announced in `WELCOME`). Larger: `PAYLOAD_TOO_LARGE`.
     /// Default 1 MiB, as NATS.
@@ -63,18 +67,34 @@ pub struct Limits {
     pub max_pending_bytes: usize,
     /// A connection that keeps losing messages (its queue full) for this long, without one
     /// delivery getting through, is closed with `SLOW_CONSUMER`. Default 10 s.
+    #[serde(deserialize_with = "de_duration")]
     pub slow_consumer_timeout: Duration,
     /// Topics remembered per publishing connection with their subscriber lists; at the
     /// limit the cache is cleared. Default 4096.
     pub match_cache_entries: usize,
     /// Time from the QUIC handshake to `HELLO`. Late: closed with `HANDSHAKE_TIMEOUT`.
+    #[serde(deserialize_with = "de_duration")]
     pub handshake_timeout: Duration,
     /// A connection with no traffic for this long is closed (QUIC idle timeout).
+    #[serde(deserialize_with = "de_duration")]
     pub idle_timeout: Duration,
     /// QUIC keep-alive interval, well under the idle timeout so idle clients stay up.
+    #[serde(deserialize_with = "de_duration")]
     pub keep_alive: Duration,
     /// On shutdown, how long clients get to leave after `GOAWAY` before the node closes.
+    #[serde(deserialize_with = "de_duration")]
     pub drain_timeout: Duration,
+    /// Largest frame accepted, in bytes (at most the protocol's 1 MiB + 32 KiB). Larger:
+    /// the connection is closed with `FRAME_TOO_LARGE`.
+    pub max_frame: usize,
+    /// Longest topic, pattern or procedure name, in bytes (at most 1024). Longer:
+    /// `INVALID_TOPIC` / `INVALID_PATTERN` / `INVALID_PROCEDURE`.
+    pub max_topic_len: usize,
+    /// Most segments in a topic, pattern or procedure name (at most 32). More: as above.
+    pub max_topic_depth: usize,
+    /// Largest encoded header block of a message, in bytes (at most 16 KiB). Larger: the
+    /// message is refused with `PAYLOAD_TOO_LARGE`.
+    pub max_headers_len: usize,
 }
 
 impl Default for Limits {
@@ -94,6 +114,10 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(2),
+            max_frame: fovea_core::limits::MAX_FRAME,
+            max_topic_len: fovea_core::limits::MAX_TOPIC_LEN,
+            max_topic_depth: fovea_core::limits::MAX_TOPIC_DEPTH,
+            max_headers_len: fovea_core::limits::MAX_HEADERS_LEN,
         }
     }
 }
@@ -112,6 +136,25 @@ impl Limits {
         }
         if self.max_connections == 0 {
             return Err("max_connections must be at least 1".into());
+        }
+        use fovea_core::limits as proto;
+        let within = |name: &str, v: usize, lo: usize, hi: usize| {
+            if v < lo || v > hi {
+                Err(format!("{name} must be between {lo} and {hi}, got {v}"))
+            } else {
+                Ok(())
+            }
+        };
+        within("max_frame", self.max_frame, 1024, proto::MAX_FRAME)?;
+        within("max_topic_len", self.max_topic_len, 1, proto::MAX_TOPIC_LEN)?;
+        within("max_topic_depth", self.max_topic_depth, 1, proto::MAX_TOPIC_DEPTH)?;
+        within("max_headers_len", self.max_headers_len, 1, proto::MAX_HEADERS_LEN)?;
+        within("max_payload", self.max_payload, 1, self.max_frame.saturating_sub(1024))?;
+        if self.keep_alive >= self.idle_timeout {
+            return Err(format!(
+                "keep_alive ({:?}) must be shorter than idle_timeout ({:?}), or idle clients are dropped",
+                self.keep_alive, self.idle_timeout
+            ));
         }
         Ok(())
     }
@@ -142,4 +185,51 @@ fn default_name() -> String {
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_owned()))
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "fovea".to_owned())
+}
+
+/// Parses `500ms`, `5s`, `2m`, `1h` or a plain number of seconds.
+///
+/// # Errors
+/// A message saying what was expected.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration; write e.g. 500ms, 5s or 2m"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => return Err(format!("unknown unit {other:?} in {s:?}; use ms, s, m or h")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is out of range"))
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = <String as serde::Deserialize>::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Limits::default().validate(), Ok(()));
+        let bad = Limits { keep_alive: Duration::from_secs(60), ..Limits::default() };
+        assert!(bad.validate().unwrap_err().contains("keep_alive"));
+    }
 }

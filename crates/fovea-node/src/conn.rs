@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Permissions;
 use crate::outbound::{Delivered, Outbound};
-use crate::router::{GroupKey, MatchCache, ProviderRef, Realm, SubRef};
+use crate::router::{check_limits, GroupKey, MatchCache, ProviderRef, Realm, SubRef};
 use crate::rpc::{Peer, Refusal};
 use crate::Shared;
 
@@ -65,7 +65,7 @@ async fn handshake(conn: &Connection, shared: &Arc<Shared>, id: u64) -> Result<(
         .accept_bi()
         .await
         .map_err(|e| Close::new(ErrorCode::NoError, format!("closed before the control stream opened: {e}")))?;
-    let mut deframer = Deframer::new(fovea_core::limits::MAX_FRAME);
+    let mut deframer = Deframer::new(shared.config.limits.max_frame);
     let hello = loop {
         if let Some(frame) = deframer.next_frame().map_err(|e| Close::new(e.code(), e.to_string()))? {
             break frame;
@@ -131,7 +131,7 @@ async fn handshake(conn: &Connection, shared: &Arc<Shared>, id: u64) -> Result<(
         deframer,
         subs: HashMap::new(),
         regs: HashMap::new(),
-        cache: MatchCache::new(limits.match_cache_entries),
+        cache: MatchCache::new(limits.match_cache_entries, limits.max_topic_len, limits.max_topic_depth),
         rng: Rng::new(id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ shared.seed),
     };
     Ok((session, send))
@@ -226,7 +226,8 @@ impl Session {
         if perms != self.perms {
             self.perms = perms;
             // Publish verdicts are cached with the topics: start afresh.
-            self.cache = MatchCache::new(self.shared.config.limits.match_cache_entries);
+            let l = &self.shared.config.limits;
+            self.cache = MatchCache::new(l.match_cache_entries, l.max_topic_len, l.max_topic_depth);
         }
         Ok(())
     }
@@ -287,6 +288,15 @@ impl Session {
                     p.payload.len(),
                     self.shared.config.limits.max_payload
                 ),
+            );
+            return 0;
+        }
+        if p.headers.encoded_len() > self.shared.config.limits.max_headers_len {
+            let max = self.shared.config.limits.max_headers_len;
+            self.reject(
+                ErrorCode::PayloadTooLarge,
+                0,
+                format!("headers of {} bytes exceed this node's max_headers_len of {max}", p.headers.encoded_len()),
             );
             return 0;
         }
@@ -369,7 +379,10 @@ impl Session {
             let msg = format!("this connection already has {} subscriptions, the node's limit", self.subs.len());
             return self.reject(ErrorCode::TooManySubscriptions, s.sid, msg);
         }
-        let pattern = match Pattern::from_bytes(Bytes::copy_from_slice(&s.pattern)) {
+        let limits = &self.shared.config.limits;
+        let pattern = match Pattern::from_bytes(Bytes::copy_from_slice(&s.pattern))
+            .and_then(|p| check_limits(p.as_bytes(), limits.max_topic_len, limits.max_topic_depth).map(|()| p))
+        {
             Ok(p) => p,
             Err(e) => {
                 let text = String::from_utf8_lossy(&s.pattern).into_owned();
@@ -409,7 +422,9 @@ impl Session {
             let msg = format!("this connection already has {} registrations, the node's limit", self.regs.len());
             return self.reject(ErrorCode::TooManyRegistrations, r.rid, msg);
         }
-        let procedure = match Procedure::from_bytes(Bytes::copy_from_slice(&r.procedure)) {
+        let procedure = match Procedure::from_bytes(Bytes::copy_from_slice(&r.procedure))
+            .and_then(|p| check_limits(p.as_bytes(), limits.max_topic_len, limits.max_topic_depth).map(|()| p))
+        {
             Ok(p) => p,
             Err(e) => {
                 let text = String::from_utf8_lossy(&r.procedure).into_owned();
@@ -444,7 +459,9 @@ impl Session {
             );
             return fail(self, ErrorCode::PayloadTooLarge, msg);
         }
-        if let Err(e) = Procedure::from_bytes(c.procedure.clone()) {
+        if let Err(e) = Procedure::from_bytes(c.procedure.clone())
+            .and_then(|_| check_limits(&c.procedure, limits.max_topic_len, limits.max_topic_depth))
+        {
             let text = String::from_utf8_lossy(&c.procedure).into_owned();
             return fail(self, ErrorCode::InvalidProcedure, format!("procedure {text:?} {e}"));
         }

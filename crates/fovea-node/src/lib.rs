@@ -46,7 +46,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{Limits, NodeConfig, TlsFiles, DEFAULT_LISTEN};
+pub use config::{parse_duration, Limits, NodeConfig, TlsFiles, DEFAULT_LISTEN};
 pub use stats::{Stats, StatsSnapshot};
 
 use router::Realm;

@@ -220,11 +220,14 @@ pub(crate) struct MatchCache {
     /// Topic → (subscribers, may this connection publish to it).
     map: HashMap<Bytes, (Arc<Matches>, bool), RandomState>,
     cap: usize,
+    /// The node's name limits (at most the protocol's).
+    max_len: usize,
+    max_depth: usize,
 }
 
 impl MatchCache {
-    pub fn new(cap: usize) -> Self {
-        MatchCache { generation: u64::MAX, map: HashMap::default(), cap: cap.max(1) }
+    pub fn new(cap: usize, max_len: usize, max_depth: usize) -> Self {
+        MatchCache { generation: u64::MAX, map: HashMap::default(), cap: cap.max(1), max_len, max_depth }
     }
 
     /// The subscribers of `raw` and whether `allow` lets this connection publish to it,
@@ -240,6 +243,7 @@ impl MatchCache {
         }
         // Copy the key: `raw` is a slice of a read buffer that must not be pinned.
         let topic = Topic::from_bytes(Bytes::copy_from_slice(raw))?;
+        check_limits(raw, self.max_len, self.max_depth)?;
         let allowed = allow.name(topic.as_bytes());
         let subs = if allowed { realm.lookup(&topic) } else { Arc::new(Matches::default()) };
         if self.map.len() >= self.cap {
@@ -248,4 +252,15 @@ impl MatchCache {
         self.map.insert(topic.as_shared().clone(), (subs.clone(), allowed));
         Ok((subs, allowed))
     }
+}
+
+/// Applies a node's own (lower) name limits to a name that passed the protocol's.
+pub(crate) fn check_limits(raw: &[u8], max_len: usize, max_depth: usize) -> Result<(), TopicError> {
+    if raw.len() > max_len {
+        return Err(TopicError::TooLong { len: raw.len(), max: max_len });
+    }
+    if raw.split(|b| *b == b'.').count() > max_depth {
+        return Err(TopicError::TooDeep { max: max_depth });
+    }
+    Ok(())
 }

@@ -118,6 +118,90 @@ pub struct NodeArgs {
     /// Check the configuration file and exit (0 if it is valid) without starting a node.
     #[arg(long, requires = "config")]
     pub check_config: bool,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Limit flags: each overrides the `[limits]` key of the same name in the config file.
+/// docs/LIMITS.md says what happens at each limit.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Limits (see docs/LIMITS.md)")]
+pub struct LimitArgs {
+    /// Open client connections; more are closed with NODE_FULL [default: 100000].
+    #[arg(long, env = "FOVEA_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Subscriptions per connection [default: 65536].
+    #[arg(long, env = "FOVEA_MAX_SUBSCRIPTIONS", value_name = "N")]
+    pub max_subscriptions: Option<usize>,
+    /// Registrations per connection [default: 4096].
+    #[arg(long, env = "FOVEA_MAX_REGISTRATIONS", value_name = "N")]
+    pub max_registrations: Option<usize>,
+    /// Largest payload, bytes [default: 1048576].
+    #[arg(long, env = "FOVEA_MAX_PAYLOAD", value_name = "BYTES")]
+    pub max_payload: Option<usize>,
+    /// Largest frame, bytes [default: 1081344].
+    #[arg(long, env = "FOVEA_MAX_FRAME", value_name = "BYTES")]
+    pub max_frame: Option<usize>,
+    /// Longest topic or name, bytes [default: 1024].
+    #[arg(long, env = "FOVEA_MAX_TOPIC_LEN", value_name = "BYTES")]
+    pub max_topic_len: Option<usize>,
+    /// Most segments in a topic or name [default: 32].
+    #[arg(long, env = "FOVEA_MAX_TOPIC_DEPTH", value_name = "N")]
+    pub max_topic_depth: Option<usize>,
+    /// Largest header block, bytes [default: 16384].
+    #[arg(long, env = "FOVEA_MAX_HEADERS_LEN", value_name = "BYTES")]
+    pub max_headers_len: Option<usize>,
+    /// Bytes queued per connection before messages for it are dropped [default: 67108864].
+    #[arg(long, env = "FOVEA_MAX_PENDING_BYTES", value_name = "BYTES")]
+    pub max_pending_bytes: Option<usize>,
+    /// How long a connection may keep dropping before it is closed as a slow consumer [default: 10s].
+    #[arg(long, env = "FOVEA_SLOW_CONSUMER_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
+    pub slow_consumer_timeout: Option<std::time::Duration>,
+    /// Calls in flight per caller connection [default: 1024].
+    #[arg(long, env = "FOVEA_MAX_CALLS_IN_FLIGHT", value_name = "N")]
+    pub max_calls_in_flight: Option<usize>,
+    /// Requests in flight per provider connection [default: 1024].
+    #[arg(long, env = "FOVEA_MAX_REQUESTS_IN_FLIGHT", value_name = "N")]
+    pub max_requests_in_flight: Option<usize>,
+    /// Longest call timeout honoured [default: 5m].
+    #[arg(long, env = "FOVEA_MAX_CALL_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
+    pub max_call_timeout: Option<std::time::Duration>,
+    /// Time allowed from the QUIC handshake to HELLO [default: 10s].
+    #[arg(long, env = "FOVEA_HANDSHAKE_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
+    pub handshake_timeout: Option<std::time::Duration>,
+    /// Close connections silent for this long [default: 30s].
+    #[arg(long, env = "FOVEA_IDLE_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
+    pub idle_timeout: Option<std::time::Duration>,
+    /// QUIC keep-alive interval [default: 10s].
+    #[arg(long, env = "FOVEA_KEEP_ALIVE", value_parser = parse_duration, value_name = "DURATION")]
+    pub keep_alive: Option<std::time::Duration>,
+}
+
+impl LimitArgs {
+    /// Overrides `limits` with every flag given.
+    pub fn apply(&self, limits: &mut fovea_node::Limits) {
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { limits.$f = v; } )* };
+        }
+        set!(
+            max_connections,
+            max_subscriptions,
+            max_registrations,
+            max_payload,
+            max_frame,
+            max_topic_len,
+            max_topic_depth,
+            max_headers_len,
+            max_pending_bytes,
+            slow_consumer_timeout,
+            max_calls_in_flight,
+            max_requests_in_flight,
+            max_call_timeout,
+            handshake_timeout,
+            idle_timeout,
+            keep_alive
+        );
+    }
 }
 
 /// How a client reaches and authenticates to a node.
@@ -264,33 +348,5 @@ pub struct CallArgs {
 
 /// Parses `500ms`, `5s`, `2m`, `1h` or a plain number of seconds.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let value: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration; write e.g. 500ms, 5s or 2m"))?;
-    let secs = match unit {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        other => return Err(format!("unknown unit {other:?} in {s:?}; use ms, s, m or h")),
-    };
-    std::time::Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is out of range"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_duration;
-    use std::time::Duration;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
-        assert!(parse_duration("5 parsecs").is_err());
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("-1s").is_err());
-    }
+    fovea_node::parse_duration(s)
 }

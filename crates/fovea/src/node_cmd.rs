@@ -7,10 +7,15 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::NodeArgs;
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
-    let realms = match &args.config {
-        Some(path) => Some(fovea_node::auth::load_realms(path).map_err(|e| anyhow::anyhow!("{e}"))?),
+    let file = match &args.config {
+        Some(path) => Some(fovea_node::auth::load_config(path).map_err(|e| anyhow::anyhow!("{e}"))?),
         None => None,
     };
+    // Flags (and their env vars) override the file, which overrides the defaults.
+    let mut limits = file.as_ref().and_then(|f| f.limits.clone()).unwrap_or_default();
+    args.limits.apply(&mut limits);
+    limits.validate().map_err(|e| anyhow::anyhow!("invalid limits: {e}"))?;
+    let realms = file.map(|f| f.realms).filter(|r| !r.is_empty());
     if args.check_config {
         let n = realms.as_ref().map_or(0, Vec::len);
         let users: usize = realms.iter().flatten().map(|r| r.users.len()).sum();
@@ -21,6 +26,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let mut config = NodeConfig::new(&data_dir);
     config.listen = args.listen;
     config.realms = realms;
+    config.limits = limits;
     config.allow_anonymous = args.allow_anonymous;
     if let Some(name) = args.name {
         config.name = name;
@@ -60,9 +66,9 @@ async fn reload_on_hangup(path: std::path::PathBuf, reloader: fovea_node::Reload
             return;
         };
         while hup.recv().await.is_some() {
-            match fovea_node::auth::load_realms(&path) {
-                Ok(realms) => {
-                    if let Err(e) = reloader.reload(&realms) {
+            match fovea_node::auth::load_config(&path) {
+                Ok(file) => {
+                    if let Err(e) = reloader.reload(&file.realms) {
                         tracing::error!("reload failed: {e}");
                     }
                 }

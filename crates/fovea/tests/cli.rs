@@ -304,3 +304,23 @@ fn config_files_are_checked_and_errors_point_at_the_line() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("authentication failed"));
 }
+
+#[test]
+fn limits_come_from_flags_over_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("limits.toml");
+    std::fs::write(&file, "[limits]\nmax_payload = 64\nmax_subscriptions = 1\n").unwrap();
+    // The flag raises max_payload over the file's; max_subscriptions stays from the file.
+    let (_node, url) = start_node_with(dir.path(), &["--config", file.to_str().unwrap(), "--max-payload", "128"]);
+    let ca = dir.path().join("node.crt");
+    let ok = fovea(&["pub", "t", &"x".repeat(100)], &ca, &url).output().unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let too_big = fovea(&["pub", "t", &"x".repeat(200)], &ca, &url).output().unwrap();
+    assert_eq!(too_big.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&too_big.stderr).contains("max_payload of 128"));
+    // A bad value stops the node with the key's name.
+    let out =
+        Command::new(BIN).args(["node", "--max-topic-depth", "99", "--data-dir"]).arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_topic_depth must be between 1 and 32"));
+}

@@ -224,3 +224,25 @@ async fn many_bad_handshakes_leave_the_node_serving() {
     assert_eq!(s.connections, 2, "only the bystanders remain: {s:?}");
     node.stop().await;
 }
+
+#[tokio::test]
+async fn a_node_can_lower_the_name_limits() {
+    let node = TestNode::start_with(Limits { max_topic_len: 16, max_topic_depth: 3, ..Limits::default() }).await;
+    let c = node.client().await;
+    for p in ["a.b.c.d", "a-very-long-pattern.>"] {
+        match c.subscribe(p).await {
+            Err(fovea_client::ClientError::Refused { code: ErrorCode::InvalidPattern, message }) => {
+                assert!(message.contains("segments") || message.contains("bytes long"), "{message}")
+            }
+            other => panic!("{p}: expected InvalidPattern, got {other:?}"),
+        }
+    }
+    let mut events = c.events();
+    c.publish("a.b.c.d", "x").await.unwrap();
+    c.flush().await.unwrap();
+    let refused = std::iter::from_fn(|| events.try_recv().ok())
+        .any(|e| matches!(e, fovea_client::Event::ServerError { code: ErrorCode::InvalidTopic, .. }));
+    assert!(refused, "a topic over the node's depth limit is refused");
+    assert!(c.subscribe("a.b.c").await.is_ok());
+    node.stop().await;
+}
