@@ -27,9 +27,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(t) = &args.token {
         opts = opts.token(t.clone().into_bytes());
     }
+    let node_pid = _node.as_ref().map(|n| n.child.id());
     match args.mode {
         BenchMode::Pubsub => pubsub(&url, opts, args.msgs, args.size).await,
         BenchMode::Rpc => rpc(&url, opts, args.callers, args.calls, args.size).await,
+        BenchMode::SlowConsumer => slow_consumer(&url, opts, args.msgs, args.size, node_pid).await,
     }
 }
 
@@ -128,6 +130,96 @@ async fn rpc(url: &str, opts: ConnectOptions, callers: usize, calls: u64, size: 
     );
     caller.close().await;
     provider.close().await;
+    Ok(())
+}
+
+/// One publisher and one fast subscriber: returns (publish rate, delivered rate, delivered).
+async fn fast_run(
+    url: &str,
+    opts: &ConnectOptions,
+    topic: &str,
+    msgs: u64,
+    size: usize,
+) -> anyhow::Result<(f64, f64, u64)> {
+    let sub_client = Client::connect(url, opts.clone().name("bench-fast")).await?;
+    let publisher = Client::connect(url, opts.clone().name("bench-pub")).await?;
+    let mut sub = sub_client.subscribe(topic).await?;
+    let t0 = Instant::now();
+    let receiver = tokio::spawn(async move {
+        let (mut got, mut last) = (0u64, Instant::now());
+        while got < msgs {
+            match tokio::time::timeout(QUIET, sub.next()).await {
+                Ok(Some(_)) => {
+                    got += 1;
+                    last = Instant::now();
+                }
+                _ => break,
+            }
+        }
+        (got, last)
+    });
+    let payload = Bytes::from(vec![b'x'; size]);
+    for _ in 0..msgs {
+        publisher.publish(topic, payload.clone()).await?;
+    }
+    publisher.flush().await?;
+    let pub_rate = msgs as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+    let (got, last) = receiver.await.context("receiver task failed")?;
+    let rate = got as f64 / last.saturating_duration_since(t0).as_secs_f64().max(1e-9);
+    publisher.close().await;
+    sub_client.close().await;
+    Ok((pub_rate, rate, got))
+}
+
+/// The node's peak resident memory, from /proc (Linux), in KiB.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+async fn slow_consumer(
+    url: &str,
+    opts: ConnectOptions,
+    msgs: u64,
+    size: usize,
+    node: Option<u32>,
+) -> anyhow::Result<()> {
+    // Baseline: the fast subscriber alone.
+    let (base_pub, base_rate, base_got) = fast_run(url, &opts, "bench.base", msgs, size).await?;
+    // Same run with a stalled subscriber on the same topic: it never reads.
+    let stalled_client = Client::connect(url, opts.clone().name("bench-stalled").subscription_capacity(1)).await?;
+    let mut stalled = stalled_client.subscribe("bench.slow").await?;
+    let (pub_rate, rate, got) = fast_run(url, &opts, "bench.slow", msgs, size).await?;
+    // Wake the stalled one: it gets what was queued and learns how much was dropped.
+    let mut stalled_got = 0u64;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(500), stalled.next()).await {
+        stalled_got += 1;
+    }
+    let dropped = stalled.dropped();
+    let disconnected = *stalled_client.state().borrow() != fovea_client::ConnectionState::Connected;
+    let peak = node.and_then(peak_rss_kib);
+    let ratio = rate / base_rate.max(1e-9);
+    println!("slow-consumer: {msgs} messages of {size} bytes, a fast and a stalled subscriber");
+    println!(
+        "  fast subscriber alone:        {base_rate:.0} msgs/s delivered ({base_got}), publisher {base_pub:.0} msgs/s"
+    );
+    println!("  with a stalled subscriber:    {rate:.0} msgs/s delivered ({got}), publisher {pub_rate:.0} msgs/s ({:.0}% of alone)", ratio * 100.0);
+    println!(
+        "  stalled subscriber: received {stalled_got}, told of {dropped} dropped{}",
+        if disconnected { ", then disconnected as a slow consumer" } else { "" }
+    );
+    if let Some(kib) = peak {
+        println!("  node peak RSS: {:.1} MiB", kib as f64 / 1024.0);
+    }
+    println!(
+        "system=fovea mode=slow-consumer size={size} published={msgs} baseline_rate={base_rate:.0} fast_rate={rate:.0} \
+         ratio={ratio:.3} fast_delivered={got} stalled_received={stalled_got} stalled_dropped={dropped} \
+         node_peak_rss_kib={}",
+        peak.map_or("unknown".to_owned(), |k| k.to_string())
+    );
+    stalled_client.close().await;
+    anyhow::ensure!(got == msgs && base_got == msgs, "the fast subscriber lost messages");
     Ok(())
 }
 

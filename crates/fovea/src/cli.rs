@@ -273,6 +273,8 @@ pub enum BenchMode {
     Pubsub,
     /// Concurrent callers, one provider that echoes.
     Rpc,
+    /// A fast and a stalled subscriber, against a run with the fast one alone.
+    SlowConsumer,
 }
 
 #[derive(Debug, Args)]
