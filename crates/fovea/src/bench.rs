@@ -32,6 +32,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchMode::Pubsub => pubsub(&url, opts, args.msgs, args.size).await,
         BenchMode::Rpc => rpc(&url, opts, args.callers, args.calls, args.size).await,
         BenchMode::SlowConsumer => slow_consumer(&url, opts, args.msgs, args.size, node_pid).await,
+        BenchMode::Soak => soak(&url, opts, args.size, args.duration, args.sample, node_pid).await,
     }
 }
 
@@ -169,6 +170,88 @@ async fn fast_run(
     publisher.close().await;
     sub_client.close().await;
     Ok((pub_rate, rate, got))
+}
+
+/// The node's current resident memory, from /proc (Linux), in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Mixed load for `duration`: a publisher to two subscribers (one in a queue group pair)
+/// and a caller to a provider, in bursts with pauses, so the node keeps cycling its queues
+/// and tables. Prints the node's RSS every `sample`; flat means nothing accumulates.
+async fn soak(
+    url: &str,
+    opts: ConnectOptions,
+    size: usize,
+    duration: Duration,
+    sample: Duration,
+    node: Option<u32>,
+) -> anyhow::Result<()> {
+    let c = |name: &str| Client::connect(url, opts.clone().name(name));
+    let (publisher, sub_a, group_1, group_2, provider, caller) = (
+        c("soak-pub").await?,
+        c("soak-sub").await?,
+        c("soak-g1").await?,
+        c("soak-g2").await?,
+        c("soak-provider").await?,
+        c("soak-caller").await?,
+    );
+    let mut subs = vec![
+        sub_a.subscribe("soak.>").await?,
+        group_1.subscribe_group("soak.>", "g").await?,
+        group_2.subscribe_group("soak.>", "g").await?,
+    ];
+    let mut reg = provider.register("soak.echo").await?;
+    tokio::spawn(async move {
+        while let Some(r) = reg.next().await {
+            let p = r.payload.clone();
+            r.respond(p);
+        }
+    });
+    let drains: Vec<_> =
+        subs.drain(..).map(|mut s| tokio::spawn(async move { while s.next().await.is_some() {} })).collect();
+    let payload = Bytes::from(vec![b's'; size]);
+    let t0 = Instant::now();
+    let mut next_sample = Duration::ZERO;
+    let (mut published, mut calls, mut samples) = (0u64, 0u64, Vec::new());
+    println!("soak: {duration:?} of mixed pub/sub and RPC; node RSS every {sample:?}");
+    while t0.elapsed() < duration {
+        if t0.elapsed() >= next_sample {
+            let kib = node.and_then(rss_kib);
+            println!(
+                "  {:>6.0} s  rss {}  published {published}  calls {calls}",
+                t0.elapsed().as_secs_f64(),
+                kib.map_or("unknown".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+            );
+            samples.extend(kib);
+            next_sample += sample;
+        }
+        for i in 0..10_000u64 {
+            publisher.publish(&format!("soak.t{}", i % 64), payload.clone()).await?;
+        }
+        published += 10_000;
+        for _ in 0..200 {
+            caller.call("soak.echo", payload.clone(), Duration::from_secs(5)).await?;
+        }
+        calls += 200;
+        publisher.flush().await?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (first, last, max) = (samples.first().copied(), samples.last().copied(), samples.iter().max().copied());
+    println!(
+        "system=fovea mode=soak size={size} duration_s={:.0} published={published} calls={calls} rss_first_kib={} rss_last_kib={} rss_max_kib={}",
+        duration.as_secs_f64(),
+        first.map_or("unknown".into(), |k| k.to_string()),
+        last.map_or("unknown".into(), |k| k.to_string()),
+        max.map_or("unknown".into(), |k| k.to_string()),
+    );
+    for d in drains {
+        d.abort();
+    }
+    Ok(())
 }
 
 /// The node's peak resident memory, from /proc (Linux), in KiB.

@@ -275,6 +275,8 @@ pub enum BenchMode {
     Rpc,
     /// A fast and a stalled subscriber, against a run with the fast one alone.
     SlowConsumer,
+    /// Mixed pub/sub and RPC for --duration, sampling the node's memory.
+    Soak,
 }
 
 #[derive(Debug, Args)]
@@ -294,6 +296,12 @@ pub struct BenchArgs {
     /// RPC: calls in all.
     #[arg(long, default_value_t = 100_000, value_name = "N")]
     pub calls: u64,
+    /// Soak: how long to run.
+    #[arg(long, default_value = "10m", value_parser = parse_duration, value_name = "DURATION")]
+    pub duration: std::time::Duration,
+    /// Soak: how often to sample the node's memory.
+    #[arg(long, default_value = "1m", value_parser = parse_duration, value_name = "DURATION")]
+    pub sample: std::time::Duration,
     /// Start the node with this configuration file (realms and permissions), to measure
     /// their cost; give --realm and --token for the benchmark's clients.
     #[arg(long, value_name = "FILE", conflicts_with = "url")]
