@@ -81,14 +81,16 @@ impl Headers {
         if block.len() > MAX_HEADERS_LEN {
             return Err(HeaderError::TooLong { max: MAX_HEADERS_LEN });
         }
+        // Every slice below is taken with `get`: `pos` only grows by lengths that `read_str`
+        // checked, but the decoder must not rely on that to stay panic-free.
         let (count, mut pos) = varint::decode(&block).ok_or(HeaderError::Malformed)?;
         if count as usize > MAX_HEADERS {
             return Err(HeaderError::TooMany { max: MAX_HEADERS });
         }
         for _ in 0..count {
-            let (name, n) = read_str(&block[pos..]).ok_or(HeaderError::Malformed)?;
+            let (name, n) = block.get(pos..).and_then(read_str).ok_or(HeaderError::Malformed)?;
             pos += n;
-            let (value, n) = read_str(&block[pos..]).ok_or(HeaderError::Malformed)?;
+            let (value, n) = block.get(pos..).and_then(read_str).ok_or(HeaderError::Malformed)?;
             pos += n;
             check_pair(name, value)?;
         }

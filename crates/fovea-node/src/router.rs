@@ -72,6 +72,7 @@ impl Matches {
             // A member whose connection is closing (its unsubscribe not yet applied) must
             // not swallow the message: it loses every comparison, and if drawn anyway the
             // message goes to any live member.
+            // Indexes come from `pick_two(members.len(), ..)`, so they are in range.
             let load = |i: usize| {
                 let out = &members[i].peer.out;
                 if out.is_closed() {
@@ -171,6 +172,7 @@ impl Realm {
         let list = procs.providers(name);
         // A provider whose connection is closing (not yet unregistered) loses every
         // comparison; if drawn anyway, any live one is taken instead.
+        // Indexes come from `pick_two(list.len(), ..)`, so they are in range.
         let load = |i: usize| {
             let peer = &list[i].peer;
             if peer.out.is_closed() {
