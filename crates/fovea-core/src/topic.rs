@@ -61,92 +61,83 @@ pub enum Segment<'a> {
     Gt,
 }
 
-/// A validated topic: no wildcards. Cheap to clone (a refcounted slice).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Topic(Bytes);
+/// Defines a validated name type over `Bytes`: construction through `validate`, text
+/// access, and the formatting traits. The three name kinds differ only in what they allow
+/// and in the methods each adds below.
+macro_rules! name_type {
+    ($(#[$doc:meta])* $name:ident, wildcards: $wild:expr, what: $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Bytes);
 
-/// A validated subscription pattern. Cheap to clone.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Pattern(Bytes);
+        impl $name {
+            #[doc = concat!("Validates `raw` as a ", $what, " without copying it.")]
+            ///
+            /// # Errors
+            /// [`TopicError`] naming the first problem found.
+            pub fn from_bytes(raw: Bytes) -> Result<Self, TopicError> {
+                validate(&raw, $wild)?;
+                Ok($name(raw))
+            }
 
-/// A validated procedure name (`math.add`): the same rules as a topic, no wildcards.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Procedure(Bytes);
+            /// Validates and copies a string.
+            ///
+            /// # Errors
+            /// [`TopicError`] naming the first problem found.
+            pub fn new(s: &str) -> Result<Self, TopicError> {
+                Self::from_bytes(Bytes::copy_from_slice(s.as_bytes()))
+            }
 
-impl Procedure {
-    /// Validates `raw` as a procedure name without copying it.
-    ///
-    /// # Errors
-    /// [`TopicError`] naming the first problem found (wildcards are refused).
-    pub fn from_bytes(raw: Bytes) -> Result<Self, TopicError> {
-        validate(&raw, false)?;
-        Ok(Procedure(raw))
-    }
+            /// The name's bytes (valid UTF-8).
+            pub fn as_bytes(&self) -> &[u8] {
+                &self.0
+            }
 
-    /// Validates and copies a string.
-    ///
-    /// # Errors
-    /// [`TopicError`] naming the first problem found.
-    pub fn new(s: &str) -> Result<Self, TopicError> {
-        Self::from_bytes(Bytes::copy_from_slice(s.as_bytes()))
-    }
+            /// The name as text.
+            pub fn as_str(&self) -> &str {
+                // Invariant: validated as UTF-8 at construction, so the fallback is unreachable.
+                std::str::from_utf8(&self.0).unwrap_or_default()
+            }
+        }
 
-    /// The name's bytes (valid UTF-8).
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
 
-    /// The name as text.
-    pub fn as_str(&self) -> &str {
-        // Invariant: validated as UTF-8 at construction, so the fallback is unreachable.
-        std::str::from_utf8(&self.0).unwrap_or_default()
-    }
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!(stringify!($name), "({:?})"), self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = TopicError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                $name::new(s)
+            }
+        }
+    };
 }
 
-impl fmt::Display for Procedure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl fmt::Debug for Procedure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Procedure({:?})", self.as_str())
-    }
-}
+name_type!(
+    /// A validated topic: no wildcards. Cheap to clone (a refcounted slice).
+    Topic, wildcards: false, what: "topic"
+);
+name_type!(
+    /// A validated subscription pattern. Cheap to clone.
+    Pattern, wildcards: true, what: "pattern"
+);
+name_type!(
+    /// A validated procedure name (`math.add`): the same rules as a topic, no wildcards.
+    Procedure, wildcards: false, what: "procedure name"
+);
 
 impl Topic {
-    /// Validates `raw` as a topic without copying it.
-    ///
-    /// # Errors
-    /// [`TopicError`] naming the first problem found.
-    pub fn from_bytes(raw: Bytes) -> Result<Self, TopicError> {
-        validate(&raw, false)?;
-        Ok(Topic(raw))
-    }
-
-    /// Validates and copies a string.
-    ///
-    /// # Errors
-    /// [`TopicError`] naming the first problem found.
-    pub fn new(s: &str) -> Result<Self, TopicError> {
-        Self::from_bytes(Bytes::copy_from_slice(s.as_bytes()))
-    }
-
-    /// The topic's bytes (valid UTF-8).
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-
     /// The topic as a refcounted buffer.
     pub fn as_shared(&self) -> &Bytes {
         &self.0
-    }
-
-    /// The topic as text.
-    pub fn as_str(&self) -> &str {
-        // Invariant: validated as UTF-8 at construction, so the fallback is unreachable.
-        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 
     /// The topic's segments, in order.
@@ -156,34 +147,6 @@ impl Topic {
 }
 
 impl Pattern {
-    /// Validates `raw` as a pattern without copying it.
-    ///
-    /// # Errors
-    /// [`TopicError`] naming the first problem found.
-    pub fn from_bytes(raw: Bytes) -> Result<Self, TopicError> {
-        validate(&raw, true)?;
-        Ok(Pattern(raw))
-    }
-
-    /// Validates and copies a string.
-    ///
-    /// # Errors
-    /// [`TopicError`] naming the first problem found.
-    pub fn new(s: &str) -> Result<Self, TopicError> {
-        Self::from_bytes(Bytes::copy_from_slice(s.as_bytes()))
-    }
-
-    /// The pattern's bytes (valid UTF-8).
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-
-    /// The pattern as text.
-    pub fn as_str(&self) -> &str {
-        // Invariant: validated as UTF-8 at construction, so the fallback is unreachable.
-        std::str::from_utf8(&self.0).unwrap_or_default()
-    }
-
     /// The pattern's segments, in order.
     pub fn segments(&self) -> impl Iterator<Item = Segment<'_>> {
         self.0.split(|b| *b == b'.').map(|s| match s {
@@ -274,44 +237,6 @@ fn validate(raw: &[u8], wildcards: bool) -> Result<(), TopicError> {
         }
     }
     Ok(())
-}
-
-impl fmt::Display for Topic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl fmt::Debug for Topic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Topic({:?})", self.as_str())
-    }
-}
-
-impl fmt::Display for Pattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl fmt::Debug for Pattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Pattern({:?})", self.as_str())
-    }
-}
-
-impl std::str::FromStr for Topic {
-    type Err = TopicError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Topic::new(s)
-    }
-}
-
-impl std::str::FromStr for Pattern {
-    type Err = TopicError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Pattern::new(s)
-    }
 }
 
 #[cfg(test)]

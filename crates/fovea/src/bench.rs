@@ -37,35 +37,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 async fn pubsub(url: &str, opts: ConnectOptions, msgs: u64, size: usize) -> anyhow::Result<()> {
-    let sub_client = Client::connect(url, opts.clone().name("bench-sub")).await?;
-    let publisher = Client::connect(url, opts.name("bench-pub")).await?;
-    let mut sub = sub_client.subscribe("bench.x").await?;
-    let t0 = Instant::now();
-    let receiver = tokio::spawn(async move {
-        let mut got = 0u64;
-        let mut last = Instant::now();
-        while got < msgs {
-            match tokio::time::timeout(QUIET, sub.next()).await {
-                Ok(Some(_)) => {
-                    got += 1;
-                    last = Instant::now();
-                }
-                _ => break,
-            }
-        }
-        (got, last)
-    });
-    let payload = Bytes::from(vec![b'x'; size]);
-    for _ in 0..msgs {
-        publisher.publish("bench.x", payload.clone()).await?;
-    }
-    publisher.flush().await.context("flushing the publisher")?;
-    let pub_elapsed = t0.elapsed();
-    let (got, last) = receiver.await.context("receiver task failed")?;
-    let elapsed = last.saturating_duration_since(t0).as_secs_f64().max(1e-9);
+    let run = fast_run(url, &opts, "bench.x", msgs, size).await?;
+    let (pub_rate, delivered_rate, got, elapsed) = (run.pub_rate, run.rate, run.got, run.elapsed);
     let dropped = msgs - got;
-    let delivered_rate = got as f64 / elapsed;
-    let pub_rate = msgs as f64 / pub_elapsed.as_secs_f64().max(1e-9);
     println!("pubsub: {msgs} messages of {size} bytes, 1 publisher -> 1 subscriber");
     println!(
         "  published at {:.0} msgs/s, delivered {got} at {:.0} msgs/s ({:.1} MB/s), dropped {dropped}",
@@ -77,8 +51,6 @@ async fn pubsub(url: &str, opts: ConnectOptions, msgs: u64, size: usize) -> anyh
         "system=fovea mode=pubsub size={size} subs=1 published={msgs} delivered={got} dropped={dropped} \
          pub_rate={pub_rate:.0} delivered_rate={delivered_rate:.0} elapsed_s={elapsed:.3}"
     );
-    publisher.close().await;
-    sub_client.close().await;
     if dropped > 0 {
         bail!("{dropped} messages were not delivered");
     }
@@ -134,14 +106,20 @@ async fn rpc(url: &str, opts: ConnectOptions, callers: usize, calls: u64, size: 
     Ok(())
 }
 
-/// One publisher and one fast subscriber: returns (publish rate, delivered rate, delivered).
-async fn fast_run(
-    url: &str,
-    opts: &ConnectOptions,
-    topic: &str,
-    msgs: u64,
-    size: usize,
-) -> anyhow::Result<(f64, f64, u64)> {
+/// What one publisher → one subscriber run measured.
+struct Run {
+    /// Messages published per second (until the publisher's flush returned).
+    pub_rate: f64,
+    /// Messages delivered per second, from the first publish to the last receipt.
+    rate: f64,
+    /// Messages delivered.
+    got: u64,
+    /// Seconds from the first publish to the last receipt.
+    elapsed: f64,
+}
+
+/// One publisher and one subscriber that keeps up, on `topic`.
+async fn fast_run(url: &str, opts: &ConnectOptions, topic: &str, msgs: u64, size: usize) -> anyhow::Result<Run> {
     let sub_client = Client::connect(url, opts.clone().name("bench-fast")).await?;
     let publisher = Client::connect(url, opts.clone().name("bench-pub")).await?;
     let mut sub = sub_client.subscribe(topic).await?;
@@ -163,13 +141,13 @@ async fn fast_run(
     for _ in 0..msgs {
         publisher.publish(topic, payload.clone()).await?;
     }
-    publisher.flush().await?;
+    publisher.flush().await.context("flushing the publisher")?;
     let pub_rate = msgs as f64 / t0.elapsed().as_secs_f64().max(1e-9);
     let (got, last) = receiver.await.context("receiver task failed")?;
-    let rate = got as f64 / last.saturating_duration_since(t0).as_secs_f64().max(1e-9);
+    let elapsed = last.saturating_duration_since(t0).as_secs_f64().max(1e-9);
     publisher.close().await;
     sub_client.close().await;
-    Ok((pub_rate, rate, got))
+    Ok(Run { pub_rate, rate: got as f64 / elapsed, got, elapsed })
 }
 
 /// The node's current resident memory, from /proc (Linux), in KiB.
@@ -269,11 +247,13 @@ async fn slow_consumer(
     node: Option<u32>,
 ) -> anyhow::Result<()> {
     // Baseline: the fast subscriber alone.
-    let (base_pub, base_rate, base_got) = fast_run(url, &opts, "bench.base", msgs, size).await?;
+    let base = fast_run(url, &opts, "bench.base", msgs, size).await?;
+    let (base_pub, base_rate, base_got) = (base.pub_rate, base.rate, base.got);
     // Same run with a stalled subscriber on the same topic: it never reads.
     let stalled_client = Client::connect(url, opts.clone().name("bench-stalled").subscription_capacity(1)).await?;
     let mut stalled = stalled_client.subscribe("bench.slow").await?;
-    let (pub_rate, rate, got) = fast_run(url, &opts, "bench.slow", msgs, size).await?;
+    let run = fast_run(url, &opts, "bench.slow", msgs, size).await?;
+    let (pub_rate, rate, got) = (run.pub_rate, run.rate, run.got);
     // Wake the stalled one: it gets what was queued and learns how much was dropped.
     let mut stalled_got = 0u64;
     while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(500), stalled.next()).await {
