@@ -8,7 +8,7 @@
 use std::fmt;
 
 macro_rules! codes {
-    ($( $(#[$doc:meta])* $name:ident = $value:literal, $text:literal; )*) => {
+    ($( $(#[$doc:meta])* $name:ident = $value:literal, $wire:literal, $text:literal; )*) => {
         /// A wire error code. See `docs/PROTOCOL.md` §"Error codes".
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         #[non_exhaustive]
@@ -43,6 +43,14 @@ macro_rules! codes {
                 }
             }
 
+            /// The code's name as written in `docs/PROTOCOL.md` (`NODE_FULL`), or `UNKNOWN`.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $( ErrorCode::$name => $wire, )*
+                    ErrorCode::Unknown(_) => "UNKNOWN",
+                }
+            }
+
             /// Every known code, for documentation and tests.
             pub const ALL: &'static [ErrorCode] = &[ $( ErrorCode::$name, )* ];
         }
@@ -51,57 +59,57 @@ macro_rules! codes {
 
 codes! {
     /// Normal close.
-    NoError = 0x00, "closed normally";
+    NoError = 0x00, "NO_ERROR", "closed normally";
     /// A malformed or unexpected frame.
-    ProtocolError = 0x01, "protocol error";
+    ProtocolError = 0x01, "PROTOCOL_ERROR", "protocol error";
     /// A frame longer than the receiver's limit.
-    FrameTooLarge = 0x02, "frame too large";
+    FrameTooLarge = 0x02, "FRAME_TOO_LARGE", "frame too large";
     /// No protocol version in common.
-    UnsupportedVersion = 0x03, "unsupported protocol version";
+    UnsupportedVersion = 0x03, "UNSUPPORTED_VERSION", "unsupported protocol version";
     /// The credential was refused (or the realm is unknown: the two are not told apart).
-    AuthFailed = 0x04, "authentication failed";
+    AuthFailed = 0x04, "AUTH_FAILED", "authentication failed";
     /// `HELLO` did not arrive in time.
-    HandshakeTimeout = 0x05, "handshake timeout";
+    HandshakeTimeout = 0x05, "HANDSHAKE_TIMEOUT", "handshake timeout";
     /// The node is at its connection limit; try another node or later.
-    NodeFull = 0x06, "node full";
+    NodeFull = 0x06, "NODE_FULL", "node full";
     /// The node is shutting down; reconnect (to another node if there is one).
-    GoingAway = 0x07, "node going away";
+    GoingAway = 0x07, "GOING_AWAY", "node going away";
     /// The client read too slowly for too long.
-    SlowConsumer = 0x08, "slow consumer";
+    SlowConsumer = 0x08, "SLOW_CONSUMER", "slow consumer";
     /// A bug or resource failure in the node.
-    InternalError = 0x09, "internal error";
+    InternalError = 0x09, "INTERNAL_ERROR", "internal error";
     /// A stream was opened that the protocol does not allow.
-    StreamError = 0x0a, "stream error";
+    StreamError = 0x0a, "STREAM_ERROR", "stream error";
     /// The node's configuration changed and this credential no longer admits the
     /// connection, or no longer allows one of its subscriptions or registrations.
-    CredentialsRevoked = 0x0b, "credentials revoked";
+    CredentialsRevoked = 0x0b, "CREDENTIALS_REVOKED", "credentials revoked";
     /// The topic of a `PUB` is invalid.
-    InvalidTopic = 0x101, "invalid topic";
+    InvalidTopic = 0x101, "INVALID_TOPIC", "invalid topic";
     /// The pattern of a `SUB` is invalid.
-    InvalidPattern = 0x102, "invalid pattern";
+    InvalidPattern = 0x102, "INVALID_PATTERN", "invalid pattern";
     /// A `SUB`, `REG` or `CALL` reused an id that is still active on the connection.
-    DuplicateId = 0x103, "id already in use";
+    DuplicateId = 0x103, "DUPLICATE_ID", "id already in use";
     /// The connection holds as many subscriptions as the node allows.
-    TooManySubscriptions = 0x104, "too many subscriptions";
+    TooManySubscriptions = 0x104, "TOO_MANY_SUBSCRIPTIONS", "too many subscriptions";
     /// A payload larger than the node's `max_payload`.
-    PayloadTooLarge = 0x105, "payload too large";
+    PayloadTooLarge = 0x105, "PAYLOAD_TOO_LARGE", "payload too large";
     /// The credential does not allow this operation.
-    PermissionDenied = 0x106, "permission denied";
+    PermissionDenied = 0x106, "PERMISSION_DENIED", "permission denied";
     /// No provider is registered for the procedure (answered at once).
-    NoProvider = 0x107, "no provider";
+    NoProvider = 0x107, "NO_PROVIDER", "no provider";
     /// The call's deadline passed before a response arrived.
-    Timeout = 0x108, "timeout";
+    Timeout = 0x108, "TIMEOUT", "timeout";
     /// The provider handling the call disconnected.
-    ProviderDisconnected = 0x109, "provider disconnected";
+    ProviderDisconnected = 0x109, "PROVIDER_DISCONNECTED", "provider disconnected";
     /// The caller or every eligible provider is at its in-flight limit; retry later.
-    Busy = 0x10a, "busy";
+    Busy = 0x10a, "BUSY", "busy";
     /// The procedure name is invalid.
-    InvalidProcedure = 0x10b, "invalid procedure";
+    InvalidProcedure = 0x10b, "INVALID_PROCEDURE", "invalid procedure";
     /// The connection holds as many registrations as the node allows.
-    TooManyRegistrations = 0x10c, "too many registrations";
+    TooManyRegistrations = 0x10c, "TOO_MANY_REGISTRATIONS", "too many registrations";
     /// The provider failed the call without a code of its own (codes from 0x1000 are the
     /// provider's own, passed through).
-    ApplicationError = 0x1000, "application error";
+    ApplicationError = 0x1000, "APPLICATION_ERROR", "application error";
 }
 
 impl ErrorCode {

@@ -24,6 +24,9 @@ pub struct NodeConfig {
     pub allow_anonymous: bool,
     /// Resource limits.
     pub limits: Limits,
+    /// TCP address of the admin HTTP endpoint (`/metrics`, `/health`, …); `None`: off.
+    /// Default `127.0.0.1:9600`.
+    pub admin: Option<SocketAddr>,
 }
 
 /// Paths of a PEM certificate chain and its private key.
@@ -38,7 +41,7 @@ pub struct TlsFiles {
 /// Per-node and per-connection bounds. Every one has a behaviour at the limit, stated here
 /// and in `docs/LIMITS.md`. In a configuration file they form the `[limits]` table, with
 /// the field names as keys and durations written as `"10s"`, `"500ms"`, `"5m"`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Open client connections. At the limit a new connection is closed right after its
@@ -57,7 +60,7 @@ pub struct Limits {
     /// if every provider chosen is at it, the call gets `BUSY`. Default 1024.
     pub max_requests_in_flight: usize,
     /// Longest call timeout honoured; longer (or 0) timeouts are cut to it. Default 5 min.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub max_call_timeout: Duration,
     /// Largest payload accepted in `PUB` (announced in `WELCOME`). Larger: `PAYLOAD_TOO_LARGE`.
     /// Default 1 MiB, as NATS.
@@ -67,22 +70,22 @@ pub struct Limits {
     pub max_pending_bytes: usize,
     /// A connection that keeps losing messages (its queue full) for this long, without one
     /// delivery getting through, is closed with `SLOW_CONSUMER`. Default 10 s.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub slow_consumer_timeout: Duration,
     /// Topics remembered per publishing connection with their subscriber lists; at the
     /// limit the cache is cleared. Default 4096.
     pub match_cache_entries: usize,
     /// Time from the QUIC handshake to `HELLO`. Late: closed with `HANDSHAKE_TIMEOUT`.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub handshake_timeout: Duration,
     /// A connection with no traffic for this long is closed (QUIC idle timeout).
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub idle_timeout: Duration,
     /// QUIC keep-alive interval, well under the idle timeout so idle clients stay up.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub keep_alive: Duration,
     /// On shutdown, how long clients get to leave after `GOAWAY` before the node closes.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub drain_timeout: Duration,
     /// Largest frame accepted, in bytes (at most the protocol's 1 MiB + 32 KiB). Larger:
     /// the connection is closed with `FRAME_TOO_LARGE`.
@@ -174,6 +177,7 @@ impl NodeConfig {
             realms: None,
             allow_anonymous: false,
             limits: Limits::default(),
+            admin: Some(SocketAddr::from(([127, 0, 0, 1], 9600))),
         }
     }
 }
@@ -204,6 +208,22 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         other => return Err(format!("unknown unit {other:?} in {s:?}; use ms, s, m or h")),
     };
     Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is out of range"))
+}
+
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_duration(*d))
+}
+
+/// Writes a duration the way `parse_duration` reads it back: `10s`, `500ms`, `5m`.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 60_000 == 0 && ms > 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
 }
 
 fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

@@ -118,8 +118,20 @@ async fn handshake(conn: &Connection, shared: &Arc<Shared>, id: u64) -> Result<(
         connection_id: id,
         max_payload: limits.max_payload as u64,
     }));
-    tracing::debug!(conn = id, realm = %realm.name, %user, client = %hello.name, "session open");
+    tracing::debug!(conn = id, realm = %realm.name, user = %user, client = %hello.name, "session open");
+    let info = Arc::new(crate::admin::ConnInfo {
+        id,
+        realm: realm.name.clone(),
+        user,
+        client: hello.name.clone(),
+        remote: conn.remote_address(),
+        started: std::time::Instant::now(),
+        peer: peer.clone(),
+        subscriptions: Default::default(),
+        registrations: Default::default(),
+    });
     let session = Session {
+        info,
         shared: shared.clone(),
         realm,
         perms,
@@ -139,6 +151,8 @@ async fn handshake(conn: &Connection, shared: &Arc<Shared>, id: u64) -> Result<(
 
 /// An open session: the connection's state after a successful handshake.
 struct Session {
+    /// What the admin endpoint shows of this connection.
+    info: Arc<crate::admin::ConnInfo>,
     shared: Arc<Shared>,
     realm: Arc<Realm>,
     /// What this connection's credential may do.
@@ -164,6 +178,11 @@ struct Session {
 impl Session {
     async fn run(mut self, mut send: SendStream, shutdown: &CancellationToken) -> Result<(), Close> {
         self.shared.stats.connections.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .conns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(self.info.id, self.info.clone());
         let peer = self.peer.clone();
         let mut config = self.config.take().unwrap_or_else(|| self.shared.config_generation.subscribe());
         let writer = write_loop(&mut send, &peer);
@@ -207,6 +226,7 @@ impl Session {
             self.shared.stats.count_rejection(ErrorCode::ProviderDisconnected);
         }
         self.shared.stats.connections.fetch_sub(1, Ordering::Relaxed);
+        self.shared.conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.info.id);
         result
     }
 
@@ -338,6 +358,7 @@ impl Session {
             Frame::Unsub(sid) => {
                 if let Some((p, group)) = self.subs.remove(&sid) {
                     self.realm.unsubscribe([(&p, SubRef { peer: self.peer.clone(), sid, group })]);
+                    self.info.subscriptions.store(self.subs.len(), Ordering::Relaxed);
                 }
             }
             Frame::Ping(token) => self.peer.out.send(&Frame::Pong(token)),
@@ -346,6 +367,7 @@ impl Session {
             Frame::Unreg(rid) => {
                 if let Some(p) = self.regs.remove(&rid) {
                     self.realm.unregister([(&p, ProviderRef { peer: self.peer.clone(), rid })]);
+                    self.info.registrations.store(self.regs.len(), Ordering::Relaxed);
                 }
             }
             Frame::Call(c) => self.call(c),
@@ -407,6 +429,7 @@ impl Session {
         };
         self.realm.subscribe(&pattern, SubRef { peer: self.peer.clone(), sid: s.sid, group: group.clone() });
         self.subs.insert(s.sid, (pattern, group));
+        self.info.subscriptions.store(self.subs.len(), Ordering::Relaxed);
         self.peer.out.send(&Frame::SubAck(s.sid));
     }
 
@@ -436,6 +459,7 @@ impl Session {
         }
         self.realm.register(&procedure, ProviderRef { peer: self.peer.clone(), rid: r.rid });
         self.regs.insert(r.rid, procedure);
+        self.info.registrations.store(self.regs.len(), Ordering::Relaxed);
         self.peer.out.send(&Frame::RegAck(r.rid));
     }
 

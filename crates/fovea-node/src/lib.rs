@@ -24,6 +24,7 @@
 //! # }
 //! ```
 
+mod admin;
 pub mod auth;
 mod config;
 mod conn;
@@ -46,7 +47,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{parse_duration, Limits, NodeConfig, TlsFiles, DEFAULT_LISTEN};
+pub use config::{format_duration, parse_duration, Limits, NodeConfig, TlsFiles, DEFAULT_LISTEN};
 pub use stats::{Stats, StatsSnapshot};
 
 use router::Realm;
@@ -77,6 +78,14 @@ pub enum NodeError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The admin endpoint's address cannot be bound.
+    #[error("cannot serve the admin endpoint on {addr}: {source}; choose another with --admin, or --admin off")]
+    AdminBind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// A configuration value is out of range.
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -97,11 +106,20 @@ pub(crate) struct Shared {
     pub auth_limiter: auth::AuthLimiter,
     /// Per-process randomness for the connections' balancing generators.
     pub seed: u64,
+    /// Live sessions, for the admin endpoint. At most `max_connections` entries.
+    pub conns: std::sync::Mutex<HashMap<u64, Arc<admin::ConnInfo>>>,
+    /// Set when shutdown begins: `/ready` then says so.
+    pub draining: std::sync::atomic::AtomicBool,
+    /// When the node started.
+    pub started: std::time::Instant,
+    /// The address actually bound.
+    pub listen: SocketAddr,
 }
 
 /// A bound, not yet running node.
 pub struct Node {
     endpoint: quinn::Endpoint,
+    admin: Option<std::net::TcpListener>,
     shared: Arc<Shared>,
     fingerprint: String,
     self_signed: Option<PathBuf>,
@@ -127,6 +145,15 @@ impl Node {
         server.migration(false);
         let endpoint = quinn::Endpoint::server(server, config.listen)
             .map_err(|source| NodeError::Bind { addr: config.listen, source })?;
+        let listen = endpoint.local_addr().unwrap_or(config.listen);
+        let admin = match config.admin {
+            None => None,
+            Some(addr) => {
+                let l = std::net::TcpListener::bind(addr).map_err(|source| NodeError::AdminBind { addr, source })?;
+                l.set_nonblocking(true).map_err(|source| NodeError::AdminBind { addr, source })?;
+                Some(l)
+            }
+        };
         let seed = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u64);
         let shared = Arc::new(Shared {
             config,
@@ -136,13 +163,22 @@ impl Node {
             next_conn_id: AtomicU64::new(1),
             auth_limiter: auth::AuthLimiter::new(),
             seed,
+            conns: std::sync::Mutex::new(HashMap::new()),
+            draining: std::sync::atomic::AtomicBool::new(false),
+            started: std::time::Instant::now(),
+            listen,
         });
-        Ok(Node { endpoint, shared, fingerprint, self_signed: identity.self_signed })
+        Ok(Node { endpoint, admin, shared, fingerprint, self_signed: identity.self_signed })
     }
 
     /// The address the node listens on (with the real port when configured with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.endpoint.local_addr().unwrap_or(self.shared.config.listen)
+    }
+
+    /// The admin endpoint's address, when it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The SHA-256 fingerprint of the node's certificate, `AB:CD:…`.
@@ -170,9 +206,15 @@ impl Node {
     ///
     /// # Errors
     /// None today; the `Result` leaves room for fatal endpoint errors.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), NodeError> {
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), NodeError> {
         let limits = self.shared.config.limits.clone();
         let tracker = TaskTracker::new();
+        let admin_stop = CancellationToken::new();
+        if let Some(listener) = self.admin.take() {
+            let listener = tokio::net::TcpListener::from_std(listener)
+                .map_err(|e| NodeError::Config(format!("admin endpoint: {e}")))?;
+            tokio::spawn(admin::serve(listener, self.shared.clone(), admin_stop.clone()));
+        }
         let permits = Arc::new(Semaphore::new(limits.max_connections));
         loop {
             let incoming = tokio::select! {
@@ -204,12 +246,14 @@ impl Node {
                 conn::serve(conn, shared, token).await;
             });
         }
+        self.shared.draining.store(true, Ordering::Relaxed);
         tracker.close();
         if tokio::time::timeout(limits.drain_timeout, tracker.wait()).await.is_err() {
             tracing::info!(remaining = tracker.len(), "drain timeout: closing remaining connections");
         }
         self.endpoint.close(close_code(ErrorCode::GoingAway), b"node shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        admin_stop.cancel();
         Ok(())
     }
 }
@@ -280,7 +324,7 @@ impl Reloader {
 
 /// Read access to a node's counters.
 #[derive(Clone)]
-pub struct StatsHandle(Arc<Shared>);
+pub struct StatsHandle(pub(crate) Arc<Shared>);
 
 impl StatsHandle {
     /// A consistent-enough copy of every counter (each is read atomically on its own).

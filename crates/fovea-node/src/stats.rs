@@ -41,7 +41,7 @@ pub struct Stats {
 }
 
 /// A copy of [`Stats`] at one moment.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct StatsSnapshot {
     pub connections: u64,
@@ -59,9 +59,11 @@ pub struct StatsSnapshot {
     pub subscriptions: u64,
     pub registrations: u64,
     /// Connections the node closed, by close code (`NO_ERROR` not counted).
+    #[serde(serialize_with = "by_name")]
     pub closes: Vec<(ErrorCode, u64)>,
     /// Operations refused or failed by the node (`ERROR` frames and failed call results),
     /// by code.
+    #[serde(serialize_with = "by_name")]
     pub rejections: Vec<(ErrorCode, u64)>,
 }
 
@@ -105,4 +107,8 @@ impl Stats {
             rejections: by_code(&self.rejections, 0x100),
         }
     }
+}
+
+fn by_name<S: serde::Serializer>(rows: &[(ErrorCode, u64)], s: S) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&crate::admin::by_name(rows), s)
 }

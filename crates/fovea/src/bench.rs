@@ -299,7 +299,7 @@ impl ChildNode {
         let dir = tempfile::tempdir().context("creating a temporary data dir")?;
         let exe = std::env::current_exe().context("locating the fovea binary")?;
         let mut child = Command::new(exe)
-            .args(["node", "--listen", "127.0.0.1:0", "--log-level", "error", "--data-dir"])
+            .args(["node", "--listen", "127.0.0.1:0", "--admin", "off", "--log-level", "error", "--data-dir"])
             .arg(dir.path())
             .args(config.map(|c| vec![std::ffi::OsStr::new("--config"), c.as_os_str()]).unwrap_or_default())
             .stdout(Stdio::piped())

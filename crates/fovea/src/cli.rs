@@ -109,6 +109,9 @@ pub struct NodeArgs {
     /// The node's name, shown to clients. Default: the host name.
     #[arg(long, env = "FOVEA_NAME", value_name = "NAME")]
     pub name: Option<String>,
+    /// Admin HTTP endpoint (/metrics, /health, /ready, /info, /connections), or `off`.
+    #[arg(long, env = "FOVEA_ADMIN", default_value = "127.0.0.1:9600", value_parser = parse_admin, value_name = "ADDR|off")]
+    pub admin: AdminAddr,
     /// Configuration file declaring realms, users and their permissions (see README).
     #[arg(long, env = "FOVEA_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -359,4 +362,15 @@ pub struct CallArgs {
 /// Parses `500ms`, `5s`, `2m`, `1h` or a plain number of seconds.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     fovea_node::parse_duration(s)
+}
+
+/// `--admin`: an address, or off.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminAddr(pub Option<SocketAddr>);
+
+fn parse_admin(s: &str) -> Result<AdminAddr, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(AdminAddr(None));
+    }
+    s.parse().map(|a| AdminAddr(Some(a))).map_err(|_| format!("{s:?} is not an address like 127.0.0.1:9600, or `off`"))
 }

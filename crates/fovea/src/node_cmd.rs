@@ -28,6 +28,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     config.realms = realms;
     config.limits = limits;
     config.allow_anonymous = args.allow_anonymous;
+    config.admin = args.admin.0;
     if let Some(name) = args.name {
         config.name = name;
     }
@@ -43,8 +44,12 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         Some(path) => format!(", clients trust {}", path.display()),
         None => String::new(),
     };
+    let admin = match node.admin_addr() {
+        Some(a) => format!(", admin http://{a}"),
+        None => String::new(),
+    };
     // The one line scripts and tests wait for; keep its shape stable.
-    println!("fovea node ready on quic://{addr} (certificate sha256 {}{trust})", node.fingerprint());
+    println!("fovea node ready on quic://{addr} (certificate sha256 {}{trust}{admin})", node.fingerprint());
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     if let Some(path) = args.config.clone() {

@@ -23,7 +23,7 @@ fn start_node(data_dir: &Path) -> (Proc, String) {
 
 fn start_node_with(data_dir: &Path, extra: &[&str]) -> (Proc, String) {
     let mut child = Command::new(BIN)
-        .args(["node", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["node", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .args(extra)
         .stdout(Stdio::piped())
@@ -179,7 +179,7 @@ fn node_serves_an_operator_certificate() {
     // A key that is not PEM stops the node with a message naming the file.
     std::fs::write(data.path().join("bad.key"), "not a key").unwrap();
     let out = Command::new(BIN)
-        .args(["node", "--listen", "127.0.0.1:0", "--cert", cert.to_str().unwrap(), "--key"])
+        .args(["node", "--listen", "127.0.0.1:0", "--admin", "off", "--cert", cert.to_str().unwrap(), "--key"])
         .arg(data.path().join("bad.key"))
         .arg("--data-dir")
         .arg(data.path())
@@ -319,8 +319,11 @@ fn limits_come_from_flags_over_the_file() {
     assert_eq!(too_big.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&too_big.stderr).contains("max_payload of 128"));
     // A bad value stops the node with the key's name.
-    let out =
-        Command::new(BIN).args(["node", "--max-topic-depth", "99", "--data-dir"]).arg(dir.path()).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["node", "--admin", "off", "--max-topic-depth", "99", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_topic_depth must be between 1 and 32"));
 }

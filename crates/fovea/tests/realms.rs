@@ -202,6 +202,7 @@ async fn an_open_node_refuses_public_addresses_unless_allowed() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = fovea_node::NodeConfig::new(dir.path());
     config.listen = "0.0.0.0:0".parse().unwrap();
+    config.admin = None;
     let e = fovea_node::Node::bind(config.clone()).err().expect("refused");
     assert!(e.to_string().contains("--allow-anonymous"), "{e}");
     config.allow_anonymous = true;

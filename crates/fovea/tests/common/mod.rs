@@ -24,6 +24,7 @@ pub struct TestNode {
     pub addr: SocketAddr,
     pub cert: PathBuf,
     pub stats: StatsHandle,
+    pub admin: SocketAddr,
     pub reloader: fovea_node::Reloader,
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<()>,
@@ -63,17 +64,19 @@ impl TestNode {
         config.name = "test-node".into();
         config.limits = limits;
         config.realms = realms;
+        config.admin = Some("127.0.0.1:0".parse().unwrap());
         let node = Node::bind(config).expect("node binds");
         let addr = node.local_addr();
         let cert = node.self_signed_cert().unwrap().to_owned();
         let stats = node.stats();
+        let admin = node.admin_addr().expect("admin endpoint on");
         let reloader = node.reloader();
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
             node.run(token).await.unwrap();
         });
-        TestNode { addr, cert, stats, reloader, shutdown, task, dir }
+        TestNode { addr, cert, stats, admin, reloader, shutdown, task, dir }
     }
 
     pub fn url(&self) -> String {

@@ -1,0 +1,219 @@
+//! The admin HTTP endpoint (axum): `/health`, `/ready`, `/info`, `/connections` (JSON) and
+//! `/metrics` (Prometheus text), registered in one place, `router`.
+//!
+//! Nothing here touches the message path: every answer is built from the node's counters
+//! and its table of live connections when it is asked for.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
+use std::time::Instant;
+
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Shared, StatsHandle};
+
+/// One live client connection, as the admin endpoint shows it.
+pub(crate) struct ConnInfo {
+    pub id: u64,
+    pub realm: String,
+    pub user: String,
+    pub client: String,
+    pub remote: SocketAddr,
+    pub started: Instant,
+    pub peer: Arc<crate::rpc::Peer>,
+    pub subscriptions: std::sync::atomic::AtomicUsize,
+    pub registrations: std::sync::atomic::AtomicUsize,
+}
+
+/// Serves the admin endpoint on `listener` until `shutdown`.
+pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let app = router(shared);
+    let result = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "the admin endpoint stopped");
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/info", get(info))
+        .route("/connections", get(connections))
+        .route("/metrics", get(metrics))
+        .with_state(shared)
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn ready(State(shared): State<Arc<Shared>>) -> Response {
+    // Ready while accepting clients; a draining node says so, so a load balancer stops
+    // sending new clients its way.
+    if shared.draining.load(Ordering::Relaxed) {
+        let body = Json(serde_json::json!({ "status": "draining" }));
+        return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+    }
+    Json(serde_json::json!({ "status": "ready" })).into_response()
+}
+
+#[derive(Serialize)]
+struct Info {
+    version: &'static str,
+    name: String,
+    uptime_s: u64,
+    listen: String,
+    realms: Vec<String>,
+    limits: crate::Limits,
+    stats: crate::StatsSnapshot,
+}
+
+async fn info(State(shared): State<Arc<Shared>>) -> Json<Info> {
+    let realms = shared.realms.read().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect();
+    Json(Info {
+        version: env!("CARGO_PKG_VERSION"),
+        name: shared.config.name.clone(),
+        uptime_s: shared.started.elapsed().as_secs(),
+        listen: shared.listen.to_string(),
+        realms,
+        limits: shared.config.limits.clone(),
+        stats: StatsHandle(shared.clone()).snapshot(),
+    })
+}
+
+#[derive(Deserialize)]
+struct ConnQuery {
+    /// `id` (default), `dropped`, `pending`, `uptime` or `subscriptions`; largest first
+    /// except for `id`.
+    sort: Option<String>,
+    realm: Option<String>,
+    offset: Option<usize>,
+    limit: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct ConnRow {
+    id: u64,
+    realm: String,
+    user: String,
+    client: String,
+    remote: String,
+    uptime_s: u64,
+    subscriptions: usize,
+    registrations: usize,
+    pending_bytes: usize,
+    dropped: u64,
+    calls_served_in_flight: usize,
+}
+
+#[derive(Serialize)]
+struct ConnPage {
+    total: usize,
+    offset: usize,
+    connections: Vec<ConnRow>,
+}
+
+/// Most rows one page returns, whatever `limit` asks for.
+const MAX_PAGE: usize = 1000;
+
+async fn connections(State(shared): State<Arc<Shared>>, Query(q): Query<ConnQuery>) -> Response {
+    let mut rows: Vec<ConnRow> = {
+        let conns = shared.conns.lock().unwrap_or_else(PoisonError::into_inner);
+        conns
+            .values()
+            .filter(|c| q.realm.as_ref().is_none_or(|r| *r == c.realm))
+            .map(|c| ConnRow {
+                id: c.id,
+                realm: c.realm.clone(),
+                user: c.user.clone(),
+                client: c.client.clone(),
+                remote: c.remote.to_string(),
+                uptime_s: c.started.elapsed().as_secs(),
+                subscriptions: c.subscriptions.load(Ordering::Relaxed),
+                registrations: c.registrations.load(Ordering::Relaxed),
+                pending_bytes: c.peer.out.pending(),
+                dropped: c.peer.out.dropped.load(Ordering::Relaxed),
+                calls_served_in_flight: c.peer.requests_in_flight(),
+            })
+            .collect()
+    };
+    match q.sort.as_deref().unwrap_or("id") {
+        "id" => rows.sort_by_key(|r| r.id),
+        "dropped" => rows.sort_by_key(|r| std::cmp::Reverse(r.dropped)),
+        "pending" => rows.sort_by_key(|r| std::cmp::Reverse(r.pending_bytes)),
+        "uptime" => rows.sort_by_key(|r| std::cmp::Reverse(r.uptime_s)),
+        "subscriptions" => rows.sort_by_key(|r| std::cmp::Reverse(r.subscriptions)),
+        other => {
+            let msg = format!("unknown sort {other:?}: use id, dropped, pending, uptime or subscriptions");
+            return (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": msg }))).into_response();
+        }
+    }
+    let total = rows.len();
+    let offset = q.offset.unwrap_or(0).min(total);
+    let limit = q.limit.unwrap_or(100).min(MAX_PAGE);
+    let connections = rows.into_iter().skip(offset).take(limit).collect();
+    Json(ConnPage { total, offset, connections }).into_response()
+}
+
+/// Prometheus text exposition of the node's counters, rendered by
+/// `metrics-exporter-prometheus` from a snapshot taken now. The counters themselves are the
+/// node's own batched atomics: the message path never calls into a metrics registry.
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let s = StatsHandle(shared.clone()).snapshot();
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || {
+        use metrics::{counter, describe_counter, describe_gauge, gauge};
+        describe_gauge!("fovea_connections", "Open client sessions.");
+        gauge!("fovea_connections").set(s.connections as f64);
+        describe_counter!("fovea_connections_accepted_total", "QUIC connections accepted.");
+        counter!("fovea_connections_accepted_total").absolute(s.accepted);
+        describe_counter!("fovea_connections_closed_total", "Connections the node closed, by close code.");
+        for (code, n) in &s.closes {
+            counter!("fovea_connections_closed_total", "reason" => code.name().to_ascii_lowercase()).absolute(*n);
+        }
+        describe_counter!("fovea_messages_in_total", "Messages published by clients.");
+        counter!("fovea_messages_in_total").absolute(s.msgs_in);
+        describe_counter!("fovea_bytes_in_total", "Bytes read from client streams.");
+        counter!("fovea_bytes_in_total").absolute(s.bytes_in);
+        describe_counter!("fovea_deliveries_total", "Messages queued for subscribers.");
+        counter!("fovea_deliveries_total").absolute(s.deliveries);
+        describe_counter!("fovea_messages_dropped_total", "Messages dropped, by reason.");
+        counter!("fovea_messages_dropped_total", "reason" => "slow_consumer").absolute(s.dropped);
+        describe_counter!("fovea_protocol_errors_total", "Connections closed for malformed or unexpected frames.");
+        counter!("fovea_protocol_errors_total").absolute(s.protocol_errors);
+        describe_counter!("fovea_auth_failures_total", "Refused handshakes (realm or credential).");
+        counter!("fovea_auth_failures_total").absolute(s.auth_failures);
+        describe_counter!("fovea_auth_rate_limited_total", "Handshakes refused unchecked after repeated failures.");
+        counter!("fovea_auth_rate_limited_total").absolute(s.auth_rate_limited);
+        describe_counter!("fovea_calls_total", "RPC calls received.");
+        counter!("fovea_calls_total").absolute(s.calls);
+        describe_counter!("fovea_responses_total", "RPC responses received from providers.");
+        counter!("fovea_responses_total").absolute(s.responses);
+        describe_counter!("fovea_late_responses_total", "Responses that arrived after their call ended.");
+        counter!("fovea_late_responses_total").absolute(s.late_responses);
+        describe_counter!("fovea_rejections_total", "Operations refused or failed by the node, by code.");
+        for (code, n) in &s.rejections {
+            counter!("fovea_rejections_total", "code" => code.name().to_ascii_lowercase()).absolute(*n);
+        }
+        describe_gauge!("fovea_subscriptions", "Active subscriptions.");
+        gauge!("fovea_subscriptions").set(s.subscriptions as f64);
+        describe_gauge!("fovea_registrations", "Active procedure registrations.");
+        gauge!("fovea_registrations").set(s.registrations as f64);
+    });
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
+}
+
+/// Rows by code, as a map for JSON.
+pub(crate) fn by_name(rows: &[(fovea_core::ErrorCode, u64)]) -> BTreeMap<&'static str, u64> {
+    rows.iter().map(|(c, n)| (c.name(), *n)).collect()
+}

@@ -1,0 +1,96 @@
+//! The admin HTTP endpoint of a real node, after real traffic.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::{TestNode, WAIT};
+use fovea_client::Client;
+use fovea_node::Limits;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// GET over plain HTTP/1.1: (status, body).
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+#[tokio::test]
+async fn health_ready_and_info() {
+    let node = TestNode::start().await;
+    let (status, body) = get(node.admin, "/health").await;
+    assert_eq!((status, json(&body)["status"].as_str()), (200, Some("ok")));
+    let (status, body) = get(node.admin, "/ready").await;
+    assert_eq!((status, json(&body)["status"].as_str()), (200, Some("ready")));
+    let (status, body) = get(node.admin, "/info").await;
+    assert_eq!(status, 200);
+    let info = json(&body);
+    assert_eq!(info["limits"]["slow_consumer_timeout"], "10s");
+    assert_eq!(info["realms"][0], "default");
+    assert!(info["version"].is_string() && info["uptime_s"].is_u64());
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_move_with_traffic() {
+    let node = TestNode::start().await;
+    let c = node.client().await;
+    let mut sub = c.subscribe("m.>").await.unwrap();
+    for _ in 0..10 {
+        c.publish("m.x", "1").await.unwrap();
+    }
+    for _ in 0..10 {
+        tokio::time::timeout(WAIT, sub.next()).await.unwrap().unwrap();
+    }
+    let _ = c.subscribe("bad..pattern").await;
+    let (status, body) = get(node.admin, "/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        "# TYPE fovea_messages_in_total counter",
+        "fovea_messages_in_total 10",
+        "fovea_deliveries_total 10",
+        "fovea_connections 1",
+        "fovea_subscriptions 1",
+    ] {
+        assert!(body.lines().any(|l| l == line), "missing {line:?} in:\n{body}");
+    }
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn connections_show_a_slow_subscribers_drops() {
+    let node = TestNode::start_with(Limits { max_pending_bytes: 64 * 1024, ..Limits::default() }).await;
+    let slow =
+        Client::connect(&node.url(), node.options().name("the-slow-one").subscription_capacity(1)).await.unwrap();
+    let _stalled = slow.subscribe("firehose").await.unwrap();
+    let publisher = node.client().await;
+    for _ in 0..5_000 {
+        publisher.publish("firehose", vec![0u8; 1024]).await.unwrap();
+    }
+    publisher.flush().await.unwrap();
+    let (status, body) = get(node.admin, "/connections?sort=dropped&limit=1").await;
+    assert_eq!(status, 200);
+    let page = json(&body);
+    assert_eq!(page["total"], 2);
+    let top = &page["connections"][0];
+    assert_eq!(top["client"], "the-slow-one");
+    assert!(top["dropped"].as_u64().unwrap() > 0, "{top}");
+    assert_eq!(top["subscriptions"], 1);
+    let (status, _) = get(node.admin, "/connections?sort=sideways").await;
+    assert_eq!(status, 400);
+    let (_, body) = get(node.admin, "/connections?realm=nope").await;
+    assert_eq!(json(&body)["total"], 0);
+    node.stop().await;
+}
