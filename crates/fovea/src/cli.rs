@@ -25,6 +25,16 @@ pub struct Cli {
     /// Log filter: a level (error, warn, info, debug, trace) or a RUST_LOG-style directive list.
     #[arg(long, global = true, default_value = "info", env = "FOVEA_LOG", value_name = "FILTER")]
     pub log_level: String,
+
+    /// Log format: `text` for people, `json` (one object per line) for log collectors.
+    #[arg(long, global = true, default_value = "text", env = "FOVEA_LOG_FORMAT", value_enum)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -55,6 +65,11 @@ pub enum Command {
         after_help = "Examples:\n  fovea call demo.echo hello\n  echo '{\"a\":1}' | fovea call math.add --timeout 500ms\n\nExit status: 0 answered, 1 other error, 2 bad usage, 3 no provider, 4 timeout,\n5 the provider failed the call, 6 the provider disconnected, 7 busy."
     )]
     Call(CallArgs),
+    /// Show a node's counters and rates (from its admin endpoint).
+    #[command(
+        after_help = "Examples:\n  fovea stats\n  fovea stats --watch\n  fovea stats --admin http://10.0.0.5:9600 --watch --interval 5s"
+    )]
+    Stats(StatsArgs),
     /// Manage token credentials.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -373,4 +388,17 @@ fn parse_admin(s: &str) -> Result<AdminAddr, String> {
         return Ok(AdminAddr(None));
     }
     s.parse().map(|a| AdminAddr(Some(a))).map_err(|_| format!("{s:?} is not an address like 127.0.0.1:9600, or `off`"))
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// The node's admin endpoint.
+    #[arg(long, env = "FOVEA_ADMIN_URL", default_value = "http://127.0.0.1:9600", value_name = "URL")]
+    pub admin: String,
+    /// Keep refreshing, with rates per second.
+    #[arg(long)]
+    pub watch: bool,
+    /// Refresh interval for --watch.
+    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
+    pub interval: std::time::Duration,
 }

@@ -8,6 +8,7 @@ mod cli;
 mod client_cmds;
 mod node_cmd;
 mod rpc_cmds;
+mod stats_cmd;
 
 use std::process::ExitCode;
 
@@ -17,7 +18,7 @@ use cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_level);
+    init_logging(&cli.log_level, cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
             Command::Sub(args) => client_cmds::subscribe(args).await,
             Command::Serve(args) => rpc_cmds::serve(args).await,
             Command::Call(args) => rpc_cmds::call(args).await,
+            Command::Stats(args) => stats_cmd::run(args).await,
             Command::Token(cli::TokenCommand::New) => node_cmd::new_token(),
             Command::Cert(cli::CertCommand::New { name, out }) => node_cmd::new_cert(&name, &out),
             Command::Bench(args) => bench::run(args).await,
@@ -49,17 +51,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(level: &str) {
+fn init_logging(level: &str, format: cli::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    match format {
+        cli::LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).init(),
+        cli::LogFormat::Json => fmt.json().init(),
+    }
 }
 
 /// Exit status per failure kind, as `fovea call --help` documents: 3 no provider,

@@ -102,8 +102,20 @@ async fn stop_on_signal(token: CancellationToken) {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
-    tracing::info!("shutting down: telling clients to go away");
+    tracing::info!("shutting down: telling clients to go away (a second signal stops at once)");
     token.cancel();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            eprintln!("second signal: exiting without draining");
+            std::process::exit(1);
+        }
+    }
 }
 
 /// `fovea token new`.

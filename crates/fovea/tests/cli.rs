@@ -22,6 +22,15 @@ fn start_node(data_dir: &Path) -> (Proc, String) {
 }
 
 fn start_node_with(data_dir: &Path, extra: &[&str]) -> (Proc, String) {
+    let (node, line) = spawn_node(data_dir, extra);
+    assert!(line.starts_with("fovea node ready on quic://127.0.0.1:"), "ready line: {line:?}");
+    assert!(line.contains("certificate sha256 "), "{line}");
+    let url = line.split_whitespace().find(|w| w.starts_with("quic://")).unwrap().to_owned();
+    (node, url)
+}
+
+/// Starts `fovea node` on free ports and returns it with its ready line.
+fn spawn_node(data_dir: &Path, extra: &[&str]) -> (Proc, String) {
     let mut child = Command::new(BIN)
         .args(["node", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
@@ -32,10 +41,7 @@ fn start_node_with(data_dir: &Path, extra: &[&str]) -> (Proc, String) {
         .unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert!(line.starts_with("fovea node ready on quic://127.0.0.1:"), "ready line: {line:?}");
-    assert!(line.contains("certificate sha256 "), "{line}");
-    let url = line.split_whitespace().find(|w| w.starts_with("quic://")).unwrap().to_owned();
-    (Proc(child), url)
+    (Proc(child), line)
 }
 
 fn fovea(args: &[&str], ca: &Path, url: &str) -> Command {
@@ -326,4 +332,57 @@ fn limits_come_from_flags_over_the_file() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_topic_depth must be between 1 and 32"));
+}
+
+#[test]
+fn stats_reads_the_admin_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, url, admin) = start_node_admin(dir.path());
+    let ca = dir.path().join("node.crt");
+    assert!(fovea(&["pub", "x", "1"], &ca, &url).status().unwrap().success());
+    let out = Command::new(BIN).args(["stats", "--admin", &admin]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("messages in 1"), "{text}");
+    let out = Command::new(BIN).args(["stats", "--admin", "http://127.0.0.1:1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is the node running with --admin?"));
+}
+
+/// Like `start_node`, also returning the admin URL from the ready line.
+fn start_node_admin(data_dir: &Path) -> (Proc, String, String) {
+    let (node, line) = spawn_node(data_dir, &[]);
+    let url = line.split_whitespace().find(|w| w.starts_with("quic://")).unwrap().to_owned();
+    let admin = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap().trim_end_matches(')').to_owned();
+    (node, url, admin)
+}
+
+#[test]
+fn sigterm_delivers_what_was_accepted_before_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut node, url) = start_node(dir.path());
+    let ca = dir.path().join("node.crt");
+    let sub = start_sub(&["sub", "drain.>", "--count", "500"], &ca, &url);
+    let mut publisher = fovea(&["pub", "drain.x"], &ca, &url).stdin(Stdio::piped()).spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = publisher.stdin.take().unwrap();
+        for i in 0..500 {
+            writeln!(stdin, "{i}").unwrap();
+        }
+    }
+    // `fovea pub` exits after the node confirmed routing everything (flush).
+    assert!(wait_output(publisher, Duration::from_secs(20)).status.success());
+    let pid = node.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let out = wait_output(sub, Duration::from_secs(20));
+    assert!(out.status.success());
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 500);
+    assert_eq!(lines[499], "drain.x 499");
+    let start = Instant::now();
+    while node.0.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(20), "node did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
