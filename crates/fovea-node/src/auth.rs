@@ -244,6 +244,36 @@ struct FileConfig {
     #[serde(default)]
     realm: Vec<FileRealm>,
     limits: Option<crate::config::Limits>,
+    #[serde(default)]
+    node: NodeSection,
+}
+
+/// The `[node]` table: the settings that are also `fovea node` flags. Every key is
+/// optional; a flag (or its environment variable) wins over the key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// UDP address to listen on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// State directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<std::path::PathBuf>,
+    /// The node's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// PEM certificate chain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<std::path::PathBuf>,
+    /// PEM private key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<std::path::PathBuf>,
+    /// Admin endpoint address, or `"off"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<String>,
+    /// Allow an open node on a non-loopback address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_anonymous: Option<bool>,
 }
 
 /// What a configuration file declares.
@@ -253,6 +283,8 @@ pub struct ConfigFile {
     pub realms: Vec<RealmConfig>,
     /// Its `[limits]` table, with defaults for the keys it omits.
     pub limits: Option<crate::config::Limits>,
+    /// Its `[node]` table.
+    pub node: NodeSection,
 }
 
 #[derive(Deserialize)]
@@ -370,7 +402,7 @@ pub fn parse_config(text: &str, origin: &str) -> Result<ConfigFile, ConfigError>
         }
         realms.push(RealmConfig { name: name.clone(), users });
     }
-    Ok(ConfigFile { realms, limits: file.limits })
+    Ok(ConfigFile { realms, limits: file.limits, node: file.node })
 }
 
 /// Fuzz entry point: any text, parsed as a configuration file, yields realms or an error

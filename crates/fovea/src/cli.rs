@@ -109,9 +109,9 @@ pub enum CertCommand {
 
 #[derive(Debug, Args)]
 pub struct NodeArgs {
-    /// UDP address to listen on. Use port 0 for any free port (the ready line shows it).
-    #[arg(long, env = "FOVEA_LISTEN", default_value = fovea_node::DEFAULT_LISTEN, value_name = "ADDR")]
-    pub listen: SocketAddr,
+    /// UDP address to listen on [default: 127.0.0.1:4433]. Port 0 picks a free port (the ready line shows it).
+    #[arg(long, env = "FOVEA_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
     /// Directory for the node's state (self-signed certificate). Default: the platform data dir, e.g. ~/.local/share/fovea.
     #[arg(long, env = "FOVEA_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -124,18 +124,22 @@ pub struct NodeArgs {
     /// The node's name, shown to clients. Default: the host name.
     #[arg(long, env = "FOVEA_NAME", value_name = "NAME")]
     pub name: Option<String>,
-    /// Admin HTTP endpoint (/metrics, /health, /ready, /info, /connections), or `off`.
-    #[arg(long, env = "FOVEA_ADMIN", default_value = "127.0.0.1:9600", value_parser = parse_admin, value_name = "ADDR|off")]
-    pub admin: AdminAddr,
-    /// Configuration file declaring realms, users and their permissions (see README).
+    /// Admin HTTP endpoint (/metrics, /health, /ready, /info, /connections), or `off` [default: 127.0.0.1:9600].
+    #[arg(long, env = "FOVEA_ADMIN", value_parser = parse_admin, value_name = "ADDR|off")]
+    pub admin: Option<AdminAddr>,
+    /// Configuration file: [node] settings, [limits], and realms with users and permissions (see README).
     #[arg(long, env = "FOVEA_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// With no realms configured, allow the open `default` realm on a non-loopback address.
-    #[arg(long)]
+    #[arg(long, env = "FOVEA_ALLOW_ANONYMOUS")]
     pub allow_anonymous: bool,
     /// Check the configuration file and exit (0 if it is valid) without starting a node.
     #[arg(long, requires = "config")]
     pub check_config: bool,
+    /// Print the effective configuration (flags > environment > file > defaults) as a
+    /// config file you can save and edit, and exit.
+    #[arg(long)]
+    pub print_config: bool,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -383,7 +387,7 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 #[derive(Debug, Clone, Copy)]
 pub struct AdminAddr(pub Option<SocketAddr>);
 
-fn parse_admin(s: &str) -> Result<AdminAddr, String> {
+pub fn parse_admin(s: &str) -> Result<AdminAddr, String> {
     if s.eq_ignore_ascii_case("off") {
         return Ok(AdminAddr(None));
     }

@@ -11,6 +11,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         Some(path) => Some(fovea_node::auth::load_config(path).map_err(|e| anyhow::anyhow!("{e}"))?),
         None => None,
     };
+    let section = file.as_ref().map(|f| f.node.clone()).unwrap_or_default();
     // Flags (and their env vars) override the file, which overrides the defaults.
     let mut limits = file.as_ref().and_then(|f| f.limits.clone()).unwrap_or_default();
     args.limits.apply(&mut limits);
@@ -22,18 +23,36 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         println!("configuration is valid: {n} realms, {users} users");
         return Ok(());
     }
-    let data_dir = args.data_dir.unwrap_or_else(fovea_client::default_data_dir);
+    let data_dir = args.data_dir.or(section.data_dir).unwrap_or_else(fovea_client::default_data_dir);
     let mut config = NodeConfig::new(&data_dir);
-    config.listen = args.listen;
-    config.realms = realms;
-    config.limits = limits;
-    config.allow_anonymous = args.allow_anonymous;
-    config.admin = args.admin.0;
-    if let Some(name) = args.name {
+    if let Some(listen) = args.listen.or(section.listen) {
+        config.listen = listen;
+    }
+    if let Some(name) = args.name.or(section.name) {
         config.name = name;
     }
-    if let (Some(cert), Some(key)) = (args.cert, args.key) {
-        config.tls = Some(TlsFiles { cert, key });
+    let (cert, key) = match (args.cert, args.key) {
+        (Some(c), Some(k)) => (Some(c), Some(k)),
+        _ => (section.cert, section.key),
+    };
+    match (cert, key) {
+        (Some(cert), Some(key)) => config.tls = Some(TlsFiles { cert, key }),
+        (None, None) => {}
+        _ => anyhow::bail!("[node] cert and key go together: give both, or neither"),
+    }
+    let file_admin = match section.admin.as_deref() {
+        Some(a) => Some(crate::cli::parse_admin(a).map_err(|e| anyhow::anyhow!("[node] admin: {e}"))?),
+        None => None,
+    };
+    if let Some(admin) = args.admin.or(file_admin) {
+        config.admin = admin.0;
+    }
+    config.realms = realms;
+    config.allow_anonymous = args.allow_anonymous || section.allow_anonymous.unwrap_or(false);
+    config.limits = limits;
+    if args.print_config {
+        print!("{}", effective_config(&config, args.config.as_deref())?);
+        return Ok(());
     }
     let node = Node::bind(config).context("cannot start the node")?;
     if args.config.is_some() {
@@ -156,4 +175,34 @@ fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
         opts.mode(0o600);
     }
     opts.open(path)?.write_all(data)
+}
+
+/// The effective configuration as a file `--config` accepts.
+fn effective_config(config: &NodeConfig, file: Option<&std::path::Path>) -> anyhow::Result<String> {
+    #[derive(serde::Serialize)]
+    struct Effective<'a> {
+        node: fovea_node::auth::NodeSection,
+        limits: &'a fovea_node::Limits,
+    }
+    let node = fovea_node::auth::NodeSection {
+        listen: Some(config.listen),
+        data_dir: Some(config.data_dir.clone()),
+        name: Some(config.name.clone()),
+        cert: config.tls.as_ref().map(|t| t.cert.clone()),
+        key: config.tls.as_ref().map(|t| t.key.clone()),
+        admin: Some(config.admin.map_or("off".to_owned(), |a| a.to_string())),
+        allow_anonymous: Some(config.allow_anonymous),
+    };
+    let body = toml::to_string(&Effective { node, limits: &config.limits }).context("rendering the configuration")?;
+    let realms = match (&config.realms, file) {
+        (Some(r), Some(f)) => {
+            format!("# {} realms are declared in {} ([[realm]] tables, not repeated here).\n", r.len(), f.display())
+        }
+        _ => "# No realms: the node runs one open realm, `default`. Add [[realm]] tables to require credentials.\n"
+            .to_owned(),
+    };
+    Ok(format!(
+        "# fovea node configuration: the effective values (flags > environment > file > defaults).\n\
+         # Save it, edit it, and start with `fovea node --config FILE`. docs/LIMITS.md explains [limits].\n{realms}\n{body}"
+    ))
 }

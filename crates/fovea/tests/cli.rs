@@ -386,3 +386,28 @@ fn sigterm_delivers_what_was_accepted_before_exit() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn print_config_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["node", "--print-config", "--max-payload", "2048", "--admin", "off", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    for line in ["[node]", "admin = \"off\"", "[limits]", "max_payload = 2048", "slow_consumer_timeout = \"10s\""] {
+        assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+    }
+    let file = dir.path().join("printed.toml");
+    std::fs::write(&file, &text).unwrap();
+    let out = Command::new(BIN).args(["node", "--check-config", "--config"]).arg(&file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A bad key in [node] names the file and line.
+    std::fs::write(&file, "[node]\nlisten = \"127.0.0.1:1\"\nlisen = \"x\"\n").unwrap();
+    let out = Command::new(BIN).args(["node", "--check-config", "--config"]).arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("printed.toml:3") && err.contains("lisen"), "{err}");
+}
