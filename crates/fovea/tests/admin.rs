@@ -94,3 +94,43 @@ async fn connections_show_a_slow_subscribers_drops() {
     assert_eq!(json(&body)["total"], 0);
     node.stop().await;
 }
+
+/// `/metrics` passes `promtool check metrics` (Prometheus's own linter). CI installs
+/// promtool and sets FOVEA_REQUIRE_PROMTOOL=1; elsewhere the check runs when promtool is
+/// on the PATH and is skipped, with a note, when it is not.
+#[tokio::test]
+async fn metrics_pass_promtool() {
+    let node = TestNode::start().await;
+    let c = node.client().await;
+    let _sub = c.subscribe("p.>").await.unwrap();
+    c.publish("p.x", "1").await.unwrap();
+    let _ = c.call("nobody.home", "x", std::time::Duration::from_secs(1)).await;
+    c.flush().await.unwrap();
+    let (_, body) = get(node.admin, "/metrics").await;
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) if std::env::var_os("FOVEA_REQUIRE_PROMTOOL").is_none() => {
+            eprintln!("note: promtool not found ({e}); skipping (apt-get install prometheus)");
+            return;
+        }
+        Err(e) => panic!("promtool is required here: {e}"),
+    };
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{body}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    node.stop().await;
+}
