@@ -209,8 +209,21 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         gauge!("fovea_subscriptions").set(s.subscriptions as f64);
         describe_gauge!("fovea_registrations", "Active procedure registrations.");
         gauge!("fovea_registrations").set(s.registrations as f64);
+        let (total, max) = {
+            let conns = shared.conns.lock().unwrap_or_else(PoisonError::into_inner);
+            conns.values().map(|c| c.peer.out.pending()).fold((0usize, 0usize), |(t, m), p| (t + p, m.max(p)))
+        };
+        describe_gauge!("fovea_queued_bytes", "Bytes queued at the node for all clients.");
+        gauge!("fovea_queued_bytes").set(total as f64);
+        describe_gauge!("fovea_queued_bytes_max", "Bytes queued for the most backed-up client.");
+        gauge!("fovea_queued_bytes_max").set(max as f64);
     });
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
+    let mut text = handle.render();
+    text += &shared
+        .stats
+        .call_latency
+        .render("fovea_call_duration_seconds", "Time from a call reaching the node to its answer leaving it.");
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// Rows by code, as a map for JSON.

@@ -373,8 +373,11 @@ impl Session {
             Frame::Call(c) => self.call(c),
             Frame::Respond(r) => {
                 self.shared.stats.responses.fetch_add(1, Ordering::Relaxed);
-                if !self.peer.finish_request(r.req_id, r.code, r.headers, r.payload) {
-                    self.shared.stats.late_responses.fetch_add(1, Ordering::Relaxed);
+                match self.peer.finish_request(r.req_id, r.code, r.headers, r.payload) {
+                    Some(took) => self.shared.stats.call_latency.record(took),
+                    None => {
+                        self.shared.stats.late_responses.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
             Frame::Cancel(call_id) => self.peer.cancel_call(call_id),

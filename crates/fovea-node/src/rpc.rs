@@ -20,7 +20,7 @@ use std::future::poll_fn;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fovea_core::frame::{Call, CallResult, Request};
@@ -52,6 +52,8 @@ struct InFlight {
     provider: Arc<Peer>,
     req_id: u64,
     timer: delay_queue::Key,
+    /// When the node received the call (for the latency histogram).
+    started: Instant,
 }
 
 /// The provider side: a request this connection is handling.
@@ -111,7 +113,7 @@ impl Peer {
                 return Err(Refusal::Result(ErrorCode::Busy, msg));
             }
             let timer = calls.timers.insert(call_id, timeout);
-            calls.map.insert(call_id, InFlight { provider: provider.clone(), req_id, timer });
+            calls.map.insert(call_id, InFlight { provider: provider.clone(), req_id, timer, started: Instant::now() });
         }
         {
             let mut serving = lock(&provider.serving);
@@ -134,16 +136,17 @@ impl Peer {
         Ok(())
     }
 
-    /// Provider side: the answer to request `req_id`. Returns `false` if it came too late
-    /// (the call had timed out, was cancelled, or never existed).
-    pub fn finish_request(&self, req_id: u64, code: ErrorCode, headers: Headers, payload: Bytes) -> bool {
-        let Some(Serving { caller, call_id }) = self.take_serving(req_id) else { return false };
-        let Some(_) = caller.take_call(call_id) else { return false };
+    /// Provider side: the answer to request `req_id`. Returns how long the call took at
+    /// the node, or `None` if the answer came too late (the call had timed out, was
+    /// cancelled, or never existed).
+    pub fn finish_request(&self, req_id: u64, code: ErrorCode, headers: Headers, payload: Bytes) -> Option<Duration> {
+        let Serving { caller, call_id } = self.take_serving(req_id)?;
+        let call = caller.take_call(call_id)?;
         // Providers answer with success or their own codes; anything else would let them
         // impersonate the node (a fake NO_PROVIDER), so it becomes a generic failure.
         let code = if code == ErrorCode::NoError || code.is_application() { code } else { ErrorCode::ApplicationError };
         caller.out.send(&Frame::Result(CallResult { call_id, code, headers, payload }));
-        true
+        Some(call.started.elapsed())
     }
 
     /// Caller side: the caller abandons `call_id`; the provider is told, nobody answers.

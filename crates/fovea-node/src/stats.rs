@@ -38,6 +38,45 @@ pub struct Stats {
     pub late_responses: AtomicU64,
     closes: [AtomicU64; CODE_SLOTS],
     rejections: [AtomicU64; CODE_SLOTS],
+    /// Time from a call reaching the node to its answer leaving it.
+    pub call_latency: Histogram,
+}
+
+/// Upper bounds of the latency buckets, in seconds: 100 µs to 10 s.
+const BUCKETS: [f64; 16] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// A fixed-bucket histogram of durations: one relaxed increment per sample, no lock.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Samples per bucket (not cumulative); the last slot is above the largest bound.
+    counts: [AtomicU64; BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one sample.
+    pub fn record(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        let slot = BUCKETS.iter().position(|b| secs <= *b).unwrap_or(BUCKETS.len());
+        self.counts[slot].fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// The histogram in Prometheus text format under `name`.
+    pub fn render(&self, name: &str, help: &str) -> String {
+        let mut out = format!("# HELP {name} {help}\n# TYPE {name} histogram\n");
+        let mut cumulative = 0u64;
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            cumulative += self.counts[i].load(Ordering::Relaxed);
+            out += &format!("{name}_bucket{{le=\"{bound}\"}} {cumulative}\n");
+        }
+        cumulative += self.counts[BUCKETS.len()].load(Ordering::Relaxed);
+        out += &format!("{name}_bucket{{le=\"+Inf\"}} {cumulative}\n");
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        out += &format!("{name}_sum {sum}\n{name}_count {cumulative}\n");
+        out
+    }
 }
 
 /// A copy of [`Stats`] at one moment.

@@ -105,8 +105,17 @@ async fn metrics_pass_promtool() {
     let _sub = c.subscribe("p.>").await.unwrap();
     c.publish("p.x", "1").await.unwrap();
     let _ = c.call("nobody.home", "x", std::time::Duration::from_secs(1)).await;
+    let mut reg = c.register("p.echo").await.unwrap();
+    tokio::spawn(async move {
+        while let Some(r) = reg.next().await {
+            r.respond("ok");
+        }
+    });
+    c.call("p.echo", "x", std::time::Duration::from_secs(5)).await.unwrap();
     c.flush().await.unwrap();
     let (_, body) = get(node.admin, "/metrics").await;
+    assert!(body.lines().any(|l| l == "fovea_call_duration_seconds_count 1"), "{body}");
+    assert!(body.lines().any(|l| l.starts_with("fovea_queued_bytes ")), "{body}");
     let child = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
