@@ -43,12 +43,29 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
 }
 
 fn router(shared: Arc<Shared>) -> Router {
+    let token = shared.config.admin_token.clone();
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/info", get(info))
         .route("/connections", get(connections))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let token = token.clone();
+            async move {
+                // `/health` stays open, for probes; everything else needs the token when
+                // one is configured.
+                let open = req.uri().path() == "/health";
+                let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+                match &token {
+                    Some(t) if !open && given.and_then(|g| g.strip_prefix("Bearer ")).is_none_or(|g| !ct_eq(g, t)) => {
+                        let body = Json(serde_json::json!({ "error": "send Authorization: Bearer <admin token>" }));
+                        (StatusCode::UNAUTHORIZED, body).into_response()
+                    }
+                    _ => next.run(req).await,
+                }
+            }
+        }))
         .with_state(shared)
 }
 
@@ -187,6 +204,8 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         counter!("fovea_bytes_in_total").absolute(s.bytes_in);
         describe_counter!("fovea_deliveries_total", "Messages queued for subscribers.");
         counter!("fovea_deliveries_total").absolute(s.deliveries);
+        describe_counter!("fovea_bytes_out_total", "Bytes written to client streams.");
+        counter!("fovea_bytes_out_total").absolute(s.bytes_out);
         describe_counter!("fovea_messages_dropped_total", "Messages dropped, by reason.");
         counter!("fovea_messages_dropped_total", "reason" => "slow_consumer").absolute(s.dropped);
         describe_counter!("fovea_protocol_errors_total", "Connections closed for malformed or unexpected frames.");
@@ -229,4 +248,8 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 /// Rows by code, as a map for JSON.
 pub(crate) fn by_name(rows: &[(fovea_core::ErrorCode, u64)]) -> BTreeMap<&'static str, u64> {
     rows.iter().map(|(c, n)| (c.name(), *n)).collect()
+}
+
+fn ct_eq(a: &str, b: &str) -> bool {
+    bool::from(subtle::ConstantTimeEq::ct_eq(a.as_bytes(), b.as_bytes()))
 }

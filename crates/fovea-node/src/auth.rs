@@ -271,6 +271,9 @@ pub struct NodeSection {
     /// Admin endpoint address, or `"off"`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin: Option<String>,
+    /// Bearer token for the admin endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
     /// Allow an open node on a non-loopback address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_anonymous: Option<bool>,

@@ -27,6 +27,9 @@ pub struct NodeConfig {
     /// TCP address of the admin HTTP endpoint (`/metrics`, `/health`, …); `None`: off.
     /// Default `127.0.0.1:9600`.
     pub admin: Option<SocketAddr>,
+    /// Bearer token the admin endpoint requires (all paths but `/health`). Required when
+    /// the endpoint listens on a non-loopback address.
+    pub admin_token: Option<String>,
 }
 
 /// Paths of a PEM certificate chain and its private key.
@@ -178,6 +181,7 @@ impl NodeConfig {
             allow_anonymous: false,
             limits: Limits::default(),
             admin: Some(SocketAddr::from(([127, 0, 0, 1], 9600))),
+            admin_token: None,
         }
     }
 }

@@ -185,7 +185,8 @@ impl Session {
             .insert(self.info.id, self.info.clone());
         let peer = self.peer.clone();
         let mut config = self.config.take().unwrap_or_else(|| self.shared.config_generation.subscribe());
-        let writer = write_loop(&mut send, &peer);
+        let shared = self.shared.clone();
+        let writer = write_loop(&mut send, &peer, &shared.stats);
         tokio::pin!(writer);
         let mut going_away = false;
         let result = loop {
@@ -540,7 +541,7 @@ impl Session {
 /// # Cancel safety
 /// Not cancel safe: frames taken from the queue and not yet written are lost if the
 /// future is dropped; it is only dropped when the connection ends.
-async fn write_loop(send: &mut SendStream, peer: &Peer) -> Result<(), Close> {
+async fn write_loop(send: &mut SendStream, peer: &Peer, stats: &crate::Stats) -> Result<(), Close> {
     let out = &peer.out;
     let too_slow = || {
         let why =
@@ -556,6 +557,9 @@ async fn write_loop(send: &mut SendStream, peer: &Peer) -> Result<(), Close> {
             out.wait().await;
             continue;
         }
+        // Counted per batch, not per frame.
+        let bytes: usize = chunks.iter().map(Bytes::len).sum();
+        stats.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
         // A stalled client holds this write through flow control, so the slow-consumer
         // verdict must be able to interrupt it.
         tokio::select! {

@@ -148,6 +148,12 @@ impl Node {
         let listen = endpoint.local_addr().unwrap_or(config.listen);
         let admin = match config.admin {
             None => None,
+            Some(addr) if !addr.ip().is_loopback() && config.admin_token.is_none() => {
+                return Err(NodeError::Config(format!(
+                    "the admin endpoint on {addr} would expose the node's connections to the network: \
+                     set an admin token (--admin-token), or keep it on loopback"
+                )));
+            }
             Some(addr) => {
                 let l = std::net::TcpListener::bind(addr).map_err(|source| NodeError::AdminBind { addr, source })?;
                 l.set_nonblocking(true).map_err(|source| NodeError::AdminBind { addr, source })?;

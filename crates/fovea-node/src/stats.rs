@@ -22,6 +22,8 @@ pub struct Stats {
     pub bytes_in: AtomicU64,
     /// Messages queued for subscribers.
     pub deliveries: AtomicU64,
+    /// Bytes handed to client streams.
+    pub bytes_out: AtomicU64,
     /// Messages dropped because a subscriber's queue was full.
     pub dropped: AtomicU64,
     /// Connections closed for malformed or unexpected frames.
@@ -88,6 +90,7 @@ pub struct StatsSnapshot {
     pub msgs_in: u64,
     pub bytes_in: u64,
     pub deliveries: u64,
+    pub bytes_out: u64,
     pub dropped: u64,
     pub protocol_errors: u64,
     pub auth_failures: u64,
@@ -133,6 +136,7 @@ impl Stats {
             msgs_in: get(&self.msgs_in),
             bytes_in: get(&self.bytes_in),
             deliveries: get(&self.deliveries),
+            bytes_out: get(&self.bytes_out),
             dropped: get(&self.dropped),
             protocol_errors: get(&self.protocol_errors),
             auth_failures: get(&self.auth_failures),

@@ -127,6 +127,9 @@ pub struct NodeArgs {
     /// Admin HTTP endpoint (/metrics, /health, /ready, /info, /connections), or `off` [default: 127.0.0.1:9600].
     #[arg(long, env = "FOVEA_ADMIN", value_parser = parse_admin, value_name = "ADDR|off")]
     pub admin: Option<AdminAddr>,
+    /// Bearer token the admin endpoint requires (all paths but /health); needed for a non-loopback --admin.
+    #[arg(long, env = "FOVEA_ADMIN_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Configuration file: [node] settings, [limits], and realms with users and permissions (see README).
     #[arg(long, env = "FOVEA_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,

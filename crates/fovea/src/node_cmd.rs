@@ -47,6 +47,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     if let Some(admin) = args.admin.or(file_admin) {
         config.admin = admin.0;
     }
+    config.admin_token = args.admin_token.or(section.admin_token);
     config.realms = realms;
     config.allow_anonymous = args.allow_anonymous || section.allow_anonymous.unwrap_or(false);
     config.limits = limits;
@@ -191,6 +192,8 @@ fn effective_config(config: &NodeConfig, file: Option<&std::path::Path>) -> anyh
         cert: config.tls.as_ref().map(|t| t.cert.clone()),
         key: config.tls.as_ref().map(|t| t.key.clone()),
         admin: Some(config.admin.map_or("off".to_owned(), |a| a.to_string())),
+        // A secret: never printed (a comment says it is set).
+        admin_token: None,
         allow_anonymous: Some(config.allow_anonymous),
     };
     let body = toml::to_string(&Effective { node, limits: &config.limits }).context("rendering the configuration")?;
@@ -201,8 +204,13 @@ fn effective_config(config: &NodeConfig, file: Option<&std::path::Path>) -> anyh
         _ => "# No realms: the node runs one open realm, `default`. Add [[realm]] tables to require credentials.\n"
             .to_owned(),
     };
+    let token = if config.admin_token.is_some() {
+        "# An admin token is set; it is not printed. Add `admin_token = \"…\"` under [node] or pass --admin-token.\n"
+    } else {
+        ""
+    };
     Ok(format!(
         "# fovea node configuration: the effective values (flags > environment > file > defaults).\n\
-         # Save it, edit it, and start with `fovea node --config FILE`. docs/LIMITS.md explains [limits].\n{realms}\n{body}"
+         # Save it, edit it, and start with `fovea node --config FILE`. docs/LIMITS.md explains [limits].\n{realms}{token}\n{body}"
     ))
 }

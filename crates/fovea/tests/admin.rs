@@ -11,10 +11,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// GET over plain HTTP/1.1: (status, body).
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    get_with(addr, path, "").await
+}
+
+/// GET with extra header lines (each ending in CRLF).
+async fn get_with(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
     tokio::time::timeout(WAIT, s.read_to_end(&mut buf)).await.unwrap().unwrap();
     let text = String::from_utf8_lossy(&buf).into_owned();
@@ -142,4 +146,28 @@ async fn metrics_pass_promtool() {
         String::from_utf8_lossy(&out.stderr)
     );
     node.stop().await;
+}
+
+#[tokio::test]
+async fn an_admin_token_guards_everything_but_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = fovea_node::NodeConfig::new(dir.path());
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.admin = Some("127.0.0.1:0".parse().unwrap());
+    config.admin_token = Some("s3cret".into());
+    let node = fovea_node::Node::bind(config.clone()).unwrap();
+    let admin = node.admin_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(node.run(stop.clone()));
+    assert_eq!(get(admin, "/health").await.0, 200);
+    assert_eq!(get(admin, "/info").await.0, 401);
+    assert_eq!(get_with(admin, "/info", "Authorization: Bearer wrong\r\n").await.0, 401);
+    assert_eq!(get_with(admin, "/metrics", "Authorization: Bearer s3cret\r\n").await.0, 200);
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    // Without a token the endpoint stays on loopback.
+    config.admin = Some("0.0.0.0:0".parse().unwrap());
+    config.admin_token = None;
+    let e = fovea_node::Node::bind(config).err().expect("refused");
+    assert!(e.to_string().contains("--admin-token"), "{e}");
 }
