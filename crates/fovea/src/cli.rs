@@ -43,7 +43,7 @@ pub enum Command {
     #[command(
         after_help = "Examples:\n  fovea node\n  fovea node --config fovea.toml --listen 0.0.0.0:4433 --cert node.pem --key node.key\n  fovea node --config fovea.toml --check-config"
     )]
-    Node(NodeArgs),
+    Node(Box<NodeArgs>),
     /// Publish a message (or one per line of stdin).
     #[command(
         after_help = "Examples:\n  fovea pub sensors.kitchen.temp 21.5\n  printf 'a\\nb\\n' | fovea pub logs.app\n  fovea pub -H unit=C sensors.kitchen.temp 21.5"

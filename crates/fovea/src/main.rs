@@ -28,7 +28,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Node(args) => node_cmd::run(args).await,
+            Command::Node(args) => node_cmd::run(*args).await,
             Command::Pub(args) => client_cmds::publish(args).await,
             Command::Sub(args) => client_cmds::subscribe(args).await,
             Command::Serve(args) => rpc_cmds::serve(args).await,
