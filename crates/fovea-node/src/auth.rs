@@ -274,6 +274,12 @@ pub struct NodeSection {
     /// Bearer token for the admin endpoint.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<String>,
+    /// Log filter (`info`, `debug`, or `RUST_LOG`-style directives).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+    /// Log format: `text` or `json`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<String>,
     /// Allow an open node on a non-loopback address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_anonymous: Option<bool>,

@@ -22,16 +22,17 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 
-    /// Log filter: a level (error, warn, info, debug, trace) or a RUST_LOG-style directive list.
-    #[arg(long, global = true, default_value = "info", env = "FOVEA_LOG", value_name = "FILTER")]
-    pub log_level: String,
+    /// Log filter: a level (error, warn, info, debug, trace) or a RUST_LOG-style directive list [default: info].
+    #[arg(long, global = true, env = "FOVEA_LOG", value_name = "FILTER")]
+    pub log_level: Option<String>,
 
-    /// Log format: `text` for people, `json` (one object per line) for log collectors.
-    #[arg(long, global = true, default_value = "text", env = "FOVEA_LOG_FORMAT", value_enum)]
-    pub log_format: LogFormat,
+    /// Log format: `text` for people, `json` (one object per line) for log collectors [default: text].
+    #[arg(long, global = true, env = "FOVEA_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
@@ -179,6 +180,9 @@ pub struct LimitArgs {
     /// Bytes queued per connection before messages for it are dropped [default: 67108864].
     #[arg(long, env = "FOVEA_MAX_PENDING_BYTES", value_name = "BYTES")]
     pub max_pending_bytes: Option<usize>,
+    /// On shutdown, how long clients get to leave after GOAWAY [default: 2s].
+    #[arg(long, env = "FOVEA_DRAIN_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
+    pub drain_timeout: Option<std::time::Duration>,
     /// How long a connection may keep dropping before it is closed as a slow consumer [default: 10s].
     #[arg(long, env = "FOVEA_SLOW_CONSUMER_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
     pub slow_consumer_timeout: Option<std::time::Duration>,
@@ -224,7 +228,8 @@ impl LimitArgs {
             max_call_timeout,
             handshake_timeout,
             idle_timeout,
-            keep_alive
+            keep_alive,
+            drain_timeout
         );
     }
 }

@@ -18,7 +18,18 @@ use cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_level, cli.log_format);
+    // The node's config file may set the log level and format; flags and env win over it.
+    let file = match &cli.command {
+        Command::Node(args) => {
+            args.config.as_deref().and_then(|p| fovea_node::auth::load_config(p).ok()).map(|f| f.node)
+        }
+        _ => None,
+    };
+    let level = cli.log_level.clone().or_else(|| file.as_ref().and_then(|n| n.log_level.clone()));
+    let format = cli.log_format.or_else(|| {
+        file.as_ref().and_then(|n| n.log_format.as_deref()).and_then(|f| clap::ValueEnum::from_str(f, true).ok())
+    });
+    init_logging(level.as_deref().unwrap_or("info"), format.unwrap_or(cli::LogFormat::Text));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -28,7 +39,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Node(args) => node_cmd::run(*args).await,
+            Command::Node(args) => node_cmd::run(*args, cli.log_level, cli.log_format).await,
             Command::Pub(args) => client_cmds::publish(args).await,
             Command::Sub(args) => client_cmds::subscribe(args).await,
             Command::Serve(args) => rpc_cmds::serve(args).await,

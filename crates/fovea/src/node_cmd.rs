@@ -6,7 +6,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::NodeArgs;
 
-pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+pub async fn run(
+    args: NodeArgs,
+    log_level: Option<String>,
+    log_format: Option<crate::cli::LogFormat>,
+) -> anyhow::Result<()> {
     let file = match &args.config {
         Some(path) => Some(fovea_node::auth::load_config(path).map_err(|e| anyhow::anyhow!("{e}"))?),
         None => None,
@@ -52,7 +56,15 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     config.allow_anonymous = args.allow_anonymous || section.allow_anonymous.unwrap_or(false);
     config.limits = limits;
     if args.print_config {
-        print!("{}", effective_config(&config, args.config.as_deref())?);
+        let level = log_level.or(section.log_level).unwrap_or_else(|| "info".to_owned());
+        let format = match log_format {
+            Some(f) => f,
+            None => match section.log_format.as_deref() {
+                Some(f) => clap::ValueEnum::from_str(f, true).map_err(|e| anyhow::anyhow!("[node] log_format: {e}"))?,
+                None => crate::cli::LogFormat::Text,
+            },
+        };
+        print!("{}", effective_config(&config, args.config.as_deref(), &level, format)?);
         return Ok(());
     }
     let node = Node::bind(config).context("cannot start the node")?;
@@ -179,7 +191,12 @@ fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
 }
 
 /// The effective configuration as a file `--config` accepts.
-fn effective_config(config: &NodeConfig, file: Option<&std::path::Path>) -> anyhow::Result<String> {
+fn effective_config(
+    config: &NodeConfig,
+    file: Option<&std::path::Path>,
+    log_level: &str,
+    log_format: crate::cli::LogFormat,
+) -> anyhow::Result<String> {
     #[derive(serde::Serialize)]
     struct Effective<'a> {
         node: fovea_node::auth::NodeSection,
@@ -194,6 +211,11 @@ fn effective_config(config: &NodeConfig, file: Option<&std::path::Path>) -> anyh
         admin: Some(config.admin.map_or("off".to_owned(), |a| a.to_string())),
         // A secret: never printed (a comment says it is set).
         admin_token: None,
+        log_level: Some(log_level.to_owned()),
+        log_format: Some(match log_format {
+            crate::cli::LogFormat::Text => "text".to_owned(),
+            crate::cli::LogFormat::Json => "json".to_owned(),
+        }),
         allow_anonymous: Some(config.allow_anonymous),
     };
     let body = toml::to_string(&Effective { node, limits: &config.limits }).context("rendering the configuration")?;
