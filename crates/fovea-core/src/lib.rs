@@ -88,8 +88,8 @@ pub mod fuzzing {
         let procedure = Procedure::from_bytes(raw);
         assert_eq!(topic.is_ok(), procedure.is_ok(), "procedures follow the topic rules");
         if let Ok(t) = &topic {
-            let p = pattern.as_ref().expect("every topic is a literal pattern");
-            assert!(p.matches(t) && p.is_literal());
+            let literal = pattern.as_ref().is_ok_and(|p| p.matches(t) && p.is_literal());
+            assert!(literal, "every topic is a literal pattern that matches it");
         }
         if let Ok(p) = &pattern {
             assert!(p.covers(p), "a pattern covers itself");

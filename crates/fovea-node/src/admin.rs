@@ -220,6 +220,17 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         counter!("fovea_responses_total").absolute(s.responses);
         describe_counter!("fovea_late_responses_total", "Responses that arrived after their call ended.");
         counter!("fovea_late_responses_total").absolute(s.late_responses);
+        describe_counter!("fovea_call_results_total", "Calls by outcome: answered by a provider, or the node's code.");
+        counter!("fovea_call_results_total", "outcome" => "answered")
+            .absolute(s.responses.saturating_sub(s.late_responses));
+        for (code, n) in &s.rejections {
+            use fovea_core::ErrorCode as C;
+            let call_outcome =
+                matches!(code, C::NoProvider | C::Timeout | C::Busy | C::ProviderDisconnected | C::InvalidProcedure);
+            if call_outcome {
+                counter!("fovea_call_results_total", "outcome" => code.name().to_ascii_lowercase()).absolute(*n);
+            }
+        }
         describe_counter!("fovea_rejections_total", "Operations refused or failed by the node, by code.");
         for (code, n) in &s.rejections {
             counter!("fovea_rejections_total", "code" => code.name().to_ascii_lowercase()).absolute(*n);
