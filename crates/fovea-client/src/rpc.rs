@@ -84,6 +84,14 @@ impl Request {
         self.answer(code, Headers::new(), Bytes::copy_from_slice(message.as_bytes()));
     }
 
+    /// Gives up without answering, for work that passed [`Request::deadline`]: the node
+    /// has answered (or is about to answer) the caller with `TIMEOUT`, and an answer now
+    /// would only be discarded. Before the deadline, prefer [`Request::fail`]: the caller
+    /// would otherwise wait for its timeout.
+    pub fn abandon(mut self) {
+        self.answered = true;
+    }
+
     fn answer(&mut self, code: ErrorCode, headers: Headers, payload: Bytes) {
         self.answered = true;
         send_respond(&self.inner, self.req_id, code, headers, payload);
