@@ -68,8 +68,8 @@ async fn run_command(cmd: &str, req: Request) {
         // Past the deadline the node answers the caller with TIMEOUT itself; a failure from
         // here could race it and tell the caller the wrong story.
         Err(_) => {
-            tracing::warn!(command = %cmd, "killed at the caller's deadline");
             req.abandon();
+            tracing::warn!(command = %cmd, "killed at the caller's deadline");
         }
         Ok(Err(e)) => req.fail(&format!("`{cmd}` failed: {e}")),
         Ok(Ok(out)) if out.status.success() => req.respond(out.stdout),

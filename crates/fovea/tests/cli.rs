@@ -157,11 +157,20 @@ fn node_stops_cleanly_on_sigterm() {
     let _ = node.0.stdout.take().map(|mut s| s.read_to_string(&mut rest));
 }
 
+/// Reads the first line of a child's stderr, then keeps reading the rest in the background:
+/// a closed pipe would turn the child's later log lines into write errors.
+fn first_line_then_drain(stderr: std::process::ChildStderr) -> String {
+    let mut reader = BufReader::new(stderr);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    line
+}
+
 /// Starts `fovea sub` and waits until it reports being subscribed.
 fn start_sub(args: &[&str], ca: &Path, url: &str) -> Child {
     let mut sub = fovea(args, ca, url).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(sub.stderr.take().unwrap()).read_line(&mut line).unwrap();
+    let line = first_line_then_drain(sub.stderr.take().unwrap());
     assert!(line.starts_with("subscribed to"), "{line:?}");
     sub
 }
@@ -198,8 +207,7 @@ fn node_serves_an_operator_certificate() {
 /// Starts `fovea serve` and waits until it reports serving.
 fn start_serve(args: &[&str], ca: &Path, url: &str) -> Proc {
     let mut serve = fovea(args, ca, url).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(serve.stderr.take().unwrap()).read_line(&mut line).unwrap();
+    let line = first_line_then_drain(serve.stderr.take().unwrap());
     assert!(line.starts_with("serving "), "{line:?}");
     Proc(serve)
 }
