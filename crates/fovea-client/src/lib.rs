@@ -430,7 +430,8 @@ impl Client {
         payload: impl Into<Bytes>,
     ) -> Result<(), ClientError> {
         let payload = payload.into();
-        let t = Topic::new(topic).map_err(|source| ClientError::InvalidTopic { topic: topic.to_owned(), source })?;
+        // Validated in place: a publish allocates nothing but its queue space.
+        Topic::check(topic).map_err(|source| ClientError::InvalidTopic { topic: topic.to_owned(), source })?;
         let max = self.max_payload();
         if payload.len() > max {
             return Err(ClientError::PayloadTooLarge { size: payload.len(), max });
@@ -445,7 +446,7 @@ impl Client {
                 }
                 if out.buf.len() < inner.opts.max_buffered {
                     let was_empty = out.buf.is_empty();
-                    out.buf.push_pub(t.as_bytes(), headers, &payload);
+                    out.buf.push_pub(topic.as_bytes(), headers, &payload);
                     drop(out);
                     if was_empty {
                         inner.wake.notify_one();

@@ -135,6 +135,15 @@ name_type!(
 );
 
 impl Topic {
+    /// Checks that `s` is a valid topic without building one (no allocation): for callers
+    /// that only need the bytes afterwards, such as a client encoding a publish.
+    ///
+    /// # Errors
+    /// [`TopicError`] naming the first problem found.
+    pub fn check(s: &str) -> Result<(), TopicError> {
+        validate(s.as_bytes(), false)
+    }
+
     /// The topic as a refcounted buffer.
     pub fn as_shared(&self) -> &Bytes {
         &self.0
@@ -254,7 +263,9 @@ mod tests {
     fn valid_topics() {
         for s in ["a", "a.b.c", "sensors.kitchen.temp", "ünï.cödé", "a-b_c.D9"] {
             assert!(Topic::new(s).is_ok(), "{s}");
+            assert_eq!(Topic::check(s), Ok(()));
         }
+        assert_eq!(Topic::check("a..b"), Topic::new("a..b").map(|_| ()));
     }
 
     #[test]
