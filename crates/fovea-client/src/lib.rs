@@ -350,6 +350,47 @@ pub(crate) struct SubEntry {
     pub ack: Option<oneshot::Sender<Result<(), ClientError>>>,
 }
 
+/// The node's answer to a `SUB` or `REG`: `SUBACK`/`REGACK`, or the `ERROR` refusing it.
+pub(crate) type AckSender = oneshot::Sender<Result<(), ClientError>>;
+type AckReceiver = oneshot::Receiver<Result<(), ClientError>>;
+
+impl Inner {
+    /// Records an entry the node must acknowledge (a subscription or registration) under
+    /// `id`, and queues its `frame` if a session is open. Returns the acknowledgement to
+    /// wait for, or `None` while reconnecting (the entry is sent when the session opens).
+    pub(crate) fn open_acked<T>(
+        &self,
+        map: &Mutex<HashMap<u64, T>>,
+        id: u64,
+        entry: impl FnOnce(Option<AckSender>) -> T,
+        frame: &Frame,
+    ) -> Result<Option<AckReceiver>, ClientError> {
+        let (ack_tx, ack_rx) = oneshot::channel();
+        let mut out = lock(&self.out);
+        if self.shutdown.is_cancelled() {
+            return Err(ClientError::ClientClosed);
+        }
+        let connected = out.connected;
+        lock(map).insert(id, entry(connected.then_some(ack_tx)));
+        if !connected {
+            return Ok(None);
+        }
+        out.buf.push_frame(frame);
+        out.queued.push(id);
+        drop(out);
+        self.wake.notify_one();
+        Ok(Some(ack_rx))
+    }
+}
+
+/// Waits for an acknowledgement from [`Inner::open_acked`].
+pub(crate) async fn acknowledged(ack: Option<AckReceiver>) -> Result<(), ClientError> {
+    match ack {
+        None => Ok(()),
+        Some(rx) => rx.await.unwrap_or(Err(ClientError::ClientClosed)),
+    }
+}
+
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -494,33 +535,14 @@ impl Client {
         let inner = self.inner();
         let sid = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(inner.opts.subscription_capacity);
-        let (ack_tx, ack_rx) = oneshot::channel();
         let dropped = Arc::new(AtomicU64::new(0));
-        let connected = {
-            let mut out = lock(&inner.out);
-            if inner.shutdown.is_cancelled() {
-                return Err(ClientError::ClientClosed);
-            }
-            let connected = out.connected;
-            let ack = connected.then_some(ack_tx);
-            let entry = SubEntry { pattern: parsed.clone(), dropped: dropped.clone(), group: group.clone(), tx, ack };
-            lock(&inner.subs).insert(sid, entry);
-            if connected {
-                let sub = Frame::Sub(Subscribe { sid, pattern: Bytes::copy_from_slice(parsed.as_bytes()), group });
-                out.buf.push_frame(&sub);
-                out.queued.push(sid);
-            }
-            connected
-        };
+        let frame =
+            Frame::Sub(Subscribe { sid, pattern: Bytes::copy_from_slice(parsed.as_bytes()), group: group.clone() });
+        let entry = |ack| SubEntry { pattern: parsed.clone(), dropped: dropped.clone(), group, tx, ack };
+        let ack = inner.open_acked(&inner.subs, sid, entry, &frame)?;
+        // Built before waiting: if the node refuses, dropping it sends the UNSUB.
         let sub = Subscription { sid, pattern: parsed, rx, dropped, client: self.clone() };
-        if connected {
-            inner.wake.notify_one();
-            match ack_rx.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Err(ClientError::ClientClosed),
-            }
-        }
+        acknowledged(ack).await?;
         Ok(sub)
     }
 

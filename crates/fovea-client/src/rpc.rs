@@ -26,7 +26,7 @@ const MAX_DEADLINE_MS: u64 = 86_400_000;
 pub(crate) struct RegEntry {
     pub procedure: Procedure,
     pub tx: mpsc::Sender<Request>,
-    pub ack: Option<oneshot::Sender<Result<(), ClientError>>>,
+    pub ack: Option<crate::AckSender>,
 }
 
 /// A successful call's answer.
@@ -195,30 +195,12 @@ impl Client {
         let inner = self.inner();
         let rid = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(inner.opts.subscription_capacity);
-        let (ack_tx, ack_rx) = oneshot::channel();
-        let connected = {
-            let mut out = lock(&inner.out);
-            if inner.shutdown.is_cancelled() {
-                return Err(ClientError::ClientClosed);
-            }
-            let connected = out.connected;
-            lock(&inner.regs).insert(rid, RegEntry { procedure: parsed.clone(), tx, ack: connected.then_some(ack_tx) });
-            if connected {
-                let reg = Frame::Reg(Register { rid, procedure: Bytes::copy_from_slice(parsed.as_bytes()) });
-                out.buf.push_frame(&reg);
-                out.queued.push(rid);
-            }
-            connected
-        };
+        let frame = Frame::Reg(Register { rid, procedure: Bytes::copy_from_slice(parsed.as_bytes()) });
+        let entry = |ack| RegEntry { procedure: parsed.clone(), tx, ack };
+        let ack = inner.open_acked(&inner.regs, rid, entry, &frame)?;
+        // Built before waiting: if the node refuses, dropping it sends the UNREG.
         let registration = Registration { rid, procedure: parsed, rx, client: self.clone() };
-        if connected {
-            inner.wake.notify_one();
-            match ack_rx.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Err(ClientError::ClientClosed),
-            }
-        }
+        crate::acknowledged(ack).await?;
         Ok(registration)
     }
 

@@ -15,9 +15,8 @@ use std::collections::HashMap;
 
 use fovea_core::frame::ErrorFrame;
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::oneshot;
 
-use crate::{lock, ClientError, ConnectionState, Event, Inner, Message, NodeUrl, ServerInfo};
+use crate::{lock, AckSender, ClientError, ConnectionState, Event, Inner, Message, NodeUrl, ServerInfo};
 
 /// Largest chunk read from the stream at once.
 const READ_CHUNK: usize = 256 * 1024;
@@ -378,17 +377,17 @@ async fn handle(inner: &Arc<Inner>, frame: Frame) -> Result<(), String> {
 
 /// An entry waiting for the node's acknowledgement (`SUBACK`, `REGACK`).
 pub(crate) trait Acked {
-    fn ack(&mut self) -> &mut Option<oneshot::Sender<Result<(), ClientError>>>;
+    fn ack(&mut self) -> &mut Option<AckSender>;
 }
 
 impl Acked for crate::SubEntry {
-    fn ack(&mut self) -> &mut Option<oneshot::Sender<Result<(), ClientError>>> {
+    fn ack(&mut self) -> &mut Option<AckSender> {
         &mut self.ack
     }
 }
 
 impl Acked for crate::rpc::RegEntry {
-    fn ack(&mut self) -> &mut Option<oneshot::Sender<Result<(), ClientError>>> {
+    fn ack(&mut self) -> &mut Option<AckSender> {
         &mut self.ack
     }
 }
@@ -402,5 +401,3 @@ fn end_refused<T: Acked>(map: &std::sync::Mutex<HashMap<u64, T>>, e: &ErrorFrame
     }
     map.remove(&e.reference).map(|mut entry| entry.ack().take())
 }
-
-type AckSender = oneshot::Sender<Result<(), ClientError>>;
