@@ -80,28 +80,43 @@ pub async fn run(
         Some(a) => format!(", admin http://{a}"),
         None => String::new(),
     };
+    // Handlers are installed before the ready line: a supervisor that signals the node as soon
+    // as it reports ready must get a clean shutdown, not the default action of the signal.
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(StopSignals::install(), shutdown.clone()));
+    if let Some(path) = args.config.clone() {
+        tokio::spawn(reload_on_hangup(hangup_signal(), path, node.reloader()));
+    }
     // The one line scripts and tests wait for; keep its shape stable.
     println!("fovea node ready on quic://{addr} (certificate sha256 {}{trust}{admin})", node.fingerprint());
-    let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
-    if let Some(path) = args.config.clone() {
-        tokio::spawn(reload_on_hangup(path, node.reloader()));
-    }
     node.run(shutdown).await.context("node failed")?;
     tracing::info!("node stopped");
     Ok(())
 }
 
-/// SIGHUP: read the configuration file again and apply its realms and credentials. A file
-/// that does not parse is reported and the running configuration stays.
-async fn reload_on_hangup(path: std::path::PathBuf, reloader: fovea_node::Reloader) {
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = ();
+
+fn hangup_signal() -> Hangup {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        let hup = signal(SignalKind::hangup()).ok();
+        if hup.is_none() {
             tracing::warn!("cannot install the SIGHUP handler; credentials reload only with a restart");
-            return;
-        };
+        }
+        hup
+    }
+}
+
+/// SIGHUP: read the configuration file again and apply its realms and credentials. A file
+/// that does not parse is reported and the running configuration stays.
+async fn reload_on_hangup(hup: Hangup, path: std::path::PathBuf, reloader: fovea_node::Reloader) {
+    #[cfg(unix)]
+    {
+        let Some(mut hup) = hup else { return };
         while hup.recv().await.is_some() {
             match fovea_node::auth::load_config(&path) {
                 Ok(file) => {
@@ -114,40 +129,61 @@ async fn reload_on_hangup(path: std::path::PathBuf, reloader: fovea_node::Reload
         }
     }
     #[cfg(not(unix))]
-    let _ = (path, reloader);
+    let _ = (hup, path, reloader);
 }
 
-async fn stop_on_signal(token: CancellationToken) {
+/// SIGTERM and SIGINT, registered once: the first asks for a drain, the second exits at once.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-            tracing::warn!("cannot install signal handlers; stop the node with SIGKILL");
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl StopSignals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let streams = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+                (Ok(term), Ok(int)) => Some((term, int)),
+                _ => {
+                    tracing::warn!("cannot install signal handlers; stop the node with SIGKILL");
+                    None
+                }
+            };
+            StopSignals { streams }
+        }
+        #[cfg(not(unix))]
+        StopSignals {}
+    }
+
+    /// Waits for the next signal; never returns when no handler could be installed.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        match &mut self.streams {
+            Some((term, int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            None => std::future::pending().await,
+        }
+        #[cfg(not(unix))]
+        {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+}
+
+async fn stop_on_signal(mut signals: StopSignals, token: CancellationToken) {
+    signals.next().await;
     tracing::info!("shutting down: telling clients to go away (a second signal stops at once)");
     token.cancel();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            eprintln!("second signal: exiting without draining");
-            std::process::exit(1);
-        }
-    }
+    signals.next().await;
+    eprintln!("second signal: exiting without draining");
+    std::process::exit(1);
 }
 
 /// `fovea token new`.
