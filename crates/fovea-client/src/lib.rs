@@ -181,6 +181,28 @@ pub struct ConnectOptions {
     max_reconnect_delay: Duration,
     max_buffered: usize,
     subscription_capacity: usize,
+    socket: Option<Socket>,
+}
+
+/// A UDP socket that several clients share.
+///
+/// Each [`Client`] opens its own socket unless given one with [`ConnectOptions::socket`];
+/// a process holding thousands of connections (a gateway, a load generator) shares one
+/// socket among many to stay within its file-descriptor limit. Closing a client closes only
+/// its connection; the socket lives while any clone of it does.
+#[derive(Debug, Clone)]
+pub struct Socket(quinn::Endpoint);
+
+impl Socket {
+    /// Binds a socket to `addr`, e.g. `0.0.0.0:0` (IPv4, any port) or `[::]:0`.
+    ///
+    /// # Errors
+    /// [`ClientError::Connection`] when the socket cannot be opened.
+    pub fn bind(addr: std::net::SocketAddr) -> Result<Socket, ClientError> {
+        quinn::Endpoint::client(addr)
+            .map(Socket)
+            .map_err(|e| ClientError::Connection(format!("cannot open a UDP socket on {addr}: {e}")))
+    }
 }
 
 impl Default for ConnectOptions {
@@ -196,6 +218,7 @@ impl Default for ConnectOptions {
             max_reconnect_delay: Duration::from_secs(2),
             max_buffered: 8 * 1024 * 1024,
             subscription_capacity: 8192,
+            socket: None,
         }
     }
 }
@@ -263,6 +286,12 @@ impl ConnectOptions {
         self.subscription_capacity = n.max(1);
         self
     }
+    /// Connect through a shared [`Socket`] instead of opening one for this client. The
+    /// socket's address family must match the node's address.
+    pub fn socket(mut self, socket: &Socket) -> Self {
+        self.socket = Some(socket.clone());
+        self
+    }
 }
 
 /// A message received on a subscription.
@@ -312,6 +341,8 @@ pub(crate) struct Inner {
     pub url: NodeUrl,
     pub opts: ConnectOptions,
     pub endpoint: quinn::Endpoint,
+    /// Whether `endpoint` is this client's alone (closed with it) or a shared [`Socket`].
+    pub own_endpoint: bool,
     pub quic: quinn::ClientConfig,
     /// Lock order: `out` before `subs`.
     pub out: Mutex<Out>,
@@ -411,13 +442,16 @@ impl Client {
         let bind: std::net::SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
             .parse()
             .map_err(|_| ClientError::Connection("bad bind address".into()))?;
-        let endpoint = quinn::Endpoint::client(bind)
-            .map_err(|e| ClientError::Connection(format!("cannot open a UDP socket: {e}")))?;
+        let (endpoint, own_endpoint) = match &opts.socket {
+            Some(Socket(shared)) => (shared.clone(), false),
+            None => (Socket::bind(bind)?.0, true),
+        };
         let (state, _) = watch::channel(ConnectionState::Reconnecting);
         let inner = Arc::new(Inner {
             url,
             opts,
             endpoint,
+            own_endpoint,
             quic,
             out: Mutex::new(Out { buf: OutBuf::new(), connected: false, queued: Vec::new() }),
             subs: Mutex::new(HashMap::new()),

@@ -173,8 +173,10 @@ pub(crate) async fn drive(inner: Arc<Inner>, first: Session) {
     lock(&inner.regs).clear();
     lock(&inner.pings).clear();
     lock(&inner.calls).clear();
-    inner.endpoint.close(VarInt::from_u32(0), b"client closed");
-    let _ = tokio::time::timeout(Duration::from_secs(1), inner.endpoint.wait_idle()).await;
+    if inner.own_endpoint {
+        inner.endpoint.close(VarInt::from_u32(0), b"client closed");
+        let _ = tokio::time::timeout(Duration::from_secs(1), inner.endpoint.wait_idle()).await;
+    }
 }
 
 /// One session: restore subscriptions, then read and write until it ends.

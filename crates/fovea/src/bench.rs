@@ -2,13 +2,16 @@
 //! `../shared/bench/nats.sh` prints, so the two can be compared from one run.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use fovea_client::{Client, ConnectOptions, Trust};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::cli::{BenchArgs, BenchMode};
 
@@ -16,10 +19,19 @@ use crate::cli::{BenchArgs, BenchMode};
 const QUIET: Duration = Duration::from_secs(3);
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let (url, trust, _node) = match &args.url {
+    if matches!(args.mode, BenchMode::Startup) {
+        // Starts nodes of its own, one after another.
+        return startup(args.runs)?.finish();
+    }
+    let extra: Vec<String> = match args.mode {
+        // Room for every benchmark connection whatever the node's default.
+        BenchMode::Conns => vec!["--max-connections".into(), (args.conns + 16).to_string()],
+        _ => Vec::new(),
+    };
+    let (url, trust, node) = match &args.url {
         Some(url) => (url.clone(), crate::client_cmds::trust(args.ca.as_deref(), args.insecure), None),
         None => {
-            let node = ChildNode::start(args.node_config.as_deref())?;
+            let node = ChildNode::start(args.node_config.as_deref(), &extra)?;
             (node.url.clone(), Trust::CaFiles(vec![node.cert.clone()]), Some(node))
         }
     };
@@ -27,37 +39,139 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(t) = &args.token {
         opts = opts.token(t.clone().into_bytes());
     }
-    let node_pid = _node.as_ref().map(|n| n.child.id());
-    match args.mode {
-        BenchMode::Pubsub => pubsub(&url, opts, args.msgs, args.size).await,
-        BenchMode::Rpc => rpc(&url, opts, args.callers, args.calls, args.size).await,
-        BenchMode::SlowConsumer => slow_consumer(&url, opts, args.msgs, args.size, node_pid).await,
-        BenchMode::Soak => soak(&url, opts, args.size, args.duration, args.sample, node_pid).await,
+    let node_pid = node.as_ref().map(|n| n.child.id());
+    let report = match args.mode {
+        BenchMode::Pubsub => fanout(&url, opts, args.msgs, args.size, 1).await?,
+        BenchMode::Fanout => fanout(&url, opts, args.msgs, args.size, args.subs).await?,
+        BenchMode::Rpc => rpc(&url, opts, args.callers, args.calls, args.size).await?,
+        BenchMode::Conns => conns(&url, opts, args.conns, node_pid).await?,
+        BenchMode::SlowConsumer => slow_consumer(&url, opts, args.msgs, args.size, node_pid).await?,
+        BenchMode::Soak => soak(&url, opts, args.size, args.duration, args.sample, node_pid).await?,
+        BenchMode::Startup => startup(args.runs)?,
+    };
+    drop(node);
+    if args.compare_nats {
+        println!("{}", report.line());
+        compare_nats(&args, &report)?;
+        return report.check();
+    }
+    report.finish()
+}
+
+/// What a workload measured: the key=value pairs of its last line, and whether it failed
+/// (lost messages), which makes the command exit non-zero after printing.
+struct Report {
+    mode: &'static str,
+    pairs: Vec<(&'static str, String)>,
+    failure: Option<String>,
+}
+
+impl Report {
+    fn new(mode: &'static str) -> Report {
+        Report { mode, pairs: Vec::new(), failure: None }
+    }
+
+    fn put(&mut self, key: &'static str, value: impl std::fmt::Display) -> &mut Self {
+        self.pairs.push((key, value.to_string()));
+        self
+    }
+
+    fn get(&self, key: &str) -> Option<f64> {
+        self.pairs.iter().find(|(k, _)| *k == key).and_then(|(_, v)| v.parse().ok())
+    }
+
+    /// `system=fovea mode=… key=value …`, the shape `nats.sh` prints.
+    fn line(&self) -> String {
+        let mut line = format!("system=fovea mode={}", self.mode);
+        for (k, v) in &self.pairs {
+            line.push_str(&format!(" {k}={v}"));
+        }
+        line
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        match &self.failure {
+            Some(f) => bail!("{f}"),
+            None => Ok(()),
+        }
+    }
+
+    /// Prints the key=value line (last) and fails if the workload did.
+    fn finish(self) -> anyhow::Result<()> {
+        println!("{}", self.line());
+        self.check()
     }
 }
 
-async fn pubsub(url: &str, opts: ConnectOptions, msgs: u64, size: usize) -> anyhow::Result<()> {
-    let run = fast_run(url, &opts, "bench.x", msgs, size).await?;
-    let (pub_rate, delivered_rate, got, elapsed) = (run.pub_rate, run.rate, run.got, run.elapsed);
-    let dropped = msgs - got;
-    println!("pubsub: {msgs} messages of {size} bytes, 1 publisher -> 1 subscriber");
+/// A progress bar that appears only once a run has taken longer than a second (and only on
+/// a terminal), fed by a counter the workers bump without touching the bar.
+struct Progress {
+    count: Arc<AtomicU64>,
+    ticker: tokio::task::JoinHandle<()>,
+    bar: ProgressBar,
+}
+
+impl Progress {
+    fn start(len: u64, what: &'static str) -> Progress {
+        let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::hidden());
+        if let Ok(style) = ProgressStyle::with_template("{msg} {wide_bar} {pos}/{len} ({per_sec}, eta {eta})") {
+            bar.set_style(style);
+        }
+        bar.set_message(what);
+        let count = Arc::new(AtomicU64::new(0));
+        let (c, b) = (count.clone(), bar.clone());
+        let ticker = tokio::spawn(async move {
+            let t0 = Instant::now();
+            let mut shown = false;
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if !shown && t0.elapsed() >= Duration::from_secs(1) {
+                    b.set_draw_target(ProgressDrawTarget::stderr());
+                    shown = true;
+                }
+                b.set_position(c.load(Ordering::Relaxed));
+            }
+        });
+        Progress { count, ticker, bar }
+    }
+
+    fn counter(&self) -> Arc<AtomicU64> {
+        self.count.clone()
+    }
+
+    fn finish(self) {
+        self.ticker.abort();
+        self.bar.finish_and_clear();
+    }
+}
+
+/// One publisher → `subs` subscribers, each on its own connection, as `nats.sh` runs it.
+async fn fanout(url: &str, opts: ConnectOptions, msgs: u64, size: usize, subs: usize) -> anyhow::Result<Report> {
+    anyhow::ensure!(subs > 0, "--subs must be at least 1");
+    let run = fast_run(url, &opts, "bench.x", msgs, size, subs).await?;
+    let expected = msgs * subs as u64;
+    let dropped = expected - run.got;
+    let mode = if subs == 1 { "pubsub" } else { "fanout" };
+    println!("{mode}: {msgs} messages of {size} bytes, 1 publisher -> {subs} subscriber(s)");
     println!(
-        "  published at {:.0} msgs/s, delivered {got} at {:.0} msgs/s ({:.1} MB/s), dropped {dropped}",
-        pub_rate,
-        delivered_rate,
-        delivered_rate * size as f64 / 1e6
+        "  published at {:.0} msgs/s, delivered {} at {:.0} msgs/s ({:.1} MB/s), dropped {dropped}",
+        run.pub_rate,
+        run.got,
+        run.rate,
+        run.rate * size as f64 / 1e6
     );
-    println!(
-        "system=fovea mode=pubsub size={size} subs=1 published={msgs} delivered={got} dropped={dropped} \
-         pub_rate={pub_rate:.0} delivered_rate={delivered_rate:.0} elapsed_s={elapsed:.3}"
-    );
+    let mut r = Report::new(mode);
+    r.put("size", size).put("subs", subs).put("published", msgs).put("delivered", run.got).put("dropped", dropped);
+    r.put("pub_rate", format!("{:.0}", run.pub_rate))
+        .put("delivered_rate", format!("{:.0}", run.rate))
+        .put("elapsed_s", format!("{:.3}", run.elapsed));
     if dropped > 0 {
-        bail!("{dropped} messages were not delivered");
+        r.failure = Some(format!("{dropped} messages were not delivered"));
     }
-    Ok(())
+    Ok(r)
 }
 
-async fn rpc(url: &str, opts: ConnectOptions, callers: usize, calls: u64, size: usize) -> anyhow::Result<()> {
+async fn rpc(url: &str, opts: ConnectOptions, callers: usize, calls: u64, size: usize) -> anyhow::Result<Report> {
     anyhow::ensure!(callers > 0, "--callers must be at least 1");
     let provider = Client::connect(url, opts.clone().name("bench-provider")).await?;
     let mut reg = provider.register("bench.rpc").await?;
@@ -70,16 +184,18 @@ async fn rpc(url: &str, opts: ConnectOptions, callers: usize, calls: u64, size: 
     let caller = Client::connect(url, opts.name("bench-caller")).await?;
     let payload = Bytes::from(vec![b'x'; size]);
     let per = calls / callers as u64;
+    let progress = Progress::start(per * callers as u64, "calls");
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..callers {
-        let (c, p) = (caller.clone(), payload.clone());
+        let (c, p, done) = (caller.clone(), payload.clone(), progress.counter());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(per as usize);
             for _ in 0..per {
                 let t = Instant::now();
                 c.call("bench.rpc", p.clone(), Duration::from_secs(10)).await?;
                 lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+                done.fetch_add(1, Ordering::Relaxed);
             }
             Ok::<_, fovea_client::ClientError>(lat)
         }));
@@ -89,65 +205,255 @@ async fn rpc(url: &str, opts: ConnectOptions, callers: usize, calls: u64, size: 
         lat.extend(t.await.context("caller task failed")??);
     }
     let elapsed = t0.elapsed().as_secs_f64().max(1e-9);
+    progress.finish();
     lat.sort_unstable();
     let q = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
     let rate = lat.len() as f64 / elapsed;
     println!("rpc: {} calls of {size} bytes from {callers} concurrent callers to 1 provider", lat.len());
     println!("  {rate:.0} calls/s; latency p50 {} µs, p99 {} µs, p99.9 {} µs", q(0.5), q(0.99), q(0.999));
-    println!(
-        "system=fovea mode=rpc size={size} callers={callers} calls={} rate={rate:.0} p50_us={} p99_us={} p999_us={}",
-        lat.len(),
-        q(0.5),
-        q(0.99),
-        q(0.999)
-    );
+    let mut r = Report::new("rpc");
+    r.put("size", size).put("callers", callers).put("calls", lat.len()).put("rate", format!("{rate:.0}"));
+    r.put("p50_us", q(0.5)).put("p99_us", q(0.99)).put("p999_us", q(0.999));
     caller.close().await;
     provider.close().await;
-    Ok(())
+    Ok(r)
 }
 
-/// What one publisher → one subscriber run measured.
+/// What one publisher → subscribers run measured.
 struct Run {
     /// Messages published per second (until the publisher's flush returned).
     pub_rate: f64,
-    /// Messages delivered per second, from the first publish to the last receipt.
+    /// Deliveries per second (all subscribers), from the first publish to the last receipt.
     rate: f64,
-    /// Messages delivered.
+    /// Deliveries, all subscribers together.
     got: u64,
     /// Seconds from the first publish to the last receipt.
     elapsed: f64,
 }
 
-/// One publisher and one subscriber that keeps up, on `topic`.
-async fn fast_run(url: &str, opts: &ConnectOptions, topic: &str, msgs: u64, size: usize) -> anyhow::Result<Run> {
-    let sub_client = Client::connect(url, opts.clone().name("bench-fast")).await?;
+/// One publisher and `subs` subscribers that keep up, on `topic`.
+async fn fast_run(
+    url: &str,
+    opts: &ConnectOptions,
+    topic: &str,
+    msgs: u64,
+    size: usize,
+    subs: usize,
+) -> anyhow::Result<Run> {
+    let mut receivers = Vec::with_capacity(subs);
+    let mut sub_clients = Vec::with_capacity(subs);
+    for i in 0..subs {
+        let c = Client::connect(url, opts.clone().name(format!("bench-sub-{i}"))).await?;
+        let sub = c.subscribe(topic).await?;
+        sub_clients.push(c);
+        receivers.push(sub);
+    }
     let publisher = Client::connect(url, opts.clone().name("bench-pub")).await?;
-    let mut sub = sub_client.subscribe(topic).await?;
+    let progress = Progress::start(msgs, "published");
     let t0 = Instant::now();
-    let receiver = tokio::spawn(async move {
-        let (mut got, mut last) = (0u64, Instant::now());
-        while got < msgs {
-            match tokio::time::timeout(QUIET, sub.next()).await {
-                Ok(Some(_)) => {
-                    got += 1;
-                    last = Instant::now();
+    let receivers: Vec<_> = receivers
+        .into_iter()
+        .map(|mut sub| {
+            tokio::spawn(async move {
+                let (mut got, mut last) = (0u64, Instant::now());
+                while got < msgs {
+                    match tokio::time::timeout(QUIET, sub.next()).await {
+                        Ok(Some(_)) => {
+                            got += 1;
+                            last = Instant::now();
+                        }
+                        _ => break,
+                    }
                 }
-                _ => break,
-            }
-        }
-        (got, last)
-    });
+                (got, last)
+            })
+        })
+        .collect();
     let payload = Bytes::from(vec![b'x'; size]);
-    for _ in 0..msgs {
+    let done = progress.counter();
+    for i in 0..msgs {
         publisher.publish(topic, payload.clone()).await?;
+        if i % 1024 == 0 {
+            done.store(i, Ordering::Relaxed);
+        }
     }
     publisher.flush().await.context("flushing the publisher")?;
     let pub_rate = msgs as f64 / t0.elapsed().as_secs_f64().max(1e-9);
-    let (got, last) = receiver.await.context("receiver task failed")?;
+    progress.finish();
+    let (mut got, mut last) = (0u64, t0);
+    for r in receivers {
+        let (g, l) = r.await.context("receiver task failed")?;
+        got += g;
+        last = last.max(l);
+    }
     let elapsed = last.saturating_duration_since(t0).as_secs_f64().max(1e-9);
     publisher.close().await;
-    sub_client.close().await;
+    for c in sub_clients {
+        c.close().await;
+    }
     Ok(Run { pub_rate, rate: got as f64 / elapsed, got, elapsed })
+}
+
+/// Connections are opened through shared sockets, this many per socket: a client process
+/// holding 100 000 connections would otherwise need 100 000 file descriptors.
+const CONNS_PER_SOCKET: usize = 1000;
+/// Handshakes in flight at once while opening connections.
+const CONNECTS_IN_FLIGHT: usize = 64;
+/// Connections opened before the baseline sample, so one-off allocations (pools, tables
+/// growing from empty) are not charged to the per-connection figure.
+const WARM_UP_CONNS: usize = 200;
+
+/// Opens `n` idle connections and reports the node's RSS growth per connection, measured
+/// after a keep-alive round, from a baseline taken after a warm-up.
+async fn conns(url: &str, opts: ConnectOptions, n: usize, node: Option<u32>) -> anyhow::Result<Report> {
+    anyhow::ensure!(n > WARM_UP_CONNS, "--conns must be more than {WARM_UP_CONNS}");
+    let pid = node.context("bench conns measures the node's memory, so it starts its own node: drop --url")?;
+    let addr: std::net::SocketAddr = "0.0.0.0:0".parse().context("bind address")?;
+    let mut sockets = Vec::new();
+    for _ in 0..n.div_ceil(CONNS_PER_SOCKET) {
+        sockets.push(fovea_client::Socket::bind(addr)?);
+    }
+    let opts = opts.reconnect(false).subscription_capacity(1);
+    let progress = Progress::start(n as u64, "connections");
+    let done = progress.counter();
+    let mut clients = Vec::with_capacity(n);
+    let open = |range: std::ops::Range<usize>| {
+        let (sockets, opts, done) = (&sockets, &opts, done.clone());
+        async move {
+            let limit = Arc::new(tokio::sync::Semaphore::new(CONNECTS_IN_FLIGHT));
+            let mut set = tokio::task::JoinSet::new();
+            for i in range {
+                let permit = limit.clone().acquire_owned().await?;
+                let o = opts.clone().socket(&sockets[i / CONNS_PER_SOCKET]);
+                let (u, d) = (url.to_owned(), done.clone());
+                set.spawn(async move {
+                    let c = Client::connect(&u, o).await;
+                    drop(permit);
+                    d.fetch_add(1, Ordering::Relaxed);
+                    c
+                });
+            }
+            let mut out = Vec::new();
+            let mut failed = 0usize;
+            let mut first_error = None;
+            while let Some(r) = set.join_next().await {
+                match r? {
+                    Ok(c) => out.push(c),
+                    Err(e) => {
+                        failed += 1;
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            Ok::<_, anyhow::Error>((out, failed, first_error))
+        }
+    };
+    let (warm, mut failed, mut first_error) = open(0..WARM_UP_CONNS).await?;
+    clients.extend(warm);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let base = rss_kib(pid).context("reading the node's memory from /proc")?;
+    let t0 = Instant::now();
+    let (rest, f, e) = open(WARM_UP_CONNS..n).await?;
+    let connect_s = t0.elapsed().as_secs_f64().max(1e-9);
+    progress.finish();
+    clients.extend(rest);
+    failed += f;
+    first_error = first_error.or(e);
+    // Past one keep-alive round (10 s by default), so each connection has sent and
+    // acknowledged packets since its handshake: the steady idle state.
+    let settle = Duration::from_secs(12);
+    println!("conns: {} connections open, waiting {settle:?} for a keep-alive round", clients.len());
+    tokio::time::sleep(settle).await;
+    let after = rss_kib(pid).context("reading the node's memory from /proc")?;
+    let opened = clients.len();
+    let per_conn = (after.saturating_sub(base)) as f64 * 1024.0 / (opened.saturating_sub(WARM_UP_CONNS)).max(1) as f64;
+    let rate = (n - WARM_UP_CONNS) as f64 / connect_s;
+    println!("  opened {opened} of {n} at {rate:.0} connections/s; {failed} failed");
+    if let Some(e) = &first_error {
+        println!("  first failure: {e}");
+    }
+    println!(
+        "  node RSS {:.1} MiB after {WARM_UP_CONNS} warm-up connections, {:.1} MiB with {opened}: {:.1} KB per connection",
+        base as f64 / 1024.0,
+        after as f64 / 1024.0,
+        per_conn / 1000.0
+    );
+    let mut r = Report::new("conns");
+    r.put("conns", n).put("opened", opened).put("failed", failed).put("connect_rate", format!("{rate:.0}"));
+    r.put("rss_base_kib", base).put("rss_kib", after).put("bytes_per_conn", format!("{per_conn:.0}"));
+    if failed > 0 {
+        r.failure = Some(format!("{failed} connections failed"));
+    }
+    // Dropping 100 000 clients one by one takes a while and measures nothing: the node
+    // is killed when `run` returns, and this process exits after it.
+    std::mem::forget(clients);
+    Ok(r)
+}
+
+/// Starts `fovea node` `runs` times and measures spawn → ready line. The first start
+/// creates the self-signed certificate and is reported apart.
+fn startup(runs: usize) -> anyhow::Result<Report> {
+    anyhow::ensure!(runs >= 2, "--runs must be at least 2");
+    let dir = tempfile::tempdir().context("creating a temporary data dir")?;
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        let node = ChildNode::start_in(dir.path(), None, &[])?;
+        times.push(t.elapsed());
+        drop(node);
+    }
+    let first = times[0];
+    let mut rest: Vec<Duration> = times[1..].to_vec();
+    rest.sort_unstable();
+    let p50 = rest[rest.len() / 2];
+    let max = rest[rest.len() - 1];
+    let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1e3);
+    println!("startup: {runs} starts of `fovea node` (spawn to ready line)");
+    println!("  first start (creates the certificate) {} ms; then p50 {} ms, max {} ms", ms(first), ms(p50), ms(max));
+    let mut r = Report::new("startup");
+    r.put("runs", runs).put("first_ms", ms(first)).put("p50_ms", ms(p50)).put("max_ms", ms(max));
+    Ok(r)
+}
+
+/// Runs `nats.sh` for the workload just measured and prints both lines and the ratio.
+fn compare_nats(args: &BenchArgs, fovea: &Report) -> anyhow::Result<()> {
+    let (mode, msgs, k, keys): (&str, u64, usize, &[&str]) = match args.mode {
+        BenchMode::Pubsub => ("pubsub", args.msgs, 1, &["delivered_rate"]),
+        BenchMode::Fanout => ("fanout", args.msgs, args.subs, &["delivered_rate"]),
+        BenchMode::Rpc => ("reqrep", args.calls, args.callers, &["rate", "p50_us", "p99_us"]),
+        _ => bail!("--compare-nats covers pubsub, fanout and rpc; NATS has no counterpart for this mode"),
+    };
+    let script = &args.nats_script;
+    anyhow::ensure!(
+        script.exists(),
+        "NATS benchmark script {} not found; pass --nats-script or set FOVEA_NATS_BENCH",
+        script.display()
+    );
+    let out = Command::new("bash")
+        .arg(script)
+        .args([mode.to_owned(), msgs.to_string(), args.size.to_string(), k.to_string()])
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Some(line) = text.lines().rev().find(|l| l.starts_with("system=nats")) else {
+        bail!("{} printed no result line (exit {}): {text}", script.display(), out.status);
+    };
+    println!("{line}");
+    let nats = |key: &str| {
+        line.split_whitespace().find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('='))?.parse::<f64>().ok())
+    };
+    let mut cmp = format!("compare mode={mode}");
+    for key in keys {
+        if let (Some(f), Some(n)) = (fovea.get(key), nats(key)) {
+            cmp.push_str(&format!(" {key}_ratio={:.2}", f / n.max(1e-9)));
+        }
+    }
+    if let Some(d) = nats("dropped") {
+        cmp.push_str(&format!(" nats_dropped={d:.0} fovea_dropped={}", fovea.get("dropped").unwrap_or(0.0)));
+    }
+    println!("{cmp}");
+    Ok(())
 }
 
 /// The node's current resident memory, from /proc (Linux), in KiB.
@@ -167,7 +473,7 @@ async fn soak(
     duration: Duration,
     sample: Duration,
     node: Option<u32>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Report> {
     let c = |name: &str| Client::connect(url, opts.clone().name(name));
     let (publisher, sub_a, group_1, group_2, provider, caller) = (
         c("soak-pub").await?,
@@ -219,17 +525,15 @@ async fn soak(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (first, last, max) = (samples.first().copied(), samples.last().copied(), samples.iter().max().copied());
-    println!(
-        "system=fovea mode=soak size={size} duration_s={:.0} published={published} calls={calls} rss_first_kib={} rss_last_kib={} rss_max_kib={}",
-        duration.as_secs_f64(),
-        first.map_or("unknown".into(), |k| k.to_string()),
-        last.map_or("unknown".into(), |k| k.to_string()),
-        max.map_or("unknown".into(), |k| k.to_string()),
-    );
+    let kib = |k: Option<u64>| k.map_or("unknown".into(), |k| k.to_string());
+    let mut r = Report::new("soak");
+    r.put("size", size).put("duration_s", format!("{:.0}", duration.as_secs_f64()));
+    r.put("published", published).put("calls", calls);
+    r.put("rss_first_kib", kib(first)).put("rss_last_kib", kib(last)).put("rss_max_kib", kib(max));
     for d in drains {
         d.abort();
     }
-    Ok(())
+    Ok(r)
 }
 
 /// The node's peak resident memory, from /proc (Linux), in KiB.
@@ -245,14 +549,14 @@ async fn slow_consumer(
     msgs: u64,
     size: usize,
     node: Option<u32>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Report> {
     // Baseline: the fast subscriber alone.
-    let base = fast_run(url, &opts, "bench.base", msgs, size).await?;
+    let base = fast_run(url, &opts, "bench.base", msgs, size, 1).await?;
     let (base_pub, base_rate, base_got) = (base.pub_rate, base.rate, base.got);
     // Same run with a stalled subscriber on the same topic: it never reads.
     let stalled_client = Client::connect(url, opts.clone().name("bench-stalled").subscription_capacity(1)).await?;
     let mut stalled = stalled_client.subscribe("bench.slow").await?;
-    let run = fast_run(url, &opts, "bench.slow", msgs, size).await?;
+    let run = fast_run(url, &opts, "bench.slow", msgs, size, 1).await?;
     let (pub_rate, rate, got) = (run.pub_rate, run.rate, run.got);
     // Wake the stalled one: it gets what was queued and learns how much was dropped.
     let mut stalled_got = 0u64;
@@ -275,15 +579,16 @@ async fn slow_consumer(
     if let Some(kib) = peak {
         println!("  node peak RSS: {:.1} MiB", kib as f64 / 1024.0);
     }
-    println!(
-        "system=fovea mode=slow-consumer size={size} published={msgs} baseline_rate={base_rate:.0} fast_rate={rate:.0} \
-         ratio={ratio:.3} fast_delivered={got} stalled_received={stalled_got} stalled_dropped={dropped} \
-         node_peak_rss_kib={}",
-        peak.map_or("unknown".to_owned(), |k| k.to_string())
-    );
+    let mut r = Report::new("slow-consumer");
+    r.put("size", size).put("published", msgs).put("baseline_rate", format!("{base_rate:.0}"));
+    r.put("fast_rate", format!("{rate:.0}")).put("ratio", format!("{ratio:.3}")).put("fast_delivered", got);
+    r.put("stalled_received", stalled_got).put("stalled_dropped", dropped);
+    r.put("node_peak_rss_kib", peak.map_or("unknown".to_owned(), |k| k.to_string()));
     stalled_client.close().await;
-    anyhow::ensure!(got == msgs && base_got == msgs, "the fast subscriber lost messages");
-    Ok(())
+    if got != msgs || base_got != msgs {
+        r.failure = Some("the fast subscriber lost messages".into());
+    }
+    Ok(r)
 }
 
 /// A node started as a child process, as users run it, on a free port and a fresh data dir.
@@ -291,16 +596,24 @@ struct ChildNode {
     child: Child,
     url: String,
     cert: PathBuf,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl ChildNode {
-    fn start(config: Option<&std::path::Path>) -> anyhow::Result<ChildNode> {
+    fn start(config: Option<&Path>, extra: &[String]) -> anyhow::Result<ChildNode> {
         let dir = tempfile::tempdir().context("creating a temporary data dir")?;
+        let mut node = ChildNode::start_in(dir.path(), config, extra)?;
+        node._dir = Some(dir);
+        Ok(node)
+    }
+
+    /// Starts a node with its state in `dir`, and returns once it printed its ready line.
+    fn start_in(dir: &Path, config: Option<&Path>, extra: &[String]) -> anyhow::Result<ChildNode> {
         let exe = std::env::current_exe().context("locating the fovea binary")?;
         let mut child = Command::new(exe)
             .args(["node", "--listen", "127.0.0.1:0", "--admin", "off", "--log-level", "error", "--data-dir"])
-            .arg(dir.path())
+            .arg(dir)
+            .args(extra)
             .args(config.map(|c| vec![std::ffi::OsStr::new("--config"), c.as_os_str()]).unwrap_or_default())
             .stdout(Stdio::piped())
             .stdin(Stdio::null())
@@ -313,7 +626,7 @@ impl ChildNode {
             let _ = child.kill();
             bail!("the node did not print its ready line (got {line:?})");
         };
-        Ok(ChildNode { url: url.to_owned(), cert: dir.path().join("node.crt"), child, _dir: dir })
+        Ok(ChildNode { url: url.to_owned(), cert: dir.join("node.crt"), child, _dir: None })
     }
 }
 

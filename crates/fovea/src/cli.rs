@@ -79,7 +79,7 @@ pub enum Command {
     Cert(CertCommand),
     /// Measure throughput and latency (starts its own node unless --url is given).
     #[command(
-        after_help = "Examples:\n  fovea bench pubsub\n  fovea bench pubsub --msgs 2000000 --size 1024\n  fovea bench rpc --callers 64 --calls 200000\n\nThe last line is key=value pairs, as ../shared/bench/nats.sh prints, for side-by-side comparison."
+        after_help = "Examples:\n  fovea bench pubsub\n  fovea bench pubsub --msgs 2000000 --size 1024 --compare-nats\n  fovea bench fanout --subs 100 --msgs 100000\n  fovea bench rpc --callers 64 --calls 200000\n  fovea bench conns --conns 100000\n  fovea bench startup\n\nThe last line is key=value pairs, as ../shared/bench/nats.sh prints, for side-by-side comparison."
     )]
     Bench(BenchArgs),
 }
@@ -301,8 +301,14 @@ pub struct SubArgs {
 pub enum BenchMode {
     /// One publisher, one subscriber.
     Pubsub,
+    /// One publisher, --subs subscribers (each its own connection) on the same topic.
+    Fanout,
     /// Concurrent callers, one provider that echoes.
     Rpc,
+    /// --conns idle client connections: the node's memory per connection.
+    Conns,
+    /// Time from starting `fovea node` to its ready line, over --runs starts.
+    Startup,
     /// A fast and a stalled subscriber, against a run with the fast one alone.
     SlowConsumer,
     /// Mixed pub/sub and RPC for --duration, sampling the node's memory.
@@ -320,9 +326,18 @@ pub struct BenchArgs {
     /// Payload size in bytes.
     #[arg(long, default_value_t = 64, value_name = "BYTES")]
     pub size: usize,
+    /// Fan-out: subscribers.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub subs: usize,
     /// RPC: concurrent callers.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub callers: usize,
+    /// Conns: idle client connections to open.
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    pub conns: usize,
+    /// Startup: how many times to start the node.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub runs: usize,
     /// RPC: calls in all.
     #[arg(long, default_value_t = 100_000, value_name = "N")]
     pub calls: u64,
@@ -351,6 +366,13 @@ pub struct BenchArgs {
     /// Skip certificate verification for --url.
     #[arg(long)]
     pub insecure: bool,
+    /// Run the same workload against NATS right after (pubsub, fanout, rpc) with
+    /// ../shared/bench/nats.sh, and print the ratio.
+    #[arg(long)]
+    pub compare_nats: bool,
+    /// The NATS benchmark script for --compare-nats.
+    #[arg(long, env = "FOVEA_NATS_BENCH", default_value = "../shared/bench/nats.sh", value_name = "FILE")]
+    pub nats_script: PathBuf,
 }
 
 #[derive(Debug, Args)]
