@@ -61,11 +61,17 @@ impl Deframer {
             if self.partial.len() < self.need {
                 return Ok(None);
             }
-            self.ready = self.partial.split().freeze();
+            // Taken whole, so no spare capacity stays behind sharing the frame's allocation.
+            self.ready = std::mem::take(&mut self.partial).freeze();
         }
         match Frame::decode(&self.ready, self.max_frame)? {
             Some((frame, n)) => {
                 self.ready.advance(n);
+                if self.ready.is_empty() {
+                    // An empty slice still pins the chunk it came from (a whole received
+                    // datagram); an idle connection should hold nothing.
+                    self.ready = Bytes::new();
+                }
                 Ok(Some(frame))
             }
             None => {

@@ -44,8 +44,10 @@ pub(crate) struct Peer {
 #[derive(Default)]
 struct Calls {
     map: HashMap<u64, InFlight>,
-    /// One deadline per entry of `map`, removed with it.
-    timers: DelayQueue<u64>,
+    /// One deadline per entry of `map`, removed with it. Created by the connection's first
+    /// call: an empty `DelayQueue` still holds its timing wheel (~6 KB), which most
+    /// connections (subscribers, providers) would carry for nothing.
+    timers: Option<DelayQueue<u64>>,
 }
 
 struct InFlight {
@@ -112,7 +114,7 @@ impl Peer {
                 let msg = format!("this connection has {} calls in flight, the node's limit", calls.map.len());
                 return Err(Refusal::Result(ErrorCode::Busy, msg));
             }
-            let timer = calls.timers.insert(call_id, timeout);
+            let timer = calls.timers.get_or_insert_with(DelayQueue::new).insert(call_id, timeout);
             calls.map.insert(call_id, InFlight { provider: provider.clone(), req_id, timer, started: Instant::now() });
         }
         {
@@ -167,7 +169,11 @@ impl Peer {
         // has exactly one live timer key is what makes `take_call`'s removal safe.
         let (call_id, expired) = poll_fn(|cx| {
             let mut calls = lock(&self.calls);
-            match calls.timers.poll_expired(cx) {
+            let expired = match calls.timers.as_mut() {
+                Some(timers) => timers.poll_expired(cx),
+                None => Poll::Pending,
+            };
+            match expired {
                 Poll::Ready(Some(e)) => {
                     let id = e.into_inner();
                     Poll::Ready((id, calls.map.remove(&id)))
@@ -195,7 +201,7 @@ impl Peer {
     pub fn abandon_all(&self) -> usize {
         let mine: Vec<InFlight> = {
             let mut calls = lock(&self.calls);
-            calls.timers.clear();
+            calls.timers = None;
             calls.map.drain().map(|(_, c)| c).collect()
         };
         for c in mine {
@@ -233,7 +239,9 @@ impl Peer {
     fn take_call(&self, call_id: u64) -> Option<InFlight> {
         let mut calls = lock(&self.calls);
         let c = calls.map.remove(&call_id)?;
-        calls.timers.remove(&c.timer);
+        if let Some(timers) = calls.timers.as_mut() {
+            timers.remove(&c.timer);
+        }
         Some(c)
     }
 }

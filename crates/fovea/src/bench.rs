@@ -3,9 +3,9 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -313,7 +313,9 @@ async fn conns(url: &str, opts: ConnectOptions, n: usize, node: Option<u32>) -> 
     for _ in 0..n.div_ceil(CONNS_PER_SOCKET) {
         sockets.push(fovea_client::Socket::bind(addr)?);
     }
-    let opts = opts.reconnect(false).subscription_capacity(1);
+    // A handshake queued behind thousands of others (and behind the keep-alives of those
+    // already open) is slow, not refused: give it time, and count only real failures.
+    let opts = opts.reconnect(false).subscription_capacity(1).connect_timeout(Duration::from_secs(60));
     let progress = Progress::start(n as u64, "connections");
     let done = progress.counter();
     let mut clients = Vec::with_capacity(n);
@@ -441,7 +443,8 @@ fn compare_nats(args: &BenchArgs, fovea: &Report) -> anyhow::Result<()> {
     };
     println!("{line}");
     let nats = |key: &str| {
-        line.split_whitespace().find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('='))?.parse::<f64>().ok())
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('='))?.parse::<f64>().ok())
     };
     let mut cmp = format!("compare mode={mode}");
     for key in keys {
