@@ -67,10 +67,28 @@ fn init_logging(level: &str, format: cli::LogFormat) {
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| LogWriter).with_target(false);
     match format {
         cli::LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).init(),
         cli::LogFormat::Json => fmt.json().init(),
+    }
+}
+
+/// Standard error for log lines, ignoring write errors. A node whose stderr was closed (its
+/// supervisor or a `| head` went away) must keep serving: with a failing writer,
+/// tracing-subscriber reports the failure with `eprintln!`, which panics on the same
+/// closed pipe and would take down whichever task was logging (seen: the shutdown task).
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
     }
 }
 

@@ -87,8 +87,18 @@ pub async fn run(
     if let Some(path) = args.config.clone() {
         tokio::spawn(reload_on_hangup(hangup_signal(), path, node.reloader()));
     }
-    // The one line scripts and tests wait for; keep its shape stable.
-    println!("fovea node ready on quic://{addr} (certificate sha256 {}{trust}{admin})", node.fingerprint());
+    // The one line scripts and tests wait for; keep its shape stable. A closed stdout (the
+    // reader went away) is no reason to stop serving, so a failed write is ignored.
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "fovea node ready on quic://{addr} (certificate sha256 {}{trust}{admin})",
+            node.fingerprint()
+        );
+        let _ = out.flush();
+    }
     node.run(shutdown).await.context("node failed")?;
     tracing::info!("node stopped");
     Ok(())
@@ -182,7 +192,7 @@ async fn stop_on_signal(mut signals: StopSignals, token: CancellationToken) {
     tracing::info!("shutting down: telling clients to go away (a second signal stops at once)");
     token.cancel();
     signals.next().await;
-    eprintln!("second signal: exiting without draining");
+    tracing::warn!("second signal: exiting without draining");
     std::process::exit(1);
 }
 
