@@ -1,6 +1,6 @@
 //! The built `fovea` binary, as a user runs it: a node, `sub` and `pub`.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
