@@ -37,7 +37,7 @@ mod url;
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -358,6 +358,8 @@ pub(crate) struct Inner {
     pub state: watch::Sender<ConnectionState>,
     pub events: broadcast::Sender<Event>,
     pub info: Mutex<Option<ServerInfo>>,
+    /// `info`'s `max_payload`, read by every publish without the lock.
+    pub max_payload: AtomicUsize,
     pub shutdown: CancellationToken,
 }
 
@@ -464,6 +466,7 @@ impl Client {
             state,
             events: broadcast::channel(64).0,
             info: Mutex::new(None),
+            max_payload: AtomicUsize::new(fovea_core::limits::MAX_PAYLOAD),
             shutdown: CancellationToken::new(),
         });
         let first = session::establish(&inner).await?;
@@ -645,7 +648,7 @@ impl Client {
     }
 
     pub(crate) fn max_payload(&self) -> usize {
-        lock(&self.inner().info).as_ref().map_or(fovea_core::limits::MAX_PAYLOAD, |i| i.max_payload)
+        self.inner().max_payload.load(Ordering::Relaxed)
     }
 }
 

@@ -87,12 +87,10 @@ pub(crate) async fn establish(inner: &Inner) -> Result<Session, ClientError> {
         let Frame::Welcome(w) = first else {
             return Err(ClientError::Connection(format!("expected WELCOME, got frame type 0x{:x}", first.kind())));
         };
-        *lock(&inner.info) = Some(ServerInfo {
-            node: w.node,
-            version: w.version,
-            connection_id: w.connection_id,
-            max_payload: usize::try_from(w.max_payload).unwrap_or(usize::MAX),
-        });
+        let max_payload = usize::try_from(w.max_payload).unwrap_or(usize::MAX);
+        inner.max_payload.store(max_payload, std::sync::atomic::Ordering::Relaxed);
+        *lock(&inner.info) =
+            Some(ServerInfo { node: w.node, version: w.version, connection_id: w.connection_id, max_payload });
         Ok(Session { conn, send, recv, deframer })
     };
     match tokio::time::timeout(timeout, attempt).await {

@@ -216,6 +216,50 @@ impl Pattern {
 }
 
 fn validate(raw: &[u8], wildcards: bool) -> Result<(), TopicError> {
+    // Every publish validates its topic, at both ends: an ASCII topic is checked in one
+    // pass over its bytes. Anything else, and every invalid name (to report the first
+    // error in the documented order), takes the full path below.
+    if raw.len() <= MAX_TOPIC_LEN && valid_ascii(raw, wildcards) {
+        return Ok(());
+    }
+    validate_slow(raw, wildcards)
+}
+
+/// Whether `raw` is a valid ASCII name. `false` for non-ASCII bytes too: the caller then
+/// applies the full Unicode rules.
+fn valid_ascii(raw: &[u8], wildcards: bool) -> bool {
+    let (mut depth, mut seg_len, mut wild_in_seg, mut gt_seen) = (1usize, 0usize, 0usize, false);
+    for &b in raw {
+        match b {
+            b'.' => {
+                // A segment ended: non-empty, and a wildcard only as the whole segment.
+                if seg_len == 0 || (wild_in_seg > 0 && seg_len != 1) || gt_seen {
+                    return false;
+                }
+                depth += 1;
+                seg_len = 0;
+                wild_in_seg = 0;
+                continue;
+            }
+            b'*' | b'>' => {
+                if !wildcards {
+                    return false;
+                }
+                wild_in_seg += 1;
+                if b == b'>' {
+                    gt_seen = true;
+                }
+            }
+            // ASCII control characters and whitespace; non-ASCII goes the slow way.
+            0..=b' ' | 0x7f..=0xff => return false,
+            _ => {}
+        }
+        seg_len += 1;
+    }
+    seg_len > 0 && (wild_in_seg == 0 || seg_len == 1) && depth <= MAX_TOPIC_DEPTH
+}
+
+fn validate_slow(raw: &[u8], wildcards: bool) -> Result<(), TopicError> {
     if raw.is_empty() {
         return Err(TopicError::Empty);
     }
@@ -251,6 +295,19 @@ fn validate(raw: &[u8], wildcards: bool) -> Result<(), TopicError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The one-pass ASCII check agrees with the full rules on every input.
+        #[test]
+        fn ascii_fast_path_agrees(raw in "[a-c.*> \\t\u{7f}\u{e9}]{0,12}", wildcards: bool) {
+            let slow = validate_slow(raw.as_bytes(), wildcards).is_ok();
+            prop_assert_eq!(validate(raw.as_bytes(), wildcards).is_ok(), slow);
+            if valid_ascii(raw.as_bytes(), wildcards) {
+                prop_assert!(slow);
+            }
+        }
+    }
 
     fn p(s: &str) -> Pattern {
         Pattern::new(s).unwrap()
