@@ -578,7 +578,15 @@ impl Client {
         let entry = |ack| SubEntry { pattern: parsed.clone(), dropped: dropped.clone(), group, tx, ack };
         let ack = inner.open_acked(&inner.subs, sid, entry, &frame)?;
         // Built before waiting: if the node refuses, dropping it sends the UNSUB.
-        let sub = Subscription { sid, pattern: parsed, rx, dropped, client: self.clone() };
+        let sub = Subscription {
+            sid,
+            pattern: parsed,
+            rx,
+            batch: std::collections::VecDeque::new(),
+            scratch: Vec::new(),
+            dropped,
+            client: self.clone(),
+        };
         acknowledged(ack).await?;
         Ok(sub)
     }
@@ -652,12 +660,20 @@ impl Client {
     }
 }
 
+/// Most messages a [`Subscription`] takes from its channel at once.
+const RECV_BATCH: usize = 256;
+
 /// A stream of the messages that match one pattern. Ends when the client closes or the
 /// node cancels the subscription. Dropping it unsubscribes.
 pub struct Subscription {
     sid: u64,
     pattern: Pattern,
     rx: mpsc::Receiver<Message>,
+    /// Messages taken from `rx` in one go, handed out one by one: one channel operation
+    /// per batch rather than per message. At most [`RECV_BATCH`] on top of the channel's
+    /// capacity are held.
+    batch: std::collections::VecDeque<Message>,
+    scratch: Vec<Message>,
     dropped: Arc<AtomicU64>,
     client: Client,
 }
@@ -668,7 +684,21 @@ impl Subscription {
     /// # Cancel safety
     /// Cancel safe: no message is lost if the future is dropped.
     pub async fn next(&mut self) -> Option<Message> {
-        self.rx.recv().await
+        std::future::poll_fn(|cx| self.poll_message(cx)).await
+    }
+
+    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        if let Some(m) = self.batch.pop_front() {
+            return Poll::Ready(Some(m));
+        }
+        match self.rx.poll_recv_many(cx, &mut self.scratch, RECV_BATCH) {
+            Poll::Ready(0) => Poll::Ready(None),
+            Poll::Ready(_) => {
+                self.batch.extend(self.scratch.drain(..));
+                Poll::Ready(self.batch.pop_front())
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     /// The subscription's pattern.
@@ -691,7 +721,7 @@ impl Subscription {
 impl futures_core::Stream for Subscription {
     type Item = Message;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
-        self.rx.poll_recv(cx)
+        self.poll_message(cx)
     }
 }
 
