@@ -447,3 +447,32 @@ fn print_config_round_trips() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("printed.toml:3") && err.contains("lisen"), "{err}");
 }
+
+/// Every short benchmark runs end to end through the binary (it starts its own node) and
+/// ends with the `system=fovea mode=…` line that sits beside NATS's.
+#[test]
+fn bench_modes_print_key_value_lines() {
+    let runs: &[(&[&str], &str)] = &[
+        (&["bench", "pubsub", "--msgs", "2000"], "mode=pubsub"),
+        (&["bench", "fanout", "--subs", "3", "--msgs", "1000"], "mode=fanout"),
+        (&["bench", "rpc", "--callers", "4", "--calls", "200"], "mode=rpc"),
+        (&["bench", "startup", "--runs", "2"], "mode=startup"),
+        (&["bench", "conns", "--conns", "260"], "mode=conns"),
+    ];
+    for (args, mode) in runs {
+        let out = Command::new(BIN).args(*args).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{args:?}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        let last = stdout.lines().last().unwrap_or_default();
+        assert!(last.starts_with(&format!("system=fovea {mode} ")), "{args:?}: {last}");
+        assert!(!last.contains("dropped=") || last.contains("dropped=0 "), "{last}");
+    }
+    // A missing comparison script is a clear error, after fovea's own figures.
+    let out = Command::new(BIN)
+        .args(["bench", "pubsub", "--msgs", "100", "--compare-nats", "--nats-script", "/nonexistent/nats.sh"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("system=fovea mode=pubsub"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--nats-script"), "{}", String::from_utf8_lossy(&out.stderr));
+}

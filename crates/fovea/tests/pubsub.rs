@@ -60,7 +60,7 @@ async fn one_publishers_messages_arrive_in_order_with_headers() {
         // Alternate sizes so small (copied) and large (by reference) payloads interleave.
         let mut payload = i.to_be_bytes().to_vec();
         if i % 100 == 0 {
-            payload.resize(4000, 7);
+            payload.resize(20_000, 7);
         }
         a.publish_with_headers("seq.n", &headers, payload).await.unwrap();
     }
@@ -290,5 +290,27 @@ async fn a_subscriber_that_stays_slow_is_disconnected() {
     assert!(closes.contains(&(ErrorCode::SlowConsumer, 1)), "{closes:?}");
     // The publisher never noticed.
     publisher.flush().await.unwrap();
+    node.stop().await;
+}
+
+/// Clients sharing one UDP socket each have their own connection: messages flow between
+/// them, and closing one leaves the others (and the socket) working.
+#[tokio::test]
+async fn clients_share_a_socket_and_close_independently() {
+    let node = TestNode::start().await;
+    let socket = fovea_client::Socket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let url = node.url();
+    let connect = || Client::connect(&url, node.options().socket(&socket));
+    let (a, b, c) = (connect().await.unwrap(), connect().await.unwrap(), connect().await.unwrap());
+    let ids: std::collections::HashSet<u64> =
+        [&a, &b, &c].iter().map(|x| x.server_info().unwrap().connection_id).collect();
+    assert_eq!(ids.len(), 3, "each client has its own connection");
+    let mut sub = b.subscribe("shared.>").await.unwrap();
+    a.publish("shared.one", "1").await.unwrap();
+    assert_eq!(&recv(&mut sub).await.payload[..], b"1");
+    c.close().await;
+    a.publish("shared.two", "2").await.unwrap();
+    assert_eq!(&recv(&mut sub).await.payload[..], b"2");
+    assert_eq!(*b.state().borrow(), ConnectionState::Connected);
     node.stop().await;
 }
