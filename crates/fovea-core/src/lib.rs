@@ -18,6 +18,7 @@
 //! - [`topic`]: validated [`Topic`] and [`Pattern`] newtypes.
 //! - [`trie`]: the subscription index.
 //! - [`balance`]: the procedure registry and power-of-two-choices balancing.
+//! - [`dht`]: Kademlia for the mesh (routing table, lookups, records), driven by the node.
 //! - [`code`]: wire error codes. [`limits`]: protocol maxima. [`varint`]: integer encoding.
 //!
 //! Neighbours: `fovea-node` (the server) and `fovea-client` (the SDK) depend on this crate;
@@ -28,6 +29,7 @@
 pub mod balance;
 pub mod code;
 pub mod deframer;
+pub mod dht;
 pub mod frame;
 pub mod headers;
 pub mod limits;
