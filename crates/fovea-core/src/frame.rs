@@ -59,6 +59,8 @@ pub mod kind {
     pub const RESPOND: u64 = 0x25;
     pub const RESULT: u64 = 0x26;
     pub const CANCEL: u64 = 0x27;
+    pub const MESH_HELLO: u64 = 0x40;
+    pub const DHT: u64 = 0x41;
 }
 
 /// One protocol message.
@@ -108,6 +110,11 @@ pub enum Frame {
     /// Either way (v2): caller → node, abandon call `id`; node → provider, request `id` was
     /// abandoned (cancelled or timed out) and will not be answered to anyone.
     Cancel(u64),
+    /// Node → node, first frame each way on a mesh link: who I am and the proof that I
+    /// hold the mesh's credential (docs/MESH.md).
+    MeshHello(MeshHello),
+    /// Node → node: a Kademlia message (`fovea_core::dht::wire`) under an rpc id.
+    Dht(DhtFrame),
 }
 
 /// `HELLO` fields.
@@ -247,6 +254,28 @@ pub struct Delivery {
     pub topic: Bytes,
     pub headers: Headers,
     pub payload: Bytes,
+}
+
+/// `MESH_HELLO` fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshHello {
+    pub version: u64,
+    /// The sender's node id (32 bytes: SHA-256 of its public key).
+    pub node_id: Bytes,
+    /// Where the sender's mesh endpoint listens, as `ip:port`.
+    pub mesh_addr: String,
+    /// The sender's name, for logs.
+    pub name: String,
+    /// Mesh-secret mode: HMAC-SHA256 over the TLS exporter of this connection; empty in
+    /// certificate mode.
+    pub proof: Bytes,
+}
+
+/// `DHT` fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DhtFrame {
+    pub rpc: u64,
+    pub body: Bytes,
 }
 
 /// Why a frame could not be decoded. Every variant is fatal for the connection.
@@ -396,6 +425,14 @@ impl Frame {
                 payload: r.bytes("payload", usize::MAX)?,
             }),
             kind::CANCEL => Frame::Cancel(r.varint("id")?),
+            kind::MESH_HELLO => Frame::MeshHello(MeshHello {
+                version: r.varint("version")?,
+                node_id: r.bytes("node_id", 32)?,
+                mesh_addr: r.text("mesh_addr", MAX_TEXT_LEN)?,
+                name: r.text("name", MAX_TEXT_LEN)?,
+                proof: r.bytes("proof", 64)?,
+            }),
+            kind::DHT => Frame::Dht(DhtFrame { rpc: r.varint("rpc")?, body: r.bytes("body", usize::MAX)? }),
             other => return Err(DecodeError::UnknownType(other)),
         };
         Ok(Some((frame, total)))
@@ -424,6 +461,8 @@ impl Frame {
             Frame::Respond(_) => kind::RESPOND,
             Frame::Result(_) => kind::RESULT,
             Frame::Cancel(_) => kind::CANCEL,
+            Frame::MeshHello(_) => kind::MESH_HELLO,
+            Frame::Dht(_) => kind::DHT,
         }
     }
 
@@ -530,6 +569,17 @@ impl Frame {
                 w.varint(o, x.code.to_u64());
                 w.headers(o, &x.headers);
                 w.bytes(o, &x.payload);
+            }
+            Frame::MeshHello(h) => {
+                w.varint(o, h.version);
+                w.bytes(o, &h.node_id);
+                w.bytes(o, h.mesh_addr.as_bytes());
+                w.bytes(o, h.name.as_bytes());
+                w.bytes(o, &h.proof);
+            }
+            Frame::Dht(d) => {
+                w.varint(o, d.rpc);
+                w.bytes(o, &d.body);
             }
             // Encoded by their own fast paths in `encode`.
             Frame::Pub(_) | Frame::Msg(_) => {}
@@ -816,6 +866,14 @@ mod tests {
             headers: Headers::from_pairs([("k", "v"), ("k2", "v2")]).unwrap(),
             payload: Bytes::from(vec![7u8; 100_000]),
         }));
+        round_trip(&Frame::MeshHello(MeshHello {
+            version: 1,
+            node_id: Bytes::from(vec![0xab; 32]),
+            mesh_addr: "127.0.0.1:4434".into(),
+            name: "n1".into(),
+            proof: Bytes::from(vec![1; 32]),
+        }));
+        round_trip(&Frame::Dht(DhtFrame { rpc: 77, body: Bytes::from_static(b"\x01") }));
     }
 
     proptest! {

@@ -25,6 +25,7 @@ mod id;
 mod lookup;
 mod store;
 mod table;
+pub mod wire;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
