@@ -30,6 +30,8 @@ pub struct NodeConfig {
     /// Bearer token the admin endpoint requires (all paths but `/health`). Required when
     /// the endpoint listens on a non-loopback address.
     pub admin_token: Option<String>,
+    /// Take part in a mesh of nodes; `None`: a standalone node.
+    pub mesh: Option<crate::mesh::MeshConfig>,
 }
 
 /// Paths of a PEM certificate chain and its private key.
@@ -182,6 +184,7 @@ impl NodeConfig {
             limits: Limits::default(),
             admin: Some(SocketAddr::from(([127, 0, 0, 1], 9600))),
             admin_token: None,
+            mesh: None,
         }
     }
 }

@@ -28,6 +28,7 @@ mod admin;
 pub mod auth;
 mod config;
 mod conn;
+pub mod mesh;
 mod outbound;
 mod router;
 mod rpc;
@@ -114,6 +115,8 @@ pub(crate) struct Shared {
     pub started: std::time::Instant,
     /// The address actually bound.
     pub listen: SocketAddr,
+    /// The mesh, when the node takes part in one.
+    pub mesh: Option<Arc<mesh::Mesh>>,
 }
 
 /// A bound, not yet running node.
@@ -161,6 +164,10 @@ impl Node {
             }
         };
         let seed = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u64);
+        let mesh = match &config.mesh {
+            Some(m) => Some(mesh::Mesh::bind(m.clone(), &config.data_dir, config.name.clone())?),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             config,
             realms: std::sync::RwLock::new(realms),
@@ -173,6 +180,7 @@ impl Node {
             draining: std::sync::atomic::AtomicBool::new(false),
             started: std::time::Instant::now(),
             listen,
+            mesh,
         });
         Ok(Node { endpoint, admin, shared, fingerprint, self_signed: identity.self_signed })
     }
@@ -195,6 +203,11 @@ impl Node {
     /// The self-signed certificate file, when the node uses one (clients trust this file).
     pub fn self_signed_cert(&self) -> Option<&Path> {
         self.self_signed.as_deref()
+    }
+
+    /// The node's mesh, when it takes part in one.
+    pub fn mesh(&self) -> Option<Arc<mesh::Mesh>> {
+        self.shared.mesh.clone()
     }
 
     /// A handle that reloads the node's realms and credentials while it runs.
@@ -220,6 +233,10 @@ impl Node {
             let listener = tokio::net::TcpListener::from_std(listener)
                 .map_err(|e| NodeError::Config(format!("admin endpoint: {e}")))?;
             tokio::spawn(admin::serve(listener, self.shared.clone(), admin_stop.clone()));
+        }
+        let mesh_stop = shutdown.child_token();
+        if let Some(mesh) = self.shared.mesh.clone() {
+            tokio::spawn(mesh.run(mesh_stop.clone()));
         }
         let permits = Arc::new(Semaphore::new(limits.max_connections));
         loop {

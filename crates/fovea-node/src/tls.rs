@@ -159,3 +159,141 @@ impl rustls::server::danger::ClientCertVerifier for PinnedClientCerts {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// The node's mesh identity: a key pair kept in the data dir (created on first start) and
+/// a self-signed certificate around it. Its node id is the SHA-256 of the public key.
+pub const MESH_CERT_FILE: &str = "mesh.crt";
+pub const MESH_KEY_FILE: &str = "mesh.key";
+
+pub(crate) fn load_mesh_identity(data_dir: &Path) -> Result<Identity, NodeError> {
+    let (cert, key) = (data_dir.join(MESH_CERT_FILE), data_dir.join(MESH_KEY_FILE));
+    if !cert.exists() || !key.exists() {
+        create_self_signed(data_dir, &cert, &key)?;
+    }
+    Ok(Identity { chain: read_chain(&cert)?, key: read_key(&key)?, self_signed: Some(cert) })
+}
+
+/// SHA-256 of a certificate's public key (its DER SubjectPublicKeyInfo): a node id that
+/// survives re-issuing the certificate around the same key. `None` for a certificate
+/// that does not parse.
+pub(crate) fn public_key_id(cert: &CertificateDer<'_>) -> Option<[u8; 32]> {
+    let parsed = webpki::EndEntityCert::try_from(cert).ok()?;
+    let spki = parsed.subject_public_key_info();
+    let digest = ring::digest::digest(&ring::digest::SHA256, spki.as_ref());
+    digest.as_ref().try_into().ok()
+}
+
+/// TLS for mesh links, both directions. Each side presents its mesh certificate and
+/// proves it holds the key (the handshake signature is checked); *who may join* is
+/// decided after the handshake, from the mesh secret's proof bound to this session
+/// (see `mesh.rs`), so the certificates themselves need no CA.
+pub(crate) fn mesh_crypto(
+    id: &Identity,
+) -> Result<(Arc<quinn::crypto::rustls::QuicServerConfig>, Arc<quinn::crypto::rustls::QuicClientConfig>), NodeError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| NodeError::Tls(e.to_string()))?
+        .with_client_cert_verifier(Arc::new(MeshPeers(provider.clone())))
+        .with_single_cert(id.chain.clone(), id.key.clone_key())
+        .map_err(|e| NodeError::Tls(format!("mesh certificate and key do not work together: {e}")))?;
+    server.alpn_protocols = vec![MESH_ALPN.to_vec()];
+    server.send_tls13_tickets = 0;
+    let mut client = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| NodeError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(MeshPeers(provider)))
+        .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
+        .map_err(|e| NodeError::Tls(format!("mesh certificate and key do not work together: {e}")))?;
+    client.alpn_protocols = vec![MESH_ALPN.to_vec()];
+    let server =
+        quinn::crypto::rustls::QuicServerConfig::try_from(server).map_err(|e| NodeError::Tls(e.to_string()))?;
+    let client =
+        quinn::crypto::rustls::QuicClientConfig::try_from(client).map_err(|e| NodeError::Tls(e.to_string()))?;
+    Ok((Arc::new(server), Arc::new(client)))
+}
+
+/// ALPN of node-to-node links.
+pub const MESH_ALPN: &[u8] = b"fovea-mesh/1";
+
+/// Accepts any peer certificate whose handshake signature checks out: identity is the
+/// key, membership is proven separately.
+#[derive(Debug)]
+struct MeshPeers(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::server::danger::ClientCertVerifier for MeshPeers {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for MeshPeers {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

@@ -29,6 +29,7 @@ pub struct TestNode {
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<()>,
     pub dir: Arc<tempfile::TempDir>,
+    pub mesh: Option<Arc<fovea_node::mesh::Mesh>>,
 }
 
 impl TestNode {
@@ -45,12 +46,30 @@ impl TestNode {
     pub async fn start_with_realms(toml: &str) -> TestNode {
         let realms = fovea_node::auth::parse_realms(toml, "test.toml").expect("valid realms");
         let dir = Arc::new(tempfile::tempdir().unwrap());
-        Self::start_config("127.0.0.1:0".parse().unwrap(), dir, Limits::default(), Some(realms)).await
+        Self::start_config("127.0.0.1:0".parse().unwrap(), dir, Limits::default(), Some(realms), None).await
     }
 
     /// Starts a node at `addr` with state in `dir` (reuse both to "restart" a node).
     pub async fn start_at(addr: SocketAddr, dir: Arc<tempfile::TempDir>, limits: Limits) -> TestNode {
-        Self::start_config(addr, dir, limits, None).await
+        Self::start_config(addr, dir, limits, None, None).await
+    }
+
+    /// Starts a mesh node on ephemeral ports that joins through `join` (mesh addresses).
+    pub async fn start_mesh(secret: &str, join: &[SocketAddr]) -> TestNode {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        Self::start_mesh_in(dir, secret, join).await
+    }
+
+    /// As [`TestNode::start_mesh`], with state in `dir` (reuse it to restart a node as itself).
+    pub async fn start_mesh_in(dir: Arc<tempfile::TempDir>, secret: &str, join: &[SocketAddr]) -> TestNode {
+        let mut mesh = fovea_node::mesh::MeshConfig::new("127.0.0.1:0".parse().unwrap(), secret);
+        mesh.join = join.to_vec();
+        Self::start_config("127.0.0.1:0".parse().unwrap(), dir, Limits::default(), None, Some(mesh)).await
+    }
+
+    /// The node's mesh address (for others to join through).
+    pub fn mesh_addr(&self) -> SocketAddr {
+        self.mesh.as_ref().expect("a mesh node").local().addr
     }
 
     async fn start_config(
@@ -58,6 +77,7 @@ impl TestNode {
         dir: Arc<tempfile::TempDir>,
         limits: Limits,
         realms: Option<Vec<fovea_node::auth::RealmConfig>>,
+        mesh: Option<fovea_node::mesh::MeshConfig>,
     ) -> TestNode {
         let mut config = NodeConfig::new(dir.path());
         config.listen = addr;
@@ -65,7 +85,9 @@ impl TestNode {
         config.limits = limits;
         config.realms = realms;
         config.admin = Some("127.0.0.1:0".parse().unwrap());
+        config.mesh = mesh;
         let node = Node::bind(config).expect("node binds");
+        let mesh = node.mesh();
         let addr = node.local_addr();
         let cert = node.self_signed_cert().unwrap().to_owned();
         let stats = node.stats();
@@ -76,7 +98,7 @@ impl TestNode {
         let task = tokio::spawn(async move {
             node.run(token).await.unwrap();
         });
-        TestNode { addr, cert, stats, admin, reloader, shutdown, task, dir }
+        TestNode { addr, cert, stats, admin, reloader, shutdown, task, dir, mesh }
     }
 
     pub fn url(&self) -> String {
@@ -185,5 +207,19 @@ impl RawClient {
             quinn::ConnectionError::ApplicationClosed(c) => Some(c.error_code.into_inner()),
             _ => None,
         }
+    }
+}
+
+/// Waits until the async condition `cond` holds, failing after 30 s (mesh convergence
+/// involves lookups and link timeouts).
+pub async fn converges<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !cond().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

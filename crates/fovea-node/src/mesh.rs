@@ -1,0 +1,620 @@
+//! The mesh: links to other nodes, and the DHT that runs over them.
+//!
+//! ```text
+//!            ┌──────────── Mesh ────────────┐
+//!  accept ──▶│ handshake: MESH_HELLO + proof│──▶ links: NodeId → Link (one per peer)
+//!  dial   ──▶│                              │        │ reader: DHT frames ──┐
+//!            └──────────────────────────────┘        │ writer ◀── queue      │
+//!                                                     ▼                      ▼
+//!                        DHT task: fovea_core::dht::Dht ◀── inputs (bounded channel)
+//!                          poll_transmit ──▶ link queue (dial first if no link)
+//! ```
+//!
+//! **Joining.** A link is a QUIC connection on the mesh endpoint (its own UDP port,
+//! ALPN `fovea-mesh/1`) with one bidirectional stream. Both sides present their mesh
+//! certificate (a persistent key in the data dir; node id = SHA-256 of the public key) and
+//! first send `MESH_HELLO` with their id, mesh address and a proof: HMAC-SHA256 keyed with
+//! the mesh secret over a TLS exporter value of *this* connection and the sender's id. A
+//! proof cannot be replayed on another connection or by another key; a node without the
+//! secret is closed with `AUTH_FAILED` and counted.
+//!
+//! **One link per pair.** When two nodes dial each other at once, both keep the link
+//! dialed by the node with the smaller id and close the other.
+//!
+//! **Bounds.** Links: `max_links` (a new peer past it is refused). Per-link send queue:
+//! 1024 frames; at the limit a DHT message is dropped and counted (the DHT treats it as
+//! a lost request and retries or moves on). DHT inputs: 4096; same policy.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use fovea_core::dht::{self, Contact, Dht, NodeId};
+use fovea_core::frame::{DhtFrame, MeshHello};
+use fovea_core::{Deframer, ErrorCode, Frame};
+use quinn::{Connection, RecvStream, SendStream, VarInt};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::NodeError;
+
+/// Mesh protocol version in `MESH_HELLO`.
+const MESH_VERSION: u64 = 1;
+/// Frames queued per link before DHT messages are dropped.
+const LINK_QUEUE: usize = 1024;
+/// DHT inputs queued before they are dropped.
+const DHT_QUEUE: usize = 4096;
+/// Time allowed for a link's QUIC and mesh handshakes.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Label of the TLS exporter value the proof signs.
+const EXPORTER_LABEL: &[u8] = b"EXPORTER-fovea-mesh-v1";
+
+/// How this node takes part in a mesh.
+#[derive(Debug, Clone)]
+pub struct MeshConfig {
+    /// UDP address of the mesh endpoint (node-to-node links).
+    pub listen: SocketAddr,
+    /// Mesh addresses of members to join through (any one that answers is enough).
+    pub join: Vec<SocketAddr>,
+    /// The shared secret every member holds.
+    pub secret: String,
+    /// Links to other nodes at once.
+    pub max_links: usize,
+    /// DHT parameters.
+    pub dht: dht::Config,
+}
+
+impl MeshConfig {
+    /// A mesh on `listen` with `secret`, joining nobody (the first node), default limits.
+    pub fn new(listen: SocketAddr, secret: impl Into<String>) -> Self {
+        MeshConfig { listen, join: Vec::new(), secret: secret.into(), max_links: 1024, dht: dht::Config::default() }
+    }
+}
+
+/// Counters of the mesh layer.
+#[derive(Debug, Default)]
+pub struct MeshStats {
+    pub links_opened: AtomicU64,
+    pub links_closed: AtomicU64,
+    /// Handshakes refused: bad proof (no secret), wrong protocol, or over `max_links`.
+    pub peers_refused: AtomicU64,
+    pub dials_failed: AtomicU64,
+    /// DHT messages dropped at a full queue.
+    pub dht_dropped: AtomicU64,
+    /// Links closed for malformed frames.
+    pub protocol_errors: AtomicU64,
+}
+
+/// A point-in-time view of the mesh, for the admin endpoint and tests.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MeshSnapshot {
+    pub node_id: String,
+    pub mesh_addr: SocketAddr,
+    /// Peers with an open link: (node id, mesh address).
+    pub links: Vec<(String, SocketAddr)>,
+    /// Contacts in the DHT routing table.
+    pub dht_contacts: usize,
+    /// Their ids.
+    pub dht_table: Vec<String>,
+    /// Records held for others.
+    pub dht_records: usize,
+    pub dht_lookups: u64,
+    pub dht_requests_timed_out: u64,
+    pub peers_refused: u64,
+    pub dht_dropped: u64,
+}
+
+struct Link {
+    conn: Connection,
+    tx: mpsc::Sender<Frame>,
+    addr: SocketAddr,
+    /// Whether this node dialed it (for the one-link-per-pair rule).
+    dialed: bool,
+}
+
+enum Input {
+    Message {
+        from: Contact,
+        rpc: u64,
+        msg: dht::Message,
+    },
+    /// A link came up (joined, or accepted).
+    Up(Contact),
+    /// A link closed or a dial failed.
+    Down(NodeId),
+    Command(Command),
+}
+
+enum Command {
+    Snapshot(oneshot::Sender<(Vec<String>, usize, u64, u64)>),
+    FindRecords(dht::Key, oneshot::Sender<Vec<dht::Record>>),
+    Publish(dht::Key, Bytes, Duration),
+    Withdraw(dht::Key),
+    FindNode(NodeId, oneshot::Sender<Vec<Contact>>),
+}
+
+/// The mesh of one node. Cheap to share (`Arc`).
+pub struct Mesh {
+    local: Contact,
+    name: String,
+    secret: ring::hmac::Key,
+    endpoint: quinn::Endpoint,
+    client: quinn::ClientConfig,
+    config: MeshConfig,
+    links: Mutex<HashMap<NodeId, Link>>,
+    /// Dials in progress, so one peer is dialed once at a time; frames for it wait here
+    /// (at most `LINK_QUEUE` per peer).
+    dialing: Mutex<HashMap<NodeId, Vec<Frame>>>,
+    inputs: mpsc::Sender<Input>,
+    inputs_rx: Mutex<Option<mpsc::Receiver<Input>>>,
+    pub stats: MeshStats,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Mesh {
+    /// Loads the mesh identity from `data_dir` and binds the mesh endpoint. Must be called
+    /// inside a tokio runtime; nothing runs until [`Mesh::run`].
+    pub(crate) fn bind(config: MeshConfig, data_dir: &std::path::Path, name: String) -> Result<Arc<Mesh>, NodeError> {
+        if config.secret.len() < 16 {
+            return Err(NodeError::Config(
+                "the mesh secret is too short: use at least 16 characters (`fovea token new` makes a good one)".into(),
+            ));
+        }
+        let identity = crate::tls::load_mesh_identity(data_dir)?;
+        let id = crate::tls::public_key_id(&identity.chain[0])
+            .ok_or_else(|| NodeError::Tls("the mesh certificate does not parse".into()))?;
+        let (server_crypto, client_crypto) = crate::tls::mesh_crypto(&identity)?;
+        let mut server = quinn::ServerConfig::with_crypto(server_crypto);
+        let transport = Arc::new(mesh_transport());
+        server.transport_config(transport.clone());
+        let mut client = quinn::ClientConfig::new(client_crypto);
+        client.transport_config(transport);
+        let endpoint = quinn::Endpoint::server(server, config.listen)
+            .map_err(|source| NodeError::Bind { addr: config.listen, source })?;
+        let addr = endpoint.local_addr().unwrap_or(config.listen);
+        let (inputs, rx) = mpsc::channel(DHT_QUEUE);
+        Ok(Arc::new(Mesh {
+            local: Contact { id: NodeId(id), addr },
+            name,
+            secret: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, config.secret.as_bytes()),
+            endpoint,
+            client,
+            config,
+            links: Mutex::new(HashMap::new()),
+            dialing: Mutex::new(HashMap::new()),
+            inputs,
+            inputs_rx: Mutex::new(Some(rx)),
+            stats: MeshStats::default(),
+        }))
+    }
+
+    /// This node in the mesh.
+    pub fn local(&self) -> Contact {
+        self.local
+    }
+
+    /// Runs the mesh until `shutdown`: accepts links, joins, drives the DHT.
+    pub(crate) async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let Some(rx) = lock(&self.inputs_rx).take() else { return };
+        let seed = u64::from_be_bytes(self.local.id.0[..8].try_into().unwrap_or([7; 8]));
+        let dht = Dht::new(self.local, self.config.dht.clone(), Instant::now(), seed);
+        tokio::spawn(self.clone().drive_dht(dht, rx, shutdown.clone()));
+        for addr in self.config.join.clone() {
+            tokio::spawn(self.clone().join(addr, shutdown.clone()));
+        }
+        loop {
+            let incoming = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                i = self.endpoint.accept() => match i { Some(i) => i, None => break },
+            };
+            let mesh = self.clone();
+            tokio::spawn(async move {
+                let remote = incoming.remote_address();
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, mesh.accept(incoming)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(%remote, error = %e, "mesh link refused"),
+                    Err(_) => tracing::debug!(%remote, "mesh handshake timed out"),
+                }
+            });
+        }
+        self.endpoint.close(VarInt::from_u32(0), b"node shutting down");
+    }
+
+    /// Dials a join address until a link is up, with backoff (a member that is down now
+    /// may be up later; this is how a restarted node rejoins without manual steps).
+    async fn join(self: Arc<Self>, addr: SocketAddr, shutdown: CancellationToken) {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.clone().dial(addr, None).await {
+                Ok(peer) => {
+                    tracing::info!(%addr, peer = %peer.id, "joined the mesh");
+                    return;
+                }
+                Err(e) => {
+                    self.stats.dials_failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%addr, error = %e, "cannot reach mesh member; retrying in {delay:?}");
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    /// Opens a link to `addr`. `expect`: the node id the DHT believes lives there.
+    async fn dial(self: Arc<Self>, addr: SocketAddr, expect: Option<NodeId>) -> Result<Contact, String> {
+        let connecting =
+            self.endpoint.connect_with(self.client.clone(), addr, "fovea-mesh").map_err(|e| e.to_string())?;
+        let attempt = async {
+            let conn = connecting.await.map_err(|e| e.to_string())?;
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            self.send_hello(&conn, &mut send).await?;
+            let (peer, deframer) = self.read_hello(&conn, &mut recv).await?;
+            Ok::<_, String>((conn, send, recv, peer, deframer))
+        };
+        let (conn, send, recv, peer, deframer) =
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt).await.map_err(|_| "handshake timed out".to_owned())??;
+        if let Some(expect) = expect {
+            if expect != peer.id {
+                tracing::debug!(%addr, expected = %expect, got = %peer.id, "a different node answers at this address");
+            }
+        }
+        self.clone().open_link(conn, send, recv, deframer, peer, true)?;
+        Ok(peer)
+    }
+
+    async fn accept(self: Arc<Self>, incoming: quinn::Incoming) -> Result<(), String> {
+        let conn = incoming.await.map_err(|e| e.to_string())?;
+        let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+        let (peer, deframer) = self.read_hello(&conn, &mut recv).await?;
+        self.send_hello(&conn, &mut send).await?;
+        self.open_link(conn, send, recv, deframer, peer, false)
+    }
+
+    fn proof(&self, conn: &Connection, sender: &NodeId) -> Result<Bytes, String> {
+        let mut exported = [0u8; 32];
+        conn.export_keying_material(&mut exported, EXPORTER_LABEL, &sender.0)
+            .map_err(|_| "TLS exporter unavailable".to_owned())?;
+        Ok(Bytes::copy_from_slice(ring::hmac::sign(&self.secret, &exported).as_ref()))
+    }
+
+    async fn send_hello(&self, conn: &Connection, send: &mut SendStream) -> Result<(), String> {
+        let hello = Frame::MeshHello(MeshHello {
+            version: MESH_VERSION,
+            node_id: Bytes::copy_from_slice(&self.local.id.0),
+            mesh_addr: self.local.addr.to_string(),
+            name: self.name.clone(),
+            proof: self.proof(conn, &self.local.id)?,
+        });
+        send.write_all(&hello.to_bytes()).await.map_err(|e| e.to_string())
+    }
+
+    /// Reads and checks the peer's `MESH_HELLO`: its id must be its certificate's key, and
+    /// its proof must verify under our secret. Refusals close the connection and count.
+    async fn read_hello(&self, conn: &Connection, recv: &mut RecvStream) -> Result<(Contact, Deframer), String> {
+        let refuse = |why: &str| {
+            self.stats.peers_refused.fetch_add(1, Ordering::Relaxed);
+            conn.close(
+                VarInt::from_u64(ErrorCode::AuthFailed.to_u64()).unwrap_or(VarInt::from_u32(0)),
+                b"not a member",
+            );
+            why.to_owned()
+        };
+        let mut deframer = Deframer::new(fovea_core::limits::MAX_FRAME);
+        let frame = loop {
+            match deframer.next_frame() {
+                Ok(Some(f)) => break f,
+                Ok(None) => {}
+                Err(e) => return Err(refuse(&format!("malformed MESH_HELLO: {e}"))),
+            }
+            match recv.read_chunk(64 * 1024, true).await {
+                Ok(Some(c)) => deframer.push(c.bytes),
+                Ok(None) => return Err(refuse("stream ended before MESH_HELLO")),
+                Err(e) => return Err(e.to_string()),
+            }
+        };
+        let Frame::MeshHello(hello) = frame else { return Err(refuse("the first frame must be MESH_HELLO")) };
+        let Ok(id) = <[u8; 32]>::try_from(&hello.node_id[..]) else { return Err(refuse("bad node id")) };
+        let id = NodeId(id);
+        let cert_id = conn
+            .peer_identity()
+            .and_then(|i| i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+            .and_then(|chain| chain.first().and_then(crate::tls::public_key_id));
+        if cert_id != Some(id.0) {
+            return Err(refuse("node id does not match the certificate"));
+        }
+        let mut exported = [0u8; 32];
+        conn.export_keying_material(&mut exported, EXPORTER_LABEL, &id.0)
+            .map_err(|_| "TLS exporter unavailable".to_owned())?;
+        if ring::hmac::verify(&self.secret, &exported, &hello.proof).is_err() {
+            return Err(refuse("wrong mesh secret"));
+        }
+        let addr: SocketAddr = hello.mesh_addr.parse().map_err(|_| refuse("bad mesh address"))?;
+        // A node listening on a wildcard address is reached where its packets come from.
+        let addr =
+            if addr.ip().is_unspecified() { SocketAddr::new(conn.remote_address().ip(), addr.port()) } else { addr };
+        if id == self.local.id {
+            return Err(refuse("connected to itself"));
+        }
+        Ok((Contact { id, addr }, deframer))
+    }
+
+    fn open_link(
+        self: Arc<Self>,
+        conn: Connection,
+        send: SendStream,
+        recv: RecvStream,
+        deframer: Deframer,
+        peer: Contact,
+        dialed: bool,
+    ) -> Result<(), String> {
+        let (tx, rx) = mpsc::channel(LINK_QUEUE);
+        {
+            let mut links = lock(&self.links);
+            if let Some(old) = links.get(&peer.id) {
+                // One link per pair: of two dialed from opposite sides, both keep the one
+                // the smaller id dialed; a redial from the same side replaces the old
+                // link (which may be dead and not yet noticed).
+                let keep_new = old.dialed == dialed || dialed == (self.local.id < peer.id);
+                if !keep_new {
+                    conn.close(VarInt::from_u32(0), b"duplicate link");
+                    return Ok(());
+                }
+                old.conn.close(VarInt::from_u32(0), b"duplicate link");
+            } else if links.len() >= self.config.max_links {
+                self.stats.peers_refused.fetch_add(1, Ordering::Relaxed);
+                conn.close(
+                    VarInt::from_u64(ErrorCode::NodeFull.to_u64()).unwrap_or(VarInt::from_u32(0)),
+                    b"links full",
+                );
+                return Err(format!("at the limit of {} links", self.config.max_links));
+            }
+            links.insert(peer.id, Link { conn: conn.clone(), tx: tx.clone(), addr: peer.addr, dialed });
+        }
+        // Frames that waited for this dial go first.
+        for f in lock(&self.dialing).remove(&peer.id).unwrap_or_default() {
+            let _ = tx.try_send(f);
+        }
+        self.stats.links_opened.fetch_add(1, Ordering::Relaxed);
+        let _ = self.inputs.try_send(Input::Up(peer));
+        tokio::spawn(write_link(send, rx));
+        tokio::spawn(self.read_link(conn, recv, deframer, peer));
+        Ok(())
+    }
+
+    async fn read_link(self: Arc<Self>, conn: Connection, mut recv: RecvStream, mut deframer: Deframer, peer: Contact) {
+        let why = loop {
+            match deframer.next_frame() {
+                Ok(Some(Frame::Dht(DhtFrame { rpc, body }))) => match dht::wire::decode(body) {
+                    Ok(msg) => {
+                        if self.inputs.try_send(Input::Message { from: peer, rpc, msg }).is_err() {
+                            self.stats.dht_dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                        continue;
+                    }
+                    Err(e) => break Some(format!("malformed DHT message: {e}")),
+                },
+                Ok(Some(other)) => break Some(format!("unexpected frame 0x{:x} on a mesh link", other.kind())),
+                Ok(None) => {}
+                Err(e) => break Some(e.to_string()),
+            }
+            match recv.read_chunk(256 * 1024, true).await {
+                Ok(Some(c)) => deframer.push(c.bytes),
+                Ok(None) | Err(_) => break None,
+            }
+        };
+        if let Some(why) = why {
+            self.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(peer = %peer.id, %why, "closing mesh link");
+            conn.close(
+                VarInt::from_u64(ErrorCode::ProtocolError.to_u64()).unwrap_or(VarInt::from_u32(0)),
+                why.as_bytes(),
+            );
+        }
+        // Remove it only if it is still this connection (a duplicate may have replaced it).
+        let removed = {
+            let mut links = lock(&self.links);
+            match links.get(&peer.id) {
+                Some(l) if l.conn.stable_id() == conn.stable_id() => links.remove(&peer.id).is_some(),
+                _ => false,
+            }
+        };
+        if removed {
+            self.stats.links_closed.fetch_add(1, Ordering::Relaxed);
+            let _ = self.inputs.try_send(Input::Down(peer.id));
+            tracing::debug!(peer = %peer.id, "mesh link closed");
+        }
+    }
+
+    /// Queues `frame` for `to`, dialing it first when there is no link.
+    fn send(self: &Arc<Self>, to: Contact, frame: Frame) {
+        if let Some(link) = lock(&self.links).get(&to.id) {
+            if link.tx.try_send(frame).is_err() {
+                self.stats.dht_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        let mut dialing = lock(&self.dialing);
+        if let Some(waiting) = dialing.get_mut(&to.id) {
+            if waiting.len() < LINK_QUEUE {
+                waiting.push(frame);
+            } else {
+                self.stats.dht_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        if dialing.len() >= self.config.max_links {
+            self.stats.dht_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        dialing.insert(to.id, vec![frame]);
+        drop(dialing);
+        let mesh = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = mesh.clone().dial(to.addr, Some(to.id)).await {
+                mesh.stats.dials_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(peer = %to.id, addr = %to.addr, error = %e, "cannot reach mesh node");
+                lock(&mesh.dialing).remove(&to.id);
+                // A dial that lost a race with the peer's own dial fails, but the link the
+                // peer opened stands: only a node with no link at all is down.
+                if !lock(&mesh.links).contains_key(&to.id) {
+                    let _ = mesh.inputs.try_send(Input::Down(to.id));
+                }
+            }
+        });
+    }
+
+    async fn drive_dht(self: Arc<Self>, mut dht: Dht, mut rx: mpsc::Receiver<Input>, shutdown: CancellationToken) {
+        let mut waiting_records: HashMap<dht::LookupId, oneshot::Sender<Vec<dht::Record>>> = HashMap::new();
+        let mut waiting_nodes: HashMap<dht::LookupId, oneshot::Sender<Vec<Contact>>> = HashMap::new();
+        loop {
+            let deadline = dht.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                input = rx.recv() => {
+                    let Some(input) = input else { return };
+                    let now = Instant::now();
+                    match input {
+                        Input::Message { from, rpc, msg } => dht.handle(now, from, rpc, msg),
+                        Input::Up(peer) => {
+                            let fresh = dht.table().is_empty();
+                            dht.add_contact(peer, now);
+                            if fresh {
+                                dht.bootstrap(now);
+                            }
+                        }
+                        Input::Down(id) => dht.remove_contact(&id, now),
+                        Input::Command(c) => match c {
+                            Command::Snapshot(tx) => {
+                                let s = dht.stats();
+                                let contacts = dht.table().contacts().map(|c| hex(&c.id)).collect();
+                                let _ = tx.send((contacts, dht.store().len(), s.lookups_started, s.requests_timed_out));
+                            }
+                            Command::FindRecords(key, tx) => match dht.find_records(now, key) {
+                                Some(id) => { waiting_records.insert(id, tx); }
+                                None => { let _ = tx.send(Vec::new()); }
+                            },
+                            Command::FindNode(target, tx) => match dht.find_node(now, target) {
+                                Some(id) => { waiting_nodes.insert(id, tx); }
+                                None => { let _ = tx.send(Vec::new()); }
+                            },
+                            Command::Publish(key, value, ttl) => { dht.publish(now, key, value, ttl); }
+                            Command::Withdraw(key) => { dht.withdraw(&key); }
+                        },
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => dht.handle_timeout(Instant::now()),
+            }
+            while let Some(t) = dht.poll_transmit() {
+                let mut body = BytesMut::new();
+                dht::wire::encode(&t.msg, &mut body);
+                self.send(t.to, Frame::Dht(DhtFrame { rpc: t.rpc, body: body.freeze() }));
+            }
+            while let Some(e) = dht.poll_event() {
+                match e {
+                    dht::Event::RecordsFound { id, records, .. } => {
+                        if let Some(tx) = waiting_records.remove(&id) {
+                            let _ = tx.send(records);
+                        }
+                    }
+                    dht::Event::NodesFound { id, closest, .. } => {
+                        if let Some(tx) = waiting_nodes.remove(&id) {
+                            let _ = tx.send(closest);
+                        }
+                    }
+                    dht::Event::Published { key, stored_at, .. } => {
+                        tracing::debug!(key = %key, stored_at, "record published");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn command<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.inputs.send(Input::Command(make(tx))).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// The mesh as it stands.
+    pub async fn snapshot(&self) -> MeshSnapshot {
+        let (mut table, records, lookups, timed_out) = self.command(Command::Snapshot).await.unwrap_or_default();
+        table.sort();
+        let mut links: Vec<(String, SocketAddr)> = lock(&self.links).iter().map(|(id, l)| (hex(id), l.addr)).collect();
+        links.sort();
+        MeshSnapshot {
+            node_id: hex(&self.local.id),
+            mesh_addr: self.local.addr,
+            links,
+            dht_contacts: table.len(),
+            dht_table: table,
+            dht_records: records,
+            dht_lookups: lookups,
+            dht_requests_timed_out: timed_out,
+            peers_refused: self.stats.peers_refused.load(Ordering::Relaxed),
+            dht_dropped: self.stats.dht_dropped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Publishes this node's record under `key` (republished until withdrawn).
+    pub async fn publish(&self, key: dht::Key, value: Bytes, ttl: Duration) {
+        let _ = self.inputs.send(Input::Command(Command::Publish(key, value, ttl))).await;
+    }
+
+    /// Stops republishing the record under `key`.
+    pub async fn withdraw(&self, key: dht::Key) {
+        let _ = self.inputs.send(Input::Command(Command::Withdraw(key))).await;
+    }
+
+    /// Every live record under `key`, from a DHT lookup.
+    pub async fn find_records(&self, key: dht::Key) -> Vec<dht::Record> {
+        self.command(|tx| Command::FindRecords(key, tx)).await.unwrap_or_default()
+    }
+
+    /// The nodes closest to `target`, from a DHT lookup.
+    pub async fn find_node(&self, target: NodeId) -> Vec<Contact> {
+        self.command(|tx| Command::FindNode(target, tx)).await.unwrap_or_default()
+    }
+}
+
+/// Writes a link's queued frames, many per write.
+async fn write_link(mut send: SendStream, mut rx: mpsc::Receiver<Frame>) {
+    let mut buf = BytesMut::new();
+    while let Some(f) = rx.recv().await {
+        f.encode(&mut buf);
+        while let Ok(f) = rx.try_recv() {
+            f.encode(&mut buf);
+            if buf.len() > 64 * 1024 {
+                break;
+            }
+        }
+        if send.write_all(&buf).await.is_err() {
+            return;
+        }
+        buf.clear();
+    }
+}
+
+/// The full id in hex.
+pub fn hex(id: &NodeId) -> String {
+    id.0.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Links carry DHT traffic (later, forwarded messages and calls) on one stream.
+fn mesh_transport() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(4));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t.keep_alive_interval(Some(Duration::from_secs(5)));
+    // A silent peer is gone after 15 s: its link closes and the DHT drops it.
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(Duration::from_secs(15)).ok());
+    t
+}
