@@ -92,6 +92,9 @@ struct Info {
     realms: Vec<String>,
     limits: crate::Limits,
     stats: crate::StatsSnapshot,
+    /// The node's view of its mesh; absent for a standalone node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mesh: Option<crate::mesh::MeshSnapshot>,
 }
 
 async fn info(State(shared): State<Arc<Shared>>) -> Json<Info> {
@@ -104,6 +107,10 @@ async fn info(State(shared): State<Arc<Shared>>) -> Json<Info> {
         realms,
         limits: shared.config.limits.clone(),
         stats: StatsHandle(shared.clone()).snapshot(),
+        mesh: match &shared.mesh {
+            Some(m) => Some(m.snapshot().await),
+            None => None,
+        },
     })
 }
 
@@ -186,6 +193,10 @@ async fn connections(State(shared): State<Arc<Shared>>, Query(q): Query<ConnQuer
 /// node's own batched atomics: the message path never calls into a metrics registry.
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     let s = StatsHandle(shared.clone()).snapshot();
+    let mesh = match &shared.mesh {
+        Some(m) => Some((m.snapshot().await, m.clone())),
+        None => None,
+    };
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     metrics::with_local_recorder(&recorder, || {
@@ -247,6 +258,28 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         gauge!("fovea_queued_bytes").set(total as f64);
         describe_gauge!("fovea_queued_bytes_max", "Bytes queued for the most backed-up client.");
         gauge!("fovea_queued_bytes_max").set(max as f64);
+        if let Some((snap, m)) = &mesh {
+            use std::sync::atomic::Ordering::Relaxed;
+            describe_gauge!("fovea_mesh_links", "Open links to other nodes.");
+            gauge!("fovea_mesh_links").set(snap.links.len() as f64);
+            describe_gauge!("fovea_dht_contacts", "Nodes in the DHT routing table.");
+            gauge!("fovea_dht_contacts").set(snap.dht_contacts as f64);
+            describe_gauge!("fovea_dht_records", "DHT records held for other nodes.");
+            gauge!("fovea_dht_records").set(snap.dht_records as f64);
+            describe_counter!("fovea_dht_lookups_total", "DHT lookups started.");
+            counter!("fovea_dht_lookups_total").absolute(snap.dht_lookups);
+            describe_counter!("fovea_dht_requests_timed_out_total", "DHT requests that got no answer in time.");
+            counter!("fovea_dht_requests_timed_out_total").absolute(snap.dht_requests_timed_out);
+            describe_counter!(
+                "fovea_mesh_peers_refused_total",
+                "Mesh handshakes refused (wrong secret, malformed, over the link limit)."
+            );
+            counter!("fovea_mesh_peers_refused_total").absolute(snap.peers_refused);
+            describe_counter!("fovea_mesh_dropped_total", "DHT messages dropped at a full queue.");
+            counter!("fovea_mesh_dropped_total").absolute(snap.dht_dropped);
+            describe_counter!("fovea_mesh_dials_failed_total", "Links to other nodes that could not be opened.");
+            counter!("fovea_mesh_dials_failed_total").absolute(m.stats.dials_failed.load(Relaxed));
+        }
     });
     let mut text = handle.render();
     text += &shared

@@ -283,6 +283,15 @@ pub struct NodeSection {
     /// Allow an open node on a non-loopback address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_anonymous: Option<bool>,
+    /// UDP address of the mesh endpoint (node-to-node links).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mesh_listen: Option<std::net::SocketAddr>,
+    /// Mesh members to join through (`quic://host:port`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join: Option<Vec<String>>,
+    /// The mesh's shared secret; setting it turns the mesh on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mesh_secret: Option<String>,
 }
 
 /// What a configuration file declares.

@@ -137,6 +137,17 @@ pub struct NodeArgs {
     /// With no realms configured, allow the open `default` realm on a non-loopback address.
     #[arg(long, env = "FOVEA_ALLOW_ANONYMOUS")]
     pub allow_anonymous: bool,
+    /// Shared secret of the mesh this node belongs to (at least 16 characters; `fovea token
+    /// new` makes one). Turns the mesh on: node-to-node links on --mesh-listen.
+    #[arg(long, env = "FOVEA_MESH_SECRET", value_name = "SECRET", hide_env_values = true, help_heading = "Mesh")]
+    pub mesh_secret: Option<String>,
+    /// UDP address for links from other nodes [default: the --listen address, port + 1].
+    #[arg(long, env = "FOVEA_MESH_LISTEN", value_name = "ADDR", help_heading = "Mesh")]
+    pub mesh_listen: Option<SocketAddr>,
+    /// Join the mesh through these members' mesh addresses (any one that answers is enough),
+    /// e.g. --join quic://10.0.0.1:4434,quic://10.0.0.2:4434.
+    #[arg(long, env = "FOVEA_JOIN", value_name = "URL", value_delimiter = ',', help_heading = "Mesh")]
+    pub join: Vec<String>,
     /// Check the configuration file and exit (0 if it is valid) without starting a node.
     #[arg(long, requires = "config")]
     pub check_config: bool,

@@ -55,6 +55,15 @@ pub async fn run(
     config.realms = realms;
     config.allow_anonymous = args.allow_anonymous || section.allow_anonymous.unwrap_or(false);
     config.limits = limits;
+    config.mesh =
+        mesh_config(&config, args.mesh_secret.or(section.mesh_secret), args.mesh_listen.or(section.mesh_listen), {
+            let mut join = args.join;
+            if join.is_empty() {
+                join = section.join.unwrap_or_default();
+            }
+            join
+        })
+        .await?;
     if args.print_config {
         let level = log_level.or(section.log_level).unwrap_or_else(|| "info".to_owned());
         let format = match log_format {
@@ -79,6 +88,10 @@ pub async fn run(
     let admin = match node.admin_addr() {
         Some(a) => format!(", admin http://{a}"),
         None => String::new(),
+    };
+    let admin = match node.mesh() {
+        Some(m) => format!("{admin}, mesh quic://{} node {}", m.local().addr, m.local().id),
+        None => admin,
     };
     // Handlers are installed before the ready line: a supervisor that signals the node as soon
     // as it reports ready must get a clean shutdown, not the default action of the signal.
@@ -236,6 +249,42 @@ fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
     opts.open(path)?.write_all(data)
 }
 
+/// The mesh settings from flags and file: on when a secret is given.
+async fn mesh_config(
+    config: &NodeConfig,
+    secret: Option<String>,
+    listen: Option<std::net::SocketAddr>,
+    join: Vec<String>,
+) -> anyhow::Result<Option<fovea_node::mesh::MeshConfig>> {
+    let Some(secret) = secret else {
+        anyhow::ensure!(
+            join.is_empty() && listen.is_none(),
+            "--join and --mesh-listen need the mesh's secret: pass --mesh-secret (or set FOVEA_MESH_SECRET)"
+        );
+        return Ok(None);
+    };
+    let listen = listen.unwrap_or_else(|| {
+        let mut a = config.listen;
+        if a.port() != 0 {
+            a.set_port(a.port().wrapping_add(1));
+        }
+        a
+    });
+    let mut mesh = fovea_node::mesh::MeshConfig::new(listen, secret);
+    for url in join {
+        let hostport = url.trim().trim_start_matches("quic://").trim_end_matches('/');
+        let addr = tokio::net::lookup_host(hostport)
+            .await
+            .with_context(|| {
+                format!("--join {url}: cannot resolve; give quic://host:port of a member's mesh endpoint")
+            })?
+            .next()
+            .with_context(|| format!("--join {url}: no address"))?;
+        mesh.join.push(addr);
+    }
+    Ok(Some(mesh))
+}
+
 /// The effective configuration as a file `--config` accepts.
 fn effective_config(
     config: &NodeConfig,
@@ -263,6 +312,10 @@ fn effective_config(
             crate::cli::LogFormat::Json => "json".to_owned(),
         }),
         allow_anonymous: Some(config.allow_anonymous),
+        mesh_listen: config.mesh.as_ref().map(|m| m.listen),
+        join: config.mesh.as_ref().map(|m| m.join.iter().map(|a| format!("quic://{a}")).collect()),
+        // A secret: never printed (a comment says it is set).
+        mesh_secret: None,
     };
     let body = toml::to_string(&Effective { node, limits: &config.limits }).context("rendering the configuration")?;
     let realms = match (&config.realms, file) {
@@ -272,11 +325,15 @@ fn effective_config(
         _ => "# No realms: the node runs one open realm, `default`. Add [[realm]] tables to require credentials.\n"
             .to_owned(),
     };
-    let token = if config.admin_token.is_some() {
+    let mut token = if config.admin_token.is_some() {
         "# An admin token is set; it is not printed. Add `admin_token = \"…\"` under [node] or pass --admin-token.\n"
+            .to_owned()
     } else {
-        ""
+        String::new()
     };
+    if config.mesh.is_some() {
+        token.push_str("# A mesh secret is set; it is not printed. Add `mesh_secret = \"…\"` under [node] or pass --mesh-secret.\n");
+    }
     Ok(format!(
         "# fovea node configuration: the effective values (flags > environment > file > defaults).\n\
          # Save it, edit it, and start with `fovea node --config FILE`. docs/LIMITS.md explains [limits].\n{realms}{token}\n{body}"

@@ -476,3 +476,55 @@ fn bench_modes_print_key_value_lines() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("system=fovea mode=pubsub"));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--nats-script"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Reads `path` from an admin endpoint (HTTP/1.0, loopback, no token needed).
+fn admin_get(admin: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = admin.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+/// Two nodes started as users start them form a mesh: the second joins the first with
+/// `--join`, and each sees the other in its DHT (admin `/info`). Without the secret,
+/// `--join` is refused with a hint.
+#[test]
+fn nodes_form_a_mesh_from_the_command_line() {
+    let secret = "correct horse battery staple";
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, a_line) = spawn_node(a_dir.path(), &["--mesh-secret", secret, "--mesh-listen", "127.0.0.1:0"]);
+    assert!(a_line.contains(", mesh quic://127.0.0.1:"), "{a_line}");
+    let word_after = |line: &str, key: &str| {
+        let at = line.find(key).unwrap() + key.len();
+        line[at..].split([' ', ',', ')']).next().unwrap().to_owned()
+    };
+    let a_mesh = word_after(&a_line, ", mesh ");
+    let a_admin = word_after(&a_line, "admin ");
+    let (b, b_line) =
+        spawn_node(b_dir.path(), &["--mesh-secret", secret, "--mesh-listen", "127.0.0.1:0", "--join", &a_mesh]);
+    let b_admin = word_after(&b_line, "admin ");
+    let start = Instant::now();
+    for admin in [&a_admin, &b_admin] {
+        loop {
+            let info = admin_get(admin, "/info");
+            if info.contains("\"dht_contacts\":1") {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "no mesh after 20 s: {info}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    assert!(admin_get(&a_admin, "/metrics").contains("fovea_mesh_links 1"));
+    drop((a, b));
+    let c_dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["node", "--listen", "127.0.0.1:0", "--admin", "off", "--join", &a_mesh, "--data-dir"])
+        .arg(c_dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--mesh-secret"), "{}", String::from_utf8_lossy(&out.stderr));
+}
