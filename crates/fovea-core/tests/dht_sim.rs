@@ -307,3 +307,50 @@ fn a_store_naming_another_publisher_is_refused() {
     assert_eq!(sim.nodes[1].stats().stores_refused, 1);
     let _ = b;
 }
+
+/// A node that looked a key up hears of a new record under it within a couple of network
+/// hops (the storers push it), and of its retraction the same way: what makes a new
+/// remote subscriber visible to publishers in well under a second.
+#[test]
+fn watchers_are_told_of_new_and_retracted_records() {
+    let mut sim = Sim::new(120, 11, 0);
+    sim.join_all();
+    let key: Key = NodeId::from_rng(&mut sim.rng);
+    let (watcher, newcomer) = (5usize, 90usize);
+    let now = sim.now;
+    let id = sim.nodes[watcher].find_records(now, key).unwrap();
+    sim.collect();
+    let end = sim.now + Duration::from_secs(5);
+    sim.run_until(end, |s| {
+        s.events.iter().any(|(i, e)| *i == watcher && matches!(e, Event::RecordsFound { id: got, .. } if *got == id))
+    });
+    assert!(
+        matches!(sim.take_event(watcher, |e| matches!(e, Event::RecordsFound { .. })), Some(Event::RecordsFound { records, .. }) if records.is_empty())
+    );
+    // A record appears: the watcher is told without looking again.
+    let start = sim.now;
+    let now = sim.now;
+    sim.nodes[newcomer].publish(now, key, Bytes::from_static(b"interest"), Duration::from_secs(60));
+    sim.collect();
+    let end = sim.now + Duration::from_secs(5);
+    sim.run_until(end, |s| s.events.iter().any(|(i, e)| *i == watcher && matches!(e, Event::Notified { .. })));
+    let Some(Event::Notified { record }) = sim.take_event(watcher, |e| matches!(e, Event::Notified { .. })) else {
+        panic!("the watcher was not notified");
+    };
+    assert_eq!((record.publisher, &record.value[..]), (sim.contact(newcomer).id, &b"interest"[..]));
+    let took = sim.now - start;
+    assert!(took < Duration::from_millis(500), "notified after {took:?} of simulated time");
+    // Retracted: the watcher hears an empty record.
+    let now = sim.now;
+    sim.nodes[newcomer].retract(now, key, Duration::from_secs(30));
+    sim.collect();
+    let end = sim.now + Duration::from_secs(5);
+    sim.run_until(end, |s| {
+        s.events
+            .iter()
+            .any(|(i, e)| *i == watcher && matches!(e, Event::Notified { record } if record.value.is_empty()))
+    });
+    assert!(sim.take_event(watcher, |e| matches!(e, Event::Notified { record } if record.value.is_empty())).is_some());
+    // A node that never looked the key up is not told anything.
+    assert!(sim.events.iter().all(|(i, e)| !matches!(e, Event::Notified { .. }) || *i == watcher));
+}

@@ -133,6 +133,7 @@ enum Command {
     FindRecords(dht::Key, oneshot::Sender<Vec<dht::Record>>),
     Publish(dht::Key, Bytes, Duration),
     Withdraw(dht::Key),
+    Retract(dht::Key, Duration),
     FindNode(NodeId, oneshot::Sender<Vec<Contact>>),
 }
 
@@ -150,6 +151,9 @@ pub struct Mesh {
     dialing: Mutex<HashMap<NodeId, Vec<Frame>>>,
     inputs: mpsc::Sender<Input>,
     inputs_rx: Mutex<Option<mpsc::Receiver<Input>>>,
+    /// Records pushed by the nodes storing keys this node looked up. Bounded (1024); a
+    /// receiver that lags misses some and should look the key up again.
+    notified: tokio::sync::broadcast::Sender<dht::Record>,
     pub stats: MeshStats,
 }
 
@@ -190,6 +194,7 @@ impl Mesh {
             dialing: Mutex::new(HashMap::new()),
             inputs,
             inputs_rx: Mutex::new(Some(rx)),
+            notified: tokio::sync::broadcast::channel(1024).0,
             stats: MeshStats::default(),
         }))
     }
@@ -508,6 +513,7 @@ impl Mesh {
                             },
                             Command::Publish(key, value, ttl) => { dht.publish(now, key, value, ttl); }
                             Command::Withdraw(key) => { dht.withdraw(&key); }
+                            Command::Retract(key, ttl) => { dht.retract(now, key, ttl); }
                         },
                     }
                 }
@@ -532,6 +538,10 @@ impl Mesh {
                     }
                     dht::Event::Published { key, stored_at, .. } => {
                         tracing::debug!(key = %key, stored_at, "record published");
+                    }
+                    dht::Event::Notified { record } => {
+                        // No receiver yet is fine: nobody watches that key any more.
+                        let _ = self.notified.send(record);
                     }
                 }
             }
@@ -567,6 +577,17 @@ impl Mesh {
     /// Publishes this node's record under `key` (republished until withdrawn).
     pub async fn publish(&self, key: dht::Key, value: Bytes, ttl: Duration) {
         let _ = self.inputs.send(Input::Command(Command::Publish(key, value, ttl))).await;
+    }
+
+    /// Changes pushed for keys this node looked up with [`Mesh::find_records`] in the last
+    /// `watch_ttl` (an empty value is a retraction).
+    pub fn notifications(&self) -> tokio::sync::broadcast::Receiver<dht::Record> {
+        self.notified.subscribe()
+    }
+
+    /// Replaces this node's record under `key` with a retraction, pushed to watchers.
+    pub async fn retract(&self, key: dht::Key, ttl: Duration) {
+        let _ = self.inputs.send(Input::Command(Command::Retract(key, ttl))).await;
     }
 
     /// Stops republishing the record under `key`.

@@ -78,3 +78,57 @@ async fn a_dead_node_leaves_the_tables_and_a_restarted_one_rejoins() {
         n.stop().await;
     }
 }
+
+/// A node that looked a key up is pushed new records under it: the mechanism that tells
+/// publishers about a new remote subscriber without waiting for a cache refresh.
+#[tokio::test]
+async fn new_records_are_pushed_to_nodes_that_looked_the_key_up() {
+    let a = TestNode::start_mesh(SECRET, &[]).await;
+    let b = TestNode::start_mesh(SECRET, &[a.mesh_addr()]).await;
+    let c = TestNode::start_mesh(SECRET, &[a.mesh_addr()]).await;
+    for n in [&a, &b, &c] {
+        converges("every node to know the two others", || async { mesh(n).snapshot().await.dht_contacts == 2 }).await;
+    }
+    let key = NodeId([9; 32]);
+    let mut pushed = mesh(&a).notifications();
+    assert!(mesh(&a).find_records(key).await.is_empty());
+    let t0 = std::time::Instant::now();
+    mesh(&c).publish(key, Bytes::from_static(b"interest"), Duration::from_secs(60)).await;
+    let record = tokio::time::timeout(Duration::from_secs(10), pushed.recv()).await.expect("pushed in time").unwrap();
+    eprintln!("record pushed {:?} after publishing", t0.elapsed());
+    assert_eq!(record.publisher, mesh(&c).local().id);
+    mesh(&c).retract(key, Duration::from_secs(30)).await;
+    // Several storers push the same change; consumers take them as idempotent updates.
+    let retraction = async {
+        loop {
+            let r = pushed.recv().await.unwrap();
+            if r.value.is_empty() {
+                break r;
+            }
+        }
+    };
+    let retracted = tokio::time::timeout(Duration::from_secs(10), retraction).await.expect("retraction in time");
+    assert_eq!(retracted.publisher, mesh(&c).local().id);
+    for n in [a, b, c] {
+        n.stop().await;
+    }
+}
+
+/// In a two-node mesh the publisher is also the only other storer: the watcher still hears.
+#[tokio::test]
+async fn records_are_pushed_in_a_two_node_mesh() {
+    let a = TestNode::start_mesh(SECRET, &[]).await;
+    let b = TestNode::start_mesh(SECRET, &[a.mesh_addr()]).await;
+    for n in [&a, &b] {
+        converges("the two nodes to know each other", || async { mesh(n).snapshot().await.dht_contacts == 1 }).await;
+    }
+    let key = NodeId([3; 32]);
+    let mut pushed = mesh(&a).notifications();
+    assert!(mesh(&a).find_records(key).await.is_empty());
+    mesh(&b).publish(key, Bytes::from_static(b"x"), Duration::from_secs(60)).await;
+    let record = tokio::time::timeout(Duration::from_secs(10), pushed.recv()).await.expect("pushed in time").unwrap();
+    assert_eq!(record.publisher, mesh(&b).local().id);
+    for n in [a, b] {
+        n.stop().await;
+    }
+}

@@ -67,6 +67,14 @@ pub struct Config {
     /// Longest TTL accepted for a record; longer ones are cut to this (a peer cannot pin
     /// a record, or overflow the clock, with a huge TTL).
     pub max_ttl: Duration,
+    /// How long a `FIND_VALUE` makes its sender a watcher of the key at the node that
+    /// answered: changes to the key's records are pushed to it (`NOTIFY`) for this long.
+    pub watch_ttl: Duration,
+    /// Watchers remembered per key; the oldest goes at the limit.
+    pub max_watchers_per_key: usize,
+    /// Keys with watchers; a new key past the limit is not watched (its lookers learn of
+    /// changes at their next lookup).
+    pub max_watched_keys: usize,
 }
 
 impl Default for Config {
@@ -83,6 +91,9 @@ impl Default for Config {
             max_lookups: 256,
             max_pending: 4096,
             max_ttl: Duration::from_secs(3600),
+            watch_ttl: Duration::from_secs(60),
+            max_watchers_per_key: 64,
+            max_watched_keys: 10_000,
         }
     }
 }
@@ -102,12 +113,31 @@ pub struct WireRecord {
 pub enum Message {
     Ping,
     Pong,
-    FindNode { target: NodeId },
-    Nodes { contacts: Vec<Contact> },
-    FindValue { key: Key },
-    Value { records: Vec<WireRecord>, contacts: Vec<Contact> },
-    Store { record: WireRecord },
-    Stored { ok: bool },
+    FindNode {
+        target: NodeId,
+    },
+    Nodes {
+        contacts: Vec<Contact>,
+    },
+    FindValue {
+        key: Key,
+    },
+    Value {
+        records: Vec<WireRecord>,
+        contacts: Vec<Contact>,
+    },
+    Store {
+        record: WireRecord,
+    },
+    Stored {
+        ok: bool,
+    },
+    /// One-way, storer → watcher: a record under a key the watcher looked up recently was
+    /// stored or replaced. How a new subscriber's interest reaches publishers in one hop
+    /// instead of at their next cache refresh.
+    Notify {
+        record: WireRecord,
+    },
 }
 
 impl Message {
@@ -139,6 +169,9 @@ pub enum Event {
     /// A [`Dht::publish`] (or a republish) reached the closest nodes: `stored_at` of them
     /// were sent the record.
     Published { id: LookupId, key: Key, stored_at: usize },
+    /// A node storing `record.key` pushed a new or changed record (this node looked the
+    /// key up within `watch_ttl`). An empty value is a retraction ([`Dht::retract`]).
+    Notified { record: Record },
 }
 
 /// Counters for metrics.
@@ -155,6 +188,10 @@ pub struct Stats {
     /// `STORE`s refused: full store, or a record naming another publisher.
     pub stores_refused: u64,
     pub records_expired: u64,
+    /// `NOTIFY`s sent to watchers.
+    pub notifies_sent: u64,
+    /// `NOTIFY`s received for keys this node was not watching (ignored).
+    pub notifies_unwanted: u64,
 }
 
 #[derive(Debug)]
@@ -215,6 +252,10 @@ pub struct Dht {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     owned: HashMap<Key, Owned, RandomState>,
+    /// Storer side: who looked each key up recently, and until when they watch it.
+    watchers: HashMap<Key, Vec<(Contact, Instant)>, RandomState>,
+    /// Watcher side: keys this node looked up, and until when it accepts `NOTIFY`s.
+    watching: HashMap<Key, Instant, RandomState>,
     next_rpc: u64,
     next_lookup: u64,
     next_refresh: Instant,
@@ -239,6 +280,8 @@ impl Dht {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             owned: HashMap::default(),
+            watchers: HashMap::default(),
+            watching: HashMap::default(),
             next_rpc: 1,
             next_lookup: 1,
             next_refresh,
@@ -302,7 +345,13 @@ impl Dht {
     }
 
     /// Finds the records stored under `key`. Answered by [`Event::RecordsFound`].
+    ///
+    /// For `watch_ttl` after, the nodes that answered push changes under `key` to this
+    /// node ([`Event::Notified`]).
     pub fn find_records(&mut self, now: Instant, key: Key) -> Option<LookupId> {
+        if self.watching.len() < self.config.max_watched_keys || self.watching.contains_key(&key) {
+            self.watching.insert(key, now + self.config.watch_ttl);
+        }
         self.start(now, key, Purpose::FindValue)
     }
 
@@ -312,6 +361,15 @@ impl Dht {
         let next = now + self.config.republish_interval;
         self.owned.insert(key, Owned { value: value.clone(), ttl, next });
         let record = WireRecord { key, publisher: self.local.id, value, ttl };
+        self.start(now, key, Purpose::Publish(record))
+    }
+
+    /// Replaces this node's record under `key` with an empty one (a retraction) that lives
+    /// `ttl`, so watchers learn at once, and stops republishing it.
+    pub fn retract(&mut self, now: Instant, key: Key, ttl: Duration) -> Option<LookupId> {
+        self.owned.remove(&key);
+        self.store.remove(&key, &self.local.id);
+        let record = WireRecord { key, publisher: self.local.id, value: Bytes::new(), ttl };
         self.start(now, key, Purpose::Publish(record))
     }
 
@@ -381,7 +439,15 @@ impl Dht {
                 let among =
                     closest.len() < self.config.k || closest.last().is_some_and(|c| me < c.id.distance(&target));
                 if among {
-                    let _ = self.store.put(to_record(&record, now, self.config.max_ttl), now);
+                    let changed = !self
+                        .store
+                        .get(&record.key, now)
+                        .iter()
+                        .any(|old| old.publisher == record.publisher && old.value == record.value);
+                    if self.store.put(to_record(&record, now, self.config.max_ttl), now).is_ok() && changed {
+                        // Those who looked the key up here hear of it as from any storer.
+                        self.notify_watchers(&record, now);
+                    }
                 }
                 for c in &closest {
                     self.request(now, *c, Message::Store { record: record.clone() }, Waiting::Store);
@@ -415,6 +481,17 @@ impl Dht {
     /// A message from `from` (whose id the transport authenticated), under `rpc`.
     pub fn handle(&mut self, now: Instant, from: Contact, rpc: u64, msg: Message) {
         if from.id == self.local.id {
+            return;
+        }
+        if let Message::Notify { record } = msg {
+            self.seen(from, now);
+            let wanted = self.watching.get(&record.key).is_some_and(|until| *until > now);
+            if wanted {
+                let record = to_record(&record, now, self.config.max_ttl);
+                self.events.push_back(Event::Notified { record });
+            } else {
+                self.stats.notifies_unwanted += 1;
+            }
             return;
         }
         if msg.is_request() {
@@ -476,6 +553,7 @@ impl Dht {
             Message::Ping => Message::Pong,
             Message::FindNode { target } => Message::Nodes { contacts: others(&self.table, &target) },
             Message::FindValue { key } => {
+                self.add_watcher(key, *from, now);
                 let records = self
                     .store
                     .get(&key, now)
@@ -491,8 +569,22 @@ impl Dht {
             }
             Message::Store { record } => {
                 // Bound to its publisher: a node stores only its own records elsewhere.
-                let ok = record.publisher == from.id
-                    && self.store.put(to_record(&record, now, self.config.max_ttl), now).is_ok();
+                let r = to_record(&record, now, self.config.max_ttl);
+                let changed = !self
+                    .store
+                    .get(&record.key, now)
+                    .iter()
+                    .any(|old| old.publisher == r.publisher && old.value == r.value);
+                let ok = record.publisher == from.id && self.store.put(r, now).is_ok();
+                if ok && changed {
+                    self.notify_watchers(&record, now);
+                    // This node may watch the key itself (a small mesh stores everything
+                    // everywhere).
+                    if self.watching.get(&record.key).is_some_and(|until| *until > now) {
+                        let record = to_record(&record, now, self.config.max_ttl);
+                        self.events.push_back(Event::Notified { record });
+                    }
+                }
                 if ok {
                     self.stats.stores_accepted += 1;
                 } else {
@@ -507,6 +599,40 @@ impl Dht {
 
     /// `timed_out`: no answer in time (worth one retry in a lookup); otherwise the node
     /// is known gone.
+    fn add_watcher(&mut self, key: Key, who: Contact, now: Instant) {
+        if !self.watchers.contains_key(&key) && self.watchers.len() >= self.config.max_watched_keys {
+            // Make room from expired watches before refusing.
+            self.watchers.retain(|_, v| {
+                v.retain(|(_, until)| *until > now);
+                !v.is_empty()
+            });
+            if self.watchers.len() >= self.config.max_watched_keys {
+                return;
+            }
+        }
+        let until = now + self.config.watch_ttl;
+        let list = self.watchers.entry(key).or_default();
+        list.retain(|(c, until)| c.id != who.id && *until > now);
+        if list.len() >= self.config.max_watchers_per_key {
+            list.remove(0);
+        }
+        list.push((who, until));
+    }
+
+    /// Pushes a new or changed record to the key's live watchers (not to its publisher).
+    fn notify_watchers(&mut self, record: &WireRecord, now: Instant) {
+        let Some(list) = self.watchers.get_mut(&record.key) else { return };
+        list.retain(|(_, until)| *until > now);
+        let targets: Vec<Contact> = list.iter().map(|(c, _)| *c).filter(|c| c.id != record.publisher).collect();
+        if list.is_empty() {
+            self.watchers.remove(&record.key);
+        }
+        for to in targets {
+            self.stats.notifies_sent += 1;
+            self.transmits.push_back(Transmit { to, rpc: 0, msg: Message::Notify { record: record.clone() } });
+        }
+    }
+
     fn request_failed(&mut self, p: Pending, now: Instant, timed_out: bool) {
         self.stats.requests_timed_out += 1;
         match p.why {
@@ -560,6 +686,7 @@ impl Dht {
         }
         self.resume_stalled(now);
         self.stats.records_expired += self.store.expire(now) as u64;
+        self.watching.retain(|_, until| *until > now);
         let due: Vec<Key> = self.owned.iter().filter(|(_, o)| o.next <= now).map(|(k, _)| *k).collect();
         for key in due {
             let Some(o) = self.owned.get_mut(&key) else { continue };

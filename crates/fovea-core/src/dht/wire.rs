@@ -6,7 +6,7 @@
 //! record   = key:32 publisher:32 ttl_ms:varint value_len:varint value
 //! 1 PING  2 PONG  3 FIND_NODE target:32  4 NODES n:varint contact*n
 //! 5 FIND_VALUE key:32  6 VALUE n:varint record*n m:varint contact*m
-//! 7 STORE record  8 STORED ok:u8
+//! 7 STORE record  8 STORED ok:u8  9 NOTIFY record
 //! ```
 //!
 //! Counts and sizes are bounded ([`MAX_CONTACTS`], [`MAX_RECORDS`], [`MAX_VALUE`]) so a
@@ -52,6 +52,7 @@ mod ty {
     pub const VALUE: u64 = 6;
     pub const STORE: u64 = 7;
     pub const STORED: u64 = 8;
+    pub const NOTIFY: u64 = 9;
 }
 
 /// Appends `msg`. Lists longer than the limits are cut to them (an engine never builds
@@ -89,6 +90,10 @@ pub fn encode(msg: &Message, out: &mut BytesMut) {
             varint::encode(ty::STORED, out);
             out.put_u8(u8::from(*ok));
         }
+        Message::Notify { record } => {
+            varint::encode(ty::NOTIFY, out);
+            put_record(record, out);
+        }
     }
 }
 
@@ -113,6 +118,7 @@ pub fn decode(mut src: Bytes) -> Result<Message, WireError> {
             Message::Value { records, contacts: get_contacts(r)? }
         }
         ty::STORE => Message::Store { record: get_record(r)? },
+        ty::NOTIFY => Message::Notify { record: get_record(r)? },
         ty::STORED => {
             if !r.has_remaining() {
                 return Err(WireError::Truncated("ok"));
@@ -246,6 +252,7 @@ mod tests {
                 .prop_map(|(records, contacts)| Message::Value { records, contacts }),
             record().prop_map(|record| Message::Store { record }),
             any::<bool>().prop_map(|ok| Message::Stored { ok }),
+            record().prop_map(|record| Message::Notify { record }),
         ]
     }
 
