@@ -61,6 +61,7 @@ pub mod kind {
     pub const CANCEL: u64 = 0x27;
     pub const MESH_HELLO: u64 = 0x40;
     pub const DHT: u64 = 0x41;
+    pub const FWD: u64 = 0x42;
 }
 
 /// One protocol message.
@@ -115,6 +116,9 @@ pub enum Frame {
     MeshHello(MeshHello),
     /// Node → node: a Kademlia message (`fovea_core::dht::wire`) under an rpc id.
     Dht(DhtFrame),
+    /// Node → node: a message published on the sender, for the receiver's local
+    /// subscribers (never forwarded further).
+    Fwd(Forward),
 }
 
 /// `HELLO` fields.
@@ -269,6 +273,15 @@ pub struct MeshHello {
     /// Mesh-secret mode: HMAC-SHA256 over the TLS exporter of this connection; empty in
     /// certificate mode.
     pub proof: Bytes,
+}
+
+/// `FWD` fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    pub realm: Bytes,
+    pub topic: Bytes,
+    pub headers: Headers,
+    pub payload: Bytes,
 }
 
 /// `DHT` fields.
@@ -433,6 +446,12 @@ impl Frame {
                 proof: r.bytes("proof", 64)?,
             }),
             kind::DHT => Frame::Dht(DhtFrame { rpc: r.varint("rpc")?, body: r.bytes("body", usize::MAX)? }),
+            kind::FWD => Frame::Fwd(Forward {
+                realm: r.bytes("realm", MAX_REALM_LEN)?,
+                topic: r.bytes("topic", MAX_TOPIC_LEN)?,
+                headers: r.headers()?,
+                payload: r.bytes("payload", usize::MAX)?,
+            }),
             other => return Err(DecodeError::UnknownType(other)),
         };
         Ok(Some((frame, total)))
@@ -463,6 +482,7 @@ impl Frame {
             Frame::Cancel(_) => kind::CANCEL,
             Frame::MeshHello(_) => kind::MESH_HELLO,
             Frame::Dht(_) => kind::DHT,
+            Frame::Fwd(_) => kind::FWD,
         }
     }
 
@@ -580,6 +600,12 @@ impl Frame {
             Frame::Dht(d) => {
                 w.varint(o, d.rpc);
                 w.bytes(o, &d.body);
+            }
+            Frame::Fwd(f) => {
+                w.bytes(o, &f.realm);
+                w.bytes(o, &f.topic);
+                w.headers(o, &f.headers);
+                w.bytes(o, &f.payload);
             }
             // Encoded by their own fast paths in `encode`.
             Frame::Pub(_) | Frame::Msg(_) => {}
@@ -874,6 +900,12 @@ mod tests {
             proof: Bytes::from(vec![1; 32]),
         }));
         round_trip(&Frame::Dht(DhtFrame { rpc: 77, body: Bytes::from_static(b"\x01") }));
+        round_trip(&Frame::Fwd(Forward {
+            realm: Bytes::from_static(b"acme"),
+            topic: Bytes::from_static(b"a.b"),
+            headers: Headers::from_pairs([("k", "v")]).unwrap(),
+            payload: Bytes::from_static(b"hi"),
+        }));
     }
 
     proptest! {

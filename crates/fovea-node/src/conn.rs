@@ -343,7 +343,38 @@ impl Session {
             }
             Delivered::Closed => {}
         });
+        if subs.remote_pending || !subs.remote.is_empty() {
+            self.forward(&subs, p);
+        }
         n
+    }
+
+    /// Sends a publish to the other nodes that want it (mesh), or holds it while their
+    /// discovery runs.
+    fn forward(&self, subs: &crate::router::Matches, p: Publish) {
+        let Some(interest) = self.realm.interest.get() else { return };
+        let fwd = fovea_core::frame::Forward {
+            realm: self.realm.wire_name.clone(),
+            topic: p.topic,
+            headers: p.headers,
+            payload: p.payload,
+        };
+        if subs.remote_pending {
+            // Copy the topic out of the read buffer it points into before it waits.
+            let Ok(topic) = fovea_core::Topic::from_bytes(Bytes::copy_from_slice(&fwd.topic)) else { return };
+            let fwd = fovea_core::frame::Forward { topic: topic.as_shared().clone(), ..fwd };
+            if interest.hold(&self.realm.name, &topic, fwd.clone()) {
+                return;
+            }
+            // Discovery ended since the cache entry was made: route with what is known.
+            for c in interest.remote_targets(&self.realm.name, &topic).nodes {
+                interest.forward(c, fwd.clone());
+            }
+            return;
+        }
+        for c in &subs.remote {
+            interest.forward(*c, fwd.clone());
+        }
     }
 
     fn control(&mut self, frame: Frame) -> Result<(), Close> {

@@ -28,6 +28,7 @@ mod admin;
 pub mod auth;
 mod config;
 mod conn;
+mod interest;
 pub mod mesh;
 mod outbound;
 mod router;
@@ -117,6 +118,8 @@ pub(crate) struct Shared {
     pub listen: SocketAddr,
     /// The mesh, when the node takes part in one.
     pub mesh: Option<Arc<mesh::Mesh>>,
+    /// Cross-node pub/sub over the mesh (set at bind when `mesh` is).
+    pub interest: std::sync::OnceLock<Arc<interest::Interest>>,
 }
 
 /// A bound, not yet running node.
@@ -181,7 +184,11 @@ impl Node {
             started: std::time::Instant::now(),
             listen,
             mesh,
+            interest: std::sync::OnceLock::new(),
         });
+        if let Some(mesh) = shared.mesh.clone() {
+            wire_mesh(&shared, mesh);
+        }
         Ok(Node { endpoint, admin, shared, fingerprint, self_signed: identity.self_signed })
     }
 
@@ -238,6 +245,9 @@ impl Node {
         if let Some(mesh) = self.shared.mesh.clone() {
             tokio::spawn(mesh.run(mesh_stop.clone()));
         }
+        if let Some(interest) = self.shared.interest.get().cloned() {
+            tokio::spawn(interest.run(mesh_stop.clone()));
+        }
         let permits = Arc::new(Semaphore::new(limits.max_connections));
         loop {
             let incoming = tokio::select! {
@@ -279,6 +289,47 @@ impl Node {
         admin_stop.cancel();
         Ok(())
     }
+}
+
+/// Connects routing and the mesh: realms report local interest and learn remote targets;
+/// messages other nodes forward reach local subscribers.
+fn wire_mesh(shared: &Arc<Shared>, mesh: Arc<mesh::Mesh>) {
+    let weak = Arc::downgrade(shared);
+    let bump = move |realm: &str| {
+        if let Some(shared) = weak.upgrade() {
+            if let Some(r) = shared.realms.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(realm) {
+                r.bump();
+            }
+        }
+    };
+    let interest = interest::Interest::new(mesh.clone(), bump);
+    for realm in shared.realms.read().unwrap_or_else(std::sync::PoisonError::into_inner).values() {
+        let _ = realm.interest.set(interest.clone());
+    }
+    let _ = shared.interest.set(interest.clone());
+    let weak = Arc::downgrade(shared);
+    mesh.set_delivery(move |fwd| {
+        let Some(shared) = weak.upgrade() else { return };
+        let Ok(name) = std::str::from_utf8(&fwd.realm) else { return };
+        let realm = shared.realms.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).cloned();
+        let Some(realm) = realm else { return };
+        let Ok(topic) = fovea_core::Topic::from_bytes(fwd.topic.clone()) else { return };
+        interest.stats.received.fetch_add(1, Ordering::Relaxed);
+        let matches = realm.lookup_local(&topic);
+        // Queue groups: one member on this node (see interest.rs).
+        let mut rng = fovea_core::balance::Rng::new(shared.seed ^ shared.stats.deliveries.load(Ordering::Relaxed));
+        matches.for_each_target(&mut rng, |s| {
+            match s.peer.out.deliver(s.sid, &fwd.topic, &fwd.headers, &fwd.payload) {
+                outbound::Delivered::Queued => {
+                    shared.stats.deliveries.fetch_add(1, Ordering::Relaxed);
+                }
+                outbound::Delivered::Dropped => {
+                    shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                outbound::Delivered::Closed => {}
+            }
+        });
+    });
 }
 
 /// The realms a node serves: as configured, or the one open `default` realm.
@@ -334,7 +385,11 @@ impl Reloader {
                 match map.get(&r.name) {
                     Some(realm) => realm.set_admission(auth::Admission::users(r)),
                     None => {
-                        map.insert(r.name.clone(), Arc::new(Realm::new(r.name.clone(), auth::Admission::users(r))));
+                        let realm = Arc::new(Realm::new(r.name.clone(), auth::Admission::users(r)));
+                        if let Some(i) = self.0.interest.get() {
+                            let _ = realm.interest.set(i.clone());
+                        }
+                        map.insert(r.name.clone(), realm);
                     }
                 }
             }

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use fovea_core::dht::{self, Contact, Dht, NodeId};
-use fovea_core::frame::{DhtFrame, MeshHello};
+use fovea_core::frame::{DhtFrame, Forward, MeshHello};
 use fovea_core::{Deframer, ErrorCode, Frame};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::{mpsc, oneshot};
@@ -154,6 +154,10 @@ pub struct Mesh {
     /// Records pushed by the nodes storing keys this node looked up. Bounded (1024); a
     /// receiver that lags misses some and should look the key up again.
     notified: tokio::sync::broadcast::Sender<dht::Record>,
+    /// Nodes whose link closed or could not be opened (bounded like `notified`).
+    departed: tokio::sync::broadcast::Sender<NodeId>,
+    /// Delivers a message forwarded by another node to this node's local subscribers.
+    deliver: std::sync::OnceLock<Box<dyn Fn(Forward) + Send + Sync>>,
     pub stats: MeshStats,
 }
 
@@ -195,6 +199,8 @@ impl Mesh {
             inputs,
             inputs_rx: Mutex::new(Some(rx)),
             notified: tokio::sync::broadcast::channel(1024).0,
+            departed: tokio::sync::broadcast::channel(1024).0,
+            deliver: std::sync::OnceLock::new(),
             stats: MeshStats::default(),
         }))
     }
@@ -407,6 +413,12 @@ impl Mesh {
                     }
                     Err(e) => break Some(format!("malformed DHT message: {e}")),
                 },
+                Ok(Some(Frame::Fwd(fwd))) => {
+                    if let Some(deliver) = self.deliver.get() {
+                        deliver(fwd);
+                    }
+                    continue;
+                }
                 Ok(Some(other)) => break Some(format!("unexpected frame 0x{:x} on a mesh link", other.kind())),
                 Ok(None) => {}
                 Err(e) => break Some(e.to_string()),
@@ -439,26 +451,44 @@ impl Mesh {
         }
     }
 
-    /// Queues `frame` for `to`, dialing it first when there is no link.
-    fn send(self: &Arc<Self>, to: Contact, frame: Frame) {
+    /// Sets what happens to messages other nodes forward here (once, at start).
+    pub(crate) fn set_delivery(&self, deliver: impl Fn(Forward) + Send + Sync + 'static) {
+        let _ = self.deliver.set(Box::new(deliver));
+    }
+
+    /// Queues a forwarded message for `to` (dialing it first if needed). `false` when it
+    /// was dropped at a full queue.
+    pub(crate) fn forward(self: &Arc<Self>, to: Contact, frame: Frame) -> bool {
+        self.send(to, frame)
+    }
+
+    /// Nodes that left (link closed, or unreachable).
+    pub fn departures(&self) -> tokio::sync::broadcast::Receiver<NodeId> {
+        self.departed.subscribe()
+    }
+
+    /// Queues `frame` for `to`, dialing it first when there is no link. `false` when it
+    /// was dropped at a full queue.
+    fn send(self: &Arc<Self>, to: Contact, frame: Frame) -> bool {
         if let Some(link) = lock(&self.links).get(&to.id) {
             if link.tx.try_send(frame).is_err() {
                 self.stats.dht_dropped.fetch_add(1, Ordering::Relaxed);
+                return false;
             }
-            return;
+            return true;
         }
         let mut dialing = lock(&self.dialing);
         if let Some(waiting) = dialing.get_mut(&to.id) {
             if waiting.len() < LINK_QUEUE {
                 waiting.push(frame);
-            } else {
-                self.stats.dht_dropped.fetch_add(1, Ordering::Relaxed);
+                return true;
             }
-            return;
+            self.stats.dht_dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
         }
         if dialing.len() >= self.config.max_links {
             self.stats.dht_dropped.fetch_add(1, Ordering::Relaxed);
-            return;
+            return false;
         }
         dialing.insert(to.id, vec![frame]);
         drop(dialing);
@@ -475,6 +505,7 @@ impl Mesh {
                 }
             }
         });
+        true
     }
 
     async fn drive_dht(self: Arc<Self>, mut dht: Dht, mut rx: mpsc::Receiver<Input>, shutdown: CancellationToken) {
@@ -496,7 +527,10 @@ impl Mesh {
                                 dht.bootstrap(now);
                             }
                         }
-                        Input::Down(id) => dht.remove_contact(&id, now),
+                        Input::Down(id) => {
+                            dht.remove_contact(&id, now);
+                            let _ = self.departed.send(id);
+                        }
                         Input::Command(c) => match c {
                             Command::Snapshot(tx) => {
                                 let s = dht.stats();
@@ -522,7 +556,7 @@ impl Mesh {
             while let Some(t) = dht.poll_transmit() {
                 let mut body = BytesMut::new();
                 dht::wire::encode(&t.msg, &mut body);
-                self.send(t.to, Frame::Dht(DhtFrame { rpc: t.rpc, body: body.freeze() }));
+                let _ = self.send(t.to, Frame::Dht(DhtFrame { rpc: t.rpc, body: body.freeze() }));
             }
             while let Some(e) = dht.poll_event() {
                 match e {

@@ -61,6 +61,11 @@ impl PartialEq for ProviderRef {
 pub(crate) struct Matches {
     pub plain: Vec<SubRef>,
     pub groups: Vec<Vec<SubRef>>,
+    /// Other nodes with subscribers to the topic (mesh only).
+    pub remote: Vec<fovea_core::dht::Contact>,
+    /// Discovery of the topic's remote subscribers is still running: messages go to
+    /// [`crate::interest::Interest::hold`] instead of `remote`.
+    pub remote_pending: bool,
 }
 
 impl Matches {
@@ -97,6 +102,11 @@ impl Matches {
 /// A realm's routing state.
 pub(crate) struct Realm {
     pub name: String,
+    /// `name` as it travels in `FWD` frames.
+    pub wire_name: Bytes,
+    /// Cross-node interest, when the node is in a mesh (set once, at start or when a
+    /// reload adds the realm).
+    pub interest: std::sync::OnceLock<Arc<crate::interest::Interest>>,
     /// Who may join, and with what permissions; replaced when the configuration reloads.
     admission: RwLock<Arc<crate::auth::Admission>>,
     subs: RwLock<SubTrie<SubRef>>,
@@ -106,8 +116,11 @@ pub(crate) struct Realm {
 
 impl Realm {
     pub fn new(name: impl Into<String>, admission: crate::auth::Admission) -> Self {
+        let name: String = name.into();
         Realm {
-            name: name.into(),
+            wire_name: Bytes::copy_from_slice(name.as_bytes()),
+            interest: std::sync::OnceLock::new(),
+            name,
             admission: RwLock::new(Arc::new(admission)),
             subs: RwLock::new(SubTrie::new()),
             generation: AtomicU64::new(0),
@@ -126,6 +139,9 @@ impl Realm {
     }
 
     pub fn subscribe(&self, pattern: &Pattern, sub: SubRef) {
+        if let Some(i) = self.interest.get() {
+            i.add_local(&self.name, pattern);
+        }
         let mut trie = self.subs.write().unwrap_or_else(PoisonError::into_inner);
         trie.insert(pattern, sub);
         // Release pairs with the Acquire in MatchCache::lookup: a task that sees the new
@@ -136,9 +152,19 @@ impl Realm {
     /// Removes subscriptions; one lock and one generation bump for the whole batch.
     pub fn unsubscribe<'a>(&self, subs: impl IntoIterator<Item = (&'a Pattern, SubRef)>) {
         let mut trie = self.subs.write().unwrap_or_else(PoisonError::into_inner);
+        let interest = self.interest.get();
         for (pattern, sub) in subs {
-            trie.remove(pattern, &sub);
+            if trie.remove(pattern, &sub) {
+                if let Some(i) = interest {
+                    i.remove_local(&self.name, pattern);
+                }
+            }
         }
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Invalidates every connection's match cache for this realm (remote interest changed).
+    pub fn bump(&self) {
         self.generation.fetch_add(1, Ordering::Release);
     }
 
@@ -193,7 +219,21 @@ impl Realm {
         Ok(p.clone())
     }
 
+    /// Every subscriber of `topic`: local ones, and (in a mesh) the nodes with remote ones.
     fn lookup(&self, topic: &Topic) -> Arc<Matches> {
+        let mut m = self.lookup_local(topic);
+        if let Some(i) = self.interest.get() {
+            let remote = i.remote_targets(&self.name, topic);
+            if let Some(m) = Arc::get_mut(&mut m) {
+                m.remote = remote.nodes;
+                m.remote_pending = remote.pending;
+            }
+        }
+        m
+    }
+
+    /// The local subscribers of `topic` (what a message forwarded by another node reaches).
+    pub fn lookup_local(&self, topic: &Topic) -> Arc<Matches> {
         let trie = self.subs.read().unwrap_or_else(PoisonError::into_inner);
         let mut m = Matches::default();
         // Members of a group are those with equal keys (same pattern, same name); a topic

@@ -132,3 +132,78 @@ async fn records_are_pushed_in_a_two_node_mesh() {
         n.stop().await;
     }
 }
+
+async fn recv(sub: &mut fovea_client::Subscription) -> fovea_client::Message {
+    tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("message in time")
+        .expect("subscription open")
+}
+
+/// Wildcard pub/sub across nodes: a publisher on A reaches subscribers on B and C whose
+/// patterns match, each message once, in order; nobody else.
+#[tokio::test]
+async fn wildcard_messages_cross_the_mesh() {
+    let a = TestNode::start_mesh(SECRET, &[]).await;
+    let b = TestNode::start_mesh(SECRET, &[a.mesh_addr()]).await;
+    let c = TestNode::start_mesh(SECRET, &[a.mesh_addr()]).await;
+    for n in [&a, &b, &c] {
+        converges("every node to know the two others", || async { mesh(n).snapshot().await.dht_contacts == 2 }).await;
+    }
+    let (sb, sc) = (b.client().await, c.client().await);
+    let mut all = sb.subscribe("sensors.>").await.unwrap();
+    let mut temps = sc.subscribe("sensors.*.temp").await.unwrap();
+    let mut other = sc.subscribe("actuators.>").await.unwrap();
+    // Interest is published within a flush interval; the first publish on A then finds it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let p = a.client().await;
+    for i in 0..100u32 {
+        p.publish("sensors.kitchen.temp", i.to_be_bytes().to_vec()).await.unwrap();
+    }
+    p.publish("sensors.kitchen.humidity", "40").await.unwrap();
+    for i in 0..100u32 {
+        assert_eq!(&recv(&mut all).await.payload[..], &i.to_be_bytes(), "B, message {i}");
+        assert_eq!(&recv(&mut temps).await.payload[..], &i.to_be_bytes(), "C, message {i}");
+    }
+    assert_eq!(recv(&mut all).await.topic.as_str(), "sensors.kitchen.humidity");
+    p.flush().await.unwrap();
+    let nothing = tokio::time::timeout(Duration::from_millis(300), temps.next()).await;
+    assert!(nothing.is_err(), "C must not get sensors.kitchen.humidity: {nothing:?}");
+    assert!(tokio::time::timeout(Duration::from_millis(100), other.next()).await.is_err());
+    for n in [a, b, c] {
+        n.stop().await;
+    }
+}
+
+/// A subscriber that appears after the publisher's node has cached "nobody here" is told
+/// to it by the DHT's push, and receives what is published next.
+#[tokio::test]
+async fn a_late_subscriber_is_reached() {
+    let a = TestNode::start_mesh(SECRET, &[]).await;
+    let b = TestNode::start_mesh(SECRET, &[a.mesh_addr()]).await;
+    for n in [&a, &b] {
+        converges("the two nodes to know each other", || async { mesh(n).snapshot().await.dht_contacts == 1 }).await;
+    }
+    let p = a.client().await;
+    // A learns that nobody on other nodes wants `late.*`.
+    p.publish("late.x", "before").await.unwrap();
+    p.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sb = b.client().await;
+    let t0 = std::time::Instant::now();
+    let mut sub = sb.subscribe("late.*").await.unwrap();
+    // Publish until the first message arrives: the discovery latency of a new subscriber.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let got = loop {
+        p.publish("late.x", "after").await.unwrap();
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(5), sub.next()).await {
+            break m;
+        }
+        assert!(std::time::Instant::now() < deadline, "the late subscriber was never reached");
+    };
+    eprintln!("late subscriber reached {:?} after subscribing", t0.elapsed());
+    assert_eq!(&got.payload[..], b"after");
+    for n in [a, b] {
+        n.stop().await;
+    }
+}

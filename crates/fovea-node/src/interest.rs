@@ -1,0 +1,469 @@
+//! Pub/sub across the mesh: which nodes want which topics, found through the DHT.
+//!
+//! **Records.** A node with local subscriptions in realm `R` publishes, per *prefix* (the
+//! first segment of a pattern when it is literal, `""` when the pattern starts with a
+//! wildcard), one DHT record under `SHA-256("fovea/interest/v1" R prefix)` holding its
+//! mesh address and its patterns under that prefix. A change is published within
+//! [`FLUSH_EVERY`]; the DHT republishes it while it stands; the last unsubscribe
+//! retracts it (an empty record, pushed to watchers).
+//!
+//! **Publishers.** A publish to `a.b.c` needs the records under `a` and `""`: two
+//! lookups the first time a node sees the prefix, then nothing per publish: the result is
+//! cached per realm in a trie of remote patterns, kept fresh by the DHT's pushes
+//! (watchers) and renewed every [`RENEW_AFTER`] while the prefix is in use. Messages
+//! published while a prefix's first lookup runs wait here (at most [`PENDING_MAX`] per
+//! prefix; past that, dropped and counted) and go out when it ends, in order.
+//!
+//! **Forwarding.** The publisher's node sends the message once to each interested node
+//! (`FWD` frame on their link), which delivers it to its local subscribers only: one hop,
+//! no loops. Queue groups are per node for now (each node's group gets a copy).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use fovea_core::dht::{Contact, Key, NodeId, Record};
+use fovea_core::frame::Forward;
+use fovea_core::{varint, Frame, Pattern, SubTrie, Topic};
+
+use crate::mesh::Mesh;
+
+/// How often local interest changes are published (they are coalesced in between).
+pub const FLUSH_EVERY: Duration = Duration::from_millis(20);
+/// A prefix in use is looked up again after this (renewing the watch at its storers).
+pub const RENEW_AFTER: Duration = Duration::from_secs(30);
+/// Messages held per prefix while its first lookup runs.
+pub const PENDING_MAX: usize = 4096;
+/// Lifetime of an interest record at the storers (republished every minute by the DHT).
+const RECORD_TTL: Duration = Duration::from_secs(150);
+/// Most patterns listed in one record; more are summarised as the prefix's catch-all.
+const MAX_PATTERNS: usize = 64;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The DHT key of realm `realm`'s interest records for `prefix`.
+pub fn interest_key(realm: &str, prefix: &str) -> Key {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"fovea/interest/v1\0");
+    ctx.update(realm.as_bytes());
+    ctx.update(b"\0");
+    ctx.update(prefix.as_bytes());
+    let mut id = [0u8; 32];
+    id.copy_from_slice(ctx.finish().as_ref());
+    NodeId(id)
+}
+
+/// The prefix a pattern's interest record is filed under.
+fn pattern_prefix(p: &Pattern) -> String {
+    match p.as_str().split('.').next() {
+        Some(first) if first != "*" && first != ">" => first.to_owned(),
+        _ => String::new(),
+    }
+}
+
+/// A topic's first segment: what a publisher's node tracks discovery by. Resolving it means
+/// fetching the records of two prefixes, the segment and `""`.
+fn topic_segment(t: &Topic) -> String {
+    t.as_str().split('.').next().unwrap_or_default().to_owned()
+}
+
+/// What a publisher's node knows of one first segment.
+enum PrefixState {
+    /// The first lookup runs; messages wait.
+    Pending(Vec<Forward>),
+    /// Known; `used` since the last renewal.
+    Ready { renewed: Instant, used: bool },
+}
+
+#[derive(Default)]
+struct RemoteRealm {
+    /// By first segment of the topics published.
+    prefixes: HashMap<String, PrefixState>,
+    /// (prefix, node) → the node's contact and patterns under the prefix.
+    nodes: HashMap<(String, NodeId), (Contact, Vec<Pattern>)>,
+    /// Every remote pattern → its node; rebuilt when `nodes` changes.
+    trie: SubTrie<NodeId>,
+}
+
+impl RemoteRealm {
+    /// The nodes with a pattern matching `topic`, each once.
+    fn targets(&self, topic: &Topic) -> Vec<Contact> {
+        let mut ids = Vec::new();
+        self.trie.for_each_match(topic, |id| {
+            if !ids.contains(id) {
+                ids.push(*id);
+            }
+        });
+        ids.iter().filter_map(|id| self.nodes.iter().find(|((_, n), _)| n == id).map(|(_, (c, _))| *c)).collect()
+    }
+
+    fn rebuild(&mut self) {
+        let mut trie = SubTrie::new();
+        for ((_, id), (_, patterns)) in &self.nodes {
+            for p in patterns {
+                trie.insert(p, *id);
+            }
+        }
+        self.trie = trie;
+    }
+}
+
+/// Counters of cross-node pub/sub.
+#[derive(Debug, Default)]
+pub struct InterestStats {
+    /// Messages sent to other nodes.
+    pub forwarded: AtomicU64,
+    /// Messages received from other nodes and delivered locally.
+    pub received: AtomicU64,
+    /// Messages dropped: a prefix's wait list full, or a link's queue full.
+    pub dropped: AtomicU64,
+    /// Interest lookups run.
+    pub lookups: AtomicU64,
+}
+
+/// Where a topic's messages go beyond this node.
+#[derive(Default)]
+pub(crate) struct RemoteTargets {
+    pub nodes: Vec<Contact>,
+    /// Prefixes whose first lookup runs: messages go to [`Interest::hold`] meanwhile.
+    pub pending: bool,
+}
+
+/// Local and remote interest of one node.
+pub struct Interest {
+    mesh: Arc<Mesh>,
+    /// (realm, prefix) → pattern → local subscriptions to it.
+    local: Mutex<HashMap<(String, String), BTreeMap<String, usize>>>,
+    dirty: Mutex<HashSet<(String, String)>>,
+    remote: Mutex<HashMap<String, RemoteRealm>>,
+    /// Interest key → (realm, prefix), for the DHT's pushes.
+    keys: Mutex<HashMap<Key, (String, String)>>,
+    /// Bumps a realm's routing generation so connections recompute their caches.
+    bump: Box<dyn Fn(&str) + Send + Sync>,
+    pub stats: InterestStats,
+}
+
+impl Interest {
+    pub(crate) fn new(mesh: Arc<Mesh>, bump: impl Fn(&str) + Send + Sync + 'static) -> Arc<Interest> {
+        Arc::new(Interest {
+            mesh,
+            local: Mutex::new(HashMap::new()),
+            dirty: Mutex::new(HashSet::new()),
+            remote: Mutex::new(HashMap::new()),
+            keys: Mutex::new(HashMap::new()),
+            bump: Box::new(bump),
+            stats: InterestStats::default(),
+        })
+    }
+
+    /// A local subscription to `pattern` in `realm` started.
+    pub(crate) fn add_local(&self, realm: &str, pattern: &Pattern) {
+        let key = (realm.to_owned(), pattern_prefix(pattern));
+        let mut local = lock(&self.local);
+        let n = local.entry(key.clone()).or_default().entry(pattern.as_str().to_owned()).or_insert(0);
+        *n += 1;
+        if *n == 1 {
+            lock(&self.dirty).insert(key);
+        }
+    }
+
+    /// A local subscription to `pattern` in `realm` ended.
+    pub(crate) fn remove_local(&self, realm: &str, pattern: &Pattern) {
+        let key = (realm.to_owned(), pattern_prefix(pattern));
+        let mut local = lock(&self.local);
+        let Some(patterns) = local.get_mut(&key) else { return };
+        let gone = match patterns.get_mut(pattern.as_str()) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                patterns.remove(pattern.as_str());
+                true
+            }
+            None => false,
+        };
+        if patterns.is_empty() {
+            local.remove(&key);
+        }
+        if gone {
+            lock(&self.dirty).insert(key);
+        }
+    }
+
+    /// The nodes interested in `topic` in `realm`, starting the prefix lookups this node
+    /// has not done yet. Called on a connection's cache miss, never per message.
+    pub(crate) fn remote_targets(self: &Arc<Self>, realm: &str, topic: &Topic) -> RemoteTargets {
+        let mut out = RemoteTargets::default();
+        let segment = topic_segment(topic);
+        let start = {
+            let mut remote = lock(&self.remote);
+            let r = remote.entry(realm.to_owned()).or_default();
+            let start = match r.prefixes.get_mut(&segment) {
+                Some(PrefixState::Pending(_)) => {
+                    out.pending = true;
+                    false
+                }
+                Some(PrefixState::Ready { used, .. }) => {
+                    *used = true;
+                    false
+                }
+                None => {
+                    r.prefixes.insert(segment.clone(), PrefixState::Pending(Vec::new()));
+                    out.pending = true;
+                    true
+                }
+            };
+            out.nodes = r.targets(topic);
+            start
+        };
+        if start {
+            let me = self.clone();
+            let realm = realm.to_owned();
+            tokio::spawn(async move { me.look_up(realm, segment).await });
+        }
+        out
+    }
+
+    /// Holds a message for a topic whose discovery runs; sent when it ends. Returns
+    /// `false` if it was not held (discovery ended meanwhile: the caller's cache is stale
+    /// and the message should be routed again).
+    pub(crate) fn hold(&self, realm: &str, topic: &Topic, fwd: Forward) -> bool {
+        let mut remote = lock(&self.remote);
+        let Some(r) = remote.get_mut(realm) else { return false };
+        match r.prefixes.get_mut(&topic_segment(topic)) {
+            Some(PrefixState::Pending(waiting)) => {
+                if waiting.len() >= PENDING_MAX {
+                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    waiting.push(fwd);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Sends a message to another node.
+    pub(crate) fn forward(&self, to: Contact, fwd: Forward) {
+        if self.mesh.forward(to, Frame::Fwd(fwd)) {
+            self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Fetches the records of `segment` and `""` in `realm`, then sends what waited.
+    async fn look_up(self: Arc<Self>, realm: String, segment: String) {
+        let me = self.mesh.local().id;
+        let mut found = Vec::new();
+        for prefix in [segment.clone(), String::new()] {
+            let key = interest_key(&realm, &prefix);
+            lock(&self.keys).insert(key, (realm.clone(), prefix.clone()));
+            self.stats.lookups.fetch_add(1, Ordering::Relaxed);
+            let records = self.mesh.find_records(key).await;
+            let nodes: Vec<(Contact, Vec<Pattern>)> =
+                records.iter().filter(|r| r.publisher != me).filter_map(decode_record).collect();
+            found.push((prefix, nodes));
+        }
+        let mut remote = lock(&self.remote);
+        let r = remote.entry(realm.clone()).or_default();
+        for (prefix, nodes) in found {
+            r.nodes.retain(|(p, _), _| *p != prefix);
+            for (c, patterns) in nodes {
+                r.nodes.insert((prefix.clone(), c.id), (c, patterns));
+            }
+        }
+        r.rebuild();
+        let old = r.prefixes.insert(segment, PrefixState::Ready { renewed: Instant::now(), used: false });
+        // What waited goes out now, under the lock, so it precedes anything published
+        // after the generation bump below.
+        if let Some(PrefixState::Pending(waiting)) = old {
+            for fwd in waiting {
+                let Ok(topic) = Topic::from_bytes(fwd.topic.clone()) else { continue };
+                for c in r.targets(&topic) {
+                    self.forward(c, fwd.clone());
+                }
+            }
+        }
+        (self.bump)(&realm);
+    }
+
+    /// A record pushed by a storer: one node's interest under a prefix changed.
+    fn pushed(&self, record: &Record) {
+        let Some((realm, prefix)) = lock(&self.keys).get(&record.key).cloned() else { return };
+        if record.publisher == self.mesh.local().id {
+            return;
+        }
+        {
+            let mut remote = lock(&self.remote);
+            let Some(r) = remote.get_mut(&realm) else { return };
+            match decode_record(record) {
+                Some((c, patterns)) => {
+                    r.nodes.insert((prefix, record.publisher), (c, patterns));
+                }
+                None => {
+                    r.nodes.remove(&(prefix, record.publisher));
+                }
+            }
+            r.rebuild();
+        }
+        (self.bump)(&realm);
+    }
+
+    /// A node left the mesh: it is no longer a target.
+    pub(crate) fn node_gone(&self, id: &NodeId) {
+        let mut changed = Vec::new();
+        {
+            let mut remote = lock(&self.remote);
+            for (realm, r) in remote.iter_mut() {
+                let before = r.nodes.len();
+                r.nodes.retain(|(_, n), _| n != id);
+                if r.nodes.len() != before {
+                    r.rebuild();
+                    changed.push(realm.clone());
+                }
+            }
+        }
+        for realm in changed {
+            (self.bump)(&realm);
+        }
+    }
+
+    /// Publishes local changes, applies pushes, renews prefixes in use; until `stop`.
+    pub(crate) async fn run(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        let mut pushes = self.mesh.notifications();
+        let mut departures = self.mesh.departures();
+        let mut flush = tokio::time::interval(FLUSH_EVERY);
+        let mut renew = tokio::time::interval(RENEW_AFTER / 3);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = flush.tick() => self.flush().await,
+                _ = renew.tick() => self.renew(),
+                r = pushes.recv() => match r {
+                    Ok(record) => self.pushed(&record),
+                    // Missed pushes: look everything up again.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.forget_all(),
+                    Err(_) => return,
+                },
+                d = departures.recv() => if let Ok(id) = d { self.node_gone(&id) },
+            }
+        }
+    }
+
+    async fn flush(&self) {
+        let dirty: Vec<(String, String)> = lock(&self.dirty).drain().collect();
+        for (realm, prefix) in dirty {
+            let patterns: Vec<String> = lock(&self.local)
+                .get(&(realm.clone(), prefix.clone()))
+                .map(|p| p.keys().cloned().collect())
+                .unwrap_or_default();
+            let key = interest_key(&realm, &prefix);
+            if patterns.is_empty() {
+                self.mesh.retract(key, RECORD_TTL).await;
+            } else {
+                let value = encode_record(self.mesh.local(), &prefix, &patterns);
+                self.mesh.publish(key, value, RECORD_TTL).await;
+            }
+        }
+    }
+
+    /// Prefixes used since their last lookup are looked up again (renewing the watch);
+    /// unused ones are forgotten.
+    fn renew(self: &Arc<Self>) {
+        let mut again = Vec::new();
+        {
+            let mut remote = lock(&self.remote);
+            for (realm, r) in remote.iter_mut() {
+                let mut forget = Vec::new();
+                for (prefix, state) in r.prefixes.iter_mut() {
+                    if let PrefixState::Ready { renewed, used } = state {
+                        if renewed.elapsed() >= RENEW_AFTER {
+                            if *used {
+                                *renewed = Instant::now();
+                                *used = false;
+                                again.push((realm.clone(), prefix.clone()));
+                            } else {
+                                forget.push(prefix.clone());
+                            }
+                        }
+                    }
+                }
+                for p in forget {
+                    r.prefixes.remove(&p);
+                    r.nodes.retain(|(q, _), _| *q != p);
+                }
+            }
+        }
+        for (realm, prefix) in again {
+            let me = Arc::downgrade(self);
+            tokio::spawn(async move {
+                if let Some(me) = Weak::upgrade(&me) {
+                    me.look_up(realm, prefix).await;
+                }
+            });
+        }
+    }
+
+    fn forget_all(&self) {
+        let realms: Vec<String> = {
+            let mut remote = lock(&self.remote);
+            let realms = remote.keys().cloned().collect();
+            remote.retain(|_, r| {
+                r.prefixes.retain(|_, s| matches!(s, PrefixState::Pending(_)));
+                r.nodes.clear();
+                r.rebuild();
+                true
+            });
+            realms
+        };
+        for realm in realms {
+            (self.bump)(&realm);
+        }
+    }
+}
+
+/// Record value: mesh address, then the patterns (a prefix's catch-all when too many).
+fn encode_record(me: Contact, prefix: &str, patterns: &[String]) -> Bytes {
+    let mut out = BytesMut::new();
+    let addr = me.addr.to_string();
+    let catch_all: Vec<String>;
+    let patterns = if patterns.len() > MAX_PATTERNS || patterns.iter().map(String::len).sum::<usize>() > 3000 {
+        catch_all = if prefix.is_empty() { vec![">".into()] } else { vec![prefix.to_owned(), format!("{prefix}.>")] };
+        &catch_all[..]
+    } else {
+        patterns
+    };
+    varint::encode(addr.len() as u64, &mut out);
+    out.extend_from_slice(addr.as_bytes());
+    varint::encode(patterns.len() as u64, &mut out);
+    for p in patterns {
+        varint::encode(p.len() as u64, &mut out);
+        out.extend_from_slice(p.as_bytes());
+    }
+    out.freeze()
+}
+
+/// A record's contact and patterns; `None` for a retraction or a malformed value.
+fn decode_record(r: &Record) -> Option<(Contact, Vec<Pattern>)> {
+    let mut v = r.value.clone();
+    let field = |v: &mut Bytes| -> Option<Bytes> {
+        let (len, n) = varint::decode(v)?;
+        v.advance(n);
+        let len = usize::try_from(len).ok().filter(|l| *l <= v.len())?;
+        Some(v.split_to(len))
+    };
+    let addr = std::str::from_utf8(&field(&mut v)?).ok()?.parse().ok()?;
+    let (count, n) = varint::decode(&v)?;
+    v.advance(n);
+    let mut patterns = Vec::new();
+    for _ in 0..count.min(MAX_PATTERNS as u64 + 2) {
+        patterns.push(Pattern::from_bytes(field(&mut v)?).ok()?);
+    }
+    Some((Contact { id: r.publisher, addr }, patterns))
+}
