@@ -62,6 +62,7 @@ pub mod kind {
     pub const MESH_HELLO: u64 = 0x40;
     pub const DHT: u64 = 0x41;
     pub const FWD: u64 = 0x42;
+    pub const BIND: u64 = 0x43;
 }
 
 /// One protocol message.
@@ -119,6 +120,9 @@ pub enum Frame {
     /// Node → node: a message published on the sender, for the receiver's local
     /// subscribers (never forwarded further).
     Fwd(Forward),
+    /// Node → node: `REQUEST`s with registration id `rid` on this link are calls of
+    /// `procedure` in `realm` (sent once, before the first such request).
+    Bind(Bind),
 }
 
 /// `HELLO` fields.
@@ -284,6 +288,14 @@ pub struct Forward {
     pub payload: Bytes,
 }
 
+/// `BIND` fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    pub rid: u64,
+    pub realm: Bytes,
+    pub procedure: Bytes,
+}
+
 /// `DHT` fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DhtFrame {
@@ -446,6 +458,11 @@ impl Frame {
                 proof: r.bytes("proof", 64)?,
             }),
             kind::DHT => Frame::Dht(DhtFrame { rpc: r.varint("rpc")?, body: r.bytes("body", usize::MAX)? }),
+            kind::BIND => Frame::Bind(Bind {
+                rid: r.varint("rid")?,
+                realm: r.bytes("realm", MAX_REALM_LEN)?,
+                procedure: r.bytes("procedure", MAX_TOPIC_LEN)?,
+            }),
             kind::FWD => Frame::Fwd(Forward {
                 realm: r.bytes("realm", MAX_REALM_LEN)?,
                 topic: r.bytes("topic", MAX_TOPIC_LEN)?,
@@ -483,6 +500,7 @@ impl Frame {
             Frame::MeshHello(_) => kind::MESH_HELLO,
             Frame::Dht(_) => kind::DHT,
             Frame::Fwd(_) => kind::FWD,
+            Frame::Bind(_) => kind::BIND,
         }
     }
 
@@ -600,6 +618,11 @@ impl Frame {
             Frame::Dht(d) => {
                 w.varint(o, d.rpc);
                 w.bytes(o, &d.body);
+            }
+            Frame::Bind(b) => {
+                w.varint(o, b.rid);
+                w.bytes(o, &b.realm);
+                w.bytes(o, &b.procedure);
             }
             Frame::Fwd(f) => {
                 w.bytes(o, &f.realm);
@@ -900,6 +923,11 @@ mod tests {
             proof: Bytes::from(vec![1; 32]),
         }));
         round_trip(&Frame::Dht(DhtFrame { rpc: 77, body: Bytes::from_static(b"\x01") }));
+        round_trip(&Frame::Bind(Bind {
+            rid: 3,
+            realm: Bytes::from_static(b"acme"),
+            procedure: Bytes::from_static(b"math.add"),
+        }));
         round_trip(&Frame::Fwd(Forward {
             realm: Bytes::from_static(b"acme"),
             topic: Bytes::from_static(b"a.b"),

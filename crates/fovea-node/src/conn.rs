@@ -530,6 +530,9 @@ impl Session {
         }
         let provider = match self.realm.choose_provider(&c.procedure, &mut self.rng, limits.max_requests_in_flight) {
             Ok(p) => p,
+            // No local provider, or every local one is at its limit: in a mesh, a
+            // provider on another node (local ones are preferred while they have room).
+            Err(busy) if self.realm.interest.get().is_some() => return self.call_remote(c, busy),
             Err(false) => {
                 let text = String::from_utf8_lossy(&c.procedure).into_owned();
                 return fail(
@@ -559,6 +562,62 @@ impl Session {
             }
             Err(Refusal::Result(code, msg)) => fail(self, code, msg),
         }
+    }
+
+    /// Sends a call to a provider on another node, found through the DHT. Runs in its own
+    /// task: the first call of a procedure waits for a lookup, and this connection's
+    /// other frames must not.
+    fn call_remote(&mut self, c: Call, local_busy: bool) {
+        let limits = &self.shared.config.limits;
+        let Some(interest) = self.realm.interest.get().cloned() else { return };
+        let timeout = match std::time::Duration::from_millis(c.timeout_ms) {
+            t if t.is_zero() || t > limits.max_call_timeout => limits.max_call_timeout,
+            t => t,
+        };
+        let max_calls = limits.max_calls_in_flight;
+        let (peer, realm, shared) = (self.peer.clone(), self.realm.clone(), self.shared.clone());
+        let mut rng = Rng::new(self.rng.next_u64());
+        tokio::spawn(async move {
+            let call_id = c.call_id;
+            let fail = |code: ErrorCode, message: String| {
+                shared.stats.count_rejection(code);
+                let payload = Bytes::from(message.into_bytes());
+                peer.out.send(&Frame::Result(CallResult { call_id, code, headers: Headers::new(), payload }));
+            };
+            let name = String::from_utf8_lossy(&c.procedure).into_owned();
+            let mut nodes = interest.providers(&realm.name, &name).await;
+            let mesh = interest.mesh().clone();
+            // Power of two choices on calls in flight per link, then the rest in turn
+            // should the chosen node be unreachable.
+            if let Some(first) = fovea_core::balance::pick_two(nodes.len(), &mut rng, |i| mesh.link_load(&nodes[i].id))
+            {
+                nodes.swap(0, first);
+            }
+            for node in nodes {
+                let Some(provider) = mesh.provider_ref(node, &realm.wire_name, &c.procedure).await else { continue };
+                match peer.start_call(&provider, c, timeout, max_calls) {
+                    Ok(()) => {}
+                    Err(Refusal::DuplicateId) => {
+                        shared.stats.count_rejection(ErrorCode::DuplicateId);
+                        peer.out.send(&Frame::Error(ErrorFrame {
+                            code: ErrorCode::DuplicateId,
+                            reference: call_id,
+                            message: format!("call id {call_id} is already in flight"),
+                        }));
+                    }
+                    Err(Refusal::Result(code, msg)) => fail(code, msg),
+                }
+                return;
+            }
+            if local_busy {
+                fail(
+                    ErrorCode::Busy,
+                    format!("every provider of {name:?} here is at its limit, and none elsewhere answers"),
+                );
+            } else {
+                fail(ErrorCode::NoProvider, format!("no provider of {name:?} in realm {:?} on any node", realm.name));
+            }
+        });
     }
 
     fn reject(&self, code: ErrorCode, reference: u64, message: impl Into<String>) {

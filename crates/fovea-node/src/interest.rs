@@ -57,6 +57,36 @@ pub fn interest_key(realm: &str, prefix: &str) -> Key {
     NodeId(id)
 }
 
+/// The DHT key of the provider records of `procedure` in `realm`.
+pub fn provider_key(realm: &str, procedure: &str) -> Key {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"fovea/provider/v1\0");
+    ctx.update(realm.as_bytes());
+    ctx.update(b"\0");
+    ctx.update(procedure.as_bytes());
+    let mut id = [0u8; 32];
+    id.copy_from_slice(ctx.finish().as_ref());
+    NodeId(id)
+}
+
+/// A remote provider list is looked up again after this, while calls need it.
+const PROVIDERS_FRESH: Duration = Duration::from_secs(10);
+/// At most one provider lookup per procedure in this long (an absent procedure must not
+/// turn every call into a DHT query).
+const PROVIDERS_RETRY: Duration = Duration::from_secs(1);
+
+/// What a key this node looked up stands for.
+#[derive(Clone)]
+enum KeyOf {
+    Interest(String, String),
+    Provider(String, String),
+}
+
+struct Providers {
+    nodes: Vec<Contact>,
+    fetched: Instant,
+}
+
 /// The prefix a pattern's interest record is filed under.
 fn pattern_prefix(p: &Pattern) -> String {
     match p.as_str().split('.').next() {
@@ -140,8 +170,13 @@ pub struct Interest {
     local: Mutex<HashMap<(String, String), BTreeMap<String, usize>>>,
     dirty: Mutex<HashSet<(String, String)>>,
     remote: Mutex<HashMap<String, RemoteRealm>>,
-    /// Interest key → (realm, prefix), for the DHT's pushes.
-    keys: Mutex<HashMap<Key, (String, String)>>,
+    /// Keys looked up → what they stand for, for the DHT's pushes.
+    keys: Mutex<HashMap<Key, KeyOf>>,
+    /// (realm, procedure) → local registrations.
+    local_providers: Mutex<HashMap<(String, String), usize>>,
+    dirty_providers: Mutex<HashSet<(String, String)>>,
+    /// (realm, procedure) → providers on other nodes, as last looked up or pushed.
+    remote_providers: Mutex<HashMap<(String, String), Providers>>,
     /// Bumps a realm's routing generation so connections recompute their caches.
     bump: Box<dyn Fn(&str) + Send + Sync>,
     pub stats: InterestStats,
@@ -155,9 +190,17 @@ impl Interest {
             dirty: Mutex::new(HashSet::new()),
             remote: Mutex::new(HashMap::new()),
             keys: Mutex::new(HashMap::new()),
+            local_providers: Mutex::new(HashMap::new()),
+            dirty_providers: Mutex::new(HashSet::new()),
+            remote_providers: Mutex::new(HashMap::new()),
             bump: Box::new(bump),
             stats: InterestStats::default(),
         })
+    }
+
+    /// The mesh this runs over.
+    pub(crate) fn mesh(&self) -> &Arc<Mesh> {
+        &self.mesh
     }
 
     /// A local subscription to `pattern` in `realm` started.
@@ -263,7 +306,7 @@ impl Interest {
         let mut found = Vec::new();
         for prefix in [segment.clone(), String::new()] {
             let key = interest_key(&realm, &prefix);
-            lock(&self.keys).insert(key, (realm.clone(), prefix.clone()));
+            lock(&self.keys).insert(key, KeyOf::Interest(realm.clone(), prefix.clone()));
             self.stats.lookups.fetch_add(1, Ordering::Relaxed);
             let records = self.mesh.find_records(key).await;
             let nodes: Vec<(Contact, Vec<Pattern>)> =
@@ -293,12 +336,76 @@ impl Interest {
         (self.bump)(&realm);
     }
 
-    /// A record pushed by a storer: one node's interest under a prefix changed.
+    /// A local registration of `procedure` in `realm` started.
+    pub(crate) fn add_provider(&self, realm: &str, procedure: &str) {
+        let key = (realm.to_owned(), procedure.to_owned());
+        let mut local = lock(&self.local_providers);
+        let n = local.entry(key.clone()).or_insert(0);
+        *n += 1;
+        if *n == 1 {
+            lock(&self.dirty_providers).insert(key);
+        }
+    }
+
+    /// A local registration of `procedure` in `realm` ended.
+    pub(crate) fn remove_provider(&self, realm: &str, procedure: &str) {
+        let key = (realm.to_owned(), procedure.to_owned());
+        let mut local = lock(&self.local_providers);
+        let Some(n) = local.get_mut(&key) else { return };
+        *n -= 1;
+        if *n == 0 {
+            local.remove(&key);
+            lock(&self.dirty_providers).insert(key);
+        }
+    }
+
+    /// The other nodes providing `procedure` in `realm`: cached, looked up when stale
+    /// (at most once per [`PROVIDERS_RETRY`]), kept current by the DHT's pushes.
+    pub(crate) async fn providers(&self, realm: &str, procedure: &str) -> Vec<Contact> {
+        let key = (realm.to_owned(), procedure.to_owned());
+        if let Some(p) = lock(&self.remote_providers).get(&key) {
+            let age = p.fetched.elapsed();
+            if age < PROVIDERS_FRESH && (!p.nodes.is_empty() || age < PROVIDERS_RETRY) {
+                return p.nodes.clone();
+            }
+        }
+        let dht_key = provider_key(realm, procedure);
+        lock(&self.keys).insert(dht_key, KeyOf::Provider(realm.to_owned(), procedure.to_owned()));
+        self.stats.lookups.fetch_add(1, Ordering::Relaxed);
+        let me = self.mesh.local().id;
+        let nodes: Vec<Contact> = self
+            .mesh
+            .find_records(dht_key)
+            .await
+            .iter()
+            .filter(|r| r.publisher != me)
+            .filter_map(|r| {
+                let addr = std::str::from_utf8(&r.value).ok()?.parse().ok()?;
+                Some(Contact { id: r.publisher, addr })
+            })
+            .collect();
+        lock(&self.remote_providers).insert(key, Providers { nodes: nodes.clone(), fetched: Instant::now() });
+        nodes
+    }
+
+    /// A record pushed by a storer: one node's interest or providing changed.
     fn pushed(&self, record: &Record) {
-        let Some((realm, prefix)) = lock(&self.keys).get(&record.key).cloned() else { return };
+        let Some(of) = lock(&self.keys).get(&record.key).cloned() else { return };
         if record.publisher == self.mesh.local().id {
             return;
         }
+        let (realm, prefix) = match of {
+            KeyOf::Interest(realm, prefix) => (realm, prefix),
+            KeyOf::Provider(realm, procedure) => {
+                let mut remote = lock(&self.remote_providers);
+                let Some(p) = remote.get_mut(&(realm, procedure)) else { return };
+                p.nodes.retain(|c| c.id != record.publisher);
+                if let Some(addr) = std::str::from_utf8(&record.value).ok().and_then(|a| a.parse().ok()) {
+                    p.nodes.push(Contact { id: record.publisher, addr });
+                }
+                return;
+            }
+        };
         {
             let mut remote = lock(&self.remote);
             let Some(r) = remote.get_mut(&realm) else { return };
@@ -317,6 +424,9 @@ impl Interest {
 
     /// A node left the mesh: it is no longer a target.
     pub(crate) fn node_gone(&self, id: &NodeId) {
+        for p in lock(&self.remote_providers).values_mut() {
+            p.nodes.retain(|c| c.id != *id);
+        }
         let mut changed = Vec::new();
         {
             let mut remote = lock(&self.remote);
@@ -357,6 +467,16 @@ impl Interest {
     }
 
     async fn flush(&self) {
+        let dirty: Vec<(String, String)> = lock(&self.dirty_providers).drain().collect();
+        for (realm, procedure) in dirty {
+            let key = provider_key(&realm, &procedure);
+            if lock(&self.local_providers).contains_key(&(realm, procedure)) {
+                let addr = Bytes::from(self.mesh.local().addr.to_string());
+                self.mesh.publish(key, addr, RECORD_TTL).await;
+            } else {
+                self.mesh.retract(key, RECORD_TTL).await;
+            }
+        }
         let dirty: Vec<(String, String)> = lock(&self.dirty).drain().collect();
         for (realm, prefix) in dirty {
             let patterns: Vec<String> = lock(&self.local)

@@ -168,7 +168,7 @@ impl Node {
         };
         let seed = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u64);
         let mesh = match &config.mesh {
-            Some(m) => Some(mesh::Mesh::bind(m.clone(), &config.data_dir, config.name.clone())?),
+            Some(m) => Some(mesh::Mesh::bind(m.clone(), &config.data_dir, config.name.clone(), config.limits.clone())?),
             None => None,
         };
         let shared = Arc::new(Shared {
@@ -307,6 +307,54 @@ fn wire_mesh(shared: &Arc<Shared>, mesh: Arc<mesh::Mesh>) {
         let _ = realm.interest.set(interest.clone());
     }
     let _ = shared.interest.set(interest.clone());
+    // Calls from other nodes: served by local providers only (one hop, no loops).
+    let weak = Arc::downgrade(shared);
+    mesh.set_serve(move |link, realm, procedure, q| {
+        let Some(shared) = weak.upgrade() else { return };
+        let limits = &shared.config.limits;
+        let req_id = q.req_id;
+        let answer = |code: ErrorCode, msg: String| {
+            shared.stats.count_rejection(code);
+            link.out.send(&fovea_core::Frame::Result(fovea_core::frame::CallResult {
+                call_id: req_id,
+                code,
+                headers: fovea_core::Headers::new(),
+                payload: bytes::Bytes::from(msg.into_bytes()),
+            }));
+        };
+        let found = std::str::from_utf8(realm).ok().and_then(|name| {
+            shared.realms.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).cloned()
+        });
+        let Some(realm) = found else {
+            return answer(ErrorCode::NoProvider, "no such realm on this node".into());
+        };
+        shared.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let mut rng = fovea_core::balance::Rng::new(shared.seed ^ req_id);
+        let provider = match realm.choose_provider(procedure, &mut rng, limits.max_requests_in_flight) {
+            Ok(p) => p,
+            Err(true) => return answer(ErrorCode::Busy, "every provider here is at its limit".into()),
+            Err(false) => return answer(ErrorCode::NoProvider, "no provider here any more".into()),
+        };
+        let timeout = match Duration::from_millis(q.timeout_ms) {
+            t if t.is_zero() || t > limits.max_call_timeout => limits.max_call_timeout,
+            t => t,
+        };
+        let call = fovea_core::frame::Call {
+            call_id: req_id,
+            procedure: bytes::Bytes::copy_from_slice(procedure),
+            timeout_ms: q.timeout_ms,
+            headers: q.headers,
+            payload: q.payload,
+        };
+        // A link carries the calls of many clients: its in-flight bound is wider.
+        match link.start_call(&provider, call, timeout, limits.max_calls_in_flight.saturating_mul(64)) {
+            Ok(()) => {}
+            Err(rpc::Refusal::Result(code, msg)) => answer(code, msg),
+            Err(rpc::Refusal::DuplicateId) => {
+                answer(ErrorCode::ProtocolError, "duplicate request id on the link".into())
+            }
+        }
+    });
     let weak = Arc::downgrade(shared);
     mesh.set_delivery(move |fwd| {
         let Some(shared) = weak.upgrade() else { return };

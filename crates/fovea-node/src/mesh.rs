@@ -39,11 +39,14 @@ use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::outbound::Outbound;
+use crate::router::ProviderRef;
+use crate::rpc::Peer;
 use crate::NodeError;
 
 /// Mesh protocol version in `MESH_HELLO`.
 const MESH_VERSION: u64 = 1;
-/// Frames queued per link before DHT messages are dropped.
+/// Frames waiting per peer while its link is dialed.
 const LINK_QUEUE: usize = 1024;
 /// DHT inputs queued before they are dropped.
 const DHT_QUEUE: usize = 4096;
@@ -107,13 +110,29 @@ pub struct MeshSnapshot {
     pub dht_dropped: u64,
 }
 
-struct Link {
+/// One link. Its [`Peer`] makes the link look like a client connection to the RPC
+/// machinery: on the caller's node the link is a *provider* (calls go out as `REQUEST`s,
+/// answers come back as `RESULT`s), on the provider's node it is a *caller*. Timeouts,
+/// cancellation and "the other side went away" then work across nodes as they do within
+/// one. Everything sent on the link goes through the peer's bounded queue.
+pub(crate) struct Link {
     conn: Connection,
-    tx: mpsc::Sender<Frame>,
+    pub peer: Arc<Peer>,
     addr: SocketAddr,
     /// Whether this node dialed it (for the one-link-per-pair rule).
     dialed: bool,
+    /// Caller side: (realm, procedure) → the rid announced with `BIND`.
+    bound: Mutex<HashMap<(Bytes, Bytes), u64>>,
+    /// Provider side: rid → (realm, procedure), from the peer's `BIND`s.
+    binds: Mutex<HashMap<u64, (Bytes, Bytes)>>,
 }
+
+/// Bindings per link (distinct procedures called across it); past this, calls that need
+/// a new binding fail with `BUSY`, and a peer sending more is closed.
+const MAX_BINDINGS: usize = 4096;
+
+/// Serves a call that arrived on a link: (link peer, realm, procedure, request).
+pub(crate) type ServeFn = dyn Fn(&Arc<Peer>, &[u8], &[u8], fovea_core::frame::Request) + Send + Sync;
 
 enum Input {
     Message {
@@ -145,7 +164,7 @@ pub struct Mesh {
     endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
     config: MeshConfig,
-    links: Mutex<HashMap<NodeId, Link>>,
+    links: Mutex<HashMap<NodeId, Arc<Link>>>,
     /// Dials in progress, so one peer is dialed once at a time; frames for it wait here
     /// (at most `LINK_QUEUE` per peer).
     dialing: Mutex<HashMap<NodeId, Vec<Frame>>>,
@@ -158,6 +177,10 @@ pub struct Mesh {
     departed: tokio::sync::broadcast::Sender<NodeId>,
     /// Delivers a message forwarded by another node to this node's local subscribers.
     deliver: std::sync::OnceLock<Box<dyn Fn(Forward) + Send + Sync>>,
+    /// Serves calls that other nodes send here.
+    serve: std::sync::OnceLock<Box<ServeFn>>,
+    /// Link queue bound and call limits, from the node's limits.
+    limits: crate::Limits,
     pub stats: MeshStats,
 }
 
@@ -168,7 +191,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Mesh {
     /// Loads the mesh identity from `data_dir` and binds the mesh endpoint. Must be called
     /// inside a tokio runtime; nothing runs until [`Mesh::run`].
-    pub(crate) fn bind(config: MeshConfig, data_dir: &std::path::Path, name: String) -> Result<Arc<Mesh>, NodeError> {
+    pub(crate) fn bind(
+        config: MeshConfig,
+        data_dir: &std::path::Path,
+        name: String,
+        limits: crate::Limits,
+    ) -> Result<Arc<Mesh>, NodeError> {
         if config.secret.len() < 16 {
             return Err(NodeError::Config(
                 "the mesh secret is too short: use at least 16 characters (`fovea token new` makes a good one)".into(),
@@ -201,6 +229,8 @@ impl Mesh {
             notified: tokio::sync::broadcast::channel(1024).0,
             departed: tokio::sync::broadcast::channel(1024).0,
             deliver: std::sync::OnceLock::new(),
+            serve: std::sync::OnceLock::new(),
+            limits,
             stats: MeshStats::default(),
         }))
     }
@@ -367,7 +397,15 @@ impl Mesh {
         peer: Contact,
         dialed: bool,
     ) -> Result<(), String> {
-        let (tx, rx) = mpsc::channel(LINK_QUEUE);
+        let out = Outbound::new(self.limits.max_pending_bytes, self.limits.slow_consumer_timeout, false);
+        let link = Arc::new(Link {
+            conn: conn.clone(),
+            peer: Arc::new(Peer::new(out)),
+            addr: peer.addr,
+            dialed,
+            bound: Mutex::new(HashMap::new()),
+            binds: Mutex::new(HashMap::new()),
+        });
         {
             let mut links = lock(&self.links);
             if let Some(old) = links.get(&peer.id) {
@@ -388,46 +426,41 @@ impl Mesh {
                 );
                 return Err(format!("at the limit of {} links", self.config.max_links));
             }
-            links.insert(peer.id, Link { conn: conn.clone(), tx: tx.clone(), addr: peer.addr, dialed });
+            links.insert(peer.id, link.clone());
         }
         // Frames that waited for this dial go first.
         for f in lock(&self.dialing).remove(&peer.id).unwrap_or_default() {
-            let _ = tx.try_send(f);
+            if !link.peer.out.send_bounded(&f) {
+                self.stats.dht_dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
         self.stats.links_opened.fetch_add(1, Ordering::Relaxed);
         let _ = self.inputs.try_send(Input::Up(peer));
-        tokio::spawn(write_link(send, rx));
-        tokio::spawn(self.read_link(conn, recv, deframer, peer));
+        tokio::spawn(write_link(send, link.clone()));
+        tokio::spawn(self.read_link(link, recv, deframer, peer));
         Ok(())
     }
 
-    async fn read_link(self: Arc<Self>, conn: Connection, mut recv: RecvStream, mut deframer: Deframer, peer: Contact) {
+    async fn read_link(self: Arc<Self>, link: Arc<Link>, mut recv: RecvStream, mut deframer: Deframer, peer: Contact) {
         let why = loop {
             match deframer.next_frame() {
-                Ok(Some(Frame::Dht(DhtFrame { rpc, body }))) => match dht::wire::decode(body) {
-                    Ok(msg) => {
-                        if self.inputs.try_send(Input::Message { from: peer, rpc, msg }).is_err() {
-                            self.stats.dht_dropped.fetch_add(1, Ordering::Relaxed);
-                        }
-                        continue;
-                    }
-                    Err(e) => break Some(format!("malformed DHT message: {e}")),
+                Ok(Some(frame)) => match self.on_link_frame(&link, peer, frame) {
+                    Ok(()) => continue,
+                    Err(why) => break Some(why),
                 },
-                Ok(Some(Frame::Fwd(fwd))) => {
-                    if let Some(deliver) = self.deliver.get() {
-                        deliver(fwd);
-                    }
-                    continue;
-                }
-                Ok(Some(other)) => break Some(format!("unexpected frame 0x{:x} on a mesh link", other.kind())),
                 Ok(None) => {}
                 Err(e) => break Some(e.to_string()),
             }
-            match recv.read_chunk(256 * 1024, true).await {
-                Ok(Some(c)) => deframer.push(c.bytes),
-                Ok(None) | Err(_) => break None,
+            tokio::select! {
+                r = recv.read_chunk(256 * 1024, true) => match r {
+                    Ok(Some(c)) => deframer.push(c.bytes),
+                    Ok(None) | Err(_) => break None,
+                },
+                // Deadlines of calls this link makes here (it is their caller).
+                () = link.peer.expire_next() => {}
             }
         };
+        let conn = &link.conn;
         if let Some(why) = why {
             self.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(peer = %peer.id, %why, "closing mesh link");
@@ -436,6 +469,10 @@ impl Mesh {
                 why.as_bytes(),
             );
         }
+        // Calls across the link fail now (PROVIDER_DISCONNECTED to their callers), and
+        // requests it made here are cancelled at their providers.
+        link.peer.out.close();
+        link.peer.abandon_all();
         // Remove it only if it is still this connection (a duplicate may have replaced it).
         let removed = {
             let mut links = lock(&self.links);
@@ -449,6 +486,103 @@ impl Mesh {
             let _ = self.inputs.try_send(Input::Down(peer.id));
             tracing::debug!(peer = %peer.id, "mesh link closed");
         }
+    }
+
+    /// One frame from a link. `Err`: the link breaks the protocol and is closed.
+    fn on_link_frame(&self, link: &Arc<Link>, peer: Contact, frame: Frame) -> Result<(), String> {
+        match frame {
+            Frame::Dht(DhtFrame { rpc, body }) => {
+                let msg = dht::wire::decode(body).map_err(|e| format!("malformed DHT message: {e}"))?;
+                if self.inputs.try_send(Input::Message { from: peer, rpc, msg }).is_err() {
+                    self.stats.dht_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Frame::Fwd(fwd) => {
+                if let Some(deliver) = self.deliver.get() {
+                    deliver(fwd);
+                }
+            }
+            // Provider side: the peer announces what a rid means, then calls through it.
+            Frame::Bind(b) => {
+                let mut binds = lock(&link.binds);
+                if binds.len() >= MAX_BINDINGS && !binds.contains_key(&b.rid) {
+                    return Err(format!("more than {MAX_BINDINGS} bindings"));
+                }
+                binds.insert(b.rid, (b.realm, b.procedure));
+            }
+            Frame::Request(q) => {
+                let bound = lock(&link.binds).get(&q.rid).cloned();
+                let Some((realm, procedure)) = bound else {
+                    return Err(format!("REQUEST for unbound rid {}", q.rid));
+                };
+                if let Some(serve) = self.serve.get() {
+                    serve(&link.peer, &realm, &procedure, q);
+                }
+            }
+            // Provider side: the caller's node gave up on a call.
+            Frame::Cancel(call_id) => link.peer.cancel_call(call_id),
+            // Caller side: an answer from the provider's node.
+            Frame::Result(r) => {
+                link.peer.finish_request(r.call_id, r.code, r.headers, r.payload);
+            }
+            other => return Err(format!("unexpected frame 0x{:x} on a mesh link", other.kind())),
+        }
+        Ok(())
+    }
+
+    /// Requests in flight to `to` over its link (0 without a link): the load that
+    /// balancing across nodes compares.
+    pub(crate) fn link_load(&self, to: &NodeId) -> u64 {
+        lock(&self.links).get(to).map_or(0, |l| l.peer.requests_in_flight() as u64)
+    }
+
+    /// Sets how calls from other nodes are served (once, at start).
+    pub(crate) fn set_serve(
+        &self,
+        serve: impl Fn(&Arc<Peer>, &[u8], &[u8], fovea_core::frame::Request) + Send + Sync + 'static,
+    ) {
+        let _ = self.serve.set(Box::new(serve));
+    }
+
+    /// A provider handle for `procedure` in `realm` on node `to`, for the RPC machinery:
+    /// opens the link if needed and announces the binding the first time.
+    pub(crate) async fn provider_ref(
+        self: &Arc<Self>,
+        to: Contact,
+        realm: &Bytes,
+        procedure: &Bytes,
+    ) -> Option<ProviderRef> {
+        let mut link = lock(&self.links).get(&to.id).cloned();
+        if link.is_none() {
+            if let Err(e) = self.clone().dial(to.addr, Some(to.id)).await {
+                tracing::debug!(peer = %to.id, error = %e, "cannot reach provider node");
+                return None;
+            }
+            link = lock(&self.links).get(&to.id).cloned();
+        }
+        let link = link?;
+        let rid = {
+            let mut bound = lock(&link.bound);
+            let key = (realm.clone(), procedure.clone());
+            match bound.get(&key) {
+                Some(rid) => *rid,
+                None => {
+                    if bound.len() >= MAX_BINDINGS {
+                        return None;
+                    }
+                    let rid = bound.len() as u64 + 1;
+                    bound.insert(key, rid);
+                    // Queued before any REQUEST that uses it: the link keeps order.
+                    link.peer.out.send(&Frame::Bind(fovea_core::frame::Bind {
+                        rid,
+                        realm: realm.clone(),
+                        procedure: procedure.clone(),
+                    }));
+                    rid
+                }
+            }
+        };
+        Some(ProviderRef { peer: link.peer.clone(), rid })
     }
 
     /// Sets what happens to messages other nodes forward here (once, at start).
@@ -470,8 +604,8 @@ impl Mesh {
     /// Queues `frame` for `to`, dialing it first when there is no link. `false` when it
     /// was dropped at a full queue.
     fn send(self: &Arc<Self>, to: Contact, frame: Frame) -> bool {
-        if let Some(link) = lock(&self.links).get(&to.id) {
-            if link.tx.try_send(frame).is_err() {
+        if let Some(link) = lock(&self.links).get(&to.id).cloned() {
+            if !link.peer.out.send_bounded(&frame) {
                 self.stats.dht_dropped.fetch_add(1, Ordering::Relaxed);
                 return false;
             }
@@ -641,20 +775,28 @@ impl Mesh {
 }
 
 /// Writes a link's queued frames, many per write.
-async fn write_link(mut send: SendStream, mut rx: mpsc::Receiver<Frame>) {
-    let mut buf = BytesMut::new();
-    while let Some(f) = rx.recv().await {
-        f.encode(&mut buf);
-        while let Ok(f) = rx.try_recv() {
-            f.encode(&mut buf);
-            if buf.len() > 64 * 1024 {
-                break;
-            }
-        }
-        if send.write_all(&buf).await.is_err() {
+async fn write_link(mut send: SendStream, link: Arc<Link>) {
+    let mut chunks: Vec<Bytes> = Vec::new();
+    loop {
+        if link.peer.out.take_into(&mut chunks).is_err() {
+            // The peer has not read for slow_consumer_timeout: the link is stuck.
+            link.conn.close(
+                VarInt::from_u64(ErrorCode::SlowConsumer.to_u64()).unwrap_or(VarInt::from_u32(0)),
+                b"link stalled",
+            );
             return;
         }
-        buf.clear();
+        if chunks.is_empty() {
+            if link.peer.out.is_closed() {
+                return;
+            }
+            link.peer.out.wait().await;
+            continue;
+        }
+        if send.write_all_chunks(&mut chunks).await.is_err() {
+            return;
+        }
+        chunks.clear();
     }
 }
 

@@ -123,6 +123,25 @@ impl Outbound {
         }
     }
 
+    /// Queues a frame within the queue's bound (a mesh link's messages): `false`, and
+    /// nothing queued, when the queue is full.
+    pub fn send_bounded(&self, frame: &Frame) -> bool {
+        if self.closed.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut q = self.lock();
+        if q.buf.len() > self.max_pending {
+            return false;
+        }
+        let was_empty = q.buf.is_empty();
+        q.buf.push_frame(frame);
+        drop(q);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        true
+    }
+
     /// Whether the connection is closing (no more deliveries).
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed)

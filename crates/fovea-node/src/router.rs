@@ -174,14 +174,22 @@ impl Realm {
     }
 
     pub fn register(&self, procedure: &Procedure, provider: ProviderRef) {
+        if let Some(i) = self.interest.get() {
+            i.add_provider(&self.name, procedure.as_str());
+        }
         self.procs.write().unwrap_or_else(PoisonError::into_inner).insert(procedure, provider);
     }
 
     /// Removes registrations; one lock for the whole batch.
     pub fn unregister<'a>(&self, regs: impl IntoIterator<Item = (&'a Procedure, ProviderRef)>) {
         let mut procs = self.procs.write().unwrap_or_else(PoisonError::into_inner);
+        let interest = self.interest.get();
         for (procedure, provider) in regs {
-            procs.remove(procedure, &provider);
+            if procs.remove(procedure, &provider) {
+                if let Some(i) = interest {
+                    i.remove_provider(&self.name, procedure.as_str());
+                }
+            }
         }
     }
 

@@ -207,3 +207,111 @@ async fn a_late_subscriber_is_reached() {
         n.stop().await;
     }
 }
+
+/// Serves `name` on `node`, answering with `tag`.
+async fn provide(node: &TestNode, name: &str, tag: &'static str) -> fovea_client::Client {
+    let client = node.client().await;
+    let mut reg = client.register(name).await.unwrap();
+    tokio::spawn(async move {
+        while let Some(req) = reg.next().await {
+            req.respond(Bytes::from_static(tag.as_bytes()));
+        }
+    });
+    client
+}
+
+/// RPC across nodes: calls from A are balanced over providers on B and C; when B goes
+/// away, calls go on through C; a procedure nobody provides anywhere is NO_PROVIDER.
+#[tokio::test]
+async fn calls_cross_the_mesh_and_fail_over() {
+    let a = TestNode::start_mesh(SECRET, &[]).await;
+    let b = TestNode::start_mesh(SECRET, &[a.mesh_addr()]).await;
+    let c = TestNode::start_mesh(SECRET, &[a.mesh_addr()]).await;
+    for n in [&a, &b, &c] {
+        converges("every node to know the two others", || async { mesh(n).snapshot().await.dht_contacts == 2 }).await;
+    }
+    let _pb = provide(&b, "math.where", "b").await;
+    let _pc = provide(&c, "math.where", "c").await;
+    // Registrations are published within a flush interval.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let caller = a.client().await;
+    let mut served = std::collections::HashMap::new();
+    for _ in 0..60 {
+        let r = caller.call("math.where", "", Duration::from_secs(5)).await.unwrap();
+        *served.entry(String::from_utf8_lossy(&r.payload).into_owned()).or_insert(0) += 1;
+    }
+    assert!(served.get("b").copied().unwrap_or(0) > 0 && served.get("c").copied().unwrap_or(0) > 0, "{served:?}");
+    b.stop().await;
+    // After B's link closes, every call is answered by C.
+    converges("calls to go to C only", || async {
+        matches!(caller.call("math.where", "", Duration::from_secs(5)).await, Ok(r) if &r.payload[..] == b"c")
+    })
+    .await;
+    for _ in 0..20 {
+        let r = caller.call("math.where", "", Duration::from_secs(5)).await.unwrap();
+        assert_eq!(&r.payload[..], b"c");
+    }
+    let missing = caller.call("math.nobody", "", Duration::from_secs(5)).await;
+    assert!(matches!(missing, Err(fovea_client::ClientError::NoProvider(_))), "{missing:?}");
+    for n in [a, c] {
+        n.stop().await;
+    }
+}
+
+/// Realms stay apart across the mesh: with the same topic in two realms, each realm's
+/// subscriber on B gets only its own realm's messages from A.
+#[tokio::test]
+async fn realms_stay_apart_across_nodes() {
+    let digest = |t: &str| {
+        let d = ring::digest::digest(&ring::digest::SHA256, t.as_bytes());
+        d.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let realms = format!(
+        r#"
+[[realm]]
+name = "red"
+[[realm.user]]
+name = "r"
+token_sha256 = "{red}"
+publish = [">"]
+subscribe = [">"]
+
+[[realm]]
+name = "blue"
+[[realm.user]]
+name = "b"
+token_sha256 = "{blue}"
+publish = [">"]
+subscribe = [">"]
+"#,
+        red = digest("red-token"),
+        blue = digest("blue-token")
+    );
+    let dir = || std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let a = TestNode::start_mesh_realms(dir(), SECRET, &[], Some(&realms)).await;
+    let b = TestNode::start_mesh_realms(dir(), SECRET, &[a.mesh_addr()], Some(&realms)).await;
+    for n in [&a, &b] {
+        converges("the two nodes to know each other", || async { mesh(n).snapshot().await.dht_contacts == 1 }).await;
+    }
+    let connect = |node: &TestNode, realm: &str, token: &str| {
+        let opts = node.options().realm(realm).token(token.as_bytes().to_vec());
+        let url = node.url();
+        async move { fovea_client::Client::connect(&url, opts).await.unwrap() }
+    };
+    let (red_sub, blue_sub) = (connect(&b, "red", "red-token").await, connect(&b, "blue", "blue-token").await);
+    let mut red = red_sub.subscribe("alerts.>").await.unwrap();
+    let mut blue = blue_sub.subscribe("alerts.>").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (red_pub, blue_pub) = (connect(&a, "red", "red-token").await, connect(&a, "blue", "blue-token").await);
+    red_pub.publish("alerts.fire", "red").await.unwrap();
+    blue_pub.publish("alerts.fire", "blue").await.unwrap();
+    assert_eq!(&recv(&mut red).await.payload[..], b"red");
+    assert_eq!(&recv(&mut blue).await.payload[..], b"blue");
+    red_pub.flush().await.unwrap();
+    blue_pub.flush().await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_millis(300), red.next()).await.is_err());
+    assert!(tokio::time::timeout(Duration::from_millis(100), blue.next()).await.is_err());
+    for n in [a, b] {
+        n.stop().await;
+    }
+}

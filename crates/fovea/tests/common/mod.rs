@@ -62,9 +62,20 @@ impl TestNode {
 
     /// As [`TestNode::start_mesh`], with state in `dir` (reuse it to restart a node as itself).
     pub async fn start_mesh_in(dir: Arc<tempfile::TempDir>, secret: &str, join: &[SocketAddr]) -> TestNode {
+        Self::start_mesh_realms(dir, secret, join, None).await
+    }
+
+    /// A mesh node whose realms are declared by `realms` (a configuration file's text).
+    pub async fn start_mesh_realms(
+        dir: Arc<tempfile::TempDir>,
+        secret: &str,
+        join: &[SocketAddr],
+        realms: Option<&str>,
+    ) -> TestNode {
         let mut mesh = fovea_node::mesh::MeshConfig::new("127.0.0.1:0".parse().unwrap(), secret);
         mesh.join = join.to_vec();
-        Self::start_config("127.0.0.1:0".parse().unwrap(), dir, Limits::default(), None, Some(mesh)).await
+        let realms = realms.map(|t| fovea_node::auth::parse_realms(t, "test.toml").expect("valid realms"));
+        Self::start_config("127.0.0.1:0".parse().unwrap(), dir, Limits::default(), realms, Some(mesh)).await
     }
 
     /// The node's mesh address (for others to join through).
