@@ -280,6 +280,20 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             describe_counter!("fovea_mesh_dials_failed_total", "Links to other nodes that could not be opened.");
             counter!("fovea_mesh_dials_failed_total").absolute(m.stats.dials_failed.load(Relaxed));
         }
+        if let Some(i) = shared.interest.get() {
+            use std::sync::atomic::Ordering::Relaxed;
+            describe_counter!("fovea_mesh_forwarded_total", "Messages sent to other nodes' subscribers.");
+            counter!("fovea_mesh_forwarded_total").absolute(i.stats.forwarded.load(Relaxed));
+            describe_counter!("fovea_mesh_received_total", "Messages from other nodes delivered to local subscribers.");
+            counter!("fovea_mesh_received_total").absolute(i.stats.received.load(Relaxed));
+            describe_counter!(
+                "fovea_mesh_forward_dropped_total",
+                "Messages for other nodes dropped (link queue or discovery wait list full)."
+            );
+            counter!("fovea_mesh_forward_dropped_total").absolute(i.stats.dropped.load(Relaxed));
+            describe_counter!("fovea_discovery_lookups_total", "DHT lookups for subscribers and providers.");
+            counter!("fovea_discovery_lookups_total").absolute(i.stats.lookups.load(Relaxed));
+        }
     });
     let mut text = handle.render();
     text += &shared

@@ -55,7 +55,6 @@ pub enum Command {
         after_help = "Patterns: `*` matches one segment, a final `>` one or more.\n\nExamples:\n  fovea sub 'sensors.>'\n  fovea sub 'sensors.*.temp' --count 1 --raw"
     )]
     Sub(SubArgs),
-    /// Measure throughput (starts its own node unless --url is given).
     /// Provide a procedure: echo each call's payload, or run a command per call.
     #[command(
         after_help = "Examples:\n  fovea serve demo.echo\n  fovea serve text.upper --exec 'tr a-z A-Z'\n  fovea serve math.add --exec ./add.py --concurrency 4\n\nWith --exec, each call runs `sh -c CMD` with the payload on stdin; its stdout is the\nanswer. A non-zero exit fails the call with code 0x1000 + the exit status and stderr as\nthe message. FOVEA_PROCEDURE and FOVEA_TIMEOUT_MS are set for the command, which is\nkilled at the caller's deadline."

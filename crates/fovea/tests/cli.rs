@@ -132,6 +132,8 @@ fn help_shows_examples() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("fovea sub 'sensors.>'"), "{text}");
+    let serve = Command::new(BIN).args(["serve", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&serve.stdout).starts_with("Provide a procedure"));
     for cmd in ["node", "pub", "sub", "bench"] {
         let out = Command::new(BIN).args([cmd, "--help"]).output().unwrap();
         assert!(String::from_utf8_lossy(&out.stdout).contains("Examples:"), "{cmd}");
