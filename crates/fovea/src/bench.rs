@@ -23,6 +23,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         // Starts nodes of its own, one after another.
         return startup(args.runs)?.finish();
     }
+    if matches!(args.mode, BenchMode::Mesh) {
+        return mesh(&args).await?.finish();
+    }
     let extra: Vec<String> = match args.mode {
         // Room for every benchmark connection whatever the node's default.
         BenchMode::Conns => vec!["--max-connections".into(), (args.conns + 16).to_string()],
@@ -48,6 +51,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchMode::SlowConsumer => slow_consumer(&url, opts, args.msgs, args.size, node_pid).await?,
         BenchMode::Soak => soak(&url, opts, args.size, args.duration, args.sample, node_pid).await?,
         BenchMode::Startup => startup(args.runs)?,
+        BenchMode::Mesh => mesh(&args).await?,
     };
     drop(node);
     if args.compare_nats {
@@ -148,7 +152,7 @@ impl Progress {
 /// One publisher → `subs` subscribers, each on its own connection, as `nats.sh` runs it.
 async fn fanout(url: &str, opts: ConnectOptions, msgs: u64, size: usize, subs: usize) -> anyhow::Result<Report> {
     anyhow::ensure!(subs > 0, "--subs must be at least 1");
-    let run = fast_run(url, &opts, "bench.x", msgs, size, subs).await?;
+    let run = fast_run(url, url, &opts, "bench.x", msgs, size, subs).await?;
     let expected = msgs * subs as u64;
     let dropped = expected - run.got;
     let mode = if subs == 1 { "pubsub" } else { "fanout" };
@@ -172,8 +176,21 @@ async fn fanout(url: &str, opts: ConnectOptions, msgs: u64, size: usize, subs: u
 }
 
 async fn rpc(url: &str, opts: ConnectOptions, callers: usize, calls: u64, size: usize) -> anyhow::Result<Report> {
+    rpc_between(url, url, opts, callers, calls, size).await
+}
+
+/// Callers on `url`, one echoing provider on `provider_url` (the same node, or another
+/// node of a mesh).
+async fn rpc_between(
+    url: &str,
+    provider_url: &str,
+    opts: ConnectOptions,
+    callers: usize,
+    calls: u64,
+    size: usize,
+) -> anyhow::Result<Report> {
     anyhow::ensure!(callers > 0, "--callers must be at least 1");
-    let provider = Client::connect(url, opts.clone().name("bench-provider")).await?;
+    let provider = Client::connect(provider_url, opts.clone().name("bench-provider")).await?;
     let mut reg = provider.register("bench.rpc").await?;
     tokio::spawn(async move {
         while let Some(req) = reg.next().await {
@@ -183,6 +200,12 @@ async fn rpc(url: &str, opts: ConnectOptions, callers: usize, calls: u64, size: 
     });
     let caller = Client::connect(url, opts.name("bench-caller")).await?;
     let payload = Bytes::from(vec![b'x'; size]);
+    // A provider on another node is visible once its registration has crossed the mesh.
+    let t0 = Instant::now();
+    while let Err(e) = caller.call("bench.rpc", payload.clone(), Duration::from_secs(10)).await {
+        anyhow::ensure!(t0.elapsed() < Duration::from_secs(10), "the provider never answered: {e}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let per = calls / callers as u64;
     let progress = Progress::start(per * callers as u64, "calls");
     let t0 = Instant::now();
@@ -234,6 +257,7 @@ struct Run {
 /// One publisher and `subs` subscribers that keep up, on `topic`.
 async fn fast_run(
     url: &str,
+    sub_url: &str,
     opts: &ConnectOptions,
     topic: &str,
     msgs: u64,
@@ -243,7 +267,7 @@ async fn fast_run(
     let mut receivers = Vec::with_capacity(subs);
     let mut sub_clients = Vec::with_capacity(subs);
     for i in 0..subs {
-        let c = Client::connect(url, opts.clone().name(format!("bench-sub-{i}"))).await?;
+        let c = Client::connect(sub_url, opts.clone().name(format!("bench-sub-{i}"))).await?;
         let sub = c.subscribe(topic).await?;
         sub_clients.push(c);
         receivers.push(sub);
@@ -432,6 +456,80 @@ fn startup(runs: usize) -> anyhow::Result<Report> {
     Ok(r)
 }
 
+/// Two nodes in a mesh, as users run them: publisher and caller on A, subscriber and
+/// provider on B. Measures pub/sub and RPC across the link, and how long a new remote
+/// subscriber takes to receive (its discovery latency).
+async fn mesh(args: &BenchArgs) -> anyhow::Result<Report> {
+    let secret = format!("bench-{:x}", std::process::id() as u64 * 0x9e37_79b9);
+    let secret = format!("{secret}{secret}");
+    let base = ["--mesh-secret".to_owned(), secret, "--mesh-listen".to_owned(), "127.0.0.1:0".to_owned()];
+    let a = ChildNode::start(None, &base)?;
+    let a_mesh = a.mesh.clone().context("node A printed no mesh address")?;
+    let mut join = base.to_vec();
+    join.extend(["--join".to_owned(), a_mesh]);
+    let b = ChildNode::start(None, &join)?;
+    let opts = ConnectOptions::new().trust(Trust::CaFiles(vec![a.cert.clone(), b.cert.clone()]));
+    // The mesh is formed once a message crosses it.
+    let publisher = Client::connect(&a.url, opts.clone()).await?;
+    let sub_client = Client::connect(&b.url, opts.clone()).await?;
+    let crossed = |topic: &'static str, deadline: Duration| {
+        let (publisher, sub_client) = (&publisher, &sub_client);
+        async move {
+            let mut sub = sub_client.subscribe(topic).await?;
+            let t0 = Instant::now();
+            loop {
+                publisher.publish(topic, "x").await?;
+                if tokio::time::timeout(Duration::from_millis(1), sub.next()).await.is_ok() {
+                    return Ok::<_, anyhow::Error>(t0.elapsed());
+                }
+                anyhow::ensure!(t0.elapsed() < deadline, "no message crossed the mesh in {deadline:?}");
+            }
+        }
+    };
+    crossed("warmup.x", Duration::from_secs(30)).await?;
+    let mut discovery: Vec<Duration> = Vec::new();
+    for topic in ["disc1.x", "disc2.x", "disc3.x", "disc4.x", "disc5.x"] {
+        discovery.push(crossed(topic, Duration::from_secs(10)).await?);
+    }
+    discovery.sort_unstable();
+    publisher.close().await;
+    sub_client.close().await;
+    let run = fast_run(&a.url, &b.url, &opts, "bench.mesh", args.msgs, args.size, 1).await?;
+    let dropped = args.msgs - run.got;
+    let rpc = rpc_between(&a.url, &b.url, opts, args.callers, args.calls, args.size).await?;
+    let ms = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1e3);
+    println!("mesh: two nodes, publisher and caller on A, subscriber and provider on B");
+    println!(
+        "  pub/sub across the link: {:.0} msgs/s delivered ({} of {}), dropped {dropped}",
+        run.rate, run.got, args.msgs
+    );
+    println!(
+        "  a new remote subscriber receives after {} ms (median of 5, max {} ms)",
+        ms(discovery[2]),
+        ms(discovery[4])
+    );
+    let mut r = Report::new("mesh");
+    r.put("size", args.size).put("published", args.msgs).put("delivered", run.got).put("dropped", dropped);
+    r.put("delivered_rate", format!("{:.0}", run.rate));
+    for key in ["rate", "p50_us", "p99_us"] {
+        if let Some(v) = rpc.get(key) {
+            r.put(
+                match key {
+                    "rate" => "rpc_rate",
+                    "p50_us" => "rpc_p50_us",
+                    _ => "rpc_p99_us",
+                },
+                format!("{v:.0}"),
+            );
+        }
+    }
+    r.put("discovery_p50_ms", ms(discovery[2])).put("discovery_max_ms", ms(discovery[4]));
+    if dropped > 0 {
+        r.failure = Some(format!("{dropped} messages were not delivered across the mesh"));
+    }
+    Ok(r)
+}
+
 /// Runs `nats.sh` for the workload just measured and prints both lines and the ratio.
 fn compare_nats(args: &BenchArgs, fovea: &Report) -> anyhow::Result<()> {
     let (mode, msgs, k, keys): (&str, u64, usize, &[&str]) = match args.mode {
@@ -569,12 +667,12 @@ async fn slow_consumer(
     node: Option<u32>,
 ) -> anyhow::Result<Report> {
     // Baseline: the fast subscriber alone.
-    let base = fast_run(url, &opts, "bench.base", msgs, size, 1).await?;
+    let base = fast_run(url, url, &opts, "bench.base", msgs, size, 1).await?;
     let (base_pub, base_rate, base_got) = (base.pub_rate, base.rate, base.got);
     // Same run with a stalled subscriber on the same topic: it never reads.
     let stalled_client = Client::connect(url, opts.clone().name("bench-stalled").subscription_capacity(1)).await?;
     let mut stalled = stalled_client.subscribe("bench.slow").await?;
-    let run = fast_run(url, &opts, "bench.slow", msgs, size, 1).await?;
+    let run = fast_run(url, url, &opts, "bench.slow", msgs, size, 1).await?;
     let (pub_rate, rate, got) = (run.pub_rate, run.rate, run.got);
     // Wake the stalled one: it gets what was queued and learns how much was dropped.
     let mut stalled_got = 0u64;
@@ -613,6 +711,8 @@ async fn slow_consumer(
 struct ChildNode {
     child: Child,
     url: String,
+    /// The mesh address from the ready line, for a node in a mesh.
+    mesh: Option<String>,
     cert: PathBuf,
     _dir: Option<tempfile::TempDir>,
 }
@@ -644,7 +744,8 @@ impl ChildNode {
             let _ = child.kill();
             bail!("the node did not print its ready line (got {line:?})");
         };
-        Ok(ChildNode { url: url.to_owned(), cert: dir.join("node.crt"), child, _dir: None })
+        let mesh = line.split(", mesh ").nth(1).and_then(|rest| rest.split_whitespace().next()).map(str::to_owned);
+        Ok(ChildNode { url: url.to_owned(), mesh, cert: dir.join("node.crt"), child, _dir: None })
     }
 }
 

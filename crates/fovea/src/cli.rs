@@ -78,7 +78,7 @@ pub enum Command {
     Cert(CertCommand),
     /// Measure throughput and latency (starts its own node unless --url is given).
     #[command(
-        after_help = "Examples:\n  fovea bench pubsub\n  fovea bench pubsub --msgs 2000000 --size 1024 --compare-nats\n  fovea bench fanout --subs 100 --msgs 100000\n  fovea bench rpc --callers 64 --calls 200000\n  fovea bench conns --conns 100000\n  fovea bench startup\n\nThe last line is key=value pairs, as ../shared/bench/nats.sh prints, for side-by-side comparison."
+        after_help = "Examples:\n  fovea bench pubsub\n  fovea bench pubsub --msgs 2000000 --size 1024 --compare-nats\n  fovea bench fanout --subs 100 --msgs 100000\n  fovea bench rpc --callers 64 --calls 200000\n  fovea bench conns --conns 100000\n  fovea bench startup\n  fovea bench mesh --msgs 500000 --calls 50000 --callers 16\n\nThe last line is key=value pairs, as ../shared/bench/nats.sh prints, for side-by-side comparison."
     )]
     Bench(BenchArgs),
 }
@@ -319,6 +319,8 @@ pub enum BenchMode {
     Conns,
     /// Time from starting `fovea node` to its ready line, over --runs starts.
     Startup,
+    /// Two nodes in a mesh: pub/sub and RPC across the link, and discovery latency.
+    Mesh,
     /// A fast and a stalled subscriber, against a run with the fast one alone.
     SlowConsumer,
     /// Mixed pub/sub and RPC for --duration, sampling the node's memory.

@@ -460,6 +460,7 @@ fn bench_modes_print_key_value_lines() {
         (&["bench", "rpc", "--callers", "4", "--calls", "200"], "mode=rpc"),
         (&["bench", "startup", "--runs", "2"], "mode=startup"),
         (&["bench", "conns", "--conns", "260"], "mode=conns"),
+        (&["bench", "mesh", "--msgs", "2000", "--calls", "200", "--callers", "2"], "mode=mesh"),
     ];
     for (args, mode) in runs {
         let out = Command::new(BIN).args(*args).output().unwrap();
