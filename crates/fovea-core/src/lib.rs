@@ -81,6 +81,15 @@ pub mod fuzzing {
         }
     }
 
+    /// Decodes `data` as a DHT message; whatever decodes must survive encode → decode unchanged.
+    pub fn dht(data: &[u8]) {
+        if let Ok(msg) = crate::dht::wire::decode(Bytes::copy_from_slice(data)) {
+            let mut out = bytes::BytesMut::new();
+            crate::dht::wire::encode(&msg, &mut out);
+            assert_eq!(crate::dht::wire::decode(out.freeze()).as_ref(), Ok(&msg), "a DHT message must round-trip");
+        }
+    }
+
     /// Parses `data` as a topic, a pattern and a procedure name, and checks the relations
     /// between them.
     pub fn names(data: &[u8]) {

@@ -30,3 +30,8 @@ fn names_corpus() {
 fn config_corpus() {
     replay("config", fovea_node::auth::fuzz_config);
 }
+
+#[test]
+fn dht_corpus() {
+    replay("dht", fovea_core::fuzzing::dht);
+}
