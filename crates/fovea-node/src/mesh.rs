@@ -810,8 +810,11 @@ fn mesh_transport() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(4));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
-    t.keep_alive_interval(Some(Duration::from_secs(5)));
-    // A silent peer is gone after 15 s: its link closes and the DHT drops it.
-    t.max_idle_timeout(quinn::IdleTimeout::try_from(Duration::from_secs(15)).ok());
+    // A peer silent for 4 s is gone: its link closes, calls over it fail, and it leaves
+    // the DHT and every cache. Keep-alives every second cost a few packets per link and
+    // second, which a mesh of hundreds of links per node affords; a node that was only
+    // stalled rejoins by itself.
+    t.keep_alive_interval(Some(Duration::from_secs(1)));
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(Duration::from_secs(4)).ok());
     t
 }

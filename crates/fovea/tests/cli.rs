@@ -521,7 +521,20 @@ fn nodes_form_a_mesh_from_the_command_line() {
         }
     }
     assert!(admin_get(&a_admin, "/metrics").contains("fovea_mesh_links 1"));
-    drop((a, b));
+    // B dies without a word (SIGKILL): A notices from the silence and drops it.
+    let mut b = b;
+    b.0.kill().unwrap();
+    let start = Instant::now();
+    loop {
+        let info = admin_get(&a_admin, "/info");
+        if info.contains("\"dht_contacts\":0") && info.contains("\"links\":[]") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "A still lists B after 20 s: {info}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("a killed node left the mesh after {:?}", start.elapsed());
+    drop(a);
     let c_dir = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)
         .args(["node", "--listen", "127.0.0.1:0", "--admin", "off", "--join", &a_mesh, "--data-dir"])
