@@ -285,8 +285,15 @@ pub struct Forward {
     pub realm: Bytes,
     pub topic: Bytes,
     pub headers: Headers,
+    /// Queue groups, as `(pattern, name)`, whose one delivery for this message falls to
+    /// the receiving node; its members of other groups do not get it (another node's
+    /// member does). Plain subscribers always do.
+    pub groups: Vec<(Bytes, Bytes)>,
     pub payload: Bytes,
 }
+
+/// Most queue groups named in one `FWD`.
+pub const MAX_FWD_GROUPS: usize = 1024;
 
 /// `BIND` fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -463,12 +470,20 @@ impl Frame {
                 realm: r.bytes("realm", MAX_REALM_LEN)?,
                 procedure: r.bytes("procedure", MAX_TOPIC_LEN)?,
             }),
-            kind::FWD => Frame::Fwd(Forward {
-                realm: r.bytes("realm", MAX_REALM_LEN)?,
-                topic: r.bytes("topic", MAX_TOPIC_LEN)?,
-                headers: r.headers()?,
-                payload: r.bytes("payload", usize::MAX)?,
-            }),
+            kind::FWD => {
+                let realm = r.bytes("realm", MAX_REALM_LEN)?;
+                let topic = r.bytes("topic", MAX_TOPIC_LEN)?;
+                let headers = r.headers()?;
+                let n = r.varint("groups")?;
+                if n > MAX_FWD_GROUPS as u64 {
+                    return Err(DecodeError::FieldTooLong { field: "groups", len: n, max: MAX_FWD_GROUPS });
+                }
+                let mut groups = Vec::new();
+                for _ in 0..n {
+                    groups.push((r.bytes("group pattern", MAX_TOPIC_LEN)?, r.bytes("group name", MAX_TOPIC_LEN)?));
+                }
+                Frame::Fwd(Forward { realm, topic, headers, groups, payload: r.bytes("payload", usize::MAX)? })
+            }
             other => return Err(DecodeError::UnknownType(other)),
         };
         Ok(Some((frame, total)))
@@ -628,6 +643,12 @@ impl Frame {
                 w.bytes(o, &f.realm);
                 w.bytes(o, &f.topic);
                 w.headers(o, &f.headers);
+                let groups = &f.groups[..f.groups.len().min(MAX_FWD_GROUPS)];
+                w.varint(o, groups.len() as u64);
+                for (pattern, name) in groups {
+                    w.bytes(o, pattern);
+                    w.bytes(o, name);
+                }
                 w.bytes(o, &f.payload);
             }
             // Encoded by their own fast paths in `encode`.
@@ -932,6 +953,7 @@ mod tests {
             realm: Bytes::from_static(b"acme"),
             topic: Bytes::from_static(b"a.b"),
             headers: Headers::from_pairs([("k", "v")]).unwrap(),
+            groups: vec![(Bytes::from_static(b"jobs.>"), Bytes::from_static(b"workers"))],
             payload: Bytes::from_static(b"hi"),
         }));
     }

@@ -336,44 +336,55 @@ impl Session {
         };
         let mut n = 0;
         let stats = &self.shared.stats;
-        subs.for_each_target(&mut self.rng, |s| match s.peer.out.deliver(s.sid, &p.topic, &p.headers, &p.payload) {
+        let mut deliver = |s: &SubRef| match s.peer.out.deliver(s.sid, &p.topic, &p.headers, &p.payload) {
             Delivered::Queued => n += 1,
             Delivered::Dropped => {
                 stats.dropped.fetch_add(1, Ordering::Relaxed);
             }
             Delivered::Closed => {}
-        });
-        if subs.remote_pending || !subs.remote.is_empty() {
-            self.forward(&subs, p);
+        };
+        if !subs.remote_pending && subs.remote.is_empty() && subs.remote_groups.is_empty() {
+            subs.for_each_target(&mut self.rng, deliver);
+            return n;
         }
+        let (sends, served) = subs.for_each_target_mesh(&mut self.rng, &mut deliver);
+        self.forward(&subs, sends, served, p);
         n
     }
 
     /// Sends a publish to the other nodes that want it (mesh), or holds it while their
     /// discovery runs.
-    fn forward(&self, subs: &crate::router::Matches, p: Publish) {
+    fn forward(
+        &self,
+        subs: &crate::router::Matches,
+        sends: Vec<(fovea_core::dht::Contact, Vec<crate::interest::GroupId>)>,
+        served: Vec<crate::interest::GroupId>,
+        p: Publish,
+    ) {
         let Some(interest) = self.realm.interest.get() else { return };
         let fwd = fovea_core::frame::Forward {
             realm: self.realm.wire_name.clone(),
             topic: p.topic,
             headers: p.headers,
+            groups: Vec::new(),
             payload: p.payload,
         };
         if subs.remote_pending {
             // Copy the topic out of the read buffer it points into before it waits.
             let Ok(topic) = fovea_core::Topic::from_bytes(Bytes::copy_from_slice(&fwd.topic)) else { return };
             let fwd = fovea_core::frame::Forward { topic: topic.as_shared().clone(), ..fwd };
-            if interest.hold(&self.realm.name, &topic, fwd.clone()) {
+            if interest.hold(&self.realm.name, &topic, fwd.clone(), served) {
                 return;
             }
-            // Discovery ended since the cache entry was made: route with what is known.
+            // Discovery ended since the cache entry was made: plain subscribers elsewhere
+            // get it now (groups were decided here).
             for c in interest.remote_targets(&self.realm.name, &topic).nodes {
                 interest.forward(c, fwd.clone());
             }
             return;
         }
-        for c in &subs.remote {
-            interest.forward(*c, fwd.clone());
+        for (c, groups) in sends {
+            interest.forward(c, fovea_core::frame::Forward { groups, ..fwd.clone() });
         }
     }
 

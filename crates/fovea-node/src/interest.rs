@@ -16,7 +16,9 @@
 //!
 //! **Forwarding.** The publisher's node sends the message once to each interested node
 //! (`FWD` frame on their link), which delivers it to its local subscribers only: one hop,
-//! no loops. Queue groups are per node for now (each node's group gets a copy).
+//! no loops. A queue group's one delivery is decided at the publisher's node, among its
+//! local members and the nodes with members (weighted by member count, from the
+//! records); the chosen node is told in the `FWD` which groups it serves.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -103,39 +105,79 @@ fn topic_segment(t: &Topic) -> String {
 
 /// What a publisher's node knows of one first segment.
 enum PrefixState {
-    /// The first lookup runs; messages wait.
-    Pending(Vec<Forward>),
+    /// The first lookup runs; messages wait, each with the queue groups already served
+    /// by a member on this node.
+    Pending(Vec<(Forward, Vec<GroupId>)>),
     /// Known; `used` since the last renewal.
     Ready { renewed: Instant, used: bool },
+}
+
+/// A queue group mesh-wide: the pattern and the name its members share.
+pub(crate) type GroupId = (Bytes, Bytes);
+
+/// (pattern, queue group or empty) → local subscriptions to it.
+type LocalEntries = BTreeMap<(String, Bytes), usize>;
+
+/// Per queue group, the other nodes with members and their member counts.
+pub(crate) type RemoteGroups = Vec<(GroupId, Vec<(Contact, u32)>)>;
+
+/// One entry of another node's interest record.
+#[derive(Debug, Clone, PartialEq)]
+struct RemoteSub {
+    pattern: Pattern,
+    /// Set for a queue group, with the node's member count (its weight in the choice).
+    group: Option<(Bytes, u32)>,
 }
 
 #[derive(Default)]
 struct RemoteRealm {
     /// By first segment of the topics published.
     prefixes: HashMap<String, PrefixState>,
-    /// (prefix, node) → the node's contact and patterns under the prefix.
-    nodes: HashMap<(String, NodeId), (Contact, Vec<Pattern>)>,
+    /// (prefix, node) → the node's contact and subscriptions under the prefix.
+    nodes: HashMap<(String, NodeId), (Contact, Vec<RemoteSub>)>,
     /// Every remote pattern → its node; rebuilt when `nodes` changes.
-    trie: SubTrie<NodeId>,
+    trie: SubTrie<(NodeId, Option<GroupId>, u32)>,
 }
 
 impl RemoteRealm {
-    /// The nodes with a pattern matching `topic`, each once.
-    fn targets(&self, topic: &Topic) -> Vec<Contact> {
-        let mut ids = Vec::new();
-        self.trie.for_each_match(topic, |id| {
-            if !ids.contains(id) {
-                ids.push(*id);
+    /// Where `topic` goes beyond this node: nodes with plain subscribers (each once), and
+    /// per queue group the nodes with members and their member counts.
+    fn targets(&self, topic: &Topic) -> (Vec<Contact>, RemoteGroups) {
+        let mut plain: Vec<NodeId> = Vec::new();
+        let mut groups: Vec<(GroupId, Vec<(NodeId, u32)>)> = Vec::new();
+        self.trie.for_each_match(topic, |(id, group, weight)| match group {
+            None => {
+                if !plain.contains(id) {
+                    plain.push(*id);
+                }
             }
+            Some(g) => match groups.iter_mut().find(|(k, _)| k == g) {
+                Some((_, nodes)) => {
+                    if !nodes.iter().any(|(n, _)| n == id) {
+                        nodes.push((*id, *weight));
+                    }
+                }
+                None => groups.push((g.clone(), vec![(*id, *weight)])),
+            },
         });
-        ids.iter().filter_map(|id| self.nodes.iter().find(|((_, n), _)| n == id).map(|(_, (c, _))| *c)).collect()
+        let contact = |id: &NodeId| self.nodes.iter().find(|((_, n), _)| n == id).map(|(_, (c, _))| *c);
+        let plain = plain.iter().filter_map(contact).collect();
+        let groups = groups
+            .into_iter()
+            .map(|(g, nodes)| (g, nodes.iter().filter_map(|(id, w)| contact(id).map(|c| (c, *w))).collect()))
+            .collect();
+        (plain, groups)
     }
 
     fn rebuild(&mut self) {
         let mut trie = SubTrie::new();
-        for ((_, id), (_, patterns)) in &self.nodes {
-            for p in patterns {
-                trie.insert(p, *id);
+        for ((_, id), (_, subs)) in &self.nodes {
+            for sub in subs {
+                let (group, weight) = match &sub.group {
+                    Some((name, n)) => (Some((Bytes::copy_from_slice(sub.pattern.as_bytes()), name.clone())), *n),
+                    None => (None, 1),
+                };
+                trie.insert(&sub.pattern, (*id, group, weight));
             }
         }
         self.trie = trie;
@@ -158,7 +200,10 @@ pub struct InterestStats {
 /// Where a topic's messages go beyond this node.
 #[derive(Default)]
 pub(crate) struct RemoteTargets {
+    /// Nodes with plain subscribers.
     pub nodes: Vec<Contact>,
+    /// Queue groups with members on other nodes: the nodes and their member counts.
+    pub groups: RemoteGroups,
     /// Prefixes whose first lookup runs: messages go to [`Interest::hold`] meanwhile.
     pub pending: bool,
 }
@@ -166,8 +211,8 @@ pub(crate) struct RemoteTargets {
 /// Local and remote interest of one node.
 pub struct Interest {
     mesh: Arc<Mesh>,
-    /// (realm, prefix) → pattern → local subscriptions to it.
-    local: Mutex<HashMap<(String, String), BTreeMap<String, usize>>>,
+    /// (realm, prefix) → (pattern, queue group or empty) → local subscriptions to it.
+    local: Mutex<HashMap<(String, String), LocalEntries>>,
     dirty: Mutex<HashSet<(String, String)>>,
     remote: Mutex<HashMap<String, RemoteRealm>>,
     /// Keys looked up → what they stand for, for the DHT's pushes.
@@ -204,28 +249,31 @@ impl Interest {
     }
 
     /// A local subscription to `pattern` in `realm` started.
-    pub(crate) fn add_local(&self, realm: &str, pattern: &Pattern) {
+    pub(crate) fn add_local(&self, realm: &str, pattern: &Pattern, group: Option<&Bytes>) {
         let key = (realm.to_owned(), pattern_prefix(pattern));
         let mut local = lock(&self.local);
-        let n = local.entry(key.clone()).or_default().entry(pattern.as_str().to_owned()).or_insert(0);
+        let entry = (pattern.as_str().to_owned(), group.cloned().unwrap_or_default());
+        let n = local.entry(key.clone()).or_default().entry(entry).or_insert(0);
         *n += 1;
-        if *n == 1 {
+        // A group's member count is its weight elsewhere: publish every change of it.
+        if *n == 1 || group.is_some() {
             lock(&self.dirty).insert(key);
         }
     }
 
     /// A local subscription to `pattern` in `realm` ended.
-    pub(crate) fn remove_local(&self, realm: &str, pattern: &Pattern) {
+    pub(crate) fn remove_local(&self, realm: &str, pattern: &Pattern, group: Option<&Bytes>) {
         let key = (realm.to_owned(), pattern_prefix(pattern));
         let mut local = lock(&self.local);
         let Some(patterns) = local.get_mut(&key) else { return };
-        let gone = match patterns.get_mut(pattern.as_str()) {
+        let entry = (pattern.as_str().to_owned(), group.cloned().unwrap_or_default());
+        let gone = match patterns.get_mut(&entry) {
             Some(n) if *n > 1 => {
                 *n -= 1;
-                false
+                group.is_some()
             }
             Some(_) => {
-                patterns.remove(pattern.as_str());
+                patterns.remove(&entry);
                 true
             }
             None => false,
@@ -261,7 +309,7 @@ impl Interest {
                     true
                 }
             };
-            out.nodes = r.targets(topic);
+            (out.nodes, out.groups) = r.targets(topic);
             start
         };
         if start {
@@ -275,7 +323,7 @@ impl Interest {
     /// Holds a message for a topic whose discovery runs; sent when it ends. Returns
     /// `false` if it was not held (discovery ended meanwhile: the caller's cache is stale
     /// and the message should be routed again).
-    pub(crate) fn hold(&self, realm: &str, topic: &Topic, fwd: Forward) -> bool {
+    pub(crate) fn hold(&self, realm: &str, topic: &Topic, fwd: Forward, served: Vec<GroupId>) -> bool {
         let mut remote = lock(&self.remote);
         let Some(r) = remote.get_mut(realm) else { return false };
         match r.prefixes.get_mut(&topic_segment(topic)) {
@@ -283,7 +331,7 @@ impl Interest {
                 if waiting.len() >= PENDING_MAX {
                     self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 } else {
-                    waiting.push(fwd);
+                    waiting.push((fwd, served));
                 }
                 true
             }
@@ -309,7 +357,7 @@ impl Interest {
             lock(&self.keys).insert(key, KeyOf::Interest(realm.clone(), prefix.clone()));
             self.stats.lookups.fetch_add(1, Ordering::Relaxed);
             let records = self.mesh.find_records(key).await;
-            let nodes: Vec<(Contact, Vec<Pattern>)> =
+            let nodes: Vec<(Contact, Vec<RemoteSub>)> =
                 records.iter().filter(|r| r.publisher != me).filter_map(decode_record).collect();
             found.push((prefix, nodes));
         }
@@ -326,10 +374,22 @@ impl Interest {
         // What waited goes out now, under the lock, so it precedes anything published
         // after the generation bump below.
         if let Some(PrefixState::Pending(waiting)) = old {
-            for fwd in waiting {
+            let mut rng =
+                fovea_core::balance::Rng::new(u64::from_be_bytes([me.0[0], me.0[1], me.0[2], me.0[3], 1, 2, 3, 4]));
+            for (fwd, served) in waiting {
                 let Ok(topic) = Topic::from_bytes(fwd.topic.clone()) else { continue };
-                for c in r.targets(&topic) {
-                    self.forward(c, fwd.clone());
+                let (plain, groups) = r.targets(&topic);
+                let mut sends: Vec<(Contact, Vec<GroupId>)> = plain.into_iter().map(|c| (c, Vec::new())).collect();
+                for (g, nodes) in groups.into_iter().filter(|(g, _)| !served.contains(g)) {
+                    if let Some(c) = pick_weighted(&nodes, 0, &mut rng) {
+                        match sends.iter_mut().find(|(n, _)| n.id == c.id) {
+                            Some((_, gs)) => gs.push(g),
+                            None => sends.push((c, vec![g])),
+                        }
+                    }
+                }
+                for (c, groups) in sends {
+                    self.forward(c, Forward { groups, ..fwd.clone() });
                 }
             }
         }
@@ -479,9 +539,9 @@ impl Interest {
         }
         let dirty: Vec<(String, String)> = lock(&self.dirty).drain().collect();
         for (realm, prefix) in dirty {
-            let patterns: Vec<String> = lock(&self.local)
+            let patterns: Vec<((String, Bytes), usize)> = lock(&self.local)
                 .get(&(realm.clone(), prefix.clone()))
-                .map(|p| p.keys().cloned().collect())
+                .map(|p| p.iter().map(|(k, n)| (k.clone(), *n)).collect())
                 .unwrap_or_default();
             let key = interest_key(&realm, &prefix);
             if patterns.is_empty() {
@@ -548,42 +608,91 @@ impl Interest {
     }
 }
 
-/// Record value: mesh address, then the patterns (a prefix's catch-all when too many).
-fn encode_record(me: Contact, prefix: &str, patterns: &[String]) -> Bytes {
+/// Record value: version (1), mesh address, then the entries: pattern, queue group
+/// (empty: plain subscriptions), member count. Plain patterns past [`MAX_PATTERNS`] (or
+/// 3 KB) are summarised as the prefix's catch-all; the receiving node filters anyway.
+fn encode_record(me: Contact, prefix: &str, entries: &[((String, Bytes), usize)]) -> Bytes {
     let mut out = BytesMut::new();
     let addr = me.addr.to_string();
-    let catch_all: Vec<String>;
-    let patterns = if patterns.len() > MAX_PATTERNS || patterns.iter().map(String::len).sum::<usize>() > 3000 {
-        catch_all = if prefix.is_empty() { vec![">".into()] } else { vec![prefix.to_owned(), format!("{prefix}.>")] };
-        &catch_all[..]
-    } else {
-        patterns
-    };
-    varint::encode(addr.len() as u64, &mut out);
-    out.extend_from_slice(addr.as_bytes());
-    varint::encode(patterns.len() as u64, &mut out);
-    for p in patterns {
-        varint::encode(p.len() as u64, &mut out);
-        out.extend_from_slice(p.as_bytes());
+    let plain: Vec<&String> = entries.iter().filter(|((_, g), _)| g.is_empty()).map(|((p, _), _)| p).collect();
+    let groups: Vec<&((String, Bytes), usize)> =
+        entries.iter().filter(|((_, g), _)| !g.is_empty()).take(MAX_PATTERNS).collect();
+    let catch_all: Vec<String> =
+        if prefix.is_empty() { vec![">".into()] } else { vec![prefix.to_owned(), format!("{prefix}.>")] };
+    let too_many = plain.len() > MAX_PATTERNS || plain.iter().map(|p| p.len()).sum::<usize>() > 3000;
+    let plain: Vec<&String> = if too_many { catch_all.iter().collect() } else { plain };
+    out.extend_from_slice(&[1]);
+    put_field(&mut out, addr.as_bytes());
+    varint::encode((plain.len() + groups.len()) as u64, &mut out);
+    for p in plain {
+        put_field(&mut out, p.as_bytes());
+        put_field(&mut out, b"");
+        varint::encode(1, &mut out);
+    }
+    for ((p, g), n) in groups {
+        put_field(&mut out, p.as_bytes());
+        put_field(&mut out, g);
+        varint::encode((*n as u64).min(u64::from(u32::MAX)), &mut out);
     }
     out.freeze()
 }
 
-/// A record's contact and patterns; `None` for a retraction or a malformed value.
-fn decode_record(r: &Record) -> Option<(Contact, Vec<Pattern>)> {
+fn put_field(out: &mut BytesMut, b: &[u8]) {
+    varint::encode(b.len() as u64, out);
+    out.extend_from_slice(b);
+}
+
+/// A record's contact and entries; `None` for a retraction or a malformed value.
+fn decode_record(r: &Record) -> Option<(Contact, Vec<RemoteSub>)> {
     let mut v = r.value.clone();
+    if v.first() != Some(&1) {
+        return None;
+    }
+    v.advance(1);
     let field = |v: &mut Bytes| -> Option<Bytes> {
         let (len, n) = varint::decode(v)?;
         v.advance(n);
         let len = usize::try_from(len).ok().filter(|l| *l <= v.len())?;
         Some(v.split_to(len))
     };
+    let number = |v: &mut Bytes| -> Option<u64> {
+        let (x, n) = varint::decode(v)?;
+        v.advance(n);
+        Some(x)
+    };
     let addr = std::str::from_utf8(&field(&mut v)?).ok()?.parse().ok()?;
-    let (count, n) = varint::decode(&v)?;
-    v.advance(n);
-    let mut patterns = Vec::new();
-    for _ in 0..count.min(MAX_PATTERNS as u64 + 2) {
-        patterns.push(Pattern::from_bytes(field(&mut v)?).ok()?);
+    let count = number(&mut v)?;
+    let mut subs = Vec::new();
+    for _ in 0..count.min(2 * MAX_PATTERNS as u64 + 2) {
+        let pattern = Pattern::from_bytes(field(&mut v)?).ok()?;
+        let group = field(&mut v)?;
+        let n = u32::try_from(number(&mut v)?).unwrap_or(u32::MAX).max(1);
+        subs.push(RemoteSub { pattern, group: (!group.is_empty()).then_some((group, n)) });
     }
-    Some((Contact { id: r.publisher, addr }, patterns))
+    Some((Contact { id: r.publisher, addr }, subs))
+}
+
+/// Chooses among nodes weighted by member count, or `None` for the `local` members (also
+/// weighted), so each member mesh-wide is equally likely to get a group's message.
+pub(crate) fn pick_weighted(
+    nodes: &[(Contact, u32)],
+    local: u32,
+    rng: &mut fovea_core::balance::Rng,
+) -> Option<Contact> {
+    let total: u64 = u64::from(local) + nodes.iter().map(|(_, w)| u64::from(*w)).sum::<u64>();
+    if total == 0 {
+        return None;
+    }
+    let mut r = ((u128::from(rng.next_u64()) * u128::from(total)) >> 64) as u64;
+    if r < u64::from(local) {
+        return None;
+    }
+    r -= u64::from(local);
+    for (c, w) in nodes {
+        if r < u64::from(*w) {
+            return Some(*c);
+        }
+        r -= u64::from(*w);
+    }
+    nodes.last().map(|(c, _)| *c)
 }

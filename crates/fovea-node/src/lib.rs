@@ -364,9 +364,9 @@ fn wire_mesh(shared: &Arc<Shared>, mesh: Arc<mesh::Mesh>) {
         let Ok(topic) = fovea_core::Topic::from_bytes(fwd.topic.clone()) else { return };
         interest.stats.received.fetch_add(1, Ordering::Relaxed);
         let matches = realm.lookup_local(&topic);
-        // Queue groups: one member on this node (see interest.rs).
+        // Queue groups: only those this node was chosen for, one member each.
         let mut rng = fovea_core::balance::Rng::new(shared.seed ^ shared.stats.deliveries.load(Ordering::Relaxed));
-        matches.for_each_target(&mut rng, |s| {
+        matches.for_each_forwarded(&fwd.groups, &mut rng, |s| {
             match s.peer.out.deliver(s.sid, &fwd.topic, &fwd.headers, &fwd.payload) {
                 outbound::Delivered::Queued => {
                     shared.stats.deliveries.fetch_add(1, Ordering::Relaxed);

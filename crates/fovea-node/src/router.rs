@@ -61,8 +61,10 @@ impl PartialEq for ProviderRef {
 pub(crate) struct Matches {
     pub plain: Vec<SubRef>,
     pub groups: Vec<Vec<SubRef>>,
-    /// Other nodes with subscribers to the topic (mesh only).
+    /// Other nodes with plain subscribers to the topic (mesh only).
     pub remote: Vec<fovea_core::dht::Contact>,
+    /// Queue groups with members on other nodes: the nodes and their member counts.
+    pub remote_groups: crate::interest::RemoteGroups,
     /// Discovery of the topic's remote subscribers is still running: messages go to
     /// [`crate::interest::Interest::hold`] instead of `remote`.
     pub remote_pending: bool,
@@ -74,28 +76,99 @@ impl Matches {
     pub fn for_each_target(&self, rng: &mut Rng, mut f: impl FnMut(&SubRef)) {
         self.plain.iter().for_each(&mut f);
         for members in &self.groups {
-            // A member whose connection is closing (its unsubscribe not yet applied) must
-            // not swallow the message: it loses every comparison, and if drawn anyway the
-            // message goes to any live member.
-            // Indexes come from `pick_two(members.len(), ..)`, so they are in range.
-            let load = |i: usize| {
-                let out = &members[i].peer.out;
-                if out.is_closed() {
-                    u64::MAX
-                } else {
-                    out.pending() as u64
+            pick_member(members, rng, &mut f);
+        }
+    }
+
+    /// As [`Matches::for_each_target`], for a mesh: each queue group's one delivery goes
+    /// to a member here or to a node with members, chosen in proportion to members.
+    /// Returns the nodes to forward to, each with the groups it serves, and (for a
+    /// message held while discovery runs) the groups served here.
+    pub fn for_each_target_mesh(
+        &self,
+        rng: &mut Rng,
+        mut f: impl FnMut(&SubRef),
+    ) -> (Vec<(fovea_core::dht::Contact, Vec<crate::interest::GroupId>)>, Vec<crate::interest::GroupId>) {
+        self.plain.iter().for_each(&mut f);
+        let mut sends: Vec<(fovea_core::dht::Contact, Vec<crate::interest::GroupId>)> =
+            self.remote.iter().map(|c| (*c, Vec::new())).collect();
+        let mut served = Vec::new();
+        let id_of = |members: &Vec<SubRef>| {
+            members
+                .first()
+                .and_then(|m| m.group.as_ref())
+                .map(|g| (Bytes::copy_from_slice(g.pattern.as_bytes()), g.name.clone()))
+        };
+        for members in &self.groups {
+            let Some(id) = id_of(members) else { continue };
+            let remote = self.remote_groups.iter().find(|(g, _)| *g == id).map(|(_, n)| &n[..]).unwrap_or(&[]);
+            let local = u32::try_from(members.len()).unwrap_or(u32::MAX);
+            match crate::interest::pick_weighted(remote, local, rng) {
+                None => {
+                    pick_member(members, rng, &mut f);
+                    served.push(id);
                 }
-            };
-            let Some(i) = pick_two(members.len(), rng, load) else { continue };
-            let chosen = if members[i].peer.out.is_closed() {
-                members.iter().find(|m| !m.peer.out.is_closed())
-            } else {
-                members.get(i)
-            };
-            if let Some(m) = chosen {
-                f(m);
+                Some(node) => add_group(&mut sends, node, id),
             }
         }
+        // Groups with no member here.
+        for (id, nodes) in &self.remote_groups {
+            if self.groups.iter().any(|m| id_of(m).as_ref() == Some(id)) {
+                continue;
+            }
+            if let Some(node) = crate::interest::pick_weighted(nodes, 0, rng) {
+                add_group(&mut sends, node, id.clone());
+            }
+        }
+        (sends, served)
+    }
+
+    /// Delivers a message another node forwarded: to every plain subscription, and for
+    /// each of `groups` (the groups this node was chosen for) to one member.
+    pub fn for_each_forwarded(&self, groups: &[(Bytes, Bytes)], rng: &mut Rng, mut f: impl FnMut(&SubRef)) {
+        self.plain.iter().for_each(&mut f);
+        for members in &self.groups {
+            let chosen = members
+                .first()
+                .and_then(|m| m.group.as_ref())
+                .is_some_and(|g| groups.iter().any(|(p, n)| p[..] == *g.pattern.as_bytes() && *n == g.name));
+            if chosen {
+                pick_member(members, rng, &mut f);
+            }
+        }
+    }
+}
+
+fn add_group(
+    sends: &mut Vec<(fovea_core::dht::Contact, Vec<crate::interest::GroupId>)>,
+    node: fovea_core::dht::Contact,
+    id: crate::interest::GroupId,
+) {
+    match sends.iter_mut().find(|(c, _)| c.id == node.id) {
+        Some((_, groups)) => groups.push(id),
+        None => sends.push((node, vec![id])),
+    }
+}
+
+/// One member of a queue group, by power of two choices on queued bytes.
+fn pick_member(members: &[SubRef], rng: &mut Rng, f: &mut impl FnMut(&SubRef)) {
+    // A member whose connection is closing (its unsubscribe not yet applied) must not
+    // swallow the message: it loses every comparison, and if drawn anyway the message
+    // goes to any live member.
+    // Indexes come from `pick_two(members.len(), ..)`, so they are in range.
+    let load = |i: usize| {
+        let out = &members[i].peer.out;
+        if out.is_closed() {
+            u64::MAX
+        } else {
+            out.pending() as u64
+        }
+    };
+    let Some(i) = pick_two(members.len(), rng, load) else { return };
+    let chosen =
+        if members[i].peer.out.is_closed() { members.iter().find(|m| !m.peer.out.is_closed()) } else { members.get(i) };
+    if let Some(m) = chosen {
+        f(m);
     }
 }
 
@@ -140,7 +213,7 @@ impl Realm {
 
     pub fn subscribe(&self, pattern: &Pattern, sub: SubRef) {
         if let Some(i) = self.interest.get() {
-            i.add_local(&self.name, pattern);
+            i.add_local(&self.name, pattern, sub.group.as_ref().map(|g| &g.name));
         }
         let mut trie = self.subs.write().unwrap_or_else(PoisonError::into_inner);
         trie.insert(pattern, sub);
@@ -154,9 +227,10 @@ impl Realm {
         let mut trie = self.subs.write().unwrap_or_else(PoisonError::into_inner);
         let interest = self.interest.get();
         for (pattern, sub) in subs {
+            let group = sub.group.clone();
             if trie.remove(pattern, &sub) {
                 if let Some(i) = interest {
-                    i.remove_local(&self.name, pattern);
+                    i.remove_local(&self.name, pattern, group.as_ref().map(|g| &g.name));
                 }
             }
         }
@@ -234,6 +308,7 @@ impl Realm {
             let remote = i.remote_targets(&self.name, topic);
             if let Some(m) = Arc::get_mut(&mut m) {
                 m.remote = remote.nodes;
+                m.remote_groups = remote.groups;
                 m.remote_pending = remote.pending;
             }
         }

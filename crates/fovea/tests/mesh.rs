@@ -315,3 +315,54 @@ subscribe = [">"]
         n.stop().await;
     }
 }
+
+/// A queue group spanning nodes gets each message once, mesh-wide, shared among members
+/// on every node; a plain subscriber beside it gets everything.
+#[tokio::test]
+async fn queue_groups_span_the_mesh() {
+    let a = TestNode::start_mesh(SECRET, &[]).await;
+    let b = TestNode::start_mesh(SECRET, &[a.mesh_addr()]).await;
+    let c = TestNode::start_mesh(SECRET, &[a.mesh_addr()]).await;
+    for n in [&a, &b, &c] {
+        converges("every node to know the two others", || async { mesh(n).snapshot().await.dht_contacts == 2 }).await;
+    }
+    let (ca, cb, cc) = (a.client().await, b.client().await, c.client().await);
+    let members = vec![
+        ("a", ca.subscribe_group("jobs.>", "workers").await.unwrap()),
+        ("b", cb.subscribe_group("jobs.>", "workers").await.unwrap()),
+        ("b", cb.subscribe_group("jobs.>", "workers").await.unwrap()),
+        ("c", cc.subscribe_group("jobs.>", "workers").await.unwrap()),
+    ];
+    let mut watcher = cc.subscribe("jobs.>").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let p = a.client().await;
+    // The first message resolves `jobs` on A; while that runs, groups are served by A's
+    // own member (messages wait only for plain subscribers elsewhere). Then share.
+    p.publish("jobs.warmup", "w").await.unwrap();
+    assert_eq!(recv(&mut watcher).await.topic.as_str(), "jobs.warmup");
+    let mut members = members;
+    for (_, sub) in &mut members {
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(100), sub.next()).await {}
+    }
+    const N: u32 = 400;
+    for i in 0..N {
+        p.publish("jobs.run", i.to_be_bytes().to_vec()).await.unwrap();
+    }
+    p.flush().await.unwrap();
+    for i in 0..N {
+        assert_eq!(&recv(&mut watcher).await.payload[..], &i.to_be_bytes(), "the plain subscriber gets everything");
+    }
+    let mut got = std::collections::BTreeMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for (node, mut sub) in members {
+        while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), sub.next()).await {
+            assert!(seen.insert(m.payload.clone()), "a message reached the group twice");
+            *got.entry(node).or_insert(0u32) += 1;
+        }
+    }
+    assert_eq!(seen.len() as u32, N, "every message reached the group once: {got:?}");
+    assert!(got.len() == 3, "members on every node got a share: {got:?}");
+    for n in [a, b, c] {
+        n.stop().await;
+    }
+}
