@@ -11,8 +11,9 @@
 //! lookups the first time a node sees the prefix, then nothing per publish: the result is
 //! cached per realm in a trie of remote patterns, kept fresh by the DHT's pushes
 //! (watchers) and renewed every [`RENEW_AFTER`] while the prefix is in use. Messages
-//! published while a prefix's first lookup runs wait here (at most [`PENDING_MAX`] per
-//! prefix; past that, dropped and counted) and go out when it ends, in order.
+//! published while a prefix's first lookup runs wait here (at most `max_pending_bytes`
+//! node-wide, the same bound as one client's queue; past that, dropped and counted) and
+//! go out when it ends, in order.
 //!
 //! **Forwarding.** The publisher's node sends the message once to each interested node
 //! (`FWD` frame on their link), which delivers it to its local subscribers only: one hop,
@@ -36,8 +37,6 @@ use crate::mesh::Mesh;
 pub const FLUSH_EVERY: Duration = Duration::from_millis(20);
 /// A prefix in use is looked up again after this (renewing the watch at its storers).
 pub const RENEW_AFTER: Duration = Duration::from_secs(30);
-/// Messages held per prefix while its first lookup runs.
-pub const PENDING_MAX: usize = 4096;
 /// Lifetime of an interest record at the storers (republished every minute by the DHT).
 const RECORD_TTL: Duration = Duration::from_secs(150);
 /// Most patterns listed in one record; more are summarised as the prefix's catch-all.
@@ -112,6 +111,13 @@ enum PrefixState {
     Ready { renewed: Instant, used: bool },
 }
 
+/// What this node knows of another node's interest under one prefix.
+struct RemoteNode {
+    contact: Contact,
+    subs: Vec<RemoteSub>,
+    learned: Instant,
+}
+
 /// A queue group mesh-wide: the pattern and the name its members share.
 pub(crate) type GroupId = (Bytes, Bytes);
 
@@ -134,7 +140,8 @@ struct RemoteRealm {
     /// By first segment of the topics published.
     prefixes: HashMap<String, PrefixState>,
     /// (prefix, node) → the node's contact and subscriptions under the prefix.
-    nodes: HashMap<(String, NodeId), (Contact, Vec<RemoteSub>)>,
+    /// `learned`: when the entry was last set (by a lookup or a push).
+    nodes: HashMap<(String, NodeId), RemoteNode>,
     /// Every remote pattern → its node; rebuilt when `nodes` changes.
     trie: SubTrie<(NodeId, Option<GroupId>, u32)>,
 }
@@ -160,7 +167,7 @@ impl RemoteRealm {
                 None => groups.push((g.clone(), vec![(*id, *weight)])),
             },
         });
-        let contact = |id: &NodeId| self.nodes.iter().find(|((_, n), _)| n == id).map(|(_, (c, _))| *c);
+        let contact = |id: &NodeId| self.nodes.iter().find(|((_, n), _)| n == id).map(|(_, node)| node.contact);
         let plain = plain.iter().filter_map(contact).collect();
         let groups = groups
             .into_iter()
@@ -171,8 +178,8 @@ impl RemoteRealm {
 
     fn rebuild(&mut self) {
         let mut trie = SubTrie::new();
-        for ((_, id), (_, subs)) in &self.nodes {
-            for sub in subs {
+        for ((_, id), node) in &self.nodes {
+            for sub in &node.subs {
                 let (group, weight) = match &sub.group {
                     Some((name, n)) => (Some((Bytes::copy_from_slice(sub.pattern.as_bytes()), name.clone())), *n),
                     None => (None, 1),
@@ -224,11 +231,16 @@ pub struct Interest {
     remote_providers: Mutex<HashMap<(String, String), Providers>>,
     /// Bumps a realm's routing generation so connections recompute their caches.
     bump: Box<dyn Fn(&str) + Send + Sync>,
+    /// Bytes of messages waiting for discovery, all segments together, and their bound.
+    held: std::sync::atomic::AtomicUsize,
+    max_held: usize,
+    /// Wakes the flush before its interval (a new prefix).
+    flush_now: tokio::sync::Notify,
     pub stats: InterestStats,
 }
 
 impl Interest {
-    pub(crate) fn new(mesh: Arc<Mesh>, bump: impl Fn(&str) + Send + Sync + 'static) -> Arc<Interest> {
+    pub(crate) fn new(mesh: Arc<Mesh>, max_held: usize, bump: impl Fn(&str) + Send + Sync + 'static) -> Arc<Interest> {
         Arc::new(Interest {
             mesh,
             local: Mutex::new(HashMap::new()),
@@ -239,6 +251,9 @@ impl Interest {
             dirty_providers: Mutex::new(HashSet::new()),
             remote_providers: Mutex::new(HashMap::new()),
             bump: Box::new(bump),
+            held: std::sync::atomic::AtomicUsize::new(0),
+            max_held,
+            flush_now: tokio::sync::Notify::new(),
             stats: InterestStats::default(),
         })
     }
@@ -253,11 +268,19 @@ impl Interest {
         let key = (realm.to_owned(), pattern_prefix(pattern));
         let mut local = lock(&self.local);
         let entry = (pattern.as_str().to_owned(), group.cloned().unwrap_or_default());
-        let n = local.entry(key.clone()).or_default().entry(entry).or_insert(0);
+        let entries = local.entry(key.clone()).or_default();
+        let new_prefix = entries.is_empty();
+        let n = entries.entry(entry).or_insert(0);
         *n += 1;
         // A group's member count is its weight elsewhere: publish every change of it.
         if *n == 1 || group.is_some() {
+            let first = new_prefix;
             lock(&self.dirty).insert(key);
+            // A prefix's first subscription is published at once: until its record is
+            // stored, publishers elsewhere cannot know of it.
+            if first {
+                self.flush_now.notify_one();
+            }
         }
     }
 
@@ -328,9 +351,11 @@ impl Interest {
         let Some(r) = remote.get_mut(realm) else { return false };
         match r.prefixes.get_mut(&topic_segment(topic)) {
             Some(PrefixState::Pending(waiting)) => {
-                if waiting.len() >= PENDING_MAX {
+                let size = held_size(&fwd);
+                if self.held.load(Ordering::Relaxed) + size > self.max_held {
                     self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 } else {
+                    self.held.fetch_add(size, Ordering::Relaxed);
                     waiting.push((fwd, served));
                 }
                 true
@@ -351,6 +376,7 @@ impl Interest {
     /// Fetches the records of `segment` and `""` in `realm`, then sends what waited.
     async fn look_up(self: Arc<Self>, realm: String, segment: String) {
         let me = self.mesh.local().id;
+        let started = Instant::now();
         let mut found = Vec::new();
         for prefix in [segment.clone(), String::new()] {
             let key = interest_key(&realm, &prefix);
@@ -364,9 +390,14 @@ impl Interest {
         let mut remote = lock(&self.remote);
         let r = remote.entry(realm.clone()).or_default();
         for (prefix, nodes) in found {
-            r.nodes.retain(|(p, _), _| *p != prefix);
-            for (c, patterns) in nodes {
-                r.nodes.insert((prefix.clone(), c.id), (c, patterns));
+            // Entries the lookup did not find go, unless a push set them after it began
+            // (the lookup may have asked before the record was stored).
+            r.nodes.retain(|(p, id), node| {
+                *p != prefix || node.learned >= started || nodes.iter().any(|(c, _)| c.id == *id)
+            });
+            for (contact, subs) in nodes {
+                let learned = Instant::now();
+                r.nodes.insert((prefix.clone(), contact.id), RemoteNode { contact, subs, learned });
             }
         }
         r.rebuild();
@@ -377,6 +408,7 @@ impl Interest {
             let mut rng =
                 fovea_core::balance::Rng::new(u64::from_be_bytes([me.0[0], me.0[1], me.0[2], me.0[3], 1, 2, 3, 4]));
             for (fwd, served) in waiting {
+                self.held.fetch_sub(held_size(&fwd), Ordering::Relaxed);
                 let Ok(topic) = Topic::from_bytes(fwd.topic.clone()) else { continue };
                 let (plain, groups) = r.targets(&topic);
                 let mut sends: Vec<(Contact, Vec<GroupId>)> = plain.into_iter().map(|c| (c, Vec::new())).collect();
@@ -471,7 +503,10 @@ impl Interest {
             let Some(r) = remote.get_mut(&realm) else { return };
             match decode_record(record) {
                 Some((c, patterns)) => {
-                    r.nodes.insert((prefix, record.publisher), (c, patterns));
+                    r.nodes.insert(
+                        (prefix, record.publisher),
+                        RemoteNode { contact: c, subs: patterns, learned: Instant::now() },
+                    );
                 }
                 None => {
                     r.nodes.remove(&(prefix, record.publisher));
@@ -514,6 +549,7 @@ impl Interest {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = flush.tick() => self.flush().await,
+                () = self.flush_now.notified() => self.flush().await,
                 _ = renew.tick() => self.renew(),
                 r = pushes.recv() => match r {
                     Ok(record) => self.pushed(&record),
@@ -670,6 +706,11 @@ fn decode_record(r: &Record) -> Option<(Contact, Vec<RemoteSub>)> {
         subs.push(RemoteSub { pattern, group: (!group.is_empty()).then_some((group, n)) });
     }
     Some((Contact { id: r.publisher, addr }, subs))
+}
+
+/// What a held message counts against the wait bound.
+fn held_size(f: &Forward) -> usize {
+    f.payload.len() + f.topic.len() + f.headers.encoded_len() + 64
 }
 
 /// Chooses among nodes weighted by member count, or `None` for the `local` members (also

@@ -302,7 +302,7 @@ fn wire_mesh(shared: &Arc<Shared>, mesh: Arc<mesh::Mesh>) {
             }
         }
     };
-    let interest = interest::Interest::new(mesh.clone(), bump);
+    let interest = interest::Interest::new(mesh.clone(), shared.config.limits.max_pending_bytes, bump);
     for realm in shared.realms.read().unwrap_or_else(std::sync::PoisonError::into_inner).values() {
         let _ = realm.interest.set(interest.clone());
     }

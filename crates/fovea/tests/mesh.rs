@@ -366,3 +366,30 @@ async fn queue_groups_span_the_mesh() {
         n.stop().await;
     }
 }
+
+/// Many new topics in a row, each subscribed on B just before A publishes to it: every
+/// one becomes visible (the bench's discovery probe, as a test).
+#[tokio::test]
+async fn new_subscriptions_become_visible_every_time() {
+    let a = TestNode::start_mesh(SECRET, &[]).await;
+    let b = TestNode::start_mesh(SECRET, &[a.mesh_addr()]).await;
+    for n in [&a, &b] {
+        converges("the two nodes to know each other", || async { mesh(n).snapshot().await.dht_contacts == 1 }).await;
+    }
+    let (p, s) = (a.client().await, b.client().await);
+    for i in 0..30 {
+        let topic = format!("fresh{i}.x");
+        let mut sub = s.subscribe(&topic).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            p.publish(&topic, "x").await.unwrap();
+            if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(2), sub.next()).await {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{topic} never crossed");
+        }
+    }
+    for n in [a, b] {
+        n.stop().await;
+    }
+}
