@@ -289,9 +289,18 @@ pub struct NodeSection {
     /// Mesh members to join through (`quic://host:port`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub join: Option<Vec<String>>,
-    /// The mesh's shared secret; setting it turns the mesh on.
+    /// The mesh's shared secret; setting it (or `mesh_ca`) turns the mesh on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mesh_secret: Option<String>,
+    /// The mesh CA's certificate: only nodes with a certificate it issued are admitted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mesh_ca: Option<std::path::PathBuf>,
+    /// This node's certificate from the mesh CA.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mesh_cert: Option<std::path::PathBuf>,
+    /// Its key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mesh_key: Option<std::path::PathBuf>,
 }
 
 /// What a configuration file declares.

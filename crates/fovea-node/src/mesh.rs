@@ -62,8 +62,12 @@ pub struct MeshConfig {
     pub listen: SocketAddr,
     /// Mesh addresses of members to join through (any one that answers is enough).
     pub join: Vec<SocketAddr>,
-    /// The shared secret every member holds.
-    pub secret: String,
+    /// The shared secret every member holds; `None` when admission is by CA alone.
+    pub secret: Option<String>,
+    /// The mesh CA: members must present a certificate it issued (`--mesh-ca`).
+    pub ca: Option<std::path::PathBuf>,
+    /// This node's certificate from the mesh CA, and its key.
+    pub identity: Option<crate::TlsFiles>,
     /// Links to other nodes at once.
     pub max_links: usize,
     /// DHT parameters.
@@ -73,7 +77,15 @@ pub struct MeshConfig {
 impl MeshConfig {
     /// A mesh on `listen` with `secret`, joining nobody (the first node), default limits.
     pub fn new(listen: SocketAddr, secret: impl Into<String>) -> Self {
-        MeshConfig { listen, join: Vec::new(), secret: secret.into(), max_links: 1024, dht: dht::Config::default() }
+        MeshConfig {
+            listen,
+            join: Vec::new(),
+            secret: Some(secret.into()),
+            ca: None,
+            identity: None,
+            max_links: 1024,
+            dht: dht::Config::default(),
+        }
     }
 }
 
@@ -160,7 +172,8 @@ enum Command {
 pub struct Mesh {
     local: Contact,
     name: String,
-    secret: ring::hmac::Key,
+    /// The mesh secret's HMAC key; `None` in CA-only mode.
+    secret: Option<ring::hmac::Key>,
     endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
     config: MeshConfig,
@@ -197,15 +210,26 @@ impl Mesh {
         name: String,
         limits: crate::Limits,
     ) -> Result<Arc<Mesh>, NodeError> {
-        if config.secret.len() < 16 {
+        if config.secret.as_ref().is_some_and(|s| s.len() < 16) {
             return Err(NodeError::Config(
                 "the mesh secret is too short: use at least 16 characters (`fovea token new` makes a good one)".into(),
             ));
         }
-        let identity = crate::tls::load_mesh_identity(data_dir)?;
+        if config.secret.is_none() && config.ca.is_none() {
+            return Err(NodeError::Config("a mesh needs a secret (--mesh-secret) or a CA (--mesh-ca)".into()));
+        }
+        if config.ca.is_some() && config.identity.is_none() {
+            return Err(NodeError::Config(
+                "--mesh-ca needs this node's certificate from that CA: --mesh-cert and --mesh-key \
+                 (`fovea cert mesh-node` makes one)"
+                    .into(),
+            ));
+        }
+        let identity = crate::tls::mesh_identity(data_dir, config.identity.as_ref())?;
         let id = crate::tls::public_key_id(&identity.chain[0])
             .ok_or_else(|| NodeError::Tls("the mesh certificate does not parse".into()))?;
-        let (server_crypto, client_crypto) = crate::tls::mesh_crypto(&identity)?;
+        let ca = config.ca.as_deref().map(crate::tls::read_ca).transpose()?;
+        let (server_crypto, client_crypto) = crate::tls::mesh_crypto(&identity, ca)?;
         let mut server = quinn::ServerConfig::with_crypto(server_crypto);
         let transport = Arc::new(mesh_transport());
         server.transport_config(transport.clone());
@@ -218,7 +242,7 @@ impl Mesh {
         Ok(Arc::new(Mesh {
             local: Contact { id: NodeId(id), addr },
             name,
-            secret: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, config.secret.as_bytes()),
+            secret: config.secret.as_ref().map(|s| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, s.as_bytes())),
             endpoint,
             client,
             config,
@@ -313,7 +337,14 @@ impl Mesh {
     }
 
     async fn accept(self: Arc<Self>, incoming: quinn::Incoming) -> Result<(), String> {
-        let conn = incoming.await.map_err(|e| e.to_string())?;
+        let conn = match incoming.await {
+            Ok(c) => c,
+            Err(e) => {
+                // A TLS failure here is a peer without an acceptable certificate (CA mode).
+                self.stats.peers_refused.fetch_add(1, Ordering::Relaxed);
+                return Err(e.to_string());
+            }
+        };
         let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
         let (peer, deframer) = self.read_hello(&conn, &mut recv).await?;
         self.send_hello(&conn, &mut send).await?;
@@ -321,10 +352,11 @@ impl Mesh {
     }
 
     fn proof(&self, conn: &Connection, sender: &NodeId) -> Result<Bytes, String> {
+        let Some(secret) = &self.secret else { return Ok(Bytes::new()) };
         let mut exported = [0u8; 32];
         conn.export_keying_material(&mut exported, EXPORTER_LABEL, &sender.0)
             .map_err(|_| "TLS exporter unavailable".to_owned())?;
-        Ok(Bytes::copy_from_slice(ring::hmac::sign(&self.secret, &exported).as_ref()))
+        Ok(Bytes::copy_from_slice(ring::hmac::sign(secret, &exported).as_ref()))
     }
 
     async fn send_hello(&self, conn: &Connection, send: &mut SendStream) -> Result<(), String> {
@@ -372,11 +404,15 @@ impl Mesh {
         if cert_id != Some(id.0) {
             return Err(refuse("node id does not match the certificate"));
         }
-        let mut exported = [0u8; 32];
-        conn.export_keying_material(&mut exported, EXPORTER_LABEL, &id.0)
-            .map_err(|_| "TLS exporter unavailable".to_owned())?;
-        if ring::hmac::verify(&self.secret, &exported, &hello.proof).is_err() {
-            return Err(refuse("wrong mesh secret"));
+        // With a secret, the proof must verify; with a CA, the TLS handshake already
+        // checked the peer's certificate chain. With both, both must hold.
+        if let Some(secret) = &self.secret {
+            let mut exported = [0u8; 32];
+            conn.export_keying_material(&mut exported, EXPORTER_LABEL, &id.0)
+                .map_err(|_| "TLS exporter unavailable".to_owned())?;
+            if ring::hmac::verify(secret, &exported, &hello.proof).is_err() {
+                return Err(refuse("wrong mesh secret"));
+            }
         }
         let addr: SocketAddr = hello.mesh_addr.parse().map_err(|_| refuse("bad mesh address"))?;
         // A node listening on a wildcard address is reached where its packets come from.

@@ -165,6 +165,48 @@ impl rustls::server::danger::ClientCertVerifier for PinnedClientCerts {
 pub const MESH_CERT_FILE: &str = "mesh.crt";
 pub const MESH_KEY_FILE: &str = "mesh.key";
 
+/// The mesh identity from operator files (`--mesh-cert`/`--mesh-key`, issued by the mesh
+/// CA), or the self-signed one in the data dir.
+pub(crate) fn mesh_identity(data_dir: &Path, files: Option<&TlsFiles>) -> Result<Identity, NodeError> {
+    match files {
+        Some(f) => Ok(Identity { chain: read_chain(&f.cert)?, key: read_key(&f.key)?, self_signed: None }),
+        None => load_mesh_identity(data_dir),
+    }
+}
+
+/// Reads the mesh CA's certificates.
+pub(crate) fn read_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, NodeError> {
+    read_chain(path)
+}
+
+/// A new mesh CA: (certificate PEM, key PEM). Keep the key offline; give nodes the
+/// certificate (`--mesh-ca`) and certificates it signed ([`new_mesh_node_cert`]).
+pub fn new_mesh_ca(name: &str) -> Result<(String, String), NodeError> {
+    let err = |e: rcgen::Error| NodeError::Tls(format!("cannot make the mesh CA: {e}"));
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+    let key = rcgen::KeyPair::generate().map_err(err)?;
+    let cert = params.self_signed(&key).map_err(err)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A node certificate signed by the mesh CA: (certificate PEM, key PEM), usable for both
+/// ends of a link.
+pub fn new_mesh_node_cert(name: &str, ca_cert_pem: &str, ca_key_pem: &str) -> Result<(String, String), NodeError> {
+    let err = |e: rcgen::Error| NodeError::Tls(format!("cannot issue the node certificate: {e}"));
+    let ca_key = rcgen::KeyPair::from_pem(ca_key_pem).map_err(err)?;
+    let issuer = rcgen::Issuer::from_ca_cert_pem(ca_cert_pem, ca_key).map_err(err)?;
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).map_err(err)?;
+    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    params.extended_key_usages =
+        vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let key = rcgen::KeyPair::generate().map_err(err)?;
+    let cert = params.signed_by(&key, &issuer).map_err(err)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
 pub(crate) fn load_mesh_identity(data_dir: &Path) -> Result<Identity, NodeError> {
     let (cert, key) = (data_dir.join(MESH_CERT_FILE), data_dir.join(MESH_KEY_FILE));
     if !cert.exists() || !key.exists() {
@@ -189,12 +231,14 @@ pub(crate) fn public_key_id(cert: &CertificateDer<'_>) -> Option<[u8; 32]> {
 /// (see `mesh.rs`), so the certificates themselves need no CA.
 pub(crate) fn mesh_crypto(
     id: &Identity,
+    ca: Option<Vec<CertificateDer<'static>>>,
 ) -> Result<(Arc<quinn::crypto::rustls::QuicServerConfig>, Arc<quinn::crypto::rustls::QuicClientConfig>), NodeError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let ca = ca.map(Arc::new);
     let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| NodeError::Tls(e.to_string()))?
-        .with_client_cert_verifier(Arc::new(MeshPeers(provider.clone())))
+        .with_client_cert_verifier(Arc::new(MeshPeers(provider.clone(), ca.clone())))
         .with_single_cert(id.chain.clone(), id.key.clone_key())
         .map_err(|e| NodeError::Tls(format!("mesh certificate and key do not work together: {e}")))?;
     server.alpn_protocols = vec![MESH_ALPN.to_vec()];
@@ -203,7 +247,7 @@ pub(crate) fn mesh_crypto(
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| NodeError::Tls(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(MeshPeers(provider)))
+        .with_custom_certificate_verifier(Arc::new(MeshPeers(provider, ca)))
         .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
         .map_err(|e| NodeError::Tls(format!("mesh certificate and key do not work together: {e}")))?;
     client.alpn_protocols = vec![MESH_ALPN.to_vec()];
@@ -220,7 +264,35 @@ pub const MESH_ALPN: &[u8] = b"fovea-mesh/1";
 /// Accepts any peer certificate whose handshake signature checks out: identity is the
 /// key, membership is proven separately.
 #[derive(Debug)]
-struct MeshPeers(Arc<rustls::crypto::CryptoProvider>);
+struct MeshPeers(Arc<rustls::crypto::CryptoProvider>, Option<Arc<Vec<CertificateDer<'static>>>>);
+
+impl MeshPeers {
+    /// With a mesh CA: the peer's chain must lead to it (for either role; names are not
+    /// checked, the node id is the key). Without: any certificate (the secret admits).
+    fn check_chain(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+        usage: webpki::KeyUsage,
+    ) -> Result<(), rustls::Error> {
+        let Some(roots) = &self.1 else { return Ok(()) };
+        let anchors: Vec<_> = roots.iter().filter_map(|c| webpki::anchor_from_trusted_cert(c).ok()).collect();
+        let cert = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|e| rustls::Error::General(format!("mesh peer certificate: {e}")))?;
+        cert.verify_for_usage(
+            self.0.signature_verification_algorithms.all,
+            &anchors,
+            intermediates,
+            now,
+            usage,
+            None,
+            None,
+        )
+        .map(|_| ())
+        .map_err(|e| rustls::Error::General(format!("mesh peer certificate is not from the mesh CA: {e}")))
+    }
+}
 
 impl rustls::server::danger::ClientCertVerifier for MeshPeers {
     fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
@@ -233,10 +305,11 @@ impl rustls::server::danger::ClientCertVerifier for MeshPeers {
 
     fn verify_client_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: rustls::pki_types::UnixTime,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
     ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        self.check_chain(end_entity, intermediates, now, webpki::KeyUsage::client_auth())?;
         Ok(rustls::server::danger::ClientCertVerified::assertion())
     }
 
@@ -266,12 +339,13 @@ impl rustls::server::danger::ClientCertVerifier for MeshPeers {
 impl rustls::client::danger::ServerCertVerifier for MeshPeers {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
         _server_name: &rustls::pki_types::ServerName<'_>,
         _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
+        now: rustls::pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.check_chain(end_entity, intermediates, now, webpki::KeyUsage::server_auth())?;
         Ok(rustls::client::danger::ServerCertVerified::assertion())
     }
 

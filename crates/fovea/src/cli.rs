@@ -105,6 +105,33 @@ pub enum CertCommand {
         #[arg(long, default_value = ".", value_name = "DIR")]
         out: PathBuf,
     },
+    /// Write a new mesh CA (mesh-ca.crt, mesh-ca.key): nodes given --mesh-ca admit only
+    /// nodes with a certificate it issued.
+    #[command(after_help = "Example:
+  fovea cert mesh-ca --out ca/
+  fovea cert mesh-node n1 --ca-cert ca/mesh-ca.crt --ca-key ca/mesh-ca.key --out n1/
+  fovea node --mesh-ca ca/mesh-ca.crt --mesh-cert n1/n1.crt --mesh-key n1/n1.key
+
+Keep mesh-ca.key offline: whoever holds it can admit nodes to the mesh.")]
+    MeshCa {
+        /// Directory to write the files to.
+        #[arg(long, default_value = ".", value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Issue a node's mesh certificate (NAME.crt, NAME.key) from the mesh CA.
+    MeshNode {
+        /// The node's name (and the files').
+        name: String,
+        /// The mesh CA's certificate.
+        #[arg(long, value_name = "FILE")]
+        ca_cert: PathBuf,
+        /// The mesh CA's key.
+        #[arg(long, value_name = "FILE")]
+        ca_key: PathBuf,
+        /// Directory to write the files to.
+        #[arg(long, default_value = ".", value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -140,6 +167,15 @@ pub struct NodeArgs {
     /// new` makes one). Turns the mesh on: node-to-node links on --mesh-listen.
     #[arg(long, env = "FOVEA_MESH_SECRET", value_name = "SECRET", hide_env_values = true, help_heading = "Mesh")]
     pub mesh_secret: Option<String>,
+    /// Admit only nodes with a certificate from this mesh CA (with or without a secret).
+    #[arg(long, env = "FOVEA_MESH_CA", value_name = "FILE", requires_all = ["mesh_cert", "mesh_key"], help_heading = "Mesh")]
+    pub mesh_ca: Option<PathBuf>,
+    /// This node's mesh certificate, issued by --mesh-ca (`fovea cert mesh-node`).
+    #[arg(long, env = "FOVEA_MESH_CERT", value_name = "FILE", requires = "mesh_key", help_heading = "Mesh")]
+    pub mesh_cert: Option<PathBuf>,
+    /// The key of --mesh-cert.
+    #[arg(long, env = "FOVEA_MESH_KEY", value_name = "FILE", requires = "mesh_cert", help_heading = "Mesh")]
+    pub mesh_key: Option<PathBuf>,
     /// UDP address for links from other nodes [default: the --listen address, port + 1].
     #[arg(long, env = "FOVEA_MESH_LISTEN", value_name = "ADDR", help_heading = "Mesh")]
     pub mesh_listen: Option<SocketAddr>,

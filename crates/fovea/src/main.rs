@@ -47,6 +47,10 @@ fn main() -> ExitCode {
             Command::Stats(args) => stats_cmd::run(args).await,
             Command::Token(cli::TokenCommand::New) => node_cmd::new_token(),
             Command::Cert(cli::CertCommand::New { name, out }) => node_cmd::new_cert(&name, &out),
+            Command::Cert(cli::CertCommand::MeshCa { out }) => node_cmd::new_mesh_ca(&out),
+            Command::Cert(cli::CertCommand::MeshNode { name, ca_cert, ca_key, out }) => {
+                node_cmd::new_mesh_node(&name, &ca_cert, &ca_key, &out)
+            }
             Command::Bench(args) => bench::run(args).await,
         }
     });

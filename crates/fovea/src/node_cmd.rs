@@ -55,15 +55,16 @@ pub async fn run(
     config.realms = realms;
     config.allow_anonymous = args.allow_anonymous || section.allow_anonymous.unwrap_or(false);
     config.limits = limits;
-    config.mesh =
-        mesh_config(&config, args.mesh_secret.or(section.mesh_secret), args.mesh_listen.or(section.mesh_listen), {
-            let mut join = args.join;
-            if join.is_empty() {
-                join = section.join.unwrap_or_default();
-            }
-            join
-        })
-        .await?;
+    let mesh_ca = args.mesh_ca.or(section.mesh_ca);
+    let mesh_files = match (args.mesh_cert.or(section.mesh_cert), args.mesh_key.or(section.mesh_key)) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        (None, None) => None,
+        _ => anyhow::bail!("--mesh-cert and --mesh-key go together: give both, or neither"),
+    };
+    let join = if args.join.is_empty() { section.join.unwrap_or_default() } else { args.join };
+    let secret = args.mesh_secret.or(section.mesh_secret);
+    let mesh_listen = args.mesh_listen.or(section.mesh_listen);
+    config.mesh = mesh_config(&config, secret, mesh_ca, mesh_files, mesh_listen, join).await?;
     if args.print_config {
         let level = log_level.or(section.log_level).unwrap_or_else(|| "info".to_owned());
         let format = match log_format {
@@ -219,11 +220,51 @@ pub fn new_token() -> anyhow::Result<()> {
 
 /// `fovea cert new`.
 pub fn new_cert(name: &str, out: &std::path::Path) -> anyhow::Result<()> {
+    check_name(name)?;
+    let (cert, key, line) = fovea_node::auth::new_client_cert(name).map_err(|e| anyhow::anyhow!(e))?;
+    write_pair(out, name, &cert, &key)?;
+    println!("config:      {line}");
+    Ok(())
+}
+
+/// `fovea cert mesh-ca`.
+pub fn new_mesh_ca(out: &std::path::Path) -> anyhow::Result<()> {
+    let (cert, key) = fovea_node::tls::new_mesh_ca("fovea mesh CA").map_err(|e| anyhow::anyhow!(e))?;
+    write_pair(out, "mesh-ca", &cert, &key)?;
+    println!("next: issue each node a certificate with `fovea cert mesh-node NAME --ca-cert … --ca-key …`");
+    Ok(())
+}
+
+/// `fovea cert mesh-node`.
+pub fn new_mesh_node(
+    name: &str,
+    ca_cert: &std::path::Path,
+    ca_key: &std::path::Path,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    check_name(name)?;
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+    let (cert, key) =
+        fovea_node::tls::new_mesh_node_cert(name, &read(ca_cert)?, &read(ca_key)?).map_err(|e| anyhow::anyhow!(e))?;
+    write_pair(out, name, &cert, &key)?;
+    let dir = out.display();
+    println!(
+        "start the node with --mesh-ca {} --mesh-cert {dir}/{name}.crt --mesh-key {dir}/{name}.key",
+        ca_cert.display()
+    );
+    Ok(())
+}
+
+fn check_name(name: &str) -> anyhow::Result<()> {
     anyhow::ensure!(
         !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
         "certificate name {name:?} must be letters, digits, `-`, `_` or `.` (it names the files)"
     );
-    let (cert, key, line) = fovea_node::auth::new_client_cert(name).map_err(|e| anyhow::anyhow!(e))?;
+    Ok(())
+}
+
+/// Writes NAME.crt and NAME.key (0600) to `out`, refusing to overwrite.
+fn write_pair(out: &std::path::Path, name: &str, cert: &str, key: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let (cert_path, key_path) = (out.join(format!("{name}.crt")), out.join(format!("{name}.key")));
     for p in [&cert_path, &key_path] {
@@ -233,7 +274,6 @@ pub fn new_cert(name: &str, out: &std::path::Path) -> anyhow::Result<()> {
     write_private(&key_path, key.as_bytes()).with_context(|| format!("writing {}", key_path.display()))?;
     println!("certificate: {}", cert_path.display());
     println!("key:         {}", key_path.display());
-    println!("config:      {line}");
     Ok(())
 }
 
@@ -253,16 +293,19 @@ fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
 async fn mesh_config(
     config: &NodeConfig,
     secret: Option<String>,
+    ca: Option<std::path::PathBuf>,
+    identity: Option<TlsFiles>,
     listen: Option<std::net::SocketAddr>,
     join: Vec<String>,
 ) -> anyhow::Result<Option<fovea_node::mesh::MeshConfig>> {
-    let Some(secret) = secret else {
+    if secret.is_none() && ca.is_none() {
         anyhow::ensure!(
-            join.is_empty() && listen.is_none(),
-            "--join and --mesh-listen need the mesh's secret: pass --mesh-secret (or set FOVEA_MESH_SECRET)"
+            join.is_empty() && listen.is_none() && identity.is_none(),
+            "--join, --mesh-listen and --mesh-cert need a way into the mesh: pass --mesh-secret (or set \
+             FOVEA_MESH_SECRET), or --mesh-ca with this node's --mesh-cert/--mesh-key"
         );
         return Ok(None);
-    };
+    }
     let listen = listen.unwrap_or_else(|| {
         let mut a = config.listen;
         if a.port() != 0 {
@@ -270,7 +313,10 @@ async fn mesh_config(
         }
         a
     });
-    let mut mesh = fovea_node::mesh::MeshConfig::new(listen, secret);
+    let mut mesh = fovea_node::mesh::MeshConfig::new(listen, String::new());
+    mesh.secret = secret;
+    mesh.ca = ca;
+    mesh.identity = identity;
     for url in join {
         let hostport = url.trim().trim_start_matches("quic://").trim_end_matches('/');
         let addr = tokio::net::lookup_host(hostport)
@@ -316,6 +362,9 @@ fn effective_config(
         join: config.mesh.as_ref().map(|m| m.join.iter().map(|a| format!("quic://{a}")).collect()),
         // A secret: never printed (a comment says it is set).
         mesh_secret: None,
+        mesh_ca: config.mesh.as_ref().and_then(|m| m.ca.clone()),
+        mesh_cert: config.mesh.as_ref().and_then(|m| m.identity.as_ref().map(|f| f.cert.clone())),
+        mesh_key: config.mesh.as_ref().and_then(|m| m.identity.as_ref().map(|f| f.key.clone())),
     };
     let body = toml::to_string(&Effective { node, limits: &config.limits }).context("rendering the configuration")?;
     let realms = match (&config.realms, file) {
@@ -331,7 +380,7 @@ fn effective_config(
     } else {
         String::new()
     };
-    if config.mesh.is_some() {
+    if config.mesh.as_ref().is_some_and(|m| m.secret.is_some()) {
         token.push_str("# A mesh secret is set; it is not printed. Add `mesh_secret = \"…\"` under [node] or pass --mesh-secret.\n");
     }
     Ok(format!(

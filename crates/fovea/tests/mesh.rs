@@ -393,3 +393,42 @@ async fn new_subscriptions_become_visible_every_time() {
         n.stop().await;
     }
 }
+
+/// Admission by certificate: nodes with certificates from the mesh CA join (no secret);
+/// a node whose certificate comes from another CA is refused.
+#[tokio::test]
+async fn a_mesh_ca_admits_its_nodes_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let (ca_cert, ca_key) = fovea_node::tls::new_mesh_ca("test mesh CA").unwrap();
+    let (other_cert, other_key) = fovea_node::tls::new_mesh_ca("another CA").unwrap();
+    let ca_path = write("ca.crt", &ca_cert);
+    let config = |name: &str, ca: (&str, &str), join: Vec<std::net::SocketAddr>| {
+        let (cert, key) = fovea_node::tls::new_mesh_node_cert(name, ca.0, ca.1).unwrap();
+        let mut m = fovea_node::mesh::MeshConfig::new("127.0.0.1:0".parse().unwrap(), "");
+        m.secret = None;
+        m.ca = Some(ca_path.clone());
+        m.identity = Some(fovea_node::TlsFiles {
+            cert: write(&format!("{name}.crt"), &cert),
+            key: write(&format!("{name}.key"), &key),
+        });
+        m.join = join;
+        m
+    };
+    let a = TestNode::start_mesh_config(config("a", (&ca_cert, &ca_key), vec![])).await;
+    let b = TestNode::start_mesh_config(config("b", (&ca_cert, &ca_key), vec![a.mesh_addr()])).await;
+    for n in [&a, &b] {
+        converges("the two nodes to know each other", || async { mesh(n).snapshot().await.dht_contacts == 1 }).await;
+    }
+    let stranger = TestNode::start_mesh_config(config("x", (&other_cert, &other_key), vec![a.mesh_addr()])).await;
+    converges("A to refuse the stranger", || async { mesh(&a).snapshot().await.peers_refused >= 1 }).await;
+    assert_eq!(mesh(&a).snapshot().await.dht_contacts, 1);
+    assert_eq!(mesh(&stranger).snapshot().await.dht_contacts, 0);
+    for n in [a, b, stranger] {
+        n.stop().await;
+    }
+}

@@ -65,6 +65,14 @@ impl TestNode {
         Self::start_mesh_realms(dir, secret, join, None).await
     }
 
+    /// A mesh node with `mesh` as its whole mesh configuration (its listen address is
+    /// replaced by an ephemeral one).
+    pub async fn start_mesh_config(mut mesh: fovea_node::mesh::MeshConfig) -> TestNode {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        mesh.listen = "127.0.0.1:0".parse().unwrap();
+        Self::start_config("127.0.0.1:0".parse().unwrap(), dir, Limits::default(), None, Some(mesh)).await
+    }
+
     /// A mesh node whose realms are declared by `realms` (a configuration file's text).
     pub async fn start_mesh_realms(
         dir: Arc<tempfile::TempDir>,
