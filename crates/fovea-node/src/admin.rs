@@ -279,6 +279,11 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             counter!("fovea_mesh_dropped_total").absolute(snap.dht_dropped);
             describe_counter!("fovea_mesh_dials_failed_total", "Links to other nodes that could not be opened.");
             counter!("fovea_mesh_dials_failed_total").absolute(m.stats.dials_failed.load(Relaxed));
+            describe_counter!(
+                "fovea_mesh_links_evicted_total",
+                "Links closed idle or to make room (their nodes stay known)."
+            );
+            counter!("fovea_mesh_links_evicted_total").absolute(m.stats.links_evicted.load(Relaxed));
         }
         if let Some(i) = shared.interest.get() {
             use std::sync::atomic::Ordering::Relaxed;

@@ -52,6 +52,10 @@ const LINK_QUEUE: usize = 1024;
 const DHT_QUEUE: usize = 4096;
 /// Time allowed for a link's QUIC and mesh handshakes.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Close reasons of links closed to save resources, not because a node left: the peer
+/// keeps the other node in its tables.
+const REASON_IDLE: &[u8] = b"link idle";
+const REASON_EVICTED: &[u8] = b"link evicted (least recently used)";
 /// Label of the TLS exporter value the proof signs.
 const EXPORTER_LABEL: &[u8] = b"EXPORTER-fovea-mesh-v1";
 
@@ -68,8 +72,11 @@ pub struct MeshConfig {
     pub ca: Option<std::path::PathBuf>,
     /// This node's certificate from the mesh CA, and its key.
     pub identity: Option<crate::TlsFiles>,
-    /// Links to other nodes at once.
+    /// Links to other nodes at once. At the limit the least recently used link is closed
+    /// to make room (its node stays in the DHT; the link is dialed again when needed).
     pub max_links: usize,
+    /// A link unused for this long is closed (reaped) the same way.
+    pub link_idle: Duration,
     /// DHT parameters.
     pub dht: dht::Config,
 }
@@ -84,6 +91,7 @@ impl MeshConfig {
             ca: None,
             identity: None,
             max_links: 1024,
+            link_idle: Duration::from_secs(300),
             dht: dht::Config::default(),
         }
     }
@@ -97,6 +105,8 @@ pub struct MeshStats {
     /// Handshakes refused: bad proof (no secret), wrong protocol, or over `max_links`.
     pub peers_refused: AtomicU64,
     pub dials_failed: AtomicU64,
+    /// Links closed to make room or because they were idle (their nodes stay known).
+    pub links_evicted: AtomicU64,
     /// DHT messages dropped at a full queue.
     pub dht_dropped: AtomicU64,
     /// Links closed for malformed frames.
@@ -137,6 +147,18 @@ pub(crate) struct Link {
     bound: Mutex<HashMap<(Bytes, Bytes), u64>>,
     /// Provider side: rid → (realm, procedure), from the peer's `BIND`s.
     binds: Mutex<HashMap<u64, (Bytes, Bytes)>>,
+    /// Milliseconds since the mesh started when the link last carried a frame either way
+    /// (for LRU eviction and idle reaping).
+    used: AtomicU64,
+    /// Closed by this node to save a link, not because the peer is gone: its closing
+    /// must not remove the peer from the DHT or the caches.
+    reaped: std::sync::atomic::AtomicBool,
+}
+
+impl Link {
+    fn touch(&self, now_ms: u64) {
+        self.used.store(now_ms, Ordering::Relaxed);
+    }
 }
 
 /// Bindings per link (distinct procedures called across it); past this, calls that need
@@ -195,6 +217,8 @@ pub struct Mesh {
     /// Link queue bound and call limits, from the node's limits.
     limits: crate::Limits,
     pub stats: MeshStats,
+    /// Origin of the links' `used` clocks.
+    epoch: Instant,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -256,6 +280,7 @@ impl Mesh {
             serve: std::sync::OnceLock::new(),
             limits,
             stats: MeshStats::default(),
+            epoch: Instant::now(),
         }))
     }
 
@@ -270,6 +295,7 @@ impl Mesh {
         let seed = u64::from_be_bytes(self.local.id.0[..8].try_into().unwrap_or([7; 8]));
         let dht = Dht::new(self.local, self.config.dht.clone(), Instant::now(), seed);
         tokio::spawn(self.clone().drive_dht(dht, rx, shutdown.clone()));
+        tokio::spawn(self.clone().reap_idle(shutdown.clone()));
         for addr in self.config.join.clone() {
             tokio::spawn(self.clone().join(addr, shutdown.clone()));
         }
@@ -441,6 +467,8 @@ impl Mesh {
             dialed,
             bound: Mutex::new(HashMap::new()),
             binds: Mutex::new(HashMap::new()),
+            used: AtomicU64::new(self.now_ms()),
+            reaped: std::sync::atomic::AtomicBool::new(false),
         });
         {
             let mut links = lock(&self.links);
@@ -455,12 +483,12 @@ impl Mesh {
                 }
                 old.conn.close(VarInt::from_u32(0), b"duplicate link");
             } else if links.len() >= self.config.max_links {
-                self.stats.peers_refused.fetch_add(1, Ordering::Relaxed);
-                conn.close(
-                    VarInt::from_u64(ErrorCode::NodeFull.to_u64()).unwrap_or(VarInt::from_u32(0)),
-                    b"links full",
-                );
-                return Err(format!("at the limit of {} links", self.config.max_links));
+                // Make room: the least recently used link goes (its node stays known).
+                if let Some(lru) = links.values().min_by_key(|l| l.used.load(Ordering::Relaxed)).cloned() {
+                    lru.reaped.store(true, Ordering::Relaxed);
+                    lru.conn.close(VarInt::from_u32(0), REASON_EVICTED);
+                    self.stats.links_evicted.fetch_add(1, Ordering::Relaxed);
+                }
             }
             links.insert(peer.id, link.clone());
         }
@@ -480,10 +508,13 @@ impl Mesh {
     async fn read_link(self: Arc<Self>, link: Arc<Link>, mut recv: RecvStream, mut deframer: Deframer, peer: Contact) {
         let why = loop {
             match deframer.next_frame() {
-                Ok(Some(frame)) => match self.on_link_frame(&link, peer, frame) {
-                    Ok(()) => continue,
-                    Err(why) => break Some(why),
-                },
+                Ok(Some(frame)) => {
+                    link.touch(self.now_ms());
+                    match self.on_link_frame(&link, peer, frame) {
+                        Ok(()) => continue,
+                        Err(why) => break Some(why),
+                    }
+                }
                 Ok(None) => {}
                 Err(e) => break Some(e.to_string()),
             }
@@ -519,8 +550,17 @@ impl Mesh {
         };
         if removed {
             self.stats.links_closed.fetch_add(1, Ordering::Relaxed);
-            let _ = self.inputs.try_send(Input::Down(peer.id));
-            tracing::debug!(peer = %peer.id, "mesh link closed");
+            // A link this node reaped leaves a live node behind; one closed by the peer (or
+            // by silence) leaves a gone one.
+            let saved = matches!(
+                conn.close_reason(),
+                Some(quinn::ConnectionError::ApplicationClosed(ref c)) if c.reason == REASON_IDLE || c.reason == REASON_EVICTED
+            );
+            let peer_closed = !link.reaped.load(Ordering::Relaxed) && !saved;
+            if peer_closed {
+                let _ = self.inputs.try_send(Input::Down(peer.id));
+            }
+            tracing::debug!(peer = %peer.id, peer_closed, "mesh link closed");
         }
     }
 
@@ -597,6 +637,7 @@ impl Mesh {
             link = lock(&self.links).get(&to.id).cloned();
         }
         let link = link?;
+        link.touch(self.now_ms());
         let rid = {
             let mut bound = lock(&link.bound);
             let key = (realm.clone(), procedure.clone());
@@ -621,6 +662,34 @@ impl Mesh {
         Some(ProviderRef { peer: link.peer.clone(), rid })
     }
 
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Closes links unused for `link_idle` (checked every tenth of it), telling the peer
+    /// why so that neither side takes it for a departure.
+    async fn reap_idle(self: Arc<Self>, stop: CancellationToken) {
+        let idle = self.config.link_idle.max(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(idle / 10) => {}
+            }
+            let now = self.now_ms();
+            let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+            let stale: Vec<Arc<Link>> = lock(&self.links)
+                .values()
+                .filter(|l| now.saturating_sub(l.used.load(Ordering::Relaxed)) >= idle_ms)
+                .cloned()
+                .collect();
+            for l in stale {
+                l.reaped.store(true, Ordering::Relaxed);
+                l.conn.close(VarInt::from_u32(0), REASON_IDLE);
+                self.stats.links_evicted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Sets what happens to messages other nodes forward here (once, at start).
     pub(crate) fn set_delivery(&self, deliver: impl Fn(Forward) + Send + Sync + 'static) {
         let _ = self.deliver.set(Box::new(deliver));
@@ -641,6 +710,7 @@ impl Mesh {
     /// was dropped at a full queue.
     fn send(self: &Arc<Self>, to: Contact, frame: Frame) -> bool {
         if let Some(link) = lock(&self.links).get(&to.id).cloned() {
+            link.touch(self.now_ms());
             if !link.peer.out.send_bounded(&frame) {
                 self.stats.dht_dropped.fetch_add(1, Ordering::Relaxed);
                 return false;

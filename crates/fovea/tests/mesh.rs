@@ -432,3 +432,48 @@ async fn a_mesh_ca_admits_its_nodes_only() {
         n.stop().await;
     }
 }
+
+/// Links are a bounded pool: idle links are closed, and at the limit the least recently
+/// used one makes room; either way the node stays known and the link is dialed again when
+/// needed, so messages keep flowing.
+#[tokio::test]
+async fn idle_and_evicted_links_come_back_when_needed() {
+    let config = |join: Vec<std::net::SocketAddr>| {
+        let mut m = fovea_node::mesh::MeshConfig::new("127.0.0.1:0".parse().unwrap(), SECRET);
+        m.join = join;
+        m.max_links = 1;
+        m.link_idle = Duration::from_millis(300);
+        m
+    };
+    let a = TestNode::start_mesh_config(config(vec![])).await;
+    let b = TestNode::start_mesh_config(config(vec![a.mesh_addr()])).await;
+    let c = TestNode::start_mesh_config(config(vec![a.mesh_addr()])).await;
+    converges("A to know B and C", || async { mesh(&a).snapshot().await.dht_contacts == 2 }).await;
+    let (sb, sc) = (b.client().await, c.client().await);
+    let mut on_b = sb.subscribe("pool.b").await.unwrap();
+    let mut on_c = sc.subscribe("pool.c").await.unwrap();
+    let p = a.client().await;
+    // One link at a time on A: each publish alternates the peer it needs.
+    for round in 0..3 {
+        for (topic, sub) in [("pool.b", &mut on_b), ("pool.c", &mut on_c)] {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                p.publish(topic, format!("{round}")).await.unwrap();
+                if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), sub.next()).await {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "{topic} stopped flowing in round {round}");
+            }
+        }
+    }
+    let snap = mesh(&a).snapshot().await;
+    assert!(snap.links.len() <= 1, "{snap:?}");
+    assert_eq!(snap.dht_contacts, 2, "evicted nodes stay known: {snap:?}");
+    // Idle links are reaped.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    converges("idle links to be reaped", || async { mesh(&a).snapshot().await.links.is_empty() }).await;
+    assert_eq!(mesh(&a).snapshot().await.dht_contacts, 2);
+    for n in [a, b, c] {
+        n.stop().await;
+    }
+}
