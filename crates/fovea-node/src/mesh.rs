@@ -56,6 +56,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// keeps the other node in its tables.
 const REASON_IDLE: &[u8] = b"link idle";
 const REASON_EVICTED: &[u8] = b"link evicted (least recently used)";
+/// How often a join address without a link is dialed again (and the longest backoff).
+const REJOIN_EVERY: Duration = Duration::from_secs(10);
 /// Label of the TLS exporter value the proof signs.
 const EXPORTER_LABEL: &[u8] = b"EXPORTER-fovea-mesh-v1";
 
@@ -321,22 +323,33 @@ impl Mesh {
     /// may be up later; this is how a restarted node rejoins without manual steps).
     async fn join(self: Arc<Self>, addr: SocketAddr, shutdown: CancellationToken) {
         let mut delay = Duration::from_millis(200);
+        let mut joined = false;
         loop {
-            match self.clone().dial(addr, None).await {
-                Ok(peer) => {
-                    tracing::info!(%addr, peer = %peer.id, "joined the mesh");
-                    return;
-                }
-                Err(e) => {
-                    self.stats.dials_failed.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%addr, error = %e, "cannot reach mesh member; retrying in {delay:?}");
+            // Dialed again whenever no link to it stands: after a partition heals, the
+            // join addresses are how the two sides find each other again.
+            let linked = lock(&self.links).values().any(|l| l.addr == addr);
+            if !linked {
+                match self.clone().dial(addr, None).await {
+                    Ok(peer) => {
+                        if !joined {
+                            tracing::info!(%addr, peer = %peer.id, "joined the mesh");
+                        }
+                        joined = true;
+                        delay = REJOIN_EVERY;
+                    }
+                    Err(e) => {
+                        self.stats.dials_failed.fetch_add(1, Ordering::Relaxed);
+                        if !joined {
+                            tracing::warn!(%addr, error = %e, "cannot reach mesh member; retrying in {delay:?}");
+                        }
+                        delay = (delay * 2).min(REJOIN_EVERY);
+                    }
                 }
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
             }
-            delay = (delay * 2).min(Duration::from_secs(10));
         }
     }
 
@@ -751,6 +764,7 @@ impl Mesh {
     async fn drive_dht(self: Arc<Self>, mut dht: Dht, mut rx: mpsc::Receiver<Input>, shutdown: CancellationToken) {
         let mut waiting_records: HashMap<dht::LookupId, oneshot::Sender<Vec<dht::Record>>> = HashMap::new();
         let mut waiting_nodes: HashMap<dht::LookupId, oneshot::Sender<Vec<Contact>>> = HashMap::new();
+        let mut last_bootstrap: Option<Instant> = None;
         loop {
             let deadline = dht.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
             tokio::select! {
@@ -761,10 +775,14 @@ impl Mesh {
                     match input {
                         Input::Message { from, rpc, msg } => dht.handle(now, from, rpc, msg),
                         Input::Up(peer) => {
-                            let fresh = dht.table().is_empty();
+                            let new = !dht.table().contains(&peer.id);
                             dht.add_contact(peer, now);
-                            if fresh {
+                            // A node not known before may know a part of the mesh this node
+                            // does not (first join, a healed partition): look ourselves up
+                            // through it, at most every few seconds.
+                            if new && last_bootstrap.is_none_or(|t: Instant| now.duration_since(t) >= Duration::from_secs(5)) {
                                 dht.bootstrap(now);
+                                last_bootstrap = Some(now);
                             }
                         }
                         Input::Down(id) => {
