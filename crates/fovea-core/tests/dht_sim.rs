@@ -23,6 +23,8 @@ struct Sim {
     rng: Rng,
     /// Per mille of messages lost.
     loss: u64,
+    /// While set, messages between this group and the rest are lost (a partition).
+    partition: Option<HashSet<usize>>,
     events: Vec<(usize, Event)>,
     delivered: u64,
     /// (when, node) for every node's next timeout; stale entries are skipped.
@@ -52,6 +54,7 @@ impl Sim {
             now,
             rng,
             loss,
+            partition: None,
             events: Vec::new(),
             delivered: 0,
             timers: BinaryHeap::new(),
@@ -76,6 +79,9 @@ impl Sim {
                     continue;
                 }
                 let Some(&to) = self.index.get(&t.to.id) else { continue };
+                if self.partition.as_ref().is_some_and(|side| side.contains(&i) != side.contains(&to)) {
+                    continue;
+                }
                 let at = self.now + Duration::from_millis(1 + self.rng.below(20) as u64);
                 self.seq += 1;
                 self.wire.push(Reverse((at, self.seq)));
@@ -174,7 +180,7 @@ fn lookup_quality(sim: &mut Sim, lookups: usize) -> (f64, usize) {
         let now = sim.now;
         let id = sim.nodes[from].find_node(now, target).expect("lookup starts");
         sim.collect_one(from);
-        let end = sim.now + Duration::from_secs(30);
+        let end = sim.now + Duration::from_secs(120);
         sim.run_until(end, |s| {
             s.events.iter().any(|(i, e)| *i == from && matches!(e, Event::NodesFound { id: got, .. } if *got == id))
         });
@@ -353,4 +359,31 @@ fn watchers_are_told_of_new_and_retracted_records() {
     assert!(sim.take_event(watcher, |e| matches!(e, Event::Notified { record } if record.value.is_empty())).is_some());
     // A node that never looked the key up is not told anything.
     assert!(sim.events.iter().all(|(i, e)| !matches!(e, Event::Notified { .. }) || *i == watcher));
+}
+
+/// A partition that heals converges: while the halves cannot talk, their lookups time out
+/// and each side drops the other; once healed, each node meets its seed again (the node
+/// layer redials its join addresses) and looks itself up, and lookups from either side
+/// find the true closest nodes mesh-wide again.
+#[test]
+fn a_healed_partition_converges() {
+    let mut sim = Sim::new(200, 21, 0);
+    sim.join_all();
+    let side: HashSet<usize> = (0..200).filter(|i| i % 2 == 1).collect();
+    sim.partition = Some(side);
+    // Lookups during the partition: each side forgets the other as requests fail.
+    let (during, _) = lookup_quality(&mut sim, 20);
+    sim.run(Duration::from_secs(30));
+    sim.partition = None;
+    for i in 1..200 {
+        let (seed, now) = (sim.contact(0), sim.now);
+        sim.nodes[i].add_contact(seed, now);
+        sim.nodes[i].bootstrap(now);
+        sim.collect_one(i);
+        sim.run(Duration::from_millis(5));
+    }
+    sim.run(Duration::from_secs(5));
+    let (after, exact) = lookup_quality(&mut sim, 30);
+    assert!(after >= 0.95, "mean overlap after healing: {after} (during the partition: {during})");
+    assert!(exact >= 29, "lookups that found the closest node after healing: {exact} of 30");
 }
