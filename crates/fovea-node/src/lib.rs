@@ -356,27 +356,46 @@ fn wire_mesh(shared: &Arc<Shared>, mesh: Arc<mesh::Mesh>) {
         }
     });
     let weak = Arc::downgrade(shared);
-    mesh.set_delivery(move |fwd| {
-        let Some(shared) = weak.upgrade() else { return };
-        let Ok(name) = std::str::from_utf8(&fwd.realm) else { return };
-        let realm = shared.realms.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).cloned();
-        let Some(realm) = realm else { return };
-        let Ok(topic) = fovea_core::Topic::from_bytes(fwd.topic.clone()) else { return };
-        interest.stats.received.fetch_add(1, Ordering::Relaxed);
-        let matches = realm.lookup_local(&topic);
-        // Queue groups: only those this node was chosen for, one member each.
-        let mut rng = fovea_core::balance::Rng::new(shared.seed ^ shared.stats.deliveries.load(Ordering::Relaxed));
-        matches.for_each_forwarded(&fwd.groups, &mut rng, |s| {
-            match s.peer.out.deliver(s.sid, &fwd.topic, &fwd.headers, &fwd.payload) {
-                outbound::Delivered::Queued => {
-                    shared.stats.deliveries.fetch_add(1, Ordering::Relaxed);
-                }
-                outbound::Delivered::Dropped => {
-                    shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                }
-                outbound::Delivered::Closed => {}
+    mesh.set_delivery(move || {
+        // One per link: its realms' match caches and its balancing generator.
+        let (weak, interest) = (weak.clone(), interest.clone());
+        let mut caches: HashMap<bytes::Bytes, (Arc<Realm>, router::MatchCache)> = HashMap::new();
+        let mut rng = fovea_core::balance::Rng::new(std::hash::BuildHasher::hash_one(
+            &std::collections::hash_map::RandomState::new(),
+            1u64,
+        ));
+        Box::new(move |fwd: fovea_core::frame::Forward| {
+            let Some(shared) = weak.upgrade() else { return };
+            if !caches.contains_key(&fwd.realm) {
+                let Ok(name) = std::str::from_utf8(&fwd.realm) else { return };
+                let realm = shared.realms.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).cloned();
+                let Some(realm) = realm else { return };
+                let limits = &shared.config.limits;
+                let cache = router::MatchCache::new_local(
+                    limits.match_cache_entries,
+                    limits.max_topic_len,
+                    limits.max_topic_depth,
+                );
+                // Bounded by the realms this node serves.
+                caches.insert(fwd.realm.clone(), (realm, cache));
             }
-        });
+            let Some((realm, cache)) = caches.get_mut(&fwd.realm) else { return };
+            // The publisher's node checked its permission; here only local subscribers.
+            let Ok((matches, _)) = cache.lookup(realm, &fwd.topic, &auth::Allow::All) else { return };
+            interest.stats.received.fetch_add(1, Ordering::Relaxed);
+            // Queue groups: only those this node was chosen for, one member each.
+            matches.for_each_forwarded(&fwd.groups, &mut rng, |s| {
+                match s.peer.out.deliver(s.sid, &fwd.topic, &fwd.headers, &fwd.payload) {
+                    outbound::Delivered::Queued => {
+                        shared.stats.deliveries.fetch_add(1, Ordering::Relaxed);
+                    }
+                    outbound::Delivered::Dropped => {
+                        shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    outbound::Delivered::Closed => {}
+                }
+            });
+        })
     });
 }
 

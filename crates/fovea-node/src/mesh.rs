@@ -167,6 +167,10 @@ impl Link {
 /// a new binding fail with `BUSY`, and a peer sending more is closed.
 const MAX_BINDINGS: usize = 4096;
 
+/// Makes, per link, the function that delivers forwarded messages locally (each link
+/// keeps its own match caches, as a client connection does).
+pub(crate) type DeliverFactory = dyn Fn() -> Box<dyn FnMut(Forward) + Send> + Send + Sync;
+
 /// Serves a call that arrived on a link: (link peer, realm, procedure, request).
 pub(crate) type ServeFn = dyn Fn(&Arc<Peer>, &[u8], &[u8], fovea_core::frame::Request) + Send + Sync;
 
@@ -213,7 +217,7 @@ pub struct Mesh {
     /// Nodes whose link closed or could not be opened (bounded like `notified`).
     departed: tokio::sync::broadcast::Sender<NodeId>,
     /// Delivers a message forwarded by another node to this node's local subscribers.
-    deliver: std::sync::OnceLock<Box<dyn Fn(Forward) + Send + Sync>>,
+    deliver: std::sync::OnceLock<Box<DeliverFactory>>,
     /// Serves calls that other nodes send here.
     serve: std::sync::OnceLock<Box<ServeFn>>,
     /// Link queue bound and call limits, from the node's limits.
@@ -221,6 +225,8 @@ pub struct Mesh {
     pub stats: MeshStats,
     /// Origin of the links' `used` clocks.
     epoch: Instant,
+    /// [`Mesh::now_ms`].
+    clock: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -283,6 +289,7 @@ impl Mesh {
             limits,
             stats: MeshStats::default(),
             epoch: Instant::now(),
+            clock: AtomicU64::new(0),
         }))
     }
 
@@ -298,6 +305,7 @@ impl Mesh {
         let dht = Dht::new(self.local, self.config.dht.clone(), Instant::now(), seed);
         tokio::spawn(self.clone().drive_dht(dht, rx, shutdown.clone()));
         tokio::spawn(self.clone().reap_idle(shutdown.clone()));
+        tokio::spawn(self.clone().tick(shutdown.clone()));
         for addr in self.config.join.clone() {
             tokio::spawn(self.clone().join(addr, shutdown.clone()));
         }
@@ -519,11 +527,12 @@ impl Mesh {
     }
 
     async fn read_link(self: Arc<Self>, link: Arc<Link>, mut recv: RecvStream, mut deframer: Deframer, peer: Contact) {
+        let mut deliver = self.deliver.get().map(|make| make());
         let why = loop {
             match deframer.next_frame() {
                 Ok(Some(frame)) => {
                     link.touch(self.now_ms());
-                    match self.on_link_frame(&link, peer, frame) {
+                    match self.on_link_frame(&link, peer, frame, &mut deliver) {
                         Ok(()) => continue,
                         Err(why) => break Some(why),
                     }
@@ -578,7 +587,13 @@ impl Mesh {
     }
 
     /// One frame from a link. `Err`: the link breaks the protocol and is closed.
-    fn on_link_frame(&self, link: &Arc<Link>, peer: Contact, frame: Frame) -> Result<(), String> {
+    fn on_link_frame(
+        &self,
+        link: &Arc<Link>,
+        peer: Contact,
+        frame: Frame,
+        deliver: &mut Option<Box<dyn FnMut(Forward) + Send>>,
+    ) -> Result<(), String> {
         match frame {
             Frame::Dht(DhtFrame { rpc, body }) => {
                 let msg = dht::wire::decode(body).map_err(|e| format!("malformed DHT message: {e}"))?;
@@ -587,7 +602,7 @@ impl Mesh {
                 }
             }
             Frame::Fwd(fwd) => {
-                if let Some(deliver) = self.deliver.get() {
+                if let Some(deliver) = deliver.as_mut() {
                     deliver(fwd);
                 }
             }
@@ -675,8 +690,21 @@ impl Mesh {
         Some(ProviderRef { peer: link.peer.clone(), rid })
     }
 
+    /// Milliseconds since the mesh started, to 100 ms: read per frame for the links' LRU
+    /// order, so it is an atomic that a ticker advances, not a clock read per message.
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+        self.clock.load(Ordering::Relaxed)
+    }
+
+    async fn tick(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+            let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.clock.store(now, Ordering::Relaxed);
+        }
     }
 
     /// Closes links unused for `link_idle` (checked every tenth of it), telling the peer
@@ -704,8 +732,8 @@ impl Mesh {
     }
 
     /// Sets what happens to messages other nodes forward here (once, at start).
-    pub(crate) fn set_delivery(&self, deliver: impl Fn(Forward) + Send + Sync + 'static) {
-        let _ = self.deliver.set(Box::new(deliver));
+    pub(crate) fn set_delivery(&self, factory: impl Fn() -> Box<dyn FnMut(Forward) + Send> + Send + Sync + 'static) {
+        let _ = self.deliver.set(Box::new(factory));
     }
 
     /// Queues a forwarded message for `to` (dialing it first if needed). `false` when it

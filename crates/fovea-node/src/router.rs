@@ -348,11 +348,25 @@ pub(crate) struct MatchCache {
     /// The node's name limits (at most the protocol's).
     max_len: usize,
     max_depth: usize,
+    /// Local subscribers only: for messages another node forwarded (never forwarded on).
+    local_only: bool,
 }
 
 impl MatchCache {
     pub fn new(cap: usize, max_len: usize, max_depth: usize) -> Self {
-        MatchCache { generation: u64::MAX, map: HashMap::default(), cap: cap.max(1), max_len, max_depth }
+        MatchCache {
+            generation: u64::MAX,
+            map: HashMap::default(),
+            cap: cap.max(1),
+            max_len,
+            max_depth,
+            local_only: false,
+        }
+    }
+
+    /// A cache of local subscribers only, for a mesh link's forwarded messages.
+    pub fn new_local(cap: usize, max_len: usize, max_depth: usize) -> Self {
+        MatchCache { local_only: true, ..MatchCache::new(cap, max_len, max_depth) }
     }
 
     /// The subscribers of `raw` and whether `allow` lets this connection publish to it,
@@ -370,7 +384,11 @@ impl MatchCache {
         let topic = Topic::from_bytes(Bytes::copy_from_slice(raw))?;
         check_limits(raw, self.max_len, self.max_depth)?;
         let allowed = allow.name(topic.as_bytes());
-        let subs = if allowed { realm.lookup(&topic) } else { Arc::new(Matches::default()) };
+        let subs = match (allowed, self.local_only) {
+            (false, _) => Arc::new(Matches::default()),
+            (true, true) => realm.lookup_local(&topic),
+            (true, false) => realm.lookup(&topic),
+        };
         if self.map.len() >= self.cap {
             self.map.clear();
         }
