@@ -101,7 +101,7 @@ pub(crate) fn server_crypto(id: &Identity) -> Result<Arc<quinn::crypto::rustls::
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| NodeError::Tls(e.to_string()))?
-        .with_client_cert_verifier(Arc::new(PinnedClientCerts(provider)))
+        .with_client_cert_verifier(Arc::new(PeerKeys::client_certs(provider)))
         .with_single_cert(id.chain.clone(), id.key.clone_key())
         .map_err(|e| NodeError::Tls(format!("certificate and key do not work together: {e}")))?;
     cfg.alpn_protocols = vec![fovea_core::frame::ALPN.to_vec()];
@@ -109,55 +109,6 @@ pub(crate) fn server_crypto(id: &Identity) -> Result<Arc<quinn::crypto::rustls::
     cfg.send_tls13_tickets = 0;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(cfg).map_err(|e| NodeError::Tls(e.to_string()))?;
     Ok(Arc::new(quic))
-}
-
-/// Client certificates are optional, and identify a user by their SHA-256 fingerprint
-/// (`cert_sha256` in the configuration), as SSH keys do: so any certificate is accepted
-/// here, with its handshake signature checked (proving the client holds the key), and the
-/// fingerprint decides in the `HELLO` handling whether it admits anyone. No CA, no expiry:
-/// revocation is removing the fingerprint from the file and reloading.
-#[derive(Debug)]
-struct PinnedClientCerts(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::server::danger::ClientCertVerifier for PinnedClientCerts {
-    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
-        &[]
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        false
-    }
-
-    fn verify_client_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
-        Ok(rustls::server::danger::ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 /// The node's mesh identity: a key pair kept in the data dir (created on first start) and
@@ -238,7 +189,7 @@ pub(crate) fn mesh_crypto(
     let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| NodeError::Tls(e.to_string()))?
-        .with_client_cert_verifier(Arc::new(MeshPeers(provider.clone(), ca.clone())))
+        .with_client_cert_verifier(Arc::new(PeerKeys::mesh(provider.clone(), ca.clone())))
         .with_single_cert(id.chain.clone(), id.key.clone_key())
         .map_err(|e| NodeError::Tls(format!("mesh certificate and key do not work together: {e}")))?;
     server.alpn_protocols = vec![MESH_ALPN.to_vec()];
@@ -247,7 +198,7 @@ pub(crate) fn mesh_crypto(
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| NodeError::Tls(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(MeshPeers(provider, ca)))
+        .with_custom_certificate_verifier(Arc::new(PeerKeys::mesh(provider, ca)))
         .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
         .map_err(|e| NodeError::Tls(format!("mesh certificate and key do not work together: {e}")))?;
     client.alpn_protocols = vec![MESH_ALPN.to_vec()];
@@ -261,12 +212,30 @@ pub(crate) fn mesh_crypto(
 /// ALPN of node-to-node links.
 pub const MESH_ALPN: &[u8] = b"fovea-mesh/1";
 
-/// Accepts any peer certificate whose handshake signature checks out: identity is the
-/// key, membership is proven separately.
+/// Identity by key: a peer certificate is accepted when its handshake signature checks out
+/// (the peer holds the key), and — only with `roots` — when its chain leads to them.
+///
+/// Clients: certificates are optional and identify a user by their SHA-256 fingerprint
+/// (`cert_sha256` in the configuration), as SSH keys do; the fingerprint decides in the
+/// `HELLO` handling whether it admits anyone. No CA, no expiry: revocation is removing the
+/// fingerprint and reloading. Mesh links: both ends present a certificate; membership is
+/// the secret's proof, or the mesh CA as `roots`.
 #[derive(Debug)]
-struct MeshPeers(Arc<rustls::crypto::CryptoProvider>, Option<Arc<Vec<CertificateDer<'static>>>>);
+struct PeerKeys {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    roots: Option<Arc<Vec<CertificateDer<'static>>>>,
+    mandatory: bool,
+}
 
-impl MeshPeers {
+impl PeerKeys {
+    fn client_certs(provider: Arc<rustls::crypto::CryptoProvider>) -> Self {
+        PeerKeys { provider, roots: None, mandatory: false }
+    }
+
+    fn mesh(provider: Arc<rustls::crypto::CryptoProvider>, roots: Option<Arc<Vec<CertificateDer<'static>>>>) -> Self {
+        PeerKeys { provider, roots, mandatory: true }
+    }
+
     /// With a mesh CA: the peer's chain must lead to it (for either role; names are not
     /// checked, the node id is the key). Without: any certificate (the secret admits).
     fn check_chain(
@@ -276,12 +245,12 @@ impl MeshPeers {
         now: rustls::pki_types::UnixTime,
         usage: webpki::KeyUsage,
     ) -> Result<(), rustls::Error> {
-        let Some(roots) = &self.1 else { return Ok(()) };
+        let Some(roots) = &self.roots else { return Ok(()) };
         let anchors: Vec<_> = roots.iter().filter_map(|c| webpki::anchor_from_trusted_cert(c).ok()).collect();
         let cert = webpki::EndEntityCert::try_from(end_entity)
             .map_err(|e| rustls::Error::General(format!("mesh peer certificate: {e}")))?;
         cert.verify_for_usage(
-            self.0.signature_verification_algorithms.all,
+            self.provider.signature_verification_algorithms.all,
             &anchors,
             intermediates,
             now,
@@ -294,13 +263,13 @@ impl MeshPeers {
     }
 }
 
-impl rustls::server::danger::ClientCertVerifier for MeshPeers {
+impl rustls::server::danger::ClientCertVerifier for PeerKeys {
     fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
         &[]
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        true
+        self.mandatory
     }
 
     fn verify_client_cert(
@@ -319,7 +288,7 @@ impl rustls::server::danger::ClientCertVerifier for MeshPeers {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -328,15 +297,15 @@ impl rustls::server::danger::ClientCertVerifier for MeshPeers {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
-impl rustls::client::danger::ServerCertVerifier for MeshPeers {
+impl rustls::client::danger::ServerCertVerifier for PeerKeys {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -355,7 +324,7 @@ impl rustls::client::danger::ServerCertVerifier for MeshPeers {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -364,10 +333,10 @@ impl rustls::client::danger::ServerCertVerifier for MeshPeers {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }

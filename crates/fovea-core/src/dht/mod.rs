@@ -438,16 +438,9 @@ impl Dht {
                 let me = self.local.id.distance(&target);
                 let among =
                     closest.len() < self.config.k || closest.last().is_some_and(|c| me < c.id.distance(&target));
-                if among {
-                    let changed = !self
-                        .store
-                        .get(&record.key, now)
-                        .iter()
-                        .any(|old| old.publisher == record.publisher && old.value == record.value);
-                    if self.store.put(to_record(&record, now, self.config.max_ttl), now).is_ok() && changed {
-                        // Those who looked the key up here hear of it as from any storer.
-                        self.notify_watchers(&record, now);
-                    }
+                // Those who looked the key up here hear of a change as from any storer.
+                if among && self.store.put(to_record(&record, now, self.config.max_ttl), now) == Ok(true) {
+                    self.notify_watchers(&record, now);
                 }
                 for c in &closest {
                     self.request(now, *c, Message::Store { record: record.clone() }, Waiting::Store);
@@ -569,14 +562,10 @@ impl Dht {
             }
             Message::Store { record } => {
                 // Bound to its publisher: a node stores only its own records elsewhere.
-                let r = to_record(&record, now, self.config.max_ttl);
-                let changed = !self
-                    .store
-                    .get(&record.key, now)
-                    .iter()
-                    .any(|old| old.publisher == r.publisher && old.value == r.value);
-                let ok = record.publisher == from.id && self.store.put(r, now).is_ok();
-                if ok && changed {
+                let stored = (record.publisher == from.id)
+                    .then(|| self.store.put(to_record(&record, now, self.config.max_ttl), now));
+                let ok = matches!(stored, Some(Ok(_)));
+                if stored == Some(Ok(true)) {
                     self.notify_watchers(&record, now);
                     // This node may watch the key itself (a small mesh stores everything
                     // everywhere).

@@ -67,12 +67,14 @@ impl RecordStore {
     }
 
     /// Stores `record`, replacing the publisher's previous record under the same key.
+    /// Returns whether this changed what the key holds (a new publisher, or a new value):
+    /// what watchers must be told of. A refresh of the same value is not a change.
     ///
     /// # Errors
     /// [`StoreError::Full`] at `max_records` when the record would add to the count.
-    pub fn put(&mut self, record: Record, now: Instant) -> Result<(), StoreError> {
+    pub fn put(&mut self, record: Record, now: Instant) -> Result<bool, StoreError> {
         if record.expires <= now {
-            return Ok(());
+            return Ok(false);
         }
         let adds = !self.map.get(&record.key).is_some_and(|v| v.iter().any(|r| r.publisher == record.publisher));
         if adds && self.len >= self.max_records {
@@ -84,8 +86,9 @@ impl RecordStore {
         let entry = self.map.entry(record.key).or_default();
         self.expiries.push(Reverse((record.expires, record.key, record.publisher)));
         if let Some(old) = entry.iter_mut().find(|r| r.publisher == record.publisher) {
+            let changed = old.value != record.value || old.expires <= now;
             *old = record;
-            return Ok(());
+            return Ok(changed);
         }
         if entry.len() >= self.max_per_key {
             // Make room: the record that would expire first goes.
@@ -96,7 +99,7 @@ impl RecordStore {
         }
         entry.push(record);
         self.len += 1;
-        Ok(())
+        Ok(true)
     }
 
     /// The live records under `key`.
@@ -173,7 +176,7 @@ mod tests {
         let mut s = RecordStore::new(3, 2);
         let t = |secs| now + Duration::from_secs(secs);
         s.put(rec(k1, pubs[0], t(10)), now).unwrap();
-        s.put(rec(k1, pubs[0], t(20)), now).unwrap(); // replaces, does not add
+        assert_eq!(s.put(rec(k1, pubs[0], t(20)), now), Ok(false)); // same value: refreshed, not added
         assert_eq!(s.len(), 1);
         s.put(rec(k1, pubs[1], t(5)), now).unwrap();
         // Per-key limit 2: the soonest-expiring record of k1 makes room.
