@@ -253,46 +253,34 @@ fn published_records_are_found_from_anywhere_and_expire_when_not_republished() {
     }
     // Found from several nodes, each record once.
     for from in [0usize, 42, 199] {
-        let now = sim.now;
-        let id = sim.nodes[from].find_records(now, key).unwrap();
-        sim.collect();
-        sim.run(Duration::from_secs(5));
-        let Some(Event::RecordsFound { records, .. }) =
-            sim.take_event(from, |e| matches!(e, Event::RecordsFound { id: got, .. } if *got == id))
-        else {
-            panic!("no records event");
-        };
+        let records = find_records(&mut sim, from, key);
         let publishers: HashSet<NodeId> = records.iter().map(|r| r.publisher).collect();
         let expected: HashSet<NodeId> = providers.iter().map(|&p| sim.contact(p).id).collect();
         assert_eq!(publishers, expected);
     }
     // Republished while owned: still there after twice the TTL.
     sim.run(Duration::from_secs(240));
-    let now = sim.now;
-    let id = sim.nodes[0].find_records(now, key).unwrap();
-    sim.collect();
-    sim.run(Duration::from_secs(5));
-    let Some(Event::RecordsFound { records, .. }) =
-        sim.take_event(0, |e| matches!(e, Event::RecordsFound { id: got, .. } if *got == id))
-    else {
-        panic!("no records event");
-    };
+    let records = find_records(&mut sim, 0, key);
     assert_eq!(records.len(), 3);
     // Withdrawn by one provider: gone once its TTL has run out.
     sim.nodes[77].withdraw(&key);
     sim.run(Duration::from_secs(130));
-    let now = sim.now;
-    let id = sim.nodes[0].find_records(now, key).unwrap();
-    sim.collect();
-    sim.run(Duration::from_secs(5));
-    let Some(Event::RecordsFound { records, .. }) =
-        sim.take_event(0, |e| matches!(e, Event::RecordsFound { id: got, .. } if *got == id))
-    else {
-        panic!("no records event");
-    };
+    let records = find_records(&mut sim, 0, key);
     let publishers: HashSet<NodeId> = records.iter().map(|r| r.publisher).collect();
     assert_eq!(publishers.len(), 2);
     assert!(!publishers.contains(&sim.contact(77).id));
+}
+
+/// Runs a `find_records` from node `from` to its end and returns what it found.
+fn find_records(sim: &mut Sim, from: usize, key: Key) -> Vec<fovea_core::dht::Record> {
+    let now = sim.now;
+    let id = sim.nodes[from].find_records(now, key).expect("lookup starts");
+    sim.collect();
+    sim.run(Duration::from_secs(5));
+    match sim.take_event(from, |e| matches!(e, Event::RecordsFound { id: got, .. } if *got == id)) {
+        Some(Event::RecordsFound { records, .. }) => records,
+        _ => panic!("no records event"),
+    }
 }
 
 #[test]
