@@ -407,10 +407,15 @@ impl Interest {
         if let Some(PrefixState::Pending(waiting)) = old {
             let mut rng =
                 fovea_core::balance::Rng::new(u64::from_be_bytes([me.0[0], me.0[1], me.0[2], me.0[3], 1, 2, 3, 4]));
+            // Held messages mostly share a few topics: resolve each topic once.
+            let mut resolved: HashMap<Bytes, (Vec<Contact>, RemoteGroups)> = HashMap::new();
             for (fwd, served) in waiting {
                 self.held.fetch_sub(held_size(&fwd), Ordering::Relaxed);
-                let Ok(topic) = Topic::from_bytes(fwd.topic.clone()) else { continue };
-                let (plain, groups) = r.targets(&topic);
+                if !resolved.contains_key(&fwd.topic) {
+                    let Ok(topic) = Topic::from_bytes(fwd.topic.clone()) else { continue };
+                    resolved.insert(fwd.topic.clone(), r.targets(&topic));
+                }
+                let Some((plain, groups)) = resolved.get(&fwd.topic).cloned() else { continue };
                 let mut sends: Vec<(Contact, Vec<GroupId>)> = plain.into_iter().map(|c| (c, Vec::new())).collect();
                 for (g, nodes) in groups.into_iter().filter(|(g, _)| !served.contains(g)) {
                     if let Some(c) = pick_weighted(&nodes, 0, &mut rng) {
