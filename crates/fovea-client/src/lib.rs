@@ -33,6 +33,7 @@
 mod rpc;
 mod session;
 mod tls;
+mod tools;
 mod url;
 
 use std::collections::HashMap;
@@ -53,6 +54,7 @@ pub use fovea_core::headers::HeaderError;
 pub use fovea_core::{ErrorCode, Headers, Pattern, Procedure, Topic, TopicError};
 pub use rpc::{Registration, Request, Response};
 pub use tls::{default_data_dir, Trust};
+pub use tools::{Notice, ToolInfo, LOG_LEVELS};
 pub use url::{NodeUrl, DEFAULT_PORT};
 
 /// The default node URL.
@@ -128,6 +130,12 @@ pub enum ClientError {
     /// The caller or the providers are at their in-flight limit; retry later.
     #[error("busy: {0}")]
     Busy(String),
+    /// A tool descriptor the node would refuse.
+    #[error("invalid tool descriptor for {procedure:?}: it {reason}")]
+    InvalidTool { procedure: String, reason: String },
+    /// The node speaks an older protocol version without this feature.
+    #[error("the node speaks protocol version {node_version}; {what} need version {needed}: upgrade the node")]
+    Unsupported { what: &'static str, node_version: u64, needed: u64 },
 }
 
 fn fmt_reason(r: &str) -> String {
@@ -349,6 +357,17 @@ pub(crate) struct Inner {
     pub subs: Mutex<HashMap<u64, SubEntry>>,
     pub regs: Mutex<HashMap<u64, rpc::RegEntry>>,
     pub calls: Mutex<HashMap<u64, oneshot::Sender<fovea_core::frame::CallResult>>>,
+    /// Calls whose caller wants their notices (`call_with_notices`), by call id.
+    pub notice_sinks: Mutex<HashMap<u64, mpsc::Sender<tools::Notice>>>,
+    /// Requests this client is handling, by request id: cancelled when the node abandons
+    /// one. At most the node's `max_requests_in_flight` per registration.
+    pub serving: Mutex<HashMap<u64, CancellationToken>>,
+    /// `TOOLS` queries waiting for their `TOOL_LIST`.
+    pub tool_queries: Mutex<HashMap<u64, oneshot::Sender<fovea_core::frame::ToolList>>>,
+    /// Bumped on `TOOLS_CHANGED` and on reconnection (see `Client::watch_tools`).
+    pub tools_changed: watch::Sender<u64>,
+    /// The id of this client's catalog watch; 0 until `watch_tools` is first called.
+    pub tools_watch: AtomicU64,
     pub pings: Mutex<HashMap<u64, oneshot::Sender<()>>>,
     /// Wakes the writer.
     pub wake: Notify,
@@ -459,6 +478,11 @@ impl Client {
             subs: Mutex::new(HashMap::new()),
             regs: Mutex::new(HashMap::new()),
             calls: Mutex::new(HashMap::new()),
+            notice_sinks: Mutex::new(HashMap::new()),
+            serving: Mutex::new(HashMap::new()),
+            tool_queries: Mutex::new(HashMap::new()),
+            tools_changed: watch::Sender::new(0),
+            tools_watch: AtomicU64::new(0),
             pings: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             drained: Notify::new(),

@@ -13,6 +13,7 @@ use fovea_core::{ErrorCode, Frame, Headers, Procedure};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::{lock, Client, ClientError, Inner};
 
@@ -25,6 +26,8 @@ const MAX_DEADLINE_MS: u64 = 86_400_000;
 
 pub(crate) struct RegEntry {
     pub procedure: Procedure,
+    /// The tool descriptor (empty: a plain procedure), sent again on reconnection.
+    pub tool: Bytes,
     pub tx: mpsc::Sender<Request>,
     pub ack: Option<crate::AckSender>,
 }
@@ -49,6 +52,9 @@ pub struct Request {
     pub payload: Bytes,
     deadline: Instant,
     req_id: u64,
+    /// Cancelled when the node abandons the request (the caller cancelled or its deadline
+    /// passed) or the connection is lost.
+    cancel: CancellationToken,
     /// The connection's state (not a `Client`: an unanswered request must not keep the
     /// connection open).
     inner: Arc<Inner>,
@@ -60,6 +66,36 @@ impl Request {
     /// answer (and counts it).
     pub fn deadline(&self) -> Instant {
         self.deadline
+    }
+
+    /// Whether the call was abandoned: the caller cancelled it, its deadline passed, or the
+    /// connection to the node was lost. An answer now is discarded.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Resolves when the call is abandoned (see [`Request::is_cancelled`]); select on it
+    /// to stop work nobody waits for.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await
+    }
+
+    /// Sends progress or a log line to the caller, ahead of the answer. Bounded: the node
+    /// passes on at most 1024 per call and drops them when the caller reads too slowly.
+    pub fn notify(&self, notice: &crate::Notice) {
+        if self.answered || self.cancel.is_cancelled() {
+            return;
+        }
+        let (kind, body) = notice.to_wire();
+        let mut out = lock(&self.inner.out);
+        if out.connected {
+            out.buf.push_frame(&Frame::Notice(fovea_core::frame::Notice { id: self.req_id, kind, body }));
+            drop(out);
+            self.inner.wake.notify_one();
+        }
     }
 
     /// Answers with `payload`.
@@ -104,6 +140,7 @@ impl Drop for Request {
             let msg = Bytes::from_static(b"the provider dropped the request without an answer");
             self.answer(ErrorCode::ApplicationError, Headers::new(), msg);
         }
+        lock(&self.inner.serving).remove(&self.req_id);
     }
 }
 
@@ -160,6 +197,21 @@ impl std::fmt::Debug for Registration {
     }
 }
 
+/// Forgets a call's notice channel when the call ends, however it ends.
+struct RemoveSink<'a> {
+    inner: &'a Inner,
+    call_id: u64,
+}
+
+impl Drop for RemoveSink<'_> {
+    fn drop(&mut self) {
+        let mut sinks = lock(&self.inner.notice_sinks);
+        if !sinks.is_empty() {
+            sinks.remove(&self.call_id);
+        }
+    }
+}
+
 /// Sends `CANCEL` for a call whose future is dropped before its result arrives.
 struct CancelOnDrop<'a> {
     inner: &'a Inner,
@@ -191,12 +243,16 @@ impl Client {
     /// Invalid name; [`ClientError::Refused`] (too many registrations, permission denied);
     /// [`ClientError::ClientClosed`].
     pub async fn register(&self, procedure: &str) -> Result<Registration, ClientError> {
+        self.register_with(procedure, Bytes::new()).await
+    }
+
+    pub(crate) async fn register_with(&self, procedure: &str, tool: Bytes) -> Result<Registration, ClientError> {
         let parsed = parse_procedure(procedure)?;
         let inner = self.inner();
         let rid = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(inner.opts.subscription_capacity);
-        let frame = Frame::Reg(Register { rid, procedure: Bytes::copy_from_slice(parsed.as_bytes()) });
-        let entry = |ack| RegEntry { procedure: parsed.clone(), tx, ack };
+        let frame = Frame::Reg(Register { rid, procedure: Bytes::copy_from_slice(parsed.as_bytes()), tool: tool.clone() });
+        let entry = |ack| RegEntry { procedure: parsed.clone(), tool, tx, ack };
         let ack = inner.open_acked(&inner.regs, rid, entry, &frame)?;
         // Built before waiting: if the node refuses, dropping it sends the UNREG.
         let registration = Registration { rid, procedure: parsed, rx, client: self.clone() };
@@ -239,8 +295,18 @@ impl Client {
         payload: impl Into<Bytes>,
         timeout: Duration,
     ) -> Result<Response, ClientError> {
+        self.call_inner(procedure, headers, payload.into(), timeout, None).await
+    }
+
+    pub(crate) async fn call_inner(
+        &self,
+        procedure: &str,
+        headers: &Headers,
+        payload: Bytes,
+        timeout: Duration,
+        notices: Option<mpsc::Sender<crate::Notice>>,
+    ) -> Result<Response, ClientError> {
         let parsed = parse_procedure(procedure)?;
-        let payload = payload.into();
         let max = self.max_payload();
         if payload.len() > max {
             return Err(ClientError::PayloadTooLarge { size: payload.len(), max });
@@ -257,6 +323,9 @@ impl Client {
                 return Err(ClientError::Disconnected);
             }
             lock(&inner.calls).insert(call_id, tx);
+            if let Some(n) = notices {
+                lock(&inner.notice_sinks).insert(call_id, n);
+            }
             out.buf.push_frame(&Frame::Call(Call {
                 call_id,
                 procedure: Bytes::copy_from_slice(parsed.as_bytes()),
@@ -266,6 +335,7 @@ impl Client {
             }));
         }
         inner.wake.notify_one();
+        let _sink = RemoveSink { inner, call_id };
         let mut guard = CancelOnDrop { inner, call_id, armed: true };
         let result = match tokio::time::timeout(timeout.saturating_add(TIMEOUT_GRACE), rx).await {
             Ok(Ok(r)) => r,
@@ -294,7 +364,7 @@ impl Client {
     }
 }
 
-fn parse_procedure(name: &str) -> Result<Procedure, ClientError> {
+pub(crate) fn parse_procedure(name: &str) -> Result<Procedure, ClientError> {
     Procedure::new(name).map_err(|source| ClientError::InvalidProcedure { procedure: name.to_owned(), source })
 }
 
@@ -315,6 +385,8 @@ pub(crate) async fn dispatch_request(inner: &Arc<Inner>, q: fovea_core::frame::R
             // Unregistered meanwhile: fail it rather than let the caller wait.
             None => Next::Fail,
             Some(entry) => {
+                let cancel = CancellationToken::new();
+                lock(&inner.serving).insert(req_id, cancel.clone());
                 let request = Request {
                     procedure: entry.procedure.clone(),
                     headers: q.headers,
@@ -323,6 +395,7 @@ pub(crate) async fn dispatch_request(inner: &Arc<Inner>, q: fovea_core::frame::R
                     // to overflow the clock arithmetic.
                     deadline: Instant::now() + Duration::from_millis(q.timeout_ms.min(MAX_DEADLINE_MS)),
                     req_id,
+                    cancel,
                     inner: inner.clone(),
                     answered: false,
                 };

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use fovea_core::frame::{Hello, Register, Subscribe, VERSION};
+use fovea_core::frame::{Hello, Register, Subscribe, ToolsQuery, VERSION};
 use fovea_core::{Deframer, ErrorCode, Frame, Topic};
 use quinn::{Connection, ConnectionError, RecvStream, SendStream, VarInt};
 use std::collections::HashMap;
@@ -197,8 +197,15 @@ async fn run(inner: &Arc<Inner>, s: Session) -> End {
         for (rid, e) in lock(&inner.regs).iter() {
             if !out.queued.contains(rid) {
                 let procedure = Bytes::copy_from_slice(e.procedure.as_bytes());
-                Frame::Reg(Register { rid: *rid, procedure }).encode(&mut restore);
+                Frame::Reg(Register { rid: *rid, procedure, tool: e.tool.clone() }).encode(&mut restore);
             }
+        }
+        // A catalog watch is renewed, and watchers told to list again: it may have changed
+        // while we were away. Its TOOL_LIST answer finds no query waiting and is dropped.
+        let watch = inner.tools_watch.load(std::sync::atomic::Ordering::Relaxed);
+        if watch != 0 {
+            Frame::Tools(ToolsQuery { id: watch, cursor: Bytes::new(), watch: 1 }).encode(&mut restore);
+            inner.tools_changed.send_modify(|v| *v += 1);
         }
         out.connected = true;
     }
@@ -225,6 +232,12 @@ async fn run(inner: &Arc<Inner>, s: Session) -> End {
     lock(&inner.pings).clear();
     // Calls in flight end with `Disconnected`: whether they ran is unknown (at most once).
     lock(&inner.calls).clear();
+    lock(&inner.notice_sinks).clear();
+    lock(&inner.tool_queries).clear();
+    // Requests being handled can no longer be answered: tell their handlers.
+    for (_, cancel) in lock(&inner.serving).drain() {
+        cancel.cancel();
+    }
     match &end {
         End::Shutdown => {
             // Best effort: hand what is queued to the stream, then close.
@@ -316,9 +329,27 @@ async fn handle(inner: &Arc<Inner>, frame: Frame) -> Result<(), String> {
                 let _ = tx.send(r);
             }
         }
-        // The node abandoned a request (deadline or caller gone). The provider learns it
-        // from the deadline it was given; an answer now is counted late and dropped.
-        Frame::Cancel(_) => {}
+        // The node abandoned a request (caller cancelled, deadline, caller gone): the
+        // handler sees it through `Request::cancelled`; an answer now would be dropped.
+        Frame::Cancel(req_id) => {
+            if let Some(cancel) = lock(&inner.serving).remove(&req_id) {
+                cancel.cancel();
+            }
+        }
+        Frame::Notice(n) => {
+            let sink = lock(&inner.notice_sinks).get(&n.id).cloned();
+            if let (Some(sink), Some(notice)) = (sink, crate::Notice::from_wire(n.kind, &n.body)) {
+                let _ = sink.try_send(notice);
+            }
+        }
+        Frame::ToolList(page) => {
+            if let Some(tx) = lock(&inner.tool_queries).remove(&page.id) {
+                let _ = tx.send(page);
+            }
+        }
+        Frame::ToolsChanged(_) => {
+            inner.tools_changed.send_modify(|v| *v += 1);
+        }
         Frame::Dropped(d) => {
             let pattern = lock(&inner.subs).get(&d.sid).map(|e| {
                 e.dropped.fetch_add(d.count, std::sync::atomic::Ordering::Relaxed);

@@ -25,14 +25,19 @@ use crate::varint;
 /// The protocol version this crate speaks. Sent in `HELLO` and `WELCOME`.
 ///
 /// Version 2 added RPC (`REG` … `CANCEL`) and queue groups (the `group` field of `SUB`);
-/// version 3 the `DROPPED` notice.
-pub const VERSION: u64 = 3;
+/// version 3 the `DROPPED` notice; version 4 tools: the `tool` field of `REG`, `NOTICE`
+/// (progress and logs during a call) and the tool catalog (`TOOLS`, `TOOL_LIST`,
+/// `TOOLS_CHANGED`).
+pub const VERSION: u64 = 4;
 
 /// The first version with RPC frames and queue groups.
 pub const VERSION_RPC: u64 = 2;
 
 /// The first version whose clients receive `DROPPED`.
 pub const VERSION_DROPPED: u64 = 3;
+
+/// The first version with tools: `REG`'s `tool` field, `NOTICE` and the catalog frames.
+pub const VERSION_TOOLS: u64 = 4;
 
 /// The TLS ALPN protocol id. A later major version gets a new ALPN (`fovea/2`).
 pub const ALPN: &[u8] = b"fovea/1";
@@ -59,6 +64,10 @@ pub mod kind {
     pub const RESPOND: u64 = 0x25;
     pub const RESULT: u64 = 0x26;
     pub const CANCEL: u64 = 0x27;
+    pub const NOTICE: u64 = 0x28;
+    pub const TOOLS: u64 = 0x29;
+    pub const TOOL_LIST: u64 = 0x2a;
+    pub const TOOLS_CHANGED: u64 = 0x2b;
     pub const MESH_HELLO: u64 = 0x40;
     pub const DHT: u64 = 0x41;
     pub const FWD: u64 = 0x42;
@@ -112,6 +121,15 @@ pub enum Frame {
     /// Either way (v2): caller → node, abandon call `id`; node → provider, request `id` was
     /// abandoned (cancelled or timed out) and will not be answered to anyone.
     Cancel(u64),
+    /// Either way (v4), during a call: provider → node (`id` is the request id), node →
+    /// caller (`id` is the call id). Progress or a log line; always before the answer.
+    Notice(Notice),
+    /// Client → node (v4): list the tools of the realm that this client may call.
+    Tools(ToolsQuery),
+    /// Node → client (v4): one page of the tool catalog, the answer to `TOOLS`.
+    ToolList(ToolList),
+    /// Node → client (v4): the catalog watched by `TOOLS` request `id` changed; ask again.
+    ToolsChanged(u64),
     /// Node → node, first frame each way on a mesh link: who I am and the proof that I
     /// hold the mesh's credential (docs/MESH.md).
     MeshHello(MeshHello),
@@ -206,6 +224,55 @@ pub struct Register {
     /// Client-chosen registration id, non-zero, unique among the connection's active ones.
     pub rid: u64,
     pub procedure: Bytes,
+    /// v4: the tool descriptor, a JSON object ([`crate::tool`]); empty for a plain
+    /// procedure. Encoded only when non-empty, so a plain `REG` is byte-for-byte a v2 one.
+    pub tool: Bytes,
+}
+
+/// `NOTICE` fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub id: u64,
+    /// [`notice::PROGRESS`] or [`notice::LOG`]; receivers ignore kinds they do not know.
+    pub kind: u64,
+    /// A JSON object (docs/PROTOCOL.md), at most [`MAX_NOTICE_LEN`] bytes.
+    pub body: Bytes,
+}
+
+/// `NOTICE` kinds.
+pub mod notice {
+    /// `{"progress": number, "total"?: number, "message"?: string}`.
+    pub const PROGRESS: u64 = 1;
+    /// `{"level": "debug"|…|"emergency", "logger"?: string, "data": any}`.
+    pub const LOG: u64 = 2;
+}
+
+/// Largest `NOTICE` body: progress and log lines are status, not results.
+pub const MAX_NOTICE_LEN: usize = 16 * 1024;
+
+/// Largest tool descriptor in `REG`.
+pub const MAX_TOOL_LEN: usize = 64 * 1024;
+
+/// `TOOLS` fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolsQuery {
+    /// Client-chosen id, echoed in `TOOL_LIST` and `TOOLS_CHANGED`.
+    pub id: u64,
+    /// Where to continue: empty for the first page, else a `next` from `TOOL_LIST`.
+    pub cursor: Bytes,
+    /// Non-zero: send `TOOLS_CHANGED` with this id whenever the catalog changes, until
+    /// the connection ends or a later `TOOLS` with the same id and `watch` 0.
+    pub watch: u64,
+}
+
+/// `TOOL_LIST` fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolList {
+    pub id: u64,
+    /// The cursor of the next page; empty on the last page.
+    pub next: Bytes,
+    /// A JSON array of `{"procedure": name, "tool": descriptor}`, in procedure order.
+    pub tools: Bytes,
 }
 
 /// `CALL` fields.
@@ -425,9 +492,11 @@ impl Frame {
                 payload: r.bytes("payload", usize::MAX)?,
             }),
             kind::DROPPED => Frame::Dropped(Dropped { sid: r.varint("sid")?, count: r.varint("count")? }),
-            kind::REG => {
-                Frame::Reg(Register { rid: r.varint("rid")?, procedure: r.bytes("procedure", MAX_TOPIC_LEN)? })
-            }
+            kind::REG => Frame::Reg(Register {
+                rid: r.varint("rid")?,
+                procedure: r.bytes("procedure", MAX_TOPIC_LEN)?,
+                tool: if r.src.is_empty() { Bytes::new() } else { r.bytes("tool", MAX_TOOL_LEN)? },
+            }),
             kind::UNREG => Frame::Unreg(r.varint("rid")?),
             kind::REGACK => Frame::RegAck(r.varint("rid")?),
             kind::CALL => Frame::Call(Call {
@@ -457,6 +526,22 @@ impl Frame {
                 payload: r.bytes("payload", usize::MAX)?,
             }),
             kind::CANCEL => Frame::Cancel(r.varint("id")?),
+            kind::NOTICE => Frame::Notice(Notice {
+                id: r.varint("id")?,
+                kind: r.varint("kind")?,
+                body: r.bytes("body", MAX_NOTICE_LEN)?,
+            }),
+            kind::TOOLS => Frame::Tools(ToolsQuery {
+                id: r.varint("id")?,
+                cursor: r.bytes("cursor", MAX_TOPIC_LEN)?,
+                watch: r.varint("watch")?,
+            }),
+            kind::TOOL_LIST => Frame::ToolList(ToolList {
+                id: r.varint("id")?,
+                next: r.bytes("next", MAX_TOPIC_LEN)?,
+                tools: r.bytes("tools", usize::MAX)?,
+            }),
+            kind::TOOLS_CHANGED => Frame::ToolsChanged(r.varint("id")?),
             kind::MESH_HELLO => Frame::MeshHello(MeshHello {
                 version: r.varint("version")?,
                 node_id: r.bytes("node_id", 32)?,
@@ -512,6 +597,10 @@ impl Frame {
             Frame::Respond(_) => kind::RESPOND,
             Frame::Result(_) => kind::RESULT,
             Frame::Cancel(_) => kind::CANCEL,
+            Frame::Notice(_) => kind::NOTICE,
+            Frame::Tools(_) => kind::TOOLS,
+            Frame::ToolList(_) => kind::TOOL_LIST,
+            Frame::ToolsChanged(_) => kind::TOOLS_CHANGED,
             Frame::MeshHello(_) => kind::MESH_HELLO,
             Frame::Dht(_) => kind::DHT,
             Frame::Fwd(_) => kind::FWD,
@@ -572,7 +661,23 @@ impl Frame {
             | Frame::SubAck(t)
             | Frame::Unreg(t)
             | Frame::RegAck(t)
-            | Frame::Cancel(t) => w.varint(o, *t),
+            | Frame::Cancel(t)
+            | Frame::ToolsChanged(t) => w.varint(o, *t),
+            Frame::Notice(n) => {
+                w.varint(o, n.id);
+                w.varint(o, n.kind);
+                w.bytes(o, &n.body);
+            }
+            Frame::Tools(t) => {
+                w.varint(o, t.id);
+                w.bytes(o, &t.cursor);
+                w.varint(o, t.watch);
+            }
+            Frame::ToolList(t) => {
+                w.varint(o, t.id);
+                w.bytes(o, &t.next);
+                w.bytes(o, &t.tools);
+            }
             Frame::Error(e) => {
                 w.varint(o, e.code.to_u64());
                 w.varint(o, e.reference);
@@ -596,6 +701,9 @@ impl Frame {
             Frame::Reg(x) => {
                 w.varint(o, x.rid);
                 w.bytes(o, &x.procedure);
+                if !x.tool.is_empty() {
+                    w.bytes(o, &x.tool);
+                }
             }
             Frame::Call(c) => {
                 w.varint(o, c.call_id);
@@ -823,9 +931,27 @@ mod tests {
                 "11 11 02 06 6a 6f 62 73 2e 3e 07 77 6f 72 6b 65 72 73",
             ),
             (
-                Frame::Reg(Register { rid: 1, procedure: Bytes::from_static(b"math.add") }),
+                Frame::Reg(Register { rid: 1, procedure: Bytes::from_static(b"math.add"), tool: Bytes::new() }),
                 "0b 20 01 08 6d 61 74 68 2e 61 64 64",
             ),
+            (
+                Frame::Reg(Register {
+                    rid: 2,
+                    procedure: Bytes::from_static(b"t.x"),
+                    tool: Bytes::from_static(br#"{"description":"x"}"#),
+                }),
+                "1a 20 02 03 74 2e 78 13 7b 22 64 65 73 63 72 69 70 74 69 6f 6e 22 3a 22 78 22 7d",
+            ),
+            (
+                Frame::Notice(Notice { id: 5, kind: notice::PROGRESS, body: Bytes::from_static(br#"{"progress":1}"#) }),
+                "12 28 05 01 0e 7b 22 70 72 6f 67 72 65 73 73 22 3a 31 7d",
+            ),
+            (Frame::Tools(ToolsQuery { id: 1, cursor: Bytes::new(), watch: 1 }), "04 29 01 00 01"),
+            (
+                Frame::ToolList(ToolList { id: 1, next: Bytes::new(), tools: Bytes::from_static(b"[]") }),
+                "06 2a 01 00 02 5b 5d",
+            ),
+            (Frame::ToolsChanged(1), "02 2b 01"),
             (Frame::RegAck(1), "02 22 01"),
             (Frame::Unreg(1), "02 21 01"),
             (

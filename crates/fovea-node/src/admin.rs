@@ -231,6 +231,12 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         counter!("fovea_responses_total").absolute(s.responses);
         describe_counter!("fovea_late_responses_total", "Responses that arrived after their call ended.");
         counter!("fovea_late_responses_total").absolute(s.late_responses);
+        describe_counter!(
+            "fovea_notices_dropped_total",
+            "Progress and log notices not passed on: late, over the per-call cap, or the caller's queue full."
+        );
+        let mesh_notices = shared.mesh.as_ref().map_or(0, |m| m.stats.notices_dropped.load(Ordering::Relaxed));
+        counter!("fovea_notices_dropped_total").absolute(s.notices_dropped + mesh_notices);
         describe_counter!("fovea_call_results_total", "Calls by outcome: answered by a provider, or the node's code.");
         counter!("fovea_call_results_total", "outcome" => "answered")
             .absolute(s.responses.saturating_sub(s.late_responses));

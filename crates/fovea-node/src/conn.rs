@@ -9,8 +9,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use fovea_core::balance::Rng;
 use fovea_core::frame::{
-    Call, CallResult, ErrorFrame, GoAway, Publish, Register, Subscribe, Welcome, VERSION, VERSION_DROPPED, VERSION_RPC,
+    Call, CallResult, ErrorFrame, GoAway, Publish, Register, Subscribe, ToolList, ToolsQuery, Welcome, VERSION,
+    VERSION_DROPPED, VERSION_RPC, VERSION_TOOLS,
 };
+use fovea_core::tool::ToolDescriptor;
 use fovea_core::{Deframer, ErrorCode, Frame, Headers, Pattern, Procedure};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio_util::sync::CancellationToken;
@@ -19,6 +21,7 @@ use crate::auth::Permissions;
 use crate::outbound::{Delivered, Outbound};
 use crate::router::{check_limits, GroupKey, MatchCache, ProviderRef, Realm, SubRef};
 use crate::rpc::{Peer, Refusal};
+use crate::tools::{TOOL_PAGE_BYTES, TOOL_PAGE_ITEMS};
 use crate::Shared;
 
 /// Why a connection ends, sent as its QUIC close code and reason.
@@ -143,6 +146,7 @@ async fn handshake(conn: &Connection, shared: &Arc<Shared>, id: u64) -> Result<(
         deframer,
         subs: HashMap::new(),
         regs: HashMap::new(),
+        tools_watch: None,
         cache: MatchCache::new(limits.match_cache_entries, limits.max_topic_len, limits.max_topic_depth),
         rng: Rng::new(id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ shared.seed),
     };
@@ -168,8 +172,10 @@ struct Session {
     deframer: Deframer,
     /// This connection's subscriptions by sid.
     subs: HashMap<u64, (Pattern, Option<Arc<GroupKey>>)>,
-    /// This connection's registrations by rid.
-    regs: HashMap<u64, Procedure>,
+    /// This connection's registrations by rid, with their tool keys (0: plain procedure).
+    regs: HashMap<u64, (Procedure, u64)>,
+    /// The id of this connection's `TOOLS` watch, if it asked for one.
+    tools_watch: Option<u64>,
     cache: MatchCache,
     /// Balancing choices (queue groups, providers).
     rng: Rng,
@@ -189,8 +195,19 @@ impl Session {
         let writer = write_loop(&mut send, &peer, &shared.stats);
         tokio::pin!(writer);
         let mut going_away = false;
+        // Subscribed only once the client watches the tool catalog: a change must not wake
+        // every connection of the realm.
+        let mut tools_rx: Option<tokio::sync::watch::Receiver<u64>> = None;
         let result = loop {
+            if self.tools_watch.is_some() != tools_rx.is_some() {
+                tools_rx = self.tools_watch.map(|_| self.realm.watch_tools());
+            }
             tokio::select! {
+                Some(()) = tools_changed(&mut tools_rx) => {
+                    if let Some(id) = self.tools_watch {
+                        self.peer.out.send(&Frame::ToolsChanged(id));
+                    }
+                }
                 r = self.read_some() => match r {
                     Ok(true) => {}
                     Ok(false) => break Ok(()),
@@ -218,9 +235,11 @@ impl Session {
         if !subs.is_empty() {
             self.realm.unsubscribe(subs.iter().map(|(p, s)| (p, s.clone())));
         }
-        let regs: Vec<(Procedure, u64)> = self.regs.drain().map(|(rid, p)| (p, rid)).collect();
+        let regs: Vec<(Procedure, u64, u64)> = self.regs.drain().map(|(rid, (p, key))| (p, rid, key)).collect();
         if !regs.is_empty() {
-            self.realm.unregister(regs.iter().map(|(p, rid)| (p, ProviderRef { peer: peer.clone(), rid: *rid })));
+            self.realm.unregister(
+                regs.iter().map(|(p, rid, key)| (p, ProviderRef { peer: peer.clone(), rid: *rid }, *key)),
+            );
         }
         let failed = peer.abandon_all();
         for _ in 0..failed {
@@ -241,7 +260,7 @@ impl Session {
         if let Some((pattern, _)) = self.subs.values().find(|(p, _)| !perms.subscribe.pattern(p)) {
             return revoked(format!("the permission to subscribe to {pattern} was revoked"));
         }
-        if let Some(procedure) = self.regs.values().find(|p| !perms.register.name(p.as_bytes())) {
+        if let Some((procedure, _)) = self.regs.values().find(|(p, _)| !perms.register.name(p.as_bytes())) {
             return revoked(format!("the permission to register {procedure} was revoked"));
         }
         if perms != self.perms {
@@ -389,11 +408,14 @@ impl Session {
     }
 
     fn control(&mut self, frame: Frame) -> Result<(), Close> {
-        let rpc =
-            matches!(frame, Frame::Reg(_) | Frame::Unreg(_) | Frame::Call(_) | Frame::Respond(_) | Frame::Cancel(_));
-        if rpc && self.version < VERSION_RPC {
+        let needs = match frame {
+            Frame::Reg(_) | Frame::Unreg(_) | Frame::Call(_) | Frame::Respond(_) | Frame::Cancel(_) => VERSION_RPC,
+            Frame::Notice(_) | Frame::Tools(_) => VERSION_TOOLS,
+            _ => 0,
+        };
+        if self.version < needs {
             self.shared.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-            let msg = format!("frame type 0x{:x} needs protocol version {VERSION_RPC}", frame.kind());
+            let msg = format!("frame type 0x{:x} needs protocol version {needs}", frame.kind());
             return Err(Close::new(ErrorCode::ProtocolError, msg));
         }
         match frame {
@@ -408,8 +430,8 @@ impl Session {
             Frame::Pong(_) => {}
             Frame::Reg(r) => self.register(r),
             Frame::Unreg(rid) => {
-                if let Some(p) = self.regs.remove(&rid) {
-                    self.realm.unregister([(&p, ProviderRef { peer: self.peer.clone(), rid })]);
+                if let Some((p, key)) = self.regs.remove(&rid) {
+                    self.realm.unregister([(&p, ProviderRef { peer: self.peer.clone(), rid }, key)]);
                     self.info.registrations.store(self.regs.len(), Ordering::Relaxed);
                 }
             }
@@ -424,6 +446,12 @@ impl Session {
                 }
             }
             Frame::Cancel(call_id) => self.peer.cancel_call(call_id),
+            Frame::Notice(n) => {
+                if !self.peer.forward_notice(n.id, n.kind, n.body) {
+                    self.shared.stats.notices_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Frame::Tools(q) => self.list_tools(q),
             other => {
                 self.shared.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
                 return Err(Close::new(
@@ -503,8 +531,21 @@ impl Session {
         if !self.perms.register.name(procedure.as_bytes()) {
             return self.reject(ErrorCode::PermissionDenied, r.rid, format!("not allowed to register {procedure:?}"));
         }
-        self.realm.register(&procedure, ProviderRef { peer: self.peer.clone(), rid: r.rid });
-        self.regs.insert(r.rid, procedure);
+        // Before version 4 the tool field did not exist: trailing bytes are ignored.
+        let tool = if r.tool.is_empty() || self.version < VERSION_TOOLS {
+            None
+        } else {
+            match ToolDescriptor::parse(&r.tool) {
+                Ok(t) => Some((self.shared.next_tool_key.fetch_add(1, Ordering::Relaxed), t)),
+                Err(e) => {
+                    let msg = format!("the tool descriptor of {procedure:?} {e}");
+                    return self.reject(ErrorCode::InvalidProcedure, r.rid, msg);
+                }
+            }
+        };
+        let key = tool.as_ref().map_or(0, |(k, _)| *k);
+        self.realm.register(&procedure, ProviderRef { peer: self.peer.clone(), rid: r.rid }, tool);
+        self.regs.insert(r.rid, (procedure, key));
         self.info.registrations.store(self.regs.len(), Ordering::Relaxed);
         self.peer.out.send(&Frame::RegAck(r.rid));
     }
@@ -631,9 +672,35 @@ impl Session {
         });
     }
 
+    /// `TOOLS`: one page of the realm's tools this connection may call, and (with `watch`)
+    /// a `TOOLS_CHANGED` whenever the catalog changes.
+    fn list_tools(&mut self, q: ToolsQuery) {
+        self.tools_watch = match (q.watch, self.tools_watch) {
+            (0, Some(id)) if id == q.id => None,
+            (0, w) => w,
+            _ => Some(q.id),
+        };
+        let cursor = String::from_utf8_lossy(&q.cursor);
+        let perms = &self.perms;
+        let (tools, next) = self.realm.with_tools(|c| {
+            let (page, next) = c.page(&cursor, TOOL_PAGE_ITEMS, TOOL_PAGE_BYTES, |p| perms.call.name(p.as_bytes()));
+            (crate::tools::list_json(&page), next)
+        });
+        let next = next.map(|n| Bytes::from(n.into_bytes())).unwrap_or_default();
+        self.peer.out.send(&Frame::ToolList(ToolList { id: q.id, next, tools }));
+    }
+
     fn reject(&self, code: ErrorCode, reference: u64, message: impl Into<String>) {
         self.shared.stats.count_rejection(code);
         self.peer.out.send(&Frame::Error(ErrorFrame { code, reference, message: message.into() }));
+    }
+}
+
+/// Resolves when the watched catalog changes; never without a watch.
+async fn tools_changed(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) -> Option<()> {
+    match rx {
+        Some(rx) => rx.changed().await.ok(),
+        None => std::future::pending().await,
     }
 }
 

@@ -34,6 +34,7 @@ mod outbound;
 mod router;
 mod rpc;
 mod stats;
+mod tools;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -120,6 +121,8 @@ pub(crate) struct Shared {
     pub mesh: Option<Arc<mesh::Mesh>>,
     /// Cross-node pub/sub over the mesh (set at bind when `mesh` is).
     pub interest: std::sync::OnceLock<Arc<interest::Interest>>,
+    /// Numbers tool registrations node-wide (a catalog key; 0 means "not a tool").
+    pub next_tool_key: AtomicU64,
 }
 
 /// A bound, not yet running node.
@@ -185,6 +188,7 @@ impl Node {
             listen,
             mesh,
             interest: std::sync::OnceLock::new(),
+            next_tool_key: AtomicU64::new(1),
         });
         if let Some(mesh) = shared.mesh.clone() {
             wire_mesh(&shared, mesh);

@@ -113,6 +113,8 @@ pub struct MeshStats {
     pub dht_dropped: AtomicU64,
     /// Links closed for malformed frames.
     pub protocol_errors: AtomicU64,
+    /// `NOTICE`s from other nodes not passed on (see `Stats::notices_dropped`).
+    pub notices_dropped: AtomicU64,
 }
 
 /// A point-in-time view of the mesh, for the admin endpoint and tests.
@@ -625,6 +627,12 @@ impl Mesh {
             }
             // Provider side: the caller's node gave up on a call.
             Frame::Cancel(call_id) => link.peer.cancel_call(call_id),
+            // Caller side: progress or a log line from the provider's node, for our caller.
+            Frame::Notice(n) => {
+                if !link.peer.forward_notice(n.id, n.kind, n.body) {
+                    self.stats.notices_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             // Caller side: an answer from the provider's node.
             Frame::Result(r) => {
                 link.peer.finish_request(r.call_id, r.code, r.headers, r.payload);

@@ -16,6 +16,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use bytes::Bytes;
 use foldhash::fast::RandomState;
 use fovea_core::balance::{pick_two, Registry, Rng};
+use fovea_core::tool::{Catalog, ToolDescriptor};
 use fovea_core::{Pattern, Procedure, SubTrie, Topic, TopicError};
 
 use crate::auth::Allow;
@@ -185,6 +186,11 @@ pub(crate) struct Realm {
     subs: RwLock<SubTrie<SubRef>>,
     generation: AtomicU64,
     procs: RwLock<Registry<ProviderRef>>,
+    /// The realm's tools: procedures registered with a descriptor.
+    tools: std::sync::Mutex<Catalog>,
+    /// The catalog's version, for connections and MCP sessions watching it. Bounded: a
+    /// watch holds one value, so a burst of changes wakes each watcher once.
+    tools_version: tokio::sync::watch::Sender<u64>,
 }
 
 impl Realm {
@@ -198,6 +204,8 @@ impl Realm {
             subs: RwLock::new(SubTrie::new()),
             generation: AtomicU64::new(0),
             procs: RwLock::new(Registry::new()),
+            tools: std::sync::Mutex::new(Catalog::default()),
+            tools_version: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -247,24 +255,50 @@ impl Realm {
         self.subs.read().unwrap_or_else(PoisonError::into_inner).len()
     }
 
-    pub fn register(&self, procedure: &Procedure, provider: ProviderRef) {
+    /// Adds a provider; with `tool`, `(key, descriptor)`, the procedure is also a tool
+    /// (`key` is unique on this node and names the registration to `unregister`).
+    pub fn register(&self, procedure: &Procedure, provider: ProviderRef, tool: Option<(u64, ToolDescriptor)>) {
         if let Some(i) = self.interest.get() {
             i.add_provider(&self.name, procedure.as_str());
         }
         self.procs.write().unwrap_or_else(PoisonError::into_inner).insert(procedure, provider);
+        if let Some((key, tool)) = tool {
+            let mut tools = self.tools.lock().unwrap_or_else(PoisonError::into_inner);
+            if tools.insert(procedure.as_str(), key, tool) {
+                self.tools_version.send_replace(tools.version());
+            }
+        }
     }
 
-    /// Removes registrations; one lock for the whole batch.
-    pub fn unregister<'a>(&self, regs: impl IntoIterator<Item = (&'a Procedure, ProviderRef)>) {
+    /// Removes registrations, with their tool keys (0: not a tool); one lock for the whole
+    /// batch.
+    pub fn unregister<'a>(&self, regs: impl IntoIterator<Item = (&'a Procedure, ProviderRef, u64)>) {
         let mut procs = self.procs.write().unwrap_or_else(PoisonError::into_inner);
         let interest = self.interest.get();
-        for (procedure, provider) in regs {
+        let mut tools = None;
+        for (procedure, provider, key) in regs {
             if procs.remove(procedure, &provider) {
                 if let Some(i) = interest {
                     i.remove_provider(&self.name, procedure.as_str());
                 }
             }
+            if key != 0 {
+                let tools = tools.get_or_insert_with(|| self.tools.lock().unwrap_or_else(PoisonError::into_inner));
+                if tools.remove(procedure.as_str(), key) {
+                    self.tools_version.send_replace(tools.version());
+                }
+            }
         }
+    }
+
+    /// Runs `f` on the realm's tool catalog (a short lock: no awaiting inside).
+    pub fn with_tools<T>(&self, f: impl FnOnce(&Catalog) -> T) -> T {
+        f(&self.tools.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Changes whenever the tool catalog does.
+    pub fn watch_tools(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.tools_version.subscribe()
     }
 
     /// Number of registrations in the realm.

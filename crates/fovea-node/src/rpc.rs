@@ -23,7 +23,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fovea_core::frame::{Call, CallResult, Request};
+use fovea_core::frame::{Call, CallResult, Notice, Request};
 use fovea_core::{ErrorCode, Frame, Headers};
 use tokio_util::time::{delay_queue, DelayQueue};
 
@@ -62,7 +62,14 @@ struct InFlight {
 struct Serving {
     caller: Arc<Peer>,
     call_id: u64,
+    /// `NOTICE`s passed on for this request so far.
+    notices: u32,
 }
+
+/// Most `NOTICE`s passed on for one call; later ones are dropped and counted. Progress
+/// and logs are status for a person or an agent to follow, and a provider looping on
+/// them must not turn one call into an unbounded stream.
+pub(crate) const MAX_NOTICES_PER_CALL: u32 = 1024;
 
 /// Why a call could not start.
 pub(crate) enum Refusal {
@@ -119,7 +126,7 @@ impl Peer {
         }
         {
             let mut serving = lock(&provider.serving);
-            serving.insert(req_id, Serving { caller: self.clone(), call_id });
+            serving.insert(req_id, Serving { caller: self.clone(), call_id, notices: 0 });
             provider.serving_len.store(serving.len(), Ordering::Relaxed);
         }
         // The provider may have closed after it was chosen. Its `out.close()` precedes its
@@ -142,13 +149,32 @@ impl Peer {
     /// the node, or `None` if the answer came too late (the call had timed out, was
     /// cancelled, or never existed).
     pub fn finish_request(&self, req_id: u64, code: ErrorCode, headers: Headers, payload: Bytes) -> Option<Duration> {
-        let Serving { caller, call_id } = self.take_serving(req_id)?;
+        let Serving { caller, call_id, .. } = self.take_serving(req_id)?;
         let call = caller.take_call(call_id)?;
         // Providers answer with success or their own codes; anything else would let them
         // impersonate the node (a fake NO_PROVIDER), so it becomes a generic failure.
         let code = if code == ErrorCode::NoError || code.is_application() { code } else { ErrorCode::ApplicationError };
         caller.out.send(&Frame::Result(CallResult { call_id, code, headers, payload }));
         Some(call.started.elapsed())
+    }
+
+    /// Provider side: a `NOTICE` for request `req_id`, passed on to its caller ahead of the
+    /// answer (both go through the caller's one queue, so order holds). Returns `false`
+    /// when it was dropped: no such request (late), over [`MAX_NOTICES_PER_CALL`], or the
+    /// caller's queue is full (notices never push out messages).
+    pub fn forward_notice(&self, req_id: u64, kind: u64, body: Bytes) -> bool {
+        let target = {
+            let mut serving = lock(&self.serving);
+            match serving.get_mut(&req_id) {
+                Some(s) if s.notices < MAX_NOTICES_PER_CALL => {
+                    s.notices += 1;
+                    Some((s.caller.clone(), s.call_id))
+                }
+                _ => None,
+            }
+        };
+        let Some((caller, id)) = target else { return false };
+        caller.out.send_bounded(&Frame::Notice(Notice { id, kind, body }))
     }
 
     /// Caller side: the caller abandons `call_id`; the provider is told, nobody answers.

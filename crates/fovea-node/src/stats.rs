@@ -38,6 +38,8 @@ pub struct Stats {
     pub responses: AtomicU64,
     /// Responses that arrived after their call ended (deadline, cancel, caller gone).
     pub late_responses: AtomicU64,
+    /// `NOTICE`s not passed on: late, over the per-call cap, or the caller's queue full.
+    pub notices_dropped: AtomicU64,
     closes: [AtomicU64; CODE_SLOTS],
     rejections: [AtomicU64; CODE_SLOTS],
     /// Time from a call reaching the node to its answer leaving it.
@@ -98,6 +100,7 @@ pub struct StatsSnapshot {
     pub calls: u64,
     pub responses: u64,
     pub late_responses: u64,
+    pub notices_dropped: u64,
     pub subscriptions: u64,
     pub registrations: u64,
     /// Connections the node closed, by close code (`NO_ERROR` not counted).
@@ -144,6 +147,7 @@ impl Stats {
             calls: get(&self.calls),
             responses: get(&self.responses),
             late_responses: get(&self.late_responses),
+            notices_dropped: get(&self.notices_dropped),
             subscriptions,
             registrations,
             closes: by_code(&self.closes, 0),

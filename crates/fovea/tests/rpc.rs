@@ -222,7 +222,7 @@ async fn a_dropped_call_is_cancelled_at_the_provider() {
     let node = TestNode::start().await;
     // A raw provider, to see the CANCEL frame the SDK does not surface.
     let mut raw = RawClient::handshake(&node).await;
-    raw.send_frame(&Frame::Reg(Register { rid: 7, procedure: Bytes::from_static(b"svc.cancel") })).await;
+    raw.send_frame(&Frame::Reg(Register { rid: 7, procedure: Bytes::from_static(b"svc.cancel"), tool: Bytes::new() })).await;
     assert_eq!(raw.next_frame().await, Some(Frame::RegAck(7)));
     let caller = node.client().await;
     let c2 = caller.clone();
@@ -246,7 +246,7 @@ async fn rpc_frames_need_protocol_version_2() {
     let hello = Hello { version: 1, realm: "default".into(), token: Bytes::new(), name: "v1".into() };
     raw.send_frame(&Frame::Hello(hello)).await;
     assert!(matches!(raw.next_frame().await, Some(Frame::Welcome(w)) if w.version == 1));
-    raw.send_frame(&Frame::Reg(Register { rid: 1, procedure: Bytes::from_static(b"a") })).await;
+    raw.send_frame(&Frame::Reg(Register { rid: 1, procedure: Bytes::from_static(b"a"), tool: Bytes::new() })).await;
     assert_eq!(raw.close_code().await, Some(ErrorCode::ProtocolError.to_u64()));
     node.stop().await;
 }

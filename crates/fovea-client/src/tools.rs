@@ -1,0 +1,225 @@
+//! Tools in the SDK: registering a procedure as an AI tool ([`Client::register_tool`]),
+//! progress and logs during a call ([`Notice`]), and the realm's tool catalog
+//! ([`Client::tools`], [`Client::watch_tools`]).
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fovea_core::frame::{notice, ToolList, ToolsQuery, VERSION_TOOLS};
+use fovea_core::tool::{tool_name, ToolDescriptor};
+use fovea_core::{Frame, Headers};
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::rpc::{Registration, Response};
+use crate::{lock, Client, ClientError};
+
+/// How long [`Client::tools`] waits for one page.
+const PAGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most pages [`Client::tools`] follows: 1000 pages of 100 tools is far past any catalog a
+/// node holds, and a node answering with cursors forever must not loop us forever.
+const MAX_PAGES: usize = 1000;
+
+/// The MCP log levels, least severe first.
+pub const LOG_LEVELS: [&str; 8] = ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"];
+
+/// Progress or a log line a provider sends while it handles a call.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Notice {
+    /// How far the work has come: `progress` increases; `total` when known.
+    Progress { progress: f64, total: Option<f64>, message: Option<String> },
+    /// A log line: one of [`LOG_LEVELS`], an optional logger name, and any JSON data.
+    Log { level: String, logger: Option<String>, data: Value },
+}
+
+impl Notice {
+    /// Parses a `NOTICE` body. `None` for an unknown kind or a malformed body: notices are
+    /// advisory, so a bad one is skipped rather than failing the call.
+    pub fn from_wire(kind: u64, body: &[u8]) -> Option<Notice> {
+        let v: Map<String, Value> = serde_json::from_slice(body).ok()?;
+        let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+        match kind {
+            notice::PROGRESS => Some(Notice::Progress {
+                progress: v.get("progress")?.as_f64()?,
+                total: v.get("total").and_then(Value::as_f64),
+                message: text("message"),
+            }),
+            notice::LOG => {
+                let level = text("level").filter(|l| LOG_LEVELS.contains(&l.as_str()))?;
+                Some(Notice::Log { level, logger: text("logger"), data: v.get("data").cloned().unwrap_or(Value::Null) })
+            }
+            _ => None,
+        }
+    }
+
+    /// The kind and body of its `NOTICE` frame.
+    pub fn to_wire(&self) -> (u64, Bytes) {
+        let (kind, mut v) = match self {
+            Notice::Progress { progress, total, message } => {
+                let mut v = Map::new();
+                v.insert("progress".into(), (*progress).into());
+                if let Some(t) = total {
+                    v.insert("total".into(), (*t).into());
+                }
+                if let Some(m) = message {
+                    v.insert("message".into(), m.clone().into());
+                }
+                (notice::PROGRESS, v)
+            }
+            Notice::Log { level, logger, data } => {
+                let mut v = Map::new();
+                v.insert("level".into(), level.clone().into());
+                if let Some(l) = logger {
+                    v.insert("logger".into(), l.clone().into());
+                }
+                v.insert("data".into(), data.clone());
+                (notice::LOG, v)
+            }
+        };
+        let mut body = serde_json::to_vec(&v).unwrap_or_default();
+        if body.len() > fovea_core::frame::MAX_NOTICE_LEN {
+            // Too long for the wire: keep what a reader needs to know.
+            v.retain(|k, _| k == "progress" || k == "total" || k == "level");
+            v.insert("message".into(), "(notice truncated: over 16 KiB)".into());
+            body = serde_json::to_vec(&v).unwrap_or_default();
+        }
+        (kind, Bytes::from(body))
+    }
+}
+
+/// One tool of the realm, as [`Client::tools`] lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolInfo {
+    /// The procedure to call.
+    pub procedure: String,
+    /// Its MCP name ([`fovea_core::tool::tool_name`]).
+    pub name: String,
+    /// The descriptor: `description`, `inputSchema`, and the optional MCP fields.
+    pub descriptor: Map<String, Value>,
+}
+
+impl Client {
+    /// Provides `procedure` as a tool: like [`Client::register`], and agents connected to
+    /// any node of the realm see it (through MCP) with `descriptor`: a JSON object with
+    /// `description` (required), `inputSchema`, and optionally `outputSchema`, `title`,
+    /// `annotations`, `icons`, `_meta`.
+    ///
+    /// A tool call's payload is the arguments object as JSON. Answer with any payload (UTF-8
+    /// text becomes a text result, a JSON object also `structuredContent`), or with a full
+    /// MCP `CallToolResult` under the header `content-type: application/mcp-tool-result+json`
+    /// (docs/PROTOCOL.md). Send progress and logs with [`crate::Request::notify`].
+    ///
+    /// # Errors
+    /// As [`Client::register`], and [`ClientError::InvalidTool`] for a descriptor the node
+    /// would refuse; [`ClientError::Unsupported`] when the node is older than tools.
+    pub async fn register_tool(&self, procedure: &str, descriptor: &Value) -> Result<Registration, ClientError> {
+        let raw = serde_json::to_vec(descriptor).unwrap_or_default();
+        let tool = ToolDescriptor::parse(&raw)
+            .map_err(|e| ClientError::InvalidTool { procedure: procedure.to_owned(), reason: e.to_string() })?;
+        self.require_version(VERSION_TOOLS, "tools")?;
+        self.register_with(procedure, tool.encoded().clone()).await
+    }
+
+    /// [`Client::call_with_headers`], passing the provider's progress and log notices to
+    /// `notices` as they arrive (a full channel drops them: they are status, not results).
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub async fn call_with_notices(
+        &self,
+        procedure: &str,
+        headers: &Headers,
+        payload: impl Into<Bytes>,
+        timeout: Duration,
+        notices: mpsc::Sender<Notice>,
+    ) -> Result<Response, ClientError> {
+        self.call_inner(procedure, headers, payload.into(), timeout, Some(notices)).await
+    }
+
+    /// Every tool of the realm this client may call, in procedure order.
+    ///
+    /// # Errors
+    /// [`ClientError::Disconnected`], [`ClientError::Timeout`], [`ClientError::Unsupported`]
+    /// (a node older than tools), [`ClientError::ClientClosed`].
+    pub async fn tools(&self) -> Result<Vec<ToolInfo>, ClientError> {
+        self.require_version(VERSION_TOOLS, "tools")?;
+        let mut all = Vec::new();
+        let mut cursor = Bytes::new();
+        for _ in 0..MAX_PAGES {
+            let page = self.tools_page(cursor, 0).await?;
+            let list: Vec<Value> = serde_json::from_slice(&page.tools)
+                .map_err(|e| ClientError::Connection(format!("node sent a malformed tool list: {e}")))?;
+            for entry in list {
+                let (Some(procedure), Some(Value::Object(descriptor))) =
+                    (entry.get("procedure").and_then(Value::as_str), entry.get("tool"))
+                else {
+                    continue;
+                };
+                all.push(ToolInfo { name: tool_name(procedure), procedure: procedure.to_owned(), descriptor: descriptor.clone() });
+            }
+            if page.next.is_empty() {
+                return Ok(all);
+            }
+            cursor = page.next;
+        }
+        Ok(all)
+    }
+
+    /// A receiver whose value changes whenever the realm's tool catalog may have changed
+    /// (a tool registered or withdrawn anywhere in the realm, or a reconnection): list
+    /// again with [`Client::tools`] then.
+    ///
+    /// # Errors
+    /// As [`Client::tools`].
+    pub async fn watch_tools(&self) -> Result<watch::Receiver<u64>, ClientError> {
+        self.require_version(VERSION_TOOLS, "tools")?;
+        let inner = self.inner();
+        let rx = inner.tools_changed.subscribe();
+        if inner.tools_watch.load(Ordering::Relaxed) == 0 {
+            let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+            if inner.tools_watch.compare_exchange(0, id, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+                self.tools_page(Bytes::new(), id).await?;
+            }
+        }
+        Ok(rx)
+    }
+
+    /// One `TOOLS` round trip; `watch_id` non-zero makes it the client's watch.
+    async fn tools_page(&self, cursor: Bytes, watch_id: u64) -> Result<ToolList, ClientError> {
+        let inner = self.inner();
+        let id = if watch_id != 0 { watch_id } else { inner.next_id.fetch_add(1, Ordering::Relaxed) };
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut out = lock(&inner.out);
+            if inner.shutdown.is_cancelled() {
+                return Err(ClientError::ClientClosed);
+            }
+            if !out.connected {
+                return Err(ClientError::Disconnected);
+            }
+            lock(&inner.tool_queries).insert(id, tx);
+            out.buf.push_frame(&Frame::Tools(ToolsQuery { id, cursor, watch: u64::from(watch_id != 0) }));
+        }
+        inner.wake.notify_one();
+        match tokio::time::timeout(PAGE_TIMEOUT, rx).await {
+            Ok(Ok(page)) => Ok(page),
+            Ok(Err(_)) => Err(ClientError::Disconnected),
+            Err(_) => {
+                lock(&inner.tool_queries).remove(&id);
+                Err(ClientError::Timeout(PAGE_TIMEOUT))
+            }
+        }
+    }
+
+    fn require_version(&self, version: u64, what: &'static str) -> Result<(), ClientError> {
+        match self.server_info() {
+            Some(info) if info.version < version => {
+                Err(ClientError::Unsupported { what, node_version: info.version, needed: version })
+            }
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! Tools: procedures with a descriptor, which AI agents see through MCP.
+//!
+//! A provider that registers a procedure with a [`ToolDescriptor`] makes it a tool of its
+//! realm. Three things live here, all pure:
+//!
+//! - [`ToolDescriptor::parse`]: the checks every descriptor passes before a node accepts
+//!   it (size, shape, no invisible or control characters in what a model reads);
+//! - [`tool_name`]: the one deterministic mapping from procedure names (with dots) to the
+//!   names MCP clients accept (`^[a-zA-Z0-9_-]{1,64}$`);
+//! - [`Catalog`]: a realm's tools, ordered by procedure name, paged by cursor.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use crate::frame::MAX_TOOL_LEN;
+
+/// Longest `description` or `title`, in bytes. Descriptions are prompt input for every
+/// agent that lists the realm's tools; 8 KiB is pages of text.
+pub const MAX_DESCRIPTION_LEN: usize = 8 * 1024;
+
+/// Longest tool name MCP clients accept.
+pub const MAX_TOOL_NAME_LEN: usize = 64;
+
+/// Keys a descriptor may carry (MCP's `Tool` without `name`, which [`tool_name`] derives).
+const KEYS: &[&str] = &["description", "inputSchema", "outputSchema", "title", "annotations", "icons", "execution", "_meta"];
+
+/// Why a descriptor was refused. The text says what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ToolError {
+    #[error("is {len} bytes; the limit is {MAX_TOOL_LEN}")]
+    TooLarge { len: usize },
+    #[error("is not a JSON object: {0}")]
+    NotJson(String),
+    #[error("needs a \"description\" string telling an agent what the tool does")]
+    NoDescription,
+    #[error("has the unknown key {0:?}; allowed: description, inputSchema, outputSchema, title, annotations, icons, execution, _meta")]
+    UnknownKey(String),
+    #[error("has {key:?} of the wrong type: it must be {want}")]
+    WrongType { key: &'static str, want: &'static str },
+    #[error("has {key:?} of {len} bytes; the limit is {MAX_DESCRIPTION_LEN}")]
+    TextTooLong { key: &'static str, len: usize },
+    #[error("has the character U+{ch:04X} in {key:?}: invisible, control and bidi characters are refused, since a model would read what a person reviewing the tool cannot see")]
+    HiddenChar { key: &'static str, ch: u32 },
+}
+
+/// A validated tool descriptor: a JSON object with MCP's `Tool` fields except `name`.
+///
+/// Invariant: `description` is a string, `inputSchema` an object with `"type": "object"`
+/// (added when absent), `outputSchema` absent or such an object, and the texts hold no
+/// hidden characters ([`is_hidden`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolDescriptor {
+    json: Arc<Map<String, Value>>,
+    encoded: Bytes,
+}
+
+impl ToolDescriptor {
+    /// Parses and checks a descriptor as it arrives in `REG`.
+    ///
+    /// # Errors
+    /// [`ToolError`] naming the first problem found.
+    pub fn parse(raw: &[u8]) -> Result<ToolDescriptor, ToolError> {
+        if raw.len() > MAX_TOOL_LEN {
+            return Err(ToolError::TooLarge { len: raw.len() });
+        }
+        let value: Value = serde_json::from_slice(raw).map_err(|e| ToolError::NotJson(e.to_string()))?;
+        let Value::Object(mut json) = value else { return Err(ToolError::NotJson("not an object".into())) };
+        if let Some(key) = json.keys().find(|k| !KEYS.contains(&k.as_str())) {
+            return Err(ToolError::UnknownKey(key.clone()));
+        }
+        match json.get("description") {
+            Some(Value::String(d)) => check_text("description", d)?,
+            Some(_) => return Err(ToolError::WrongType { key: "description", want: "a string" }),
+            None => return Err(ToolError::NoDescription),
+        }
+        match json.get("title") {
+            None => {}
+            Some(Value::String(t)) => check_text("title", t)?,
+            Some(_) => return Err(ToolError::WrongType { key: "title", want: "a string" }),
+        }
+        let input = json.entry("inputSchema").or_insert_with(|| serde_json::json!({"type": "object"}));
+        check_schema("inputSchema", input)?;
+        if let Some(output) = json.get("outputSchema") {
+            check_schema("outputSchema", output)?;
+        }
+        for key in ["annotations", "execution", "_meta"] {
+            if json.get(key).is_some_and(|v| !v.is_object()) {
+                return Err(ToolError::WrongType { key: static_key(key), want: "an object" });
+            }
+        }
+        if json.get("icons").is_some_and(|v| !v.is_array()) {
+            return Err(ToolError::WrongType { key: "icons", want: "an array" });
+        }
+        let encoded = Bytes::from(serde_json::to_vec(&json).unwrap_or_default());
+        if encoded.len() > MAX_TOOL_LEN {
+            return Err(ToolError::TooLarge { len: encoded.len() });
+        }
+        Ok(ToolDescriptor { json: Arc::new(json), encoded })
+    }
+
+    /// The descriptor as a JSON object.
+    pub fn json(&self) -> &Map<String, Value> {
+        &self.json
+    }
+
+    /// The descriptor, re-encoded compactly (what `TOOL_LIST` carries).
+    pub fn encoded(&self) -> &Bytes {
+        &self.encoded
+    }
+
+    /// The description text.
+    pub fn description(&self) -> &str {
+        self.json.get("description").and_then(Value::as_str).unwrap_or_default()
+    }
+}
+
+fn static_key(key: &str) -> &'static str {
+    KEYS.iter().find(|k| **k == key).copied().unwrap_or("?")
+}
+
+fn check_text(key: &'static str, text: &str) -> Result<(), ToolError> {
+    if text.len() > MAX_DESCRIPTION_LEN {
+        return Err(ToolError::TextTooLong { key, len: text.len() });
+    }
+    match text.chars().find(|c| is_hidden(*c)) {
+        Some(ch) => Err(ToolError::HiddenChar { key, ch: ch as u32 }),
+        None => Ok(()),
+    }
+}
+
+fn check_schema(key: &'static str, schema: &Value) -> Result<(), ToolError> {
+    let want = "a JSON Schema object with \"type\": \"object\"";
+    match schema.as_object().and_then(|o| o.get("type")) {
+        Some(Value::String(t)) if t == "object" => Ok(()),
+        _ => Err(ToolError::WrongType { key, want }),
+    }
+}
+
+/// Characters a person reviewing a tool would not see but a model would read: controls
+/// other than tab and newline, zero-width and joiner characters, bidi overrides and
+/// isolates, the byte-order mark, and Unicode tag characters (which can spell hidden
+/// ASCII text).
+pub fn is_hidden(c: char) -> bool {
+    matches!(c as u32,
+        0x00..=0x08 | 0x0b..=0x1f | 0x7f..=0x9f
+        | 0x200b..=0x200f | 0x202a..=0x202e | 0x2060..=0x2064 | 0x2066..=0x206f
+        | 0xfeff | 0xfff9..=0xfffb | 0xe0000..=0xe007f)
+}
+
+/// The MCP tool name of a procedure.
+///
+/// Each `.` becomes `__`; every other character outside `[A-Za-z0-9_-]` becomes `_`.
+/// When that is not reversible (a character was replaced, or the procedure itself contains
+/// `__`) or the result is over 64 characters, the name is cut to 55 characters and
+/// `_` plus 8 hex digits of a hash of the procedure name is appended. So the mapping
+/// depends on the procedure name alone (every node and every release agrees), and two
+/// procedures share a tool name only if they share the 32-bit hash as well.
+pub fn tool_name(procedure: &str) -> String {
+    let mut name = String::with_capacity(procedure.len() + 8);
+    let mut lossy = procedure.contains("__");
+    for c in procedure.chars() {
+        match c {
+            '.' => name.push_str("__"),
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '_' | '-' => name.push(c),
+            _ => {
+                lossy = true;
+                name.push('_');
+            }
+        }
+    }
+    if !lossy && name.len() <= MAX_TOOL_NAME_LEN {
+        return name;
+    }
+    name.truncate(MAX_TOOL_NAME_LEN - 9);
+    name.push_str(&format!("_{:08x}", fnv1a32(procedure.as_bytes())));
+    name
+}
+
+/// FNV-1a, 32 bits: stable across platforms and releases, which the name mapping needs
+/// (a std hasher may change).
+fn fnv1a32(data: &[u8]) -> u32 {
+    data.iter().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
+}
+
+/// A realm's tools: procedure → the descriptors its providers registered.
+///
+/// Each provider is identified by a `u64` key chosen by the caller (a node numbers its
+/// registrations). The descriptor shown for a procedure is the one of its oldest live
+/// registration, so a restarted replica with an edited description does not flip what
+/// agents see while older replicas still serve the old one.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    tools: BTreeMap<String, Vec<(u64, ToolDescriptor)>>,
+    version: u64,
+}
+
+impl Catalog {
+    /// Adds a provider's descriptor. Returns whether what agents see changed.
+    pub fn insert(&mut self, procedure: &str, key: u64, tool: ToolDescriptor) -> bool {
+        let entry = self.tools.entry(procedure.to_owned()).or_default();
+        entry.push((key, tool));
+        let changed = entry.len() == 1;
+        if changed {
+            self.version += 1;
+        }
+        changed
+    }
+
+    /// Removes a provider's descriptor. Returns whether what agents see changed.
+    pub fn remove(&mut self, procedure: &str, key: u64) -> bool {
+        let Some(entry) = self.tools.get_mut(procedure) else { return false };
+        let Some(i) = entry.iter().position(|(k, _)| *k == key) else { return false };
+        let old = entry.remove(i);
+        let changed = match entry.first() {
+            None => {
+                self.tools.remove(procedure);
+                true
+            }
+            Some((_, now)) => i == 0 && now != &old.1,
+        };
+        if changed {
+            self.version += 1;
+        }
+        changed
+    }
+
+    /// Counts changes; equal versions mean an equal catalog.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Number of tools (procedures with at least one descriptor).
+    pub fn len(&self) -> usize {
+        self.tools.len()
+    }
+
+    /// Whether the catalog is empty.
+    pub fn is_empty(&self) -> bool {
+        self.tools.is_empty()
+    }
+
+    /// The descriptor shown for `procedure`.
+    pub fn get(&self, procedure: &str) -> Option<&ToolDescriptor> {
+        self.tools.get(procedure).and_then(|v| v.first()).map(|(_, t)| t)
+    }
+
+    /// Tools after `cursor` (all when empty), in procedure order, for which `visible`
+    /// holds: at most `max_items`, and no more than `max_bytes` of descriptors (but always
+    /// one, if any is left). Returns them and the cursor of the next page (`None` at the
+    /// end).
+    pub fn page<'a>(
+        &'a self,
+        cursor: &str,
+        max_items: usize,
+        max_bytes: usize,
+        mut visible: impl FnMut(&str) -> bool,
+    ) -> (Vec<(&'a str, &'a ToolDescriptor)>, Option<String>) {
+        use std::ops::Bound;
+        let start = if cursor.is_empty() { Bound::Unbounded } else { Bound::Excluded(cursor) };
+        let mut out: Vec<(&'a str, &'a ToolDescriptor)> = Vec::new();
+        let mut bytes = 0;
+        for (name, entries) in self.tools.range::<str, _>((start, Bound::Unbounded)) {
+            let Some((_, tool)) = entries.first() else { continue };
+            if !visible(name) {
+                continue;
+            }
+            bytes += name.len() + tool.encoded().len();
+            if !out.is_empty() && (out.len() >= max_items || bytes > max_bytes) {
+                let next = out.last().map(|(n, _)| (*n).to_owned());
+                return (out, next);
+            }
+            out.push((name.as_str(), tool));
+        }
+        (out, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn desc(d: &str) -> ToolDescriptor {
+        ToolDescriptor::parse(serde_json::json!({ "description": d }).to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn descriptor_checks() {
+        let ok = ToolDescriptor::parse(br#"{"description":"adds","inputSchema":{"type":"object"}}"#).unwrap();
+        assert_eq!(ok.description(), "adds");
+        // inputSchema defaults to an object schema.
+        assert_eq!(desc("x").json()["inputSchema"], serde_json::json!({"type": "object"}));
+        let bad = |raw: &str| ToolDescriptor::parse(raw.as_bytes()).unwrap_err();
+        assert_eq!(bad("{}"), ToolError::NoDescription);
+        assert!(matches!(bad("[1]"), ToolError::NotJson(_)));
+        assert!(matches!(bad("{"), ToolError::NotJson(_)));
+        assert_eq!(bad(r#"{"description":"x","name":"y"}"#), ToolError::UnknownKey("name".into()));
+        assert!(matches!(bad(r#"{"description":"x","inputSchema":{"type":"string"}}"#), ToolError::WrongType { .. }));
+        assert!(matches!(bad(r#"{"description":"x","outputSchema":[]}"#), ToolError::WrongType { .. }));
+        assert!(matches!(bad(r#"{"description":1}"#), ToolError::WrongType { .. }));
+        assert_eq!(bad("{\"description\":\"a\u{200b}b\"}"), ToolError::HiddenChar { key: "description", ch: 0x200b });
+        assert_eq!(bad("{\"description\":\"x\",\"title\":\"\u{e0041}\"}"), ToolError::HiddenChar { key: "title", ch: 0xe0041 });
+        assert!(matches!(bad(r#"{"description":"a\u0007"}"#), ToolError::HiddenChar { ch: 7, .. }));
+        // Newlines and tabs are text.
+        ToolDescriptor::parse(br#"{"description":"line\n\tmore"}"#).unwrap();
+        let long = format!(r#"{{"description":"{}"}}"#, "a".repeat(MAX_DESCRIPTION_LEN + 1));
+        assert!(matches!(bad(&long), ToolError::TextTooLong { .. }));
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(tool_name("math.add"), "math__add");
+        assert_eq!(tool_name("test_simple_text"), "test_simple_text");
+        assert_eq!(tool_name("a-b.C9"), "a-b__C9");
+        // Not reversible: hashed.
+        let h = tool_name("a__b");
+        assert!(h.starts_with("a__b_") && h.len() == 13, "{h}");
+        assert_ne!(tool_name("a__b"), tool_name("a.b"));
+        let u = tool_name("wetter.zürich");
+        assert!(u.starts_with("wetter__z_rich_"), "{u}");
+        let long = tool_name(&"x".repeat(100));
+        assert_eq!(long.len(), 64);
+    }
+
+    proptest! {
+        #[test]
+        fn tool_names_are_valid(p in "\\PC{1,120}") {
+            let n = tool_name(&p);
+            prop_assert!(!n.is_empty() && n.len() <= MAX_TOOL_NAME_LEN);
+            prop_assert!(n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
+        }
+
+        #[test]
+        fn parse_never_panics(raw in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = ToolDescriptor::parse(&raw);
+        }
+    }
+
+    #[test]
+    fn catalog_oldest_wins_and_pages() {
+        let mut c = Catalog::default();
+        assert!(c.insert("b.x", 1, desc("one")));
+        assert!(!c.insert("b.x", 2, desc("two")));
+        assert_eq!(c.get("b.x").unwrap().description(), "one");
+        // The oldest leaves: the next one shows, which is a change.
+        assert!(c.remove("b.x", 1));
+        assert_eq!(c.get("b.x").unwrap().description(), "two");
+        assert!(!c.remove("b.x", 1));
+        for p in ["a", "c", "d", "e"] {
+            c.insert(p, 9, desc(p));
+        }
+        let (page, next) = c.page("", 2, usize::MAX, |_| true);
+        assert_eq!(page.iter().map(|p| p.0).collect::<Vec<_>>(), ["a", "b.x"]);
+        let (page, next) = c.page(&next.unwrap(), 2, usize::MAX, |n| n != "d");
+        assert_eq!(page.iter().map(|p| p.0).collect::<Vec<_>>(), ["c", "e"]);
+        assert_eq!(next, None);
+        // A byte budget smaller than one descriptor still yields one per page.
+        let (page, next) = c.page("", 10, 1, |_| true);
+        assert_eq!((page.len(), next.as_deref()), (1, Some("a")));
+        let v = c.version();
+        assert!(c.remove("b.x", 2));
+        assert!(c.version() > v);
+        assert!(c.get("b.x").is_none());
+    }
+}
