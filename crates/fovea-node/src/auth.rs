@@ -246,6 +246,63 @@ struct FileConfig {
     limits: Option<crate::config::Limits>,
     #[serde(default)]
     node: NodeSection,
+    mcp: Option<McpSection>,
+}
+
+/// The `[mcp]` table: the MCP endpoint for AI agents. Present with `listen`, it turns the
+/// endpoint on (as `--mcp` does); the other keys have the defaults of
+/// [`crate::mcp::McpConfig::new`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpSection {
+    /// TCP address, or `"off"`.
+    pub listen: Option<String>,
+    /// `Host` values accepted besides loopback names.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins accepted besides loopback ones.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    pub max_body_bytes: Option<usize>,
+    pub max_sessions: Option<usize>,
+    pub max_sessions_per_user: Option<usize>,
+    /// e.g. `"5m"`.
+    pub session_idle: Option<String>,
+    /// e.g. `"60s"`.
+    pub call_timeout: Option<String>,
+    pub max_calls_in_flight: Option<usize>,
+}
+
+impl McpSection {
+    /// Applies the table's keys to `config`.
+    ///
+    /// # Errors
+    /// A duration that does not parse, or a zero limit.
+    pub fn apply(&self, config: &mut crate::mcp::McpConfig) -> Result<(), ConfigError> {
+        let dur = |key: &str, v: &Option<String>, d: &mut std::time::Duration| -> Result<(), ConfigError> {
+            if let Some(v) = v {
+                *d = crate::config::parse_duration(v).map_err(|e| ConfigError(format!("[mcp] {key}: {e}")))?;
+            }
+            Ok(())
+        };
+        dur("session_idle", &self.session_idle, &mut config.session_idle)?;
+        dur("call_timeout", &self.call_timeout, &mut config.call_timeout)?;
+        config.allowed_hosts.extend(self.allowed_hosts.iter().cloned());
+        config.allowed_origins.extend(self.allowed_origins.iter().cloned());
+        for (key, v, slot) in [
+            ("max_body_bytes", self.max_body_bytes, &mut config.max_body_bytes),
+            ("max_sessions", self.max_sessions, &mut config.max_sessions),
+            ("max_sessions_per_user", self.max_sessions_per_user, &mut config.max_sessions_per_user),
+            ("max_calls_in_flight", self.max_calls_in_flight, &mut config.max_calls_in_flight),
+        ] {
+            match v {
+                Some(0) => return Err(ConfigError(format!("[mcp] {key} must be at least 1"))),
+                Some(n) => *slot = n,
+                None => {}
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The `[node]` table: the settings that are also `fovea node` flags. Every key is
@@ -312,6 +369,8 @@ pub struct ConfigFile {
     pub limits: Option<crate::config::Limits>,
     /// Its `[node]` table.
     pub node: NodeSection,
+    /// Its `[mcp]` table.
+    pub mcp: Option<McpSection>,
 }
 
 #[derive(Deserialize)]
@@ -429,7 +488,7 @@ pub fn parse_config(text: &str, origin: &str) -> Result<ConfigFile, ConfigError>
         }
         realms.push(RealmConfig { name: name.clone(), users });
     }
-    Ok(ConfigFile { realms, limits: file.limits, node: file.node })
+    Ok(ConfigFile { realms, limits: file.limits, node: file.node, mcp: file.mcp })
 }
 
 /// Fuzz entry point: any text, parsed as a configuration file, yields realms or an error

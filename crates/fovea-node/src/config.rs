@@ -32,6 +32,8 @@ pub struct NodeConfig {
     pub admin_token: Option<String>,
     /// Take part in a mesh of nodes; `None`: a standalone node.
     pub mesh: Option<crate::mesh::MeshConfig>,
+    /// Serve MCP (AI agents) over HTTP; `None`: off.
+    pub mcp: Option<crate::mcp::McpConfig>,
 }
 
 /// Paths of a PEM certificate chain and its private key.
@@ -185,6 +187,7 @@ impl NodeConfig {
             admin: Some(SocketAddr::from(([127, 0, 0, 1], 9600))),
             admin_token: None,
             mesh: None,
+            mcp: None,
         }
     }
 }

@@ -580,96 +580,7 @@ impl Session {
             let text = String::from_utf8_lossy(&c.procedure).into_owned();
             return fail(self, ErrorCode::PermissionDenied, format!("not allowed to call {text:?}"));
         }
-        let provider = match self.realm.choose_provider(&c.procedure, &mut self.rng, limits.max_requests_in_flight) {
-            Ok(p) => p,
-            // No local provider, or every local one is at its limit: in a mesh, a
-            // provider on another node (local ones are preferred while they have room).
-            Err(busy) if self.realm.interest.get().is_some() => return self.call_remote(c, busy),
-            Err(false) => {
-                let text = String::from_utf8_lossy(&c.procedure).into_owned();
-                return fail(
-                    self,
-                    ErrorCode::NoProvider,
-                    format!("no provider of {text:?} in realm {:?}", self.realm.name),
-                );
-            }
-            Err(true) => {
-                let msg = format!(
-                    "every provider chosen has {} requests in flight, the node's limit",
-                    limits.max_requests_in_flight
-                );
-                return fail(self, ErrorCode::Busy, msg);
-            }
-        };
-        let timeout = match std::time::Duration::from_millis(c.timeout_ms) {
-            t if t.is_zero() || t > limits.max_call_timeout => limits.max_call_timeout,
-            t => t,
-        };
-        let call_id = c.call_id;
-        let started = self.peer.start_call(&provider, c, timeout, limits.max_calls_in_flight);
-        match started {
-            Ok(()) => {}
-            Err(Refusal::DuplicateId) => {
-                self.reject(ErrorCode::DuplicateId, call_id, format!("call id {call_id} is already in flight"))
-            }
-            Err(Refusal::Result(code, msg)) => fail(self, code, msg),
-        }
-    }
-
-    /// Sends a call to a provider on another node, found through the DHT. Runs in its own
-    /// task: the first call of a procedure waits for a lookup, and this connection's
-    /// other frames must not.
-    fn call_remote(&mut self, c: Call, local_busy: bool) {
-        let limits = &self.shared.config.limits;
-        let Some(interest) = self.realm.interest.get().cloned() else { return };
-        let timeout = match std::time::Duration::from_millis(c.timeout_ms) {
-            t if t.is_zero() || t > limits.max_call_timeout => limits.max_call_timeout,
-            t => t,
-        };
-        let max_calls = limits.max_calls_in_flight;
-        let (peer, realm, shared) = (self.peer.clone(), self.realm.clone(), self.shared.clone());
-        let mut rng = Rng::new(self.rng.next_u64());
-        tokio::spawn(async move {
-            let call_id = c.call_id;
-            let fail = |code: ErrorCode, message: String| {
-                shared.stats.count_rejection(code);
-                let payload = Bytes::from(message.into_bytes());
-                peer.out.send(&Frame::Result(CallResult { call_id, code, headers: Headers::new(), payload }));
-            };
-            let name = String::from_utf8_lossy(&c.procedure).into_owned();
-            let mut nodes = interest.providers(&realm.name, &name).await;
-            let mesh = interest.mesh().clone();
-            // Power of two choices on calls in flight per link, then the rest in turn
-            // should the chosen node be unreachable.
-            if let Some(first) = fovea_core::balance::pick_two(nodes.len(), &mut rng, |i| mesh.link_load(&nodes[i].id))
-            {
-                nodes.swap(0, first);
-            }
-            for node in nodes {
-                let Some(provider) = mesh.provider_ref(node, &realm.wire_name, &c.procedure).await else { continue };
-                match peer.start_call(&provider, c, timeout, max_calls) {
-                    Ok(()) => {}
-                    Err(Refusal::DuplicateId) => {
-                        shared.stats.count_rejection(ErrorCode::DuplicateId);
-                        peer.out.send(&Frame::Error(ErrorFrame {
-                            code: ErrorCode::DuplicateId,
-                            reference: call_id,
-                            message: format!("call id {call_id} is already in flight"),
-                        }));
-                    }
-                    Err(Refusal::Result(code, msg)) => fail(code, msg),
-                }
-                return;
-            }
-            if local_busy {
-                fail(
-                    ErrorCode::Busy,
-                    format!("every provider of {name:?} here is at its limit, and none elsewhere answers"),
-                );
-            } else {
-                fail(ErrorCode::NoProvider, format!("no provider of {name:?} in realm {:?} on any node", realm.name));
-            }
-        });
+        route_call(&self.shared, &self.realm, &self.peer, &mut self.rng, c);
     }
 
     /// `TOOLS`: one page of the realm's tools this connection may call, and (with `watch`)
@@ -694,6 +605,103 @@ impl Session {
         self.shared.stats.count_rejection(code);
         self.peer.out.send(&Frame::Error(ErrorFrame { code, reference, message: message.into() }));
     }
+}
+
+/// Sends a validated call to a provider: a local one with room, else (in a mesh) one on
+/// another node. Every failure is answered to `peer` as a `RESULT` (or, for a duplicate
+/// call id, an `ERROR`), so callers of any kind (client connections, the MCP front end)
+/// read outcomes the same way.
+pub(crate) fn route_call(shared: &Arc<Shared>, realm: &Arc<Realm>, peer: &Arc<Peer>, rng: &mut Rng, c: Call) {
+    let limits = &shared.config.limits;
+    let call_id = c.call_id;
+    let fail = |code: ErrorCode, message: String| {
+        shared.stats.count_rejection(code);
+        let payload = Bytes::from(message.into_bytes());
+        peer.out.send(&Frame::Result(CallResult { call_id, code, headers: Headers::new(), payload }));
+    };
+    let provider = match realm.choose_provider(&c.procedure, rng, limits.max_requests_in_flight) {
+        Ok(p) => p,
+        // No local provider, or every local one is at its limit: in a mesh, a
+        // provider on another node (local ones are preferred while they have room).
+        Err(busy) if realm.interest.get().is_some() => {
+            return call_remote(shared, realm, peer, Rng::new(rng.next_u64()), c, busy)
+        }
+        Err(false) => {
+            let text = String::from_utf8_lossy(&c.procedure).into_owned();
+            return fail(ErrorCode::NoProvider, format!("no provider of {text:?} in realm {:?}", realm.name));
+        }
+        Err(true) => {
+            let msg = format!(
+                "every provider chosen has {} requests in flight, the node's limit",
+                limits.max_requests_in_flight
+            );
+            return fail(ErrorCode::Busy, msg);
+        }
+    };
+    let timeout = call_timeout(c.timeout_ms, limits.max_call_timeout);
+    match peer.start_call(&provider, c, timeout, limits.max_calls_in_flight) {
+        Ok(()) => {}
+        Err(Refusal::DuplicateId) => duplicate_call(shared, peer, call_id),
+        Err(Refusal::Result(code, msg)) => fail(code, msg),
+    }
+}
+
+/// The deadline a call gets: the caller's, capped by the node's (0: the node's).
+fn call_timeout(timeout_ms: u64, max: std::time::Duration) -> std::time::Duration {
+    match std::time::Duration::from_millis(timeout_ms) {
+        t if t.is_zero() || t > max => max,
+        t => t,
+    }
+}
+
+fn duplicate_call(shared: &Shared, peer: &Peer, call_id: u64) {
+    shared.stats.count_rejection(ErrorCode::DuplicateId);
+    peer.out.send(&Frame::Error(ErrorFrame {
+        code: ErrorCode::DuplicateId,
+        reference: call_id,
+        message: format!("call id {call_id} is already in flight"),
+    }));
+}
+
+/// Sends a call to a provider on another node, found through the DHT. Runs in its own
+/// task: the first call of a procedure waits for a lookup, and the caller's other frames
+/// must not.
+fn call_remote(shared: &Arc<Shared>, realm: &Arc<Realm>, peer: &Arc<Peer>, mut rng: Rng, c: Call, local_busy: bool) {
+    let limits = &shared.config.limits;
+    let Some(interest) = realm.interest.get().cloned() else { return };
+    let timeout = call_timeout(c.timeout_ms, limits.max_call_timeout);
+    let max_calls = limits.max_calls_in_flight;
+    let (peer, realm, shared) = (peer.clone(), realm.clone(), shared.clone());
+    tokio::spawn(async move {
+        let call_id = c.call_id;
+        let fail = |code: ErrorCode, message: String| {
+            shared.stats.count_rejection(code);
+            let payload = Bytes::from(message.into_bytes());
+            peer.out.send(&Frame::Result(CallResult { call_id, code, headers: Headers::new(), payload }));
+        };
+        let name = String::from_utf8_lossy(&c.procedure).into_owned();
+        let mut nodes = interest.providers(&realm.name, &name).await;
+        let mesh = interest.mesh().clone();
+        // Power of two choices on calls in flight per link, then the rest in turn
+        // should the chosen node be unreachable.
+        if let Some(first) = fovea_core::balance::pick_two(nodes.len(), &mut rng, |i| mesh.link_load(&nodes[i].id)) {
+            nodes.swap(0, first);
+        }
+        for node in nodes {
+            let Some(provider) = mesh.provider_ref(node, &realm.wire_name, &c.procedure).await else { continue };
+            match peer.start_call(&provider, c, timeout, max_calls) {
+                Ok(()) => {}
+                Err(Refusal::DuplicateId) => duplicate_call(&shared, &peer, call_id),
+                Err(Refusal::Result(code, msg)) => fail(code, msg),
+            }
+            return;
+        }
+        if local_busy {
+            fail(ErrorCode::Busy, format!("every provider of {name:?} here is at its limit, and none elsewhere answers"));
+        } else {
+            fail(ErrorCode::NoProvider, format!("no provider of {name:?} in realm {:?} on any node", realm.name));
+        }
+    });
 }
 
 /// Resolves when the watched catalog changes; never without a watch.

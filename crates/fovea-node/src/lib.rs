@@ -29,6 +29,7 @@ pub mod auth;
 mod config;
 mod conn;
 mod interest;
+pub mod mcp;
 pub mod mesh;
 mod outbound;
 mod router;
@@ -89,6 +90,14 @@ pub enum NodeError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The MCP endpoint's address cannot be bound.
+    #[error("cannot serve MCP on {addr}: {source}; choose another address with --mcp")]
+    McpBind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// A configuration value is out of range.
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -121,6 +130,8 @@ pub(crate) struct Shared {
     pub mesh: Option<Arc<mesh::Mesh>>,
     /// Cross-node pub/sub over the mesh (set at bind when `mesh` is).
     pub interest: std::sync::OnceLock<Arc<interest::Interest>>,
+    /// The MCP front end, once serving.
+    pub mcp: std::sync::OnceLock<Arc<mcp::McpState>>,
     /// Numbers tool registrations node-wide (a catalog key; 0 means "not a tool").
     pub next_tool_key: AtomicU64,
 }
@@ -129,6 +140,7 @@ pub(crate) struct Shared {
 pub struct Node {
     endpoint: quinn::Endpoint,
     admin: Option<std::net::TcpListener>,
+    mcp: Option<std::net::TcpListener>,
     shared: Arc<Shared>,
     fingerprint: String,
     self_signed: Option<PathBuf>,
@@ -169,6 +181,15 @@ impl Node {
                 Some(l)
             }
         };
+        let mcp = match &config.mcp {
+            None => None,
+            Some(m) => {
+                let addr = m.listen;
+                let l = std::net::TcpListener::bind(addr).map_err(|source| NodeError::McpBind { addr, source })?;
+                l.set_nonblocking(true).map_err(|source| NodeError::McpBind { addr, source })?;
+                Some(l)
+            }
+        };
         let seed = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u64);
         let mesh = match &config.mesh {
             Some(m) => Some(mesh::Mesh::bind(m.clone(), &config.data_dir, config.name.clone(), config.limits.clone())?),
@@ -189,11 +210,12 @@ impl Node {
             mesh,
             interest: std::sync::OnceLock::new(),
             next_tool_key: AtomicU64::new(1),
+            mcp: std::sync::OnceLock::new(),
         });
         if let Some(mesh) = shared.mesh.clone() {
             wire_mesh(&shared, mesh);
         }
-        Ok(Node { endpoint, admin, shared, fingerprint, self_signed: identity.self_signed })
+        Ok(Node { endpoint, admin, mcp, shared, fingerprint, self_signed: identity.self_signed })
     }
 
     /// The address the node listens on (with the real port when configured with port 0).
@@ -204,6 +226,11 @@ impl Node {
     /// The admin endpoint's address, when it is on.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The MCP endpoint's address, when it is on (its URL is `http://{addr}/mcp`).
+    pub fn mcp_addr(&self) -> Option<SocketAddr> {
+        self.mcp.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The SHA-256 fingerprint of the node's certificate, `AB:CD:…`.
@@ -244,6 +271,16 @@ impl Node {
             let listener = tokio::net::TcpListener::from_std(listener)
                 .map_err(|e| NodeError::Config(format!("admin endpoint: {e}")))?;
             tokio::spawn(admin::serve(listener, self.shared.clone(), admin_stop.clone()));
+        }
+        if let (Some(listener), Some(config)) = (self.mcp.take(), self.shared.config.mcp.clone()) {
+            let listener = tokio::net::TcpListener::from_std(listener)
+                .map_err(|e| NodeError::Config(format!("MCP endpoint: {e}")))?;
+            let (shared, stop) = (self.shared.clone(), admin_stop.clone());
+            tokio::spawn(async move {
+                if let Err(e) = mcp::serve(shared, config, listener, stop).await {
+                    tracing::error!(error = %e, "the MCP endpoint failed");
+                }
+            });
         }
         let mesh_stop = shutdown.child_token();
         if let Some(mesh) = self.shared.mesh.clone() {

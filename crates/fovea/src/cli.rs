@@ -183,6 +183,14 @@ pub struct NodeArgs {
     /// e.g. --join quic://10.0.0.1:4434,quic://10.0.0.2:4434.
     #[arg(long, env = "FOVEA_JOIN", value_name = "URL", value_delimiter = ',', help_heading = "Mesh")]
     pub join: Vec<String>,
+    /// Serve MCP (AI agents) over HTTP at http://ADDR/mcp, e.g. 127.0.0.1:8765; `off` to
+    /// disable what the config file's [mcp] table turns on. Tools are the realm's procedures
+    /// registered with a description (fovea serve --description).
+    #[arg(long, env = "FOVEA_MCP", value_parser = parse_admin, value_name = "ADDR|off", help_heading = "MCP")]
+    pub mcp: Option<AdminAddr>,
+    /// Deadline of an MCP tool call [default: 60s; config: [mcp] call_timeout].
+    #[arg(long, env = "FOVEA_MCP_CALL_TIMEOUT", value_parser = parse_duration, value_name = "DURATION", help_heading = "MCP")]
+    pub mcp_call_timeout: Option<std::time::Duration>,
     /// Check the configuration file and exit (0 if it is valid) without starting a node.
     #[arg(long, requires = "config")]
     pub check_config: bool,
@@ -433,6 +441,21 @@ pub struct ServeArgs {
     /// Calls handled at once; more wait (and the node balances to other providers).
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub concurrency: usize,
+    /// Make the procedure an AI tool with this description: agents connected to any node's
+    /// MCP endpoint see it. The call's arguments object is the payload (JSON) given to --exec
+    /// on stdin; stdout that is a JSON object becomes structured content, and a non-zero exit
+    /// an error result with stderr.
+    #[arg(long, value_name = "TEXT", help_heading = "Tool")]
+    pub description: Option<String>,
+    /// The tool's input JSON Schema, inline or @FILE [default: {"type":"object"}].
+    #[arg(long, value_name = "JSON|@FILE", requires = "description", help_heading = "Tool")]
+    pub input_schema: Option<String>,
+    /// The tool's output JSON Schema, inline or @FILE.
+    #[arg(long, value_name = "JSON|@FILE", requires = "description", help_heading = "Tool")]
+    pub output_schema: Option<String>,
+    /// The tool's human-readable title.
+    #[arg(long, value_name = "TEXT", requires = "description", help_heading = "Tool")]
+    pub title: Option<String>,
     #[command(flatten)]
     pub client: ClientArgs,
 }

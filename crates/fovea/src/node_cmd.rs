@@ -20,6 +20,7 @@ pub async fn run(
     let mut limits = file.as_ref().and_then(|f| f.limits.clone()).unwrap_or_default();
     args.limits.apply(&mut limits);
     limits.validate().map_err(|e| anyhow::anyhow!("invalid limits: {e}"))?;
+    let file_mcp = file.as_ref().and_then(|f| f.mcp.clone());
     let realms = file.map(|f| f.realms).filter(|r| !r.is_empty());
     if args.check_config {
         let n = realms.as_ref().map_or(0, Vec::len);
@@ -55,6 +56,19 @@ pub async fn run(
     config.realms = realms;
     config.allow_anonymous = args.allow_anonymous || section.allow_anonymous.unwrap_or(false);
     config.limits = limits;
+    let mcp_section = file_mcp.unwrap_or_default();
+    let file_mcp_addr = match mcp_section.listen.as_deref() {
+        Some(a) => Some(crate::cli::parse_admin(a).map_err(|e| anyhow::anyhow!("[mcp] listen: {e}"))?),
+        None => None,
+    };
+    if let Some(addr) = args.mcp.or(file_mcp_addr).and_then(|a| a.0) {
+        let mut mcp = fovea_node::mcp::McpConfig::new(addr);
+        mcp_section.apply(&mut mcp).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let Some(t) = args.mcp_call_timeout {
+            mcp.call_timeout = t;
+        }
+        config.mcp = Some(mcp);
+    }
     let mesh_ca = args.mesh_ca.or(section.mesh_ca);
     let mesh_files = match (args.mesh_cert.or(section.mesh_cert), args.mesh_key.or(section.mesh_key)) {
         (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
@@ -89,6 +103,10 @@ pub async fn run(
     let admin = match node.admin_addr() {
         Some(a) => format!(", admin http://{a}"),
         None => String::new(),
+    };
+    let admin = match node.mcp_addr() {
+        Some(a) => format!("{admin}, mcp http://{a}/mcp"),
+        None => admin,
     };
     let admin = match node.mesh() {
         Some(m) => format!("{admin}, mesh quic://{} node {}", m.local().addr, m.local().id),

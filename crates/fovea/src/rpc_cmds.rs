@@ -16,8 +16,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     fovea_client::Procedure::new(&args.procedure)
         .map_err(|e| anyhow::anyhow!("invalid procedure {:?}: it {e}", args.procedure))?;
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
+    let tool = tool_descriptor(&args)?;
     let client = connect(&args.client, "fovea-serve").await?;
-    let mut reg = client.register(&args.procedure).await?;
+    let mut reg = match &tool {
+        Some(t) => client.register_tool(&args.procedure, t).await?,
+        None => client.register(&args.procedure).await?,
+    };
+    if tool.is_some() {
+        eprintln!("{} is a tool: agents see it as {}", args.procedure, fovea_core::tool::tool_name(&args.procedure));
+    }
     match &args.exec {
         Some(cmd) => eprintln!("serving {} on {} with `{cmd}`", args.procedure, client.url()),
         None => eprintln!("serving {} on {} (echo)", args.procedure, client.url()),
@@ -38,6 +45,32 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         });
     }
     anyhow::bail!("the registration ended: the client was closed")
+}
+
+/// The tool descriptor the flags describe, if `--description` is given.
+fn tool_descriptor(args: &ServeArgs) -> anyhow::Result<Option<serde_json::Value>> {
+    let Some(description) = &args.description else { return Ok(None) };
+    let schema = |flag: &str, v: &Option<String>| -> anyhow::Result<Option<serde_json::Value>> {
+        let Some(v) = v else { return Ok(None) };
+        let text = match v.strip_prefix('@') {
+            Some(path) => std::fs::read_to_string(path).with_context(|| format!("{flag} @{path}: cannot read"))?,
+            None => v.clone(),
+        };
+        let json = serde_json::from_str(&text)
+            .with_context(|| format!("{flag}: not JSON; give a JSON Schema such as '{{\"type\":\"object\"}}' or @FILE"))?;
+        Ok(Some(json))
+    };
+    let mut d = serde_json::json!({ "description": description });
+    if let Some(s) = schema("--input-schema", &args.input_schema)? {
+        d["inputSchema"] = s;
+    }
+    if let Some(s) = schema("--output-schema", &args.output_schema)? {
+        d["outputSchema"] = s;
+    }
+    if let Some(t) = &args.title {
+        d["title"] = t.clone().into();
+    }
+    Ok(Some(d))
 }
 
 /// Runs `cmd` for one request, killing it at the caller's deadline.

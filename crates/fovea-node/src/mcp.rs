@@ -1,0 +1,822 @@
+//! The MCP front end: a node serves the Model Context Protocol over Streamable HTTP at
+//! `/mcp`, and its tools are the realm's procedures that carry a descriptor.
+//!
+//! MCP is a front end on the mesh's own routing, not a second system: a `tools/call` is a
+//! mesh RPC call from an in-process caller (a [`Peer`] like any client connection's, whose
+//! outbound queue this module decodes instead of writing to a socket). So deadlines,
+//! balancing, admission (`BUSY` at the caller's in-flight limit), provider loss and calls
+//! to other nodes behave exactly as for SDK callers, and progress and logs arrive as
+//! `NOTICE`s ahead of the `RESULT`.
+//!
+//! The protocol itself is rmcp's (both eras on one URL: 2025-11-25 sessions and 2026-07-28
+//! stateless requests). This module adds what rmcp leaves to the server: credentials
+//! (`Authorization: Bearer`), binding sessions to their user, session caps, counting
+//! reaped sessions, and the mapping between tools and procedures.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use fovea_core::frame::{notice, Call, CallResult};
+use fovea_core::tool::{tool_name, ToolDescriptor};
+use fovea_core::{Deframer, ErrorCode, Frame, Headers};
+use rmcp::model::{
+    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, ClientCapabilities, ContentBlock,
+    Implementation, ListToolsResult, PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities,
+    ServerConfig, SubscriptionFilter, Tool,
+};
+use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::auth::Permissions;
+use crate::outbound::Outbound;
+use crate::router::Realm;
+use crate::rpc::Peer;
+use crate::Shared;
+
+/// The header under which a provider answers with a whole MCP `CallToolResult`.
+pub const TOOL_RESULT_TYPE: &str = "application/mcp-tool-result+json";
+
+/// `_meta` key of a tool that names its procedure (tool names are a mapping of it).
+const META_PROCEDURE: &str = "io.fovea/procedure";
+
+/// `_meta` key of a descriptor listing client capabilities a call needs, e.g.
+/// `{"sampling": {}}`: a client that did not declare them gets `-32021`.
+const META_REQUIRES: &str = "io.fovea/requiredClientCapabilities";
+
+/// Most tools in one `tools/list` page.
+const PAGE_ITEMS: usize = 100;
+
+/// `[mcp]`: the MCP endpoint. Off unless configured.
+#[derive(Debug, Clone)]
+pub struct McpConfig {
+    /// TCP address of the HTTP endpoint (the path is `/mcp`). Loopback by default.
+    pub listen: SocketAddr,
+    /// `Host` values accepted besides loopback names (DNS-rebinding defence).
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins accepted (`scheme://host[:port]`, `:*` for any port); requests
+    /// with another `Origin` get 403. Loopback origins are always accepted.
+    pub allowed_origins: Vec<String>,
+    /// Largest request body; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Most legacy (2025-11-25) sessions open on the node; more get 503.
+    pub max_sessions: usize,
+    /// Most legacy sessions per user; more get 429.
+    pub max_sessions_per_user: usize,
+    /// A legacy session without a request for this long is closed (and counted reaped).
+    pub session_idle: Duration,
+    /// Deadline of a `tools/call`.
+    pub call_timeout: Duration,
+    /// Most `tools/call`s in flight at once through this endpoint; more are answered
+    /// at once with a "busy" error result.
+    pub max_calls_in_flight: usize,
+}
+
+impl McpConfig {
+    /// Defaults for an endpoint on `listen`.
+    pub fn new(listen: SocketAddr) -> Self {
+        McpConfig {
+            listen,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            max_body_bytes: 4 * 1024 * 1024,
+            max_sessions: 50_000,
+            max_sessions_per_user: 20_000,
+            session_idle: Duration::from_secs(300),
+            call_timeout: Duration::from_secs(60),
+            max_calls_in_flight: 4096,
+        }
+    }
+}
+
+/// Counters of the MCP endpoint (`/metrics`: `fovea_mcp_*`).
+#[derive(Debug, Default)]
+pub struct McpStats {
+    pub requests: AtomicU64,
+    pub unauthorized: AtomicU64,
+    pub sessions_opened: AtomicU64,
+    pub sessions_deleted: AtomicU64,
+    /// Sessions closed for idleness (clients rarely send `DELETE`).
+    pub sessions_reaped: AtomicU64,
+    /// Sessions refused at `max_sessions` or `max_sessions_per_user`.
+    pub sessions_refused: AtomicU64,
+    pub tool_calls: AtomicU64,
+    /// Tool calls answered with an error result (remote failure, timeout, busy, …).
+    pub tool_errors: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Who a request is from: what its credential admitted.
+#[derive(Clone)]
+pub(crate) struct Identity {
+    realm: Arc<Realm>,
+    user: String,
+    perms: Arc<Permissions>,
+}
+
+impl Identity {
+    fn owner(&self) -> (String, String) {
+        (self.realm.name.clone(), self.user.clone())
+    }
+}
+
+/// One event of a call in flight, for the task waiting on it.
+enum CallEvent {
+    Notice(u64, Bytes),
+    Done(CallResult),
+}
+
+/// The in-process caller: one [`Peer`] for all MCP calls of the node.
+struct Caller {
+    peer: Arc<Peer>,
+    waiting: Mutex<HashMap<u64, mpsc::Sender<CallEvent>>>,
+    next_id: AtomicU64,
+}
+
+impl Caller {
+    /// Reads what the routing layer queued for the caller (`RESULT`, `NOTICE`) and hands
+    /// each to the call waiting for it; fires call deadlines.
+    async fn drive(self: Arc<Self>, stop: CancellationToken) {
+        let mut deframer = Deframer::new(fovea_core::limits::MAX_FRAME);
+        let mut chunks = Vec::new();
+        loop {
+            // A full queue drops notices (never results); nothing here is ever "too slow".
+            let _ = self.peer.out.take_into(&mut chunks);
+            for c in chunks.drain(..) {
+                deframer.push(c);
+            }
+            while let Ok(Some(frame)) = deframer.next_frame() {
+                self.dispatch(frame);
+            }
+            tokio::select! {
+                () = self.peer.out.wait() => {}
+                () = self.peer.expire_next() => {}
+                () = stop.cancelled() => break,
+            }
+        }
+        self.peer.out.close();
+        self.peer.abandon_all();
+    }
+
+    fn dispatch(&self, frame: Frame) {
+        match frame {
+            Frame::Result(r) => {
+                if let Some(tx) = lock(&self.waiting).remove(&r.call_id) {
+                    // The waiter's channel has room for its one result (see `call`).
+                    let _ = tx.try_send(CallEvent::Done(r));
+                }
+            }
+            Frame::Notice(n) => {
+                let tx = lock(&self.waiting).get(&n.id).cloned();
+                if let Some(tx) = tx {
+                    let _ = tx.try_send(CallEvent::Notice(n.kind, n.body));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Shared by every session and request of the endpoint.
+pub(crate) struct McpState {
+    shared: Arc<Shared>,
+    caller: Arc<Caller>,
+    config: McpConfig,
+    sessions: Arc<LocalSessionManager>,
+    /// Legacy sessions by id: their owner (realm, user).
+    owners: Mutex<HashMap<String, (String, String)>>,
+    pub stats: McpStats,
+}
+
+/// Serves the MCP endpoint until `stop`.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    config: McpConfig,
+    listener: tokio::net::TcpListener,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let limits = &shared.config.limits;
+    let out = Outbound::new(limits.max_pending_bytes, limits.slow_consumer_timeout, false);
+    let caller = Arc::new(Caller { peer: Arc::new(Peer::new(out)), waiting: Mutex::new(HashMap::new()), next_id: AtomicU64::new(1) });
+    tokio::spawn(caller.clone().drive(stop.clone()));
+    let mut sessions = LocalSessionManager::default();
+    sessions.session_config.keep_alive = Some(config.session_idle);
+    let sessions = Arc::new(sessions);
+    let state = Arc::new(McpState {
+        shared: shared.clone(),
+        caller,
+        config: config.clone(),
+        sessions: sessions.clone(),
+        owners: Mutex::new(HashMap::new()),
+        stats: McpStats::default(),
+    });
+    let _ = shared.mcp.set(state.clone());
+    tokio::spawn(reap(state.clone(), stop.clone()));
+    let port = listener.local_addr()?.port();
+    let mut hosts: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into(), "[::1]".into()];
+    hosts.extend(config.allowed_hosts.iter().cloned());
+    let mut origins: Vec<String> = ["http://localhost", "http://127.0.0.1", "http://[::1]"]
+        .iter()
+        .flat_map(|o| [format!("{o}:{port}"), format!("{o}:*")])
+        .collect();
+    origins.extend(config.allowed_origins.iter().cloned());
+    let http = StreamableHttpServerConfig::default()
+        .with_allowed_hosts(hosts)
+        .with_allowed_origins(origins)
+        .with_max_request_body_bytes(config.max_body_bytes)
+        .with_cancellation_token(stop.child_token());
+    let handler_state = state.clone();
+    let service: StreamableHttpService<Handler, LocalSessionManager> = StreamableHttpService::new(
+        move || Ok(Handler::new(handler_state.clone())),
+        sessions,
+        http,
+    );
+    let app = axum::Router::new()
+        .nest_service("/mcp", service)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
+        .into_make_service_with_connect_info::<SocketAddr>();
+    // Without TCP_NODELAY, small SSE writes wait for the peer's delayed ACK (~40 ms).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
+}
+
+/// Authenticates every request, binds legacy sessions to their user and caps them.
+async fn guard(
+    State(state): State<Arc<McpState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    state.stats.requests.fetch_add(1, Ordering::Relaxed);
+    let Some(identity) = authenticate(&state, &req, remote) else {
+        state.stats.unauthorized.fetch_add(1, Ordering::Relaxed);
+        let body = r#"{"error":"unauthorized: send Authorization: Bearer <token> with a token of the realm (fovea token new)"}"#;
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer realm=\"fovea\""), (header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response();
+    };
+    let owner = identity.owner();
+    let session = req.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    if let Some(id) = &session {
+        // A session belongs to the user who opened it; to anyone else it does not exist.
+        if lock(&state.owners).get(id).is_some_and(|o| *o != owner) {
+            return (StatusCode::NOT_FOUND, "no such session").into_response();
+        }
+    }
+    let method = req.method().clone();
+    req.extensions_mut().insert(identity);
+    let response = next.run(req).await;
+    let opened = response.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    match (session, opened) {
+        (None, Some(id)) => {
+            let refused = {
+                let mut owners = lock(&state.owners);
+                let mine = owners.values().filter(|o| **o == owner).count();
+                let refused = if owners.len() >= state.config.max_sessions {
+                    Some((StatusCode::SERVICE_UNAVAILABLE, "this node has its maximum of MCP sessions open: retry later"))
+                } else if mine >= state.config.max_sessions_per_user {
+                    Some((StatusCode::TOO_MANY_REQUESTS, "this user has its maximum of MCP sessions open: close some (DELETE) or wait for idle ones to expire"))
+                } else {
+                    None
+                };
+                if refused.is_none() {
+                    owners.insert(id.clone(), owner);
+                }
+                refused
+            };
+            if let Some((status, text)) = refused {
+                state.stats.sessions_refused.fetch_add(1, Ordering::Relaxed);
+                let sessions = state.sessions.clone();
+                tokio::spawn(async move {
+                    use rmcp::transport::streamable_http_server::session::SessionManager;
+                    let _ = sessions.close_session(&id.into()).await;
+                });
+                let mut r = (status, text).into_response();
+                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+                return r;
+            }
+            state.stats.sessions_opened.fetch_add(1, Ordering::Relaxed);
+        }
+        (Some(id), _) if method == Method::DELETE && response.status().is_success() => {
+            if lock(&state.owners).remove(&id).is_some() {
+                state.stats.sessions_deleted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        _ => {}
+    }
+    response
+}
+
+/// The realm and user a request's credential admits, or `None` (401).
+///
+/// `Authorization: Bearer <token>` is checked against every realm's users (the first realm,
+/// in name order, that admits it); without one, a loopback client joins the open `default`
+/// realm of a node without realm configuration, as on the QUIC side.
+fn authenticate(state: &McpState, req: &Request, remote: SocketAddr) -> Option<Identity> {
+    let realms = state.shared.realms.read().unwrap_or_else(PoisonError::into_inner);
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    match bearer {
+        Some(token) if !token.is_empty() => {
+            let credential = crate::auth::credential_of(token.as_bytes(), None);
+            let mut names: Vec<&String> = realms.keys().collect();
+            names.sort();
+            names.into_iter().find_map(|name| {
+                let realm = realms.get(name)?;
+                let admission = realm.admission();
+                if matches!(*admission, crate::auth::Admission::Open) {
+                    return None;
+                }
+                let (user, perms) = admission.admit(&credential)?;
+                Some(Identity { realm: realm.clone(), user, perms })
+            })
+        }
+        _ if remote.ip().is_loopback() => {
+            let realm = realms.get(crate::DEFAULT_REALM)?;
+            let admission = realm.admission();
+            let (user, perms) = match *admission {
+                crate::auth::Admission::Open => admission.admit(&crate::auth::credential_of(b"", None))?,
+                crate::auth::Admission::Users(_) => return None,
+            };
+            Some(Identity { realm: realm.clone(), user, perms })
+        }
+        _ => None,
+    }
+}
+
+/// Forgets sessions rmcp closed for idleness, counting them as reaped.
+async fn reap(state: Arc<McpState>, stop: CancellationToken) {
+    let every = (state.config.session_idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let live: std::collections::HashSet<String> =
+            state.sessions.sessions.read().await.keys().map(|k| k.to_string()).collect();
+        let mut owners = lock(&state.owners);
+        let before = owners.len();
+        owners.retain(|id, _| live.contains(id));
+        let reaped = before - owners.len();
+        if reaped > 0 {
+            state.stats.sessions_reaped.fetch_add(reaped as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The MCP server of one legacy session or one stateless request.
+#[derive(Clone)]
+struct Handler {
+    state: Arc<McpState>,
+    /// Legacy sessions: the level `logging/setLevel` chose (`None`: every level).
+    #[allow(deprecated)]
+    log_level: Arc<Mutex<Option<rmcp::model::LoggingLevel>>>,
+    /// Ends the session's tools watch when the session (its last handler clone) ends.
+    _session: Arc<DropGuard>,
+    watch: CancellationToken,
+}
+
+impl Handler {
+    fn new(state: Arc<McpState>) -> Handler {
+        let watch = CancellationToken::new();
+        Handler { state, log_level: Arc::default(), _session: Arc::new(watch.clone().drop_guard()), watch }
+    }
+}
+
+fn identity(extensions: &rmcp::model::Extensions) -> Result<Identity, McpError> {
+    extensions
+        .get::<axum::http::request::Parts>()
+        .and_then(|p| p.extensions.get::<Identity>())
+        .cloned()
+        .ok_or_else(|| McpError::internal_error("request without credentials", None))
+}
+
+/// The MCP `Tool` of a procedure.
+fn to_tool(procedure: &str, descriptor: &ToolDescriptor) -> Option<Tool> {
+    let mut json: Map<String, Value> = descriptor.json().clone();
+    json.insert("name".into(), tool_name(procedure).into());
+    let meta = json.entry("_meta").or_insert_with(|| Value::Object(Map::new()));
+    if let Value::Object(meta) = meta {
+        meta.insert(META_PROCEDURE.into(), procedure.into());
+        meta.remove(META_REQUIRES);
+    }
+    serde_json::from_value(Value::Object(json)).ok()
+}
+
+/// The procedure a tool name stands for in `realm`, with its descriptor.
+fn resolve(realm: &Realm, name: &str) -> Option<(String, ToolDescriptor)> {
+    realm.with_tools(|c| {
+        // The common case: a reversible name, whose procedure is found directly.
+        let direct = name.replace("__", ".");
+        if let Some(t) = c.get(&direct).filter(|_| tool_name(&direct) == name) {
+            return Some((direct, t.clone()));
+        }
+        let (page, _) = c.page("", usize::MAX, usize::MAX, |p| tool_name(p) == name);
+        page.first().map(|(p, t)| ((*p).to_owned(), (*t).clone()))
+    })
+}
+
+/// Checks the arguments against the common core of JSON Schema: `type`, `required`,
+/// `properties` (recursively), `enum`, `additionalProperties: false`, `items`. Keywords
+/// outside that core are left to the provider.
+fn check_arguments(schema: &Value, value: &Value, path: &str) -> Result<(), String> {
+    let Some(schema) = schema.as_object() else { return Ok(()) };
+    if let Some(t) = schema.get("type") {
+        let types: Vec<&str> = match t {
+            Value::String(s) => vec![s.as_str()],
+            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+            _ => vec![],
+        };
+        let is = |ty: &str| match ty {
+            "object" => value.is_object(),
+            "array" => value.is_array(),
+            "string" => value.is_string(),
+            "number" => value.is_number(),
+            "integer" => value.as_f64().is_some_and(|f| f.fract() == 0.0),
+            "boolean" => value.is_boolean(),
+            "null" => value.is_null(),
+            _ => true,
+        };
+        if !types.is_empty() && !types.iter().any(|t| is(t)) {
+            return Err(format!("{path} must be of type {}", types.join(" or ")));
+        }
+    }
+    if let Some(Value::Array(options)) = schema.get("enum") {
+        if !options.contains(value) {
+            return Err(format!("{path} must be one of {}", Value::Array(options.clone())));
+        }
+    }
+    if let Value::Object(obj) = value {
+        if let Some(Value::Array(required)) = schema.get("required") {
+            if let Some(missing) = required.iter().filter_map(Value::as_str).find(|k| !obj.contains_key(*k)) {
+                return Err(format!("{path} is missing the required property {missing:?}"));
+            }
+        }
+        let props = schema.get("properties").and_then(Value::as_object);
+        for (k, v) in obj {
+            match props.and_then(|p| p.get(k)) {
+                Some(sub) => check_arguments(sub, v, &format!("{path}.{k}"))?,
+                None if schema.get("additionalProperties") == Some(&Value::Bool(false)) => {
+                    return Err(format!("{path} has the property {k:?}, which the schema does not allow"));
+                }
+                None => {}
+            }
+        }
+    }
+    if let (Value::Array(items), Some(sub)) = (value, schema.get("items")) {
+        for (i, v) in items.iter().enumerate() {
+            check_arguments(sub, v, &format!("{path}[{i}]"))?;
+        }
+    }
+    Ok(())
+}
+
+/// A provider's answer as an MCP result.
+fn to_result(result: CallResult, procedure: &str, realm: &str) -> CallToolResult {
+    use base64::Engine as _;
+    let message = || String::from_utf8_lossy(&result.payload).into_owned();
+    match result.code {
+        ErrorCode::NoError => {
+            let full = result.headers.get("content-type").is_some_and(|v| v == TOOL_RESULT_TYPE);
+            if full {
+                return match serde_json::from_slice::<CallToolResult>(&result.payload) {
+                    Ok(r) => r,
+                    Err(e) => error_result(format!("the provider of {procedure} sent a malformed tool result: {e}")),
+                };
+            }
+            match std::str::from_utf8(&result.payload) {
+                Ok(text) => {
+                    let mut r = CallToolResult::success(vec![ContentBlock::text(text.to_owned())]);
+                    if let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(text) {
+                        r.structured_content = Some(Value::Object(obj));
+                    }
+                    r
+                }
+                Err(_) => {
+                    let blob = base64::engine::general_purpose::STANDARD.encode(&result.payload);
+                    let json = serde_json::json!({"content": [{"type": "resource", "resource": {
+                        "uri": format!("fovea:///{procedure}/result"),
+                        "mimeType": "application/octet-stream",
+                        "blob": blob,
+                    }}]});
+                    serde_json::from_value(json).unwrap_or_else(|_| error_result("binary result".into()))
+                }
+            }
+        }
+        ErrorCode::NoProvider => error_result(format!(
+            "no provider of {procedure} is running in realm {realm:?}: start one (fovea serve {procedure} …)"
+        )),
+        ErrorCode::Timeout => error_result(format!("{procedure} did not answer before the deadline")),
+        ErrorCode::ProviderDisconnected => {
+            error_result(format!("the provider of {procedure} disconnected while handling the call"))
+        }
+        ErrorCode::Busy => error_result(format!("busy, retry shortly: {}", message())),
+        code if code.is_application() => error_result(message()),
+        code => error_result(format!("{code}: {}", message())),
+    }
+}
+
+fn error_result(text: String) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(text)])
+}
+
+#[allow(deprecated)]
+fn parse_level(level: &str) -> Option<rmcp::model::LoggingLevel> {
+    serde_json::from_value(Value::String(level.to_owned())).ok()
+}
+
+/// Severity rank of a level (debug 0 … emergency 7).
+#[allow(deprecated)]
+fn rank(level: &rmcp::model::LoggingLevel) -> usize {
+    const LEVELS: [&str; 8] = ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"];
+    let name = serde_json::to_value(level).ok();
+    LEVELS.iter().position(|l| name.as_ref().and_then(Value::as_str) == Some(l)).unwrap_or(0)
+}
+
+impl ServerHandler for Handler {
+    fn get_info(&self) -> ServerConfig {
+        #[allow(deprecated)]
+        let caps = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_tool_list_changed()
+            .enable_logging()
+            .enable_resources()
+            .enable_prompts()
+            .build();
+        ServerConfig::new(caps)
+            .with_server_info(Implementation::new("fovea", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Tools of this fovea realm: each is a procedure served by a service somewhere in the mesh.",
+            )
+    }
+
+    #[allow(deprecated)]
+    async fn set_level(
+        &self,
+        request: rmcp::model::SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        *lock(&self.log_level) = Some(request.level);
+        Ok(())
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        // A legacy session: tell it when the realm's tools change, while it lasts.
+        let Ok(identity) = identity(&context.extensions) else { return };
+        let mut rx = identity.realm.watch_tools();
+        let (peer, stop) = (context.peer.clone(), self.watch.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() { return },
+                    () = stop.cancelled() => return,
+                }
+                if peer.notify_tool_list_changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    fn accepted_subscription_filter(&self, requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
+        Some(requested.supported_by(&self.get_info().capabilities))
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), McpError> {
+        let identity = identity(&context.request_context().extensions)?;
+        let mut rx = identity.realm.watch_tools();
+        loop {
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return Ok(()) },
+                () = context.cancelled() => return Ok(()),
+            }
+            if context.accepted().tools_list_changed == Some(true) && context.sink().notify_tool_list_changed().await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn list_tools(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        let id = identity(&context.extensions)?;
+        let cursor = request.and_then(|r| r.cursor).unwrap_or_default();
+        let (tools, next) = id.realm.with_tools(|c| {
+            let (page, next) = c.page(&cursor, PAGE_ITEMS, usize::MAX, |p| id.perms.call.name(p.as_bytes()));
+            (page.iter().filter_map(|(p, t)| to_tool(p, t)).collect::<Vec<_>>(), next)
+        });
+        let mut result = ListToolsResult::with_all_items(tools);
+        // Cache hints exist from 2026-07-28. The list depends on the caller's permissions
+        // (private), and list_changed announces changes, so a second of freshness is safe.
+        if context.protocol_version().is_some_and(|v| !v.has_initialize()) {
+            result = result.with_ttl_ms(1000).with_cache_scope(CacheScope::Private);
+        }
+        result.next_cursor = next;
+        Ok(result)
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let id = identity(&context.extensions)?;
+        let state = &self.state;
+        state.stats.tool_calls.fetch_add(1, Ordering::Relaxed);
+        let unknown = || McpError::invalid_params(format!("unknown tool {:?}", request.name), None);
+        let (procedure, descriptor) = resolve(&id.realm, &request.name).ok_or_else(unknown)?;
+        if !id.perms.call.name(procedure.as_bytes()) {
+            return Err(unknown());
+        }
+        if let Some(Value::Object(required)) = descriptor.json().get("_meta").and_then(|m| m.get(META_REQUIRES)) {
+            let declared = serde_json::to_value(context.client_capabilities().unwrap_or_default()).unwrap_or_default();
+            let missing: Map<String, Value> =
+                required.iter().filter(|(k, _)| declared.get(k.as_str()).is_none()).map(|(k, v)| (k.clone(), v.clone())).collect();
+            if !missing.is_empty() {
+                let caps: ClientCapabilities = serde_json::from_value(Value::Object(missing)).unwrap_or_default();
+                return Err(McpError::missing_required_client_capability(caps));
+            }
+        }
+        let arguments = Value::Object(request.arguments.clone().unwrap_or_default());
+        if let Some(schema) = descriptor.json().get("inputSchema") {
+            check_arguments(schema, &arguments, "arguments").map_err(|e| McpError::invalid_params(e, None))?;
+        }
+        let payload = Bytes::from(serde_json::to_vec(&arguments).unwrap_or_default());
+        let result = self.call(&id, &procedure, payload, &context).await;
+        if result.is_error == Some(true) {
+            state.stats.tool_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(result.into())
+    }
+}
+
+impl Handler {
+    /// One mesh call, passing its notices on and cancelling it with the MCP request.
+    // MCP logging is deprecated by SEP-2577 but still part of both eras we serve.
+    #[allow(deprecated)]
+    async fn call(
+        &self,
+        id: &Identity,
+        procedure: &str,
+        payload: Bytes,
+        context: &RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let caller = &self.state.caller;
+        let call_id = caller.next_id.fetch_add(1, Ordering::Relaxed);
+        // Room for the result and a burst of notices; a full channel drops notices only.
+        let (tx, mut rx) = mpsc::channel(64);
+        if lock(&caller.waiting).len() >= self.state.config.max_calls_in_flight {
+            return error_result(format!(
+                "busy: {} tool calls are in flight on this node's MCP endpoint, its limit; retry shortly",
+                self.state.config.max_calls_in_flight
+            ));
+        }
+        lock(&caller.waiting).insert(call_id, tx);
+        let timeout_ms = u64::try_from(self.state.config.call_timeout.as_millis()).unwrap_or(u64::MAX);
+        let call = Call {
+            call_id,
+            procedure: Bytes::copy_from_slice(procedure.as_bytes()),
+            timeout_ms,
+            headers: Headers::new(),
+            payload,
+        };
+        self.state.shared.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let mut rng = fovea_core::balance::Rng::new(self.state.shared.seed ^ call_id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        crate::conn::route_call(&self.state.shared, &id.realm, &caller.peer, &mut rng, call);
+        let progress_token = context.meta.get_progress_token();
+        let modern = context.protocol_version().is_some_and(|v| !v.has_initialize());
+        #[allow(deprecated)]
+        let min_level = if modern { context.meta.log_level() } else { *lock(&self.log_level) };
+        loop {
+            let event = tokio::select! {
+                e = rx.recv() => e,
+                () = context.ct.cancelled() => {
+                    lock(&caller.waiting).remove(&call_id);
+                    caller.peer.cancel_call(call_id);
+                    return error_result("cancelled".into());
+                }
+            };
+            match event {
+                Some(CallEvent::Done(r)) => return to_result(r, procedure, &id.realm.name),
+                Some(CallEvent::Notice(kind, body)) => {
+                    let Ok(Value::Object(v)) = serde_json::from_slice::<Value>(&body) else { continue };
+                    if kind == notice::PROGRESS {
+                        let (Some(token), Some(progress)) = (&progress_token, v.get("progress").and_then(Value::as_f64))
+                        else {
+                            continue;
+                        };
+                        let mut p = ProgressNotificationParam::new(token.clone(), progress);
+                        p.total = v.get("total").and_then(Value::as_f64);
+                        p.message = v.get("message").and_then(Value::as_str).map(str::to_owned);
+                        let _ = context.peer.notify_progress(p).await;
+                    } else if kind == notice::LOG {
+                        let Some(level) = v.get("level").and_then(Value::as_str).and_then(parse_level) else { continue };
+                        // 2026-07-28: logs only when the request asked, at its level;
+                        // a legacy session: from the level it set (all until it sets one).
+                        let wanted = match (modern, &min_level) {
+                            (true, None) => false,
+                            (_, Some(min)) => rank(&level) >= rank(min),
+                            (false, None) => true,
+                        };
+                        if wanted {
+                            #[allow(deprecated)]
+                            let mut m = rmcp::model::LoggingMessageNotificationParam::new(
+                                level,
+                                v.get("data").cloned().unwrap_or(Value::Null),
+                            );
+                            m.logger = v.get("logger").and_then(Value::as_str).map(str::to_owned);
+                            #[allow(deprecated)]
+                            let _ = context.peer.notify_logging_message(m).await;
+                        }
+                    }
+                }
+                None => return error_result("the node is shutting down".into()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argument_checks() {
+        let schema = serde_json::json!({
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "tags": {"type": "array", "items": {"type": "string"}},
+                           "mode": {"enum": ["x", "y"]}},
+            "required": ["a"],
+            "additionalProperties": false,
+        });
+        let ok = |v: Value| check_arguments(&schema, &v, "arguments");
+        assert!(ok(serde_json::json!({"a": 1, "tags": ["t"], "mode": "x"})).is_ok());
+        assert!(ok(serde_json::json!({})).unwrap_err().contains("required property \"a\""));
+        assert!(ok(serde_json::json!({"a": 1.5})).unwrap_err().contains("arguments.a must be of type integer"));
+        assert!(ok(serde_json::json!({"a": 1, "tags": [1]})).unwrap_err().contains("arguments.tags[0]"));
+        assert!(ok(serde_json::json!({"a": 1, "mode": "z"})).is_err());
+        assert!(ok(serde_json::json!({"a": 1, "b": 2})).unwrap_err().contains("\"b\""));
+    }
+
+    #[test]
+    fn results() {
+        let r = |code, headers: Headers, payload: &'static [u8]| {
+            to_result(CallResult { call_id: 1, code, headers, payload: Bytes::from_static(payload) }, "p.x", "default")
+        };
+        let text = r(ErrorCode::NoError, Headers::new(), b"hello");
+        assert_eq!(text.is_error, Some(false));
+        assert!(text.structured_content.is_none());
+        let obj = r(ErrorCode::NoError, Headers::new(), br#"{"n":1}"#);
+        assert_eq!(obj.structured_content, Some(serde_json::json!({"n": 1})));
+        let full = r(
+            ErrorCode::NoError,
+            Headers::from_pairs([("content-type", TOOL_RESULT_TYPE)]).unwrap(),
+            br#"{"content":[{"type":"image","data":"AAAA","mimeType":"image/png"}],"isError":false}"#,
+        );
+        assert_eq!(serde_json::to_value(&full).unwrap()["content"][0]["type"], "image");
+        assert_eq!(r(ErrorCode::NoProvider, Headers::new(), b"").is_error, Some(true));
+        assert_eq!(r(ErrorCode::ApplicationError, Headers::new(), b"boom").is_error, Some(true));
+        let bad = r(ErrorCode::NoError, Headers::from_pairs([("content-type", TOOL_RESULT_TYPE)]).unwrap(), b"[");
+        assert_eq!(bad.is_error, Some(true));
+        assert_ne!(r(ErrorCode::NoError, Headers::new(), b"\xff\xfe").is_error, Some(true));
+    }
+
+    #[test]
+    fn tools_carry_their_procedure() {
+        let d = ToolDescriptor::parse(br#"{"description":"adds","_meta":{"io.fovea/requiredClientCapabilities":{"sampling":{}}}}"#)
+            .unwrap();
+        let t = to_tool("math.add", &d).unwrap();
+        assert_eq!(t.name, "math__add");
+        let json = serde_json::to_value(&t).unwrap();
+        assert_eq!(json["_meta"][META_PROCEDURE], "math.add");
+        assert!(json["_meta"].get(META_REQUIRES).is_none());
+    }
+}
