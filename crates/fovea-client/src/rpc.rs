@@ -251,7 +251,8 @@ impl Client {
         let inner = self.inner();
         let rid = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(inner.opts.subscription_capacity);
-        let frame = Frame::Reg(Register { rid, procedure: Bytes::copy_from_slice(parsed.as_bytes()), tool: tool.clone() });
+        let frame =
+            Frame::Reg(Register { rid, procedure: Bytes::copy_from_slice(parsed.as_bytes()), tool: tool.clone() });
         let entry = |ack| RegEntry { procedure: parsed.clone(), tool, tx, ack };
         let ack = inner.open_acked(&inner.regs, rid, entry, &frame)?;
         // Built before waiting: if the node refuses, dropping it sends the UNREG.

@@ -158,7 +158,11 @@ impl Client {
                 else {
                     continue;
                 };
-                all.push(ToolInfo { name: tool_name(procedure), procedure: procedure.to_owned(), descriptor: descriptor.clone() });
+                all.push(ToolInfo {
+                    name: tool_name(procedure),
+                    procedure: procedure.to_owned(),
+                    descriptor: descriptor.clone(),
+                });
             }
             if page.next.is_empty() {
                 return Ok(all);

@@ -25,7 +25,8 @@ pub const MAX_DESCRIPTION_LEN: usize = 8 * 1024;
 pub const MAX_TOOL_NAME_LEN: usize = 64;
 
 /// Keys a descriptor may carry (MCP's `Tool` without `name`, which [`tool_name`] derives).
-const KEYS: &[&str] = &["description", "inputSchema", "outputSchema", "title", "annotations", "icons", "execution", "_meta"];
+const KEYS: &[&str] =
+    &["description", "inputSchema", "outputSchema", "title", "annotations", "icons", "execution", "_meta"];
 
 /// Why a descriptor was refused. The text says what to change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -303,7 +304,10 @@ mod tests {
         assert!(matches!(bad(r#"{"description":"x","outputSchema":[]}"#), ToolError::WrongType { .. }));
         assert!(matches!(bad(r#"{"description":1}"#), ToolError::WrongType { .. }));
         assert_eq!(bad("{\"description\":\"a\u{200b}b\"}"), ToolError::HiddenChar { key: "description", ch: 0x200b });
-        assert_eq!(bad("{\"description\":\"x\",\"title\":\"\u{e0041}\"}"), ToolError::HiddenChar { key: "title", ch: 0xe0041 });
+        assert_eq!(
+            bad("{\"description\":\"x\",\"title\":\"\u{e0041}\"}"),
+            ToolError::HiddenChar { key: "title", ch: 0xe0041 }
+        );
         assert!(matches!(bad(r#"{"description":"a\u0007"}"#), ToolError::HiddenChar { ch: 7, .. }));
         // Newlines and tabs are text.
         ToolDescriptor::parse(br#"{"description":"line\n\tmore"}"#).unwrap();

@@ -237,9 +237,8 @@ impl Session {
         }
         let regs: Vec<(Procedure, u64, u64)> = self.regs.drain().map(|(rid, (p, key))| (p, rid, key)).collect();
         if !regs.is_empty() {
-            self.realm.unregister(
-                regs.iter().map(|(p, rid, key)| (p, ProviderRef { peer: peer.clone(), rid: *rid }, *key)),
-            );
+            self.realm
+                .unregister(regs.iter().map(|(p, rid, key)| (p, ProviderRef { peer: peer.clone(), rid: *rid }, *key)));
         }
         let failed = peer.abandon_all();
         for _ in 0..failed {
@@ -697,7 +696,10 @@ fn call_remote(shared: &Arc<Shared>, realm: &Arc<Realm>, peer: &Arc<Peer>, mut r
             return;
         }
         if local_busy {
-            fail(ErrorCode::Busy, format!("every provider of {name:?} here is at its limit, and none elsewhere answers"));
+            fail(
+                ErrorCode::Busy,
+                format!("every provider of {name:?} here is at its limit, and none elsewhere answers"),
+            );
         } else {
             fail(ErrorCode::NoProvider, format!("no provider of {name:?} in realm {:?} on any node", realm.name));
         }

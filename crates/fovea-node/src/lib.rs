@@ -35,8 +35,8 @@ mod outbound;
 mod router;
 mod rpc;
 mod stats;
-mod tools;
 pub mod tls;
+mod tools;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -213,7 +213,11 @@ pub(crate) async fn serve(
     use axum::serve::ListenerExt;
     let limits = &shared.config.limits;
     let out = Outbound::new(limits.max_pending_bytes, limits.slow_consumer_timeout, false);
-    let caller = Arc::new(Caller { peer: Arc::new(Peer::new(out)), waiting: Mutex::new(HashMap::new()), next_id: AtomicU64::new(1) });
+    let caller = Arc::new(Caller {
+        peer: Arc::new(Peer::new(out)),
+        waiting: Mutex::new(HashMap::new()),
+        next_id: AtomicU64::new(1),
+    });
     tokio::spawn(caller.clone().drive(stop.clone()));
     let mut sessions = LocalSessionManager::default();
     sessions.session_config.keep_alive = Some(config.session_idle);
@@ -242,11 +246,8 @@ pub(crate) async fn serve(
         .with_max_request_body_bytes(config.max_body_bytes)
         .with_cancellation_token(stop.child_token());
     let handler_state = state.clone();
-    let service: StreamableHttpService<Handler, LocalSessionManager> = StreamableHttpService::new(
-        move || Ok(Handler::new(handler_state.clone())),
-        sessions,
-        http,
-    );
+    let service: StreamableHttpService<Handler, LocalSessionManager> =
+        StreamableHttpService::new(move || Ok(Handler::new(handler_state.clone())), sessions, http);
     let app = axum::Router::new()
         .nest_service("/mcp", service)
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
@@ -294,7 +295,10 @@ async fn guard(
                 let mut owners = lock(&state.owners);
                 let mine = owners.values().filter(|o| **o == owner).count();
                 let refused = if owners.len() >= state.config.max_sessions {
-                    Some((StatusCode::SERVICE_UNAVAILABLE, "this node has its maximum of MCP sessions open: retry later"))
+                    Some((
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "this node has its maximum of MCP sessions open: retry later",
+                    ))
                 } else if mine >= state.config.max_sessions_per_user {
                     Some((StatusCode::TOO_MANY_REQUESTS, "this user has its maximum of MCP sessions open: close some (DELETE) or wait for idle ones to expire"))
                 } else {
@@ -318,10 +322,12 @@ async fn guard(
             }
             state.stats.sessions_opened.fetch_add(1, Ordering::Relaxed);
         }
-        (Some(id), _) if method == Method::DELETE && response.status().is_success() => {
-            if lock(&state.owners).remove(&id).is_some() {
-                state.stats.sessions_deleted.fetch_add(1, Ordering::Relaxed);
-            }
+        (Some(id), _)
+            if method == Method::DELETE
+                && response.status().is_success()
+                && lock(&state.owners).remove(&id).is_some() =>
+        {
+            state.stats.sessions_deleted.fetch_add(1, Ordering::Relaxed);
         }
         _ => {}
     }
@@ -616,7 +622,9 @@ impl ServerHandler for Handler {
                 r = rx.changed() => if r.is_err() { return Ok(()) },
                 () = context.cancelled() => return Ok(()),
             }
-            if context.accepted().tools_list_changed == Some(true) && context.sink().notify_tool_list_changed().await.is_err() {
+            if context.accepted().tools_list_changed == Some(true)
+                && context.sink().notify_tool_list_changed().await.is_err()
+            {
                 return Ok(());
             }
         }
@@ -658,8 +666,11 @@ impl ServerHandler for Handler {
         }
         if let Some(Value::Object(required)) = descriptor.json().get("_meta").and_then(|m| m.get(META_REQUIRES)) {
             let declared = serde_json::to_value(context.client_capabilities().unwrap_or_default()).unwrap_or_default();
-            let missing: Map<String, Value> =
-                required.iter().filter(|(k, _)| declared.get(k.as_str()).is_none()).map(|(k, v)| (k.clone(), v.clone())).collect();
+            let missing: Map<String, Value> = required
+                .iter()
+                .filter(|(k, _)| declared.get(k.as_str()).is_none())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             if !missing.is_empty() {
                 let caps: ClientCapabilities = serde_json::from_value(Value::Object(missing)).unwrap_or_default();
                 return Err(McpError::missing_required_client_capability(caps));
@@ -709,7 +720,8 @@ impl Handler {
             payload,
         };
         self.state.shared.stats.calls.fetch_add(1, Ordering::Relaxed);
-        let mut rng = fovea_core::balance::Rng::new(self.state.shared.seed ^ call_id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut rng =
+            fovea_core::balance::Rng::new(self.state.shared.seed ^ call_id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         crate::conn::route_call(&self.state.shared, &id.realm, &caller.peer, &mut rng, call);
         let progress_token = context.meta.get_progress_token();
         let modern = context.protocol_version().is_some_and(|v| !v.has_initialize());
@@ -729,7 +741,8 @@ impl Handler {
                 Some(CallEvent::Notice(kind, body)) => {
                     let Ok(Value::Object(v)) = serde_json::from_slice::<Value>(&body) else { continue };
                     if kind == notice::PROGRESS {
-                        let (Some(token), Some(progress)) = (&progress_token, v.get("progress").and_then(Value::as_f64))
+                        let (Some(token), Some(progress)) =
+                            (&progress_token, v.get("progress").and_then(Value::as_f64))
                         else {
                             continue;
                         };
@@ -738,7 +751,9 @@ impl Handler {
                         p.message = v.get("message").and_then(Value::as_str).map(str::to_owned);
                         let _ = context.peer.notify_progress(p).await;
                     } else if kind == notice::LOG {
-                        let Some(level) = v.get("level").and_then(Value::as_str).and_then(parse_level) else { continue };
+                        let Some(level) = v.get("level").and_then(Value::as_str).and_then(parse_level) else {
+                            continue;
+                        };
                         // 2026-07-28: logs only when the request asked, at its level;
                         // a legacy session: from the level it set (all until it sets one).
                         let wanted = match (modern, &min_level) {
@@ -811,8 +826,10 @@ mod tests {
 
     #[test]
     fn tools_carry_their_procedure() {
-        let d = ToolDescriptor::parse(br#"{"description":"adds","_meta":{"io.fovea/requiredClientCapabilities":{"sampling":{}}}}"#)
-            .unwrap();
+        let d = ToolDescriptor::parse(
+            br#"{"description":"adds","_meta":{"io.fovea/requiredClientCapabilities":{"sampling":{}}}}"#,
+        )
+        .unwrap();
         let t = to_tool("math.add", &d).unwrap();
         assert_eq!(t.name, "math__add");
         let json = serde_json::to_value(&t).unwrap();

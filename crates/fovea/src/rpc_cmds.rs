@@ -56,8 +56,9 @@ fn tool_descriptor(args: &ServeArgs) -> anyhow::Result<Option<serde_json::Value>
             Some(path) => std::fs::read_to_string(path).with_context(|| format!("{flag} @{path}: cannot read"))?,
             None => v.clone(),
         };
-        let json = serde_json::from_str(&text)
-            .with_context(|| format!("{flag}: not JSON; give a JSON Schema such as '{{\"type\":\"object\"}}' or @FILE"))?;
+        let json = serde_json::from_str(&text).with_context(|| {
+            format!("{flag}: not JSON; give a JSON Schema such as '{{\"type\":\"object\"}}' or @FILE")
+        })?;
         Ok(Some(json))
     };
     let mut d = serde_json::json!({ "description": description });

@@ -222,7 +222,8 @@ async fn a_dropped_call_is_cancelled_at_the_provider() {
     let node = TestNode::start().await;
     // A raw provider, to see the CANCEL frame the SDK does not surface.
     let mut raw = RawClient::handshake(&node).await;
-    raw.send_frame(&Frame::Reg(Register { rid: 7, procedure: Bytes::from_static(b"svc.cancel"), tool: Bytes::new() })).await;
+    raw.send_frame(&Frame::Reg(Register { rid: 7, procedure: Bytes::from_static(b"svc.cancel"), tool: Bytes::new() }))
+        .await;
     assert_eq!(raw.next_frame().await, Some(Frame::RegAck(7)));
     let caller = node.client().await;
     let c2 = caller.clone();

@@ -5,6 +5,8 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+
+pub mod http;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +32,8 @@ pub struct TestNode {
     pub task: tokio::task::JoinHandle<()>,
     pub dir: Arc<tempfile::TempDir>,
     pub mesh: Option<Arc<fovea_node::mesh::Mesh>>,
+    /// The MCP endpoint (every test node serves one).
+    pub mcp: SocketAddr,
 }
 
 impl TestNode {
@@ -105,7 +109,11 @@ impl TestNode {
         config.realms = realms;
         config.admin = Some("127.0.0.1:0".parse().unwrap());
         config.mesh = mesh;
+        let mut mcp = fovea_node::mcp::McpConfig::new("127.0.0.1:0".parse().unwrap());
+        mcp.call_timeout = Duration::from_secs(3);
+        config.mcp = Some(mcp);
         let node = Node::bind(config).expect("node binds");
+        let mcp = node.mcp_addr().expect("mcp endpoint on");
         let mesh = node.mesh();
         let addr = node.local_addr();
         let cert = node.self_signed_cert().unwrap().to_owned();
@@ -117,7 +125,7 @@ impl TestNode {
         let task = tokio::spawn(async move {
             node.run(token).await.unwrap();
         });
-        TestNode { addr, cert, stats, admin, reloader, shutdown, task, dir, mesh }
+        TestNode { addr, cert, stats, admin, reloader, shutdown, task, dir, mesh, mcp }
     }
 
     pub fn url(&self) -> String {

@@ -1,0 +1,334 @@
+//! The MCP front end, driven over HTTP as an agent drives it, with tools provided through
+//! the SDK by services connected to real nodes on loopback.
+
+mod common;
+
+use common::http::Agent;
+use common::{TestNode, WAIT};
+use fovea_client::{Client, Notice, Registration, Request};
+use serde_json::{json, Value};
+
+async fn next_request(reg: &mut Registration) -> Request {
+    tokio::time::timeout(WAIT, reg.next()).await.expect("request in time").expect("registration open")
+}
+
+fn adder() -> Value {
+    json!({
+        "description": "Adds two numbers.",
+        "inputSchema": {"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+                        "required": ["a", "b"]},
+    })
+}
+
+/// A provider of `math.add` that answers every call with `{"sum": a + b}`.
+async fn serve_adder(client: &Client) -> tokio::task::JoinHandle<()> {
+    let mut reg = client.register_tool("math.add", &adder()).await.expect("tool registered");
+    tokio::spawn(async move {
+        while let Some(req) = reg.next().await {
+            let args: Value = serde_json::from_slice(&req.payload).unwrap();
+            let sum = args["a"].as_f64().unwrap() + args["b"].as_f64().unwrap();
+            req.respond(json!({ "sum": sum }).to_string());
+        }
+    })
+}
+
+#[tokio::test]
+async fn agents_list_and_call_tools_that_services_provide() {
+    let node = TestNode::start().await;
+    let service = node.client().await;
+    let _adder = serve_adder(&service).await;
+    // A plain procedure is internal: not a tool.
+    let _plain = service.register("internal.thing").await.unwrap();
+    let mut agent = Agent::new(node.mcp);
+    let init = agent.initialize().await;
+    assert!(agent.session.is_some(), "a legacy session: {}", init.body);
+    assert_eq!(init.result()["capabilities"]["tools"]["listChanged"], true);
+    assert_eq!(init.result()["serverInfo"]["name"], "fovea");
+
+    let list = agent.request(1, "tools/list", json!({})).await;
+    let tools = list.result()["tools"].as_array().unwrap().clone();
+    assert_eq!(tools.len(), 1, "only the tool: {tools:?}");
+    assert_eq!(tools[0]["name"], "math__add");
+    assert_eq!(tools[0]["description"], "Adds two numbers.");
+    assert_eq!(tools[0]["_meta"]["io.fovea/procedure"], "math.add");
+    assert_eq!(tools[0]["inputSchema"]["required"], json!(["a", "b"]));
+
+    let call = agent.request(2, "tools/call", json!({"name": "math__add", "arguments": {"a": 2, "b": 40}})).await;
+    let result = call.result();
+    assert_eq!(result["isError"], false);
+    assert_eq!(result["structuredContent"], json!({"sum": 42.0}));
+    assert_eq!(result["content"][0]["type"], "text");
+
+    // The SDK sees the same catalog.
+    let listed = service.tools().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].procedure.as_str(), listed[0].name.as_str()), ("math.add", "math__add"));
+
+    // Resources and prompts are declared, and empty.
+    assert_eq!(agent.request(3, "resources/list", json!({})).await.result()["resources"], json!([]));
+    assert_eq!(agent.request(4, "prompts/list", json!({})).await.result()["prompts"], json!([]));
+
+    // DELETE ends the session; it is then unknown.
+    assert!(agent.delete().await.status < 300);
+    assert_eq!(agent.request(5, "tools/list", json!({})).await.status, 404);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn protocol_errors_and_execution_errors_are_told_apart() {
+    let node = TestNode::start().await;
+    let service = node.client().await;
+    let mut reg = service
+        .register_tool("svc.fails", &json!({"description": "Fails or hangs.", "inputSchema": {"type": "object"}}))
+        .await
+        .unwrap();
+    let mut agent = Agent::new(node.mcp);
+    agent.initialize().await;
+
+    // Unknown tool and invalid arguments: JSON-RPC errors.
+    let unknown = agent.request(1, "tools/call", json!({"name": "nope", "arguments": {}})).await;
+    assert_eq!(unknown.response()["error"]["code"], -32602);
+    let _adder = serve_adder(&service).await;
+    let bad = agent.request(2, "tools/call", json!({"name": "math__add", "arguments": {"a": "x", "b": 1}})).await;
+    assert_eq!(bad.response()["error"]["code"], -32602);
+    assert!(bad.response()["error"]["message"].as_str().unwrap().contains("arguments.a"));
+
+    // The provider fails: an error result carrying its message.
+    let agent2 = agent.clone();
+    let call =
+        tokio::spawn(
+            async move { agent2.request(3, "tools/call", json!({"name": "svc__fails", "arguments": {}})).await },
+        );
+    next_request(&mut reg).await.fail("the disk is full");
+    let failed = call.await.unwrap();
+    assert_eq!(failed.result()["isError"], true);
+    assert_eq!(failed.result()["content"][0]["text"], "the disk is full");
+
+    // The provider never answers: the deadline (3 s on test nodes) ends the call.
+    let agent2 = agent.clone();
+    let call =
+        tokio::spawn(
+            async move { agent2.request(4, "tools/call", json!({"name": "svc__fails", "arguments": {}})).await },
+        );
+    let hung = next_request(&mut reg).await;
+    let timed_out = call.await.unwrap();
+    assert_eq!(timed_out.result()["isError"], true);
+    assert!(timed_out.result()["content"][0]["text"].as_str().unwrap().contains("deadline"));
+    drop(hung);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn progress_and_logs_reach_the_agent_before_the_result() {
+    let node = TestNode::start().await;
+    let service = node.client().await;
+    let mut reg = service.register_tool("job.run", &json!({"description": "A long job."})).await.unwrap();
+    tokio::spawn(async move {
+        while let Some(req) = reg.next().await {
+            for i in 1..=3 {
+                req.notify(&Notice::Progress {
+                    progress: f64::from(i),
+                    total: Some(3.0),
+                    message: Some(format!("step {i}")),
+                });
+            }
+            req.notify(&Notice::Log { level: "info".into(), logger: Some("job".into()), data: json!("halfway") });
+            req.respond("done");
+        }
+    });
+    let mut agent = Agent::new(node.mcp);
+    agent.initialize().await;
+    // Legacy sessions get log lines on the session's GET stream (rmcp routes only progress
+    // to the request's own stream); the 2026 era gets both on the request stream.
+    let mut stream = agent.listen().await;
+    let reply = agent
+        .request(1, "tools/call", json!({"name": "job__run", "arguments": {}, "_meta": {"progressToken": "tok"}}))
+        .await;
+    let progress = reply.notifications("notifications/progress");
+    assert_eq!(progress.len(), 3, "{}", reply.body);
+    assert_eq!(progress[2]["params"]["progress"], 3.0);
+    assert_eq!(progress[2]["params"]["total"], 3.0);
+    assert_eq!(progress[0]["params"]["progressToken"], "tok");
+    assert_eq!(progress[0]["params"]["message"], "step 1");
+    let log = loop {
+        let m = stream.next().await;
+        if m["method"] == "notifications/message" {
+            break m;
+        }
+    };
+    assert_eq!(log["params"]["data"], "halfway");
+    assert_eq!(log["params"]["level"], "info");
+    // Order: every notice before the result.
+    let last = reply.messages.last().unwrap();
+    assert_eq!(last["result"]["content"][0]["text"], "done");
+
+    // 2026-07-28: logs only when the request asks for them, at its level.
+    let mut modern = Agent::new(node.mcp);
+    modern.version = "2026-07-28";
+    let meta = |level: Option<&str>| {
+        let mut m = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                           "io.modelcontextprotocol/clientCapabilities": {}, "progressToken": 5});
+        if let Some(l) = level {
+            m["io.modelcontextprotocol/logLevel"] = l.into();
+        }
+        m
+    };
+    let silent =
+        modern.request(2, "tools/call", json!({"name": "job__run", "arguments": {}, "_meta": meta(None)})).await;
+    assert!(silent.notifications("notifications/message").is_empty(), "{}", silent.body);
+    assert_eq!(silent.notifications("notifications/progress").len(), 3, "{}", silent.body);
+    let loud = modern
+        .request(3, "tools/call", json!({"name": "job__run", "arguments": {}, "_meta": meta(Some("debug"))}))
+        .await;
+    assert_eq!(loud.notifications("notifications/message").len(), 1, "{}", loud.body);
+
+    // A session that raised its level sees no info lines; no progress without a token.
+    agent.request(2, "logging/setLevel", json!({"level": "warning"})).await;
+    let quiet = agent.request(3, "tools/call", json!({"name": "job__run", "arguments": {}})).await;
+    assert!(quiet.notifications("notifications/message").is_empty(), "{}", quiet.body);
+    assert!(quiet.notifications("notifications/progress").is_empty(), "{}", quiet.body);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn cancelling_the_mcp_request_cancels_the_call_at_the_provider() {
+    let node = TestNode::start().await;
+    let service = node.client().await;
+    let mut reg = service.register_tool("slow.op", &json!({"description": "Slow."})).await.unwrap();
+    let mut agent = Agent::new(node.mcp);
+    agent.initialize().await;
+    let agent2 = agent.clone();
+    let call =
+        tokio::spawn(
+            async move { agent2.request(7, "tools/call", json!({"name": "slow__op", "arguments": {}})).await },
+        );
+    let req = next_request(&mut reg).await;
+    assert!(!req.is_cancelled());
+    let cancel =
+        json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 7, "reason": "user"}});
+    assert_eq!(agent.post(&cancel).await.status, 202);
+    tokio::time::timeout(WAIT, req.cancelled()).await.expect("the provider sees the cancellation");
+    call.abort();
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn tool_changes_reach_open_streams() {
+    let node = TestNode::start().await;
+    let service = node.client().await;
+    let mut agent = Agent::new(node.mcp);
+    agent.initialize().await;
+    let mut stream = agent.listen().await;
+    let mut watch = service.watch_tools().await.unwrap();
+    let before = *watch.borrow_and_update();
+    let reg = service.register_tool("new.tool", &json!({"description": "New."})).await.unwrap();
+    loop {
+        let m = stream.next().await;
+        if m["method"] == "notifications/tools/list_changed" {
+            break;
+        }
+    }
+    tokio::time::timeout(WAIT, watch.changed()).await.unwrap().unwrap();
+    assert!(*watch.borrow() > before);
+    assert_eq!(service.tools().await.unwrap().len(), 1);
+    // Withdrawing it is a change too.
+    drop(reg);
+    loop {
+        let m = stream.next().await;
+        if m["method"] == "notifications/tools/list_changed" {
+            break;
+        }
+    }
+    assert!(service.tools().await.unwrap().is_empty());
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn stateless_requests_of_the_2026_era() {
+    let node = TestNode::start().await;
+    let service = node.client().await;
+    let _adder = serve_adder(&service).await;
+    let mut agent = Agent::new(node.mcp);
+    agent.version = "2026-07-28";
+    let meta = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+    });
+    let discover = agent.request(1, "server/discover", json!({"_meta": meta})).await;
+    assert!(discover.result()["supportedVersions"].as_array().unwrap().contains(&json!("2026-07-28")));
+    let list = agent.request(2, "tools/list", json!({"_meta": meta})).await;
+    assert!(list.header("mcp-session-id").is_none());
+    assert_eq!(list.result()["tools"][0]["name"], "math__add");
+    assert_eq!(list.result()["cacheScope"], "private");
+    let call = agent
+        .request(3, "tools/call", json!({"name": "math__add", "arguments": {"a": 1, "b": 2}, "_meta": meta}))
+        .await;
+    assert_eq!(call.result()["structuredContent"]["sum"], 3.0);
+    node.stop().await;
+}
+
+const REALMS: &str = r#"
+[[realm]]
+name = "acme"
+[[realm.user]]
+name = "agent"
+token_sha256 = "a665a45920422f9d417e4867efdc4fb8a04a1f3fff1fa07e998e86f7f7a27ae3"
+call = ["math.>"]
+register = ["math.>"]
+[[realm.user]]
+name = "svc"
+token_sha256 = "840f135a0cd6a2ca7c9865624d5434f90a072d562d58ec4503fc480d1b65a25d"
+call = [">"]
+register = [">"]
+"#;
+
+#[tokio::test]
+async fn credentials_choose_the_realm_and_bind_sessions() {
+    // Tokens: "123" (agent) and "svc-token" (svc).
+    let node = TestNode::start_with_realms(REALMS).await;
+    let opts = |token: &str| node.options().realm("acme").token(token.to_owned());
+    let service = Client::connect(&node.url(), opts("svc-token")).await.unwrap();
+    let _adder = serve_adder(&service).await;
+    let _secret = service.register_tool("admin.reset", &json!({"description": "Resets."})).await.unwrap();
+
+    // No token, or a wrong one: 401 with a challenge.
+    let anonymous = Agent::new(node.mcp).request(1, "tools/list", json!({})).await;
+    assert_eq!(anonymous.status, 401);
+    assert!(anonymous.header("www-authenticate").unwrap().starts_with("Bearer"));
+    assert_eq!(Agent::new(node.mcp).with_token("wrong").request(1, "tools/list", json!({})).await.status, 401);
+
+    // The agent sees only what it may call.
+    let mut agent = Agent::new(node.mcp).with_token("123");
+    agent.initialize().await;
+    let tools = agent.request(2, "tools/list", json!({})).await;
+    let names: Vec<&str> =
+        tools.result()["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["math__add"]);
+    let denied = agent.request(3, "tools/call", json!({"name": "admin__reset", "arguments": {}})).await;
+    assert_eq!(denied.response()["error"]["code"], -32602, "not callable is unknown: {}", denied.body);
+
+    // Another user cannot use the agent's session.
+    let mut thief = agent.clone();
+    thief.token = Some("svc-token".into());
+    assert_eq!(thief.request(4, "tools/list", json!({})).await.status, 404);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn hostile_http_is_refused() {
+    let node = TestNode::start().await;
+    let agent = Agent::new(node.mcp);
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}});
+    let foreign = agent.post_with(&body, &[("Origin", "http://evil.example")]).await;
+    assert_eq!(foreign.status, 403);
+    let big = json!({"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"pad": "x".repeat(5 * 1024 * 1024)}});
+    assert_eq!(agent.post(&big).await.status, 413);
+    // Garbage is a parse error, not a crash; the node still serves.
+    let mut raw = agent.clone();
+    raw.session = None;
+    let garbage = raw.post_with(&json!("not json-rpc"), &[]).await;
+    assert!(garbage.status >= 400, "{}", garbage.body);
+    let mut fine = Agent::new(node.mcp);
+    fine.initialize().await;
+    node.stop().await;
+}
