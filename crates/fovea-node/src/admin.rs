@@ -291,6 +291,25 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             );
             counter!("fovea_mesh_links_evicted_total").absolute(m.stats.links_evicted.load(Relaxed));
         }
+        if let Some(m) = shared.mcp.get() {
+            use std::sync::atomic::Ordering::Relaxed;
+            let st = &m.stats;
+            describe_counter!("fovea_mcp_requests_total", "HTTP requests to the MCP endpoint.");
+            counter!("fovea_mcp_requests_total").absolute(st.requests.load(Relaxed));
+            describe_counter!("fovea_mcp_unauthorized_total", "MCP requests refused with 401.");
+            counter!("fovea_mcp_unauthorized_total").absolute(st.unauthorized.load(Relaxed));
+            describe_counter!("fovea_mcp_sessions_total", "MCP sessions by how they ended (opened counts all).");
+            counter!("fovea_mcp_sessions_total", "event" => "opened").absolute(st.sessions_opened.load(Relaxed));
+            counter!("fovea_mcp_sessions_total", "event" => "deleted").absolute(st.sessions_deleted.load(Relaxed));
+            counter!("fovea_mcp_sessions_total", "event" => "reaped").absolute(st.sessions_reaped.load(Relaxed));
+            counter!("fovea_mcp_sessions_total", "event" => "refused").absolute(st.sessions_refused.load(Relaxed));
+            describe_gauge!("fovea_mcp_sessions", "MCP (2025-11-25) sessions open.");
+            gauge!("fovea_mcp_sessions").set(m.open_sessions() as f64);
+            describe_counter!("fovea_mcp_tool_calls_total", "MCP tools/call requests.");
+            counter!("fovea_mcp_tool_calls_total").absolute(st.tool_calls.load(Relaxed));
+            describe_counter!("fovea_mcp_tool_errors_total", "MCP tool calls answered with an error result.");
+            counter!("fovea_mcp_tool_errors_total").absolute(st.tool_errors.load(Relaxed));
+        }
         if let Some(i) = shared.interest.get() {
             use std::sync::atomic::Ordering::Relaxed;
             describe_counter!("fovea_mesh_forwarded_total", "Messages sent to other nodes' subscribers.");

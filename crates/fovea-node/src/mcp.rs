@@ -203,6 +203,13 @@ pub(crate) struct McpState {
     pub stats: McpStats,
 }
 
+impl McpState {
+    /// Legacy sessions open now.
+    pub fn open_sessions(&self) -> usize {
+        lock(&self.owners).len()
+    }
+}
+
 /// Serves the MCP endpoint until `stop`.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
@@ -512,7 +519,14 @@ fn to_result(result: CallResult, procedure: &str, realm: &str) -> CallToolResult
             let full = result.headers.get("content-type").is_some_and(|v| v == TOOL_RESULT_TYPE);
             if full {
                 return match serde_json::from_slice::<CallToolResult>(&result.payload) {
-                    Ok(r) => r,
+                    // The wire has no `resultType` before 2026-07-28; rmcp drops it again
+                    // for older peers, so set it as its own constructors do.
+                    Ok(mut r) => {
+                        if r.result_type.is_none() {
+                            r.result_type = CallToolResult::success(Vec::new()).result_type;
+                        }
+                        r
+                    }
                     Err(e) => error_result(format!("the provider of {procedure} sent a malformed tool result: {e}")),
                 };
             }
@@ -531,7 +545,10 @@ fn to_result(result: CallResult, procedure: &str, realm: &str) -> CallToolResult
                         "mimeType": "application/octet-stream",
                         "blob": blob,
                     }}]});
-                    serde_json::from_value(json).unwrap_or_else(|_| error_result("binary result".into()))
+                    let mut r: CallToolResult =
+                        serde_json::from_value(json).unwrap_or_else(|_| error_result("binary result".into()));
+                    r.result_type = CallToolResult::success(Vec::new()).result_type;
+                    r
                 }
             }
         }
