@@ -13,7 +13,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
+
+use crate::code::ErrorCode;
+use crate::headers::Headers;
 
 use crate::frame::MAX_TOOL_LEN;
 
@@ -187,6 +190,139 @@ fn fnv1a32(data: &[u8]) -> u32 {
     data.iter().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
 }
 
+/// The content type under which a provider answers with a whole MCP `CallToolResult`.
+pub const TOOL_RESULT_TYPE: &str = "application/mcp-tool-result+json";
+
+/// `_meta` key of a listed tool that names its procedure (tool names are a mapping of it).
+pub const META_PROCEDURE: &str = "io.fovea/procedure";
+
+/// `_meta` key of a descriptor listing client capabilities a call needs, e.g.
+/// `{"sampling": {}}`: a client that did not declare them gets `-32021`. Not shown to
+/// agents.
+pub const META_REQUIRES: &str = "io.fovea/requiredClientCapabilities";
+
+/// The MCP `Tool` object of a procedure: its descriptor with `name` ([`tool_name`]) and
+/// `_meta["io.fovea/procedure"]`.
+pub fn tool_json(procedure: &str, descriptor: &ToolDescriptor) -> Map<String, Value> {
+    let mut json = descriptor.json().clone();
+    json.insert("name".into(), tool_name(procedure).into());
+    let meta = json.entry("_meta").or_insert_with(|| Value::Object(Map::new()));
+    if let Value::Object(meta) = meta {
+        meta.insert(META_PROCEDURE.into(), procedure.into());
+        meta.remove(META_REQUIRES);
+    }
+    json
+}
+
+/// The client capabilities a call of this tool needs (descriptor `_meta`, [`META_REQUIRES`]).
+pub fn required_capabilities(descriptor: &ToolDescriptor) -> Option<&Map<String, Value>> {
+    descriptor.json().get("_meta")?.get(META_REQUIRES)?.as_object()
+}
+
+/// Checks the arguments against the common core of JSON Schema: `type`, `required`,
+/// `properties` (recursively), `enum`, `additionalProperties: false`, `items`. Keywords
+/// outside that core are left to the provider.
+pub fn check_arguments(schema: &Value, value: &Value, path: &str) -> Result<(), String> {
+    let Some(schema) = schema.as_object() else { return Ok(()) };
+    if let Some(t) = schema.get("type") {
+        let types: Vec<&str> = match t {
+            Value::String(s) => vec![s.as_str()],
+            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+            _ => vec![],
+        };
+        let is = |ty: &str| match ty {
+            "object" => value.is_object(),
+            "array" => value.is_array(),
+            "string" => value.is_string(),
+            "number" => value.is_number(),
+            "integer" => value.as_f64().is_some_and(|f| f.fract() == 0.0),
+            "boolean" => value.is_boolean(),
+            "null" => value.is_null(),
+            _ => true,
+        };
+        if !types.is_empty() && !types.iter().any(|t| is(t)) {
+            return Err(format!("{path} must be of type {}", types.join(" or ")));
+        }
+    }
+    if let Some(Value::Array(options)) = schema.get("enum") {
+        if !options.contains(value) {
+            return Err(format!("{path} must be one of {}", Value::Array(options.clone())));
+        }
+    }
+    if let Value::Object(obj) = value {
+        if let Some(Value::Array(required)) = schema.get("required") {
+            if let Some(missing) = required.iter().filter_map(Value::as_str).find(|k| !obj.contains_key(*k)) {
+                return Err(format!("{path} is missing the required property {missing:?}"));
+            }
+        }
+        let props = schema.get("properties").and_then(Value::as_object);
+        for (k, v) in obj {
+            match props.and_then(|p| p.get(k)) {
+                Some(sub) => check_arguments(sub, v, &format!("{path}.{k}"))?,
+                None if schema.get("additionalProperties") == Some(&Value::Bool(false)) => {
+                    return Err(format!("{path} has the property {k:?}, which the schema does not allow"));
+                }
+                None => {}
+            }
+        }
+    }
+    if let (Value::Array(items), Some(sub)) = (value, schema.get("items")) {
+        for (i, v) in items.iter().enumerate() {
+            check_arguments(sub, v, &format!("{path}[{i}]"))?;
+        }
+    }
+    Ok(())
+}
+
+/// A call's answer as an MCP `CallToolResult` (JSON), the mapping docs/PROTOCOL.md defines:
+///
+/// - success with `content-type: application/mcp-tool-result+json`: the payload is the
+///   result itself (content blocks of any kind, `structuredContent`, `isError`);
+/// - other success: UTF-8 text becomes a text block, and a JSON object also
+///   `structuredContent`; other bytes an embedded binary resource;
+/// - failure: `isError: true` with a text saying what happened (the provider's message for
+///   its own errors; what to do for the node's: no provider, deadline, busy, …).
+pub fn result_json(code: ErrorCode, headers: &Headers, payload: &[u8], procedure: &str, realm: &str) -> Value {
+    use base64::Engine as _;
+    let error = |text: String| json!({"content": [{"type": "text", "text": text}], "isError": true});
+    let message = || String::from_utf8_lossy(payload).into_owned();
+    match code {
+        ErrorCode::NoError => {
+            if headers.get("content-type").is_some_and(|v| v == TOOL_RESULT_TYPE) {
+                return match serde_json::from_slice::<Value>(payload) {
+                    Ok(Value::Object(r)) if r.get("content").is_some_and(Value::is_array) => Value::Object(r),
+                    Ok(_) => error(format!("the provider of {procedure} sent a tool result without a content array")),
+                    Err(e) => error(format!("the provider of {procedure} sent a malformed tool result: {e}")),
+                };
+            }
+            match std::str::from_utf8(payload) {
+                Ok(text) => {
+                    let mut r = json!({"content": [{"type": "text", "text": text}], "isError": false});
+                    if let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(text) {
+                        r["structuredContent"] = Value::Object(obj);
+                    }
+                    r
+                }
+                Err(_) => json!({"content": [{"type": "resource", "resource": {
+                    "uri": format!("fovea:///{procedure}/result"),
+                    "mimeType": "application/octet-stream",
+                    "blob": base64::engine::general_purpose::STANDARD.encode(payload),
+                }}], "isError": false}),
+            }
+        }
+        ErrorCode::NoProvider => error(format!(
+            "no provider of {procedure} is running in realm {realm:?}: start one (fovea serve {procedure} …)"
+        )),
+        ErrorCode::Timeout => error(format!("{procedure} did not answer before the deadline")),
+        ErrorCode::ProviderDisconnected => {
+            error(format!("the provider of {procedure} disconnected while handling the call"))
+        }
+        ErrorCode::Busy => error(format!("busy, retry shortly: {}", message())),
+        code if code.is_application() => error(message()),
+        code => error(format!("{code}: {}", message())),
+    }
+}
+
 /// A realm's tools: procedure → the descriptors its providers registered.
 ///
 /// Each provider is identified by a `u64` key chosen by the caller (a node numbers its
@@ -342,6 +478,24 @@ mod tests {
         fn parse_never_panics(raw in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = ToolDescriptor::parse(&raw);
         }
+    }
+
+    #[test]
+    fn argument_checks() {
+        let schema = serde_json::json!({
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "tags": {"type": "array", "items": {"type": "string"}},
+                           "mode": {"enum": ["x", "y"]}},
+            "required": ["a"],
+            "additionalProperties": false,
+        });
+        let ok = |v: Value| check_arguments(&schema, &v, "arguments");
+        assert!(ok(serde_json::json!({"a": 1, "tags": ["t"], "mode": "x"})).is_ok());
+        assert!(ok(serde_json::json!({})).unwrap_err().contains("required property \"a\""));
+        assert!(ok(serde_json::json!({"a": 1.5})).unwrap_err().contains("arguments.a must be of type integer"));
+        assert!(ok(serde_json::json!({"a": 1, "tags": [1]})).unwrap_err().contains("arguments.tags[0]"));
+        assert!(ok(serde_json::json!({"a": 1, "mode": "z"})).is_err());
+        assert!(ok(serde_json::json!({"a": 1, "b": 2})).unwrap_err().contains("\"b\""));
     }
 
     #[test]

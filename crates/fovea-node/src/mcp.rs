@@ -25,8 +25,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use fovea_core::frame::{notice, Call, CallResult};
-use fovea_core::tool::{tool_name, ToolDescriptor};
-use fovea_core::{Deframer, ErrorCode, Frame, Headers};
+use fovea_core::tool::{self, tool_name, ToolDescriptor};
+use fovea_core::{Deframer, Frame, Headers};
 use rmcp::model::{
     CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, ClientCapabilities, ContentBlock,
     Implementation, ListToolsResult, PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities,
@@ -45,16 +45,6 @@ use crate::outbound::Outbound;
 use crate::router::Realm;
 use crate::rpc::Peer;
 use crate::Shared;
-
-/// The header under which a provider answers with a whole MCP `CallToolResult`.
-pub const TOOL_RESULT_TYPE: &str = "application/mcp-tool-result+json";
-
-/// `_meta` key of a tool that names its procedure (tool names are a mapping of it).
-const META_PROCEDURE: &str = "io.fovea/procedure";
-
-/// `_meta` key of a descriptor listing client capabilities a call needs, e.g.
-/// `{"sampling": {}}`: a client that did not declare them gets `-32021`.
-const META_REQUIRES: &str = "io.fovea/requiredClientCapabilities";
 
 /// Most tools in one `tools/list` page.
 const PAGE_ITEMS: usize = 100;
@@ -432,14 +422,7 @@ fn identity(extensions: &rmcp::model::Extensions) -> Result<Identity, McpError> 
 
 /// The MCP `Tool` of a procedure.
 fn to_tool(procedure: &str, descriptor: &ToolDescriptor) -> Option<Tool> {
-    let mut json: Map<String, Value> = descriptor.json().clone();
-    json.insert("name".into(), tool_name(procedure).into());
-    let meta = json.entry("_meta").or_insert_with(|| Value::Object(Map::new()));
-    if let Value::Object(meta) = meta {
-        meta.insert(META_PROCEDURE.into(), procedure.into());
-        meta.remove(META_REQUIRES);
-    }
-    serde_json::from_value(Value::Object(json)).ok()
+    serde_json::from_value(Value::Object(tool::tool_json(procedure, descriptor))).ok()
 }
 
 /// The procedure a tool name stands for in `realm`, with its descriptor.
@@ -455,114 +438,18 @@ fn resolve(realm: &Realm, name: &str) -> Option<(String, ToolDescriptor)> {
     })
 }
 
-/// Checks the arguments against the common core of JSON Schema: `type`, `required`,
-/// `properties` (recursively), `enum`, `additionalProperties: false`, `items`. Keywords
-/// outside that core are left to the provider.
-fn check_arguments(schema: &Value, value: &Value, path: &str) -> Result<(), String> {
-    let Some(schema) = schema.as_object() else { return Ok(()) };
-    if let Some(t) = schema.get("type") {
-        let types: Vec<&str> = match t {
-            Value::String(s) => vec![s.as_str()],
-            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
-            _ => vec![],
-        };
-        let is = |ty: &str| match ty {
-            "object" => value.is_object(),
-            "array" => value.is_array(),
-            "string" => value.is_string(),
-            "number" => value.is_number(),
-            "integer" => value.as_f64().is_some_and(|f| f.fract() == 0.0),
-            "boolean" => value.is_boolean(),
-            "null" => value.is_null(),
-            _ => true,
-        };
-        if !types.is_empty() && !types.iter().any(|t| is(t)) {
-            return Err(format!("{path} must be of type {}", types.join(" or ")));
-        }
+/// A provider's answer as an MCP result ([`fovea_core::tool::result_json`]).
+pub(crate) fn to_result(result: CallResult, procedure: &str, realm: &str) -> CallToolResult {
+    let json = tool::result_json(result.code, &result.headers, &result.payload, procedure, realm);
+    let mut r = serde_json::from_value::<CallToolResult>(json).unwrap_or_else(|e| {
+        error_result(format!("the provider of {procedure} sent a tool result that is not MCP: {e}"))
+    });
+    // The wire has no `resultType` before 2026-07-28; rmcp drops it again for older
+    // peers, so set it as its own constructors do.
+    if r.result_type.is_none() {
+        r.result_type = CallToolResult::success(Vec::new()).result_type;
     }
-    if let Some(Value::Array(options)) = schema.get("enum") {
-        if !options.contains(value) {
-            return Err(format!("{path} must be one of {}", Value::Array(options.clone())));
-        }
-    }
-    if let Value::Object(obj) = value {
-        if let Some(Value::Array(required)) = schema.get("required") {
-            if let Some(missing) = required.iter().filter_map(Value::as_str).find(|k| !obj.contains_key(*k)) {
-                return Err(format!("{path} is missing the required property {missing:?}"));
-            }
-        }
-        let props = schema.get("properties").and_then(Value::as_object);
-        for (k, v) in obj {
-            match props.and_then(|p| p.get(k)) {
-                Some(sub) => check_arguments(sub, v, &format!("{path}.{k}"))?,
-                None if schema.get("additionalProperties") == Some(&Value::Bool(false)) => {
-                    return Err(format!("{path} has the property {k:?}, which the schema does not allow"));
-                }
-                None => {}
-            }
-        }
-    }
-    if let (Value::Array(items), Some(sub)) = (value, schema.get("items")) {
-        for (i, v) in items.iter().enumerate() {
-            check_arguments(sub, v, &format!("{path}[{i}]"))?;
-        }
-    }
-    Ok(())
-}
-
-/// A provider's answer as an MCP result.
-fn to_result(result: CallResult, procedure: &str, realm: &str) -> CallToolResult {
-    use base64::Engine as _;
-    let message = || String::from_utf8_lossy(&result.payload).into_owned();
-    match result.code {
-        ErrorCode::NoError => {
-            let full = result.headers.get("content-type").is_some_and(|v| v == TOOL_RESULT_TYPE);
-            if full {
-                return match serde_json::from_slice::<CallToolResult>(&result.payload) {
-                    // The wire has no `resultType` before 2026-07-28; rmcp drops it again
-                    // for older peers, so set it as its own constructors do.
-                    Ok(mut r) => {
-                        if r.result_type.is_none() {
-                            r.result_type = CallToolResult::success(Vec::new()).result_type;
-                        }
-                        r
-                    }
-                    Err(e) => error_result(format!("the provider of {procedure} sent a malformed tool result: {e}")),
-                };
-            }
-            match std::str::from_utf8(&result.payload) {
-                Ok(text) => {
-                    let mut r = CallToolResult::success(vec![ContentBlock::text(text.to_owned())]);
-                    if let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(text) {
-                        r.structured_content = Some(Value::Object(obj));
-                    }
-                    r
-                }
-                Err(_) => {
-                    let blob = base64::engine::general_purpose::STANDARD.encode(&result.payload);
-                    let json = serde_json::json!({"content": [{"type": "resource", "resource": {
-                        "uri": format!("fovea:///{procedure}/result"),
-                        "mimeType": "application/octet-stream",
-                        "blob": blob,
-                    }}]});
-                    let mut r: CallToolResult =
-                        serde_json::from_value(json).unwrap_or_else(|_| error_result("binary result".into()));
-                    r.result_type = CallToolResult::success(Vec::new()).result_type;
-                    r
-                }
-            }
-        }
-        ErrorCode::NoProvider => error_result(format!(
-            "no provider of {procedure} is running in realm {realm:?}: start one (fovea serve {procedure} …)"
-        )),
-        ErrorCode::Timeout => error_result(format!("{procedure} did not answer before the deadline")),
-        ErrorCode::ProviderDisconnected => {
-            error_result(format!("the provider of {procedure} disconnected while handling the call"))
-        }
-        ErrorCode::Busy => error_result(format!("busy, retry shortly: {}", message())),
-        code if code.is_application() => error_result(message()),
-        code => error_result(format!("{code}: {}", message())),
-    }
+    r
 }
 
 fn error_result(text: String) -> CallToolResult {
@@ -681,7 +568,7 @@ impl ServerHandler for Handler {
         if !id.perms.call.name(procedure.as_bytes()) {
             return Err(unknown());
         }
-        if let Some(Value::Object(required)) = descriptor.json().get("_meta").and_then(|m| m.get(META_REQUIRES)) {
+        if let Some(required) = tool::required_capabilities(&descriptor) {
             let declared = serde_json::to_value(context.client_capabilities().unwrap_or_default()).unwrap_or_default();
             let missing: Map<String, Value> = required
                 .iter()
@@ -695,7 +582,7 @@ impl ServerHandler for Handler {
         }
         let arguments = Value::Object(request.arguments.clone().unwrap_or_default());
         if let Some(schema) = descriptor.json().get("inputSchema") {
-            check_arguments(schema, &arguments, "arguments").map_err(|e| McpError::invalid_params(e, None))?;
+            tool::check_arguments(schema, &arguments, "arguments").map_err(|e| McpError::invalid_params(e, None))?;
         }
         let payload = Bytes::from(serde_json::to_vec(&arguments).unwrap_or_default());
         let result = self.call(&id, &procedure, payload, &context).await;
@@ -799,24 +686,8 @@ impl Handler {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn argument_checks() {
-        let schema = serde_json::json!({
-            "type": "object",
-            "properties": {"a": {"type": "integer"}, "tags": {"type": "array", "items": {"type": "string"}},
-                           "mode": {"enum": ["x", "y"]}},
-            "required": ["a"],
-            "additionalProperties": false,
-        });
-        let ok = |v: Value| check_arguments(&schema, &v, "arguments");
-        assert!(ok(serde_json::json!({"a": 1, "tags": ["t"], "mode": "x"})).is_ok());
-        assert!(ok(serde_json::json!({})).unwrap_err().contains("required property \"a\""));
-        assert!(ok(serde_json::json!({"a": 1.5})).unwrap_err().contains("arguments.a must be of type integer"));
-        assert!(ok(serde_json::json!({"a": 1, "tags": [1]})).unwrap_err().contains("arguments.tags[0]"));
-        assert!(ok(serde_json::json!({"a": 1, "mode": "z"})).is_err());
-        assert!(ok(serde_json::json!({"a": 1, "b": 2})).unwrap_err().contains("\"b\""));
-    }
+    use fovea_core::tool::{META_PROCEDURE, META_REQUIRES, TOOL_RESULT_TYPE};
+    use fovea_core::ErrorCode;
 
     #[test]
     fn results() {

@@ -60,6 +60,11 @@ pub enum Command {
         after_help = "Examples:\n  fovea serve demo.echo\n  fovea serve text.upper --exec 'tr a-z A-Z'\n  fovea serve math.add --exec ./add.py --concurrency 4\n\nWith --exec, each call runs `sh -c CMD` with the payload on stdin; its stdout is the\nanswer. A non-zero exit fails the call with code 0x1000 + the exit status and stderr as\nthe message. FOVEA_PROCEDURE and FOVEA_TIMEOUT_MS are set for the command, which is\nkilled at the caller's deadline."
     )]
     Serve(ServeArgs),
+    /// Serve MCP on stdin/stdout for a desktop agent: the realm's tools, through a node.
+    #[command(
+        after_help = "Examples:\n  fovea mcp\n  fovea mcp --url quic://10.0.0.5:4433 --ca node.crt --realm acme --token $TOKEN\n\nIn an agent's configuration (Claude Desktop, Claude Code, Cursor):\n  {\"mcpServers\": {\"fovea\": {\"command\": \"fovea\", \"args\": [\"mcp\"]}}}\n\nLogs go to stderr; stdout carries only MCP messages."
+    )]
+    Mcp(McpArgs),
     /// Call a procedure and print its answer.
     #[command(
         after_help = "Examples:\n  fovea call demo.echo hello\n  echo '{\"a\":1}' | fovea call math.add --timeout 500ms\n\nExit status: 0 answered, 1 other error, 2 bad usage, 3 no provider, 4 timeout,\n5 the provider failed the call, 6 the provider disconnected, 7 busy."
@@ -456,6 +461,15 @@ pub struct ServeArgs {
     /// The tool's human-readable title.
     #[arg(long, value_name = "TEXT", requires = "description", help_heading = "Tool")]
     pub title: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct McpArgs {
+    /// Deadline of each tool call: e.g. 30s, 5m.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: std::time::Duration,
     #[command(flatten)]
     pub client: ClientArgs,
 }

@@ -6,6 +6,7 @@
 mod bench;
 mod cli;
 mod client_cmds;
+mod mcp_cmd;
 mod node_cmd;
 mod rpc_cmds;
 mod stats_cmd;
@@ -44,6 +45,7 @@ fn main() -> ExitCode {
             Command::Sub(args) => client_cmds::subscribe(args).await,
             Command::Serve(args) => rpc_cmds::serve(args).await,
             Command::Call(args) => rpc_cmds::call(args).await,
+            Command::Mcp(args) => mcp_cmd::run(args).await,
             Command::Stats(args) => stats_cmd::run(args).await,
             Command::Token(cli::TokenCommand::New) => node_cmd::new_token(),
             Command::Cert(cli::CertCommand::New { name, out }) => node_cmd::new_cert(&name, &out),

@@ -22,12 +22,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(t) => client.register_tool(&args.procedure, t).await?,
         None => client.register(&args.procedure).await?,
     };
-    if tool.is_some() {
-        eprintln!("{} is a tool: agents see it as {}", args.procedure, fovea_core::tool::tool_name(&args.procedure));
-    }
     match &args.exec {
         Some(cmd) => eprintln!("serving {} on {} with `{cmd}`", args.procedure, client.url()),
         None => eprintln!("serving {} on {} (echo)", args.procedure, client.url()),
+    }
+    if tool.is_some() {
+        let name = fovea_core::tool::tool_name(&args.procedure);
+        eprintln!("{} is an AI tool: agents on any node's MCP endpoint see it as {name}", args.procedure);
     }
     let slots = Arc::new(Semaphore::new(args.concurrency));
     while let Some(req) = reg.next().await {

@@ -544,3 +544,113 @@ fn nodes_form_a_mesh_from_the_command_line() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--mesh-secret"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// One HTTP/1.1 POST to an MCP endpoint (2026-07-28, stateless); the JSON-RPC message of
+/// the answer.
+fn mcp_post(endpoint: &str, method: &str, name: &str, params: serde_json::Value) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let addr = endpoint.trim_start_matches("http://").trim_end_matches("/mcp");
+    let mut params = params;
+    params["_meta"] = serde_json::json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                                         "io.modelcontextprotocol/clientCapabilities": {}});
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).to_string();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2026-07-28\r\nMcp-Method: {method}\r\n\
+         Mcp-Name: {name}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    raw.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d.trim()).ok())
+        .find(|m| m.get("id").is_some())
+        .or_else(|| raw.split("\r\n\r\n").nth(1).and_then(|b| serde_json::from_str(b.trim()).ok()))
+        .unwrap_or_else(|| panic!("no JSON-RPC answer in {raw}"))
+}
+
+#[test]
+fn any_script_becomes_an_ai_tool() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, line) = spawn_node(dir.path(), &["--mcp", "127.0.0.1:0"]);
+    let url = line.split_whitespace().find(|w| w.starts_with("quic://")).unwrap().to_owned();
+    let endpoint = line.split_whitespace().find(|w| w.starts_with("http://") && w.contains("/mcp")).unwrap();
+    let endpoint = endpoint.trim_end_matches([')', ',']).to_owned();
+    let ca = dir.path().join("node.crt");
+    let schema = r#"{"type":"object","properties":{"who":{"type":"string"}},"required":["who"]}"#;
+    let _greet = start_serve(
+        &[
+            "serve",
+            "demo.greet",
+            "--description",
+            "Greets someone.",
+            "--input-schema",
+            schema,
+            "--exec",
+            r#"printf '{"greeting":"hello"}'"#,
+        ],
+        &ca,
+        &url,
+    );
+    let _fails = start_serve(
+        &["serve", "demo.fail", "--description", "Always fails.", "--exec", "echo 'out of paper' >&2; exit 2"],
+        &ca,
+        &url,
+    );
+
+    // Over HTTP, as an agent on the node's endpoint.
+    let list = mcp_post(&endpoint, "tools/list", "", serde_json::json!({}));
+    let names: Vec<&str> =
+        list["result"]["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["demo__fail", "demo__greet"]);
+    let call = mcp_post(
+        &endpoint,
+        "tools/call",
+        "demo__greet",
+        serde_json::json!({"name": "demo__greet", "arguments": {"who": "Ada"}}),
+    );
+    assert_eq!(call["result"]["structuredContent"]["greeting"], "hello", "{call}");
+    let failed =
+        mcp_post(&endpoint, "tools/call", "demo__fail", serde_json::json!({"name": "demo__fail", "arguments": {}}));
+    assert_eq!(failed["result"]["isError"], true);
+    assert!(failed["result"]["content"][0]["text"].as_str().unwrap().contains("out of paper"), "{failed}");
+    let invalid =
+        mcp_post(&endpoint, "tools/call", "demo__greet", serde_json::json!({"name": "demo__greet", "arguments": {}}));
+    assert_eq!(invalid["error"]["code"], -32602, "{invalid}");
+
+    // Over stdio, as a desktop agent starts `fovea mcp`.
+    let mut mcp =
+        fovea(&["mcp"], &ca, &url).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = mcp.stdin.take().unwrap();
+        for m in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#,
+            r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"demo__greet","arguments":{"who":"Ada"}}}"#,
+        ] {
+            writeln!(stdin, "{m}").unwrap();
+        }
+        let mut out = BufReader::new(mcp.stdout.take().unwrap());
+        let mut answers = Vec::new();
+        while answers.len() < 3 {
+            let mut line = String::new();
+            assert!(out.read_line(&mut line).unwrap() > 0, "fovea mcp ended early");
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if v.get("id").is_some() {
+                answers.push(v);
+            }
+        }
+        assert_eq!(answers[1]["result"]["tools"].as_array().unwrap().len(), 2);
+        assert_eq!(answers[2]["result"]["structuredContent"]["greeting"], "hello");
+        drop(stdin);
+    }
+    let out = wait_output(mcp, Duration::from_secs(20));
+    assert!(out.status.success());
+}
