@@ -72,6 +72,7 @@ pub mod kind {
     pub const DHT: u64 = 0x41;
     pub const FWD: u64 = 0x42;
     pub const BIND: u64 = 0x43;
+    pub const MESH_TOOLS: u64 = 0x44;
 }
 
 /// One protocol message.
@@ -141,6 +142,16 @@ pub enum Frame {
     /// Node → node: `REQUEST`s with registration id `rid` on this link are calls of
     /// `procedure` in `realm` (sent once, before the first such request).
     Bind(Bind),
+    /// Node → node: the tools of `realm` whose providers are connected to the receiver,
+    /// answered with a `TOOL_LIST` carrying the same id.
+    MeshTools(MeshTools),
+}
+
+/// `MESH_TOOLS` fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshTools {
+    pub id: u64,
+    pub realm: Bytes,
 }
 
 /// `HELLO` fields.
@@ -555,6 +566,9 @@ impl Frame {
                 realm: r.bytes("realm", MAX_REALM_LEN)?,
                 procedure: r.bytes("procedure", MAX_TOPIC_LEN)?,
             }),
+            kind::MESH_TOOLS => {
+                Frame::MeshTools(MeshTools { id: r.varint("id")?, realm: r.bytes("realm", MAX_REALM_LEN)? })
+            }
             kind::FWD => {
                 let realm = r.bytes("realm", MAX_REALM_LEN)?;
                 let topic = r.bytes("topic", MAX_TOPIC_LEN)?;
@@ -605,6 +619,7 @@ impl Frame {
             Frame::Dht(_) => kind::DHT,
             Frame::Fwd(_) => kind::FWD,
             Frame::Bind(_) => kind::BIND,
+            Frame::MeshTools(_) => kind::MESH_TOOLS,
         }
     }
 
@@ -741,6 +756,10 @@ impl Frame {
             Frame::Dht(d) => {
                 w.varint(o, d.rpc);
                 w.bytes(o, &d.body);
+            }
+            Frame::MeshTools(t) => {
+                w.varint(o, t.id);
+                w.bytes(o, &t.realm);
             }
             Frame::Bind(b) => {
                 w.varint(o, b.rid);
@@ -1070,6 +1089,8 @@ mod tests {
             proof: Bytes::from(vec![1; 32]),
         }));
         round_trip(&Frame::Dht(DhtFrame { rpc: 77, body: Bytes::from_static(b"\x01") }));
+        round_trip(&Frame::MeshTools(MeshTools { id: 4, realm: Bytes::from_static(b"acme") }));
+        round_trip(&Frame::Notice(Notice { id: 1, kind: 9, body: Bytes::from_static(b"{}") }));
         round_trip(&Frame::Bind(Bind {
             rid: 3,
             realm: Bytes::from_static(b"acme"),

@@ -365,6 +365,39 @@ impl Catalog {
         changed
     }
 
+    /// Replaces every entry under `key` (one provider's, or one remote node's, set) with
+    /// `entries`. Returns whether what agents see changed.
+    pub fn replace_key(&mut self, key: u64, entries: Vec<(String, ToolDescriptor)>) -> bool {
+        let mut affected: Vec<String> =
+            self.tools.iter().filter(|(_, v)| v.iter().any(|(k, _)| *k == key)).map(|(p, _)| p.clone()).collect();
+        affected.extend(entries.iter().map(|(p, _)| p.clone()));
+        affected.sort();
+        affected.dedup();
+        let before: Vec<Option<ToolDescriptor>> = affected.iter().map(|p| self.get(p).cloned()).collect();
+        for p in &affected {
+            if let Some(v) = self.tools.get_mut(p) {
+                v.retain(|(k, _)| *k != key);
+                if v.is_empty() {
+                    self.tools.remove(p);
+                }
+            }
+        }
+        for (p, t) in entries {
+            self.tools.entry(p).or_default().push((key, t));
+        }
+        let changed = affected.iter().zip(before).any(|(p, b)| self.get(p) != b.as_ref());
+        if changed {
+            self.version += 1;
+        }
+        changed
+    }
+
+    /// For each procedure, its first entry whose key satisfies `pick` (say, this node's
+    /// own registrations), in procedure order.
+    pub fn entries_where(&self, mut pick: impl FnMut(u64) -> bool) -> Vec<(&str, &ToolDescriptor)> {
+        self.tools.iter().filter_map(|(p, v)| v.iter().find(|(k, _)| pick(*k)).map(|(_, t)| (p.as_str(), t))).collect()
+    }
+
     /// Counts changes; equal versions mean an equal catalog.
     pub fn version(&self) -> u64 {
         self.version
@@ -519,6 +552,14 @@ mod tests {
         // A byte budget smaller than one descriptor still yields one per page.
         let (page, next) = c.page("", 10, 1, |_| true);
         assert_eq!((page.len(), next.as_deref()), (1, Some("a")));
+        // A remote node's set replaces as a whole.
+        let remote = 1 << 63;
+        assert!(c.replace_key(remote, vec![("r.one".into(), desc("r1")), ("a".into(), desc("shadowed"))]));
+        assert_eq!(c.get("a").unwrap().description(), "a", "the older local entry still shows");
+        assert_eq!(c.entries_where(|k| k < remote).len(), 5);
+        assert!(!c.replace_key(remote, vec![("r.one".into(), desc("r1")), ("a".into(), desc("shadowed"))]));
+        assert!(c.replace_key(remote, vec![]));
+        assert!(c.get("r.one").is_none());
         let v = c.version();
         assert!(c.remove("b.x", 2));
         assert!(c.version() > v);

@@ -31,6 +31,7 @@ mod conn;
 mod interest;
 pub mod mcp;
 pub mod mesh;
+mod mesh_tools;
 mod outbound;
 mod router;
 mod rpc;
@@ -130,6 +131,8 @@ pub(crate) struct Shared {
     pub mesh: Option<Arc<mesh::Mesh>>,
     /// Cross-node pub/sub over the mesh (set at bind when `mesh` is).
     pub interest: std::sync::OnceLock<Arc<interest::Interest>>,
+    /// The realm-wide tool catalogs (set at bind when `mesh` is).
+    pub mesh_tools: std::sync::OnceLock<Arc<mesh_tools::MeshTools>>,
     /// The MCP front end, once serving.
     pub mcp: std::sync::OnceLock<Arc<mcp::McpState>>,
     /// Numbers tool registrations node-wide (a catalog key; 0 means "not a tool").
@@ -211,6 +214,7 @@ impl Node {
             interest: std::sync::OnceLock::new(),
             next_tool_key: AtomicU64::new(1),
             mcp: std::sync::OnceLock::new(),
+            mesh_tools: std::sync::OnceLock::new(),
         });
         if let Some(mesh) = shared.mesh.clone() {
             wire_mesh(&shared, mesh);
@@ -289,6 +293,9 @@ impl Node {
         if let Some(interest) = self.shared.interest.get().cloned() {
             tokio::spawn(interest.run(mesh_stop.clone()));
         }
+        if let Some(tools) = self.shared.mesh_tools.get().cloned() {
+            tokio::spawn(tools.run(mesh_stop.clone()));
+        }
         let permits = Arc::new(Semaphore::new(limits.max_connections));
         loop {
             let incoming = tokio::select! {
@@ -348,6 +355,27 @@ fn wire_mesh(shared: &Arc<Shared>, mesh: Arc<mesh::Mesh>) {
         let _ = realm.interest.set(interest.clone());
     }
     let _ = shared.interest.set(interest.clone());
+    // Tools across the mesh: other nodes' lists go into each realm's catalog.
+    let weak = Arc::downgrade(shared);
+    let tools = mesh_tools::MeshTools::new(mesh.clone(), move |realm, node, entries| {
+        let Some(shared) = weak.upgrade() else { return };
+        let found = shared.realms.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(realm).cloned();
+        if let Some(r) = found {
+            r.set_remote_tools(node, entries);
+        }
+    });
+    for realm in shared.realms.read().unwrap_or_else(std::sync::PoisonError::into_inner).values() {
+        let _ = realm.mesh_tools.set(tools.clone());
+        tools.watch(&realm.name);
+    }
+    let _ = shared.mesh_tools.set(tools);
+    let weak = Arc::downgrade(shared);
+    mesh.set_tools_source(move |realm| {
+        let Some(shared) = weak.upgrade() else { return bytes::Bytes::from_static(b"[]") };
+        let name = std::str::from_utf8(realm).unwrap_or_default();
+        let found = shared.realms.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).cloned();
+        found.map_or_else(|| bytes::Bytes::from_static(b"[]"), |r| r.local_tools_json())
+    });
     // Calls from other nodes: served by local providers only (one hop, no loops).
     let weak = Arc::downgrade(shared);
     mesh.set_serve(move |link, realm, procedure, q| {
@@ -496,6 +524,10 @@ impl Reloader {
                         let realm = Arc::new(Realm::new(r.name.clone(), auth::Admission::users(r)));
                         if let Some(i) = self.0.interest.get() {
                             let _ = realm.interest.set(i.clone());
+                        }
+                        if let Some(t) = self.0.mesh_tools.get() {
+                            let _ = realm.mesh_tools.set(t.clone());
+                            t.watch(&realm.name);
                         }
                         map.insert(r.name.clone(), realm);
                     }

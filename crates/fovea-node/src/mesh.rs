@@ -222,6 +222,12 @@ pub struct Mesh {
     deliver: std::sync::OnceLock<Box<DeliverFactory>>,
     /// Serves calls that other nodes send here.
     serve: std::sync::OnceLock<Box<ServeFn>>,
+    /// This node's own tools of a realm, as the JSON `TOOL_LIST` carries, for `MESH_TOOLS`.
+    tools_source: std::sync::OnceLock<Box<ToolsSource>>,
+    /// `MESH_TOOLS` asked of other nodes, waiting for their `TOOL_LIST` (at most
+    /// [`MAX_TOOL_QUERIES`]; each also ends after [`TOOL_QUERY_TIMEOUT`]).
+    tool_queries: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Bytes>>>,
+    next_tool_query: AtomicU64,
     /// Link queue bound and call limits, from the node's limits.
     limits: crate::Limits,
     pub stats: MeshStats,
@@ -234,6 +240,15 @@ pub struct Mesh {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
+
+/// Answers `MESH_TOOLS`: a realm's local tools as JSON.
+type ToolsSource = dyn Fn(&[u8]) -> Bytes + Send + Sync;
+
+/// Most tool lists asked of other nodes at once.
+const MAX_TOOL_QUERIES: usize = 1024;
+
+/// How long a node has to answer `MESH_TOOLS`.
+const TOOL_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Mesh {
     /// Loads the mesh identity from `data_dir` and binds the mesh endpoint. Must be called
@@ -288,6 +303,9 @@ impl Mesh {
             departed: tokio::sync::broadcast::channel(1024).0,
             deliver: std::sync::OnceLock::new(),
             serve: std::sync::OnceLock::new(),
+            tools_source: std::sync::OnceLock::new(),
+            tool_queries: Mutex::new(HashMap::new()),
+            next_tool_query: AtomicU64::new(1),
             limits,
             stats: MeshStats::default(),
             epoch: Instant::now(),
@@ -627,6 +645,16 @@ impl Mesh {
             }
             // Provider side: the caller's node gave up on a call.
             Frame::Cancel(call_id) => link.peer.cancel_call(call_id),
+            Frame::MeshTools(q) => {
+                let tools = self.tools_source.get().map(|f| f(&q.realm)).unwrap_or_else(|| Bytes::from_static(b"[]"));
+                let list = fovea_core::frame::ToolList { id: q.id, next: Bytes::new(), tools };
+                link.peer.out.send(&Frame::ToolList(list));
+            }
+            Frame::ToolList(l) => {
+                if let Some(tx) = lock(&self.tool_queries).remove(&l.id) {
+                    let _ = tx.send(l.tools);
+                }
+            }
             // Caller side: progress or a log line from the provider's node, for our caller.
             Frame::Notice(n) => {
                 if !link.peer.forward_notice(n.id, n.kind, n.body) {
@@ -654,6 +682,29 @@ impl Mesh {
         serve: impl Fn(&Arc<Peer>, &[u8], &[u8], fovea_core::frame::Request) + Send + Sync + 'static,
     ) {
         let _ = self.serve.set(Box::new(serve));
+    }
+
+    /// Sets how `MESH_TOOLS` from other nodes is answered (once, at start).
+    pub(crate) fn set_tools_source(&self, source: impl Fn(&[u8]) -> Bytes + Send + Sync + 'static) {
+        let _ = self.tools_source.set(Box::new(source));
+    }
+
+    /// The tools of `realm` whose providers are connected to node `to` (the JSON of
+    /// `TOOL_LIST`), or `None` if it cannot be reached or does not answer in time.
+    pub(crate) async fn fetch_tools(self: &Arc<Self>, to: Contact, realm: &Bytes) -> Option<Bytes> {
+        let id = self.next_tool_query.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        {
+            let mut q = lock(&self.tool_queries);
+            if q.len() >= MAX_TOOL_QUERIES {
+                return None;
+            }
+            q.insert(id, tx);
+        }
+        let frame = Frame::MeshTools(fovea_core::frame::MeshTools { id, realm: realm.clone() });
+        let answer = if self.send(to, frame) { tokio::time::timeout(TOOL_QUERY_TIMEOUT, rx).await.ok() } else { None };
+        lock(&self.tool_queries).remove(&id);
+        answer.and_then(Result::ok)
     }
 
     /// A provider handle for `procedure` in `realm` on node `to`, for the RPC machinery:

@@ -181,13 +181,18 @@ pub(crate) struct Realm {
     /// Cross-node interest, when the node is in a mesh (set once, at start or when a
     /// reload adds the realm).
     pub interest: std::sync::OnceLock<Arc<crate::interest::Interest>>,
+    /// The realm-wide tool catalog, when the node is in a mesh (set like `interest`).
+    pub mesh_tools: std::sync::OnceLock<Arc<crate::mesh_tools::MeshTools>>,
     /// Who may join, and with what permissions; replaced when the configuration reloads.
     admission: RwLock<Arc<crate::auth::Admission>>,
     subs: RwLock<SubTrie<SubRef>>,
     generation: AtomicU64,
     procs: RwLock<Registry<ProviderRef>>,
-    /// The realm's tools: procedures registered with a descriptor.
+    /// The realm's tools: procedures registered with a descriptor, here (keys from 1) or
+    /// on other nodes (keys from `mesh_tools::REMOTE_KEY`).
     tools: std::sync::Mutex<Catalog>,
+    /// Tool registrations on this node.
+    local_tools: AtomicU64,
     /// The catalog's version, for connections and MCP sessions watching it. Bounded: a
     /// watch holds one value, so a burst of changes wakes each watcher once.
     tools_version: tokio::sync::watch::Sender<u64>,
@@ -199,12 +204,14 @@ impl Realm {
         Realm {
             wire_name: Bytes::copy_from_slice(name.as_bytes()),
             interest: std::sync::OnceLock::new(),
+            mesh_tools: std::sync::OnceLock::new(),
             name,
             admission: RwLock::new(Arc::new(admission)),
             subs: RwLock::new(SubTrie::new()),
             generation: AtomicU64::new(0),
             procs: RwLock::new(Registry::new()),
             tools: std::sync::Mutex::new(Catalog::default()),
+            local_tools: AtomicU64::new(0),
             tools_version: tokio::sync::watch::Sender::new(0),
         }
     }
@@ -267,6 +274,10 @@ impl Realm {
             if tools.insert(procedure.as_str(), key, tool) {
                 self.tools_version.send_replace(tools.version());
             }
+            let n = self.local_tools.fetch_add(1, Ordering::Relaxed) + 1;
+            if let Some(m) = self.mesh_tools.get() {
+                m.local_changed(&self.name, n as usize);
+            }
         }
     }
 
@@ -287,8 +298,33 @@ impl Realm {
                 if tools.remove(procedure.as_str(), key) {
                     self.tools_version.send_replace(tools.version());
                 }
+                let n = self.local_tools.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+                if let Some(m) = self.mesh_tools.get() {
+                    m.local_changed(&self.name, n as usize);
+                }
             }
         }
+    }
+
+    /// Replaces the tools of remote node `node` (from the mesh).
+    pub fn set_remote_tools(&self, node: &fovea_core::dht::NodeId, entries: Vec<(String, ToolDescriptor)>) {
+        let mut tools = self.tools.lock().unwrap_or_else(PoisonError::into_inner);
+        if tools.replace_key(crate::mesh_tools::remote_key(node), entries) {
+            self.tools_version.send_replace(tools.version());
+        }
+    }
+
+    /// This node's own tools, as `TOOL_LIST` carries them (for other nodes). At most a
+    /// frame's worth: past ~1 MiB the list is cut, in procedure order.
+    pub fn local_tools_json(&self) -> Bytes {
+        let tools = self.tools.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut local = tools.entries_where(|k| k < crate::mesh_tools::REMOTE_KEY);
+        let mut size = 0;
+        local.retain(|(p, t)| {
+            size += p.len() + t.encoded().len() + 32;
+            size < fovea_core::limits::MAX_PAYLOAD
+        });
+        crate::tools::list_json(&local)
     }
 
     /// Runs `f` on the realm's tool catalog (a short lock: no awaiting inside).

@@ -332,3 +332,49 @@ async fn hostile_http_is_refused() {
     fine.initialize().await;
     node.stop().await;
 }
+
+#[tokio::test]
+async fn agents_on_any_node_see_and_call_the_tools_of_the_whole_mesh() {
+    const SECRET: &str = "a mesh secret of some length";
+    let a = TestNode::start_mesh(SECRET, &[]).await;
+    let b = TestNode::start_mesh(SECRET, &[a.mesh_addr()]).await;
+    let mut agent = Agent::new(b.mcp);
+    agent.initialize().await;
+    let mut stream = agent.listen().await;
+    // The provider is connected to A; the agent to B.
+    let service = a.client().await;
+    let adder = serve_adder(&service).await;
+    let names = |reply: common::http::Reply| -> Vec<String> {
+        reply.result()["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap().to_owned()).collect()
+    };
+    common::converges("B to list A's tool", || {
+        let agent = agent.clone();
+        async move { names(agent.request(1, "tools/list", json!({})).await) == ["math__add"] }
+    })
+    .await;
+    loop {
+        if stream.next().await["method"] == "notifications/tools/list_changed" {
+            break;
+        }
+    }
+    let call = agent.request(2, "tools/call", json!({"name": "math__add", "arguments": {"a": 20, "b": 22}})).await;
+    assert_eq!(call.result()["structuredContent"]["sum"], 42.0, "{}", call.body);
+    // B's own clients see it in the catalog too.
+    assert_eq!(b.client().await.tools().await.unwrap().len(), 1);
+
+    // The provider leaves: the tool leaves B's listing, with a notification.
+    adder.abort();
+    service.close().await;
+    loop {
+        if stream.next().await["method"] == "notifications/tools/list_changed" {
+            break;
+        }
+    }
+    common::converges("B to drop A's tool", || {
+        let agent = agent.clone();
+        async move { names(agent.request(3, "tools/list", json!({})).await).is_empty() }
+    })
+    .await;
+    b.stop().await;
+    a.stop().await;
+}
