@@ -241,6 +241,7 @@ pub(crate) async fn serve(
         .with_allowed_hosts(hosts)
         .with_allowed_origins(origins)
         .with_max_request_body_bytes(config.max_body_bytes)
+        .with_json_response(true)
         .with_cancellation_token(stop.child_token());
     let handler_state = state.clone();
     let service: StreamableHttpService<Handler, LocalSessionManager> =

@@ -26,6 +26,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if matches!(args.mode, BenchMode::Mesh) {
         return mesh(&args).await?.finish();
     }
+    if matches!(args.mode, BenchMode::Mcp) {
+        return mcp(&args).await?.finish();
+    }
     let extra: Vec<String> = match args.mode {
         // Room for every benchmark connection whatever the node's default.
         BenchMode::Conns => vec!["--max-connections".into(), (args.conns + 16).to_string()],
@@ -49,7 +52,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchMode::Rpc => rpc(&url, opts, args.callers, args.calls, args.size).await?,
         BenchMode::Conns => conns(&url, opts, args.conns, node_pid).await?,
         BenchMode::SlowConsumer => slow_consumer(&url, opts, args.msgs, args.size, node_pid).await?,
-        BenchMode::Soak => soak(&url, opts, args.size, args.duration, args.sample, node_pid).await?,
+        BenchMode::Soak => {
+            let duration = args.duration.unwrap_or(Duration::from_secs(600));
+            soak(&url, opts, args.size, duration, args.sample, node_pid).await?
+        }
+        BenchMode::Mcp => unreachable!("handled above"),
         BenchMode::Startup => startup(args.runs)?,
         BenchMode::Mesh => mesh(&args).await?,
     };
@@ -116,9 +123,15 @@ struct Progress {
 }
 
 impl Progress {
+    /// A bar towards `len`, or (`len` 0: a run for a duration) a running count.
     fn start(len: u64, what: &'static str) -> Progress {
-        let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::hidden());
-        if let Ok(style) = ProgressStyle::with_template("{msg} {wide_bar} {pos}/{len} ({per_sec}, eta {eta})") {
+        let bar = ProgressBar::with_draw_target((len > 0).then_some(len), ProgressDrawTarget::hidden());
+        let template = if len > 0 {
+            "{msg} {wide_bar} {pos}/{len} ({per_sec}, eta {eta})"
+        } else {
+            "{msg} {spinner} {pos} ({per_sec})"
+        };
+        if let Ok(style) = ProgressStyle::with_template(template) {
             bar.set_style(style);
         }
         bar.set_message(what);
@@ -474,6 +487,67 @@ fn startup(runs: usize) -> anyhow::Result<Report> {
     Ok(r)
 }
 
+/// `bench mcp`: a node with an MCP endpoint and a provider of `bench.echo` on it.
+async fn mcp(args: &BenchArgs) -> anyhow::Result<Report> {
+    anyhow::ensure!(args.url.is_none(), "bench mcp starts its own node (with --mcp); drop --url");
+    anyhow::ensure!(args.callers > 0, "--callers must be at least 1");
+    let mut extra = vec!["--mcp".to_owned(), "127.0.0.1:0".to_owned()];
+    if args.sessions > 0 {
+        // Room for the sessions measured: the node's defaults are below some runs.
+        let cfg = tempfile::NamedTempFile::new()?;
+        let n = args.sessions + 1000;
+        std::fs::write(cfg.path(), format!("[mcp]\nmax_sessions = {n}\nmax_sessions_per_user = {n}\n"))?;
+        let node = ChildNode::start(Some(cfg.path()), &extra)?;
+        return mcp_on(args, node).await;
+    }
+    extra.extend(["--mcp-call-timeout".to_owned(), "10s".to_owned()]);
+    let node = ChildNode::start(args.node_config.as_deref(), &extra)?;
+    mcp_on(args, node).await
+}
+
+async fn mcp_on(args: &BenchArgs, node: ChildNode) -> anyhow::Result<Report> {
+    let endpoint = node.mcp.clone().context("the node did not report its MCP endpoint")?;
+    let opts = ConnectOptions::new().trust(Trust::CaFiles(vec![node.cert.clone()]));
+    let provider = crate::bench_mcp::provider(&node.url, opts).await?;
+    let mut r = Report::new("mcp");
+    if args.sessions > 0 {
+        let pid = node.child.id();
+        let before = rss_kib(pid).unwrap_or(0);
+        let progress = Progress::start(args.sessions as u64, "sessions");
+        crate::bench_mcp::open_sessions(&endpoint, args.sessions, progress.counter()).await?;
+        progress.finish();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = rss_kib(pid).unwrap_or(0);
+        let per = (after.saturating_sub(before)) as f64 / args.sessions as f64;
+        println!(
+            "mcp sessions: {} idle 2025-11-25 sessions; node RSS {before} → {after} KiB, {per:.1} KiB each",
+            args.sessions
+        );
+        r.put("sessions", args.sessions).put("kib_per_session", format!("{per:.1}"));
+    }
+    let duration = args.duration.unwrap_or(Duration::from_secs(10));
+    let progress = Progress::start(0, "calls");
+    let run = crate::bench_mcp::closed_loop(&endpoint, args.callers, duration, args.legacy, progress.counter()).await?;
+    progress.finish();
+    let lat = &run.lat;
+    let q = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
+    let era = if args.legacy { "2025-11-25 sessions" } else { "2026-07-28 stateless" };
+    println!(
+        "mcp: {} tools/call ({era}) from {} callers over HTTP, through the node's RPC to 1 provider",
+        run.calls, args.callers
+    );
+    println!("  {:.0} calls/s; latency p50 {} µs, p99 {} µs; {} errors", run.rate, q(0.5), q(0.99), run.errors);
+    r.put("era", if args.legacy { "2025-11-25" } else { "2026-07-28" }).put("callers", args.callers);
+    r.put("calls", run.calls).put("errors", run.errors).put("rate", format!("{:.0}", run.rate));
+    r.put("p50_us", q(0.5)).put("p99_us", q(0.99));
+    if run.errors > 0 {
+        r.failure = Some(format!("{} calls failed", run.errors));
+    }
+    provider.close().await;
+    drop(node);
+    Ok(r)
+}
+
 /// Two nodes in a mesh, as users run them: publisher and caller on A, subscriber and
 /// provider on B. Measures pub/sub and RPC across the link, and how long a new remote
 /// subscriber takes to receive (its discovery latency).
@@ -731,6 +805,8 @@ struct ChildNode {
     url: String,
     /// The mesh address from the ready line, for a node in a mesh.
     mesh: Option<String>,
+    /// The MCP endpoint from the ready line, for a node with one.
+    mcp: Option<String>,
     cert: PathBuf,
     _dir: Option<tempfile::TempDir>,
 }
@@ -763,7 +839,12 @@ impl ChildNode {
             bail!("the node did not print its ready line (got {line:?})");
         };
         let mesh = line.split(", mesh ").nth(1).and_then(|rest| rest.split_whitespace().next()).map(str::to_owned);
-        Ok(ChildNode { url: url.to_owned(), mesh, cert: dir.join("node.crt"), child, _dir: None })
+        let mcp = line
+            .split(", mcp ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(|u| u.trim_end_matches([')', ',']).to_owned());
+        Ok(ChildNode { url: url.to_owned(), mesh, mcp, cert: dir.join("node.crt"), child, _dir: None })
     }
 }
 

@@ -374,6 +374,10 @@ pub enum BenchMode {
     SlowConsumer,
     /// Mixed pub/sub and RPC for --duration, sampling the node's memory.
     Soak,
+    /// MCP tools/call over HTTP for --duration (default 10s) from --callers connections, the
+    /// tool served through the mesh by a provider on the node; --sessions N also measures
+    /// the node's memory per idle 2025-11-25 session.
+    Mcp,
 }
 
 #[derive(Debug, Args)]
@@ -402,9 +406,15 @@ pub struct BenchArgs {
     /// RPC: calls in all.
     #[arg(long, default_value_t = 100_000, value_name = "N")]
     pub calls: u64,
-    /// Soak: how long to run.
-    #[arg(long, default_value = "10m", value_parser = parse_duration, value_name = "DURATION")]
-    pub duration: std::time::Duration,
+    /// Soak, mcp: how long to run [default: soak 10m, mcp 10s].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub duration: Option<std::time::Duration>,
+    /// MCP: call through 2025-11-25 sessions instead of stateless 2026-07-28 requests.
+    #[arg(long)]
+    pub legacy: bool,
+    /// MCP: first open this many idle 2025-11-25 sessions and report the node's memory per session.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub sessions: usize,
     /// Soak: how often to sample the node's memory.
     #[arg(long, default_value = "1m", value_parser = parse_duration, value_name = "DURATION")]
     pub sample: std::time::Duration,

@@ -4,6 +4,7 @@
 //! logging and maps failures to exit codes (0 success, 1 error, 2 usage).
 
 mod bench;
+mod bench_mcp;
 mod cli;
 mod client_cmds;
 mod mcp_cmd;

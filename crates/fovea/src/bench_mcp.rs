@@ -1,0 +1,230 @@
+//! `fovea bench mcp`: MCP `tools/call` over HTTP against a node's endpoint, the tool served
+//! through the mesh's RPC by a provider connected to the node.
+//!
+//! The HTTP client is a few lines of HTTP/1.1 with keep-alive on a plain socket, one
+//! connection per caller, so what is measured is the node, not a client library.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use fovea_client::{Client, ConnectOptions};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// One keep-alive HTTP/1.1 connection to an MCP endpoint.
+pub(crate) struct Http {
+    addr: String,
+    stream: BufReader<TcpStream>,
+    /// The 2025-11-25 session, when one was opened.
+    session: Option<String>,
+}
+
+/// An HTTP answer: status, session header, body (de-chunked).
+pub(crate) struct Answer {
+    pub status: u16,
+    pub session: Option<String>,
+    pub body: String,
+}
+
+impl Http {
+    pub(crate) async fn connect(endpoint: &str) -> anyhow::Result<Http> {
+        let addr = endpoint.trim_start_matches("http://").trim_end_matches("/mcp").to_owned();
+        let tcp = TcpStream::connect(&addr).await.with_context(|| format!("connecting to {endpoint}"))?;
+        tcp.set_nodelay(true)?;
+        Ok(Http { addr, stream: BufReader::new(tcp), session: None })
+    }
+
+    /// Opens a 2025-11-25 session on this connection.
+    pub(crate) async fn initialize(&mut self) -> anyhow::Result<()> {
+        let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "fovea-bench", "version": "1"}}});
+        let a = self.post(&init, "initialize", "", "2025-11-25").await?;
+        anyhow::ensure!(a.status == 200, "initialize answered HTTP {}: {}", a.status, a.body);
+        self.session = a.session;
+        let done =
+            self.post(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}), "", "", "2025-11-25").await?;
+        anyhow::ensure!(done.status == 202, "initialized answered HTTP {}", done.status);
+        Ok(())
+    }
+
+    pub(crate) async fn post(
+        &mut self,
+        body: &Value,
+        method: &str,
+        name: &str,
+        version: &str,
+    ) -> anyhow::Result<Answer> {
+        let body = body.to_string();
+        let mut req = format!(
+            "POST /mcp HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMCP-Protocol-Version: {version}\r\nContent-Length: {}\r\n",
+            self.addr,
+            body.len()
+        );
+        if !method.is_empty() && version.starts_with("2026") {
+            req.push_str(&format!("Mcp-Method: {method}\r\n"));
+            if !name.is_empty() {
+                req.push_str(&format!("Mcp-Name: {name}\r\n"));
+            }
+        }
+        if let Some(s) = &self.session {
+            req.push_str(&format!("Mcp-Session-Id: {s}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(&body);
+        self.stream.get_mut().write_all(req.as_bytes()).await?;
+        self.read_answer().await
+    }
+
+    async fn read_answer(&mut self) -> anyhow::Result<Answer> {
+        let mut line = String::new();
+        self.stream.read_line(&mut line).await?;
+        let status: u16 =
+            line.split(' ').nth(1).and_then(|s| s.parse().ok()).context("a malformed HTTP status line")?;
+        let (mut length, mut chunked, mut session) = (None, false, None);
+        loop {
+            line.clear();
+            if self.stream.read_line(&mut line).await? == 0 {
+                bail!("the connection closed mid-answer");
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            let Some((k, v)) = l.split_once(':') else { continue };
+            match k.trim().to_ascii_lowercase().as_str() {
+                "content-length" => length = v.trim().parse::<usize>().ok(),
+                "transfer-encoding" => chunked = v.contains("chunked"),
+                "mcp-session-id" => session = Some(v.trim().to_owned()),
+                _ => {}
+            }
+        }
+        let mut body = Vec::new();
+        if chunked {
+            loop {
+                line.clear();
+                self.stream.read_line(&mut line).await?;
+                let n = usize::from_str_radix(line.trim(), 16).context("a malformed chunk size")?;
+                let mut chunk = vec![0; n + 2];
+                self.stream.read_exact(&mut chunk).await?;
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+        } else if let Some(n) = length {
+            body.resize(n, 0);
+            self.stream.read_exact(&mut body).await?;
+        }
+        Ok(Answer { status, session, body: String::from_utf8_lossy(&body).into_owned() })
+    }
+}
+
+/// The JSON-RPC answer in an HTTP body (SSE `data:` lines or plain JSON).
+pub(crate) fn response(body: &str) -> Option<Value> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+        .find(|v| v.get("id").is_some())
+        .or_else(|| serde_json::from_str(body.trim()).ok())
+}
+
+/// What `bench mcp` measured.
+pub(crate) struct McpRun {
+    pub calls: usize,
+    pub errors: u64,
+    pub rate: f64,
+    pub lat: Vec<u32>,
+}
+
+/// Closed loop: `callers` connections, each calling `tool` back to back for `duration`.
+pub(crate) async fn closed_loop(
+    endpoint: &str,
+    callers: usize,
+    duration: Duration,
+    legacy: bool,
+    done: Arc<AtomicU64>,
+) -> anyhow::Result<McpRun> {
+    let version = if legacy { "2025-11-25" } else { "2026-07-28" };
+    let mut tasks = Vec::new();
+    let t0 = Instant::now();
+    for i in 0..callers {
+        let endpoint = endpoint.to_owned();
+        let done = done.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut http = Http::connect(&endpoint).await?;
+            if legacy {
+                http.initialize().await?;
+            }
+            let (mut lat, mut errors) = (Vec::new(), 0u64);
+            let mut id = 1u64;
+            while t0.elapsed() < duration {
+                let mut params = json!({"name": "bench__echo", "arguments": {"caller": i, "n": id}});
+                if !legacy {
+                    params["_meta"] = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                                             "io.modelcontextprotocol/clientCapabilities": {}});
+                }
+                let req = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params});
+                let t = Instant::now();
+                let a = http.post(&req, "tools/call", "bench__echo", version).await?;
+                let ok = a.status == 200 && response(&a.body).is_some_and(|r| r["result"]["isError"] == false);
+                if ok {
+                    lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+                } else {
+                    errors += 1;
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+                id += 1;
+            }
+            Ok::<_, anyhow::Error>((lat, errors))
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.context("caller task failed")??;
+        lat.extend(l);
+        errors += e;
+    }
+    let elapsed = t0.elapsed().as_secs_f64().max(1e-9);
+    lat.sort_unstable();
+    Ok(McpRun { calls: lat.len(), errors, rate: lat.len() as f64 / elapsed, lat })
+}
+
+/// A provider of `bench.echo` (a tool) on the node at `url`.
+pub(crate) async fn provider(url: &str, opts: ConnectOptions) -> anyhow::Result<Client> {
+    let client = Client::connect(url, opts.name("bench-mcp-provider")).await?;
+    let mut reg = client
+        .register_tool(
+            "bench.echo",
+            &json!({"description": "Echoes its arguments (benchmark).", "inputSchema": {"type": "object"}}),
+        )
+        .await?;
+    tokio::spawn(async move {
+        while let Some(req) = reg.next().await {
+            let payload = req.payload.clone();
+            req.respond(payload);
+        }
+    });
+    Ok(client)
+}
+
+/// Opens `n` 2025-11-25 sessions and leaves them idle; returns their connections (closed
+/// when dropped: sessions live on at the node until reaped or deleted).
+pub(crate) async fn open_sessions(endpoint: &str, n: usize, done: Arc<AtomicU64>) -> anyhow::Result<()> {
+    let mut http = Http::connect(endpoint).await?;
+    for _ in 0..n {
+        let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "fovea-bench", "version": "1"}}});
+        http.session = None;
+        let a = http.post(&init, "initialize", "", "2025-11-25").await?;
+        anyhow::ensure!(a.status == 200 && a.session.is_some(), "initialize answered HTTP {}: {}", a.status, a.body);
+        http.session = a.session;
+        let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        http.post(&note, "", "", "2025-11-25").await?;
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
