@@ -321,6 +321,9 @@ async fn hostile_http_is_refused() {
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}});
     let foreign = agent.post_with(&body, &[("Origin", "http://evil.example")]).await;
     assert_eq!(foreign.status, 403);
+    // DNS rebinding: a name that resolves to loopback but is not an allowed Host.
+    let rebinding = agent.post_with(&body, &[("Host", "evil.example")]).await;
+    assert_eq!(rebinding.status, 403, "{}", rebinding.body);
     let big = json!({"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"pad": "x".repeat(5 * 1024 * 1024)}});
     assert_eq!(agent.post(&big).await.status, 413);
     // Garbage is a parse error, not a crash; the node still serves.
@@ -377,4 +380,80 @@ async fn agents_on_any_node_see_and_call_the_tools_of_the_whole_mesh() {
     .await;
     b.stop().await;
     a.stop().await;
+}
+
+#[tokio::test]
+async fn sessions_are_capped_per_user_and_idle_ones_reaped() {
+    let mut config = fovea_node::mcp::McpConfig::new("127.0.0.1:0".parse().unwrap());
+    config.max_sessions_per_user = 2;
+    config.session_idle = std::time::Duration::from_millis(300);
+    let node = TestNode::start_with_mcp(config).await;
+    let mut first = Agent::new(node.mcp);
+    first.initialize().await;
+    Agent::new(node.mcp).initialize().await;
+    // A third session of the same (anonymous loopback) user is refused.
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let third = Agent::new(node.mcp).post(&init).await;
+    assert_eq!(third.status, 429, "{}", third.body);
+    assert!(third.header("retry-after").is_some());
+    // Idle sessions are reaped (and counted); then there is room again.
+    common::converges("idle sessions reaped", || async {
+        common::http::metric(node.admin, "fovea_mcp_sessions_total{event=\"reaped\"}").await >= 2.0
+    })
+    .await;
+    assert_eq!(first.request(1, "tools/list", json!({})).await.status, 404, "a reaped session is gone");
+    Agent::new(node.mcp).initialize().await;
+    assert_eq!(common::http::metric(node.admin, "fovea_mcp_sessions_total{event=\"refused\"}").await, 1.0);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn tool_lists_page_in_procedure_order() {
+    let node = TestNode::start().await;
+    let service = node.client().await;
+    let mut regs = Vec::new();
+    for i in 0..150 {
+        regs.push(service.register_tool(&format!("t.n{i:03}"), &json!({"description": "one of many"})).await.unwrap());
+    }
+    let mut agent = Agent::new(node.mcp);
+    agent.initialize().await;
+    let mut names = Vec::new();
+    let mut cursor: Option<String> = None;
+    for page in 0.. {
+        assert!(page < 10, "too many pages");
+        let params = cursor.as_ref().map_or(json!({}), |c| json!({"cursor": c}));
+        let reply = agent.request(page + 1, "tools/list", params).await;
+        let result = reply.result();
+        names.extend(result["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap().to_owned()));
+        match result.get("nextCursor").and_then(Value::as_str) {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(names.len(), 150);
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted);
+    assert_eq!(service.tools().await.unwrap().len(), 150, "the SDK follows TOOL_LIST pages too");
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_2026_request_that_disconnects_cancels_its_call() {
+    let node = TestNode::start().await;
+    let service = node.client().await;
+    let mut reg = service.register_tool("slow.op", &json!({"description": "Slow."})).await.unwrap();
+    let mut agent = Agent::new(node.mcp);
+    agent.version = "2026-07-28";
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                      "io.modelcontextprotocol/clientCapabilities": {}});
+    let call = tokio::spawn(async move {
+        agent.request(1, "tools/call", json!({"name": "slow__op", "arguments": {}, "_meta": meta})).await
+    });
+    let req = next_request(&mut reg).await;
+    // The agent goes away: closing the request's stream cancels the call.
+    call.abort();
+    tokio::time::timeout(WAIT, req.cancelled()).await.expect("the provider sees the cancellation");
+    node.stop().await;
 }

@@ -62,7 +62,10 @@ impl Agent {
     }
 
     fn head(&self, method: &str, extra: &[(&str, &str)]) -> String {
-        let mut h = format!("{method} /mcp HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n", self.addr.port());
+        let mut h = format!("{method} /mcp HTTP/1.1\r\nConnection: close\r\n");
+        if !extra.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            h.push_str(&format!("Host: 127.0.0.1:{}\r\n", self.addr.port()));
+        }
         h.push_str("Accept: application/json, text/event-stream\r\n");
         h.push_str(&format!("MCP-Protocol-Version: {}\r\n", self.version));
         if let Some(t) = &self.token {
@@ -217,4 +220,19 @@ fn dechunk(mut s: &str) -> String {
         s = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
     }
     out
+}
+
+/// The value of the Prometheus sample `series` (name with labels, exactly as exposed) on
+/// the admin endpoint at `admin`, or 0 when absent.
+pub async fn metric(admin: SocketAddr, series: &str) -> f64 {
+    let mut s = TcpStream::connect(admin).await.unwrap();
+    let req = "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut raw)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    text.lines()
+        .filter_map(|l| l.strip_prefix(series))
+        .find_map(|rest| rest.strip_prefix(' ').and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
 }

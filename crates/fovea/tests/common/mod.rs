@@ -53,6 +53,13 @@ impl TestNode {
         Self::start_config("127.0.0.1:0".parse().unwrap(), dir, Limits::default(), Some(realms), None).await
     }
 
+    /// Starts a node whose MCP endpoint has `mcp` as its configuration (address replaced).
+    pub async fn start_with_mcp(mut mcp: fovea_node::mcp::McpConfig) -> TestNode {
+        mcp.listen = "127.0.0.1:0".parse().unwrap();
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        Self::start_full("127.0.0.1:0".parse().unwrap(), dir, Limits::default(), None, None, Some(mcp)).await
+    }
+
     /// Starts a node at `addr` with state in `dir` (reuse both to "restart" a node).
     pub async fn start_at(addr: SocketAddr, dir: Arc<tempfile::TempDir>, limits: Limits) -> TestNode {
         Self::start_config(addr, dir, limits, None, None).await
@@ -102,6 +109,17 @@ impl TestNode {
         realms: Option<Vec<fovea_node::auth::RealmConfig>>,
         mesh: Option<fovea_node::mesh::MeshConfig>,
     ) -> TestNode {
+        Self::start_full(addr, dir, limits, realms, mesh, None).await
+    }
+
+    async fn start_full(
+        addr: SocketAddr,
+        dir: Arc<tempfile::TempDir>,
+        limits: Limits,
+        realms: Option<Vec<fovea_node::auth::RealmConfig>>,
+        mesh: Option<fovea_node::mesh::MeshConfig>,
+        mcp: Option<fovea_node::mcp::McpConfig>,
+    ) -> TestNode {
         let mut config = NodeConfig::new(dir.path());
         config.listen = addr;
         config.name = "test-node".into();
@@ -109,9 +127,11 @@ impl TestNode {
         config.realms = realms;
         config.admin = Some("127.0.0.1:0".parse().unwrap());
         config.mesh = mesh;
-        let mut mcp = fovea_node::mcp::McpConfig::new("127.0.0.1:0".parse().unwrap());
-        mcp.call_timeout = Duration::from_secs(3);
-        config.mcp = Some(mcp);
+        config.mcp = Some(mcp.unwrap_or_else(|| {
+            let mut mcp = fovea_node::mcp::McpConfig::new("127.0.0.1:0".parse().unwrap());
+            mcp.call_timeout = Duration::from_secs(3);
+            mcp
+        }));
         let node = Node::bind(config).expect("node binds");
         let mcp = node.mcp_addr().expect("mcp endpoint on");
         let mesh = node.mesh();
