@@ -252,7 +252,7 @@ struct FileConfig {
 /// The `[mcp]` table: the MCP endpoint for AI agents. Present with `listen`, it turns the
 /// endpoint on (as `--mcp` does); the other keys have the defaults of
 /// [`crate::mcp::McpConfig::new`].
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct McpSection {
     /// TCP address, or `"off"`.
@@ -278,6 +278,22 @@ impl McpSection {
     ///
     /// # Errors
     /// A duration that does not parse, or a zero limit.
+    /// The table that gives `config`.
+    pub fn of(config: &crate::mcp::McpConfig) -> McpSection {
+        let fmt = crate::config::format_duration;
+        McpSection {
+            listen: Some(config.listen.to_string()),
+            allowed_hosts: config.allowed_hosts.clone(),
+            allowed_origins: config.allowed_origins.clone(),
+            max_body_bytes: Some(config.max_body_bytes),
+            max_sessions: Some(config.max_sessions),
+            max_sessions_per_user: Some(config.max_sessions_per_user),
+            session_idle: Some(fmt(config.session_idle)),
+            call_timeout: Some(fmt(config.call_timeout)),
+            max_calls_in_flight: Some(config.max_calls_in_flight),
+        }
+    }
+
     pub fn apply(&self, config: &mut crate::mcp::McpConfig) -> Result<(), ConfigError> {
         let dur = |key: &str, v: &Option<String>, d: &mut std::time::Duration| -> Result<(), ConfigError> {
             if let Some(v) = v {

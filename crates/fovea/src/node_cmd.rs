@@ -360,6 +360,8 @@ fn effective_config(
     struct Effective<'a> {
         node: fovea_node::auth::NodeSection,
         limits: &'a fovea_node::Limits,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mcp: Option<fovea_node::auth::McpSection>,
     }
     let node = fovea_node::auth::NodeSection {
         listen: Some(config.listen),
@@ -384,7 +386,8 @@ fn effective_config(
         mesh_cert: config.mesh.as_ref().and_then(|m| m.identity.as_ref().map(|f| f.cert.clone())),
         mesh_key: config.mesh.as_ref().and_then(|m| m.identity.as_ref().map(|f| f.key.clone())),
     };
-    let body = toml::to_string(&Effective { node, limits: &config.limits }).context("rendering the configuration")?;
+    let mcp = config.mcp.as_ref().map(fovea_node::auth::McpSection::of);
+    let body = toml::to_string(&Effective { node, limits: &config.limits, mcp }).context("rendering the configuration")?;
     let realms = match (&config.realms, file) {
         (Some(r), Some(f)) => {
             format!("# {} realms are declared in {} ([[realm]] tables, not repeated here).\n", r.len(), f.display())
