@@ -86,7 +86,7 @@ impl McpConfig {
             max_sessions_per_user: 20_000,
             session_idle: Duration::from_secs(300),
             call_timeout: Duration::from_secs(60),
-            max_calls_in_flight: 4096,
+            max_calls_in_flight: 256,
         }
     }
 }

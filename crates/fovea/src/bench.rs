@@ -526,6 +526,44 @@ async fn mcp_on(args: &BenchArgs, node: ChildNode) -> anyhow::Result<Report> {
         r.put("sessions", args.sessions).put("kib_per_session", format!("{per:.1}"));
     }
     let duration = args.duration.unwrap_or(Duration::from_secs(10));
+    if let Some(rate) = args.rate {
+        let conns = args.callers.max(512);
+        let progress = Progress::start((rate as f64 * duration.as_secs_f64()) as u64, "calls");
+        let run = crate::bench_mcp::open_loop(&endpoint, rate, duration, conns, progress.counter()).await?;
+        progress.finish();
+        let q = |lat: &[u32], p: f64| {
+            lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0)
+        };
+        let (a, b) = (&run.admitted, &run.busy);
+        println!("mcp open loop: {} calls offered at {rate}/s over {conns} connections", run.offered);
+        println!(
+            "  admitted {} ({:.0}/s): p50 {} µs, p99 {} µs; busy {}: p50 {} µs, p99 {} µs; {} errors",
+            a.len(),
+            a.len() as f64 / run.elapsed,
+            q(a, 0.5),
+            q(a, 0.99),
+            b.len(),
+            q(b, 0.5),
+            q(b, 0.99),
+            run.errors
+        );
+        let (sa, sb) = (&run.admitted_sent, &run.busy_sent);
+        println!(
+            "  from the send (the node's view): admitted p50 {} µs, p99 {} µs; busy p50 {} µs, p99 {} µs",
+            q(sa, 0.5),
+            q(sa, 0.99),
+            q(sb, 0.5),
+            q(sb, 0.99)
+        );
+        r.put("sent_p99_us", q(sa, 0.99)).put("busy_sent_p99_us", q(sb, 0.99));
+        r.put("offered_rate", rate).put("conns", conns).put("admitted", a.len()).put("busy", b.len());
+        r.put("rate", format!("{:.0}", a.len() as f64 / run.elapsed))
+            .put("p50_us", q(a, 0.5))
+            .put("p99_us", q(a, 0.99));
+        r.put("busy_p99_us", q(b, 0.99)).put("errors", run.errors);
+        provider.close().await;
+        return Ok(r);
+    }
     let progress = Progress::start(0, "calls");
     let run = crate::bench_mcp::closed_loop(&endpoint, args.callers, duration, args.legacy, progress.counter()).await?;
     progress.finish();

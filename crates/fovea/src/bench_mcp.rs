@@ -228,3 +228,93 @@ pub(crate) async fn open_sessions(endpoint: &str, n: usize, done: Arc<AtomicU64>
     }
     Ok(())
 }
+
+/// What an open-loop run measured.
+pub(crate) struct OpenRun {
+    pub offered: u64,
+    /// Latencies of admitted calls, from their scheduled start (so a late send counts).
+    pub admitted: Vec<u32>,
+    /// Latencies of calls answered "busy".
+    pub busy: Vec<u32>,
+    /// The same two, from when the request was sent (the node's view; the difference is
+    /// the generator's own backlog).
+    pub admitted_sent: Vec<u32>,
+    pub busy_sent: Vec<u32>,
+    pub errors: u64,
+    pub elapsed: f64,
+}
+
+/// Open loop: call `i` is due at `i / rate`; `conns` connections take calls in turn. Each
+/// latency counts from when the call was due, so a generator that falls behind shows as
+/// latency rather than hiding it (no coordinated omission).
+pub(crate) async fn open_loop(
+    endpoint: &str,
+    rate: u64,
+    duration: Duration,
+    conns: usize,
+    done: Arc<AtomicU64>,
+) -> anyhow::Result<OpenRun> {
+    let total = (rate as f64 * duration.as_secs_f64()) as u64;
+    let next = Arc::new(AtomicU64::new(0));
+    let t0 = tokio::time::Instant::now() + Duration::from_millis(200);
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let (endpoint, next, done) = (endpoint.to_owned(), next.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut http = Http::connect(&endpoint).await?;
+            let (mut admitted, mut busy, mut errors) = (Vec::new(), Vec::new(), 0u64);
+            let (mut admitted_sent, mut busy_sent) = (Vec::new(), Vec::new());
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                let due = t0 + Duration::from_secs_f64(i as f64 / rate as f64);
+                tokio::time::sleep_until(due).await;
+                let params = json!({"name": "bench__echo", "arguments": {"n": i},
+                    "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                              "io.modelcontextprotocol/clientCapabilities": {}}});
+                let req = json!({"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": params});
+                let sent = tokio::time::Instant::now();
+                let a = http.post(&req, "tools/call", "bench__echo", "2026-07-28").await?;
+                let us = u32::try_from(due.elapsed().as_micros()).unwrap_or(u32::MAX);
+                let us_sent = u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX);
+                match response(&a.body) {
+                    Some(r) if r["result"]["isError"] == false => {
+                        admitted.push(us);
+                        admitted_sent.push(us_sent);
+                    }
+                    Some(r) if r["result"]["content"][0]["text"].as_str().is_some_and(|t| t.starts_with("busy")) => {
+                        busy.push(us);
+                        busy_sent.push(us_sent);
+                    }
+                    _ => errors += 1,
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, anyhow::Error>((admitted, busy, admitted_sent, busy_sent, errors))
+        }));
+    }
+    let mut run = OpenRun {
+        offered: total,
+        admitted: Vec::new(),
+        busy: Vec::new(),
+        admitted_sent: Vec::new(),
+        busy_sent: Vec::new(),
+        errors: 0,
+        elapsed: 0.0,
+    };
+    for t in tasks {
+        let (a, b, a_sent, b_sent, e) = t.await.context("caller task failed")??;
+        run.admitted.extend(a);
+        run.busy.extend(b);
+        run.admitted_sent.extend(a_sent);
+        run.busy_sent.extend(b_sent);
+        run.errors += e;
+    }
+    run.elapsed = t0.elapsed().as_secs_f64().max(1e-9);
+    for v in [&mut run.admitted, &mut run.busy, &mut run.admitted_sent, &mut run.busy_sent] {
+        v.sort_unstable();
+    }
+    Ok(run)
+}

@@ -412,6 +412,10 @@ pub struct BenchArgs {
     /// MCP: call through 2025-11-25 sessions instead of stateless 2026-07-28 requests.
     #[arg(long)]
     pub legacy: bool,
+    /// MCP: open loop instead of closed: offer this many calls per second (over --callers
+    /// connections, at least 512), to see how the node sheds load it cannot take.
+    #[arg(long, value_name = "CALLS_PER_S")]
+    pub rate: Option<u64>,
     /// MCP: first open this many idle 2025-11-25 sessions and report the node's memory per session.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub sessions: usize,

@@ -387,7 +387,8 @@ fn effective_config(
         mesh_key: config.mesh.as_ref().and_then(|m| m.identity.as_ref().map(|f| f.key.clone())),
     };
     let mcp = config.mcp.as_ref().map(fovea_node::auth::McpSection::of);
-    let body = toml::to_string(&Effective { node, limits: &config.limits, mcp }).context("rendering the configuration")?;
+    let body =
+        toml::to_string(&Effective { node, limits: &config.limits, mcp }).context("rendering the configuration")?;
     let realms = match (&config.realms, file) {
         (Some(r), Some(f)) => {
             format!("# {} realms are declared in {} ([[realm]] tables, not repeated here).\n", r.len(), f.display())
