@@ -188,10 +188,11 @@ pub struct NodeArgs {
     /// e.g. --join quic://10.0.0.1:4434,quic://10.0.0.2:4434.
     #[arg(long, env = "FOVEA_JOIN", value_name = "URL", value_delimiter = ',', help_heading = "Mesh")]
     pub join: Vec<String>,
-    /// Serve MCP (AI agents) over HTTP at http://ADDR/mcp, e.g. 127.0.0.1:8765; `off` to
-    /// disable what the config file's [mcp] table turns on. Tools are the realm's procedures
-    /// registered with a description (fovea serve --description).
-    #[arg(long, env = "FOVEA_MCP", value_parser = parse_admin, value_name = "ADDR|off", help_heading = "MCP")]
+    /// Serve MCP (AI agents) over HTTP at http://ADDR/mcp [ADDR default: 127.0.0.1:8765]; `off`
+    /// to disable what the config file's [mcp] table turns on. Tools are the realm's
+    /// procedures registered with a description (fovea serve --description).
+    #[arg(long, env = "FOVEA_MCP", value_parser = parse_admin, value_name = "ADDR|off", num_args = 0..=1,
+          default_missing_value = "127.0.0.1:8765", help_heading = "MCP")]
     pub mcp: Option<AdminAddr>,
     /// Deadline of an MCP tool call [default: 60s; config: [mcp] call_timeout].
     #[arg(long, env = "FOVEA_MCP_CALL_TIMEOUT", value_parser = parse_duration, value_name = "DURATION", help_heading = "MCP")]
