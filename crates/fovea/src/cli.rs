@@ -62,9 +62,10 @@ pub enum Command {
     Serve(ServeArgs),
     /// Serve MCP on stdin/stdout for a desktop agent: the realm's tools, through a node.
     #[command(
-        after_help = "Examples:\n  fovea mcp\n  fovea mcp --url quic://10.0.0.5:4433 --ca node.crt --realm acme --token $TOKEN\n\nIn an agent's configuration (Claude Desktop, Claude Code, Cursor):\n  {\"mcpServers\": {\"fovea\": {\"command\": \"fovea\", \"args\": [\"mcp\"]}}}\n\nLogs go to stderr; stdout carries only MCP messages."
+        after_help = "Examples:\n  fovea mcp\n  fovea mcp --url quic://10.0.0.5:4433 --ca node.crt --realm acme --token $TOKEN\n  fovea mcp attach files -- npx -y @modelcontextprotocol/server-filesystem /srv/docs\n  fovea mcp attach gh --upstream-url https://example.com/mcp --bearer-file gh.token\n  fovea mcp approve files\n\nIn an agent's configuration (Claude Desktop, Claude Code, Cursor):\n  {\"mcpServers\": {\"fovea\": {\"command\": \"fovea\", \"args\": [\"mcp\"]}}}\n\nLogs go to stderr; stdout carries only MCP messages.",
+        args_conflicts_with_subcommands = true
     )]
-    Mcp(McpArgs),
+    Mcp(McpCmd),
     /// Call a procedure and print its answer.
     #[command(
         after_help = "Examples:\n  fovea call demo.echo hello\n  echo '{\"a\":1}' | fovea call math.add --timeout 500ms\n\nExit status: 0 answered, 1 other error, 2 bad usage, 3 no provider, 4 timeout,\n5 the provider failed the call, 6 the provider disconnected, 7 busy."
@@ -478,6 +479,57 @@ pub struct ServeArgs {
     pub title: Option<String>,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// `fovea mcp`: serve on stdio, or manage attached MCP servers.
+#[derive(Debug, Args)]
+pub struct McpCmd {
+    #[command(subcommand)]
+    pub sub: Option<McpSub>,
+    #[command(flatten)]
+    pub serve: McpArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum McpSub {
+    /// Attach an existing MCP server: its tools become the procedures NAME.<tool>, for every
+    /// service and every agent of the realm.
+    Attach(Box<McpAttachArgs>),
+    /// Expose the changed tool definitions of attachment NAME (they are held back until then).
+    Approve(McpApproveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct McpAttachArgs {
+    /// The attachment's name: its tools are NAME.<tool>. Attach the same NAME twice (on any
+    /// nodes) and calls are shared between the two.
+    pub name: String,
+    /// The upstream MCP server over HTTP (Streamable HTTP) instead of a command.
+    #[arg(long, value_name = "URL")]
+    pub upstream_url: Option<String>,
+    /// A file holding the upstream's bearer token (kept here; never shown to callers).
+    #[arg(long, value_name = "FILE", requires = "upstream_url")]
+    pub bearer_file: Option<PathBuf>,
+    /// Where the pins of tool definitions live [default: the platform data dir].
+    #[arg(long, env = "FOVEA_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Expose changed tool definitions at once instead of holding them for approval.
+    #[arg(long)]
+    pub no_pin: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The upstream MCP server to run (stdio), after `--`.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct McpApproveArgs {
+    /// The attachment whose changed definitions to accept.
+    pub name: String,
+    /// Where the pins live [default: the platform data dir].
+    #[arg(long, env = "FOVEA_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@ mod bench;
 mod bench_mcp;
 mod cli;
 mod client_cmds;
+mod mcp_attach;
 mod mcp_cmd;
 mod node_cmd;
 mod rpc_cmds;
@@ -46,7 +47,9 @@ fn main() -> ExitCode {
             Command::Sub(args) => client_cmds::subscribe(args).await,
             Command::Serve(args) => rpc_cmds::serve(args).await,
             Command::Call(args) => rpc_cmds::call(args).await,
-            Command::Mcp(args) => mcp_cmd::run(args).await,
+            Command::Mcp(cli::McpCmd { sub: None, serve }) => mcp_cmd::run(serve).await,
+            Command::Mcp(cli::McpCmd { sub: Some(cli::McpSub::Attach(args)), .. }) => mcp_attach::attach(*args).await,
+            Command::Mcp(cli::McpCmd { sub: Some(cli::McpSub::Approve(args)), .. }) => mcp_attach::approve(args).await,
             Command::Stats(args) => stats_cmd::run(args).await,
             Command::Token(cli::TokenCommand::New) => node_cmd::new_token(),
             Command::Cert(cli::CertCommand::New { name, out }) => node_cmd::new_cert(&name, &out),

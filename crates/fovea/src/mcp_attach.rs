@@ -1,0 +1,379 @@
+//! `fovea mcp attach`: an existing MCP server becomes a mesh service. Each upstream tool is
+//! registered as the procedure `NAME.<tool>` with its descriptor, so every service can
+//! call it and every agent on every node sees it; two attachments of one NAME share calls
+//! through ordinary RPC balancing.
+//!
+//! Trust: a tool's description is prompt input for every agent of the realm, so each
+//! definition is pinned when first seen (`pins/NAME.json` in the data dir: a hash of name,
+//! description and schemas). A changed definition is not exposed until an operator runs
+//! `fovea mcp approve NAME`; the change is logged and counted. The upstream's credential
+//! stays here; callers' credentials never reach it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::Context;
+use fovea_client::{Client, Headers, Notice, Registration, Request};
+use fovea_core::tool::{ToolDescriptor, TOOL_RESULT_TYPE};
+#[allow(deprecated)]
+use rmcp::model::LoggingMessageNotificationParam;
+use rmcp::model::{
+    CallToolRequest, CallToolRequestParams, CancelledNotificationParam, ClientRequest, ProgressNotificationParam,
+    ServerResult, Tool,
+};
+use rmcp::service::{NotificationContext, PeerRequestOptions, RunningService};
+use rmcp::{ClientHandler, RoleClient, ServiceExt};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, Notify};
+
+use crate::cli::{McpApproveArgs, McpAttachArgs};
+use crate::client_cmds::connect;
+
+/// Largest upstream result passed on (bigger ones become an error result): the node's
+/// payload limit, less room for headers.
+const MAX_RESULT: usize = 1024 * 1024 - 4096;
+
+/// Backoff between restarts of an upstream that exited or failed.
+const FIRST_RESTART: Duration = Duration::from_millis(500);
+const MAX_RESTART: Duration = Duration::from_secs(30);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The pins of one attachment: tool → hash of its definition, plus definitions waiting
+/// for approval.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Pins {
+    pinned: BTreeMap<String, String>,
+    #[serde(default)]
+    pending: BTreeMap<String, String>,
+}
+
+fn pins_path(data_dir: &Path, name: &str) -> PathBuf {
+    data_dir.join("mcp-pins").join(format!("{name}.json"))
+}
+
+fn load_pins(path: &Path) -> Pins {
+    std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+}
+
+fn save_pins(path: &Path, pins: &Pins) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(pins)?).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// The hash a definition is pinned by: SHA-256 over its name, description and schemas.
+fn definition_hash(tool: &Tool) -> String {
+    let text = json!([tool.name, tool.description, tool.input_schema, tool.output_schema]).to_string();
+    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The descriptor fovea registers for an upstream tool, or why it is refused (size,
+/// invisible characters, shape).
+fn descriptor_of(tool: &Tool) -> Result<Value, String> {
+    let mut v = serde_json::to_value(tool).map_err(|e| e.to_string())?;
+    let Some(obj) = v.as_object_mut() else { return Err("not an object".into()) };
+    obj.remove("name");
+    if !obj.contains_key("description") {
+        obj.insert("description".into(), format!("{} (no description given upstream)", tool.name).into());
+    }
+    let raw = serde_json::to_vec(&v).map_err(|e| e.to_string())?;
+    ToolDescriptor::parse(&raw).map(|d| Value::Object(d.json().clone())).map_err(|e| e.to_string())
+}
+
+/// Routes the upstream's notifications to the calls in flight.
+#[derive(Clone, Default)]
+struct Upstream {
+    /// Progress token → the call's notice channel.
+    calls: Arc<Mutex<HashMap<String, mpsc::Sender<Notice>>>>,
+    list_changed: Arc<Notify>,
+}
+
+impl ClientHandler for Upstream {
+    async fn on_progress(&self, p: ProgressNotificationParam, _: NotificationContext<RoleClient>) {
+        let token = serde_json::to_value(&p.progress_token).ok().map(|t| t.to_string()).unwrap_or_default();
+        let tx = lock(&self.calls).get(&token).cloned();
+        if let Some(tx) = tx {
+            let _ = tx.try_send(Notice::Progress { progress: p.progress, total: p.total, message: p.message });
+        }
+    }
+
+    #[allow(deprecated)]
+    async fn on_logging_message(&self, m: LoggingMessageNotificationParam, _: NotificationContext<RoleClient>) {
+        // MCP logs belong to the session, not to a request: every call in flight gets them.
+        let level = serde_json::to_value(m.level).ok().and_then(|l| l.as_str().map(str::to_owned));
+        let Some(level) = level else { return };
+        for tx in lock(&self.calls).values() {
+            let _ = tx.try_send(Notice::Log { level: level.clone(), logger: m.logger.clone(), data: m.data.clone() });
+        }
+    }
+
+    async fn on_tool_list_changed(&self, _: NotificationContext<RoleClient>) {
+        self.list_changed.notify_one();
+    }
+}
+
+pub async fn approve(args: McpApproveArgs) -> anyhow::Result<()> {
+    let data_dir = args.data_dir.unwrap_or_else(fovea_client::default_data_dir);
+    let path = pins_path(&data_dir, &args.name);
+    let mut pins = load_pins(&path);
+    if pins.pending.is_empty() {
+        println!("nothing to approve for {}: no tool definition changed", args.name);
+        return Ok(());
+    }
+    for (tool, hash) in std::mem::take(&mut pins.pending) {
+        println!("approved the new definition of {}.{tool}", args.name);
+        pins.pinned.insert(tool, hash);
+    }
+    save_pins(&path, &pins)?;
+    println!("the running attachment picks it up within a second");
+    Ok(())
+}
+
+pub async fn attach(args: McpAttachArgs) -> anyhow::Result<()> {
+    fovea_client::Procedure::new(&args.name)
+        .map_err(|e| anyhow::anyhow!("invalid attachment name {:?}: it {e}", args.name))?;
+    anyhow::ensure!(
+        args.command.is_empty() != args.upstream_url.is_none(),
+        "give the upstream server as `-- COMMAND [ARGS…]` (stdio) or `--upstream-url URL` (HTTP), one of the two"
+    );
+    let bearer = match &args.bearer_file {
+        Some(f) => {
+            Some(std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?.trim().to_owned())
+        }
+        None => None,
+    };
+    let data_dir = args.data_dir.clone().unwrap_or_else(fovea_client::default_data_dir);
+    let pins_file = pins_path(&data_dir, &args.name);
+    let client = connect(&args.client, &format!("fovea-mcp-attach-{}", args.name)).await?;
+    eprintln!("attaching {} to {}", args.name, client.url());
+    let mut delay = FIRST_RESTART;
+    loop {
+        let started = std::time::Instant::now();
+        match run_once(&args, bearer.as_deref(), &client, &pins_file).await {
+            Ok(()) => eprintln!("{}: the upstream MCP server ended; restarting", args.name),
+            Err(e) => eprintln!("{}: {e:#}; restarting in {delay:?}", args.name),
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            delay = FIRST_RESTART;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(MAX_RESTART);
+    }
+}
+
+/// One life of the upstream: connect, register its tools, serve calls until it ends.
+async fn run_once(args: &McpAttachArgs, bearer: Option<&str>, client: &Client, pins_file: &Path) -> anyhow::Result<()> {
+    let handler = Upstream::default();
+    let upstream: RunningService<RoleClient, Upstream> = match &args.upstream_url {
+        Some(url) => {
+            let mut config =
+                rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(url.as_str());
+            if let Some(b) = bearer {
+                config = config.auth_header(b.to_owned());
+            }
+            let transport = rmcp::transport::StreamableHttpClientTransport::with_client(reqwest::Client::new(), config);
+            handler.clone().serve(transport).await.context("connecting to the upstream MCP server")?
+        }
+        None => {
+            let mut cmd = tokio::process::Command::new(&args.command[0]);
+            cmd.args(&args.command[1..]).stderr(std::process::Stdio::inherit());
+            let transport = rmcp::transport::TokioChildProcess::new(cmd).context("starting the upstream MCP server")?;
+            handler.clone().serve(transport).await.context("the upstream MCP server's handshake")?
+        }
+    };
+    let upstream = Arc::new(upstream);
+    let mut registered: HashMap<String, (String, tokio::task::JoinHandle<()>)> = HashMap::new();
+    let mut pins_seen = std::fs::metadata(pins_file).and_then(|m| m.modified()).ok();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut refresh = true;
+    let result = loop {
+        if refresh {
+            refresh = false;
+            if let Err(e) = sync_tools(args, client, &upstream, &handler, pins_file, &mut registered).await {
+                break Err(e);
+            }
+        }
+        tokio::select! {
+            () = handler.list_changed.notified() => refresh = true,
+            _ = tick.tick() => {
+                if upstream.is_transport_closed() {
+                    break Ok(());
+                }
+                // `fovea mcp approve` rewrote the pins.
+                let now = std::fs::metadata(pins_file).and_then(|m| m.modified()).ok();
+                if now != pins_seen {
+                    pins_seen = now;
+                    refresh = true;
+                }
+            }
+        }
+    };
+    for (_, (_, task)) in registered.drain() {
+        task.abort();
+    }
+    result
+}
+
+/// Lists the upstream's tools and makes the registrations match, holding back definitions
+/// that changed since they were pinned.
+async fn sync_tools(
+    args: &McpAttachArgs,
+    client: &Client,
+    upstream: &Arc<RunningService<RoleClient, Upstream>>,
+    handler: &Upstream,
+    pins_file: &Path,
+    registered: &mut HashMap<String, (String, tokio::task::JoinHandle<()>)>,
+) -> anyhow::Result<()> {
+    let tools = upstream.list_all_tools().await.context("listing the upstream's tools")?;
+    let mut pins = load_pins(pins_file);
+    let mut dirty = false;
+    let mut wanted: HashMap<String, (String, Value)> = HashMap::new();
+    for tool in &tools {
+        let name = tool.name.to_string();
+        let procedure = format!("{}.{name}", args.name);
+        if fovea_client::Procedure::new(&procedure).is_err() {
+            tracing::warn!(tool = %name, "upstream tool name cannot be a procedure name; skipped");
+            continue;
+        }
+        let descriptor = match descriptor_of(tool) {
+            Ok(d) => d,
+            Err(why) => {
+                eprintln!("{}: upstream tool {name:?} refused: its definition {why}", args.name);
+                continue;
+            }
+        };
+        let hash = definition_hash(tool);
+        match pins.pinned.get(&name) {
+            None if args.no_pin => {}
+            None => {
+                pins.pinned.insert(name.clone(), hash.clone());
+                dirty = true;
+            }
+            Some(h) if *h == hash || args.no_pin => {
+                if pins.pending.remove(&name).is_some() {
+                    dirty = true;
+                }
+            }
+            Some(_) => {
+                if pins.pending.get(&name) != Some(&hash) {
+                    eprintln!(
+                        "{}: the definition of tool {name:?} changed upstream; it stays hidden until `fovea mcp approve {}`",
+                        args.name, args.name
+                    );
+                    pins.pending.insert(name.clone(), hash.clone());
+                    dirty = true;
+                }
+                continue;
+            }
+        }
+        wanted.insert(name, (hash, descriptor));
+    }
+    if dirty {
+        save_pins(pins_file, &pins)?;
+    }
+    registered.retain(|name, (hash, task)| {
+        let keep = wanted.get(name).is_some_and(|(h, _)| h == hash);
+        if !keep {
+            task.abort();
+        }
+        keep
+    });
+    for (name, (hash, descriptor)) in wanted {
+        if registered.contains_key(&name) {
+            continue;
+        }
+        let procedure = format!("{}.{name}", args.name);
+        let reg =
+            client.register_tool(&procedure, &descriptor).await.with_context(|| format!("registering {procedure}"))?;
+        let task = tokio::spawn(serve_tool(reg, name.clone(), upstream.clone(), handler.clone()));
+        registered.insert(name, (hash, task));
+    }
+    eprintln!("{}: {} tools attached", args.name, registered.len());
+    Ok(())
+}
+
+/// Serves the calls of one upstream tool.
+async fn serve_tool(
+    mut reg: Registration,
+    tool: String,
+    upstream: Arc<RunningService<RoleClient, Upstream>>,
+    handler: Upstream,
+) {
+    while let Some(req) = reg.next().await {
+        tokio::spawn(call_upstream(req, tool.clone(), upstream.clone(), handler.clone()));
+    }
+}
+
+async fn call_upstream(
+    req: Request,
+    tool: String,
+    upstream: Arc<RunningService<RoleClient, Upstream>>,
+    handler: Upstream,
+) {
+    let arguments = match serde_json::from_slice::<Value>(&req.payload) {
+        Ok(Value::Object(a)) => a,
+        Ok(Value::Null) | Err(_) if req.payload.is_empty() => Default::default(),
+        _ => return req.fail("the arguments must be a JSON object"),
+    };
+    let mut params = CallToolRequestParams::new(tool);
+    params.arguments = Some(arguments);
+    let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
+    let timeout = req.deadline().saturating_duration_since(tokio::time::Instant::now());
+    let mut options = PeerRequestOptions::no_options();
+    options.timeout = Some(timeout);
+    let handle = match upstream.peer().send_request_with_option(request, options).await {
+        Ok(h) => h,
+        Err(e) => return req.fail(&format!("the upstream MCP server is not available: {e}")),
+    };
+    let token = serde_json::to_value(&handle.progress_token).ok().map(|t| t.to_string()).unwrap_or_default();
+    let (tx, mut rx) = mpsc::channel(64);
+    lock(&handler.calls).insert(token.clone(), tx);
+    let id = handle.id.clone();
+    let answer = handle.await_response();
+    tokio::pin!(answer);
+    let outcome = loop {
+        tokio::select! {
+            // Notices first: those that came before the answer go before it.
+            biased;
+            Some(n) = rx.recv() => req.notify(&n),
+            r = &mut answer => break Some(r),
+            () = req.cancelled() => break None,
+        }
+    };
+    // rmcp runs each notification handler in a task of its own, so a notice the upstream
+    // sent just before its answer may still be on its way: let those tasks run, then pass
+    // on what arrived. (Best effort: rmcp gives no ordering between the two.)
+    for _ in 0..4 {
+        tokio::task::yield_now().await;
+    }
+    lock(&handler.calls).remove(&token);
+    while let Ok(n) = rx.try_recv() {
+        req.notify(&n);
+    }
+    match outcome {
+        None => {
+            let cancel = CancelledNotificationParam::new(Some(id), Some("the caller cancelled".into()));
+            let _ = upstream.peer().notify_cancelled(cancel).await;
+        }
+        Some(Ok(ServerResult::CallToolResult(r))) => {
+            let body = serde_json::to_vec(&r).unwrap_or_default();
+            if body.len() > MAX_RESULT {
+                return req.fail(&format!("the upstream's result is {} bytes; the limit is {MAX_RESULT}", body.len()));
+            }
+            let headers = Headers::from_pairs([("content-type", TOOL_RESULT_TYPE)]).unwrap_or_default();
+            req.respond_with_headers(headers, body);
+        }
+        Some(Ok(_)) => req.fail("the upstream MCP server answered tools/call with something else"),
+        Some(Err(e)) => req.fail(&format!("the upstream MCP server failed the call: {e}")),
+    }
+}
