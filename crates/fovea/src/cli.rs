@@ -516,6 +516,10 @@ pub struct McpAttachArgs {
     /// Expose changed tool definitions at once instead of holding them for approval.
     #[arg(long)]
     pub no_pin: bool,
+    /// How often the upstream is pinged; one that does not answer within half of it is
+    /// taken as hung and restarted.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub ping_interval: std::time::Duration,
     #[command(flatten)]
     pub client: ClientArgs,
     /// The upstream MCP server to run (stdio), after `--`.

@@ -195,6 +195,9 @@ async fn run_once(args: &McpAttachArgs, bearer: Option<&str>, client: &Client, p
     let mut registered: HashMap<String, (String, tokio::task::JoinHandle<()>)> = HashMap::new();
     let mut pins_seen = std::fs::metadata(pins_file).and_then(|m| m.modified()).ok();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let ping_timeout = args.ping_interval / 2;
+    let mut ping = tokio::time::interval(args.ping_interval.max(Duration::from_millis(100)));
+    ping.reset();
     let mut refresh = true;
     let result = loop {
         if refresh {
@@ -205,6 +208,21 @@ async fn run_once(args: &McpAttachArgs, bearer: Option<&str>, client: &Client, p
         }
         tokio::select! {
             () = handler.list_changed.notified() => refresh = true,
+            _ = ping.tick() => {
+                let request = ClientRequest::PingRequest(rmcp::model::PingRequest {
+                    method: Default::default(),
+                    extensions: Default::default(),
+                });
+                let mut options = PeerRequestOptions::no_options();
+                options.timeout = Some(ping_timeout);
+                let answered = match upstream.peer().send_request_with_option(request, options).await {
+                    Ok(handle) => handle.await_response().await.is_ok(),
+                    Err(_) => false,
+                };
+                if !answered {
+                    break Err(anyhow::anyhow!("the upstream MCP server did not answer a ping within {ping_timeout:?}: hung"));
+                }
+            }
             _ = tick.tick() => {
                 if upstream.is_transport_closed() {
                     break Ok(());
@@ -221,6 +239,8 @@ async fn run_once(args: &McpAttachArgs, bearer: Option<&str>, client: &Client, p
     for (_, (_, task)) in registered.drain() {
         task.abort();
     }
+    // Calls in flight end now, with an error, rather than at their deadlines.
+    upstream.cancellation_token().cancel();
     result
 }
 
