@@ -271,14 +271,50 @@ pub struct McpSection {
     /// e.g. `"60s"`.
     pub call_timeout: Option<String>,
     pub max_calls_in_flight: Option<usize>,
+    /// MCP servers the node attaches (`fovea mcp attach` run by the node). Only what the
+    /// operator lists here is ever started; nothing a client sends can start a process
+    /// or choose a URL.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstream: Vec<UpstreamSection>,
+}
+
+/// One `[[mcp.upstream]]`: an MCP server whose tools become the procedures `name.<tool>`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    pub name: String,
+    /// A stdio server: the program and its arguments.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// A Streamable HTTP server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// A file holding the HTTP server's bearer token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bearer_file: Option<std::path::PathBuf>,
+    /// The realm the tools go into [default: `default`], and a token of a user allowed to
+    /// register them there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub realm: Option<String>,
+    /// A secret: never printed.
+    #[serde(skip_serializing)]
+    pub token: Option<String>,
+}
+
+impl UpstreamSection {
+    fn check(&self) -> Result<(), ConfigError> {
+        let err = |why: String| ConfigError(format!("[[mcp.upstream]] {:?}: {why}", self.name));
+        fovea_core::Procedure::new(&self.name).map_err(|e| err(format!("the name {e}")))?;
+        match (&self.command, &self.url) {
+            (Some(c), None) if !c.is_empty() => Ok(()),
+            (None, Some(_)) => Ok(()),
+            _ => Err(err("give exactly one of command = [\"program\", \"arg\", …] and url = \"https://…\"".into())),
+        }
+    }
 }
 
 impl McpSection {
-    /// Applies the table's keys to `config`.
-    ///
-    /// # Errors
-    /// A duration that does not parse, or a zero limit.
-    /// The table that gives `config`.
+    /// The table that gives `config` (without upstreams, which the CLI runs).
     pub fn of(config: &crate::mcp::McpConfig) -> McpSection {
         let fmt = crate::config::format_duration;
         McpSection {
@@ -291,10 +327,18 @@ impl McpSection {
             session_idle: Some(fmt(config.session_idle)),
             call_timeout: Some(fmt(config.call_timeout)),
             max_calls_in_flight: Some(config.max_calls_in_flight),
+            upstream: Vec::new(),
         }
     }
 
+    /// Applies the table's keys to `config`.
+    ///
+    /// # Errors
+    /// A duration that does not parse, a zero limit, or a malformed `[[mcp.upstream]]`.
     pub fn apply(&self, config: &mut crate::mcp::McpConfig) -> Result<(), ConfigError> {
+        for u in &self.upstream {
+            u.check()?;
+        }
         let dur = |key: &str, v: &Option<String>, d: &mut std::time::Duration| -> Result<(), ConfigError> {
             if let Some(v) = v {
                 *d = crate::config::parse_duration(v).map_err(|e| ConfigError(format!("[mcp] {key}: {e}")))?;

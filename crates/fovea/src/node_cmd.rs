@@ -21,6 +21,11 @@ pub async fn run(
     args.limits.apply(&mut limits);
     limits.validate().map_err(|e| anyhow::anyhow!("invalid limits: {e}"))?;
     let file_mcp = file.as_ref().and_then(|f| f.mcp.clone());
+    if let Some(m) = &file_mcp {
+        // Checked before anything starts (and by --check-config).
+        let mut probe = fovea_node::mcp::McpConfig::new(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        m.apply(&mut probe).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
     let realms = file.map(|f| f.realms).filter(|r| !r.is_empty());
     if args.check_config {
         let n = realms.as_ref().map_or(0, Vec::len);
@@ -57,6 +62,7 @@ pub async fn run(
     config.allow_anonymous = args.allow_anonymous || section.allow_anonymous.unwrap_or(false);
     config.limits = limits;
     let mcp_section = file_mcp.unwrap_or_default();
+    let upstreams = mcp_section.upstream.clone();
     let file_mcp_addr = match mcp_section.listen.as_deref() {
         Some(a) => Some(crate::cli::parse_admin(a).map_err(|e| anyhow::anyhow!("[mcp] listen: {e}"))?),
         None => None,
@@ -91,6 +97,8 @@ pub async fn run(
         print!("{}", effective_config(&config, args.config.as_deref(), &level, format)?);
         return Ok(());
     }
+    let config_cert = config.tls.as_ref().map(|t| t.cert.clone());
+    let data_dir = config.data_dir.clone();
     let node = Node::bind(config).context("cannot start the node")?;
     if args.config.is_some() {
         tracing::info!("send SIGHUP to reload realms and credentials from the configuration file");
@@ -130,6 +138,10 @@ pub async fn run(
             node.fingerprint()
         );
         let _ = out.flush();
+    }
+    let trust = node.self_signed_cert().map(std::path::Path::to_path_buf).or_else(|| config_cert.clone());
+    for u in upstreams {
+        tokio::spawn(run_upstream(u, format!("quic://{addr}"), trust.clone(), data_dir.clone()));
     }
     node.run(shutdown).await.context("node failed")?;
     tracing::info!("node stopped");
@@ -243,6 +255,57 @@ pub fn new_cert(name: &str, out: &std::path::Path) -> anyhow::Result<()> {
     write_pair(out, name, &cert, &key)?;
     println!("config:      {line}");
     Ok(())
+}
+
+/// Runs one `[[mcp.upstream]]` as a `fovea mcp attach` child of this node, started again
+/// (with backoff) if it ever exits. It ends with the node (the child is killed on drop).
+async fn run_upstream(
+    u: fovea_node::auth::UpstreamSection,
+    url: String,
+    trust: Option<std::path::PathBuf>,
+    data_dir: std::path::PathBuf,
+) {
+    let mut delay = std::time::Duration::from_millis(500);
+    loop {
+        let Ok(exe) = std::env::current_exe() else { return };
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.args(["mcp", "attach", &u.name, "--url", &url, "--data-dir"]).arg(&data_dir);
+        if let Some(ca) = &trust {
+            cmd.arg("--ca").arg(ca);
+        }
+        cmd.args(["--realm", u.realm.as_deref().unwrap_or(fovea_node::DEFAULT_REALM)]);
+        // The token travels in the environment, not on a command line others can read.
+        if let Some(t) = &u.token {
+            cmd.env("FOVEA_TOKEN", t);
+        }
+        match (&u.url, &u.command) {
+            (Some(upstream), _) => {
+                cmd.args(["--upstream-url", upstream]);
+                if let Some(f) = &u.bearer_file {
+                    cmd.arg("--bearer-file").arg(f);
+                }
+            }
+            (None, Some(command)) => {
+                cmd.arg("--").args(command);
+            }
+            (None, None) => return,
+        }
+        cmd.kill_on_drop(true).stdin(std::process::Stdio::null());
+        let started = std::time::Instant::now();
+        match cmd.spawn() {
+            Ok(mut child) => {
+                tracing::info!(name = %u.name, "attached MCP server started");
+                let status = child.wait().await;
+                tracing::warn!(name = %u.name, ?status, "the attachment exited; starting it again in {delay:?}");
+            }
+            Err(e) => tracing::error!(name = %u.name, error = %e, "cannot start the attachment"),
+        }
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            delay = std::time::Duration::from_millis(500);
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(std::time::Duration::from_secs(30));
+    }
 }
 
 /// `fovea cert mesh-ca`.

@@ -654,3 +654,28 @@ fn any_script_becomes_an_ai_tool() {
     let out = wait_output(mcp, Duration::from_secs(20));
     assert!(out.status.success());
 }
+
+#[test]
+fn the_node_attaches_the_mcp_servers_its_configuration_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/upstream_mcp.py");
+    let config = dir.path().join("fovea.toml");
+    std::fs::write(&config, format!("[[mcp.upstream]]\nname = \"up\"\ncommand = [\"python3\", {script:?}]\n")).unwrap();
+    let (_node, url) = start_node_with(dir.path(), &["--config", config.to_str().unwrap()]);
+    let ca = dir.path().join("node.crt");
+    let start = Instant::now();
+    loop {
+        let out = fovea(&["call", "up.echo", r#"{"a":1}"#], &ca, &url).output().unwrap();
+        if out.status.success() {
+            assert!(String::from_utf8_lossy(&out.stdout).contains("structuredContent"));
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{}", String::from_utf8_lossy(&out.stderr));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A malformed entry is a configuration error that names it.
+    std::fs::write(&config, "[[mcp.upstream]]\nname = \"bad\"\n").unwrap();
+    let out = Command::new(BIN).args(["node", "--check-config", "--config"]).arg(&config).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("\"bad\"") && err.contains("command"), "{err}");
+}
