@@ -526,6 +526,10 @@ async fn mcp_on(args: &BenchArgs, node: ChildNode) -> anyhow::Result<Report> {
         r.put("sessions", args.sessions).put("kib_per_session", format!("{per:.1}"));
     }
     let duration = args.duration.unwrap_or(Duration::from_secs(10));
+    if args.upstream {
+        provider.close().await;
+        return mcp_upstream(args, &node, &endpoint, duration, r).await;
+    }
     if let Some(rate) = args.rate {
         let conns = args.callers.max(512);
         let progress = Progress::start((rate as f64 * duration.as_secs_f64()) as u64, "calls");
@@ -583,6 +587,75 @@ async fn mcp_on(args: &BenchArgs, node: ChildNode) -> anyhow::Result<Report> {
     }
     provider.close().await;
     drop(node);
+    Ok(r)
+}
+
+/// `bench mcp --upstream`: the same closed loop against a bare upstream MCP server, then
+/// against the node's endpoint with that server attached (`fovea mcp attach`).
+async fn mcp_upstream(
+    args: &BenchArgs,
+    node: &ChildNode,
+    endpoint: &str,
+    duration: Duration,
+    mut r: Report,
+) -> anyhow::Result<Report> {
+    let upstream = crate::bench_mcp::bare_upstream().await?;
+    let exe = std::env::current_exe().context("locating the fovea binary")?;
+    let dir = tempfile::tempdir()?;
+    let mut attach = tokio::process::Command::new(exe)
+        .args(["mcp", "attach", "bench", "--no-pin", "--upstream-url", &upstream, "--url", &node.url, "--ca"])
+        .arg(&node.cert)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--log-level", "error"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting fovea mcp attach")?;
+    let t0 = Instant::now();
+    loop {
+        let mut http = crate::bench_mcp::Http::connect(endpoint).await?;
+        let req = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}}});
+        let a = http.post(&req, "tools/list", "", "2026-07-28").await?;
+        if a.body.contains("bench__echo") {
+            break;
+        }
+        anyhow::ensure!(t0.elapsed() < Duration::from_secs(20), "the attached tool never appeared");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let run = |endpoint: String, tool: &'static str| async move {
+        crate::bench_mcp::closed_loop_tool(&endpoint, tool, args.callers, duration, Default::default()).await
+    };
+    let direct = run(upstream.clone(), "echo").await?;
+    let meshed = run(endpoint.to_owned(), "bench__echo").await?;
+    let _ = attach.kill().await;
+    let q = |lat: &[u32], p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0)
+    };
+    println!("mcp upstream: tools/call from {} callers, 2026-07-28 stateless", args.callers);
+    println!(
+        "  direct to the upstream:      {:.0} calls/s, p50 {} µs, p99 {} µs",
+        direct.rate,
+        q(&direct.lat, 0.5),
+        q(&direct.lat, 0.99)
+    );
+    println!(
+        "  through the mesh (attached): {:.0} calls/s, p50 {} µs, p99 {} µs",
+        meshed.rate,
+        q(&meshed.lat, 0.5),
+        q(&meshed.lat, 0.99)
+    );
+    r.put("callers", args.callers).put("direct_rate", format!("{:.0}", direct.rate));
+    r.put("direct_p50_us", q(&direct.lat, 0.5)).put("rate", format!("{:.0}", meshed.rate));
+    r.put("p50_us", q(&meshed.lat, 0.5)).put("p99_us", q(&meshed.lat, 0.99));
+    r.put("added_p50_us", q(&meshed.lat, 0.5).saturating_sub(q(&direct.lat, 0.5)));
+    let errors = direct.errors + meshed.errors;
+    r.put("errors", errors);
+    if errors > 0 {
+        r.failure = Some(format!("{errors} calls failed"));
+    }
     Ok(r)
 }
 

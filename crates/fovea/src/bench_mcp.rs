@@ -318,3 +318,106 @@ pub(crate) async fn open_loop(
     }
     Ok(run)
 }
+
+/// A bare rmcp server with one tool, `echo`, on loopback HTTP: the upstream of
+/// `bench mcp --upstream`. Returns its endpoint.
+pub(crate) async fn bare_upstream() -> anyhow::Result<String> {
+    use rmcp::model::{
+        CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ListToolsResult, PaginatedRequestParams,
+        ServerCapabilities, ServerConfig, Tool,
+    };
+    use rmcp::service::RequestContext;
+    use rmcp::transport::streamable_http_server::{
+        session::local::LocalSessionManager, StreamableHttpServerConfig, StreamableHttpService,
+    };
+
+    #[derive(Clone)]
+    struct Echo;
+
+    impl rmcp::ServerHandler for Echo {
+        fn get_info(&self) -> ServerConfig {
+            ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        }
+
+        async fn list_tools(
+            &self,
+            _: Option<PaginatedRequestParams>,
+            _: RequestContext<rmcp::RoleServer>,
+        ) -> Result<ListToolsResult, rmcp::ErrorData> {
+            let tool: Tool = serde_json::from_value(json!({"name": "echo", "description": "Echoes its arguments.",
+                "inputSchema": {"type": "object"}}))
+            .map_err(|e| rmcp::ErrorData::internal_error(e.to_string(), None))?;
+            Ok(ListToolsResult::with_all_items(vec![tool]))
+        }
+
+        async fn call_tool(
+            &self,
+            request: CallToolRequestParams,
+            _: RequestContext<rmcp::RoleServer>,
+        ) -> Result<CallToolResponse, rmcp::ErrorData> {
+            let text = serde_json::to_string(&request.arguments.unwrap_or_default()).unwrap_or_default();
+            Ok(CallToolResult::success(vec![ContentBlock::text(text)]).into())
+        }
+    }
+
+    let config = StreamableHttpServerConfig::default().with_json_response(true);
+    let service: StreamableHttpService<Echo, LocalSessionManager> =
+        StreamableHttpService::new(|| Ok(Echo), Arc::new(LocalSessionManager::default()), config);
+    let app = axum::Router::new().nest_service("/mcp", service);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    // As any good MCP server: without TCP_NODELAY, SSE answers wait for delayed ACKs.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(format!("http://{addr}/mcp"))
+}
+
+/// Closed loop against `tool` at `endpoint` (2026-07-28 stateless requests).
+pub(crate) async fn closed_loop_tool(
+    endpoint: &str,
+    tool: &'static str,
+    callers: usize,
+    duration: Duration,
+    done: Arc<AtomicU64>,
+) -> anyhow::Result<McpRun> {
+    let mut tasks = Vec::new();
+    let t0 = Instant::now();
+    for _ in 0..callers {
+        let (endpoint, done) = (endpoint.to_owned(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut http = Http::connect(&endpoint).await?;
+            let (mut lat, mut errors, mut id) = (Vec::new(), 0u64, 1u64);
+            while t0.elapsed() < duration {
+                let params = json!({"name": tool, "arguments": {"n": id},
+                    "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                              "io.modelcontextprotocol/clientCapabilities": {}}});
+                let req = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params});
+                let t = Instant::now();
+                let a = http.post(&req, "tools/call", tool, "2026-07-28").await?;
+                if a.status == 200
+                    && response(&a.body).is_some_and(|r| r["result"]["isError"] != true && r.get("result").is_some())
+                {
+                    lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+                } else {
+                    errors += 1;
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+                id += 1;
+            }
+            Ok::<_, anyhow::Error>((lat, errors))
+        }));
+    }
+    let (mut lat, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (l, e) = t.await.context("caller task failed")??;
+        lat.extend(l);
+        errors += e;
+    }
+    let elapsed = t0.elapsed().as_secs_f64().max(1e-9);
+    lat.sort_unstable();
+    Ok(McpRun { calls: lat.len(), errors, rate: lat.len() as f64 / elapsed, lat })
+}

@@ -418,6 +418,10 @@ pub struct BenchArgs {
     /// connections, at least 512), to see how the node sheds load it cannot take.
     #[arg(long, value_name = "CALLS_PER_S")]
     pub rate: Option<u64>,
+    /// MCP: compare calling a bare upstream MCP server directly with calling it attached
+    /// through the mesh (`fovea mcp attach`, then the node's endpoint).
+    #[arg(long)]
+    pub upstream: bool,
     /// MCP: first open this many idle 2025-11-25 sessions and report the node's memory per session.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub sessions: usize,

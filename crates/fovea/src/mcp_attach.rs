@@ -95,15 +95,32 @@ fn descriptor_of(tool: &Tool) -> Result<Value, String> {
 struct Upstream {
     /// Progress token → the call's notice channel.
     calls: Arc<Mutex<HashMap<String, mpsc::Sender<Notice>>>>,
+    /// Progress that arrived before its call registered its token (rmcp picks the token
+    /// as it sends the request, and the upstream may answer before the call knows it).
+    /// At most [`EARLY_TOKENS`] tokens, oldest dropped.
+    early: Arc<Mutex<std::collections::VecDeque<(String, Notice)>>>,
     list_changed: Arc<Notify>,
 }
+
+/// Most early progress notices kept.
+const EARLY_TOKENS: usize = 256;
 
 impl ClientHandler for Upstream {
     async fn on_progress(&self, p: ProgressNotificationParam, _: NotificationContext<RoleClient>) {
         let token = serde_json::to_value(&p.progress_token).ok().map(|t| t.to_string()).unwrap_or_default();
-        let tx = lock(&self.calls).get(&token).cloned();
-        if let Some(tx) = tx {
-            let _ = tx.try_send(Notice::Progress { progress: p.progress, total: p.total, message: p.message });
+        let notice = Notice::Progress { progress: p.progress, total: p.total, message: p.message };
+        let calls = lock(&self.calls);
+        match calls.get(&token) {
+            Some(tx) => {
+                let _ = tx.try_send(notice);
+            }
+            None => {
+                let mut early = lock(&self.early);
+                if early.len() >= EARLY_TOKENS {
+                    early.pop_front();
+                }
+                early.push_back((token, notice));
+            }
         }
     }
 
@@ -357,7 +374,16 @@ async fn call_upstream(
     };
     let token = serde_json::to_value(&handle.progress_token).ok().map(|t| t.to_string()).unwrap_or_default();
     let (tx, mut rx) = mpsc::channel(64);
-    lock(&handler.calls).insert(token.clone(), tx);
+    {
+        // Under the `calls` lock, so no notice for this token can slip between the two.
+        let mut calls = lock(&handler.calls);
+        let mut early = lock(&handler.early);
+        for (_, n) in early.iter().filter(|(t, _)| *t == token) {
+            let _ = tx.try_send(n.clone());
+        }
+        early.retain(|(t, _)| *t != token);
+        calls.insert(token.clone(), tx);
+    }
     let id = handle.id.clone();
     let answer = handle.await_response();
     tokio::pin!(answer);

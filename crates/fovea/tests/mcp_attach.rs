@@ -76,9 +76,11 @@ async fn an_attached_mcp_server_is_a_mesh_service() {
             progress.push(p);
         }
     }
-    // rmcp's client hands notifications to their handler in tasks of their own, so the
-    // last one may lose the race with the answer; the first always arrives before it.
+    // The first notice always arrives before the answer; rmcp's client runs each notice
+    // handler in a task of its own, so under load the last one can lose the race with
+    // the answer (it is then not passed on: notices are status, not results).
     assert_eq!(progress.first(), Some(&1.0), "{progress:?}");
+    assert!(progress.len() <= 2, "{progress:?}");
 
     // An agent on the node's MCP endpoint sees and calls it as a tool.
     let mut agent = Agent::new(node.mcp);
