@@ -198,7 +198,10 @@ async fn run_once(args: &McpAttachArgs, bearer: Option<&str>, client: &Client, p
             if let Some(b) = bearer {
                 config = config.auth_header(b.to_owned());
             }
-            let transport = rmcp::transport::StreamableHttpClientTransport::with_client(reqwest::Client::new(), config);
+            // One crypto provider in the process: ring, as for QUIC (a second install is a no-op).
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let http = reqwest::Client::builder().build().context("setting up the HTTP client (TLS)")?;
+            let transport = rmcp::transport::StreamableHttpClientTransport::with_client(http, config);
             handler.clone().serve(transport).await.context("connecting to the upstream MCP server")?
         }
         None => {
