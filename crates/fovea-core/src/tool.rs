@@ -214,9 +214,16 @@ pub fn tool_json(procedure: &str, descriptor: &ToolDescriptor) -> Map<String, Va
     json
 }
 
-/// The client capabilities a call of this tool needs (descriptor `_meta`, [`META_REQUIRES`]).
-pub fn required_capabilities(descriptor: &ToolDescriptor) -> Option<&Map<String, Value>> {
-    descriptor.json().get("_meta")?.get(META_REQUIRES)?.as_object()
+/// The client capabilities a call of this tool needs (descriptor `_meta`, [`META_REQUIRES`])
+/// that `declared` (the client's capabilities object) lacks; `None` when it has them all.
+pub fn missing_capabilities(descriptor: &ToolDescriptor, declared: &Value) -> Option<Map<String, Value>> {
+    let required = descriptor.json().get("_meta")?.get(META_REQUIRES)?.as_object()?;
+    let missing: Map<String, Value> = required
+        .iter()
+        .filter(|(k, _)| declared.get(k.as_str()).is_none())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    (!missing.is_empty()).then_some(missing)
 }
 
 /// Checks the arguments against the common core of JSON Schema: `type`, `required`,

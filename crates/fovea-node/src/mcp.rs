@@ -36,7 +36,7 @@ use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -569,17 +569,10 @@ impl ServerHandler for Handler {
         if !id.perms.call.name(procedure.as_bytes()) {
             return Err(unknown());
         }
-        if let Some(required) = tool::required_capabilities(&descriptor) {
-            let declared = serde_json::to_value(context.client_capabilities().unwrap_or_default()).unwrap_or_default();
-            let missing: Map<String, Value> = required
-                .iter()
-                .filter(|(k, _)| declared.get(k.as_str()).is_none())
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            if !missing.is_empty() {
-                let caps: ClientCapabilities = serde_json::from_value(Value::Object(missing)).unwrap_or_default();
-                return Err(McpError::missing_required_client_capability(caps));
-            }
+        let declared = serde_json::to_value(context.client_capabilities().unwrap_or_default()).unwrap_or_default();
+        if let Some(missing) = tool::missing_capabilities(&descriptor, &declared) {
+            let caps: ClientCapabilities = serde_json::from_value(Value::Object(missing)).unwrap_or_default();
+            return Err(McpError::missing_required_client_capability(caps));
         }
         let arguments = Value::Object(request.arguments.clone().unwrap_or_default());
         if let Some(schema) = descriptor.json().get("inputSchema") {

@@ -18,7 +18,7 @@ use rmcp::model::{
 };
 use rmcp::service::{NotificationContext, RequestContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, ServiceExt};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::cli::McpArgs;
@@ -121,19 +121,12 @@ impl ServerHandler for Stdio {
         let Some((procedure, d)) = found else {
             return Err(McpError::invalid_params(format!("unknown tool {:?}", request.name), None));
         };
-        if let Some(required) = tool::required_capabilities(&d) {
-            let declared =
-                serde_json::to_value(context.peer.peer_info().map(|i| i.capabilities.clone()).unwrap_or_default())
-                    .unwrap_or_default();
-            let missing: Map<String, Value> = required
-                .iter()
-                .filter(|(k, _)| declared.get(k.as_str()).is_none())
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            if !missing.is_empty() {
-                let caps: ClientCapabilities = serde_json::from_value(Value::Object(missing)).unwrap_or_default();
-                return Err(McpError::missing_required_client_capability(caps));
-            }
+        let declared =
+            serde_json::to_value(context.peer.peer_info().map(|i| i.capabilities.clone()).unwrap_or_default())
+                .unwrap_or_default();
+        if let Some(missing) = tool::missing_capabilities(&d, &declared) {
+            let caps: ClientCapabilities = serde_json::from_value(Value::Object(missing)).unwrap_or_default();
+            return Err(McpError::missing_required_client_capability(caps));
         }
         let arguments = Value::Object(request.arguments.clone().unwrap_or_default());
         if let Some(schema) = d.json().get("inputSchema") {
