@@ -124,6 +124,8 @@ async fn rmcp_client_over_http() {
     let service = node.client().await;
     let (_tasks, slow) = serve_tools(&service).await;
     let recorder = Recorder::default();
+    // reqwest is built without a crypto provider of its own (fovea uses ring everywhere).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let transport = StreamableHttpClientTransport::from_uri(format!("http://{}/mcp", node.mcp));
     let client = recorder.clone().serve(transport).await.expect("MCP handshake over HTTP");
     exercise(&client, &recorder, &service).await;
