@@ -280,6 +280,10 @@ async fn sync_tools(
     let mut wanted: HashMap<String, (String, Value)> = HashMap::new();
     for tool in &tools {
         let name = tool.name.to_string();
+        if name.chars().any(fovea_core::tool::is_hidden) {
+            eprintln!("{}: upstream tool {name:?} refused: its name holds invisible characters", args.name);
+            continue;
+        }
         let procedure = format!("{}.{name}", args.name);
         if fovea_client::Procedure::new(&procedure).is_err() {
             tracing::warn!(tool = %name, "upstream tool name cannot be a procedure name; skipped");
