@@ -435,6 +435,26 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Runs `queue` under the `out` lock if a session is open (it registers what waits for
+    /// an answer and queues the request), then wakes the writer. Registering and queueing
+    /// under one lock means a session ending in between cannot strand the waiter.
+    pub(crate) fn queue_if_connected(&self, queue: impl FnOnce(&mut Out)) -> Result<(), ClientError> {
+        {
+            let mut out = lock(&self.out);
+            if self.shutdown.is_cancelled() {
+                return Err(ClientError::ClientClosed);
+            }
+            if !out.connected {
+                return Err(ClientError::Disconnected);
+            }
+            queue(&mut out);
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+}
+
 /// Waits for an acknowledgement from [`Inner::open_acked`].
 pub(crate) async fn acknowledged(ack: Option<AckReceiver>) -> Result<(), ClientError> {
     match ack {

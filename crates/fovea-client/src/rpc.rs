@@ -205,10 +205,7 @@ struct RemoveSink<'a> {
 
 impl Drop for RemoveSink<'_> {
     fn drop(&mut self) {
-        let mut sinks = lock(&self.inner.notice_sinks);
-        if !sinks.is_empty() {
-            sinks.remove(&self.call_id);
-        }
+        lock(&self.inner.notice_sinks).remove(&self.call_id);
     }
 }
 
@@ -315,14 +312,8 @@ impl Client {
         let inner = self.inner();
         let call_id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        {
-            let mut out = lock(&inner.out);
-            if inner.shutdown.is_cancelled() {
-                return Err(ClientError::ClientClosed);
-            }
-            if !out.connected {
-                return Err(ClientError::Disconnected);
-            }
+        let wants_notices = notices.is_some();
+        inner.queue_if_connected(|out| {
             lock(&inner.calls).insert(call_id, tx);
             if let Some(n) = notices {
                 lock(&inner.notice_sinks).insert(call_id, n);
@@ -334,9 +325,9 @@ impl Client {
                 headers: headers.clone(),
                 payload,
             }));
-        }
-        inner.wake.notify_one();
-        let _sink = RemoveSink { inner, call_id };
+        })?;
+        // Only calls that asked for notices have a sink to forget: plain calls take no lock.
+        let _sink = wants_notices.then_some(RemoveSink { inner, call_id });
         let mut guard = CancelOnDrop { inner, call_id, armed: true };
         let result = match tokio::time::timeout(timeout.saturating_add(TIMEOUT_GRACE), rx).await {
             Ok(Ok(r)) => r,

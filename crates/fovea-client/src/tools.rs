@@ -196,18 +196,10 @@ impl Client {
         let inner = self.inner();
         let id = if watch_id != 0 { watch_id } else { inner.next_id.fetch_add(1, Ordering::Relaxed) };
         let (tx, rx) = oneshot::channel();
-        {
-            let mut out = lock(&inner.out);
-            if inner.shutdown.is_cancelled() {
-                return Err(ClientError::ClientClosed);
-            }
-            if !out.connected {
-                return Err(ClientError::Disconnected);
-            }
+        inner.queue_if_connected(|out| {
             lock(&inner.tool_queries).insert(id, tx);
             out.buf.push_frame(&Frame::Tools(ToolsQuery { id, cursor, watch: u64::from(watch_id != 0) }));
-        }
-        inner.wake.notify_one();
+        })?;
         match tokio::time::timeout(PAGE_TIMEOUT, rx).await {
             Ok(Ok(page)) => Ok(page),
             Ok(Err(_)) => Err(ClientError::Disconnected),

@@ -464,27 +464,31 @@ fn parse_level(level: &str) -> Option<rmcp::model::LoggingLevel> {
 
 /// Severity rank of a level (debug 0 … emergency 7).
 #[allow(deprecated)]
-fn rank(level: &rmcp::model::LoggingLevel) -> usize {
+pub fn rank(level: &rmcp::model::LoggingLevel) -> usize {
     const LEVELS: [&str; 8] = ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"];
     let name = serde_json::to_value(level).ok();
     LEVELS.iter().position(|l| name.as_ref().and_then(Value::as_str) == Some(l)).unwrap_or(0)
 }
 
+/// What fovea's MCP servers (the node's endpoint, `fovea mcp` on stdio) declare: tools with
+/// `listChanged`, logging, and empty resources and prompts (clients probe them).
+pub fn server_config() -> ServerConfig {
+    #[allow(deprecated)]
+    let caps = ServerCapabilities::builder()
+        .enable_tools()
+        .enable_tool_list_changed()
+        .enable_logging()
+        .enable_resources()
+        .enable_prompts()
+        .build();
+    ServerConfig::new(caps)
+        .with_server_info(Implementation::new("fovea", env!("CARGO_PKG_VERSION")))
+        .with_instructions("Tools of this fovea realm: each is a procedure served by a service somewhere in the mesh.")
+}
+
 impl ServerHandler for Handler {
     fn get_info(&self) -> ServerConfig {
-        #[allow(deprecated)]
-        let caps = ServerCapabilities::builder()
-            .enable_tools()
-            .enable_tool_list_changed()
-            .enable_logging()
-            .enable_resources()
-            .enable_prompts()
-            .build();
-        ServerConfig::new(caps)
-            .with_server_info(Implementation::new("fovea", env!("CARGO_PKG_VERSION")))
-            .with_instructions(
-                "Tools of this fovea realm: each is a procedure served by a service somewhere in the mesh.",
-            )
+        server_config()
     }
 
     #[allow(deprecated)]

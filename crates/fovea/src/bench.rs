@@ -569,7 +569,15 @@ async fn mcp_on(args: &BenchArgs, node: ChildNode) -> anyhow::Result<Report> {
         return Ok(r);
     }
     let progress = Progress::start(0, "calls");
-    let run = crate::bench_mcp::closed_loop(&endpoint, args.callers, duration, args.legacy, progress.counter()).await?;
+    let run = crate::bench_mcp::closed_loop(
+        &endpoint,
+        "bench__echo",
+        args.callers,
+        duration,
+        args.legacy,
+        progress.counter(),
+    )
+    .await?;
     progress.finish();
     let lat = &run.lat;
     let q = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
@@ -626,7 +634,7 @@ async fn mcp_upstream(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let run = |endpoint: String, tool: &'static str| async move {
-        crate::bench_mcp::closed_loop_tool(&endpoint, tool, args.callers, duration, Default::default()).await
+        crate::bench_mcp::closed_loop(&endpoint, tool, args.callers, duration, false, Default::default()).await
     };
     let direct = run(upstream.clone(), "echo").await?;
     let meshed = run(endpoint.to_owned(), "bench__echo").await?;

@@ -142,6 +142,7 @@ pub(crate) struct McpRun {
 /// Closed loop: `callers` connections, each calling `tool` back to back for `duration`.
 pub(crate) async fn closed_loop(
     endpoint: &str,
+    tool: &'static str,
     callers: usize,
     duration: Duration,
     legacy: bool,
@@ -161,15 +162,17 @@ pub(crate) async fn closed_loop(
             let (mut lat, mut errors) = (Vec::new(), 0u64);
             let mut id = 1u64;
             while t0.elapsed() < duration {
-                let mut params = json!({"name": "bench__echo", "arguments": {"caller": i, "n": id}});
+                let mut params = json!({"name": tool, "arguments": {"caller": i, "n": id}});
                 if !legacy {
                     params["_meta"] = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
                                              "io.modelcontextprotocol/clientCapabilities": {}});
                 }
                 let req = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params});
                 let t = Instant::now();
-                let a = http.post(&req, "tools/call", "bench__echo", version).await?;
-                let ok = a.status == 200 && response(&a.body).is_some_and(|r| r["result"]["isError"] == false);
+                let a = http.post(&req, "tools/call", tool, version).await?;
+                // An upstream may leave `isError` out; only an explicit `true` is a failure.
+                let ok = a.status == 200
+                    && response(&a.body).is_some_and(|r| r.get("result").is_some() && r["result"]["isError"] != true);
                 if ok {
                     lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
                 } else {
@@ -374,50 +377,4 @@ pub(crate) async fn bare_upstream() -> anyhow::Result<String> {
         let _ = axum::serve(listener, app).await;
     });
     Ok(format!("http://{addr}/mcp"))
-}
-
-/// Closed loop against `tool` at `endpoint` (2026-07-28 stateless requests).
-pub(crate) async fn closed_loop_tool(
-    endpoint: &str,
-    tool: &'static str,
-    callers: usize,
-    duration: Duration,
-    done: Arc<AtomicU64>,
-) -> anyhow::Result<McpRun> {
-    let mut tasks = Vec::new();
-    let t0 = Instant::now();
-    for _ in 0..callers {
-        let (endpoint, done) = (endpoint.to_owned(), done.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut http = Http::connect(&endpoint).await?;
-            let (mut lat, mut errors, mut id) = (Vec::new(), 0u64, 1u64);
-            while t0.elapsed() < duration {
-                let params = json!({"name": tool, "arguments": {"n": id},
-                    "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                              "io.modelcontextprotocol/clientCapabilities": {}}});
-                let req = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params});
-                let t = Instant::now();
-                let a = http.post(&req, "tools/call", tool, "2026-07-28").await?;
-                if a.status == 200
-                    && response(&a.body).is_some_and(|r| r["result"]["isError"] != true && r.get("result").is_some())
-                {
-                    lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
-                } else {
-                    errors += 1;
-                }
-                done.fetch_add(1, Ordering::Relaxed);
-                id += 1;
-            }
-            Ok::<_, anyhow::Error>((lat, errors))
-        }));
-    }
-    let (mut lat, mut errors) = (Vec::new(), 0);
-    for t in tasks {
-        let (l, e) = t.await.context("caller task failed")??;
-        lat.extend(l);
-        errors += e;
-    }
-    let elapsed = t0.elapsed().as_secs_f64().max(1e-9);
-    lat.sort_unstable();
-    Ok(McpRun { calls: lat.len(), errors, rate: lat.len() as f64 / elapsed, lat })
 }

@@ -13,8 +13,8 @@ use fovea_client::{Client, ClientError, Headers, Notice, ToolInfo};
 use fovea_core::tool::{self, ToolDescriptor};
 use fovea_core::ErrorCode;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ClientCapabilities, ContentBlock, Implementation,
-    ListToolsResult, PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities, ServerConfig, Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ClientCapabilities, ContentBlock, ListToolsResult,
+    PaginatedRequestParams, ProgressNotificationParam, ServerConfig, Tool,
 };
 use rmcp::service::{NotificationContext, RequestContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, ServiceExt};
@@ -54,22 +54,9 @@ fn descriptor(t: &ToolInfo) -> Option<ToolDescriptor> {
     ToolDescriptor::parse(&serde_json::to_vec(&t.descriptor).ok()?).ok()
 }
 
-#[allow(deprecated)]
-fn rank(level: &str) -> usize {
-    fovea_client::LOG_LEVELS.iter().position(|l| *l == level).unwrap_or(0)
-}
-
 impl ServerHandler for Stdio {
     fn get_info(&self) -> ServerConfig {
-        #[allow(deprecated)]
-        let caps = ServerCapabilities::builder()
-            .enable_tools()
-            .enable_tool_list_changed()
-            .enable_logging()
-            .enable_resources()
-            .enable_prompts()
-            .build();
-        ServerConfig::new(caps).with_server_info(Implementation::new("fovea", env!("CARGO_PKG_VERSION")))
+        fovea_node::mcp::server_config()
     }
 
     #[allow(deprecated)]
@@ -191,11 +178,10 @@ async fn pass_on(
             let _ = context.peer.notify_progress(p).await;
         }
         Notice::Log { level, logger, data } => {
-            let min = min_level.and_then(|m| serde_json::to_value(m).ok());
-            if min.as_ref().and_then(Value::as_str).is_some_and(|m| rank(&level) < rank(m)) {
+            let Ok(parsed) = serde_json::from_value::<rmcp::model::LoggingLevel>(Value::String(level)) else { return };
+            if min_level.is_some_and(|m| fovea_node::mcp::rank(&parsed) < fovea_node::mcp::rank(m)) {
                 return;
             }
-            let Ok(parsed) = serde_json::from_value::<rmcp::model::LoggingLevel>(Value::String(level)) else { return };
             let mut m = rmcp::model::LoggingMessageNotificationParam::new(parsed, data);
             m.logger = logger;
             let _ = context.peer.notify_logging_message(m).await;
