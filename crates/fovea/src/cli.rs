@@ -60,9 +60,9 @@ pub enum Command {
         after_help = "Examples:\n  fovea serve demo.echo\n  fovea serve text.upper --exec 'tr a-z A-Z'\n  fovea serve math.add --exec ./add.py --concurrency 4\n\nWith --exec, each call runs `sh -c CMD` with the payload on stdin; its stdout is the\nanswer. A non-zero exit fails the call with code 0x1000 + the exit status and stderr as\nthe message. FOVEA_PROCEDURE and FOVEA_TIMEOUT_MS are set for the command, which is\nkilled at the caller's deadline."
     )]
     Serve(ServeArgs),
-    /// Serve MCP on stdin/stdout for a desktop agent: the realm's tools, through a node.
+    /// Serve MCP on stdin/stdout for a desktop agent; attach existing MCP servers to the mesh.
     #[command(
-        after_help = "Examples:\n  fovea mcp\n  fovea mcp --url quic://10.0.0.5:4433 --ca node.crt --realm acme --token $TOKEN\n  fovea mcp attach files -- npx -y @modelcontextprotocol/server-filesystem /srv/docs\n  fovea mcp attach gh --upstream-url https://example.com/mcp --bearer-file gh.token\n  fovea mcp approve files\n\nIn an agent's configuration (Claude Desktop, Claude Code, Cursor):\n  {\"mcpServers\": {\"fovea\": {\"command\": \"fovea\", \"args\": [\"mcp\"]}}}\n\nLogs go to stderr; stdout carries only MCP messages.",
+        after_help = "Examples:\n  fovea mcp\n  fovea mcp --url quic://10.0.0.5:4433 --ca node.crt --realm acme --token $TOKEN\n  fovea mcp attach files -- npx -y @modelcontextprotocol/server-filesystem /srv/docs\n  fovea mcp attach gh --upstream-url https://example.com/mcp --bearer-file gh.token\n  fovea mcp approve files\n  fovea mcp status files\n\nIn an agent's configuration (Claude Desktop, Claude Code, Cursor):\n  {\"mcpServers\": {\"fovea\": {\"command\": \"fovea\", \"args\": [\"mcp\"]}}}\n\nLogs go to stderr; stdout carries only MCP messages.",
         args_conflicts_with_subcommands = true
     )]
     Mcp(McpCmd),
@@ -501,6 +501,9 @@ pub enum McpSub {
     Attach(Box<McpAttachArgs>),
     /// Expose the changed tool definitions of attachment NAME (they are held back until then).
     Approve(McpApproveArgs),
+    /// What attachment NAME says about itself: its upstream's state, restarts, last error,
+    /// tools attached, held back and refused, and calls served.
+    Status(McpStatusArgs),
 }
 
 #[derive(Debug, Args)]
@@ -538,6 +541,17 @@ pub struct McpApproveArgs {
     /// Where the pins live [default: the platform data dir].
     #[arg(long, env = "FOVEA_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct McpStatusArgs {
+    /// The attachment to ask (one replica answers when NAME is attached more than once).
+    pub name: String,
+    /// Print the status as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Args)]

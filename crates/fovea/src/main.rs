@@ -50,6 +50,7 @@ fn main() -> ExitCode {
             Command::Mcp(cli::McpCmd { sub: None, serve }) => mcp_cmd::run(serve).await,
             Command::Mcp(cli::McpCmd { sub: Some(cli::McpSub::Attach(args)), .. }) => mcp_attach::attach(*args).await,
             Command::Mcp(cli::McpCmd { sub: Some(cli::McpSub::Approve(args)), .. }) => mcp_attach::approve(args).await,
+            Command::Mcp(cli::McpCmd { sub: Some(cli::McpSub::Status(args)), .. }) => mcp_attach::status(args).await,
             Command::Stats(args) => stats_cmd::run(args).await,
             Command::Token(cli::TokenCommand::New) => node_cmd::new_token(),
             Command::Cert(cli::CertCommand::New { name, out }) => node_cmd::new_cert(&name, &out),

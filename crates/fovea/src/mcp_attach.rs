@@ -8,6 +8,12 @@
 //! description and schemas). A changed definition is not exposed until an operator runs
 //! `fovea mcp approve NAME`; the change is logged and counted. The upstream's credential
 //! stays here; callers' credentials never reach it.
+//!
+//! Each attachment also registers `NAME.$status` (a procedure, not a tool: agents do not
+//! see it; `$` cannot start an MCP tool name, so no upstream tool collides with it).
+//! `fovea mcp status NAME` calls it: the upstream's state, restarts, the last error, the
+//! tools attached, held back and refused, and call counts. The attachment keeps answering
+//! it while the upstream is down, so it always says what happened.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -28,7 +34,7 @@ use rmcp::{ClientHandler, RoleClient, ServiceExt};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Notify};
 
-use crate::cli::{McpApproveArgs, McpAttachArgs};
+use crate::cli::{McpApproveArgs, McpAttachArgs, McpStatusArgs};
 use crate::client_cmds::connect;
 
 /// Largest upstream result passed on (bigger ones become an error result): the node's
@@ -41,6 +47,114 @@ const MAX_RESTART: Duration = Duration::from_secs(30);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What an attachment says about itself (`NAME.$status`); shared by its tasks.
+#[derive(Debug, Default, serde::Serialize)]
+struct Status {
+    name: String,
+    /// Which replica answered (two attachments of a NAME share calls and status calls).
+    replica: String,
+    /// The upstream: its command line or URL (never its credential).
+    upstream: String,
+    /// `starting`, `connected` or `restarting`.
+    state: &'static str,
+    /// Seconds in this state (computed when asked).
+    state_secs: u64,
+    #[serde(skip)]
+    state_since: Option<std::time::Instant>,
+    /// Times the upstream was started again after it ended, failed or hung.
+    restarts: u64,
+    last_error: Option<String>,
+    /// Tools exposed as procedures `NAME.<tool>`.
+    tools: Vec<String>,
+    /// Tools whose definition changed since pinned: hidden until `fovea mcp approve NAME`.
+    held_back: Vec<String>,
+    /// Definition changes held back since the attachment started (counted once per new hash).
+    definition_changes: u64,
+    /// Tools refused, with why (invisible characters, size, shape).
+    refused: BTreeMap<String, String>,
+    calls: u64,
+    call_errors: u64,
+}
+
+type SharedStatus = Arc<Mutex<Status>>;
+
+impl Status {
+    fn set_state(&mut self, state: &'static str) {
+        self.state = state;
+        self.state_since = Some(std::time::Instant::now());
+    }
+}
+
+/// Answers `NAME.$status` until the client closes.
+async fn serve_status(mut reg: Registration, status: SharedStatus) {
+    while let Some(req) = reg.next().await {
+        let body = {
+            let mut s = lock(&status);
+            s.state_secs = s.state_since.map_or(0, |t| t.elapsed().as_secs());
+            serde_json::to_vec(&*s).unwrap_or_default()
+        };
+        let headers = Headers::from_pairs([("content-type", "application/json")]).unwrap_or_default();
+        req.respond_with_headers(headers, body);
+    }
+}
+
+/// The procedure an attachment answers status calls on.
+fn status_procedure(name: &str) -> String {
+    format!("{name}.$status")
+}
+
+/// `fovea mcp status NAME`.
+pub async fn status(args: McpStatusArgs) -> anyhow::Result<()> {
+    fovea_client::Procedure::new(&args.name)
+        .map_err(|e| anyhow::anyhow!("invalid attachment name {:?}: it {e}", args.name))?;
+    let client = connect(&args.client, "fovea-mcp-status").await?;
+    let result = client.call(&status_procedure(&args.name), Vec::new(), Duration::from_secs(5)).await;
+    client.close().await;
+    let response = match result {
+        Err(fovea_client::ClientError::NoProvider(_)) => anyhow::bail!(
+            "no attachment {:?} is running in realm {:?}: start one with `fovea mcp attach {} -- COMMAND`",
+            args.name,
+            args.client.realm,
+            args.name
+        ),
+        r => r?,
+    };
+    if args.json {
+        println!("{}", String::from_utf8_lossy(&response.payload));
+        return Ok(());
+    }
+    let s: Value = serde_json::from_slice(&response.payload).context("the attachment's status is not JSON")?;
+    let text = |k: &str| s[k].as_str().unwrap_or("?").to_owned();
+    let list = |k: &str| {
+        let items: Vec<&str> = s[k].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        if items.is_empty() {
+            "none".to_owned()
+        } else {
+            items.join(", ")
+        }
+    };
+    println!(
+        "{} ({}): {} for {}s, upstream {}",
+        text("name"),
+        text("replica"),
+        text("state"),
+        s["state_secs"],
+        text("upstream")
+    );
+    println!("  restarts: {}", s["restarts"]);
+    if let Some(e) = s["last_error"].as_str() {
+        println!("  last error: {e}");
+    }
+    println!("  tools: {}", list("tools"));
+    println!("  held back (changed; `fovea mcp approve {}` exposes them): {}", text("name"), list("held_back"));
+    println!("  definition changes held back since start: {}", s["definition_changes"]);
+    for (tool, why) in s["refused"].as_object().into_iter().flatten() {
+        println!("  refused {tool}: {}", why.as_str().unwrap_or("?"));
+    }
+    println!("  calls: {} ({} failed)", s["calls"], s["call_errors"]);
+    Ok(())
 }
 
 /// The pins of one attachment: tool → hash of its definition, plus definitions waiting
@@ -91,7 +205,7 @@ fn descriptor_of(tool: &Tool) -> Result<Value, String> {
 }
 
 /// Routes the upstream's notifications to the calls in flight.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct Upstream {
     /// Progress token → the call's notice channel.
     calls: Arc<Mutex<HashMap<String, mpsc::Sender<Notice>>>>,
@@ -100,6 +214,7 @@ struct Upstream {
     /// At most [`EARLY_TOKENS`] tokens, oldest dropped.
     early: Arc<Mutex<std::collections::VecDeque<(String, Notice)>>>,
     list_changed: Arc<Notify>,
+    status: SharedStatus,
 }
 
 /// Most early progress notices kept.
@@ -173,15 +288,36 @@ pub async fn attach(args: McpAttachArgs) -> anyhow::Result<()> {
     let pins_file = pins_path(&data_dir, &args.name);
     let client = connect(&args.client, &format!("fovea-mcp-attach-{}", args.name)).await?;
     eprintln!("attaching {} to {}", args.name, client.url());
+    let status: SharedStatus = Arc::new(Mutex::new(Status {
+        name: args.name.clone(),
+        replica: format!("pid {} via {}", std::process::id(), client.url()),
+        upstream: match &args.upstream_url {
+            Some(url) => url.clone(),
+            None => args.command.join(" "),
+        },
+        ..Status::default()
+    }));
+    lock(&status).set_state("starting");
+    let procedure = status_procedure(&args.name);
+    let reg = client.register(&procedure).await.with_context(|| format!("registering {procedure}"))?;
+    tokio::spawn(serve_status(reg, status.clone()));
     let mut delay = FIRST_RESTART;
     loop {
         let started = std::time::Instant::now();
-        match run_once(&args, bearer.as_deref(), &client, &pins_file).await {
-            Ok(()) => eprintln!("{}: the upstream MCP server ended; restarting", args.name),
-            Err(e) => eprintln!("{}: {e:#}; restarting in {delay:?}", args.name),
-        }
+        let why = match run_once(&args, bearer.as_deref(), &client, &pins_file, &status).await {
+            Ok(()) => "the upstream MCP server ended".to_owned(),
+            Err(e) => format!("{e:#}"),
+        };
         if started.elapsed() > Duration::from_secs(10) {
             delay = FIRST_RESTART;
+        }
+        eprintln!("{}: {why}; restarting in {delay:?}", args.name);
+        {
+            let mut s = lock(&status);
+            s.set_state("restarting");
+            s.last_error = Some(why);
+            s.tools.clear();
+            s.restarts += 1;
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(MAX_RESTART);
@@ -189,8 +325,15 @@ pub async fn attach(args: McpAttachArgs) -> anyhow::Result<()> {
 }
 
 /// One life of the upstream: connect, register its tools, serve calls until it ends.
-async fn run_once(args: &McpAttachArgs, bearer: Option<&str>, client: &Client, pins_file: &Path) -> anyhow::Result<()> {
-    let handler = Upstream::default();
+async fn run_once(
+    args: &McpAttachArgs,
+    bearer: Option<&str>,
+    client: &Client,
+    pins_file: &Path,
+    status: &SharedStatus,
+) -> anyhow::Result<()> {
+    let handler =
+        Upstream { calls: Arc::default(), early: Arc::default(), list_changed: Arc::default(), status: status.clone() };
     let upstream: RunningService<RoleClient, Upstream> = match &args.upstream_url {
         Some(url) => {
             let mut config =
@@ -212,6 +355,7 @@ async fn run_once(args: &McpAttachArgs, bearer: Option<&str>, client: &Client, p
         }
     };
     let upstream = Arc::new(upstream);
+    lock(status).set_state("connected");
     let mut registered: HashMap<String, (String, tokio::task::JoinHandle<()>)> = HashMap::new();
     let mut pins_seen = std::fs::metadata(pins_file).and_then(|m| m.modified()).ok();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -274,25 +418,32 @@ async fn sync_tools(
     pins_file: &Path,
     registered: &mut HashMap<String, (String, tokio::task::JoinHandle<()>)>,
 ) -> anyhow::Result<()> {
+    let status = &handler.status;
     let tools = upstream.list_all_tools().await.context("listing the upstream's tools")?;
     let mut pins = load_pins(pins_file);
     let mut dirty = false;
+    let mut refused = BTreeMap::new();
+    let mut held_back = Vec::new();
     let mut wanted: HashMap<String, (String, Value)> = HashMap::new();
     for tool in &tools {
         let name = tool.name.to_string();
-        if name.chars().any(fovea_core::tool::is_hidden) {
-            eprintln!("{}: upstream tool {name:?} refused: its name holds invisible characters", args.name);
-            continue;
-        }
         let procedure = format!("{}.{name}", args.name);
-        if fovea_client::Procedure::new(&procedure).is_err() {
-            tracing::warn!(tool = %name, "upstream tool name cannot be a procedure name; skipped");
-            continue;
-        }
-        let descriptor = match descriptor_of(tool) {
+        let why = if name.chars().any(fovea_core::tool::is_hidden) {
+            Some("its name holds invisible characters".to_owned())
+        } else if name.starts_with('$') || fovea_client::Procedure::new(&procedure).is_err() {
+            Some(
+                "its name cannot be a procedure name (MCP tool names are letters, digits, `_`, `-` and `.`)".to_owned(),
+            )
+        } else {
+            None
+        };
+        let descriptor = match why.map_or_else(|| descriptor_of(tool), Err) {
             Ok(d) => d,
             Err(why) => {
-                eprintln!("{}: upstream tool {name:?} refused: its definition {why}", args.name);
+                if !lock(status).refused.contains_key(&name) {
+                    eprintln!("{}: upstream tool {name:?} refused: {why}", args.name);
+                }
+                refused.insert(name, why);
                 continue;
             }
         };
@@ -315,8 +466,10 @@ async fn sync_tools(
                         args.name, args.name
                     );
                     pins.pending.insert(name.clone(), hash.clone());
+                    lock(status).definition_changes += 1;
                     dirty = true;
                 }
+                held_back.push(name);
                 continue;
             }
         }
@@ -343,6 +496,11 @@ async fn sync_tools(
         registered.insert(name, (hash, task));
     }
     eprintln!("{}: {} tools attached", args.name, registered.len());
+    let mut s = lock(status);
+    s.tools = registered.keys().cloned().collect();
+    s.tools.sort();
+    s.held_back = held_back;
+    s.refused = refused;
     Ok(())
 }
 
@@ -364,10 +522,15 @@ async fn call_upstream(
     upstream: Arc<RunningService<RoleClient, Upstream>>,
     handler: Upstream,
 ) {
+    lock(&handler.status).calls += 1;
+    let fail = |req: Request, message: &str| {
+        lock(&handler.status).call_errors += 1;
+        req.fail(message);
+    };
     let arguments = match serde_json::from_slice::<Value>(&req.payload) {
         Ok(Value::Object(a)) => a,
         Ok(Value::Null) | Err(_) if req.payload.is_empty() => Default::default(),
-        _ => return req.fail("the arguments must be a JSON object"),
+        _ => return fail(req, "the arguments must be a JSON object"),
     };
     let mut params = CallToolRequestParams::new(tool);
     params.arguments = Some(arguments);
@@ -377,7 +540,7 @@ async fn call_upstream(
     options.timeout = Some(timeout);
     let handle = match upstream.peer().send_request_with_option(request, options).await {
         Ok(h) => h,
-        Err(e) => return req.fail(&format!("the upstream MCP server is not available: {e}")),
+        Err(e) => return fail(req, &format!("the upstream MCP server is not available: {e}")),
     };
     let token = serde_json::to_value(&handle.progress_token).ok().map(|t| t.to_string()).unwrap_or_default();
     let (tx, mut rx) = mpsc::channel(64);
@@ -421,12 +584,12 @@ async fn call_upstream(
         Some(Ok(ServerResult::CallToolResult(r))) => {
             let body = serde_json::to_vec(&r).unwrap_or_default();
             if body.len() > MAX_RESULT {
-                return req.fail(&format!("the upstream's result is {} bytes; the limit is {MAX_RESULT}", body.len()));
+                return fail(req, &format!("the upstream's result is {} bytes; the limit is {MAX_RESULT}", body.len()));
             }
             let headers = Headers::from_pairs([("content-type", TOOL_RESULT_TYPE)]).unwrap_or_default();
             req.respond_with_headers(headers, body);
         }
-        Some(Ok(_)) => req.fail("the upstream MCP server answered tools/call with something else"),
-        Some(Err(e)) => req.fail(&format!("the upstream MCP server failed the call: {e}")),
+        Some(Ok(_)) => fail(req, "the upstream MCP server answered tools/call with something else"),
+        Some(Err(e)) => fail(req, &format!("the upstream MCP server failed the call: {e}")),
     }
 }
