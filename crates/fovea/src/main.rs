@@ -33,7 +33,17 @@ fn main() -> ExitCode {
         file.as_ref().and_then(|n| n.log_format.as_deref()).and_then(|f| clap::ValueEnum::from_str(f, true).ok())
     });
     init_logging(level.as_deref().unwrap_or("info"), format.unwrap_or(cli::LogFormat::Text));
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // `mcp attach` runs on one thread: rmcp hands each upstream notification to a task of
+    // its own, and only a single-threaded (FIFO) scheduler runs those tasks in arrival order
+    // and before the task that the answer wakes, so progress and logs keep their order and
+    // precede the result.
+    let mut builder = match &cli.command {
+        Command::Mcp(cli::McpCmd { sub: Some(cli::McpSub::Attach(_)), .. }) => {
+            tokio::runtime::Builder::new_current_thread()
+        }
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -210,8 +210,9 @@ struct Upstream {
     /// Progress token → the call's notice channel.
     calls: Arc<Mutex<HashMap<String, mpsc::Sender<Notice>>>>,
     /// Progress that arrived before its call registered its token (rmcp picks the token
-    /// as it sends the request, and the upstream may answer before the call knows it).
-    /// At most [`EARLY_TOKENS`] tokens, oldest dropped.
+    /// as it sends the request). On the single-threaded runtime `attach` uses, a call
+    /// registers before any other task runs, so this stays empty; it is the defence should
+    /// that change. At most [`EARLY_TOKENS`] tokens, oldest dropped.
     early: Arc<Mutex<std::collections::VecDeque<(String, Notice)>>>,
     list_changed: Arc<Notify>,
     status: SharedStatus,
@@ -566,12 +567,9 @@ async fn call_upstream(
             () = req.cancelled() => break None,
         }
     };
-    // rmcp runs each notification handler in a task of its own, so a notice the upstream
-    // sent just before its answer may still be on its way: let those tasks run, then pass
-    // on what arrived. (Best effort: rmcp gives no ordering between the two.)
-    for _ in 0..4 {
-        tokio::task::yield_now().await;
-    }
+    // rmcp runs each notification handler in a task of its own; on this single-threaded
+    // runtime (see main.rs) those spawned before the answer arrived have run by now, so
+    // what they passed on is in `rx`.
     lock(&handler.calls).remove(&token);
     while let Ok(n) = rx.try_recv() {
         req.notify(&n);
