@@ -25,8 +25,13 @@ pub enum Trust {
     Insecure,
 }
 
-/// The platform data dir fovea uses by default (`~/.local/share/fovea` on Linux).
+/// The data dir fovea uses by default: `$FOVEA_DATA_DIR` when set (as `fovea node` reads
+/// it, so a client finds the certificate of a local node started with it), else the
+/// platform data dir (`~/.local/share/fovea` on Linux).
 pub fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("FOVEA_DATA_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
     dirs::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("fovea")
 }
 
