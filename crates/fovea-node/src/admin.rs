@@ -237,6 +237,14 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         );
         let mesh_notices = shared.mesh.as_ref().map_or(0, |m| m.stats.notices_dropped.load(Ordering::Relaxed));
         counter!("fovea_notices_dropped_total").absolute(s.notices_dropped + mesh_notices);
+        let spin = crate::spin::stats();
+        describe_counter!("fovea_idle_spin_hits_total", "Idle spins that ended with a datagram (a sleep avoided).");
+        counter!("fovea_idle_spin_hits_total").absolute(spin.hits);
+        describe_counter!("fovea_idle_spin_misses_total", "Idle spins that ran out; the worker then slept.");
+        counter!("fovea_idle_spin_misses_total").absolute(spin.misses);
+        describe_counter!("fovea_idle_spin_microseconds_total", "CPU time idle workers spent spinning, µs.");
+        counter!("fovea_idle_spin_microseconds_total")
+            .absolute(u64::try_from(spin.spun.as_micros()).unwrap_or(u64::MAX));
         describe_counter!("fovea_call_results_total", "Calls by outcome: answered by a provider, or the node's code.");
         counter!("fovea_call_results_total", "outcome" => "answered")
             .absolute(s.responses.saturating_sub(s.late_responses));

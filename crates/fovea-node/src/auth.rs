@@ -418,6 +418,9 @@ pub struct NodeSection {
     /// Its key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mesh_key: Option<std::path::PathBuf>,
+    /// Longest time an idle worker watches the sockets before it sleeps (`100us`; `0` off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_spin: Option<String>,
 }
 
 /// What a configuration file declares.

@@ -35,6 +35,7 @@ mod mesh_tools;
 mod outbound;
 mod router;
 mod rpc;
+pub mod spin;
 mod stats;
 pub mod tls;
 mod tools;
@@ -142,6 +143,8 @@ pub(crate) struct Shared {
 /// A bound, not yet running node.
 pub struct Node {
     endpoint: quinn::Endpoint,
+    /// The endpoint's socket, watched by idle workers ([`spin`]) while the node runs.
+    _spin: spin::Watch,
     admin: Option<std::net::TcpListener>,
     mcp: Option<std::net::TcpListener>,
     shared: Arc<Shared>,
@@ -167,8 +170,7 @@ impl Node {
         // Address validation costs a round trip per connection and only helps against
         // spoofed floods on public addresses; issue-level hardening revisits it.
         server.migration(false);
-        let endpoint = quinn::Endpoint::server(server, config.listen)
-            .map_err(|source| NodeError::Bind { addr: config.listen, source })?;
+        let (endpoint, spin_watch) = bind_endpoint(server, config.listen)?;
         let listen = endpoint.local_addr().unwrap_or(config.listen);
         let admin = match config.admin {
             None => None,
@@ -219,7 +221,7 @@ impl Node {
         if let Some(mesh) = shared.mesh.clone() {
             wire_mesh(&shared, mesh);
         }
-        Ok(Node { endpoint, admin, mcp, shared, fingerprint, self_signed: identity.self_signed })
+        Ok(Node { endpoint, _spin: spin_watch, admin, mcp, shared, fingerprint, self_signed: identity.self_signed })
     }
 
     /// The address the node listens on (with the real port when configured with port 0).
@@ -337,6 +339,20 @@ impl Node {
         admin_stop.cancel();
         Ok(())
     }
+}
+
+/// A server endpoint on `addr` whose socket idle workers watch ([`spin`]): quinn's
+/// `Endpoint::server`, with the socket made here so its descriptor is known.
+pub(crate) fn bind_endpoint(
+    server: quinn::ServerConfig,
+    addr: SocketAddr,
+) -> Result<(quinn::Endpoint, spin::Watch), NodeError> {
+    let socket = std::net::UdpSocket::bind(addr).map_err(|source| NodeError::Bind { addr, source })?;
+    let watch = spin::Watch::new(std::os::fd::AsRawFd::as_raw_fd(&socket));
+    let endpoint =
+        quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, Arc::new(quinn::TokioRuntime))
+            .map_err(|source| NodeError::Bind { addr, source })?;
+    Ok((endpoint, watch))
 }
 
 /// Connects routing and the mesh: realms report local interest and learn remote targets;

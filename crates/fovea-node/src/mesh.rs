@@ -205,6 +205,8 @@ pub struct Mesh {
     /// The mesh secret's HMAC key; `None` in CA-only mode.
     secret: Option<ring::hmac::Key>,
     endpoint: quinn::Endpoint,
+    /// The mesh socket, watched by idle workers ([`crate::spin`]).
+    _spin: crate::spin::Watch,
     client: quinn::ClientConfig,
     config: MeshConfig,
     links: Mutex<HashMap<NodeId, Arc<Link>>>,
@@ -284,8 +286,7 @@ impl Mesh {
         server.transport_config(transport.clone());
         let mut client = quinn::ClientConfig::new(client_crypto);
         client.transport_config(transport);
-        let endpoint = quinn::Endpoint::server(server, config.listen)
-            .map_err(|source| NodeError::Bind { addr: config.listen, source })?;
+        let (endpoint, spin) = crate::bind_endpoint(server, config.listen)?;
         let addr = endpoint.local_addr().unwrap_or(config.listen);
         let (inputs, rx) = mpsc::channel(DHT_QUEUE);
         Ok(Arc::new(Mesh {
@@ -293,6 +294,7 @@ impl Mesh {
             name,
             secret: config.secret.as_ref().map(|s| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, s.as_bytes())),
             endpoint,
+            _spin: spin,
             client,
             config,
             links: Mutex::new(HashMap::new()),

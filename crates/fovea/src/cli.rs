@@ -198,6 +198,11 @@ pub struct NodeArgs {
     /// Deadline of an MCP tool call [default: 60s; config: [mcp] call_timeout].
     #[arg(long, env = "FOVEA_MCP_CALL_TIMEOUT", value_parser = parse_duration, value_name = "DURATION", help_heading = "MCP")]
     pub mcp_call_timeout: Option<std::time::Duration>,
+    /// Longest time an idle worker watches the node's sockets before it sleeps: waking a
+    /// sleeping thread costs tens of µs per hop (more on VMs). Adaptive: spinning stops when
+    /// traffic comes in long gaps. 0 turns it off [default: 100us; config: [node] idle_spin].
+    #[arg(long, env = "FOVEA_IDLE_SPIN", value_parser = parse_duration, value_name = "DURATION")]
+    pub idle_spin: Option<std::time::Duration>,
     /// Check the configuration file and exit (0 if it is valid) without starting a node.
     #[arg(long, requires = "config")]
     pub check_config: bool,

@@ -43,6 +43,10 @@ fn main() -> ExitCode {
         }
         _ => tokio::runtime::Builder::new_multi_thread(),
     };
+    if matches!(cli.command, Command::Node(_)) {
+        // Idle workers watch the node's sockets before they sleep (fovea_node::spin).
+        builder.on_thread_park(fovea_node::spin::on_park).on_thread_unpark(fovea_node::spin::on_unpark);
+    }
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

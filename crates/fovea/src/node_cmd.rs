@@ -6,6 +6,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::NodeArgs;
 
+/// The default `--idle-spin`: covers a loopback or LAN hop's answer (BENCHMARKS.md,
+/// "Idle spinning"), short enough that a missed spin costs little.
+const DEFAULT_IDLE_SPIN: std::time::Duration = std::time::Duration::from_micros(100);
+
 pub async fn run(
     args: NodeArgs,
     log_level: Option<String>,
@@ -26,6 +30,16 @@ pub async fn run(
         let mut probe = fovea_node::mcp::McpConfig::new(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
         m.apply(&mut probe).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
+    let idle_spin = match (args.idle_spin, section.idle_spin.as_deref()) {
+        (Some(d), _) => d,
+        (None, Some(s)) => fovea_node::parse_duration(s).map_err(|e| anyhow::anyhow!("[node] idle_spin: {e}"))?,
+        (None, None) => DEFAULT_IDLE_SPIN,
+    };
+    anyhow::ensure!(
+        idle_spin <= fovea_node::spin::MAX_WINDOW,
+        "--idle-spin (or [node] idle_spin) {idle_spin:?} is longer than the {:?} allowed: longer spins only burn CPU",
+        fovea_node::spin::MAX_WINDOW
+    );
     let realms = file.map(|f| f.realms).filter(|r| !r.is_empty());
     if args.check_config {
         let n = realms.as_ref().map_or(0, Vec::len);
@@ -94,9 +108,10 @@ pub async fn run(
                 None => crate::cli::LogFormat::Text,
             },
         };
-        print!("{}", effective_config(&config, args.config.as_deref(), &level, format)?);
+        print!("{}", effective_config(&config, args.config.as_deref(), &level, format, idle_spin)?);
         return Ok(());
     }
+    fovea_node::spin::set_max(idle_spin);
     let config_cert = config.tls.as_ref().map(|t| t.cert.clone());
     let data_dir = config.data_dir.clone();
     let node = Node::bind(config).context("cannot start the node")?;
@@ -418,6 +433,7 @@ fn effective_config(
     file: Option<&std::path::Path>,
     log_level: &str,
     log_format: crate::cli::LogFormat,
+    idle_spin: std::time::Duration,
 ) -> anyhow::Result<String> {
     #[derive(serde::Serialize)]
     struct Effective<'a> {
@@ -448,6 +464,7 @@ fn effective_config(
         mesh_ca: config.mesh.as_ref().and_then(|m| m.ca.clone()),
         mesh_cert: config.mesh.as_ref().and_then(|m| m.identity.as_ref().map(|f| f.cert.clone())),
         mesh_key: config.mesh.as_ref().and_then(|m| m.identity.as_ref().map(|f| f.key.clone())),
+        idle_spin: Some(fovea_node::format_duration(idle_spin)),
     };
     let mcp = config.mcp.as_ref().map(fovea_node::auth::McpSection::of);
     let body =

@@ -429,13 +429,30 @@ fn sigterm_delivers_what_was_accepted_before_exit() {
 fn print_config_round_trips() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)
-        .args(["node", "--print-config", "--max-payload", "2048", "--admin", "off", "--data-dir"])
+        .args([
+            "node",
+            "--print-config",
+            "--max-payload",
+            "2048",
+            "--admin",
+            "off",
+            "--idle-spin",
+            "250us",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    for line in ["[node]", "admin = \"off\"", "[limits]", "max_payload = 2048", "slow_consumer_timeout = \"10s\""] {
+    for line in [
+        "[node]",
+        "admin = \"off\"",
+        "idle_spin = \"250us\"",
+        "[limits]",
+        "max_payload = 2048",
+        "slow_consumer_timeout = \"10s\"",
+    ] {
         assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
     }
     let file = dir.path().join("printed.toml");
@@ -448,6 +465,15 @@ fn print_config_round_trips() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("printed.toml:3") && err.contains("lisen"), "{err}");
+}
+
+#[test]
+fn an_idle_spin_past_the_limit_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN).args(["node", "--idle-spin", "5s", "--data-dir"]).arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--idle-spin") && err.contains("longer than"), "{err}");
 }
 
 /// Every short benchmark runs end to end through the binary (it starts its own node) and

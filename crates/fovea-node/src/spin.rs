@@ -1,0 +1,214 @@
+//! Idle spinning: a runtime worker about to sleep first watches the node's sockets for a
+//! short, adaptive window.
+//!
+//! Why: on a quiet node most of an RPC's latency is not work but waking up. A worker that
+//! sleeps in `epoll_wait` is woken by the kernel when a datagram lands, and on a virtual
+//! machine that wake (halt, then an inter-processor interrupt through the hypervisor)
+//! costs 30–40 µs, once per hop. A bare UDP ping-pong here takes 71 µs with sleeping
+//! receivers and 9.6 µs with spinning ones (BENCHMARKS.md, "Idle spinning"). Go's
+//! scheduler, and so NATS, spins before it parks for the same reason.
+//!
+//! How: tokio calls [`on_park`] before a worker sleeps and [`on_unpark`] when it wakes.
+//! `on_park` polls the watched sockets (zero-timeout `poll(2)`) until one is readable or
+//! the window ends; a readable socket means the worker's `epoll_wait` returns at once.
+//! The window adapts per worker like the kernel's guest halt-polling: an idle spell longer
+//! than the window but within the maximum grows it (×2, from 10 µs), a spell past the
+//! maximum halves it (below 10 µs: off). So a node spins only while its traffic comes in
+//! gaps shorter than the maximum — where a spin replaces a sleep that would have been
+//! short anyway — and a node idle or under steady light load does not spin at all. The
+//! cost: a worker whose gaps stay just under the maximum keeps a core busy. `--idle-spin 0`
+//! turns it off (laptops, hosts shared with latency-insensitive work).
+//!
+//! Bounds: at most [`MAX_WATCHED`] sockets are watched (a process running more nodes than
+//! that, as tests do, spins on the first ones only); the window never exceeds the maximum
+//! set by [`set_max`] (at most [`MAX_WINDOW`]).
+
+use std::cell::Cell;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Sockets watched at most.
+pub const MAX_WATCHED: usize = 8;
+/// The largest maximum window accepted.
+pub const MAX_WINDOW: Duration = Duration::from_millis(1);
+/// The window a worker starts from when its gaps become short.
+const GROW_START_NS: u64 = 10_000;
+
+static WATCHED: [AtomicI32; MAX_WATCHED] = [const { AtomicI32::new(-1) }; MAX_WATCHED];
+static MAX_NS: AtomicU64 = AtomicU64::new(0);
+static HITS: AtomicU64 = AtomicU64::new(0);
+static MISSES: AtomicU64 = AtomicU64::new(0);
+static SPUN_NS: AtomicU64 = AtomicU64::new(0);
+/// Whether a worker is spinning now: one at a time, so spinning never takes more than
+/// one core from the node's clients and other work on the host.
+static SPINNING: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// This worker's window, ns (0: not spinning).
+    static WINDOW_NS: Cell<u64> = const { Cell::new(0) };
+    /// When this worker last went idle.
+    static IDLE_SINCE: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Sets the longest window (0 turns spinning off); clamped to [`MAX_WINDOW`].
+pub fn set_max(max: Duration) {
+    let ns = u64::try_from(max.min(MAX_WINDOW).as_nanos()).unwrap_or(0);
+    MAX_NS.store(ns, Ordering::Relaxed);
+}
+
+/// The longest window now in force.
+pub fn max() -> Duration {
+    Duration::from_nanos(MAX_NS.load(Ordering::Relaxed))
+}
+
+/// Counters: spins ended by a readable socket, spins that ran out, and time spent spinning.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpinStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub spun: Duration,
+}
+
+/// The process-wide counters.
+pub fn stats() -> SpinStats {
+    SpinStats {
+        hits: HITS.load(Ordering::Relaxed),
+        misses: MISSES.load(Ordering::Relaxed),
+        spun: Duration::from_nanos(SPUN_NS.load(Ordering::Relaxed)),
+    }
+}
+
+/// A watched socket; dropping it stops the watch. Holds the raw descriptor only (a
+/// duplicate would keep the socket, and its port, alive after the node closes it).
+#[derive(Debug)]
+pub(crate) struct Watch(Option<usize>);
+
+impl Watch {
+    pub(crate) fn new(fd: RawFd) -> Watch {
+        let slot = WATCHED.iter().position(|w| w.compare_exchange(-1, fd, Ordering::AcqRel, Ordering::Relaxed).is_ok());
+        Watch(slot)
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if let Some(slot) = self.0 {
+            WATCHED[slot].store(-1, Ordering::Release);
+        }
+    }
+}
+
+/// For tokio's `on_thread_park`: spin while this worker's window lasts or until a watched
+/// socket is readable.
+pub fn on_park() {
+    let now = Instant::now();
+    IDLE_SINCE.set(Some(now));
+    let window = WINDOW_NS.get().min(MAX_NS.load(Ordering::Relaxed));
+    if window == 0 {
+        return;
+    }
+    let mut fds = [libc::pollfd { fd: -1, events: libc::POLLIN, revents: 0 }; MAX_WATCHED];
+    let mut n = 0;
+    for w in &WATCHED {
+        let fd = w.load(Ordering::Acquire);
+        if fd >= 0 {
+            fds[n].fd = fd;
+            n += 1;
+        }
+    }
+    if n == 0 || SPINNING.swap(true, Ordering::Acquire) {
+        return;
+    }
+    let _done = SpinToken;
+    loop {
+        // SAFETY: `fds[..n]` are initialised pollfds; a zero timeout never blocks. A closed
+        // descriptor yields POLLNVAL, which ends the spin like readiness: harmless.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), n as libc::nfds_t, 0) };
+        let spun = u64::try_from(now.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        if ready != 0 {
+            HITS.fetch_add(1, Ordering::Relaxed);
+            SPUN_NS.fetch_add(spun, Ordering::Relaxed);
+            return;
+        }
+        if spun >= window {
+            MISSES.fetch_add(1, Ordering::Relaxed);
+            SPUN_NS.fetch_add(spun, Ordering::Relaxed);
+            return;
+        }
+        // Polite: a thread of another process waiting for this core (a client on the same
+        // host) gets it; with nothing else runnable this returns at once.
+        std::thread::yield_now();
+    }
+}
+
+/// Releases [`SPINNING`] however the spin ends.
+struct SpinToken;
+
+impl Drop for SpinToken {
+    fn drop(&mut self) {
+        SPINNING.store(false, Ordering::Release);
+    }
+}
+
+/// For tokio's `on_thread_unpark`: adapt this worker's window to the idle spell that ended.
+pub fn on_unpark() {
+    let Some(since) = IDLE_SINCE.take() else { return };
+    let idle = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    WINDOW_NS.set(next_window(WINDOW_NS.get(), idle, MAX_NS.load(Ordering::Relaxed)));
+}
+
+/// The window after an idle spell of `idle` ns with window `window` and maximum `max`.
+fn next_window(window: u64, idle: u64, max: u64) -> u64 {
+    if max == 0 {
+        0
+    } else if idle <= window {
+        // Caught (or woken within the window anyway): keep it.
+        window
+    } else if idle <= max {
+        // A longer window would have caught it.
+        (window * 2).clamp(GROW_START_NS.min(max), max)
+    } else {
+        // A long spell: spinning was wasted.
+        let half = window / 2;
+        if half < GROW_START_NS {
+            0
+        } else {
+            half
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_grows_for_short_gaps_and_shrinks_for_long_ones() {
+        let max = 100_000;
+        // Off; a short gap starts it.
+        assert_eq!(next_window(0, 50_000, max), GROW_START_NS);
+        // Grows while gaps are within the maximum but past the window, never beyond it.
+        assert_eq!(next_window(10_000, 50_000, max), 20_000);
+        assert_eq!(next_window(80_000, 90_000, max), max);
+        // A gap it caught leaves it alone.
+        assert_eq!(next_window(40_000, 30_000, max), 40_000);
+        // Long gaps halve it, then turn it off.
+        assert_eq!(next_window(max, 5_000_000, max), 50_000);
+        assert_eq!(next_window(15_000, 5_000_000, max), 0);
+        assert_eq!(next_window(0, 5_000_000, max), 0);
+        // Spinning off: always 0.
+        assert_eq!(next_window(40_000, 30_000, 0), 0);
+    }
+
+    #[test]
+    fn a_watch_frees_its_slot() {
+        // Other tests bind nodes (and watches) concurrently: look at this watch's slot only.
+        let fd = 1_000_000;
+        let w = Watch::new(fd);
+        let slot = w.0.expect("a free slot");
+        assert_eq!(WATCHED[slot].load(Ordering::Relaxed), fd);
+        drop(w);
+        assert_ne!(WATCHED[slot].load(Ordering::Relaxed), fd);
+    }
+}
