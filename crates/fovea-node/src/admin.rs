@@ -242,9 +242,10 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         counter!("fovea_idle_spin_hits_total").absolute(spin.hits);
         describe_counter!("fovea_idle_spin_misses_total", "Idle spins that ran out; the worker then slept.");
         counter!("fovea_idle_spin_misses_total").absolute(spin.misses);
-        describe_counter!("fovea_idle_spin_microseconds_total", "CPU time idle workers spent spinning, µs.");
-        counter!("fovea_idle_spin_microseconds_total")
-            .absolute(u64::try_from(spin.spun.as_micros()).unwrap_or(u64::MAX));
+        // Seconds as a float, so a gauge: the `metrics` counter API takes integers only, and
+        // Prometheus wants base units. It only grows, like a counter.
+        describe_gauge!("fovea_idle_spin_seconds", "CPU time idle workers spent spinning since the node started.");
+        gauge!("fovea_idle_spin_seconds").set(spin.spun.as_secs_f64());
         describe_counter!("fovea_call_results_total", "Calls by outcome: answered by a provider, or the node's code.");
         counter!("fovea_call_results_total", "outcome" => "answered")
             .absolute(s.responses.saturating_sub(s.late_responses));
