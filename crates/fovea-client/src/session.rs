@@ -33,6 +33,10 @@ pub(crate) fn quic_config(crypto: rustls::ClientConfig) -> Result<quinn::ClientC
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     t.keep_alive_interval(Some(Duration::from_secs(10)));
     t.datagram_receive_buffer_size(None);
+    // As the node does: the node acknowledges every 9th packet (BENCHMARKS.md, "QUIC settings").
+    let mut ack = quinn::AckFrequencyConfig::default();
+    ack.ack_eliciting_threshold(VarInt::from_u32(fovea_core::ACK_ELICITING_THRESHOLD));
+    t.ack_frequency_config(Some(ack));
     cfg.transport_config(Arc::new(t));
     Ok(cfg)
 }

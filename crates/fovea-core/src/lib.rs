@@ -108,3 +108,9 @@ pub mod fuzzing {
         }
     }
 }
+
+/// How many ack-eliciting QUIC packets a peer of a client connection may receive before it
+/// must acknowledge (the ACK frequency extension's threshold; QUIC's own default is 1, an
+/// ACK for every second packet). Both ends ask it of each other. 8 measured best of 1, 8
+/// and 16–32 for many-caller RPC and no worse for pub/sub (BENCHMARKS.md, "QUIC settings").
+pub const ACK_ELICITING_THRESHOLD: u32 = 8;
