@@ -362,6 +362,12 @@ pub(crate) struct Inner {
     /// Requests this client is handling, by request id: cancelled when the node abandons
     /// one. At most the node's `max_requests_in_flight` per registration.
     pub serving: Mutex<HashMap<u64, CancellationToken>>,
+    /// Which session is current: bumped, under the `out` lock, each time one becomes
+    /// connected. The node numbers requests per connection, so a request's id means
+    /// something only in its session: an answer from an earlier one would reach another
+    /// call with the same id. Answers and notices carry their session's number and are
+    /// dropped when it is not the current one.
+    pub session: AtomicU64,
     /// `TOOLS` queries waiting for their `TOOL_LIST`.
     pub tool_queries: Mutex<HashMap<u64, oneshot::Sender<fovea_core::frame::ToolList>>>,
     /// Bumped on `TOOLS_CHANGED` and on reconnection (see `Client::watch_tools`).
@@ -500,6 +506,7 @@ impl Client {
             calls: Mutex::new(HashMap::new()),
             notice_sinks: Mutex::new(HashMap::new()),
             serving: Mutex::new(HashMap::new()),
+            session: AtomicU64::new(0),
             tool_queries: Mutex::new(HashMap::new()),
             tools_changed: watch::Sender::new(0),
             tools_watch: AtomicU64::new(0),
@@ -516,7 +523,11 @@ impl Client {
         let first = session::establish(&inner).await?;
         // Open for business before returning, so the caller's first subscribe and flush
         // see a session; the driver's restore finds nothing to restore yet.
-        lock(&inner.out).connected = true;
+        {
+            let mut out = lock(&inner.out);
+            out.connected = true;
+            inner.session.fetch_add(1, Ordering::Relaxed);
+        }
         inner.state.send_replace(ConnectionState::Connected);
         let driver = tokio::spawn(session::drive(inner.clone(), first));
         Ok(Client { handle: Arc::new(Handle { inner, driver: Mutex::new(Some(driver)) }) })

@@ -52,6 +52,8 @@ pub struct Request {
     pub payload: Bytes,
     deadline: Instant,
     req_id: u64,
+    /// The session it came in on (see `Inner::session`).
+    session: u64,
     /// Cancelled when the node abandons the request (the caller cancelled or its deadline
     /// passed) or the connection is lost.
     cancel: CancellationToken,
@@ -91,7 +93,7 @@ impl Request {
         }
         let (kind, body) = notice.to_wire();
         let mut out = lock(&self.inner.out);
-        if out.connected {
+        if out.connected && self.inner.session.load(Ordering::Relaxed) == self.session {
             out.buf.push_frame(&Frame::Notice(fovea_core::frame::Notice { id: self.req_id, kind, body }));
             drop(out);
             self.inner.wake.notify_one();
@@ -130,7 +132,7 @@ impl Request {
 
     fn answer(&mut self, code: ErrorCode, headers: Headers, payload: Bytes) {
         self.answered = true;
-        send_respond(&self.inner, self.req_id, code, headers, payload);
+        send_respond(&self.inner, self.session, self.req_id, code, headers, payload);
     }
 }
 
@@ -140,7 +142,10 @@ impl Drop for Request {
             let msg = Bytes::from_static(b"the provider dropped the request without an answer");
             self.answer(ErrorCode::ApplicationError, Headers::new(), msg);
         }
-        lock(&self.inner.serving).remove(&self.req_id);
+        // A later session's table may hold another request under the same id.
+        if self.inner.session.load(Ordering::Relaxed) == self.session {
+            lock(&self.inner.serving).remove(&self.req_id);
+        }
     }
 }
 
@@ -369,6 +374,8 @@ pub(crate) async fn dispatch_request(inner: &Arc<Inner>, q: fovea_core::frame::R
         Fail,
     }
     let req_id = q.req_id;
+    // Read on the session's own reader, so this is the session the request came in on.
+    let session = inner.session.load(Ordering::Relaxed);
     // Failing a request takes the `out` lock, which comes before `regs` in the lock order:
     // so it happens after this block.
     let next = {
@@ -387,6 +394,7 @@ pub(crate) async fn dispatch_request(inner: &Arc<Inner>, q: fovea_core::frame::R
                     // to overflow the clock arithmetic.
                     deadline: Instant::now() + Duration::from_millis(q.timeout_ms.min(MAX_DEADLINE_MS)),
                     req_id,
+                    session,
                     cancel,
                     inner: inner.clone(),
                     answered: false,
@@ -411,6 +419,7 @@ pub(crate) async fn dispatch_request(inner: &Arc<Inner>, q: fovea_core::frame::R
         }
         Next::Fail => send_respond(
             inner,
+            session,
             req_id,
             ErrorCode::ApplicationError,
             Headers::new(),
@@ -419,8 +428,14 @@ pub(crate) async fn dispatch_request(inner: &Arc<Inner>, q: fovea_core::frame::R
     }
 }
 
-fn send_respond(inner: &Inner, req_id: u64, code: ErrorCode, headers: Headers, payload: Bytes) {
+/// Queues a `RESPOND` for request `req_id` of `session`; dropped if that session has ended
+/// (the node has already failed the call with `PROVIDER_DISCONNECTED`, and the id may now
+/// name another call).
+fn send_respond(inner: &Inner, session: u64, req_id: u64, code: ErrorCode, headers: Headers, payload: Bytes) {
     let mut out = lock(&inner.out);
+    if !out.connected || inner.session.load(Ordering::Relaxed) != session {
+        return;
+    }
     out.buf.push_frame(&Frame::Respond(Respond { req_id, code, headers, payload }));
     drop(out);
     inner.wake.notify_one();

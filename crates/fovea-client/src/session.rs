@@ -212,6 +212,7 @@ async fn run(inner: &Arc<Inner>, s: Session) -> End {
             inner.tools_changed.send_modify(|v| *v += 1);
         }
         out.connected = true;
+        inner.session.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     inner.state.send_replace(ConnectionState::Connected);
     let _ = inner.events.send(Event::Connected);

@@ -307,3 +307,49 @@ async fn registrations_come_back_after_a_reconnect() {
     assert_eq!(&caller.call("svc.back", "hi", T).await.unwrap().payload[..], b"hi");
     node.stop().await;
 }
+
+/// The node numbers requests per connection, so after a reconnect an old request's id can
+/// name a new call: the old request's answer must not reach it.
+#[tokio::test]
+async fn an_answer_from_before_a_reconnect_does_not_reach_a_new_call() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let node = TestNode::start_at("127.0.0.1:0".parse().unwrap(), dir.clone(), Limits::default()).await;
+    let addr = node.addr;
+    let provider =
+        Client::connect(&node.url(), node.options().max_reconnect_delay(Duration::from_millis(100))).await.unwrap();
+    let mut reg = provider.register("svc.held").await.unwrap();
+    let (tx, mut held) = tokio::sync::mpsc::channel::<Request>(4);
+    tokio::spawn(async move {
+        while let Some(req) = reg.next().await {
+            let _ = tx.send(req).await;
+        }
+    });
+    // A call on the first connection, held unanswered by the provider.
+    let caller = node.client().await;
+    let first = tokio::spawn(async move { caller.call("svc.held", "first", T).await });
+    let old = tokio::time::timeout(WAIT, held.recv()).await.unwrap().unwrap();
+    assert_eq!(&old.payload[..], b"first");
+    node.stop().await;
+    assert!(first.await.unwrap().is_err());
+
+    // The node comes back; the provider reconnects and gets a new call (the same request
+    // id on its new connection).
+    let node = TestNode::start_at(addr, dir, Limits::default()).await;
+    let mut state = provider.state();
+    tokio::time::timeout(WAIT, state.wait_for(|s| *s == fovea_client::ConnectionState::Connected))
+        .await
+        .unwrap()
+        .unwrap();
+    provider.flush().await.unwrap();
+    let caller = node.client().await;
+    let second = tokio::spawn(async move { caller.call("svc.held", "second", T).await });
+    let new = tokio::time::timeout(WAIT, held.recv()).await.unwrap().unwrap();
+    assert_eq!(&new.payload[..], b"second");
+
+    // The old request is answered late: that answer is dropped, not given to the new call.
+    old.respond("stale");
+    provider.flush().await.unwrap();
+    new.respond("fresh");
+    assert_eq!(&second.await.unwrap().unwrap().payload[..], b"fresh");
+    node.stop().await;
+}
