@@ -362,8 +362,8 @@ pub(crate) struct Inner {
     /// Requests this client is handling, by request id: cancelled when the node abandons
     /// one. At most the node's `max_requests_in_flight` per registration.
     pub serving: Mutex<HashMap<u64, CancellationToken>>,
-    /// Which session is current: bumped, under the `out` lock, each time one becomes
-    /// connected. The node numbers requests per connection, so a request's id means
+    /// Which session is current: bumped, under the `out` lock, as each session (the first
+    /// too) starts reading. The node numbers requests per connection, so a request's id means
     /// something only in its session: an answer from an earlier one would reach another
     /// call with the same id. Answers and notices carry their session's number and are
     /// dropped when it is not the current one.
@@ -523,11 +523,9 @@ impl Client {
         let first = session::establish(&inner).await?;
         // Open for business before returning, so the caller's first subscribe and flush
         // see a session; the driver's restore finds nothing to restore yet.
-        {
-            let mut out = lock(&inner.out);
-            out.connected = true;
-            inner.session.fetch_add(1, Ordering::Relaxed);
-        }
+        // (The session number is bumped by the driver as it starts reading: requests only
+        // arrive through it.)
+        lock(&inner.out).connected = true;
         inner.state.send_replace(ConnectionState::Connected);
         let driver = tokio::spawn(session::drive(inner.clone(), first));
         Ok(Client { handle: Arc::new(Handle { inner, driver: Mutex::new(Some(driver)) }) })

@@ -287,6 +287,19 @@ async fn a_queue_group_delivers_each_message_to_one_member() {
     node.stop().await;
 }
 
+/// Starts a node again at `addr` and waits until `client` has reconnected to it and the
+/// node has seen what it restored.
+async fn restart(addr: std::net::SocketAddr, dir: std::sync::Arc<tempfile::TempDir>, client: &Client) -> TestNode {
+    let node = TestNode::start_at(addr, dir, Limits::default()).await;
+    let mut state = client.state();
+    tokio::time::timeout(WAIT, state.wait_for(|s| *s == fovea_client::ConnectionState::Connected))
+        .await
+        .unwrap()
+        .unwrap();
+    client.flush().await.unwrap();
+    node
+}
+
 #[tokio::test]
 async fn registrations_come_back_after_a_reconnect() {
     let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
@@ -296,13 +309,7 @@ async fn registrations_come_back_after_a_reconnect() {
         Client::connect(&node.url(), node.options().max_reconnect_delay(Duration::from_millis(100))).await.unwrap();
     echo(provider.register("svc.back").await.unwrap(), "p");
     node.stop().await;
-    let node = TestNode::start_at(addr, dir, Limits::default()).await;
-    let mut state = provider.state();
-    tokio::time::timeout(WAIT, state.wait_for(|s| *s == fovea_client::ConnectionState::Connected))
-        .await
-        .unwrap()
-        .unwrap();
-    provider.flush().await.unwrap();
+    let node = restart(addr, dir, &provider).await;
     let caller = node.client().await;
     assert_eq!(&caller.call("svc.back", "hi", T).await.unwrap().payload[..], b"hi");
     node.stop().await;
@@ -334,13 +341,7 @@ async fn an_answer_from_before_a_reconnect_does_not_reach_a_new_call() {
 
     // The node comes back; the provider reconnects and gets a new call (the same request
     // id on its new connection).
-    let node = TestNode::start_at(addr, dir, Limits::default()).await;
-    let mut state = provider.state();
-    tokio::time::timeout(WAIT, state.wait_for(|s| *s == fovea_client::ConnectionState::Connected))
-        .await
-        .unwrap()
-        .unwrap();
-    provider.flush().await.unwrap();
+    let node = restart(addr, dir, &provider).await;
     let caller = node.client().await;
     let second = tokio::spawn(async move { caller.call("svc.held", "second", T).await });
     let new = tokio::time::timeout(WAIT, held.recv()).await.unwrap().unwrap();
