@@ -19,11 +19,19 @@
 //! secret is closed with `AUTH_FAILED` and counted.
 //!
 //! **One link per pair.** When two nodes dial each other at once, both keep the link
-//! dialed by the node with the smaller id and close the other.
+//! dialed by the node with the smaller id and retire the other.
 //!
-//! **Bounds.** Links: `max_links` (a new peer past it is refused). Per-link send queue:
-//! 1024 frames; at the limit a DHT message is dropped and counted (the DHT treats it as
-//! a lost request and retries or moves on). DHT inputs: 4096; same policy.
+//! **Retiring a link** (the loser of that tie-break, or one evicted to make room): it leaves
+//! the links map at once, so nothing new goes on it, and closes after [`RETIRE_GRACE`], so
+//! frames already queued or in flight on it still arrive. Neither side takes that close for
+//! a departure.
+//!
+//! **Bounds.** Links in use: `max_links` (past it, the least recently used is retired; its
+//! node stays known and is dialed again when needed); retiring links live one grace period
+//! more. Dials in progress: `max_links`, at least 8 (a frame for one more peer is dropped
+//! and counted). Frames waiting for a dial, and per-link send queues: 1024 frames; at the
+//! limit a frame is dropped and counted (the DHT treats a lost message as a lost request
+//! and retries or moves on). DHT inputs: 4096; same policy.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -48,6 +56,9 @@ use crate::NodeError;
 const MESH_VERSION: u64 = 1;
 /// Frames waiting per peer while its link is dialed.
 const LINK_QUEUE: usize = 1024;
+/// Dials in progress at once: `max_links`, but never fewer than this, so that a small link
+/// pool does not make a frame for one peer wait on (and be dropped behind) a dial to another.
+const MIN_DIALS: usize = 8;
 /// DHT inputs queued before they are dropped.
 const DHT_QUEUE: usize = 4096;
 /// Time allowed for a link's QUIC and mesh handshakes.
@@ -56,6 +67,13 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// keeps the other node in its tables.
 const REASON_IDLE: &[u8] = b"link idle";
 const REASON_EVICTED: &[u8] = b"link evicted (least recently used)";
+/// The other of two links between one pair was kept: the peer is alive.
+const REASON_DUPLICATE: &[u8] = b"duplicate link";
+/// How long a link taken out of use (evicted, or the loser of the one-link-per-pair
+/// tie-break) stays open after this node stopped putting new frames on it, so that frames
+/// already queued or in flight on it (the peer may use it until it learns) are delivered
+/// rather than cut off by the close.
+const RETIRE_GRACE: Duration = Duration::from_secs(1);
 /// How often a join address without a link is dialed again (and the longest backoff).
 const REJOIN_EVERY: Duration = Duration::from_secs(10);
 /// Label of the TLS exporter value the proof signs.
@@ -136,6 +154,13 @@ pub struct MeshSnapshot {
     pub dht_dropped: u64,
 }
 
+/// A dial in progress and the frames waiting for it.
+struct Dialing {
+    /// Tells this dial from a later one to the same peer.
+    attempt: u64,
+    frames: Vec<Frame>,
+}
+
 /// One link. Its [`Peer`] makes the link look like a client connection to the RPC
 /// machinery: on the caller's node the link is a *provider* (calls go out as `REQUEST`s,
 /// answers come back as `RESULT`s), on the provider's node it is a *caller*. Timeouts,
@@ -211,8 +236,12 @@ pub struct Mesh {
     config: MeshConfig,
     links: Mutex<HashMap<NodeId, Arc<Link>>>,
     /// Dials in progress, so one peer is dialed once at a time; frames for it wait here
-    /// (at most `LINK_QUEUE` per peer).
-    dialing: Mutex<HashMap<NodeId, Vec<Frame>>>,
+    /// (at most `LINK_QUEUE` per peer). Invariant: an entry lives only while its dial task
+    /// runs: the task removes it when it ends, whatever the outcome (a link the peer
+    /// opened, or a lost tie-break, must not leave it behind: later frames would wait for a
+    /// dial that never comes, and at `max_links` entries no other peer could be dialed).
+    dialing: Mutex<HashMap<NodeId, Dialing>>,
+    next_dial: AtomicU64,
     inputs: mpsc::Sender<Input>,
     inputs_rx: Mutex<Option<mpsc::Receiver<Input>>>,
     /// Records pushed by the nodes storing keys this node looked up. Bounded (1024); a
@@ -299,6 +328,7 @@ impl Mesh {
             config,
             links: Mutex::new(HashMap::new()),
             dialing: Mutex::new(HashMap::new()),
+            next_dial: AtomicU64::new(1),
             inputs,
             inputs_rx: Mutex::new(Some(rx)),
             notified: tokio::sync::broadcast::channel(1024).0,
@@ -513,36 +543,45 @@ impl Mesh {
             used: AtomicU64::new(self.now_ms()),
             reaped: std::sync::atomic::AtomicBool::new(false),
         });
-        {
+        let kept = {
             let mut links = lock(&self.links);
-            if let Some(old) = links.get(&peer.id) {
+            let mut kept = true;
+            if let Some(old) = links.get(&peer.id).cloned() {
                 // One link per pair: of two dialed from opposite sides, both keep the one
                 // the smaller id dialed; a redial from the same side replaces the old
-                // link (which may be dead and not yet noticed).
-                let keep_new = old.dialed == dialed || dialed == (self.local.id < peer.id);
-                if !keep_new {
-                    conn.close(VarInt::from_u32(0), b"duplicate link");
-                    return Ok(());
+                // link (which may be dead and not yet noticed), and so does any link to
+                // replace one already closed (evicted by the peer, say: keeping the closed
+                // one would leave the pair with none).
+                kept = old.conn.close_reason().is_some() || old.dialed == dialed || dialed == (self.local.id < peer.id);
+                if kept {
+                    retire(&old, REASON_DUPLICATE);
+                } else {
+                    retire(&link, REASON_DUPLICATE);
                 }
-                old.conn.close(VarInt::from_u32(0), b"duplicate link");
             } else if links.len() >= self.config.max_links {
                 // Make room: the least recently used link goes (its node stays known).
-                if let Some(lru) = links.values().min_by_key(|l| l.used.load(Ordering::Relaxed)).cloned() {
-                    lru.reaped.store(true, Ordering::Relaxed);
-                    lru.conn.close(VarInt::from_u32(0), REASON_EVICTED);
-                    self.stats.links_evicted.fetch_add(1, Ordering::Relaxed);
+                if let Some((&id, _)) = links.iter().min_by_key(|(_, l)| l.used.load(Ordering::Relaxed)) {
+                    if let Some(lru) = links.remove(&id) {
+                        retire(&lru, REASON_EVICTED);
+                        self.stats.links_evicted.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
-            links.insert(peer.id, link.clone());
-        }
-        // Frames that waited for this dial go first.
-        for f in lock(&self.dialing).remove(&peer.id).unwrap_or_default() {
-            if !link.peer.out.send_bounded(&f) {
-                self.stats.dht_dropped.fetch_add(1, Ordering::Relaxed);
+            if kept {
+                links.insert(peer.id, link.clone());
             }
+            kept
+        };
+        if kept {
+            // Frames that waited for a dial to this peer go first (the dial task, still
+            // running, removes the entry when it ends).
+            let waiting = lock(&self.dialing).get_mut(&peer.id).map(|d| std::mem::take(&mut d.frames));
+            self.flush_waiting(&link, waiting.unwrap_or_default());
+            self.stats.links_opened.fetch_add(1, Ordering::Relaxed);
+            let _ = self.inputs.try_send(Input::Up(peer));
         }
-        self.stats.links_opened.fetch_add(1, Ordering::Relaxed);
-        let _ = self.inputs.try_send(Input::Up(peer));
+        // A retired link is read and written too until it closes: what the peer sent on
+        // it before it learned of the other link still arrives.
         tokio::spawn(write_link(send, link.clone()));
         tokio::spawn(self.read_link(link, recv, deframer, peer));
         Ok(())
@@ -598,7 +637,7 @@ impl Mesh {
             // by silence) leaves a gone one.
             let saved = matches!(
                 conn.close_reason(),
-                Some(quinn::ConnectionError::ApplicationClosed(ref c)) if c.reason == REASON_IDLE || c.reason == REASON_EVICTED
+                Some(quinn::ConnectionError::ApplicationClosed(ref c)) if c.reason == REASON_IDLE || c.reason == REASON_EVICTED || c.reason == REASON_DUPLICATE
             );
             let peer_closed = !link.reaped.load(Ordering::Relaxed) && !saved;
             if peer_closed {
@@ -821,33 +860,61 @@ impl Mesh {
         }
         let mut dialing = lock(&self.dialing);
         if let Some(waiting) = dialing.get_mut(&to.id) {
-            if waiting.len() < LINK_QUEUE {
-                waiting.push(frame);
+            if waiting.frames.len() < LINK_QUEUE {
+                waiting.frames.push(frame);
                 return true;
             }
             self.stats.dht_dropped.fetch_add(1, Ordering::Relaxed);
             return false;
         }
-        if dialing.len() >= self.config.max_links {
+        if dialing.len() >= self.config.max_links.max(MIN_DIALS) {
             self.stats.dht_dropped.fetch_add(1, Ordering::Relaxed);
             return false;
         }
-        dialing.insert(to.id, vec![frame]);
+        let attempt = self.next_dial.fetch_add(1, Ordering::Relaxed);
+        dialing.insert(to.id, Dialing { attempt, frames: vec![frame] });
         drop(dialing);
         let mesh = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = mesh.clone().dial(to.addr, Some(to.id)).await {
+            let result = mesh.clone().dial(to.addr, Some(to.id)).await;
+            // The dial is over: its entry goes, and frames still waiting go to the link that
+            // stands (ours, or the one the peer opened and won the tie-break with).
+            let waiting = {
+                let mut dialing = lock(&mesh.dialing);
+                match dialing.get(&to.id) {
+                    Some(d) if d.attempt == attempt => dialing.remove(&to.id).map(|d| d.frames),
+                    _ => None,
+                }
+            };
+            let link = lock(&mesh.links).get(&to.id).cloned();
+            match &link {
+                Some(link) => mesh.flush_waiting(link, waiting.unwrap_or_default()),
+                None => {
+                    let lost = waiting.map_or(0, |w| w.len());
+                    mesh.stats.dht_dropped.fetch_add(lost as u64, Ordering::Relaxed);
+                }
+            }
+            if let Err(e) = result {
                 mesh.stats.dials_failed.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(peer = %to.id, addr = %to.addr, error = %e, "cannot reach mesh node");
-                lock(&mesh.dialing).remove(&to.id);
                 // A dial that lost a race with the peer's own dial fails, but the link the
                 // peer opened stands: only a node with no link at all is down.
-                if !lock(&mesh.links).contains_key(&to.id) {
+                if link.is_none() {
                     let _ = mesh.inputs.try_send(Input::Down(to.id));
                 }
             }
         });
         true
+    }
+
+    /// Sends frames that waited for a dial on `link`, in order; those past its bound are
+    /// dropped and counted.
+    fn flush_waiting(&self, link: &Link, frames: Vec<Frame>) {
+        for f in frames {
+            if !link.peer.out.send_bounded(&f) {
+                self.stats.dht_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     async fn drive_dht(self: Arc<Self>, mut dht: Dht, mut rx: mpsc::Receiver<Input>, shutdown: CancellationToken) {
@@ -988,6 +1055,19 @@ impl Mesh {
 }
 
 /// Writes a link's queued frames, many per write.
+/// Takes a link out of use: the caller has taken it out of (or never put it in) the links
+/// map, so nothing new is sent on it; it closes with `reason` after [`RETIRE_GRACE`], and
+/// answers to calls that came in on it still go out on it until then. Its close is not a
+/// departure, on either side.
+fn retire(link: &Arc<Link>, reason: &'static [u8]) {
+    link.reaped.store(true, Ordering::Relaxed);
+    let conn = link.conn.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(RETIRE_GRACE).await;
+        conn.close(VarInt::from_u32(0), reason);
+    });
+}
+
 async fn write_link(mut send: SendStream, link: Arc<Link>) {
     let mut chunks: Vec<Bytes> = Vec::new();
     loop {

@@ -477,3 +477,108 @@ async fn idle_and_evicted_links_come_back_when_needed() {
         n.stop().await;
     }
 }
+
+/// Two nodes that send to each other in the same instant after their link went idle:
+/// both dial, and one dial loses the tie-break. Every round must flow both ways (a dial
+/// that lost the tie-break once left its queue behind: frames waited there for good and,
+/// with `max_links = 1`, no other node could be dialed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crossing_dials_keep_both_ways_flowing() {
+    let config = |join: Vec<std::net::SocketAddr>| {
+        let mut m = fovea_node::mesh::MeshConfig::new("127.0.0.1:0".parse().unwrap(), SECRET);
+        m.join = join;
+        m.max_links = 1;
+        m.link_idle = Duration::from_millis(100);
+        m
+    };
+    let a = TestNode::start_mesh_config(config(vec![])).await;
+    let b = TestNode::start_mesh_config(config(vec![a.mesh_addr()])).await;
+    let nodes = [&a, &b];
+    let mut subs = Vec::new();
+    let mut pubs = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        subs.push(n.client().await.subscribe(&format!("cross.{i}")).await.unwrap());
+        pubs.push(n.client().await);
+    }
+    for round in 0..12 {
+        converges("the idle link to be reaped", || async {
+            mesh(&a).snapshot().await.links.is_empty() && mesh(&b).snapshot().await.links.is_empty()
+        })
+        .await;
+        let mut heard = [false; 2];
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while heard != [true, true] {
+            let (x, y) = tokio::join!(pubs[0].publish("cross.1", "0"), pubs[1].publish("cross.0", "1"));
+            x.unwrap();
+            y.unwrap();
+            for (to, sub) in subs.iter_mut().enumerate() {
+                if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(10), sub.next()).await {
+                    heard[to] = true;
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                let (sa, sb) = (mesh(&a).snapshot().await, mesh(&b).snapshot().await);
+                panic!("round {round}: heard {heard:?}\n{sa:#?}\n{sb:#?}");
+            }
+        }
+    }
+    for n in [a, b] {
+        n.stop().await;
+    }
+}
+
+/// Three nodes with one link each, all sending to both others at once: links are evicted
+/// while frames are queued on them and dials cross under churn. Every pair must go on
+/// flowing (slower: each node needs two links and has one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_pool_smaller_than_the_traffic_needs_still_reaches_everyone() {
+    let config = |join: Vec<std::net::SocketAddr>| {
+        let mut m = fovea_node::mesh::MeshConfig::new("127.0.0.1:0".parse().unwrap(), SECRET);
+        m.join = join;
+        m.max_links = 1;
+        m.link_idle = Duration::from_millis(200);
+        m
+    };
+    let a = TestNode::start_mesh_config(config(vec![])).await;
+    let b = TestNode::start_mesh_config(config(vec![a.mesh_addr()])).await;
+    let c = TestNode::start_mesh_config(config(vec![a.mesh_addr()])).await;
+    for n in [&a, &b, &c] {
+        converges("every node to know the two others", || async { mesh(n).snapshot().await.dht_contacts == 2 }).await;
+    }
+    let nodes = [&a, &b, &c];
+    let mut subs = Vec::new();
+    let mut pubs = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        subs.push(n.client().await.subscribe(&format!("churn.{i}")).await.unwrap());
+        pubs.push(n.client().await);
+    }
+    for round in 0..4 {
+        let mut heard = [[false; 3]; 3];
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while heard.iter().enumerate().any(|(to, h)| (0..3).any(|from| from != to && !h[from])) {
+            for (from, p) in pubs.iter().enumerate() {
+                for to in (0..3).filter(|&t| t != from && !heard[t][from]) {
+                    p.publish(&format!("churn.{to}"), format!("{from}")).await.unwrap();
+                }
+            }
+            for (to, sub) in subs.iter_mut().enumerate() {
+                while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(5), sub.next()).await {
+                    let from: usize = std::str::from_utf8(&m.payload).unwrap().parse().unwrap();
+                    heard[to][from] = true;
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                let mut snaps = Vec::new();
+                for n in &nodes {
+                    snaps.push(mesh(n).snapshot().await);
+                }
+                panic!("round {round}: heard[to][from] = {heard:?}\n{snaps:#?}");
+            }
+        }
+        // Let the links go idle so the next round dials afresh.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for n in [a, b, c] {
+        n.stop().await;
+    }
+}
