@@ -45,7 +45,22 @@ fn main() -> ExitCode {
         Command::Mcp(cli::McpCmd { sub: Some(cli::McpSub::Attach(_)), .. }) => {
             tokio::runtime::Builder::new_current_thread()
         }
-        _ => tokio::runtime::Builder::new_multi_thread(),
+        _ => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            // tokio reads TOKIO_WORKER_THREADS itself and panics on a bad value: read it
+            // here so that a typo gets an error that says what to write.
+            match worker_threads(std::env::var_os("TOKIO_WORKER_THREADS")) {
+                Ok(Some(n)) => {
+                    b.worker_threads(n);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+            b
+        }
     };
     if matches!(cli.command, Command::Node(_)) {
         // Idle workers watch the node's sockets before they sleep (fovea_node::spin).
@@ -88,6 +103,18 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(exit_code(&e))
         }
+    }
+}
+
+/// The worker thread count from `TOKIO_WORKER_THREADS`: `None` when unset (one per core).
+fn worker_threads(value: Option<std::ffi::OsString>) -> Result<Option<usize>, String> {
+    let Some(value) = value else { return Ok(None) };
+    match value.to_str().map(str::trim).map(str::parse::<usize>) {
+        Some(Ok(n)) if n > 0 => Ok(Some(n)),
+        _ => Err(format!(
+            "TOKIO_WORKER_THREADS={value:?} is not a thread count: set it to a whole number of \
+             worker threads of at least 1, or unset it for one per core"
+        )),
     }
 }
 

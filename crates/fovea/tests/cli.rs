@@ -476,6 +476,22 @@ fn an_idle_spin_past_the_limit_is_refused() {
     assert!(err.contains("--idle-spin") && err.contains("longer than"), "{err}");
 }
 
+/// tokio panics on a bad TOKIO_WORKER_THREADS; the binary says what to write instead.
+#[test]
+fn a_bad_worker_thread_count_is_an_error_not_a_panic() {
+    for bad in ["", "0", "two"] {
+        let out = Command::new(BIN).args(["token", "new"]).env("TOKIO_WORKER_THREADS", bad).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("TOKIO_WORKER_THREADS") && err.contains("at least 1") && !err.contains("panicked"),
+            "{err}"
+        );
+    }
+    let out = Command::new(BIN).args(["token", "new"]).env("TOKIO_WORKER_THREADS", "1").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// Every short benchmark runs end to end through the binary (it starts its own node) and
 /// ends with the `system=fovea mode=…` line that sits beside NATS's.
 #[test]
