@@ -13,37 +13,68 @@ use crate::frame::{frame_size, DecodeError, Frame};
 /// [`Deframer::next_frame`] until it returns `Ok(None)`.
 ///
 /// Invariant: at most one partial frame is buffered, and never more than `max_frame` plus
-/// one chunk's bytes.
+/// one chunk's bytes. A chunk that completes a split frame gives it only the bytes it
+/// lacks; the rest of the chunk is decoded in place. (Copying the whole chunk instead cost
+/// every chunk after a split a copy: with small frames, every chunk.)
 #[derive(Debug)]
 pub struct Deframer {
     max_frame: usize,
-    /// Undecoded bytes that start at a frame boundary.
-    ready: Bytes,
-    /// An incomplete frame being assembled; empty unless `ready` is.
+    /// An incomplete frame being assembled. Its bytes come before `ready`'s.
     partial: BytesMut,
-    /// Bytes `partial` needs before it can be decoded.
+    /// Bytes `partial` needs before it can be decoded: its frame's whole size once the
+    /// length prefix is in (then `partial` holds exactly one frame when complete), else 0.
     need: usize,
+    /// Undecoded bytes after `partial`; they start at a frame boundary once `partial` is
+    /// complete. Non-empty beside `partial` only when `partial` holds exactly `need` bytes.
+    ready: Bytes,
+    /// `partial` holds the start of exactly one frame (left by `next_frame`), so a chunk
+    /// gives it only what it lacks. False when chunks were pushed before draining and
+    /// `partial` holds them all, whatever their frames.
+    single: bool,
 }
 
 impl Deframer {
     /// A deframer that refuses frames over `max_frame` bytes.
     pub fn new(max_frame: usize) -> Self {
-        Deframer { max_frame, ready: Bytes::new(), partial: BytesMut::new(), need: 0 }
+        Deframer { max_frame, ready: Bytes::new(), partial: BytesMut::new(), need: 0, single: false }
     }
 
     /// Adds the next chunk of the stream.
-    pub fn push(&mut self, chunk: Bytes) {
-        if self.partial.is_empty() && self.ready.is_empty() {
+    pub fn push(&mut self, mut chunk: Bytes) {
+        if !self.ready.is_empty() || (!self.partial.is_empty() && !self.single) {
+            // The caller pushed before draining; keep order by assembling everything.
+            self.partial.extend_from_slice(&self.ready);
+            self.partial.extend_from_slice(&chunk);
+            self.ready = Bytes::new();
+            self.need = 0;
+            self.single = false;
+            return;
+        }
+        if self.partial.is_empty() {
             self.ready = chunk;
             return;
         }
-        if !self.ready.is_empty() {
-            // The caller pushed before draining; keep order by assembling.
-            self.partial.extend_from_slice(&self.ready);
-            self.ready = Bytes::new();
-            self.need = 0;
+        // Complete the split frame: first its length prefix, a byte at a time (at most a
+        // varint's 8), then exactly the bytes it still lacks.
+        while !chunk.is_empty() {
+            match frame_size(&self.partial, self.max_frame) {
+                Ok(Some(total)) => {
+                    let take = total.saturating_sub(self.partial.len()).min(chunk.len());
+                    self.partial.extend_from_slice(&chunk.split_to(take));
+                    self.need = total;
+                    break;
+                }
+                Ok(None) => self.partial.extend_from_slice(&chunk.split_to(1)),
+                Err(_) => {
+                    // Malformed: next_frame decodes it all and reports the error.
+                    self.partial.extend_from_slice(&chunk);
+                    chunk = Bytes::new();
+                    self.need = 0;
+                    self.single = false;
+                }
+            }
         }
-        self.partial.extend_from_slice(&chunk);
+        self.ready = chunk;
     }
 
     /// Bytes held that are not yet part of a returned frame.
@@ -61,8 +92,26 @@ impl Deframer {
             if self.partial.len() < self.need {
                 return Ok(None);
             }
+            let exact = self.single && self.need > 0;
             // Taken whole, so no spare capacity stays behind sharing the frame's allocation.
-            self.ready = std::mem::take(&mut self.partial).freeze();
+            let head = std::mem::take(&mut self.partial).freeze();
+            self.need = 0;
+            self.single = false;
+            if self.ready.is_empty() {
+                self.ready = head;
+            } else if exact {
+                // Exactly one frame (push gave it `need` bytes); the chunk's rest follows.
+                return match Frame::decode(&head, self.max_frame)? {
+                    Some((frame, _)) => Ok(Some(frame)),
+                    None => Err(DecodeError::Truncated { field: "frame" }),
+                };
+            } else {
+                // Not left so by push; should it happen, order is kept by joining.
+                let mut joined = BytesMut::with_capacity(head.len() + self.ready.len());
+                joined.extend_from_slice(&head);
+                joined.extend_from_slice(&self.ready);
+                self.ready = joined.freeze();
+            }
         }
         match Frame::decode(&self.ready, self.max_frame)? {
             Some((frame, n)) => {
@@ -77,11 +126,12 @@ impl Deframer {
             None => {
                 // Incomplete: size the assembly buffer for the whole frame when the prefix
                 // is known (bounded by max_frame, checked by frame_size).
-                let total = frame_size(&self.ready, self.max_frame)?.unwrap_or(self.ready.len() + 1);
+                let total = frame_size(&self.ready, self.max_frame)?.unwrap_or(0);
                 self.need = total;
-                self.partial.reserve(total);
+                self.partial.reserve(total.max(self.ready.len()));
                 self.partial.extend_from_slice(&self.ready);
                 self.ready = Bytes::new();
+                self.single = true;
                 Ok(None)
             }
         }
@@ -138,6 +188,57 @@ mod tests {
             drain(&mut d, &mut got);
             prop_assert_eq!(got, want);
             prop_assert_eq!(d.buffered(), 0);
+        }
+
+        /// Pushes and drains in any interleaving (several pushes before a drain, drains
+        /// that stop early) yield the frames in order.
+        #[test]
+        fn any_interleaving_of_pushes_and_drains_keeps_order(
+            n in 1usize..30,
+            size in 0usize..200,
+            steps in proptest::collection::vec((1usize..300, 0usize..4), 0..60),
+        ) {
+            let (want, bytes) = frames(n, size);
+            let mut d = Deframer::new(MAX_FRAME);
+            let mut got = Vec::new();
+            let mut pos = 0;
+            for (cut, drains) in steps {
+                let end = (pos + cut).min(bytes.len());
+                d.push(bytes.slice(pos..end));
+                pos = end;
+                for _ in 0..drains {
+                    if let Some(f) = d.next_frame().unwrap() {
+                        got.push(f);
+                    }
+                }
+            }
+            d.push(bytes.slice(pos..));
+            drain(&mut d, &mut got);
+            prop_assert_eq!(got, want);
+            prop_assert_eq!(d.buffered(), 0);
+        }
+    }
+
+    /// A chunk that completes a split frame gives it only the bytes it lacks: the frames
+    /// after it are decoded in place, their payloads slices of the chunk, not copies.
+    #[test]
+    fn frames_after_a_split_are_not_copied() {
+        let (want, bytes) = frames(6, 40);
+        let mut d = Deframer::new(MAX_FRAME);
+        let cut = bytes.len() / 3;
+        d.push(bytes.slice(..cut));
+        let mut got = Vec::new();
+        drain(&mut d, &mut got);
+        let second = bytes.slice(cut..);
+        d.push(second.clone());
+        let before = got.len();
+        drain(&mut d, &mut got);
+        assert_eq!(got, want);
+        let range = second.as_ptr() as usize..second.as_ptr() as usize + second.len();
+        // The first frame of the second chunk was split (assembled); every later one is in place.
+        for f in &got[before + 1..] {
+            let Frame::Pub(p) = f else { panic!("{f:?}") };
+            assert!(range.contains(&(p.payload.as_ptr() as usize)), "payload copied: {f:?}");
         }
     }
 
