@@ -15,7 +15,7 @@
 //! length is checked against the limit before anything else, and payloads, topics and
 //! header blocks are [`Bytes`] slices of the input.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::code::ErrorCode;
 use crate::headers::{HeaderError, Headers};
@@ -458,7 +458,7 @@ impl Frame {
         }
         // The prefix may use a non-minimal encoding: take its real size.
         let start = varint::decode(src).map_or(0, |(_, n)| n);
-        let mut r = Reader { src: src.slice(start..total) };
+        let mut r = Reader { src, pos: start, end: total };
         let ty = r.varint("type")?;
         let frame = match ty {
             kind::HELLO => Frame::Hello(Hello {
@@ -492,7 +492,7 @@ impl Frame {
             kind::SUB => Frame::Sub(Subscribe {
                 sid: r.varint("sid")?,
                 pattern: r.bytes("pattern", MAX_TOPIC_LEN)?,
-                group: if r.src.is_empty() { Bytes::new() } else { r.bytes("group", MAX_TOPIC_LEN)? },
+                group: if r.is_empty() { Bytes::new() } else { r.bytes("group", MAX_TOPIC_LEN)? },
             }),
             kind::UNSUB => Frame::Unsub(r.varint("sid")?),
             kind::SUBACK => Frame::SubAck(r.varint("sid")?),
@@ -506,7 +506,7 @@ impl Frame {
             kind::REG => Frame::Reg(Register {
                 rid: r.varint("rid")?,
                 procedure: r.bytes("procedure", MAX_TOPIC_LEN)?,
-                tool: if r.src.is_empty() { Bytes::new() } else { r.bytes("tool", MAX_TOOL_LEN)? },
+                tool: if r.is_empty() { Bytes::new() } else { r.bytes("tool", MAX_TOOL_LEN)? },
             }),
             kind::UNREG => Frame::Unreg(r.varint("rid")?),
             kind::REGACK => Frame::RegAck(r.varint("rid")?),
@@ -847,47 +847,78 @@ impl Writer {
 }
 
 /// A cursor over one frame's type and body. Every read is checked.
-struct Reader {
-    src: Bytes,
+/// Reads the fields of one frame, `src[pos..end]`. Only the fields returned as `Bytes` take
+/// a reference on the buffer (one atomic increment each); numbers, text and an empty header
+/// block take none.
+struct Reader<'a> {
+    src: &'a Bytes,
+    pos: usize,
+    end: usize,
 }
 
-impl Reader {
+impl Reader<'_> {
+    /// The unread part of the frame (empty, never a panic, should `pos` pass `end`).
+    fn rest(&self) -> &[u8] {
+        self.src.get(self.pos..self.end).unwrap_or_default()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rest().is_empty()
+    }
+
     fn varint(&mut self, field: &'static str) -> Result<u64, DecodeError> {
-        let (v, n) = varint::decode(&self.src).ok_or(DecodeError::Truncated { field })?;
-        self.src.advance(n);
+        let (v, n) = varint::decode(self.rest()).ok_or(DecodeError::Truncated { field })?;
+        self.pos += n;
         Ok(v)
     }
 
-    fn bytes(&mut self, field: &'static str, max: usize) -> Result<Bytes, DecodeError> {
+    /// The next length-prefixed field's range, checked against `max` and the frame's end.
+    fn field(&mut self, field: &'static str, max: usize) -> Result<std::ops::Range<usize>, DecodeError> {
         let len = self.varint(field)?;
         if len > max as u64 {
             return Err(DecodeError::FieldTooLong { field, len, max });
         }
-        if len > self.src.len() as u64 {
+        if len > self.rest().len() as u64 {
             return Err(DecodeError::Truncated { field });
         }
-        // Cannot truncate: len <= src.len(), a usize.
-        Ok(self.src.split_to(len as usize))
+        // Cannot truncate: len <= rest().len(), a usize.
+        let range = self.pos..self.pos + len as usize;
+        self.pos = range.end;
+        Ok(range)
+    }
+
+    fn bytes(&mut self, field: &'static str, max: usize) -> Result<Bytes, DecodeError> {
+        let range = self.field(field, max)?;
+        Ok(self.src.slice(range))
     }
 
     fn text(&mut self, field: &'static str, max: usize) -> Result<String, DecodeError> {
-        let raw = self.bytes(field, max)?;
-        String::from_utf8(raw.to_vec()).map_err(|_| DecodeError::NotUtf8 { field })
+        let range = self.field(field, max)?;
+        let raw = self.src.get(range).unwrap_or_default();
+        std::str::from_utf8(raw).map(str::to_owned).map_err(|_| DecodeError::NotUtf8 { field })
     }
 
     fn headers(&mut self) -> Result<Headers, DecodeError> {
+        let rest = self.rest();
+        // Most messages carry none: a zero count is one byte, and needs no slice.
+        if rest.first() == Some(&0) {
+            self.pos += 1;
+            return Ok(Headers::new());
+        }
         // The block is self-delimiting: find its end, then validate it as a whole.
-        let (count, mut pos) = varint::decode(&self.src).ok_or(DecodeError::Truncated { field: "headers" })?;
+        let (count, mut len) = varint::decode(rest).ok_or(DecodeError::Truncated { field: "headers" })?;
         for _ in 0..count.min(crate::limits::MAX_HEADERS as u64 + 1) * 2 {
-            let (len, n) = varint::decode(self.src.get(pos..).unwrap_or_default())
+            let (n, used) = varint::decode(rest.get(len..).unwrap_or_default())
                 .ok_or(DecodeError::Truncated { field: "headers" })?;
-            pos = usize::try_from(len)
+            len = usize::try_from(n)
                 .ok()
-                .and_then(|len| pos.checked_add(n)?.checked_add(len))
-                .filter(|end| *end <= self.src.len())
+                .and_then(|n| len.checked_add(used)?.checked_add(n))
+                .filter(|end| *end <= rest.len())
                 .ok_or(DecodeError::Truncated { field: "headers" })?;
         }
-        Ok(Headers::from_encoded(self.src.split_to(pos))?)
+        let block = self.src.slice(self.pos..self.pos + len);
+        self.pos += len;
+        Ok(Headers::from_encoded(block)?)
     }
 }
 
