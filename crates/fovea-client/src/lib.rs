@@ -30,6 +30,7 @@
 //! Neighbours: built on `fovea-core` (codec, topics); talks to `fovea-node` over the wire
 //! only, as any client in another language would (`docs/PROTOCOL.md`).
 
+mod queue;
 mod rpc;
 mod session;
 mod tls;
@@ -403,7 +404,7 @@ pub(crate) struct SubEntry {
     pub dropped: Arc<AtomicU64>,
     /// Queue group; empty for none.
     pub group: Bytes,
-    pub tx: mpsc::Sender<Message>,
+    pub tx: queue::Sender,
     /// The caller of `subscribe` waiting for `SUBACK`.
     pub ack: Option<oneshot::Sender<Result<(), ClientError>>>,
 }
@@ -624,7 +625,7 @@ impl Client {
             .map_err(|source| ClientError::InvalidPattern { pattern: pattern.to_owned(), source })?;
         let inner = self.inner();
         let sid = inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(inner.opts.subscription_capacity);
+        let (tx, rx) = queue::queue(inner.opts.subscription_capacity);
         let dropped = Arc::new(AtomicU64::new(0));
         let frame =
             Frame::Sub(Subscribe { sid, pattern: Bytes::copy_from_slice(parsed.as_bytes()), group: group.clone() });
@@ -636,7 +637,6 @@ impl Client {
             pattern: parsed,
             rx,
             batch: std::collections::VecDeque::new(),
-            scratch: Vec::new(),
             dropped,
             client: self.clone(),
         };
@@ -714,19 +714,16 @@ impl Client {
 }
 
 /// Most messages a [`Subscription`] takes from its channel at once.
-const RECV_BATCH: usize = 256;
-
 /// A stream of the messages that match one pattern. Ends when the client closes or the
 /// node cancels the subscription. Dropping it unsubscribes.
 pub struct Subscription {
     sid: u64,
     pattern: Pattern,
-    rx: mpsc::Receiver<Message>,
-    /// Messages taken from `rx` in one go, handed out one by one: one channel operation
-    /// per batch rather than per message. At most [`RECV_BATCH`] on top of the channel's
+    rx: queue::Receiver,
+    /// Messages taken from `rx` in one go, handed out one by one: one lock per batch
+    /// rather than per message. At most [`queue::TAKE_MAX`] on top of the queue's
     /// capacity are held.
     batch: std::collections::VecDeque<Message>,
-    scratch: Vec<Message>,
     dropped: Arc<AtomicU64>,
     client: Client,
 }
@@ -744,12 +741,9 @@ impl Subscription {
         if let Some(m) = self.batch.pop_front() {
             return Poll::Ready(Some(m));
         }
-        match self.rx.poll_recv_many(cx, &mut self.scratch, RECV_BATCH) {
-            Poll::Ready(0) => Poll::Ready(None),
-            Poll::Ready(_) => {
-                self.batch.extend(self.scratch.drain(..));
-                Poll::Ready(self.batch.pop_front())
-            }
+        match self.rx.poll_take(cx, &mut self.batch) {
+            Poll::Ready(true) => Poll::Ready(self.batch.pop_front()),
+            Poll::Ready(false) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
     }

@@ -11,10 +11,9 @@ use bytes::{Bytes, BytesMut};
 use fovea_core::frame::{Hello, Register, Subscribe, ToolsQuery, VERSION};
 use fovea_core::{Deframer, ErrorCode, Frame, Topic};
 use quinn::{Connection, ConnectionError, RecvStream, SendStream, VarInt};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use fovea_core::frame::ErrorFrame;
-use tokio::sync::mpsc::error::TrySendError;
 
 use crate::{lock, AckSender, ClientError, ConnectionState, Event, Inner, Message, NodeUrl, ServerInfo};
 
@@ -286,10 +285,24 @@ async fn write_loop(inner: &Inner, send: &mut SendStream) -> Result<(), String> 
 }
 
 async fn read_loop(inner: &Arc<Inner>, recv: &mut RecvStream, deframer: &mut Deframer) -> Result<(), String> {
+    // Messages decoded from one read, delivered together: one lock and one wake per
+    // subscription per read instead of per message. Flushed before any other frame, so
+    // the order between a subscription's messages and everything else is kept.
+    let mut pending: VecDeque<(u64, Message)> = VecDeque::new();
     loop {
         while let Some(frame) = deframer.next_frame().map_err(|e| format!("node sent a malformed frame: {e}"))? {
-            handle(inner, frame).await?;
+            match frame {
+                Frame::Msg(m) => {
+                    let topic = Topic::from_bytes(m.topic).map_err(|e| format!("node sent an invalid topic: {e}"))?;
+                    pending.push_back((m.sid, Message { topic, headers: m.headers, payload: m.payload }));
+                }
+                other => {
+                    deliver(inner, &mut pending).await;
+                    handle(inner, other).await?;
+                }
+            }
         }
+        deliver(inner, &mut pending).await;
         match recv.read_chunk(READ_CHUNK, true).await {
             Ok(Some(c)) => deframer.push(c.bytes),
             Ok(None) => return Err("node ended the stream".into()),
@@ -305,23 +318,41 @@ async fn read_loop(inner: &Arc<Inner>, recv: &mut RecvStream, deframer: &mut Def
     }
 }
 
+/// Hands `pending` to their subscriptions, in order. A message for a subscription that has
+/// ended is dropped. Flow control: at a full queue, reading stops until the application
+/// takes a message (the node then queues, and past its bound drops and counts).
+async fn deliver(inner: &Arc<Inner>, pending: &mut VecDeque<(u64, Message)>) {
+    while !pending.is_empty() {
+        let full = {
+            let subs = lock(&inner.subs);
+            loop {
+                let Some(&(sid, _)) = pending.front() else { break None };
+                match subs.get(&sid) {
+                    None => {
+                        pending.pop_front();
+                    }
+                    Some(entry) => {
+                        if entry.tx.push_run(sid, pending) == crate::queue::Pushed::Full {
+                            break Some(entry.tx.space());
+                        }
+                    }
+                }
+            }
+        };
+        match full {
+            Some(space) => space.await,
+            None => return,
+        }
+    }
+}
+
 async fn handle(inner: &Arc<Inner>, frame: Frame) -> Result<(), String> {
     match frame {
+        // Batched by read_loop; one arriving here alone takes the same path.
         Frame::Msg(m) => {
             let topic = Topic::from_bytes(m.topic).map_err(|e| format!("node sent an invalid topic: {e}"))?;
-            let msg = Message { topic, headers: m.headers, payload: m.payload };
-            let waiting = {
-                let subs = lock(&inner.subs);
-                match subs.get(&m.sid).map(|e| e.tx.try_send(msg)) {
-                    // No entry: a message in flight when the subscription ended.
-                    None | Some(Ok(())) | Some(Err(TrySendError::Closed(_))) => None,
-                    Some(Err(TrySendError::Full(msg))) => subs.get(&m.sid).map(|e| (e.tx.clone(), msg)),
-                }
-            };
-            if let Some((tx, msg)) = waiting {
-                // Flow control: stop reading until the application takes a message.
-                let _ = tx.send(msg).await;
-            }
+            let mut one = VecDeque::from([(m.sid, Message { topic, headers: m.headers, payload: m.payload })]);
+            deliver(inner, &mut one).await;
         }
         Frame::Request(q) => crate::rpc::dispatch_request(inner, q).await,
         Frame::RegAck(rid) => {
