@@ -291,16 +291,7 @@ async fn read_loop(inner: &Arc<Inner>, recv: &mut RecvStream, deframer: &mut Def
     let mut pending: VecDeque<(u64, Message)> = VecDeque::new();
     loop {
         while let Some(frame) = deframer.next_frame().map_err(|e| format!("node sent a malformed frame: {e}"))? {
-            match frame {
-                Frame::Msg(m) => {
-                    let topic = Topic::from_bytes(m.topic).map_err(|e| format!("node sent an invalid topic: {e}"))?;
-                    pending.push_back((m.sid, Message { topic, headers: m.headers, payload: m.payload }));
-                }
-                other => {
-                    deliver(inner, &mut pending).await;
-                    handle(inner, other).await?;
-                }
-            }
+            handle(inner, frame, &mut pending).await?;
         }
         deliver(inner, &mut pending).await;
         match recv.read_chunk(READ_CHUNK, true).await {
@@ -346,14 +337,20 @@ async fn deliver(inner: &Arc<Inner>, pending: &mut VecDeque<(u64, Message)>) {
     }
 }
 
-async fn handle(inner: &Arc<Inner>, frame: Frame) -> Result<(), String> {
-    match frame {
-        // Batched by read_loop; one arriving here alone takes the same path.
+/// One frame from the node. A message joins `pending` (delivered by the caller after the
+/// read); any other frame first delivers what is pending, so order is kept.
+async fn handle(inner: &Arc<Inner>, frame: Frame, pending: &mut VecDeque<(u64, Message)>) -> Result<(), String> {
+    let frame = match frame {
         Frame::Msg(m) => {
             let topic = Topic::from_bytes(m.topic).map_err(|e| format!("node sent an invalid topic: {e}"))?;
-            let mut one = VecDeque::from([(m.sid, Message { topic, headers: m.headers, payload: m.payload })]);
-            deliver(inner, &mut one).await;
+            pending.push_back((m.sid, Message { topic, headers: m.headers, payload: m.payload }));
+            return Ok(());
         }
+        other => other,
+    };
+    deliver(inner, pending).await;
+    match frame {
+        Frame::Msg(_) => {} // queued above
         Frame::Request(q) => crate::rpc::dispatch_request(inner, q).await,
         Frame::RegAck(rid) => {
             if let Some(ack) = lock(&inner.regs).get_mut(&rid).and_then(|e| e.ack.take()) {

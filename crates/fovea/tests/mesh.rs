@@ -15,6 +15,37 @@ fn mesh(n: &TestNode) -> &fovea_node::mesh::Mesh {
     n.mesh.as_deref().expect("mesh node")
 }
 
+/// A member that keeps one link at a time, reaped after `idle`.
+fn one_link(join: Vec<std::net::SocketAddr>, idle: Duration) -> fovea_node::mesh::MeshConfig {
+    let mut m = fovea_node::mesh::MeshConfig::new("127.0.0.1:0".parse().unwrap(), SECRET);
+    m.join = join;
+    m.max_links = 1;
+    m.link_idle = idle;
+    m
+}
+
+/// Each node's mesh view, for a failure message.
+async fn snapshots(nodes: &[&TestNode]) -> Vec<fovea_node::mesh::MeshSnapshot> {
+    let mut snaps = Vec::new();
+    for n in nodes {
+        snaps.push(mesh(n).snapshot().await);
+    }
+    snaps
+}
+
+/// A subscriber on `<prefix>.<i>` and a publishing client for each node, in order.
+async fn subscriber_and_publisher_each(
+    nodes: &[&TestNode],
+    prefix: &str,
+) -> (Vec<fovea_client::Subscription>, Vec<fovea_client::Client>) {
+    let (mut subs, mut pubs) = (Vec::new(), Vec::new());
+    for (i, n) in nodes.iter().enumerate() {
+        subs.push(n.client().await.subscribe(&format!("{prefix}.{i}")).await.unwrap());
+        pubs.push(n.client().await);
+    }
+    (subs, pubs)
+}
+
 #[tokio::test]
 async fn nodes_join_through_any_member_and_find_each_other() {
     let a = TestNode::start_mesh(SECRET, &[]).await;
@@ -438,13 +469,7 @@ async fn a_mesh_ca_admits_its_nodes_only() {
 /// needed, so messages keep flowing.
 #[tokio::test]
 async fn idle_and_evicted_links_come_back_when_needed() {
-    let config = |join: Vec<std::net::SocketAddr>| {
-        let mut m = fovea_node::mesh::MeshConfig::new("127.0.0.1:0".parse().unwrap(), SECRET);
-        m.join = join;
-        m.max_links = 1;
-        m.link_idle = Duration::from_millis(300);
-        m
-    };
+    let config = |join| one_link(join, Duration::from_millis(300));
     let a = TestNode::start_mesh_config(config(vec![])).await;
     let b = TestNode::start_mesh_config(config(vec![a.mesh_addr()])).await;
     let c = TestNode::start_mesh_config(config(vec![a.mesh_addr()])).await;
@@ -484,22 +509,11 @@ async fn idle_and_evicted_links_come_back_when_needed() {
 /// with `max_links = 1`, no other node could be dialed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crossing_dials_keep_both_ways_flowing() {
-    let config = |join: Vec<std::net::SocketAddr>| {
-        let mut m = fovea_node::mesh::MeshConfig::new("127.0.0.1:0".parse().unwrap(), SECRET);
-        m.join = join;
-        m.max_links = 1;
-        m.link_idle = Duration::from_millis(100);
-        m
-    };
+    let config = |join| one_link(join, Duration::from_millis(100));
     let a = TestNode::start_mesh_config(config(vec![])).await;
     let b = TestNode::start_mesh_config(config(vec![a.mesh_addr()])).await;
     let nodes = [&a, &b];
-    let mut subs = Vec::new();
-    let mut pubs = Vec::new();
-    for (i, n) in nodes.iter().enumerate() {
-        subs.push(n.client().await.subscribe(&format!("cross.{i}")).await.unwrap());
-        pubs.push(n.client().await);
-    }
+    let (mut subs, pubs) = subscriber_and_publisher_each(&nodes, "cross").await;
     for round in 0..12 {
         converges("the idle link to be reaped", || async {
             mesh(&a).snapshot().await.links.is_empty() && mesh(&b).snapshot().await.links.is_empty()
@@ -517,8 +531,7 @@ async fn crossing_dials_keep_both_ways_flowing() {
                 }
             }
             if std::time::Instant::now() >= deadline {
-                let (sa, sb) = (mesh(&a).snapshot().await, mesh(&b).snapshot().await);
-                panic!("round {round}: heard {heard:?}\n{sa:#?}\n{sb:#?}");
+                panic!("round {round}: heard {heard:?}\n{:#?}", snapshots(&nodes).await);
             }
         }
     }
@@ -532,13 +545,7 @@ async fn crossing_dials_keep_both_ways_flowing() {
 /// flowing (slower: each node needs two links and has one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_pool_smaller_than_the_traffic_needs_still_reaches_everyone() {
-    let config = |join: Vec<std::net::SocketAddr>| {
-        let mut m = fovea_node::mesh::MeshConfig::new("127.0.0.1:0".parse().unwrap(), SECRET);
-        m.join = join;
-        m.max_links = 1;
-        m.link_idle = Duration::from_millis(200);
-        m
-    };
+    let config = |join| one_link(join, Duration::from_millis(200));
     let a = TestNode::start_mesh_config(config(vec![])).await;
     let b = TestNode::start_mesh_config(config(vec![a.mesh_addr()])).await;
     let c = TestNode::start_mesh_config(config(vec![a.mesh_addr()])).await;
@@ -546,12 +553,7 @@ async fn a_link_pool_smaller_than_the_traffic_needs_still_reaches_everyone() {
         converges("every node to know the two others", || async { mesh(n).snapshot().await.dht_contacts == 2 }).await;
     }
     let nodes = [&a, &b, &c];
-    let mut subs = Vec::new();
-    let mut pubs = Vec::new();
-    for (i, n) in nodes.iter().enumerate() {
-        subs.push(n.client().await.subscribe(&format!("churn.{i}")).await.unwrap());
-        pubs.push(n.client().await);
-    }
+    let (mut subs, pubs) = subscriber_and_publisher_each(&nodes, "churn").await;
     for round in 0..4 {
         let mut heard = [[false; 3]; 3];
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -568,11 +570,7 @@ async fn a_link_pool_smaller_than_the_traffic_needs_still_reaches_everyone() {
                 }
             }
             if std::time::Instant::now() >= deadline {
-                let mut snaps = Vec::new();
-                for n in &nodes {
-                    snaps.push(mesh(n).snapshot().await);
-                }
-                panic!("round {round}: heard[to][from] = {heard:?}\n{snaps:#?}");
+                panic!("round {round}: heard[to][from] = {heard:?}\n{:#?}", snapshots(&nodes).await);
             }
         }
         // Let the links go idle so the next round dials afresh.

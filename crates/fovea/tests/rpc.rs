@@ -300,13 +300,20 @@ async fn restart(addr: std::net::SocketAddr, dir: std::sync::Arc<tempfile::TempD
     node
 }
 
-#[tokio::test]
-async fn registrations_come_back_after_a_reconnect() {
+/// A node with a data dir that outlives it (so `restart` brings back the same identity) and
+/// a client that reconnects within 100 ms.
+async fn node_and_quick_provider() -> (std::sync::Arc<tempfile::TempDir>, TestNode, Client) {
     let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
     let node = TestNode::start_at("127.0.0.1:0".parse().unwrap(), dir.clone(), Limits::default()).await;
-    let addr = node.addr;
     let provider =
         Client::connect(&node.url(), node.options().max_reconnect_delay(Duration::from_millis(100))).await.unwrap();
+    (dir, node, provider)
+}
+
+#[tokio::test]
+async fn registrations_come_back_after_a_reconnect() {
+    let (dir, node, provider) = node_and_quick_provider().await;
+    let addr = node.addr;
     echo(provider.register("svc.back").await.unwrap(), "p");
     node.stop().await;
     let node = restart(addr, dir, &provider).await;
@@ -319,11 +326,8 @@ async fn registrations_come_back_after_a_reconnect() {
 /// name a new call: the old request's answer must not reach it.
 #[tokio::test]
 async fn an_answer_from_before_a_reconnect_does_not_reach_a_new_call() {
-    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
-    let node = TestNode::start_at("127.0.0.1:0".parse().unwrap(), dir.clone(), Limits::default()).await;
+    let (dir, node, provider) = node_and_quick_provider().await;
     let addr = node.addr;
-    let provider =
-        Client::connect(&node.url(), node.options().max_reconnect_delay(Duration::from_millis(100))).await.unwrap();
     let mut reg = provider.register("svc.held").await.unwrap();
     let (tx, mut held) = tokio::sync::mpsc::channel::<Request>(4);
     tokio::spawn(async move {
