@@ -202,15 +202,31 @@ pub struct ConnectOptions {
 #[derive(Debug, Clone)]
 pub struct Socket(quinn::Endpoint);
 
+/// The UDP receive and send buffer a client socket asks for. Linux's default (~208 KB)
+/// holds under a millisecond of a fast subscription's datagrams: a reader late by that
+/// much loses packets, and QUIC's congestion control then halves the sending rate.
+/// 1 MiB ended those losses in `fovea bench pubsub` (BENCHMARKS.md, "Socket buffers").
+pub const SOCKET_BUFFER: usize = 1 << 20;
+
 impl Socket {
     /// Binds a socket to `addr`, e.g. `0.0.0.0:0` (IPv4, any port) or `[::]:0`.
     ///
     /// # Errors
     /// [`ClientError::Connection`] when the socket cannot be opened.
     pub fn bind(addr: std::net::SocketAddr) -> Result<Socket, ClientError> {
-        quinn::Endpoint::client(addr)
-            .map(Socket)
-            .map_err(|e| ClientError::Connection(format!("cannot open a UDP socket on {addr}: {e}")))
+        use socket2::{Domain, Protocol, Type};
+        let err = |e: std::io::Error| ClientError::Connection(format!("cannot open a UDP socket on {addr}: {e}"));
+        let socket = socket2::Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+        if addr.is_ipv6() {
+            // As quinn's `Endpoint::client` does: a `[::]` socket reaches IPv4 nodes too.
+            let _ = socket.set_only_v6(false);
+        }
+        socket.bind(&addr.into()).map_err(err)?;
+        // Best effort: the kernel caps the size at `net.core.rmem_max`/`wmem_max`.
+        let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+        let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+        let runtime = Arc::new(quinn::TokioRuntime);
+        quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket.into(), runtime).map(Socket).map_err(err)
     }
 }
 

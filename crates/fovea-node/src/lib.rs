@@ -348,11 +348,39 @@ pub(crate) fn bind_endpoint(
     addr: SocketAddr,
 ) -> Result<(quinn::Endpoint, spin::Watch), NodeError> {
     let socket = std::net::UdpSocket::bind(addr).map_err(|source| NodeError::Bind { addr, source })?;
+    size_buffers(&socket);
     let watch = spin::Watch::new(std::os::fd::AsRawFd::as_raw_fd(&socket));
     let endpoint =
         quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, Arc::new(quinn::TokioRuntime))
             .map_err(|source| NodeError::Bind { addr, source })?;
     Ok((endpoint, watch))
+}
+
+/// The UDP receive and send buffer the node's sockets ask for. One socket carries every
+/// client's datagrams, and Linux's default (~208 KB) holds under a millisecond of them at
+/// full speed: a worker late by that much loses packets, and each loss halves a QUIC
+/// sender's congestion window. 4 MiB ended the losses `fovea bench pubsub` saw
+/// (BENCHMARKS.md, "Socket buffers"). Memory is taken only while datagrams wait.
+pub const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Asks for [`SOCKET_BUFFER`]; the kernel caps it at `net.core.rmem_max`/`wmem_max`, and
+/// a cap well below it is worth an operator's attention.
+fn size_buffers(socket: &std::net::UdpSocket) {
+    let sock = socket2::SockRef::from(socket);
+    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
+    if let Ok(reported) = sock.recv_buffer_size() {
+        // Linux reports twice the size it granted (the rest is its bookkeeping).
+        let got = if cfg!(target_os = "linux") { reported / 2 } else { reported };
+        if got < SOCKET_BUFFER {
+            tracing::info!(
+                granted = got,
+                asked = SOCKET_BUFFER,
+                "the UDP receive buffer is smaller than asked: under load datagrams may be dropped; \
+                 raise the net.core.rmem_max sysctl to {SOCKET_BUFFER} or more"
+            );
+        }
+    }
 }
 
 /// Connects routing and the mesh: realms report local interest and learn remote targets;
