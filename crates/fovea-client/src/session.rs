@@ -291,7 +291,12 @@ async fn read_loop(inner: &Arc<Inner>, recv: &mut RecvStream, deframer: &mut Def
     let mut pending: VecDeque<(u64, Message)> = VecDeque::new();
     loop {
         while let Some(frame) = deframer.next_frame().map_err(|e| format!("node sent a malformed frame: {e}"))? {
-            handle(inner, frame, &mut pending).await?;
+            // Messages, nearly every frame under load, are queued without building
+            // `handle`'s future: moving each frame into it was ~5% of a subscriber's CPU.
+            match frame {
+                Frame::Msg(m) => queue_msg(m, &mut pending)?,
+                other => handle(inner, other, &mut pending).await?,
+            }
         }
         deliver(inner, &mut pending).await;
         match recv.read_chunk(READ_CHUNK, true).await {
@@ -337,17 +342,19 @@ async fn deliver(inner: &Arc<Inner>, pending: &mut VecDeque<(u64, Message)>) {
     }
 }
 
+/// A message joins `pending`, delivered after the read (or before the next other frame).
+fn queue_msg(m: fovea_core::frame::Delivery, pending: &mut VecDeque<(u64, Message)>) -> Result<(), String> {
+    let topic = Topic::from_bytes(m.topic).map_err(|e| format!("node sent an invalid topic: {e}"))?;
+    pending.push_back((m.sid, Message { topic, headers: m.headers, payload: m.payload }));
+    Ok(())
+}
+
 /// One frame from the node. A message joins `pending` (delivered by the caller after the
 /// read); any other frame first delivers what is pending, so order is kept.
 async fn handle(inner: &Arc<Inner>, frame: Frame, pending: &mut VecDeque<(u64, Message)>) -> Result<(), String> {
-    let frame = match frame {
-        Frame::Msg(m) => {
-            let topic = Topic::from_bytes(m.topic).map_err(|e| format!("node sent an invalid topic: {e}"))?;
-            pending.push_back((m.sid, Message { topic, headers: m.headers, payload: m.payload }));
-            return Ok(());
-        }
-        other => other,
-    };
+    if let Frame::Msg(m) = frame {
+        return queue_msg(m, pending);
+    }
     deliver(inner, pending).await;
     match frame {
         Frame::Msg(_) => {} // queued above
