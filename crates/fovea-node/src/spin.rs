@@ -10,26 +10,36 @@
 //!
 //! How: tokio calls [`on_park`] before a worker sleeps and [`on_unpark`] when it wakes.
 //! `on_park` polls the watched sockets (zero-timeout `poll(2)`) until one is readable or
-//! the window ends; a readable socket means the worker's `epoll_wait` returns at once.
+//! the window ends; a readable socket means the `epoll_wait` of the worker that takes
+//! tokio's I/O driver (the first to park) returns at once, hence [`MAX_SPINNERS`].
 //! The window adapts per worker like the kernel's guest halt-polling: an idle spell longer
 //! than the window but within the maximum grows it (×2, from 10 µs), a spell past the
 //! maximum halves it (below 10 µs: off). So a node spins only while its traffic comes in
 //! gaps shorter than the maximum — where a spin replaces a sleep that would have been
 //! short anyway — and a node idle or under steady light load does not spin at all. The
-//! cost: a worker whose gaps stay just under the maximum keeps a core busy. `--idle-spin 0`
+//! cost: workers whose gaps stay just under the maximum keep up to [`MAX_SPINNERS`] cores
+//! busy. `--idle-spin 0`
 //! turns it off (laptops, hosts shared with latency-insensitive work).
 //!
 //! Bounds: at most [`MAX_WATCHED`] sockets are watched (a process running more nodes than
 //! that, as tests do, spins on the first ones only); the window never exceeds the maximum
-//! set by [`set_max`] (at most [`MAX_WINDOW`]).
+//! set by [`set_max`] (at most [`MAX_WINDOW`]); at most [`MAX_SPINNERS`] workers spin at once.
 
 use std::cell::Cell;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Sockets watched at most.
 pub const MAX_WATCHED: usize = 8;
+/// Workers that may spin at once. Not one: a spin only saves a wake-up in the worker that
+/// then takes tokio's I/O driver, and that is the first worker to park. With one spinner,
+/// a second worker going idle parked at once, took the driver and slept in `epoll_wait`
+/// while the spinner watched a socket whose datagrams it could not read. Letting two spin
+/// took `fovea bench rpc --callers 1` p50 from a median of 150 to 120 µs over five runs,
+/// throughput unchanged (BENCHMARKS.md, "Idle spinning"). At most two cores spin, and
+/// each yields its core to any runnable thread.
+pub const MAX_SPINNERS: usize = 2;
 /// The largest maximum window accepted.
 pub const MAX_WINDOW: Duration = Duration::from_millis(1);
 /// The window a worker starts from when its gaps become short.
@@ -40,9 +50,8 @@ static MAX_NS: AtomicU64 = AtomicU64::new(0);
 static HITS: AtomicU64 = AtomicU64::new(0);
 static MISSES: AtomicU64 = AtomicU64::new(0);
 static SPUN_NS: AtomicU64 = AtomicU64::new(0);
-/// Whether a worker is spinning now: one at a time, so spinning never takes more than
-/// one core from the node's clients and other work on the host.
-static SPINNING: AtomicBool = AtomicBool::new(false);
+/// Workers spinning now, at most [`MAX_SPINNERS`].
+static SPINNING: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
     /// This worker's window, ns (0: not spinning).
@@ -117,7 +126,8 @@ pub fn on_park() {
             n += 1;
         }
     }
-    if n == 0 || SPINNING.swap(true, Ordering::Acquire) {
+    if n == 0 || SPINNING.fetch_add(1, Ordering::Acquire) >= MAX_SPINNERS {
+        SPINNING.fetch_sub(1, Ordering::Release);
         return;
     }
     let _done = SpinToken;
@@ -142,12 +152,12 @@ pub fn on_park() {
     }
 }
 
-/// Releases [`SPINNING`] however the spin ends.
+/// Releases a place in [`SPINNING`] however the spin ends.
 struct SpinToken;
 
 impl Drop for SpinToken {
     fn drop(&mut self) {
-        SPINNING.store(false, Ordering::Release);
+        SPINNING.fetch_sub(1, Ordering::Release);
     }
 }
 
