@@ -624,3 +624,26 @@ fn transport(limits: &Limits) -> Result<quinn::TransportConfig, NodeError> {
     t.ack_frequency_config(Some(ack));
     Ok(t)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn node_sockets_get_the_buffer_they_ask_for_up_to_the_kernel_cap() {
+        let cap = |name: &str| {
+            std::fs::read_to_string(format!("/proc/sys/net/core/{name}"))
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .unwrap_or(0)
+        };
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        size_buffers(&socket);
+        let sock = socket2::SockRef::from(&socket);
+        // Linux reports twice what it grants.
+        let (recv, send) = (sock.recv_buffer_size().unwrap() / 2, sock.send_buffer_size().unwrap() / 2);
+        assert!(recv >= SOCKET_BUFFER.min(cap("rmem_max")), "receive buffer {recv}");
+        assert!(send >= SOCKET_BUFFER.min(cap("wmem_max")), "send buffer {send}");
+    }
+}
