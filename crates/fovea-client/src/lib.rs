@@ -51,6 +51,12 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// Idle spinning, opt-in: [`spin::install`] on your runtime's builder before connecting,
+/// and idle workers watch the clients' sockets for a short, adaptive window before they
+/// sleep. Waking a sleeping thread costs tens of µs per message on a VM; spinning trades
+/// client CPU for that latency. Off unless installed.
+pub use fovea_spin as spin;
+
 pub use fovea_core::headers::HeaderError;
 pub use fovea_core::{ErrorCode, Headers, Pattern, Procedure, Topic, TopicError};
 pub use rpc::{Registration, Request, Response};
@@ -199,8 +205,11 @@ pub struct ConnectOptions {
 /// a process holding thousands of connections (a gateway, a load generator) shares one
 /// socket among many to stay within its file-descriptor limit. Closing a client closes only
 /// its connection; the socket lives while any clone of it does.
+///
+/// A socket opened while idle spinning is on ([`spin::install`]) is watched by the
+/// runtime's idle workers, at most [`spin::MAX_WATCHED`] per process.
 #[derive(Debug, Clone)]
-pub struct Socket(quinn::Endpoint);
+pub struct Socket(quinn::Endpoint, Option<Arc<spin::Watch>>);
 
 /// The UDP receive and send buffer a client socket asks for. Linux's default (~208 KB)
 /// holds under a millisecond of a fast subscription's datagrams: a reader late by that
@@ -225,8 +234,10 @@ impl Socket {
         // Best effort: the kernel caps the size at `net.core.rmem_max`/`wmem_max`.
         let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
         let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+        let watch = spin::enabled().then(|| Arc::new(spin::Watch::new(std::os::fd::AsRawFd::as_raw_fd(&socket))));
         let runtime = Arc::new(quinn::TokioRuntime);
-        quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket.into(), runtime).map(Socket).map_err(err)
+        let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket.into(), runtime);
+        endpoint.map(|e| Socket(e, watch)).map_err(err)
     }
 }
 
@@ -368,6 +379,9 @@ pub(crate) struct Inner {
     pub endpoint: quinn::Endpoint,
     /// Whether `endpoint` is this client's alone (closed with it) or a shared [`Socket`].
     pub own_endpoint: bool,
+    /// The idle-spin watch of this client's own socket, if any (a shared one's lives in
+    /// `opts.socket`).
+    pub _spin: Option<Arc<spin::Watch>>,
     pub quic: quinn::ClientConfig,
     /// Lock order: `out` before `subs`.
     pub out: Mutex<Out>,
@@ -506,9 +520,12 @@ impl Client {
         let bind: std::net::SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
             .parse()
             .map_err(|_| ClientError::Connection("bad bind address".into()))?;
-        let (endpoint, own_endpoint) = match &opts.socket {
-            Some(Socket(shared)) => (shared.clone(), false),
-            None => (Socket::bind(bind)?.0, true),
+        let (endpoint, own_endpoint, _spin) = match &opts.socket {
+            Some(Socket(shared, _)) => (shared.clone(), false, None),
+            None => {
+                let Socket(own, watch) = Socket::bind(bind)?;
+                (own, true, watch)
+            }
         };
         let (state, _) = watch::channel(ConnectionState::Reconnecting);
         let inner = Arc::new(Inner {
@@ -516,6 +533,7 @@ impl Client {
             opts,
             endpoint,
             own_endpoint,
+            _spin,
             quic,
             out: Mutex::new(Out { buf: OutBuf::new(), connected: false, queued: Vec::new() }),
             subs: Mutex::new(HashMap::new()),

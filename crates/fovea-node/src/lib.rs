@@ -35,7 +35,7 @@ mod mesh_tools;
 mod outbound;
 mod router;
 mod rpc;
-pub mod spin;
+pub use fovea_spin as spin;
 mod stats;
 pub mod tls;
 mod tools;

@@ -46,7 +46,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         opts = opts.token(t.clone().into_bytes());
     }
     let node_pid = node.as_ref().map(|n| n.child.id());
-    let report = match args.mode {
+    if let Some(spin) = args.client_spin {
+        println!("the benchmark's clients spin up to {spin:?} before their workers sleep (--client-spin)");
+    }
+    let mut report = match args.mode {
         BenchMode::Pubsub => fanout(&url, opts, args.msgs, args.size, 1).await?,
         BenchMode::Fanout => fanout(&url, opts, args.msgs, args.size, args.subs).await?,
         BenchMode::Rpc => rpc(&url, opts, args.callers, args.calls, args.size).await?,
@@ -61,6 +64,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchMode::Mesh => mesh(&args).await?,
     };
     drop(node);
+    if let Some(spin) = args.client_spin {
+        report.put("client_spin_us", spin.as_micros());
+    }
     if args.compare_nats {
         println!("{}", report.line());
         compare_nats(&args, &report)?;

@@ -452,6 +452,11 @@ pub struct BenchArgs {
     /// Skip certificate verification for --url.
     #[arg(long)]
     pub insecure: bool,
+    /// Let the benchmark's own idle workers spin this long on its clients' sockets before
+    /// sleeping (the SDK's opt-in `fovea_client::spin`; the node spins by default). Lower
+    /// latency for client CPU; off by default, as in an application that does not opt in.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub client_spin: Option<std::time::Duration>,
     /// Run the same workload against NATS right after (pubsub, fanout, rpc) with
     /// ../shared/bench/nats.sh, and print the ratio.
     #[arg(long)]

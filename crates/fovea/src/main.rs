@@ -62,9 +62,25 @@ fn main() -> ExitCode {
             b
         }
     };
-    if matches!(cli.command, Command::Node(_)) {
-        // Idle workers watch the node's sockets before they sleep (fovea_node::spin).
-        builder.on_thread_park(fovea_node::spin::on_park).on_thread_unpark(fovea_node::spin::on_unpark);
+    match &cli.command {
+        // Idle workers watch the node's sockets before they sleep (fovea_node::spin); the
+        // node sets the window once its configuration is read.
+        Command::Node(_) => {
+            builder.on_thread_park(fovea_node::spin::on_park).on_thread_unpark(fovea_node::spin::on_unpark);
+        }
+        Command::Bench(args) => {
+            if let Some(max) = args.client_spin {
+                if max > fovea_client::spin::MAX_WINDOW {
+                    eprintln!(
+                        "error: --client-spin {max:?} is longer than the {:?} allowed: longer spins only burn CPU",
+                        fovea_client::spin::MAX_WINDOW
+                    );
+                    return ExitCode::from(2);
+                }
+                fovea_client::spin::install(&mut builder, max);
+            }
+        }
+        _ => {}
     }
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,

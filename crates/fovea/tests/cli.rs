@@ -500,6 +500,7 @@ fn bench_modes_print_key_value_lines() {
         (&["bench", "pubsub", "--msgs", "2000"], "mode=pubsub"),
         (&["bench", "fanout", "--subs", "3", "--msgs", "1000"], "mode=fanout"),
         (&["bench", "rpc", "--callers", "4", "--calls", "200"], "mode=rpc"),
+        (&["bench", "rpc", "--callers", "2", "--calls", "200", "--client-spin", "50us"], "mode=rpc"),
         (&["bench", "startup", "--runs", "2"], "mode=startup"),
         (&["bench", "conns", "--conns", "260"], "mode=conns"),
         (&["bench", "mesh", "--msgs", "2000", "--calls", "200", "--callers", "2"], "mode=mesh"),
@@ -512,6 +513,10 @@ fn bench_modes_print_key_value_lines() {
         assert!(last.starts_with(&format!("system=fovea {mode} ")), "{args:?}: {last}");
         assert!(!last.contains("dropped=") || last.contains("dropped=0 "), "{last}");
     }
+    // A spin longer than allowed is refused up front.
+    let out = Command::new(BIN).args(["bench", "rpc", "--client-spin", "5ms"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--client-spin"), "{}", String::from_utf8_lossy(&out.stderr));
     // A missing comparison script is a clear error, after fovea's own figures.
     let out = Command::new(BIN)
         .args(["bench", "pubsub", "--msgs", "100", "--compare-nats", "--nats-script", "/nonexistent/nats.sh"])

@@ -1,5 +1,11 @@
-//! Idle spinning: a runtime worker about to sleep first watches the node's sockets for a
-//! short, adaptive window.
+//! Idle spinning: a runtime worker about to sleep first watches the process's QUIC sockets
+//! (a fovea node's, or the SDK clients' of a process that opts in) for a short, adaptive
+//! window.
+//!
+//! Use: [`install`] on the tokio runtime builder with the longest window; sockets register
+//! with [`Watch::new`] (the node and, when spinning is on as it connects, the SDK do so
+//! themselves). Without [`install`], or with a zero window, nothing spins and watching a
+//! socket costs nothing.
 //!
 //! Why: on a quiet node most of an RPC's latency is not work but waking up. A worker that
 //! sleeps in `epoll_wait` is woken by the kernel when a datagram lands, and on a virtual
@@ -22,7 +28,7 @@
 //! turns it off (laptops, hosts shared with latency-insensitive work).
 //!
 //! Bounds: at most [`MAX_WATCHED`] sockets are watched (a process running more nodes than
-//! that, as tests do, spins on the first ones only); the window never exceeds the maximum
+//! that, as tests do, or many SDK clients each with its own socket, spins on the first ones only); the window never exceeds the maximum
 //! set by [`set_max`] (at most [`MAX_WINDOW`]); at most [`MAX_SPINNERS`] workers spin at once.
 
 use std::cell::Cell;
@@ -60,6 +66,24 @@ thread_local! {
     static IDLE_SINCE: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
+/// Hooks [`on_park`] and [`on_unpark`] into a runtime being built, and sets the longest
+/// window (see [`set_max`]). The setting is per process: every runtime with the hooks
+/// shares it.
+pub fn install(builder: &mut tokio::runtime::Builder, max: Duration) {
+    set_max(max);
+    builder.on_thread_park(on_park).on_thread_unpark(on_unpark);
+}
+
+/// Sockets watched now.
+pub fn watched() -> usize {
+    WATCHED.iter().filter(|w| w.load(Ordering::Relaxed) >= 0).count()
+}
+
+/// Whether spinning is on: a window is set (the hooks may still be missing).
+pub fn enabled() -> bool {
+    MAX_NS.load(Ordering::Relaxed) > 0
+}
+
 /// Sets the longest window (0 turns spinning off); clamped to [`MAX_WINDOW`].
 pub fn set_max(max: Duration) {
     let ns = u64::try_from(max.min(MAX_WINDOW).as_nanos()).unwrap_or(0);
@@ -89,14 +113,24 @@ pub fn stats() -> SpinStats {
 }
 
 /// A watched socket; dropping it stops the watch. Holds the raw descriptor only (a
-/// duplicate would keep the socket, and its port, alive after the node closes it).
+/// duplicate would keep the socket, and its port, alive after its owner closes it), so it
+/// must be dropped before the socket is closed.
 #[derive(Debug)]
-pub(crate) struct Watch(Option<usize>);
+pub struct Watch(Option<usize>);
 
 impl Watch {
-    pub(crate) fn new(fd: RawFd) -> Watch {
+    /// Watches `fd` if one of the [`MAX_WATCHED`] places is free; otherwise the watch does
+    /// nothing (see [`Watch::is_active`]).
+    pub fn new(fd: RawFd) -> Watch {
         let slot = WATCHED.iter().position(|w| w.compare_exchange(-1, fd, Ordering::AcqRel, Ordering::Relaxed).is_ok());
         Watch(slot)
+    }
+}
+
+impl Watch {
+    /// Whether the socket got a place (idle workers poll it).
+    pub fn is_active(&self) -> bool {
+        self.0.is_some()
     }
 }
 
