@@ -24,12 +24,13 @@
 //! gaps shorter than the maximum — where a spin replaces a sleep that would have been
 //! short anyway — and a node idle or under steady light load does not spin at all. The
 //! cost: workers whose gaps stay just under the maximum keep up to [`MAX_SPINNERS`] cores
-//! busy. `--idle-spin 0`
-//! turns it off (laptops, hosts shared with latency-insensitive work).
+//! busy. A window of zero (the node's `--idle-spin 0`) turns it off (laptops, hosts shared
+//! with latency-insensitive work).
 //!
 //! Bounds: at most [`MAX_WATCHED`] sockets are watched (a process running more nodes than
-//! that, as tests do, or many SDK clients each with its own socket, spins on the first ones only); the window never exceeds the maximum
-//! set by [`set_max`] (at most [`MAX_WINDOW`]); at most [`MAX_SPINNERS`] workers spin at once.
+//! that, as tests do, or many SDK clients each with its own socket, spins on the first
+//! ones only); the window never exceeds the maximum set by [`set_max`] (at most
+//! [`MAX_WINDOW`]); at most [`MAX_SPINNERS`] workers spin at once.
 
 use std::cell::Cell;
 use std::os::fd::RawFd;
@@ -66,9 +67,9 @@ thread_local! {
     static IDLE_SINCE: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
-/// Hooks [`on_park`] and [`on_unpark`] into a runtime being built, and sets the longest
-/// window (see [`set_max`]). The setting is per process: every runtime with the hooks
-/// shares it.
+/// Hooks [`on_park`] and [`on_unpark`] into a runtime being built (replacing park hooks set
+/// on it before), and sets the longest window (see [`set_max`]). The setting is per
+/// process: every runtime with the hooks shares it.
 pub fn install(builder: &mut tokio::runtime::Builder, max: Duration) {
     set_max(max);
     builder.on_thread_park(on_park).on_thread_unpark(on_unpark);
