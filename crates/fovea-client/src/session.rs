@@ -349,15 +349,12 @@ fn queue_msg(m: fovea_core::frame::Delivery, pending: &mut VecDeque<(u64, Messag
     Ok(())
 }
 
-/// One frame from the node. A message joins `pending` (delivered by the caller after the
-/// read); any other frame first delivers what is pending, so order is kept.
+/// One frame from the node other than a message (`read_loop` queues those itself with
+/// [`queue_msg`]). What is pending is delivered first, so order is kept.
 async fn handle(inner: &Arc<Inner>, frame: Frame, pending: &mut VecDeque<(u64, Message)>) -> Result<(), String> {
-    if let Frame::Msg(m) = frame {
-        return queue_msg(m, pending);
-    }
     deliver(inner, pending).await;
     match frame {
-        Frame::Msg(_) => {} // queued above
+        Frame::Msg(m) => queue_msg(m, pending)?,
         Frame::Request(q) => crate::rpc::dispatch_request(inner, q).await,
         Frame::RegAck(rid) => {
             if let Some(ack) = lock(&inner.regs).get_mut(&rid).and_then(|e| e.ack.take()) {

@@ -126,9 +126,7 @@ impl Watch {
         let slot = WATCHED.iter().position(|w| w.compare_exchange(-1, fd, Ordering::AcqRel, Ordering::Relaxed).is_ok());
         Watch(slot)
     }
-}
 
-impl Watch {
     /// Whether the socket got a place (idle workers poll it).
     pub fn is_active(&self) -> bool {
         self.0.is_some()
@@ -161,7 +159,11 @@ pub fn on_park() {
             n += 1;
         }
     }
-    if n == 0 || SPINNING.fetch_add(1, Ordering::Acquire) >= MAX_SPINNERS {
+    if n == 0 {
+        return;
+    }
+    // Take a place, or give back the one just taken: the count never goes below zero.
+    if SPINNING.fetch_add(1, Ordering::Acquire) >= MAX_SPINNERS {
         SPINNING.fetch_sub(1, Ordering::Release);
         return;
     }
@@ -244,6 +246,22 @@ mod tests {
         assert_eq!(next_window(0, 5_000_000, max), 0);
         // Spinning off: always 0.
         assert_eq!(next_window(40_000, 30_000, 0), 0);
+    }
+
+    #[test]
+    fn a_worker_with_nothing_to_watch_takes_no_spinner_place() {
+        set_max(Duration::from_micros(100));
+        // A short idle spell opens this thread's window.
+        on_park();
+        on_unpark();
+        assert!(WINDOW_NS.get() > 0);
+        // Whatever other tests watch meanwhile, every spin gives its place back: the count
+        // must neither leak nor wrap below zero (which would stop all spinning for good).
+        for _ in 0..3 {
+            on_park();
+            on_unpark();
+        }
+        assert_eq!(SPINNING.load(Ordering::Relaxed), 0);
     }
 
     #[test]
