@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use fovea_core::frame::Dropped;
+use fovea_core::frame::{Dropped, Publish};
 use fovea_core::{Frame, Headers, OutBuf};
 use tokio::sync::Notify;
 
@@ -89,27 +89,83 @@ impl Outbound {
             return Delivered::Closed;
         }
         let mut q = self.lock();
+        let was_empty = q.buf.is_empty();
+        let pushed = self.push_locked(&mut q, sid, topic, headers, payload);
+        drop(q);
+        match pushed {
+            Ok(()) => {
+                if was_empty {
+                    self.wake.notify_one();
+                }
+                Delivered::Queued
+            }
+            Err(turned_slow) => {
+                self.count_drops(1, turned_slow);
+                Delivered::Dropped
+            }
+        }
+    }
+
+    /// Queues a run of messages for subscription `sid`, in order, under one lock: what
+    /// [`Outbound::deliver`] does for each, at one lock per run instead of one per message
+    /// (in a fan-out the lock's cache line, last written by this connection's writer on
+    /// the other core, was 11% of the node's CPU). Returns the messages queued and dropped;
+    /// none of either once the connection is closing.
+    pub fn deliver_run(&self, sid: u64, run: &[Publish]) -> (u64, u64) {
+        if self.closed.load(Ordering::Relaxed) {
+            return (0, 0);
+        }
+        let (mut queued, mut dropped, mut turned_slow) = (0, 0, false);
+        let mut q = self.lock();
+        let was_empty = q.buf.is_empty();
+        for p in run {
+            match self.push_locked(&mut q, sid, &p.topic, &p.headers, &p.payload) {
+                Ok(()) => queued += 1,
+                Err(slow) => {
+                    dropped += 1;
+                    turned_slow |= slow;
+                }
+            }
+        }
+        drop(q);
+        if dropped > 0 {
+            self.count_drops(dropped, turned_slow);
+        }
+        if was_empty && queued > 0 {
+            self.wake.notify_one();
+        }
+        (queued, dropped)
+    }
+
+    /// One message into the locked queue. `Err(turned_slow)` when the queue is full: the
+    /// drop is noted for `DROPPED`, and `turned_slow` says this drop made the run of drops
+    /// last `slow_after` (the caller signals the writer, after unlocking).
+    fn push_locked(
+        &self,
+        q: &mut Queue,
+        sid: u64,
+        topic: &[u8],
+        headers: &Headers,
+        payload: &Bytes,
+    ) -> Result<(), bool> {
         if q.buf.len() + payload.len() > self.max_pending {
             *q.dropped.entry(sid).or_default() += 1;
             let now = Instant::now();
             let since = *q.full_since.get_or_insert(now);
-            let wake = !q.slow && now.duration_since(since) >= self.slow_after;
-            q.slow |= wake;
-            drop(q);
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            if wake {
-                self.slow_signal.notify_one();
-            }
-            return Delivered::Dropped;
+            let turned_slow = !q.slow && now.duration_since(since) >= self.slow_after;
+            q.slow |= turned_slow;
+            return Err(turned_slow);
         }
         q.full_since = None;
-        let was_empty = q.buf.is_empty();
         q.buf.push_msg(sid, topic, headers, payload);
-        drop(q);
-        if was_empty {
-            self.wake.notify_one();
+        Ok(())
+    }
+
+    fn count_drops(&self, n: u64, turned_slow: bool) {
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+        if turned_slow {
+            self.slow_signal.notify_one();
         }
-        Delivered::Queued
     }
 
     /// Queues a control frame.
@@ -205,5 +261,68 @@ impl Outbound {
         self.closed.store(true, Ordering::Relaxed);
         *self.lock() = Queue::default();
         self.wake.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn publish(topic: &'static str, len: usize, fill: u8) -> Publish {
+        Publish {
+            topic: Bytes::from_static(topic.as_bytes()),
+            headers: Headers::new(),
+            payload: vec![fill; len].into(),
+        }
+    }
+
+    fn drain(out: &Outbound) -> Vec<u8> {
+        let mut chunks = Vec::new();
+        assert!(out.take_into(&mut chunks).is_ok());
+        chunks.concat()
+    }
+
+    proptest! {
+        /// A run is exactly its messages delivered one by one: the same bytes queued, in
+        /// the same order, the same messages dropped at the bound, the same `DROPPED`.
+        #[test]
+        fn a_run_queues_and_drops_what_single_deliveries_would(
+            sizes in proptest::collection::vec(0usize..3000, 0..80),
+            max_pending in 0usize..20_000,
+        ) {
+            let run: Vec<Publish> =
+                sizes.iter().enumerate().map(|(i, len)| publish("a.b", *len, i as u8)).collect();
+            let single = Outbound::new(max_pending, Duration::from_secs(60), true);
+            let batched = Outbound::new(max_pending, Duration::from_secs(60), true);
+            let mut counts = (0u64, 0u64);
+            for p in &run {
+                match single.deliver(7, &p.topic, &p.headers, &p.payload) {
+                    Delivered::Queued => counts.0 += 1,
+                    Delivered::Dropped => counts.1 += 1,
+                    Delivered::Closed => unreachable!("not closed"),
+                }
+            }
+            prop_assert_eq!(batched.deliver_run(7, &run), counts);
+            prop_assert_eq!(batched.dropped.load(Ordering::Relaxed), counts.1);
+            prop_assert_eq!(drain(&batched), drain(&single));
+        }
+    }
+
+    #[test]
+    fn a_closed_queue_takes_no_run() {
+        let out = Outbound::new(1 << 20, Duration::from_secs(60), true);
+        out.close();
+        assert_eq!(out.deliver_run(1, &[publish("a", 10, 1)]), (0, 0));
+        assert!(drain(&out).is_empty());
+        assert_eq!(out.dropped.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_run_that_keeps_dropping_past_slow_after_turns_the_queue_slow() {
+        let out = Outbound::new(100, Duration::ZERO, true);
+        assert_eq!(out.deliver_run(1, &[publish("a", 50, 1), publish("a", 500, 2), publish("a", 10, 3)]), (2, 1));
+        let mut chunks = Vec::new();
+        assert!(out.take_into(&mut chunks).is_err(), "a drop with slow_after of zero is too slow");
     }
 }

@@ -72,6 +72,53 @@ async fn one_publishers_messages_arrive_in_order_with_headers() {
     node.stop().await;
 }
 
+/// The node delivers consecutive publishes to the same subscribers as a run (one lock per
+/// subscriber per run): interleaved topics, a queue group and a subscribe between
+/// publishes must not reorder or lose anything.
+#[tokio::test]
+async fn interleaved_topics_and_fan_out_keep_each_subscriptions_order() {
+    let node = TestNode::start().await;
+    let publisher = node.client().await;
+    let subscribers = [node.client().await, node.client().await, node.client().await];
+    let mut on_a = Vec::new();
+    for c in &subscribers {
+        on_a.push(c.subscribe("run.a").await.unwrap());
+    }
+    let mut on_b = subscribers[0].subscribe("run.b").await.unwrap();
+    let mut both = subscribers[1].subscribe("run.*").await.unwrap();
+    let mut group = subscribers[2].subscribe_group("run.a", "workers").await.unwrap();
+    // Longer than a run (64), and topics alternating in bursts of varying length.
+    const N: u32 = 1000;
+    let topic = |i: u32| if (i / (1 + i % 7)) % 2 == 0 { "run.a" } else { "run.b" };
+    for i in 0..N {
+        publisher.publish(topic(i), i.to_be_bytes().to_vec()).await.unwrap();
+    }
+    let expect = |t: &str| (0..N).filter(|i| topic(*i) == t).collect::<Vec<_>>();
+    let seq = |m: Message| (m.topic.to_string(), u32::from_be_bytes(m.payload[..4].try_into().unwrap()));
+    for sub in &mut on_a {
+        for i in expect("run.a") {
+            assert_eq!(seq(recv(sub).await), ("run.a".to_string(), i));
+        }
+    }
+    for i in expect("run.b") {
+        assert_eq!(seq(recv(&mut on_b).await), ("run.b".to_string(), i));
+    }
+    for i in 0..N {
+        assert_eq!(seq(recv(&mut both).await), (topic(i).to_string(), i));
+    }
+    for i in expect("run.a") {
+        assert_eq!(seq(recv(&mut group).await), ("run.a".to_string(), i), "the group's only member gets every one");
+    }
+    // A subscription made between two publishes gets the second and not the first.
+    publisher.publish("run.late", "before").await.unwrap();
+    publisher.flush().await.unwrap();
+    let mut late = subscribers[0].subscribe("run.late").await.unwrap();
+    publisher.publish("run.late", "after").await.unwrap();
+    assert_eq!(&recv(&mut late).await.payload[..], b"after");
+    assert_quiet(&mut late, &publisher).await;
+    node.stop().await;
+}
+
 #[tokio::test]
 async fn a_publisher_receives_its_own_messages_when_subscribed() {
     let node = TestNode::start().await;
