@@ -46,8 +46,9 @@ struct Calls {
     map: HashMap<u64, InFlight>,
     /// One deadline per entry of `map`, removed with it. Created by the connection's first
     /// call: an empty `DelayQueue` still holds its timing wheel (~6 KB), which most
-    /// connections (subscribers, providers) would carry for nothing.
-    timers: Option<DelayQueue<u64>>,
+    /// connections (subscribers, providers) would carry for nothing. Boxed: even `None`
+    /// would otherwise take the queue's ~200 bytes inline in every connection.
+    timers: Option<Box<DelayQueue<u64>>>,
 }
 
 struct InFlight {
@@ -121,7 +122,7 @@ impl Peer {
                 let msg = format!("this connection has {} calls in flight, the node's limit", calls.map.len());
                 return Err(Refusal::Result(ErrorCode::Busy, msg));
             }
-            let timer = calls.timers.get_or_insert_with(DelayQueue::new).insert(call_id, timeout);
+            let timer = calls.timers.get_or_insert_with(Default::default).insert(call_id, timeout);
             calls.map.insert(call_id, InFlight { provider: provider.clone(), req_id, timer, started: Instant::now() });
         }
         {
