@@ -7,7 +7,7 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use crate::frame::{frame_size, DecodeError, Frame};
+use crate::frame::{frame_size, DecodeError, Delivery, Frame, Publish};
 
 /// Sans-IO frame reassembly. Feed chunks with [`Deframer::push`], then call
 /// [`Deframer::next_frame`] until it returns `Ok(None)`.
@@ -88,6 +88,49 @@ impl Deframer {
     /// [`DecodeError`] if the stream is malformed; the deframer must then be dropped and
     /// the connection closed with [`DecodeError::code`].
     pub fn next_frame(&mut self) -> Result<Option<Frame>, DecodeError> {
+        Ok(self.next_one(|src, max| Ok(Frame::decode(src, max)?.map(|(f, n)| (Some(f), n))))?.flatten())
+    }
+
+    /// As [`Deframer::next_frame`], except that every `MSG` on the way to the next other
+    /// frame is handed to `on_msg`, in order, instead of being returned (see
+    /// [`Frame::decode_diverting_msg`]). `Ok(None)`: more bytes are needed, and every
+    /// message before them has been handed over.
+    ///
+    /// # Errors
+    /// As [`Deframer::next_frame`]; messages before the malformed frame have been handed
+    /// over.
+    pub fn next_frame_or_msgs(&mut self, mut on_msg: impl FnMut(Delivery)) -> Result<Option<Frame>, DecodeError> {
+        self.next_diverting(|src, max| Frame::decode_diverting_msg(src, max, &mut on_msg))
+    }
+
+    /// As [`Deframer::next_frame_or_msgs`], for `PUB` frames.
+    ///
+    /// # Errors
+    /// As [`Deframer::next_frame_or_msgs`].
+    pub fn next_frame_or_pubs(&mut self, mut on_pub: impl FnMut(Publish)) -> Result<Option<Frame>, DecodeError> {
+        self.next_diverting(|src, max| Frame::decode_diverting_pub(src, max, &mut on_pub))
+    }
+
+    fn next_diverting(
+        &mut self,
+        mut decode: impl FnMut(&Bytes, usize) -> Result<Option<(Option<Frame>, usize)>, DecodeError>,
+    ) -> Result<Option<Frame>, DecodeError> {
+        loop {
+            match self.next_one(&mut decode)? {
+                Some(Some(frame)) => return Ok(Some(frame)),
+                // A diverted message: decode on.
+                Some(None) => {}
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// One frame through `decode`: `Some(None)` when `decode` consumed it without
+    /// returning it (a diverted message).
+    fn next_one(
+        &mut self,
+        mut decode: impl FnMut(&Bytes, usize) -> Result<Option<(Option<Frame>, usize)>, DecodeError>,
+    ) -> Result<Option<Option<Frame>>, DecodeError> {
         if !self.partial.is_empty() {
             if self.partial.len() < self.need {
                 return Ok(None);
@@ -101,7 +144,7 @@ impl Deframer {
                 self.ready = head;
             } else if exact {
                 // Exactly one frame (push gave it `need` bytes); the chunk's rest follows.
-                return match Frame::decode(&head, self.max_frame)? {
+                return match decode(&head, self.max_frame)? {
                     Some((frame, _)) => Ok(Some(frame)),
                     None => Err(DecodeError::Truncated { field: "frame" }),
                 };
@@ -113,7 +156,7 @@ impl Deframer {
                 self.ready = joined.freeze();
             }
         }
-        match Frame::decode(&self.ready, self.max_frame)? {
+        match decode(&self.ready, self.max_frame)? {
             Some((frame, n)) => {
                 self.ready.advance(n);
                 if self.ready.is_empty() {
@@ -167,7 +210,69 @@ mod tests {
         }
     }
 
+    /// Frames of three kinds, `MSG` most often (what `next_frame_or_msgs` diverts).
+    fn mixed(kinds: &[u8], size: usize) -> (Vec<Frame>, Bytes) {
+        let mut out = BytesMut::new();
+        let mut fs = Vec::new();
+        for (i, k) in kinds.iter().enumerate() {
+            let payload = Bytes::from(vec![i as u8; size + i]);
+            let f = match k % 4 {
+                0 => Frame::Ping(i as u64),
+                1 => Frame::Pub(Publish { topic: Bytes::from(format!("t.{i}")), headers: Headers::new(), payload }),
+                _ => Frame::Msg(crate::frame::Delivery {
+                    sid: i as u64,
+                    topic: Bytes::from(format!("m.{i}")),
+                    headers: Headers::new(),
+                    payload,
+                }),
+            };
+            f.encode(&mut out);
+            fs.push(f);
+        }
+        (fs, out.freeze())
+    }
+
     proptest! {
+        /// Diverting messages (`MSG` or `PUB`) to a closure yields the same frames in the
+        /// same order as returning them, however the stream is cut.
+        #[test]
+        fn diverted_messages_keep_their_place_among_frames(
+            kinds in proptest::collection::vec(any::<u8>(), 1..30),
+            size in 0usize..1500,
+            cuts in proptest::collection::vec(1usize..3000, 0..40),
+            pubs: bool,
+        ) {
+            let (want, bytes) = mixed(&kinds, size);
+            let mut d = Deframer::new(MAX_FRAME);
+            let mut got = Vec::new();
+            let drain = |d: &mut Deframer, got: &mut Vec<Frame>| {
+                let mut diverted = Vec::new();
+                loop {
+                    let next = if pubs {
+                        d.next_frame_or_pubs(|p| diverted.push(Frame::Pub(p)))
+                    } else {
+                        d.next_frame_or_msgs(|m| diverted.push(Frame::Msg(m)))
+                    };
+                    got.append(&mut diverted);
+                    match next.unwrap() {
+                        Some(f) => got.push(f),
+                        None => break,
+                    }
+                }
+            };
+            let mut pos = 0;
+            for c in cuts {
+                let end = (pos + c).min(bytes.len());
+                d.push(bytes.slice(pos..end));
+                drain(&mut d, &mut got);
+                pos = end;
+            }
+            d.push(bytes.slice(pos..));
+            drain(&mut d, &mut got);
+            prop_assert_eq!(got, want);
+            prop_assert_eq!(d.buffered(), 0);
+        }
+
         #[test]
         fn any_chunking_yields_the_same_frames(
             n in 1usize..20,

@@ -358,12 +358,16 @@ impl Session {
         self.deframer.push(chunk);
         let (mut msgs, mut deliveries) = (0u64, 0u64);
         let mut run = Run::default();
+        // Out of `self` while the read is routed, so publishes can be routed as they are
+        // decoded (`publish` needs `&mut self`) without each becoming a `Frame` first.
+        // Put back below; nothing in between awaits or returns early.
+        let mut deframer = std::mem::replace(&mut self.deframer, Deframer::new(0));
         let result = loop {
-            match self.deframer.next_frame() {
-                Ok(Some(Frame::Pub(p))) => {
-                    msgs += 1;
-                    deliveries += self.publish(p, &mut run);
-                }
+            let next = deframer.next_frame_or_pubs(|p| {
+                msgs += 1;
+                deliveries += self.publish(p, &mut run);
+            });
+            match next {
                 Ok(Some(frame)) => {
                     deliveries += run.flush(stats);
                     if let Err(close) = self.control(frame) {
@@ -377,6 +381,7 @@ impl Session {
                 }
             }
         };
+        self.deframer = deframer;
         // What was published before a malformed frame is delivered, as it would have been
         // had it come in an earlier read.
         deliveries += run.flush(stats);
