@@ -210,6 +210,19 @@ mod tests {
         }
     }
 
+    /// Pushes `bytes` in pieces of the lengths `cuts` (then the rest), draining after each.
+    fn feed_in_cuts(d: &mut Deframer, bytes: &Bytes, cuts: &[usize], mut drain: impl FnMut(&mut Deframer)) {
+        let mut pos = 0;
+        for c in cuts {
+            let end = (pos + c).min(bytes.len());
+            d.push(bytes.slice(pos..end));
+            drain(d);
+            pos = end;
+        }
+        d.push(bytes.slice(pos..));
+        drain(d);
+    }
+
     /// Frames of three kinds, `MSG` most often (what `next_frame_or_msgs` diverts).
     fn mixed(kinds: &[u8], size: usize) -> (Vec<Frame>, Bytes) {
         let mut out = BytesMut::new();
@@ -260,15 +273,7 @@ mod tests {
                     }
                 }
             };
-            let mut pos = 0;
-            for c in cuts {
-                let end = (pos + c).min(bytes.len());
-                d.push(bytes.slice(pos..end));
-                drain(&mut d, &mut got);
-                pos = end;
-            }
-            d.push(bytes.slice(pos..));
-            drain(&mut d, &mut got);
+            feed_in_cuts(&mut d, &bytes, &cuts, |d| drain(d, &mut got));
             prop_assert_eq!(got, want);
             prop_assert_eq!(d.buffered(), 0);
         }
@@ -282,15 +287,7 @@ mod tests {
             let (want, bytes) = frames(n, size);
             let mut d = Deframer::new(MAX_FRAME);
             let mut got = Vec::new();
-            let mut pos = 0;
-            for c in cuts {
-                let end = (pos + c).min(bytes.len());
-                d.push(bytes.slice(pos..end));
-                drain(&mut d, &mut got);
-                pos = end;
-            }
-            d.push(bytes.slice(pos..));
-            drain(&mut d, &mut got);
+            feed_in_cuts(&mut d, &bytes, &cuts, |d| drain(d, &mut got));
             prop_assert_eq!(got, want);
             prop_assert_eq!(d.buffered(), 0);
         }
