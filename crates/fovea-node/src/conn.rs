@@ -193,13 +193,13 @@ impl Run {
     }
 
     /// Adds `p` for `subs` (plain, local); returns the deliveries of a run this ended.
-    fn push(&mut self, subs: Arc<crate::router::Matches>, p: Publish, stats: &crate::Stats) -> u64 {
+    fn push(&mut self, subs: &Arc<crate::router::Matches>, p: Publish, stats: &crate::Stats) -> u64 {
         let mut n = 0;
         match &self.subs {
-            Some(current) if Arc::ptr_eq(current, &subs) => {}
+            Some(current) if Arc::ptr_eq(current, subs) => {}
             _ => {
                 n = self.flush(stats);
-                self.subs = Some(subs);
+                self.subs = Some(subs.clone());
             }
         }
         self.msgs.push(p);
@@ -437,24 +437,24 @@ impl Session {
             self.reject(ErrorCode::PayloadTooLarge, 0, why);
             return n;
         }
-        let subs = match self.cache.lookup(&self.realm, &p.topic, &self.perms.publish) {
-            Ok((subs, true)) => subs,
-            verdict => {
+        let refused = match self.cache.lookup(&self.realm, &p.topic, &self.perms.publish) {
+            Ok((subs, true)) if subs.groups.is_empty() && Run::local_only(subs) => return run.push(subs, p, stats),
+            Ok((subs, true)) => Ok(subs.clone()),
+            Ok((_, false)) => Err(None),
+            Err(e) => Err(Some(e)),
+        };
+        let subs = match refused {
+            Ok(subs) => subs,
+            Err(invalid) => {
                 let n = run.flush(stats);
                 let topic = String::from_utf8_lossy(&p.topic).into_owned();
-                match verdict {
-                    Err(e) => self.reject(ErrorCode::InvalidTopic, 0, format!("topic {topic:?} {e}")),
-                    Ok(_) => {
-                        self.reject(ErrorCode::PermissionDenied, 0, format!("not allowed to publish to {topic:?}"))
-                    }
+                match invalid {
+                    Some(e) => self.reject(ErrorCode::InvalidTopic, 0, format!("topic {topic:?} {e}")),
+                    None => self.reject(ErrorCode::PermissionDenied, 0, format!("not allowed to publish to {topic:?}")),
                 }
                 return n;
             }
         };
-        let local_plain = subs.groups.is_empty() && Run::local_only(&subs);
-        if local_plain {
-            return run.push(subs, p, stats);
-        }
         let mut n = run.flush(stats);
         let mut deliver = |s: &SubRef| match s.peer.out.deliver(s.sid, &p.topic, &p.headers, &p.payload) {
             Delivered::Queued => n += 1,

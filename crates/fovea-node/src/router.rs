@@ -410,10 +410,13 @@ impl Realm {
 ///
 /// Invariant: every entry was computed at generation `generation` or later; the whole map
 /// is dropped when the realm's generation moves on, and when it reaches `cap` entries.
+/// `map` holds indexes into `entries`, one each, so a hit lends its entry with one hash.
 pub(crate) struct MatchCache {
     generation: u64,
-    /// Topic → (subscribers, may this connection publish to it).
-    map: HashMap<Bytes, (Arc<Matches>, bool), RandomState>,
+    /// Topic → index in `entries`.
+    map: HashMap<Bytes, usize, RandomState>,
+    /// (Subscribers, may this connection publish to the topic).
+    entries: Vec<(Arc<Matches>, bool)>,
     cap: usize,
     /// The node's name limits (at most the protocol's).
     max_len: usize,
@@ -427,6 +430,7 @@ impl MatchCache {
         MatchCache {
             generation: u64::MAX,
             map: HashMap::default(),
+            entries: Vec::new(),
             cap: cap.max(1),
             max_len,
             max_depth,
@@ -440,16 +444,30 @@ impl MatchCache {
     }
 
     /// The subscribers of `raw` and whether `allow` lets this connection publish to it,
-    /// validating the topic and checking the permission on a miss only.
-    pub fn lookup(&mut self, realm: &Realm, raw: &Bytes, allow: &Allow) -> Result<(Arc<Matches>, bool), TopicError> {
+    /// validating the topic and checking the permission on a miss only. Lent, not cloned:
+    /// a publish that joins a run of its predecessor's subscribers takes no reference.
+    pub fn lookup(&mut self, realm: &Realm, raw: &[u8], allow: &Allow) -> Result<(&Arc<Matches>, bool), TopicError> {
         let generation = realm.generation.load(Ordering::Acquire);
         if generation != self.generation {
-            self.map.clear();
+            self.clear();
             self.generation = generation;
         }
-        if let Some((subs, allowed)) = self.map.get(&raw[..]) {
-            return Ok((subs.clone(), *allowed));
-        }
+        let i = match self.map.get(raw) {
+            Some(&i) => i,
+            None => self.insert(realm, raw, allow)?,
+        };
+        // Always present: `map` and `entries` are filled and cleared together.
+        self.entries.get(i).map(|(subs, allowed)| (subs, *allowed)).ok_or(TopicError::Empty)
+    }
+
+    fn clear(&mut self) {
+        self.map.clear();
+        self.entries.clear();
+    }
+
+    /// Computes and stores a missing entry; returns its index.
+    #[cold]
+    fn insert(&mut self, realm: &Realm, raw: &[u8], allow: &Allow) -> Result<usize, TopicError> {
         // Copy the key: `raw` is a slice of a read buffer that must not be pinned.
         let topic = Topic::from_bytes(Bytes::copy_from_slice(raw))?;
         check_limits(raw, self.max_len, self.max_depth)?;
@@ -460,10 +478,11 @@ impl MatchCache {
             (true, false) => realm.lookup(&topic),
         };
         if self.map.len() >= self.cap {
-            self.map.clear();
+            self.clear();
         }
-        self.map.insert(topic.as_shared().clone(), (subs.clone(), allowed));
-        Ok((subs, allowed))
+        self.entries.push((subs, allowed));
+        self.map.insert(topic.as_shared().clone(), self.entries.len() - 1);
+        Ok(self.entries.len() - 1)
     }
 }
 
