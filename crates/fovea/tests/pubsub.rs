@@ -119,6 +119,37 @@ async fn interleaved_topics_and_fan_out_keep_each_subscriptions_order() {
     node.stop().await;
 }
 
+/// Frames that span many packets, mixed with small ones in one burst: the node and the SDK
+/// take several packets' chunks per read, and a frame split across them must come out
+/// whole, in order, beside the small frames around it.
+#[tokio::test]
+async fn large_and_small_messages_in_one_burst_arrive_whole_and_in_order() {
+    let node = TestNode::start().await;
+    let publisher = node.client().await;
+    let subscriber = node.client().await;
+    let mut sub = subscriber.subscribe("mix.>").await.unwrap();
+    // A payload whose every byte depends on its message and position.
+    let payload = |i: u32, len: usize| -> Vec<u8> { (0..len).map(|k| (i as usize * 31 + k) as u8).collect() };
+    let len = |i: u32| match i % 5 {
+        0 => 300 * 1024, // by reference at the node, hundreds of packets
+        1 => 9 * 1024,   // copied, several packets
+        _ => 1 + (i as usize % 90),
+    };
+    const N: u32 = 60;
+    for i in 0..N {
+        let topic = if i % 2 == 0 { "mix.even" } else { "mix.odd" };
+        publisher.publish(topic, payload(i, len(i))).await.unwrap();
+    }
+    for i in 0..N {
+        let m = recv(&mut sub).await;
+        assert_eq!(m.topic.as_str(), if i % 2 == 0 { "mix.even" } else { "mix.odd" }, "message {i}");
+        assert_eq!(m.payload.len(), len(i), "message {i}");
+        assert!(m.payload[..] == payload(i, len(i))[..], "message {i}'s payload is intact");
+    }
+    assert_quiet(&mut sub, &publisher).await;
+    node.stop().await;
+}
+
 #[tokio::test]
 async fn a_publisher_receives_its_own_messages_when_subscribed() {
     let node = TestNode::start().await;
