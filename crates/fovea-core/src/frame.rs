@@ -430,6 +430,7 @@ impl DecodeError {
 ///
 /// # Errors
 /// [`DecodeError::FrameTooLarge`] or [`DecodeError::Empty`] as soon as the prefix is known.
+#[inline]
 pub fn frame_size(src: &[u8], max_frame: usize) -> Result<Option<usize>, DecodeError> {
     let Some((len, n)) = varint::decode(src) else { return Ok(None) };
     if len > max_frame as u64 {
@@ -896,14 +897,17 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     /// The unread part of the frame (empty, never a panic, should `pos` pass `end`).
+    #[inline]
     fn rest(&self) -> &[u8] {
         self.src.get(self.pos..self.end).unwrap_or_default()
     }
 
+    #[inline]
     fn is_empty(&self) -> bool {
         self.rest().is_empty()
     }
 
+    #[inline]
     fn varint(&mut self, field: &'static str) -> Result<u64, DecodeError> {
         let (v, n) = varint::decode(self.rest()).ok_or(DecodeError::Truncated { field })?;
         self.pos += n;
@@ -911,6 +915,7 @@ impl Reader<'_> {
     }
 
     /// The next length-prefixed field's range, checked against `max` and the frame's end.
+    #[inline]
     fn field(&mut self, field: &'static str, max: usize) -> Result<std::ops::Range<usize>, DecodeError> {
         let len = self.varint(field)?;
         if len > max as u64 {
@@ -925,6 +930,7 @@ impl Reader<'_> {
         Ok(range)
     }
 
+    #[inline]
     fn bytes(&mut self, field: &'static str, max: usize) -> Result<Bytes, DecodeError> {
         let range = self.field(field, max)?;
         Ok(self.src.slice(range))
@@ -937,6 +943,7 @@ impl Reader<'_> {
     }
 
     /// A `PUB` frame's fields, after its type.
+    #[inline]
     fn publish(&mut self) -> Result<Publish, DecodeError> {
         Ok(Publish {
             topic: self.bytes("topic", MAX_TOPIC_LEN)?,
@@ -946,6 +953,7 @@ impl Reader<'_> {
     }
 
     /// A `MSG` frame's fields, after its type.
+    #[inline]
     fn delivery(&mut self) -> Result<Delivery, DecodeError> {
         Ok(Delivery {
             sid: self.varint("sid")?,
@@ -955,6 +963,7 @@ impl Reader<'_> {
         })
     }
 
+    #[inline]
     fn headers(&mut self) -> Result<Headers, DecodeError> {
         let rest = self.rest();
         // Most messages carry none: a zero count is one byte, and needs no slice.

@@ -30,6 +30,7 @@ pub const fn size(v: u64) -> usize {
 /// # Panics
 /// Never for `v <= MAX`; a larger value is a bug in the caller, caught by a debug assertion
 /// and truncated to 62 bits in release builds.
+#[inline]
 pub fn encode(v: u64, out: &mut impl BufMut) {
     debug_assert!(v <= MAX, "varint out of range: {v}");
     let v = v & MAX;
@@ -46,6 +47,7 @@ pub fn encode(v: u64, out: &mut impl BufMut) {
 /// Returns the value and the number of bytes it took, or `None` if `src` is too short to
 /// hold the whole integer (the caller needs more bytes). Never panics. Non-minimal
 /// encodings are accepted, as RFC 9000 requires.
+#[inline]
 pub fn decode(src: &[u8]) -> Option<(u64, usize)> {
     let first = *src.first()?;
     let len = 1usize << (first >> 6);
