@@ -350,7 +350,7 @@ impl Session {
     /// finished its stream.
     ///
     /// # Cancel safety
-    /// Cancel safe: the only await is the read, and a chunk is handled completely once read.
+    /// Cancel safe: the only await is the read, and what it took is handled completely.
     async fn read_some(&mut self) -> Result<bool, Close> {
         let n = match self.recv.read_chunks(&mut self.chunks).await {
             Ok(Some(n)) => n,
