@@ -202,6 +202,10 @@ impl Run {
                 self.subs = Some(subs.clone());
             }
         }
+        if self.msgs.capacity() == 0 {
+            // One allocation per read that has runs, not one per doubling up to MAX.
+            self.msgs.reserve_exact(Self::MAX);
+        }
         self.msgs.push(p);
         if self.msgs.len() >= Self::MAX {
             n += self.flush(stats);
