@@ -387,7 +387,6 @@ pub(crate) struct Inner {
     pub out: Mutex<Out>,
     pub subs: Mutex<HashMap<u64, SubEntry>>,
     pub regs: Mutex<HashMap<u64, rpc::RegEntry>>,
-    pub calls: Mutex<HashMap<u64, oneshot::Sender<fovea_core::frame::CallResult>>>,
     /// Calls whose caller wants their notices (`call_with_notices`), by call id.
     pub notice_sinks: Mutex<HashMap<u64, mpsc::Sender<tools::Notice>>>,
     /// Requests this client is handling, by request id: cancelled when the node abandons
@@ -426,6 +425,8 @@ pub(crate) struct Out {
     /// Ids whose `SUB` or `REG` frame sits in `buf`, not yet handed to a session: a
     /// reconnect must not send those twice.
     pub queued: Vec<u64>,
+    /// Calls queued since the session's reader last looked (see [`rpc::Calls`]).
+    pub new_calls: rpc::NewCalls,
 }
 
 pub(crate) struct SubEntry {
@@ -535,10 +536,14 @@ impl Client {
             own_endpoint,
             _spin,
             quic,
-            out: Mutex::new(Out { buf: OutBuf::new(), connected: false, queued: Vec::new() }),
+            out: Mutex::new(Out {
+                buf: OutBuf::new(),
+                connected: false,
+                queued: Vec::new(),
+                new_calls: rpc::NewCalls::default(),
+            }),
             subs: Mutex::new(HashMap::new()),
             regs: Mutex::new(HashMap::new()),
-            calls: Mutex::new(HashMap::new()),
             notice_sinks: Mutex::new(HashMap::new()),
             serving: Mutex::new(HashMap::new()),
             session: AtomicU64::new(0),

@@ -214,22 +214,108 @@ impl Drop for RemoveSink<'_> {
     }
 }
 
-/// Sends `CANCEL` for a call whose future is dropped before its result arrives.
+/// Sends `CANCEL` for a call whose future is dropped before its result arrives, while the
+/// session that carried the call lasts (a later session's node never saw it). A result
+/// that raced the cancel is dropped with the call's channel; the node ignores a `CANCEL`
+/// for a call it has finished.
 struct CancelOnDrop<'a> {
     inner: &'a Inner,
     call_id: u64,
+    /// The session the call went out on.
+    session: u64,
     armed: bool,
 }
 
 impl Drop for CancelOnDrop<'_> {
     fn drop(&mut self) {
-        if self.armed && lock(&self.inner.calls).remove(&self.call_id).is_some() {
-            let mut out = lock(&self.inner.out);
-            if out.connected {
-                out.buf.push_frame(&Frame::Cancel(self.call_id));
-                drop(out);
-                self.inner.wake.notify_one();
+        if !self.armed {
+            return;
+        }
+        let mut out = lock(&self.inner.out);
+        if out.connected && self.inner.session.load(Ordering::Relaxed) == self.session {
+            out.buf.push_frame(&Frame::Cancel(self.call_id));
+            drop(out);
+            self.inner.wake.notify_one();
+        }
+    }
+}
+
+/// Where a call's result goes.
+type ResultSender = oneshot::Sender<fovea_core::frame::CallResult>;
+
+/// Fewest entries at which the call tables sweep out calls whose caller has gone.
+const SWEEP_MIN: usize = 1024;
+
+/// Calls queued but not yet seen by the session's reader: the caller adds its own under the
+/// `out` lock that it takes anyway to queue the `CALL`, and the reader takes the whole
+/// list when a result names a call it does not know.
+///
+/// Bounded: a caller that finds the list at its sweep mark first drops the entries whose
+/// caller has given up (timed out, dropped), and the mark doubles from what is left: at
+/// most about twice the calls in flight, and [`SWEEP_MIN`].
+#[derive(Default)]
+pub(crate) struct NewCalls {
+    calls: Vec<(u64, ResultSender)>,
+    sweep_at: usize,
+}
+
+impl NewCalls {
+    pub(crate) fn push(&mut self, call_id: u64, tx: ResultSender) {
+        if self.calls.len() >= self.sweep_at.max(SWEEP_MIN) {
+            self.calls.retain(|(_, tx)| !tx.is_closed());
+            self.sweep_at = self.calls.len() * 2;
+        }
+        self.calls.push((call_id, tx));
+    }
+
+    /// Forgets every call: their callers see the session end (`Disconnected`).
+    pub(crate) fn clear(&mut self) {
+        self.calls.clear();
+    }
+}
+
+/// The session reader's own table of calls waiting for a result.
+///
+/// Why not one shared map: with 64 callers on a two-worker runtime, the callers' inserts
+/// (nested in the `out` lock) and the reader's removals contended on it, and every
+/// contended lock that sleeps is a context switch (`fovea bench rpc --callers 64`:
+/// BENCHMARKS.md, "Pending calls without a shared map"). Here the reader owns the table and
+/// locks `out` only to take newly queued calls, once per result that it does not know yet.
+///
+/// Bounded as [`NewCalls`]: at its sweep mark the table drops the calls whose caller has
+/// given up (a call the node never answers leaves when its caller times out).
+#[derive(Default)]
+pub(crate) struct Calls {
+    map: std::collections::HashMap<u64, ResultSender>,
+    /// Taken from `out` in exchange for this one, so neither side reallocates.
+    spare: Vec<(u64, ResultSender)>,
+    sweep_at: usize,
+}
+
+impl Calls {
+    /// Hands `r` to its caller, if the call is still waiting.
+    pub(crate) fn complete(&mut self, inner: &Inner, r: fovea_core::frame::CallResult) {
+        let tx = match self.map.remove(&r.call_id) {
+            Some(tx) => tx,
+            None => {
+                self.adopt(inner);
+                match self.map.remove(&r.call_id) {
+                    Some(tx) => tx,
+                    // Given up by its caller (a late answer), or from another session.
+                    None => return,
+                }
             }
+        };
+        let _ = tx.send(r);
+    }
+
+    /// Moves the calls queued since the last look into the table.
+    fn adopt(&mut self, inner: &Inner) {
+        std::mem::swap(&mut lock(&inner.out).new_calls.calls, &mut self.spare);
+        self.map.extend(self.spare.drain(..));
+        if self.map.len() >= self.sweep_at.max(SWEEP_MIN) {
+            self.map.retain(|_, tx| !tx.is_closed());
+            self.sweep_at = self.map.len() * 2;
         }
     }
 }
@@ -318,8 +404,10 @@ impl Client {
         let call_id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         let wants_notices = notices.is_some();
+        let mut session = 0;
         inner.queue_if_connected(|out| {
-            lock(&inner.calls).insert(call_id, tx);
+            out.new_calls.push(call_id, tx);
+            session = inner.session.load(Ordering::Relaxed);
             if let Some(n) = notices {
                 lock(&inner.notice_sinks).insert(call_id, n);
             }
@@ -333,7 +421,7 @@ impl Client {
         })?;
         // Only calls that asked for notices have a sink to forget: plain calls take no lock.
         let _sink = wants_notices.then_some(RemoveSink { inner, call_id });
-        let mut guard = CancelOnDrop { inner, call_id, armed: true };
+        let mut guard = CancelOnDrop { inner, call_id, session, armed: true };
         let result = match tokio::time::timeout(timeout.saturating_add(TIMEOUT_GRACE), rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => {
@@ -439,4 +527,33 @@ fn send_respond(inner: &Inner, session: u64, req_id: u64, code: ErrorCode, heade
     out.buf.push_frame(&Frame::Respond(Respond { req_id, code, headers, payload }));
     drop(out);
     inner.wake.notify_one();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Calls whose callers gave up (receiver dropped) do not pile up in the list a
+    /// session's reader has not looked at yet, however many are made.
+    #[test]
+    fn new_calls_drop_abandoned_entries_at_the_sweep_mark() {
+        let mut new = NewCalls::default();
+        let mut live = Vec::new();
+        for id in 0..20_000u64 {
+            let (tx, rx) = oneshot::channel();
+            new.push(id, tx);
+            // One caller in a hundred still waits; the rest have timed out.
+            if id % 100 == 0 {
+                live.push(rx);
+            }
+        }
+        assert!(new.calls.len() <= SWEEP_MIN + 2 * live.len(), "{} entries kept", new.calls.len());
+        // The waiting callers' entries survive every sweep.
+        for (i, _) in live.iter().enumerate() {
+            let id = i as u64 * 100;
+            assert!(new.calls.iter().any(|(c, _)| *c == id), "call {id} lost");
+        }
+        new.clear();
+        assert!(new.calls.is_empty());
+    }
 }

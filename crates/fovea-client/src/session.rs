@@ -171,12 +171,15 @@ pub(crate) async fn drive(inner: Arc<Inner>, first: Session) {
     }
     inner.state.send_replace(ConnectionState::Closed);
     // Wake everyone who waits on the connection: they will see it closed.
-    lock(&inner.out).connected = false;
+    {
+        let mut out = lock(&inner.out);
+        out.connected = false;
+        out.new_calls.clear();
+    }
     inner.drained.notify_waiters();
     lock(&inner.subs).clear();
     lock(&inner.regs).clear();
     lock(&inner.pings).clear();
-    lock(&inner.calls).clear();
     if inner.own_endpoint {
         inner.endpoint.close(VarInt::from_u32(0), b"client closed");
         let _ = tokio::time::timeout(Duration::from_secs(1), inner.endpoint.wait_idle()).await;
@@ -234,11 +237,15 @@ async fn run(inner: &Arc<Inner>, s: Session) -> End {
         r = end => End::Lost(r.err().unwrap_or_else(|| "node ended the stream".into())),
         _ = inner.shutdown.cancelled() => End::Shutdown,
     };
-    lock(&inner.out).connected = false;
+    // Calls in flight end with `Disconnected`: whether they ran is unknown (at most once).
+    // Those the reader knew went with it; those it had not seen yet go here.
+    {
+        let mut out = lock(&inner.out);
+        out.connected = false;
+        out.new_calls.clear();
+    }
     inner.drained.notify_waiters();
     lock(&inner.pings).clear();
-    // Calls in flight end with `Disconnected`: whether they ran is unknown (at most once).
-    lock(&inner.calls).clear();
     lock(&inner.notice_sinks).clear();
     lock(&inner.tool_queries).clear();
     // Requests being handled can no longer be answered: tell their handlers.
@@ -292,11 +299,14 @@ async fn read_loop(inner: &Arc<Inner>, recv: &mut RecvStream, deframer: &mut Def
     // subscription per read instead of per message. Flushed before any other frame, so
     // the order between a subscription's messages and everything else is kept.
     let mut pending: VecDeque<(u64, Message)> = VecDeque::new();
+    // Calls of this session waiting for their result; dropped with the reader, which ends
+    // those calls (`Disconnected`).
+    let mut calls = crate::rpc::Calls::default();
     // One read takes every chunk the stream has (up to READ_BATCH) under one lock of the
     // connection: a chunk is one packet's worth, so reading them one by one paid a lock,
     // a future and a delivery (one wake of each subscriber) per ~1.4 KB.
     let mut chunks = vec![Bytes::new(); READ_BATCH];
-    decode(inner, deframer, &mut pending).await?;
+    decode(inner, deframer, &mut pending, &mut calls).await?;
     loop {
         deliver(inner, &mut pending).await;
         let n = match recv.read_chunks(&mut chunks).await {
@@ -314,7 +324,7 @@ async fn read_loop(inner: &Arc<Inner>, recv: &mut RecvStream, deframer: &mut Def
         // The deframer takes a chunk once the one before is drained (no reassembly copy).
         for chunk in chunks.iter_mut().take(n) {
             deframer.push(std::mem::take(chunk));
-            decode(inner, deframer, &mut pending).await?;
+            decode(inner, deframer, &mut pending, &mut calls).await?;
         }
     }
 }
@@ -325,6 +335,7 @@ async fn decode(
     inner: &Arc<Inner>,
     deframer: &mut Deframer,
     pending: &mut VecDeque<(u64, Message)>,
+    calls: &mut crate::rpc::Calls,
 ) -> Result<(), String> {
     loop {
         // Messages, nearly every frame under load, are queued as they are decoded,
@@ -340,7 +351,7 @@ async fn decode(
             return Err(e);
         }
         match next.map_err(|e| format!("node sent a malformed frame: {e}"))? {
-            Some(frame) => handle(inner, frame, pending).await?,
+            Some(frame) => handle(inner, frame, pending, calls).await?,
             None => return Ok(()),
         }
     }
@@ -383,7 +394,12 @@ fn queue_msg(m: fovea_core::frame::Delivery, pending: &mut VecDeque<(u64, Messag
 
 /// One frame from the node other than a message (`read_loop` queues those as they are
 /// decoded, with [`queue_msg`]). What is pending is delivered first, so order is kept.
-async fn handle(inner: &Arc<Inner>, frame: Frame, pending: &mut VecDeque<(u64, Message)>) -> Result<(), String> {
+async fn handle(
+    inner: &Arc<Inner>,
+    frame: Frame,
+    pending: &mut VecDeque<(u64, Message)>,
+    calls: &mut crate::rpc::Calls,
+) -> Result<(), String> {
     deliver(inner, pending).await;
     match frame {
         Frame::Msg(m) => queue_msg(m, pending)?,
@@ -393,11 +409,7 @@ async fn handle(inner: &Arc<Inner>, frame: Frame, pending: &mut VecDeque<(u64, M
                 let _ = ack.send(Ok(()));
             }
         }
-        Frame::Result(r) => {
-            if let Some(tx) = lock(&inner.calls).remove(&r.call_id) {
-                let _ = tx.send(r);
-            }
-        }
+        Frame::Result(r) => calls.complete(inner, r),
         // The node abandoned a request (caller cancelled, deadline, caller gone): the
         // handler sees it through `Request::cancelled`; an answer now would be dropped.
         Frame::Cancel(req_id) => {
