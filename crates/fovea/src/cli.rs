@@ -537,6 +537,11 @@ pub struct McpAttachArgs {
     /// taken as hung and restarted.
     #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub ping_interval: std::time::Duration,
+    /// End when stdin reaches its end: set by `fovea node` on the attachments its
+    /// configuration lists, whose stdin is a pipe from the node, so that they end with the
+    /// node even when it is killed outright.
+    #[arg(long, hide = true)]
+    pub exit_with_stdin: bool,
     #[command(flatten)]
     pub client: ClientArgs,
     /// The upstream MCP server to run (stdio), after `--`.

@@ -302,10 +302,46 @@ pub async fn attach(args: McpAttachArgs) -> anyhow::Result<()> {
     let procedure = status_procedure(&args.name);
     let reg = client.register(&procedure).await.with_context(|| format!("registering {procedure}"))?;
     tokio::spawn(serve_status(reg, status.clone()));
+    if !args.exit_with_stdin {
+        return serve_upstream(&args, bearer.as_deref(), &client, &pins_file, &status).await;
+    }
+    tokio::select! {
+        r = serve_upstream(&args, bearer.as_deref(), &client, &pins_file, &status) => r,
+        () = stdin_closed() => {
+            eprintln!("{}: the node that started this attachment is gone; stopping", args.name);
+            // Dropping the upstream above starts killing its process: let that run.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            client.close().await;
+            Ok(())
+        }
+    }
+}
+
+/// Returns when stdin reaches its end (or cannot be read): the writer, the node that
+/// started this process, has gone.
+async fn stdin_closed() {
+    use tokio::io::AsyncReadExt;
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    while let Ok(n) = stdin.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// Keeps the upstream running (restarting it with backoff) and its tools registered.
+async fn serve_upstream(
+    args: &McpAttachArgs,
+    bearer: Option<&str>,
+    client: &Client,
+    pins_file: &Path,
+    status: &SharedStatus,
+) -> anyhow::Result<()> {
     let mut delay = FIRST_RESTART;
     loop {
         let started = std::time::Instant::now();
-        let why = match run_once(&args, bearer.as_deref(), &client, &pins_file, &status).await {
+        let why = match run_once(args, bearer, client, pins_file, status).await {
             Ok(()) => "the upstream MCP server ended".to_owned(),
             Err(e) => format!("{e:#}"),
         };
@@ -314,7 +350,7 @@ pub async fn attach(args: McpAttachArgs) -> anyhow::Result<()> {
         }
         eprintln!("{}: {why}; restarting in {delay:?}", args.name);
         {
-            let mut s = lock(&status);
+            let mut s = lock(status);
             s.set_state("restarting");
             s.last_error = Some(why);
             s.tools.clear();
@@ -350,7 +386,7 @@ async fn run_once(
         }
         None => {
             let mut cmd = tokio::process::Command::new(&args.command[0]);
-            cmd.args(&args.command[1..]).stderr(std::process::Stdio::inherit());
+            cmd.args(&args.command[1..]).stderr(std::process::Stdio::inherit()).kill_on_drop(true);
             let transport = rmcp::transport::TokioChildProcess::new(cmd).context("starting the upstream MCP server")?;
             handler.clone().serve(transport).await.context("the upstream MCP server's handshake")?
         }

@@ -288,7 +288,7 @@ async fn run_upstream(
         if let Some(ca) = &trust {
             cmd.arg("--ca").arg(ca);
         }
-        cmd.args(["--realm", u.realm.as_deref().unwrap_or(fovea_node::DEFAULT_REALM)]);
+        cmd.args(["--realm", u.realm.as_deref().unwrap_or(fovea_node::DEFAULT_REALM), "--exit-with-stdin"]);
         // The token travels in the environment, not on a command line others can read.
         if let Some(t) = &u.token {
             cmd.env("FOVEA_TOKEN", t);
@@ -305,11 +305,15 @@ async fn run_upstream(
             }
             (None, None) => return,
         }
-        cmd.kill_on_drop(true).stdin(std::process::Stdio::null());
+        // The child's stdin is a pipe that only this process holds: when the node ends,
+        // however it ends (`kill -9` runs no destructor), the child reads its end and
+        // stops, rather than living on attached to nothing.
+        cmd.kill_on_drop(true).stdin(std::process::Stdio::piped());
         let started = std::time::Instant::now();
         match cmd.spawn() {
             Ok(mut child) => {
                 tracing::info!(name = %u.name, "attached MCP server started");
+                let _pipe = child.stdin.take();
                 let status = child.wait().await;
                 tracing::warn!(name = %u.name, ?status, "the attachment exited; starting it again in {delay:?}");
             }

@@ -50,6 +50,16 @@ fn fovea(args: &[&str], ca: &Path, url: &str) -> Command {
     c
 }
 
+/// Whether process `pid` is alive: it exists and is not a zombie waiting to be reaped
+/// (an orphan's new parent may be slow to reap it, or never, in a container).
+fn running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses.
+        Ok(stat) => stat.rsplit_once(')').is_none_or(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
 /// Waits for a child to exit, killing it after a bound so a hang fails the test.
 fn wait_output(mut child: Child, limit: Duration) -> Output {
     let start = Instant::now();
@@ -708,7 +718,7 @@ fn the_node_attaches_the_mcp_servers_its_configuration_lists() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/upstream_mcp.py");
     let config = dir.path().join("fovea.toml");
     std::fs::write(&config, format!("[[mcp.upstream]]\nname = \"up\"\ncommand = [\"python3\", {script:?}]\n")).unwrap();
-    let (_node, url) = start_node_with(dir.path(), &["--config", config.to_str().unwrap()]);
+    let (node, url) = start_node_with(dir.path(), &["--config", config.to_str().unwrap()]);
     let ca = dir.path().join("node.crt");
     let start = Instant::now();
     loop {
@@ -719,6 +729,18 @@ fn the_node_attaches_the_mcp_servers_its_configuration_lists() {
         }
         assert!(start.elapsed() < Duration::from_secs(30), "{}", String::from_utf8_lossy(&out.stderr));
         std::thread::sleep(Duration::from_millis(200));
+    }
+    // The attachment ends with the node, even one killed outright (no destructor runs).
+    let out = fovea(&["mcp", "status", "up", "--json"], &ca, &url).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let replica = status["replica"].as_str().unwrap_or_default().to_owned();
+    let pid: u32 = replica.strip_prefix("pid ").and_then(|r| r.split(' ').next()).and_then(|p| p.parse().ok()).unwrap();
+    drop(node);
+    let start = Instant::now();
+    while running(pid) {
+        assert!(start.elapsed() < Duration::from_secs(20), "the attachment (pid {pid}) outlived its node");
+        std::thread::sleep(Duration::from_millis(50));
     }
     // A malformed entry is a configuration error that names it.
     std::fs::write(&config, "[[mcp.upstream]]\nname = \"bad\"\n").unwrap();
