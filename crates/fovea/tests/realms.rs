@@ -278,3 +278,37 @@ async fn a_client_certificate_identifies_a_user() {
     assert!(matches!(e, ClientError::AuthFailed), "{e}");
     node.stop().await;
 }
+
+/// A session that ends with calls in flight ends them at once with `Disconnected`, not at
+/// their deadlines: the SDK's reader keeps those calls, and they go with it.
+#[tokio::test]
+async fn calls_in_flight_end_with_their_session() {
+    let node = TestNode::start_with_realms(&config()).await;
+    let opts = |token: &str| node.options().realm("acme").token(token.as_bytes().to_vec()).reconnect(false);
+    let provider = Client::connect(&node.url(), opts("acme-admin")).await.unwrap();
+    let mut reg = provider.register("time.hold").await.unwrap();
+    let caller = Client::connect(&node.url(), opts("sensor-1-token")).await.unwrap();
+    let calls: Vec<_> = (0..3)
+        .map(|i| {
+            let c = caller.clone();
+            tokio::spawn(async move { c.call("time.hold", format!("{i}"), Duration::from_secs(600)).await })
+        })
+        .collect();
+    // Held, not answered: each call waits at the provider.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tokio::time::timeout(WAIT, reg.next()).await.expect("a request").expect("the registration"));
+    }
+    // The caller's credential goes: the node closes its connection.
+    let text = config();
+    let without_sensor = text
+        .replace("name = \"sensor-1\"", "name = \"sensor-1-gone\"")
+        .replace(&digest("sensor-1-token"), &digest("other"));
+    node.reloader.reload(&fovea_node::auth::parse_realms(&without_sensor, "reloaded.toml").unwrap()).unwrap();
+    for call in calls {
+        let r = tokio::time::timeout(WAIT, call).await.expect("the call to end with its session").unwrap();
+        assert!(matches!(r, Err(ClientError::Disconnected)), "{r:?}");
+    }
+    drop(held);
+    node.stop().await;
+}
