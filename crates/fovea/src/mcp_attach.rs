@@ -302,11 +302,12 @@ pub async fn attach(args: McpAttachArgs) -> anyhow::Result<()> {
     let procedure = status_procedure(&args.name);
     let reg = client.register(&procedure).await.with_context(|| format!("registering {procedure}"))?;
     tokio::spawn(serve_status(reg, status.clone()));
+    let serving = serve_upstream(&args, bearer.as_deref(), &client, &pins_file, &status);
     if !args.exit_with_stdin {
-        return serve_upstream(&args, bearer.as_deref(), &client, &pins_file, &status).await;
+        return serving.await;
     }
     tokio::select! {
-        r = serve_upstream(&args, bearer.as_deref(), &client, &pins_file, &status) => r,
+        r = serving => r,
         () = stdin_closed() => {
             eprintln!("{}: the node that started this attachment is gone; stopping", args.name);
             // Dropping the upstream above starts killing its process: let that run.
