@@ -19,6 +19,16 @@ use crate::cli::{BenchArgs, BenchMode};
 const QUIET: Duration = Duration::from_secs(3);
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let compared = matches!(args.mode, BenchMode::Pubsub | BenchMode::Fanout | BenchMode::Rpc);
+    anyhow::ensure!(
+        compared || !args.compare_nats,
+        "--compare-nats covers pubsub, fanout and rpc; NATS has no counterpart for this mode"
+    );
+    let rounds = args.rounds as usize;
+    anyhow::ensure!(
+        compared || rounds == 1,
+        "--rounds covers pubsub, fanout and rpc; run other workloads again by hand"
+    );
     if matches!(args.mode, BenchMode::Startup) {
         // Starts nodes of its own, one after another.
         return startup(args.runs)?.finish();
@@ -49,30 +59,114 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(spin) = args.client_spin {
         println!("the benchmark's clients spin up to {spin:?} before their workers sleep (--client-spin)");
     }
-    let mut report = match args.mode {
-        BenchMode::Pubsub => fanout(&url, opts, args.msgs, args.size, 1).await?,
-        BenchMode::Fanout => fanout(&url, opts, args.msgs, args.size, args.subs).await?,
-        BenchMode::Rpc => rpc(&url, opts, args.callers, args.calls, args.size).await?,
-        BenchMode::Conns => conns(&url, opts, args.conns, node_pid).await?,
-        BenchMode::SlowConsumer => slow_consumer(&url, opts, args.msgs, args.size, node_pid).await?,
-        BenchMode::Soak => {
-            let duration = args.duration.unwrap_or(Duration::from_secs(600));
-            soak(&url, opts, args.size, duration, args.sample, node_pid).await?
+    let mut done = Vec::with_capacity(rounds);
+    for round in 1..=rounds {
+        if rounds > 1 {
+            println!("round {round} of {rounds}");
         }
-        BenchMode::Mcp => unreachable!("handled above"),
-        BenchMode::Startup => startup(args.runs)?,
-        BenchMode::Mesh => mesh(&args).await?,
-    };
+        let mut report = match args.mode {
+            BenchMode::Pubsub => fanout(&url, opts.clone(), args.msgs, args.size, 1).await?,
+            BenchMode::Fanout => fanout(&url, opts.clone(), args.msgs, args.size, args.subs).await?,
+            BenchMode::Rpc => rpc(&url, opts.clone(), args.callers, args.calls, args.size).await?,
+            BenchMode::Conns => conns(&url, opts.clone(), args.conns, node_pid).await?,
+            BenchMode::SlowConsumer => slow_consumer(&url, opts.clone(), args.msgs, args.size, node_pid).await?,
+            BenchMode::Soak => {
+                let duration = args.duration.unwrap_or(Duration::from_secs(600));
+                soak(&url, opts.clone(), args.size, duration, args.sample, node_pid).await?
+            }
+            BenchMode::Mcp => unreachable!("handled above"),
+            BenchMode::Startup => startup(args.runs)?,
+            BenchMode::Mesh => mesh(&args).await?,
+        };
+        if let Some(spin) = args.client_spin {
+            report.put("client_spin_us", spin.as_micros());
+        }
+        let nats = if args.compare_nats {
+            println!("{}", report.line());
+            let nats = run_nats(&args)?;
+            println!("{}", nats.line);
+            println!("{}", compare_line(&args, &report, &nats));
+            Some(nats)
+        } else {
+            if rounds > 1 {
+                println!("{}", report.line());
+            }
+            None
+        };
+        done.push((report, nats));
+    }
     drop(node);
-    if let Some(spin) = args.client_spin {
-        report.put("client_spin_us", spin.as_micros());
+    if rounds == 1 {
+        let Some((report, nats)) = done.pop() else { bail!("no round ran") };
+        return if nats.is_some() { report.check() } else { report.finish() };
     }
+    summarize(&args, &done)
+}
+
+/// The figures a workload is judged by: those compared with NATS, and summarized over rounds.
+fn key_figures(mode: &BenchMode) -> &'static [&'static str] {
+    match mode {
+        BenchMode::Rpc => &["rate", "p50_us", "p99_us"],
+        _ => &["delivered_rate"],
+    }
+}
+
+/// The median of `values` (the mean of the middle two for an even count), with the range.
+fn median(mut values: Vec<f64>) -> Option<(f64, f64, f64)> {
+    values.retain(|v| v.is_finite());
+    values.sort_by(f64::total_cmp);
+    let (first, last) = (*values.first()?, *values.last()?);
+    let mid = values.len() / 2;
+    let m = if values.len() % 2 == 0 { (values[mid - 1] + values[mid]) / 2.0 } else { values[mid] };
+    Some((m, first, last))
+}
+
+/// After several rounds: the median of each key figure (and of the ratios to NATS, taken
+/// per round, so both systems of a ratio saw the same moment of the machine), with the
+/// range, then a last line of key=value pairs. Fails if any round did.
+fn summarize(args: &BenchArgs, done: &[(Report, Option<NatsRun>)]) -> anyhow::Result<()> {
+    let keys = key_figures(&args.mode);
+    let rounds = done.len();
+    println!("{rounds} rounds, median (min-max):");
+    let mode = done.first().map_or("?", |(r, _)| r.mode);
+    let mut line = if args.compare_nats {
+        format!("compare mode={} rounds={rounds}", nats_mode(&args.mode))
+    } else {
+        format!("system=fovea mode={mode} rounds={rounds}")
+    };
+    for key in keys {
+        let fovea = median(done.iter().filter_map(|(r, _)| r.get(key)).collect());
+        let nats = median(done.iter().filter_map(|(_, n)| n.as_ref()?.get(key)).collect());
+        let ratio =
+            median(done.iter().filter_map(|(r, n)| Some(r.get(key)? / n.as_ref()?.get(key)?.max(1e-9))).collect());
+        if let Some((m, lo, hi)) = fovea {
+            println!("  fovea {key} {m:.0} ({lo:.0}-{hi:.0})");
+            let prefix = if args.compare_nats { "fovea_" } else { "" };
+            line.push_str(&format!(" {prefix}{key}={m:.0} {prefix}{key}_min={lo:.0} {prefix}{key}_max={hi:.0}"));
+        }
+        if let Some((m, lo, hi)) = nats {
+            println!("  nats  {key} {m:.0} ({lo:.0}-{hi:.0})");
+            line.push_str(&format!(" nats_{key}={m:.0}"));
+        }
+        if let Some((m, lo, hi)) = ratio {
+            println!("  ratio {key} {m:.2} ({lo:.2}-{hi:.2})");
+            line.push_str(&format!(" {key}_ratio={m:.2} {key}_ratio_min={lo:.2} {key}_ratio_max={hi:.2}"));
+        }
+    }
+    let fovea_dropped: f64 = done.iter().filter_map(|(r, _)| r.get("dropped")).sum();
     if args.compare_nats {
-        println!("{}", report.line());
-        compare_nats(&args, &report)?;
-        return report.check();
+        let nats_dropped: f64 = done.iter().filter_map(|(_, n)| n.as_ref()?.get("dropped")).sum();
+        if matches!(args.mode, BenchMode::Pubsub | BenchMode::Fanout) {
+            line.push_str(&format!(" nats_dropped={nats_dropped:.0} fovea_dropped={fovea_dropped:.0}"));
+        }
+    } else if matches!(args.mode, BenchMode::Pubsub | BenchMode::Fanout) {
+        line.push_str(&format!(" dropped={fovea_dropped:.0}"));
     }
-    report.finish()
+    println!("{line}");
+    match done.iter().find_map(|(r, _)| r.failure.as_ref()) {
+        Some(f) => bail!("{f}"),
+        None => Ok(()),
+    }
 }
 
 /// What a workload measured: the key=value pairs of its last line, and whether it failed
@@ -748,11 +842,34 @@ async fn mesh(args: &BenchArgs) -> anyhow::Result<Report> {
 }
 
 /// Runs `nats.sh` for the workload just measured and prints both lines and the ratio.
-fn compare_nats(args: &BenchArgs, fovea: &Report) -> anyhow::Result<()> {
-    let (mode, msgs, k, keys): (&str, u64, usize, &[&str]) = match args.mode {
-        BenchMode::Pubsub => ("pubsub", args.msgs, 1, &["delivered_rate"]),
-        BenchMode::Fanout => ("fanout", args.msgs, args.subs, &["delivered_rate"]),
-        BenchMode::Rpc => ("reqrep", args.calls, args.callers, &["rate", "p50_us", "p99_us"]),
+/// The name `nats.sh` gives a workload.
+fn nats_mode(mode: &BenchMode) -> &'static str {
+    match mode {
+        BenchMode::Rpc => "reqrep",
+        BenchMode::Fanout => "fanout",
+        _ => "pubsub",
+    }
+}
+
+/// One run of `nats.sh`: its `system=nats …` line.
+struct NatsRun {
+    line: String,
+}
+
+impl NatsRun {
+    fn get(&self, key: &str) -> Option<f64> {
+        self.line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('='))?.parse::<f64>().ok())
+    }
+}
+
+/// Runs `nats.sh` for the workload `args` describes.
+fn run_nats(args: &BenchArgs) -> anyhow::Result<NatsRun> {
+    let (msgs, k) = match args.mode {
+        BenchMode::Pubsub => (args.msgs, 1),
+        BenchMode::Fanout => (args.msgs, args.subs),
+        BenchMode::Rpc => (args.calls, args.callers),
         _ => bail!("--compare-nats covers pubsub, fanout and rpc; NATS has no counterpart for this mode"),
     };
     let script = &args.nats_script;
@@ -763,7 +880,7 @@ fn compare_nats(args: &BenchArgs, fovea: &Report) -> anyhow::Result<()> {
     );
     let out = Command::new("bash")
         .arg(script)
-        .args([mode.to_owned(), msgs.to_string(), args.size.to_string(), k.to_string()])
+        .args([nats_mode(&args.mode).to_owned(), msgs.to_string(), args.size.to_string(), k.to_string()])
         .stderr(Stdio::inherit())
         .output()
         .with_context(|| format!("running {}", script.display()))?;
@@ -771,22 +888,21 @@ fn compare_nats(args: &BenchArgs, fovea: &Report) -> anyhow::Result<()> {
     let Some(line) = text.lines().rev().find(|l| l.starts_with("system=nats")) else {
         bail!("{} printed no result line (exit {}): {text}", script.display(), out.status);
     };
-    println!("{line}");
-    let nats = |key: &str| {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('='))?.parse::<f64>().ok())
-    };
-    let mut cmp = format!("compare mode={mode}");
-    for key in keys {
-        if let (Some(f), Some(n)) = (fovea.get(key), nats(key)) {
+    Ok(NatsRun { line: line.to_owned() })
+}
+
+/// `compare mode=… <key>_ratio=…`: fovea's figure over NATS's, for one round.
+fn compare_line(args: &BenchArgs, fovea: &Report, nats: &NatsRun) -> String {
+    let mut cmp = format!("compare mode={}", nats_mode(&args.mode));
+    for key in key_figures(&args.mode) {
+        if let (Some(f), Some(n)) = (fovea.get(key), nats.get(key)) {
             cmp.push_str(&format!(" {key}_ratio={:.2}", f / n.max(1e-9)));
         }
     }
-    if let Some(d) = nats("dropped") {
+    if let Some(d) = nats.get("dropped") {
         cmp.push_str(&format!(" nats_dropped={d:.0} fovea_dropped={}", fovea.get("dropped").unwrap_or(0.0)));
     }
-    println!("{cmp}");
-    Ok(())
+    cmp
 }
 
 /// The node's current resident memory, from /proc (Linux), in KiB.

@@ -84,7 +84,7 @@ pub enum Command {
     Cert(CertCommand),
     /// Measure throughput and latency (starts its own node unless --url is given).
     #[command(
-        after_help = "Examples:\n  fovea bench pubsub\n  fovea bench pubsub --msgs 2000000 --size 1024 --compare-nats\n  fovea bench fanout --subs 100 --msgs 100000\n  fovea bench rpc --callers 64 --calls 200000\n  fovea bench conns --conns 100000\n  fovea bench startup\n  fovea bench mesh --msgs 500000 --calls 50000 --callers 16\n\nThe last line is key=value pairs, as ../shared/bench/nats.sh prints, for side-by-side comparison."
+        after_help = "Examples:\n  fovea bench pubsub\n  fovea bench pubsub --msgs 2000000 --size 1024 --compare-nats\n  fovea bench fanout --subs 100 --msgs 100000\n  fovea bench rpc --callers 64 --calls 200000\n  fovea bench rpc --callers 64 --calls 300000 --compare-nats --rounds 5\n  fovea bench conns --conns 100000\n  fovea bench startup\n  fovea bench mesh --msgs 500000 --calls 50000 --callers 16\n\nThe last line is key=value pairs, as ../shared/bench/nats.sh prints, for side-by-side comparison."
     )]
     Bench(BenchArgs),
 }
@@ -461,6 +461,11 @@ pub struct BenchArgs {
     /// ../shared/bench/nats.sh, and print the ratio.
     #[arg(long)]
     pub compare_nats: bool,
+    /// Pubsub, fanout, rpc: run the workload this many times (with --compare-nats, fovea
+    /// and NATS alternately) and report the median of each figure and of the ratios, with
+    /// their range: on a shared or virtual machine one run can be off by 15%.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: u32,
     /// The NATS benchmark script for --compare-nats.
     #[arg(long, env = "FOVEA_NATS_BENCH", default_value = "../shared/bench/nats.sh", value_name = "FILE")]
     pub nats_script: PathBuf,

@@ -537,6 +537,51 @@ fn bench_modes_print_key_value_lines() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--nats-script"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// `--rounds` runs a workload several times and reports medians; with `--compare-nats` it
+/// alternates with the NATS script and takes the ratio per round. A stand-in script (the
+/// real one needs nats-server) gives NATS's figures, so the arithmetic is checked too.
+#[test]
+fn bench_rounds_report_medians_and_ratios() {
+    let out = Command::new(BIN).args(["bench", "pubsub", "--msgs", "1000", "--rounds", "3"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.matches("system=fovea mode=pubsub size=").count(), 3, "{stdout}");
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(last.starts_with("system=fovea mode=pubsub rounds=3 delivered_rate="), "{last}");
+    assert!(last.ends_with(" dropped=0"), "{last}");
+
+    // NATS "delivers" 1 msg/s and drops 5 per round: every ratio is fovea's own rate.
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("nats.sh");
+    std::fs::write(&script, "echo \"system=nats mode=$1 size=$3 delivered=1 dropped=5 delivered_rate=1\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["bench", "pubsub", "--msgs", "1000", "--rounds", "2", "--compare-nats", "--nats-script"])
+        .arg(&script)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.matches("\ncompare mode=pubsub delivered_rate_ratio=").count(), 2, "{stdout}");
+    let last = stdout.lines().last().unwrap_or_default();
+    let get =
+        |key: &str| last.split_whitespace().find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse::<f64>().ok());
+    assert!(last.starts_with("compare mode=pubsub rounds=2 "), "{last}");
+    let (fovea, ratio) = (get("fovea_delivered_rate").unwrap(), get("delivered_rate_ratio").unwrap());
+    assert!(fovea > 0.0 && (ratio - fovea).abs() <= 1.0, "{last}");
+    assert_eq!(get("nats_delivered_rate"), Some(1.0), "{last}");
+    assert_eq!(get("nats_dropped"), Some(10.0), "{last}");
+    assert_eq!(get("fovea_dropped"), Some(0.0), "{last}");
+
+    // Workloads without a NATS counterpart refuse both flags before running.
+    let out = Command::new(BIN).args(["bench", "startup", "--rounds", "2"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--rounds covers"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Reads `path` from an admin endpoint (HTTP/1.0, loopback, no token needed).
 fn admin_get(admin: &str, path: &str) -> String {
     use std::io::{Read, Write};
