@@ -415,8 +415,12 @@ pub(crate) struct MatchCache {
     generation: u64,
     /// Topic → index in `entries`.
     map: HashMap<Bytes, usize, RandomState>,
-    /// (Subscribers, may this connection publish to the topic).
-    entries: Vec<(Arc<Matches>, bool)>,
+    /// (Topic, subscribers, may this connection publish to the topic).
+    entries: Vec<(Bytes, Arc<Matches>, bool)>,
+    /// The entry the last lookup found (`usize::MAX`: none). Publishers tend to send runs
+    /// to one topic; checking it first costs one comparison of the topic's bytes and
+    /// saves hashing them (`MatchCache::lookup` was 5% of the node in 64-byte pub/sub).
+    last: usize,
     cap: usize,
     /// The node's name limits (at most the protocol's).
     max_len: usize,
@@ -431,6 +435,7 @@ impl MatchCache {
             generation: u64::MAX,
             map: HashMap::default(),
             entries: Vec::new(),
+            last: usize::MAX,
             cap: cap.max(1),
             max_len,
             max_depth,
@@ -452,17 +457,22 @@ impl MatchCache {
             self.clear();
             self.generation = generation;
         }
-        let i = match self.map.get(raw) {
-            Some(&i) => i,
-            None => self.insert(realm, raw, allow)?,
+        let i = match self.entries.get(self.last) {
+            Some((topic, _, _)) if topic[..] == *raw => self.last,
+            _ => match self.map.get(raw) {
+                Some(&i) => i,
+                None => self.insert(realm, raw, allow)?,
+            },
         };
+        self.last = i;
         // Always present: `map` and `entries` are filled and cleared together.
-        self.entries.get(i).map(|(subs, allowed)| (subs, *allowed)).ok_or(TopicError::Empty)
+        self.entries.get(i).map(|(_, subs, allowed)| (subs, *allowed)).ok_or(TopicError::Empty)
     }
 
     fn clear(&mut self) {
         self.map.clear();
         self.entries.clear();
+        self.last = usize::MAX;
     }
 
     /// Computes and stores a missing entry; returns its index.
@@ -480,7 +490,7 @@ impl MatchCache {
         if self.map.len() >= self.cap {
             self.clear();
         }
-        self.entries.push((subs, allowed));
+        self.entries.push((topic.as_shared().clone(), subs, allowed));
         self.map.insert(topic.as_shared().clone(), self.entries.len() - 1);
         Ok(self.entries.len() - 1)
     }
