@@ -7,7 +7,7 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use crate::frame::{frame_size, DecodeError, Delivery, Frame, Publish};
+use crate::frame::{frame_size, DecodeError, Delivery, Frame, PubAt};
 
 /// Sans-IO frame reassembly. Feed chunks with [`Deframer::push`], then call
 /// [`Deframer::next_frame`] until it returns `Ok(None)`.
@@ -103,11 +103,12 @@ impl Deframer {
         self.next_diverting(|src, max| Frame::decode_diverting_msg(src, max, &mut on_msg))
     }
 
-    /// As [`Deframer::next_frame_or_msgs`], for `PUB` frames.
+    /// As [`Deframer::next_frame_or_msgs`], for `PUB` frames, each read in place
+    /// ([`PubAt`]: valid for the call; [`PubAt::to_publish`] keeps one).
     ///
     /// # Errors
     /// As [`Deframer::next_frame_or_msgs`].
-    pub fn next_frame_or_pubs(&mut self, mut on_pub: impl FnMut(Publish)) -> Result<Option<Frame>, DecodeError> {
+    pub fn next_frame_or_pubs(&mut self, mut on_pub: impl FnMut(PubAt<'_>)) -> Result<Option<Frame>, DecodeError> {
         self.next_diverting(|src, max| Frame::decode_diverting_pub(src, max, &mut on_pub))
     }
 
@@ -262,7 +263,7 @@ mod tests {
                 let mut diverted = Vec::new();
                 loop {
                     let next = if pubs {
-                        d.next_frame_or_pubs(|p| diverted.push(Frame::Pub(p)))
+                        d.next_frame_or_pubs(|p| diverted.push(Frame::Pub(p.to_publish())))
                     } else {
                         d.next_frame_or_msgs(|m| diverted.push(Frame::Msg(m)))
                     };

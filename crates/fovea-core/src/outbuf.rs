@@ -97,6 +97,29 @@ impl OutBuf {
         self.push_payload(payload);
     }
 
+    /// Queues a `MSG` frame whose payload is `buf[payload]` (a message read in place):
+    /// copied like any small payload, and sliced from `buf` only when it is queued by
+    /// reference. An out-of-range `payload` (a caller's bug) queues an empty one.
+    pub fn push_msg_from(
+        &mut self,
+        sid: u64,
+        topic: &[u8],
+        headers: &Headers,
+        buf: &Bytes,
+        payload: std::ops::Range<usize>,
+    ) {
+        debug_assert!(payload.end <= buf.len(), "payload range outside its buffer");
+        let bytes = buf.get(payload).unwrap_or_default();
+        if bytes.len() >= BY_REF_MIN {
+            return self.push_msg(sid, topic, headers, &buf.slice_ref(bytes));
+        }
+        self.room(Self::HEAD + topic.len() + headers.encoded_len() + bytes.len());
+        let before = self.cur.len();
+        encode_msg_head(&mut self.cur, sid, topic, headers, bytes.len());
+        self.cur.extend_from_slice(bytes);
+        self.len += self.cur.len() - before;
+    }
+
     /// Queues a `PUB` frame.
     pub fn push_pub(&mut self, topic: &[u8], headers: &Headers, payload: &Bytes) {
         self.room(Self::HEAD + topic.len() + headers.encoded_len() + inline_len(payload));

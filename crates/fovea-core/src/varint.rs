@@ -42,6 +42,22 @@ pub fn encode(v: u64, out: &mut impl BufMut) {
     }
 }
 
+/// `v` in its shortest form without a buffer: the encoding is the last `n` bytes of the
+/// array, and `n` is returned with it. Lets a caller gather several varints in one small
+/// array and append them with one copy (each `BufMut` put checks capacity on its own).
+#[inline]
+pub fn to_bytes(v: u64) -> ([u8; 8], usize) {
+    let v = v & MAX;
+    let n = size(v);
+    let tag = match n {
+        1 => 0,
+        2 => 0x4000,
+        4 => 0x8000_0000,
+        _ => 0xc000_0000_0000_0000,
+    };
+    ((tag | v).to_be_bytes(), n)
+}
+
 /// Reads one varint from the front of `src`.
 ///
 /// Returns the value and the number of bytes it took, or `None` if `src` is too short to
@@ -83,6 +99,8 @@ mod tests {
             encode(v, &mut buf);
             prop_assert_eq!(buf.len(), size(v));
             prop_assert_eq!(decode(&buf), Some((v, buf.len())));
+            let (bytes, n) = to_bytes(v);
+            prop_assert_eq!(&bytes[8 - n..], &buf[..]);
         }
 
         #[test]

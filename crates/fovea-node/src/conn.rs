@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use fovea_core::balance::Rng;
 use fovea_core::frame::{
-    Call, CallResult, ErrorFrame, GoAway, Publish, Register, Subscribe, ToolList, ToolsQuery, Welcome, VERSION,
+    Call, CallResult, ErrorFrame, GoAway, PubAt, Publish, Register, Subscribe, ToolList, ToolsQuery, Welcome, VERSION,
     VERSION_DROPPED, VERSION_RPC, VERSION_TOOLS,
 };
 use fovea_core::tool::ToolDescriptor;
@@ -179,7 +179,7 @@ async fn handshake(conn: &Connection, shared: &Arc<Shared>, id: u64) -> Result<(
 #[derive(Default)]
 struct Run {
     subs: Option<Arc<crate::router::Matches>>,
-    msgs: Vec<Publish>,
+    msgs: crate::outbound::Msgs,
 }
 
 impl Run {
@@ -193,7 +193,7 @@ impl Run {
     }
 
     /// Adds `p` for `subs` (plain, local); returns the deliveries of a run this ended.
-    fn push(&mut self, subs: &Arc<crate::router::Matches>, p: Publish, stats: &crate::Stats) -> u64 {
+    fn push(&mut self, subs: &Arc<crate::router::Matches>, p: PubAt<'_>, stats: &crate::Stats) -> u64 {
         let mut n = 0;
         match &self.subs {
             Some(current) if Arc::ptr_eq(current, subs) => {}
@@ -204,7 +204,7 @@ impl Run {
         }
         if self.msgs.capacity() == 0 {
             // One allocation per read that has runs, not one per doubling up to MAX.
-            self.msgs.reserve_exact(Self::MAX);
+            self.msgs.reserve(Self::MAX);
         }
         self.msgs.push(p);
         if self.msgs.len() >= Self::MAX {
@@ -420,14 +420,14 @@ impl Session {
     /// Routes one publish; returns the number of deliveries queued (by this publish, or by
     /// the run it ended). A publish whose subscribers are all plain and on this node joins
     /// `run`, delivered when the run ends; any other is routed at once, after the run.
-    fn publish(&mut self, p: Publish, run: &mut Run) -> u64 {
+    fn publish(&mut self, p: PubAt<'_>, run: &mut Run) -> u64 {
         let stats = &self.shared.stats;
         let limits = &self.shared.config.limits;
-        if p.payload.len() > limits.max_payload {
+        if p.payload().len() > limits.max_payload {
             let n = run.flush(stats);
             let why = format!(
                 "payload of {} bytes exceeds this node's max_payload of {}",
-                p.payload.len(),
+                p.payload().len(),
                 limits.max_payload
             );
             self.reject(ErrorCode::PayloadTooLarge, 0, why);
@@ -441,7 +441,7 @@ impl Session {
             self.reject(ErrorCode::PayloadTooLarge, 0, why);
             return n;
         }
-        let refused = match self.cache.lookup(&self.realm, &p.topic, &self.perms.publish) {
+        let refused = match self.cache.lookup(&self.realm, p.topic(), &self.perms.publish) {
             Ok((subs, true)) if subs.groups.is_empty() && Run::local_only(subs) => return run.push(subs, p, stats),
             Ok((subs, true)) => Ok(subs.clone()),
             Ok((_, false)) => Err(None),
@@ -451,7 +451,7 @@ impl Session {
             Ok(subs) => subs,
             Err(invalid) => {
                 let n = run.flush(stats);
-                let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                let topic = String::from_utf8_lossy(p.topic()).into_owned();
                 match invalid {
                     Some(e) => self.reject(ErrorCode::InvalidTopic, 0, format!("topic {topic:?} {e}")),
                     None => self.reject(ErrorCode::PermissionDenied, 0, format!("not allowed to publish to {topic:?}")),
@@ -460,6 +460,8 @@ impl Session {
             }
         };
         let mut n = run.flush(stats);
+        // Kept past this read (mesh forwarding) or delivered one by one: the owned form.
+        let p = p.to_publish();
         let mut deliver = |s: &SubRef| match s.peer.out.deliver(s.sid, &p.topic, &p.headers, &p.payload) {
             Delivered::Queued => n += 1,
             Delivered::Dropped => {
