@@ -75,8 +75,9 @@ impl OutBuf {
     }
 
     /// Upper bound of a frame head's size besides its topic and headers: type, length,
-    /// sid and three length prefixes, each a varint of at most 8 bytes.
-    const HEAD: usize = 48;
+    /// sid and three length prefixes, each a varint of at most 8 bytes, and the 8 bytes
+    /// the head encoder may write past its end before cutting back (`frame::Varints`).
+    const HEAD: usize = 48 + 8;
 
     /// Queues any frame.
     pub fn push_frame(&mut self, frame: &Frame) {

@@ -42,11 +42,11 @@ pub fn encode(v: u64, out: &mut impl BufMut) {
     }
 }
 
-/// `v` in its shortest form without a buffer: the encoding is the last `n` bytes of the
-/// array, and `n` is returned with it. Lets a caller gather several varints in one small
-/// array and append them with one copy (each `BufMut` put checks capacity on its own).
+/// `v` in its shortest form without a buffer: the encoding is the low `n` bytes of the
+/// word, big-endian, and `n` is returned with it. Lets a caller gather several varints in
+/// a register and append them together.
 #[inline]
-pub fn to_bytes(v: u64) -> ([u8; 8], usize) {
+pub fn to_word(v: u64) -> (u64, usize) {
     let v = v & MAX;
     let n = size(v);
     let tag = match n {
@@ -55,7 +55,7 @@ pub fn to_bytes(v: u64) -> ([u8; 8], usize) {
         4 => 0x8000_0000,
         _ => 0xc000_0000_0000_0000,
     };
-    ((tag | v).to_be_bytes(), n)
+    (tag | v, n)
 }
 
 /// Reads one varint from the front of `src`.
@@ -99,8 +99,8 @@ mod tests {
             encode(v, &mut buf);
             prop_assert_eq!(buf.len(), size(v));
             prop_assert_eq!(decode(&buf), Some((v, buf.len())));
-            let (bytes, n) = to_bytes(v);
-            prop_assert_eq!(&bytes[8 - n..], &buf[..]);
+            let (word, n) = to_word(v);
+            prop_assert_eq!(&word.to_be_bytes()[8 - n..], &buf[..]);
         }
 
         #[test]
