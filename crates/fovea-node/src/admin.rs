@@ -219,6 +219,11 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         counter!("fovea_bytes_out_total").absolute(s.bytes_out);
         describe_counter!("fovea_messages_dropped_total", "Messages dropped, by reason.");
         counter!("fovea_messages_dropped_total", "reason" => "slow_consumer").absolute(s.dropped);
+        describe_counter!(
+            "fovea_producer_stalls_total",
+            "Reads of a publishing connection held back (at most producer_stall) for a subscriber's queue more than half full."
+        );
+        counter!("fovea_producer_stalls_total").absolute(s.stalls);
         describe_counter!("fovea_protocol_errors_total", "Connections closed for malformed or unexpected frames.");
         counter!("fovea_protocol_errors_total").absolute(s.protocol_errors);
         describe_counter!("fovea_auth_failures_total", "Refused handshakes (realm or credential).");

@@ -75,6 +75,14 @@ pub struct Limits {
     /// Bytes queued for one connection that its client has not yet read. A message that
     /// would exceed it is dropped for that connection and counted. Default 64 MiB, as NATS.
     pub max_pending_bytes: usize,
+    /// A message queued for a connection whose queue is more than half full holds back the
+    /// publishing connection: its next read waits until that queue has been handed to the
+    /// transport, at most this long (once per read). The publisher slows to what its
+    /// subscribers take instead of losing messages for them, as NATS stalls a fast producer
+    /// (2–5 ms). Zero turns it off: messages are then dropped at `max_pending_bytes`
+    /// without slowing anyone. Default 5 ms.
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub producer_stall: Duration,
     /// A connection that keeps losing messages (its queue full) for this long, without one
     /// delivery getting through, is closed with `SLOW_CONSUMER`. Default 10 s.
     #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
@@ -118,6 +126,7 @@ impl Default for Limits {
             max_call_timeout: Duration::from_secs(300),
             max_payload: fovea_core::limits::MAX_PAYLOAD,
             max_pending_bytes: 64 * 1024 * 1024,
+            producer_stall: Duration::from_millis(5),
             slow_consumer_timeout: Duration::from_secs(10),
             match_cache_entries: 4096,
             handshake_timeout: Duration::from_secs(10),
@@ -160,6 +169,11 @@ impl Limits {
         within("max_topic_depth", self.max_topic_depth, 1, proto::MAX_TOPIC_DEPTH)?;
         within("max_headers_len", self.max_headers_len, 1, proto::MAX_HEADERS_LEN)?;
         within("max_payload", self.max_payload, 1, self.max_frame.saturating_sub(1024))?;
+        // A stall holds a publisher's whole connection: longer than a second is a stuck
+        // publisher, not a slowed one.
+        if self.producer_stall > Duration::from_secs(1) {
+            return Err(format!("producer_stall must be at most 1s (0 turns it off), got {:?}", self.producer_stall));
+        }
         if self.keep_alive >= self.idle_timeout {
             return Err(format!(
                 "keep_alive ({:?}) must be shorter than idle_timeout ({:?}), or idle clients are dropped",

@@ -165,6 +165,7 @@ async fn handshake(conn: &Connection, shared: &Arc<Shared>, id: u64) -> Result<(
         tools_watch: None,
         cache: MatchCache::new(limits.match_cache_entries, limits.max_topic_len, limits.max_topic_depth),
         rng: Rng::new(id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ shared.seed),
+        stall: None,
     };
     Ok((session, send))
 }
@@ -180,6 +181,9 @@ async fn handshake(conn: &Connection, shared: &Arc<Shared>, id: u64) -> Result<(
 struct Run {
     subs: Option<Arc<crate::router::Matches>>,
     msgs: crate::outbound::Msgs,
+    /// The first subscriber this read delivered to whose queue was more than half full:
+    /// the connection's next read waits for it (`producer_stall`).
+    press: Option<Arc<Peer>>,
 }
 
 impl Run {
@@ -219,6 +223,9 @@ impl Run {
         let mut n = 0;
         for s in &subs.plain {
             let (queued, dropped) = s.peer.out.deliver_run(s.sid, &self.msgs);
+            if self.press.is_none() && s.peer.out.pressing() {
+                self.press = Some(s.peer.clone());
+            }
             n += queued;
             if dropped > 0 {
                 stats.dropped.fetch_add(dropped, Ordering::Relaxed);
@@ -258,6 +265,9 @@ struct Session {
     cache: MatchCache,
     /// Balancing choices (queue groups, providers).
     rng: Rng,
+    /// A subscriber's queue this connection's next read waits for, and until when at most
+    /// (`producer_stall`).
+    stall: Option<(Arc<Peer>, tokio::time::Instant)>,
 }
 
 impl Session {
@@ -356,6 +366,14 @@ impl Session {
     /// # Cancel safety
     /// Cancel safe: the only await is the read, and what it took is handled completely.
     async fn read_some(&mut self) -> Result<bool, Close> {
+        if let Some((peer, until)) = &self.stall {
+            // The last read fed a subscriber whose queue is more than half full: wait for
+            // its writer to take it (bounded), so this publisher slows to what the
+            // subscriber reads instead of outrunning it into drops. Kept in `self` until
+            // done, so a cancelled wait resumes with the same deadline.
+            let _ = tokio::time::timeout_at(*until, peer.out.relieved()).await;
+            self.stall = None;
+        }
         let n = match self.recv.read_chunks(&mut self.chunks).await {
             Ok(Some(n)) => n,
             Ok(None) if self.deframer.buffered() > 0 => {
@@ -409,6 +427,11 @@ impl Session {
         // What was published before a malformed frame is delivered, as it would have been
         // had it come in an earlier read.
         deliveries += run.flush(stats);
+        let limit = shared.config.limits.producer_stall;
+        if let Some(peer) = run.press.take().filter(|_| !limit.is_zero()) {
+            stats.stalls.fetch_add(1, Ordering::Relaxed);
+            self.stall = Some((peer, tokio::time::Instant::now() + limit));
+        }
         // Counters are added once per read, not per message: shared cache lines are the
         // one cost a per-connection design must still avoid.
         stats.bytes_in.fetch_add(bytes, Ordering::Relaxed);
@@ -462,12 +485,18 @@ impl Session {
         let mut n = run.flush(stats);
         // Kept past this read (mesh forwarding) or delivered one by one: the owned form.
         let p = p.to_publish();
-        let mut deliver = |s: &SubRef| match s.peer.out.deliver(s.sid, &p.topic, &p.headers, &p.payload) {
-            Delivered::Queued => n += 1,
-            Delivered::Dropped => {
-                stats.dropped.fetch_add(1, Ordering::Relaxed);
+        let press = &mut run.press;
+        let mut deliver = |s: &SubRef| {
+            match s.peer.out.deliver(s.sid, &p.topic, &p.headers, &p.payload) {
+                Delivered::Queued => n += 1,
+                Delivered::Dropped => {
+                    stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                Delivered::Closed => {}
             }
-            Delivered::Closed => {}
+            if press.is_none() && s.peer.out.pressing() {
+                *press = Some(s.peer.clone());
+            }
         };
         if Run::local_only(&subs) {
             subs.for_each_target(&mut self.rng, deliver);

@@ -116,6 +116,11 @@ pub(crate) struct Outbound {
     /// Whether the client understands `DROPPED` (protocol version 3).
     announce_drops: bool,
     closed: AtomicBool,
+    /// More than half of `max_pending` is queued: publishers delivering here are held
+    /// back (`producer_stall`) until the writer takes the queue.
+    pressing: AtomicBool,
+    /// Signalled when the writer takes a queue that was pressing.
+    relieved: Notify,
     /// Messages dropped because the queue was full.
     pub dropped: AtomicU64,
 }
@@ -145,6 +150,8 @@ impl Outbound {
             slow_after,
             announce_drops,
             closed: AtomicBool::new(false),
+            pressing: AtomicBool::new(false),
+            relieved: Notify::new(),
             dropped: AtomicU64::new(0),
         }
     }
@@ -229,6 +236,9 @@ impl Outbound {
         }
         q.full_since = None;
         q.buf.push_msg_from(sid, topic, headers, buf, payload);
+        if q.buf.len() > self.max_pending / 2 && !self.pressing.load(Ordering::Relaxed) {
+            self.pressing.store(true, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -291,6 +301,9 @@ impl Outbound {
             return Err(TooSlow);
         }
         q.buf.take_into(into);
+        if self.pressing.swap(false, Ordering::Relaxed) {
+            self.relieved.notify_waiters();
+        }
         if !q.dropped.is_empty() {
             let mut notices = BytesMut::new();
             for (sid, count) in q.dropped.drain() {
@@ -313,6 +326,26 @@ impl Outbound {
         self.slow_signal.notified().await;
     }
 
+    /// Whether more than half of the queue's bound is taken: a publisher delivering here
+    /// should hold back ([`Outbound::relieved`]).
+    pub fn pressing(&self) -> bool {
+        self.pressing.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the writer takes the queue, if it is [`pressing`](Outbound::pressing).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only waits.
+    pub async fn relieved(&self) {
+        let relieved = self.relieved.notified();
+        tokio::pin!(relieved);
+        // Registered before the check, so a take between the two is not missed.
+        relieved.as_mut().enable();
+        if self.pressing() && !self.closed.load(Ordering::Relaxed) {
+            relieved.await;
+        }
+    }
+
     /// How long a run of drops lasts before the connection is closed.
     pub fn slow_after(&self) -> Duration {
         self.slow_after
@@ -331,6 +364,8 @@ impl Outbound {
     pub fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
         *self.lock() = Queue::default();
+        self.pressing.store(false, Ordering::Relaxed);
+        self.relieved.notify_waiters();
         self.wake.notify_one();
     }
 }

@@ -26,6 +26,9 @@ pub struct Stats {
     pub bytes_out: AtomicU64,
     /// Messages dropped because a subscriber's queue was full.
     pub dropped: AtomicU64,
+    /// Reads of a publishing connection held back because a subscriber's queue was more
+    /// than half full (`producer_stall`).
+    pub stalls: AtomicU64,
     /// Connections closed for malformed or unexpected frames.
     pub protocol_errors: AtomicU64,
     /// Handshakes refused for the realm or credential.
@@ -94,6 +97,7 @@ pub struct StatsSnapshot {
     pub deliveries: u64,
     pub bytes_out: u64,
     pub dropped: u64,
+    pub stalls: u64,
     pub protocol_errors: u64,
     pub auth_failures: u64,
     pub auth_rate_limited: u64,
@@ -141,6 +145,7 @@ impl Stats {
             deliveries: get(&self.deliveries),
             bytes_out: get(&self.bytes_out),
             dropped: get(&self.dropped),
+            stalls: get(&self.stalls),
             protocol_errors: get(&self.protocol_errors),
             auth_failures: get(&self.auth_failures),
             auth_rate_limited: get(&self.auth_rate_limited),

@@ -80,7 +80,12 @@ fn render(info: &serde_json::Value, prev: Option<(f64, &serde_json::Value)>) -> 
     );
     s += &format!("  messages in {}{}\n", stat(info, "msgs_in"), rate("msgs_in"));
     s += &format!("  deliveries  {}{}\n", stat(info, "deliveries"), rate("deliveries"));
-    s += &format!("  dropped     {}{}\n", stat(info, "dropped"), rate("dropped"));
+    s += &format!(
+        "  dropped     {}{}   publishers held back {}\n",
+        stat(info, "dropped"),
+        rate("dropped"),
+        stat(info, "stalls")
+    );
     s += &format!(
         "  calls       {}{}   late answers {}\n",
         stat(info, "calls"),

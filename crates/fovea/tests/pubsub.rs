@@ -371,6 +371,33 @@ async fn a_subscriber_that_stays_slow_is_disconnected() {
     node.stop().await;
 }
 
+/// A publisher feeding a subscriber whose queue at the node is more than half full is held
+/// back (`producer_stall`, counted), and is never refused; with the stall off it is never
+/// held back and the node drops for the subscriber instead.
+#[tokio::test]
+async fn a_fast_publisher_is_held_back_for_a_full_subscriber_queue() {
+    for stall in [Duration::from_millis(5), Duration::ZERO] {
+        let limits = Limits { max_pending_bytes: 64 * 1024, producer_stall: stall, ..Limits::default() };
+        let node = TestNode::start_with(limits).await;
+        // A subscriber that takes nothing: its transport window fills, then its queue.
+        let idle = Client::connect(&node.url(), node.options().subscription_capacity(1)).await.unwrap();
+        let _held = idle.subscribe("burst").await.unwrap();
+        let publisher = node.client().await;
+        for _ in 0..4000 {
+            publisher.publish("burst", vec![0u8; 1024]).await.unwrap();
+        }
+        publisher.flush().await.unwrap();
+        let s = node.stats.snapshot();
+        if stall.is_zero() {
+            assert_eq!(s.stalls, 0, "{s:?}");
+            assert!(s.dropped > 0, "4 MB against a 64 KiB queue and an idle reader: {s:?}");
+        } else {
+            assert!(s.stalls > 0, "the publisher was never held back: {s:?}");
+        }
+        node.stop().await;
+    }
+}
+
 /// Clients sharing one UDP socket each have their own connection: messages flow between
 /// them, and closing one leaves the others (and the socket) working.
 #[tokio::test]
