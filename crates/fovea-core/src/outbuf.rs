@@ -142,6 +142,31 @@ impl OutBuf {
         }
     }
 
+    /// Moves the oldest part of the queue, in order, to the end of `into`: whole chunks
+    /// while fewer than `max` bytes are taken (at least one), or everything, as
+    /// [`OutBuf::take_into`], if that is under `max`. Returns whether the queue is now
+    /// empty. Lets a writer hand over a long backlog in steps, so that the queue shrinks
+    /// as the reader takes it rather than all at once at the end.
+    pub fn take_some_into(&mut self, into: &mut Vec<Bytes>, max: usize) -> bool {
+        let (mut n, mut taken) = (0, 0);
+        for chunk in &self.chunks {
+            if n > 0 && taken >= max {
+                break;
+            }
+            taken += chunk.len();
+            n += 1;
+        }
+        // Everything when the rest is small, and when there is no finished chunk to take
+        // (then the chunk being encoded goes, whatever its size).
+        if n == self.chunks.len() && (n == 0 || taken + self.cur.len() <= max) {
+            self.take_into(into);
+            return true;
+        }
+        into.extend(self.chunks.drain(..n));
+        self.len -= taken;
+        false
+    }
+
     /// Moves everything queued, in order, to the end of `into`, leaving the queue empty
     /// and holding no buffer.
     pub fn take_into(&mut self, into: &mut Vec<Bytes>) {
@@ -175,6 +200,38 @@ mod tests {
     use crate::deframer::Deframer;
     use crate::frame::Delivery;
     use crate::limits::MAX_FRAME;
+
+    proptest::proptest! {
+        /// Taking in steps hands over the same bytes in the same order as taking all at
+        /// once, never an empty step while something is queued, and `len` stays exact.
+        #[test]
+        fn taking_in_steps_keeps_every_byte_in_order(
+            sizes in proptest::collection::vec(0usize..40_000, 0..60),
+            max in 1usize..200_000,
+        ) {
+            let (mut all, mut steps) = (OutBuf::new(), OutBuf::new());
+            for (i, len) in sizes.iter().enumerate() {
+                let payload = Bytes::from(vec![i as u8; *len]);
+                all.push_msg(i as u64 + 1, b"t.x", &Headers::new(), &payload);
+                steps.push_msg(i as u64 + 1, b"t.x", &Headers::new(), &payload);
+            }
+            let mut want = Vec::new();
+            all.take_into(&mut want);
+            let mut got = Vec::new();
+            loop {
+                let before = (steps.len(), got.len());
+                let empty = steps.take_some_into(&mut got, max);
+                let moved: usize = got[before.1..].iter().map(Bytes::len).sum();
+                proptest::prop_assert_eq!(before.0 - steps.len(), moved);
+                proptest::prop_assert!(moved > 0 || before.0 == 0);
+                if empty {
+                    proptest::prop_assert_eq!(steps.len(), 0);
+                    break;
+                }
+            }
+            proptest::prop_assert_eq!(got.concat(), want.concat());
+        }
+    }
 
     #[test]
     fn queued_frames_decode_in_order() {

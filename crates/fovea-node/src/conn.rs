@@ -371,7 +371,10 @@ impl Session {
             // its writer to take it (bounded), so this publisher slows to what the
             // subscriber reads instead of outrunning it into drops. Kept in `self` until
             // done, so a cancelled wait resumes with the same deadline.
-            let _ = tokio::time::timeout_at(*until, peer.out.relieved()).await;
+            if tokio::time::timeout_at(*until, peer.out.relieved()).await.is_err() {
+                // Its writer took nothing in that time: the reader has stopped, not slowed.
+                peer.out.mark_stuck();
+            }
             self.stall = None;
         }
         let n = match self.recv.read_chunks(&mut self.chunks).await {
@@ -851,7 +854,14 @@ async fn tools_changed(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) -> Op
     }
 }
 
-/// The writer: waits for queued frames and writes them all in one call.
+/// Most bytes a client's writer hands to the transport in one call when a backlog has
+/// built up (a few encode buffers): small enough that the queue, and a publisher held back
+/// for it, move every millisecond or so at loopback speeds; large enough that the call
+/// count does not matter.
+const WRITE_STEP: usize = 256 * 1024;
+
+/// The writer: waits for queued frames and writes them all in one call (in steps of
+/// [`WRITE_STEP`] when a backlog has built up).
 ///
 /// # Cancel safety
 /// Not cancel safe: frames taken from the queue and not yet written are lost if the
@@ -865,7 +875,8 @@ async fn write_loop(send: &mut SendStream, peer: &Peer, stats: &crate::Stats) ->
     };
     let mut chunks: Vec<Bytes> = Vec::new();
     loop {
-        if out.take_into(&mut chunks).is_err() {
+        // A long queue goes in steps of WRITE_STEP, so it shrinks as the client reads.
+        if out.take_some_into(&mut chunks, WRITE_STEP).is_err() {
             return Err(too_slow());
         }
         if chunks.is_empty() {

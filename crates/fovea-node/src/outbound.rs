@@ -119,6 +119,9 @@ pub(crate) struct Outbound {
     /// More than half of `max_pending` is queued: publishers delivering here are held
     /// back (`producer_stall`) until the writer takes the queue.
     pressing: AtomicBool,
+    /// A hold-back for this queue ran out without a take: no one is held back for it until
+    /// the writer takes again.
+    stuck: AtomicBool,
     /// Signalled when the writer takes a queue that was pressing.
     relieved: Notify,
     /// Messages dropped because the queue was full.
@@ -151,6 +154,7 @@ impl Outbound {
             announce_drops,
             closed: AtomicBool::new(false),
             pressing: AtomicBool::new(false),
+            stuck: AtomicBool::new(false),
             relieved: Notify::new(),
             dropped: AtomicU64::new(0),
         }
@@ -296,15 +300,32 @@ impl Outbound {
     /// [`TooSlow`] once the connection has dropped messages for `slow_after` without a
     /// break: the caller closes it with `SLOW_CONSUMER`.
     pub fn take_into(&self, into: &mut Vec<Bytes>) -> Result<(), TooSlow> {
+        self.take_some_into(into, usize::MAX)
+    }
+
+    /// As [`Outbound::take_into`], but at most about `max` bytes of a long queue (whole
+    /// encode buffers; see `OutBuf::take_some_into`): a client's writer hands a backlog to
+    /// the transport in steps, so the queue shrinks while its reader takes it and a
+    /// publisher held back for it ([`Outbound::relieved`]) resumes at the pace of each
+    /// step. `DROPPED` notices follow once the queue is empty, after every message that
+    /// was queued before the drops.
+    ///
+    /// # Errors
+    /// As [`Outbound::take_into`].
+    pub fn take_some_into(&self, into: &mut Vec<Bytes>, max: usize) -> Result<(), TooSlow> {
         let mut q = self.lock();
         if q.slow {
             return Err(TooSlow);
         }
-        q.buf.take_into(into);
-        if self.pressing.swap(false, Ordering::Relaxed) {
+        let empty = q.buf.take_some_into(into, max);
+        // The reader took something: it is alive, and publishers may be held back for it
+        // again (`stuck` is set when a hold-back ran out without a take).
+        self.stuck.store(false, Ordering::Relaxed);
+        let still = q.buf.len() > self.max_pending / 2;
+        if self.pressing.swap(still, Ordering::Relaxed) {
             self.relieved.notify_waiters();
         }
-        if !q.dropped.is_empty() {
+        if empty && !q.dropped.is_empty() {
             let mut notices = BytesMut::new();
             for (sid, count) in q.dropped.drain() {
                 if self.announce_drops {
@@ -326,10 +347,18 @@ impl Outbound {
         self.slow_signal.notified().await;
     }
 
-    /// Whether more than half of the queue's bound is taken: a publisher delivering here
-    /// should hold back ([`Outbound::relieved`]).
+    /// Whether more than half of the queue's bound is taken and its reader is alive: a
+    /// publisher delivering here should hold back ([`Outbound::relieved`]).
     pub fn pressing(&self) -> bool {
-        self.pressing.load(Ordering::Relaxed)
+        self.pressing.load(Ordering::Relaxed) && !self.stuck.load(Ordering::Relaxed)
+    }
+
+    /// A hold-back ran out before the writer took anything: the reader has stopped (not
+    /// just slowed), and holding publishers back would only slow everyone else they feed.
+    /// Until the next take, this queue holds no one back and fills to its bound, where it
+    /// drops (`max_pending_bytes`).
+    pub fn mark_stuck(&self) {
+        self.stuck.store(true, Ordering::Relaxed);
     }
 
     /// Waits until the writer takes the queue, if it is [`pressing`](Outbound::pressing).
