@@ -176,7 +176,8 @@ async fn handshake(conn: &Connection, shared: &Arc<Shared>, id: u64) -> Result<(
 /// its messages in publish order; two subscriptions of one connection that both match
 /// see a run's messages one subscription after the other.
 ///
-/// Bounded: at most [`Run::MAX`] messages, each a slice of the read buffer it came in.
+/// Bounded: at most [`Run::MAX`] messages, each kept as positions in the read buffer it
+/// came in (one reference per buffer).
 #[derive(Default)]
 struct Run {
     subs: Option<Arc<crate::router::Matches>>,
@@ -364,7 +365,8 @@ impl Session {
     /// finished its stream.
     ///
     /// # Cancel safety
-    /// Cancel safe: the only await is the read, and what it took is handled completely.
+    /// Cancel safe: the awaits are the hold-back, whose deadline stays in `self` until it
+    /// is over, and the read, and what the read took is handled completely.
     async fn read_some(&mut self) -> Result<bool, Close> {
         if let Some((peer, until)) = &self.stall {
             // The last read fed a subscriber whose queue is more than half full: wait for
