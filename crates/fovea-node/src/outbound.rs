@@ -307,8 +307,8 @@ impl Outbound {
     /// encode buffers; see `OutBuf::take_some_into`): a client's writer hands a backlog to
     /// the transport in steps, so the queue shrinks while its reader takes it and a
     /// publisher held back for it ([`Outbound::relieved`]) resumes at the pace of each
-    /// step. `DROPPED` notices follow once the queue is empty, after every message that
-    /// was queued before the drops.
+    /// step. Once messages have been dropped it takes everything, and the `DROPPED`
+    /// notices follow every message queued before the drops.
     ///
     /// # Errors
     /// As [`Outbound::take_into`].
@@ -317,6 +317,10 @@ impl Outbound {
         if q.slow {
             return Err(TooSlow);
         }
+        // While messages are being dropped, everything goes at once, as before steps: the
+        // `DROPPED` notices follow the queue, and a reader that stays behind would
+        // otherwise never see them.
+        let max = if q.dropped.is_empty() { max } else { usize::MAX };
         let empty = q.buf.take_some_into(into, max);
         // The reader took something: it is alive, and publishers may be held back for it
         // again (`stuck` is set when a hold-back ran out without a take).
@@ -486,6 +490,31 @@ mod tests {
         }
         assert_eq!(batched.deliver_run(3, &msgs_of(&run, 2)), (3, 0));
         assert_eq!(drain(&batched), drain(&single));
+    }
+
+    /// A reader that stays behind still hears of its drops: once messages are dropped, a
+    /// step takes the whole queue, with the `DROPPED` notice after it.
+    #[test]
+    fn drops_are_announced_to_a_reader_taking_in_steps() {
+        let out = Outbound::new(4096, Duration::from_secs(60), true);
+        let p = publish("a", 1000, 1);
+        let mut dropped = 0;
+        for _ in 0..10 {
+            if out.deliver(5, &p.topic, &p.headers, &p.payload) == Delivered::Dropped {
+                dropped += 1;
+            }
+        }
+        assert!(dropped > 0);
+        let mut chunks = Vec::new();
+        assert!(out.take_some_into(&mut chunks, 1).is_ok());
+        let mut d = fovea_core::Deframer::new(fovea_core::limits::MAX_FRAME);
+        d.push(Bytes::from(chunks.concat()));
+        let mut frames = Vec::new();
+        while let Ok(Some(f)) = d.next_frame() {
+            frames.push(f);
+        }
+        assert_eq!(frames.len(), 10 - dropped as usize + 1, "every queued message, then the notice");
+        assert_eq!(frames.last(), Some(&Frame::Dropped(Dropped { sid: 5, count: dropped })));
     }
 
     #[test]
