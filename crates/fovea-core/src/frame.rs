@@ -1352,6 +1352,7 @@ mod tests {
             hv in proptest::option::of("[ -~]{0,20}"),
         ) {
             let headers = match &hv {
+                // Cannot fail: a plain name and a value of printable ASCII.
                 Some(v) => Headers::from_pairs([("h", v.as_str())]).unwrap(),
                 None => Headers::new(),
             };

@@ -91,11 +91,7 @@ impl OutBuf {
 
     /// Queues a `MSG` frame.
     pub fn push_msg(&mut self, sid: u64, topic: &[u8], headers: &Headers, payload: &Bytes) {
-        self.room(Self::HEAD + topic.len() + headers.encoded_len() + inline_len(payload));
-        let before = self.cur.len();
-        encode_msg_head(&mut self.cur, sid, topic, headers, payload.len());
-        self.len += self.cur.len() - before;
-        self.push_payload(payload);
+        self.push_msg_from(sid, topic, headers, payload, 0..payload.len());
     }
 
     /// Queues a `MSG` frame whose payload is `buf[payload]` (a message read in place):
@@ -110,15 +106,12 @@ impl OutBuf {
         payload: std::ops::Range<usize>,
     ) {
         debug_assert!(payload.end <= buf.len(), "payload range outside its buffer");
-        let bytes = buf.get(payload).unwrap_or_default();
-        if bytes.len() >= BY_REF_MIN {
-            return self.push_msg(sid, topic, headers, &buf.slice_ref(bytes));
-        }
-        self.room(Self::HEAD + topic.len() + headers.encoded_len() + bytes.len());
+        let payload = buf.get(payload).unwrap_or_default();
+        self.room(Self::HEAD + topic.len() + headers.encoded_len() + inline_len(payload));
         let before = self.cur.len();
-        encode_msg_head(&mut self.cur, sid, topic, headers, bytes.len());
-        self.cur.extend_from_slice(bytes);
+        encode_msg_head(&mut self.cur, sid, topic, headers, payload.len());
         self.len += self.cur.len() - before;
+        self.push_payload(buf, payload);
     }
 
     /// Queues a `PUB` frame.
@@ -127,16 +120,18 @@ impl OutBuf {
         let before = self.cur.len();
         encode_pub_head(&mut self.cur, topic, headers, payload.len());
         self.len += self.cur.len() - before;
-        self.push_payload(payload);
+        self.push_payload(payload, payload);
     }
 
-    fn push_payload(&mut self, payload: &Bytes) {
+    /// Appends `payload`, which lies within `buf`: copied, or at [`BY_REF_MIN`] bytes and
+    /// more queued as a slice of `buf`.
+    fn push_payload(&mut self, buf: &Bytes, payload: &[u8]) {
         self.len += payload.len();
         if payload.len() >= BY_REF_MIN {
             if !self.cur.is_empty() {
                 self.chunks.push(self.cur.split().freeze());
             }
-            self.chunks.push(payload.clone());
+            self.chunks.push(buf.slice_ref(payload));
         } else {
             self.cur.extend_from_slice(payload);
         }
@@ -186,7 +181,7 @@ impl OutBuf {
 }
 
 /// Bytes of `payload` that go into the encode buffer (none if it is queued by reference).
-fn inline_len(payload: &Bytes) -> usize {
+fn inline_len(payload: &[u8]) -> usize {
     if payload.len() >= BY_REF_MIN {
         0
     } else {

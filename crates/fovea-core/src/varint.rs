@@ -33,12 +33,12 @@ pub const fn size(v: u64) -> usize {
 #[inline]
 pub fn encode(v: u64, out: &mut impl BufMut) {
     debug_assert!(v <= MAX, "varint out of range: {v}");
-    let v = v & MAX;
-    match size(v) {
-        1 => out.put_u8(v as u8),
-        2 => out.put_u16(0x4000 | v as u16),
-        4 => out.put_u32(0x8000_0000 | v as u32),
-        _ => out.put_u64(0xc000_0000_0000_0000 | v),
+    let (word, n) = to_word(v);
+    match n {
+        1 => out.put_u8(word as u8),
+        2 => out.put_u16(word as u16),
+        4 => out.put_u32(word as u32),
+        _ => out.put_u64(word),
     }
 }
 

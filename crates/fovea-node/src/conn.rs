@@ -224,9 +224,7 @@ impl Run {
         let mut n = 0;
         for s in &subs.plain {
             let (queued, dropped) = s.peer.out.deliver_run(s.sid, &self.msgs);
-            if self.press.is_none() && s.peer.out.pressing() {
-                self.press = Some(s.peer.clone());
-            }
+            note_pressing(&mut self.press, &s.peer);
             n += queued;
             if dropped > 0 {
                 stats.dropped.fetch_add(dropped, Ordering::Relaxed);
@@ -234,6 +232,14 @@ impl Run {
         }
         self.msgs.clear();
         n
+    }
+}
+
+/// Remembers `peer` as the one to hold this read's publisher back for, if its queue is
+/// more than half full and no other was found first.
+fn note_pressing(press: &mut Option<Arc<Peer>>, peer: &Arc<Peer>) {
+    if press.is_none() && peer.out.pressing() {
+        *press = Some(peer.clone());
     }
 }
 
@@ -499,9 +505,7 @@ impl Session {
                 }
                 Delivered::Closed => {}
             }
-            if press.is_none() && s.peer.out.pressing() {
-                *press = Some(s.peer.clone());
-            }
+            note_pressing(press, &s.peer);
         };
         if Run::local_only(&subs) {
             subs.for_each_target(&mut self.rng, deliver);
