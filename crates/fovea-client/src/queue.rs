@@ -67,25 +67,77 @@ pub(crate) enum Pushed {
     Full,
 }
 
-impl Sender {
-    /// Queues the messages at the front of `pending` whose sid is `sid`, in order, until
-    /// the run ends or the queue is full; wakes the subscriber once.
-    pub(crate) fn push_run(&self, sid: u64, pending: &mut VecDeque<(u64, Message)>) -> Pushed {
-        let mut st = lock(&self.0);
-        let mut result = Pushed::All;
-        while pending.front().is_some_and(|(s, _)| *s == sid) {
-            if st.receiver_gone {
-                pending.pop_front();
-                continue;
-            }
-            if st.items.len() >= st.cap {
-                result = Pushed::Full;
-                break;
-            }
-            if let Some((_, m)) = pending.pop_front() {
-                st.items.push_back(m);
-            }
+/// Messages decoded from one read and not yet handed to their subscriptions, in order, as
+/// runs of one subscription each: a run moves into its queue in bulk (a swap of buffers,
+/// or a copy of whole slices), not message by message. Four moves of each message between
+/// queues were ~5% of a subscriber's CPU.
+///
+/// Invariant: the run lengths add up to `msgs.len()`, and none is zero.
+#[derive(Default)]
+pub(crate) struct Pending {
+    msgs: VecDeque<Message>,
+    runs: VecDeque<(u64, usize)>,
+}
+
+impl Pending {
+    /// Adds a message for subscription `sid` after the others.
+    pub(crate) fn push(&mut self, sid: u64, m: Message) {
+        match self.runs.back_mut() {
+            Some((s, n)) if *s == sid => *n += 1,
+            _ => self.runs.push_back((sid, 1)),
         }
+        self.msgs.push_back(m);
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.msgs.is_empty()
+    }
+
+    /// The subscription the first message is for.
+    pub(crate) fn front_sid(&self) -> Option<u64> {
+        self.runs.front().map(|(sid, _)| *sid)
+    }
+
+    /// Drops the first run (its subscription has ended).
+    pub(crate) fn drop_front_run(&mut self) {
+        if let Some((_, n)) = self.runs.pop_front() {
+            self.msgs.drain(..n);
+        }
+    }
+
+    /// Messages waiting.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.msgs.len()
+    }
+}
+
+impl Sender {
+    /// Queues the first run of `pending` (which must be this subscription's), in order,
+    /// until it ends or the queue is full; wakes the subscriber once.
+    pub(crate) fn push_run(&self, pending: &mut Pending) -> Pushed {
+        let Some((_, len)) = pending.runs.front_mut() else { return Pushed::All };
+        let mut st = lock(&self.0);
+        let n = if st.receiver_gone { *len } else { (*len).min(st.cap.saturating_sub(st.items.len())) };
+        if st.receiver_gone {
+            pending.msgs.drain(..n);
+        } else if n == pending.msgs.len() {
+            // The run is all that is pending, and it fits.
+            if st.items.is_empty() {
+                std::mem::swap(&mut st.items, &mut pending.msgs);
+            } else {
+                st.items.append(&mut pending.msgs);
+            }
+        } else {
+            st.items.extend(pending.msgs.drain(..n));
+        }
+        *len -= n;
+        let result = if *len == 0 {
+            pending.runs.pop_front();
+            Pushed::All
+        } else {
+            Pushed::Full
+        };
         let waker = if st.items.is_empty() { None } else { st.waker.take() };
         drop(st);
         if let Some(w) = waker {
@@ -126,8 +178,13 @@ impl Receiver {
         let mut st = lock(&self.0);
         if !st.items.is_empty() {
             let was_full = st.items.len() >= st.cap;
-            let n = st.items.len().min(TAKE_MAX);
-            out.extend(st.items.drain(..n));
+            if out.is_empty() && st.items.len() <= TAKE_MAX {
+                // All of it: trade buffers rather than move each message.
+                std::mem::swap(&mut st.items, out);
+            } else {
+                let n = st.items.len().min(TAKE_MAX);
+                out.extend(st.items.drain(..n));
+            }
             drop(st);
             if was_full {
                 self.0.space.notify_one();
@@ -167,6 +224,14 @@ mod tests {
         Message { topic: Topic::new("t").unwrap(), headers: Headers::new(), payload: Bytes::from(i.to_string()) }
     }
 
+    fn pending_of(sid: u64, range: std::ops::Range<u64>) -> Pending {
+        let mut p = Pending::default();
+        for i in range {
+            p.push(sid, msg(i));
+        }
+        p
+    }
+
     /// Takes until nothing is left; the state the last poll saw.
     fn take_all(rx: &mut Receiver) -> (Vec<Message>, Poll<bool>) {
         let mut cx = Context::from_waker(Waker::noop());
@@ -182,15 +247,15 @@ mod tests {
     #[test]
     fn runs_keep_order_stop_at_the_bound_and_leave_other_sids() {
         let (tx, mut rx) = queue(3);
-        let mut pending: VecDeque<(u64, Message)> = (0..5).map(|i| (7, msg(i))).collect();
-        pending.push_back((8, msg(99)));
-        assert_eq!(tx.push_run(7, &mut pending), Pushed::Full);
+        let mut pending = pending_of(7, 0..5);
+        pending.push(8, msg(99));
+        assert_eq!(tx.push_run(&mut pending), Pushed::Full);
         assert_eq!(pending.len(), 3, "two of sid 7 and the one of sid 8 wait");
         let (got, state) = take_all(&mut rx);
         assert_eq!(got.iter().map(|m| m.payload.clone()).collect::<Vec<_>>(), ["0", "1", "2"]);
         assert_eq!(state, Poll::Pending);
-        assert_eq!(tx.push_run(7, &mut pending), Pushed::All);
-        assert_eq!(pending.front().map(|(s, _)| *s), Some(8));
+        assert_eq!(tx.push_run(&mut pending), Pushed::All);
+        assert_eq!(pending.front_sid(), Some(8));
         drop(tx);
         let (got, state) = take_all(&mut rx);
         assert_eq!(got.iter().map(|m| m.payload.clone()).collect::<Vec<_>>(), ["3", "4"]);
@@ -201,16 +266,16 @@ mod tests {
     fn pushes_after_the_subscriber_left_are_dropped() {
         let (tx, rx) = queue(2);
         drop(rx);
-        let mut pending: VecDeque<(u64, Message)> = (0..10).map(|i| (1, msg(i))).collect();
-        assert_eq!(tx.push_run(1, &mut pending), Pushed::All);
+        let mut pending = pending_of(1, 0..10);
+        assert_eq!(tx.push_run(&mut pending), Pushed::All);
         assert!(pending.is_empty());
     }
 
     #[tokio::test]
     async fn a_full_queue_waits_for_the_subscriber() {
         let (tx, mut rx) = queue(1);
-        let mut pending: VecDeque<(u64, Message)> = (0..2).map(|i| (1, msg(i))).collect();
-        assert_eq!(tx.push_run(1, &mut pending), Pushed::Full);
+        let mut pending = pending_of(1, 0..2);
+        assert_eq!(tx.push_run(&mut pending), Pushed::Full);
         let space = tx.space();
         let reader = tokio::spawn(async move {
             let mut out = VecDeque::new();
@@ -218,8 +283,44 @@ mod tests {
             (rx, out)
         });
         space.await;
-        assert_eq!(tx.push_run(1, &mut pending), Pushed::All);
+        assert_eq!(tx.push_run(&mut pending), Pushed::All);
         let (_rx, out) = reader.await.unwrap();
         assert_eq!(out.len(), 1);
+    }
+
+    proptest::proptest! {
+        /// However messages for several subscriptions interleave, and however small the
+        /// queues, every subscription receives exactly its own messages, in order, through
+        /// bulk moves, swaps and partial runs alike.
+        #[test]
+        fn runs_reach_their_subscriptions_in_order(
+            sids in proptest::collection::vec(0u64..3, 0..200),
+            caps in proptest::collection::vec(1usize..40, 3),
+        ) {
+            let mut queues: Vec<(Sender, Receiver)> = caps.iter().map(|&c| queue(c)).collect();
+            let mut pending = Pending::default();
+            for (i, &sid) in sids.iter().enumerate() {
+                pending.push(sid, msg(i as u64));
+            }
+            let mut got: Vec<Vec<Message>> = vec![Vec::new(); 3];
+            // As `deliver` does, with the subscribers taking whenever a queue is full.
+            while let Some(sid) = pending.front_sid() {
+                let (tx, rx) = &mut queues[sid as usize];
+                if tx.push_run(&mut pending) == Pushed::Full {
+                    got[sid as usize].extend(take_all(rx).0);
+                }
+            }
+            for (sid, (_, rx)) in queues.iter_mut().enumerate() {
+                got[sid].extend(take_all(rx).0);
+                let want: Vec<Bytes> = sids
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &s)| s == sid as u64)
+                    .map(|(i, _)| Bytes::from(i.to_string()))
+                    .collect();
+                let have: Vec<Bytes> = got[sid].iter().map(|m| m.payload.clone()).collect();
+                proptest::prop_assert_eq!(have, want);
+            }
+        }
     }
 }

@@ -11,10 +11,11 @@ use bytes::{Bytes, BytesMut};
 use fovea_core::frame::{Hello, Register, Subscribe, ToolsQuery, VERSION};
 use fovea_core::{Deframer, ErrorCode, Frame, Topic};
 use quinn::{Connection, ConnectionError, RecvStream, SendStream, VarInt};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
 use fovea_core::frame::ErrorFrame;
 
+use crate::queue::Pending;
 use crate::{lock, AckSender, ClientError, ConnectionState, Event, Inner, Message, NodeUrl, ServerInfo};
 
 /// Largest chunk read from the stream at once (during the handshake).
@@ -298,7 +299,7 @@ async fn read_loop(inner: &Arc<Inner>, recv: &mut RecvStream, deframer: &mut Def
     // Messages decoded from one read, delivered together: one lock and one wake per
     // subscription per read instead of per message. Flushed before any other frame, so
     // the order between a subscription's messages and everything else is kept.
-    let mut pending: VecDeque<(u64, Message)> = VecDeque::new();
+    let mut pending = Pending::default();
     // Calls of this session waiting for their result; dropped with the reader, which ends
     // those calls (`Disconnected`).
     let mut calls = crate::rpc::Calls::default();
@@ -334,7 +335,7 @@ async fn read_loop(inner: &Arc<Inner>, recv: &mut RecvStream, deframer: &mut Def
 async fn decode(
     inner: &Arc<Inner>,
     deframer: &mut Deframer,
-    pending: &mut VecDeque<(u64, Message)>,
+    pending: &mut Pending,
     calls: &mut crate::rpc::Calls,
 ) -> Result<(), String> {
     loop {
@@ -360,18 +361,16 @@ async fn decode(
 /// Hands `pending` to their subscriptions, in order. A message for a subscription that has
 /// ended is dropped. Flow control: at a full queue, reading stops until the application
 /// takes a message (the node then queues, and past its bound drops and counts).
-async fn deliver(inner: &Arc<Inner>, pending: &mut VecDeque<(u64, Message)>) {
+async fn deliver(inner: &Arc<Inner>, pending: &mut Pending) {
     while !pending.is_empty() {
         let full = {
             let subs = lock(&inner.subs);
             loop {
-                let Some(&(sid, _)) = pending.front() else { break None };
+                let Some(sid) = pending.front_sid() else { break None };
                 match subs.get(&sid) {
-                    None => {
-                        pending.pop_front();
-                    }
+                    None => pending.drop_front_run(),
                     Some(entry) => {
-                        if entry.tx.push_run(sid, pending) == crate::queue::Pushed::Full {
+                        if entry.tx.push_run(pending) == crate::queue::Pushed::Full {
                             break Some(entry.tx.space());
                         }
                     }
@@ -386,9 +385,9 @@ async fn deliver(inner: &Arc<Inner>, pending: &mut VecDeque<(u64, Message)>) {
 }
 
 /// A message joins `pending`, delivered after the read (or before the next other frame).
-fn queue_msg(m: fovea_core::frame::Delivery, pending: &mut VecDeque<(u64, Message)>) -> Result<(), String> {
+fn queue_msg(m: fovea_core::frame::Delivery, pending: &mut Pending) -> Result<(), String> {
     let topic = Topic::from_bytes(m.topic).map_err(|e| format!("node sent an invalid topic: {e}"))?;
-    pending.push_back((m.sid, Message { topic, headers: m.headers, payload: m.payload }));
+    pending.push(m.sid, Message { topic, headers: m.headers, payload: m.payload });
     Ok(())
 }
 
@@ -397,7 +396,7 @@ fn queue_msg(m: fovea_core::frame::Delivery, pending: &mut VecDeque<(u64, Messag
 async fn handle(
     inner: &Arc<Inner>,
     frame: Frame,
-    pending: &mut VecDeque<(u64, Message)>,
+    pending: &mut Pending,
     calls: &mut crate::rpc::Calls,
 ) -> Result<(), String> {
     deliver(inner, pending).await;
