@@ -303,11 +303,13 @@ async fn read_loop(inner: &Arc<Inner>, recv: &mut RecvStream, deframer: &mut Def
     // Calls of this session waiting for their result; dropped with the reader, which ends
     // those calls (`Disconnected`).
     let mut calls = crate::rpc::Calls::default();
+    // The last topic a message came with (see `queue_msg`).
+    let mut last_topic: Option<Topic> = None;
     // One read takes every chunk the stream has (up to READ_BATCH) under one lock of the
     // connection: a chunk is one packet's worth, so reading them one by one paid a lock,
     // a future and a delivery (one wake of each subscriber) per ~1.4 KB.
     let mut chunks = vec![Bytes::new(); READ_BATCH];
-    decode(inner, deframer, &mut pending, &mut calls).await?;
+    decode(inner, deframer, &mut pending, &mut calls, &mut last_topic).await?;
     loop {
         deliver(inner, &mut pending).await;
         let n = match recv.read_chunks(&mut chunks).await {
@@ -325,7 +327,7 @@ async fn read_loop(inner: &Arc<Inner>, recv: &mut RecvStream, deframer: &mut Def
         // The deframer takes a chunk once the one before is drained (no reassembly copy).
         for chunk in chunks.iter_mut().take(n) {
             deframer.push(std::mem::take(chunk));
-            decode(inner, deframer, &mut pending, &mut calls).await?;
+            decode(inner, deframer, &mut pending, &mut calls, &mut last_topic).await?;
         }
     }
 }
@@ -337,6 +339,7 @@ async fn decode(
     deframer: &mut Deframer,
     pending: &mut Pending,
     calls: &mut crate::rpc::Calls,
+    last_topic: &mut Option<Topic>,
 ) -> Result<(), String> {
     loop {
         // Messages, nearly every frame under load, are queued as they are decoded,
@@ -345,7 +348,7 @@ async fn decode(
         let mut bad = None;
         let next = deframer.next_frame_or_msgs(|m| {
             if bad.is_none() {
-                bad = queue_msg(m, pending).err();
+                bad = queue_msg(m, pending, last_topic).err();
             }
         });
         if let Some(e) = bad {
@@ -385,8 +388,13 @@ async fn deliver(inner: &Arc<Inner>, pending: &mut Pending) {
 }
 
 /// A message joins `pending`, delivered after the read (or before the next other frame).
-fn queue_msg(m: fovea_core::frame::Delivery, pending: &mut Pending) -> Result<(), String> {
-    let topic = Topic::from_bytes(m.topic).map_err(|e| format!("node sent an invalid topic: {e}"))?;
+/// `last` is the previous message's topic: one equal to it is not checked again.
+fn queue_msg(m: fovea_core::frame::Delivery, pending: &mut Pending, last: &mut Option<Topic>) -> Result<(), String> {
+    let topic =
+        Topic::from_bytes_like(m.topic, last.as_ref()).map_err(|e| format!("node sent an invalid topic: {e}"))?;
+    if last.as_ref().map(Topic::as_bytes) != Some(topic.as_bytes()) {
+        *last = Some(topic.clone());
+    }
     pending.push(m.sid, Message { topic, headers: m.headers, payload: m.payload });
     Ok(())
 }
@@ -401,7 +409,7 @@ async fn handle(
 ) -> Result<(), String> {
     deliver(inner, pending).await;
     match frame {
-        Frame::Msg(m) => queue_msg(m, pending)?,
+        Frame::Msg(m) => queue_msg(m, pending, &mut None)?,
         Frame::Request(q) => crate::rpc::dispatch_request(inner, q).await,
         Frame::RegAck(rid) => {
             if let Some(ack) = lock(&inner.regs).get_mut(&rid).and_then(|e| e.ack.take()) {
