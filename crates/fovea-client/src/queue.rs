@@ -16,7 +16,9 @@ use std::task::{Context, Poll, Waker};
 
 use crate::Message;
 
-/// Most messages the subscriber takes under one lock.
+/// Most messages the subscriber takes under one lock; a queue at most this long is taken
+/// whole by trading buffers. 1024 measured slower than 256 (`bench pubsub --msgs 3000000`,
+/// 4 alternating rounds: 2.91M against 3.03M delivered/s).
 pub(crate) const TAKE_MAX: usize = 256;
 
 struct State {

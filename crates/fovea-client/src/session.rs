@@ -390,11 +390,7 @@ async fn deliver(inner: &Arc<Inner>, pending: &mut Pending) {
 /// A message joins `pending`, delivered after the read (or before the next other frame).
 /// `last` is the previous message's topic: one equal to it is not checked again.
 fn queue_msg(m: fovea_core::frame::Delivery, pending: &mut Pending, last: &mut Option<Topic>) -> Result<(), String> {
-    let topic =
-        Topic::from_bytes_like(m.topic, last.as_ref()).map_err(|e| format!("node sent an invalid topic: {e}"))?;
-    if last.as_ref().map(Topic::as_bytes) != Some(topic.as_bytes()) {
-        *last = Some(topic.clone());
-    }
+    let topic = Topic::from_bytes_like(m.topic, last).map_err(|e| format!("node sent an invalid topic: {e}"))?;
     pending.push(m.sid, Message { topic, headers: m.headers, payload: m.payload });
     Ok(())
 }

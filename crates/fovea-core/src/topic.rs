@@ -81,15 +81,20 @@ macro_rules! name_type {
             }
 
             #[doc = concat!("As [`", stringify!($name), "::from_bytes`], without the check when `raw` holds the same")]
-            /// bytes as `known`, which passed it when it was made: a stream of messages
-            /// mostly repeats one name, and comparing is cheaper than checking.
+            /// bytes as `last`, the name this returned before (which passed it): a stream of
+            /// messages mostly repeats one name, and comparing is cheaper than checking.
+            /// `last` becomes the name returned.
             ///
             /// # Errors
-            /// [`TopicError`] naming the first problem found.
-            pub fn from_bytes_like(raw: Bytes, known: Option<&Self>) -> Result<Self, TopicError> {
-                match known {
-                    Some(k) if k.0 == raw => Ok($name(raw)),
-                    _ => Self::from_bytes(raw),
+            /// [`TopicError`] naming the first problem found; `last` is then unchanged.
+            pub fn from_bytes_like(raw: Bytes, last: &mut Option<Self>) -> Result<Self, TopicError> {
+                match last {
+                    Some(known) if known.0 == raw => Ok($name(raw)),
+                    _ => {
+                        let name = Self::from_bytes(raw)?;
+                        *last = Some(name.clone());
+                        Ok(name)
+                    }
                 }
             }
 
@@ -331,9 +336,15 @@ mod tests {
         ) {
             // Half the time the very name known, the equal path.
             let raw = if same { known.clone() } else { raw };
-            let known = Topic::new(&known).ok();
-            let like = Topic::from_bytes_like(Bytes::from(raw.clone()), known.as_ref());
-            prop_assert_eq!(like, Topic::from_bytes(Bytes::from(raw)));
+            let mut last = Topic::new(&known).ok();
+            let like = Topic::from_bytes_like(Bytes::from(raw.clone()), &mut last);
+            let checked = Topic::from_bytes(Bytes::from(raw));
+            // `last` follows what was returned, and stays when nothing was.
+            match &checked {
+                Ok(t) => prop_assert_eq!(last.as_ref(), Some(t)),
+                Err(_) => prop_assert_eq!(last, Topic::new(&known).ok()),
+            }
+            prop_assert_eq!(like, checked);
         }
     }
 
