@@ -120,19 +120,21 @@ impl Sender {
     pub(crate) fn push_run(&self, pending: &mut Pending) -> Pushed {
         let Some((_, len)) = pending.runs.front_mut() else { return Pushed::All };
         let mut st = lock(&self.0);
-        let n = if st.receiver_gone { *len } else { (*len).min(st.cap.saturating_sub(st.items.len())) };
-        if st.receiver_gone {
-            pending.msgs.drain(..n);
-        } else if n == pending.msgs.len() {
-            // The run is all that is pending, and it fits.
-            if st.items.is_empty() {
-                std::mem::swap(&mut st.items, &mut pending.msgs);
-            } else {
-                st.items.append(&mut pending.msgs);
-            }
+        let n = if st.receiver_gone {
+            pending.msgs.drain(..*len);
+            *len
         } else {
-            st.items.extend(pending.msgs.drain(..n));
-        }
+            let n = (*len).min(st.cap.saturating_sub(st.items.len()));
+            // The run is all that is pending and it fits: move buffers, not messages.
+            if n == pending.msgs.len() && st.items.is_empty() {
+                std::mem::swap(&mut st.items, &mut pending.msgs);
+            } else if n == pending.msgs.len() {
+                st.items.append(&mut pending.msgs);
+            } else {
+                st.items.extend(pending.msgs.drain(..n));
+            }
+            n
+        };
         *len -= n;
         let result = if *len == 0 {
             pending.runs.pop_front();
