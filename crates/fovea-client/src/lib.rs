@@ -236,7 +236,12 @@ impl Socket {
         let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
         let watch = spin::enabled().then(|| Arc::new(spin::Watch::new(std::os::fd::AsRawFd::as_raw_fd(&socket))));
         let runtime = Arc::new(quinn::TokioRuntime);
-        let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket.into(), runtime);
+        // Accept datagrams as large as a node on loopback sends (`fovea_core::path`); a
+        // limit announced to nodes, not a size this side sends on a network path.
+        let mut config = quinn::EndpointConfig::default();
+        // Cannot fail: the value is within QUIC's 1 200..=65 527.
+        let _ = config.max_udp_payload_size(fovea_core::path::LOOPBACK_UDP_PAYLOAD);
+        let endpoint = quinn::Endpoint::new(config, None, socket.into(), runtime);
         endpoint.map(|e| Socket(e, watch)).map_err(err)
     }
 }
@@ -382,7 +387,7 @@ pub(crate) struct Inner {
     /// The idle-spin watch of this client's own socket, if any (a shared one's lives in
     /// `opts.socket`).
     pub _spin: Option<Arc<spin::Watch>>,
-    pub quic: quinn::ClientConfig,
+    pub quic: fovea_core::path::ByPath<quinn::ClientConfig>,
     /// Lock order: `out` before `subs`.
     pub out: Mutex<Out>,
     pub subs: Mutex<HashMap<u64, SubEntry>>,

@@ -14,6 +14,7 @@ use quinn::{Connection, ConnectionError, RecvStream, SendStream, VarInt};
 use std::collections::HashMap;
 
 use fovea_core::frame::ErrorFrame;
+use fovea_core::path::{ByPath, LOOPBACK_UDP_PAYLOAD};
 
 use crate::queue::Pending;
 use crate::{lock, AckSender, ClientError, ConnectionState, Event, Inner, Message, NodeUrl, ServerInfo};
@@ -21,27 +22,39 @@ use crate::{lock, AckSender, ClientError, ConnectionState, Event, Inner, Message
 /// Largest chunk read from the stream at once (during the handshake).
 const READ_CHUNK: usize = 256 * 1024;
 /// Most chunks taken from the stream per read. A chunk is what one QUIC packet carried
-/// (~1.4 KB on a default path), so a read hands on at most ~45 KB of frames there.
+/// (~1.4 KB on a network path, up to ~6.4 KB on loopback), so a read hands on at most
+/// ~45 KB (~200 KB) of frames.
 const READ_BATCH: usize = 32;
 /// First wait before reconnecting; doubles up to `max_reconnect_delay`.
 const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(50);
 
-pub(crate) fn quic_config(crypto: rustls::ClientConfig) -> Result<quinn::ClientConfig, ClientError> {
-    let crypto =
-        quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(|e| ClientError::Tls(e.to_string()))?;
-    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
-    let mut t = quinn::TransportConfig::default();
-    // The node never opens streams towards a client.
-    t.max_concurrent_bidi_streams(VarInt::from_u32(0));
-    t.max_concurrent_uni_streams(VarInt::from_u32(0));
-    t.keep_alive_interval(Some(Duration::from_secs(10)));
-    t.datagram_receive_buffer_size(None);
-    // As the node does: the node acknowledges every 9th packet (BENCHMARKS.md, "QUIC settings").
-    let mut ack = quinn::AckFrequencyConfig::default();
-    ack.ack_eliciting_threshold(VarInt::from_u32(fovea_core::ACK_ELICITING_THRESHOLD));
-    t.ack_frequency_config(Some(ack));
-    cfg.transport_config(Arc::new(t));
-    Ok(cfg)
+/// The client's QUIC settings, by path: a node on loopback gets datagrams of up to
+/// [`LOOPBACK_UDP_PAYLOAD`] bytes (see `fovea_core::path`), any other node quinn's defaults.
+pub(crate) fn quic_config(crypto: rustls::ClientConfig) -> Result<ByPath<quinn::ClientConfig>, ClientError> {
+    let crypto: Arc<quinn::crypto::rustls::QuicClientConfig> = Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(|e| ClientError::Tls(e.to_string()))?,
+    );
+    let config = |loopback: bool| {
+        let mut t = quinn::TransportConfig::default();
+        // The node never opens streams towards a client.
+        t.max_concurrent_bidi_streams(VarInt::from_u32(0));
+        t.max_concurrent_uni_streams(VarInt::from_u32(0));
+        t.keep_alive_interval(Some(Duration::from_secs(10)));
+        t.datagram_receive_buffer_size(None);
+        // As the node does: the node acknowledges every 9th packet (BENCHMARKS.md, "QUIC settings").
+        let mut ack = quinn::AckFrequencyConfig::default();
+        ack.ack_eliciting_threshold(VarInt::from_u32(fovea_core::ACK_ELICITING_THRESHOLD));
+        t.ack_frequency_config(Some(ack));
+        if loopback {
+            let mut mtu = quinn::MtuDiscoveryConfig::default();
+            mtu.upper_bound(LOOPBACK_UDP_PAYLOAD);
+            t.mtu_discovery_config(Some(mtu));
+        }
+        let mut cfg = quinn::ClientConfig::new(crypto.clone());
+        cfg.transport_config(Arc::new(t));
+        cfg
+    };
+    Ok(ByPath { network: config(false), loopback: config(true) })
 }
 
 pub(crate) async fn resolve(url: &NodeUrl) -> Result<SocketAddr, ClientError> {
@@ -66,7 +79,7 @@ pub(crate) async fn establish(inner: &Inner) -> Result<Session, ClientError> {
         let addr = resolve(&inner.url).await?;
         let connecting = inner
             .endpoint
-            .connect_with(inner.quic.clone(), addr, &inner.url.host)
+            .connect_with(inner.quic.for_peer(addr).clone(), addr, &inner.url.host)
             .map_err(|e| ClientError::Connection(e.to_string()))?;
         let conn = connecting.await.map_err(|e| map_conn_error(&url, e))?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| map_conn_error(&url, e))?;

@@ -34,6 +34,7 @@ pub mod frame;
 pub mod headers;
 pub mod limits;
 pub mod outbuf;
+pub mod path;
 pub mod tool;
 pub mod topic;
 pub mod trie;

@@ -143,6 +143,7 @@ async fn handshake(conn: &Connection, shared: &Arc<Shared>, id: u64) -> Result<(
         user,
         client: hello.name.clone(),
         remote: conn.remote_address(),
+        conn: conn.clone(),
         started: std::time::Instant::now(),
         peer: peer.clone(),
         subscriptions: Default::default(),

@@ -47,6 +47,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fovea_core::path::{ByPath, LOOPBACK_UDP_PAYLOAD};
 use fovea_core::ErrorCode;
 use quinn::{IdleTimeout, VarInt};
 use tokio::sync::Semaphore;
@@ -143,6 +144,8 @@ pub(crate) struct Shared {
 /// A bound, not yet running node.
 pub struct Node {
     endpoint: quinn::Endpoint,
+    /// Client connections' QUIC settings, by path: loopback peers get larger datagrams.
+    servers: ByPath<Arc<quinn::ServerConfig>>,
     /// The endpoint's socket, watched by idle workers ([`spin`]) while the node runs.
     _spin: spin::Watch,
     admin: Option<std::net::TcpListener>,
@@ -166,11 +169,14 @@ impl Node {
         let identity = tls::load_identity(&config.data_dir, config.tls.as_ref())?;
         let fingerprint = tls::fingerprint(&identity.chain[0]);
         let mut server = quinn::ServerConfig::with_crypto(tls::server_crypto(&identity)?);
-        server.transport_config(Arc::new(transport(&config.limits)?));
         // Address validation costs a round trip per connection and only helps against
         // spoofed floods on public addresses; issue-level hardening revisits it.
         server.migration(false);
-        let (endpoint, spin_watch) = bind_endpoint(server, config.listen)?;
+        let mut on_network = server.clone();
+        on_network.transport_config(Arc::new(transport(&config.limits)?));
+        server.transport_config(Arc::new(on_loopback(transport(&config.limits)?)));
+        let servers = ByPath { network: Arc::new(on_network), loopback: Arc::new(server) };
+        let (endpoint, spin_watch) = bind_endpoint((*servers.network).clone(), config.listen)?;
         let listen = endpoint.local_addr().unwrap_or(config.listen);
         let admin = match config.admin {
             None => None,
@@ -221,7 +227,16 @@ impl Node {
         if let Some(mesh) = shared.mesh.clone() {
             wire_mesh(&shared, mesh);
         }
-        Ok(Node { endpoint, _spin: spin_watch, admin, mcp, shared, fingerprint, self_signed: identity.self_signed })
+        Ok(Node {
+            endpoint,
+            servers,
+            _spin: spin_watch,
+            admin,
+            mcp,
+            shared,
+            fingerprint,
+            self_signed: identity.self_signed,
+        })
     }
 
     /// The address the node listens on (with the real port when configured with port 0).
@@ -309,9 +324,14 @@ impl Node {
             };
             let permit = permits.clone().try_acquire_owned().ok();
             let (shared, token) = (self.shared.clone(), shutdown.child_token());
+            let server = self.servers.for_peer(incoming.remote_address()).clone();
             tracker.spawn(async move {
                 let remote = incoming.remote_address();
-                let conn = match incoming.await {
+                let conn = match incoming.accept_with(server) {
+                    Ok(connecting) => connecting.await,
+                    Err(e) => Err(e),
+                };
+                let conn = match conn {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::debug!(%remote, error = %e, "QUIC handshake failed");
@@ -350,9 +370,8 @@ pub(crate) fn bind_endpoint(
     let socket = std::net::UdpSocket::bind(addr).map_err(|source| NodeError::Bind { addr, source })?;
     size_buffers(&socket);
     let watch = spin::Watch::new(std::os::fd::AsRawFd::as_raw_fd(&socket));
-    let endpoint =
-        quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, Arc::new(quinn::TokioRuntime))
-            .map_err(|source| NodeError::Bind { addr, source })?;
+    let endpoint = quinn::Endpoint::new(endpoint_config(), Some(server), socket, Arc::new(quinn::TokioRuntime))
+        .map_err(|source| NodeError::Bind { addr, source })?;
     Ok((endpoint, watch))
 }
 
@@ -623,6 +642,26 @@ fn transport(limits: &Limits) -> Result<quinn::TransportConfig, NodeError> {
     ack.ack_eliciting_threshold(VarInt::from_u32(fovea_core::ACK_ELICITING_THRESHOLD));
     t.ack_frequency_config(Some(ack));
     Ok(t)
+}
+
+/// The endpoint's settings: it accepts datagrams as large as a loopback peer may send
+/// ([`LOOPBACK_UDP_PAYLOAD`]). This is a limit announced to peers, not a size anyone
+/// sends: a network peer's datagrams stay within what MTU discovery finds on its path.
+pub(crate) fn endpoint_config() -> quinn::EndpointConfig {
+    let mut c = quinn::EndpointConfig::default();
+    // Cannot fail: the value is within QUIC's 1 200..=65 527.
+    let _ = c.max_udp_payload_size(LOOPBACK_UDP_PAYLOAD);
+    c
+}
+
+/// `t` for a loopback path: MTU discovery may go up to [`LOOPBACK_UDP_PAYLOAD`]
+/// (quinn's default bound is 1 452), so a loopback connection sends datagrams of up to
+/// that size after a few round trips of probing (BENCHMARKS.md, twelfth session).
+pub(crate) fn on_loopback(mut t: quinn::TransportConfig) -> quinn::TransportConfig {
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(LOOPBACK_UDP_PAYLOAD);
+    t.mtu_discovery_config(Some(mtu));
+    t
 }
 
 #[cfg(test)]

@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use fovea_core::dht::{self, Contact, Dht, NodeId};
 use fovea_core::frame::{DhtFrame, Forward, MeshHello};
+use fovea_core::path::ByPath;
 use fovea_core::{Deframer, ErrorCode, Frame};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::{mpsc, oneshot};
@@ -232,7 +233,9 @@ pub struct Mesh {
     endpoint: quinn::Endpoint,
     /// The mesh socket, watched by idle workers ([`crate::spin`]).
     _spin: crate::spin::Watch,
-    client: quinn::ClientConfig,
+    /// QUIC settings for links, by the peer's path (loopback peers: larger datagrams).
+    servers: ByPath<Arc<quinn::ServerConfig>>,
+    clients: ByPath<quinn::ClientConfig>,
     config: MeshConfig,
     links: Mutex<HashMap<NodeId, Arc<Link>>>,
     /// Dials in progress, so one peer is dialed once at a time; frames for it wait here
@@ -310,12 +313,20 @@ impl Mesh {
             .ok_or_else(|| NodeError::Tls("the mesh certificate does not parse".into()))?;
         let ca = config.ca.as_deref().map(crate::tls::read_ca).transpose()?;
         let (server_crypto, client_crypto) = crate::tls::mesh_crypto(&identity, ca)?;
-        let mut server = quinn::ServerConfig::with_crypto(server_crypto);
-        let transport = Arc::new(mesh_transport());
-        server.transport_config(transport.clone());
-        let mut client = quinn::ClientConfig::new(client_crypto);
-        client.transport_config(transport);
-        let (endpoint, spin) = crate::bind_endpoint(server, config.listen)?;
+        // Links between nodes on one host (a test, a bench, a dev box) get the loopback
+        // datagram size, as client connections do (`fovea_core::path`).
+        let server = quinn::ServerConfig::with_crypto(server_crypto);
+        let client = quinn::ClientConfig::new(client_crypto);
+        let (servers, clients) = ByPath { network: mesh_transport(), loopback: crate::on_loopback(mesh_transport()) }
+            .map(|transport| {
+                let transport = Arc::new(transport);
+                let (mut server, mut client) = (server.clone(), client.clone());
+                server.transport_config(transport.clone());
+                client.transport_config(transport);
+                (Arc::new(server), client)
+            })
+            .unzip();
+        let (endpoint, spin) = crate::bind_endpoint((*servers.network).clone(), config.listen)?;
         let addr = endpoint.local_addr().unwrap_or(config.listen);
         let (inputs, rx) = mpsc::channel(DHT_QUEUE);
         Ok(Arc::new(Mesh {
@@ -324,7 +335,8 @@ impl Mesh {
             secret: config.secret.as_ref().map(|s| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, s.as_bytes())),
             endpoint,
             _spin: spin,
-            client,
+            servers,
+            clients,
             config,
             links: Mutex::new(HashMap::new()),
             dialing: Mutex::new(HashMap::new()),
@@ -415,8 +427,10 @@ impl Mesh {
 
     /// Opens a link to `addr`. `expect`: the node id the DHT believes lives there.
     async fn dial(self: Arc<Self>, addr: SocketAddr, expect: Option<NodeId>) -> Result<Contact, String> {
-        let connecting =
-            self.endpoint.connect_with(self.client.clone(), addr, "fovea-mesh").map_err(|e| e.to_string())?;
+        let connecting = self
+            .endpoint
+            .connect_with(self.clients.for_peer(addr).clone(), addr, "fovea-mesh")
+            .map_err(|e| e.to_string())?;
         let attempt = async {
             let conn = connecting.await.map_err(|e| e.to_string())?;
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
@@ -436,7 +450,12 @@ impl Mesh {
     }
 
     async fn accept(self: Arc<Self>, incoming: quinn::Incoming) -> Result<(), String> {
-        let conn = match incoming.await {
+        let server = self.servers.for_peer(incoming.remote_address()).clone();
+        let conn = match incoming.accept_with(server) {
+            Ok(connecting) => connecting.await,
+            Err(e) => Err(e),
+        };
+        let conn = match conn {
             Ok(c) => c,
             Err(e) => {
                 // A TLS failure here is a peer without an acceptable certificate (CA mode).

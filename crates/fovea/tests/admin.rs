@@ -99,6 +99,34 @@ async fn connections_show_a_slow_subscribers_drops() {
     node.stop().await;
 }
 
+/// A client on loopback is sent datagrams larger than a network path allows (MTU
+/// discovery up to `fovea_core::path::LOOPBACK_UDP_PAYLOAD`), and `/connections` shows
+/// each connection's datagram size and round-trip time.
+#[tokio::test]
+async fn loopback_connections_use_large_datagrams() {
+    let node = TestNode::start().await;
+    let c = node.client().await;
+    let mut sub = c.subscribe("big.>").await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let row = loop {
+        // Traffic both ways while MTU discovery probes (a few round trips on loopback).
+        c.publish("big.x", vec![7u8; 4096]).await.unwrap();
+        let m = tokio::time::timeout(WAIT, sub.next()).await.unwrap().unwrap();
+        assert_eq!(m.payload.len(), 4096);
+        let (status, body) = get(node.admin, "/connections").await;
+        assert_eq!(status, 200);
+        let row = json(&body)["connections"][0].clone();
+        if row["datagram_bytes"].as_u64().unwrap() > 1452 || tokio::time::Instant::now() > deadline {
+            break row;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let size = row["datagram_bytes"].as_u64().unwrap();
+    assert!(size > 1452 && size <= u64::from(fovea_core::path::LOOPBACK_UDP_PAYLOAD), "{row}");
+    assert!(row["rtt_us"].as_u64().unwrap() > 0, "{row}");
+    node.stop().await;
+}
+
 /// `/metrics` passes `promtool check metrics` (Prometheus's own linter). CI installs
 /// promtool and sets FOVEA_REQUIRE_PROMTOOL=1; elsewhere the check runs when promtool is
 /// on the PATH and is skipped, with a note, when it is not.
