@@ -172,10 +172,13 @@ impl Node {
         // Address validation costs a round trip per connection and only helps against
         // spoofed floods on public addresses; issue-level hardening revisits it.
         server.migration(false);
-        let mut on_network = server.clone();
-        on_network.transport_config(Arc::new(transport(&config.limits)?));
-        server.transport_config(Arc::new(on_loopback(transport(&config.limits)?)));
-        let servers = ByPath { network: Arc::new(on_network), loopback: Arc::new(server) };
+        let transports =
+            ByPath { network: transport(&config.limits)?, loopback: on_loopback(transport(&config.limits)?) };
+        let servers = transports.map(|t| {
+            let mut s = server.clone();
+            s.transport_config(Arc::new(t));
+            Arc::new(s)
+        });
         let (endpoint, spin_watch) = bind_endpoint((*servers.network).clone(), config.listen)?;
         let listen = endpoint.local_addr().unwrap_or(config.listen);
         let admin = match config.admin {
