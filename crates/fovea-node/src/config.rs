@@ -113,6 +113,13 @@ pub struct Limits {
     /// Largest encoded header block of a message, in bytes (at most 16 KiB). Larger: the
     /// message is refused with `PAYLOAD_TOO_LARGE`.
     pub max_headers_len: usize,
+    /// Largest UDP payload (QUIC datagram) the node sends to a client on loopback, in bytes
+    /// (1 200–6 500). MTU discovery grows a loopback path's datagrams up to it: larger ones
+    /// carry more messages each (1 KiB pub/sub ~1.7×, 64 B ~1.35× at 6 500 against 1 452)
+    /// and cost memory, as quinn keeps a send buffer of one datagram per idle connection and
+    /// up to ten per busy one (~5 KB more per idle connection at 6 500). Network paths use
+    /// 1 452 whatever this says. Default 6 500 (`fovea_core::path`).
+    pub max_loopback_datagram: usize,
 }
 
 impl Default for Limits {
@@ -137,6 +144,7 @@ impl Default for Limits {
             max_topic_len: fovea_core::limits::MAX_TOPIC_LEN,
             max_topic_depth: fovea_core::limits::MAX_TOPIC_DEPTH,
             max_headers_len: fovea_core::limits::MAX_HEADERS_LEN,
+            max_loopback_datagram: usize::from(fovea_core::path::LOOPBACK_UDP_PAYLOAD),
         }
     }
 }
@@ -169,6 +177,9 @@ impl Limits {
         within("max_topic_depth", self.max_topic_depth, 1, proto::MAX_TOPIC_DEPTH)?;
         within("max_headers_len", self.max_headers_len, 1, proto::MAX_HEADERS_LEN)?;
         within("max_payload", self.max_payload, 1, self.max_frame.saturating_sub(1024))?;
+        // QUIC's smallest datagram, and the largest whose batches quinn can send.
+        let largest = usize::from(fovea_core::path::LOOPBACK_UDP_PAYLOAD);
+        within("max_loopback_datagram", self.max_loopback_datagram, 1200, largest)?;
         // A stall holds a publisher's whole connection: longer than a second is a stuck
         // publisher, not a slowed one.
         if self.producer_stall > Duration::from_secs(1) {
@@ -283,5 +294,12 @@ mod tests {
         assert_eq!(Limits::default().validate(), Ok(()));
         let bad = Limits { keep_alive: Duration::from_secs(60), ..Limits::default() };
         assert!(bad.validate().unwrap_err().contains("keep_alive"));
+        for size in [1199, 6501, 65_527] {
+            let bad = Limits { max_loopback_datagram: size, ..Limits::default() };
+            assert!(bad.validate().unwrap_err().contains("max_loopback_datagram must be between 1200 and 6500"));
+        }
+        for size in [1200, 1452, 6500] {
+            assert_eq!(Limits { max_loopback_datagram: size, ..Limits::default() }.validate(), Ok(()));
+        }
     }
 }

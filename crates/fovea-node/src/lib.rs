@@ -172,8 +172,10 @@ impl Node {
         // Address validation costs a round trip per connection and only helps against
         // spoofed floods on public addresses; issue-level hardening revisits it.
         server.migration(false);
+        // Validated above: within 1 200..=LOOPBACK_UDP_PAYLOAD.
+        let largest = u16::try_from(config.limits.max_loopback_datagram).unwrap_or(LOOPBACK_UDP_PAYLOAD);
         let transports =
-            ByPath { network: transport(&config.limits)?, loopback: on_loopback(transport(&config.limits)?) };
+            ByPath { network: transport(&config.limits)?, loopback: on_loopback(transport(&config.limits)?, largest) };
         let servers = transports.map(|t| {
             let mut s = server.clone();
             s.transport_config(Arc::new(t));
@@ -657,12 +659,13 @@ pub(crate) fn endpoint_config() -> quinn::EndpointConfig {
     c
 }
 
-/// `t` for a loopback path: MTU discovery may go up to [`LOOPBACK_UDP_PAYLOAD`]
-/// (quinn's default bound is 1 452), so a loopback connection sends datagrams of up to
-/// that size after a few round trips of probing (BENCHMARKS.md, twelfth session).
-pub(crate) fn on_loopback(mut t: quinn::TransportConfig) -> quinn::TransportConfig {
+/// `t` for a loopback path: MTU discovery may go up to `largest` (at most
+/// [`LOOPBACK_UDP_PAYLOAD`]; quinn's default bound is 1 452), so a loopback connection
+/// sends datagrams of up to that size after a few round trips of probing (BENCHMARKS.md,
+/// twelfth session).
+pub(crate) fn on_loopback(mut t: quinn::TransportConfig, largest: u16) -> quinn::TransportConfig {
     let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(LOOPBACK_UDP_PAYLOAD);
+    mtu.upper_bound(largest.min(LOOPBACK_UDP_PAYLOAD));
     t.mtu_discovery_config(Some(mtu));
     t
 }

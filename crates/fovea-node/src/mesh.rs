@@ -317,15 +317,18 @@ impl Mesh {
         // datagram size, as client connections do (`fovea_core::path`).
         let server = quinn::ServerConfig::with_crypto(server_crypto);
         let client = quinn::ClientConfig::new(client_crypto);
-        let (servers, clients) = ByPath { network: mesh_transport(), loopback: crate::on_loopback(mesh_transport()) }
-            .map(|transport| {
-                let transport = Arc::new(transport);
-                let (mut server, mut client) = (server.clone(), client.clone());
-                server.transport_config(transport.clone());
-                client.transport_config(transport);
-                (Arc::new(server), client)
-            })
-            .unzip();
+        let (servers, clients) = ByPath {
+            network: mesh_transport(),
+            loopback: crate::on_loopback(mesh_transport(), fovea_core::path::LOOPBACK_UDP_PAYLOAD),
+        }
+        .map(|transport| {
+            let transport = Arc::new(transport);
+            let (mut server, mut client) = (server.clone(), client.clone());
+            server.transport_config(transport.clone());
+            client.transport_config(transport);
+            (Arc::new(server), client)
+        })
+        .unzip();
         let (endpoint, spin) = crate::bind_endpoint((*servers.network).clone(), config.listen)?;
         let addr = endpoint.local_addr().unwrap_or(config.listen);
         let (inputs, rx) = mpsc::channel(DHT_QUEUE);

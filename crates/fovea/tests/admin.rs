@@ -105,10 +105,35 @@ async fn connections_show_a_slow_subscribers_drops() {
 #[tokio::test]
 async fn loopback_connections_use_large_datagrams() {
     let node = TestNode::start().await;
+    let row = datagrams_after_traffic(&node, |size| size > 1452, WAIT).await;
+    let size = row["datagram_bytes"].as_u64().unwrap();
+    assert!(size > 1452 && size <= u64::from(fovea_core::path::LOOPBACK_UDP_PAYLOAD), "{row}");
+    assert!(row["rtt_us"].as_u64().unwrap() > 0, "{row}");
+    node.stop().await;
+}
+
+/// `max_loopback_datagram` bounds what the node sends to a loopback client.
+#[tokio::test]
+async fn max_loopback_datagram_bounds_the_nodes_datagrams() {
+    let node = TestNode::start_with(Limits { max_loopback_datagram: 1300, ..Limits::default() }).await;
+    // Traffic enough for MTU discovery to have tried (it probes at once on loopback).
+    let row = datagrams_after_traffic(&node, |_| false, std::time::Duration::from_secs(2)).await;
+    let size = row["datagram_bytes"].as_u64().unwrap();
+    assert!((1200..=1300).contains(&size), "{row}");
+    node.stop().await;
+}
+
+/// Publishes 4 KiB messages to itself through `node` until the connection's
+/// `/connections` row satisfies `done` (or `give_up` has passed), and returns the row.
+async fn datagrams_after_traffic(
+    node: &TestNode,
+    done: impl Fn(u64) -> bool,
+    give_up: std::time::Duration,
+) -> serde_json::Value {
     let c = node.client().await;
     let mut sub = c.subscribe("big.>").await.unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let row = loop {
+    let start = tokio::time::Instant::now();
+    loop {
         // Traffic both ways while MTU discovery probes (a few round trips on loopback).
         c.publish("big.x", vec![7u8; 4096]).await.unwrap();
         let m = tokio::time::timeout(WAIT, sub.next()).await.unwrap().unwrap();
@@ -116,15 +141,11 @@ async fn loopback_connections_use_large_datagrams() {
         let (status, body) = get(node.admin, "/connections").await;
         assert_eq!(status, 200);
         let row = json(&body)["connections"][0].clone();
-        if row["datagram_bytes"].as_u64().unwrap() > 1452 || tokio::time::Instant::now() > deadline {
-            break row;
+        if done(row["datagram_bytes"].as_u64().unwrap()) || start.elapsed() > give_up {
+            return row;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
-    let size = row["datagram_bytes"].as_u64().unwrap();
-    assert!(size > 1452 && size <= u64::from(fovea_core::path::LOOPBACK_UDP_PAYLOAD), "{row}");
-    assert!(row["rtt_us"].as_u64().unwrap() > 0, "{row}");
-    node.stop().await;
+    }
 }
 
 /// `/metrics` passes `promtool check metrics` (Prometheus's own linter). CI installs

@@ -380,6 +380,13 @@ fn limits_come_from_flags_over_the_file() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_topic_depth must be between 1 and 32"));
+    let out = Command::new(BIN)
+        .args(["node", "--admin", "off", "--max-loopback-datagram", "9000", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_loopback_datagram must be between 1200 and 6500"));
 }
 
 #[test]
