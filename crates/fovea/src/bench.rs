@@ -550,6 +550,11 @@ async fn conns(url: &str, opts: ConnectOptions, n: usize, node: Option<u32>) -> 
         after as f64 / 1024.0,
         per_conn / 1000.0
     );
+    // quinn's per-connection send buffer follows the path's datagram size (docs/LIMITS.md).
+    println!(
+        "  (a loopback path: datagrams up to the node's max_loopback_datagram; \
+         FOVEA_MAX_LOOPBACK_DATAGRAM=1452 measures connections sized as over a network)"
+    );
     let mut r = Report::new("conns");
     r.put("conns", n).put("opened", opened).put("failed", failed).put("connect_rate", format!("{rate:.0}"));
     r.put("rss_base_kib", base).put("rss_kib", after).put("bytes_per_conn", format!("{per_conn:.0}"));
