@@ -373,20 +373,18 @@ fn limits_come_from_flags_over_the_file() {
     assert_eq!(too_big.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&too_big.stderr).contains("max_payload of 128"));
     // A bad value stops the node with the key's name.
-    let out = Command::new(BIN)
-        .args(["node", "--admin", "off", "--max-topic-depth", "99", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("max_topic_depth must be between 1 and 32"));
-    let out = Command::new(BIN)
-        .args(["node", "--admin", "off", "--max-loopback-datagram", "9000", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("max_loopback_datagram must be between 1200 and 6500"));
+    for (flag, value, message) in [
+        ("--max-topic-depth", "99", "max_topic_depth must be between 1 and 32"),
+        ("--max-loopback-datagram", "9000", "max_loopback_datagram must be between 1200 and 6500"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["node", "--admin", "off", flag, value, "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{flag} {value}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(message), "{flag} {value}");
+    }
 }
 
 #[test]
