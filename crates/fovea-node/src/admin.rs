@@ -244,9 +244,14 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         counter!("fovea_messages_dropped_total", "reason" => "slow_consumer").absolute(s.dropped);
         describe_counter!(
             "fovea_producer_stalls_total",
-            "Reads of a publishing connection held back (at most producer_stall) for a subscriber's queue more than half full."
+            "Reads of a publishing connection held back (at most producer_stall) for a subscriber's queue more than an eighth full."
         );
         counter!("fovea_producer_stalls_total").absolute(s.stalls);
+        describe_counter!(
+            "fovea_producer_stall_timeouts_total",
+            "Hold-backs that ran out (producer_stall) before the subscriber's queue was taken; its publishers then run free until it takes again."
+        );
+        counter!("fovea_producer_stall_timeouts_total").absolute(s.stall_timeouts);
         describe_counter!("fovea_protocol_errors_total", "Connections closed for malformed or unexpected frames.");
         counter!("fovea_protocol_errors_total").absolute(s.protocol_errors);
         describe_counter!("fovea_auth_failures_total", "Refused handshakes (realm or credential).");

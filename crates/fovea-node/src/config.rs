@@ -75,7 +75,7 @@ pub struct Limits {
     /// Bytes queued for one connection that its client has not yet read. A message that
     /// would exceed it is dropped for that connection and counted. Default 64 MiB, as NATS.
     pub max_pending_bytes: usize,
-    /// A message queued for a connection whose queue is more than half full holds back the
+    /// A message queued for a connection whose queue is more than an eighth full holds back the
     /// publishing connection: its next read waits until that queue has been handed to the
     /// transport, at most this long (once per read). The publisher slows to what its
     /// subscribers take instead of losing messages for them, as NATS stalls a fast producer

@@ -27,8 +27,11 @@ pub struct Stats {
     /// Messages dropped because a subscriber's queue was full.
     pub dropped: AtomicU64,
     /// Reads of a publishing connection held back because a subscriber's queue was more
-    /// than half full (`producer_stall`).
+    /// than an eighth full (`producer_stall`).
     pub stalls: AtomicU64,
+    /// Of those, hold-backs that ran out before the subscriber's queue was taken: its
+    /// publishers then run free until it takes again.
+    pub stall_timeouts: AtomicU64,
     /// Connections closed for malformed or unexpected frames.
     pub protocol_errors: AtomicU64,
     /// Handshakes refused for the realm or credential.
@@ -98,6 +101,7 @@ pub struct StatsSnapshot {
     pub bytes_out: u64,
     pub dropped: u64,
     pub stalls: u64,
+    pub stall_timeouts: u64,
     pub protocol_errors: u64,
     pub auth_failures: u64,
     pub auth_rate_limited: u64,
@@ -146,6 +150,7 @@ impl Stats {
             bytes_out: get(&self.bytes_out),
             dropped: get(&self.dropped),
             stalls: get(&self.stalls),
+            stall_timeouts: get(&self.stall_timeouts),
             protocol_errors: get(&self.protocol_errors),
             auth_failures: get(&self.auth_failures),
             auth_rate_limited: get(&self.auth_rate_limited),

@@ -81,10 +81,11 @@ fn render(info: &serde_json::Value, prev: Option<(f64, &serde_json::Value)>) -> 
     s += &format!("  messages in {}{}\n", stat(info, "msgs_in"), rate("msgs_in"));
     s += &format!("  deliveries  {}{}\n", stat(info, "deliveries"), rate("deliveries"));
     s += &format!(
-        "  dropped     {}{}   publishers held back {}\n",
+        "  dropped     {}{}   publishers held back {} (ran out {})\n",
         stat(info, "dropped"),
         rate("dropped"),
-        stat(info, "stalls")
+        stat(info, "stalls"),
+        stat(info, "stall_timeouts")
     );
     s += &format!(
         "  calls       {}{}   late answers {}\n",

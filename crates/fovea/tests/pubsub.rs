@@ -371,9 +371,10 @@ async fn a_subscriber_that_stays_slow_is_disconnected() {
     node.stop().await;
 }
 
-/// A publisher feeding a subscriber whose queue at the node is more than half full is held
-/// back (`producer_stall`, counted), and is never refused; with the stall off it is never
-/// held back and the node drops for the subscriber instead.
+/// A publisher feeding a subscriber whose queue at the node is more than an eighth full is
+/// held back (`producer_stall`, counted, and counted again when it runs out), and is never
+/// refused; with the stall off it is never held back and the node drops for the subscriber
+/// instead.
 #[tokio::test]
 async fn a_fast_publisher_is_held_back_for_a_full_subscriber_queue() {
     for stall in [Duration::from_millis(5), Duration::ZERO] {
@@ -390,9 +391,12 @@ async fn a_fast_publisher_is_held_back_for_a_full_subscriber_queue() {
         let s = node.stats.snapshot();
         if stall.is_zero() {
             assert_eq!(s.stalls, 0, "{s:?}");
+            assert_eq!(s.stall_timeouts, 0, "{s:?}");
             assert!(s.dropped > 0, "4 MB against a 64 KiB queue and an idle reader: {s:?}");
         } else {
             assert!(s.stalls > 0, "the publisher was never held back: {s:?}");
+            // The reader takes nothing, so a hold-back runs out and is counted.
+            assert!(s.stall_timeouts > 0, "{s:?}");
         }
         node.stop().await;
     }
