@@ -128,7 +128,7 @@ pub(crate) struct Outbound {
     /// Whether the client understands `DROPPED` (protocol version 3).
     announce_drops: bool,
     closed: AtomicBool,
-    /// More than [`PRESS_FRACTION`] of `max_pending` is queued: publishers delivering
+    /// More than `max_pending / PRESS_FRACTION` is queued: publishers delivering
     /// here are held back (`producer_stall`) until the writer takes the queue.
     pressing: AtomicBool,
     /// A hold-back for this queue ran out without a take: no one is held back for it until
@@ -368,7 +368,7 @@ impl Outbound {
         self.slow_signal.notified().await;
     }
 
-    /// Whether more than [`PRESS_FRACTION`] of the queue's bound is taken and its reader
+    /// Whether more than [`Outbound::press_level`] is queued and the queue's reader
     /// is alive: a publisher delivering here should hold back ([`Outbound::relieved`]).
     pub fn pressing(&self) -> bool {
         self.pressing.load(Ordering::Relaxed) && !self.stuck.load(Ordering::Relaxed)
@@ -542,11 +542,13 @@ mod tests {
         let max = 80_000;
         let out = Outbound::new(max, Duration::from_secs(60), true);
         let p = publish("a", 1000, 1);
-        while out.pending() + 1100 <= max / PRESS_FRACTION {
+        let level = out.press_level();
+        assert_eq!(level, max / PRESS_FRACTION);
+        while out.pending() + 1100 <= level {
             assert_eq!(out.deliver(1, &p.topic, &p.headers, &p.payload), Delivered::Queued);
             assert!(!out.pressing(), "{} bytes queued of {max}", out.pending());
         }
-        while out.pending() <= max / PRESS_FRACTION {
+        while out.pending() <= level {
             assert_eq!(out.deliver(1, &p.topic, &p.headers, &p.payload), Delivered::Queued);
         }
         assert!(out.pressing(), "{} bytes queued of {max}", out.pending());
@@ -556,7 +558,7 @@ mod tests {
         drain(&out);
         assert!(!out.pressing(), "taken below the level");
         // The take showed its reader alive: filled past the level again, it holds back.
-        while out.pending() <= max / PRESS_FRACTION {
+        while out.pending() <= level {
             assert_eq!(out.deliver(1, &p.topic, &p.headers, &p.payload), Delivered::Queued);
         }
         assert!(out.pressing());
