@@ -19,6 +19,7 @@
 //! - [`trie`]: the subscription index.
 //! - [`balance`]: the procedure registry and power-of-two-choices balancing.
 //! - [`dht`]: Kademlia for the mesh (routing table, lookups, records), driven by the node.
+//! - [`deadline`]: call deadlines, filed once and never unfiled.
 //! - [`code`]: wire error codes. [`limits`]: protocol maxima. [`varint`]: integer encoding.
 //!
 //! Neighbours: `fovea-node` (the server) and `fovea-client` (the SDK) depend on this crate;
@@ -28,6 +29,7 @@
 
 pub mod balance;
 pub mod code;
+pub mod deadline;
 pub mod deframer;
 pub mod dht;
 pub mod frame;

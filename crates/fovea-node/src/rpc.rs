@@ -15,17 +15,21 @@
 //! response, `TIMEOUT` or `PROVIDER_DISCONNECTED`); anyone who finds it gone stays silent
 //! and counts a late response. Locks: only one of these tables is ever held at a time.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::Poll;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use foldhash::fast::RandomState;
+use fovea_core::deadline::Deadlines;
 use fovea_core::frame::{Call, CallResult, Notice, Request};
 use fovea_core::{ErrorCode, Frame, Headers};
-use tokio_util::time::{delay_queue, DelayQueue};
+use tokio::time::Sleep;
 
 use crate::outbound::Outbound;
 use crate::router::ProviderRef;
@@ -34,30 +38,47 @@ use crate::router::ProviderRef;
 pub(crate) struct Peer {
     pub out: Outbound,
     calls: Mutex<Calls>,
-    serving: Mutex<HashMap<u64, Serving>>,
+    serving: Mutex<HashMap<u64, Serving, RandomState>>,
     /// `serving.len()`, readable without the lock (for balancing).
     serving_len: AtomicUsize,
     next_req: AtomicU64,
 }
 
 /// The caller side: calls made by this connection.
+///
+/// Keys are the caller's own call ids, so the map's hasher is seeded per map (foldhash,
+/// as the trie's): a client choosing colliding ids needs the seed. SipHash, the standard
+/// one, cost ~700 instructions per call here over five look-ups.
 #[derive(Default)]
 struct Calls {
-    map: HashMap<u64, InFlight>,
-    /// One deadline per entry of `map`, removed with it. Created by the connection's first
-    /// call: an empty `DelayQueue` still holds its timing wheel (~6 KB), which most
-    /// connections (subscribers, providers) would carry for nothing. Boxed: even `None`
-    /// would otherwise take the queue's ~200 bytes inline in every connection.
-    timers: Option<Box<DelayQueue<u64>>>,
+    map: HashMap<u64, InFlight, RandomState>,
+    /// Every deadline of `map`, and ended calls' until their deadline passes or a rebuild
+    /// drops them (bound: twice `map`'s bound plus
+    /// [`fovea_core::deadline::REBUILD_SLACK`]).
+    deadlines: Deadlines<Instant, u64>,
+    /// Fires at `armed`; made by the connection task's first wait for a deadline (most
+    /// connections, subscribers and providers, never make one) and kept. Boxed: a
+    /// `Sleep` is ~100 bytes that an idle connection should not carry inline.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// The deadline `timer` is set to while the task waits on it.
+    armed: Option<Instant>,
+    /// The waiting task, woken when a call brings a deadline earlier than `armed` (calls
+    /// may start from other tasks: remote providers are found by a spawned look-up).
+    waiter: Option<Waker>,
 }
 
 struct InFlight {
     provider: Arc<Peer>,
     req_id: u64,
-    timer: delay_queue::Key,
     /// When the node received the call (for the latency histogram).
     started: Instant,
+    /// `started` + the call's timeout; its filing in [`Calls::deadlines`] carries it too.
+    deadline: Instant,
 }
+
+/// How far a deadline may lie: a timeout too large for the clock (the limits cap timeouts
+/// far below this) means "not in this process's lifetime".
+const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// The provider side: a request this connection is handling.
 struct Serving {
@@ -89,7 +110,7 @@ impl Peer {
         Peer {
             out,
             calls: Mutex::new(Calls::default()),
-            serving: Mutex::new(HashMap::new()),
+            serving: Mutex::new(HashMap::default()),
             serving_len: AtomicUsize::new(0),
             next_req: AtomicU64::new(1),
         }
@@ -114,16 +135,28 @@ impl Peer {
         {
             // The caller's entry goes in first, so that a provider disconnecting from here
             // on finds it and answers `PROVIDER_DISCONNECTED` itself.
-            let mut calls = lock(&self.calls);
-            if calls.map.contains_key(&call_id) {
+            let mut guard = lock(&self.calls);
+            let calls = &mut *guard;
+            let in_flight = calls.map.len();
+            let Entry::Vacant(slot) = calls.map.entry(call_id) else {
                 return Err(Refusal::DuplicateId);
-            }
-            if calls.map.len() >= max_in_flight {
-                let msg = format!("this connection has {} calls in flight, the node's limit", calls.map.len());
+            };
+            if in_flight >= max_in_flight {
+                let msg = format!("this connection has {in_flight} calls in flight, the node's limit");
                 return Err(Refusal::Result(ErrorCode::Busy, msg));
             }
-            let timer = calls.timers.get_or_insert_with(Default::default).insert(call_id, timeout);
-            calls.map.insert(call_id, InFlight { provider: provider.clone(), req_id, timer, started: Instant::now() });
+            let started = Instant::now();
+            let deadline = started.checked_add(timeout.min(FAR_FUTURE)).unwrap_or(started);
+            slot.insert(InFlight { provider: provider.clone(), req_id, started, deadline });
+            calls.deadlines.push(deadline, call_id);
+            if calls.deadlines.needs_rebuild(calls.map.len()) {
+                calls.deadlines.rebuild(calls.map.iter().map(|(id, c)| (c.deadline, *id)));
+            }
+            if calls.armed.is_none_or(|armed| deadline < armed) {
+                if let Some(w) = calls.waiter.take() {
+                    w.wake();
+                }
+            }
         }
         {
             let mut serving = lock(&provider.serving);
@@ -192,23 +225,43 @@ impl Peer {
     /// # Cancel safety
     /// Cancel safe: a deadline is only consumed when the future completes.
     pub async fn expire_next(&self) {
-        // Pop the timer and remove its call under one lock: the invariant that every call
-        // has exactly one live timer key is what makes `take_call`'s removal safe.
+        // The expired call leaves the table under the lock that found it due, so an answer
+        // racing the deadline finds it either still there (and wins) or gone.
         let (call_id, expired) = poll_fn(|cx| {
-            let mut calls = lock(&self.calls);
-            let expired = match calls.timers.as_mut() {
-                Some(timers) => timers.poll_expired(cx),
-                None => Poll::Pending,
-            };
-            match expired {
-                Poll::Ready(Some(e)) => {
-                    let id = e.into_inner();
-                    Poll::Ready((id, calls.map.remove(&id)))
+            let mut guard = lock(&self.calls);
+            let calls = &mut *guard;
+            // A timer that fires finds at least one filing due, so this ends in two rounds;
+            // the bound guards against a clock that disagrees with the timer's.
+            for _ in 0..4 {
+                let Some(next) = calls.deadlines.next() else {
+                    calls.armed = None;
+                    set_waker(&mut calls.waiter, cx.waker());
+                    return Poll::Pending;
+                };
+                let timer = match &mut calls.timer {
+                    Some(timer) => {
+                        if calls.armed != Some(next) {
+                            timer.as_mut().reset(next.into());
+                        }
+                        timer
+                    }
+                    None => calls.timer.insert(Box::pin(tokio::time::sleep_until(next.into()))),
+                };
+                calls.armed = Some(next);
+                if timer.as_mut().poll(cx).is_pending() {
+                    set_waker(&mut calls.waiter, cx.waker());
+                    return Poll::Pending;
                 }
-                // Empty: only this connection's own task adds deadlines, and it polls
-                // again after handling each frame, so no wake-up is needed here.
-                _ => Poll::Pending,
+                let now = Instant::now();
+                let map = &calls.map;
+                if let Some(id) =
+                    calls.deadlines.pop_expired(now, |id, at| map.get(&id).is_some_and(|c| c.deadline == at))
+                {
+                    return Poll::Ready((id, calls.map.remove(&id)));
+                }
             }
+            cx.waker().wake_by_ref();
+            Poll::Pending
         })
         .await;
         let Some(c) = expired else { return };
@@ -228,7 +281,9 @@ impl Peer {
     pub fn abandon_all(&self) -> usize {
         let mine: Vec<InFlight> = {
             let mut calls = lock(&self.calls);
-            calls.timers = None;
+            calls.deadlines.clear();
+            calls.timer = None;
+            calls.armed = None;
             calls.map.drain().map(|(_, c)| c).collect()
         };
         for c in mine {
@@ -264,11 +319,77 @@ impl Peer {
     }
 
     fn take_call(&self, call_id: u64) -> Option<InFlight> {
-        let mut calls = lock(&self.calls);
-        let c = calls.map.remove(&call_id)?;
-        if let Some(timers) = calls.timers.as_mut() {
-            timers.remove(&c.timer);
+        // Its deadline's filing stays: `expire_next` skips filings whose call has gone.
+        lock(&self.calls).map.remove(&call_id)
+    }
+}
+
+/// Keeps the waker of the task waiting on a deadline, cloning only when it changed.
+fn set_waker(slot: &mut Option<Waker>, waker: &Waker) {
+    match slot {
+        Some(w) if w.will_wake(waker) => {}
+        _ => *slot = Some(waker.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer() -> Arc<Peer> {
+        Arc::new(Peer::new(Outbound::new(1 << 20, Duration::from_millis(5), false)))
+    }
+
+    fn call(call_id: u64) -> Call {
+        let procedure = Bytes::from_static(b"svc.x");
+        Call { call_id, procedure, timeout_ms: 0, headers: Headers::new(), payload: Bytes::new() }
+    }
+
+    fn in_flight(p: &Peer, call_id: u64) -> bool {
+        lock(&p.calls).map.contains_key(&call_id)
+    }
+
+    /// A call started by another task than the one waiting on the deadlines (as a call to
+    /// a provider on another node is) with an earlier deadline than the timer's must wake
+    /// the waiter, or it would end only when the later deadline fires.
+    #[tokio::test]
+    async fn an_earlier_deadline_from_another_task_wakes_the_waiting_task() {
+        let (caller, provider) = (peer(), ProviderRef { peer: peer(), rid: 1 });
+        caller.start_call(&provider, call(1), Duration::from_secs(3600), 16).ok().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let waiter = caller.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                waiter.expire_next().await;
+                let _ = tx.send(());
+            }
+        });
+        // Let the waiter arm its timer for the hour-long call.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        caller.start_call(&provider, call(2), Duration::from_millis(50), 16).ok().unwrap();
+        let woke = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await;
+        assert!(woke.is_ok(), "the 50 ms call did not end: the waiter slept on the hour-long deadline");
+        assert!(!in_flight(&caller, 2) && in_flight(&caller, 1), "only the short call ended");
+        assert!(!lock(&provider.peer.serving).contains_key(&2), "the provider was told to forget it");
+        task.abort();
+    }
+
+    /// Calls answered before their deadline leave their filings behind; those never end a
+    /// call, and the filings stay bounded however many calls go through.
+    #[tokio::test]
+    async fn answered_calls_never_time_out_and_their_deadlines_stay_bounded() {
+        let (caller, provider) = (peer(), ProviderRef { peer: peer(), rid: 1 });
+        for id in 1..=10_000u64 {
+            caller.start_call(&provider, call(id), Duration::from_millis(1), 64).ok().unwrap();
+            let req_id = lock(&provider.peer.serving).keys().copied().next().unwrap();
+            assert!(provider.peer.finish_request(req_id, ErrorCode::NoError, Headers::new(), Bytes::new()).is_some());
+            let filed = lock(&caller.calls).deadlines.len();
+            assert!(filed <= 2 + fovea_core::deadline::REBUILD_SLACK, "{filed} deadlines filed for one call");
         }
-        Some(c)
+        // Every deadline has passed; none may end a call, so the wait stays pending.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let waited = tokio::time::timeout(Duration::from_millis(100), caller.expire_next()).await;
+        assert!(waited.is_err(), "an answered call timed out");
+        assert!(lock(&caller.calls).deadlines.is_empty(), "due filings of ended calls are dropped");
     }
 }

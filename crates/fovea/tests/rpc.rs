@@ -149,6 +149,44 @@ async fn a_late_answer_after_the_deadline_is_discarded_and_counted() {
     provider.flush().await.unwrap();
     let s = node.stats.snapshot();
     assert_eq!(s.late_responses, 1, "{s:?}");
+    // The node ended the call at its deadline (the client's own timer waits a grace longer).
+    assert!(s.rejections.contains(&(ErrorCode::Timeout, 1)), "{s:?}");
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn the_node_ends_each_call_at_its_own_deadline_whatever_the_order_they_came_in() {
+    let node = TestNode::start().await;
+    let provider = node.client().await;
+    let mut reg = provider.register("svc.silent").await.unwrap();
+    let caller = node.client().await;
+    // Longest first: each later call brings a deadline earlier than the one the node's
+    // timer is set to. One call is answered in time; its deadline must not fire.
+    let timeouts = [3000u64, 1200, 600, 300];
+    let mut calls = Vec::new();
+    let mut held = Vec::new();
+    for ms in timeouts {
+        let c = caller.clone();
+        calls.push(tokio::spawn(async move {
+            let t0 = tokio::time::Instant::now();
+            (c.call("svc.silent", "x", Duration::from_millis(ms)).await, t0.elapsed())
+        }));
+        held.push(next_request(&mut reg).await);
+    }
+    held.remove(1).respond("in time"); // the 1 200 ms call
+    for (i, call) in calls.into_iter().enumerate() {
+        let (r, took) = call.await.unwrap();
+        let ms = timeouts[i];
+        if ms == 1200 {
+            assert_eq!(r.unwrap().payload, "in time");
+            continue;
+        }
+        assert!(matches!(r, Err(ClientError::Timeout(t)) if t == Duration::from_millis(ms)), "{ms} ms: {r:?}");
+        assert!(took >= Duration::from_millis(ms), "the {ms} ms call ended after {took:?}");
+    }
+    let s = node.stats.snapshot();
+    assert!(s.rejections.contains(&(ErrorCode::Timeout, 3)), "the node timed out all three: {s:?}");
+    drop(held);
     node.stop().await;
 }
 
