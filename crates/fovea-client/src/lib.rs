@@ -57,6 +57,11 @@ use tokio_util::sync::CancellationToken;
 /// client CPU for that latency. Off unless installed.
 pub use fovea_spin as spin;
 
+/// A table keyed by ids this client or its node chose: subscriptions, registrations,
+/// calls, requests. foldhash, seeded per table, not SipHash: a few of these look-ups
+/// happen per call, and SipHash's cost showed in `scripts/profile.sh instructions rpc`.
+pub(crate) type IdMap<T> = HashMap<u64, T, foldhash::fast::RandomState>;
+
 pub use fovea_core::headers::HeaderError;
 pub use fovea_core::{ErrorCode, Headers, Pattern, Procedure, Topic, TopicError};
 pub use rpc::{Registration, Request, Response};
@@ -390,13 +395,13 @@ pub(crate) struct Inner {
     pub quic: fovea_core::path::ByPath<quinn::ClientConfig>,
     /// Lock order: `out` before `subs`.
     pub out: Mutex<Out>,
-    pub subs: Mutex<HashMap<u64, SubEntry>>,
-    pub regs: Mutex<HashMap<u64, rpc::RegEntry>>,
+    pub subs: Mutex<IdMap<SubEntry>>,
+    pub regs: Mutex<IdMap<rpc::RegEntry>>,
     /// Calls whose caller wants their notices (`call_with_notices`), by call id.
-    pub notice_sinks: Mutex<HashMap<u64, mpsc::Sender<tools::Notice>>>,
+    pub notice_sinks: Mutex<IdMap<mpsc::Sender<tools::Notice>>>,
     /// Requests this client is handling, by request id: cancelled when the node abandons
     /// one. At most the node's `max_requests_in_flight` per registration.
-    pub serving: Mutex<HashMap<u64, CancellationToken>>,
+    pub serving: Mutex<IdMap<CancellationToken>>,
     /// Which session is current: bumped, under the `out` lock, as each session (the first
     /// too) starts reading. The node numbers requests per connection, so a request's id means
     /// something only in its session: an answer from an earlier one would reach another
@@ -404,12 +409,12 @@ pub(crate) struct Inner {
     /// dropped when it is not the current one.
     pub session: AtomicU64,
     /// `TOOLS` queries waiting for their `TOOL_LIST`.
-    pub tool_queries: Mutex<HashMap<u64, oneshot::Sender<fovea_core::frame::ToolList>>>,
+    pub tool_queries: Mutex<IdMap<oneshot::Sender<fovea_core::frame::ToolList>>>,
     /// Bumped on `TOOLS_CHANGED` and on reconnection (see `Client::watch_tools`).
     pub tools_changed: watch::Sender<u64>,
     /// The id of this client's catalog watch; 0 until `watch_tools` is first called.
     pub tools_watch: AtomicU64,
-    pub pings: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    pub pings: Mutex<IdMap<oneshot::Sender<()>>>,
     /// Wakes the writer.
     pub wake: Notify,
     /// Wakes publishers waiting for buffer space.
@@ -455,7 +460,7 @@ impl Inner {
     /// wait for, or `None` while reconnecting (the entry is sent when the session opens).
     pub(crate) fn open_acked<T>(
         &self,
-        map: &Mutex<HashMap<u64, T>>,
+        map: &Mutex<IdMap<T>>,
         id: u64,
         entry: impl FnOnce(Option<AckSender>) -> T,
         frame: &Frame,
@@ -547,15 +552,15 @@ impl Client {
                 queued: Vec::new(),
                 new_calls: rpc::NewCalls::default(),
             }),
-            subs: Mutex::new(HashMap::new()),
-            regs: Mutex::new(HashMap::new()),
-            notice_sinks: Mutex::new(HashMap::new()),
-            serving: Mutex::new(HashMap::new()),
+            subs: Mutex::new(IdMap::default()),
+            regs: Mutex::new(IdMap::default()),
+            notice_sinks: Mutex::new(IdMap::default()),
+            serving: Mutex::new(IdMap::default()),
             session: AtomicU64::new(0),
-            tool_queries: Mutex::new(HashMap::new()),
+            tool_queries: Mutex::new(IdMap::default()),
             tools_changed: watch::Sender::new(0),
             tools_watch: AtomicU64::new(0),
-            pings: Mutex::new(HashMap::new()),
+            pings: Mutex::new(IdMap::default()),
             wake: Notify::new(),
             drained: Notify::new(),
             next_id: AtomicU64::new(1),

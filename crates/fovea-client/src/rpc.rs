@@ -288,7 +288,7 @@ impl NewCalls {
 /// given up (a call the node never answers leaves when its caller times out).
 #[derive(Default)]
 pub(crate) struct Calls {
-    map: std::collections::HashMap<u64, ResultSender>,
+    map: crate::IdMap<ResultSender>,
     /// Taken from `out` in exchange for this one, so neither side reallocates.
     spare: Vec<(u64, ResultSender)>,
     sweep_at: usize,

@@ -11,7 +11,6 @@ use bytes::{Bytes, BytesMut};
 use fovea_core::frame::{Hello, Register, Subscribe, ToolsQuery, VERSION};
 use fovea_core::{Deframer, ErrorCode, Frame, Topic};
 use quinn::{Connection, ConnectionError, RecvStream, SendStream, VarInt};
-use std::collections::HashMap;
 
 use fovea_core::frame::ErrorFrame;
 use fovea_core::path::{ByPath, LOOPBACK_UDP_PAYLOAD};
@@ -521,7 +520,7 @@ impl Acked for crate::rpc::RegEntry {
 }
 
 /// Removes the entry an `ERROR` refers to, if any, returning its pending acknowledgement.
-fn end_refused<T: Acked>(map: &std::sync::Mutex<HashMap<u64, T>>, e: &ErrorFrame) -> Option<Option<AckSender>> {
+fn end_refused<T: Acked>(map: &std::sync::Mutex<crate::IdMap<T>>, e: &ErrorFrame) -> Option<Option<AckSender>> {
     let mut map = lock(map);
     let entry = map.get_mut(&e.reference)?;
     if e.code == ErrorCode::DuplicateId && entry.ack().is_none() {
