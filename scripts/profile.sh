@@ -92,6 +92,10 @@ flame)
   tail -1 "$out/bench.txt"
   perf script -i "$out/perf.data" 2>/dev/null | inferno-collapse-perf >"$out/folded.txt"
   inferno-flamegraph --title "fovea bench $*" <"$out/folded.txt" >"$svg"
+  echo "samples by thread and object (fovea-node: the node's workers; tokio-rt-worker: the load generator's; swapper: an idle core):"
+  perf report -i "$out/perf.data" -g none --no-children --sort comm,dso --stdio 2>/dev/null | grep -v '^#' | grep . | head -8
+  echo "samples by function (self):"
+  perf report -i "$out/perf.data" -g none --no-children --sort sym --stdio 2>/dev/null | grep -v '^#' | grep '%' | head -15
   echo "flame graph: $svg (folded stacks: $out/folded.txt)"
   ;;
 *)

@@ -67,6 +67,8 @@ fn main() -> ExitCode {
         // node sets the window once its configuration is read.
         Command::Node(_) => {
             builder.on_thread_park(fovea_node::spin::on_park).on_thread_unpark(fovea_node::spin::on_unpark);
+            // So that `top -H`, `perf` and `ps -L` tell a node's workers from a client's.
+            builder.thread_name("fovea-node");
         }
         Command::Bench(args) => {
             if let Some(max) = args.client_spin {
