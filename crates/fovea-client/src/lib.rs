@@ -676,8 +676,7 @@ impl Client {
         let sid = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = queue::queue(inner.opts.subscription_capacity);
         let dropped = Arc::new(AtomicU64::new(0));
-        let frame =
-            Frame::Sub(Subscribe { sid, pattern: Bytes::copy_from_slice(parsed.as_bytes()), group: group.clone() });
+        let frame = Frame::Sub(Subscribe { sid, pattern: parsed.to_bytes(), group: group.clone() });
         let entry = |ack| SubEntry { pattern: parsed.clone(), dropped: dropped.clone(), group, tx, ack };
         let ack = inner.open_acked(&inner.subs, sid, entry, &frame)?;
         // Built before waiting: if the node refuses, dropping it sends the UNSUB.

@@ -341,8 +341,7 @@ impl Client {
         let inner = self.inner();
         let rid = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(inner.opts.subscription_capacity);
-        let frame =
-            Frame::Reg(Register { rid, procedure: Bytes::copy_from_slice(parsed.as_bytes()), tool: tool.clone() });
+        let frame = Frame::Reg(Register { rid, procedure: parsed.to_bytes(), tool: tool.clone() });
         let entry = |ack| RegEntry { procedure: parsed.clone(), tool, tx, ack };
         let ack = inner.open_acked(&inner.regs, rid, entry, &frame)?;
         // Built before waiting: if the node refuses, dropping it sends the UNREG.
@@ -415,7 +414,7 @@ impl Client {
             }
             out.buf.push_frame(&Frame::Call(Call {
                 call_id,
-                procedure: Bytes::copy_from_slice(parsed.as_bytes()),
+                procedure: parsed.to_bytes(),
                 timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1),
                 headers: headers.clone(),
                 payload,

@@ -211,14 +211,14 @@ async fn run(inner: &Arc<Inner>, s: Session) -> End {
         let subs = lock(&inner.subs);
         for (sid, e) in subs.iter() {
             if !out.queued.contains(sid) {
-                let pattern = Bytes::copy_from_slice(e.pattern.as_bytes());
+                let pattern = e.pattern.to_bytes();
                 Frame::Sub(Subscribe { sid: *sid, pattern, group: e.group.clone() }).encode(&mut restore);
             }
         }
         drop(subs);
         for (rid, e) in lock(&inner.regs).iter() {
             if !out.queued.contains(rid) {
-                let procedure = Bytes::copy_from_slice(e.procedure.as_bytes());
+                let procedure = e.procedure.to_bytes();
                 Frame::Reg(Register { rid: *rid, procedure, tool: e.tool.clone() }).encode(&mut restore);
             }
         }

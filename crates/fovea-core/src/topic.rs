@@ -111,6 +111,11 @@ macro_rules! name_type {
                 &self.0
             }
 
+            /// The name's buffer, to put in a frame by reference (a clone is a refcount).
+            pub fn to_bytes(&self) -> Bytes {
+                self.0.clone()
+            }
+
             /// The name as text.
             pub fn as_str(&self) -> &str {
                 // Invariant: validated as UTF-8 at construction, so the fallback is unreachable.
