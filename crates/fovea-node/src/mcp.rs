@@ -2,7 +2,7 @@
 //! `/mcp`, and its tools are the realm's procedures that carry a descriptor.
 //!
 //! MCP is a front end on the mesh's own routing, not a second system: a `tools/call` is a
-//! mesh RPC call from an in-process caller (a [`Peer`] like any client connection's, whose
+//! mesh RPC call from an in-process caller (a `Peer` like any client connection's, whose
 //! outbound queue this module decodes instead of writing to a socket). So deadlines,
 //! balancing, admission (`BUSY` at the caller's in-flight limit), provider loss and calls
 //! to other nodes behave exactly as for SDK callers, and progress and logs arrive as

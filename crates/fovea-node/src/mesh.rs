@@ -22,7 +22,7 @@
 //! dialed by the node with the smaller id and retire the other.
 //!
 //! **Retiring a link** (the loser of that tie-break, or one evicted to make room): it leaves
-//! the links map at once, so nothing new goes on it, and closes after [`RETIRE_GRACE`], so
+//! the links map at once, so nothing new goes on it, and closes after `RETIRE_GRACE`, so
 //! frames already queued or in flight on it still arrive. Neither side takes that close for
 //! a departure.
 //!
