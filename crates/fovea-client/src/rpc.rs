@@ -457,6 +457,20 @@ pub(crate) fn parse_procedure(name: &str) -> Result<Procedure, ClientError> {
 /// Hands a `REQUEST` to its registration; waits (flow control) when the application is
 /// behind.
 pub(crate) async fn dispatch_request(inner: &Arc<Inner>, q: fovea_core::frame::Request) {
+    if let Some((tx, r)) = try_dispatch_request(inner, q) {
+        // Flow control: stop reading until the application takes a request. If the
+        // registration ends meanwhile, the request comes back and its drop fails it.
+        let _ = tx.send(r).await;
+    }
+}
+
+/// [`dispatch_request`] without the wait: returns the request and its registration's
+/// queue when that queue is full, for the caller to wait on. Synchronous so that the
+/// reader's common path builds no future for it.
+pub(crate) fn try_dispatch_request(
+    inner: &Arc<Inner>,
+    q: fovea_core::frame::Request,
+) -> Option<(mpsc::Sender<Request>, Request)> {
     enum Next {
         Done,
         Wait(mpsc::Sender<Request>, Request),
@@ -500,20 +514,19 @@ pub(crate) async fn dispatch_request(inner: &Arc<Inner>, q: fovea_core::frame::R
         }
     };
     match next {
-        Next::Done => {}
-        // Flow control: stop reading until the application takes a request. If the
-        // registration ends meanwhile, the request comes back and its drop fails it.
-        Next::Wait(tx, r) => {
-            let _ = tx.send(r).await;
+        Next::Done => None,
+        Next::Wait(tx, r) => Some((tx, r)),
+        Next::Fail => {
+            send_respond(
+                inner,
+                session,
+                req_id,
+                ErrorCode::ApplicationError,
+                Headers::new(),
+                Bytes::from_static(b"the provider unregistered the procedure"),
+            );
+            None
         }
-        Next::Fail => send_respond(
-            inner,
-            session,
-            req_id,
-            ErrorCode::ApplicationError,
-            Headers::new(),
-            Bytes::from_static(b"the provider unregistered the procedure"),
-        ),
     }
 }
 
