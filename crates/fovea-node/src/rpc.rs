@@ -146,6 +146,8 @@ impl Peer {
                 return Err(Refusal::Result(ErrorCode::Busy, msg));
             }
             let started = Instant::now();
+            // The sum fits (the node caps timeouts far below FAR_FUTURE); were the clock ever
+            // at its end, the call would time out at once, an answer rather than a hang.
             let deadline = started.checked_add(timeout.min(FAR_FUTURE)).unwrap_or(started);
             slot.insert(InFlight { provider: provider.clone(), req_id, started, deadline });
             calls.deadlines.push(deadline, call_id);
