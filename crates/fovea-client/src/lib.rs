@@ -393,6 +393,10 @@ pub(crate) struct Inner {
     /// `opts.socket`).
     pub _spin: Option<Arc<spin::Watch>>,
     pub quic: fovea_core::path::ByPath<quinn::ClientConfig>,
+    /// Calls of the current session waiting for a result. Lock order: before `out`.
+    pub calls: Mutex<rpc::Calls>,
+    /// Wakes the call watchdog (`rpc::expire_calls`) for a deadline earlier than its alarm.
+    pub call_alarm: Notify,
     /// Lock order: `out` before `subs`.
     pub out: Mutex<Out>,
     pub subs: Mutex<IdMap<SubEntry>>,
@@ -546,6 +550,8 @@ impl Client {
             own_endpoint,
             _spin,
             quic,
+            calls: Mutex::new(rpc::Calls::default()),
+            call_alarm: Notify::new(),
             out: Mutex::new(Out {
                 buf: OutBuf::new(),
                 connected: false,

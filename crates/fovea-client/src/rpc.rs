@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use fovea_core::deadline::Deadlines;
 use fovea_core::frame::{Call, Register, Respond};
 use fovea_core::{ErrorCode, Frame, Headers, Procedure};
 use tokio::sync::mpsc::error::TrySendError;
@@ -15,11 +16,15 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::{lock, Client, ClientError, Inner};
+use crate::{lock, Client, ClientError, Inner, Out};
 
 /// How long the SDK waits past a call's timeout for the node's own `TIMEOUT` answer before
 /// giving up locally (the node's answer also cancels the request at the provider).
 const TIMEOUT_GRACE: Duration = Duration::from_millis(100);
+
+/// A local deadline for a timeout too long for the clock (`Duration::MAX`): about thirty
+/// years, as tokio's own timers do.
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 /// Longest deadline a `REQUEST` may carry as far as the SDK is concerned (one day).
 const MAX_DEADLINE_MS: u64 = 86_400_000;
@@ -246,6 +251,9 @@ type ResultSender = oneshot::Sender<fovea_core::frame::CallResult>;
 /// Fewest entries at which the call tables sweep out calls whose caller has gone.
 const SWEEP_MIN: usize = 1024;
 
+/// A call waiting for its result: who waits, and until when at most (its local deadline).
+type Waiting = (u64, ResultSender, Instant);
+
 /// Calls queued but not yet seen by the session's reader: the caller adds its own under the
 /// `out` lock that it takes anyway to queue the `CALL`, and the reader takes the whole
 /// list when a result names a call it does not know.
@@ -255,17 +263,29 @@ const SWEEP_MIN: usize = 1024;
 /// most about twice the calls in flight, and [`SWEEP_MIN`].
 #[derive(Default)]
 pub(crate) struct NewCalls {
-    calls: Vec<(u64, ResultSender)>,
+    calls: Vec<Waiting>,
     sweep_at: usize,
+    /// When the call watchdog ([`expire_calls`]) wakes next at the latest: no call, queued
+    /// here or in [`Calls`], has an earlier deadline. `None`: it waits to be told.
+    alarm: Option<Instant>,
 }
 
 impl NewCalls {
-    pub(crate) fn push(&mut self, call_id: u64, tx: ResultSender) {
+    /// Queues a call; returns whether its deadline comes before the watchdog's alarm, so
+    /// that the caller must wake the watchdog (`Inner::call_alarm`) once it has let go of
+    /// the `out` lock. With equal timeouts, only the first call in flight does.
+    #[must_use]
+    pub(crate) fn push(&mut self, call_id: u64, tx: ResultSender, deadline: Instant) -> bool {
         if self.calls.len() >= self.sweep_at.max(SWEEP_MIN) {
-            self.calls.retain(|(_, tx)| !tx.is_closed());
+            self.calls.retain(|(_, tx, _)| !tx.is_closed());
             self.sweep_at = self.calls.len() * 2;
         }
-        self.calls.push((call_id, tx));
+        self.calls.push((call_id, tx, deadline));
+        let earlier = self.alarm.is_none_or(|at| deadline < at);
+        if earlier {
+            self.alarm = Some(deadline);
+        }
+        earlier
     }
 
     /// Forgets every call: their callers see the session end (`Disconnected`).
@@ -274,23 +294,34 @@ impl NewCalls {
     }
 }
 
-/// The session reader's own table of calls waiting for a result.
+/// The table of calls sent in the current session and waiting for a result
+/// (`Inner::calls`): the session's reader completes them, the call watchdog
+/// ([`expire_calls`]) ends those whose deadline passes, and the session's end ends the rest
+/// (`Disconnected`).
 ///
-/// Why not one shared map: with 64 callers on a two-worker runtime, the callers' inserts
-/// (nested in the `out` lock) and the reader's removals contended on it, and every
-/// contended lock that sleeps is a context switch, taken while the caller held `out`, so
-/// every other caller and the writer waited too (`fovea bench rpc --callers 64`: 145K →
-/// 174K calls/s, p99 1.05 → 0.65 ms; BENCHMARKS.md, "Changes measured in the ninth
-/// session"). Here the reader owns the table and locks `out` only to take newly queued
-/// calls, once per result that it does not know yet.
+/// Why callers do not insert here: with 64 callers on a two-worker runtime, the callers'
+/// inserts (nested in the `out` lock) and the reader's removals contended on one map, and
+/// every contended lock that sleeps is a context switch, taken while the caller held
+/// `out`, so every other caller and the writer waited too (`fovea bench rpc --callers 64`:
+/// 145K → 174K calls/s, p99 1.05 → 0.65 ms; BENCHMARKS.md, "Changes measured in the ninth
+/// session"). Callers queue in [`NewCalls`] under the `out` lock they take anyway; this
+/// table takes them (one lock of `out`) when a result names a call it does not know yet.
+/// Its own lock is the reader's, but for the watchdog's rare turns. Lock order: `calls`
+/// before `out`.
+///
+/// Why a watchdog and not a timer per call: `tokio::time::timeout` filed and unfiled each
+/// call in the runtime's timer wheel, ~700 of the ~10 600 instructions a call cost the
+/// load generator (`scripts/profile.sh instructions rpc --callers 64`). Here a deadline
+/// is one push on a heap ([`Deadlines`]), never taken back.
 ///
 /// Bounded as [`NewCalls`]: at its sweep mark the table drops the calls whose caller has
-/// given up (a call the node never answers leaves when its caller times out).
+/// given up; the heap as [`Deadlines`] says (about twice the table, rebuilt past that).
 #[derive(Default)]
 pub(crate) struct Calls {
-    map: crate::IdMap<ResultSender>,
+    map: crate::IdMap<(ResultSender, Instant)>,
+    deadlines: Deadlines<Instant, u64>,
     /// Taken from `out` in exchange for this one, so neither side reallocates.
-    spare: Vec<(u64, ResultSender)>,
+    spare: Vec<Waiting>,
     sweep_at: usize,
 }
 
@@ -298,12 +329,13 @@ impl Calls {
     /// Hands `r` to its caller, if the call is still waiting.
     pub(crate) fn complete(&mut self, inner: &Inner, r: fovea_core::frame::CallResult) {
         let tx = match self.map.remove(&r.call_id) {
-            Some(tx) => tx,
+            Some((tx, _)) => tx,
             None => {
-                self.adopt(inner);
+                self.adopt(&mut lock(&inner.out));
                 match self.map.remove(&r.call_id) {
-                    Some(tx) => tx,
-                    // Given up by its caller (a late answer), or from another session.
+                    Some((tx, _)) => tx,
+                    // Given up by its caller (a late answer), expired, or from another
+                    // session.
                     None => return,
                 }
             }
@@ -312,12 +344,73 @@ impl Calls {
     }
 
     /// Moves the calls queued since the last look into the table.
-    fn adopt(&mut self, inner: &Inner) {
-        std::mem::swap(&mut lock(&inner.out).new_calls.calls, &mut self.spare);
-        self.map.extend(self.spare.drain(..));
+    fn adopt(&mut self, out: &mut Out) {
+        std::mem::swap(&mut out.new_calls.calls, &mut self.spare);
+        for (id, tx, deadline) in self.spare.drain(..) {
+            self.map.insert(id, (tx, deadline));
+            self.deadlines.push(deadline, id);
+        }
         if self.map.len() >= self.sweep_at.max(SWEEP_MIN) {
-            self.map.retain(|_, tx| !tx.is_closed());
+            self.map.retain(|_, (tx, _)| !tx.is_closed());
             self.sweep_at = self.map.len() * 2;
+        }
+        if self.deadlines.needs_rebuild(self.map.len()) {
+            self.deadlines.rebuild(self.map.iter().map(|(id, (_, at))| (*at, *id)));
+        }
+    }
+
+    /// The watchdog's turn: takes the queued calls, moves the calls due by `now` into
+    /// `expired` (their callers wake as those senders drop), and sets the alarm to the
+    /// earliest deadline left, which it returns.
+    fn expire(&mut self, out: &mut Out, now: Instant, expired: &mut Vec<ResultSender>) -> Option<Instant> {
+        self.adopt(out);
+        loop {
+            let map = &self.map;
+            let due = self.deadlines.pop_expired(now, |id, at| map.get(&id).is_some_and(|(_, d)| *d == at));
+            let Some(id) = due else { break };
+            if let Some((tx, _)) = self.map.remove(&id) {
+                expired.push(tx);
+            }
+        }
+        let map = &self.map;
+        let next = self.deadlines.next_live(|id, at| map.get(&id).is_some_and(|(_, d)| *d == at));
+        out.new_calls.alarm = next;
+        next
+    }
+
+    /// Ends every call (the session is over): their callers see `Disconnected`.
+    pub(crate) fn take_all(&mut self) -> Vec<ResultSender> {
+        self.deadlines.clear();
+        self.map.drain().map(|(_, (tx, _))| tx).collect()
+    }
+}
+
+/// The client's call watchdog: ends the calls whose deadline (timeout plus
+/// [`TIMEOUT_GRACE`]) passes without an answer, as when the node cannot answer or this
+/// client's reader is held up by a subscription the application does not read. Runs for
+/// the life of the connection driver, which aborts it.
+///
+/// Sleeps until the alarm it sets in [`NewCalls`]; a caller with an earlier deadline wakes
+/// it through `Inner::call_alarm` (a stored permit, so a wake between the two is kept).
+/// Under steady load it wakes about once per timeout: the alarm is the oldest call's.
+pub(crate) async fn expire_calls(inner: Arc<Inner>) {
+    let mut expired = Vec::new();
+    loop {
+        let next = {
+            let mut calls = lock(&inner.calls);
+            calls.expire(&mut lock(&inner.out), Instant::now(), &mut expired)
+        };
+        // Dropped outside the locks: each wakes a caller that takes `out` to cancel.
+        expired.clear();
+        let alarm = inner.call_alarm.notified();
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    () = alarm => {}
+                    () = tokio::time::sleep_until(at) => {}
+                }
+            }
+            None => alarm.await,
         }
     }
 }
@@ -406,8 +499,14 @@ impl Client {
         let (tx, rx) = oneshot::channel();
         let wants_notices = notices.is_some();
         let mut session = 0;
+        // The node's TIMEOUT normally ends the call; this deadline is the fallback, kept by
+        // the client's call watchdog (`expire_calls`) rather than a timer per call.
+        let now = Instant::now();
+        let wait = timeout.saturating_add(TIMEOUT_GRACE);
+        let deadline = now.checked_add(wait).or_else(|| now.checked_add(FAR_FUTURE)).unwrap_or(now);
+        let mut alarm = false;
         inner.queue_if_connected(|out| {
-            out.new_calls.push(call_id, tx);
+            alarm = out.new_calls.push(call_id, tx, deadline);
             session = inner.session.load(Ordering::Relaxed);
             if let Some(n) = notices {
                 lock(&inner.notice_sinks).insert(call_id, n);
@@ -420,21 +519,25 @@ impl Client {
                 payload,
             }));
         })?;
+        if alarm {
+            inner.call_alarm.notify_one();
+        }
         // Only calls that asked for notices have a sink to forget: plain calls take no lock.
         let _sink = wants_notices.then_some(RemoveSink { inner, call_id });
         let mut guard = CancelOnDrop { inner, call_id, session, armed: true };
-        let result = match tokio::time::timeout(timeout.saturating_add(TIMEOUT_GRACE), rx).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => {
+        let result = match rx.await {
+            Ok(r) => r,
+            // The call's sender was dropped: by the watchdog at the deadline (the guard
+            // cancels the call at the node as it drops), or with the session.
+            Err(_) if inner.shutdown.is_cancelled() => {
                 guard.armed = false;
-                return Err(if inner.shutdown.is_cancelled() {
-                    ClientError::ClientClosed
-                } else {
-                    ClientError::Disconnected
-                });
+                return Err(ClientError::ClientClosed);
             }
-            // The guard cancels the call at the node as it drops.
-            Err(_) => return Err(ClientError::Timeout(timeout)),
+            Err(_) if Instant::now() >= deadline => return Err(ClientError::Timeout(timeout)),
+            Err(_) => {
+                guard.armed = false;
+                return Err(ClientError::Disconnected);
+            }
         };
         guard.armed = false;
         let message = || String::from_utf8_lossy(&result.payload).into_owned();
@@ -555,7 +658,7 @@ mod tests {
         let mut live = Vec::new();
         for id in 0..20_000u64 {
             let (tx, rx) = oneshot::channel();
-            new.push(id, tx);
+            let _ = new.push(id, tx, Instant::now() + Duration::from_secs(10));
             // One caller in a hundred still waits; the rest have timed out.
             if id % 100 == 0 {
                 live.push(rx);
@@ -565,9 +668,50 @@ mod tests {
         // The waiting callers' entries survive every sweep.
         for (i, _) in live.iter().enumerate() {
             let id = i as u64 * 100;
-            assert!(new.calls.iter().any(|(c, _)| *c == id), "call {id} lost");
+            assert!(new.calls.iter().any(|(c, _, _)| *c == id), "call {id} lost");
         }
         new.clear();
         assert!(new.calls.is_empty());
+    }
+
+    /// The watchdog is woken only for a deadline earlier than its alarm, ends exactly the
+    /// calls past their deadline, and re-arms to the earliest call still waiting (not to a
+    /// call answered meanwhile).
+    #[test]
+    fn the_watchdog_alarm_follows_the_earliest_waiting_call() {
+        let mut out =
+            Out { buf: fovea_core::OutBuf::new(), connected: true, queued: Vec::new(), new_calls: NewCalls::default() };
+        let mut calls = Calls::default();
+        let t = Instant::now();
+        let s = Duration::from_secs;
+        let rx = std::cell::RefCell::new(Vec::new());
+        let call = |out: &mut Out, id: u64, secs: u64| {
+            let (tx, r) = oneshot::channel();
+            rx.borrow_mut().push(r);
+            out.new_calls.push(id, tx, t + s(secs))
+        };
+        assert!(call(&mut out, 1, 10), "the first call sets the alarm");
+        assert!(call(&mut out, 2, 5), "an earlier deadline wakes the watchdog");
+        assert!(!call(&mut out, 3, 20), "a later one does not");
+        let mut expired = Vec::new();
+        assert_eq!(calls.expire(&mut out, t, &mut expired), Some(t + s(5)));
+        assert!(expired.is_empty());
+        // Call 2 is answered.
+        assert!(calls.map.remove(&2).is_some());
+        assert_eq!(calls.expire(&mut out, t + s(6), &mut expired), Some(t + s(10)));
+        assert!(expired.is_empty(), "an answered call never expires");
+        assert_eq!(calls.expire(&mut out, t + s(11), &mut expired), Some(t + s(20)));
+        assert_eq!(expired.len(), 1);
+        expired.clear();
+        let mut waiting = rx.borrow_mut();
+        let closed = Err(oneshot::error::TryRecvError::Closed);
+        assert_eq!(waiting[0].try_recv().map(|_| ()), closed, "call 1 ended (its sender dropped)");
+        assert!(waiting[2].is_empty() && !waiting[2].is_terminated(), "call 3 still waits");
+        drop(waiting);
+        assert!(!call(&mut out, 4, 30), "the alarm is call 3's");
+        assert_eq!(calls.expire(&mut out, t + s(40), &mut expired), None);
+        assert_eq!(expired.len(), 2);
+        assert!(calls.map.is_empty());
+        assert!(call(&mut out, 5, 50), "nothing armed: the next call wakes the watchdog");
     }
 }

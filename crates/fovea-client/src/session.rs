@@ -145,8 +145,20 @@ enum End {
     Lost(String),
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Runs sessions until the client is closed.
 pub(crate) async fn drive(inner: Arc<Inner>, first: Session) {
+    // Aborted when the driver ends, however it ends (the client's last handle gone, or no
+    // reconnection): no call is left to watch then.
+    let watchdog = AbortOnDrop(tokio::spawn(crate::rpc::expire_calls(inner.clone())));
     let mut session = Some(first);
     let mut delay = FIRST_RECONNECT_DELAY;
     let jitter = RandomState::new();
@@ -182,6 +194,7 @@ pub(crate) async fn drive(inner: Arc<Inner>, first: Session) {
             }
         }
     }
+    drop(watchdog);
     inner.state.send_replace(ConnectionState::Closed);
     // Wake everyone who waits on the connection: they will see it closed.
     {
@@ -251,12 +264,15 @@ async fn run(inner: &Arc<Inner>, s: Session) -> End {
         _ = inner.shutdown.cancelled() => End::Shutdown,
     };
     // Calls in flight end with `Disconnected`: whether they ran is unknown (at most once).
-    // Those the reader knew went with it; those it had not seen yet go here.
-    {
+    // Their senders drop once both locks are let go (each wakes a caller).
+    let ended = {
+        let mut calls = lock(&inner.calls);
         let mut out = lock(&inner.out);
         out.connected = false;
         out.new_calls.clear();
-    }
+        calls.take_all()
+    };
+    drop(ended);
     inner.drained.notify_waiters();
     lock(&inner.pings).clear();
     lock(&inner.notice_sinks).clear();
@@ -312,16 +328,13 @@ async fn read_loop(inner: &Arc<Inner>, recv: &mut RecvStream, deframer: &mut Def
     // subscription per read instead of per message. Flushed before any other frame, so
     // the order between a subscription's messages and everything else is kept.
     let mut pending = Pending::default();
-    // Calls of this session waiting for their result; dropped with the reader, which ends
-    // those calls (`Disconnected`).
-    let mut calls = crate::rpc::Calls::default();
     // The last topic a message came with (see `queue_msg`).
     let mut last_topic: Option<Topic> = None;
     // One read takes every chunk the stream has (up to READ_BATCH) under one lock of the
     // connection: a chunk is one packet's worth, so reading them one by one paid a lock,
     // a future and a delivery (one wake of each subscriber) per ~1.4 KB.
     let mut chunks = vec![Bytes::new(); READ_BATCH];
-    decode(inner, deframer, &mut pending, &mut calls, &mut last_topic).await?;
+    decode(inner, deframer, &mut pending, &mut last_topic).await?;
     loop {
         deliver(inner, &mut pending).await;
         let n = match recv.read_chunks(&mut chunks).await {
@@ -339,7 +352,7 @@ async fn read_loop(inner: &Arc<Inner>, recv: &mut RecvStream, deframer: &mut Def
         // The deframer takes a chunk once the one before is drained (no reassembly copy).
         for chunk in chunks.iter_mut().take(n) {
             deframer.push(std::mem::take(chunk));
-            decode(inner, deframer, &mut pending, &mut calls, &mut last_topic).await?;
+            decode(inner, deframer, &mut pending, &mut last_topic).await?;
         }
     }
 }
@@ -350,7 +363,6 @@ async fn decode(
     inner: &Arc<Inner>,
     deframer: &mut Deframer,
     pending: &mut Pending,
-    calls: &mut crate::rpc::Calls,
     last_topic: &mut Option<Topic>,
 ) -> Result<(), String> {
     loop {
@@ -370,13 +382,13 @@ async fn decode(
             // The two frames of every call, when no message waits to be delivered first
             // (what `handle` does before anything else): handled here, without building
             // `handle`'s future, a copy of a few hundred bytes per frame.
-            Some(Frame::Result(r)) if pending.is_empty() => calls.complete(inner, r),
+            Some(Frame::Result(r)) if pending.is_empty() => lock(&inner.calls).complete(inner, r),
             Some(Frame::Request(q)) if pending.is_empty() => {
                 if let Some((tx, r)) = crate::rpc::try_dispatch_request(inner, q) {
                     let _ = tx.send(r).await;
                 }
             }
-            Some(frame) => handle(inner, frame, pending, calls).await?,
+            Some(frame) => handle(inner, frame, pending).await?,
             None => return Ok(()),
         }
     }
@@ -418,12 +430,7 @@ fn queue_msg(m: fovea_core::frame::Delivery, pending: &mut Pending, last: &mut O
 
 /// One frame from the node other than a message (`read_loop` queues those as they are
 /// decoded, with [`queue_msg`]). What is pending is delivered first, so order is kept.
-async fn handle(
-    inner: &Arc<Inner>,
-    frame: Frame,
-    pending: &mut Pending,
-    calls: &mut crate::rpc::Calls,
-) -> Result<(), String> {
+async fn handle(inner: &Arc<Inner>, frame: Frame, pending: &mut Pending) -> Result<(), String> {
     deliver(inner, pending).await;
     match frame {
         Frame::Msg(m) => queue_msg(m, pending, &mut None)?,
@@ -433,7 +440,7 @@ async fn handle(
                 let _ = ack.send(Ok(()));
             }
         }
-        Frame::Result(r) => calls.complete(inner, r),
+        Frame::Result(r) => lock(&inner.calls).complete(inner, r),
         // The node abandoned a request (caller cancelled, deadline, caller gone): the
         // handler sees it through `Request::cancelled`; an answer now would be dropped.
         Frame::Cancel(req_id) => {

@@ -63,6 +63,24 @@ impl<T: Ord + Copy, K: Ord + Copy> Deadlines<T, K> {
         self.heap.peek().map(|Reverse((at, _))| *at)
     }
 
+    /// The earliest live deadline (`is_live` as for [`Deadlines::pop_expired`]), dropping
+    /// the ended filings ahead of it.
+    ///
+    /// Where to set the timer after it fired: re-arming to [`Deadlines::next`] instead
+    /// would chase the filings of calls answered long ago, one timer tick after another
+    /// (every call filed a deadline one timeout after it started), for as long as calls
+    /// keep coming. Each filing is dropped once, so the cost is that of the pops a
+    /// rebuild would otherwise have saved.
+    pub fn next_live(&mut self, mut is_live: impl FnMut(K, T) -> bool) -> Option<T> {
+        while let Some(Reverse((at, key))) = self.heap.peek().copied() {
+            if is_live(key, at) {
+                return Some(at);
+            }
+            self.heap.pop();
+        }
+        None
+    }
+
     /// Takes filings due by `now`, earliest first, until one is live by `is_live(key,
     /// deadline)` (the table holds `key` with that deadline), and returns that key; `None`
     /// once nothing due is left. The caller removes the key from its table.
@@ -134,6 +152,29 @@ mod tests {
     }
 
     #[test]
+    fn the_timer_is_rearmed_to_the_earliest_live_deadline_not_to_ended_filings() {
+        // Calls answered at once, one per tick, each filing a deadline 1 000 ticks out;
+        // one call (key 500) still in flight. No rebuild between (as between two rebuilds
+        // of a table with many calls in flight).
+        let (mut d, mut t) = (Deadlines::default(), BTreeMap::new());
+        for i in 0..2_000u64 {
+            d.push(i + 1_000, i);
+            if i == 500 {
+                t.insert(i, i + 1_000);
+            }
+        }
+        // The timer fires at the first filing's deadline: nothing live is due.
+        assert_eq!(expire(&mut d, &mut t, 1_000), Vec::<u64>::new());
+        assert_eq!(d.next(), Some(1_001), "re-armed by next(), it would fire again a tick later");
+        let is_live = |k: u64, at: u64| t.get(&k) == Some(&at);
+        assert_eq!(d.next_live(is_live), Some(1_500));
+        assert_eq!(d.next(), Some(1_500), "the ended filings ahead of it are gone");
+        t.remove(&500);
+        assert_eq!(d.next_live(|k, at| t.get(&k) == Some(&at)), None);
+        assert!(d.is_empty());
+    }
+
+    #[test]
     fn a_reused_key_expires_by_its_new_deadline_only() {
         let (mut d, mut t) = (Deadlines::default(), BTreeMap::new());
         start(&mut d, &mut t, 7, 10);
@@ -197,6 +238,10 @@ mod tests {
                 prop_assert!(d.len() <= 2 * at_push + REBUILD_SLACK);
                 if let Some(earliest) = t.values().min() {
                     prop_assert!(d.next().is_some_and(|n| n <= *earliest), "the timer would fire late");
+                }
+                if now % 3 == 0 {
+                    let live = d.next_live(|k, at| t.get(&k) == Some(&at));
+                    prop_assert_eq!(live, t.values().min().copied());
                 }
             }
         }

@@ -234,8 +234,18 @@ impl Peer {
             let calls = &mut *guard;
             // A timer that fires finds at least one filing due, so this ends in two rounds;
             // the bound guards against a clock that disagrees with the timer's.
-            for _ in 0..4 {
-                let Some(next) = calls.deadlines.next() else {
+            for round in 0..4 {
+                // The timer is set to the earliest filing, live or not: finding the live
+                // one on every poll would reset the timer each time the oldest call is
+                // answered. Once it has fired, it is re-armed to the earliest live one,
+                // not to the next ended filing a moment later (`Deadlines::next_live`).
+                let next = if round == 0 {
+                    calls.deadlines.next()
+                } else {
+                    let map = &calls.map;
+                    calls.deadlines.next_live(|id, at| map.get(&id).is_some_and(|c| c.deadline == at))
+                };
+                let Some(next) = next else {
                     calls.armed = None;
                     set_waker(&mut calls.waiter, cx.waker());
                     return Poll::Pending;

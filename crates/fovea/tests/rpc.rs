@@ -154,6 +154,39 @@ async fn a_late_answer_after_the_deadline_is_discarded_and_counted() {
     node.stop().await;
 }
 
+/// The client's own deadline (the timeout plus a grace) ends a call whose answer it
+/// cannot read: here the node's `TIMEOUT` waits in the stream behind messages for a
+/// subscription the application does not read (flow control holds the reader).
+#[tokio::test]
+async fn a_call_whose_answer_cannot_be_read_times_out_at_the_clients_own_deadline() {
+    let node = TestNode::start().await;
+    let provider = node.client().await;
+    let mut reg = provider.register("svc.held").await.unwrap();
+    let caller = Client::connect(&node.url(), node.options().subscription_capacity(1)).await.unwrap();
+    let mut unread = caller.subscribe("flood").await.unwrap();
+    let publisher = node.client().await;
+    for i in 0..10u8 {
+        publisher.publish("flood", vec![i]).await.unwrap();
+    }
+    // Routed, so these messages reach the caller ahead of any answer to its call.
+    publisher.flush().await.unwrap();
+    let c = caller.clone();
+    let call = tokio::spawn(async move { c.call("svc.held", "x", Duration::from_millis(200)).await });
+    let held = next_request(&mut reg).await;
+    let r = tokio::time::timeout(WAIT, call).await.expect("the call ended without its answer").unwrap();
+    assert!(matches!(r, Err(ClientError::Timeout(t)) if t == Duration::from_millis(200)), "{r:?}");
+    // Reading again lets the node's late TIMEOUT through, to no call: the client carries on.
+    for i in 0..10u8 {
+        let m = tokio::time::timeout(WAIT, unread.next()).await.unwrap().unwrap();
+        assert_eq!(m.payload, vec![i]);
+    }
+    drop(held);
+    echo(reg, "provider");
+    let r = caller.call("svc.held", "again", T).await.unwrap();
+    assert_eq!(r.payload, "again");
+    node.stop().await;
+}
+
 #[tokio::test]
 async fn the_node_ends_each_call_at_its_own_deadline_whatever_the_order_they_came_in() {
     let node = TestNode::start().await;
