@@ -403,9 +403,10 @@ pub(crate) struct Inner {
     pub regs: Mutex<IdMap<rpc::RegEntry>>,
     /// Calls whose caller wants their notices (`call_with_notices`), by call id.
     pub notice_sinks: Mutex<IdMap<mpsc::Sender<tools::Notice>>>,
-    /// Requests this client is handling, by request id: cancelled when the node abandons
-    /// one. At most the node's `max_requests_in_flight` per registration.
-    pub serving: Mutex<IdMap<CancellationToken>>,
+    /// Requests this client is handling, by request id, with their cancel signal once the
+    /// handler asks for it: set when the node abandons one. At most the node's
+    /// `max_requests_in_flight` per registration.
+    pub serving: Mutex<IdMap<rpc::Serving>>,
     /// Which session is current: bumped, under the `out` lock, as each session (the first
     /// too) starts reading. The node numbers requests per connection, so a request's id means
     /// something only in its session: an answer from an earlier one would reach another

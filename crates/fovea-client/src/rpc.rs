@@ -2,19 +2,18 @@
 //! ([`Client::call`]).
 
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use fovea_core::deadline::Deadlines;
-use fovea_core::frame::{Call, Register, Respond};
+use fovea_core::frame::{Register, Respond};
 use fovea_core::{ErrorCode, Frame, Headers, Procedure};
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::{lock, Client, ClientError, Inner, Out};
 
@@ -59,9 +58,9 @@ pub struct Request {
     req_id: u64,
     /// The session it came in on (see `Inner::session`).
     session: u64,
-    /// Cancelled when the node abandons the request (the caller cancelled or its deadline
-    /// passed) or the connection is lost.
-    cancel: CancellationToken,
+    /// Set when the node abandons the request (the caller cancelled or its deadline
+    /// passed) or the connection is lost; made on first ask ([`Request::signal`]).
+    signal: OnceLock<Arc<CancelSignal>>,
     /// The connection's state (not a `Client`: an unanswered request must not keep the
     /// connection open).
     inner: Arc<Inner>,
@@ -78,7 +77,7 @@ impl Request {
     /// Whether the call was abandoned: the caller cancelled it, its deadline passed, or the
     /// connection to the node was lost. An answer now is discarded.
     pub fn is_cancelled(&self) -> bool {
-        self.cancel.is_cancelled()
+        self.signal().is_cancelled()
     }
 
     /// Resolves when the call is abandoned (see [`Request::is_cancelled`]); select on it
@@ -87,13 +86,32 @@ impl Request {
     /// # Cancel safety
     /// Cancel safe.
     pub async fn cancelled(&self) {
-        self.cancel.cancelled().await
+        self.signal().cancelled().await
+    }
+
+    /// The request's cancel signal, made and filed in `Inner::serving` on first ask; set at
+    /// once if the request was abandoned before (its entry gone, or its session over).
+    fn signal(&self) -> &Arc<CancelSignal> {
+        self.signal.get_or_init(|| {
+            let signal = Arc::new(CancelSignal::default());
+            let mut serving = lock(&self.inner.serving);
+            // The session is read under the `serving` lock: a later session's reader files
+            // its requests (whose ids may repeat this one's) only after it is bumped, so
+            // an entry found here is this request's.
+            let filed = self.inner.session.load(Ordering::Relaxed) == self.session
+                && serving.get_mut(&self.req_id).map(|slot| *slot = Some(signal.clone())).is_some();
+            drop(serving);
+            if !filed {
+                signal.cancel();
+            }
+            signal
+        })
     }
 
     /// Sends progress or a log line to the caller, ahead of the answer. Bounded: the node
     /// passes on at most 1024 per call and drops them when the caller reads too slowly.
     pub fn notify(&self, notice: &crate::Notice) {
-        if self.answered || self.cancel.is_cancelled() {
+        if self.answered || self.is_cancelled() {
             return;
         }
         let (kind, body) = notice.to_wire();
@@ -147,9 +165,11 @@ impl Drop for Request {
             let msg = Bytes::from_static(b"the provider dropped the request without an answer");
             self.answer(ErrorCode::ApplicationError, Headers::new(), msg);
         }
-        // A later session's table may hold another request under the same id.
+        // A later session's table may hold another request under the same id (read under
+        // the lock, as in `signal`).
+        let mut serving = lock(&self.inner.serving);
         if self.inner.session.load(Ordering::Relaxed) == self.session {
-            lock(&self.inner.serving).remove(&self.req_id);
+            serving.remove(&self.req_id);
         }
     }
 }
@@ -157,6 +177,45 @@ impl Drop for Request {
 impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Request").field("procedure", &self.procedure).field("payload_len", &self.payload.len()).finish()
+    }
+}
+
+/// Wakes a request's handler when the node abandons the request. Made only when the handler
+/// asks ([`Request::cancelled`], [`Request::is_cancelled`]): most requests are answered
+/// without asking, and a `CancellationToken` made for every one (an allocation, a clone,
+/// two drops under its lock) was ~400 instructions of a provider's work per call
+/// (`scripts/profile.sh instructions rpc`).
+#[derive(Default)]
+pub(crate) struct CancelSignal {
+    cancelled: AtomicBool,
+    notify: Notify,
+}
+
+/// A request being served, as `Inner::serving` files it: its cancel signal once asked for.
+pub(crate) type Serving = Option<Arc<CancelSignal>>;
+
+impl CancelSignal {
+    /// Sets the signal and wakes whoever waits on it.
+    pub(crate) fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    async fn cancelled(&self) {
+        loop {
+            // Listening before looking: a `cancel` between the two still wakes this one.
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -489,7 +548,9 @@ impl Client {
         timeout: Duration,
         notices: Option<mpsc::Sender<crate::Notice>>,
     ) -> Result<Response, ClientError> {
-        let parsed = parse_procedure(procedure)?;
+        // Validated in place and encoded from the caller's string: no copy of the name.
+        Procedure::check(procedure)
+            .map_err(|source| ClientError::InvalidProcedure { procedure: procedure.to_owned(), source })?;
         let max = self.max_payload();
         if payload.len() > max {
             return Err(ClientError::PayloadTooLarge { size: payload.len(), max });
@@ -511,13 +572,8 @@ impl Client {
             if let Some(n) = notices {
                 lock(&inner.notice_sinks).insert(call_id, n);
             }
-            out.buf.push_frame(&Frame::Call(Call {
-                call_id,
-                procedure: parsed.to_bytes(),
-                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1),
-                headers: headers.clone(),
-                payload,
-            }));
+            let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1);
+            out.buf.push_call(call_id, procedure.as_bytes(), timeout_ms, headers, &payload);
         })?;
         if alarm {
             inner.call_alarm.notify_one();
@@ -543,7 +599,7 @@ impl Client {
         let message = || String::from_utf8_lossy(&result.payload).into_owned();
         match result.code {
             ErrorCode::NoError => Ok(Response { headers: result.headers, payload: result.payload }),
-            ErrorCode::NoProvider => Err(ClientError::NoProvider(parsed.to_string())),
+            ErrorCode::NoProvider => Err(ClientError::NoProvider(procedure.to_owned())),
             ErrorCode::Timeout => Err(ClientError::Timeout(timeout)),
             ErrorCode::ProviderDisconnected => Err(ClientError::ProviderDisconnected),
             ErrorCode::Busy => Err(ClientError::Busy(message())),
@@ -590,8 +646,8 @@ pub(crate) fn try_dispatch_request(
             // Unregistered meanwhile: fail it rather than let the caller wait.
             None => Next::Fail,
             Some(entry) => {
-                let cancel = CancellationToken::new();
-                lock(&inner.serving).insert(req_id, cancel.clone());
+                // No cancel signal yet: most handlers answer without asking for one.
+                lock(&inner.serving).insert(req_id, None);
                 let request = Request {
                     procedure: entry.procedure.clone(),
                     headers: q.headers,
@@ -601,7 +657,7 @@ pub(crate) fn try_dispatch_request(
                     deadline: Instant::now() + Duration::from_millis(q.timeout_ms.min(MAX_DEADLINE_MS)),
                     req_id,
                     session,
-                    cancel,
+                    signal: OnceLock::new(),
                     inner: inner.clone(),
                     answered: false,
                 };

@@ -278,8 +278,10 @@ async fn run(inner: &Arc<Inner>, s: Session) -> End {
     lock(&inner.notice_sinks).clear();
     lock(&inner.tool_queries).clear();
     // Requests being handled can no longer be answered: tell their handlers.
-    for (_, cancel) in lock(&inner.serving).drain() {
-        cancel.cancel();
+    for (_, signal) in lock(&inner.serving).drain() {
+        if let Some(signal) = signal {
+            signal.cancel();
+        }
     }
     match &end {
         End::Shutdown => {
@@ -444,8 +446,8 @@ async fn handle(inner: &Arc<Inner>, frame: Frame, pending: &mut Pending) -> Resu
         // The node abandoned a request (caller cancelled, deadline, caller gone): the
         // handler sees it through `Request::cancelled`; an answer now would be dropped.
         Frame::Cancel(req_id) => {
-            if let Some(cancel) = lock(&inner.serving).remove(&req_id) {
-                cancel.cancel();
+            if let Some(Some(signal)) = lock(&inner.serving).remove(&req_id) {
+                signal.cancel();
             }
         }
         Frame::Notice(n) => {

@@ -915,25 +915,42 @@ fn encode_numbered(out: &mut BytesMut, kind: u64, nums: &[u64], headers: &Header
 
 /// Appends a `CALL`: as [`encode_numbered`], with the procedure's name after the call id.
 fn encode_call(out: &mut BytesMut, c: &Call) {
-    let fields = varint::size(c.call_id)
-        + str_len(c.procedure.len())
-        + varint::size(c.timeout_ms)
-        + c.headers.encoded_len()
-        + str_len(c.payload.len());
+    // Room for the payload too, so that the head's own reservation is the only one: five
+    // varints of at most 8 bytes, the name, the headers and the register's overrun.
+    out.reserve(5 * 8 + c.procedure.len() + c.headers.encoded_len() + c.payload.len() + 2 * Varints::SPAN);
+    encode_call_head(out, c.call_id, &c.procedure, c.timeout_ms, &c.headers, c.payload.len());
+    out.extend_from_slice(&c.payload);
+}
+
+/// Appends a `CALL` frame without its payload bytes, which the caller appends (or sends
+/// by reference) next: `payload_len` of them. For a client encoding from borrowed parts,
+/// as [`encode_pub_head`] for a publish.
+pub fn encode_call_head(
+    out: &mut BytesMut,
+    call_id: u64,
+    procedure: &[u8],
+    timeout_ms: u64,
+    headers: &Headers,
+    payload_len: usize,
+) {
+    let fields = varint::size(call_id)
+        + str_len(procedure.len())
+        + varint::size(timeout_ms)
+        + headers.encoded_len()
+        + str_len(payload_len);
     let len = varint::size(kind::CALL) + fields;
-    out.reserve(varint::size(len as u64) + len + 2 * Varints::SPAN);
+    out.reserve(varint::size(len as u64) + len - payload_len + 2 * Varints::SPAN);
     let mut head = Varints::default();
     head.push(len as u64, out);
     head.push(kind::CALL, out);
-    head.push(c.call_id, out);
-    head.push(c.procedure.len() as u64, out);
+    head.push(call_id, out);
+    head.push(procedure.len() as u64, out);
     head.append_to(out);
-    out.extend_from_slice(&c.procedure);
+    out.extend_from_slice(procedure);
     let mut mid = Varints::default();
-    mid.push(c.timeout_ms, out);
+    mid.push(timeout_ms, out);
     mid.append_to(out);
-    encode_tail(out, &c.headers, c.payload.len());
-    out.extend_from_slice(&c.payload);
+    encode_tail(out, headers, payload_len);
 }
 
 /// A message head's end: its header block, then the payload's length.

@@ -178,6 +178,17 @@ impl Topic {
     }
 }
 
+impl Procedure {
+    /// Checks that `s` is a valid procedure name without building one (no allocation): for
+    /// a client encoding a call.
+    ///
+    /// # Errors
+    /// [`TopicError`] naming the first problem found.
+    pub fn check(s: &str) -> Result<(), TopicError> {
+        validate(s.as_bytes(), false)
+    }
+}
+
 impl Pattern {
     /// The pattern's segments, in order.
     pub fn segments(&self) -> impl Iterator<Item = Segment<'_>> {

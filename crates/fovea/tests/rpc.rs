@@ -311,6 +311,37 @@ async fn a_dropped_call_is_cancelled_at_the_provider() {
     node.stop().await;
 }
 
+/// A handler sees its request abandoned whether it asked before the node's `CANCEL` came
+/// (and waits on it) or only after.
+#[tokio::test]
+async fn a_handler_learns_of_cancellation_whether_it_asked_before_or_after() {
+    let node = TestNode::start().await;
+    let provider = node.client().await;
+    let mut reg = provider.register("svc.abandoned").await.unwrap();
+    echo(provider.register("svc.echo").await.unwrap(), "provider");
+    let caller = node.client().await;
+    let (c1, c2) = (caller.clone(), caller.clone());
+    let first = tokio::spawn(async move { c1.call("svc.abandoned", "1", T).await });
+    let asked_before = next_request(&mut reg).await;
+    let second = tokio::spawn(async move { c2.call("svc.abandoned", "2", T).await });
+    let asked_after = next_request(&mut reg).await;
+    assert!(!asked_before.is_cancelled());
+    let waiting = tokio::spawn(async move {
+        asked_before.cancelled().await;
+        asked_before
+    });
+    first.abort();
+    second.abort();
+    assert!(first.await.unwrap_err().is_cancelled() && second.await.unwrap_err().is_cancelled());
+    // Sent after the two cancels, over the same connections: its request reaches the
+    // provider after them.
+    caller.call("svc.echo", "x", T).await.unwrap();
+    assert!(asked_after.is_cancelled(), "the CANCEL came before the handler asked");
+    let req = tokio::time::timeout(WAIT, waiting).await.expect("the waiting handler woke").unwrap();
+    assert!(req.is_cancelled());
+    node.stop().await;
+}
+
 #[tokio::test]
 async fn rpc_frames_need_protocol_version_2() {
     let node = TestNode::start().await;
