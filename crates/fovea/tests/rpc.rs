@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{RawClient, TestNode, WAIT};
 use fovea_client::{Client, ClientError, Headers, Registration, Request};
-use fovea_core::frame::{Hello, Register};
+use fovea_core::frame::{Call, Hello, Register};
 use fovea_core::{ErrorCode, Frame};
 use fovea_node::Limits;
 
@@ -339,6 +339,34 @@ async fn a_handler_learns_of_cancellation_whether_it_asked_before_or_after() {
     assert!(asked_after.is_cancelled(), "the CANCEL came before the handler asked");
     let req = tokio::time::timeout(WAIT, waiting).await.expect("the waiting handler woke").unwrap();
     assert!(req.is_cancelled());
+    node.stop().await;
+}
+
+/// The node checks each `CALL`'s procedure name (it skips the check only for a repeat of
+/// the last name that passed): an invalid name between two valid ones is refused, and the
+/// valid ones still go through. The SDK checks names itself, so a raw client sends these.
+#[tokio::test]
+async fn the_node_checks_every_calls_procedure_name_however_they_alternate() {
+    let node = TestNode::start_with(Limits { max_topic_depth: 3, ..Limits::default() }).await;
+    let provider = node.client().await;
+    echo(provider.register("svc.ok").await.unwrap(), "provider");
+    let mut raw = RawClient::handshake(&node).await;
+    let names: [&'static [u8]; 5] = [b"svc.ok", b"svc..ok", b"svc.ok", b"a.b.c.d", b"svc.ok"];
+    for (i, name) in names.into_iter().enumerate() {
+        let call_id = i as u64 + 1;
+        let call = Call {
+            call_id,
+            procedure: Bytes::from_static(name),
+            timeout_ms: 10_000,
+            headers: Headers::new(),
+            payload: Bytes::from_static(b"x"),
+        };
+        raw.send_frame(&Frame::Call(call)).await;
+        let Some(Frame::Result(r)) = raw.next_frame().await else { panic!("expected RESULT for call {call_id}") };
+        assert_eq!(r.call_id, call_id);
+        let want = if name == b"svc.ok" { ErrorCode::NoError } else { ErrorCode::InvalidProcedure };
+        assert_eq!(r.code, want, "{:?}: {:?}", String::from_utf8_lossy(name), String::from_utf8_lossy(&r.payload));
+    }
     node.stop().await;
 }
 
