@@ -1,6 +1,7 @@
 //! RPC in the SDK: providing procedures ([`Client::register`]) and calling them
 //! ([`Client::call`]).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -24,6 +25,9 @@ const TIMEOUT_GRACE: Duration = Duration::from_millis(100);
 /// A local deadline for a timeout too long for the clock (`Duration::MAX`): about thirty
 /// years, as tokio's own timers do.
 const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+/// The headers of a call made without any.
+static NO_HEADERS: Headers = Headers::new();
 
 /// Longest deadline a `REQUEST` may carry as far as the SDK is concerned (one day).
 const MAX_DEADLINE_MS: u64 = 86_400_000;
@@ -517,27 +521,30 @@ impl Client {
     /// # Cancel safety
     /// Dropping the future cancels the call: the node is told, and the provider gets a
     /// `CANCEL` for the request.
-    pub async fn call(
-        &self,
-        procedure: &str,
+    //
+    // Not `async fn`: these hand back `call_inner`'s future itself, rather than a future
+    // holding it (each layer was a copy of its state per call and a poll through it).
+    pub fn call<'a>(
+        &'a self,
+        procedure: &'a str,
         payload: impl Into<Bytes>,
         timeout: Duration,
-    ) -> Result<Response, ClientError> {
-        self.call_with_headers(procedure, &Headers::new(), payload, timeout).await
+    ) -> impl Future<Output = Result<Response, ClientError>> + Send + 'a {
+        self.call_inner(procedure, &NO_HEADERS, payload.into(), timeout, None)
     }
 
     /// [`Client::call`] with headers.
     ///
     /// # Errors
     /// As [`Client::call`].
-    pub async fn call_with_headers(
-        &self,
-        procedure: &str,
-        headers: &Headers,
+    pub fn call_with_headers<'a>(
+        &'a self,
+        procedure: &'a str,
+        headers: &'a Headers,
         payload: impl Into<Bytes>,
         timeout: Duration,
-    ) -> Result<Response, ClientError> {
-        self.call_inner(procedure, headers, payload.into(), timeout, None).await
+    ) -> impl Future<Output = Result<Response, ClientError>> + Send + 'a {
+        self.call_inner(procedure, headers, payload.into(), timeout, None)
     }
 
     pub(crate) async fn call_inner(

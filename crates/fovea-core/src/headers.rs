@@ -41,7 +41,7 @@ pub struct Headers(Bytes);
 
 impl Headers {
     /// No headers.
-    pub fn new() -> Self {
+    pub const fn new() -> Self {
         Headers(Bytes::new())
     }
 
