@@ -367,6 +367,8 @@ async fn decode(
     pending: &mut Pending,
     last_topic: &mut Option<Topic>,
 ) -> Result<(), String> {
+    // When this read's requests arrived: read from the clock at the first one.
+    let mut read_at = None;
     loop {
         // Messages, nearly every frame under load, are queued as they are decoded,
         // without becoming a `Frame` or passing through `handle`'s future: moving each
@@ -386,7 +388,8 @@ async fn decode(
             // `handle`'s future, a copy of a few hundred bytes per frame.
             Some(Frame::Result(r)) if pending.is_empty() => lock(&inner.calls).complete(inner, r),
             Some(Frame::Request(q)) if pending.is_empty() => {
-                if let Some((tx, r)) = crate::rpc::try_dispatch_request(inner, q) {
+                let now = *read_at.get_or_insert_with(tokio::time::Instant::now);
+                if let Some((tx, r)) = crate::rpc::try_dispatch_request(inner, q, now) {
                     let _ = tx.send(r).await;
                 }
             }

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use fovea_core::balance::Rng;
@@ -167,6 +168,7 @@ async fn handshake(conn: &Connection, shared: &Arc<Shared>, id: u64) -> Result<(
         cache: MatchCache::new(limits.match_cache_entries, limits.max_topic_len, limits.max_topic_depth),
         rng: Rng::new(id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ shared.seed),
         last_procedure: None,
+        read_at: None,
         stall: None,
         budget_owed: 0,
     };
@@ -280,6 +282,9 @@ struct Session {
     /// mostly repeats a few names, and comparing is cheaper than checking (~130 of the
     /// node's ~7 000 instructions per call, `scripts/profile.sh instructions rpc`).
     last_procedure: Option<Bytes>,
+    /// When the frames of the current read arrived: the clock, read once per read at its
+    /// first call or answer (see [`Session::read_at`]).
+    read_at: Option<Instant>,
     /// A subscriber's queue this connection's next read waits for, and until when at most
     /// (`producer_stall`).
     stall: Option<(Arc<Peer>, tokio::time::Instant)>,
@@ -412,6 +417,7 @@ impl Session {
         let n = match self.recv.read_chunks(&mut self.chunks).await {
             Ok(Some(n)) => {
                 self.budget_owed = n;
+                self.read_at = None;
                 n
             }
             Ok(None) if self.deframer.buffered() > 0 => {
@@ -610,7 +616,8 @@ impl Session {
             Frame::Call(c) => self.call(c),
             Frame::Respond(r) => {
                 self.shared.stats.responses.fetch_add(1, Ordering::Relaxed);
-                match self.peer.finish_request(r.req_id, r.code, r.headers, r.payload) {
+                let now = self.read_at();
+                match self.peer.finish_request(r.req_id, r.code, r.headers, r.payload, now) {
                     Some(took) => self.shared.stats.call_latency.record(took),
                     None => {
                         self.shared.stats.late_responses.fetch_add(1, Ordering::Relaxed);
@@ -756,7 +763,13 @@ impl Session {
             let text = String::from_utf8_lossy(&c.procedure).into_owned();
             return fail(self, ErrorCode::PermissionDenied, format!("not allowed to call {text:?}"));
         }
-        route_call(&self.shared, &self.realm, &self.peer, &mut self.rng, c);
+        let now = self.read_at();
+        route_call(&self.shared, &self.realm, &self.peer, &mut self.rng, c, now);
+    }
+
+    /// When this read's frames arrived (read from the clock at the first ask per read).
+    fn read_at(&mut self) -> Instant {
+        *self.read_at.get_or_insert_with(Instant::now)
     }
 
     /// `TOOLS`: one page of the realm's tools this connection may call, and (with `watch`)
@@ -787,7 +800,14 @@ impl Session {
 /// another node. Every failure is answered to `peer` as a `RESULT` (or, for a duplicate
 /// call id, an `ERROR`), so callers of any kind (client connections, the MCP front end)
 /// read outcomes the same way.
-pub(crate) fn route_call(shared: &Arc<Shared>, realm: &Arc<Realm>, peer: &Arc<Peer>, rng: &mut Rng, c: Call) {
+pub(crate) fn route_call(
+    shared: &Arc<Shared>,
+    realm: &Arc<Realm>,
+    peer: &Arc<Peer>,
+    rng: &mut Rng,
+    c: Call,
+    now: Instant,
+) {
     let limits = &shared.config.limits;
     let call_id = c.call_id;
     let fail = |code: ErrorCode, message: String| {
@@ -815,7 +835,7 @@ pub(crate) fn route_call(shared: &Arc<Shared>, realm: &Arc<Realm>, peer: &Arc<Pe
         }
     };
     let timeout = call_timeout(c.timeout_ms, limits.max_call_timeout);
-    match peer.start_call(&provider, c, timeout, limits.max_calls_in_flight) {
+    match peer.start_call(&provider, c, timeout, limits.max_calls_in_flight, now) {
         Ok(()) => {}
         Err(Refusal::DuplicateId) => duplicate_call(shared, peer, call_id),
         Err(Refusal::Result(code, msg)) => fail(code, msg),
@@ -865,7 +885,8 @@ fn call_remote(shared: &Arc<Shared>, realm: &Arc<Realm>, peer: &Arc<Peer>, mut r
         }
         for node in nodes {
             let Some(provider) = mesh.provider_ref(node, &realm.wire_name, &c.procedure).await else { continue };
-            match peer.start_call(&provider, c, timeout, max_calls) {
+            // After a look-up: the deadline runs from now, as it did before the look-up.
+            match peer.start_call(&provider, c, timeout, max_calls, Instant::now()) {
                 Ok(()) => {}
                 Err(Refusal::DuplicateId) => duplicate_call(&shared, &peer, call_id),
                 Err(Refusal::Result(code, msg)) => fail(code, msg),

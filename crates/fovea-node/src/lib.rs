@@ -484,7 +484,8 @@ fn wire_mesh(shared: &Arc<Shared>, mesh: Arc<mesh::Mesh>) {
             payload: q.payload,
         };
         // A link carries the calls of many clients: its in-flight bound is wider.
-        match link.start_call(&provider, call, timeout, limits.max_calls_in_flight.saturating_mul(64)) {
+        let max = limits.max_calls_in_flight.saturating_mul(64);
+        match link.start_call(&provider, call, timeout, max, std::time::Instant::now()) {
             Ok(()) => {}
             Err(rpc::Refusal::Result(code, msg)) => answer(code, msg),
             Err(rpc::Refusal::DuplicateId) => {

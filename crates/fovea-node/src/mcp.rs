@@ -624,7 +624,8 @@ impl Handler {
         self.state.shared.stats.calls.fetch_add(1, Ordering::Relaxed);
         let mut rng =
             fovea_core::balance::Rng::new(self.state.shared.seed ^ call_id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        crate::conn::route_call(&self.state.shared, &id.realm, &caller.peer, &mut rng, call);
+        let now = std::time::Instant::now();
+        crate::conn::route_call(&self.state.shared, &id.realm, &caller.peer, &mut rng, call, now);
         let progress_token = context.meta.get_progress_token();
         let modern = context.protocol_version().is_some_and(|v| !v.has_initialize());
         #[allow(deprecated)]

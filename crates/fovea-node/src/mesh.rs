@@ -726,7 +726,7 @@ impl Mesh {
             }
             // Caller side: an answer from the provider's node.
             Frame::Result(r) => {
-                link.peer.finish_request(r.call_id, r.code, r.headers, r.payload);
+                link.peer.finish_request(r.call_id, r.code, r.headers, r.payload, std::time::Instant::now());
             }
             other => return Err(format!("unexpected frame 0x{:x} on a mesh link", other.kind())),
         }
