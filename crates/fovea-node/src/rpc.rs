@@ -123,7 +123,8 @@ impl Peer {
 
     /// Caller side: records a call to `provider` and queues its `REQUEST` there. `now` is
     /// when the call arrived: a connection reads the clock once per read for all the calls
-    /// and answers in it (a clock read on a VM is not cheap: ~1% of the node per call, twice).
+    /// and answers in it (`clock_gettime` was 2.7% of all samples in BENCHMARKS.md's
+    /// fifteenth-session profile of RPC; this and `finish_request` read it per call).
     pub fn start_call(
         self: &Arc<Self>,
         provider: &ProviderRef,
