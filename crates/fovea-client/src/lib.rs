@@ -403,7 +403,7 @@ pub(crate) struct Inner {
     pub regs: Mutex<IdMap<rpc::RegEntry>>,
     /// Calls whose caller wants their notices (`call_with_notices`), by call id.
     pub notice_sinks: Mutex<IdMap<mpsc::Sender<tools::Notice>>>,
-    /// Requests this client is handling, by request id, with their cancel signal once the
+    /// Requests this client is handling, by request id, with their cancellation token once the
     /// handler asks for it: set when the node abandons one. At most the node's
     /// `max_requests_in_flight` per registration.
     pub serving: Mutex<IdMap<rpc::Serving>>,

@@ -3,28 +3,25 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use fovea_core::deadline::Deadlines;
+use fovea_core::deadline::{Deadlines, FAR_FUTURE};
 use fovea_core::frame::{Register, Respond};
 use fovea_core::{ErrorCode, Frame, Headers, Procedure};
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::{lock, Client, ClientError, Inner, Out};
 
 /// How long the SDK waits past a call's timeout for the node's own `TIMEOUT` answer before
 /// giving up locally (the node's answer also cancels the request at the provider).
 const TIMEOUT_GRACE: Duration = Duration::from_millis(100);
-
-/// A local deadline for a timeout too long for the clock (`Duration::MAX`): about thirty
-/// years, as tokio's own timers do.
-const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 /// The headers of a call made without any.
 static NO_HEADERS: Headers = Headers::new();
@@ -64,7 +61,7 @@ pub struct Request {
     session: u64,
     /// Set when the node abandons the request (the caller cancelled or its deadline
     /// passed) or the connection is lost; made on first ask ([`Request::signal`]).
-    signal: OnceLock<Arc<CancelSignal>>,
+    signal: OnceLock<CancellationToken>,
     /// The connection's state (not a `Client`: an unanswered request must not keep the
     /// connection open).
     inner: Arc<Inner>,
@@ -93,11 +90,11 @@ impl Request {
         self.signal().cancelled().await
     }
 
-    /// The request's cancel signal, made and filed in `Inner::serving` on first ask; set at
+    /// The request's cancellation token, made and filed in `Inner::serving` on first ask; set at
     /// once if the request was abandoned before (its entry gone, or its session over).
-    fn signal(&self) -> &Arc<CancelSignal> {
+    fn signal(&self) -> &CancellationToken {
         self.signal.get_or_init(|| {
-            let signal = Arc::new(CancelSignal::default());
+            let signal = CancellationToken::new();
             let mut serving = lock(&self.inner.serving);
             // The session is read under the `serving` lock: a later session's reader files
             // its requests (whose ids may repeat this one's) only after it is bumped, so
@@ -184,44 +181,12 @@ impl std::fmt::Debug for Request {
     }
 }
 
-/// Wakes a request's handler when the node abandons the request. Made only when the handler
-/// asks ([`Request::cancelled`], [`Request::is_cancelled`]): most requests are answered
-/// without asking, and a `CancellationToken` made for every one (an allocation, a clone,
+/// A request being served, as `Inner::serving` files it: its cancellation token, made only
+/// when the handler asks ([`Request::cancelled`], [`Request::is_cancelled`]). Most requests
+/// are answered without asking, and a token made for every one (an allocation, a clone,
 /// two drops under its lock) was ~400 instructions of a provider's work per call
 /// (`scripts/profile.sh instructions rpc`).
-#[derive(Default)]
-pub(crate) struct CancelSignal {
-    cancelled: AtomicBool,
-    notify: Notify,
-}
-
-/// A request being served, as `Inner::serving` files it: its cancel signal once asked for.
-pub(crate) type Serving = Option<Arc<CancelSignal>>;
-
-impl CancelSignal {
-    /// Sets the signal and wakes whoever waits on it.
-    pub(crate) fn cancel(&self) {
-        self.cancelled.store(true, Ordering::Release);
-        self.notify.notify_waiters();
-    }
-
-    fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::Acquire)
-    }
-
-    async fn cancelled(&self) {
-        loop {
-            // Listening before looking: a `cancel` between the two still wakes this one.
-            let notified = self.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.is_cancelled() {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
+pub(crate) type Serving = Option<CancellationToken>;
 
 /// A stream of the calls to one procedure this client provides. Dropping it unregisters.
 pub struct Registration {
@@ -571,7 +536,9 @@ impl Client {
         // the client's call watchdog (`expire_calls`) rather than a timer per call.
         let now = Instant::now();
         let wait = timeout.saturating_add(TIMEOUT_GRACE);
-        let deadline = now.checked_add(wait).or_else(|| now.checked_add(FAR_FUTURE)).unwrap_or(now);
+        // Capped as the node caps its own: the sum fits any monotonic clock in practice;
+        // were it ever to overflow, the call would time out at once (an answer, not a hang).
+        let deadline = now.checked_add(wait.min(FAR_FUTURE)).unwrap_or(now);
         let mut alarm = false;
         inner.queue_if_connected(|out| {
             alarm = out.new_calls.push(call_id, tx, deadline);
@@ -656,7 +623,7 @@ pub(crate) fn try_dispatch_request(
             // Unregistered meanwhile: fail it rather than let the caller wait.
             None => Next::Fail,
             Some(entry) => {
-                // No cancel signal yet: most handlers answer without asking for one.
+                // No token yet: most handlers answer without asking for one.
                 lock(&inner.serving).insert(req_id, None);
                 let request = Request {
                     procedure: entry.procedure.clone(),

@@ -145,20 +145,11 @@ enum End {
     Lost(String),
 }
 
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Runs sessions until the client is closed.
 pub(crate) async fn drive(inner: Arc<Inner>, first: Session) {
     // Aborted when the driver ends, however it ends (the client's last handle gone, or no
     // reconnection): no call is left to watch then.
-    let watchdog = AbortOnDrop(tokio::spawn(crate::rpc::expire_calls(inner.clone())));
+    let watchdog = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(crate::rpc::expire_calls(inner.clone())));
     let mut session = Some(first);
     let mut delay = FIRST_RECONNECT_DELAY;
     let jitter = RandomState::new();

@@ -20,6 +20,12 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::time::Duration;
+
+/// How far a deadline may lie: a timeout too large for the clock (`Duration::MAX`) means
+/// "not in this process's lifetime". Owners cap a timeout at this before adding it to
+/// their clock, so the sum cannot overflow a monotonic clock in practice.
+pub const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// Stale entries tolerated beyond the live ones before a rebuild, so that a small table
 /// is not rebuilt on every other push.

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use foldhash::fast::RandomState;
-use fovea_core::deadline::Deadlines;
+use fovea_core::deadline::{Deadlines, FAR_FUTURE};
 use fovea_core::frame::{Call, CallResult, Notice, Request};
 use fovea_core::{ErrorCode, Frame, Headers};
 use tokio::time::Sleep;
@@ -75,10 +75,6 @@ struct InFlight {
     /// `started` + the call's timeout; its filing in [`Calls::deadlines`] carries it too.
     deadline: Instant,
 }
-
-/// How far a deadline may lie: a timeout too large for the clock (the limits cap timeouts
-/// far below this) means "not in this process's lifetime".
-const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// The provider side: a request this connection is handling.
 struct Serving {
