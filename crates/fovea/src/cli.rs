@@ -203,6 +203,11 @@ pub struct NodeArgs {
     /// traffic comes in long gaps. 0 turns it off [default: 100us; config: [node] idle_spin].
     #[arg(long, env = "FOVEA_IDLE_SPIN", value_parser = parse_duration, value_name = "DURATION")]
     pub idle_spin: Option<std::time::Duration>,
+    /// Worker threads. A node serves the services on its host, which need cores too: one
+    /// worker per core but one (at least one) measured faster on a host shared with its
+    /// clients (BENCHMARKS.md, "Worker threads") [default: cores - 1, at least 1; config: [node] workers].
+    #[arg(long, env = "FOVEA_WORKERS", value_parser = parse_workers, value_name = "N")]
+    pub workers: Option<usize>,
     /// Check the configuration file and exit (0 if it is valid) without starting a node.
     #[arg(long, requires = "config")]
     pub check_config: bool,
@@ -213,6 +218,18 @@ pub struct NodeArgs {
     #[command(flatten)]
     pub limits: LimitArgs,
 }
+
+/// `--workers`: a thread count from 1 to [`MAX_WORKERS`].
+fn parse_workers(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=MAX_WORKERS).contains(&n) => Ok(n),
+        _ => Err(format!("expected a worker count from 1 to {MAX_WORKERS}, e.g. --workers 2")),
+    }
+}
+
+/// Most worker threads a node may be given: far above any core count that would use
+/// them, low enough that a typo (`--workers 10000`) is caught rather than obeyed.
+pub const MAX_WORKERS: usize = 1024;
 
 /// Limit flags: each overrides the `[limits]` key of the same name in the config file.
 /// docs/LIMITS.md says what happens at each limit.

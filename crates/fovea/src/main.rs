@@ -53,15 +53,28 @@ fn main() -> ExitCode {
             let mut b = tokio::runtime::Builder::new_multi_thread();
             // tokio reads TOKIO_WORKER_THREADS itself and panics on a bad value: read it
             // here so that a typo gets an error that says what to write.
-            match worker_threads(std::env::var_os("TOKIO_WORKER_THREADS")) {
-                Ok(Some(n)) => {
-                    b.worker_threads(n);
-                }
-                Ok(None) => {}
+            let from_env = match worker_threads(std::env::var_os("TOKIO_WORKER_THREADS")) {
+                Ok(n) => n,
                 Err(e) => {
                     eprintln!("error: {e}");
                     return ExitCode::from(2);
                 }
+            };
+            let count = match &cli.command {
+                Command::Node(args) => {
+                    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+                    match node_cmd::workers(args.workers, file.as_ref().and_then(|n| n.workers), from_env, cores) {
+                        Ok(n) => Some(n),
+                        Err(e) => {
+                            eprintln!("error: {e}");
+                            return ExitCode::from(2);
+                        }
+                    }
+                }
+                _ => from_env,
+            };
+            if let Some(n) = count {
+                b.worker_threads(n);
             }
             b
         }

@@ -10,6 +10,38 @@ use crate::cli::NodeArgs;
 /// "Idle spinning"), short enough that a missed spin costs little.
 const DEFAULT_IDLE_SPIN: std::time::Duration = std::time::Duration::from_micros(100);
 
+/// The node's worker threads when nothing sets them: one fewer than the host's cores, at
+/// least one. A node serves the services on its host ("a nearby node"), and every
+/// datagram it handles is also work for the kernel and for a client there. On a 2-core
+/// host shared with its load generator, one worker beat two in four of five workloads
+/// (RPC with 64 callers +40%, pub/sub +15%, one caller's p50 -28%; fan-out to 100
+/// subscribers -23%: BENCHMARKS.md, "Worker threads"): a second worker mostly takes over
+/// pieces of one datagram's work, and each hand-off wakes a thread.
+pub fn default_workers(cores: usize) -> usize {
+    cores.saturating_sub(1).max(1)
+}
+
+/// Worker threads for `fovea node`: `--workers` (or `FOVEA_WORKERS`), else `[node]
+/// workers`, else `TOKIO_WORKER_THREADS` (`tokio_env`), else [`default_workers`].
+///
+/// # Errors
+/// A `[node] workers` outside 1..=[`MAX_WORKERS`](crate::cli::MAX_WORKERS) (the flag and
+/// the environment are checked where they are parsed).
+pub fn workers(
+    flag: Option<usize>,
+    file: Option<usize>,
+    tokio_env: Option<usize>,
+    cores: usize,
+) -> Result<usize, String> {
+    let max = crate::cli::MAX_WORKERS;
+    match (flag, file) {
+        (Some(n), _) => Ok(n),
+        (None, Some(n)) if (1..=max).contains(&n) => Ok(n),
+        (None, Some(n)) => Err(format!("[node] workers = {n}: use a count from 1 to {max}, or drop the key")),
+        (None, None) => Ok(tokio_env.unwrap_or_else(|| default_workers(cores))),
+    }
+}
+
 pub async fn run(
     args: NodeArgs,
     log_level: Option<String>,
@@ -108,10 +140,15 @@ pub async fn run(
                 None => crate::cli::LogFormat::Text,
             },
         };
-        print!("{}", effective_config(&config, args.config.as_deref(), &level, format, idle_spin)?);
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        print!("{}", effective_config(&config, args.config.as_deref(), &level, format, idle_spin, workers)?);
         return Ok(());
     }
     fovea_node::spin::set_max(idle_spin);
+    tracing::info!(
+        workers = tokio::runtime::Handle::current().metrics().num_workers(),
+        "worker threads (--workers; default one fewer than the cores, at least one)"
+    );
     let config_cert = config.tls.as_ref().map(|t| t.cert.clone());
     let data_dir = config.data_dir.clone();
     let node = Node::bind(config).context("cannot start the node")?;
@@ -438,6 +475,7 @@ fn effective_config(
     log_level: &str,
     log_format: crate::cli::LogFormat,
     idle_spin: std::time::Duration,
+    workers: usize,
 ) -> anyhow::Result<String> {
     #[derive(serde::Serialize)]
     struct Effective<'a> {
@@ -469,6 +507,7 @@ fn effective_config(
         mesh_cert: config.mesh.as_ref().and_then(|m| m.identity.as_ref().map(|f| f.cert.clone())),
         mesh_key: config.mesh.as_ref().and_then(|m| m.identity.as_ref().map(|f| f.key.clone())),
         idle_spin: Some(fovea_node::format_duration(idle_spin)),
+        workers: Some(workers),
     };
     let mcp = config.mcp.as_ref().map(fovea_node::auth::McpSection::of);
     let body =
@@ -493,4 +532,28 @@ fn effective_config(
         "# fovea node configuration: the effective values (flags > environment > file > defaults).\n\
          # Save it, edit it, and start with `fovea node --config FILE`. docs/LIMITS.md explains [limits].\n{realms}{token}\n{body}"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_leaves_one_core_to_its_host_but_always_has_a_worker() {
+        assert_eq!(default_workers(0), 1);
+        assert_eq!(default_workers(1), 1);
+        assert_eq!(default_workers(2), 1);
+        assert_eq!(default_workers(16), 15);
+    }
+
+    #[test]
+    fn the_flag_wins_over_the_file_which_wins_over_the_environment() {
+        assert_eq!(workers(Some(3), Some(2), Some(5), 8), Ok(3));
+        assert_eq!(workers(None, Some(2), Some(5), 8), Ok(2));
+        assert_eq!(workers(None, None, Some(5), 8), Ok(5));
+        assert_eq!(workers(None, None, None, 8), Ok(7));
+        let err = workers(None, Some(0), None, 8).unwrap_err();
+        assert!(err.contains("[node] workers = 0"), "{err}");
+        assert!(workers(None, Some(crate::cli::MAX_WORKERS + 1), None, 8).is_err());
+    }
 }

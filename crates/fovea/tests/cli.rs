@@ -491,6 +491,54 @@ fn an_idle_spin_past_the_limit_is_refused() {
     assert!(err.contains("--idle-spin") && err.contains("longer than"), "{err}");
 }
 
+/// `fovea node --print-config` shows the worker count the node's runtime really has.
+fn printed_workers(args: &[&str], env: Option<(&str, &str)>) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["node", "--print-config", "--admin", "off"]).args(args).arg("--data-dir").arg(dir.path());
+    cmd.env_remove("TOKIO_WORKER_THREADS").env_remove("FOVEA_WORKERS");
+    if let Some((k, v)) = env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn the_worker_count_comes_from_the_flag_the_file_or_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("node.toml");
+    std::fs::write(&file, "[node]\nworkers = 2\n").unwrap();
+    let file = file.to_str().unwrap();
+    let line = |out: &Output| {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().find(|l| l.starts_with("workers = ")).map(str::to_owned)
+    };
+    assert_eq!(line(&printed_workers(&["--workers", "3"], None)).as_deref(), Some("workers = 3"));
+    assert_eq!(line(&printed_workers(&["--config", file], None)).as_deref(), Some("workers = 2"));
+    assert_eq!(line(&printed_workers(&["--config", file, "--workers", "1"], None)).as_deref(), Some("workers = 1"));
+    assert_eq!(
+        line(&printed_workers(&["--config", file], Some(("FOVEA_WORKERS", "4")))).as_deref(),
+        Some("workers = 4")
+    );
+    assert_eq!(line(&printed_workers(&[], Some(("TOKIO_WORKER_THREADS", "3")))).as_deref(), Some("workers = 3"));
+    // Unset: one fewer than the cores, at least one.
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let expected = format!("workers = {}", cores.saturating_sub(1).max(1));
+    assert_eq!(line(&printed_workers(&[], None)), Some(expected));
+
+    for bad in ["0", "many", "100000"] {
+        let out = printed_workers(&["--workers", bad], None);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--workers") && err.contains("from 1 to"), "{err}");
+    }
+    std::fs::write(dir.path().join("node.toml"), "[node]\nworkers = 0\n").unwrap();
+    let out = printed_workers(&["--config", file], None);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("[node] workers = 0") && !err.contains("panicked"), "{err}");
+}
+
 /// tokio panics on a bad TOKIO_WORKER_THREADS; the binary says what to write instead.
 #[test]
 fn a_bad_worker_thread_count_is_an_error_not_a_panic() {
