@@ -91,6 +91,9 @@ struct Info {
     name: String,
     uptime_s: u64,
     listen: String,
+    /// The runtime's worker threads, and the cores the host offers (`--workers`).
+    workers: usize,
+    cores: usize,
     realms: Vec<String>,
     limits: crate::Limits,
     stats: crate::StatsSnapshot,
@@ -106,6 +109,8 @@ async fn info(State(shared): State<Arc<Shared>>) -> Json<Info> {
         name: shared.config.name.clone(),
         uptime_s: shared.started.elapsed().as_secs(),
         listen: shared.listen.to_string(),
+        workers: tokio::runtime::Handle::current().metrics().num_workers(),
+        cores: std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
         realms,
         limits: shared.config.limits.clone(),
         stats: StatsHandle(shared.clone()).snapshot(),

@@ -66,11 +66,16 @@ fn render(info: &serde_json::Value, prev: Option<(f64, &serde_json::Value)>) -> 
     };
     let mut s = String::new();
     s += &format!(
-        "node {} (fovea {}), up {}s, listening on {}\n",
+        "node {} (fovea {}), up {}s, listening on {}{}\n",
         info["name"].as_str().unwrap_or("?"),
         info["version"].as_str().unwrap_or("?"),
         info["uptime_s"].as_u64().unwrap_or(0),
-        info["listen"].as_str().unwrap_or("?")
+        info["listen"].as_str().unwrap_or("?"),
+        // Absent from nodes older than the field.
+        match (info["workers"].as_u64(), info["cores"].as_u64()) {
+            (Some(w), Some(c)) => format!(", {w} worker{} on {c} cores", if w == 1 { "" } else { "s" }),
+            _ => String::new(),
+        }
     );
     s += &format!(
         "  connections {}   subscriptions {}   registrations {}\n",

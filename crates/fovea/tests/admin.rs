@@ -44,6 +44,9 @@ async fn health_ready_and_info() {
     assert_eq!(info["limits"]["slow_consumer_timeout"], "10s");
     assert_eq!(info["realms"][0], "default");
     assert!(info["version"].is_string() && info["uptime_s"].is_u64());
+    // #[tokio::test] runs the node on one thread.
+    assert_eq!(info["workers"], 1);
+    assert!(info["cores"].as_u64().is_some_and(|c| c >= 1), "{info}");
     node.stop().await;
 }
 

@@ -397,6 +397,9 @@ fn stats_reads_the_admin_endpoint() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("messages in 1"), "{text}");
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let workers = cores.saturating_sub(1).max(1);
+    assert!(text.contains(&format!(" worker{} on {cores} cores", if workers == 1 { "" } else { "s" })), "{text}");
     let out = Command::new(BIN).args(["stats", "--admin", "http://127.0.0.1:1"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is the node running with --admin?"));
