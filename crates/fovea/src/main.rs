@@ -63,13 +63,7 @@ fn main() -> ExitCode {
             let count = match &cli.command {
                 Command::Node(args) => {
                     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-                    match node_cmd::workers(args.workers, file.as_ref().and_then(|n| n.workers), from_env, cores) {
-                        Ok(n) => Some(n),
-                        Err(e) => {
-                            eprintln!("error: {e}");
-                            return ExitCode::from(2);
-                        }
-                    }
+                    Some(node_cmd::workers(args.workers, file.as_ref().and_then(|n| n.workers), from_env, cores))
                 }
                 _ => from_env,
             };

@@ -22,24 +22,19 @@ pub fn default_workers(cores: usize) -> usize {
 }
 
 /// Worker threads for `fovea node`: `--workers` (or `FOVEA_WORKERS`), else `[node]
-/// workers`, else `TOKIO_WORKER_THREADS` (`tokio_env`), else [`default_workers`].
-///
-/// # Errors
-/// A `[node] workers` outside 1..=[`MAX_WORKERS`](crate::cli::MAX_WORKERS) (the flag and
-/// the environment are checked where they are parsed).
-pub fn workers(
-    flag: Option<usize>,
-    file: Option<usize>,
-    tokio_env: Option<usize>,
-    cores: usize,
-) -> Result<usize, String> {
+/// workers`, else `TOKIO_WORKER_THREADS` (`tokio_env`), else [`default_workers`]. The flag
+/// and the environment are checked where they are parsed; a `[node] workers` that
+/// [`check_workers`] refuses is skipped here, and `run` reports it with the file's other
+/// errors (so `--check-config` catches it too).
+pub fn workers(flag: Option<usize>, file: Option<usize>, tokio_env: Option<usize>, cores: usize) -> usize {
+    flag.or(file.filter(|n| check_workers(*n).is_ok())).or(tokio_env).unwrap_or_else(|| default_workers(cores))
+}
+
+/// A `[node] workers` value: 1..=[`MAX_WORKERS`](crate::cli::MAX_WORKERS).
+fn check_workers(n: usize) -> anyhow::Result<usize> {
     let max = crate::cli::MAX_WORKERS;
-    match (flag, file) {
-        (Some(n), _) => Ok(n),
-        (None, Some(n)) if (1..=max).contains(&n) => Ok(n),
-        (None, Some(n)) => Err(format!("[node] workers = {n}: use a count from 1 to {max}, or drop the key")),
-        (None, None) => Ok(tokio_env.unwrap_or_else(|| default_workers(cores))),
-    }
+    anyhow::ensure!((1..=max).contains(&n), "[node] workers = {n}: use a count from 1 to {max}, or drop the key");
+    Ok(n)
 }
 
 pub async fn run(
@@ -72,6 +67,9 @@ pub async fn run(
         "--idle-spin (or [node] idle_spin) {idle_spin:?} is longer than the {:?} allowed: longer spins only burn CPU",
         fovea_node::spin::MAX_WINDOW
     );
+    if let Some(n) = section.workers {
+        check_workers(n)?;
+    }
     let realms = file.map(|f| f.realms).filter(|r| !r.is_empty());
     if args.check_config {
         let n = realms.as_ref().map_or(0, Vec::len);
@@ -548,12 +546,15 @@ mod tests {
 
     #[test]
     fn the_flag_wins_over_the_file_which_wins_over_the_environment() {
-        assert_eq!(workers(Some(3), Some(2), Some(5), 8), Ok(3));
-        assert_eq!(workers(None, Some(2), Some(5), 8), Ok(2));
-        assert_eq!(workers(None, None, Some(5), 8), Ok(5));
-        assert_eq!(workers(None, None, None, 8), Ok(7));
-        let err = workers(None, Some(0), None, 8).unwrap_err();
+        assert_eq!(workers(Some(3), Some(2), Some(5), 8), 3);
+        assert_eq!(workers(None, Some(2), Some(5), 8), 2);
+        assert_eq!(workers(None, None, Some(5), 8), 5);
+        assert_eq!(workers(None, None, None, 8), 7);
+        // A bad file value is skipped here; `run` refuses it.
+        assert_eq!(workers(None, Some(0), None, 8), 7);
+        let err = check_workers(0).unwrap_err().to_string();
         assert!(err.contains("[node] workers = 0"), "{err}");
-        assert!(workers(None, Some(crate::cli::MAX_WORKERS + 1), None, 8).is_err());
+        assert!(check_workers(crate::cli::MAX_WORKERS + 1).is_err());
+        assert_eq!(check_workers(crate::cli::MAX_WORKERS).ok(), Some(crate::cli::MAX_WORKERS));
     }
 }

@@ -535,11 +535,14 @@ fn the_worker_count_comes_from_the_flag_the_file_or_the_environment() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("--workers") && err.contains("from 1 to"), "{err}");
     }
+    // A bad value in the file is the file's error, which --check-config reports too.
     std::fs::write(dir.path().join("node.toml"), "[node]\nworkers = 0\n").unwrap();
-    let out = printed_workers(&["--config", file], None);
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("[node] workers = 0") && !err.contains("panicked"), "{err}");
+    for check in [&["--check-config"][..], &[]] {
+        let out = printed_workers(&[&["--config", file][..], check].concat(), None);
+        assert_eq!(out.status.code(), Some(1), "{check:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("[node] workers = 0") && !err.contains("panicked"), "{err}");
+    }
 }
 
 /// tokio panics on a bad TOKIO_WORKER_THREADS; the binary says what to write instead.
