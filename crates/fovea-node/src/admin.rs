@@ -161,43 +161,65 @@ struct ConnPage {
 /// Most rows one page returns, whatever `limit` asks for.
 const MAX_PAGE: usize = 1000;
 
+/// `/connections` listings built at once (process-wide): each holds a blocking thread while
+/// it sorts, so a burst of requests waits its turn here instead of filling tokio's pool.
+static LISTINGS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 async fn connections(State(shared): State<Arc<Shared>>, Query(q): Query<ConnQuery>) -> Response {
-    // Path figures lock each QUIC connection: filled in for the page only, below.
-    let mut rows: Vec<(ConnRow, Arc<ConnInfo>)> = {
-        let conns = shared.conns.lock().unwrap_or_else(PoisonError::into_inner);
-        conns
-            .values()
-            .filter(|c| q.realm.as_ref().is_none_or(|r| *r == c.realm))
-            .map(|c| {
-                let row = ConnRow {
-                    id: c.id,
-                    realm: c.realm.clone(),
-                    user: c.user.clone(),
-                    client: c.client.clone(),
-                    remote: c.remote.to_string(),
-                    uptime_s: c.started.elapsed().as_secs(),
-                    subscriptions: c.subscriptions.load(Ordering::Relaxed),
-                    registrations: c.registrations.load(Ordering::Relaxed),
-                    pending_bytes: c.peer.out.pending(),
-                    dropped: c.peer.out.dropped.load(Ordering::Relaxed),
-                    calls_served_in_flight: c.peer.requests_in_flight(),
-                    rtt_us: 0,
-                    datagram_bytes: 0,
-                };
-                (row, c.clone())
-            })
-            .collect()
+    let Ok(_turn) = LISTINGS.acquire().await else {
+        // Never closed; answered rather than assumed.
+        let msg = "the connection listing is unavailable";
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "error": msg }))).into_response();
     };
+    // Under the lock, which every connection's start and end take, only the handles are
+    // copied; the rows (four strings each) and the sort run on a blocking thread, so that a
+    // listing of 100 000 connections holds up neither the lock nor a worker — on a host
+    // where the node runs one worker (`--workers`), that worker is all its traffic.
+    let infos: Vec<Arc<ConnInfo>> = {
+        let conns = shared.conns.lock().unwrap_or_else(PoisonError::into_inner);
+        conns.values().filter(|c| q.realm.as_ref().is_none_or(|r| *r == c.realm)).cloned().collect()
+    };
+    match tokio::task::spawn_blocking(move || connection_page(infos, &q)).await {
+        Ok(Ok(page)) => Json(page).into_response(),
+        Ok(Err(msg)) => (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": msg }))).into_response(),
+        Err(e) => {
+            let msg = format!("listing the connections failed: {e}");
+            (StatusCode::INTERNAL_SERVER_ERROR, Json(serde_json::json!({ "error": msg }))).into_response()
+        }
+    }
+}
+
+/// One page of `/connections` from the connections' handles; `Err` for an unknown sort.
+fn connection_page(infos: Vec<Arc<ConnInfo>>, q: &ConnQuery) -> Result<ConnPage, String> {
+    let mut rows: Vec<(ConnRow, Arc<ConnInfo>)> = infos
+        .into_iter()
+        .map(|c| {
+            let row = ConnRow {
+                id: c.id,
+                realm: c.realm.clone(),
+                user: c.user.clone(),
+                client: c.client.clone(),
+                remote: c.remote.to_string(),
+                uptime_s: c.started.elapsed().as_secs(),
+                subscriptions: c.subscriptions.load(Ordering::Relaxed),
+                registrations: c.registrations.load(Ordering::Relaxed),
+                pending_bytes: c.peer.out.pending(),
+                dropped: c.peer.out.dropped.load(Ordering::Relaxed),
+                calls_served_in_flight: c.peer.requests_in_flight(),
+                // Path figures lock each QUIC connection: filled in for the page only, below.
+                rtt_us: 0,
+                datagram_bytes: 0,
+            };
+            (row, c)
+        })
+        .collect();
     match q.sort.as_deref().unwrap_or("id") {
         "id" => rows.sort_by_key(|(r, _)| r.id),
         "dropped" => rows.sort_by_key(|(r, _)| std::cmp::Reverse(r.dropped)),
         "pending" => rows.sort_by_key(|(r, _)| std::cmp::Reverse(r.pending_bytes)),
         "uptime" => rows.sort_by_key(|(r, _)| std::cmp::Reverse(r.uptime_s)),
         "subscriptions" => rows.sort_by_key(|(r, _)| std::cmp::Reverse(r.subscriptions)),
-        other => {
-            let msg = format!("unknown sort {other:?}: use id, dropped, pending, uptime or subscriptions");
-            return (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": msg }))).into_response();
-        }
+        other => return Err(format!("unknown sort {other:?}: use id, dropped, pending, uptime or subscriptions")),
     }
     let total = rows.len();
     let offset = q.offset.unwrap_or(0).min(total);
@@ -213,7 +235,7 @@ async fn connections(State(shared): State<Arc<Shared>>, Query(q): Query<ConnQuer
             row
         })
         .collect();
-    Json(ConnPage { total, offset, connections }).into_response()
+    Ok(ConnPage { total, offset, connections })
 }
 
 /// Prometheus text exposition of the node's counters, rendered by
