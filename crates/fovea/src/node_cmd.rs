@@ -10,15 +10,18 @@ use crate::cli::NodeArgs;
 /// "Idle spinning"), short enough that a missed spin costs little.
 const DEFAULT_IDLE_SPIN: std::time::Duration = std::time::Duration::from_micros(100);
 
-/// The node's worker threads when nothing sets them: one fewer than the host's cores, at
-/// least one. A node serves the services on its host ("a nearby node"), and every
-/// datagram it handles is also work for the kernel and for a client there. On a 2-core
-/// host shared with its load generator, one worker beat two in four of five workloads
-/// (RPC with 64 callers +40%, pub/sub +15%, one caller's p50 -28%; fan-out to 100
-/// subscribers -23%: BENCHMARKS.md, "Worker threads"): a second worker mostly takes over
-/// pieces of one datagram's work, and each hand-off wakes a thread.
+/// The node's worker threads when nothing sets them: one per core (at least one).
+///
+/// Fewer is faster where a node shares a small host with busy clients: on 2 cores, one
+/// worker beat two for RPC with 64 callers (+40%), pub/sub (+15%) and one caller's p50
+/// (-28%), since a second worker mostly takes over pieces of one datagram's work and each
+/// hand-off wakes a thread. But one worker also carries every handshake and keep-alive:
+/// with 100 000 clients connecting at once it fell behind (61 and 2 handshakes of 100 000
+/// timed out in two runs, none with two workers), and fan-out lost 9-23%. Accepting every
+/// client matters more than the last 40% of one workload, so the default stays a worker per
+/// core and `--workers 1` is the operator's choice (BENCHMARKS.md, "Worker threads").
 pub fn default_workers(cores: usize) -> usize {
-    cores.saturating_sub(1).max(1)
+    cores.max(1)
 }
 
 /// Worker threads for `fovea node`: `--workers` (or `FOVEA_WORKERS`), else `[node]
@@ -145,7 +148,7 @@ pub async fn run(
     fovea_node::spin::set_max(idle_spin);
     tracing::info!(
         workers = tokio::runtime::Handle::current().metrics().num_workers(),
-        "worker threads (--workers; default one fewer than the cores, at least one)"
+        "worker threads (--workers; default one per core)"
     );
     let config_cert = config.tls.as_ref().map(|t| t.cert.clone());
     let data_dir = config.data_dir.clone();
@@ -537,11 +540,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_node_leaves_one_core_to_its_host_but_always_has_a_worker() {
+    fn a_node_has_a_worker_per_core_and_at_least_one() {
         assert_eq!(default_workers(0), 1);
         assert_eq!(default_workers(1), 1);
-        assert_eq!(default_workers(2), 1);
-        assert_eq!(default_workers(16), 15);
+        assert_eq!(default_workers(2), 2);
+        assert_eq!(default_workers(16), 16);
     }
 
     #[test]
@@ -549,9 +552,9 @@ mod tests {
         assert_eq!(workers(Some(3), Some(2), Some(5), 8), 3);
         assert_eq!(workers(None, Some(2), Some(5), 8), 2);
         assert_eq!(workers(None, None, Some(5), 8), 5);
-        assert_eq!(workers(None, None, None, 8), 7);
+        assert_eq!(workers(None, None, None, 8), 8);
         // A bad file value is skipped here; `run` refuses it.
-        assert_eq!(workers(None, Some(0), None, 8), 7);
+        assert_eq!(workers(None, Some(0), None, 8), 8);
         let err = check_workers(0).unwrap_err().to_string();
         assert!(err.contains("[node] workers = 0"), "{err}");
         assert!(check_workers(crate::cli::MAX_WORKERS + 1).is_err());
