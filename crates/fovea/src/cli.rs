@@ -204,8 +204,8 @@ pub struct NodeArgs {
     #[arg(long, env = "FOVEA_IDLE_SPIN", value_parser = parse_duration, value_name = "DURATION")]
     pub idle_spin: Option<std::time::Duration>,
     /// Worker threads. On a small host shared with busy clients fewer can be faster (2 cores:
-    /// one worker, RPC +40%), but one worker also carries every handshake and keep-alive
-    /// (BENCHMARKS.md, "Worker threads") [default: one per core; config: [node] workers].
+    /// one worker, RPC +40%, fan-out -23%; BENCHMARKS.md, "Worker threads") [default: one per
+    /// core; config: [node] workers].
     #[arg(long, env = "FOVEA_WORKERS", value_parser = parse_workers, value_name = "N")]
     pub workers: Option<usize>,
     /// Check the configuration file and exit (0 if it is valid) without starting a node.

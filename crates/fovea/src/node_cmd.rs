@@ -15,11 +15,11 @@ const DEFAULT_IDLE_SPIN: std::time::Duration = std::time::Duration::from_micros(
 /// Fewer is faster where a node shares a small host with busy clients: on 2 cores, one
 /// worker beat two for RPC with 64 callers (+40%), pub/sub (+15%) and one caller's p50
 /// (-28%), since a second worker mostly takes over pieces of one datagram's work and each
-/// hand-off wakes a thread. But one worker also carries every handshake and keep-alive:
-/// with 100 000 clients connecting at once it fell behind (61 and 2 handshakes of 100 000
-/// timed out in two runs, none with two workers), and fan-out lost 9-23%. Accepting every
-/// client matters more than the last 40% of one workload, so the default stays a worker per
-/// core and `--workers 1` is the operator's choice (BENCHMARKS.md, "Worker threads").
+/// hand-off wakes a thread. But fan-out lost 9-23% and MCP 8%, a node with a host to itself
+/// would leave cores idle, and with 100 000 clients connecting at once one worker lost more
+/// handshakes than two (61, 2 and 60 of 100 000 against 0 and 42). So the default stays
+/// the conventional worker per core and `--workers 1` is the operator's choice for a node
+/// beside busy local clients (BENCHMARKS.md, "Worker threads").
 pub fn default_workers(cores: usize) -> usize {
     cores.max(1)
 }
