@@ -328,21 +328,15 @@ impl Node {
                 },
             };
             let permit = permits.clone().try_acquire_owned().ok();
-            let remote = incoming.remote_address();
-            let server = self.servers.for_peer(remote).clone();
-            // Accepted here, not in the task: an `Incoming` (~400 bytes) captured by the task
-            // would stay in its state for the connection's whole life. The handshake's first
-            // step runs under quinn's endpoint lock wherever it is called.
-            let connecting = match incoming.accept_with(server) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::debug!(%remote, error = %e, "QUIC handshake failed");
-                    continue;
-                }
-            };
             let (shared, token) = (self.shared.clone(), shutdown.child_token());
+            let server = self.servers.for_peer(incoming.remote_address()).clone();
             tracker.spawn(async move {
-                let conn = match connecting.await {
+                let remote = incoming.remote_address();
+                let conn = match incoming.accept_with(server) {
+                    Ok(connecting) => connecting.await,
+                    Err(e) => Err(e),
+                };
+                let conn = match conn {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::debug!(%remote, error = %e, "QUIC handshake failed");
