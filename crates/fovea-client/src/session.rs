@@ -47,6 +47,8 @@ pub(crate) fn quic_config(crypto: rustls::ClientConfig) -> Result<ByPath<quinn::
         if loopback {
             let mut mtu = quinn::MtuDiscoveryConfig::default();
             mtu.upper_bound(LOOPBACK_UDP_PAYLOAD);
+            // Two probes, not ~9: each is parsed byte by byte by the node (`loopback_mtu_step`).
+            mtu.minimum_change(fovea_core::path::loopback_mtu_step(LOOPBACK_UDP_PAYLOAD));
             t.mtu_discovery_config(Some(mtu));
         }
         let mut cfg = quinn::ClientConfig::new(crypto.clone());

@@ -330,9 +330,13 @@ impl Node {
             let permit = permits.clone().try_acquire_owned().ok();
             let (shared, token) = (self.shared.clone(), shutdown.child_token());
             let server = self.servers.for_peer(incoming.remote_address()).clone();
+            // Boxed: a value the task captures keeps its room in the task for the
+            // connection's whole life, even once moved out; quinn's `Incoming` is 384 bytes,
+            // the box 8 (and freed by `accept`). Every idle connection pays for the task.
+            let incoming = Box::new(incoming);
             tracker.spawn(async move {
                 let remote = incoming.remote_address();
-                let conn = match incoming.accept_with(server) {
+                let conn = match accept(incoming, server) {
                     Ok(connecting) => connecting.await,
                     Err(e) => Err(e),
                 };
@@ -364,6 +368,15 @@ impl Node {
         admin_stop.cancel();
         Ok(())
     }
+}
+
+/// Starts the QUIC handshake of `incoming`; the box is freed here, not when the
+/// connection's task ends.
+fn accept(
+    incoming: Box<quinn::Incoming>,
+    server: Arc<quinn::ServerConfig>,
+) -> Result<quinn::Connecting, quinn::ConnectionError> {
+    incoming.accept_with(server)
 }
 
 /// A server endpoint on `addr` whose socket idle workers watch ([`spin`]): quinn's
@@ -663,10 +676,12 @@ pub(crate) fn endpoint_config() -> quinn::EndpointConfig {
 /// `t` for a loopback path: MTU discovery may go up to `largest` (at most
 /// [`LOOPBACK_UDP_PAYLOAD`]; quinn's default bound is 1 452), so a loopback connection
 /// sends datagrams of up to that size after a few round trips of probing (BENCHMARKS.md,
-/// twelfth session).
+/// twelfth session), in two probes ([`fovea_core::path::loopback_mtu_step`]).
 pub(crate) fn on_loopback(mut t: quinn::TransportConfig, largest: u16) -> quinn::TransportConfig {
     let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(largest.min(LOOPBACK_UDP_PAYLOAD));
+    let upper = largest.min(LOOPBACK_UDP_PAYLOAD);
+    mtu.upper_bound(upper);
+    mtu.minimum_change(fovea_core::path::loopback_mtu_step(upper));
     t.mtu_discovery_config(Some(mtu));
     t
 }
