@@ -35,12 +35,25 @@ pub fn default_data_dir() -> PathBuf {
     dirs::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("fovea")
 }
 
+/// ring's provider with AES-128-GCM offered first: its key schedule (SHA-256) runs on the
+/// CPU's SHA extensions where AES-256-GCM's (SHA-384) does not. The node prefers the same
+/// (`fovea_node`'s `tls::provider`, which says what it saves).
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    use rustls::crypto::ring::cipher_suite::{
+        TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
+    };
+    Arc::new(rustls::crypto::CryptoProvider {
+        cipher_suites: vec![TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256],
+        ..rustls::crypto::ring::default_provider()
+    })
+}
+
 pub(crate) fn client_crypto(
     trust: &Trust,
     client_cert: Option<&(PathBuf, PathBuf)>,
     url: &NodeUrl,
 ) -> Result<rustls::ClientConfig, ClientError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| ClientError::Tls(e.to_string()))?;
