@@ -421,7 +421,7 @@ pub struct NodeSection {
     /// Longest time an idle worker watches the sockets before it sleeps (`100us`; `0` off).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_spin: Option<String>,
-    /// Worker threads (at least 1); default one per core.
+    /// Worker threads (at least 1); default one fewer than the cores, at least 1.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
 }

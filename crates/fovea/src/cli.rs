@@ -203,9 +203,10 @@ pub struct NodeArgs {
     /// traffic comes in long gaps. 0 turns it off [default: 100us; config: [node] idle_spin].
     #[arg(long, env = "FOVEA_IDLE_SPIN", value_parser = parse_duration, value_name = "DURATION")]
     pub idle_spin: Option<std::time::Duration>,
-    /// Worker threads. On a small host shared with busy clients fewer can be faster (2 cores:
-    /// one worker, RPC +40%, fan-out -23%; BENCHMARKS.md, "Worker threads") [default: one per
-    /// core; config: [node] workers].
+    /// Worker threads. The default leaves a core to the services beside the node (2 cores:
+    /// one worker, RPC +20% over two; BENCHMARKS.md, "Worker threads"); a node with a host to
+    /// itself can take every core [default: one fewer than the cores, at least 1; config:
+    /// [node] workers].
     #[arg(long, env = "FOVEA_WORKERS", value_parser = parse_workers, value_name = "N")]
     pub workers: Option<usize>,
     /// Check the configuration file and exit (0 if it is valid) without starting a node.

@@ -135,14 +135,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// The worker thread count from `TOKIO_WORKER_THREADS`: `None` when unset (one per core).
+/// The worker thread count from `TOKIO_WORKER_THREADS`: `None` when unset (the command's
+/// default: tokio's one per core, or `fovea node`'s own).
 fn worker_threads(value: Option<std::ffi::OsString>) -> Result<Option<usize>, String> {
     let Some(value) = value else { return Ok(None) };
     match value.to_str().map(str::trim).map(str::parse::<usize>) {
         Some(Ok(n)) if n > 0 => Ok(Some(n)),
         _ => Err(format!(
             "TOKIO_WORKER_THREADS={value:?} is not a thread count: set it to a whole number of \
-             worker threads of at least 1, or unset it for one per core"
+             worker threads of at least 1, or unset it for the default"
         )),
     }
 }

@@ -10,18 +10,18 @@ use crate::cli::NodeArgs;
 /// "Idle spinning"), short enough that a missed spin costs little.
 const DEFAULT_IDLE_SPIN: std::time::Duration = std::time::Duration::from_micros(100);
 
-/// The node's worker threads when nothing sets them: one per core (at least one).
-///
-/// Fewer is faster where a node shares a small host with busy clients: on 2 cores, one
-/// worker beat two for RPC with 64 callers (+40%), pub/sub (+15%) and one caller's p50
-/// (-28%), since a second worker mostly takes over pieces of one datagram's work and each
-/// hand-off wakes a thread. But fan-out lost 9-23% and MCP 8%, a node with a host to itself
-/// would leave cores idle, and with 100 000 clients connecting at once one worker lost more
-/// handshakes than two (61, 2 and 60 of 100 000 against 0 and 42). So the default stays
-/// the conventional worker per core and `--workers 1` is the operator's choice for a node
-/// beside busy local clients (BENCHMARKS.md, "Worker threads").
+/// The node's worker threads when nothing sets them: one fewer than the host's cores, at
+/// least one. A node serves the services on its host ("a nearby node"), and every datagram
+/// it handles is work for the kernel and for a client there too: the core left over is
+/// theirs. A second worker mostly takes over pieces of one datagram's work, and each
+/// hand-off wakes a thread. On this project's 2-core host, with the load generator beside
+/// the node, one worker against two (seventeenth session, 3–5 alternating rounds): RPC with 64
+/// callers +20%, pub/sub +11%, fan-out to 100 and one caller's latency unchanged
+/// (BENCHMARKS.md, "Worker threads"). 100 000 clients connecting at once were all accepted
+/// with one worker or two, once loopback MTU discovery stopped costing half the node's CPU.
+/// A node with a many-core host to itself loses one core in N; `--workers` gives it back.
 pub fn default_workers(cores: usize) -> usize {
-    cores.max(1)
+    cores.saturating_sub(1).max(1)
 }
 
 /// Worker threads for `fovea node`: `--workers` (or `FOVEA_WORKERS`), else `[node]
@@ -148,7 +148,7 @@ pub async fn run(
     fovea_node::spin::set_max(idle_spin);
     tracing::info!(
         workers = tokio::runtime::Handle::current().metrics().num_workers(),
-        "worker threads (--workers; default one per core)"
+        "worker threads (--workers; default one fewer than the cores)"
     );
     let config_cert = config.tls.as_ref().map(|t| t.cert.clone());
     let data_dir = config.data_dir.clone();
@@ -540,11 +540,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_node_has_a_worker_per_core_and_at_least_one() {
+    fn a_node_leaves_a_core_to_its_host_and_has_at_least_one_worker() {
         assert_eq!(default_workers(0), 1);
         assert_eq!(default_workers(1), 1);
-        assert_eq!(default_workers(2), 2);
-        assert_eq!(default_workers(16), 16);
+        assert_eq!(default_workers(2), 1);
+        assert_eq!(default_workers(16), 15);
     }
 
     #[test]
@@ -552,9 +552,9 @@ mod tests {
         assert_eq!(workers(Some(3), Some(2), Some(5), 8), 3);
         assert_eq!(workers(None, Some(2), Some(5), 8), 2);
         assert_eq!(workers(None, None, Some(5), 8), 5);
-        assert_eq!(workers(None, None, None, 8), 8);
+        assert_eq!(workers(None, None, None, 8), 7);
         // A bad file value is skipped here; `run` refuses it.
-        assert_eq!(workers(None, Some(0), None, 8), 8);
+        assert_eq!(workers(None, Some(0), None, 8), 7);
         let err = check_workers(0).unwrap_err().to_string();
         assert!(err.contains("[node] workers = 0"), "{err}");
         assert!(check_workers(crate::cli::MAX_WORKERS + 1).is_err());
