@@ -332,30 +332,22 @@ impl Node {
             let server = self.servers.for_peer(incoming.remote_address()).clone();
             // Boxed: a value the task captures keeps its room in the task for the
             // connection's whole life, even once moved out; quinn's `Incoming` is 384 bytes,
-            // the box 8 (and freed by `accept`). Every idle connection pays for the task.
+            // the box 8 (and freed by `accept`). Every idle connection pays for the task, so
+            // the handshake's own state lives in `handshake`'s future, gone once it is done,
+            // and the permit is not moved into a second binding (`-Zprint-type-sizes`).
             let incoming = Box::new(incoming);
             tracker.spawn(async move {
-                let remote = incoming.remote_address();
-                let conn = match accept(incoming, server) {
-                    Ok(connecting) => connecting.await,
-                    Err(e) => Err(e),
-                };
-                let conn = match conn {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::debug!(%remote, error = %e, "QUIC handshake failed");
-                        return;
-                    }
-                };
+                let Some(conn) = handshake(incoming, server).await else { return };
                 shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
-                let Some(_permit) = permit else {
+                if permit.is_none() {
+                    let limit = shared.config.limits.max_connections;
                     shared.stats.count_close(ErrorCode::NodeFull);
-                    tracing::warn!(%remote, limit = shared.config.limits.max_connections, "refused a connection: node full");
-                    let reason = format!("node full: {} connections", shared.config.limits.max_connections);
-                    conn.close(close_code(ErrorCode::NodeFull), reason.as_bytes());
+                    tracing::warn!(remote = %conn.remote_address(), limit, "refused a connection: node full");
+                    conn.close(close_code(ErrorCode::NodeFull), format!("node full: {limit} connections").as_bytes());
                     return;
-                };
+                }
                 conn::serve(conn, shared, token).await;
+                drop(permit);
             });
         }
         self.shared.draining.store(true, Ordering::Relaxed);
@@ -368,6 +360,16 @@ impl Node {
         admin_stop.cancel();
         Ok(())
     }
+}
+
+/// Completes the QUIC handshake of `incoming`; `None` (logged) if it fails.
+async fn handshake(incoming: Box<quinn::Incoming>, server: Arc<quinn::ServerConfig>) -> Option<quinn::Connection> {
+    let remote = incoming.remote_address();
+    let conn = match accept(incoming, server) {
+        Ok(connecting) => connecting.await,
+        Err(e) => Err(e),
+    };
+    conn.map_err(|e| tracing::debug!(%remote, error = %e, "QUIC handshake failed")).ok()
 }
 
 /// Starts the QUIC handshake of `incoming`; the box is freed here, not when the

@@ -105,3 +105,31 @@ async fn operation_errors_keep_the_connection_up() {
 fn hello(realm: &str) -> Hello {
     Hello { version: fovea_core::frame::VERSION, realm: realm.into(), token: Bytes::new(), name: "raw".into() }
 }
+
+#[tokio::test]
+async fn a_full_node_refuses_connections_until_one_ends() {
+    let node = TestNode::start_with(fovea_node::Limits { max_connections: 1, ..Default::default() }).await;
+    let first = node.client().await;
+    let refused = RawClient::connect(&node).await;
+    assert_eq!(refused.close_code().await, Some(ErrorCode::NodeFull.to_u64()));
+    assert!(node.stats.snapshot().closes.contains(&(ErrorCode::NodeFull, 1)), "{:?}", node.stats.snapshot().closes);
+
+    // The connection holding the room is undisturbed; once it ends, its room is free
+    // again (when its task has ended, a moment after the close).
+    first.publish("still.here", "yes").await.unwrap();
+    first.close().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match fovea_client::Client::connect(&node.url(), node.options().reconnect(false)).await {
+            Ok(c) => {
+                c.close().await;
+                break;
+            }
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "no room after the first client left: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+    node.stop().await;
+}
