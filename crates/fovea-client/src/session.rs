@@ -45,9 +45,11 @@ pub(crate) fn quic_config(crypto: rustls::ClientConfig) -> Result<ByPath<quinn::
         ack.ack_eliciting_threshold(VarInt::from_u32(fovea_core::ACK_ELICITING_THRESHOLD));
         t.ack_frequency_config(Some(ack));
         if loopback {
+            // Full-size datagrams from the start, no probes; discovery only climbs back
+            // after a black hole, in two steps (`fovea_core::path::loopback_mtu_step`).
+            t.initial_mtu(LOOPBACK_UDP_PAYLOAD);
             let mut mtu = quinn::MtuDiscoveryConfig::default();
             mtu.upper_bound(LOOPBACK_UDP_PAYLOAD);
-            // Two probes, not ~9: each is parsed byte by byte by the node (`loopback_mtu_step`).
             mtu.minimum_change(fovea_core::path::loopback_mtu_step(LOOPBACK_UDP_PAYLOAD));
             t.mtu_discovery_config(Some(mtu));
         }

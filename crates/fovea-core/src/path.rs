@@ -34,14 +34,20 @@ pub const MIN_UDP_PAYLOAD: u16 = 1_200;
 /// The smallest step MTU discovery takes on a loopback path bounded by `upper`: half the
 /// way from [`MIN_UDP_PAYLOAD`] (at least quinn's default of 20).
 ///
-/// Why: every probe is a datagram of the size probed, filled with PADDING frames, and
-/// quinn parses padding one byte at a time, as one frame each. With quinn's default step a
-/// loopback connection's search from 1 200 to 6 500 sends ~9 probes, ~52 KB of padding,
-/// and parsing it was half of a node's CPU while clients connected (`perf` on the node of
-/// `fovea bench conns`: `process_payload`, `frame::Iter::next` and `VarInt::decode`
-/// together ~49% of samples). With this step the search probes the middle (3 850), then
-/// the bound (6 500): two probes, ~10 KB; if the bound fails the path stays at the middle.
-/// A loopback path has one MTU (64 KiB on Linux), so fine steps would find nothing more.
+/// A loopback path starts at its bound (quinn's `initial_mtu`) and does not search at
+/// all: loopback's MTU is 64 KiB on Linux. Discovery stays on only to climb back if
+/// black-hole detection ever drops the path to 1 200 bytes (a loopback set to a small MTU),
+/// and then in steps of this size.
+///
+/// Why no probes: every probe is a datagram of the size probed, filled with PADDING
+/// frames, and quinn parses padding one byte at a time, as one frame each. With quinn's
+/// default step a loopback connection's search from 1 200 to 6 500 sent ~9 probes each
+/// way, ~52 KB of padding, and parsing it was half of a node's CPU while clients connected
+/// (`perf` on the node of `fovea bench conns`: `process_payload`, `frame::Iter::next` and
+/// `VarInt::decode` together ~49% of samples). With this step a search probes the middle
+/// (3 850), then the bound (6 500): two probes; if the bound fails the path stays at the
+/// middle. Starting at the bound also sizes quinn's per-connection send buffer to one
+/// datagram (6 500 bytes), where growing it probe by probe left it at 7 700.
 #[must_use]
 pub fn loopback_mtu_step(upper: u16) -> u16 {
     (upper.saturating_sub(MIN_UDP_PAYLOAD) / 2).max(20)

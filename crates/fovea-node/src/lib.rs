@@ -675,13 +675,14 @@ pub(crate) fn endpoint_config() -> quinn::EndpointConfig {
     c
 }
 
-/// `t` for a loopback path: MTU discovery may go up to `largest` (at most
-/// [`LOOPBACK_UDP_PAYLOAD`]; quinn's default bound is 1 452), so a loopback connection
-/// sends datagrams of up to that size after a few round trips of probing (BENCHMARKS.md,
-/// twelfth session), in two probes ([`fovea_core::path::loopback_mtu_step`]).
+/// `t` for a loopback path: datagrams of up to `largest` bytes (at most
+/// [`LOOPBACK_UDP_PAYLOAD`]; quinn's default bound is 1 452) from the start, without
+/// probes; discovery stays on to climb back after a black hole
+/// ([`fovea_core::path::loopback_mtu_step`] says why).
 pub(crate) fn on_loopback(mut t: quinn::TransportConfig, largest: u16) -> quinn::TransportConfig {
-    let mut mtu = quinn::MtuDiscoveryConfig::default();
     let upper = largest.min(LOOPBACK_UDP_PAYLOAD);
+    t.initial_mtu(upper);
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(upper);
     mtu.minimum_change(fovea_core::path::loopback_mtu_step(upper));
     t.mtu_discovery_config(Some(mtu));
