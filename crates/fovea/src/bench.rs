@@ -39,16 +39,31 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if matches!(args.mode, BenchMode::Mcp) {
         return mcp(&args).await?.finish();
     }
-    let extra: Vec<String> = match args.mode {
+    let mut extra: Vec<String> = match args.mode {
         // Room for every benchmark connection whatever the node's default.
         BenchMode::Conns => vec!["--max-connections".into(), (args.conns + 16).to_string()],
         _ => Vec::new(),
     };
+    if let Some(addr) = args.node_listen {
+        extra.extend(["--listen".to_owned(), addr.to_string()]);
+        if args.node_config.is_none() && !fovea_core::path::is_loopback(addr.ip()) {
+            // A node off loopback refuses to run open by default; the benchmark's clients
+            // connect without credentials, as they do to a loopback node.
+            extra.push("--allow-anonymous".to_owned());
+        }
+    }
     let (url, trust, node) = match &args.url {
         Some(url) => (url.clone(), crate::client_cmds::trust(args.ca.as_deref(), args.insecure), None),
         None => {
             let node = ChildNode::start(args.node_config.as_deref(), &extra)?;
-            (node.url.clone(), Trust::CaFiles(vec![node.cert.clone()]), Some(node))
+            // The node's self-signed certificate names localhost, 127.0.0.1 and ::1 only; at
+            // another address the benchmark trusts the node it started itself, whatever the
+            // name in its certificate.
+            let trust = match args.node_listen {
+                Some(_) => Trust::Insecure,
+                None => Trust::CaFiles(vec![node.cert.clone()]),
+            };
+            (node.url.clone(), trust, Some(node))
         }
     };
     let mut opts = ConnectOptions::new().trust(trust).realm(&args.realm);
@@ -551,10 +566,14 @@ async fn conns(url: &str, opts: ConnectOptions, n: usize, node: Option<u32>) -> 
         per_conn / 1000.0
     );
     // quinn's per-connection send buffer follows the path's datagram size (docs/LIMITS.md).
-    println!(
-        "  (a loopback path: datagrams up to the node's max_loopback_datagram; \
-         FOVEA_MAX_LOOPBACK_DATAGRAM=1452 measures connections sized as over a network)"
-    );
+    if url_is_loopback(url) {
+        println!(
+            "  (a loopback path, with datagrams of the node's max_loopback_datagram; \
+             scripts/netns-conns.sh measures a network path)"
+        );
+    } else {
+        println!("  (a network path: datagrams up to what MTU discovery finds, at most 1 452 bytes)");
+    }
     let mut r = Report::new("conns");
     r.put("conns", n).put("opened", opened).put("failed", failed).put("connect_rate", format!("{rate:.0}"));
     r.put("rss_base_kib", base).put("rss_kib", after).put("bytes_per_conn", format!("{per_conn:.0}"));
@@ -565,6 +584,11 @@ async fn conns(url: &str, opts: ConnectOptions, n: usize, node: Option<u32>) -> 
     // is killed when `run` returns, and this process exits after it.
     std::mem::forget(clients);
     Ok(r)
+}
+
+/// Whether `url` names a loopback address (the node the benchmark started, or `--url`).
+fn url_is_loopback(url: &str) -> bool {
+    fovea_client::NodeUrl::parse(url).is_ok_and(|u| u.is_loopback())
 }
 
 /// Starts `fovea node` `runs` times and measures spawn → ready line. The first start
@@ -1068,8 +1092,12 @@ impl ChildNode {
     /// Starts a node with its state in `dir`, and returns once it printed its ready line.
     fn start_in(dir: &Path, config: Option<&Path>, extra: &[String]) -> anyhow::Result<ChildNode> {
         let exe = std::env::current_exe().context("locating the fovea binary")?;
+        // On loopback unless `extra` says where (`--node-listen`).
+        let listen: &[&str] = if extra.iter().any(|a| a == "--listen") { &[] } else { &["--listen", "127.0.0.1:0"] };
         let mut child = Command::new(exe)
-            .args(["node", "--listen", "127.0.0.1:0", "--admin", "off", "--log-level", "error", "--data-dir"])
+            .arg("node")
+            .args(listen)
+            .args(["--admin", "off", "--log-level", "error", "--data-dir"])
             .arg(dir)
             .args(extra)
             .args(config.map(|c| vec![std::ffi::OsStr::new("--config"), c.as_os_str()]).unwrap_or_default())

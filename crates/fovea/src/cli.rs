@@ -469,6 +469,12 @@ pub struct BenchArgs {
     /// Use this node instead of starting one (with the other connection flags).
     #[arg(long, env = "FOVEA_BENCH_URL", value_name = "URL")]
     pub url: Option<String>,
+    /// Address for the node the benchmark starts [default: 127.0.0.1:0]. A non-loopback
+    /// address of this host makes the node treat the benchmark's clients as over a network
+    /// (quinn's MTU discovery up to 1 452 bytes, as for clients on other hosts);
+    /// scripts/netns-conns.sh runs `bench conns` so in a network namespace of its own.
+    #[arg(long, value_name = "ADDR", conflicts_with = "url")]
+    pub node_listen: Option<std::net::SocketAddr>,
     /// PEM file to trust for --url.
     #[arg(long, value_name = "FILE")]
     pub ca: Option<PathBuf>,

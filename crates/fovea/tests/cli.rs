@@ -575,6 +575,8 @@ fn bench_modes_print_key_value_lines() {
         (&["bench", "rpc", "--callers", "2", "--calls", "200", "--client-spin", "50us"], "mode=rpc"),
         (&["bench", "startup", "--runs", "2"], "mode=startup"),
         (&["bench", "conns", "--conns", "260"], "mode=conns"),
+        // Another address for the node (scripts/netns-conns.sh gives a non-loopback one).
+        (&["bench", "conns", "--conns", "260", "--node-listen", "127.0.0.2:0"], "mode=conns"),
         (&["bench", "mesh", "--msgs", "2000", "--calls", "200", "--callers", "2"], "mode=mesh"),
     ];
     for (args, mode) in runs {
@@ -585,6 +587,12 @@ fn bench_modes_print_key_value_lines() {
         assert!(last.starts_with(&format!("system=fovea {mode} ")), "{args:?}: {last}");
         assert!(!last.contains("dropped=") || last.contains("dropped=0 "), "{last}");
     }
+    // A node to start and a node to use are one too many.
+    let out = Command::new(BIN)
+        .args(["bench", "conns", "--node-listen", "127.0.0.1:0", "--url", "quic://x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
     // A spin longer than allowed is refused up front.
     let out = Command::new(BIN).args(["bench", "rpc", "--client-spin", "5ms"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
