@@ -333,11 +333,11 @@ impl Node {
             // Boxed: a value the task captures keeps its room in the task for the
             // connection's whole life, even once moved out; quinn's `Incoming` is 384 bytes,
             // the box 8 (and freed by `accept`). Every idle connection pays for the task, so
-            // the handshake's own state lives in `handshake`'s future, gone once it is done,
+            // the handshake's own state lives in `quic_handshake`'s future, gone once it is done,
             // and the permit is not moved into a second binding (`-Zprint-type-sizes`).
             let incoming = Box::new(incoming);
             tracker.spawn(async move {
-                let Some(conn) = handshake(incoming, server).await else { return };
+                let Some(conn) = quic_handshake(incoming, server).await else { return };
                 shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
                 if permit.is_none() {
                     let limit = shared.config.limits.max_connections;
@@ -363,7 +363,7 @@ impl Node {
 }
 
 /// Completes the QUIC handshake of `incoming`; `None` (logged) if it fails.
-async fn handshake(incoming: Box<quinn::Incoming>, server: Arc<quinn::ServerConfig>) -> Option<quinn::Connection> {
+async fn quic_handshake(incoming: Box<quinn::Incoming>, server: Arc<quinn::ServerConfig>) -> Option<quinn::Connection> {
     let remote = incoming.remote_address();
     let conn = match accept(incoming, server) {
         Ok(connecting) => connecting.await,

@@ -45,7 +45,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         _ => Vec::new(),
     };
     if let Some(addr) = args.node_listen {
-        extra.extend(["--listen".to_owned(), addr.to_string()]);
         if args.node_config.is_none() && !fovea_core::path::is_loopback(addr.ip()) {
             // A node off loopback refuses to run open by default; the benchmark's clients
             // connect without credentials, as they do to a loopback node.
@@ -55,7 +54,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (url, trust, node) = match &args.url {
         Some(url) => (url.clone(), crate::client_cmds::trust(args.ca.as_deref(), args.insecure), None),
         None => {
-            let node = ChildNode::start(args.node_config.as_deref(), &extra)?;
+            let listen = args.node_listen.map_or_else(|| ChildNode::LISTEN.to_owned(), |a| a.to_string());
+            let node = ChildNode::start_at(&listen, args.node_config.as_deref(), &extra)?;
             // The node's self-signed certificate names localhost, 127.0.0.1 and ::1 only; at
             // another address the benchmark trusts the node it started itself, whatever the
             // name in its certificate.
@@ -599,7 +599,7 @@ fn startup(runs: usize) -> anyhow::Result<Report> {
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs {
         let t = Instant::now();
-        let node = ChildNode::start_in(dir.path(), None, &[])?;
+        let node = ChildNode::start_in(dir.path(), ChildNode::LISTEN, None, &[])?;
         times.push(t.elapsed());
         drop(node);
     }
@@ -1082,22 +1082,26 @@ struct ChildNode {
 }
 
 impl ChildNode {
+    /// Where a benchmark's node listens unless `--node-listen` says otherwise.
+    const LISTEN: &'static str = "127.0.0.1:0";
+
     fn start(config: Option<&Path>, extra: &[String]) -> anyhow::Result<ChildNode> {
+        ChildNode::start_at(ChildNode::LISTEN, config, extra)
+    }
+
+    /// Starts a node listening on `listen`, with its state in a temporary dir.
+    fn start_at(listen: &str, config: Option<&Path>, extra: &[String]) -> anyhow::Result<ChildNode> {
         let dir = tempfile::tempdir().context("creating a temporary data dir")?;
-        let mut node = ChildNode::start_in(dir.path(), config, extra)?;
+        let mut node = ChildNode::start_in(dir.path(), listen, config, extra)?;
         node._dir = Some(dir);
         Ok(node)
     }
 
     /// Starts a node with its state in `dir`, and returns once it printed its ready line.
-    fn start_in(dir: &Path, config: Option<&Path>, extra: &[String]) -> anyhow::Result<ChildNode> {
+    fn start_in(dir: &Path, listen: &str, config: Option<&Path>, extra: &[String]) -> anyhow::Result<ChildNode> {
         let exe = std::env::current_exe().context("locating the fovea binary")?;
-        // On loopback unless `extra` says where (`--node-listen`).
-        let listen: &[&str] = if extra.iter().any(|a| a == "--listen") { &[] } else { &["--listen", "127.0.0.1:0"] };
         let mut child = Command::new(exe)
-            .arg("node")
-            .args(listen)
-            .args(["--admin", "off", "--log-level", "error", "--data-dir"])
+            .args(["node", "--listen", listen, "--admin", "off", "--log-level", "error", "--data-dir"])
             .arg(dir)
             .args(extra)
             .args(config.map(|c| vec![std::ffi::OsStr::new("--config"), c.as_os_str()]).unwrap_or_default())
