@@ -28,7 +28,7 @@ pub(crate) struct ConnInfo {
     pub client: String,
     pub remote: SocketAddr,
     /// The QUIC connection, for its path figures (round-trip time, datagram size).
-    pub conn: quinn::Connection,
+    pub(crate) conn: crate::quic::Connection,
     pub started: Instant,
     pub peer: Arc<crate::rpc::Peer>,
     pub subscriptions: std::sync::atomic::AtomicUsize,

@@ -15,7 +15,8 @@ use fovea_core::frame::{
 };
 use fovea_core::tool::ToolDescriptor;
 use fovea_core::{Deframer, ErrorCode, Frame, Headers, Pattern, Procedure};
-use quinn::{Connection, RecvStream, SendStream, VarInt};
+use crate::quic::{Connection, RecvStream, SendStream};
+use quinn::VarInt;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Permissions;

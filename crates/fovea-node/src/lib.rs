@@ -33,6 +33,7 @@ pub mod mcp;
 pub mod mesh;
 mod mesh_tools;
 mod outbound;
+mod quic;
 mod router;
 mod rpc;
 pub use fovea_spin as spin;
@@ -143,7 +144,7 @@ pub(crate) struct Shared {
 
 /// A bound, not yet running node.
 pub struct Node {
-    endpoint: quinn::Endpoint,
+    endpoint: quic::Endpoint,
     /// Client connections' QUIC settings, by path: loopback peers get larger datagrams.
     servers: ByPath<Arc<quinn::ServerConfig>>,
     /// The endpoint's socket, watched by idle workers ([`spin`]) while the node runs.
@@ -181,7 +182,7 @@ impl Node {
             s.transport_config(Arc::new(t));
             Arc::new(s)
         });
-        let (endpoint, spin_watch) = bind_endpoint((*servers.network).clone(), config.listen)?;
+        let (endpoint, spin_watch) = bind_client_endpoint(servers.network.clone(), config.listen)?;
         let listen = endpoint.local_addr().unwrap_or(config.listen);
         let admin = match config.admin {
             None => None,
@@ -363,7 +364,7 @@ impl Node {
 }
 
 /// Completes the QUIC handshake of `incoming`; `None` (logged) if it fails.
-async fn quic_handshake(incoming: Box<quinn::Incoming>, server: Arc<quinn::ServerConfig>) -> Option<quinn::Connection> {
+async fn quic_handshake(incoming: Box<quic::Incoming>, server: Arc<quinn::ServerConfig>) -> Option<quic::Connection> {
     let remote = incoming.remote_address();
     let conn = match accept(incoming, server) {
         Ok(connecting) => connecting.await,
@@ -375,14 +376,27 @@ async fn quic_handshake(incoming: Box<quinn::Incoming>, server: Arc<quinn::Serve
 /// Starts the QUIC handshake of `incoming`; the box is freed here, not when the
 /// connection's task ends.
 fn accept(
-    incoming: Box<quinn::Incoming>,
+    incoming: Box<quic::Incoming>,
     server: Arc<quinn::ServerConfig>,
-) -> Result<quinn::Connecting, quinn::ConnectionError> {
+) -> Result<quic::Connecting, quic::ConnectionError> {
     incoming.accept_with(server)
 }
 
-/// A server endpoint on `addr` whose socket idle workers watch ([`spin`]): quinn's
-/// `Endpoint::server`, with the socket made here so its descriptor is known.
+/// The clients' endpoint on `addr`, on fovea's own QUIC IO shell ([`quic`] says why),
+/// whose socket idle workers watch ([`spin`]).
+fn bind_client_endpoint(
+    server: Arc<quinn::ServerConfig>,
+    addr: SocketAddr,
+) -> Result<(quic::Endpoint, spin::Watch), NodeError> {
+    let socket = std::net::UdpSocket::bind(addr).map_err(|source| NodeError::Bind { addr, source })?;
+    size_buffers(&socket);
+    let watch = spin::Watch::new(std::os::fd::AsRawFd::as_raw_fd(&socket));
+    let endpoint = quic::Endpoint::new(endpoint_config(), server, socket).map_err(|source| NodeError::Bind { addr, source })?;
+    Ok((endpoint, watch))
+}
+
+/// A server endpoint on `addr` (the mesh's) whose socket idle workers watch ([`spin`]):
+/// quinn's `Endpoint::server`, with the socket made here so its descriptor is known.
 pub(crate) fn bind_endpoint(
     server: quinn::ServerConfig,
     addr: SocketAddr,

@@ -1,0 +1,584 @@
+//! One connection: quinn-proto's state machine behind a mutex, driven by whoever touched
+//! it last (the endpoint's driver for datagrams and timers, an application task for its
+//! reads and writes), and the application's handles to it.
+
+use std::cell::RefCell;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use bytes::Bytes;
+use quinn_proto::{ConnectionHandle, Dir, StreamEvent, StreamId, VarInt};
+
+use super::EpShared;
+
+pub(crate) use quinn_proto::ConnectionError;
+
+/// Rounds of "handle what is due, then look again" one drive makes at most: a timer
+/// handled at `now` is not due again at `now`, so two suffice; the bound only guards
+/// against a state machine that keeps asking.
+const DRIVE_ROUNDS: usize = 16;
+
+thread_local! {
+    /// Where this thread builds the datagrams of the connection it drives: one buffer per
+    /// thread instead of one per connection (up to ten datagrams: 65 KB on loopback).
+    static SEND_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+pub(crate) struct ConnShared {
+    ep: Arc<EpShared>,
+    state: Mutex<ConnState>,
+    /// Live `Connection`, `Connecting` and stream handles; at zero the connection closes.
+    handles: AtomicUsize,
+}
+
+struct ConnState {
+    proto: quinn_proto::Connection,
+    handle: ConnectionHandle,
+    /// Why the connection ended, once it has (for the application: reads and writes fail
+    /// with it).
+    error: Option<ConnectionError>,
+    connected: bool,
+    /// Drained: quinn-proto is done with it and the endpoint has forgotten it.
+    drained: bool,
+    /// The earliest deadline this connection has in the endpoint's timer heap.
+    queued: Option<Instant>,
+    /// A datagram the socket refused, waiting for it to be writable. While it waits,
+    /// nothing else is sent (the socket is full anyway).
+    blocked: Option<Box<Blocked>>,
+    /// Waiting tasks. One each: the node has one task that accepts the control stream,
+    /// one that reads it and one that writes it.
+    on_connected: Option<Waker>,
+    on_stream: Option<Waker>,
+    on_read: Option<Waker>,
+    on_write: Option<Waker>,
+}
+
+struct Blocked {
+    transmit: quinn_proto::Transmit,
+    data: Vec<u8>,
+}
+
+/// Wakers taken under the lock, woken after it is released.
+#[derive(Default)]
+pub(super) struct Wakes([Option<Waker>; 4]);
+
+impl Wakes {
+    fn add(&mut self, w: Option<Waker>) {
+        if let Some(w) = w {
+            if let Some(slot) = self.0.iter_mut().find(|s| s.is_none()) {
+                *slot = Some(w);
+            } else {
+                w.wake();
+            }
+        }
+    }
+
+    fn wake(self) {
+        for w in self.0.into_iter().flatten() {
+            w.wake();
+        }
+    }
+}
+
+impl ConnShared {
+    pub(super) fn new(ep: Arc<EpShared>, handle: ConnectionHandle, proto: quinn_proto::Connection) -> Arc<ConnShared> {
+        Arc::new(ConnShared {
+            ep,
+            state: Mutex::new(ConnState {
+                proto,
+                handle,
+                error: None,
+                connected: false,
+                drained: false,
+                queued: None,
+                blocked: None,
+                on_connected: None,
+                on_stream: None,
+                on_read: None,
+                on_write: None,
+            }),
+            handles: AtomicUsize::new(0),
+        })
+    }
+
+    /// Drives the connection: sends what it has to send, hands its events to the endpoint
+    /// and to waiting tasks, handles due timers and queues the next one.
+    pub(super) fn drive(self: &Arc<Self>, now: Instant) {
+        let mut s = self.lock();
+        let wakes = self.drive_locked(&mut s, now);
+        drop(s);
+        wakes.wake();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ConnState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Hands a datagram to the state machine; `false` if the connection is gone.
+    pub(super) fn handle_event(&self, event: quinn_proto::ConnectionEvent) -> bool {
+        let mut s = self.lock();
+        if s.drained {
+            return false;
+        }
+        s.proto.handle_event(event);
+        true
+    }
+
+    /// Its deadline `at` came (the heap entry's time, to tell it from a later one).
+    pub(super) fn on_timer(self: &Arc<Self>, at: Instant, now: Instant) {
+        let mut s = self.lock();
+        if s.queued == Some(at) {
+            s.queued = None;
+        }
+        let wakes = self.drive_locked(&mut s, now);
+        drop(s);
+        wakes.wake();
+    }
+
+    /// The socket may take the datagram it refused.
+    pub(super) fn retry_blocked(self: &Arc<Self>) {
+        let mut s = self.lock();
+        if let Some(b) = s.blocked.take() {
+            if self.ep.send(&b.transmit, &b.data).is_err() {
+                s.blocked = Some(b);
+                drop(s);
+                self.ep.lock().blocked.push(self.clone());
+                self.ep.wake.notify_one();
+                return;
+            }
+        }
+        let wakes = self.drive_locked(&mut s, Instant::now());
+        drop(s);
+        wakes.wake();
+    }
+
+    pub(super) fn close(self: &Arc<Self>, code: VarInt, reason: Bytes) {
+        let now = Instant::now();
+        let mut s = self.lock();
+        let mut wakes = Wakes::default();
+        if s.error.is_none() {
+            s.proto.close(now, code, reason);
+            s.error = Some(ConnectionError::LocallyClosed);
+            s.wake_all(&mut wakes);
+        }
+        let more = self.drive_locked(&mut s, now);
+        drop(s);
+        wakes.wake();
+        more.wake();
+    }
+
+    fn drive_locked(self: &Arc<Self>, s: &mut ConnState, now: Instant) -> Wakes {
+        let mut wakes = Wakes::default();
+        for _ in 0..DRIVE_ROUNDS {
+            self.transmit(s, now);
+            let mut again = false;
+            while let Some(event) = s.proto.poll_endpoint_events() {
+                let drained = event.is_drained();
+                let back = {
+                    let mut ep = self.ep.lock();
+                    let back = ep.proto.handle_event(s.handle, event);
+                    if drained {
+                        let slot = s.handle.0;
+                        if matches!(ep.conns.get(slot), Some(Some(c)) if std::ptr::eq(&**c, &**self)) {
+                            ep.conns[slot] = None;
+                            ep.live -= 1;
+                            if ep.live == 0 {
+                                self.ep.idle.notify_waiters();
+                                self.ep.wake.notify_one();
+                            }
+                        }
+                    }
+                    back
+                };
+                if drained {
+                    s.drained = true;
+                }
+                if let Some(back) = back {
+                    s.proto.handle_event(back);
+                    again = true;
+                }
+            }
+            while let Some(event) = s.proto.poll() {
+                s.on_event(event, &mut wakes);
+            }
+            if s.drained {
+                break;
+            }
+            match s.proto.poll_timeout() {
+                Some(t) if t <= now => {
+                    s.proto.handle_timeout(now);
+                    again = true;
+                }
+                Some(t) if s.queued.is_none_or(|q| t < q) => {
+                    s.queued = Some(t);
+                    let first = {
+                        let mut ep = self.ep.lock();
+                        let live = ep.live;
+                        ep.timers.push(t, Arc::downgrade(self), live)
+                    };
+                    if first {
+                        self.ep.wake.notify_one();
+                    }
+                }
+                _ => {}
+            }
+            if !again {
+                break;
+            }
+        }
+        wakes
+    }
+
+    /// Sends everything the state machine has ready, from this thread's buffer.
+    fn transmit(self: &Arc<Self>, s: &mut ConnState, now: Instant) {
+        if s.blocked.is_some() {
+            return;
+        }
+        SEND_BUF.with(|buf| {
+            let Ok(mut buf) = buf.try_borrow_mut() else { return };
+            loop {
+                buf.clear();
+                let Some(t) = s.proto.poll_transmit(now, self.ep.segments, &mut buf) else { break };
+                if self.ep.send(&t, &buf).is_err() {
+                    self.ep.stats.send_blocked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let data = buf[..t.size.min(buf.len())].to_vec();
+                    s.blocked = Some(Box::new(Blocked { transmit: t, data }));
+                    self.ep.lock().blocked.push(self.clone());
+                    self.ep.wake.notify_one();
+                    break;
+                }
+            }
+            // A burst on a large path may have grown it to ten datagrams; keep this thread's
+            // buffer at that, not more.
+            if buf.capacity() > 128 * 1024 {
+                *buf = Vec::new();
+            }
+        });
+    }
+}
+
+impl ConnState {
+    fn on_event(&mut self, event: quinn_proto::Event, wakes: &mut Wakes) {
+        use quinn_proto::Event;
+        match event {
+            Event::Connected => {
+                self.connected = true;
+                wakes.add(self.on_connected.take());
+            }
+            Event::ConnectionLost { reason } => {
+                if self.error.is_none() {
+                    self.error = Some(reason);
+                }
+                self.wake_all(wakes);
+            }
+            Event::Stream(StreamEvent::Opened { .. }) => wakes.add(self.on_stream.take()),
+            Event::Stream(StreamEvent::Readable { .. }) => wakes.add(self.on_read.take()),
+            Event::Stream(StreamEvent::Writable { .. } | StreamEvent::Stopped { .. }) => {
+                wakes.add(self.on_write.take());
+            }
+            // Nothing waits for these: the node opens no streams, sends no datagrams and
+            // does not wait for its stream's end to be acknowledged.
+            Event::Stream(StreamEvent::Finished { .. } | StreamEvent::Available { .. })
+            | Event::HandshakeDataReady
+            | Event::DatagramReceived
+            | Event::DatagramsUnblocked => {}
+        }
+    }
+
+    fn wake_all(&mut self, wakes: &mut Wakes) {
+        wakes.add(self.on_connected.take());
+        wakes.add(self.on_stream.take());
+        wakes.add(self.on_read.take());
+        wakes.add(self.on_write.take());
+    }
+}
+
+/// Stores `cx`'s waker in `slot`, waking the one it replaces if it belongs to another task
+/// (so that no wake-up is lost; see [`ConnState`] on why there is one of each).
+fn park(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(w) if w.will_wake(cx.waker()) => {}
+        _ => {
+            if let Some(old) = slot.replace(cx.waker().clone()) {
+                old.wake();
+            }
+        }
+    }
+}
+
+/// A counted handle: the connection closes (code 0) when the last one is dropped.
+struct ConnRef(Arc<ConnShared>);
+
+impl ConnRef {
+    fn new(conn: Arc<ConnShared>) -> ConnRef {
+        conn.handles.fetch_add(1, Ordering::Relaxed);
+        ConnRef(conn)
+    }
+
+    /// Runs `f` on the state and then drives the connection (what `f` did may have
+    /// something to send).
+    fn with<T>(&self, f: impl FnOnce(&mut ConnState) -> T) -> T {
+        let mut s = self.0.lock();
+        let out = f(&mut s);
+        let wakes = self.0.drive_locked(&mut s, Instant::now());
+        drop(s);
+        wakes.wake();
+        out
+    }
+}
+
+impl Clone for ConnRef {
+    fn clone(&self) -> ConnRef {
+        ConnRef::new(self.0.clone())
+    }
+}
+
+impl Drop for ConnRef {
+    fn drop(&mut self) {
+        if self.0.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.close(VarInt::from_u32(0), Bytes::new());
+        }
+    }
+}
+
+/// A connection whose handshake is under way; resolves once it completes.
+pub(crate) struct Connecting(Option<ConnRef>);
+
+impl Connecting {
+    pub(super) fn new(conn: Arc<ConnShared>) -> Connecting {
+        Connecting(Some(ConnRef::new(conn)))
+    }
+}
+
+impl Future for Connecting {
+    type Output = Result<Connection, ConnectionError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(conn) = self.0.as_ref() else { return Poll::Ready(Err(ConnectionError::LocallyClosed)) };
+        let mut s = conn.0.lock();
+        if let Some(e) = &s.error {
+            return Poll::Ready(Err(e.clone()));
+        }
+        if !s.connected {
+            park(&mut s.on_connected, cx);
+            return Poll::Pending;
+        }
+        drop(s);
+        Poll::Ready(self.0.take().map(Connection).ok_or(ConnectionError::LocallyClosed))
+    }
+}
+
+/// An established connection. Cloning gives another handle; the connection closes with
+/// code 0 when the last handle (streams included) is dropped, if not closed before.
+#[derive(Clone)]
+pub(crate) struct Connection(ConnRef);
+
+impl Connection {
+    /// The client's address.
+    pub(crate) fn remote_address(&self) -> std::net::SocketAddr {
+        self.0 .0.lock().proto.remote_address()
+    }
+
+    /// The client's certificate chain, if it presented one (as
+    /// `Vec<rustls::pki_types::CertificateDer>` inside the box).
+    pub(crate) fn peer_identity(&self) -> Option<Box<dyn std::any::Any>> {
+        self.0 .0.lock().proto.crypto_session().peer_identity()
+    }
+
+    /// Path and packet counters.
+    pub(crate) fn stats(&self) -> quinn_proto::ConnectionStats {
+        self.0 .0.lock().proto.stats()
+    }
+
+    /// Why the connection ended, if it has.
+    pub(crate) fn close_reason(&self) -> Option<ConnectionError> {
+        self.0 .0.lock().error.clone()
+    }
+
+    /// Closes the connection now with `code` and `reason`; data not yet delivered is
+    /// abandoned (the node closes after its last frame only when that does not matter).
+    pub(crate) fn close(&self, code: VarInt, reason: &[u8]) {
+        self.0 .0.close(code, Bytes::copy_from_slice(reason));
+    }
+
+    /// The next bidirectional stream the client opens.
+    pub(crate) async fn accept_bi(&self) -> Result<(SendStream, RecvStream), ConnectionError> {
+        let id = poll_fn(|cx| {
+            self.0.with(|s| {
+                if let Some(e) = &s.error {
+                    return Poll::Ready(Err(e.clone()));
+                }
+                match s.proto.streams().accept(Dir::Bi) {
+                    Some(id) => Poll::Ready(Ok(id)),
+                    None => {
+                        park(&mut s.on_stream, cx);
+                        Poll::Pending
+                    }
+                }
+            })
+        })
+        .await?;
+        Ok((SendStream { conn: self.0.clone(), id }, RecvStream { conn: self.0.clone(), id }))
+    }
+}
+
+/// Why a read failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum ReadError {
+    #[error("reset by peer: code {0}")]
+    Reset(VarInt),
+    #[error("connection lost: {0}")]
+    ConnectionLost(ConnectionError),
+    #[error("closed stream")]
+    ClosedStream,
+    #[error("ordered read after unordered read")]
+    IllegalOrderedRead,
+}
+
+/// Why a write failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum WriteError {
+    #[error("stopped by peer: code {0}")]
+    Stopped(VarInt),
+    #[error("connection lost: {0}")]
+    ConnectionLost(ConnectionError),
+    #[error("closed stream")]
+    ClosedStream,
+}
+
+/// The receiving half of a stream.
+pub(crate) struct RecvStream {
+    conn: ConnRef,
+    id: StreamId,
+}
+
+impl RecvStream {
+    /// The next chunk of at most `max` bytes; `None` once the stream is finished.
+    pub(crate) async fn read_chunk(&mut self, max: usize, ordered: bool) -> Result<Option<quinn_proto::Chunk>, ReadError> {
+        poll_fn(|cx| {
+            self.read(cx, ordered, |chunks| match chunks.next(max) {
+                Ok(Some(c)) => (Some(Ok(Some(c))), true),
+                Ok(None) => (Some(Ok(None)), false),
+                Err(quinn_proto::ReadError::Blocked) => (None, false),
+                Err(quinn_proto::ReadError::Reset(code)) => (Some(Err(ReadError::Reset(code))), false),
+            })
+        })
+        .await
+    }
+
+    /// Fills `bufs` with the chunks that have arrived, in order: `Some(n)` for `n` of them
+    /// (waits until at least one), `None` once the stream is finished.
+    pub(crate) async fn read_chunks(&mut self, bufs: &mut [Bytes]) -> Result<Option<usize>, ReadError> {
+        if bufs.is_empty() {
+            return Ok(Some(0));
+        }
+        poll_fn(|cx| {
+            self.read(cx, true, |chunks| {
+                let mut n = 0;
+                while n < bufs.len() {
+                    match chunks.next(usize::MAX) {
+                        Ok(Some(c)) => {
+                            bufs[n] = c.bytes;
+                            n += 1;
+                        }
+                        Ok(None) if n == 0 => return (Some(Ok(None)), false),
+                        Err(quinn_proto::ReadError::Reset(code)) if n == 0 => {
+                            return (Some(Err(ReadError::Reset(code))), false)
+                        }
+                        // What was read is returned; the end or the reset shows next time.
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                if n > 0 {
+                    (Some(Ok(Some(n))), true)
+                } else {
+                    (None, false)
+                }
+            })
+        })
+        .await
+    }
+
+    /// One read attempt: `f` takes what it wants from the stream's chunks and says what to
+    /// return (`None`: nothing yet, wait) and whether it read anything.
+    fn read<T>(
+        &mut self,
+        cx: &Context<'_>,
+        ordered: bool,
+        f: impl FnOnce(&mut quinn_proto::Chunks<'_>) -> (Option<Result<T, ReadError>>, bool),
+    ) -> Poll<Result<T, ReadError>> {
+        let id = self.id;
+        self.conn.with(|s| {
+            if let Some(e) = &s.error {
+                return Poll::Ready(Err(ReadError::ConnectionLost(e.clone())));
+            }
+            let mut stream = s.proto.recv_stream(id);
+            let mut chunks = match stream.read(ordered) {
+                Ok(c) => c,
+                Err(quinn_proto::ReadableError::ClosedStream) => return Poll::Ready(Err(ReadError::ClosedStream)),
+                Err(quinn_proto::ReadableError::IllegalOrderedRead) => {
+                    return Poll::Ready(Err(ReadError::IllegalOrderedRead))
+                }
+            };
+            let (out, _read) = f(&mut chunks);
+            // Flow control credit, if the read freed enough, goes out with the drive that
+            // `with` runs after this.
+            let _ = chunks.finalize();
+            match out {
+                Some(r) => Poll::Ready(r),
+                None => {
+                    park(&mut s.on_read, cx);
+                    Poll::Pending
+                }
+            }
+        })
+    }
+}
+
+/// The sending half of a stream.
+pub(crate) struct SendStream {
+    conn: ConnRef,
+    id: StreamId,
+}
+
+impl SendStream {
+    /// Writes every chunk (the slice's `Bytes` are consumed: empty once written), sending
+    /// packets from this task as flow and congestion control allow.
+    pub(crate) async fn write_all_chunks(&mut self, bufs: &mut [Bytes]) -> Result<(), WriteError> {
+        let mut done = 0;
+        poll_fn(|cx| {
+            let id = self.id;
+            self.conn.with(|s| loop {
+                while done < bufs.len() && bufs[done].is_empty() {
+                    done += 1;
+                }
+                if done == bufs.len() {
+                    return Poll::Ready(Ok(()));
+                }
+                if let Some(e) = &s.error {
+                    return Poll::Ready(Err(WriteError::ConnectionLost(e.clone())));
+                }
+                match s.proto.send_stream(id).write_chunks(&mut bufs[done..]) {
+                    Ok(w) => done += w.chunks,
+                    Err(quinn_proto::WriteError::Blocked) => {
+                        park(&mut s.on_write, cx);
+                        return Poll::Pending;
+                    }
+                    Err(quinn_proto::WriteError::Stopped(code)) => return Poll::Ready(Err(WriteError::Stopped(code))),
+                    Err(quinn_proto::WriteError::ClosedStream) => return Poll::Ready(Err(WriteError::ClosedStream)),
+                }
+            })
+        })
+        .await
+    }
+
+    /// Writes all of `data`.
+    pub(crate) async fn write_all(&mut self, data: &[u8]) -> Result<(), WriteError> {
+        let mut bufs = [Bytes::copy_from_slice(data)];
+        self.write_all_chunks(&mut bufs).await
+    }
+}
