@@ -297,6 +297,29 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         );
         let mesh_notices = shared.mesh.as_ref().map_or(0, |m| m.stats.notices_dropped.load(Ordering::Relaxed));
         counter!("fovea_notices_dropped_total").absolute(s.notices_dropped + mesh_notices);
+        let q = &shared.quic;
+        describe_gauge!(
+            "fovea_quic_connections",
+            "QUIC connections the client endpoint holds (handshaking, open or draining)."
+        );
+        gauge!("fovea_quic_connections").set(q.connections.load(Ordering::Relaxed) as f64);
+        describe_gauge!("fovea_quic_incoming_queued", "New connections waiting for the accept loop.");
+        gauge!("fovea_quic_incoming_queued").set(q.incoming_queued.load(Ordering::Relaxed) as f64);
+        describe_counter!(
+            "fovea_quic_incoming_refused_total",
+            "New connections refused because the accept queue was full (quic::INCOMING_QUEUE)."
+        );
+        counter!("fovea_quic_incoming_refused_total").absolute(q.incoming_refused.load(Ordering::Relaxed));
+        describe_counter!(
+            "fovea_quic_send_blocked_total",
+            "Datagrams the UDP socket refused for a moment (send buffer full); each was sent once it had room."
+        );
+        counter!("fovea_quic_send_blocked_total").absolute(q.send_blocked.load(Ordering::Relaxed));
+        describe_gauge!(
+            "fovea_quic_timer_entries",
+            "Deadlines in the client endpoint's timer heap, stale ones included."
+        );
+        gauge!("fovea_quic_timer_entries").set(q.timer_entries.load(Ordering::Relaxed) as f64);
         let spin = crate::spin::stats();
         describe_counter!("fovea_idle_spin_hits_total", "Idle spins that ended with a datagram (a sleep avoided).");
         counter!("fovea_idle_spin_hits_total").absolute(spin.hits);

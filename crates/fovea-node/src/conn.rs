@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::quic::{Connection, RecvStream, SendStream};
 use bytes::Bytes;
 use fovea_core::balance::Rng;
 use fovea_core::frame::{
@@ -15,7 +16,6 @@ use fovea_core::frame::{
 };
 use fovea_core::tool::ToolDescriptor;
 use fovea_core::{Deframer, ErrorCode, Frame, Headers, Pattern, Procedure};
-use crate::quic::{Connection, RecvStream, SendStream};
 use quinn::VarInt;
 use tokio_util::sync::CancellationToken;
 

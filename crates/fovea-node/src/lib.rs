@@ -33,7 +33,7 @@ pub mod mcp;
 pub mod mesh;
 mod mesh_tools;
 mod outbound;
-mod quic;
+pub mod quic;
 mod router;
 mod rpc;
 pub use fovea_spin as spin;
@@ -140,6 +140,8 @@ pub(crate) struct Shared {
     pub mcp: std::sync::OnceLock<Arc<mcp::McpState>>,
     /// Numbers tool registrations node-wide (a catalog key; 0 means "not a tool").
     pub next_tool_key: AtomicU64,
+    /// The client endpoint's gauges and limit counters.
+    pub quic: Arc<quic::EndpointStats>,
 }
 
 /// A bound, not yet running node.
@@ -182,7 +184,8 @@ impl Node {
             s.transport_config(Arc::new(t));
             Arc::new(s)
         });
-        let (endpoint, spin_watch) = bind_client_endpoint(servers.network.clone(), config.listen)?;
+        let quic_stats = Arc::new(quic::EndpointStats::default());
+        let (endpoint, spin_watch) = bind_client_endpoint(servers.network.clone(), config.listen, quic_stats.clone())?;
         let listen = endpoint.local_addr().unwrap_or(config.listen);
         let admin = match config.admin {
             None => None,
@@ -229,6 +232,7 @@ impl Node {
             next_tool_key: AtomicU64::new(1),
             mcp: std::sync::OnceLock::new(),
             mesh_tools: std::sync::OnceLock::new(),
+            quic: quic_stats,
         });
         if let Some(mesh) = shared.mesh.clone() {
             wire_mesh(&shared, mesh);
@@ -387,11 +391,13 @@ fn accept(
 fn bind_client_endpoint(
     server: Arc<quinn::ServerConfig>,
     addr: SocketAddr,
+    stats: Arc<quic::EndpointStats>,
 ) -> Result<(quic::Endpoint, spin::Watch), NodeError> {
     let socket = std::net::UdpSocket::bind(addr).map_err(|source| NodeError::Bind { addr, source })?;
     size_buffers(&socket);
     let watch = spin::Watch::new(std::os::fd::AsRawFd::as_raw_fd(&socket));
-    let endpoint = quic::Endpoint::new(endpoint_config(), server, socket).map_err(|source| NodeError::Bind { addr, source })?;
+    let endpoint = quic::Endpoint::new(endpoint_config(), server, socket, stats)
+        .map_err(|source| NodeError::Bind { addr, source })?;
     Ok((endpoint, watch))
 }
 

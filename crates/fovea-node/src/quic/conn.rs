@@ -394,11 +394,6 @@ impl Connection {
         self.0 .0.lock().proto.stats()
     }
 
-    /// Why the connection ended, if it has.
-    pub(crate) fn close_reason(&self) -> Option<ConnectionError> {
-        self.0 .0.lock().error.clone()
-    }
-
     /// Closes the connection now with `code` and `reason`; data not yet delivered is
     /// abandoned (the node closes after its last frame only when that does not matter).
     pub(crate) fn close(&self, code: VarInt, reason: &[u8]) {
@@ -422,7 +417,7 @@ impl Connection {
             })
         })
         .await?;
-        Ok((SendStream { conn: self.0.clone(), id }, RecvStream { conn: self.0.clone(), id }))
+        Ok((SendStream { conn: self.0.clone(), id }, RecvStream::new(self.0.clone(), id)))
     }
 }
 
@@ -454,20 +449,42 @@ pub(crate) enum WriteError {
 pub(crate) struct RecvStream {
     conn: ConnRef,
     id: StreamId,
+    /// How the stream ended, once a read saw it: quinn-proto forgets a stream whose end
+    /// has been read, so later reads are answered from here.
+    end: Option<End>,
+}
+
+#[derive(Clone, Copy)]
+enum End {
+    Finished,
+    Reset(VarInt),
 }
 
 impl RecvStream {
+    fn new(conn: ConnRef, id: StreamId) -> RecvStream {
+        RecvStream { conn, id, end: None }
+    }
+
     /// The next chunk of at most `max` bytes; `None` once the stream is finished.
-    pub(crate) async fn read_chunk(&mut self, max: usize, ordered: bool) -> Result<Option<quinn_proto::Chunk>, ReadError> {
-        poll_fn(|cx| {
+    pub(crate) async fn read_chunk(
+        &mut self,
+        max: usize,
+        ordered: bool,
+    ) -> Result<Option<quinn_proto::Chunk>, ReadError> {
+        let mut chunk = None;
+        let n = poll_fn(|cx| {
             self.read(cx, ordered, |chunks| match chunks.next(max) {
-                Ok(Some(c)) => (Some(Ok(Some(c))), true),
-                Ok(None) => (Some(Ok(None)), false),
-                Err(quinn_proto::ReadError::Blocked) => (None, false),
-                Err(quinn_proto::ReadError::Reset(code)) => (Some(Err(ReadError::Reset(code))), false),
+                Ok(Some(c)) => {
+                    chunk = Some(c);
+                    Step::Read(1)
+                }
+                Ok(None) => Step::End(End::Finished),
+                Err(quinn_proto::ReadError::Blocked) => Step::Wait,
+                Err(quinn_proto::ReadError::Reset(code)) => Step::End(End::Reset(code)),
             })
         })
-        .await
+        .await?;
+        Ok(if n == 0 { None } else { chunk })
     }
 
     /// Fills `bufs` with the chunks that have arrived, in order: `Some(n)` for `n` of them
@@ -476,7 +493,7 @@ impl RecvStream {
         if bufs.is_empty() {
             return Ok(Some(0));
         }
-        poll_fn(|cx| {
+        let n = poll_fn(|cx| {
             self.read(cx, true, |chunks| {
                 let mut n = 0;
                 while n < bufs.len() {
@@ -485,57 +502,91 @@ impl RecvStream {
                             bufs[n] = c.bytes;
                             n += 1;
                         }
-                        Ok(None) if n == 0 => return (Some(Ok(None)), false),
-                        Err(quinn_proto::ReadError::Reset(code)) if n == 0 => {
-                            return (Some(Err(ReadError::Reset(code))), false)
-                        }
-                        // What was read is returned; the end or the reset shows next time.
-                        Ok(None) | Err(_) => break,
+                        Ok(None) => return Step::ReadThenEnd(n, End::Finished),
+                        Err(quinn_proto::ReadError::Reset(code)) => return Step::ReadThenEnd(n, End::Reset(code)),
+                        Err(quinn_proto::ReadError::Blocked) => break,
                     }
                 }
                 if n > 0 {
-                    (Some(Ok(Some(n))), true)
+                    Step::Read(n)
                 } else {
-                    (None, false)
+                    Step::Wait
                 }
             })
         })
-        .await
+        .await?;
+        Ok((n > 0).then_some(n))
     }
 
-    /// One read attempt: `f` takes what it wants from the stream's chunks and says what to
-    /// return (`None`: nothing yet, wait) and whether it read anything.
-    fn read<T>(
+    /// One read attempt: `f` takes what it wants from the stream's chunks. Resolves to the
+    /// number of chunks read, 0 once the stream has finished.
+    fn read(
         &mut self,
         cx: &Context<'_>,
         ordered: bool,
-        f: impl FnOnce(&mut quinn_proto::Chunks<'_>) -> (Option<Result<T, ReadError>>, bool),
-    ) -> Poll<Result<T, ReadError>> {
+        f: impl FnOnce(&mut quinn_proto::Chunks<'_>) -> Step,
+    ) -> Poll<Result<usize, ReadError>> {
+        if let Some(end) = self.end {
+            return Poll::Ready(end.result());
+        }
         let id = self.id;
-        self.conn.with(|s| {
+        let step = self.conn.with(|s| {
             if let Some(e) = &s.error {
-                return Poll::Ready(Err(ReadError::ConnectionLost(e.clone())));
+                return Err(ReadError::ConnectionLost(e.clone()));
             }
             let mut stream = s.proto.recv_stream(id);
             let mut chunks = match stream.read(ordered) {
                 Ok(c) => c,
-                Err(quinn_proto::ReadableError::ClosedStream) => return Poll::Ready(Err(ReadError::ClosedStream)),
-                Err(quinn_proto::ReadableError::IllegalOrderedRead) => {
-                    return Poll::Ready(Err(ReadError::IllegalOrderedRead))
-                }
+                Err(quinn_proto::ReadableError::ClosedStream) => return Err(ReadError::ClosedStream),
+                Err(quinn_proto::ReadableError::IllegalOrderedRead) => return Err(ReadError::IllegalOrderedRead),
             };
-            let (out, _read) = f(&mut chunks);
+            let step = f(&mut chunks);
             // Flow control credit, if the read freed enough, goes out with the drive that
             // `with` runs after this.
             let _ = chunks.finalize();
-            match out {
-                Some(r) => Poll::Ready(r),
-                None => {
-                    park(&mut s.on_read, cx);
-                    Poll::Pending
+            if matches!(step, Step::Wait) {
+                park(&mut s.on_read, cx);
+            }
+            Ok(step)
+        });
+        match step {
+            Err(e) => Poll::Ready(Err(e)),
+            Ok(Step::Wait) => Poll::Pending,
+            Ok(Step::Read(n)) => Poll::Ready(Ok(n)),
+            Ok(Step::End(end)) => {
+                self.end = Some(end);
+                Poll::Ready(end.result())
+            }
+            Ok(Step::ReadThenEnd(n, end)) => {
+                self.end = Some(end);
+                if n > 0 {
+                    Poll::Ready(Ok(n))
+                } else {
+                    Poll::Ready(end.result())
                 }
             }
-        })
+        }
+    }
+}
+
+/// What one read attempt found.
+enum Step {
+    /// Nothing yet.
+    Wait,
+    /// This many chunks.
+    Read(usize),
+    /// The end, and nothing before it.
+    End(End),
+    /// This many chunks, then the end (reported by the next read).
+    ReadThenEnd(usize, End),
+}
+
+impl End {
+    fn result(self) -> Result<usize, ReadError> {
+        match self {
+            End::Finished => Ok(0),
+            End::Reset(code) => Err(ReadError::Reset(code)),
+        }
     }
 }
 
@@ -574,11 +625,5 @@ impl SendStream {
             })
         })
         .await
-    }
-
-    /// Writes all of `data`.
-    pub(crate) async fn write_all(&mut self, data: &[u8]) -> Result<(), WriteError> {
-        let mut bufs = [Bytes::copy_from_slice(data)];
-        self.write_all_chunks(&mut bufs).await
     }
 }

@@ -44,12 +44,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use bytes::BytesMut;
-use quinn_proto::{ConnectionHandle, DatagramEvent, EcnCodepoint, VarInt};
+use quinn_proto::{DatagramEvent, EcnCodepoint, VarInt};
 use tokio::io::Interest;
 use tokio::sync::Notify;
 
-pub(crate) use conn::{Connecting, Connection, ConnectionError, RecvStream, SendStream};
 use conn::ConnShared;
+pub(crate) use conn::{Connecting, Connection, ConnectionError, ReadError, RecvStream, SendStream};
 
 /// New connections waiting for the node's accept loop. Past this, a new client's first
 /// packet is refused (it sees `CONNECTION_REFUSED` and may retry) and counted: a burst the
@@ -66,21 +66,28 @@ const RECV_ROUNDS: usize = 32;
 /// 6 500-byte datagrams, ten are 65 000 bytes).
 const MAX_SEGMENTS: usize = 10;
 
-/// Counters of the endpoint's bounded behaviours, for the node's metrics.
+/// What the endpoint holds and what its limits did, for the node's metrics. The gauges
+/// are refreshed by the driver each time round its loop.
 #[derive(Debug, Default)]
 pub struct EndpointStats {
-    /// New connections refused because [`INCOMING_QUEUE`] was full.
+    /// New connections refused because [`INCOMING_QUEUE`] was full (or the endpoint closing).
     pub incoming_refused: AtomicU64,
     /// Datagrams the socket refused for a moment (its send buffer full); each waited for
     /// the socket, none was lost.
     pub send_blocked: AtomicU64,
+    /// Connections held: handshaking, open or draining (gauge).
+    pub connections: AtomicU64,
+    /// New connections waiting for the accept loop (gauge, at most [`INCOMING_QUEUE`]).
+    pub incoming_queued: AtomicU64,
+    /// Entries in the timer heap, stale ones included (gauge; see `timers`).
+    pub timer_entries: AtomicU64,
 }
 
 /// A server endpoint: one UDP socket and the connections it accepted.
 ///
 /// Cloning gives another handle to the same endpoint. When the last handle is dropped,
 /// the endpoint closes as if [`Endpoint::close`] had been called with code 0.
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     shared: Arc<EpShared>,
 }
 
@@ -96,7 +103,7 @@ pub(crate) struct EpShared {
     idle: Notify,
     handles: AtomicUsize,
     segments: usize,
-    pub(crate) stats: EndpointStats,
+    stats: Arc<EndpointStats>,
 }
 
 struct EpState {
@@ -152,10 +159,11 @@ impl Endpoint {
     ///
     /// # Errors
     /// If the socket cannot be registered with tokio or configured for QUIC (GSO, ECN).
-    pub fn new(
+    pub(crate) fn new(
         config: quinn_proto::EndpointConfig,
         server: Arc<quinn_proto::ServerConfig>,
         socket: std::net::UdpSocket,
+        stats: Arc<EndpointStats>,
     ) -> std::io::Result<Endpoint> {
         let udp = quinn_udp::UdpSocketState::new((&socket).into())?;
         socket.set_nonblocking(true)?;
@@ -179,7 +187,7 @@ impl Endpoint {
             idle: Notify::new(),
             handles: AtomicUsize::new(1),
             segments,
-            stats: EndpointStats::default(),
+            stats,
         });
         tokio::spawn(drive(shared.clone()));
         Ok(Endpoint { shared })
@@ -189,7 +197,7 @@ impl Endpoint {
     ///
     /// # Errors
     /// As `getsockname`.
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+    pub(crate) fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.shared.socket.local_addr()
     }
 
@@ -197,7 +205,7 @@ impl Endpoint {
     ///
     /// # Cancel safety
     /// Cancel safe: a connection is taken from the queue only when returned.
-    pub async fn accept(&self) -> Option<Incoming> {
+    pub(crate) async fn accept(&self) -> Option<Incoming> {
         loop {
             let notified = self.shared.incoming_ready.notified();
             tokio::pin!(notified);
@@ -218,12 +226,12 @@ impl Endpoint {
     /// Closes every connection with `code` and `reason`, refuses new ones and ends
     /// [`accept`](Self::accept). Connections drain (QUIC's closing period) before the
     /// driver stops.
-    pub fn close(&self, code: VarInt, reason: &[u8]) {
+    pub(crate) fn close(&self, code: VarInt, reason: &[u8]) {
         close(&self.shared, code, reason);
     }
 
     /// Waits until every connection has drained.
-    pub async fn wait_idle(&self) {
+    pub(crate) async fn wait_idle(&self) {
         loop {
             let notified = self.shared.idle.notified();
             tokio::pin!(notified);
@@ -235,13 +243,9 @@ impl Endpoint {
         }
     }
 
-    /// Counters of the endpoint's limits.
-    pub fn stats(&self) -> &EndpointStats {
-        &self.shared.stats
-    }
-
     /// Connections the endpoint holds (handshaking, open or draining).
-    pub fn connections(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn connections(&self) -> usize {
         self.shared.lock().live
     }
 }
@@ -285,14 +289,14 @@ fn close(ep: &Arc<EpShared>, code: VarInt, reason: &[u8]) {
 
 /// A client's first packet, not yet answered. Dropped without [`accept_with`](Self::accept_with),
 /// the connection is refused.
-pub struct Incoming {
+pub(crate) struct Incoming {
     ep: Arc<EpShared>,
     inner: Option<quinn_proto::Incoming>,
 }
 
 impl Incoming {
     /// The client's address.
-    pub fn remote_address(&self) -> SocketAddr {
+    pub(crate) fn remote_address(&self) -> SocketAddr {
         self.inner.as_ref().map_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)), quinn_proto::Incoming::remote_address)
     }
 
@@ -301,7 +305,7 @@ impl Incoming {
     ///
     /// # Errors
     /// If quinn-proto refuses the connection (the endpoint closing, a bad packet).
-    pub fn accept_with(mut self, server: Arc<quinn_proto::ServerConfig>) -> Result<Connecting, ConnectionError> {
+    pub(crate) fn accept_with(mut self, server: Arc<quinn_proto::ServerConfig>) -> Result<Connecting, ConnectionError> {
         let Some(incoming) = self.inner.take() else {
             return Err(ConnectionError::LocallyClosed);
         };
@@ -367,8 +371,7 @@ async fn drive(ep: Arc<EpShared>) {
                     let mut slots = recv_buf.chunks_mut(RECV_SLOT);
                     std::array::from_fn(|_| IoSliceMut::new(slots.next().unwrap_or_default()))
                 };
-                match ep.socket.try_io(Interest::READABLE, || ep.udp.recv((&ep.socket).into(), &mut iovs, &mut metas))
-                {
+                match ep.socket.try_io(Interest::READABLE, || ep.udp.recv((&ep.socket).into(), &mut iovs, &mut metas)) {
                     Ok(n) => n,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
                     // ICMP errors surface as ECONNRESET/ECONNREFUSED on some platforms;
@@ -436,6 +439,9 @@ async fn drive(ep: Arc<EpShared>) {
         }
         let (next, blocked, done) = {
             let s = ep.lock();
+            ep.stats.connections.store(s.live as u64, Ordering::Relaxed);
+            ep.stats.incoming_queued.store(s.incoming.len() as u64, Ordering::Relaxed);
+            ep.stats.timer_entries.store(s.timers.len() as u64, Ordering::Relaxed);
             (s.timers.next(), !s.blocked.is_empty(), s.closed.is_some() && s.live == 0)
         };
         if done {
@@ -464,5 +470,172 @@ async fn drive(ep: Arc<EpShared>) {
             () = ep.wake.notified() => {}
             _ = ep.socket.writable(), if blocked => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use std::time::Duration;
+
+    /// An endpoint on 127.0.0.1 with the node's TLS and one bidirectional stream per
+    /// connection, and a quinn client endpoint that trusts it.
+    fn pair(idle: Duration) -> (Endpoint, Arc<quinn::ServerConfig>, quinn::Endpoint, SocketAddr) {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let id = crate::tls::Identity {
+            chain: vec![made.cert.der().clone()],
+            key: rustls::pki_types::PrivateKeyDer::try_from(made.signing_key.serialize_der()).unwrap(),
+            self_signed: None,
+        };
+        let mut transport = quinn::TransportConfig::default();
+        transport.max_concurrent_bidi_streams(VarInt::from_u32(1));
+        transport.max_concurrent_uni_streams(VarInt::from_u32(0));
+        transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(idle).unwrap()));
+        let mut server = quinn::ServerConfig::with_crypto(crate::tls::server_crypto(&id).unwrap());
+        server.transport_config(Arc::new(transport));
+        let server = Arc::new(server);
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let stats = Arc::new(EndpointStats::default());
+        let ep = Endpoint::new(crate::endpoint_config(), server.clone(), socket, stats).unwrap();
+        let addr = ep.local_addr().unwrap();
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(made.cert.der().clone()).unwrap();
+        let mut tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![fovea_core::frame::ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        client.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        (ep, server, client, addr)
+    }
+
+    async fn accept(ep: &Endpoint, server: &Arc<quinn::ServerConfig>) -> Connection {
+        let incoming = ep.accept().await.unwrap();
+        incoming.accept_with(server.clone()).unwrap().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_stream_echoes_both_ways_and_the_client_s_close_reaches_the_server() {
+        let (ep, server, client, addr) = pair(Duration::from_secs(10));
+        const SIZE: usize = 3 * 1024 * 1024;
+        let dial = tokio::spawn(async move {
+            let conn = client.connect(addr, "localhost").unwrap().await.unwrap();
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            // Larger than the windows' first grant: flow control has to move both ways.
+            let data: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
+            let writer = async {
+                send.write_all(&data).await.unwrap();
+                send.finish().unwrap();
+            };
+            let mut back = vec![0u8; SIZE];
+            let (_, read) = tokio::join!(writer, recv.read_exact(&mut back));
+            read.unwrap();
+            assert!(back == data, "the echo differs from what was sent");
+            conn.close(VarInt::from_u32(42), b"bye");
+            client
+        });
+        let conn = accept(&ep, &server).await;
+        assert_eq!(conn.remote_address().ip(), std::net::Ipv4Addr::LOCALHOST);
+        let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+        let mut got = 0usize;
+        let mut bufs = vec![Bytes::new(); 8];
+        while let Some(n) = recv.read_chunks(&mut bufs).await.unwrap() {
+            got += bufs[..n].iter().map(Bytes::len).sum::<usize>();
+            send.write_all_chunks(&mut bufs[..n]).await.unwrap();
+            assert!(bufs[..n].iter().all(Bytes::is_empty), "written chunks are consumed");
+        }
+        assert_eq!(got, SIZE);
+        let _client = dial.await.unwrap();
+        match conn.accept_bi().await {
+            Err(ConnectionError::ApplicationClosed(c)) => assert_eq!(c.error_code, VarInt::from_u32(42)),
+            Err(other) => panic!("expected the client's close, got {other}"),
+            Ok(_) => panic!("expected the client's close, got a stream"),
+        }
+    }
+
+    #[tokio::test]
+    async fn closing_the_endpoint_closes_its_connections_and_drains() {
+        let (ep, server, client, addr) = pair(Duration::from_secs(10));
+        let dial = tokio::spawn(async move {
+            let conn = client.connect(addr, "localhost").unwrap().await.unwrap();
+            let reason = conn.closed().await;
+            (reason, client)
+        });
+        let conn = accept(&ep, &server).await;
+        assert_eq!(ep.connections(), 1);
+        ep.close(VarInt::from_u32(7), b"going away");
+        let (reason, _client) = dial.await.unwrap();
+        match reason {
+            quinn::ConnectionError::ApplicationClosed(c) => {
+                assert_eq!(c.error_code, VarInt::from_u32(7));
+                assert_eq!(&c.reason[..], b"going away");
+            }
+            other => panic!("expected the endpoint's close, got {other}"),
+        }
+        assert!(matches!(conn.accept_bi().await, Err(ConnectionError::LocallyClosed)));
+        tokio::time::timeout(Duration::from_secs(10), ep.wait_idle()).await.unwrap();
+        assert_eq!(ep.connections(), 0);
+        assert!(ep.accept().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_client_that_goes_silent_times_out_and_is_forgotten() {
+        let (ep, server, client, addr) = pair(Duration::from_millis(300));
+        // The client lives in a runtime of its own, dropped after its first write: its
+        // tasks and socket vanish without a close, as a host that lost power would.
+        let dial = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let conn = client.connect(addr, "localhost").unwrap().await.unwrap();
+                let (mut send, _recv) = conn.open_bi().await.unwrap();
+                send.write_all(b"hi").await.unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                std::mem::forget((send, _recv, conn, client));
+            });
+        });
+        let conn = accept(&ep, &server).await;
+        let (_send, mut recv) = conn.accept_bi().await.unwrap();
+        let mut bufs = vec![Bytes::new(); 4];
+        assert_eq!(recv.read_chunks(&mut bufs).await.unwrap(), Some(1));
+        assert_eq!(&bufs[0][..], b"hi");
+        dial.join().unwrap();
+        match recv.read_chunks(&mut bufs).await {
+            Err(ReadError::ConnectionLost(ConnectionError::TimedOut)) => {}
+            other => panic!("expected the idle timeout, got {other:?}"),
+        }
+        drop((_send, recv, conn));
+        tokio::time::timeout(Duration::from_secs(10), ep.wait_idle()).await.unwrap();
+        assert_eq!(ep.connections(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_incoming_is_refused() {
+        let (ep, _, client, addr) = pair(Duration::from_secs(10));
+        let dial = tokio::spawn(async move { client.connect(addr, "localhost").unwrap().await.err() });
+        drop(ep.accept().await.unwrap());
+        let err = dial.await.unwrap();
+        assert!(matches!(err, Some(quinn::ConnectionError::ConnectionClosed(_))), "{err:?}");
+        assert_eq!(ep.connections(), 0);
+    }
+
+    #[test]
+    fn the_timer_heap_keeps_one_entry_per_connection_when_it_compacts() {
+        // Weak handles with nothing behind them stand for connections since dropped; the
+        // heap must shed them and keep each live connection's earliest deadline.
+        let now = Instant::now();
+        let mut t = timers::Timers::default();
+        for i in 0..3000u64 {
+            t.push(now + Duration::from_millis(i), std::sync::Weak::new(), 1);
+        }
+        assert!(t.len() <= 4 + 1024, "stale entries are bounded: {}", t.len());
+        let mut due = Vec::new();
+        t.pop_due(now + Duration::from_secs(10), &mut due);
+        assert!(due.is_empty(), "dropped connections fire nothing");
+        assert_eq!(t.next(), None);
     }
 }
