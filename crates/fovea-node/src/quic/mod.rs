@@ -49,7 +49,7 @@ use tokio::io::Interest;
 use tokio::sync::Notify;
 
 use conn::ConnShared;
-pub(crate) use conn::{Connecting, Connection, ConnectionError, ReadError, RecvStream, SendStream};
+pub(crate) use conn::{Connecting, Connection, ConnectionError, RecvStream, SendStream};
 
 /// New connections waiting for the node's accept loop. Past this, a new client's first
 /// packet is refused (it sees `CONNECTION_REFUSED` and may retry) and counted: a burst the
@@ -605,7 +605,7 @@ mod tests {
         assert_eq!(&bufs[0][..], b"hi");
         dial.join().unwrap();
         match recv.read_chunks(&mut bufs).await {
-            Err(ReadError::ConnectionLost(ConnectionError::TimedOut)) => {}
+            Err(conn::ReadError::ConnectionLost(ConnectionError::TimedOut)) => {}
             other => panic!("expected the idle timeout, got {other:?}"),
         }
         drop((_send, recv, conn));
