@@ -242,7 +242,7 @@ impl ConnShared {
             let Ok(mut buf) = buf.try_borrow_mut() else { return };
             loop {
                 buf.clear();
-                let Some(t) = s.proto.poll_transmit(now, self.ep.segments, &mut buf) else { break };
+                let Some(t) = s.proto.poll_transmit(now, self.ep.segments(), &mut buf) else { break };
                 if self.ep.send(&t, &buf).is_err() {
                     self.ep.stats.send_blocked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let data = buf[..t.size.min(buf.len())].to_vec();

@@ -102,7 +102,6 @@ pub(crate) struct EpShared {
     /// Wakes `wait_idle`.
     idle: Notify,
     handles: AtomicUsize,
-    segments: usize,
     stats: Arc<EndpointStats>,
 }
 
@@ -145,6 +144,12 @@ impl EpShared {
         }
     }
 
+    /// Datagrams one send may carry (GSO). Read each time: quinn-udp lowers it to 1 if
+    /// the kernel turns out to refuse GSO.
+    fn segments(&self) -> usize {
+        self.udp.max_gso_segments().clamp(1, MAX_SEGMENTS)
+    }
+
     /// An endpoint-made answer (refusal, version negotiation, stateless reset): sent if
     /// the socket has room, dropped if not; the peer retries.
     fn respond(&self, t: &quinn_proto::Transmit, contents: &[u8]) {
@@ -169,7 +174,6 @@ impl Endpoint {
         socket.set_nonblocking(true)?;
         let socket = tokio::net::UdpSocket::from_std(socket)?;
         let proto = quinn_proto::Endpoint::new(Arc::new(config), Some(server), !udp.may_fragment(), None);
-        let segments = udp.max_gso_segments().clamp(1, MAX_SEGMENTS);
         let shared = Arc::new(EpShared {
             socket,
             udp,
@@ -186,7 +190,6 @@ impl Endpoint {
             incoming_ready: Notify::new(),
             idle: Notify::new(),
             handles: AtomicUsize::new(1),
-            segments,
             stats,
         });
         tokio::spawn(drive(shared.clone()));
@@ -423,6 +426,8 @@ async fn drive(ep: Arc<EpShared>) {
                     touched.push(c);
                 }
             }
+            touched.sort_unstable_by_key(|c| Arc::as_ptr(c) as usize);
+            touched.dedup_by(|a, b| Arc::ptr_eq(a, b));
             for c in touched {
                 c.drive(now);
             }
