@@ -3,7 +3,7 @@
 # of its own, where the node listens on a non-loopback address (10.77.0.1, added to the
 # namespace's loopback device: no kernel module needed). The node then gives the benchmark's clients its network-path settings (MTU
 # discovery up to 1 452 bytes), as it would clients on other hosts; on 127.0.0.1 they get
-# loopback's (6 500-byte datagrams from the start), which cost more memory per connection.
+# loopback's (6 500-byte datagrams from the start, no MTU discovery).
 # The packets still go through the namespace's loopback device: nothing leaves the host.
 #
 # Usage: sudo scripts/netns-conns.sh [bench conns flags, e.g. --conns 20000]

@@ -115,9 +115,9 @@ pub struct Limits {
     pub max_headers_len: usize,
     /// Largest UDP payload (QUIC datagram) the node sends to a client on loopback, in bytes
     /// (1 200–6 500). A loopback path starts at it, without MTU probes: larger datagrams
-    /// carry more messages each (1 KiB pub/sub ~1.7×, 64 B ~1.35× at 6 500 against 1 452)
-    /// and cost memory, as quinn keeps a send buffer of one datagram per idle connection and
-    /// up to ten per busy one (~2 KB more per idle connection at 6 500 than over a network).
+    /// carry more messages each (1 KiB pub/sub ~1.7×, 64 B ~1.35× at 6 500 against 1 452).
+    /// An idle connection pays nothing for it: datagrams are built in a buffer per worker
+    /// thread (the node's QUIC IO shell, `quic`), not per connection.
     /// Network paths use 1 452 at most whatever this says. Default 6 500 (`fovea_core::path`).
     pub max_loopback_datagram: usize,
 }

@@ -565,7 +565,7 @@ async fn conns(url: &str, opts: ConnectOptions, n: usize, node: Option<u32>) -> 
         after as f64 / 1024.0,
         per_conn / 1000.0
     );
-    // quinn's per-connection send buffer follows the path's datagram size (docs/LIMITS.md).
+    // The path decides the node's QUIC settings (datagram size, MTU discovery): say which.
     if url_is_loopback(url) {
         println!(
             "  (a loopback path, with datagrams of the node's max_loopback_datagram; \

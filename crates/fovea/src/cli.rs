@@ -289,7 +289,7 @@ pub struct LimitArgs {
     #[arg(long, env = "FOVEA_KEEP_ALIVE", value_parser = parse_duration, value_name = "DURATION")]
     pub keep_alive: Option<std::time::Duration>,
     /// Largest datagram sent to a client on loopback, bytes (1200-6500; network paths use
-    /// 1452). Smaller saves ~1 KB per idle loopback connection per KB [default: 6500].
+    /// 1452). Larger carries more messages per datagram [default: 6500].
     #[arg(long, env = "FOVEA_MAX_LOOPBACK_DATAGRAM", value_name = "BYTES")]
     pub max_loopback_datagram: Option<usize>,
 }
