@@ -393,9 +393,7 @@ fn bind_client_endpoint(
     addr: SocketAddr,
     stats: Arc<quic::EndpointStats>,
 ) -> Result<(quic::Endpoint, spin::Watch), NodeError> {
-    let socket = std::net::UdpSocket::bind(addr).map_err(|source| NodeError::Bind { addr, source })?;
-    size_buffers(&socket);
-    let watch = spin::Watch::new(std::os::fd::AsRawFd::as_raw_fd(&socket));
+    let (socket, watch) = bind_socket(addr)?;
     let endpoint = quic::Endpoint::new(endpoint_config(), server, socket, stats)
         .map_err(|source| NodeError::Bind { addr, source })?;
     Ok((endpoint, watch))
@@ -407,12 +405,18 @@ pub(crate) fn bind_endpoint(
     server: quinn::ServerConfig,
     addr: SocketAddr,
 ) -> Result<(quinn::Endpoint, spin::Watch), NodeError> {
-    let socket = std::net::UdpSocket::bind(addr).map_err(|source| NodeError::Bind { addr, source })?;
-    size_buffers(&socket);
-    let watch = spin::Watch::new(std::os::fd::AsRawFd::as_raw_fd(&socket));
+    let (socket, watch) = bind_socket(addr)?;
     let endpoint = quinn::Endpoint::new(endpoint_config(), Some(server), socket, Arc::new(quinn::TokioRuntime))
         .map_err(|source| NodeError::Bind { addr, source })?;
     Ok((endpoint, watch))
+}
+
+/// A UDP socket on `addr` with the node's buffer sizes, and a watch on it for idle workers.
+fn bind_socket(addr: SocketAddr) -> Result<(std::net::UdpSocket, spin::Watch), NodeError> {
+    let socket = std::net::UdpSocket::bind(addr).map_err(|source| NodeError::Bind { addr, source })?;
+    size_buffers(&socket);
+    let watch = spin::Watch::new(std::os::fd::AsRawFd::as_raw_fd(&socket));
+    Ok((socket, watch))
 }
 
 /// The UDP receive and send buffer the node's sockets ask for. One socket carries every

@@ -379,7 +379,20 @@ async fn drive(ep: Arc<EpShared>) {
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
                     // ICMP errors surface as ECONNRESET/ECONNREFUSED on some platforms;
                     // QUIC ignores them (they can be forged).
-                    Err(_) => continue,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionRefused
+                        ) =>
+                    {
+                        continue
+                    }
+                    // Anything else would come back on every try: say so and stop, as quinn's
+                    // endpoint does, rather than spin on it.
+                    Err(e) => {
+                        tracing::error!(error = %e, "receiving on the client socket failed; the endpoint stops receiving");
+                        return;
+                    }
                 }
             };
             if n == 0 {
