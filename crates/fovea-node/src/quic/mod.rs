@@ -15,7 +15,7 @@
 //! - **no channel**: the endpoint's driver hands a datagram to its connection directly,
 //!   under the connection's lock, after releasing the endpoint's;
 //! - **no task, no timer per connection**: one heap of deadlines in the endpoint, popped by
-//!   its driver ([`timers`]);
+//!   its driver (the `timers` module);
 //! - **no send buffer per connection**: whoever drives a connection (the driver, or the
 //!   task that just wrote to a stream) builds its datagrams in that thread's buffer and
 //!   sends them at once. A datagram the socket refuses (`WouldBlock`) is the only one kept,
