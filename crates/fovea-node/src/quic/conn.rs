@@ -319,14 +319,18 @@ impl ConnRef {
         ConnRef(conn)
     }
 
-    /// Runs `f` on the state and then drives the connection (what `f` did may have
-    /// something to send).
-    fn with<T>(&self, f: impl FnOnce(&mut ConnState) -> T) -> T {
+    /// Runs `f` on the state, then drives the connection if `f` says that what it did has
+    /// something to send (stream data, flow-control credit, a new stream limit) — as quinn
+    /// wakes its driver only then. A read or write that found nothing to do (and parked)
+    /// leaves the connection as it was.
+    fn with<T>(&self, f: impl FnOnce(&mut ConnState) -> (T, bool)) -> T {
         let mut s = self.0.lock();
-        let out = f(&mut s);
-        let wakes = self.0.drive_locked(&mut s, Instant::now());
-        drop(s);
-        wakes.wake();
+        let (out, changed) = f(&mut s);
+        if changed {
+            let wakes = self.0.drive_locked(&mut s, Instant::now());
+            drop(s);
+            wakes.wake();
+        }
         out
     }
 }
@@ -405,13 +409,14 @@ impl Connection {
         let id = poll_fn(|cx| {
             self.0.with(|s| {
                 if let Some(e) = &s.error {
-                    return Poll::Ready(Err(e.clone()));
+                    return (Poll::Ready(Err(e.clone())), false);
                 }
                 match s.proto.streams().accept(Dir::Bi) {
-                    Some(id) => Poll::Ready(Ok(id)),
+                    // Accepting may raise the client's stream limit (MAX_STREAMS).
+                    Some(id) => (Poll::Ready(Ok(id)), true),
                     None => {
                         park(&mut s.on_stream, cx);
-                        Poll::Pending
+                        (Poll::Pending, false)
                     }
                 }
             })
@@ -532,22 +537,24 @@ impl RecvStream {
         let id = self.id;
         let step = self.conn.with(|s| {
             if let Some(e) = &s.error {
-                return Err(ReadError::ConnectionLost(e.clone()));
+                return (Err(ReadError::ConnectionLost(e.clone())), false);
             }
             let mut stream = s.proto.recv_stream(id);
             let mut chunks = match stream.read(ordered) {
                 Ok(c) => c,
-                Err(quinn_proto::ReadableError::ClosedStream) => return Err(ReadError::ClosedStream),
-                Err(quinn_proto::ReadableError::IllegalOrderedRead) => return Err(ReadError::IllegalOrderedRead),
+                Err(quinn_proto::ReadableError::ClosedStream) => return (Err(ReadError::ClosedStream), false),
+                Err(quinn_proto::ReadableError::IllegalOrderedRead) => {
+                    return (Err(ReadError::IllegalOrderedRead), false)
+                }
             };
             let step = f(&mut chunks);
-            // Flow control credit, if the read freed enough, goes out with the drive that
-            // `with` runs after this.
-            let _ = chunks.finalize();
+            // Flow-control credit, if the read freed enough of the window, goes out with
+            // the drive `with` runs when this says so.
+            let credit = chunks.finalize().should_transmit();
             if matches!(step, Step::Wait) {
                 park(&mut s.on_read, cx);
             }
-            Ok(step)
+            (Ok(step), credit)
         });
         match step {
             Err(e) => Poll::Ready(Err(e)),
@@ -603,24 +610,35 @@ impl SendStream {
         let mut done = 0;
         poll_fn(|cx| {
             let id = self.id;
-            self.conn.with(|s| loop {
-                while done < bufs.len() && bufs[done].is_empty() {
-                    done += 1;
-                }
-                if done == bufs.len() {
-                    return Poll::Ready(Ok(()));
-                }
-                if let Some(e) = &s.error {
-                    return Poll::Ready(Err(WriteError::ConnectionLost(e.clone())));
-                }
-                match s.proto.send_stream(id).write_chunks(&mut bufs[done..]) {
-                    Ok(w) => done += w.chunks,
-                    Err(quinn_proto::WriteError::Blocked) => {
-                        park(&mut s.on_write, cx);
-                        return Poll::Pending;
+            self.conn.with(|s| {
+                // Whether this poll handed the stream anything: then there is data to send.
+                let mut wrote = false;
+                loop {
+                    while done < bufs.len() && bufs[done].is_empty() {
+                        done += 1;
                     }
-                    Err(quinn_proto::WriteError::Stopped(code)) => return Poll::Ready(Err(WriteError::Stopped(code))),
-                    Err(quinn_proto::WriteError::ClosedStream) => return Poll::Ready(Err(WriteError::ClosedStream)),
+                    if done == bufs.len() {
+                        return (Poll::Ready(Ok(())), wrote);
+                    }
+                    if let Some(e) = &s.error {
+                        return (Poll::Ready(Err(WriteError::ConnectionLost(e.clone()))), wrote);
+                    }
+                    match s.proto.send_stream(id).write_chunks(&mut bufs[done..]) {
+                        Ok(w) => {
+                            done += w.chunks;
+                            wrote |= w.bytes > 0;
+                        }
+                        Err(quinn_proto::WriteError::Blocked) => {
+                            park(&mut s.on_write, cx);
+                            return (Poll::Pending, wrote);
+                        }
+                        Err(quinn_proto::WriteError::Stopped(code)) => {
+                            return (Poll::Ready(Err(WriteError::Stopped(code))), wrote)
+                        }
+                        Err(quinn_proto::WriteError::ClosedStream) => {
+                            return (Poll::Ready(Err(WriteError::ClosedStream)), wrote)
+                        }
+                    }
                 }
             })
         })

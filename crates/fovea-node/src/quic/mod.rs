@@ -39,7 +39,7 @@ mod timers;
 use std::collections::VecDeque;
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -85,8 +85,8 @@ pub struct EndpointStats {
 
 /// A server endpoint: one UDP socket and the connections it accepted.
 ///
-/// Cloning gives another handle to the same endpoint. When the last handle is dropped,
-/// the endpoint closes as if [`Endpoint::close`] had been called with code 0.
+/// Dropped, the endpoint closes as if [`Endpoint::close`] had been called with code 0
+/// (the driver task ends once its connections have drained).
 pub(crate) struct Endpoint {
     shared: Arc<EpShared>,
 }
@@ -101,7 +101,6 @@ pub(crate) struct EpShared {
     incoming_ready: Notify,
     /// Wakes `wait_idle`.
     idle: Notify,
-    handles: AtomicUsize,
     stats: Arc<EndpointStats>,
 }
 
@@ -189,7 +188,6 @@ impl Endpoint {
             wake: Notify::new(),
             incoming_ready: Notify::new(),
             idle: Notify::new(),
-            handles: AtomicUsize::new(1),
             stats,
         });
         tokio::spawn(drive(shared.clone()));
@@ -253,18 +251,9 @@ impl Endpoint {
     }
 }
 
-impl Clone for Endpoint {
-    fn clone(&self) -> Endpoint {
-        self.shared.handles.fetch_add(1, Ordering::Relaxed);
-        Endpoint { shared: self.shared.clone() }
-    }
-}
-
 impl Drop for Endpoint {
     fn drop(&mut self) {
-        if self.shared.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
-            close(&self.shared, VarInt::from_u32(0), b"");
-        }
+        close(&self.shared, VarInt::from_u32(0), b"");
     }
 }
 
@@ -364,6 +353,7 @@ async fn drive(ep: Arc<EpShared>) {
     let mut recv_buf = vec![0u8; RECV_BATCH * RECV_SLOT];
     let mut metas = [quinn_udp::RecvMeta::default(); RECV_BATCH];
     let mut events: Vec<(Arc<ConnShared>, quinn_proto::ConnectionEvent)> = Vec::new();
+    let mut touched: Vec<Arc<ConnShared>> = Vec::new();
     let mut due: Vec<(Arc<ConnShared>, Instant)> = Vec::new();
     let mut response = Vec::new();
     loop {
@@ -433,7 +423,6 @@ async fn drive(ep: Arc<EpShared>) {
             }
             // Every datagram first, then one drive per connection: a burst for one
             // connection is acknowledged and answered once.
-            let mut touched: Vec<Arc<ConnShared>> = Vec::new();
             for (c, event) in events.drain(..) {
                 if c.handle_event(event) {
                     touched.push(c);
@@ -441,7 +430,7 @@ async fn drive(ep: Arc<EpShared>) {
             }
             touched.sort_unstable_by_key(|c| Arc::as_ptr(c) as usize);
             touched.dedup_by(|a, b| Arc::ptr_eq(a, b));
-            for c in touched {
+            for c in touched.drain(..) {
                 c.drive(now);
             }
             busy = true;
