@@ -3,7 +3,7 @@
 # RPC with 1 and 64 callers and pub/sub; run from the repo root after `cargo build --release -p fovea`.
 # BENCHMARKS.md, "Idle spinning".
 F=${FOVEA:-./target/release/fovea}
-N=${NATS_SH:-../shared/bench/nats.sh}
+N=${NATS_SH:?set NATS_SH to the bench/nats.sh script of the benchmark harness}
 for r in 1 2 3; do
   $N reqrep 20000 64 1 2>/dev/null | tail -1
   $F bench rpc --callers 1 --calls 20000 2>/dev/null | tail -1 | sed 's/^/spin=100us /'

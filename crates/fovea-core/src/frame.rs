@@ -305,6 +305,13 @@ pub mod notice {
     pub const LOG: u64 = 2;
 }
 
+/// The codec's bound on a name a client sends (a topic, pattern, queue group, procedure,
+/// tool cursor): the frame's. The receiver validates names ([`crate::Topic`] and its
+/// kin, [`crate::limits::MAX_TOPIC_LEN`]), so an over-long one is that request's error
+/// (`INVALID_TOPIC`, `INVALID_PATTERN`, `INVALID_PROCEDURE`) and the connection stays:
+/// the frame itself is well formed.
+const CLIENT_NAME_MAX: usize = usize::MAX;
+
 /// Largest `NOTICE` body: progress and log lines are status, not results.
 pub const MAX_NOTICE_LEN: usize = 16 * 1024;
 
@@ -535,8 +542,8 @@ impl Frame {
             kind::PUB => Frame::Pub(r.publish()?),
             kind::SUB => Frame::Sub(Subscribe {
                 sid: r.varint("sid")?,
-                pattern: r.bytes("pattern", MAX_TOPIC_LEN)?,
-                group: if r.is_empty() { Bytes::new() } else { r.bytes("group", MAX_TOPIC_LEN)? },
+                pattern: r.bytes("pattern", CLIENT_NAME_MAX)?,
+                group: if r.is_empty() { Bytes::new() } else { r.bytes("group", CLIENT_NAME_MAX)? },
             }),
             kind::UNSUB => Frame::Unsub(r.varint("sid")?),
             kind::SUBACK => Frame::SubAck(r.varint("sid")?),
@@ -544,14 +551,14 @@ impl Frame {
             kind::DROPPED => Frame::Dropped(Dropped { sid: r.varint("sid")?, count: r.varint("count")? }),
             kind::REG => Frame::Reg(Register {
                 rid: r.varint("rid")?,
-                procedure: r.bytes("procedure", MAX_TOPIC_LEN)?,
+                procedure: r.bytes("procedure", CLIENT_NAME_MAX)?,
                 tool: if r.is_empty() { Bytes::new() } else { r.bytes("tool", MAX_TOOL_LEN)? },
             }),
             kind::UNREG => Frame::Unreg(r.varint("rid")?),
             kind::REGACK => Frame::RegAck(r.varint("rid")?),
             kind::CALL => Frame::Call(Call {
                 call_id: r.varint("call_id")?,
-                procedure: r.bytes("procedure", MAX_TOPIC_LEN)?,
+                procedure: r.bytes("procedure", CLIENT_NAME_MAX)?,
                 timeout_ms: r.varint("timeout_ms")?,
                 headers: r.headers()?,
                 payload: r.bytes("payload", usize::MAX)?,
@@ -583,7 +590,7 @@ impl Frame {
             }),
             kind::TOOLS => Frame::Tools(ToolsQuery {
                 id: r.varint("id")?,
-                cursor: r.bytes("cursor", MAX_TOPIC_LEN)?,
+                cursor: r.bytes("cursor", CLIENT_NAME_MAX)?,
                 watch: r.varint("watch")?,
             }),
             kind::TOOL_LIST => Frame::ToolList(ToolList {
@@ -1100,7 +1107,7 @@ impl<'a> Reader<'a> {
     #[inline]
     fn publish(&mut self) -> Result<Publish, DecodeError> {
         Ok(Publish {
-            topic: self.bytes("topic", MAX_TOPIC_LEN)?,
+            topic: self.bytes("topic", CLIENT_NAME_MAX)?,
             headers: self.headers()?,
             payload: self.bytes("payload", usize::MAX)?,
         })
@@ -1109,7 +1116,7 @@ impl<'a> Reader<'a> {
     /// A `PUB` frame's fields, after its type, in place.
     #[inline]
     fn publish_at(&mut self) -> Result<PubAt<'a>, DecodeError> {
-        let topic = self.field("topic", MAX_TOPIC_LEN)?;
+        let topic = self.field("topic", CLIENT_NAME_MAX)?;
         let headers = self.headers()?;
         let payload = self.field("payload", usize::MAX)?;
         Ok(PubAt { src: self.src, topic, headers, payload })

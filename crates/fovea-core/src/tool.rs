@@ -504,6 +504,8 @@ mod tests {
         assert!(u.starts_with("wetter__z_rich_"), "{u}");
         let long = tool_name(&"x".repeat(100));
         assert_eq!(long.len(), 64);
+        // docs/PROTOCOL.md §4.2's worked example: FNV-1a-32 over the UTF-8 bytes, lowercase.
+        assert_eq!(tool_name("météo.temp"), "m_t_o__temp_7b83ee1f");
     }
 
     proptest! {

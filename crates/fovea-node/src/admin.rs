@@ -382,6 +382,11 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
                 "Links closed idle or to make room (their nodes stay known)."
             );
             counter!("fovea_mesh_links_evicted_total").absolute(m.stats.links_evicted.load(Relaxed));
+            describe_counter!(
+                "fovea_mesh_answers_too_large_total",
+                "Answers from other nodes over a local caller's max_payload (the caller got PAYLOAD_TOO_LARGE)."
+            );
+            counter!("fovea_mesh_answers_too_large_total").absolute(m.stats.answers_too_large.load(Relaxed));
         }
         if let Some(m) = shared.mcp.get() {
             use std::sync::atomic::Ordering::Relaxed;

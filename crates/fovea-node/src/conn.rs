@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Permissions;
 use crate::outbound::{Delivered, Outbound};
 use crate::router::{check_limits, GroupKey, MatchCache, ProviderRef, Realm, SubRef};
-use crate::rpc::{Peer, Refusal};
+use crate::rpc::{Answer, Peer, Refusal};
 use crate::tools::{TOOL_PAGE_BYTES, TOOL_PAGE_ITEMS};
 use crate::Shared;
 
@@ -131,7 +131,7 @@ async fn handshake(conn: &Connection, shared: &Arc<Shared>, id: u64) -> Result<(
     let limits = &shared.config.limits;
     let version = hello.version.min(VERSION);
     let out = Outbound::new(limits.max_pending_bytes, limits.slow_consumer_timeout, version >= VERSION_DROPPED);
-    let peer = Arc::new(Peer::new(out));
+    let peer = Arc::new(Peer::new(out, limits.max_payload));
     peer.out.send(&Frame::Welcome(Welcome {
         version,
         node: shared.config.name.clone(),
@@ -151,6 +151,7 @@ async fn handshake(conn: &Connection, shared: &Arc<Shared>, id: u64) -> Result<(
         subscriptions: Default::default(),
         registrations: Default::default(),
     });
+    let deframer_buffered = deframer.buffered() > 0;
     let session = Session {
         info,
         shared: shared.clone(),
@@ -172,6 +173,7 @@ async fn handshake(conn: &Connection, shared: &Arc<Shared>, id: u64) -> Result<(
         read_at: None,
         stall: None,
         budget_owed: 0,
+        pipelined: deframer_buffered,
     };
     Ok((session, send))
 }
@@ -291,6 +293,9 @@ struct Session {
     stall: Option<(Arc<Peer>, tokio::time::Instant)>,
     /// Chunks of the last read not yet paid to tokio's cooperative budget (see `read_some`).
     budget_owed: usize,
+    /// The handshake's read brought bytes after `HELLO` (a pipelining client): they are
+    /// handled before the next read.
+    pipelined: bool,
 }
 
 impl Session {
@@ -415,19 +420,42 @@ impl Session {
             tokio::task::consume_budget().await;
             self.budget_owed -= 1;
         }
-        let n = match self.recv.read_chunks(&mut self.chunks).await {
+        // Frames that came with HELLO (a client may pipeline) are handled before the first
+        // read: waiting for more bytes first would hold them until the client sent again.
+        let n = match self.pipelined {
+            true => {
+                self.pipelined = false;
+                0
+            }
+            false => match self.read_chunks().await? {
+                Some(n) => n,
+                None => return Ok(false),
+            },
+        };
+        self.handle_chunks(n)
+    }
+
+    /// Reads the next chunks into `self.chunks`; returns how many, or `None` when the
+    /// client finished its stream between frames.
+    async fn read_chunks(&mut self) -> Result<Option<usize>, Close> {
+        match self.recv.read_chunks(&mut self.chunks).await {
             Ok(Some(n)) => {
                 self.budget_owed = n;
                 self.read_at = None;
-                n
+                Ok(Some(n))
             }
             Ok(None) if self.deframer.buffered() > 0 => {
                 self.shared.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                return Err(Close::new(ErrorCode::ProtocolError, "the stream ended inside a frame"));
+                Err(Close::new(ErrorCode::ProtocolError, "the stream ended inside a frame"))
             }
-            Ok(None) => return Ok(false),
-            Err(e) => return Err(Close::new(ErrorCode::NoError, format!("read: {e}"))),
-        };
+            Ok(None) => Ok(None),
+            Err(e) => Err(Close::new(ErrorCode::NoError, format!("read: {e}"))),
+        }
+    }
+
+    /// Handles every frame that the deframer holds and the first `n` of `self.chunks`
+    /// complete.
+    fn handle_chunks(&mut self, n: usize) -> Result<bool, Close> {
         let shared = self.shared.clone();
         let stats = &shared.stats;
         let (mut msgs, mut deliveries, mut bytes) = (0u64, 0u64, 0u64);
@@ -438,10 +466,10 @@ impl Session {
         let mut deframer = std::mem::replace(&mut self.deframer, Deframer::new(0));
         let mut chunks = std::mem::take(&mut self.chunks);
         let mut result = Ok(true);
-        // The deframer takes a chunk once the one before is drained (no reassembly copy).
-        'chunks: for chunk in chunks.iter_mut().take(n) {
-            bytes += chunk.len() as u64;
-            deframer.push(std::mem::take(chunk));
+        // The deframer takes a chunk once the one before is drained (no reassembly copy);
+        // it is drained first too, for frames left from the handshake's read.
+        let mut next = chunks.iter_mut().take(n);
+        'chunks: loop {
             loop {
                 let next = deframer.next_frame_or_pubs(|p| {
                     msgs += 1;
@@ -463,6 +491,9 @@ impl Session {
                     }
                 }
             }
+            let Some(chunk) = next.next() else { break };
+            bytes += chunk.len() as u64;
+            deframer.push(std::mem::take(chunk));
         }
         if msgs > 0 && chunks.len() < READ_BATCH {
             chunks.resize(READ_BATCH, Bytes::new());
@@ -519,7 +550,7 @@ impl Session {
             Ok(subs) => subs,
             Err(invalid) => {
                 let n = run.flush(stats);
-                let topic = String::from_utf8_lossy(p.topic()).into_owned();
+                let topic = shown(p.topic());
                 match invalid {
                     Some(e) => self.reject(ErrorCode::InvalidTopic, 0, format!("topic {topic:?} {e}")),
                     None => self.reject(ErrorCode::PermissionDenied, 0, format!("not allowed to publish to {topic:?}")),
@@ -587,14 +618,21 @@ impl Session {
     }
 
     fn control(&mut self, frame: Frame) -> Result<(), Close> {
-        let needs = match frame {
+        let needs = match &frame {
+            // A tool descriptor is a version 4 field. Not ignored as trailing bytes: a client
+            // that sends one wants a tool, and dropping it silently would hide its bug.
+            Frame::Reg(r) if !r.tool.is_empty() => VERSION_TOOLS,
             Frame::Reg(_) | Frame::Unreg(_) | Frame::Call(_) | Frame::Respond(_) | Frame::Cancel(_) => VERSION_RPC,
             Frame::Notice(_) | Frame::Tools(_) => VERSION_TOOLS,
             _ => 0,
         };
         if self.version < needs {
             self.shared.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-            let msg = format!("frame type 0x{:x} needs protocol version {needs}", frame.kind());
+            let what = match &frame {
+                Frame::Reg(r) if !r.tool.is_empty() => "a REG with a tool descriptor".to_owned(),
+                f => format!("frame type 0x{:x}", f.kind()),
+            };
+            let msg = format!("{what} needs protocol version {needs}; this session speaks {}", self.version);
             return Err(Close::new(ErrorCode::ProtocolError, msg));
         }
         match frame {
@@ -619,10 +657,21 @@ impl Session {
                 self.shared.stats.responses.fetch_add(1, Ordering::Relaxed);
                 let now = self.read_at();
                 match self.peer.finish_request(r.req_id, r.code, r.headers, r.payload, now) {
-                    Some(took) => self.shared.stats.call_latency.record(took),
-                    None => {
+                    Answer::Relayed(took) => self.shared.stats.call_latency.record(took),
+                    Answer::Late => {
                         self.shared.stats.late_responses.fetch_add(1, Ordering::Relaxed);
                     }
+                    // Reference 0: a req_id is the node's number, and as a reference it
+                    // could be taken for one of the client's own sids, rids or call ids.
+                    Answer::TooLarge(len, max) => self.reject(
+                        ErrorCode::PayloadTooLarge,
+                        0,
+                        format!(
+                            "the answer to request {} is {len} bytes, over max_payload {max}; \
+                             its caller got PAYLOAD_TOO_LARGE",
+                            r.req_id
+                        ),
+                    ),
                 }
             }
             Frame::Cancel(call_id) => self.peer.cancel_call(call_id),
@@ -661,7 +710,7 @@ impl Session {
         {
             Ok(p) => p,
             Err(e) => {
-                let text = String::from_utf8_lossy(&s.pattern).into_owned();
+                let text = shown(&s.pattern);
                 return self.reject(ErrorCode::InvalidPattern, s.sid, format!("pattern {text:?} {e}"));
             }
         };
@@ -676,7 +725,7 @@ impl Session {
             match Procedure::from_bytes(Bytes::copy_from_slice(&s.group)) {
                 Ok(_) => Some(Arc::new(GroupKey { pattern: pattern.clone(), name: Bytes::copy_from_slice(&s.group) })),
                 Err(e) => {
-                    let text = String::from_utf8_lossy(&s.group).into_owned();
+                    let text = shown(&s.group);
                     return self.reject(ErrorCode::InvalidPattern, s.sid, format!("queue group {text:?} {e}"));
                 }
             }
@@ -704,15 +753,15 @@ impl Session {
         {
             Ok(p) => p,
             Err(e) => {
-                let text = String::from_utf8_lossy(&r.procedure).into_owned();
+                let text = shown(&r.procedure);
                 return self.reject(ErrorCode::InvalidProcedure, r.rid, format!("procedure {text:?} {e}"));
             }
         };
         if !self.perms.register.name(procedure.as_bytes()) {
             return self.reject(ErrorCode::PermissionDenied, r.rid, format!("not allowed to register {procedure:?}"));
         }
-        // Before version 4 the tool field did not exist: trailing bytes are ignored.
-        let tool = if r.tool.is_empty() || self.version < VERSION_TOOLS {
+        // A tool on a session below version 4 was refused in `control`.
+        let tool = if r.tool.is_empty() {
             None
         } else {
             match ToolDescriptor::parse(&r.tool) {
@@ -754,14 +803,14 @@ impl Session {
             if let Err(e) = Procedure::from_bytes(c.procedure.clone())
                 .and_then(|_| check_limits(&c.procedure, limits.max_topic_len, limits.max_topic_depth))
             {
-                let text = String::from_utf8_lossy(&c.procedure).into_owned();
+                let text = shown(&c.procedure);
                 return fail(self, ErrorCode::InvalidProcedure, format!("procedure {text:?} {e}"));
             }
             // A copy: a slice would keep the whole read buffer it came in alive.
             self.last_procedure = Some(Bytes::copy_from_slice(&c.procedure));
         }
         if !self.perms.call.name(&c.procedure) {
-            let text = String::from_utf8_lossy(&c.procedure).into_owned();
+            let text = shown(&c.procedure);
             return fail(self, ErrorCode::PermissionDenied, format!("not allowed to call {text:?}"));
         }
         let now = self.read_at();
@@ -793,8 +842,32 @@ impl Session {
 
     fn reject(&self, code: ErrorCode, reference: u64, message: impl Into<String>) {
         self.shared.stats.count_rejection(code);
-        self.peer.out.send(&Frame::Error(ErrorFrame { code, reference, message: message.into() }));
+        let message = clip(message.into(), fovea_core::limits::MAX_TEXT_LEN);
+        self.peer.out.send(&Frame::Error(ErrorFrame { code, reference, message }));
     }
+}
+
+/// Longest part of a client's name (topic, pattern, procedure) quoted in an error message.
+const SHOWN_NAME: usize = 100;
+
+/// A name from the client, for an error message: lossy UTF-8, cut to [`SHOWN_NAME`]
+/// characters (a name may be as long as a frame, and an `ERROR`'s message is bounded).
+fn shown(name: &[u8]) -> String {
+    let text = String::from_utf8_lossy(name);
+    match text.char_indices().nth(SHOWN_NAME) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.into_owned(),
+    }
+}
+
+/// `text` cut to at most `max` bytes at a character boundary: an `ERROR`'s message over
+/// the protocol's text limit would be a frame the client cannot decode.
+fn clip(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let cut = (0..=max).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        text.truncate(cut);
+    }
+    text
 }
 
 /// Sends a validated call to a provider: a local one with room, else (in a mesh) one on
@@ -824,7 +897,7 @@ pub(crate) fn route_call(
             return call_remote(shared, realm, peer, Rng::new(rng.next_u64()), c, busy)
         }
         Err(false) => {
-            let text = String::from_utf8_lossy(&c.procedure).into_owned();
+            let text = shown(&c.procedure);
             return fail(ErrorCode::NoProvider, format!("no provider of {text:?} in realm {:?}", realm.name));
         }
         Err(true) => {
@@ -919,6 +992,10 @@ async fn tools_changed(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) -> Op
 /// count does not matter.
 const WRITE_STEP: usize = 256 * 1024;
 
+/// Most subscriptions a `SLOW_CONSUMER` close's reason lists: the reason phrase must fit
+/// in one packet with the close (16 pairs of 20-digit numbers are under 700 bytes).
+const SLOW_CLOSE_SIDS: usize = 16;
+
 /// The writer: waits for queued frames and writes them all in one call (in steps of
 /// [`WRITE_STEP`] when a backlog has built up).
 ///
@@ -927,9 +1004,14 @@ const WRITE_STEP: usize = 256 * 1024;
 /// future is dropped; it is only dropped when the connection ends.
 async fn write_loop(send: &mut SendStream, peer: &Peer, stats: &crate::Stats) -> Result<(), Close> {
     let out = &peer.out;
+    // The reason carries the drops (docs/PROTOCOL.md §4): the `DROPPED` notices queued
+    // behind the stalled stream never arrive once the connection closes.
     let too_slow = || {
-        let why =
-            format!("messages were dropped for {:?} without a break: the client reads too slowly", out.slow_after());
+        let why = format!(
+            "messages were dropped for {:?} without a break: the client reads too slowly; dropped {}",
+            out.slow_after(),
+            out.drop_summary(SLOW_CLOSE_SIDS)
+        );
         Close::new(ErrorCode::SlowConsumer, why)
     };
     let mut chunks: Vec<Bytes> = Vec::new();

@@ -670,7 +670,7 @@ pub(crate) fn close_code(code: ErrorCode) -> VarInt {
 /// QUIC transport settings for client connections. One bidirectional stream per
 /// connection (the control stream) and no unidirectional ones: besides being all the
 /// protocol uses, each allowed stream pre-allocates per-connection state in quinn
-/// (`../shared/research/quinn-conn-memory.md`: 100+100 streams cost ~8 KB per connection).
+/// (100 + 100 streams cost ~8 KB per connection, BENCHMARKS.md).
 fn transport(limits: &Limits) -> Result<quinn::TransportConfig, NodeError> {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(1));

@@ -211,7 +211,7 @@ pub(crate) async fn serve(
     let limits = &shared.config.limits;
     let out = Outbound::new(limits.max_pending_bytes, limits.slow_consumer_timeout, false);
     let caller = Arc::new(Caller {
-        peer: Arc::new(Peer::new(out)),
+        peer: Arc::new(Peer::new(out, limits.max_payload)),
         waiting: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(1),
     });
@@ -284,6 +284,20 @@ async fn guard(
         }
     }
     let method = req.method().clone();
+    if method == Method::POST && is_json(&req) {
+        // rmcp answers a body it cannot take as a JSON-RPC message with a plain-text 415;
+        // JSON-RPC and MCP's transport say 400 with an error object that agents can parse.
+        let (parts, body) = req.into_parts();
+        let Ok(body) = axum::body::to_bytes(body, state.config.max_body_bytes).await else {
+            let text = format!("the request body is over this endpoint's {} bytes", state.config.max_body_bytes);
+            return (StatusCode::PAYLOAD_TOO_LARGE, text).into_response();
+        };
+        if let Err((id, code, message)) = check_jsonrpc(&body) {
+            let error = serde_json::json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}});
+            return (StatusCode::BAD_REQUEST, axum::Json(error)).into_response();
+        }
+        req = Request::from_parts(parts, axum::body::Body::from(body));
+    }
     req.extensions_mut().insert(identity);
     let response = next.run(req).await;
     let opened = response.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -330,6 +344,51 @@ async fn guard(
         _ => {}
     }
     response
+}
+
+/// Whether a request says its body is JSON (`application/json`, any parameters).
+fn is_json(req: &Request) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// JSON-RPC's parse error.
+const PARSE_ERROR: i64 = -32700;
+/// JSON-RPC's invalid request.
+const INVALID_REQUEST: i64 = -32600;
+
+/// Checks that `body` is one JSON-RPC 2.0 message (request, notification or response).
+/// `Err((id, code, message))`: what to answer, with the request's id when it had a valid
+/// one. Batches are refused: MCP removed them (2025-06-18) and rmcp does not take them.
+fn check_jsonrpc(body: &[u8]) -> Result<(), (Value, i64, String)> {
+    let null = || Value::Null;
+    // serde_json stops at 128 levels of nesting with an error, so depth is bounded too.
+    let msg: Value = serde_json::from_slice(body).map_err(|e| (null(), PARSE_ERROR, format!("parse error: {e}")))?;
+    let invalid = |id: Value, why: &str| Err((id, INVALID_REQUEST, format!("invalid request: {why}")));
+    let obj = match msg {
+        Value::Object(obj) => obj,
+        Value::Array(_) => return invalid(null(), "JSON-RPC batches are not supported by MCP; send one message"),
+        _ => return invalid(null(), "a JSON-RPC message is a JSON object"),
+    };
+    let id = match obj.get("id") {
+        None => None,
+        Some(id @ (Value::String(_) | Value::Number(_))) => Some(id.clone()),
+        Some(Value::Null) => return invalid(null(), "the id must be a string or a number, not null"),
+        Some(_) => return invalid(null(), "the id must be a string or a number"),
+    };
+    let echo = || id.clone().unwrap_or(Value::Null);
+    if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return invalid(echo(), r#"the "jsonrpc" member must be "2.0""#);
+    }
+    match obj.get("method") {
+        Some(Value::String(_)) => Ok(()),
+        Some(_) => invalid(echo(), r#"the "method" member must be a string"#),
+        None if id.is_some() && (obj.contains_key("result") || obj.contains_key("error")) => Ok(()),
+        None => invalid(echo(), r#"a request needs a "method" (and a response an "id" and a "result" or "error")"#),
+    }
 }
 
 /// The realm and user a request's credential admits, or `None` (401).
@@ -441,7 +500,19 @@ fn resolve(realm: &Realm, name: &str) -> Option<(String, ToolDescriptor)> {
 
 /// A provider's answer as an MCP result ([`fovea_core::tool::result_json`]).
 pub(crate) fn to_result(result: CallResult, procedure: &str, realm: &str) -> CallToolResult {
-    let json = tool::result_json(result.code, &result.headers, &result.payload, procedure, realm);
+    tool_result(result.code, &result.headers, &result.payload, procedure, realm)
+}
+
+/// A call's outcome (a `RESULT`'s code, headers and payload) as the MCP result every
+/// front end (this endpoint, `fovea mcp` on stdio) returns, in either protocol era.
+pub fn tool_result(
+    code: fovea_core::ErrorCode,
+    headers: &Headers,
+    payload: &[u8],
+    procedure: &str,
+    realm: &str,
+) -> CallToolResult {
+    let json = tool::result_json(code, headers, payload, procedure, realm);
     let mut r = serde_json::from_value::<CallToolResult>(json).unwrap_or_else(|e| {
         error_result(format!("the provider of {procedure} sent a tool result that is not MCP: {e}"))
     });

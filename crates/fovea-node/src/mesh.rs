@@ -134,6 +134,9 @@ pub struct MeshStats {
     pub protocol_errors: AtomicU64,
     /// `NOTICE`s from other nodes not passed on (see `Stats::notices_dropped`).
     pub notices_dropped: AtomicU64,
+    /// Answers from other nodes over the local caller's `max_payload`: the caller got
+    /// `PAYLOAD_TOO_LARGE` instead.
+    pub answers_too_large: AtomicU64,
 }
 
 /// A point-in-time view of the mesh, for the admin endpoint and tests.
@@ -396,9 +399,16 @@ impl Mesh {
 
     /// Dials a join address until a link is up, with backoff (a member that is down now
     /// may be up later; this is how a restarted node rejoins without manual steps).
-    async fn join(self: Arc<Self>, addr: SocketAddr, shutdown: CancellationToken) {
+    ///
+    /// An address that answers with fovea's client protocol instead of the mesh's is a
+    /// member's client port: users have a member's URL at hand and give it. The mesh port
+    /// is the client port + 1 unless the member chose another, so that is tried once,
+    /// with a warning that says what to give instead; an address that still is not a mesh
+    /// endpoint is given up with an error, since dialing it again cannot help.
+    async fn join(self: Arc<Self>, mut addr: SocketAddr, shutdown: CancellationToken) {
         let mut delay = Duration::from_millis(200);
         let mut joined = false;
+        let mut tried_next_port = false;
         loop {
             // Dialed again whenever no link to it stands: after a partition heals, the
             // join addresses are how the two sides find each other again.
@@ -411,6 +421,32 @@ impl Mesh {
                         }
                         joined = true;
                         delay = REJOIN_EVERY;
+                    }
+                    Err(DialError::NotMesh) => {
+                        self.stats.dials_failed.fetch_add(1, Ordering::Relaxed);
+                        let next = addr.port().checked_add(1).map(|p| SocketAddr::new(addr.ip(), p));
+                        match next.filter(|_| !tried_next_port) {
+                            Some(next) => {
+                                tracing::warn!(
+                                    %addr,
+                                    "{addr} is a client port (it speaks fovea's client protocol, not the mesh's); \
+                                     trying {next}, the mesh port by default (client port + 1). \
+                                     Give --join with the member's mesh address (its --mesh-listen) to skip this"
+                                );
+                                tried_next_port = true;
+                                addr = next;
+                                continue;
+                            }
+                            None => {
+                                tracing::error!(
+                                    %addr,
+                                    "{addr} is not a mesh endpoint (it refused the mesh protocol): not joining \
+                                     through it. Give --join the member's mesh address: its --mesh-listen, by \
+                                     default its client port + 1"
+                                );
+                                return;
+                            }
+                        }
                     }
                     Err(e) => {
                         self.stats.dials_failed.fetch_add(1, Ordering::Relaxed);
@@ -429,17 +465,20 @@ impl Mesh {
     }
 
     /// Opens a link to `addr`. `expect`: the node id the DHT believes lives there.
-    async fn dial(self: Arc<Self>, addr: SocketAddr, expect: Option<NodeId>) -> Result<Contact, String> {
+    async fn dial(self: Arc<Self>, addr: SocketAddr, expect: Option<NodeId>) -> Result<Contact, DialError> {
         let connecting = self
             .endpoint
             .connect_with(self.clients.for_peer(addr).clone(), addr, "fovea-mesh")
             .map_err(|e| e.to_string())?;
         let attempt = async {
-            let conn = connecting.await.map_err(|e| e.to_string())?;
+            let conn = connecting.await.map_err(|e| match e {
+                quinn::ConnectionError::ConnectionClosed(c) if refused_alpn(c.error_code) => DialError::NotMesh,
+                e => DialError::Failed(e.to_string()),
+            })?;
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
             self.send_hello(&conn, &mut send).await?;
             let (peer, deframer) = self.read_hello(&conn, &mut recv).await?;
-            Ok::<_, String>((conn, send, recv, peer, deframer))
+            Ok::<_, DialError>((conn, send, recv, peer, deframer))
         };
         let (conn, send, recv, peer, deframer) =
             tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt).await.map_err(|_| "handshake timed out".to_owned())??;
@@ -451,7 +490,39 @@ impl Mesh {
         self.clone().open_link(conn, send, recv, deframer, peer, true)?;
         Ok(peer)
     }
+}
 
+/// Whether a close is the TLS alert `no_application_protocol` (120) as QUIC carries it
+/// (RFC 9001 §4.8): the dialed endpoint offers none of our ALPNs.
+fn refused_alpn(code: quinn::TransportErrorCode) -> bool {
+    code == quinn::TransportErrorCode::crypto(120)
+}
+
+/// Why a dial failed.
+#[derive(Debug)]
+enum DialError {
+    /// The address answered but refused the mesh protocol (no common ALPN): most likely
+    /// a node's client port.
+    NotMesh,
+    Failed(String),
+}
+
+impl std::fmt::Display for DialError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DialError::NotMesh => f.write_str("not a mesh endpoint (it refused the mesh protocol)"),
+            DialError::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
+impl From<String> for DialError {
+    fn from(why: String) -> Self {
+        DialError::Failed(why)
+    }
+}
+
+impl Mesh {
     async fn accept(self: Arc<Self>, incoming: quinn::Incoming) -> Result<(), String> {
         let server = self.servers.for_peer(incoming.remote_address()).clone();
         let conn = match incoming.accept_with(server) {
@@ -557,7 +628,7 @@ impl Mesh {
         let out = Outbound::new(self.limits.max_pending_bytes, self.limits.slow_consumer_timeout, false);
         let link = Arc::new(Link {
             conn: conn.clone(),
-            peer: Arc::new(Peer::new(out)),
+            peer: Arc::new(Peer::new(out, fovea_core::limits::MAX_PAYLOAD)),
             addr: peer.addr,
             dialed,
             bound: Mutex::new(HashMap::new()),
@@ -726,7 +797,11 @@ impl Mesh {
             }
             // Caller side: an answer from the provider's node.
             Frame::Result(r) => {
-                link.peer.finish_request(r.call_id, r.code, r.headers, r.payload, std::time::Instant::now());
+                let answer =
+                    link.peer.finish_request(r.call_id, r.code, r.headers, r.payload, std::time::Instant::now());
+                if let crate::rpc::Answer::TooLarge(..) = answer {
+                    self.stats.answers_too_large.fetch_add(1, Ordering::Relaxed);
+                }
             }
             other => return Err(format!("unexpected frame 0x{:x} on a mesh link", other.kind())),
         }

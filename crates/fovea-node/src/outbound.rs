@@ -146,6 +146,10 @@ struct Queue {
     /// Drops per subscription since the last `DROPPED` notices. At most one entry per
     /// subscription of the connection, so bounded by its subscription limit.
     dropped: HashMap<u64, u64>,
+    /// Drops per subscription id already taken into notices, over the connection's life:
+    /// with `dropped`, what a `SLOW_CONSUMER` close reports ([`Outbound::drop_summary`]).
+    /// Bounded as `dropped` is, per id ever used.
+    announced: HashMap<u64, u64>,
     /// When the current run of drops began (reset by a successful delivery).
     full_since: Option<Instant>,
     /// The run of drops has lasted `slow_after`: the writer closes the connection.
@@ -348,7 +352,9 @@ impl Outbound {
         }
         if empty && !q.dropped.is_empty() {
             let mut notices = BytesMut::new();
+            let q = &mut *q;
             for (sid, count) in q.dropped.drain() {
+                *q.announced.entry(sid).or_default() += count;
                 if self.announce_drops {
                     Frame::Dropped(Dropped { sid, count }).encode(&mut notices);
                 }
@@ -358,6 +364,27 @@ impl Outbound {
             }
         }
         Ok(())
+    }
+
+    /// Every message dropped for this connection, per subscription id, as `SID=COUNT`
+    /// pairs separated by spaces, largest counts first (at most `max` pairs, then `…`):
+    /// what a `SLOW_CONSUMER` close's reason reports, since the `DROPPED` notices still
+    /// queued behind a stalled stream would never arrive. Counts include drops already
+    /// announced, so a client subtracts what its `DROPPED` frames told it.
+    pub fn drop_summary(&self, max: usize) -> String {
+        let q = self.lock();
+        let mut all = q.announced.clone();
+        for (sid, count) in &q.dropped {
+            *all.entry(*sid).or_default() += count;
+        }
+        drop(q);
+        let mut all: Vec<(u64, u64)> = all.into_iter().collect();
+        all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut text: Vec<String> = all.iter().take(max).map(|(sid, n)| format!("{sid}={n}")).collect();
+        if all.len() > max {
+            text.push("…".to_owned());
+        }
+        text.join(" ")
     }
 
     /// Waits until the connection has been dropping messages for `slow_after`.

@@ -478,9 +478,11 @@ impl MatchCache {
     /// Computes and stores a missing entry; returns its index.
     #[cold]
     fn insert(&mut self, realm: &Realm, raw: &[u8], allow: &Allow) -> Result<usize, TopicError> {
+        // The node's limits first: a topic may be as long as a frame, and is not copied
+        // before it is known to be short enough.
+        check_limits(raw, self.max_len, self.max_depth)?;
         // Copy the key: `raw` is a slice of a read buffer that must not be pinned.
         let topic = Topic::from_bytes(Bytes::copy_from_slice(raw))?;
-        check_limits(raw, self.max_len, self.max_depth)?;
         let allowed = allow.name(topic.as_bytes());
         let subs = match (allowed, self.local_only) {
             (false, _) => Arc::new(Matches::default()),

@@ -42,6 +42,9 @@ pub(crate) struct Peer {
     /// `serving.len()`, readable without the lock (for balancing).
     serving_len: AtomicUsize,
     next_req: AtomicU64,
+    /// Largest answer payload this connection may receive (the `max_payload` its
+    /// `WELCOME` announced); a larger answer fails the call with `PAYLOAD_TOO_LARGE`.
+    max_answer: usize,
 }
 
 /// The caller side: calls made by this connection.
@@ -89,6 +92,18 @@ struct Serving {
 /// them must not turn one call into an unbounded stream.
 pub(crate) const MAX_NOTICES_PER_CALL: u32 = 1024;
 
+/// What became of a provider's answer ([`Peer::finish_request`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// Relayed to the caller; the call took this long at the node.
+    Relayed(Duration),
+    /// The call had ended (timed out, cancelled, or never existed): discarded.
+    Late,
+    /// Over the caller's `max_payload` (the payload's length, the limit): the caller got
+    /// `PAYLOAD_TOO_LARGE` instead.
+    TooLarge(usize, usize),
+}
+
 /// Why a call could not start.
 pub(crate) enum Refusal {
     /// Answer with a `RESULT` carrying this code.
@@ -102,13 +117,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Peer {
-    pub fn new(out: Outbound) -> Self {
+    /// A connection's handle, queueing to `out`, that may receive answers of up to
+    /// `max_answer` bytes.
+    pub fn new(out: Outbound, max_answer: usize) -> Self {
         Peer {
             out,
             calls: Mutex::new(Calls::default()),
             serving: Mutex::new(HashMap::default()),
             serving_len: AtomicUsize::new(0),
             next_req: AtomicU64::new(1),
+            max_answer,
         }
     }
 
@@ -181,9 +199,8 @@ impl Peer {
         Ok(())
     }
 
-    /// Provider side: the answer to request `req_id`, read at `now`. Returns how long the
-    /// call took at the node, or `None` if the answer came too late (the call had timed
-    /// out, was cancelled, or never existed).
+    /// Provider side: the answer to request `req_id`, read at `now`, relayed to its caller
+    /// unless it came too late or is larger than the caller may receive.
     pub fn finish_request(
         &self,
         req_id: u64,
@@ -191,14 +208,25 @@ impl Peer {
         headers: Headers,
         payload: Bytes,
         now: Instant,
-    ) -> Option<Duration> {
-        let Serving { caller, call_id, .. } = self.take_serving(req_id)?;
-        let call = caller.take_call(call_id)?;
+    ) -> Answer {
+        let Some(Serving { caller, call_id, .. }) = self.take_serving(req_id) else { return Answer::Late };
+        let Some(call) = caller.take_call(call_id) else { return Answer::Late };
+        let (len, max) = (payload.len(), caller.max_answer);
+        if len > max {
+            let message = format!("the provider's answer of {len} bytes is over this node's max_payload of {max}");
+            caller.out.send(&Frame::Result(CallResult {
+                call_id,
+                code: ErrorCode::PayloadTooLarge,
+                headers: Headers::new(),
+                payload: Bytes::from(message.into_bytes()),
+            }));
+            return Answer::TooLarge(len, max);
+        }
         // Providers answer with success or their own codes; anything else would let them
         // impersonate the node (a fake NO_PROVIDER), so it becomes a generic failure.
         let code = if code == ErrorCode::NoError || code.is_application() { code } else { ErrorCode::ApplicationError };
         caller.out.send(&Frame::Result(CallResult { call_id, code, headers, payload }));
-        Some(now.saturating_duration_since(call.started))
+        Answer::Relayed(now.saturating_duration_since(call.started))
     }
 
     /// Provider side: a `NOTICE` for request `req_id`, passed on to its caller ahead of the
@@ -356,7 +384,7 @@ mod tests {
     use super::*;
 
     fn peer() -> Arc<Peer> {
-        Arc::new(Peer::new(Outbound::new(1 << 20, Duration::from_millis(5), false)))
+        Arc::new(Peer::new(Outbound::new(1 << 20, Duration::from_millis(5), false), 1 << 20))
     }
 
     fn call(call_id: u64) -> Call {
@@ -401,10 +429,9 @@ mod tests {
         for id in 1..=10_000u64 {
             caller.start_call(&provider, call(id), Duration::from_millis(1), 64, Instant::now()).ok().unwrap();
             let req_id = lock(&provider.peer.serving).keys().copied().next().unwrap();
-            assert!(provider
-                .peer
-                .finish_request(req_id, ErrorCode::NoError, Headers::new(), Bytes::new(), Instant::now())
-                .is_some());
+            let answer =
+                provider.peer.finish_request(req_id, ErrorCode::NoError, Headers::new(), Bytes::new(), Instant::now());
+            assert!(matches!(answer, Answer::Relayed(_)));
             let filed = lock(&caller.calls).deadlines.len();
             assert!(filed <= 2 + fovea_core::deadline::REBUILD_SLACK, "{filed} deadlines filed for one call");
         }

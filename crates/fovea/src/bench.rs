@@ -1,5 +1,5 @@
 //! `fovea bench`: throughput figures, printed last as key=value pairs in the shape that
-//! `../shared/bench/nats.sh` prints, so the two can be compared from one run.
+//! the benchmark harness's `nats.sh` prints, so the two can be compared from one run.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -901,12 +901,19 @@ fn run_nats(args: &BenchArgs) -> anyhow::Result<NatsRun> {
         BenchMode::Rpc => (args.calls, args.callers),
         _ => (args.msgs, 1),
     };
-    let script = &args.nats_script;
-    anyhow::ensure!(
-        script.exists(),
-        "NATS benchmark script {} not found; pass --nats-script or set FOVEA_NATS_BENCH",
-        script.display()
-    );
+    let script = match &args.nats_script {
+        Some(script) => {
+            anyhow::ensure!(
+                script.exists(),
+                "NATS benchmark script {} not found; give the harness's bench/nats.sh with --nats-script FILE \
+                 (or FOVEA_NATS_BENCH=FILE)",
+                script.display()
+            );
+            script.clone()
+        }
+        None => find_nats_script()?,
+    };
+    let script = &script;
     let out = Command::new("bash")
         .arg(script)
         .args([nats_mode(&args.mode).to_owned(), msgs.to_string(), args.size.to_string(), k.to_string()])
@@ -918,6 +925,23 @@ fn run_nats(args: &BenchArgs) -> anyhow::Result<NatsRun> {
         bail!("{} printed no result line (exit {}): {text}", script.display(), out.status);
     };
     Ok(NatsRun { line: line.to_owned() })
+}
+
+/// Where the harness keeps its NATS script, relative to a directory that holds it.
+const NATS_SCRIPT: &str = "shared/bench/nats.sh";
+
+/// The first [`NATS_SCRIPT`] in the current directory or one of its parents: a checkout
+/// run from inside the benchmark harness finds it wherever the two sit; a released binary
+/// run elsewhere is told what to give.
+fn find_nats_script() -> anyhow::Result<PathBuf> {
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    cwd.ancestors().map(|dir| dir.join(NATS_SCRIPT)).find(|p| p.is_file()).with_context(|| {
+        format!(
+            "no {NATS_SCRIPT} in {} or a parent; give the NATS benchmark script with --nats-script FILE \
+             (or FOVEA_NATS_BENCH=FILE)",
+            cwd.display()
+        )
+    })
 }
 
 /// `compare mode=… <key>_ratio=…`: fovea's figure over NATS's, for one round.

@@ -84,7 +84,7 @@ pub enum Command {
     Cert(CertCommand),
     /// Measure throughput and latency (starts its own node unless --url is given).
     #[command(
-        after_help = "Examples:\n  fovea bench pubsub\n  fovea bench pubsub --msgs 2000000 --size 1024 --compare-nats\n  fovea bench fanout --subs 100 --msgs 100000\n  fovea bench rpc --callers 64 --calls 200000\n  fovea bench rpc --callers 64 --calls 300000 --compare-nats --rounds 5\n  fovea bench conns --conns 100000\n  fovea bench startup\n  fovea bench mesh --msgs 500000 --calls 50000 --callers 16\n\nThe last line is key=value pairs, as ../shared/bench/nats.sh prints, for side-by-side comparison."
+        after_help = "Examples:\n  fovea bench pubsub\n  fovea bench pubsub --msgs 2000000 --size 1024 --compare-nats\n  fovea bench fanout --subs 100 --msgs 100000\n  fovea bench rpc --callers 64 --calls 200000\n  fovea bench rpc --callers 64 --calls 300000 --compare-nats --rounds 5\n  fovea bench conns --conns 100000\n  fovea bench startup\n  fovea bench mesh --msgs 500000 --calls 50000 --callers 16\n\nThe last line is key=value pairs, as the benchmark harness's nats.sh prints, for side-by-side comparison."
     )]
     Bench(BenchArgs),
 }
@@ -486,8 +486,8 @@ pub struct BenchArgs {
     /// latency for client CPU; off by default, as in an application that does not opt in.
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub client_spin: Option<std::time::Duration>,
-    /// Run the same workload against NATS right after (pubsub, fanout, rpc) with
-    /// ../shared/bench/nats.sh, and print the ratio.
+    /// Run the same workload against NATS right after (pubsub, fanout, rpc) with the
+    /// harness's nats.sh (see --nats-script), and print the ratio.
     #[arg(long)]
     pub compare_nats: bool,
     /// Pubsub, fanout, rpc: run the workload this many times (with --compare-nats, fovea
@@ -495,9 +495,11 @@ pub struct BenchArgs {
     /// their range: on a shared or virtual machine one run can be off by 15%.
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
     pub rounds: u32,
-    /// The NATS benchmark script for --compare-nats.
-    #[arg(long, env = "FOVEA_NATS_BENCH", default_value = "../shared/bench/nats.sh", value_name = "FILE")]
-    pub nats_script: PathBuf,
+    /// The NATS benchmark script for --compare-nats (the benchmark harness's
+    /// `bench/nats.sh`). Default: the first `shared/bench/nats.sh` found in the current
+    /// directory or one of its parents.
+    #[arg(long, env = "FOVEA_NATS_BENCH", value_name = "FILE")]
+    pub nats_script: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

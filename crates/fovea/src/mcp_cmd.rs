@@ -151,13 +151,9 @@ impl ServerHandler for Stdio {
             }
             Err(e) => (ErrorCode::InternalError, Headers::new(), e.to_string().into_bytes()),
         };
-        let json = tool::result_json(code, &headers, &payload, &procedure, &realm);
-        let result = serde_json::from_value::<CallToolResult>(json).unwrap_or_else(|e| {
-            CallToolResult::error(vec![ContentBlock::text(format!(
-                "the provider sent a tool result that is not MCP: {e}"
-            ))])
-        });
-        Ok(result.into())
+        // The node's endpoint converts with the same function, so both front ends answer
+        // alike in both eras (2026-07-28 results carry `resultType`).
+        Ok(fovea_node::mcp::tool_result(code, &headers, &payload, &procedure, &realm).into())
     }
 }
 

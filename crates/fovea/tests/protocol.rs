@@ -5,7 +5,7 @@ mod common;
 
 use bytes::Bytes;
 use common::{RawClient, TestNode, WAIT};
-use fovea_core::frame::{Hello, Publish, Subscribe};
+use fovea_core::frame::{Call, CallResult, Hello, Publish, Register, Respond, Subscribe};
 use fovea_core::{ErrorCode, Frame, Headers};
 
 #[tokio::test]
@@ -131,5 +131,188 @@ async fn a_full_node_refuses_connections_until_one_ends() {
             }
         }
     }
+    node.stop().await;
+}
+
+fn publish(topic: &[u8], payload: &'static [u8]) -> Frame {
+    Frame::Pub(Publish {
+        topic: Bytes::copy_from_slice(topic),
+        headers: Headers::new(),
+        payload: Bytes::from_static(payload),
+    })
+}
+
+fn subscribe(sid: u64, pattern: &[u8]) -> Frame {
+    Frame::Sub(Subscribe { sid, pattern: Bytes::copy_from_slice(pattern), group: Bytes::new() })
+}
+
+/// §3: a client may pipeline after HELLO. Frames that arrive in the same chunk as HELLO are
+/// handled right after WELCOME, not when the client next sends something.
+#[tokio::test]
+async fn frames_pipelined_with_hello_are_handled_without_more_bytes() {
+    let node = TestNode::start().await;
+    let mut raw = RawClient::connect(&node).await;
+    let mut bytes = Frame::Hello(hello("default")).to_bytes().to_vec();
+    bytes.extend_from_slice(&subscribe(1, b"pipe.>").to_bytes());
+    bytes.extend_from_slice(&publish(b"pipe.x", b"hi").to_bytes());
+    bytes.extend_from_slice(&Frame::Ping(7).to_bytes());
+    raw.send_raw(&bytes).await;
+    assert!(matches!(raw.next_frame().await, Some(Frame::Welcome(_))));
+    assert_eq!(raw.next_frame().await, Some(Frame::SubAck(1)));
+    match raw.next_frame().await {
+        Some(Frame::Msg(m)) => assert_eq!((m.sid, &m.topic[..], &m.payload[..]), (1, &b"pipe.x"[..], &b"hi"[..])),
+        other => panic!("expected MSG, got {other:?}"),
+    }
+    assert_eq!(raw.next_frame().await, Some(Frame::Pong(7)));
+    node.stop().await;
+}
+
+/// §7: a name over 1024 bytes is that operation's error; the connection stays.
+#[tokio::test]
+async fn names_over_the_limit_are_the_operations_error() {
+    let node = TestNode::start().await;
+    let mut raw = RawClient::handshake(&node).await;
+    let long = vec![b'a'; 1025];
+    raw.send_frame(&publish(&long, b"p")).await;
+    match raw.next_frame().await {
+        Some(Frame::Error(e)) => assert_eq!((e.code, e.reference), (ErrorCode::InvalidTopic, 0), "{}", e.message),
+        other => panic!("expected ERROR INVALID_TOPIC, got {other:?}"),
+    }
+    raw.send_frame(&subscribe(3, &long)).await;
+    match raw.next_frame().await {
+        Some(Frame::Error(e)) => assert_eq!((e.code, e.reference), (ErrorCode::InvalidPattern, 3), "{}", e.message),
+        other => panic!("expected ERROR INVALID_PATTERN, got {other:?}"),
+    }
+    let group = Frame::Sub(Subscribe { sid: 4, pattern: Bytes::from_static(b"ok"), group: long.clone().into() });
+    raw.send_frame(&group).await;
+    assert!(
+        matches!(raw.next_frame().await, Some(Frame::Error(e)) if (e.code, e.reference) == (ErrorCode::InvalidPattern, 4))
+    );
+    let reg = Register { rid: 5, procedure: long.clone().into(), tool: Bytes::new() };
+    raw.send_frame(&Frame::Reg(reg)).await;
+    match raw.next_frame().await {
+        Some(Frame::Error(e)) => assert_eq!((e.code, e.reference), (ErrorCode::InvalidProcedure, 5), "{}", e.message),
+        other => panic!("expected ERROR INVALID_PROCEDURE, got {other:?}"),
+    }
+    let call = Call {
+        call_id: 6,
+        procedure: long.clone().into(),
+        timeout_ms: 0,
+        headers: Headers::new(),
+        payload: Bytes::new(),
+    };
+    raw.send_frame(&Frame::Call(call)).await;
+    match raw.next_frame().await {
+        Some(Frame::Result(r)) => assert_eq!((r.call_id, r.code), (6, ErrorCode::InvalidProcedure)),
+        other => panic!("expected RESULT INVALID_PROCEDURE, got {other:?}"),
+    }
+    // Invalid UTF-8 in a name is the operation's error too.
+    raw.send_frame(&publish(b"bad.\xff", b"p")).await;
+    assert!(matches!(raw.next_frame().await, Some(Frame::Error(e)) if e.code == ErrorCode::InvalidTopic));
+    raw.send_frame(&Frame::Ping(1)).await;
+    assert_eq!(raw.next_frame().await, Some(Frame::Pong(1)));
+    node.stop().await;
+}
+
+/// §3: a tool descriptor is a version 4 field; a session below it that sends one is closed.
+#[tokio::test]
+async fn a_tool_on_a_session_below_version_4_is_a_protocol_error() {
+    let node = TestNode::start().await;
+    let mut raw = RawClient::handshake_at(&node, 3).await;
+    let reg =
+        Register { rid: 1, procedure: Bytes::from_static(b"t.x"), tool: Bytes::from_static(br#"{"description":"x"}"#) };
+    raw.send_frame(&Frame::Reg(reg)).await;
+    let (code, reason) = raw.close_reason().await.expect("an application close");
+    assert_eq!(code, ErrorCode::ProtocolError.to_u64(), "{reason}");
+    assert!(reason.contains("tool descriptor") && reason.contains('4'), "{reason}");
+    // A plain REG on the same version is fine.
+    let mut raw = RawClient::handshake_at(&node, 3).await;
+    let reg = Register { rid: 1, procedure: Bytes::from_static(b"t.x"), tool: Bytes::new() };
+    raw.send_frame(&Frame::Reg(reg)).await;
+    assert_eq!(raw.next_frame().await, Some(Frame::RegAck(1)));
+    node.stop().await;
+}
+
+/// §4.1: an answer larger than the caller's max_payload is not relayed: the caller gets
+/// PAYLOAD_TOO_LARGE, the provider an ERROR that names its request.
+#[tokio::test]
+async fn an_answer_over_max_payload_fails_the_call_and_tells_the_provider() {
+    let max = 4096;
+    let node = TestNode::start_with(fovea_node::Limits { max_payload: max, ..Default::default() }).await;
+    let mut provider = RawClient::handshake(&node).await;
+    provider
+        .send_frame(&Frame::Reg(Register { rid: 1, procedure: Bytes::from_static(b"big.answer"), tool: Bytes::new() }))
+        .await;
+    assert_eq!(provider.next_frame().await, Some(Frame::RegAck(1)));
+    let mut caller = RawClient::handshake(&node).await;
+    for (call_id, size) in [(1u64, max + 1), (2, max)] {
+        let call = Call {
+            call_id,
+            procedure: Bytes::from_static(b"big.answer"),
+            timeout_ms: 10_000,
+            headers: Headers::new(),
+            payload: Bytes::new(),
+        };
+        caller.send_frame(&Frame::Call(call)).await;
+        let Some(Frame::Request(req)) = provider.next_frame().await else { panic!("expected REQUEST") };
+        let answer = Respond {
+            req_id: req.req_id,
+            code: ErrorCode::NoError,
+            headers: Headers::new(),
+            payload: vec![7u8; size].into(),
+        };
+        provider.send_frame(&Frame::Respond(answer)).await;
+        match caller.next_frame().await {
+            Some(Frame::Result(CallResult { call_id: id, code, payload, .. })) if size > max => {
+                assert_eq!((id, code), (call_id, ErrorCode::PayloadTooLarge));
+                assert!(payload.len() < 200, "the oversize answer must not reach the caller");
+                match provider.next_frame().await {
+                    Some(Frame::Error(e)) => {
+                        assert_eq!((e.code, e.reference), (ErrorCode::PayloadTooLarge, 0));
+                        assert!(e.message.contains(&format!("request {}", req.req_id)), "{}", e.message);
+                    }
+                    other => panic!("expected ERROR PAYLOAD_TOO_LARGE for the provider, got {other:?}"),
+                }
+            }
+            Some(Frame::Result(r)) => {
+                assert_eq!((r.call_id, r.code, r.payload.len()), (call_id, ErrorCode::NoError, max))
+            }
+            other => panic!("expected RESULT, got {other:?}"),
+        }
+    }
+    node.stop().await;
+}
+
+/// §4: a subscriber closed as a slow consumer learns from the close's reason what it lost,
+/// since the DROPPED notices queued behind its stalled stream never arrive.
+#[tokio::test]
+async fn a_slow_consumer_close_says_what_was_dropped() {
+    let limits = fovea_node::Limits {
+        max_pending_bytes: 64 * 1024,
+        slow_consumer_timeout: std::time::Duration::from_millis(300),
+        ..Default::default()
+    };
+    let node = TestNode::start_with(limits).await;
+    let mut stalled = RawClient::handshake(&node).await;
+    stalled.send_frame(&subscribe(9, b"flood")).await;
+    assert_eq!(stalled.next_frame().await, Some(Frame::SubAck(9)));
+    // From here on the raw client reads nothing.
+    let publisher = node.client().await;
+    let closed = stalled.conn.clone();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while closed.close_reason().is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "never closed: {:?}", node.stats.snapshot());
+        for _ in 0..100 {
+            publisher.publish("flood", vec![0u8; 1024]).await.unwrap();
+        }
+        publisher.flush().await.unwrap();
+    }
+    let (code, reason) = stalled.close_reason().await.expect("an application close");
+    assert_eq!(code, ErrorCode::SlowConsumer.to_u64(), "{reason}");
+    let pairs = reason.rsplit_once("dropped ").map(|(_, p)| p.to_owned()).unwrap_or_default();
+    let (sid, count) = pairs.split_once('=').expect("SID=COUNT in the reason");
+    assert_eq!(sid, "9", "{reason}");
+    let count: u64 = count.parse().expect("a count");
+    assert!(count > 0 && count <= node.stats.snapshot().dropped, "{reason}");
     node.stop().await;
 }

@@ -7,8 +7,8 @@
 //! when the connection starts), a driver task with a timer of its own, and a send buffer
 //! that keeps the capacity of the largest datagram it ever built (1.2–2.4 KB over a
 //! network, 6.5 KB on loopback) — ~9 KB of a connection's ~32 KB, before quinn-proto's
-//! own state (`BENCHMARKS.md`, "Idle connections against the 30 KB goal";
-//! `../shared/research/quinn-conn-memory.md`). None of it can be configured away.
+//! own state (`BENCHMARKS.md`, "Idle connections against the 30 KB goal"). None of it
+//! can be configured away.
 //!
 //! Here a connection is quinn-proto's `Connection` behind a mutex and nothing else that
 //! lives as long:

@@ -209,9 +209,14 @@ impl RawClient {
 
     /// Connects and completes the handshake.
     pub async fn handshake(node: &TestNode) -> RawClient {
+        Self::handshake_at(node, VERSION).await
+    }
+
+    /// Connects and completes the handshake, offering protocol `version`.
+    pub async fn handshake_at(node: &TestNode, version: u64) -> RawClient {
         let mut c = Self::connect(node).await;
         c.send_frame(&Frame::Hello(Hello {
-            version: VERSION,
+            version,
             realm: "default".into(),
             token: Bytes::new(),
             name: "raw".into(),
@@ -246,6 +251,17 @@ impl RawClient {
         })
         .await
         .expect("node answers in time")
+    }
+
+    /// Waits for the node to close the connection and returns its application close code
+    /// and reason.
+    pub async fn close_reason(&self) -> Option<(u64, String)> {
+        match tokio::time::timeout(WAIT, self.conn.closed()).await.expect("node closes in time") {
+            quinn::ConnectionError::ApplicationClosed(c) => {
+                Some((c.error_code.into_inner(), String::from_utf8_lossy(&c.reason).into_owned()))
+            }
+            _ => None,
+        }
     }
 
     /// Waits for the node to close the connection and returns its application close code.
