@@ -20,6 +20,9 @@
 //! - [`balance`]: the procedure registry and power-of-two-choices balancing.
 //! - [`dht`]: Kademlia for the mesh (routing table, lookups, records), driven by the node.
 //! - [`deadline`]: call deadlines, filed once and never unfiled.
+//! - [`headers`]: message headers, kept encoded until read.
+//! - [`tool`]: tool descriptors, the procedure ↔ tool-name mapping, MCP result conversion.
+//! - [`path`]: which QUIC settings a path gets (loopback or network).
 //! - [`code`]: wire error codes. [`limits`]: protocol maxima. [`varint`]: integer encoding.
 //!
 //! Neighbours: `fovea-node` (the server) and `fovea-client` (the SDK) depend on this crate;

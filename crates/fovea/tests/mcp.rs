@@ -336,6 +336,45 @@ async fn hostile_http_is_refused() {
     node.stop().await;
 }
 
+/// Malformed messages get what JSON-RPC and MCP's transport say: 400 with an error object
+/// an agent can parse (-32700 parse error, -32600 invalid request), in both eras.
+#[tokio::test]
+async fn malformed_requests_get_a_json_rpc_error() {
+    let node = TestNode::start().await;
+    let deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
+    let cases: Vec<(&str, String, i64)> = vec![
+        ("invalid JSON", "{\"jsonrpc\": \"2.0\", \"id\": 1,".to_owned(), -32700),
+        ("nesting past the recursion limit", deep, -32700),
+        ("a batch", json!([{"jsonrpc": "2.0", "id": 1, "method": "ping"}]).to_string(), -32600),
+        ("a null id", json!({"jsonrpc": "2.0", "id": null, "method": "ping"}).to_string(), -32600),
+        ("not an object", json!("ping").to_string(), -32600),
+        ("no jsonrpc member", json!({"id": 1, "method": "ping"}).to_string(), -32600),
+        ("a method that is not a string", json!({"jsonrpc": "2.0", "id": 1, "method": 7}).to_string(), -32600),
+    ];
+    for version in ["2025-11-25", "2026-07-28"] {
+        let mut agent = Agent::new(node.mcp);
+        agent.version = version;
+        for (what, body, code) in &cases {
+            let reply = agent.post_raw(body).await;
+            assert_eq!(reply.status, 400, "{version} {what}: {}", reply.body);
+            assert!(reply.header("content-type").is_some_and(|t| t.starts_with("application/json")), "{what}");
+            let error: Value =
+                serde_json::from_str(&reply.body).unwrap_or_else(|e| panic!("{what}: {e}: {}", reply.body));
+            assert_eq!(error["jsonrpc"], "2.0", "{what}");
+            assert_eq!(error["error"]["code"], *code, "{version} {what}: {error}");
+            assert!(error["error"]["message"].is_string(), "{what}");
+        }
+    }
+    // The id of a request that had a valid one is echoed.
+    let reply = Agent::new(node.mcp).post_raw(&json!({"jsonrpc": "1.0", "id": 42, "method": "ping"}).to_string()).await;
+    let error: Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!((reply.status, error["id"].clone()), (400, json!(42)));
+    // And the endpoint still serves.
+    let mut fine = Agent::new(node.mcp);
+    fine.initialize().await;
+    node.stop().await;
+}
+
 #[tokio::test]
 async fn agents_on_any_node_see_and_call_the_tools_of_the_whole_mesh() {
     const SECRET: &str = "a mesh secret of some length";

@@ -580,3 +580,18 @@ async fn a_link_pool_smaller_than_the_traffic_needs_still_reaches_everyone() {
         n.stop().await;
     }
 }
+
+/// `--join` given a member's client port (the URL users have at hand) joins through the
+/// mesh port next to it, the default layout, instead of retrying the client port forever.
+#[tokio::test]
+async fn joining_through_a_client_port_finds_the_mesh_port() {
+    let a = TestNode::start_mesh_adjacent(SECRET).await;
+    assert_eq!(a.mesh_addr().port(), a.addr.port() + 1);
+    let b = TestNode::start_mesh(SECRET, &[a.addr]).await;
+    converges("B to link to A through A's mesh port", || async {
+        mesh(&b).snapshot().await.links.iter().any(|(_, addr)| *addr == a.mesh_addr())
+    })
+    .await;
+    b.stop().await;
+    a.stop().await;
+}

@@ -92,6 +92,13 @@ impl Agent {
         exchange(self.addr, req).await
     }
 
+    /// POSTs `body` as it is (not necessarily JSON) with a JSON content type.
+    pub async fn post_raw(&self, body: &str) -> Reply {
+        let mut req = self.head("POST", &[]);
+        req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()));
+        exchange(self.addr, req).await
+    }
+
     pub async fn delete(&self) -> Reply {
         let mut req = self.head("DELETE", &[]);
         req.push_str("\r\n");

@@ -97,6 +97,23 @@ impl TestNode {
         Self::start_config("127.0.0.1:0".parse().unwrap(), dir, Limits::default(), realms, Some(mesh)).await
     }
 
+    /// A mesh node whose client port is `p` and mesh port `p + 1`, the default layout of
+    /// `fovea node` (found free at random; retried if another process takes one).
+    pub async fn start_mesh_adjacent(secret: &str) -> TestNode {
+        for _ in 0..50 {
+            let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let p = probe.local_addr().unwrap().port();
+            let Some(next) = p.checked_add(1) else { continue };
+            let Ok(second) = std::net::UdpSocket::bind(("127.0.0.1", next)) else { continue };
+            drop((probe, second));
+            let dir = Arc::new(tempfile::tempdir().unwrap());
+            let mesh = fovea_node::mesh::MeshConfig::new(SocketAddr::from(([127, 0, 0, 1], next)), secret);
+            let addr = SocketAddr::from(([127, 0, 0, 1], p));
+            return Self::start_config(addr, dir, Limits::default(), None, Some(mesh)).await;
+        }
+        panic!("no two adjacent free UDP ports on loopback");
+    }
+
     /// The node's mesh address (for others to join through).
     pub fn mesh_addr(&self) -> SocketAddr {
         self.mesh.as_ref().expect("a mesh node").local().addr
