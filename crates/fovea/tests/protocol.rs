@@ -316,3 +316,74 @@ async fn a_slow_consumer_close_says_what_was_dropped() {
     assert!(count > 0 && count <= node.stats.snapshot().dropped, "{reason}");
     node.stop().await;
 }
+
+fn call(call_id: u64, procedure: &[u8], payload: Vec<u8>) -> Frame {
+    Frame::Call(Call {
+        call_id,
+        procedure: Bytes::copy_from_slice(procedure),
+        timeout_ms: 10_000,
+        headers: Headers::new(),
+        payload: payload.into(),
+    })
+}
+
+/// §4.1: the two cases a CALL is refused with ERROR (id 0; an id in flight, referenced by
+/// that id, leaving the call in flight alone), and the failures that are RESULTs.
+#[tokio::test]
+async fn call_refusals_are_errors_or_results_as_documented() {
+    let node = TestNode::start_with(fovea_node::Limits { max_payload: 1024, ..Default::default() }).await;
+    let mut provider = RawClient::handshake(&node).await;
+    let reg = Register { rid: 1, procedure: Bytes::from_static(b"edge.slow"), tool: Bytes::new() };
+    provider.send_frame(&Frame::Reg(reg)).await;
+    assert_eq!(provider.next_frame().await, Some(Frame::RegAck(1)));
+    let mut caller = RawClient::handshake(&node).await;
+
+    caller.send_frame(&call(0, b"edge.slow", Vec::new())).await;
+    assert!(matches!(caller.next_frame().await,
+        Some(Frame::Error(e)) if (e.code, e.reference) == (ErrorCode::InvalidProcedure, 0)));
+
+    caller.send_frame(&call(5, b"edge.slow", Vec::new())).await;
+    let Some(Frame::Request(req)) = provider.next_frame().await else { panic!("expected REQUEST") };
+    caller.send_frame(&call(5, b"edge.slow", Vec::new())).await;
+    assert!(matches!(caller.next_frame().await,
+        Some(Frame::Error(e)) if (e.code, e.reference) == (ErrorCode::DuplicateId, 5)));
+    // The call in flight is untouched: its answer still arrives.
+    let answer = Respond {
+        req_id: req.req_id,
+        code: ErrorCode::NoError,
+        headers: Headers::new(),
+        payload: Bytes::from_static(b"ok"),
+    };
+    provider.send_frame(&Frame::Respond(answer)).await;
+    assert!(matches!(caller.next_frame().await,
+        Some(Frame::Result(r)) if (r.call_id, r.code, &r.payload[..]) == (5, ErrorCode::NoError, &b"ok"[..])));
+
+    for (id, procedure, payload, code) in [
+        (6, &b"edge..bad"[..], Vec::new(), ErrorCode::InvalidProcedure),
+        (7, &b"edge.*"[..], Vec::new(), ErrorCode::InvalidProcedure),
+        (8, &b"edge.slow"[..], vec![0u8; 1025], ErrorCode::PayloadTooLarge),
+        (9, &b"edge.nobody"[..], Vec::new(), ErrorCode::NoProvider),
+    ] {
+        caller.send_frame(&call(id, procedure, payload)).await;
+        match caller.next_frame().await {
+            Some(Frame::Result(r)) => assert_eq!((r.call_id, r.code), (id, code)),
+            other => panic!("call {id}: expected RESULT {code:?}, got {other:?}"),
+        }
+    }
+    node.stop().await;
+}
+
+/// §4.3: FIN on the control stream ends the session after what came before it.
+#[tokio::test]
+async fn a_finished_control_stream_ends_the_session_cleanly() {
+    let node = TestNode::start().await;
+    let watcher = node.client().await;
+    let mut sub = watcher.subscribe("fin.>").await.unwrap();
+    let mut raw = RawClient::handshake(&node).await;
+    raw.send_frame(&publish(b"fin.last", b"before the FIN")).await;
+    raw.send.finish().unwrap();
+    assert_eq!(raw.close_code().await, Some(ErrorCode::NoError.to_u64()));
+    let m = tokio::time::timeout(WAIT, sub.next()).await.unwrap().unwrap();
+    assert_eq!(&m.payload[..], b"before the FIN");
+    node.stop().await;
+}
