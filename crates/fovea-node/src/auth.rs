@@ -251,7 +251,7 @@ struct FileConfig {
 
 /// The `[mcp]` table: the MCP endpoint for AI agents. Present with `listen`, it turns the
 /// endpoint on (as `--mcp` does); the other keys have the defaults of
-/// [`crate::mcp::McpConfig::new`].
+/// [`crate::front::mcp::McpConfig::new`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct McpSection {
@@ -315,7 +315,7 @@ impl UpstreamSection {
 
 impl McpSection {
     /// The table that gives `config` (without upstreams, which the CLI runs).
-    pub fn of(config: &crate::mcp::McpConfig) -> McpSection {
+    pub fn of(config: &crate::front::mcp::McpConfig) -> McpSection {
         let fmt = crate::config::format_duration;
         McpSection {
             listen: Some(config.listen.to_string()),
@@ -335,7 +335,7 @@ impl McpSection {
     ///
     /// # Errors
     /// A duration that does not parse, a zero limit, or a malformed `[[mcp.upstream]]`.
-    pub fn apply(&self, config: &mut crate::mcp::McpConfig) -> Result<(), ConfigError> {
+    pub fn apply(&self, config: &mut crate::front::mcp::McpConfig) -> Result<(), ConfigError> {
         for u in &self.upstream {
             u.check()?;
         }

@@ -167,5 +167,5 @@ impl Stats {
 }
 
 fn by_name<S: serde::Serializer>(rows: &[(ErrorCode, u64)], s: S) -> Result<S::Ok, S::Error> {
-    serde::Serialize::serialize(&crate::admin::by_name(rows), s)
+    serde::Serialize::serialize(&crate::front::admin::by_name(rows), s)
 }

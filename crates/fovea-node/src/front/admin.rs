@@ -28,9 +28,9 @@ pub(crate) struct ConnInfo {
     pub client: String,
     pub remote: SocketAddr,
     /// The QUIC connection, for its path figures (round-trip time, datagram size).
-    pub(crate) conn: crate::quic::Connection,
+    pub(crate) conn: crate::transport::quic::Connection,
     pub started: Instant,
-    pub peer: Arc<crate::rpc::Peer>,
+    pub handle: Arc<crate::handle::Handle>,
     pub subscriptions: std::sync::atomic::AtomicUsize,
     pub registrations: std::sync::atomic::AtomicUsize,
 }
@@ -203,9 +203,9 @@ fn connection_page(infos: Vec<Arc<ConnInfo>>, q: &ConnQuery) -> Result<ConnPage,
                 uptime_s: c.started.elapsed().as_secs(),
                 subscriptions: c.subscriptions.load(Ordering::Relaxed),
                 registrations: c.registrations.load(Ordering::Relaxed),
-                pending_bytes: c.peer.out.pending(),
-                dropped: c.peer.out.dropped.load(Ordering::Relaxed),
-                calls_served_in_flight: c.peer.requests_in_flight(),
+                pending_bytes: c.handle.out.pending(),
+                dropped: c.handle.out.dropped.load(Ordering::Relaxed),
+                calls_served_in_flight: c.handle.requests_in_flight(),
                 // Path figures lock each QUIC connection: filled in for the page only, below.
                 rtt_us: 0,
                 datagram_bytes: 0,
@@ -350,7 +350,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         gauge!("fovea_registrations").set(s.registrations as f64);
         let (total, max) = {
             let conns = shared.conns.lock().unwrap_or_else(PoisonError::into_inner);
-            conns.values().map(|c| c.peer.out.pending()).fold((0usize, 0usize), |(t, m), p| (t + p, m.max(p)))
+            conns.values().map(|c| c.handle.out.pending()).fold((0usize, 0usize), |(t, m), p| (t + p, m.max(p)))
         };
         describe_gauge!("fovea_queued_bytes", "Bytes queued at the node for all clients.");
         gauge!("fovea_queued_bytes").set(total as f64);

@@ -48,9 +48,9 @@ use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::outbound::Outbound;
-use crate::router::ProviderRef;
-use crate::rpc::Peer;
+use crate::handle::outbound::Outbound;
+use crate::handle::Handle;
+use crate::handle::ProviderRef;
 use crate::NodeError;
 
 /// Mesh protocol version in `MESH_HELLO`.
@@ -165,14 +165,14 @@ struct Dialing {
     frames: Vec<Frame>,
 }
 
-/// One link. Its [`Peer`] makes the link look like a client connection to the RPC
+/// One link. Its [`Handle`] makes the link look like a client connection to the RPC
 /// machinery: on the caller's node the link is a *provider* (calls go out as `REQUEST`s,
 /// answers come back as `RESULT`s), on the provider's node it is a *caller*. Timeouts,
 /// cancellation and "the other side went away" then work across nodes as they do within
 /// one. Everything sent on the link goes through the peer's bounded queue.
 pub(crate) struct Link {
     conn: Connection,
-    pub peer: Arc<Peer>,
+    pub handle: Arc<Handle>,
     addr: SocketAddr,
     /// Whether this node dialed it (for the one-link-per-pair rule).
     dialed: bool,
@@ -203,7 +203,7 @@ const MAX_BINDINGS: usize = 4096;
 pub(crate) type DeliverFactory = dyn Fn() -> Box<dyn FnMut(Forward) + Send> + Send + Sync;
 
 /// Serves a call that arrived on a link: (link peer, realm, procedure, request).
-pub(crate) type ServeFn = dyn Fn(&Arc<Peer>, &[u8], &[u8], fovea_core::frame::Request) + Send + Sync;
+pub(crate) type ServeFn = dyn Fn(&Arc<Handle>, &[u8], &[u8], fovea_core::frame::Request) + Send + Sync;
 
 enum Input {
     Message {
@@ -311,18 +311,18 @@ impl Mesh {
                     .into(),
             ));
         }
-        let identity = crate::tls::mesh_identity(data_dir, config.identity.as_ref())?;
-        let id = crate::tls::public_key_id(&identity.chain[0])
+        let identity = crate::transport::tls::mesh_identity(data_dir, config.identity.as_ref())?;
+        let id = crate::transport::tls::public_key_id(&identity.chain[0])
             .ok_or_else(|| NodeError::Tls("the mesh certificate does not parse".into()))?;
-        let ca = config.ca.as_deref().map(crate::tls::read_ca).transpose()?;
-        let (server_crypto, client_crypto) = crate::tls::mesh_crypto(&identity, ca)?;
+        let ca = config.ca.as_deref().map(crate::transport::tls::read_ca).transpose()?;
+        let (server_crypto, client_crypto) = crate::transport::tls::mesh_crypto(&identity, ca)?;
         // Links between nodes on one host (a test, a bench, a dev box) get the loopback
         // datagram size, as client connections do (`fovea_core::path`).
         let server = quinn::ServerConfig::with_crypto(server_crypto);
         let client = quinn::ClientConfig::new(client_crypto);
         let (servers, clients) = ByPath {
             network: mesh_transport(),
-            loopback: crate::on_loopback(mesh_transport(), fovea_core::path::LOOPBACK_UDP_PAYLOAD),
+            loopback: crate::transport::on_loopback(mesh_transport(), fovea_core::path::LOOPBACK_UDP_PAYLOAD),
         }
         .map(|transport| {
             let transport = Arc::new(transport);
@@ -332,7 +332,7 @@ impl Mesh {
             (Arc::new(server), client)
         })
         .unzip();
-        let (endpoint, spin) = crate::bind_endpoint((*servers.network).clone(), config.listen)?;
+        let (endpoint, spin) = crate::transport::bind_endpoint((*servers.network).clone(), config.listen)?;
         let addr = endpoint.local_addr().unwrap_or(config.listen);
         let (inputs, rx) = mpsc::channel(DHT_QUEUE);
         Ok(Arc::new(Mesh {
@@ -592,7 +592,7 @@ impl Mesh {
         let cert_id = conn
             .peer_identity()
             .and_then(|i| i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
-            .and_then(|chain| chain.first().and_then(crate::tls::public_key_id));
+            .and_then(|chain| chain.first().and_then(crate::transport::tls::public_key_id));
         if cert_id != Some(id.0) {
             return Err(refuse("node id does not match the certificate"));
         }
@@ -628,7 +628,7 @@ impl Mesh {
         let out = Outbound::new(self.limits.max_pending_bytes, self.limits.slow_consumer_timeout, false);
         let link = Arc::new(Link {
             conn: conn.clone(),
-            peer: Arc::new(Peer::new(out, fovea_core::limits::MAX_PAYLOAD)),
+            handle: Arc::new(Handle::new(out, fovea_core::limits::MAX_PAYLOAD)),
             addr: peer.addr,
             dialed,
             bound: Mutex::new(HashMap::new()),
@@ -700,7 +700,7 @@ impl Mesh {
                     Ok(None) | Err(_) => break None,
                 },
                 // Deadlines of calls this link makes here (it is their caller).
-                () = link.peer.expire_next() => {}
+                () = link.handle.expire_next() => {}
             }
         };
         let conn = &link.conn;
@@ -714,8 +714,8 @@ impl Mesh {
         }
         // Calls across the link fail now (PROVIDER_DISCONNECTED to their callers), and
         // requests it made here are cancelled at their providers.
-        link.peer.out.close();
-        link.peer.abandon_all();
+        link.handle.out.close();
+        link.handle.abandon_all();
         // Remove it only if it is still this connection (a duplicate may have replaced it).
         let removed = {
             let mut links = lock(&self.links);
@@ -774,15 +774,15 @@ impl Mesh {
                     return Err(format!("REQUEST for unbound rid {}", q.rid));
                 };
                 if let Some(serve) = self.serve.get() {
-                    serve(&link.peer, &realm, &procedure, q);
+                    serve(&link.handle, &realm, &procedure, q);
                 }
             }
             // Provider side: the caller's node gave up on a call.
-            Frame::Cancel(call_id) => link.peer.cancel_call(call_id),
+            Frame::Cancel(call_id) => link.handle.cancel_call(call_id),
             Frame::MeshTools(q) => {
                 let tools = self.tools_source.get().map(|f| f(&q.realm)).unwrap_or_else(|| Bytes::from_static(b"[]"));
                 let list = fovea_core::frame::ToolList { id: q.id, next: Bytes::new(), tools };
-                link.peer.out.send(&Frame::ToolList(list));
+                link.handle.out.send(&Frame::ToolList(list));
             }
             Frame::ToolList(l) => {
                 if let Some(tx) = lock(&self.tool_queries).remove(&l.id) {
@@ -791,15 +791,15 @@ impl Mesh {
             }
             // Caller side: progress or a log line from the provider's node, for our caller.
             Frame::Notice(n) => {
-                if !link.peer.forward_notice(n.id, n.kind, n.body) {
+                if !link.handle.forward_notice(n.id, n.kind, n.body) {
                     self.stats.notices_dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
             // Caller side: an answer from the provider's node.
             Frame::Result(r) => {
                 let answer =
-                    link.peer.finish_request(r.call_id, r.code, r.headers, r.payload, std::time::Instant::now());
-                if let crate::rpc::Answer::TooLarge(..) = answer {
+                    link.handle.finish_request(r.call_id, r.code, r.headers, r.payload, std::time::Instant::now());
+                if let crate::handle::Answer::TooLarge(..) = answer {
                     self.stats.answers_too_large.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -811,13 +811,13 @@ impl Mesh {
     /// Requests in flight to `to` over its link (0 without a link): the load that
     /// balancing across nodes compares.
     pub(crate) fn link_load(&self, to: &NodeId) -> u64 {
-        lock(&self.links).get(to).map_or(0, |l| l.peer.requests_in_flight() as u64)
+        lock(&self.links).get(to).map_or(0, |l| l.handle.requests_in_flight() as u64)
     }
 
     /// Sets how calls from other nodes are served (once, at start).
     pub(crate) fn set_serve(
         &self,
-        serve: impl Fn(&Arc<Peer>, &[u8], &[u8], fovea_core::frame::Request) + Send + Sync + 'static,
+        serve: impl Fn(&Arc<Handle>, &[u8], &[u8], fovea_core::frame::Request) + Send + Sync + 'static,
     ) {
         let _ = self.serve.set(Box::new(serve));
     }
@@ -875,7 +875,7 @@ impl Mesh {
                     let rid = bound.len() as u64 + 1;
                     bound.insert(key, rid);
                     // Queued before any REQUEST that uses it: the link keeps order.
-                    link.peer.out.send(&Frame::Bind(fovea_core::frame::Bind {
+                    link.handle.out.send(&Frame::Bind(fovea_core::frame::Bind {
                         rid,
                         realm: realm.clone(),
                         procedure: procedure.clone(),
@@ -884,7 +884,7 @@ impl Mesh {
                 }
             }
         };
-        Some(ProviderRef { peer: link.peer.clone(), rid })
+        Some(ProviderRef { handle: link.handle.clone(), rid })
     }
 
     /// Milliseconds since the mesh started, to 100 ms: read per frame for the links' LRU
@@ -949,7 +949,7 @@ impl Mesh {
     fn send(self: &Arc<Self>, to: Contact, frame: Frame) -> bool {
         if let Some(link) = lock(&self.links).get(&to.id).cloned() {
             link.touch(self.now_ms());
-            if !link.peer.out.send_bounded(&frame) {
+            if !link.handle.out.send_bounded(&frame) {
                 self.stats.dht_dropped.fetch_add(1, Ordering::Relaxed);
                 return false;
             }
@@ -1008,7 +1008,7 @@ impl Mesh {
     /// dropped and counted.
     fn flush_waiting(&self, link: &Link, frames: Vec<Frame>) {
         for f in frames {
-            if !link.peer.out.send_bounded(&f) {
+            if !link.handle.out.send_bounded(&f) {
                 self.stats.dht_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -1168,7 +1168,7 @@ fn retire(link: &Arc<Link>, reason: &'static [u8]) {
 async fn write_link(mut send: SendStream, link: Arc<Link>) {
     let mut chunks: Vec<Bytes> = Vec::new();
     loop {
-        if link.peer.out.take_into(&mut chunks).is_err() {
+        if link.handle.out.take_into(&mut chunks).is_err() {
             // The peer has not read for slow_consumer_timeout: the link is stuck.
             link.conn.close(
                 VarInt::from_u64(ErrorCode::SlowConsumer.to_u64()).unwrap_or(VarInt::from_u32(0)),
@@ -1177,10 +1177,10 @@ async fn write_link(mut send: SendStream, link: Arc<Link>) {
             return;
         }
         if chunks.is_empty() {
-            if link.peer.out.is_closed() {
+            if link.handle.out.is_closed() {
                 return;
             }
-            link.peer.out.wait().await;
+            link.handle.out.wait().await;
             continue;
         }
         if send.write_all_chunks(&mut chunks).await.is_err() {

@@ -33,7 +33,7 @@ pub struct NodeConfig {
     /// Take part in a mesh of nodes; `None`: a standalone node.
     pub mesh: Option<crate::mesh::MeshConfig>,
     /// Serve MCP (AI agents) over HTTP; `None`: off.
-    pub mcp: Option<crate::mcp::McpConfig>,
+    pub mcp: Option<crate::front::mcp::McpConfig>,
 }
 
 /// Paths of a PEM certificate chain and its private key.

@@ -7,8 +7,8 @@
 //! call while it is open:
 //!
 //! ```text
-//!  caller Peer.calls:   call_id → (provider Peer, req_id, deadline timer)
-//!  provider Peer.serving: req_id → (caller Peer, call_id)
+//!  caller Handle.calls:   call_id → (provider Handle, req_id, deadline timer)
+//!  provider Handle.serving: req_id → (caller Handle, call_id)
 //! ```
 //!
 //! Rule: whoever removes the call from the *caller's* table answers the caller (with the
@@ -31,11 +31,12 @@ use fovea_core::frame::{Call, CallResult, Notice, Request};
 use fovea_core::{ErrorCode, Frame, Headers};
 use tokio::time::Sleep;
 
-use crate::outbound::Outbound;
-use crate::router::ProviderRef;
+pub(crate) mod outbound;
+
+use outbound::Outbound;
 
 /// Everything of one connection that other connections' tasks touch.
-pub(crate) struct Peer {
+pub(crate) struct Handle {
     pub out: Outbound,
     calls: Mutex<Calls>,
     serving: Mutex<HashMap<u64, Serving, RandomState>>,
@@ -71,7 +72,7 @@ struct Calls {
 }
 
 struct InFlight {
-    provider: Arc<Peer>,
+    provider: Arc<Handle>,
     req_id: u64,
     /// When the node received the call (for the latency histogram).
     started: Instant,
@@ -81,7 +82,7 @@ struct InFlight {
 
 /// The provider side: a request this connection is handling.
 struct Serving {
-    caller: Arc<Peer>,
+    caller: Arc<Handle>,
     call_id: u64,
     /// `NOTICE`s passed on for this request so far.
     notices: u32,
@@ -92,7 +93,7 @@ struct Serving {
 /// them must not turn one call into an unbounded stream.
 pub(crate) const MAX_NOTICES_PER_CALL: u32 = 1024;
 
-/// What became of a provider's answer ([`Peer::finish_request`]).
+/// What became of a provider's answer ([`Handle::finish_request`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Answer {
     /// Relayed to the caller; the call took this long at the node.
@@ -102,6 +103,20 @@ pub(crate) enum Answer {
     /// Over the caller's `max_payload` (the payload's length, the limit): the caller got
     /// `PAYLOAD_TOO_LARGE` instead.
     TooLarge(usize, usize),
+}
+
+/// One registration of a procedure: the handle that answers its calls, and the
+/// registration's id there.
+#[derive(Clone)]
+pub(crate) struct ProviderRef {
+    pub handle: Arc<Handle>,
+    pub rid: u64,
+}
+
+impl PartialEq for ProviderRef {
+    fn eq(&self, other: &Self) -> bool {
+        self.rid == other.rid && Arc::ptr_eq(&self.handle, &other.handle)
+    }
 }
 
 /// Why a call could not start.
@@ -116,11 +131,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl Peer {
+impl Handle {
     /// A connection's handle, queueing to `out`, that may receive answers of up to
     /// `max_answer` bytes.
     pub fn new(out: Outbound, max_answer: usize) -> Self {
-        Peer {
+        Handle {
             out,
             calls: Mutex::new(Calls::default()),
             serving: Mutex::new(HashMap::default()),
@@ -148,7 +163,7 @@ impl Peer {
         now: Instant,
     ) -> Result<(), Refusal> {
         let Call { call_id, headers, payload, .. } = call;
-        let (rid, provider) = (provider.rid, &provider.peer);
+        let (rid, provider) = (provider.rid, &provider.handle);
         let req_id = provider.next_req.fetch_add(1, Ordering::Relaxed);
         {
             // The caller's entry goes in first, so that a provider disconnecting from here
@@ -383,8 +398,8 @@ fn set_waker(slot: &mut Option<Waker>, waker: &Waker) {
 mod tests {
     use super::*;
 
-    fn peer() -> Arc<Peer> {
-        Arc::new(Peer::new(Outbound::new(1 << 20, Duration::from_millis(5), false), 1 << 20))
+    fn peer() -> Arc<Handle> {
+        Arc::new(Handle::new(Outbound::new(1 << 20, Duration::from_millis(5), false), 1 << 20))
     }
 
     fn call(call_id: u64) -> Call {
@@ -392,7 +407,7 @@ mod tests {
         Call { call_id, procedure, timeout_ms: 0, headers: Headers::new(), payload: Bytes::new() }
     }
 
-    fn in_flight(p: &Peer, call_id: u64) -> bool {
+    fn in_flight(p: &Handle, call_id: u64) -> bool {
         lock(&p.calls).map.contains_key(&call_id)
     }
 
@@ -401,7 +416,7 @@ mod tests {
     /// the waiter, or it would end only when the later deadline fires.
     #[tokio::test]
     async fn an_earlier_deadline_from_another_task_wakes_the_waiting_task() {
-        let (caller, provider) = (peer(), ProviderRef { peer: peer(), rid: 1 });
+        let (caller, provider) = (peer(), ProviderRef { handle: peer(), rid: 1 });
         caller.start_call(&provider, call(1), Duration::from_secs(3600), 16, Instant::now()).ok().unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let waiter = caller.clone();
@@ -417,7 +432,7 @@ mod tests {
         let woke = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await;
         assert!(woke.is_ok(), "the 50 ms call did not end: the waiter slept on the hour-long deadline");
         assert!(!in_flight(&caller, 2) && in_flight(&caller, 1), "only the short call ended");
-        assert!(!lock(&provider.peer.serving).contains_key(&2), "the provider was told to forget it");
+        assert!(!lock(&provider.handle.serving).contains_key(&2), "the provider was told to forget it");
         task.abort();
     }
 
@@ -425,12 +440,17 @@ mod tests {
     /// call, and the filings stay bounded however many calls go through.
     #[tokio::test]
     async fn answered_calls_never_time_out_and_their_deadlines_stay_bounded() {
-        let (caller, provider) = (peer(), ProviderRef { peer: peer(), rid: 1 });
+        let (caller, provider) = (peer(), ProviderRef { handle: peer(), rid: 1 });
         for id in 1..=10_000u64 {
             caller.start_call(&provider, call(id), Duration::from_millis(1), 64, Instant::now()).ok().unwrap();
-            let req_id = lock(&provider.peer.serving).keys().copied().next().unwrap();
-            let answer =
-                provider.peer.finish_request(req_id, ErrorCode::NoError, Headers::new(), Bytes::new(), Instant::now());
+            let req_id = lock(&provider.handle.serving).keys().copied().next().unwrap();
+            let answer = provider.handle.finish_request(
+                req_id,
+                ErrorCode::NoError,
+                Headers::new(),
+                Bytes::new(),
+                Instant::now(),
+            );
             assert!(matches!(answer, Answer::Relayed(_)));
             let filed = lock(&caller.calls).deadlines.len();
             assert!(filed <= 2 + fovea_core::deadline::REBUILD_SLACK, "{filed} deadlines filed for one call");

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::quic::{Connection, RecvStream, SendStream};
+use crate::transport::quic::{Connection, RecvStream, SendStream};
 use bytes::Bytes;
 use fovea_core::balance::Rng;
 use fovea_core::frame::{
@@ -20,10 +20,10 @@ use quinn::VarInt;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Permissions;
-use crate::outbound::{Delivered, Outbound};
-use crate::router::{check_limits, GroupKey, MatchCache, ProviderRef, Realm, SubRef};
-use crate::rpc::{Answer, Peer, Refusal};
-use crate::tools::{TOOL_PAGE_BYTES, TOOL_PAGE_ITEMS};
+use crate::handle::outbound::{Delivered, Outbound};
+use crate::handle::{Answer, Handle, ProviderRef, Refusal};
+use crate::routing::tools::{TOOL_PAGE_BYTES, TOOL_PAGE_ITEMS};
+use crate::routing::{check_limits, GroupKey, MatchCache, Realm, SubRef};
 use crate::Shared;
 
 /// Why a connection ends, sent as its QUIC close code and reason.
@@ -131,7 +131,7 @@ async fn handshake(conn: &Connection, shared: &Arc<Shared>, id: u64) -> Result<(
     let limits = &shared.config.limits;
     let version = hello.version.min(VERSION);
     let out = Outbound::new(limits.max_pending_bytes, limits.slow_consumer_timeout, version >= VERSION_DROPPED);
-    let peer = Arc::new(Peer::new(out, limits.max_payload));
+    let peer = Arc::new(Handle::new(out, limits.max_payload));
     peer.out.send(&Frame::Welcome(Welcome {
         version,
         node: shared.config.name.clone(),
@@ -139,7 +139,7 @@ async fn handshake(conn: &Connection, shared: &Arc<Shared>, id: u64) -> Result<(
         max_payload: limits.max_payload as u64,
     }));
     tracing::debug!(conn = id, realm = %realm.name, user = %user, client = %hello.name, "session open");
-    let info = Arc::new(crate::admin::ConnInfo {
+    let info = Arc::new(crate::front::admin::ConnInfo {
         id,
         realm: realm.name.clone(),
         user,
@@ -147,7 +147,7 @@ async fn handshake(conn: &Connection, shared: &Arc<Shared>, id: u64) -> Result<(
         remote: conn.remote_address(),
         conn: conn.clone(),
         started: std::time::Instant::now(),
-        peer: peer.clone(),
+        handle: peer.clone(),
         subscriptions: Default::default(),
         registrations: Default::default(),
     });
@@ -159,7 +159,7 @@ async fn handshake(conn: &Connection, shared: &Arc<Shared>, id: u64) -> Result<(
         perms,
         credential,
         config: Some(config_rx),
-        peer,
+        handle: peer,
         version,
         recv,
         deframer,
@@ -188,11 +188,11 @@ async fn handshake(conn: &Connection, shared: &Arc<Shared>, id: u64) -> Result<(
 /// came in (one reference per buffer).
 #[derive(Default)]
 struct Run {
-    subs: Option<Arc<crate::router::Matches>>,
-    msgs: crate::outbound::Msgs,
+    subs: Option<Arc<crate::routing::Matches>>,
+    msgs: crate::handle::outbound::Msgs,
     /// The first subscriber this read delivered to whose queue was more than an eighth full:
     /// the connection's next read waits for it (`producer_stall`).
-    press: Option<Arc<Peer>>,
+    press: Option<Arc<Handle>>,
 }
 
 impl Run {
@@ -201,12 +201,12 @@ impl Run {
     const MAX: usize = 64;
 
     /// No mesh routing to do for these matches.
-    fn local_only(subs: &crate::router::Matches) -> bool {
+    fn local_only(subs: &crate::routing::Matches) -> bool {
         !subs.remote_pending && subs.remote.is_empty() && subs.remote_groups.is_empty()
     }
 
     /// Adds `p` for `subs` (plain, local); returns the deliveries of a run this ended.
-    fn push(&mut self, subs: &Arc<crate::router::Matches>, p: PubAt<'_>, stats: &crate::Stats) -> u64 {
+    fn push(&mut self, subs: &Arc<crate::routing::Matches>, p: PubAt<'_>, stats: &crate::Stats) -> u64 {
         let mut n = 0;
         match &self.subs {
             Some(current) if Arc::ptr_eq(current, subs) => {}
@@ -231,8 +231,8 @@ impl Run {
         let Some(subs) = self.subs.take() else { return 0 };
         let mut n = 0;
         for s in &subs.plain {
-            let (queued, dropped) = s.peer.out.deliver_run(s.sid, &self.msgs);
-            note_pressing(&mut self.press, &s.peer);
+            let (queued, dropped) = s.handle.out.deliver_run(s.sid, &self.msgs);
+            note_pressing(&mut self.press, &s.handle);
             n += queued;
             if dropped > 0 {
                 stats.dropped.fetch_add(dropped, Ordering::Relaxed);
@@ -245,7 +245,7 @@ impl Run {
 
 /// Remembers `peer` as the one to hold this read's publisher back for, if its queue is
 /// more than an eighth full and no other was found first.
-fn note_pressing(press: &mut Option<Arc<Peer>>, peer: &Arc<Peer>) {
+fn note_pressing(press: &mut Option<Arc<Handle>>, peer: &Arc<Handle>) {
     if press.is_none() && peer.out.pressing() {
         *press = Some(peer.clone());
     }
@@ -254,7 +254,7 @@ fn note_pressing(press: &mut Option<Arc<Peer>>, peer: &Arc<Peer>) {
 /// An open session: the connection's state after a successful handshake.
 struct Session {
     /// What the admin endpoint shows of this connection.
-    info: Arc<crate::admin::ConnInfo>,
+    info: Arc<crate::front::admin::ConnInfo>,
     shared: Arc<Shared>,
     realm: Arc<Realm>,
     /// What this connection's credential may do.
@@ -263,7 +263,7 @@ struct Session {
     credential: crate::auth::Credential,
     /// Changes when the configuration is reloaded. Taken by `run`, which waits on it.
     config: Option<tokio::sync::watch::Receiver<u64>>,
-    peer: Arc<Peer>,
+    handle: Arc<Handle>,
     /// The protocol version agreed in the handshake.
     version: u64,
     recv: RecvStream,
@@ -290,7 +290,7 @@ struct Session {
     read_at: Option<Instant>,
     /// A subscriber's queue this connection's next read waits for, and until when at most
     /// (`producer_stall`).
-    stall: Option<(Arc<Peer>, tokio::time::Instant)>,
+    stall: Option<(Arc<Handle>, tokio::time::Instant)>,
     /// Chunks of the last read not yet paid to tokio's cooperative budget (see `read_some`).
     budget_owed: usize,
     /// The handshake's read brought bytes after `HELLO` (a pipelining client): they are
@@ -306,7 +306,7 @@ impl Session {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(self.info.id, self.info.clone());
-        let peer = self.peer.clone();
+        let peer = self.handle.clone();
         let mut config = self.config.take().unwrap_or_else(|| self.shared.config_generation.subscribe());
         let shared = self.shared.clone();
         let writer = write_loop(&mut send, &peer, &shared.stats);
@@ -322,7 +322,7 @@ impl Session {
             tokio::select! {
                 Some(()) = tools_changed(&mut tools_rx) => {
                     if let Some(id) = self.tools_watch {
-                        self.peer.out.send(&Frame::ToolsChanged(id));
+                        self.handle.out.send(&Frame::ToolsChanged(id));
                     }
                 }
                 r = self.read_some() => match r {
@@ -342,20 +342,21 @@ impl Session {
                 _ = shutdown.cancelled(), if !going_away => {
                     going_away = true;
                     let bye = GoAway { code: ErrorCode::GoingAway, message: "node shutting down".into() };
-                    self.peer.out.send(&Frame::GoAway(bye));
+                    self.handle.out.send(&Frame::GoAway(bye));
                 }
             }
         };
-        self.peer.out.close();
+        self.handle.out.close();
         let subs: Vec<(Pattern, SubRef)> =
-            self.subs.drain().map(|(sid, (p, group))| (p, SubRef { peer: peer.clone(), sid, group })).collect();
+            self.subs.drain().map(|(sid, (p, group))| (p, SubRef { handle: peer.clone(), sid, group })).collect();
         if !subs.is_empty() {
             self.realm.unsubscribe(subs.iter().map(|(p, s)| (p, s.clone())));
         }
         let regs: Vec<(Procedure, u64, u64)> = self.regs.drain().map(|(rid, (p, key))| (p, rid, key)).collect();
         if !regs.is_empty() {
-            self.realm
-                .unregister(regs.iter().map(|(p, rid, key)| (p, ProviderRef { peer: peer.clone(), rid: *rid }, *key)));
+            self.realm.unregister(
+                regs.iter().map(|(p, rid, key)| (p, ProviderRef { handle: peer.clone(), rid: *rid }, *key)),
+            );
         }
         let failed = peer.abandon_all();
         for _ in 0..failed {
@@ -563,14 +564,14 @@ impl Session {
         let p = p.to_publish();
         let press = &mut run.press;
         let mut deliver = |s: &SubRef| {
-            match s.peer.out.deliver(s.sid, &p.topic, &p.headers, &p.payload) {
+            match s.handle.out.deliver(s.sid, &p.topic, &p.headers, &p.payload) {
                 Delivered::Queued => n += 1,
                 Delivered::Dropped => {
                     stats.dropped.fetch_add(1, Ordering::Relaxed);
                 }
                 Delivered::Closed => {}
             }
-            note_pressing(press, &s.peer);
+            note_pressing(press, &s.handle);
         };
         if Run::local_only(&subs) {
             subs.for_each_target(&mut self.rng, deliver);
@@ -585,9 +586,9 @@ impl Session {
     /// discovery runs.
     fn forward(
         &self,
-        subs: &crate::router::Matches,
-        sends: Vec<(fovea_core::dht::Contact, Vec<crate::interest::GroupId>)>,
-        served: Vec<crate::interest::GroupId>,
+        subs: &crate::routing::Matches,
+        sends: Vec<(fovea_core::dht::Contact, Vec<crate::routing::interest::GroupId>)>,
+        served: Vec<crate::routing::interest::GroupId>,
         p: Publish,
     ) {
         let Some(interest) = self.realm.interest.get() else { return };
@@ -639,16 +640,16 @@ impl Session {
             Frame::Sub(s) => self.subscribe(s),
             Frame::Unsub(sid) => {
                 if let Some((p, group)) = self.subs.remove(&sid) {
-                    self.realm.unsubscribe([(&p, SubRef { peer: self.peer.clone(), sid, group })]);
+                    self.realm.unsubscribe([(&p, SubRef { handle: self.handle.clone(), sid, group })]);
                     self.info.subscriptions.store(self.subs.len(), Ordering::Relaxed);
                 }
             }
-            Frame::Ping(token) => self.peer.out.send(&Frame::Pong(token)),
+            Frame::Ping(token) => self.handle.out.send(&Frame::Pong(token)),
             Frame::Pong(_) => {}
             Frame::Reg(r) => self.register(r),
             Frame::Unreg(rid) => {
                 if let Some((p, key)) = self.regs.remove(&rid) {
-                    self.realm.unregister([(&p, ProviderRef { peer: self.peer.clone(), rid }, key)]);
+                    self.realm.unregister([(&p, ProviderRef { handle: self.handle.clone(), rid }, key)]);
                     self.info.registrations.store(self.regs.len(), Ordering::Relaxed);
                 }
             }
@@ -656,7 +657,7 @@ impl Session {
             Frame::Respond(r) => {
                 self.shared.stats.responses.fetch_add(1, Ordering::Relaxed);
                 let now = self.read_at();
-                match self.peer.finish_request(r.req_id, r.code, r.headers, r.payload, now) {
+                match self.handle.finish_request(r.req_id, r.code, r.headers, r.payload, now) {
                     Answer::Relayed(took) => self.shared.stats.call_latency.record(took),
                     Answer::Late => {
                         self.shared.stats.late_responses.fetch_add(1, Ordering::Relaxed);
@@ -674,9 +675,9 @@ impl Session {
                     ),
                 }
             }
-            Frame::Cancel(call_id) => self.peer.cancel_call(call_id),
+            Frame::Cancel(call_id) => self.handle.cancel_call(call_id),
             Frame::Notice(n) => {
-                if !self.peer.forward_notice(n.id, n.kind, n.body) {
+                if !self.handle.forward_notice(n.id, n.kind, n.body) {
                     self.shared.stats.notices_dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -730,10 +731,10 @@ impl Session {
                 }
             }
         };
-        self.realm.subscribe(&pattern, SubRef { peer: self.peer.clone(), sid: s.sid, group: group.clone() });
+        self.realm.subscribe(&pattern, SubRef { handle: self.handle.clone(), sid: s.sid, group: group.clone() });
         self.subs.insert(s.sid, (pattern, group));
         self.info.subscriptions.store(self.subs.len(), Ordering::Relaxed);
-        self.peer.out.send(&Frame::SubAck(s.sid));
+        self.handle.out.send(&Frame::SubAck(s.sid));
     }
 
     fn register(&mut self, r: Register) {
@@ -773,10 +774,10 @@ impl Session {
             }
         };
         let key = tool.as_ref().map_or(0, |(k, _)| *k);
-        self.realm.register(&procedure, ProviderRef { peer: self.peer.clone(), rid: r.rid }, tool);
+        self.realm.register(&procedure, ProviderRef { handle: self.handle.clone(), rid: r.rid }, tool);
         self.regs.insert(r.rid, (procedure, key));
         self.info.registrations.store(self.regs.len(), Ordering::Relaxed);
-        self.peer.out.send(&Frame::RegAck(r.rid));
+        self.handle.out.send(&Frame::RegAck(r.rid));
     }
 
     fn call(&mut self, c: Call) {
@@ -786,7 +787,7 @@ impl Session {
         let fail = |this: &Self, code: ErrorCode, message: String| {
             this.shared.stats.count_rejection(code);
             let payload = Bytes::from(message.into_bytes());
-            this.peer.out.send(&Frame::Result(CallResult { call_id, code, headers: Headers::new(), payload }));
+            this.handle.out.send(&Frame::Result(CallResult { call_id, code, headers: Headers::new(), payload }));
         };
         if c.call_id == 0 {
             return self.reject(ErrorCode::InvalidProcedure, 0, "call id 0 is reserved; use ids from 1");
@@ -814,7 +815,7 @@ impl Session {
             return fail(self, ErrorCode::PermissionDenied, format!("not allowed to call {text:?}"));
         }
         let now = self.read_at();
-        route_call(&self.shared, &self.realm, &self.peer, &mut self.rng, c, now);
+        route_call(&self.shared, &self.realm, &self.handle, &mut self.rng, c, now);
     }
 
     /// When this read's frames arrived (read from the clock at the first ask per read).
@@ -834,16 +835,16 @@ impl Session {
         let perms = &self.perms;
         let (tools, next) = self.realm.with_tools(|c| {
             let (page, next) = c.page(&cursor, TOOL_PAGE_ITEMS, TOOL_PAGE_BYTES, |p| perms.call.name(p.as_bytes()));
-            (crate::tools::list_json(&page), next)
+            (crate::routing::tools::list_json(&page), next)
         });
         let next = next.map(|n| Bytes::from(n.into_bytes())).unwrap_or_default();
-        self.peer.out.send(&Frame::ToolList(ToolList { id: q.id, next, tools }));
+        self.handle.out.send(&Frame::ToolList(ToolList { id: q.id, next, tools }));
     }
 
     fn reject(&self, code: ErrorCode, reference: u64, message: impl Into<String>) {
         self.shared.stats.count_rejection(code);
         let message = clip(message.into(), fovea_core::limits::MAX_TEXT_LEN);
-        self.peer.out.send(&Frame::Error(ErrorFrame { code, reference, message }));
+        self.handle.out.send(&Frame::Error(ErrorFrame { code, reference, message }));
     }
 }
 
@@ -877,7 +878,7 @@ fn clip(mut text: String, max: usize) -> String {
 pub(crate) fn route_call(
     shared: &Arc<Shared>,
     realm: &Arc<Realm>,
-    peer: &Arc<Peer>,
+    peer: &Arc<Handle>,
     rng: &mut Rng,
     c: Call,
     now: Instant,
@@ -924,7 +925,7 @@ fn call_timeout(timeout_ms: u64, max: std::time::Duration) -> std::time::Duratio
     }
 }
 
-fn duplicate_call(shared: &Shared, peer: &Peer, call_id: u64) {
+fn duplicate_call(shared: &Shared, peer: &Handle, call_id: u64) {
     shared.stats.count_rejection(ErrorCode::DuplicateId);
     peer.out.send(&Frame::Error(ErrorFrame {
         code: ErrorCode::DuplicateId,
@@ -936,7 +937,7 @@ fn duplicate_call(shared: &Shared, peer: &Peer, call_id: u64) {
 /// Sends a call to a provider on another node, found through the DHT. Runs in its own
 /// task: the first call of a procedure waits for a lookup, and the caller's other frames
 /// must not.
-fn call_remote(shared: &Arc<Shared>, realm: &Arc<Realm>, peer: &Arc<Peer>, mut rng: Rng, c: Call, local_busy: bool) {
+fn call_remote(shared: &Arc<Shared>, realm: &Arc<Realm>, peer: &Arc<Handle>, mut rng: Rng, c: Call, local_busy: bool) {
     let limits = &shared.config.limits;
     let Some(interest) = realm.interest.get().cloned() else { return };
     let timeout = call_timeout(c.timeout_ms, limits.max_call_timeout);
@@ -1002,7 +1003,7 @@ const SLOW_CLOSE_SIDS: usize = 16;
 /// # Cancel safety
 /// Not cancel safe: frames taken from the queue and not yet written are lost if the
 /// future is dropped; it is only dropped when the connection ends.
-async fn write_loop(send: &mut SendStream, peer: &Peer, stats: &crate::Stats) -> Result<(), Close> {
+async fn write_loop(send: &mut SendStream, peer: &Handle, stats: &crate::Stats) -> Result<(), Close> {
     let out = &peer.out;
     // The reason carries the drops (docs/PROTOCOL.md §4): the `DROPPED` notices queued
     // behind the stalled stream never arrive once the connection closes.

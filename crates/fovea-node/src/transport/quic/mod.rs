@@ -490,7 +490,7 @@ mod tests {
     /// connection, and a quinn client endpoint that trusts it.
     fn pair(idle: Duration) -> (Endpoint, Arc<quinn::ServerConfig>, quinn::Endpoint, SocketAddr) {
         let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-        let id = crate::tls::Identity {
+        let id = crate::transport::tls::Identity {
             chain: vec![made.cert.der().clone()],
             key: rustls::pki_types::PrivateKeyDer::try_from(made.signing_key.serialize_der()).unwrap(),
             self_signed: None,
@@ -499,17 +499,17 @@ mod tests {
         transport.max_concurrent_bidi_streams(VarInt::from_u32(1));
         transport.max_concurrent_uni_streams(VarInt::from_u32(0));
         transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(idle).unwrap()));
-        let mut server = quinn::ServerConfig::with_crypto(crate::tls::server_crypto(&id).unwrap());
+        let mut server = quinn::ServerConfig::with_crypto(crate::transport::tls::server_crypto(&id).unwrap());
         server.transport_config(Arc::new(transport));
         let server = Arc::new(server);
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let stats = Arc::new(EndpointStats::default());
-        let ep = Endpoint::new(crate::endpoint_config(), server.clone(), socket, stats).unwrap();
+        let ep = Endpoint::new(crate::transport::endpoint_config(), server.clone(), socket, stats).unwrap();
         let addr = ep.local_addr().unwrap();
 
         let mut roots = rustls::RootCertStore::empty();
         roots.add(made.cert.der().clone()).unwrap();
-        let mut tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        let mut tls = rustls::ClientConfig::builder_with_provider(crate::transport::tls::provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .unwrap()
             .with_root_certificates(roots)

@@ -2,7 +2,7 @@
 //! `/mcp`, and its tools are the realm's procedures that carry a descriptor.
 //!
 //! MCP is a front end on the mesh's own routing, not a second system: a `tools/call` is a
-//! mesh RPC call from an in-process caller (a `Peer` like any client connection's, whose
+//! mesh RPC call from an in-process caller (a `Handle` like any client connection's, whose
 //! outbound queue this module decodes instead of writing to a socket). So deadlines,
 //! balancing, admission (`BUSY` at the caller's in-flight limit), provider loss and calls
 //! to other nodes behave exactly as for SDK callers, and progress and logs arrive as
@@ -41,9 +41,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::auth::Permissions;
-use crate::outbound::Outbound;
-use crate::router::Realm;
-use crate::rpc::Peer;
+use crate::handle::outbound::Outbound;
+use crate::handle::Handle;
+use crate::routing::Realm;
 use crate::Shared;
 
 /// Most tools in one `tools/list` page.
@@ -131,9 +131,9 @@ enum CallEvent {
     Done(CallResult),
 }
 
-/// The in-process caller: one [`Peer`] for all MCP calls of the node.
+/// The in-process caller: one [`Handle`] for all MCP calls of the node.
 struct Caller {
-    peer: Arc<Peer>,
+    handle: Arc<Handle>,
     waiting: Mutex<HashMap<u64, mpsc::Sender<CallEvent>>>,
     next_id: AtomicU64,
 }
@@ -146,7 +146,7 @@ impl Caller {
         let mut chunks = Vec::new();
         loop {
             // A full queue drops notices (never results); nothing here is ever "too slow".
-            let _ = self.peer.out.take_into(&mut chunks);
+            let _ = self.handle.out.take_into(&mut chunks);
             for c in chunks.drain(..) {
                 deframer.push(c);
             }
@@ -154,13 +154,13 @@ impl Caller {
                 self.dispatch(frame);
             }
             tokio::select! {
-                () = self.peer.out.wait() => {}
-                () = self.peer.expire_next() => {}
+                () = self.handle.out.wait() => {}
+                () = self.handle.expire_next() => {}
                 () = stop.cancelled() => break,
             }
         }
-        self.peer.out.close();
-        self.peer.abandon_all();
+        self.handle.out.close();
+        self.handle.abandon_all();
     }
 
     fn dispatch(&self, frame: Frame) {
@@ -211,7 +211,7 @@ pub(crate) async fn serve(
     let limits = &shared.config.limits;
     let out = Outbound::new(limits.max_pending_bytes, limits.slow_consumer_timeout, false);
     let caller = Arc::new(Caller {
-        peer: Arc::new(Peer::new(out, limits.max_payload)),
+        handle: Arc::new(Handle::new(out, limits.max_payload)),
         waiting: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(1),
     });
@@ -696,7 +696,7 @@ impl Handler {
         let mut rng =
             fovea_core::balance::Rng::new(self.state.shared.seed ^ call_id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let now = std::time::Instant::now();
-        crate::conn::route_call(&self.state.shared, &id.realm, &caller.peer, &mut rng, call, now);
+        crate::front::session::route_call(&self.state.shared, &id.realm, &caller.handle, &mut rng, call, now);
         let progress_token = context.meta.get_progress_token();
         let modern = context.protocol_version().is_some_and(|v| !v.has_initialize());
         #[allow(deprecated)]
@@ -706,7 +706,7 @@ impl Handler {
                 e = rx.recv() => e,
                 () = context.ct.cancelled() => {
                     lock(&caller.waiting).remove(&call_id);
-                    caller.peer.cancel_call(call_id);
+                    caller.handle.cancel_call(call_id);
                     return error_result("cancelled".into());
                 }
             };

@@ -9,6 +9,10 @@
 //! cache line except one atomic load. This is principle 1: no process, task or lock that
 //! every message crosses.
 
+pub(crate) mod interest;
+pub(crate) mod remote_tools;
+pub(crate) mod tools;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -20,7 +24,7 @@ use fovea_core::tool::{Catalog, ToolDescriptor};
 use fovea_core::{Pattern, Procedure, SubTrie, Topic, TopicError};
 
 use crate::auth::Allow;
-use crate::rpc::Peer;
+use crate::handle::{Handle, ProviderRef};
 
 /// The identity of a queue group: members share a pattern and a group name.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -32,7 +36,7 @@ pub(crate) struct GroupKey {
 /// One subscription as the router sees it: where to deliver, and under which id.
 #[derive(Clone)]
 pub(crate) struct SubRef {
-    pub peer: Arc<Peer>,
+    pub handle: Arc<Handle>,
     pub sid: u64,
     /// Set for a queue-group member.
     pub group: Option<Arc<GroupKey>>,
@@ -40,20 +44,7 @@ pub(crate) struct SubRef {
 
 impl PartialEq for SubRef {
     fn eq(&self, other: &Self) -> bool {
-        self.sid == other.sid && Arc::ptr_eq(&self.peer, &other.peer)
-    }
-}
-
-/// One registration of a procedure.
-#[derive(Clone)]
-pub(crate) struct ProviderRef {
-    pub peer: Arc<Peer>,
-    pub rid: u64,
-}
-
-impl PartialEq for ProviderRef {
-    fn eq(&self, other: &Self) -> bool {
-        self.rid == other.rid && Arc::ptr_eq(&self.peer, &other.peer)
+        self.sid == other.sid && Arc::ptr_eq(&self.handle, &other.handle)
     }
 }
 
@@ -65,9 +56,9 @@ pub(crate) struct Matches {
     /// Other nodes with plain subscribers to the topic (mesh only).
     pub remote: Vec<fovea_core::dht::Contact>,
     /// Queue groups with members on other nodes: the nodes and their member counts.
-    pub remote_groups: crate::interest::RemoteGroups,
+    pub remote_groups: crate::routing::interest::RemoteGroups,
     /// Discovery of the topic's remote subscribers is still running: messages go to
-    /// [`crate::interest::Interest::hold`] instead of `remote`.
+    /// [`crate::routing::interest::Interest::hold`] instead of `remote`.
     pub remote_pending: bool,
 }
 
@@ -89,9 +80,10 @@ impl Matches {
         &self,
         rng: &mut Rng,
         mut f: impl FnMut(&SubRef),
-    ) -> (Vec<(fovea_core::dht::Contact, Vec<crate::interest::GroupId>)>, Vec<crate::interest::GroupId>) {
+    ) -> (Vec<(fovea_core::dht::Contact, Vec<crate::routing::interest::GroupId>)>, Vec<crate::routing::interest::GroupId>)
+    {
         self.plain.iter().for_each(&mut f);
-        let mut sends: Vec<(fovea_core::dht::Contact, Vec<crate::interest::GroupId>)> =
+        let mut sends: Vec<(fovea_core::dht::Contact, Vec<crate::routing::interest::GroupId>)> =
             self.remote.iter().map(|c| (*c, Vec::new())).collect();
         let mut served = Vec::new();
         let id_of = |members: &Vec<SubRef>| {
@@ -104,7 +96,7 @@ impl Matches {
             let Some(id) = id_of(members) else { continue };
             let remote = self.remote_groups.iter().find(|(g, _)| *g == id).map(|(_, n)| &n[..]).unwrap_or(&[]);
             let local = u32::try_from(members.len()).unwrap_or(u32::MAX);
-            match crate::interest::pick_weighted(remote, local, rng) {
+            match crate::routing::interest::pick_weighted(remote, local, rng) {
                 None => {
                     pick_member(members, rng, &mut f);
                     served.push(id);
@@ -117,7 +109,7 @@ impl Matches {
             if self.groups.iter().any(|m| id_of(m).as_ref() == Some(id)) {
                 continue;
             }
-            if let Some(node) = crate::interest::pick_weighted(nodes, 0, rng) {
+            if let Some(node) = crate::routing::interest::pick_weighted(nodes, 0, rng) {
                 add_group(&mut sends, node, id.clone());
             }
         }
@@ -141,9 +133,9 @@ impl Matches {
 }
 
 fn add_group(
-    sends: &mut Vec<(fovea_core::dht::Contact, Vec<crate::interest::GroupId>)>,
+    sends: &mut Vec<(fovea_core::dht::Contact, Vec<crate::routing::interest::GroupId>)>,
     node: fovea_core::dht::Contact,
-    id: crate::interest::GroupId,
+    id: crate::routing::interest::GroupId,
 ) {
     match sends.iter_mut().find(|(c, _)| c.id == node.id) {
         Some((_, groups)) => groups.push(id),
@@ -158,7 +150,7 @@ fn pick_member(members: &[SubRef], rng: &mut Rng, f: &mut impl FnMut(&SubRef)) {
     // goes to any live member.
     // Indexes come from `pick_two(members.len(), ..)`, so they are in range.
     let load = |i: usize| {
-        let out = &members[i].peer.out;
+        let out = &members[i].handle.out;
         if out.is_closed() {
             u64::MAX
         } else {
@@ -166,8 +158,11 @@ fn pick_member(members: &[SubRef], rng: &mut Rng, f: &mut impl FnMut(&SubRef)) {
         }
     };
     let Some(i) = pick_two(members.len(), rng, load) else { return };
-    let chosen =
-        if members[i].peer.out.is_closed() { members.iter().find(|m| !m.peer.out.is_closed()) } else { members.get(i) };
+    let chosen = if members[i].handle.out.is_closed() {
+        members.iter().find(|m| !m.handle.out.is_closed())
+    } else {
+        members.get(i)
+    };
     if let Some(m) = chosen {
         f(m);
     }
@@ -180,9 +175,9 @@ pub(crate) struct Realm {
     pub wire_name: Bytes,
     /// Cross-node interest, when the node is in a mesh (set once, at start or when a
     /// reload adds the realm).
-    pub interest: std::sync::OnceLock<Arc<crate::interest::Interest>>,
+    pub interest: std::sync::OnceLock<Arc<crate::routing::interest::Interest>>,
     /// The realm-wide tool catalog, when the node is in a mesh (set like `interest`).
-    pub mesh_tools: std::sync::OnceLock<Arc<crate::mesh_tools::MeshTools>>,
+    pub mesh_tools: std::sync::OnceLock<Arc<crate::routing::remote_tools::MeshTools>>,
     /// Who may join, and with what permissions; replaced when the configuration reloads.
     admission: RwLock<Arc<crate::auth::Admission>>,
     subs: RwLock<SubTrie<SubRef>>,
@@ -309,7 +304,7 @@ impl Realm {
     /// Replaces the tools of remote node `node` (from the mesh).
     pub fn set_remote_tools(&self, node: &fovea_core::dht::NodeId, entries: Vec<(String, ToolDescriptor)>) {
         let mut tools = self.tools.lock().unwrap_or_else(PoisonError::into_inner);
-        if tools.replace_key(crate::mesh_tools::remote_key(node), entries) {
+        if tools.replace_key(crate::routing::remote_tools::remote_key(node), entries) {
             self.tools_version.send_replace(tools.version());
         }
     }
@@ -318,13 +313,13 @@ impl Realm {
     /// frame's worth: past ~1 MiB the list is cut, in procedure order.
     pub fn local_tools_json(&self) -> Bytes {
         let tools = self.tools.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut local = tools.entries_where(|k| k < crate::mesh_tools::REMOTE_KEY);
+        let mut local = tools.entries_where(|k| k < crate::routing::remote_tools::REMOTE_KEY);
         let mut size = 0;
         local.retain(|(p, t)| {
             size += p.len() + t.encoded().len() + 32;
             size < fovea_core::limits::MAX_PAYLOAD
         });
-        crate::tools::list_json(&local)
+        crate::routing::tools::list_json(&local)
     }
 
     /// Runs `f` on the realm's tool catalog (a short lock: no awaiting inside).
@@ -352,7 +347,7 @@ impl Realm {
         // comparison; if drawn anyway, any live one is taken instead.
         // Indexes come from `pick_two(list.len(), ..)`, so they are in range.
         let load = |i: usize| {
-            let peer = &list[i].peer;
+            let peer = &list[i].handle;
             if peer.out.is_closed() {
                 u64::MAX
             } else {
@@ -360,12 +355,12 @@ impl Realm {
             }
         };
         let i = pick_two(list.len(), rng, load).ok_or(false)?;
-        let p = if list[i].peer.out.is_closed() {
-            list.iter().find(|p| !p.peer.out.is_closed()).ok_or(false)?
+        let p = if list[i].handle.out.is_closed() {
+            list.iter().find(|p| !p.handle.out.is_closed()).ok_or(false)?
         } else {
             &list[i]
         };
-        if p.peer.requests_in_flight() >= limit {
+        if p.handle.requests_in_flight() >= limit {
             return Err(true);
         }
         Ok(p.clone())
