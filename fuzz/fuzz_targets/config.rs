@@ -1,3 +1,3 @@
-//! Fuzz target: see `fovea_node::auth::fuzz_config`.
+//! Fuzz target: see `fovea_node::config::file::fuzz_config`.
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| fovea_node::auth::fuzz_config(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| fovea_node::config::file::fuzz_config(data));

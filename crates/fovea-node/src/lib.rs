@@ -25,7 +25,7 @@
 //! ```
 
 pub mod auth;
-mod config;
+pub mod config;
 mod error;
 mod front;
 mod handle;
@@ -36,7 +36,9 @@ pub use fovea_spin as spin;
 mod stats;
 mod transport;
 
-pub use config::{format_duration, parse_duration, Limits, NodeConfig, TlsFiles, DEFAULT_LISTEN};
+pub use config::{
+    format_duration, parse_duration, Limits, McpConfig, MeshConfig, NodeConfig, TlsFiles, DEFAULT_LISTEN,
+};
 pub use error::NodeError;
 pub use front::mcp;
 pub(crate) use node::Shared;

@@ -167,5 +167,6 @@ impl Stats {
 }
 
 fn by_name<S: serde::Serializer>(rows: &[(ErrorCode, u64)], s: S) -> Result<S::Ok, S::Error> {
-    serde::Serialize::serialize(&crate::front::admin::by_name(rows), s)
+    let named: std::collections::BTreeMap<&'static str, u64> = rows.iter().map(|(c, n)| (c.name(), *n)).collect();
+    serde::Serialize::serialize(&named, s)
 }

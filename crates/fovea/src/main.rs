@@ -32,7 +32,7 @@ fn main() -> ExitCode {
     // The node's config file may set the log level and format; flags and env win over it.
     let file = match &cli.command {
         Command::Node(args) => {
-            args.config.as_deref().and_then(|p| fovea_node::auth::load_config(p).ok()).map(|f| f.node)
+            args.config.as_deref().and_then(|p| fovea_node::config::file::load_config(p).ok()).map(|f| f.node)
         }
         _ => None,
     };

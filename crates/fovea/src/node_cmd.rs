@@ -46,7 +46,7 @@ pub async fn run(
     log_format: Option<crate::cli::LogFormat>,
 ) -> anyhow::Result<()> {
     let file = match &args.config {
-        Some(path) => Some(fovea_node::auth::load_config(path).map_err(|e| anyhow::anyhow!("{e}"))?),
+        Some(path) => Some(fovea_node::config::file::load_config(path).map_err(|e| anyhow::anyhow!("{e}"))?),
         None => None,
     };
     let section = file.as_ref().map(|f| f.node.clone()).unwrap_or_default();
@@ -57,7 +57,7 @@ pub async fn run(
     let file_mcp = file.as_ref().and_then(|f| f.mcp.clone());
     if let Some(m) = &file_mcp {
         // Checked before anything starts (and by --check-config).
-        let mut probe = fovea_node::mcp::McpConfig::new(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        let mut probe = fovea_node::McpConfig::new(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
         m.apply(&mut probe).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     let idle_spin = match (args.idle_spin, section.idle_spin.as_deref()) {
@@ -115,7 +115,7 @@ pub async fn run(
         None => None,
     };
     if let Some(addr) = args.mcp.or(file_mcp_addr).and_then(|a| a.0) {
-        let mut mcp = fovea_node::mcp::McpConfig::new(addr);
+        let mut mcp = fovea_node::McpConfig::new(addr);
         mcp_section.apply(&mut mcp).map_err(|e| anyhow::anyhow!("{e}"))?;
         if let Some(t) = args.mcp_call_timeout {
             mcp.call_timeout = t;
@@ -225,7 +225,7 @@ async fn reload_on_hangup(hup: Hangup, path: std::path::PathBuf, reloader: fovea
     {
         let Some(mut hup) = hup else { return };
         while hup.recv().await.is_some() {
-            match fovea_node::auth::load_config(&path) {
+            match fovea_node::config::file::load_config(&path) {
                 Ok(file) => {
                     if let Err(e) = reloader.reload(&file.realms) {
                         tracing::error!("reload failed: {e}");
@@ -313,7 +313,7 @@ pub fn new_cert(name: &str, out: &std::path::Path) -> anyhow::Result<()> {
 /// Runs one `[[mcp.upstream]]` as a `fovea mcp attach` child of this node, started again
 /// (with backoff) if it ever exits. It ends with the node (the child is killed on drop).
 async fn run_upstream(
-    u: fovea_node::auth::UpstreamSection,
+    u: fovea_node::config::file::UpstreamSection,
     url: String,
     trust: Option<std::path::PathBuf>,
     data_dir: std::path::PathBuf,
@@ -435,7 +435,7 @@ async fn mesh_config(
     identity: Option<TlsFiles>,
     listen: Option<std::net::SocketAddr>,
     join: Vec<String>,
-) -> anyhow::Result<Option<fovea_node::mesh::MeshConfig>> {
+) -> anyhow::Result<Option<fovea_node::MeshConfig>> {
     if secret.is_none() && ca.is_none() {
         anyhow::ensure!(
             join.is_empty() && listen.is_none() && identity.is_none(),
@@ -451,7 +451,7 @@ async fn mesh_config(
         }
         a
     });
-    let mut mesh = fovea_node::mesh::MeshConfig::new(listen, String::new());
+    let mut mesh = fovea_node::MeshConfig::new(listen, String::new());
     mesh.secret = secret;
     mesh.ca = ca;
     mesh.identity = identity;
@@ -480,12 +480,12 @@ fn effective_config(
 ) -> anyhow::Result<String> {
     #[derive(serde::Serialize)]
     struct Effective<'a> {
-        node: fovea_node::auth::NodeSection,
+        node: fovea_node::config::file::NodeSection,
         limits: &'a fovea_node::Limits,
         #[serde(skip_serializing_if = "Option::is_none")]
-        mcp: Option<fovea_node::auth::McpSection>,
+        mcp: Option<fovea_node::config::file::McpSection>,
     }
-    let node = fovea_node::auth::NodeSection {
+    let node = fovea_node::config::file::NodeSection {
         listen: Some(config.listen),
         data_dir: Some(config.data_dir.clone()),
         name: Some(config.name.clone()),
@@ -510,7 +510,7 @@ fn effective_config(
         idle_spin: Some(fovea_node::format_duration(idle_spin)),
         workers: Some(workers),
     };
-    let mcp = config.mcp.as_ref().map(fovea_node::auth::McpSection::of);
+    let mcp = config.mcp.as_ref().map(fovea_node::config::file::McpSection::of);
     let body =
         toml::to_string(&Effective { node, limits: &config.limits, mcp }).context("rendering the configuration")?;
     let realms = match (&config.realms, file) {

@@ -28,7 +28,7 @@ fn names_corpus() {
 
 #[test]
 fn config_corpus() {
-    replay("config", fovea_node::auth::fuzz_config);
+    replay("config", fovea_node::config::file::fuzz_config);
 }
 
 #[test]

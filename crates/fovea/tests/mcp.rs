@@ -423,7 +423,7 @@ async fn agents_on_any_node_see_and_call_the_tools_of_the_whole_mesh() {
 
 #[tokio::test]
 async fn sessions_are_capped_per_user_and_idle_ones_reaped() {
-    let mut config = fovea_node::mcp::McpConfig::new("127.0.0.1:0".parse().unwrap());
+    let mut config = fovea_node::McpConfig::new("127.0.0.1:0".parse().unwrap());
     config.max_sessions_per_user = 2;
     config.session_idle = std::time::Duration::from_millis(300);
     let node = TestNode::start_with_mcp(config).await;

@@ -16,8 +16,8 @@ fn mesh(n: &TestNode) -> &fovea_node::mesh::Mesh {
 }
 
 /// A member that keeps one link at a time, reaped after `idle`.
-fn one_link(join: Vec<std::net::SocketAddr>, idle: Duration) -> fovea_node::mesh::MeshConfig {
-    let mut m = fovea_node::mesh::MeshConfig::new("127.0.0.1:0".parse().unwrap(), SECRET);
+fn one_link(join: Vec<std::net::SocketAddr>, idle: Duration) -> fovea_node::MeshConfig {
+    let mut m = fovea_node::MeshConfig::new("127.0.0.1:0".parse().unwrap(), SECRET);
     m.join = join;
     m.max_links = 1;
     m.link_idle = idle;
@@ -440,7 +440,7 @@ async fn a_mesh_ca_admits_its_nodes_only() {
     let ca_path = write("ca.crt", &ca_cert);
     let config = |name: &str, ca: (&str, &str), join: Vec<std::net::SocketAddr>| {
         let (cert, key) = fovea_node::tls::new_mesh_node_cert(name, ca.0, ca.1).unwrap();
-        let mut m = fovea_node::mesh::MeshConfig::new("127.0.0.1:0".parse().unwrap(), "");
+        let mut m = fovea_node::MeshConfig::new("127.0.0.1:0".parse().unwrap(), "");
         m.secret = None;
         m.ca = Some(ca_path.clone());
         m.identity = Some(fovea_node::TlsFiles {

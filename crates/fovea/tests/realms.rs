@@ -225,7 +225,7 @@ async fn a_reload_revokes_exactly_what_it_takes_away() {
     let acme_only = &text[..text.find("[[realm]]\nname = \"globex\"").unwrap()];
     let changed = acme_only.replace(r#""commands.sensor-1.>", "broadcast.*""#, r#""commands.sensor-1.>""#);
     assert_ne!(changed, acme_only);
-    let realms = fovea_node::auth::parse_realms(&changed, "reloaded.toml").unwrap();
+    let realms = fovea_node::config::file::parse_realms(&changed, "reloaded.toml").unwrap();
     node.reloader.reload(&realms).unwrap();
 
     for (who, c) in [("sensor", &sensor), ("globex", &globex)] {
@@ -304,7 +304,7 @@ async fn calls_in_flight_end_with_their_session() {
     let without_sensor = text
         .replace("name = \"sensor-1\"", "name = \"sensor-1-gone\"")
         .replace(&digest("sensor-1-token"), &digest("other"));
-    node.reloader.reload(&fovea_node::auth::parse_realms(&without_sensor, "reloaded.toml").unwrap()).unwrap();
+    node.reloader.reload(&fovea_node::config::file::parse_realms(&without_sensor, "reloaded.toml").unwrap()).unwrap();
     for call in calls {
         let r = tokio::time::timeout(WAIT, call).await.expect("the call to end with its session").unwrap();
         assert!(matches!(r, Err(ClientError::Disconnected)), "{r:?}");

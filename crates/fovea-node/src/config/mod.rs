@@ -1,8 +1,14 @@
-//! Node configuration and its limits, each with a default and the reason for it.
+//! Node configuration: every setting of every layer, with its default and the reason for
+//! it, and ([`file`]) the configuration file that sets them. Below every other module but
+//! [`crate::auth`]: each layer reads its settings from here.
+
+pub mod file;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use crate::auth::RealmConfig;
 
 /// Everything a node needs to start. `NodeConfig::new(data_dir)` gives the defaults.
 #[derive(Debug, Clone)]
@@ -19,7 +25,7 @@ pub struct NodeConfig {
     /// Realms and their users, from the configuration file. `None`: one open realm,
     /// `default`, that admits anyone (refused on a non-loopback address unless
     /// `allow_anonymous`).
-    pub realms: Option<Vec<crate::auth::RealmConfig>>,
+    pub realms: Option<Vec<RealmConfig>>,
     /// Allow the open `default` realm on a non-loopback address.
     pub allow_anonymous: bool,
     /// Resource limits.
@@ -31,9 +37,9 @@ pub struct NodeConfig {
     /// the endpoint listens on a non-loopback address.
     pub admin_token: Option<String>,
     /// Take part in a mesh of nodes; `None`: a standalone node.
-    pub mesh: Option<crate::mesh::MeshConfig>,
+    pub mesh: Option<MeshConfig>,
     /// Serve MCP (AI agents) over HTTP; `None`: off.
-    pub mcp: Option<crate::front::mcp::McpConfig>,
+    pub mcp: Option<McpConfig>,
 }
 
 /// Paths of a PEM certificate chain and its private key.
@@ -300,6 +306,86 @@ mod tests {
         }
         for size in [1200, 1452, 6500] {
             assert_eq!(Limits { max_loopback_datagram: size, ..Limits::default() }.validate(), Ok(()));
+        }
+    }
+}
+
+/// How this node takes part in a mesh.
+#[derive(Debug, Clone)]
+pub struct MeshConfig {
+    /// UDP address of the mesh endpoint (node-to-node links).
+    pub listen: SocketAddr,
+    /// Mesh addresses of members to join through (any one that answers is enough).
+    pub join: Vec<SocketAddr>,
+    /// The shared secret every member holds; `None` when admission is by CA alone.
+    pub secret: Option<String>,
+    /// The mesh CA: members must present a certificate it issued (`--mesh-ca`).
+    pub ca: Option<std::path::PathBuf>,
+    /// This node's certificate from the mesh CA, and its key.
+    pub identity: Option<TlsFiles>,
+    /// Links to other nodes at once. At the limit the least recently used link is closed
+    /// to make room (its node stays in the DHT; the link is dialed again when needed).
+    pub max_links: usize,
+    /// A link unused for this long is closed (reaped) the same way.
+    pub link_idle: Duration,
+    /// DHT parameters.
+    pub dht: fovea_core::dht::Config,
+}
+
+impl MeshConfig {
+    /// A mesh on `listen` with `secret`, joining nobody (the first node), default limits.
+    pub fn new(listen: SocketAddr, secret: impl Into<String>) -> Self {
+        MeshConfig {
+            listen,
+            join: Vec::new(),
+            secret: Some(secret.into()),
+            ca: None,
+            identity: None,
+            max_links: 1024,
+            link_idle: Duration::from_secs(300),
+            dht: fovea_core::dht::Config::default(),
+        }
+    }
+}
+
+/// `[mcp]`: the MCP endpoint. Off unless configured.
+#[derive(Debug, Clone)]
+pub struct McpConfig {
+    /// TCP address of the HTTP endpoint (the path is `/mcp`). Loopback by default.
+    pub listen: SocketAddr,
+    /// `Host` values accepted besides loopback names (DNS-rebinding defence).
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins accepted (`scheme://host[:port]`, `:*` for any port); requests
+    /// with another `Origin` get 403. Loopback origins are always accepted.
+    pub allowed_origins: Vec<String>,
+    /// Largest request body; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Most legacy (2025-11-25) sessions open on the node; more get 503.
+    pub max_sessions: usize,
+    /// Most legacy sessions per user; more get 429.
+    pub max_sessions_per_user: usize,
+    /// A legacy session without a request for this long is closed (and counted reaped).
+    pub session_idle: Duration,
+    /// Deadline of a `tools/call`.
+    pub call_timeout: Duration,
+    /// Most `tools/call`s in flight at once through this endpoint; more are answered
+    /// at once with a "busy" error result.
+    pub max_calls_in_flight: usize,
+}
+
+impl McpConfig {
+    /// Defaults for an endpoint on `listen`.
+    pub fn new(listen: SocketAddr) -> Self {
+        McpConfig {
+            listen,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            max_body_bytes: 4 * 1024 * 1024,
+            max_sessions: 50_000,
+            max_sessions_per_user: 20_000,
+            session_idle: Duration::from_secs(300),
+            call_timeout: Duration::from_secs(60),
+            max_calls_in_flight: 256,
         }
     }
 }

@@ -4,7 +4,6 @@
 //! Nothing here touches the message path: every answer is built from the node's counters
 //! and its table of live connections when it is asked for.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
@@ -431,9 +430,6 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 /// Rows by code, as a map for JSON.
-pub(crate) fn by_name(rows: &[(fovea_core::ErrorCode, u64)]) -> BTreeMap<&'static str, u64> {
-    rows.iter().map(|(c, n)| (c.name(), *n)).collect()
-}
 
 fn ct_eq(a: &str, b: &str) -> bool {
     bool::from(subtle::ConstantTimeEq::ct_eq(a.as_bytes(), b.as_bytes()))

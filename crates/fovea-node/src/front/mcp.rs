@@ -41,6 +41,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::auth::Permissions;
+use crate::config::McpConfig;
 use crate::handle::outbound::Outbound;
 use crate::handle::Handle;
 use crate::routing::Realm;
@@ -48,48 +49,6 @@ use crate::Shared;
 
 /// Most tools in one `tools/list` page.
 const PAGE_ITEMS: usize = 100;
-
-/// `[mcp]`: the MCP endpoint. Off unless configured.
-#[derive(Debug, Clone)]
-pub struct McpConfig {
-    /// TCP address of the HTTP endpoint (the path is `/mcp`). Loopback by default.
-    pub listen: SocketAddr,
-    /// `Host` values accepted besides loopback names (DNS-rebinding defence).
-    pub allowed_hosts: Vec<String>,
-    /// Browser origins accepted (`scheme://host[:port]`, `:*` for any port); requests
-    /// with another `Origin` get 403. Loopback origins are always accepted.
-    pub allowed_origins: Vec<String>,
-    /// Largest request body; larger ones get 413.
-    pub max_body_bytes: usize,
-    /// Most legacy (2025-11-25) sessions open on the node; more get 503.
-    pub max_sessions: usize,
-    /// Most legacy sessions per user; more get 429.
-    pub max_sessions_per_user: usize,
-    /// A legacy session without a request for this long is closed (and counted reaped).
-    pub session_idle: Duration,
-    /// Deadline of a `tools/call`.
-    pub call_timeout: Duration,
-    /// Most `tools/call`s in flight at once through this endpoint; more are answered
-    /// at once with a "busy" error result.
-    pub max_calls_in_flight: usize,
-}
-
-impl McpConfig {
-    /// Defaults for an endpoint on `listen`.
-    pub fn new(listen: SocketAddr) -> Self {
-        McpConfig {
-            listen,
-            allowed_hosts: Vec::new(),
-            allowed_origins: Vec::new(),
-            max_body_bytes: 4 * 1024 * 1024,
-            max_sessions: 50_000,
-            max_sessions_per_user: 20_000,
-            session_idle: Duration::from_secs(300),
-            call_timeout: Duration::from_secs(60),
-            max_calls_in_flight: 256,
-        }
-    }
-}
 
 /// Counters of the MCP endpoint (`/metrics`: `fovea_mcp_*`).
 #[derive(Debug, Default)]

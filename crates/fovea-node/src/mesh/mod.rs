@@ -48,6 +48,7 @@ use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::MeshConfig;
 use crate::handle::outbound::Outbound;
 use crate::handle::Handle;
 use crate::handle::ProviderRef;
@@ -79,44 +80,6 @@ const RETIRE_GRACE: Duration = Duration::from_secs(1);
 const REJOIN_EVERY: Duration = Duration::from_secs(10);
 /// Label of the TLS exporter value the proof signs.
 const EXPORTER_LABEL: &[u8] = b"EXPORTER-fovea-mesh-v1";
-
-/// How this node takes part in a mesh.
-#[derive(Debug, Clone)]
-pub struct MeshConfig {
-    /// UDP address of the mesh endpoint (node-to-node links).
-    pub listen: SocketAddr,
-    /// Mesh addresses of members to join through (any one that answers is enough).
-    pub join: Vec<SocketAddr>,
-    /// The shared secret every member holds; `None` when admission is by CA alone.
-    pub secret: Option<String>,
-    /// The mesh CA: members must present a certificate it issued (`--mesh-ca`).
-    pub ca: Option<std::path::PathBuf>,
-    /// This node's certificate from the mesh CA, and its key.
-    pub identity: Option<crate::TlsFiles>,
-    /// Links to other nodes at once. At the limit the least recently used link is closed
-    /// to make room (its node stays in the DHT; the link is dialed again when needed).
-    pub max_links: usize,
-    /// A link unused for this long is closed (reaped) the same way.
-    pub link_idle: Duration,
-    /// DHT parameters.
-    pub dht: dht::Config,
-}
-
-impl MeshConfig {
-    /// A mesh on `listen` with `secret`, joining nobody (the first node), default limits.
-    pub fn new(listen: SocketAddr, secret: impl Into<String>) -> Self {
-        MeshConfig {
-            listen,
-            join: Vec::new(),
-            secret: Some(secret.into()),
-            ca: None,
-            identity: None,
-            max_links: 1024,
-            link_idle: Duration::from_secs(300),
-            dht: dht::Config::default(),
-        }
-    }
-}
 
 /// Counters of the mesh layer.
 #[derive(Debug, Default)]

@@ -48,13 +48,13 @@ impl TestNode {
 
     /// Starts a node whose realms are declared by `toml` (a configuration file's text).
     pub async fn start_with_realms(toml: &str) -> TestNode {
-        let realms = fovea_node::auth::parse_realms(toml, "test.toml").expect("valid realms");
+        let realms = fovea_node::config::file::parse_realms(toml, "test.toml").expect("valid realms");
         let dir = Arc::new(tempfile::tempdir().unwrap());
         Self::start_config("127.0.0.1:0".parse().unwrap(), dir, Limits::default(), Some(realms), None).await
     }
 
     /// Starts a node whose MCP endpoint has `mcp` as its configuration (address replaced).
-    pub async fn start_with_mcp(mut mcp: fovea_node::mcp::McpConfig) -> TestNode {
+    pub async fn start_with_mcp(mut mcp: fovea_node::McpConfig) -> TestNode {
         mcp.listen = "127.0.0.1:0".parse().unwrap();
         let dir = Arc::new(tempfile::tempdir().unwrap());
         Self::start_full("127.0.0.1:0".parse().unwrap(), dir, Limits::default(), None, None, Some(mcp)).await
@@ -78,7 +78,7 @@ impl TestNode {
 
     /// A mesh node with `mesh` as its whole mesh configuration (its listen address is
     /// replaced by an ephemeral one).
-    pub async fn start_mesh_config(mut mesh: fovea_node::mesh::MeshConfig) -> TestNode {
+    pub async fn start_mesh_config(mut mesh: fovea_node::MeshConfig) -> TestNode {
         let dir = Arc::new(tempfile::tempdir().unwrap());
         mesh.listen = "127.0.0.1:0".parse().unwrap();
         Self::start_config("127.0.0.1:0".parse().unwrap(), dir, Limits::default(), None, Some(mesh)).await
@@ -91,9 +91,9 @@ impl TestNode {
         join: &[SocketAddr],
         realms: Option<&str>,
     ) -> TestNode {
-        let mut mesh = fovea_node::mesh::MeshConfig::new("127.0.0.1:0".parse().unwrap(), secret);
+        let mut mesh = fovea_node::MeshConfig::new("127.0.0.1:0".parse().unwrap(), secret);
         mesh.join = join.to_vec();
-        let realms = realms.map(|t| fovea_node::auth::parse_realms(t, "test.toml").expect("valid realms"));
+        let realms = realms.map(|t| fovea_node::config::file::parse_realms(t, "test.toml").expect("valid realms"));
         Self::start_config("127.0.0.1:0".parse().unwrap(), dir, Limits::default(), realms, Some(mesh)).await
     }
 
@@ -107,7 +107,7 @@ impl TestNode {
             let Ok(second) = std::net::UdpSocket::bind(("127.0.0.1", next)) else { continue };
             drop((probe, second));
             let dir = Arc::new(tempfile::tempdir().unwrap());
-            let mesh = fovea_node::mesh::MeshConfig::new(SocketAddr::from(([127, 0, 0, 1], next)), secret);
+            let mesh = fovea_node::MeshConfig::new(SocketAddr::from(([127, 0, 0, 1], next)), secret);
             let addr = SocketAddr::from(([127, 0, 0, 1], p));
             return Self::start_config(addr, dir, Limits::default(), None, Some(mesh)).await;
         }
@@ -124,7 +124,7 @@ impl TestNode {
         dir: Arc<tempfile::TempDir>,
         limits: Limits,
         realms: Option<Vec<fovea_node::auth::RealmConfig>>,
-        mesh: Option<fovea_node::mesh::MeshConfig>,
+        mesh: Option<fovea_node::MeshConfig>,
     ) -> TestNode {
         Self::start_full(addr, dir, limits, realms, mesh, None).await
     }
@@ -134,8 +134,8 @@ impl TestNode {
         dir: Arc<tempfile::TempDir>,
         limits: Limits,
         realms: Option<Vec<fovea_node::auth::RealmConfig>>,
-        mesh: Option<fovea_node::mesh::MeshConfig>,
-        mcp: Option<fovea_node::mcp::McpConfig>,
+        mesh: Option<fovea_node::MeshConfig>,
+        mcp: Option<fovea_node::McpConfig>,
     ) -> TestNode {
         let mut config = NodeConfig::new(dir.path());
         config.listen = addr;
@@ -145,7 +145,7 @@ impl TestNode {
         config.admin = Some("127.0.0.1:0".parse().unwrap());
         config.mesh = mesh;
         config.mcp = Some(mcp.unwrap_or_else(|| {
-            let mut mcp = fovea_node::mcp::McpConfig::new("127.0.0.1:0".parse().unwrap());
+            let mut mcp = fovea_node::McpConfig::new("127.0.0.1:0".parse().unwrap());
             mcp.call_timeout = Duration::from_secs(3);
             mcp
         }));
