@@ -41,8 +41,8 @@ pub use config::{
 };
 pub use error::NodeError;
 pub use front::mcp;
-pub(crate) use node::Shared;
-pub use node::{Node, Reloader, StatsHandle};
+pub use front::{Reloader, StatsHandle};
+pub use node::Node;
 pub use stats::{Stats, StatsSnapshot};
 pub use transport::{quic, tls, SOCKET_BUFFER};
 

@@ -17,7 +17,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Shared, StatsHandle};
+use super::Shared;
+use super::StatsHandle;
 
 /// One live client connection, as the admin endpoint shows it.
 pub(crate) struct ConnInfo {
@@ -102,7 +103,7 @@ struct Info {
 }
 
 async fn info(State(shared): State<Arc<Shared>>) -> Json<Info> {
-    let realms = shared.realms.read().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect();
+    let realms = shared.router.realms().keys().cloned().collect();
     Json(Info {
         version: env!("CARGO_PKG_VERSION"),
         name: shared.config.name.clone(),
@@ -113,7 +114,7 @@ async fn info(State(shared): State<Arc<Shared>>) -> Json<Info> {
         realms,
         limits: shared.config.limits.clone(),
         stats: StatsHandle(shared.clone()).snapshot(),
-        mesh: match &shared.mesh {
+        mesh: match shared.router.mesh.as_ref().map(|m| &m.mesh) {
             Some(m) => Some(m.snapshot().await),
             None => None,
         },
@@ -242,7 +243,7 @@ fn connection_page(infos: Vec<Arc<ConnInfo>>, q: &ConnQuery) -> Result<ConnPage,
 /// node's own batched atomics: the message path never calls into a metrics registry.
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     let s = StatsHandle(shared.clone()).snapshot();
-    let mesh = match &shared.mesh {
+    let mesh = match shared.router.mesh.as_ref().map(|m| &m.mesh) {
         Some(m) => Some((m.snapshot().await, m.clone())),
         None => None,
     };
@@ -294,7 +295,8 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             "fovea_notices_dropped_total",
             "Progress and log notices not passed on: late, over the per-call cap, or the caller's queue full."
         );
-        let mesh_notices = shared.mesh.as_ref().map_or(0, |m| m.stats.notices_dropped.load(Ordering::Relaxed));
+        let mesh_notices =
+            shared.router.mesh.as_ref().map_or(0, |m| m.mesh.stats.notices_dropped.load(Ordering::Relaxed));
         counter!("fovea_notices_dropped_total").absolute(s.notices_dropped + mesh_notices);
         let q = &shared.quic;
         describe_gauge!(
@@ -406,7 +408,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             describe_counter!("fovea_mcp_tool_errors_total", "MCP tool calls answered with an error result.");
             counter!("fovea_mcp_tool_errors_total").absolute(st.tool_errors.load(Relaxed));
         }
-        if let Some(i) = shared.interest.get() {
+        if let Some(i) = shared.router.mesh.as_ref().map(|m| &m.interest) {
             use std::sync::atomic::Ordering::Relaxed;
             describe_counter!("fovea_mesh_forwarded_total", "Messages sent to other nodes' subscribers.");
             counter!("fovea_mesh_forwarded_total").absolute(i.stats.forwarded.load(Relaxed));
@@ -423,6 +425,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     });
     let mut text = handle.render();
     text += &shared
+        .router
         .stats
         .call_latency
         .render("fovea_call_duration_seconds", "Time from a call reaching the node to its answer leaving it.");

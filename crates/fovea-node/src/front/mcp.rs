@@ -40,12 +40,13 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::Shared;
 use crate::auth::Permissions;
 use crate::config::McpConfig;
 use crate::handle::outbound::Outbound;
 use crate::handle::Handle;
+use crate::routing::calls::{route_call, Origin};
 use crate::routing::Realm;
-use crate::Shared;
 
 /// Most tools in one `tools/list` page.
 const PAGE_ITEMS: usize = 100;
@@ -356,7 +357,7 @@ fn check_jsonrpc(body: &[u8]) -> Result<(), (Value, i64, String)> {
 /// in name order, that admits it); without one, a loopback client joins the open `default`
 /// realm of a node without realm configuration, as on the QUIC side.
 fn authenticate(state: &McpState, req: &Request, remote: SocketAddr) -> Option<Identity> {
-    let realms = state.shared.realms.read().unwrap_or_else(PoisonError::into_inner);
+    let realms = state.shared.router.realms();
     let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -651,11 +652,12 @@ impl Handler {
             headers: Headers::new(),
             payload,
         };
-        self.state.shared.stats.calls.fetch_add(1, Ordering::Relaxed);
+        self.state.shared.router.stats.calls.fetch_add(1, Ordering::Relaxed);
         let mut rng =
-            fovea_core::balance::Rng::new(self.state.shared.seed ^ call_id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            fovea_core::balance::Rng::new(self.state.shared.router.seed ^ call_id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let now = std::time::Instant::now();
-        crate::front::session::route_call(&self.state.shared, &id.realm, &caller.handle, &mut rng, call, now);
+        let router = &self.state.shared.router;
+        route_call(router, &id.realm, &caller.handle, &mut rng, call, now, Origin::Here);
         let progress_token = context.meta.get_progress_token();
         let modern = context.protocol_version().is_some_and(|v| !v.has_initialize());
         #[allow(deprecated)]

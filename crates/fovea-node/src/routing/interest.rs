@@ -229,8 +229,9 @@ pub struct Interest {
     dirty_providers: Mutex<HashSet<(String, String)>>,
     /// (realm, procedure) → providers on other nodes, as last looked up or pushed.
     remote_providers: Mutex<HashMap<(String, String), Providers>>,
-    /// Bumps a realm's routing generation so connections recompute their caches.
-    bump: Box<dyn Fn(&str) + Send + Sync>,
+    /// The routing state whose realms' match caches a change of remote interest makes
+    /// stale (weak: the router owns this).
+    router: Weak<super::Router>,
     /// Bytes of messages waiting for discovery, all segments together, and their bound.
     held: std::sync::atomic::AtomicUsize,
     max_held: usize,
@@ -240,7 +241,7 @@ pub struct Interest {
 }
 
 impl Interest {
-    pub(crate) fn new(mesh: Arc<Mesh>, max_held: usize, bump: impl Fn(&str) + Send + Sync + 'static) -> Arc<Interest> {
+    pub(crate) fn new(mesh: Arc<Mesh>, max_held: usize, router: Weak<super::Router>) -> Arc<Interest> {
         Arc::new(Interest {
             mesh,
             local: Mutex::new(HashMap::new()),
@@ -250,7 +251,7 @@ impl Interest {
             local_providers: Mutex::new(HashMap::new()),
             dirty_providers: Mutex::new(HashSet::new()),
             remote_providers: Mutex::new(HashMap::new()),
-            bump: Box::new(bump),
+            router,
             held: std::sync::atomic::AtomicUsize::new(0),
             max_held,
             flush_now: tokio::sync::Notify::new(),
@@ -258,9 +259,11 @@ impl Interest {
         })
     }
 
-    /// The mesh this runs over.
-    pub(crate) fn mesh(&self) -> &Arc<Mesh> {
-        &self.mesh
+    /// Connections' match caches for `realm` are stale: remote interest changed.
+    fn bump(&self, realm: &str) {
+        if let Some(r) = self.router.upgrade().and_then(|r| r.realm(realm)) {
+            r.bump();
+        }
     }
 
     /// A local subscription to `pattern` in `realm` started.
@@ -430,7 +433,7 @@ impl Interest {
                 }
             }
         }
-        (self.bump)(&realm);
+        self.bump(&realm);
     }
 
     /// A local registration of `procedure` in `realm` started.
@@ -519,7 +522,7 @@ impl Interest {
             }
             r.rebuild();
         }
-        (self.bump)(&realm);
+        self.bump(&realm);
     }
 
     /// A node left the mesh: it is no longer a target.
@@ -540,7 +543,7 @@ impl Interest {
             }
         }
         for realm in changed {
-            (self.bump)(&realm);
+            self.bump(&realm);
         }
     }
 
@@ -644,7 +647,7 @@ impl Interest {
             realms
         };
         for realm in realms {
-            (self.bump)(&realm);
+            self.bump(&realm);
         }
     }
 }

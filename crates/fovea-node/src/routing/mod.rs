@@ -17,3 +17,111 @@ pub(crate) mod tools;
 
 pub(crate) use matches::{check_limits, GroupKey, MatchCache, Matches, SubRef};
 pub(crate) use realm::Realm;
+pub(crate) mod calls;
+mod links;
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
+
+use crate::auth::Admission;
+use crate::config::Limits;
+use crate::mesh::{self, Mesh};
+use crate::stats::Stats;
+use interest::Interest;
+use remote_tools::MeshTools;
+
+/// The node's routing state: its realms, the counters routing keeps, and (in a mesh) the
+/// parts that reach other nodes. Every front end routes through one `Router`; the mesh
+/// reaches it only through [`crate::mesh::LinkHandler`], which it implements.
+pub(crate) struct Router {
+    pub limits: Limits,
+    /// Realms by name. Written only by a configuration reload, which adds realms and never
+    /// removes one (a realm dropped from the file keeps its routing state and admits
+    /// nobody).
+    realms: RwLock<HashMap<String, Arc<Realm>>>,
+    pub stats: Stats,
+    /// Per-process randomness for balancing generators.
+    pub seed: u64,
+    /// Numbers tool registrations node-wide (a catalog key; 0 means "not a tool").
+    pub next_tool_key: AtomicU64,
+    /// Present when the node takes part in a mesh.
+    pub mesh: Option<MeshRouting>,
+    /// This router, for the tasks and link states it hands out.
+    me: std::sync::Weak<Router>,
+}
+
+/// What routing keeps of the mesh: the links and DHT, cross-node pub/sub, and the
+/// realm-wide tool catalogs.
+pub(crate) struct MeshRouting {
+    pub mesh: Arc<Mesh>,
+    pub interest: Arc<Interest>,
+    pub tools: Arc<MeshTools>,
+}
+
+impl Router {
+    /// The router of a node serving `realms`, over `mesh` when it takes part in one (the
+    /// mesh then hands what arrives from other nodes to this router).
+    pub fn new(limits: Limits, realms: Vec<(String, Admission)>, mesh: Option<mesh::Bound>) -> Arc<Router> {
+        let seed = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u64);
+        Arc::new_cyclic(|me: &std::sync::Weak<Router>| {
+            let handler: std::sync::Weak<dyn mesh::LinkHandler> = me.clone();
+            let mesh = mesh.map(|bound| {
+                let mesh = bound.start(handler);
+                MeshRouting {
+                    interest: Interest::new(mesh.clone(), limits.max_pending_bytes, me.clone()),
+                    tools: MeshTools::new(mesh.clone(), me.clone()),
+                    mesh,
+                }
+            });
+            let realms = realms
+                .into_iter()
+                .map(|(name, admission)| (name.clone(), Arc::new(Realm::new(name, admission, mesh.as_ref()))))
+                .collect();
+            Router {
+                limits,
+                realms: RwLock::new(realms),
+                stats: Stats::default(),
+                seed,
+                next_tool_key: AtomicU64::new(1),
+                mesh,
+                me: me.clone(),
+            }
+        })
+    }
+
+    /// A weak reference to this router.
+    pub fn weak(&self) -> std::sync::Weak<Router> {
+        self.me.clone()
+    }
+
+    /// The realm called `name`, if this node serves it.
+    pub fn realm(&self, name: &str) -> Option<Arc<Realm>> {
+        self.realms().get(name).cloned()
+    }
+
+    /// Every realm, read-locked (configuration reloads wait meanwhile).
+    pub fn realms(&self) -> RwLockReadGuard<'_, HashMap<String, Arc<Realm>>> {
+        self.realms.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Applies new admission rules: `realms` replace the rules of the realms they name and
+    /// add those that are new; every other realm admits nobody from now on.
+    pub fn readmit(&self, realms: Vec<(String, Admission)>) {
+        let mut map = self.realms.write().unwrap_or_else(PoisonError::into_inner);
+        for realm in map.values() {
+            if !realms.iter().any(|(name, _)| *name == realm.name) {
+                realm.set_admission(Admission::Users(HashMap::new()));
+            }
+        }
+        for (name, admission) in realms {
+            match map.get(&name) {
+                Some(realm) => realm.set_admission(admission),
+                None => {
+                    let realm = Arc::new(Realm::new(name.clone(), admission, self.mesh.as_ref()));
+                    map.insert(name, realm);
+                }
+            }
+        }
+    }
+}

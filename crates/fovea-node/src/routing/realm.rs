@@ -12,6 +12,7 @@ use fovea_core::{Pattern, Procedure, SubTrie, Topic};
 
 use crate::handle::ProviderRef;
 
+use super::calls::NoRoute;
 use super::matches::{GroupKey, Matches, SubRef};
 
 /// A realm's routing state.
@@ -19,11 +20,10 @@ pub(crate) struct Realm {
     pub name: String,
     /// `name` as it travels in `FWD` frames.
     pub wire_name: Bytes,
-    /// Cross-node interest, when the node is in a mesh (set once, at start or when a
-    /// reload adds the realm).
-    pub interest: std::sync::OnceLock<Arc<crate::routing::interest::Interest>>,
-    /// The realm-wide tool catalog, when the node is in a mesh (set like `interest`).
-    pub mesh_tools: std::sync::OnceLock<Arc<crate::routing::remote_tools::MeshTools>>,
+    /// Cross-node interest, when the node is in a mesh.
+    pub interest: Option<Arc<super::interest::Interest>>,
+    /// The realm-wide tool catalog, when the node is in a mesh.
+    pub mesh_tools: Option<Arc<super::remote_tools::MeshTools>>,
     /// Who may join, and with what permissions; replaced when the configuration reloads.
     admission: RwLock<Arc<crate::auth::Admission>>,
     subs: RwLock<SubTrie<SubRef>>,
@@ -40,12 +40,17 @@ pub(crate) struct Realm {
 }
 
 impl Realm {
-    pub fn new(name: impl Into<String>, admission: crate::auth::Admission) -> Self {
+    /// A realm with no subscriptions or registrations yet; `mesh`: the node's mesh parts,
+    /// when it is in a mesh.
+    pub fn new(name: impl Into<String>, admission: crate::auth::Admission, mesh: Option<&super::MeshRouting>) -> Self {
         let name: String = name.into();
+        if let Some(m) = mesh {
+            m.tools.watch(&name);
+        }
         Realm {
             wire_name: Bytes::copy_from_slice(name.as_bytes()),
-            interest: std::sync::OnceLock::new(),
-            mesh_tools: std::sync::OnceLock::new(),
+            interest: mesh.map(|m| m.interest.clone()),
+            mesh_tools: mesh.map(|m| m.tools.clone()),
             name,
             admission: RwLock::new(Arc::new(admission)),
             subs: RwLock::new(SubTrie::new()),
@@ -68,7 +73,7 @@ impl Realm {
     }
 
     pub fn subscribe(&self, pattern: &Pattern, sub: SubRef) {
-        if let Some(i) = self.interest.get() {
+        if let Some(i) = self.interest.as_ref() {
             i.add_local(&self.name, pattern, sub.group.as_ref().map(|g| &g.name));
         }
         let mut trie = self.subs.write().unwrap_or_else(PoisonError::into_inner);
@@ -81,7 +86,7 @@ impl Realm {
     /// Removes subscriptions; one lock and one generation bump for the whole batch.
     pub fn unsubscribe<'a>(&self, subs: impl IntoIterator<Item = (&'a Pattern, SubRef)>) {
         let mut trie = self.subs.write().unwrap_or_else(PoisonError::into_inner);
-        let interest = self.interest.get();
+        let interest = self.interest.as_ref();
         for (pattern, sub) in subs {
             let group = sub.group.clone();
             if trie.remove(pattern, &sub) {
@@ -106,7 +111,7 @@ impl Realm {
     /// Adds a provider; with `tool`, `(key, descriptor)`, the procedure is also a tool
     /// (`key` is unique on this node and names the registration to `unregister`).
     pub fn register(&self, procedure: &Procedure, provider: ProviderRef, tool: Option<(u64, ToolDescriptor)>) {
-        if let Some(i) = self.interest.get() {
+        if let Some(i) = self.interest.as_ref() {
             i.add_provider(&self.name, procedure.as_str());
         }
         self.procs.write().unwrap_or_else(PoisonError::into_inner).insert(procedure, provider);
@@ -116,7 +121,7 @@ impl Realm {
                 self.tools_version.send_replace(tools.version());
             }
             let n = self.local_tools.fetch_add(1, Ordering::Relaxed) + 1;
-            if let Some(m) = self.mesh_tools.get() {
+            if let Some(m) = self.mesh_tools.as_ref() {
                 m.local_changed(&self.name, n as usize);
             }
         }
@@ -126,7 +131,7 @@ impl Realm {
     /// batch.
     pub fn unregister<'a>(&self, regs: impl IntoIterator<Item = (&'a Procedure, ProviderRef, u64)>) {
         let mut procs = self.procs.write().unwrap_or_else(PoisonError::into_inner);
-        let interest = self.interest.get();
+        let interest = self.interest.as_ref();
         let mut tools = None;
         for (procedure, provider, key) in regs {
             if procs.remove(procedure, &provider) {
@@ -140,7 +145,7 @@ impl Realm {
                     self.tools_version.send_replace(tools.version());
                 }
                 let n = self.local_tools.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
-                if let Some(m) = self.mesh_tools.get() {
+                if let Some(m) = self.mesh_tools.as_ref() {
                     m.local_changed(&self.name, n as usize);
                 }
             }
@@ -184,30 +189,32 @@ impl Realm {
     }
 
     /// Chooses a provider of `name` by power of two choices on requests in flight.
-    /// `Err(true)`: there are providers but the chosen one is at `limit`; `Err(false)`:
-    /// there is none.
-    pub fn choose_provider(&self, name: &[u8], rng: &mut Rng, limit: usize) -> Result<ProviderRef, bool> {
+    ///
+    /// # Errors
+    /// [`NoRoute::NoProvider`] when there is none, [`NoRoute::Busy`] when the one chosen
+    /// has `limit` requests in flight.
+    pub fn choose_provider(&self, name: &[u8], rng: &mut Rng, limit: usize) -> Result<ProviderRef, NoRoute> {
         let procs = self.procs.read().unwrap_or_else(PoisonError::into_inner);
         let list = procs.providers(name);
         // A provider whose connection is closing (not yet unregistered) loses every
         // comparison; if drawn anyway, any live one is taken instead.
         // Indexes come from `pick_two(list.len(), ..)`, so they are in range.
         let load = |i: usize| {
-            let peer = &list[i].handle;
-            if peer.out.is_closed() {
+            let handle = &list[i].handle;
+            if handle.out.is_closed() {
                 u64::MAX
             } else {
-                peer.requests_in_flight() as u64
+                handle.requests_in_flight() as u64
             }
         };
-        let i = pick_two(list.len(), rng, load).ok_or(false)?;
+        let i = pick_two(list.len(), rng, load).ok_or(NoRoute::NoProvider)?;
         let p = if list[i].handle.out.is_closed() {
-            list.iter().find(|p| !p.handle.out.is_closed()).ok_or(false)?
+            list.iter().find(|p| !p.handle.out.is_closed()).ok_or(NoRoute::NoProvider)?
         } else {
             &list[i]
         };
         if p.handle.requests_in_flight() >= limit {
-            return Err(true);
+            return Err(NoRoute::Busy);
         }
         Ok(p.clone())
     }
@@ -215,7 +222,7 @@ impl Realm {
     /// Every subscriber of `topic`: local ones, and (in a mesh) the nodes with remote ones.
     pub(super) fn lookup(&self, topic: &Topic) -> Arc<Matches> {
         let mut m = self.lookup_local(topic);
-        if let Some(i) = self.interest.get() {
+        if let Some(i) = self.interest.as_ref() {
             let remote = i.remote_targets(&self.name, topic);
             if let Some(m) = Arc::get_mut(&mut m) {
                 m.remote = remote.nodes;

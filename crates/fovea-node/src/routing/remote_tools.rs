@@ -21,7 +21,7 @@
 //! (1 MiB) is cut by the sender.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -49,9 +49,6 @@ const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// A remote node's tools go into a realm catalog under a key with this bit set; local
 /// registrations number from 1 and never reach it.
 pub(crate) const REMOTE_KEY: u64 = 1 << 63;
-
-/// Applies a remote node's tools of a realm (empty: it has none now).
-type ApplyFn = dyn Fn(&str, &NodeId, Vec<(String, ToolDescriptor)>) + Send + Sync;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -84,24 +81,30 @@ pub(crate) struct MeshTools {
     watched: Mutex<HashMap<Key, String>>,
     /// (realm, node) → the version whose list was applied (or is being fetched).
     seen: Mutex<HashMap<(String, NodeId), u64>>,
-    apply: Box<ApplyFn>,
+    /// Whose realms' catalogs get the remote lists (weak: the router owns this).
+    router: Weak<super::Router>,
     flush_now: tokio::sync::Notify,
 }
 
 impl MeshTools {
-    pub(crate) fn new(
-        mesh: Arc<Mesh>,
-        apply: impl Fn(&str, &NodeId, Vec<(String, ToolDescriptor)>) + Send + Sync + 'static,
-    ) -> Arc<MeshTools> {
+    pub(crate) fn new(mesh: Arc<Mesh>, router: Weak<super::Router>) -> Arc<MeshTools> {
         Arc::new(MeshTools {
             mesh,
             local: Mutex::new(HashMap::new()),
             dirty: Mutex::new(HashSet::new()),
             watched: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
-            apply: Box::new(apply),
+            router,
             flush_now: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Puts remote node `node`'s tools of `realm` into the realm's catalog (empty: it has
+    /// none now).
+    fn apply(&self, realm: &str, node: &NodeId, entries: Vec<(String, ToolDescriptor)>) {
+        if let Some(r) = self.router.upgrade().and_then(|r| r.realm(realm)) {
+            r.set_remote_tools(node, entries);
+        }
     }
 
     /// This node's own tools of `realm` changed; `count` of them are left.
@@ -145,7 +148,7 @@ impl MeshTools {
         let Some((addr, version)) = parsed else {
             // A retraction: the node has no tools in the realm now.
             if lock(&self.seen).remove(&key).is_some() {
-                (self.apply)(&realm, &record.publisher, Vec::new());
+                self.apply(&realm, &record.publisher, Vec::new());
             }
             return;
         };
@@ -164,7 +167,7 @@ impl MeshTools {
             if lock(&me.seen).get(&key) != Some(&version) {
                 return;
             }
-            (me.apply)(&realm, &node.id, parse_list(&json));
+            me.apply(&realm, &node.id, parse_list(&json));
         });
     }
 
@@ -177,7 +180,7 @@ impl MeshTools {
             realms
         };
         for realm in realms {
-            (self.apply)(&realm, id, Vec::new());
+            self.apply(&realm, id, Vec::new());
         }
     }
 

@@ -1,0 +1,260 @@
+//! Every frame a client sends but `PUB`: subscriptions, registrations, calls, answers,
+//! the tool catalog.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use fovea_core::frame::{Call, CallResult, Register, Subscribe, ToolList, ToolsQuery, VERSION_RPC, VERSION_TOOLS};
+use fovea_core::tool::ToolDescriptor;
+use fovea_core::{ErrorCode, Frame, Headers, Pattern, Procedure};
+use std::sync::Arc;
+
+use super::{Close, Session};
+use crate::handle::{Answer, ProviderRef};
+use crate::routing::calls::{route_call, Origin};
+use crate::routing::tools::{TOOL_PAGE_BYTES, TOOL_PAGE_ITEMS};
+use crate::routing::{check_limits, GroupKey, SubRef};
+
+impl Session {
+    pub(super) fn control(&mut self, frame: Frame) -> Result<(), Close> {
+        let needs = match &frame {
+            // A tool descriptor is a version 4 field. Not ignored as trailing bytes: a client
+            // that sends one wants a tool, and dropping it silently would hide its bug.
+            Frame::Reg(r) if !r.tool.is_empty() => VERSION_TOOLS,
+            Frame::Reg(_) | Frame::Unreg(_) | Frame::Call(_) | Frame::Respond(_) | Frame::Cancel(_) => VERSION_RPC,
+            Frame::Notice(_) | Frame::Tools(_) => VERSION_TOOLS,
+            _ => 0,
+        };
+        if self.version < needs {
+            self.shared.router.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            let what = match &frame {
+                Frame::Reg(r) if !r.tool.is_empty() => "a REG with a tool descriptor".to_owned(),
+                f => format!("frame type 0x{:x}", f.kind()),
+            };
+            let msg = format!("{what} needs protocol version {needs}; this session speaks {}", self.version);
+            return Err(Close::new(ErrorCode::ProtocolError, msg));
+        }
+        match frame {
+            Frame::Sub(s) => self.subscribe(s),
+            Frame::Unsub(sid) => {
+                if let Some((p, group)) = self.subs.remove(&sid) {
+                    self.realm.unsubscribe([(&p, SubRef { handle: self.handle.clone(), sid, group })]);
+                    self.info.subscriptions.store(self.subs.len(), Ordering::Relaxed);
+                }
+            }
+            Frame::Ping(token) => self.handle.out.send(&Frame::Pong(token)),
+            Frame::Pong(_) => {}
+            Frame::Reg(r) => self.register(r),
+            Frame::Unreg(rid) => {
+                if let Some((p, key)) = self.regs.remove(&rid) {
+                    self.realm.unregister([(&p, ProviderRef { handle: self.handle.clone(), rid }, key)]);
+                    self.info.registrations.store(self.regs.len(), Ordering::Relaxed);
+                }
+            }
+            Frame::Call(c) => self.call(c),
+            Frame::Respond(r) => {
+                self.shared.router.stats.responses.fetch_add(1, Ordering::Relaxed);
+                let now = self.read_at();
+                match self.handle.finish_request(r.req_id, r.code, r.headers, r.payload, now) {
+                    Answer::Relayed(took) => self.shared.router.stats.call_latency.record(took),
+                    Answer::Late => {
+                        self.shared.router.stats.late_responses.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Reference 0: a req_id is the node's number, and as a reference it
+                    // could be taken for one of the client's own sids, rids or call ids.
+                    Answer::TooLarge(len, max) => self.reject(
+                        ErrorCode::PayloadTooLarge,
+                        0,
+                        format!(
+                            "the answer to request {} is {len} bytes, over max_payload {max}; \
+                             its caller got PAYLOAD_TOO_LARGE",
+                            r.req_id
+                        ),
+                    ),
+                }
+            }
+            Frame::Cancel(call_id) => self.handle.cancel_call(call_id),
+            Frame::Notice(n) => {
+                if !self.handle.forward_notice(n.id, n.kind, n.body) {
+                    self.shared.router.stats.notices_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Frame::Tools(q) => self.list_tools(q),
+            other => {
+                self.shared.router.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                return Err(Close::new(
+                    ErrorCode::ProtocolError,
+                    format!("frame type 0x{:x} is not allowed from a client here", other.kind()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn subscribe(&mut self, s: Subscribe) {
+        let limits = &self.shared.config.limits;
+        if s.sid == 0 {
+            return self.reject(ErrorCode::InvalidPattern, 0, "subscription id 0 is reserved; use ids from 1");
+        }
+        if self.subs.contains_key(&s.sid) {
+            return self.reject(ErrorCode::DuplicateId, s.sid, format!("subscription id {} is already active", s.sid));
+        }
+        if self.subs.len() >= limits.max_subscriptions {
+            let msg = format!("this connection already has {} subscriptions, the node's limit", self.subs.len());
+            return self.reject(ErrorCode::TooManySubscriptions, s.sid, msg);
+        }
+        let limits = &self.shared.config.limits;
+        let pattern = match Pattern::from_bytes(Bytes::copy_from_slice(&s.pattern))
+            .and_then(|p| check_limits(p.as_bytes(), limits.max_topic_len, limits.max_topic_depth).map(|()| p))
+        {
+            Ok(p) => p,
+            Err(e) => {
+                let text = shown(&s.pattern);
+                return self.reject(ErrorCode::InvalidPattern, s.sid, format!("pattern {text:?} {e}"));
+            }
+        };
+        if !self.perms.subscribe.pattern(&pattern) {
+            return self.reject(ErrorCode::PermissionDenied, s.sid, format!("not allowed to subscribe to {pattern:?}"));
+        }
+        // Before version 2 the group field did not exist: a v1 peer's trailing bytes are
+        // ignored, as the protocol's extension rule says.
+        let group = if s.group.is_empty() || self.version < VERSION_RPC {
+            None
+        } else {
+            match Procedure::from_bytes(Bytes::copy_from_slice(&s.group)) {
+                Ok(_) => Some(Arc::new(GroupKey { pattern: pattern.clone(), name: Bytes::copy_from_slice(&s.group) })),
+                Err(e) => {
+                    let text = shown(&s.group);
+                    return self.reject(ErrorCode::InvalidPattern, s.sid, format!("queue group {text:?} {e}"));
+                }
+            }
+        };
+        self.realm.subscribe(&pattern, SubRef { handle: self.handle.clone(), sid: s.sid, group: group.clone() });
+        self.subs.insert(s.sid, (pattern, group));
+        self.info.subscriptions.store(self.subs.len(), Ordering::Relaxed);
+        self.handle.out.send(&Frame::SubAck(s.sid));
+    }
+
+    fn register(&mut self, r: Register) {
+        let limits = &self.shared.config.limits;
+        if r.rid == 0 {
+            return self.reject(ErrorCode::InvalidProcedure, 0, "registration id 0 is reserved; use ids from 1");
+        }
+        if self.regs.contains_key(&r.rid) {
+            return self.reject(ErrorCode::DuplicateId, r.rid, format!("registration id {} is already active", r.rid));
+        }
+        if self.regs.len() >= limits.max_registrations {
+            let msg = format!("this connection already has {} registrations, the node's limit", self.regs.len());
+            return self.reject(ErrorCode::TooManyRegistrations, r.rid, msg);
+        }
+        let procedure = match Procedure::from_bytes(Bytes::copy_from_slice(&r.procedure))
+            .and_then(|p| check_limits(p.as_bytes(), limits.max_topic_len, limits.max_topic_depth).map(|()| p))
+        {
+            Ok(p) => p,
+            Err(e) => {
+                let text = shown(&r.procedure);
+                return self.reject(ErrorCode::InvalidProcedure, r.rid, format!("procedure {text:?} {e}"));
+            }
+        };
+        if !self.perms.register.name(procedure.as_bytes()) {
+            return self.reject(ErrorCode::PermissionDenied, r.rid, format!("not allowed to register {procedure:?}"));
+        }
+        // A tool on a session below version 4 was refused in `control`.
+        let tool = if r.tool.is_empty() {
+            None
+        } else {
+            match ToolDescriptor::parse(&r.tool) {
+                Ok(t) => Some((self.shared.router.next_tool_key.fetch_add(1, Ordering::Relaxed), t)),
+                Err(e) => {
+                    let msg = format!("the tool descriptor of {procedure:?} {e}");
+                    return self.reject(ErrorCode::InvalidProcedure, r.rid, msg);
+                }
+            }
+        };
+        let key = tool.as_ref().map_or(0, |(k, _)| *k);
+        self.realm.register(&procedure, ProviderRef { handle: self.handle.clone(), rid: r.rid }, tool);
+        self.regs.insert(r.rid, (procedure, key));
+        self.info.registrations.store(self.regs.len(), Ordering::Relaxed);
+        self.handle.out.send(&Frame::RegAck(r.rid));
+    }
+
+    fn call(&mut self, c: Call) {
+        let limits = &self.shared.config.limits;
+        self.shared.router.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let call_id = c.call_id;
+        let fail = |this: &Self, code: ErrorCode, message: String| {
+            this.shared.router.stats.count_rejection(code);
+            let payload = Bytes::from(message.into_bytes());
+            this.handle.out.send(&Frame::Result(CallResult { call_id, code, headers: Headers::new(), payload }));
+        };
+        if c.call_id == 0 {
+            return self.reject(ErrorCode::InvalidProcedure, 0, "call id 0 is reserved; use ids from 1");
+        }
+        if c.payload.len() > limits.max_payload {
+            let msg = format!(
+                "payload of {} bytes exceeds this node's max_payload of {}",
+                c.payload.len(),
+                limits.max_payload
+            );
+            return fail(self, ErrorCode::PayloadTooLarge, msg);
+        }
+        if self.last_procedure.as_ref() != Some(&c.procedure) {
+            if let Err(e) = Procedure::from_bytes(c.procedure.clone())
+                .and_then(|_| check_limits(&c.procedure, limits.max_topic_len, limits.max_topic_depth))
+            {
+                let text = shown(&c.procedure);
+                return fail(self, ErrorCode::InvalidProcedure, format!("procedure {text:?} {e}"));
+            }
+            // A copy: a slice would keep the whole read buffer it came in alive.
+            self.last_procedure = Some(Bytes::copy_from_slice(&c.procedure));
+        }
+        if !self.perms.call.name(&c.procedure) {
+            let text = shown(&c.procedure);
+            return fail(self, ErrorCode::PermissionDenied, format!("not allowed to call {text:?}"));
+        }
+        let now = self.read_at();
+        let router = &self.shared.router;
+        route_call(router, &self.realm, &self.handle, &mut self.rng, c, now, Origin::Here);
+    }
+
+    /// `TOOLS`: one page of the realm's tools this connection may call, and (with `watch`)
+    /// a `TOOLS_CHANGED` whenever the catalog changes.
+    fn list_tools(&mut self, q: ToolsQuery) {
+        self.tools_watch = match (q.watch, self.tools_watch) {
+            (0, Some(id)) if id == q.id => None,
+            (0, w) => w,
+            _ => Some(q.id),
+        };
+        let cursor = String::from_utf8_lossy(&q.cursor);
+        let perms = &self.perms;
+        let (tools, next) = self.realm.with_tools(|c| {
+            let (page, next) = c.page(&cursor, TOOL_PAGE_ITEMS, TOOL_PAGE_BYTES, |p| perms.call.name(p.as_bytes()));
+            (crate::routing::tools::list_json(&page), next)
+        });
+        let next = next.map(|n| Bytes::from(n.into_bytes())).unwrap_or_default();
+        self.handle.out.send(&Frame::ToolList(ToolList { id: q.id, next, tools }));
+    }
+}
+
+/// Longest part of a client's name (topic, pattern, procedure) quoted in an error message.
+const SHOWN_NAME: usize = 100;
+
+/// A name from the client, for an error message: lossy UTF-8, cut to [`SHOWN_NAME`]
+/// characters (a name may be as long as a frame, and an `ERROR`'s message is bounded).
+pub(super) fn shown(name: &[u8]) -> String {
+    let text = String::from_utf8_lossy(name);
+    match text.char_indices().nth(SHOWN_NAME) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.into_owned(),
+    }
+}
+
+/// `text` cut to at most `max` bytes at a character boundary: an `ERROR`'s message over
+/// the protocol's text limit would be a frame the client cannot decode.
+pub(super) fn clip(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let cut = (0..=max).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        text.truncate(cut);
+    }
+    text
+}

@@ -1,0 +1,443 @@
+//! Links: one QUIC connection per peer node, its reader and writer, and what travels on
+//! it besides the DHT (forwarded messages, calls across nodes, tool lists).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fovea_core::dht::{self, Contact, NodeId};
+use fovea_core::frame::DhtFrame;
+use fovea_core::{Deframer, ErrorCode, Frame};
+use quinn::{Connection, RecvStream, SendStream, VarInt};
+
+use super::driver::Input;
+use super::{
+    lock, ForwardSink, Mesh, LINK_QUEUE, MIN_DIALS, REASON_DUPLICATE, REASON_EVICTED, REASON_IDLE, RETIRE_GRACE,
+};
+use crate::handle::outbound::Outbound;
+use crate::handle::Handle;
+use crate::handle::ProviderRef;
+
+/// A dial in progress and the frames waiting for it.
+pub(super) struct Dialing {
+    /// Tells this dial from a later one to the same peer.
+    pub(super) attempt: u64,
+    pub(super) frames: Vec<Frame>,
+}
+
+/// One link. Its [`Handle`] makes the link look like a client connection to the RPC
+/// machinery: on the caller's node the link is a *provider* (calls go out as `REQUEST`s,
+/// answers come back as `RESULT`s), on the provider's node it is a *caller*. Timeouts,
+/// cancellation and "the other side went away" then work across nodes as they do within
+/// one. Everything sent on the link goes through the peer's bounded queue.
+pub(crate) struct Link {
+    pub(super) conn: Connection,
+    pub handle: Arc<Handle>,
+    pub(super) addr: SocketAddr,
+    /// Whether this node dialed it (for the one-link-per-pair rule).
+    pub(super) dialed: bool,
+    /// Caller side: (realm, procedure) → the rid announced with `BIND`.
+    pub(super) bound: Mutex<HashMap<(Bytes, Bytes), u64>>,
+    /// Provider side: rid → (realm, procedure), from the peer's `BIND`s.
+    pub(super) binds: Mutex<HashMap<u64, (Bytes, Bytes)>>,
+    /// Milliseconds since the mesh started when the link last carried a frame either way
+    /// (for LRU eviction and idle reaping).
+    pub(super) used: AtomicU64,
+    /// Closed by this node to save a link, not because the peer is gone: its closing
+    /// must not remove the peer from the DHT or the caches.
+    pub(super) reaped: std::sync::atomic::AtomicBool,
+}
+
+impl Link {
+    pub(super) fn touch(&self, now_ms: u64) {
+        self.used.store(now_ms, Ordering::Relaxed);
+    }
+}
+
+/// Bindings per link (distinct procedures called across it); past this, calls that need
+/// a new binding fail with `BUSY`, and a peer sending more is closed.
+const MAX_BINDINGS: usize = 4096;
+
+/// Most tool lists asked of other nodes at once.
+const MAX_TOOL_QUERIES: usize = 1024;
+
+/// How long a node has to answer `MESH_TOOLS`.
+const TOOL_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Mesh {
+    pub(super) fn open_link(
+        self: Arc<Self>,
+        conn: Connection,
+        send: SendStream,
+        recv: RecvStream,
+        deframer: Deframer,
+        peer: Contact,
+        dialed: bool,
+    ) -> Result<(), String> {
+        let out = Outbound::new(self.limits.max_pending_bytes, self.limits.slow_consumer_timeout, false);
+        let link = Arc::new(Link {
+            conn: conn.clone(),
+            handle: Arc::new(Handle::new(out, fovea_core::limits::MAX_PAYLOAD)),
+            addr: peer.addr,
+            dialed,
+            bound: Mutex::new(HashMap::new()),
+            binds: Mutex::new(HashMap::new()),
+            used: AtomicU64::new(self.now_ms()),
+            reaped: std::sync::atomic::AtomicBool::new(false),
+        });
+        let kept = {
+            let mut links = lock(&self.links);
+            let mut kept = true;
+            if let Some(old) = links.get(&peer.id).cloned() {
+                // One link per pair: of two dialed from opposite sides, both keep the one
+                // the smaller id dialed; a redial from the same side replaces the old
+                // link (which may be dead and not yet noticed), and so does any link to
+                // replace one already closed (evicted by the peer, say: keeping the closed
+                // one would leave the pair with none).
+                kept = old.conn.close_reason().is_some() || old.dialed == dialed || dialed == (self.local.id < peer.id);
+                if kept {
+                    retire(&old, REASON_DUPLICATE);
+                } else {
+                    retire(&link, REASON_DUPLICATE);
+                }
+            } else if links.len() >= self.config.max_links {
+                // Make room: the least recently used link goes (its node stays known).
+                if let Some((&id, _)) = links.iter().min_by_key(|(_, l)| l.used.load(Ordering::Relaxed)) {
+                    if let Some(lru) = links.remove(&id) {
+                        retire(&lru, REASON_EVICTED);
+                        self.stats.links_evicted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            if kept {
+                links.insert(peer.id, link.clone());
+            }
+            kept
+        };
+        if kept {
+            // Frames that waited for a dial to this peer go first (the dial task, still
+            // running, removes the entry when it ends).
+            let waiting = lock(&self.dialing).get_mut(&peer.id).map(|d| std::mem::take(&mut d.frames));
+            self.flush_waiting(&link, waiting.unwrap_or_default());
+            self.stats.links_opened.fetch_add(1, Ordering::Relaxed);
+            let _ = self.inputs.try_send(Input::Up(peer));
+        }
+        // A retired link is read and written too until it closes: what the peer sent on
+        // it before it learned of the other link still arrives.
+        tokio::spawn(write_link(send, link.clone()));
+        tokio::spawn(self.read_link(link, recv, deframer, peer));
+        Ok(())
+    }
+
+    async fn read_link(self: Arc<Self>, link: Arc<Link>, mut recv: RecvStream, mut deframer: Deframer, peer: Contact) {
+        let mut deliver = self.handler().map(|h| h.link_opened());
+        let why = loop {
+            match deframer.next_frame() {
+                Ok(Some(frame)) => {
+                    link.touch(self.now_ms());
+                    match self.on_link_frame(&link, peer, frame, &mut deliver) {
+                        Ok(()) => continue,
+                        Err(why) => break Some(why),
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => break Some(e.to_string()),
+            }
+            tokio::select! {
+                r = recv.read_chunk(256 * 1024, true) => match r {
+                    Ok(Some(c)) => deframer.push(c.bytes),
+                    Ok(None) | Err(_) => break None,
+                },
+                // Deadlines of calls this link makes here (it is their caller).
+                () = link.handle.expire_next() => {}
+            }
+        };
+        let conn = &link.conn;
+        if let Some(why) = why {
+            self.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(peer = %peer.id, %why, "closing mesh link");
+            conn.close(
+                VarInt::from_u64(ErrorCode::ProtocolError.to_u64()).unwrap_or(VarInt::from_u32(0)),
+                why.as_bytes(),
+            );
+        }
+        // Calls across the link fail now (PROVIDER_DISCONNECTED to their callers), and
+        // requests it made here are cancelled at their providers.
+        link.handle.out.close();
+        link.handle.abandon_all();
+        // Remove it only if it is still this connection (a duplicate may have replaced it).
+        let removed = {
+            let mut links = lock(&self.links);
+            match links.get(&peer.id) {
+                Some(l) if l.conn.stable_id() == conn.stable_id() => links.remove(&peer.id).is_some(),
+                _ => false,
+            }
+        };
+        if removed {
+            self.stats.links_closed.fetch_add(1, Ordering::Relaxed);
+            // A link this node reaped leaves a live node behind; one closed by the peer (or
+            // by silence) leaves a gone one.
+            let saved = matches!(
+                conn.close_reason(),
+                Some(quinn::ConnectionError::ApplicationClosed(ref c)) if c.reason == REASON_IDLE || c.reason == REASON_EVICTED || c.reason == REASON_DUPLICATE
+            );
+            let peer_closed = !link.reaped.load(Ordering::Relaxed) && !saved;
+            if peer_closed {
+                let _ = self.inputs.try_send(Input::Down(peer.id));
+            }
+            tracing::debug!(peer = %peer.id, peer_closed, "mesh link closed");
+        }
+    }
+
+    /// One frame from a link. `Err`: the link breaks the protocol and is closed.
+    fn on_link_frame(
+        &self,
+        link: &Arc<Link>,
+        peer: Contact,
+        frame: Frame,
+        deliver: &mut Option<Box<dyn ForwardSink>>,
+    ) -> Result<(), String> {
+        match frame {
+            Frame::Dht(DhtFrame { rpc, body }) => {
+                let msg = dht::wire::decode(body).map_err(|e| format!("malformed DHT message: {e}"))?;
+                if self.inputs.try_send(Input::Message { from: peer, rpc, msg }).is_err() {
+                    self.stats.dht_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Frame::Fwd(fwd) => {
+                if let Some(deliver) = deliver.as_mut() {
+                    deliver.deliver(fwd);
+                }
+            }
+            // Provider side: the peer announces what a rid means, then calls through it.
+            Frame::Bind(b) => {
+                let mut binds = lock(&link.binds);
+                if binds.len() >= MAX_BINDINGS && !binds.contains_key(&b.rid) {
+                    return Err(format!("more than {MAX_BINDINGS} bindings"));
+                }
+                binds.insert(b.rid, (b.realm, b.procedure));
+            }
+            Frame::Request(q) => {
+                let bound = lock(&link.binds).get(&q.rid).cloned();
+                let Some((realm, procedure)) = bound else {
+                    return Err(format!("REQUEST for unbound rid {}", q.rid));
+                };
+                if let Some(h) = self.handler() {
+                    h.serve_call(&link.handle, &realm, &procedure, q);
+                }
+            }
+            // Provider side: the caller's node gave up on a call.
+            Frame::Cancel(call_id) => link.handle.cancel_call(call_id),
+            Frame::MeshTools(q) => {
+                let tools = self.handler().map_or_else(|| Bytes::from_static(b"[]"), |h| h.local_tools(&q.realm));
+                let list = fovea_core::frame::ToolList { id: q.id, next: Bytes::new(), tools };
+                link.handle.out.send(&Frame::ToolList(list));
+            }
+            Frame::ToolList(l) => {
+                if let Some(tx) = lock(&self.tool_queries).remove(&l.id) {
+                    let _ = tx.send(l.tools);
+                }
+            }
+            // Caller side: progress or a log line from the provider's node, for our caller.
+            Frame::Notice(n) => {
+                if !link.handle.forward_notice(n.id, n.kind, n.body) {
+                    self.stats.notices_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            // Caller side: an answer from the provider's node.
+            Frame::Result(r) => {
+                let answer =
+                    link.handle.finish_request(r.call_id, r.code, r.headers, r.payload, std::time::Instant::now());
+                if let crate::handle::Answer::TooLarge(..) = answer {
+                    self.stats.answers_too_large.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            other => return Err(format!("unexpected frame 0x{:x} on a mesh link", other.kind())),
+        }
+        Ok(())
+    }
+
+    /// Requests in flight to `to` over its link (0 without a link): the load that
+    /// balancing across nodes compares.
+    pub(crate) fn link_load(&self, to: &NodeId) -> u64 {
+        lock(&self.links).get(to).map_or(0, |l| l.handle.requests_in_flight() as u64)
+    }
+
+    /// The tools of `realm` whose providers are connected to node `to` (the JSON of
+    /// `TOOL_LIST`), or `None` if it cannot be reached or does not answer in time.
+    pub(crate) async fn fetch_tools(self: &Arc<Self>, to: Contact, realm: &Bytes) -> Option<Bytes> {
+        let id = self.next_tool_query.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        {
+            let mut q = lock(&self.tool_queries);
+            if q.len() >= MAX_TOOL_QUERIES {
+                return None;
+            }
+            q.insert(id, tx);
+        }
+        let frame = Frame::MeshTools(fovea_core::frame::MeshTools { id, realm: realm.clone() });
+        let answer = if self.send(to, frame) { tokio::time::timeout(TOOL_QUERY_TIMEOUT, rx).await.ok() } else { None };
+        lock(&self.tool_queries).remove(&id);
+        answer.and_then(Result::ok)
+    }
+
+    /// A provider handle for `procedure` in `realm` on node `to`, for the RPC machinery:
+    /// opens the link if needed and announces the binding the first time.
+    pub(crate) async fn provider_ref(
+        self: &Arc<Self>,
+        to: Contact,
+        realm: &Bytes,
+        procedure: &Bytes,
+    ) -> Option<ProviderRef> {
+        let mut link = lock(&self.links).get(&to.id).cloned();
+        if link.is_none() {
+            if let Err(e) = self.clone().dial(to.addr, Some(to.id)).await {
+                tracing::debug!(peer = %to.id, error = %e, "cannot reach provider node");
+                return None;
+            }
+            link = lock(&self.links).get(&to.id).cloned();
+        }
+        let link = link?;
+        link.touch(self.now_ms());
+        let rid = {
+            let mut bound = lock(&link.bound);
+            let key = (realm.clone(), procedure.clone());
+            match bound.get(&key) {
+                Some(rid) => *rid,
+                None => {
+                    if bound.len() >= MAX_BINDINGS {
+                        return None;
+                    }
+                    let rid = bound.len() as u64 + 1;
+                    bound.insert(key, rid);
+                    // Queued before any REQUEST that uses it: the link keeps order.
+                    link.handle.out.send(&Frame::Bind(fovea_core::frame::Bind {
+                        rid,
+                        realm: realm.clone(),
+                        procedure: procedure.clone(),
+                    }));
+                    rid
+                }
+            }
+        };
+        Some(ProviderRef { handle: link.handle.clone(), rid })
+    }
+
+    /// Queues a forwarded message for `to` (dialing it first if needed). `false` when it
+    /// was dropped at a full queue.
+    pub(crate) fn forward(self: &Arc<Self>, to: Contact, frame: Frame) -> bool {
+        self.send(to, frame)
+    }
+
+    /// Queues `frame` for `to`, dialing it first when there is no link. `false` when it
+    /// was dropped at a full queue.
+    pub(super) fn send(self: &Arc<Self>, to: Contact, frame: Frame) -> bool {
+        if let Some(link) = lock(&self.links).get(&to.id).cloned() {
+            link.touch(self.now_ms());
+            if !link.handle.out.send_bounded(&frame) {
+                self.stats.dht_dropped.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+            return true;
+        }
+        let mut dialing = lock(&self.dialing);
+        if let Some(waiting) = dialing.get_mut(&to.id) {
+            if waiting.frames.len() < LINK_QUEUE {
+                waiting.frames.push(frame);
+                return true;
+            }
+            self.stats.dht_dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        if dialing.len() >= self.config.max_links.max(MIN_DIALS) {
+            self.stats.dht_dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let attempt = self.next_dial.fetch_add(1, Ordering::Relaxed);
+        dialing.insert(to.id, Dialing { attempt, frames: vec![frame] });
+        drop(dialing);
+        let mesh = self.clone();
+        tokio::spawn(async move {
+            let result = mesh.clone().dial(to.addr, Some(to.id)).await;
+            // The dial is over: its entry goes, and frames still waiting go to the link that
+            // stands (ours, or the one the peer opened and won the tie-break with).
+            let waiting = {
+                let mut dialing = lock(&mesh.dialing);
+                match dialing.get(&to.id) {
+                    Some(d) if d.attempt == attempt => dialing.remove(&to.id).map(|d| d.frames),
+                    _ => None,
+                }
+            };
+            let link = lock(&mesh.links).get(&to.id).cloned();
+            match &link {
+                Some(link) => mesh.flush_waiting(link, waiting.unwrap_or_default()),
+                None => {
+                    let lost = waiting.map_or(0, |w| w.len());
+                    mesh.stats.dht_dropped.fetch_add(lost as u64, Ordering::Relaxed);
+                }
+            }
+            if let Err(e) = result {
+                mesh.stats.dials_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(peer = %to.id, addr = %to.addr, error = %e, "cannot reach mesh node");
+                // A dial that lost a race with the peer's own dial fails, but the link the
+                // peer opened stands: only a node with no link at all is down.
+                if link.is_none() {
+                    let _ = mesh.inputs.try_send(Input::Down(to.id));
+                }
+            }
+        });
+        true
+    }
+
+    /// Sends frames that waited for a dial on `link`, in order; those past its bound are
+    /// dropped and counted.
+    fn flush_waiting(&self, link: &Link, frames: Vec<Frame>) {
+        for f in frames {
+            if !link.handle.out.send_bounded(&f) {
+                self.stats.dht_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Takes a link out of use: the caller has taken it out of (or never put it in) the links
+/// map, so nothing new is sent on it; it closes with `reason` after [`RETIRE_GRACE`], and
+/// answers to calls that came in on it still go out on it until then. Its close is not a
+/// departure, on either side.
+fn retire(link: &Arc<Link>, reason: &'static [u8]) {
+    link.reaped.store(true, Ordering::Relaxed);
+    let conn = link.conn.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(RETIRE_GRACE).await;
+        conn.close(VarInt::from_u32(0), reason);
+    });
+}
+
+/// Writes a link's queued frames, many per write.
+async fn write_link(mut send: SendStream, link: Arc<Link>) {
+    let mut chunks: Vec<Bytes> = Vec::new();
+    loop {
+        if link.handle.out.take_into(&mut chunks).is_err() {
+            // The peer has not read for slow_consumer_timeout: the link is stuck.
+            link.conn.close(
+                VarInt::from_u64(ErrorCode::SlowConsumer.to_u64()).unwrap_or(VarInt::from_u32(0)),
+                b"link stalled",
+            );
+            return;
+        }
+        if chunks.is_empty() {
+            if link.handle.out.is_closed() {
+                return;
+            }
+            link.handle.out.wait().await;
+            continue;
+        }
+        if send.write_all_chunks(&mut chunks).await.is_err() {
+            return;
+        }
+        chunks.clear();
+    }
+}
