@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fovea_core::frame::{notice, ToolList, ToolsQuery, VERSION_TOOLS};
+use fovea_core::frame::{ToolList, ToolsQuery, VERSION_TOOLS};
 use fovea_core::tool::{tool_name, ToolDescriptor};
 use fovea_core::{Frame, Headers};
 use serde_json::{Map, Value};
@@ -15,80 +15,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::rpc::{Registration, Response};
 use crate::{lock, Client, ClientError};
 
+pub use fovea_core::tool::{Notice, LOG_LEVELS};
+
 /// How long [`Client::tools`] waits for one page.
 const PAGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most pages [`Client::tools`] follows: 1000 pages of 100 tools is far past any catalog a
 /// node holds, and a node answering with cursors forever must not loop us forever.
 const MAX_PAGES: usize = 1000;
-
-/// The MCP log levels, least severe first.
-pub const LOG_LEVELS: [&str; 8] = ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"];
-
-/// Progress or a log line a provider sends while it handles a call.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub enum Notice {
-    /// How far the work has come: `progress` increases; `total` when known.
-    Progress { progress: f64, total: Option<f64>, message: Option<String> },
-    /// A log line: one of [`LOG_LEVELS`], an optional logger name, and any JSON data.
-    Log { level: String, logger: Option<String>, data: Value },
-}
-
-impl Notice {
-    /// Parses a `NOTICE` body. `None` for an unknown kind or a malformed body: notices are
-    /// advisory, so a bad one is skipped rather than failing the call.
-    pub fn from_wire(kind: u64, body: &[u8]) -> Option<Notice> {
-        let v: Map<String, Value> = serde_json::from_slice(body).ok()?;
-        let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
-        match kind {
-            notice::PROGRESS => Some(Notice::Progress {
-                progress: v.get("progress")?.as_f64()?,
-                total: v.get("total").and_then(Value::as_f64),
-                message: text("message"),
-            }),
-            notice::LOG => {
-                let level = text("level").filter(|l| LOG_LEVELS.contains(&l.as_str()))?;
-                Some(Notice::Log { level, logger: text("logger"), data: v.get("data").cloned().unwrap_or(Value::Null) })
-            }
-            _ => None,
-        }
-    }
-
-    /// The kind and body of its `NOTICE` frame.
-    pub fn to_wire(&self) -> (u64, Bytes) {
-        let (kind, mut v) = match self {
-            Notice::Progress { progress, total, message } => {
-                let mut v = Map::new();
-                v.insert("progress".into(), (*progress).into());
-                if let Some(t) = total {
-                    v.insert("total".into(), (*t).into());
-                }
-                if let Some(m) = message {
-                    v.insert("message".into(), m.clone().into());
-                }
-                (notice::PROGRESS, v)
-            }
-            Notice::Log { level, logger, data } => {
-                let mut v = Map::new();
-                v.insert("level".into(), level.clone().into());
-                if let Some(l) = logger {
-                    v.insert("logger".into(), l.clone().into());
-                }
-                v.insert("data".into(), data.clone());
-                (notice::LOG, v)
-            }
-        };
-        let mut body = serde_json::to_vec(&v).unwrap_or_default();
-        if body.len() > fovea_core::frame::MAX_NOTICE_LEN {
-            // Too long for the wire: keep what a reader needs to know.
-            v.retain(|k, _| k == "progress" || k == "total" || k == "level");
-            v.insert("message".into(), "(notice truncated: over 16 KiB)".into());
-            body = serde_json::to_vec(&v).unwrap_or_default();
-        }
-        (kind, Bytes::from(body))
-    }
-}
 
 /// One tool of the realm, as [`Client::tools`] lists it.
 #[derive(Debug, Clone, PartialEq)]

@@ -18,7 +18,7 @@ use serde_json::{json, Map, Value};
 use crate::code::ErrorCode;
 use crate::headers::Headers;
 
-use crate::frame::MAX_TOOL_LEN;
+use crate::frame::{notice, MAX_TOOL_LEN};
 
 /// Longest `description` or `title`, in bytes. Descriptions are prompt input for every
 /// agent that lists the realm's tools; 8 KiB is pages of text.
@@ -453,6 +453,74 @@ impl Catalog {
             out.push((name.as_str(), tool));
         }
         (out, None)
+    }
+}
+
+/// The MCP log levels, least severe first.
+pub const LOG_LEVELS: [&str; 8] = ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"];
+
+/// Progress or a log line a provider sends while it handles a call.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Notice {
+    /// How far the work has come: `progress` increases; `total` when known.
+    Progress { progress: f64, total: Option<f64>, message: Option<String> },
+    /// A log line: one of [`LOG_LEVELS`], an optional logger name, and any JSON data.
+    Log { level: String, logger: Option<String>, data: Value },
+}
+
+impl Notice {
+    /// Parses a `NOTICE` body. `None` for an unknown kind or a malformed body: notices are
+    /// advisory, so a bad one is skipped rather than failing the call.
+    pub fn from_wire(kind: u64, body: &[u8]) -> Option<Notice> {
+        let v: Map<String, Value> = serde_json::from_slice(body).ok()?;
+        let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+        match kind {
+            notice::PROGRESS => Some(Notice::Progress {
+                progress: v.get("progress")?.as_f64()?,
+                total: v.get("total").and_then(Value::as_f64),
+                message: text("message"),
+            }),
+            notice::LOG => {
+                let level = text("level").filter(|l| LOG_LEVELS.contains(&l.as_str()))?;
+                Some(Notice::Log { level, logger: text("logger"), data: v.get("data").cloned().unwrap_or(Value::Null) })
+            }
+            _ => None,
+        }
+    }
+
+    /// The kind and body of its `NOTICE` frame.
+    pub fn to_wire(&self) -> (u64, Bytes) {
+        let (kind, mut v) = match self {
+            Notice::Progress { progress, total, message } => {
+                let mut v = Map::new();
+                v.insert("progress".into(), (*progress).into());
+                if let Some(t) = total {
+                    v.insert("total".into(), (*t).into());
+                }
+                if let Some(m) = message {
+                    v.insert("message".into(), m.clone().into());
+                }
+                (notice::PROGRESS, v)
+            }
+            Notice::Log { level, logger, data } => {
+                let mut v = Map::new();
+                v.insert("level".into(), level.clone().into());
+                if let Some(l) = logger {
+                    v.insert("logger".into(), l.clone().into());
+                }
+                v.insert("data".into(), data.clone());
+                (notice::LOG, v)
+            }
+        };
+        let mut body = serde_json::to_vec(&v).unwrap_or_default();
+        if body.len() > crate::frame::MAX_NOTICE_LEN {
+            // Too long for the wire: keep what a reader needs to know.
+            v.retain(|k, _| k == "progress" || k == "total" || k == "level");
+            v.insert("message".into(), "(notice truncated: over 16 KiB)".into());
+            body = serde_json::to_vec(&v).unwrap_or_default();
+        }
+        (kind, Bytes::from(body))
     }
 }
 

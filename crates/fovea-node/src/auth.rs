@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fovea_core::Pattern;
@@ -204,13 +204,13 @@ impl AuthLimiter {
 
     /// Whether `ip` is currently blocked.
     pub fn blocked(&self, ip: IpAddr, now: Instant) -> bool {
-        let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        let map = crate::sync::lock(&self.map);
         map.get(&ip).is_some_and(|(n, since)| *n >= MAX_FAILURES && now.duration_since(*since) < WINDOW)
     }
 
     /// Records a failure from `ip`.
     pub fn failed(&self, ip: IpAddr, now: Instant) {
-        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = crate::sync::lock(&self.map);
         if map.len() >= MAX_SOURCES && !map.contains_key(&ip) {
             map.retain(|_, (_, since)| now.duration_since(*since) < WINDOW);
             if map.len() >= MAX_SOURCES {
@@ -224,8 +224,6 @@ impl AuthLimiter {
         entry.0 += 1;
     }
 }
-
-/// A configuration error: the file, the line, the key and what is wrong.
 
 #[cfg(test)]
 mod tests {

@@ -34,6 +34,7 @@ mod node;
 mod routing;
 pub use fovea_spin as spin;
 mod stats;
+mod sync;
 mod transport;
 
 pub use config::{

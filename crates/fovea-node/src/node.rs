@@ -189,7 +189,7 @@ impl Node {
         if let Some(m) = self.shared.router.mesh.as_ref() {
             tokio::spawn(m.mesh.clone().run(mesh_stop.clone()));
             tokio::spawn(m.interest.clone().run(mesh_stop.clone()));
-            tokio::spawn(m.tools.clone().run(mesh_stop.clone()));
+            tokio::spawn(m.catalog.clone().run(mesh_stop.clone()));
         }
         let permits = Arc::new(Semaphore::new(limits.max_connections));
         loop {

@@ -25,6 +25,7 @@ use toml::Spanned;
 use crate::auth::{Allow, Credential, Permissions, RealmConfig, User};
 use crate::config::{format_duration, parse_duration, Limits, McpConfig};
 
+/// A configuration error: the file, the line, the key and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError(pub String);
 

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{Query, State};
@@ -176,7 +176,7 @@ async fn connections(State(shared): State<Arc<Shared>>, Query(q): Query<ConnQuer
     // listing of 100 000 connections holds up neither the lock nor a worker — on a host
     // where the node runs one worker (`--workers`), that worker is all its traffic.
     let infos: Vec<Arc<ConnInfo>> = {
-        let conns = shared.conns.lock().unwrap_or_else(PoisonError::into_inner);
+        let conns = crate::sync::lock(&shared.conns);
         conns.values().filter(|c| q.realm.as_ref().is_none_or(|r| *r == c.realm)).cloned().collect()
     };
     match tokio::task::spawn_blocking(move || connection_page(infos, &q)).await {
@@ -350,7 +350,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         describe_gauge!("fovea_registrations", "Active procedure registrations.");
         gauge!("fovea_registrations").set(s.registrations as f64);
         let (total, max) = {
-            let conns = shared.conns.lock().unwrap_or_else(PoisonError::into_inner);
+            let conns = crate::sync::lock(&shared.conns);
             conns.values().map(|c| c.handle.out.pending()).fold((0usize, 0usize), |(t, m), p| (t + p, m.max(p)))
         };
         describe_gauge!("fovea_queued_bytes", "Bytes queued at the node for all clients.");
@@ -374,8 +374,16 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
                 "Mesh handshakes refused (wrong secret, malformed, over the link limit)."
             );
             counter!("fovea_mesh_peers_refused_total").absolute(snap.peers_refused);
-            describe_counter!("fovea_mesh_dropped_total", "DHT messages dropped at a full queue.");
-            counter!("fovea_mesh_dropped_total").absolute(snap.dht_dropped);
+            describe_counter!(
+                "fovea_mesh_frames_dropped_total",
+                "Frames for other nodes (DHT messages, forwarded messages, calls) dropped at a full link or dial queue."
+            );
+            counter!("fovea_mesh_frames_dropped_total").absolute(snap.frames_dropped);
+            describe_counter!(
+                "fovea_dht_dropped_total",
+                "DHT messages from other nodes dropped at the DHT's full input queue."
+            );
+            counter!("fovea_dht_dropped_total").absolute(snap.dht_dropped);
             describe_counter!("fovea_mesh_dials_failed_total", "Links to other nodes that could not be opened.");
             counter!("fovea_mesh_dials_failed_total").absolute(m.stats.dials_failed.load(Relaxed));
             describe_counter!(
@@ -431,8 +439,6 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         .render("fovea_call_duration_seconds", "Time from a call reaching the node to its answer leaving it.");
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
-
-/// Rows by code, as a map for JSON.
 
 fn ct_eq(a: &str, b: &str) -> bool {
     bool::from(subtle::ConstantTimeEq::ct_eq(a.as_bytes(), b.as_bytes()))

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -35,9 +35,16 @@ pub(crate) mod outbound;
 
 use outbound::Outbound;
 
-/// Everything of one connection that other connections' tasks touch.
+use crate::sync::lock;
+
+/// The handle of one party that sends and receives through the node (a client connection,
+/// a mesh link, the MCP front end's in-process caller): everything of it that other
+/// parties' tasks touch, namely its outbound queue, the calls it made and the requests it
+/// is serving.
 pub(crate) struct Handle {
     pub out: Outbound,
+    /// Where answers to its calls go when not to `out` (see [`Answers`]).
+    direct: Option<Box<dyn Answers>>,
     calls: Mutex<Calls>,
     serving: Mutex<HashMap<u64, Serving, RandomState>>,
     /// `serving.len()`, readable without the lock (for balancing).
@@ -52,7 +59,7 @@ pub(crate) struct Handle {
 ///
 /// Keys are the caller's own call ids, so the map's hasher is seeded per map (foldhash,
 /// as the trie's): a client choosing colliding ids needs the seed. SipHash, the standard
-/// one, cost ~700 instructions per call here over five look-ups.
+/// one, would be most of a call's map cost over its five look-ups.
 #[derive(Default)]
 struct Calls {
     map: HashMap<u64, InFlight, RandomState>,
@@ -105,6 +112,17 @@ pub(crate) enum Answer {
     TooLarge(usize, usize),
 }
 
+/// Where the answers to a handle's calls go when they do not travel as frames through its
+/// queue ([`Handle::with_answers`]). Called from other parties' tasks: both must return
+/// promptly.
+pub(crate) trait Answers: Send + Sync {
+    /// The `RESULT` of one of the handle's calls (exactly one per call).
+    fn result(&self, result: CallResult);
+    /// A provider's `NOTICE` for one of the handle's calls, ahead of its result; `false`
+    /// when it was dropped.
+    fn notice(&self, notice: Notice) -> bool;
+}
+
 /// One registration of a procedure: the handle that answers its calls, and the
 /// registration's id there.
 #[derive(Clone)]
@@ -127,21 +145,48 @@ pub(crate) enum Refusal {
     DuplicateId,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl Handle {
     /// A connection's handle, queueing to `out`, that may receive answers of up to
     /// `max_answer` bytes.
     pub fn new(out: Outbound, max_answer: usize) -> Self {
         Handle {
             out,
+            direct: None,
             calls: Mutex::new(Calls::default()),
             serving: Mutex::new(HashMap::default()),
             serving_len: AtomicUsize::new(0),
             next_req: AtomicU64::new(1),
             max_answer,
+        }
+    }
+
+    /// A handle whose call answers go to `answers` rather than through `out` as frames:
+    /// for a caller inside the node, which would otherwise encode each answer only to
+    /// decode it again.
+    pub fn with_answers(out: Outbound, max_answer: usize, answers: Box<dyn Answers>) -> Self {
+        Handle { direct: Some(answers), ..Handle::new(out, max_answer) }
+    }
+
+    /// Answers one of this handle's calls: the one place a `RESULT` is made for a caller.
+    pub fn answer(&self, result: CallResult) {
+        match &self.direct {
+            Some(d) => d.result(result),
+            None => self.out.send(&Frame::Result(result)),
+        }
+    }
+
+    /// Answers call `call_id` with the failure `code` and its message.
+    pub fn answer_failure(&self, call_id: u64, code: ErrorCode, message: impl Into<String>) {
+        let payload = Bytes::from(message.into().into_bytes());
+        self.answer(CallResult { call_id, code, headers: Headers::new(), payload });
+    }
+
+    /// Passes a provider's notice on to this handle (as the caller of call `id`); `false`
+    /// when it was dropped at a full queue (notices never push out messages).
+    fn pass_notice(&self, notice: Notice) -> bool {
+        match &self.direct {
+            Some(d) => d.notice(notice),
+            None => self.out.send_bounded(&Frame::Notice(notice)),
         }
     }
 
@@ -152,8 +197,7 @@ impl Handle {
 
     /// Caller side: records a call to `provider` and queues its `REQUEST` there. `now` is
     /// when the call arrived: a connection reads the clock once per read for all the calls
-    /// and answers in it (`clock_gettime` was 2.7% of all samples in BENCHMARKS.md's
-    /// fifteenth-session profile of RPC; this and `finish_request` read it per call).
+    /// and answers in it, rather than once per call here and in `finish_request`.
     pub fn start_call(
         self: &Arc<Self>,
         provider: &ProviderRef,
@@ -229,18 +273,13 @@ impl Handle {
         let (len, max) = (payload.len(), caller.max_answer);
         if len > max {
             let message = format!("the provider's answer of {len} bytes is over this node's max_payload of {max}");
-            caller.out.send(&Frame::Result(CallResult {
-                call_id,
-                code: ErrorCode::PayloadTooLarge,
-                headers: Headers::new(),
-                payload: Bytes::from(message.into_bytes()),
-            }));
+            caller.answer_failure(call_id, ErrorCode::PayloadTooLarge, message);
             return Answer::TooLarge(len, max);
         }
         // Providers answer with success or their own codes; anything else would let them
         // impersonate the node (a fake NO_PROVIDER), so it becomes a generic failure.
         let code = if code == ErrorCode::NoError || code.is_application() { code } else { ErrorCode::ApplicationError };
-        caller.out.send(&Frame::Result(CallResult { call_id, code, headers, payload }));
+        caller.answer(CallResult { call_id, code, headers, payload });
         Answer::Relayed(now.saturating_duration_since(call.started))
     }
 
@@ -260,7 +299,7 @@ impl Handle {
             }
         };
         let Some((caller, id)) = target else { return false };
-        caller.out.send_bounded(&Frame::Notice(Notice { id, kind, body }))
+        caller.pass_notice(Notice { id, kind, body })
     }
 
     /// Caller side: the caller abandons `call_id`; the provider is told, nobody answers.
@@ -330,12 +369,7 @@ impl Handle {
         if c.provider.take_serving(c.req_id).is_some() {
             c.provider.out.send(&Frame::Cancel(c.req_id));
         }
-        self.out.send(&Frame::Result(CallResult {
-            call_id,
-            code: ErrorCode::Timeout,
-            headers: Headers::new(),
-            payload: Bytes::from_static(b"the call's deadline passed before the provider answered"),
-        }));
+        self.answer_failure(call_id, ErrorCode::Timeout, "the call's deadline passed before the provider answered");
     }
 
     /// This connection is going away: end everything it asked for and everything it was
@@ -362,12 +396,8 @@ impl Handle {
         for s in theirs {
             if s.caller.take_call(s.call_id).is_some() {
                 failed += 1;
-                s.caller.out.send(&Frame::Result(CallResult {
-                    call_id: s.call_id,
-                    code: ErrorCode::ProviderDisconnected,
-                    headers: Headers::new(),
-                    payload: Bytes::from_static(b"the provider disconnected while handling the call"),
-                }));
+                let message = "the provider disconnected while handling the call";
+                s.caller.answer_failure(s.call_id, ErrorCode::ProviderDisconnected, message);
             }
         }
         failed

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -14,8 +14,7 @@ use tokio::sync::Notify;
 
 /// A run's messages ([`Outbound::deliver_run`]), kept as positions in the buffers they
 /// were read from: one reference per buffer instead of one per topic and one per payload
-/// (each an atomic increment and decrement on the buffer's count, ~9% of a node in
-/// 64-byte pub/sub).
+/// (each an atomic increment and decrement on the buffer's shared count, per message).
 ///
 /// Invariant: every message's ranges lie within its buffer in `bufs`.
 #[derive(Default)]
@@ -96,12 +95,11 @@ pub(crate) enum Delivered {
 ///
 /// Low, so that the queue keeps most of its bound as headroom: a hold-back that runs out
 /// (`producer_stall` without a take) lets publishers run free until the subscriber takes
-/// again, and what they queue meanwhile must fit. On a loaded machine a live subscriber
-/// misses 5 ms often and 15–45 ms sometimes (measured on 2 cores shared by the node, a
-/// publisher and a subscriber at ~600 MB/s: the half that the bound used to leave filled
-/// in ~35 ms, and one run in ten dropped). A paced queue also holds an eighth of the bound
-/// instead of half. The writer takes in `WRITE_STEP`s (256 KiB), far below 64 MiB / 8, so
-/// pacing does not starve it.
+/// again, and what they queue meanwhile must fit: on a loaded machine a live subscriber
+/// misses a few milliseconds often and tens sometimes, and at loopback rates a queue half
+/// full fills in that time (measured in BENCHMARKS.md, on publishers held back). A paced queue also holds an
+/// eighth of the bound instead of half. The writer takes in `WRITE_STEP`s (256 KiB), far
+/// below 64 MiB / 8, so pacing does not starve it.
 pub(crate) const PRESS_FRACTION: usize = 8;
 
 /// The bounded queue of frames for one client.
@@ -182,7 +180,7 @@ impl Outbound {
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.queue)
     }
 
     /// Queues a message for subscription `sid`.
@@ -210,8 +208,8 @@ impl Outbound {
 
     /// Queues a run of messages for subscription `sid`, in order, under one lock: what
     /// [`Outbound::deliver`] does for each, at one lock per run instead of one per message
-    /// (in a fan-out the lock's cache line, last written by this connection's writer on
-    /// the other core, was 11% of the node's CPU). Returns the messages queued and dropped;
+    /// (in a fan-out the lock's cache line is last written by this connection's writer on
+    /// another core, so each take of it is a cache miss). Returns the messages queued and dropped;
     /// none of either once the connection is closing.
     pub fn deliver_run(&self, sid: u64, run: &Msgs) -> (u64, u64) {
         if self.closed.load(Ordering::Relaxed) {

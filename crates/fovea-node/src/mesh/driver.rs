@@ -146,6 +146,7 @@ impl Mesh {
             dht_requests_timed_out: timed_out,
             peers_refused: self.stats.peers_refused.load(Ordering::Relaxed),
             dht_dropped: self.stats.dht_dropped.load(Ordering::Relaxed),
+            frames_dropped: self.stats.frames_dropped.load(Ordering::Relaxed),
         }
     }
 

@@ -338,7 +338,7 @@ impl Mesh {
         if let Some(link) = lock(&self.links).get(&to.id).cloned() {
             link.touch(self.now_ms());
             if !link.handle.out.send_bounded(&frame) {
-                self.stats.dht_dropped.fetch_add(1, Ordering::Relaxed);
+                self.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
                 return false;
             }
             return true;
@@ -349,11 +349,11 @@ impl Mesh {
                 waiting.frames.push(frame);
                 return true;
             }
-            self.stats.dht_dropped.fetch_add(1, Ordering::Relaxed);
+            self.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
             return false;
         }
         if dialing.len() >= self.config.max_links.max(MIN_DIALS) {
-            self.stats.dht_dropped.fetch_add(1, Ordering::Relaxed);
+            self.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
             return false;
         }
         let attempt = self.next_dial.fetch_add(1, Ordering::Relaxed);
@@ -376,7 +376,7 @@ impl Mesh {
                 Some(link) => mesh.flush_waiting(link, waiting.unwrap_or_default()),
                 None => {
                     let lost = waiting.map_or(0, |w| w.len());
-                    mesh.stats.dht_dropped.fetch_add(lost as u64, Ordering::Relaxed);
+                    mesh.stats.frames_dropped.fetch_add(lost as u64, Ordering::Relaxed);
                 }
             }
             if let Err(e) = result {
@@ -397,7 +397,7 @@ impl Mesh {
     fn flush_waiting(&self, link: &Link, frames: Vec<Frame>) {
         for f in frames {
             if !link.handle.out.send_bounded(&f) {
-                self.stats.dht_dropped.fetch_add(1, Ordering::Relaxed);
+                self.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
     }

@@ -43,7 +43,7 @@ use link::{Dialing, Link};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -56,6 +56,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::MeshConfig;
 use crate::handle::Handle;
+use crate::sync::lock;
 use crate::NodeError;
 
 /// Mesh protocol version in `MESH_HELLO`.
@@ -108,8 +109,11 @@ pub struct MeshStats {
     pub dials_failed: AtomicU64,
     /// Links closed to make room or because they were idle (their nodes stay known).
     pub links_evicted: AtomicU64,
-    /// DHT messages dropped at a full queue.
+    /// DHT messages from other nodes dropped at the DHT's full input queue.
     pub dht_dropped: AtomicU64,
+    /// Frames for other nodes (DHT messages, forwarded messages, call frames) dropped at a
+    /// full link queue or dial queue.
+    pub frames_dropped: AtomicU64,
     /// Links closed for malformed frames.
     pub protocol_errors: AtomicU64,
     /// `NOTICE`s from other nodes not passed on (see `Stats::notices_dropped`).
@@ -135,7 +139,10 @@ pub struct MeshSnapshot {
     pub dht_lookups: u64,
     pub dht_requests_timed_out: u64,
     pub peers_refused: u64,
+    /// See [`MeshStats::dht_dropped`].
     pub dht_dropped: u64,
+    /// See [`MeshStats::frames_dropped`].
+    pub frames_dropped: u64,
 }
 
 /// What the mesh hands to the layer above (routing, which implements it): messages other
@@ -199,10 +206,6 @@ pub struct Mesh {
     epoch: Instant,
     /// [`Mesh::now_ms`].
     clock: AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Mesh {
@@ -381,9 +384,8 @@ fn mesh_transport() -> quinn::TransportConfig {
     // stalled rejoins by itself.
     t.keep_alive_interval(Some(Duration::from_secs(1)));
     t.max_idle_timeout(quinn::IdleTimeout::try_from(Duration::from_secs(4)).ok());
-    // As on client connections: the peer acknowledges every 9th ack-eliciting packet.
-    // `fovea bench mesh --callers 64`, 7 runs each way in one build: pub/sub +5.5%, RPC
-    // +5%, RPC p99 -6% on average (each within the spread; BENCHMARKS.md, "QUIC settings").
+    // As on client connections: the peer acknowledges every 9th ack-eliciting packet, so
+    // fewer ACK-only packets cross the link (BENCHMARKS.md, "QUIC settings", measures it).
     let mut ack = quinn::AckFrequencyConfig::default();
     ack.ack_eliciting_threshold(VarInt::from_u32(fovea_core::ACK_ELICITING_THRESHOLD));
     t.ack_frequency_config(Some(ack));

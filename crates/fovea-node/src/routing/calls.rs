@@ -11,10 +11,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use fovea_core::balance::Rng;
-use fovea_core::frame::{Call, CallResult, ErrorFrame};
-use fovea_core::{ErrorCode, Frame, Headers};
+use fovea_core::frame::{Call, ErrorFrame};
+use fovea_core::{ErrorCode, Frame};
 
 use super::{Realm, Router};
 use crate::handle::{Handle, ProviderRef, Refusal};
@@ -41,8 +40,7 @@ pub(crate) enum Origin {
 /// Answers call `call_id` of `caller` with the failure `code`, counted.
 pub(crate) fn fail(router: &Router, caller: &Handle, call_id: u64, code: ErrorCode, message: String) {
     router.stats.count_rejection(code);
-    let payload = Bytes::from(message.into_bytes());
-    caller.out.send(&Frame::Result(CallResult { call_id, code, headers: Headers::new(), payload }));
+    caller.answer_failure(call_id, code, message);
 }
 
 /// The deadline a call gets: the caller's, capped by the node's (0: the node's).

@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -32,6 +32,7 @@ use fovea_core::frame::Forward;
 use fovea_core::{varint, Frame, Pattern, SubTrie, Topic};
 
 use crate::mesh::Mesh;
+use crate::sync::lock;
 
 /// How often local interest changes are published (they are coalesced in between).
 pub const FLUSH_EVERY: Duration = Duration::from_millis(20);
@@ -41,10 +42,6 @@ pub const RENEW_AFTER: Duration = Duration::from_secs(30);
 const RECORD_TTL: Duration = Duration::from_secs(150);
 /// Most patterns listed in one record; more are summarised as the prefix's catch-all.
 const MAX_PATTERNS: usize = 64;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// The DHT key of realm `realm`'s interest records for `prefix`.
 pub fn interest_key(realm: &str, prefix: &str) -> Key {

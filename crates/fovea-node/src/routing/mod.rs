@@ -9,11 +9,11 @@
 //! cache line except one atomic load. This is principle 1: no process, task or lock that
 //! every message crosses.
 
+pub(crate) mod catalog;
 pub(crate) mod interest;
 mod matches;
+pub(crate) mod mesh_catalog;
 mod realm;
-pub(crate) mod remote_tools;
-pub(crate) mod tools;
 
 pub(crate) use matches::{check_limits, GroupKey, MatchCache, Matches, SubRef};
 pub(crate) use realm::Realm;
@@ -22,14 +22,14 @@ mod links;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use crate::auth::Admission;
 use crate::config::Limits;
 use crate::mesh::{self, Mesh};
 use crate::stats::Stats;
 use interest::Interest;
-use remote_tools::MeshTools;
+use mesh_catalog::MeshCatalog;
 
 /// The node's routing state: its realms, the counters routing keeps, and (in a mesh) the
 /// parts that reach other nodes. Every front end routes through one `Router`; the mesh
@@ -56,7 +56,7 @@ pub(crate) struct Router {
 pub(crate) struct MeshRouting {
     pub mesh: Arc<Mesh>,
     pub interest: Arc<Interest>,
-    pub tools: Arc<MeshTools>,
+    pub catalog: Arc<MeshCatalog>,
 }
 
 impl Router {
@@ -70,7 +70,7 @@ impl Router {
                 let mesh = bound.start(handler);
                 MeshRouting {
                     interest: Interest::new(mesh.clone(), limits.max_pending_bytes, me.clone()),
-                    tools: MeshTools::new(mesh.clone(), me.clone()),
+                    catalog: MeshCatalog::new(mesh.clone(), me.clone()),
                     mesh,
                 }
             });
@@ -102,13 +102,13 @@ impl Router {
 
     /// Every realm, read-locked (configuration reloads wait meanwhile).
     pub fn realms(&self) -> RwLockReadGuard<'_, HashMap<String, Arc<Realm>>> {
-        self.realms.read().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::read(&self.realms)
     }
 
     /// Applies new admission rules: `realms` replace the rules of the realms they name and
     /// add those that are new; every other realm admits nobody from now on.
     pub fn readmit(&self, realms: Vec<(String, Admission)>) {
-        let mut map = self.realms.write().unwrap_or_else(PoisonError::into_inner);
+        let mut map = crate::sync::write(&self.realms);
         for realm in map.values() {
             if !realms.iter().any(|(name, _)| *name == realm.name) {
                 realm.set_admission(Admission::Users(HashMap::new()));

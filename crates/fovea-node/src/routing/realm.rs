@@ -3,7 +3,7 @@
 //! start afresh.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use fovea_core::balance::{pick_two, Registry, Rng};
@@ -23,14 +23,14 @@ pub(crate) struct Realm {
     /// Cross-node interest, when the node is in a mesh.
     pub interest: Option<Arc<super::interest::Interest>>,
     /// The realm-wide tool catalog, when the node is in a mesh.
-    pub mesh_tools: Option<Arc<super::remote_tools::MeshTools>>,
+    pub mesh_catalog: Option<Arc<super::mesh_catalog::MeshCatalog>>,
     /// Who may join, and with what permissions; replaced when the configuration reloads.
     admission: RwLock<Arc<crate::auth::Admission>>,
     subs: RwLock<SubTrie<SubRef>>,
     pub(super) generation: AtomicU64,
     procs: RwLock<Registry<ProviderRef>>,
     /// The realm's tools: procedures registered with a descriptor, here (keys from 1) or
-    /// on other nodes (keys from `mesh_tools::REMOTE_KEY`).
+    /// on other nodes (keys from `mesh_catalog::REMOTE_KEY`).
     tools: std::sync::Mutex<Catalog>,
     /// Tool registrations on this node.
     local_tools: AtomicU64,
@@ -45,12 +45,12 @@ impl Realm {
     pub fn new(name: impl Into<String>, admission: crate::auth::Admission, mesh: Option<&super::MeshRouting>) -> Self {
         let name: String = name.into();
         if let Some(m) = mesh {
-            m.tools.watch(&name);
+            m.catalog.watch(&name);
         }
         Realm {
             wire_name: Bytes::copy_from_slice(name.as_bytes()),
             interest: mesh.map(|m| m.interest.clone()),
-            mesh_tools: mesh.map(|m| m.tools.clone()),
+            mesh_catalog: mesh.map(|m| m.catalog.clone()),
             name,
             admission: RwLock::new(Arc::new(admission)),
             subs: RwLock::new(SubTrie::new()),
@@ -64,19 +64,19 @@ impl Realm {
 
     /// The realm's current admission rules.
     pub fn admission(&self) -> Arc<crate::auth::Admission> {
-        self.admission.read().unwrap_or_else(PoisonError::into_inner).clone()
+        crate::sync::read(&self.admission).clone()
     }
 
     /// Replaces the admission rules (configuration reload).
     pub fn set_admission(&self, admission: crate::auth::Admission) {
-        *self.admission.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(admission);
+        *crate::sync::write(&self.admission) = Arc::new(admission);
     }
 
     pub fn subscribe(&self, pattern: &Pattern, sub: SubRef) {
         if let Some(i) = self.interest.as_ref() {
             i.add_local(&self.name, pattern, sub.group.as_ref().map(|g| &g.name));
         }
-        let mut trie = self.subs.write().unwrap_or_else(PoisonError::into_inner);
+        let mut trie = crate::sync::write(&self.subs);
         trie.insert(pattern, sub);
         // Release pairs with the Acquire in MatchCache::lookup: a task that sees the new
         // generation sees the new trie when it next takes the read lock.
@@ -85,7 +85,7 @@ impl Realm {
 
     /// Removes subscriptions; one lock and one generation bump for the whole batch.
     pub fn unsubscribe<'a>(&self, subs: impl IntoIterator<Item = (&'a Pattern, SubRef)>) {
-        let mut trie = self.subs.write().unwrap_or_else(PoisonError::into_inner);
+        let mut trie = crate::sync::write(&self.subs);
         let interest = self.interest.as_ref();
         for (pattern, sub) in subs {
             let group = sub.group.clone();
@@ -105,7 +105,7 @@ impl Realm {
 
     /// Number of subscriptions in the realm.
     pub fn subscription_count(&self) -> usize {
-        self.subs.read().unwrap_or_else(PoisonError::into_inner).len()
+        crate::sync::read(&self.subs).len()
     }
 
     /// Adds a provider; with `tool`, `(key, descriptor)`, the procedure is also a tool
@@ -114,14 +114,14 @@ impl Realm {
         if let Some(i) = self.interest.as_ref() {
             i.add_provider(&self.name, procedure.as_str());
         }
-        self.procs.write().unwrap_or_else(PoisonError::into_inner).insert(procedure, provider);
+        crate::sync::write(&self.procs).insert(procedure, provider);
         if let Some((key, tool)) = tool {
-            let mut tools = self.tools.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut tools = crate::sync::lock(&self.tools);
             if tools.insert(procedure.as_str(), key, tool) {
                 self.tools_version.send_replace(tools.version());
             }
             let n = self.local_tools.fetch_add(1, Ordering::Relaxed) + 1;
-            if let Some(m) = self.mesh_tools.as_ref() {
+            if let Some(m) = self.mesh_catalog.as_ref() {
                 m.local_changed(&self.name, n as usize);
             }
         }
@@ -130,7 +130,7 @@ impl Realm {
     /// Removes registrations, with their tool keys (0: not a tool); one lock for the whole
     /// batch.
     pub fn unregister<'a>(&self, regs: impl IntoIterator<Item = (&'a Procedure, ProviderRef, u64)>) {
-        let mut procs = self.procs.write().unwrap_or_else(PoisonError::into_inner);
+        let mut procs = crate::sync::write(&self.procs);
         let interest = self.interest.as_ref();
         let mut tools = None;
         for (procedure, provider, key) in regs {
@@ -140,12 +140,12 @@ impl Realm {
                 }
             }
             if key != 0 {
-                let tools = tools.get_or_insert_with(|| self.tools.lock().unwrap_or_else(PoisonError::into_inner));
+                let tools = tools.get_or_insert_with(|| crate::sync::lock(&self.tools));
                 if tools.remove(procedure.as_str(), key) {
                     self.tools_version.send_replace(tools.version());
                 }
                 let n = self.local_tools.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
-                if let Some(m) = self.mesh_tools.as_ref() {
+                if let Some(m) = self.mesh_catalog.as_ref() {
                     m.local_changed(&self.name, n as usize);
                 }
             }
@@ -154,8 +154,8 @@ impl Realm {
 
     /// Replaces the tools of remote node `node` (from the mesh).
     pub fn set_remote_tools(&self, node: &fovea_core::dht::NodeId, entries: Vec<(String, ToolDescriptor)>) {
-        let mut tools = self.tools.lock().unwrap_or_else(PoisonError::into_inner);
-        if tools.replace_key(crate::routing::remote_tools::remote_key(node), entries) {
+        let mut tools = crate::sync::lock(&self.tools);
+        if tools.replace_key(crate::routing::mesh_catalog::remote_key(node), entries) {
             self.tools_version.send_replace(tools.version());
         }
     }
@@ -163,19 +163,19 @@ impl Realm {
     /// This node's own tools, as `TOOL_LIST` carries them (for other nodes). At most a
     /// frame's worth: past ~1 MiB the list is cut, in procedure order.
     pub fn local_tools_json(&self) -> Bytes {
-        let tools = self.tools.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut local = tools.entries_where(|k| k < crate::routing::remote_tools::REMOTE_KEY);
+        let tools = crate::sync::lock(&self.tools);
+        let mut local = tools.entries_where(|k| k < crate::routing::mesh_catalog::REMOTE_KEY);
         let mut size = 0;
         local.retain(|(p, t)| {
             size += p.len() + t.encoded().len() + 32;
             size < fovea_core::limits::MAX_PAYLOAD
         });
-        crate::routing::tools::list_json(&local)
+        crate::routing::catalog::list_json(&local)
     }
 
     /// Runs `f` on the realm's tool catalog (a short lock: no awaiting inside).
     pub fn with_tools<T>(&self, f: impl FnOnce(&Catalog) -> T) -> T {
-        f(&self.tools.lock().unwrap_or_else(PoisonError::into_inner))
+        f(&crate::sync::lock(&self.tools))
     }
 
     /// Changes whenever the tool catalog does.
@@ -185,7 +185,7 @@ impl Realm {
 
     /// Number of registrations in the realm.
     pub fn registration_count(&self) -> usize {
-        self.procs.read().unwrap_or_else(PoisonError::into_inner).len()
+        crate::sync::read(&self.procs).len()
     }
 
     /// Chooses a provider of `name` by power of two choices on requests in flight.
@@ -194,7 +194,7 @@ impl Realm {
     /// [`NoRoute::NoProvider`] when there is none, [`NoRoute::Busy`] when the one chosen
     /// has `limit` requests in flight.
     pub fn choose_provider(&self, name: &[u8], rng: &mut Rng, limit: usize) -> Result<ProviderRef, NoRoute> {
-        let procs = self.procs.read().unwrap_or_else(PoisonError::into_inner);
+        let procs = crate::sync::read(&self.procs);
         let list = procs.providers(name);
         // A provider whose connection is closing (not yet unregistered) loses every
         // comparison; if drawn anyway, any live one is taken instead.
@@ -235,7 +235,7 @@ impl Realm {
 
     /// The local subscribers of `topic` (what a message forwarded by another node reaches).
     pub fn lookup_local(&self, topic: &Topic) -> Arc<Matches> {
-        let trie = self.subs.read().unwrap_or_else(PoisonError::into_inner);
+        let trie = crate::sync::read(&self.subs);
         let mut m = Matches::default();
         // Members of a group are those with equal keys (same pattern, same name); a topic
         // meets few groups, so a linear search is the cheap way to collect them.

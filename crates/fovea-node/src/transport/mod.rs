@@ -51,7 +51,7 @@ fn bind_socket(addr: SocketAddr) -> Result<(std::net::UdpSocket, spin::Watch), N
 /// The UDP receive and send buffer the node's sockets ask for. One socket carries every
 /// client's datagrams, and Linux's default (~208 KB) holds under a millisecond of them at
 /// full speed: a worker late by that much loses packets, and each loss halves a QUIC
-/// sender's congestion window. 4 MiB ended the losses `fovea bench pubsub` saw
+/// sender's congestion window. 4 MiB absorbs the bursts of a saturated loopback node
 /// (BENCHMARKS.md, "Socket buffers"). Memory is taken only while datagrams wait.
 pub const SOCKET_BUFFER: usize = 4 << 20;
 
@@ -93,8 +93,8 @@ pub(crate) fn client_transport(limits: &Limits) -> Result<quinn::TransportConfig
     t.keep_alive_interval(Some(limits.keep_alive));
     t.datagram_receive_buffer_size(None);
     // Ask the client to acknowledge every 9th ack-eliciting packet instead of every 2nd
-    // (QUIC ACK frequency; a gap is still acknowledged at once). Fewer ACK-only packets:
-    // with 64 RPC callers +8–15% calls/s and −20% p99 (BENCHMARKS.md, "QUIC settings").
+    // (QUIC ACK frequency; a gap is still acknowledged at once): fewer ACK-only packets
+    // to build, send and process on both sides (BENCHMARKS.md, "QUIC settings").
     let mut ack = quinn::AckFrequencyConfig::default();
     ack.ack_eliciting_threshold(VarInt::from_u32(fovea_core::ACK_ELICITING_THRESHOLD));
     t.ack_frequency_config(Some(ack));

@@ -97,9 +97,8 @@ pub fn fingerprint(cert: &[u8]) -> String {
 
 /// ring's provider with the TLS 1.3 suites in the order the node prefers: AES-128-GCM
 /// first. rustls's default puts AES-256-GCM with SHA-384 first, whose key schedule runs
-/// on SHA-512 code without hardware help, where SHA-256 has it (SHA extensions): with it,
-/// SHA-512 was 6.5% of the node's CPU while clients connected (`perf` on the node of
-/// `fovea bench conns`). AES-128-GCM is also the suite QUIC's Initial packets use, and
+/// on SHA-512 code without hardware help, where SHA-256 has it (SHA extensions), and
+/// every handshake pays it. AES-128-GCM is also the suite QUIC's Initial packets use, and
 /// takes 10 AES rounds per block against 14. The SDK offers the same order.
 pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     use rustls::crypto::ring::cipher_suite::{

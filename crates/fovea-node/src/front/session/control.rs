@@ -4,15 +4,15 @@
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use fovea_core::frame::{Call, CallResult, Register, Subscribe, ToolList, ToolsQuery, VERSION_RPC, VERSION_TOOLS};
+use fovea_core::frame::{Call, Register, Subscribe, ToolList, ToolsQuery, VERSION_RPC, VERSION_TOOLS};
 use fovea_core::tool::ToolDescriptor;
-use fovea_core::{ErrorCode, Frame, Headers, Pattern, Procedure};
+use fovea_core::{ErrorCode, Frame, Pattern, Procedure};
 use std::sync::Arc;
 
 use super::{Close, Session};
 use crate::handle::{Answer, ProviderRef};
 use crate::routing::calls::{route_call, Origin};
-use crate::routing::tools::{TOOL_PAGE_BYTES, TOOL_PAGE_ITEMS};
+use crate::routing::catalog::{TOOL_PAGE_BYTES, TOOL_PAGE_ITEMS};
 use crate::routing::{check_limits, GroupKey, SubRef};
 
 impl Session {
@@ -183,9 +183,7 @@ impl Session {
         self.shared.router.stats.calls.fetch_add(1, Ordering::Relaxed);
         let call_id = c.call_id;
         let fail = |this: &Self, code: ErrorCode, message: String| {
-            this.shared.router.stats.count_rejection(code);
-            let payload = Bytes::from(message.into_bytes());
-            this.handle.out.send(&Frame::Result(CallResult { call_id, code, headers: Headers::new(), payload }));
+            crate::routing::calls::fail(&this.shared.router, &this.handle, call_id, code, message);
         };
         if c.call_id == 0 {
             return self.reject(ErrorCode::InvalidProcedure, 0, "call id 0 is reserved; use ids from 1");
@@ -229,7 +227,7 @@ impl Session {
         let perms = &self.perms;
         let (tools, next) = self.realm.with_tools(|c| {
             let (page, next) = c.page(&cursor, TOOL_PAGE_ITEMS, TOOL_PAGE_BYTES, |p| perms.call.name(p.as_bytes()));
-            (crate::routing::tools::list_json(&page), next)
+            (crate::routing::catalog::list_json(&page), next)
         });
         let next = next.map(|n| Bytes::from(n.into_bytes())).unwrap_or_default();
         self.handle.out.send(&Frame::ToolList(ToolList { id: q.id, next, tools }));

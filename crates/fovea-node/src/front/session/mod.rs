@@ -107,8 +107,7 @@ struct Session {
     rng: Rng,
     /// The last procedure name a `CALL` brought that passed validation and the node's
     /// limits (not the permission check, which can change with the credential): a caller
-    /// mostly repeats a few names, and comparing is cheaper than checking (~130 of the
-    /// node's ~7 000 instructions per call, `scripts/profile.sh instructions rpc`).
+    /// mostly repeats a few names, and comparing is cheaper than checking.
     last_procedure: Option<Bytes>,
     /// When the frames of the current read arrived: the clock, read once per read at its
     /// first call or answer (see [`Session::read_at`]).
@@ -188,7 +187,7 @@ impl Session {
             self.shared.router.stats.count_rejection(ErrorCode::ProviderDisconnected);
         }
         self.shared.router.stats.connections.fetch_sub(1, Ordering::Relaxed);
-        self.shared.conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.info.id);
+        crate::sync::lock(&self.shared.conns).remove(&self.info.id);
         result
     }
 

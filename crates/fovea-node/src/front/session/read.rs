@@ -119,8 +119,7 @@ impl Session {
         // keep its worker for as long as it sends. What it wakes meanwhile — a subscriber's
         // writer — lands in that worker's LIFO slot, which no other worker may steal, and
         // waits, and a publisher held back for it runs free once `producer_stall` passes
-        // (`bench pubsub --msgs 1000000 --size 1024`, 20 runs each: hold-backs ran out 16
-        // times without this, 6 with it). Paying one unit per chunk makes such a task
+        // (BENCHMARKS.md counts how often). Paying one unit per chunk makes such a task
         // yield about every eighth full read. Before the read, so cancelling here loses
         // nothing.
         while self.budget_owed > 0 {

@@ -115,7 +115,7 @@ impl ConnShared {
     }
 
     fn lock(&self) -> MutexGuard<'_, ConnState> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.state)
     }
 
     /// Hands a datagram to the state machine; `false` if the connection is gone.

@@ -119,7 +119,7 @@ struct EpState {
 
 impl EpShared {
     fn lock(&self) -> MutexGuard<'_, EpState> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.state)
     }
 
     /// Sends one datagram (or GSO batch). `WouldBlock` is returned to the caller, which

@@ -21,7 +21,7 @@
 //! (1 MiB) is cut by the sender.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,6 +30,7 @@ use fovea_core::tool::ToolDescriptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::mesh::Mesh;
+use crate::sync::lock;
 
 /// Lifetime of a tools record at the storers (republished by the DHT while held).
 const RECORD_TTL: Duration = Duration::from_secs(150);
@@ -50,10 +51,6 @@ const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// registrations number from 1 and never reach it.
 pub(crate) const REMOTE_KEY: u64 = 1 << 63;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// The DHT key of realm `realm`'s tools records.
 pub fn tools_key(realm: &str) -> Key {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
@@ -72,7 +69,7 @@ pub(crate) fn remote_key(id: &NodeId) -> u64 {
 }
 
 /// One node's part in the realm-wide tool catalogs.
-pub(crate) struct MeshTools {
+pub(crate) struct MeshCatalog {
     mesh: Arc<Mesh>,
     /// Realm → (local tools, version of this node's local tools).
     local: Mutex<HashMap<String, (usize, u64)>>,
@@ -86,9 +83,9 @@ pub(crate) struct MeshTools {
     flush_now: tokio::sync::Notify,
 }
 
-impl MeshTools {
-    pub(crate) fn new(mesh: Arc<Mesh>, router: Weak<super::Router>) -> Arc<MeshTools> {
-        Arc::new(MeshTools {
+impl MeshCatalog {
+    pub(crate) fn new(mesh: Arc<Mesh>, router: Weak<super::Router>) -> Arc<MeshCatalog> {
+        Arc::new(MeshCatalog {
             mesh,
             local: Mutex::new(HashMap::new()),
             dirty: Mutex::new(HashSet::new()),

@@ -1,0 +1,217 @@
+//! The node's own tools as a [`ToolSource`]: the realm's catalog, filtered by what the
+//! request's credential may call, and calls made by an in-process caller through routing
+//! like any client's (deadlines, balancing, `BUSY` at its in-flight limit, provider loss,
+//! calls to other nodes), with progress and logs arriving as `NOTICE`s ahead of the
+//! `RESULT`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use fovea_core::frame::{Call, CallResult};
+use fovea_core::tool::{tool_name, Notice, ToolDescriptor};
+use fovea_core::{ErrorCode, Headers};
+use rmcp::model::Extensions;
+use rmcp::ErrorData as McpError;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::service::{CallOutcome, ToolSource};
+use super::McpState;
+use crate::auth::Permissions;
+use crate::handle::outbound::Outbound;
+use crate::handle::{Answers, Handle};
+use crate::routing::calls::{route_call, Origin};
+use crate::routing::Realm;
+use crate::sync::lock;
+
+/// Most tools in one `tools/list` page.
+const PAGE_ITEMS: usize = 100;
+
+/// Who a request is from: what its credential admitted (set on the HTTP request by the
+/// endpoint's guard).
+#[derive(Clone)]
+pub(crate) struct Admitted {
+    pub realm: Arc<Realm>,
+    pub user: String,
+    pub perms: Arc<Permissions>,
+}
+
+impl Admitted {
+    /// Whom a legacy session belongs to: (realm, user).
+    pub fn owner(&self) -> (String, String) {
+        (self.realm.name.clone(), self.user.clone())
+    }
+}
+
+fn admitted(extensions: &Extensions) -> Result<Admitted, McpError> {
+    extensions
+        .get::<axum::http::request::Parts>()
+        .and_then(|p| p.extensions.get::<Admitted>())
+        .cloned()
+        .ok_or_else(|| McpError::internal_error("request without credentials", None))
+}
+
+/// What the in-process caller's handle receives for one call.
+struct Waiting {
+    notices: mpsc::Sender<Notice>,
+    done: oneshot::Sender<CallResult>,
+}
+
+/// Calls in flight by id. Bounded by `McpConfig::max_calls_in_flight`.
+type WaitingCalls = Arc<Mutex<HashMap<u64, Waiting>>>;
+
+/// Hands each answer straight to the call waiting for it (no frames in between).
+struct Deliver(WaitingCalls);
+
+impl Answers for Deliver {
+    fn result(&self, result: CallResult) {
+        if let Some(w) = lock(&self.0).remove(&result.call_id) {
+            let _ = w.done.send(result);
+        }
+    }
+
+    fn notice(&self, n: fovea_core::frame::Notice) -> bool {
+        let to = lock(&self.0).get(&n.id).map(|w| w.notices.clone());
+        match (to, Notice::from_wire(n.kind, &n.body)) {
+            (Some(to), Some(notice)) => to.try_send(notice).is_ok(),
+            _ => false,
+        }
+    }
+}
+
+/// The in-process caller: one [`Handle`] for all MCP calls of the node.
+pub(crate) struct Caller {
+    handle: Arc<Handle>,
+    waiting: WaitingCalls,
+    next_id: AtomicU64,
+}
+
+impl Caller {
+    pub fn new(out: Outbound, max_answer: usize) -> Arc<Caller> {
+        let waiting = WaitingCalls::default();
+        let handle = Handle::with_answers(out, max_answer, Box::new(Deliver(waiting.clone())));
+        Arc::new(Caller { handle: Arc::new(handle), waiting, next_id: AtomicU64::new(1) })
+    }
+
+    /// Fires the deadlines of the caller's calls until `stop`, then ends its calls.
+    pub async fn drive(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = self.handle.expire_next() => {}
+                () = stop.cancelled() => break,
+            }
+        }
+        self.handle.out.close();
+        self.handle.abandon_all();
+    }
+}
+
+/// Cancels a call whose future was dropped before its outcome arrived.
+struct Pending<'a> {
+    caller: &'a Caller,
+    call_id: u64,
+    done: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.done && lock(&self.caller.waiting).remove(&self.call_id).is_some() {
+            self.caller.handle.cancel_call(self.call_id);
+        }
+    }
+}
+
+/// The endpoint's tools: those of the request's realm that its credential may call.
+pub(crate) struct LocalTools {
+    pub state: Arc<McpState>,
+}
+
+impl ToolSource for LocalTools {
+    async fn page(
+        &self,
+        extensions: &Extensions,
+        cursor: &str,
+    ) -> Result<(Vec<(String, ToolDescriptor)>, Option<String>), McpError> {
+        let id = admitted(extensions)?;
+        Ok(id.realm.with_tools(|c| {
+            let (page, next) = c.page(cursor, PAGE_ITEMS, usize::MAX, |p| id.perms.call.name(p.as_bytes()));
+            (page.into_iter().map(|(p, t)| (p.to_owned(), t.clone())).collect(), next)
+        }))
+    }
+
+    async fn find(&self, extensions: &Extensions, name: &str) -> Result<Option<(String, ToolDescriptor)>, McpError> {
+        let id = admitted(extensions)?;
+        self.state.stats.tool_calls.fetch_add(1, Ordering::Relaxed);
+        let found = id.realm.with_tools(|c| {
+            // The common case: a reversible name, whose procedure is found directly.
+            let direct = name.replace("__", ".");
+            if let Some(t) = c.get(&direct).filter(|_| tool_name(&direct) == name) {
+                return Some((direct, t.clone()));
+            }
+            let (page, _) = c.page("", usize::MAX, usize::MAX, |p| tool_name(p) == name);
+            page.first().map(|(p, t)| ((*p).to_owned(), (*t).clone()))
+        });
+        // A tool the credential may not call does not exist for it.
+        Ok(found.filter(|(p, _)| id.perms.call.name(p.as_bytes())))
+    }
+
+    async fn call(
+        &self,
+        extensions: &Extensions,
+        procedure: &str,
+        payload: Bytes,
+        notices: mpsc::Sender<Notice>,
+    ) -> CallOutcome {
+        let Ok(id) = admitted(extensions) else {
+            return CallOutcome::failed(ErrorCode::InternalError, "request without credentials");
+        };
+        let (state, caller) = (&self.state, &self.state.caller);
+        let max = state.config.max_calls_in_flight;
+        let call_id = caller.next_id.fetch_add(1, Ordering::Relaxed);
+        let (done, outcome) = oneshot::channel();
+        {
+            let mut waiting = lock(&caller.waiting);
+            if waiting.len() >= max {
+                let message =
+                    format!("{max} tool calls are in flight on this node's MCP endpoint, its limit; retry shortly");
+                return CallOutcome::failed(ErrorCode::Busy, message);
+            }
+            waiting.insert(call_id, Waiting { notices, done });
+        }
+        let mut pending = Pending { caller, call_id, done: false };
+        let timeout_ms = u64::try_from(state.config.call_timeout.as_millis()).unwrap_or(u64::MAX);
+        let call = Call {
+            call_id,
+            procedure: Bytes::copy_from_slice(procedure.as_bytes()),
+            timeout_ms,
+            headers: Headers::new(),
+            payload,
+        };
+        let router = &state.shared.router;
+        router.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let mut rng = fovea_core::balance::Rng::new(router.seed ^ call_id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        route_call(router, &id.realm, &caller.handle, &mut rng, call, std::time::Instant::now(), Origin::Here);
+        let outcome = outcome.await;
+        pending.done = true;
+        match outcome {
+            Ok(r) => CallOutcome { code: r.code, headers: r.headers, payload: r.payload },
+            Err(_) => CallOutcome::failed(ErrorCode::GoingAway, "the node is shutting down"),
+        }
+    }
+
+    async fn watch(&self, extensions: &Extensions) -> Option<watch::Receiver<u64>> {
+        admitted(extensions).ok().map(|id| id.realm.watch_tools())
+    }
+
+    fn realm(&self, extensions: &Extensions) -> String {
+        admitted(extensions).map(|id| id.realm.name.clone()).unwrap_or_default()
+    }
+
+    fn counted(&self, failed: bool) {
+        if failed {
+            self.state.stats.tool_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}

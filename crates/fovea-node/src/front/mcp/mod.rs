@@ -1,0 +1,324 @@
+//! The MCP front end: a node serves the Model Context Protocol over Streamable HTTP at
+//! `/mcp`, and its tools are the realm's procedures that carry a descriptor.
+//!
+//! MCP is a front end on the mesh's own routing, not a second system: a `tools/call` is a
+//! mesh RPC call from an in-process caller (a `Handle` like any client connection's, whose
+//! outbound queue this module decodes instead of writing to a socket). So deadlines,
+//! balancing, admission (`BUSY` at the caller's in-flight limit), provider loss and calls
+//! to other nodes behave exactly as for SDK callers, and progress and logs arrive as
+//! `NOTICE`s ahead of the `RESULT`.
+//!
+//! The protocol itself is rmcp's (both eras on one URL: 2025-11-25 sessions and 2026-07-28
+//! stateless requests). The MCP server is [`service`]'s, shared with `fovea mcp` on stdio;
+//! [`local`] gives it this node's tools and calls. This module adds what rmcp leaves to
+//! the endpoint: credentials (`Authorization: Bearer`), binding sessions to their user,
+//! session caps, counting reaped sessions, and JSON-RPC errors for malformed requests.
+
+mod local;
+mod service;
+
+pub use service::{server_config, tool_result, CallOutcome, McpServer, ToolSource};
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+use crate::config::McpConfig;
+use crate::handle::outbound::Outbound;
+use crate::sync::lock;
+use local::{Admitted, Caller, LocalTools};
+
+/// Counters of the MCP endpoint (`/metrics`: `fovea_mcp_*`).
+#[derive(Debug, Default)]
+pub struct McpStats {
+    pub requests: AtomicU64,
+    pub unauthorized: AtomicU64,
+    pub sessions_opened: AtomicU64,
+    pub sessions_deleted: AtomicU64,
+    /// Sessions closed for idleness (clients rarely send `DELETE`).
+    pub sessions_reaped: AtomicU64,
+    /// Sessions refused at `max_sessions` or `max_sessions_per_user`.
+    pub sessions_refused: AtomicU64,
+    pub tool_calls: AtomicU64,
+    /// Tool calls answered with an error result (remote failure, timeout, busy, …).
+    pub tool_errors: AtomicU64,
+}
+
+/// Shared by every session and request of the endpoint.
+pub(crate) struct McpState {
+    shared: Arc<Shared>,
+    caller: Arc<Caller>,
+    config: McpConfig,
+    sessions: Arc<LocalSessionManager>,
+    /// Legacy sessions by id: their owner (realm, user).
+    owners: Mutex<HashMap<String, (String, String)>>,
+    pub stats: McpStats,
+}
+
+impl McpState {
+    /// Legacy sessions open now.
+    pub fn open_sessions(&self) -> usize {
+        lock(&self.owners).len()
+    }
+}
+
+/// Serves the MCP endpoint until `stop`.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    config: McpConfig,
+    listener: tokio::net::TcpListener,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let limits = &shared.config.limits;
+    let out = Outbound::new(limits.max_pending_bytes, limits.slow_consumer_timeout, false);
+    let caller = Caller::new(out, limits.max_payload);
+    tokio::spawn(caller.clone().drive(stop.clone()));
+    let mut sessions = LocalSessionManager::default();
+    sessions.session_config.keep_alive = Some(config.session_idle);
+    let sessions = Arc::new(sessions);
+    let state = Arc::new(McpState {
+        shared: shared.clone(),
+        caller,
+        config: config.clone(),
+        sessions: sessions.clone(),
+        owners: Mutex::new(HashMap::new()),
+        stats: McpStats::default(),
+    });
+    let _ = shared.mcp.set(state.clone());
+    tokio::spawn(reap(state.clone(), stop.clone()));
+    let port = listener.local_addr()?.port();
+    let mut hosts: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into(), "[::1]".into()];
+    hosts.extend(config.allowed_hosts.iter().cloned());
+    let mut origins: Vec<String> = ["http://localhost", "http://127.0.0.1", "http://[::1]"]
+        .iter()
+        .flat_map(|o| [format!("{o}:{port}"), format!("{o}:*")])
+        .collect();
+    origins.extend(config.allowed_origins.iter().cloned());
+    let http = StreamableHttpServerConfig::default()
+        .with_allowed_hosts(hosts)
+        .with_allowed_origins(origins)
+        .with_max_request_body_bytes(config.max_body_bytes)
+        .with_json_response(true)
+        .with_cancellation_token(stop.child_token());
+    let tools = Arc::new(LocalTools { state: state.clone() });
+    let service: StreamableHttpService<McpServer<LocalTools>, LocalSessionManager> =
+        StreamableHttpService::new(move || Ok(McpServer::new(tools.clone())), sessions, http);
+    let app = axum::Router::new()
+        .nest_service("/mcp", service)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
+        .into_make_service_with_connect_info::<SocketAddr>();
+    // Without TCP_NODELAY, small SSE writes wait for the peer's delayed ACK (~40 ms).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
+}
+
+/// Authenticates every request, binds legacy sessions to their user and caps them.
+async fn guard(
+    State(state): State<Arc<McpState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    state.stats.requests.fetch_add(1, Ordering::Relaxed);
+    let Some(identity) = authenticate(&state, &req, remote) else {
+        state.stats.unauthorized.fetch_add(1, Ordering::Relaxed);
+        let body = r#"{"error":"unauthorized: send Authorization: Bearer <token> with a token of the realm (fovea token new)"}"#;
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer realm=\"fovea\""), (header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response();
+    };
+    let owner = identity.owner();
+    let session = req.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    if let Some(id) = &session {
+        // A session belongs to the user who opened it; to anyone else it does not exist.
+        if lock(&state.owners).get(id).is_some_and(|o| *o != owner) {
+            return (StatusCode::NOT_FOUND, "no such session").into_response();
+        }
+    }
+    let method = req.method().clone();
+    if method == Method::POST && is_json(&req) {
+        // rmcp answers a body it cannot take as a JSON-RPC message with a plain-text 415;
+        // JSON-RPC and MCP's transport say 400 with an error object that agents can parse.
+        let (parts, body) = req.into_parts();
+        let Ok(body) = axum::body::to_bytes(body, state.config.max_body_bytes).await else {
+            let text = format!("the request body is over this endpoint's {} bytes", state.config.max_body_bytes);
+            return (StatusCode::PAYLOAD_TOO_LARGE, text).into_response();
+        };
+        if let Err((id, code, message)) = check_jsonrpc(&body) {
+            let error = serde_json::json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}});
+            return (StatusCode::BAD_REQUEST, axum::Json(error)).into_response();
+        }
+        req = Request::from_parts(parts, axum::body::Body::from(body));
+    }
+    req.extensions_mut().insert(identity);
+    let response = next.run(req).await;
+    let opened = response.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    match (session, opened) {
+        (None, Some(id)) => {
+            let refused = {
+                let mut owners = lock(&state.owners);
+                let mine = owners.values().filter(|o| **o == owner).count();
+                let refused = if owners.len() >= state.config.max_sessions {
+                    Some((
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "this node has its maximum of MCP sessions open: retry later",
+                    ))
+                } else if mine >= state.config.max_sessions_per_user {
+                    Some((StatusCode::TOO_MANY_REQUESTS, "this user has its maximum of MCP sessions open: close some (DELETE) or wait for idle ones to expire"))
+                } else {
+                    None
+                };
+                if refused.is_none() {
+                    owners.insert(id.clone(), owner);
+                }
+                refused
+            };
+            if let Some((status, text)) = refused {
+                state.stats.sessions_refused.fetch_add(1, Ordering::Relaxed);
+                let sessions = state.sessions.clone();
+                tokio::spawn(async move {
+                    use rmcp::transport::streamable_http_server::session::SessionManager;
+                    let _ = sessions.close_session(&id.into()).await;
+                });
+                let mut r = (status, text).into_response();
+                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+                return r;
+            }
+            state.stats.sessions_opened.fetch_add(1, Ordering::Relaxed);
+        }
+        (Some(id), _)
+            if method == Method::DELETE
+                && response.status().is_success()
+                && lock(&state.owners).remove(&id).is_some() =>
+        {
+            state.stats.sessions_deleted.fetch_add(1, Ordering::Relaxed);
+        }
+        _ => {}
+    }
+    response
+}
+
+/// Whether a request says its body is JSON (`application/json`, any parameters).
+fn is_json(req: &Request) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// JSON-RPC's parse error.
+const PARSE_ERROR: i64 = -32700;
+/// JSON-RPC's invalid request.
+const INVALID_REQUEST: i64 = -32600;
+
+/// Checks that `body` is one JSON-RPC 2.0 message (request, notification or response).
+/// `Err((id, code, message))`: what to answer, with the request's id when it had a valid
+/// one. Batches are refused: MCP removed them (2025-06-18) and rmcp does not take them.
+fn check_jsonrpc(body: &[u8]) -> Result<(), (Value, i64, String)> {
+    let null = || Value::Null;
+    // serde_json stops at 128 levels of nesting with an error, so depth is bounded too.
+    let msg: Value = serde_json::from_slice(body).map_err(|e| (null(), PARSE_ERROR, format!("parse error: {e}")))?;
+    let invalid = |id: Value, why: &str| Err((id, INVALID_REQUEST, format!("invalid request: {why}")));
+    let obj = match msg {
+        Value::Object(obj) => obj,
+        Value::Array(_) => return invalid(null(), "JSON-RPC batches are not supported by MCP; send one message"),
+        _ => return invalid(null(), "a JSON-RPC message is a JSON object"),
+    };
+    let id = match obj.get("id") {
+        None => None,
+        Some(id @ (Value::String(_) | Value::Number(_))) => Some(id.clone()),
+        Some(Value::Null) => return invalid(null(), "the id must be a string or a number, not null"),
+        Some(_) => return invalid(null(), "the id must be a string or a number"),
+    };
+    let echo = || id.clone().unwrap_or(Value::Null);
+    if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return invalid(echo(), r#"the "jsonrpc" member must be "2.0""#);
+    }
+    match obj.get("method") {
+        Some(Value::String(_)) => Ok(()),
+        Some(_) => invalid(echo(), r#"the "method" member must be a string"#),
+        None if id.is_some() && (obj.contains_key("result") || obj.contains_key("error")) => Ok(()),
+        None => invalid(echo(), r#"a request needs a "method" (and a response an "id" and a "result" or "error")"#),
+    }
+}
+
+/// The realm and user a request's credential admits, or `None` (401).
+///
+/// `Authorization: Bearer <token>` is checked against every realm's users (the first realm,
+/// in name order, that admits it); without one, a loopback client joins the open `default`
+/// realm of a node without realm configuration, as on the QUIC side.
+fn authenticate(state: &McpState, req: &Request, remote: SocketAddr) -> Option<Admitted> {
+    let realms = state.shared.router.realms();
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    match bearer {
+        Some(token) if !token.is_empty() => {
+            let credential = crate::auth::credential_of(token.as_bytes(), None);
+            let mut names: Vec<&String> = realms.keys().collect();
+            names.sort();
+            names.into_iter().find_map(|name| {
+                let realm = realms.get(name)?;
+                let admission = realm.admission();
+                if matches!(*admission, crate::auth::Admission::Open) {
+                    return None;
+                }
+                let (user, perms) = admission.admit(&credential)?;
+                Some(Admitted { realm: realm.clone(), user, perms })
+            })
+        }
+        _ if remote.ip().is_loopback() => {
+            let realm = realms.get(crate::DEFAULT_REALM)?;
+            let admission = realm.admission();
+            let (user, perms) = match *admission {
+                crate::auth::Admission::Open => admission.admit(&crate::auth::credential_of(b"", None))?,
+                crate::auth::Admission::Users(_) => return None,
+            };
+            Some(Admitted { realm: realm.clone(), user, perms })
+        }
+        _ => None,
+    }
+}
+
+/// Forgets sessions rmcp closed for idleness, counting them as reaped.
+async fn reap(state: Arc<McpState>, stop: CancellationToken) {
+    let every = (state.config.session_idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let live: std::collections::HashSet<String> =
+            state.sessions.sessions.read().await.keys().map(|k| k.to_string()).collect();
+        let mut owners = lock(&state.owners);
+        let before = owners.len();
+        owners.retain(|id, _| live.contains(id));
+        let reaped = before - owners.len();
+        if reaped > 0 {
+            state.stats.sessions_reaped.fetch_add(reaped as u64, Ordering::Relaxed);
+        }
+    }
+}

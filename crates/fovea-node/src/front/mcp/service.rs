@@ -1,0 +1,355 @@
+//! The MCP server itself, once for every front end: the node's HTTP endpoint serves it over
+//! its own router, `fovea mcp` on stdio over a node reached through the SDK. What differs
+//! between them (where tools are listed from and calls go to) is a [`ToolSource`]; what
+//! agents see (tool names, capability and argument checks, progress and logs in each
+//! era's rules, cancellation, result conversion) is this module's, so both answer alike.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use fovea_core::tool::{self, Notice, ToolDescriptor};
+use fovea_core::{ErrorCode, Headers};
+use rmcp::model::{
+    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, ClientCapabilities, ContentBlock, Extensions,
+    Implementation, ListToolsResult, PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities,
+    ServerConfig, SubscriptionFilter, Tool,
+};
+use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::sync::lock;
+
+/// How a call ended: a `RESULT`'s code, headers and payload (the payload is the answer,
+/// or for a failure its message).
+#[derive(Debug, Clone)]
+pub struct CallOutcome {
+    pub code: ErrorCode,
+    pub headers: Headers,
+    pub payload: Bytes,
+}
+
+impl CallOutcome {
+    /// A failure with `code` and a message saying what happened.
+    pub fn failed(code: ErrorCode, message: impl Into<String>) -> CallOutcome {
+        CallOutcome { code, headers: Headers::new(), payload: Bytes::from(message.into().into_bytes()) }
+    }
+}
+
+/// One page of tools as (procedure, descriptor) pairs, and the next page's cursor.
+pub type ToolPage = (Vec<(String, ToolDescriptor)>, Option<String>);
+
+/// Where an [`McpServer`]'s tools come from and where its calls go. `extensions` are the
+/// MCP request's (over HTTP they carry who is asking).
+pub trait ToolSource: Send + Sync + 'static {
+    /// One page of the tools the requester may call, after `cursor` (empty: the first),
+    /// as (procedure, descriptor) pairs, and the next page's cursor.
+    fn page(&self, extensions: &Extensions, cursor: &str) -> impl Future<Output = Result<ToolPage, McpError>> + Send;
+
+    /// The procedure behind tool `name` and its descriptor, if the requester may call it.
+    fn find(
+        &self,
+        extensions: &Extensions,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<(String, ToolDescriptor)>, McpError>> + Send;
+
+    /// Calls `procedure` with `payload` (the JSON arguments). Notices the provider sends go
+    /// to `notices` before the outcome. Dropping the future cancels the call at the
+    /// provider.
+    fn call(
+        &self,
+        extensions: &Extensions,
+        procedure: &str,
+        payload: Bytes,
+        notices: mpsc::Sender<Notice>,
+    ) -> impl Future<Output = CallOutcome> + Send;
+
+    /// A watch whose value changes whenever the requester's tool list may have changed,
+    /// or `None` when none can be had.
+    fn watch(&self, extensions: &Extensions) -> impl Future<Output = Option<watch::Receiver<u64>>> + Send;
+
+    /// The realm calls are made in (for messages in results).
+    fn realm(&self, extensions: &Extensions) -> String;
+
+    /// A tool call ended, as an error result or not (for counters).
+    fn counted(&self, _failed: bool) {}
+}
+
+/// The MCP server of one session (2025-11-25) or one request (2026-07-28) over `S`.
+pub struct McpServer<S> {
+    source: Arc<S>,
+    /// Legacy sessions: the level `logging/setLevel` chose (`None`: every level).
+    #[allow(deprecated)]
+    log_level: Arc<Mutex<Option<rmcp::model::LoggingLevel>>>,
+    /// Ends the session's tools watch when the session (its last clone) ends.
+    _session: Arc<DropGuard>,
+    watching: CancellationToken,
+}
+
+impl<S> Clone for McpServer<S> {
+    fn clone(&self) -> Self {
+        McpServer {
+            source: self.source.clone(),
+            log_level: self.log_level.clone(),
+            _session: self._session.clone(),
+            watching: self.watching.clone(),
+        }
+    }
+}
+
+impl<S: ToolSource> McpServer<S> {
+    /// A server over `source`, with no logging level chosen yet.
+    pub fn new(source: Arc<S>) -> McpServer<S> {
+        let watching = CancellationToken::new();
+        McpServer { source, log_level: Arc::default(), _session: Arc::new(watching.clone().drop_guard()), watching }
+    }
+}
+
+/// What fovea's MCP servers declare: tools with `listChanged`, logging, and empty resources
+/// and prompts (clients probe them).
+pub fn server_config() -> ServerConfig {
+    #[allow(deprecated)]
+    let caps = ServerCapabilities::builder()
+        .enable_tools()
+        .enable_tool_list_changed()
+        .enable_logging()
+        .enable_resources()
+        .enable_prompts()
+        .build();
+    ServerConfig::new(caps)
+        .with_server_info(Implementation::new("fovea", env!("CARGO_PKG_VERSION")))
+        .with_instructions("Tools of this fovea realm: each is a procedure served by a service somewhere in the mesh.")
+}
+
+/// The MCP `Tool` of a procedure.
+pub(crate) fn to_tool(procedure: &str, descriptor: &ToolDescriptor) -> Option<Tool> {
+    serde_json::from_value(Value::Object(tool::tool_json(procedure, descriptor))).ok()
+}
+
+/// A call's outcome as the MCP result every front end returns, in either protocol era.
+pub fn tool_result(outcome: &CallOutcome, procedure: &str, realm: &str) -> CallToolResult {
+    let json = tool::result_json(outcome.code, &outcome.headers, &outcome.payload, procedure, realm);
+    let mut r = serde_json::from_value::<CallToolResult>(json).unwrap_or_else(|e| {
+        error_result(format!("the provider of {procedure} sent a tool result that is not MCP: {e}"))
+    });
+    // The wire has no `resultType` before 2026-07-28; rmcp drops it again for older
+    // peers, so set it as its own constructors do.
+    if r.result_type.is_none() {
+        r.result_type = CallToolResult::success(Vec::new()).result_type;
+    }
+    r
+}
+
+fn error_result(text: String) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(text)])
+}
+
+/// Severity rank of a level (debug 0 … emergency 7).
+#[allow(deprecated)]
+fn rank(level: &rmcp::model::LoggingLevel) -> usize {
+    let name = serde_json::to_value(level).ok();
+    tool::LOG_LEVELS.iter().position(|l| name.as_ref().and_then(Value::as_str) == Some(l)).unwrap_or(0)
+}
+
+impl<S: ToolSource> ServerHandler for McpServer<S> {
+    fn get_info(&self) -> ServerConfig {
+        server_config()
+    }
+
+    #[allow(deprecated)]
+    async fn set_level(
+        &self,
+        request: rmcp::model::SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        *lock(&self.log_level) = Some(request.level);
+        Ok(())
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        // A legacy session: tell it when the tools change, while it lasts.
+        let Some(mut rx) = self.source.watch(&context.extensions).await else { return };
+        let (peer, stop) = (context.peer.clone(), self.watching.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() { return },
+                    () = stop.cancelled() => return,
+                }
+                if peer.notify_tool_list_changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    fn accepted_subscription_filter(&self, requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
+        Some(requested.supported_by(&self.get_info().capabilities))
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), McpError> {
+        let Some(mut rx) = self.source.watch(&context.request_context().extensions).await else { return Ok(()) };
+        loop {
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return Ok(()) },
+                () = context.cancelled() => return Ok(()),
+            }
+            if context.accepted().tools_list_changed == Some(true)
+                && context.sink().notify_tool_list_changed().await.is_err()
+            {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn list_tools(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        let cursor = request.and_then(|r| r.cursor).unwrap_or_default();
+        let (page, next) = self.source.page(&context.extensions, &cursor).await?;
+        let tools: Vec<Tool> = page.iter().filter_map(|(p, d)| to_tool(p, d)).collect();
+        let mut result = ListToolsResult::with_all_items(tools);
+        // Cache hints exist from 2026-07-28. The list depends on the caller's permissions
+        // (private), and list_changed announces changes, so a second of freshness is safe.
+        if context.protocol_version().is_some_and(|v| !v.has_initialize()) {
+            result = result.with_ttl_ms(1000).with_cache_scope(CacheScope::Private);
+        }
+        result.next_cursor = next;
+        Ok(result)
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let unknown = || McpError::invalid_params(format!("unknown tool {:?}", request.name), None);
+        let (procedure, descriptor) =
+            self.source.find(&context.extensions, &request.name).await?.ok_or_else(unknown)?;
+        let declared = serde_json::to_value(context.client_capabilities().unwrap_or_default()).unwrap_or_default();
+        if let Some(missing) = tool::missing_capabilities(&descriptor, &declared) {
+            let caps: ClientCapabilities = serde_json::from_value(Value::Object(missing)).unwrap_or_default();
+            return Err(McpError::missing_required_client_capability(caps));
+        }
+        let arguments = Value::Object(request.arguments.clone().unwrap_or_default());
+        if let Some(schema) = descriptor.json().get("inputSchema") {
+            tool::check_arguments(schema, &arguments, "arguments").map_err(|e| McpError::invalid_params(e, None))?;
+        }
+        let payload = Bytes::from(serde_json::to_vec(&arguments).unwrap_or_default());
+        let result = self.call(&procedure, payload, &context).await;
+        self.source.counted(result.is_error == Some(true));
+        Ok(result.into())
+    }
+}
+
+impl<S: ToolSource> McpServer<S> {
+    /// One call, passing its notices on and cancelling it with the MCP request.
+    async fn call(&self, procedure: &str, payload: Bytes, context: &RequestContext<RoleServer>) -> CallToolResult {
+        // Room for a burst of notices; a full channel drops notices, never the outcome.
+        let (tx, mut rx) = mpsc::channel(64);
+        let call = self.source.call(&context.extensions, procedure, payload, tx);
+        tokio::pin!(call);
+        let progress_token = context.meta.get_progress_token();
+        let modern = context.protocol_version().is_some_and(|v| !v.has_initialize());
+        // MCP logging is deprecated by SEP-2577 but still part of both eras we serve.
+        #[allow(deprecated)]
+        let min_level = if modern { context.meta.log_level() } else { *lock(&self.log_level) };
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut call => break outcome,
+                Some(notice) = rx.recv() => pass_on(context, &progress_token, modern, min_level.as_ref(), notice).await,
+                // Dropping the call future cancels it at the node and the provider.
+                () = context.ct.cancelled() => return error_result("cancelled".into()),
+            }
+        };
+        // Notices that arrived with the outcome still go first.
+        while let Ok(notice) = rx.try_recv() {
+            pass_on(context, &progress_token, modern, min_level.as_ref(), notice).await;
+        }
+        tool_result(&outcome, procedure, &self.source.realm(&context.extensions))
+    }
+}
+
+/// Passes one provider notice on to the agent: progress when the request carried a
+/// progress token; logs by the era's rules (2026-07-28: only when the request asked, from
+/// its level; a legacy session: from the level it set, all until it sets one).
+#[allow(deprecated)]
+async fn pass_on(
+    context: &RequestContext<RoleServer>,
+    progress_token: &Option<rmcp::model::ProgressToken>,
+    modern: bool,
+    min_level: Option<&rmcp::model::LoggingLevel>,
+    notice: Notice,
+) {
+    match notice {
+        Notice::Progress { progress, total, message } => {
+            let Some(token) = progress_token else { return };
+            let mut p = ProgressNotificationParam::new(token.clone(), progress);
+            p.total = total;
+            p.message = message;
+            let _ = context.peer.notify_progress(p).await;
+        }
+        Notice::Log { level, logger, data } => {
+            let Ok(level) = serde_json::from_value::<rmcp::model::LoggingLevel>(Value::String(level)) else { return };
+            let wanted = match (modern, min_level) {
+                (true, None) => false,
+                (_, Some(min)) => rank(&level) >= rank(min),
+                (false, None) => true,
+            };
+            if wanted {
+                let mut m = rmcp::model::LoggingMessageNotificationParam::new(level, data);
+                m.logger = logger;
+                let _ = context.peer.notify_logging_message(m).await;
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fovea_core::tool::{META_PROCEDURE, META_REQUIRES, TOOL_RESULT_TYPE};
+
+    #[test]
+    fn results() {
+        let r = |code, headers: Headers, payload: &'static [u8]| {
+            tool_result(&CallOutcome { code, headers, payload: Bytes::from_static(payload) }, "p.x", "default")
+        };
+        let text = r(ErrorCode::NoError, Headers::new(), b"hello");
+        assert_eq!(text.is_error, Some(false));
+        assert!(text.structured_content.is_none());
+        assert!(text.result_type.is_some(), "2026-07-28 results carry resultType");
+        let obj = r(ErrorCode::NoError, Headers::new(), br#"{"n":1}"#);
+        assert_eq!(obj.structured_content, Some(serde_json::json!({"n": 1})));
+        let full = r(
+            ErrorCode::NoError,
+            Headers::from_pairs([("content-type", TOOL_RESULT_TYPE)]).unwrap(),
+            br#"{"content":[{"type":"image","data":"AAAA","mimeType":"image/png"}],"isError":false}"#,
+        );
+        assert_eq!(serde_json::to_value(&full).unwrap()["content"][0]["type"], "image");
+        assert_eq!(r(ErrorCode::NoProvider, Headers::new(), b"").is_error, Some(true));
+        assert_eq!(r(ErrorCode::ApplicationError, Headers::new(), b"boom").is_error, Some(true));
+        let bad = r(ErrorCode::NoError, Headers::from_pairs([("content-type", TOOL_RESULT_TYPE)]).unwrap(), b"[");
+        assert_eq!(bad.is_error, Some(true));
+        assert_ne!(r(ErrorCode::NoError, Headers::new(), b"\xff\xfe").is_error, Some(true));
+    }
+
+    #[test]
+    fn tools_carry_their_procedure() {
+        let d = ToolDescriptor::parse(
+            br#"{"description":"adds","_meta":{"io.fovea/requiredClientCapabilities":{"sampling":{}}}}"#,
+        )
+        .unwrap();
+        let t = to_tool("math.add", &d).unwrap();
+        assert_eq!(t.name, "math__add");
+        let json = serde_json::to_value(&t).unwrap();
+        assert_eq!(json["_meta"][META_PROCEDURE], "math.add");
+        assert!(json["_meta"].get(META_REQUIRES).is_none());
+    }
+}
