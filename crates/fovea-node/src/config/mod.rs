@@ -1,5 +1,5 @@
 //! Node configuration: every setting of every layer, with its default and the reason for
-//! it, and ([`file`]) the configuration file that sets them. Below every other module but
+//! it, and ([`mod@file`]) the configuration file that sets them. Below every other module but
 //! [`crate::auth`]: each layer reads its settings from here.
 
 pub mod file;

@@ -62,10 +62,10 @@ impl Link {
 const MAX_BINDINGS: usize = 4096;
 
 /// Most tool lists asked of other nodes at once.
-const MAX_TOOL_QUERIES: usize = 1024;
+pub(super) const MAX_TOOL_QUERIES: usize = 1024;
 
 /// How long a node has to answer `MESH_TOOLS`.
-const TOOL_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const TOOL_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Mesh {
     pub(super) fn open_link(

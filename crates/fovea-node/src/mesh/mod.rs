@@ -193,10 +193,10 @@ pub struct Mesh {
     /// Nodes whose link closed or could not be opened (bounded like `notified`).
     departed: tokio::sync::broadcast::Sender<NodeId>,
     /// The layer above, which gets what other nodes send (weak: it owns the mesh). `None`
-    /// only between [`Mesh::bind`] and [`Mesh::start`].
+    /// only between [`Mesh::bind`] and [`Bound::start`].
     handler: Option<std::sync::Weak<dyn LinkHandler>>,
     /// `MESH_TOOLS` asked of other nodes, waiting for their `TOOL_LIST` (at most
-    /// [`MAX_TOOL_QUERIES`]; each also ends after [`TOOL_QUERY_TIMEOUT`]).
+    /// [`link::MAX_TOOL_QUERIES`]; each also ends after [`link::TOOL_QUERY_TIMEOUT`]).
     tool_queries: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Bytes>>>,
     next_tool_query: AtomicU64,
     /// Link queue bound and call limits, from the node's limits.

@@ -9,8 +9,8 @@
 //! `NOTICE`s ahead of the `RESULT`.
 //!
 //! The protocol itself is rmcp's (both eras on one URL: 2025-11-25 sessions and 2026-07-28
-//! stateless requests). The MCP server is [`service`]'s, shared with `fovea mcp` on stdio;
-//! [`local`] gives it this node's tools and calls. This module adds what rmcp leaves to
+//! stateless requests). The MCP server is [`McpServer`], shared with `fovea mcp` on stdio;
+//! `local.rs` gives it this node's tools and calls. This module adds what rmcp leaves to
 //! the endpoint: credentials (`Authorization: Bearer`), binding sessions to their user,
 //! session caps, counting reaped sessions, and JSON-RPC errors for malformed requests.
 

@@ -94,7 +94,7 @@ struct Session {
     recv: RecvStream,
     deframer: Deframer,
     /// Where a read puts the chunks it takes: one slot until the connection publishes,
-    /// then [`READ_BATCH`] (an idle connection keeps no batch buffer).
+    /// then [`read::READ_BATCH`] (an idle connection keeps no batch buffer).
     chunks: Vec<Bytes>,
     /// This connection's subscriptions by sid.
     subs: HashMap<u64, (Pattern, Option<Arc<GroupKey>>)>,

@@ -19,7 +19,7 @@ use crate::routing::SubRef;
 /// the QUIC connection. A chunk is what one packet carried (~1.4 KB on a default path):
 /// read one at a time, a busy publisher's messages were routed ~17 per read, and each read
 /// paid the lock, a future and a delivery run of its own.
-const READ_BATCH: usize = 16;
+pub(super) const READ_BATCH: usize = 16;
 
 /// Consecutive publishes of one read that go to the same subscribers, all plain and on
 /// this node (the same cached match set): delivered subscription by subscription, one
