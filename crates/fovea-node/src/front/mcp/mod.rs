@@ -322,3 +322,28 @@ async fn reap(state: Arc<McpState>, stop: CancellationToken) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(body: &str) -> Option<i64> {
+        check_jsonrpc(body.as_bytes()).err().map(|(_, code, _)| code)
+    }
+
+    #[test]
+    fn one_json_rpc_message_passes_and_anything_else_gets_its_error() {
+        assert_eq!(code(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#), None);
+        assert_eq!(code(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#), None);
+        assert_eq!(code(r#"{"jsonrpc":"2.0","id":"a","result":{}}"#), None);
+        assert_eq!(code("{"), Some(PARSE_ERROR));
+        assert_eq!(code(&format!("{}{}", "[".repeat(200), "]".repeat(200))), Some(PARSE_ERROR));
+        assert_eq!(code(r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#), Some(INVALID_REQUEST));
+        assert_eq!(code(r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#), Some(INVALID_REQUEST));
+        assert_eq!(code(r#"{"jsonrpc":"2.0","id":[1],"method":"ping"}"#), Some(INVALID_REQUEST));
+        assert_eq!(code(r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#), Some(INVALID_REQUEST));
+        assert_eq!(code(r#"{"jsonrpc":"2.0","id":1}"#), Some(INVALID_REQUEST));
+        let (id, _, _) = check_jsonrpc(br#"{"jsonrpc":"1.0","id":7,"method":"x"}"#).unwrap_err();
+        assert_eq!(id, Value::from(7), "a valid id is echoed");
+    }
+}

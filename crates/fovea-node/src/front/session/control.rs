@@ -256,3 +256,21 @@ pub(super) fn clip(mut text: String, max: usize) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_in_messages_are_cut_and_messages_fit_the_text_limit() {
+        assert_eq!(shown(b"a.b"), "a.b");
+        let long = shown(&[b'x'; 5000]);
+        assert_eq!(long.chars().count(), SHOWN_NAME + 1, "cut, with an ellipsis");
+        assert!(long.ends_with('…'));
+        assert_eq!(shown(b"bad.\xff"), "bad.\u{fffd}", "invalid UTF-8 is shown, not refused");
+        let max = fovea_core::limits::MAX_TEXT_LEN;
+        let clipped = clip("é".repeat(max), max);
+        assert!(clipped.len() <= max && clipped.len() >= max - 1, "{}", clipped.len());
+        assert_eq!(clip("short".into(), max), "short");
+    }
+}
