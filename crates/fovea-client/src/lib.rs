@@ -184,7 +184,8 @@ pub enum Event {
     ServerError { code: ErrorCode, message: String },
     /// The node dropped `count` messages for the subscription to `pattern`: this client's
     /// queue at the node was full (it reads too slowly). Also counted in
-    /// [`Subscription::dropped`].
+    /// [`Subscription::dropped`]. When the node closes the connection as a slow consumer,
+    /// what its notices had not told yet comes as one more `Dropped` per subscription.
     Dropped { pattern: String, count: u64 },
 }
 

@@ -258,6 +258,11 @@ async fn run(inner: &Arc<Inner>, s: Session) -> End {
         r = end => End::Lost(r.err().unwrap_or_else(|| "node ended the stream".into())),
         _ = inner.shutdown.cancelled() => End::Shutdown,
     };
+    if let Some(ConnectionError::ApplicationClosed(c)) = conn.close_reason() {
+        if ErrorCode::from_u64(c.error_code.into_inner()) == ErrorCode::SlowConsumer {
+            lost_on_close(inner, &String::from_utf8_lossy(&c.reason));
+        }
+    }
     // Calls in flight end with `Disconnected`: whether they ran is unknown (at most once).
     // Their senders drop once both locks are let go (each wakes a caller).
     let ended = {
@@ -350,6 +355,23 @@ async fn read_loop(inner: &Arc<Inner>, recv: &mut RecvStream, deframer: &mut Def
         for chunk in chunks.iter_mut().take(n) {
             deframer.push(std::mem::take(chunk));
             decode(inner, deframer, &mut pending, &mut last_topic).await?;
+        }
+    }
+}
+
+/// A `SLOW_CONSUMER` close says what each subscription lost over the connection's life
+/// (docs/PROTOCOL.md §4); what its `DROPPED` notices had not told yet is counted and
+/// reported now, as a `DROPPED` would have been.
+fn lost_on_close(inner: &Inner, reason: &str) {
+    for (sid, total) in fovea_core::frame::slow_consumer_drops(reason) {
+        let lost = lock(&inner.subs).get(&sid).and_then(|e| {
+            let told = e.dropped.load(std::sync::atomic::Ordering::Relaxed);
+            let more = total.checked_sub(told).filter(|n| *n > 0)?;
+            e.dropped.fetch_add(more, std::sync::atomic::Ordering::Relaxed);
+            Some((e.pattern.to_string(), more))
+        });
+        if let Some((pattern, count)) = lost {
+            let _ = inner.events.send(Event::Dropped { pattern, count });
         }
     }
 }

@@ -276,6 +276,38 @@ pub struct Dropped {
     pub count: u64,
 }
 
+/// Most subscriptions a `SLOW_CONSUMER` close's reason lists ([`slow_consumer_reason`]): the
+/// reason must fit in one packet with the close (16 pairs of 20-digit numbers are under
+/// 700 bytes).
+pub const SLOW_CONSUMER_SIDS: usize = 16;
+
+/// The reason phrase of a `SLOW_CONSUMER` close (docs/PROTOCOL.md §4): `why`, then
+/// `; dropped ` and `SID=COUNT` pairs separated by spaces, the largest counts first, at
+/// most [`SLOW_CONSUMER_SIDS`] and then `…`. `drops` are every message dropped per
+/// subscription over the connection's life: the `DROPPED` notices still queued behind a
+/// stalled stream never arrive, so the close says what was lost.
+pub fn slow_consumer_reason(why: &str, mut drops: Vec<(u64, u64)>) -> String {
+    drops.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut pairs: Vec<String> = drops.iter().take(SLOW_CONSUMER_SIDS).map(|(sid, n)| format!("{sid}={n}")).collect();
+    if drops.len() > SLOW_CONSUMER_SIDS {
+        pairs.push("…".to_owned());
+    }
+    format!("{why}; dropped {}", pairs.join(" "))
+}
+
+/// The `SID=COUNT` pairs of a `SLOW_CONSUMER` close's reason ([`slow_consumer_reason`]);
+/// empty when it has none (an older node, or a reason of another shape).
+pub fn slow_consumer_drops(reason: &str) -> Vec<(u64, u64)> {
+    let Some((_, pairs)) = reason.rsplit_once("; dropped ") else { return Vec::new() };
+    pairs
+        .split(' ')
+        .filter_map(|p| {
+            let (sid, n) = p.split_once('=')?;
+            Some((sid.parse().ok()?, n.parse().ok()?))
+        })
+        .collect()
+}
+
 /// `REG` fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Register {
@@ -1161,6 +1193,18 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slow_consumer_reasons_round_trip() {
+        let reason = slow_consumer_reason("too slow", vec![(3, 5), (1, 120), (7, 5)]);
+        assert_eq!(reason, "too slow; dropped 1=120 3=5 7=5");
+        assert_eq!(slow_consumer_drops(&reason), vec![(1, 120), (3, 5), (7, 5)]);
+        let many: Vec<(u64, u64)> = (1..=40).map(|sid| (sid, sid)).collect();
+        let reason = slow_consumer_reason("x", many);
+        assert!(reason.ends_with('…') && reason.len() < 700, "{reason}");
+        assert_eq!(slow_consumer_drops(&reason).len(), SLOW_CONSUMER_SIDS);
+        assert!(slow_consumer_drops("closed for another reason").is_empty());
+    }
     use crate::limits::MAX_FRAME;
     use proptest::prelude::*;
 

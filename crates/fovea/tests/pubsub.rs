@@ -347,7 +347,7 @@ async fn a_subscriber_that_stays_slow_is_disconnected() {
     let node = TestNode::start_with(limits).await;
     let opts = node.options().subscription_capacity(1).reconnect(false);
     let stalled_client = Client::connect(&node.url(), opts).await.unwrap();
-    let _stalled = stalled_client.subscribe("flood").await.unwrap();
+    let stalled = stalled_client.subscribe("flood").await.unwrap();
     let publisher = node.client().await;
     let mut state = stalled_client.state();
     // Publish until the node gives up on the subscriber (bounded: 30 s of publishing).
@@ -366,6 +366,9 @@ async fn a_subscriber_that_stays_slow_is_disconnected() {
     }
     let closes = node.stats.snapshot().closes;
     assert!(closes.contains(&(ErrorCode::SlowConsumer, 1)), "{closes:?}");
+    // What it lost is known to the subscription, from the close if no DROPPED got through.
+    assert!(stalled.dropped() > 0, "the subscription was not told what it lost");
+    assert!(stalled.dropped() <= node.stats.snapshot().dropped);
     // The publisher never noticed.
     publisher.flush().await.unwrap();
     node.stop().await;

@@ -145,7 +145,7 @@ struct Queue {
     /// subscription of the connection, so bounded by its subscription limit.
     dropped: HashMap<u64, u64>,
     /// Drops per subscription id already taken into notices, over the connection's life:
-    /// with `dropped`, what a `SLOW_CONSUMER` close reports ([`Outbound::drop_summary`]).
+    /// with `dropped`, what a `SLOW_CONSUMER` close reports ([`Outbound::drops`]).
     /// Bounded as `dropped` is, per id ever used.
     announced: HashMap<u64, u64>,
     /// When the current run of drops began (reset by a successful delivery).
@@ -364,25 +364,16 @@ impl Outbound {
         Ok(())
     }
 
-    /// Every message dropped for this connection, per subscription id, as `SID=COUNT`
-    /// pairs separated by spaces, largest counts first (at most `max` pairs, then `…`):
-    /// what a `SLOW_CONSUMER` close's reason reports, since the `DROPPED` notices still
-    /// queued behind a stalled stream would never arrive. Counts include drops already
-    /// announced, so a client subtracts what its `DROPPED` frames told it.
-    pub fn drop_summary(&self, max: usize) -> String {
+    /// Every message dropped for this connection, per subscription id, over its life
+    /// (announced by `DROPPED` or not): what a `SLOW_CONSUMER` close reports
+    /// ([`fovea_core::frame::slow_consumer_reason`]).
+    pub fn drops(&self) -> Vec<(u64, u64)> {
         let q = self.lock();
         let mut all = q.announced.clone();
         for (sid, count) in &q.dropped {
             *all.entry(*sid).or_default() += count;
         }
-        drop(q);
-        let mut all: Vec<(u64, u64)> = all.into_iter().collect();
-        all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        let mut text: Vec<String> = all.iter().take(max).map(|(sid, n)| format!("{sid}={n}")).collect();
-        if all.len() > max {
-            text.push("…".to_owned());
-        }
-        text.join(" ")
+        all.into_iter().collect()
     }
 
     /// Waits until the connection has been dropping messages for `slow_after`.

@@ -15,10 +15,6 @@ use crate::transport::quic::SendStream;
 /// count does not matter.
 const WRITE_STEP: usize = 256 * 1024;
 
-/// Most subscriptions a `SLOW_CONSUMER` close's reason lists: the reason phrase must fit
-/// in one packet with the close (16 pairs of 20-digit numbers are under 700 bytes).
-const SLOW_CLOSE_SIDS: usize = 16;
-
 /// The writer: waits for queued frames and writes them all in one call (in steps of
 /// [`WRITE_STEP`] when a backlog has built up).
 ///
@@ -30,12 +26,9 @@ pub(super) async fn write_loop(send: &mut SendStream, peer: &Handle, stats: &cra
     // The reason carries the drops (docs/PROTOCOL.md §4): the `DROPPED` notices queued
     // behind the stalled stream never arrive once the connection closes.
     let too_slow = || {
-        let why = format!(
-            "messages were dropped for {:?} without a break: the client reads too slowly; dropped {}",
-            out.slow_after(),
-            out.drop_summary(SLOW_CLOSE_SIDS)
-        );
-        Close::new(ErrorCode::SlowConsumer, why)
+        let why =
+            format!("messages were dropped for {:?} without a break: the client reads too slowly", out.slow_after());
+        Close::new(ErrorCode::SlowConsumer, fovea_core::frame::slow_consumer_reason(&why, out.drops()))
     };
     let mut chunks: Vec<Bytes> = Vec::new();
     loop {
