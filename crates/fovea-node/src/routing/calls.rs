@@ -160,6 +160,89 @@ fn call_remote(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Admission;
+    use crate::config::Limits;
+    use crate::handle::outbound::Outbound;
+    use bytes::Bytes;
+    use fovea_core::{Deframer, Headers, Procedure};
+
+    fn handle() -> Arc<Handle> {
+        Arc::new(Handle::new(Outbound::new(1 << 20, Duration::from_secs(1), true), 1 << 20))
+    }
+
+    /// The frames queued for `h`.
+    fn frames(h: &Handle) -> Vec<Frame> {
+        let mut chunks = Vec::new();
+        let _ = h.out.take_into(&mut chunks);
+        let mut d = Deframer::new(fovea_core::limits::MAX_FRAME);
+        chunks.into_iter().for_each(|c| d.push(c));
+        std::iter::from_fn(|| d.next_frame().ok().flatten()).collect()
+    }
+
+    fn call(call_id: u64) -> Call {
+        let procedure = Bytes::from_static(b"svc.x");
+        Call { call_id, procedure, timeout_ms: 0, headers: Headers::new(), payload: Bytes::new() }
+    }
+
+    fn setup(limits: Limits) -> (Arc<Router>, Arc<Realm>) {
+        let router = Router::new(limits, vec![("r".to_owned(), Admission::Open)], None);
+        let realm = router.realm("r").unwrap();
+        (router, realm)
+    }
+
+    fn result(f: &Frame) -> (u64, ErrorCode) {
+        match f {
+            Frame::Result(r) => (r.call_id, r.code),
+            other => panic!("expected RESULT, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_call_reaches_a_provider_or_is_answered_why_not() {
+        let (router, realm) = setup(Limits::default());
+        let (caller, provider) = (handle(), handle());
+        let mut rng = Rng::new(1);
+        let now = Instant::now();
+        route_call(&router, &realm, &caller, &mut rng, call(1), now, Origin::Here);
+        assert_eq!(frames(&caller).iter().map(result).collect::<Vec<_>>(), [(1, ErrorCode::NoProvider)]);
+        let procedure = Procedure::from_bytes(Bytes::from_static(b"svc.x")).unwrap();
+        realm.register(&procedure, ProviderRef { handle: provider.clone(), rid: 7 }, None);
+        route_call(&router, &realm, &caller, &mut rng, call(2), now, Origin::Here);
+        match frames(&provider).as_slice() {
+            [Frame::Request(q)] => assert_eq!(q.rid, 7),
+            other => panic!("expected one REQUEST, got {other:?}"),
+        }
+        assert!(frames(&caller).is_empty(), "no answer before the provider's");
+        // The same id again while the first is in flight: an ERROR naming it, not a RESULT.
+        route_call(&router, &realm, &caller, &mut rng, call(2), now, Origin::Here);
+        match frames(&caller).as_slice() {
+            [Frame::Error(e)] => assert_eq!((e.code, e.reference), (ErrorCode::DuplicateId, 2)),
+            other => panic!("expected ERROR DUPLICATE_ID, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_provider_at_its_limit_is_busy_and_a_link_never_leaves_the_node() {
+        let limits = Limits { max_requests_in_flight: 1, ..Limits::default() };
+        let (router, realm) = setup(limits);
+        let (caller, provider) = (handle(), handle());
+        let procedure = Procedure::from_bytes(Bytes::from_static(b"svc.x")).unwrap();
+        realm.register(&procedure, ProviderRef { handle: provider.clone(), rid: 1 }, None);
+        let mut rng = Rng::new(2);
+        let now = Instant::now();
+        route_call(&router, &realm, &caller, &mut rng, call(1), now, Origin::Here);
+        route_call(&router, &realm, &caller, &mut rng, call(2), now, Origin::Here);
+        assert_eq!(frames(&caller).iter().map(result).collect::<Vec<_>>(), [(2, ErrorCode::Busy)]);
+        // A call from another node is answered here too, and a duplicate request id on a
+        // link is the link's protocol error, answered as a RESULT.
+        let link = handle();
+        let other = Procedure::from_bytes(Bytes::from_static(b"svc.none")).unwrap();
+        let mut c = call(9);
+        c.procedure = Bytes::copy_from_slice(other.as_bytes());
+        route_call(&router, &realm, &link, &mut rng, c, now, Origin::Node);
+        assert_eq!(frames(&link).iter().map(result).collect::<Vec<_>>(), [(9, ErrorCode::NoProvider)]);
+        assert!(router.stats.snapshot(0, 0).rejections.iter().any(|(c, n)| *c == ErrorCode::Busy && *n == 1));
+    }
 
     #[test]
     fn timeouts_are_the_callers_within_the_nodes_bound() {
