@@ -145,14 +145,19 @@ struct Queue {
     /// subscription of the connection, so bounded by its subscription limit.
     dropped: HashMap<u64, u64>,
     /// Drops per subscription id already taken into notices, over the connection's life:
-    /// with `dropped`, what a `SLOW_CONSUMER` close reports ([`Outbound::drops`]).
-    /// Bounded as `dropped` is, per id ever used.
+    /// with `dropped`, what a `SLOW_CONSUMER` close reports ([`Outbound::drops`]). At most
+    /// [`MAX_ANNOUNCED`] ids (a client may churn through sids); later ones are left out of
+    /// the close's report, never out of `DROPPED`.
     announced: HashMap<u64, u64>,
     /// When the current run of drops began (reset by a successful delivery).
     full_since: Option<Instant>,
     /// The run of drops has lasted `slow_after`: the writer closes the connection.
     slow: bool,
 }
+
+/// Most subscription ids whose announced drops a queue remembers for a `SLOW_CONSUMER`
+/// close's report (the report lists 16 at most; the rest only bounds memory).
+const MAX_ANNOUNCED: usize = 4096;
 
 /// The writer found the connection too slow for too long.
 pub(crate) struct TooSlow;
@@ -352,7 +357,9 @@ impl Outbound {
             let mut notices = BytesMut::new();
             let q = &mut *q;
             for (sid, count) in q.dropped.drain() {
-                *q.announced.entry(sid).or_default() += count;
+                if q.announced.len() < MAX_ANNOUNCED || q.announced.contains_key(&sid) {
+                    *q.announced.entry(sid).or_default() += count;
+                }
                 if self.announce_drops {
                     Frame::Dropped(Dropped { sid, count }).encode(&mut notices);
                 }
