@@ -1,6 +1,6 @@
 //! Realms, users and what they may do: the credential check at connect time and the
 //! per-operation permission checks. The configuration file that declares them is read by
-//! [`crate::config::file`].
+//! the configuration module (`config::file`).
 //!
 //! Authentication happens once, in the handshake; authorisation happens when a
 //! subscription or registration is made, and per publish or call through the connection's

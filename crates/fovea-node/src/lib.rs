@@ -38,7 +38,7 @@ mod sync;
 mod transport;
 
 pub use config::{
-    format_duration, parse_duration, Limits, McpConfig, MeshConfig, NodeConfig, TlsFiles, DEFAULT_LISTEN,
+    format_duration, parse_duration, Limits, McpConfig, MeshConfig, NodeConfig, TlsFiles, DEFAULT_LISTEN, DEFAULT_REALM,
 };
 pub use error::NodeError;
 pub use front::mcp;
@@ -46,6 +46,3 @@ pub use front::{Reloader, StatsHandle};
 pub use node::Node;
 pub use stats::{Stats, StatsSnapshot};
 pub use transport::{quic, tls, SOCKET_BUFFER};
-
-/// The realm every client joins when the node has no realm configuration.
-pub const DEFAULT_REALM: &str = "default";

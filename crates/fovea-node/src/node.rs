@@ -15,12 +15,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::NodeConfig;
+use crate::config::DEFAULT_REALM;
 use crate::error::NodeError;
 use crate::front::{admin, mcp, session};
 use crate::front::{Reloader, Shared, StatsHandle};
 use crate::routing::Router;
 use crate::transport::{self, close_code, quic, tls};
-use crate::{auth, mesh, spin, DEFAULT_REALM};
+use crate::{auth, mesh};
+use fovea_spin as spin;
 
 /// A bound, not yet running node.
 pub struct Node {

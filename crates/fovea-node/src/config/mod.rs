@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use crate::auth::RealmConfig;
 
+/// The realm every client joins when the node has no realm configuration.
+pub const DEFAULT_REALM: &str = "default";
+
 /// Everything a node needs to start. `NodeConfig::new(data_dir)` gives the defaults.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {

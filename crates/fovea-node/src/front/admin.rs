@@ -95,8 +95,8 @@ struct Info {
     workers: usize,
     cores: usize,
     realms: Vec<String>,
-    limits: crate::Limits,
-    stats: crate::StatsSnapshot,
+    limits: crate::config::Limits,
+    stats: crate::stats::StatsSnapshot,
     /// The node's view of its mesh; absent for a standalone node.
     #[serde(skip_serializing_if = "Option::is_none")]
     mesh: Option<crate::mesh::MeshSnapshot>,
@@ -321,7 +321,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             "Deadlines in the client endpoint's timer heap, stale ones included."
         );
         gauge!("fovea_quic_timer_entries").set(q.timer_entries.load(Ordering::Relaxed) as f64);
-        let spin = crate::spin::stats();
+        let spin = fovea_spin::stats();
         describe_counter!("fovea_idle_spin_hits_total", "Idle spins that ended with a datagram (a sleep avoided).");
         counter!("fovea_idle_spin_hits_total").absolute(spin.hits);
         describe_counter!("fovea_idle_spin_misses_total", "Idle spins that ran out; the worker then slept.");

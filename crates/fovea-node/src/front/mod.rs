@@ -42,7 +42,7 @@ pub(crate) struct Shared {
     pub quic: Arc<EndpointStats>,
 }
 
-/// Reloads realms, users and permissions without a restart (see [`crate::Node::reloader`]).
+/// Reloads realms, users and permissions without a restart (see `Node::reloader`).
 #[derive(Clone)]
 pub struct Reloader(pub(crate) Arc<Shared>);
 

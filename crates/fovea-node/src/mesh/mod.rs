@@ -55,9 +55,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::MeshConfig;
+use crate::error::NodeError;
 use crate::handle::Handle;
 use crate::sync::lock;
-use crate::NodeError;
 
 /// Mesh protocol version in `MESH_HELLO`.
 const MESH_VERSION: u64 = 1;
@@ -171,8 +171,8 @@ pub struct Mesh {
     /// The mesh secret's HMAC key; `None` in CA-only mode.
     secret: Option<ring::hmac::Key>,
     endpoint: quinn::Endpoint,
-    /// The mesh socket, watched by idle workers ([`crate::spin`]).
-    _spin: crate::spin::Watch,
+    /// The mesh socket, watched by idle workers ([`fovea_spin`]).
+    _spin: fovea_spin::Watch,
     /// QUIC settings for links, by the peer's path (loopback peers: larger datagrams).
     servers: ByPath<Arc<quinn::ServerConfig>>,
     clients: ByPath<quinn::ClientConfig>,
@@ -200,7 +200,7 @@ pub struct Mesh {
     tool_queries: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Bytes>>>,
     next_tool_query: AtomicU64,
     /// Link queue bound and call limits, from the node's limits.
-    limits: crate::Limits,
+    limits: crate::config::Limits,
     pub stats: MeshStats,
     /// Origin of the links' `used` clocks.
     epoch: Instant,
@@ -215,7 +215,7 @@ impl Mesh {
         config: MeshConfig,
         data_dir: &std::path::Path,
         name: String,
-        limits: crate::Limits,
+        limits: crate::config::Limits,
     ) -> Result<Bound, NodeError> {
         if config.secret.as_ref().is_some_and(|s| s.len() < 16) {
             return Err(NodeError::Config(

@@ -13,7 +13,7 @@ use quinn::{IdleTimeout, VarInt};
 
 use crate::config::Limits;
 use crate::error::NodeError;
-use crate::spin;
+use fovea_spin as spin;
 
 /// The clients' endpoint on `addr`, on fovea's own QUIC IO shell ([`quic`] says why),
 /// whose socket idle workers watch ([`spin`]).

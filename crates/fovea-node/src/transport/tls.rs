@@ -11,7 +11,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::TlsFiles;
-use crate::NodeError;
+use crate::error::NodeError;
 
 /// File name of the self-signed certificate in the data dir. Clients on the same machine
 /// trust this file by default.

@@ -290,7 +290,7 @@ fn authenticate(state: &McpState, req: &Request, remote: SocketAddr) -> Option<A
             })
         }
         _ if remote.ip().is_loopback() => {
-            let realm = realms.get(crate::DEFAULT_REALM)?;
+            let realm = realms.get(crate::config::DEFAULT_REALM)?;
             let admission = realm.admission();
             let (user, perms) = match *admission {
                 crate::auth::Admission::Open => admission.admit(&crate::auth::credential_of(b"", None))?,

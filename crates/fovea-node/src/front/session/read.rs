@@ -49,7 +49,7 @@ impl Run {
     }
 
     /// Adds `p` for `subs` (plain, local); returns the deliveries of a run this ended.
-    fn push(&mut self, subs: &Arc<crate::routing::Matches>, p: PubAt<'_>, stats: &crate::Stats) -> u64 {
+    fn push(&mut self, subs: &Arc<crate::routing::Matches>, p: PubAt<'_>, stats: &crate::stats::Stats) -> u64 {
         let mut n = 0;
         match &self.subs {
             Some(current) if Arc::ptr_eq(current, subs) => {}
@@ -70,7 +70,7 @@ impl Run {
     }
 
     /// Delivers the run; returns the deliveries queued.
-    fn flush(&mut self, stats: &crate::Stats) -> u64 {
+    fn flush(&mut self, stats: &crate::stats::Stats) -> u64 {
         let Some(subs) = self.subs.take() else { return 0 };
         let mut n = 0;
         for s in &subs.plain {

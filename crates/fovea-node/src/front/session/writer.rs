@@ -21,7 +21,7 @@ const WRITE_STEP: usize = 256 * 1024;
 /// # Cancel safety
 /// Not cancel safe: frames taken from the queue and not yet written are lost if the
 /// future is dropped; it is only dropped when the connection ends.
-pub(super) async fn write_loop(send: &mut SendStream, peer: &Handle, stats: &crate::Stats) -> Result<(), Close> {
+pub(super) async fn write_loop(send: &mut SendStream, peer: &Handle, stats: &crate::stats::Stats) -> Result<(), Close> {
     let out = &peer.out;
     // The reason carries the drops (docs/PROTOCOL.md §4): the `DROPPED` notices queued
     // behind the stalled stream never arrive once the connection closes.
