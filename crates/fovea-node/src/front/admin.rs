@@ -411,7 +411,10 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             counter!("fovea_mcp_sessions_total", "event" => "refused").absolute(st.sessions_refused.load(Relaxed));
             describe_gauge!("fovea_mcp_sessions", "MCP (2025-11-25) sessions open.");
             gauge!("fovea_mcp_sessions").set(m.open_sessions() as f64);
-            describe_counter!("fovea_mcp_tool_calls_total", "MCP tools/call requests.");
+            describe_counter!(
+                "fovea_mcp_tool_calls_total",
+                "MCP tool calls made (to an existing tool, with valid arguments)."
+            );
             counter!("fovea_mcp_tool_calls_total").absolute(st.tool_calls.load(Relaxed));
             describe_counter!("fovea_mcp_tool_errors_total", "MCP tool calls answered with an error result.");
             counter!("fovea_mcp_tool_errors_total").absolute(st.tool_errors.load(Relaxed));

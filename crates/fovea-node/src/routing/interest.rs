@@ -45,26 +45,12 @@ const MAX_PATTERNS: usize = 64;
 
 /// The DHT key of realm `realm`'s interest records for `prefix`.
 pub fn interest_key(realm: &str, prefix: &str) -> Key {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    ctx.update(b"fovea/interest/v1\0");
-    ctx.update(realm.as_bytes());
-    ctx.update(b"\0");
-    ctx.update(prefix.as_bytes());
-    let mut id = [0u8; 32];
-    id.copy_from_slice(ctx.finish().as_ref());
-    NodeId(id)
+    super::dht_key(b"fovea/interest/v1", &[realm.as_bytes(), prefix.as_bytes()])
 }
 
 /// The DHT key of the provider records of `procedure` in `realm`.
 pub fn provider_key(realm: &str, procedure: &str) -> Key {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    ctx.update(b"fovea/provider/v1\0");
-    ctx.update(realm.as_bytes());
-    ctx.update(b"\0");
-    ctx.update(procedure.as_bytes());
-    let mut id = [0u8; 32];
-    id.copy_from_slice(ctx.finish().as_ref());
-    NodeId(id)
+    super::dht_key(b"fovea/provider/v1", &[realm.as_bytes(), procedure.as_bytes()])
 }
 
 /// A remote provider list is looked up again after this, while calls need it.

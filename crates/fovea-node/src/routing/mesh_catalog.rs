@@ -53,12 +53,7 @@ pub(crate) const REMOTE_KEY: u64 = 1 << 63;
 
 /// The DHT key of realm `realm`'s tools records.
 pub fn tools_key(realm: &str) -> Key {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    ctx.update(b"fovea/tools/v1\0");
-    ctx.update(realm.as_bytes());
-    let mut id = [0u8; 32];
-    id.copy_from_slice(ctx.finish().as_ref());
-    NodeId(id)
+    super::dht_key(b"fovea/tools/v1", &[realm.as_bytes()])
 }
 
 /// The catalog key of remote node `id`'s tools.

@@ -31,6 +31,21 @@ use crate::stats::Stats;
 use interest::Interest;
 use mesh_catalog::MeshCatalog;
 
+/// A DHT key of routing's records: SHA-256 over `label`, then each part, each preceded by
+/// a NUL (`label\0part\0part…`). The encoding is part of the mesh protocol: every node
+/// must derive the same key.
+pub(crate) fn dht_key(label: &[u8], parts: &[&[u8]]) -> fovea_core::dht::Key {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(label);
+    for part in parts {
+        ctx.update(b"\0");
+        ctx.update(part);
+    }
+    let mut id = [0u8; 32];
+    id.copy_from_slice(ctx.finish().as_ref());
+    fovea_core::dht::NodeId(id)
+}
+
 /// The node's routing state: its realms, the counters routing keeps, and (in a mesh) the
 /// parts that reach other nodes. Every front end routes through one `Router`; the mesh
 /// reaches it only through [`crate::mesh::LinkHandler`], which it implements.
@@ -123,5 +138,18 @@ impl Router {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The keys are a wire format: pinned to the encoding every node uses.
+    #[test]
+    fn dht_keys_hash_label_and_nul_separated_parts() {
+        let sha = |b: &[u8]| ring::digest::digest(&ring::digest::SHA256, b).as_ref().to_vec();
+        assert_eq!(super::dht_key(b"fovea/tools/v1", &[b"r"]).0.to_vec(), sha(b"fovea/tools/v1\0r"));
+        let k = super::interest::interest_key("r", "a");
+        assert_eq!(k.0.to_vec(), sha(b"fovea/interest/v1\0r\0a"));
+        assert_eq!(super::interest::provider_key("r", "p.x").0.to_vec(), sha(b"fovea/provider/v1\0r\0p.x"));
     }
 }

@@ -143,7 +143,6 @@ impl ToolSource for LocalTools {
 
     async fn find(&self, extensions: &Extensions, name: &str) -> Result<Option<(String, ToolDescriptor)>, McpError> {
         let id = admitted(extensions)?;
-        self.state.stats.tool_calls.fetch_add(1, Ordering::Relaxed);
         let found = id.realm.with_tools(|c| {
             // The common case: a reversible name, whose procedure is found directly.
             let direct = name.replace("__", ".");
@@ -210,6 +209,7 @@ impl ToolSource for LocalTools {
     }
 
     fn counted(&self, failed: bool) {
+        self.state.stats.tool_calls.fetch_add(1, Ordering::Relaxed);
         if failed {
             self.state.stats.tool_errors.fetch_add(1, Ordering::Relaxed);
         }

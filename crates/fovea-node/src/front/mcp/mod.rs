@@ -51,6 +51,7 @@ pub struct McpStats {
     pub sessions_reaped: AtomicU64,
     /// Sessions refused at `max_sessions` or `max_sessions_per_user`.
     pub sessions_refused: AtomicU64,
+    /// Tool calls made (to a tool that exists for the requester, with valid arguments).
     pub tool_calls: AtomicU64,
     /// Tool calls answered with an error result (remote failure, timeout, busy, …).
     pub tool_errors: AtomicU64,

@@ -74,7 +74,8 @@ pub trait ToolSource: Send + Sync + 'static {
     /// The realm calls are made in (for messages in results).
     fn realm(&self, extensions: &Extensions) -> String;
 
-    /// A tool call ended, as an error result or not (for counters).
+    /// A tool call (past the tool lookup and the argument check) ended, as an error result
+    /// or not (for counters).
     fn counted(&self, _failed: bool) {}
 }
 

@@ -94,7 +94,6 @@ pub(super) async fn handshake(
         subscriptions: Default::default(),
         registrations: Default::default(),
     });
-    let deframer_buffered = deframer.buffered() > 0;
     let session = Session {
         info,
         shared: shared.clone(),
@@ -116,7 +115,6 @@ pub(super) async fn handshake(
         read_at: None,
         stall: None,
         budget_owed: 0,
-        pipelined: deframer_buffered,
     };
     Ok((session, send))
 }

@@ -52,9 +52,9 @@ pub(crate) async fn serve(conn: Connection, shared: Arc<Shared>, shutdown: Cance
     let limits = &shared.config.limits;
     let handshake = tokio::time::timeout(limits.handshake_timeout, handshake::handshake(&conn, &shared, id));
     // The session is bound to its own local before it runs: a match on the handshake's
-    // result around `run(…).await` kept the whole result (456 bytes) alive in this future,
-    // and `run` taking `self` by value stored the session twice; every idle connection
-    // paid ~900 bytes for the two (`-Zprint-type-sizes`).
+    // result around `run(…).await` would keep the whole result alive in this future, and
+    // `run` taking `self` by value would store the session twice, both for every idle
+    // connection's whole life.
     let (mut session, send) = match handshake.await {
         Ok(Ok(pair)) => pair,
         Ok(Err(close)) => return end(&conn, &shared, id, remote, close),
@@ -117,19 +117,12 @@ struct Session {
     stall: Option<(Arc<Handle>, tokio::time::Instant)>,
     /// Chunks of the last read not yet paid to tokio's cooperative budget (see `read_some`).
     budget_owed: usize,
-    /// The handshake's read brought bytes after `HELLO` (a pipelining client): they are
-    /// handled before the next read.
-    pipelined: bool,
 }
 
 impl Session {
     async fn run(&mut self, mut send: SendStream, shutdown: &CancellationToken) -> Result<(), Close> {
         self.shared.router.stats.connections.fetch_add(1, Ordering::Relaxed);
-        self.shared
-            .conns
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(self.info.id, self.info.clone());
+        crate::sync::lock(&self.shared.conns).insert(self.info.id, self.info.clone());
         let peer = self.handle.clone();
         let mut config = self.config.take().unwrap_or_else(|| self.shared.config_generation.subscribe());
         let shared = self.shared.clone();
@@ -139,34 +132,41 @@ impl Session {
         // Subscribed only once the client watches the tool catalog: a change must not wake
         // every connection of the realm.
         let mut tools_rx: Option<tokio::sync::watch::Receiver<u64>> = None;
-        let result = loop {
-            if self.tools_watch.is_some() != tools_rx.is_some() {
-                tools_rx = self.tools_watch.map(|_| self.realm.watch_tools());
-            }
-            tokio::select! {
-                Some(()) = tools_changed(&mut tools_rx) => {
-                    if let Some(id) = self.tools_watch {
-                        self.handle.out.send(&Frame::ToolsChanged(id));
+        // Frames that came with HELLO (a client may pipeline) are handled before the first
+        // read: waiting for more bytes first would hold them until the client sent again.
+        let pipelined = self.handle_chunks(0);
+        let result = if let Err(close) = pipelined {
+            Err(close)
+        } else {
+            loop {
+                if self.tools_watch.is_some() != tools_rx.is_some() {
+                    tools_rx = self.tools_watch.map(|_| self.realm.watch_tools());
+                }
+                tokio::select! {
+                    Some(()) = tools_changed(&mut tools_rx) => {
+                        if let Some(id) = self.tools_watch {
+                            self.handle.out.send(&Frame::ToolsChanged(id));
+                        }
                     }
-                }
-                r = self.read_some() => match r {
-                    Ok(true) => {}
-                    Ok(false) => break Ok(()),
-                    Err(close) => break Err(close),
-                },
-                r = &mut writer => break r,
-                Ok(()) = config.changed() => {
-                    if let Err(close) = self.recheck() {
-                        break Err(close);
+                    r = self.read_some() => match r {
+                        Ok(true) => {}
+                        Ok(false) => break Ok(()),
+                        Err(close) => break Err(close),
+                    },
+                    r = &mut writer => break r,
+                    Ok(()) = config.changed() => {
+                        if let Err(close) = self.recheck() {
+                            break Err(close);
+                        }
                     }
-                }
-                () = peer.expire_next() => {
-                    self.shared.router.stats.count_rejection(ErrorCode::Timeout);
-                }
-                _ = shutdown.cancelled(), if !going_away => {
-                    going_away = true;
-                    let bye = GoAway { code: ErrorCode::GoingAway, message: "node shutting down".into() };
-                    self.handle.out.send(&Frame::GoAway(bye));
+                    () = peer.expire_next() => {
+                        self.shared.router.stats.count_rejection(ErrorCode::Timeout);
+                    }
+                    _ = shutdown.cancelled(), if !going_away => {
+                        going_away = true;
+                        let bye = GoAway { code: ErrorCode::GoingAway, message: "node shutting down".into() };
+                        self.handle.out.send(&Frame::GoAway(bye));
+                    }
                 }
             }
         };

@@ -126,19 +126,10 @@ impl Session {
             tokio::task::consume_budget().await;
             self.budget_owed -= 1;
         }
-        // Frames that came with HELLO (a client may pipeline) are handled before the first
-        // read: waiting for more bytes first would hold them until the client sent again.
-        let n = match self.pipelined {
-            true => {
-                self.pipelined = false;
-                0
-            }
-            false => match self.read_chunks().await? {
-                Some(n) => n,
-                None => return Ok(false),
-            },
-        };
-        self.handle_chunks(n)
+        match self.read_chunks().await? {
+            Some(n) => self.handle_chunks(n),
+            None => Ok(false),
+        }
     }
 
     /// Reads the next chunks into `self.chunks`; returns how many, or `None` when the
@@ -161,7 +152,7 @@ impl Session {
 
     /// Handles every frame that the deframer holds and the first `n` of `self.chunks`
     /// complete.
-    fn handle_chunks(&mut self, n: usize) -> Result<bool, Close> {
+    pub(super) fn handle_chunks(&mut self, n: usize) -> Result<bool, Close> {
         let shared = self.shared.clone();
         let stats = &shared.router.stats;
         let (mut msgs, mut deliveries, mut bytes) = (0u64, 0u64, 0u64);
