@@ -57,6 +57,29 @@ pub fn pick_two(n: usize, rng: &mut Rng, load: impl Fn(usize) -> u64) -> Option<
     }
 }
 
+/// A weighted choice among `nodes` (each with its weight, e.g. a queue group's member count
+/// there) and `local` (the weight of this node itself): `Some(node)`, or `None` for the
+/// local side. Every unit of weight is equally likely, so each queue-group member
+/// mesh-wide is equally likely to get a message. `None` also when every weight is 0.
+pub fn pick_weighted<T: Copy>(nodes: &[(T, u32)], local: u32, rng: &mut Rng) -> Option<T> {
+    let total: u64 = u64::from(local) + nodes.iter().map(|(_, w)| u64::from(*w)).sum::<u64>();
+    if total == 0 {
+        return None;
+    }
+    let mut r = ((u128::from(rng.next_u64()) * u128::from(total)) >> 64) as u64;
+    if r < u64::from(local) {
+        return None;
+    }
+    r -= u64::from(local);
+    for (node, w) in nodes {
+        if r < u64::from(*w) {
+            return Some(*node);
+        }
+        r -= u64::from(*w);
+    }
+    nodes.last().map(|(node, _)| *node)
+}
+
 /// Procedure name → providers. Invariant: no procedure maps to an empty list.
 #[derive(Debug)]
 pub struct Registry<P> {
@@ -123,8 +146,27 @@ impl Borrow<[u8]> for Procedure {
 
 #[cfg(test)]
 mod tests {
-    use super::{pick_two, Procedure, Registry, Rng};
+    use super::{pick_two, pick_weighted, Procedure, Registry, Rng};
     use proptest::prelude::{prop_assert, proptest};
+
+    #[test]
+    fn weighted_picks_follow_the_weights() {
+        let mut rng = Rng::new(9);
+        let mut counts = [0u32; 3];
+        for _ in 0..60_000 {
+            match pick_weighted(&[(1usize, 1), (2, 3)], 2, &mut rng) {
+                None => counts[0] += 1,
+                Some(n) => counts[n] += 1,
+            }
+        }
+        // Weights 2 (local), 1 and 3: a third, a sixth and a half of the picks.
+        assert!((19_000..21_000).contains(&counts[0]), "{counts:?}");
+        assert!((9_000..11_000).contains(&counts[1]), "{counts:?}");
+        assert!((29_000..31_000).contains(&counts[2]), "{counts:?}");
+        assert_eq!(pick_weighted::<usize>(&[], 0, &mut rng), None);
+        assert_eq!(pick_weighted(&[(7usize, 0)], 0, &mut rng), None);
+        assert_eq!(pick_weighted(&[(7usize, 1)], 0, &mut rng), Some(7));
+    }
 
     #[test]
     fn equal_loads_spread_evenly() {

@@ -19,6 +19,7 @@
 //! - [`trie`]: the subscription index.
 //! - [`balance`]: the procedure registry and power-of-two-choices balancing.
 //! - [`dht`]: Kademlia for the mesh (routing table, lookups, records), driven by the node.
+//! - [`discovery`]: which nodes want which topics and provide which procedures, over the DHT.
 //! - [`deadline`]: call deadlines, filed once and never unfiled.
 //! - [`headers`]: message headers, kept encoded until read.
 //! - [`tool`]: tool descriptors, the procedure ↔ tool-name mapping, MCP result conversion.
@@ -35,6 +36,7 @@ pub mod code;
 pub mod deadline;
 pub mod deframer;
 pub mod dht;
+pub mod discovery;
 pub mod frame;
 pub mod headers;
 pub mod limits;

@@ -16,6 +16,22 @@ pub type Key = NodeId;
 pub struct Distance(pub [u8; 32]);
 
 impl NodeId {
+    /// The key a label and its parts name: SHA-256 over `label`, then each part preceded
+    /// by a NUL (`label\0part\0part…`). The encoding is part of the mesh protocol: every
+    /// node derives the same key for the same record.
+    pub fn derive(label: &[u8], parts: &[&[u8]]) -> Key {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(label);
+        for part in parts {
+            h.update(b"\0");
+            h.update(part);
+        }
+        let mut id = [0u8; 32];
+        id.copy_from_slice(&h.finalize());
+        NodeId(id)
+    }
+
     /// The distance to `other`.
     pub fn distance(&self, other: &NodeId) -> Distance {
         let mut d = [0u8; 32];
@@ -108,6 +124,16 @@ mod tests {
         near[31] = 1;
         assert_eq!(zero.bucket_of(&id(near)), Some(0));
         assert_eq!(zero.bucket_of(&zero), None);
+    }
+
+    /// Derived keys are a wire format: pinned to SHA-256 of `label\0part\0part`.
+    #[test]
+    fn derived_keys_are_pinned() {
+        let k = NodeId::derive(b"fovea/interest/v1", &[b"r", b"a"]);
+        // printf 'fovea/interest/v1\0r\0a' | sha256sum
+        let hex: String = k.0.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, "6c3c3e07c5c474f06b3c67bc946d9763c41da303a0a1e8a3058eaff23c26f572");
+        assert_ne!(NodeId::derive(b"x", &[b"ab"]), NodeId::derive(b"x", &[b"a", b"b"]));
     }
 
     proptest! {

@@ -427,11 +427,26 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             counter!("fovea_mesh_received_total").absolute(i.stats.received.load(Relaxed));
             describe_counter!(
                 "fovea_mesh_forward_dropped_total",
-                "Messages for other nodes dropped (link queue or discovery wait list full)."
+                "Messages for other nodes dropped because a link's queue was full."
             );
             counter!("fovea_mesh_forward_dropped_total").absolute(i.stats.dropped.load(Relaxed));
+            let (d, held, prefixes) = i.discovery_stats();
             describe_counter!("fovea_discovery_lookups_total", "DHT lookups for subscribers and providers.");
-            counter!("fovea_discovery_lookups_total").absolute(i.stats.lookups.load(Relaxed));
+            counter!("fovea_discovery_lookups_total").absolute(d.lookups);
+            describe_counter!(
+                "fovea_discovery_held_dropped_total",
+                "Messages dropped because the wait list for running lookups was full."
+            );
+            counter!("fovea_discovery_held_dropped_total").absolute(d.held_dropped);
+            describe_counter!(
+                "fovea_discovery_evicted_total",
+                "Topic segments or procedures forgotten at their cap (looked up again when needed)."
+            );
+            counter!("fovea_discovery_evicted_total").absolute(d.evicted);
+            describe_gauge!("fovea_discovery_held_bytes", "Bytes of messages waiting for their lookups.");
+            gauge!("fovea_discovery_held_bytes").set(held as f64);
+            describe_gauge!("fovea_discovery_prefixes", "Topic segments whose subscribers elsewhere are tracked.");
+            gauge!("fovea_discovery_prefixes").set(prefixes as f64);
         }
     });
     let mut text = handle.render();

@@ -85,7 +85,7 @@ impl Matches {
             let Some(id) = id_of(members) else { continue };
             let remote = self.remote_groups.iter().find(|(g, _)| *g == id).map(|(_, n)| &n[..]).unwrap_or(&[]);
             let local = u32::try_from(members.len()).unwrap_or(u32::MAX);
-            match crate::routing::interest::pick_weighted(remote, local, rng) {
+            match fovea_core::balance::pick_weighted(remote, local, rng) {
                 None => {
                     pick_member(members, rng, &mut f);
                     served.push(id);
@@ -98,7 +98,7 @@ impl Matches {
             if self.groups.iter().any(|m| id_of(m).as_ref() == Some(id)) {
                 continue;
             }
-            if let Some(node) = crate::routing::interest::pick_weighted(nodes, 0, rng) {
+            if let Some(node) = fovea_core::balance::pick_weighted(nodes, 0, rng) {
                 add_group(&mut sends, node, id.clone());
             }
         }

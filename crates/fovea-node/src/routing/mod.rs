@@ -31,19 +31,9 @@ use crate::stats::Stats;
 use interest::Interest;
 use mesh_catalog::MeshCatalog;
 
-/// A DHT key of routing's records: SHA-256 over `label`, then each part, each preceded by
-/// a NUL (`label\0part\0part…`). The encoding is part of the mesh protocol: every node
-/// must derive the same key.
+/// A DHT key of routing's records (see [`fovea_core::dht::NodeId::derive`]).
 pub(crate) fn dht_key(label: &[u8], parts: &[&[u8]]) -> fovea_core::dht::Key {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    ctx.update(label);
-    for part in parts {
-        ctx.update(b"\0");
-        ctx.update(part);
-    }
-    let mut id = [0u8; 32];
-    id.copy_from_slice(ctx.finish().as_ref());
-    fovea_core::dht::NodeId(id)
+    fovea_core::dht::NodeId::derive(label, parts)
 }
 
 /// The node's routing state: its realms, the counters routing keeps, and (in a mesh) the
@@ -148,8 +138,8 @@ mod tests {
     fn dht_keys_hash_label_and_nul_separated_parts() {
         let sha = |b: &[u8]| ring::digest::digest(&ring::digest::SHA256, b).as_ref().to_vec();
         assert_eq!(super::dht_key(b"fovea/tools/v1", &[b"r"]).0.to_vec(), sha(b"fovea/tools/v1\0r"));
-        let k = super::interest::interest_key("r", "a");
+        let k = fovea_core::discovery::interest_key("r", "a");
         assert_eq!(k.0.to_vec(), sha(b"fovea/interest/v1\0r\0a"));
-        assert_eq!(super::interest::provider_key("r", "p.x").0.to_vec(), sha(b"fovea/provider/v1\0r\0p.x"));
+        assert_eq!(fovea_core::discovery::provider_key("r", "p.x").0.to_vec(), sha(b"fovea/provider/v1\0r\0p.x"));
     }
 }
