@@ -643,10 +643,7 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 pub struct AdminAddr(pub Option<SocketAddr>);
 
 pub fn parse_admin(s: &str) -> Result<AdminAddr, String> {
-    if s.eq_ignore_ascii_case("off") {
-        return Ok(AdminAddr(None));
-    }
-    s.parse().map(|a| AdminAddr(Some(a))).map_err(|_| format!("{s:?} is not an address like 127.0.0.1:9600, or `off`"))
+    fovea_node::config::overrides::parse_address_or_off(s).map(AdminAddr)
 }
 
 #[derive(Debug, Args)]

@@ -1,14 +1,10 @@
 //! `fovea node`: run a node until SIGINT or SIGTERM.
 
 use anyhow::Context;
-use fovea_node::{Node, NodeConfig, TlsFiles};
+use fovea_node::Node;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::NodeArgs;
-
-/// The default `--idle-spin`: covers a loopback or LAN hop's answer (BENCHMARKS.md,
-/// "Idle spinning"), short enough that a missed spin costs little.
-const DEFAULT_IDLE_SPIN: std::time::Duration = std::time::Duration::from_micros(100);
 
 /// The node's worker threads when nothing sets them: one fewer than the host's cores, at
 /// least one. A node serves the services on its host ("a nearby node"), and every datagram
@@ -49,91 +45,25 @@ pub async fn run(
         Some(path) => Some(fovea_node::config::file::load_config(path).map_err(|e| anyhow::anyhow!("{e}"))?),
         None => None,
     };
-    let section = file.as_ref().map(|f| f.node.clone()).unwrap_or_default();
-    // Flags (and their env vars) override the file, which overrides the defaults.
-    let mut limits = file.as_ref().and_then(|f| f.limits.clone()).unwrap_or_default();
-    args.limits.apply(&mut limits);
-    limits.validate().map_err(|e| anyhow::anyhow!("invalid limits: {e}"))?;
-    let file_mcp = file.as_ref().and_then(|f| f.mcp.clone());
-    if let Some(m) = &file_mcp {
-        // Checked before anything starts (and by --check-config).
-        let mut probe = fovea_node::McpConfig::new(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
-        m.apply(&mut probe).map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
-    let idle_spin = match (args.idle_spin, section.idle_spin.as_deref()) {
-        (Some(d), _) => d,
-        (None, Some(s)) => fovea_node::parse_duration(s).map_err(|e| anyhow::anyhow!("[node] idle_spin: {e}"))?,
-        (None, None) => DEFAULT_IDLE_SPIN,
-    };
-    anyhow::ensure!(
-        idle_spin <= fovea_node::spin::MAX_WINDOW,
-        "--idle-spin (or [node] idle_spin) {idle_spin:?} is longer than the {:?} allowed: longer spins only burn CPU",
-        fovea_node::spin::MAX_WINDOW
-    );
-    if let Some(n) = section.workers {
+    if let Some(n) = file.as_ref().and_then(|f| f.node.workers) {
         check_workers(n)?;
     }
-    let realms = file.map(|f| f.realms).filter(|r| !r.is_empty());
-    if args.check_config {
-        let n = realms.as_ref().map_or(0, Vec::len);
-        let users: usize = realms.iter().flatten().map(|r| r.users.len()).sum();
-        println!("configuration is valid: {n} realms, {users} users");
+    let check_only = args.check_config;
+    let realm_count = file.as_ref().map_or(0, |f| f.realms.len());
+    let users: usize = file.iter().flat_map(|f| &f.realms).map(|r| r.users.len()).sum();
+    let config_path = args.config.clone();
+    let print_config = args.print_config;
+    let resolved = overrides(args, file.as_ref())
+        .resolve(file, fovea_client::default_data_dir())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if check_only {
+        println!("configuration is valid: {realm_count} realms, {users} users");
         return Ok(());
     }
-    let data_dir = args.data_dir.or(section.data_dir).unwrap_or_else(fovea_client::default_data_dir);
-    let mut config = NodeConfig::new(&data_dir);
-    if let Some(listen) = args.listen.or(section.listen) {
-        config.listen = listen;
-    }
-    if let Some(name) = args.name.or(section.name) {
-        config.name = name;
-    }
-    let (cert, key) = match (args.cert, args.key) {
-        (Some(c), Some(k)) => (Some(c), Some(k)),
-        _ => (section.cert, section.key),
-    };
-    match (cert, key) {
-        (Some(cert), Some(key)) => config.tls = Some(TlsFiles { cert, key }),
-        (None, None) => {}
-        _ => anyhow::bail!("[node] cert and key go together: give both, or neither"),
-    }
-    let file_admin = match section.admin.as_deref() {
-        Some(a) => Some(crate::cli::parse_admin(a).map_err(|e| anyhow::anyhow!("[node] admin: {e}"))?),
-        None => None,
-    };
-    if let Some(admin) = args.admin.or(file_admin) {
-        config.admin = admin.0;
-    }
-    config.admin_token = args.admin_token.or(section.admin_token);
-    config.realms = realms;
-    config.allow_anonymous = args.allow_anonymous || section.allow_anonymous.unwrap_or(false);
-    config.limits = limits;
-    let mcp_section = file_mcp.unwrap_or_default();
-    let upstreams = mcp_section.upstream.clone();
-    let file_mcp_addr = match mcp_section.listen.as_deref() {
-        Some(a) => Some(crate::cli::parse_admin(a).map_err(|e| anyhow::anyhow!("[mcp] listen: {e}"))?),
-        None => None,
-    };
-    if let Some(addr) = args.mcp.or(file_mcp_addr).and_then(|a| a.0) {
-        let mut mcp = fovea_node::McpConfig::new(addr);
-        mcp_section.apply(&mut mcp).map_err(|e| anyhow::anyhow!("{e}"))?;
-        if let Some(t) = args.mcp_call_timeout {
-            mcp.call_timeout = t;
-        }
-        config.mcp = Some(mcp);
-    }
-    let mesh_ca = args.mesh_ca.or(section.mesh_ca);
-    let mesh_files = match (args.mesh_cert.or(section.mesh_cert), args.mesh_key.or(section.mesh_key)) {
-        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
-        (None, None) => None,
-        _ => anyhow::bail!("--mesh-cert and --mesh-key go together: give both, or neither"),
-    };
-    let join = if args.join.is_empty() { section.join.unwrap_or_default() } else { args.join };
-    let secret = args.mesh_secret.or(section.mesh_secret);
-    let mesh_listen = args.mesh_listen.or(section.mesh_listen);
-    config.mesh = mesh_config(&config, secret, mesh_ca, mesh_files, mesh_listen, join).await?;
-    if args.print_config {
-        let level = log_level.or(section.log_level).unwrap_or_else(|| "info".to_owned());
+    let section = &resolved.section;
+    if print_config {
+        let level = log_level.or(section.log_level.clone()).unwrap_or_else(|| "info".to_owned());
         let format = match log_format {
             Some(f) => f,
             None => match section.log_format.as_deref() {
@@ -141,10 +71,17 @@ pub async fn run(
                 None => crate::cli::LogFormat::Text,
             },
         };
+        let format = match format {
+            crate::cli::LogFormat::Text => "text",
+            crate::cli::LogFormat::Json => "json",
+        };
         let workers = tokio::runtime::Handle::current().metrics().num_workers();
-        print!("{}", effective_config(&config, args.config.as_deref(), &level, format, idle_spin, workers)?);
+        let text =
+            resolved.render(config_path.as_deref(), &level, format, workers).map_err(|e| anyhow::anyhow!("{e}"))?;
+        print!("{text}");
         return Ok(());
     }
+    let fovea_node::config::overrides::Resolved { node: config, idle_spin, upstreams, .. } = resolved;
     fovea_node::spin::set_max(idle_spin);
     tracing::info!(
         workers = tokio::runtime::Handle::current().metrics().num_workers(),
@@ -153,7 +90,7 @@ pub async fn run(
     let config_cert = config.tls.as_ref().map(|t| t.cert.clone());
     let data_dir = config.data_dir.clone();
     let node = Node::bind(config).context("cannot start the node")?;
-    if args.config.is_some() {
+    if config_path.is_some() {
         tracing::info!("send SIGHUP to reload realms and credentials from the configuration file");
     }
     let addr = node.local_addr();
@@ -177,7 +114,7 @@ pub async fn run(
     // as it reports ready must get a clean shutdown, not the default action of the signal.
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(StopSignals::install(), shutdown.clone()));
-    if let Some(path) = args.config.clone() {
+    if let Some(path) = config_path.clone() {
         tokio::spawn(reload_on_hangup(hangup_signal(), path, node.reloader()));
     }
     // The one line scripts and tests wait for; keep its shape stable. A closed stdout (the
@@ -427,112 +364,34 @@ fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
     opts.open(path)?.write_all(data)
 }
 
-/// The mesh settings from flags and file: on when a secret is given.
-async fn mesh_config(
-    config: &NodeConfig,
-    secret: Option<String>,
-    ca: Option<std::path::PathBuf>,
-    identity: Option<TlsFiles>,
-    listen: Option<std::net::SocketAddr>,
-    join: Vec<String>,
-) -> anyhow::Result<Option<fovea_node::MeshConfig>> {
-    if secret.is_none() && ca.is_none() {
-        anyhow::ensure!(
-            join.is_empty() && listen.is_none() && identity.is_none(),
-            "--join, --mesh-listen and --mesh-cert need a way into the mesh: pass --mesh-secret (or set \
-             FOVEA_MESH_SECRET), or --mesh-ca with this node's --mesh-cert/--mesh-key"
-        );
-        return Ok(None);
+/// The command line's settings for the merge in [`fovea_node::config::overrides`]; the
+/// limit flags are applied to the file's limits here, where their names are known.
+fn overrides(
+    args: NodeArgs,
+    file: Option<&fovea_node::config::file::ConfigFile>,
+) -> fovea_node::config::overrides::Overrides {
+    let mut limits = file.and_then(|f| f.limits.clone()).unwrap_or_default();
+    args.limits.apply(&mut limits);
+    fovea_node::config::overrides::Overrides {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        name: args.name,
+        cert: args.cert,
+        key: args.key,
+        admin: args.admin.map(|a| a.0),
+        admin_token: args.admin_token,
+        allow_anonymous: args.allow_anonymous,
+        limits: Some(limits),
+        mcp: args.mcp.map(|a| a.0),
+        mcp_call_timeout: args.mcp_call_timeout,
+        mesh_secret: args.mesh_secret,
+        mesh_ca: args.mesh_ca,
+        mesh_cert: args.mesh_cert,
+        mesh_key: args.mesh_key,
+        mesh_listen: args.mesh_listen,
+        join: args.join,
+        idle_spin: args.idle_spin,
     }
-    let listen = listen.unwrap_or_else(|| {
-        let mut a = config.listen;
-        if a.port() != 0 {
-            a.set_port(a.port().wrapping_add(1));
-        }
-        a
-    });
-    let mut mesh = fovea_node::MeshConfig::new(listen, String::new());
-    mesh.secret = secret;
-    mesh.ca = ca;
-    mesh.identity = identity;
-    for url in join {
-        let hostport = url.trim().trim_start_matches("quic://").trim_end_matches('/');
-        let addr = tokio::net::lookup_host(hostport)
-            .await
-            .with_context(|| {
-                format!("--join {url}: cannot resolve; give quic://host:port of a member's mesh endpoint")
-            })?
-            .next()
-            .with_context(|| format!("--join {url}: no address"))?;
-        mesh.join.push(addr);
-    }
-    Ok(Some(mesh))
-}
-
-/// The effective configuration as a file `--config` accepts.
-fn effective_config(
-    config: &NodeConfig,
-    file: Option<&std::path::Path>,
-    log_level: &str,
-    log_format: crate::cli::LogFormat,
-    idle_spin: std::time::Duration,
-    workers: usize,
-) -> anyhow::Result<String> {
-    #[derive(serde::Serialize)]
-    struct Effective<'a> {
-        node: fovea_node::config::file::NodeSection,
-        limits: &'a fovea_node::Limits,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        mcp: Option<fovea_node::config::file::McpSection>,
-    }
-    let node = fovea_node::config::file::NodeSection {
-        listen: Some(config.listen),
-        data_dir: Some(config.data_dir.clone()),
-        name: Some(config.name.clone()),
-        cert: config.tls.as_ref().map(|t| t.cert.clone()),
-        key: config.tls.as_ref().map(|t| t.key.clone()),
-        admin: Some(config.admin.map_or("off".to_owned(), |a| a.to_string())),
-        // A secret: never printed (a comment says it is set).
-        admin_token: None,
-        log_level: Some(log_level.to_owned()),
-        log_format: Some(match log_format {
-            crate::cli::LogFormat::Text => "text".to_owned(),
-            crate::cli::LogFormat::Json => "json".to_owned(),
-        }),
-        allow_anonymous: Some(config.allow_anonymous),
-        mesh_listen: config.mesh.as_ref().map(|m| m.listen),
-        join: config.mesh.as_ref().map(|m| m.join.iter().map(|a| format!("quic://{a}")).collect()),
-        // A secret: never printed (a comment says it is set).
-        mesh_secret: None,
-        mesh_ca: config.mesh.as_ref().and_then(|m| m.ca.clone()),
-        mesh_cert: config.mesh.as_ref().and_then(|m| m.identity.as_ref().map(|f| f.cert.clone())),
-        mesh_key: config.mesh.as_ref().and_then(|m| m.identity.as_ref().map(|f| f.key.clone())),
-        idle_spin: Some(fovea_node::format_duration(idle_spin)),
-        workers: Some(workers),
-    };
-    let mcp = config.mcp.as_ref().map(fovea_node::config::file::McpSection::of);
-    let body =
-        toml::to_string(&Effective { node, limits: &config.limits, mcp }).context("rendering the configuration")?;
-    let realms = match (&config.realms, file) {
-        (Some(r), Some(f)) => {
-            format!("# {} realms are declared in {} ([[realm]] tables, not repeated here).\n", r.len(), f.display())
-        }
-        _ => "# No realms: the node runs one open realm, `default`. Add [[realm]] tables to require credentials.\n"
-            .to_owned(),
-    };
-    let mut token = if config.admin_token.is_some() {
-        "# An admin token is set; it is not printed. Add `admin_token = \"…\"` under [node] or pass --admin-token.\n"
-            .to_owned()
-    } else {
-        String::new()
-    };
-    if config.mesh.as_ref().is_some_and(|m| m.secret.is_some()) {
-        token.push_str("# A mesh secret is set; it is not printed. Add `mesh_secret = \"…\"` under [node] or pass --mesh-secret.\n");
-    }
-    Ok(format!(
-        "# fovea node configuration: the effective values (flags > environment > file > defaults).\n\
-         # Save it, edit it, and start with `fovea node --config FILE`. docs/LIMITS.md explains [limits].\n{realms}{token}\n{body}"
-    ))
 }
 
 #[cfg(test)]

@@ -180,8 +180,8 @@ struct ProviderCache {
 type LocalEntries = BTreeMap<(String, Bytes), usize>;
 
 /// One node's discovery state. Invariants: every segment in a `Pending` state has a lookup
-/// in flight for each key it waits on; `held` is the sum of [`held_size`] over the held
-/// messages; `prefixes` counts the segments tracked in `remote`.
+/// in flight for each key it waits on; `held` is the sum of the held messages' sizes;
+/// `prefixes` counts the segments tracked in `remote`.
 pub struct Discovery {
     me: Contact,
     config: Config,

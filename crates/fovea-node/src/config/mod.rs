@@ -1,8 +1,10 @@
 //! Node configuration: every setting of every layer, with its default and the reason for
-//! it, and ([`mod@file`]) the configuration file that sets them. Below every other module but
+//! it, the configuration file that sets them ([`mod@file`]) and the merge of the command
+//! line over the file ([`overrides`]). Below every other module but
 //! [`crate::auth`]: each layer reads its settings from here.
 
 pub mod file;
+pub mod overrides;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
