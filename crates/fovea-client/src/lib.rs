@@ -35,6 +35,7 @@ mod rpc;
 mod session;
 mod tls;
 mod tools;
+mod transport;
 mod url;
 
 use std::collections::HashMap;
@@ -67,7 +68,7 @@ pub use fovea_core::{ErrorCode, Headers, Pattern, Procedure, Topic, TopicError};
 pub use rpc::{Registration, Request, Response};
 pub use tls::{default_data_dir, Trust};
 pub use tools::{Notice, ToolInfo, LOG_LEVELS};
-pub use url::{NodeUrl, DEFAULT_PORT};
+pub use url::{NodeUrl, Scheme, DEFAULT_PORT};
 
 /// The default node URL.
 pub const DEFAULT_URL: &str = "quic://127.0.0.1:4433";
@@ -387,7 +388,12 @@ impl Drop for Handle {
 pub(crate) struct Inner {
     pub url: NodeUrl,
     pub opts: ConnectOptions,
-    pub endpoint: quinn::Endpoint,
+    /// The QUIC endpoint (`None` for a `tls://`, `ws://` or `wss://` URL).
+    pub endpoint: Option<quinn::Endpoint>,
+    /// The TLS settings of a `tls://` or `wss://` connection.
+    pub tls: Arc<rustls::ClientConfig>,
+    /// The last `GOAWAY` of this session: on a stream transport, the node's close.
+    pub last_goaway: Mutex<Option<(ErrorCode, String)>>,
     /// Whether `endpoint` is this client's alone (closed with it) or a shared [`Socket`].
     pub own_endpoint: bool,
     /// The idle-spin watch of this client's own socket, if any (a shared one's lives in
@@ -532,16 +538,18 @@ impl Client {
     pub async fn connect(url: &str, opts: ConnectOptions) -> Result<Client, ClientError> {
         let url = NodeUrl::parse(url)?;
         let crypto = tls::client_crypto(&opts.trust, opts.client_cert.as_ref(), &url)?;
-        let quic = session::quic_config(crypto)?;
-        let addr = session::resolve(&url).await?;
-        let bind: std::net::SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
-            .parse()
-            .map_err(|_| ClientError::Connection("bad bind address".into()))?;
-        let (endpoint, own_endpoint, _spin) = match &opts.socket {
-            Some(Socket(shared, _)) => (shared.clone(), false, None),
-            None => {
+        let quic = session::quic_config(crypto.clone())?;
+        let stream_tls = transport::stream_tls(crypto, url.scheme);
+        let (endpoint, own_endpoint, _spin) = match (&opts.socket, url.scheme) {
+            (_, Scheme::Tls | Scheme::Ws | Scheme::Wss) => (None, false, None),
+            (Some(Socket(shared, _)), Scheme::Quic) => (Some(shared.clone()), false, None),
+            (None, Scheme::Quic) => {
+                let addr = session::resolve(&url).await?;
+                let bind: std::net::SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
+                    .parse()
+                    .map_err(|_| ClientError::Connection("bad bind address".into()))?;
                 let Socket(own, watch) = Socket::bind(bind)?;
-                (own, true, watch)
+                (Some(own), true, watch)
             }
         };
         let (state, _) = watch::channel(ConnectionState::Reconnecting);
@@ -549,6 +557,8 @@ impl Client {
             url,
             opts,
             endpoint,
+            tls: stream_tls,
+            last_goaway: Mutex::new(None),
             own_endpoint,
             _spin,
             quic,

@@ -10,16 +10,15 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use fovea_core::frame::{Hello, Register, Subscribe, ToolsQuery, VERSION};
 use fovea_core::{Deframer, ErrorCode, Frame, Topic};
-use quinn::{Connection, ConnectionError, RecvStream, SendStream, VarInt};
+use quinn::{ConnectionError, VarInt};
 
 use fovea_core::frame::ErrorFrame;
 use fovea_core::path::{ByPath, LOOPBACK_UDP_PAYLOAD};
 
 use crate::queue::Pending;
+use crate::transport::{self, Reader, Writer};
 use crate::{lock, AckSender, ClientError, ConnectionState, Event, Inner, Message, NodeUrl, ServerInfo};
 
-/// Largest chunk read from the stream at once (during the handshake).
-const READ_CHUNK: usize = 256 * 1024;
 /// Most chunks taken from the stream per read. A chunk is what one QUIC packet carried
 /// (~1.4 KB on a network path, up to ~6.4 KB on loopback), so a read hands on at most
 /// ~45 KB (~200 KB) of frames.
@@ -68,9 +67,10 @@ pub(crate) async fn resolve(url: &NodeUrl) -> Result<SocketAddr, ClientError> {
 
 /// An open session, after `WELCOME`.
 pub(crate) struct Session {
-    conn: Connection,
-    send: SendStream,
-    recv: RecvStream,
+    /// The QUIC connection (`None` on a stream transport).
+    conn: Option<quinn::Connection>,
+    send: Writer,
+    recv: Reader,
     deframer: Deframer,
 }
 
@@ -79,32 +79,39 @@ pub(crate) async fn establish(inner: &Inner) -> Result<Session, ClientError> {
     let timeout = inner.opts.connect_timeout;
     let url = inner.url.to_string();
     let attempt = async {
-        let addr = resolve(&inner.url).await?;
-        let connecting = inner
-            .endpoint
-            .connect_with(inner.quic.for_peer(addr).clone(), addr, &inner.url.host)
-            .map_err(|e| ClientError::Connection(e.to_string()))?;
-        let conn = connecting.await.map_err(|e| map_conn_error(&url, e))?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| map_conn_error(&url, e))?;
+        let (conn, mut recv, mut send) = transport::open(inner).await?;
         let hello = Frame::Hello(Hello {
             version: VERSION,
             realm: inner.opts.realm.clone(),
             token: inner.opts.token.clone(),
             name: inner.opts.name.clone(),
         });
-        send.write_all(&hello.to_bytes()).await.map_err(|e| ClientError::Connection(e.to_string()))?;
+        send.write_all(&hello.to_bytes()).await.map_err(ClientError::Connection)?;
         let mut deframer = Deframer::new(fovea_core::limits::MAX_FRAME);
+        let mut chunk = [Bytes::new()];
         let first = loop {
             match deframer.next_frame() {
+                // A stream transport's refusal: a last GOAWAY with the close code.
+                Ok(Some(Frame::GoAway(g))) if conn.is_none() => {
+                    if g.code == ErrorCode::AuthFailed {
+                        return Err(ClientError::AuthFailed);
+                    }
+                    return Err(ClientError::Closed { code: g.code, reason: g.message });
+                }
                 Ok(Some(f)) => break f,
                 Ok(None) => {}
                 Err(e) => return Err(ClientError::Connection(format!("node sent a malformed frame: {e}"))),
             }
-            match recv.read_chunk(READ_CHUNK, true).await {
-                Ok(Some(c)) => deframer.push(c.bytes),
+            match recv.read_chunks(&mut chunk).await {
+                Ok(Some(_)) => deframer.push(std::mem::take(&mut chunk[0])),
                 Ok(None) => return Err(ClientError::Connection("node ended the stream during the handshake".into())),
-                Err(quinn::ReadError::ConnectionLost(e)) => return Err(map_conn_error(&url, e)),
-                Err(e) => return Err(ClientError::Connection(e.to_string())),
+                Err(e) => {
+                    let closed = conn.as_ref().and_then(|c| c.close_reason());
+                    return Err(match closed {
+                        Some(reason) => transport::map_quic_error(&url, reason),
+                        None => ClientError::Connection(e),
+                    });
+                }
             }
         };
         let Frame::Welcome(w) = first else {
@@ -119,25 +126,6 @@ pub(crate) async fn establish(inner: &Inner) -> Result<Session, ClientError> {
     match tokio::time::timeout(timeout, attempt).await {
         Ok(r) => r,
         Err(_) => Err(ClientError::NoNode { url, timeout }),
-    }
-}
-
-fn map_conn_error(url: &str, e: ConnectionError) -> ClientError {
-    match e {
-        ConnectionError::ApplicationClosed(c) => {
-            let code = ErrorCode::from_u64(c.error_code.into_inner());
-            if code == ErrorCode::AuthFailed {
-                return ClientError::AuthFailed;
-            }
-            ClientError::Closed { code, reason: String::from_utf8_lossy(&c.reason).into_owned() }
-        }
-        ConnectionError::TransportError(t)
-            if t.code.to_string().contains("CRYPTO") || t.reason.contains("certificate") =>
-        {
-            ClientError::Untrusted { url: url.to_owned(), reason: t.reason }
-        }
-        ConnectionError::TimedOut => ClientError::NoNode { url: url.to_owned(), timeout: Duration::ZERO },
-        other => ClientError::Connection(other.to_string()),
     }
 }
 
@@ -201,15 +189,16 @@ pub(crate) async fn drive(inner: Arc<Inner>, first: Session) {
     lock(&inner.subs).clear();
     lock(&inner.regs).clear();
     lock(&inner.pings).clear();
-    if inner.own_endpoint {
-        inner.endpoint.close(VarInt::from_u32(0), b"client closed");
-        let _ = tokio::time::timeout(Duration::from_secs(1), inner.endpoint.wait_idle()).await;
+    if let (true, Some(endpoint)) = (inner.own_endpoint, inner.endpoint.as_ref()) {
+        endpoint.close(VarInt::from_u32(0), b"client closed");
+        let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     }
 }
 
 /// One session: restore subscriptions, then read and write until it ends.
 async fn run(inner: &Arc<Inner>, s: Session) -> End {
     let Session { conn, mut send, mut recv, mut deframer } = s;
+    *lock(&inner.last_goaway) = None;
     // Restore: SUB for every live subscription whose SUB is not still queued, sent
     // before anything already queued. Done under the `out` lock so no subscribe() falls
     // between the snapshot and `connected = true`.
@@ -244,24 +233,29 @@ async fn run(inner: &Arc<Inner>, s: Session) -> End {
     let _ = inner.events.send(Event::Connected);
     let end = async {
         if !restore.is_empty() {
-            send.write_all(&restore).await.map_err(|e| e.to_string())?;
+            send.write_all(&restore).await?;
         }
         tokio::select! {
             r = read_loop(inner, &mut recv, &mut deframer) => r,
             r = write_loop(inner, &mut send) => r,
             // The reader may be parked on a full subscription (flow control) and the writer
             // idle: the close must still be noticed.
-            e = conn.closed() => Err(describe_close(e)),
+            e = quic_closed(conn.as_ref()) => Err(describe_close(e)),
         }
     };
     let end = tokio::select! {
         r = end => End::Lost(r.err().unwrap_or_else(|| "node ended the stream".into())),
         _ = inner.shutdown.cancelled() => End::Shutdown,
     };
-    if let Some(ConnectionError::ApplicationClosed(c)) = conn.close_reason() {
+    if let Some(ConnectionError::ApplicationClosed(c)) = conn.as_ref().and_then(quinn::Connection::close_reason) {
         if ErrorCode::from_u64(c.error_code.into_inner()) == ErrorCode::SlowConsumer {
             lost_on_close(inner, &String::from_utf8_lossy(&c.reason));
         }
+    }
+    // On a stream transport the node's close is its last GOAWAY.
+    let closed = lock(&inner.last_goaway).take();
+    if let (None, Some((ErrorCode::SlowConsumer, reason))) = (&conn, &closed) {
+        lost_on_close(inner, reason);
     }
     // Calls in flight end with `Disconnected`: whether they ran is unknown (at most once).
     // Their senders drop once both locks are let go (each wakes a caller).
@@ -288,11 +282,14 @@ async fn run(inner: &Arc<Inner>, s: Session) -> End {
             // Best effort: hand what is queued to the stream, then close.
             let mut chunks = Vec::new();
             lock(&inner.out).buf.take_into(&mut chunks);
-            let _ = tokio::time::timeout(Duration::from_secs(1), send.write_all_chunks(&mut chunks)).await;
-            let _ = send.finish();
-            conn.close(VarInt::from_u32(0), b"client closed");
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                let _ = send.write_all_chunks(&mut chunks).await;
+                send.finish().await;
+            })
+            .await;
+            transport::close_quic(conn.as_ref(), b"client closed");
         }
-        End::Lost(_) => conn.close(VarInt::from_u32(0), b""),
+        End::Lost(_) => transport::close_quic(conn.as_ref(), b""),
     }
     end
 }
@@ -301,13 +298,22 @@ fn describe_close(e: ConnectionError) -> String {
     match e {
         ConnectionError::ApplicationClosed(c) => {
             let code = ErrorCode::from_u64(c.error_code.into_inner());
-            format!("closed by the node: {code}{}", crate::fmt_reason(&String::from_utf8_lossy(&c.reason)))
+            transport::describe_close(code, &String::from_utf8_lossy(&c.reason))
         }
         other => other.to_string(),
     }
 }
 
-async fn write_loop(inner: &Inner, send: &mut SendStream) -> Result<(), String> {
+/// Resolves when a QUIC connection closes; never on a stream transport (its reader sees
+/// the end).
+async fn quic_closed(conn: Option<&quinn::Connection>) -> ConnectionError {
+    match conn {
+        Some(c) => c.closed().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn write_loop(inner: &Inner, send: &mut Writer) -> Result<(), String> {
     let mut chunks: Vec<Bytes> = Vec::new();
     loop {
         {
@@ -325,7 +331,7 @@ async fn write_loop(inner: &Inner, send: &mut SendStream) -> Result<(), String> 
     }
 }
 
-async fn read_loop(inner: &Arc<Inner>, recv: &mut RecvStream, deframer: &mut Deframer) -> Result<(), String> {
+async fn read_loop(inner: &Arc<Inner>, recv: &mut Reader, deframer: &mut Deframer) -> Result<(), String> {
     // Messages decoded from one read, delivered together: one lock and one wake per
     // subscription per read instead of per message. Flushed before any other frame, so
     // the order between a subscription's messages and everything else is kept.
@@ -339,17 +345,14 @@ async fn read_loop(inner: &Arc<Inner>, recv: &mut RecvStream, deframer: &mut Def
     decode(inner, deframer, &mut pending, &mut last_topic).await?;
     loop {
         deliver(inner, &mut pending).await;
-        let n = match recv.read_chunks(&mut chunks).await {
-            Ok(Some(n)) => n,
-            Ok(None) => return Err("node ended the stream".into()),
-            Err(quinn::ReadError::ConnectionLost(ConnectionError::ApplicationClosed(c))) => {
-                let code = ErrorCode::from_u64(c.error_code.into_inner());
-                return Err(format!(
-                    "closed by the node: {code}{}",
-                    crate::fmt_reason(&String::from_utf8_lossy(&c.reason))
-                ));
+        let n = match recv.read_chunks(&mut chunks).await? {
+            Some(n) => n,
+            None => {
+                return Err(match lock(&inner.last_goaway).as_ref() {
+                    Some((code, reason)) => transport::describe_close(*code, reason),
+                    None => "node ended the stream".into(),
+                })
             }
-            Err(e) => return Err(e.to_string()),
         };
         // The deframer takes a chunk once the one before is drained (no reassembly copy).
         for chunk in chunks.iter_mut().take(n) {
@@ -532,6 +535,7 @@ async fn handle(inner: &Arc<Inner>, frame: Frame, pending: &mut Pending) -> Resu
             }
         }
         Frame::GoAway(g) => {
+            *lock(&inner.last_goaway) = Some((g.code, g.message.clone()));
             let _ = inner.events.send(Event::GoAway(g.message.clone()));
             return Err(format!("node going away: {}", g.message));
         }

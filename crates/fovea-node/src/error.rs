@@ -42,6 +42,18 @@ pub enum NodeError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A stream transport's address cannot be bound.
+    #[error("cannot serve {what} on {addr}: {source}; choose another address with --{flag}")]
+    TransportBind {
+        /// The transport (`TLS over TCP`, `WebSocket`).
+        what: &'static str,
+        /// The flag that sets its address.
+        flag: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// A configuration value is out of range.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -20,6 +20,7 @@ use crate::error::NodeError;
 use crate::front::{admin, mcp, session};
 use crate::front::{Reloader, Shared, StatsHandle};
 use crate::routing::Router;
+use crate::transport::stream::{Link, StreamServer, Transport};
 use crate::transport::{self, close_code, quic, tls};
 use crate::{auth, mesh};
 use fovea_spin as spin;
@@ -33,6 +34,8 @@ pub struct Node {
     _spin: spin::Watch,
     admin: Option<std::net::TcpListener>,
     mcp: Option<std::net::TcpListener>,
+    /// The stream transports' listeners (TLS over TCP, WebSocket), with their servers.
+    streams: Vec<(std::net::TcpListener, StreamServer)>,
     shared: Arc<Shared>,
     fingerprint: String,
     self_signed: Option<PathBuf>,
@@ -93,6 +96,32 @@ impl Node {
                 Some(l)
             }
         };
+        let mut streams = Vec::new();
+        let listen_tcp = |what: &'static str, flag: &'static str, addr: SocketAddr| {
+            let bind = |source| NodeError::TransportBind { what, flag, addr, source };
+            let l = std::net::TcpListener::bind(addr).map_err(bind)?;
+            l.set_nonblocking(true).map_err(bind)?;
+            Ok::<_, NodeError>(l)
+        };
+        if let Some(addr) = config.tcp {
+            let server = StreamServer {
+                transport: Transport::Tls,
+                tls: Some(tls::stream_tls(&identity, fovea_core::frame::ALPN)?),
+                origins: Arc::new(Vec::new()),
+                max_frame: config.limits.max_frame,
+            };
+            streams.push((listen_tcp("TLS over TCP", "tcp", addr)?, server));
+        }
+        if let Some(ws) = &config.ws {
+            let secure = ws.secure();
+            let server = StreamServer {
+                transport: if secure { Transport::Wss } else { Transport::Ws },
+                tls: if secure { Some(tls::stream_tls(&identity, b"http/1.1")?) } else { None },
+                origins: Arc::new(ws.origins()),
+                max_frame: config.limits.max_frame,
+            };
+            streams.push((listen_tcp("WebSocket", "ws", ws.listen)?, server));
+        }
         let mesh = match &config.mesh {
             Some(m) => Some(mesh::Mesh::bind(m.clone(), &config.data_dir, config.name.clone(), config.limits.clone())?),
             None => None,
@@ -117,6 +146,7 @@ impl Node {
             _spin: spin_watch,
             admin,
             mcp,
+            streams,
             shared,
             fingerprint,
             self_signed: identity.self_signed,
@@ -136,6 +166,15 @@ impl Node {
     /// The MCP endpoint's address, when it is on (its URL is `http://{addr}/mcp`).
     pub fn mcp_addr(&self) -> Option<SocketAddr> {
         self.mcp.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The URLs of the stream transports clients can use (`tls://…`, `ws://…` or
+    /// `wss://…`, with the real ports).
+    pub fn stream_urls(&self) -> Vec<String> {
+        self.streams
+            .iter()
+            .filter_map(|(l, s)| l.local_addr().ok().map(|a| format!("{}://{a}", s.transport.name())))
+            .collect()
     }
 
     /// The SHA-256 fingerprint of the node's certificate, `AB:CD:…`.
@@ -194,6 +233,12 @@ impl Node {
             tokio::spawn(m.catalog.clone().run(mesh_stop.clone()));
         }
         let permits = Arc::new(Semaphore::new(limits.max_connections));
+        for (listener, server) in std::mem::take(&mut self.streams) {
+            let listener = tokio::net::TcpListener::from_std(listener)
+                .map_err(|e| NodeError::Config(format!("{} transport: {e}", server.transport.name())))?;
+            let (shared, permits, tracker) = (self.shared.clone(), permits.clone(), tracker.clone());
+            tokio::spawn(accept_streams(listener, server, shared, permits, tracker, shutdown.clone()));
+        }
         loop {
             let incoming = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -221,7 +266,7 @@ impl Node {
                     conn.close(close_code(ErrorCode::NodeFull), format!("node full: {limit} connections").as_bytes());
                     return;
                 }
-                session::serve(conn, shared, token).await;
+                session::serve(Link::Quic(conn), None, shared, token).await;
                 drop(permit);
             });
         }
@@ -234,6 +279,71 @@ impl Node {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
         admin_stop.cancel();
         Ok(())
+    }
+}
+
+/// NODE_FULL refusals under way at once per stream transport (docs/LIMITS.md).
+const REFUSALS_AT_ONCE: usize = 256;
+
+/// The accept loop of a stream transport, until `shutdown`: each connection gets its TLS
+/// handshake and WebSocket upgrade (within the handshake timeout) on its own task, then a
+/// session, or `NODE_FULL` past the connection limit (shared with QUIC).
+async fn accept_streams(
+    listener: tokio::net::TcpListener,
+    server: StreamServer,
+    shared: Arc<Shared>,
+    permits: Arc<Semaphore>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let server = Arc::new(server);
+    // Past the connection limit a client is still told NODE_FULL, which takes a TLS
+    // handshake; at most this many such refusals run at once, later ones are dropped.
+    let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
+    loop {
+        let (tcp, remote) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of descriptors and the like: wait rather than spin.
+                    tracing::warn!(error = %e, transport = server.transport.name(), "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let permit = permits.clone().try_acquire_owned().ok();
+        let refusal = match permit {
+            Some(_) => None,
+            None => match refusals.clone().try_acquire_owned() {
+                Ok(r) => Some(r),
+                Err(_) => {
+                    shared.router.stats.count_close(ErrorCode::NodeFull);
+                    continue;
+                }
+            },
+        };
+        let (shared, server, token) = (shared.clone(), server.clone(), shutdown.child_token());
+        tracker.spawn(async move {
+            let _refusal = refusal;
+            let accepted = tokio::time::timeout(shared.config.limits.handshake_timeout, server.accept(tcp)).await;
+            let (link, reader, writer) = match accepted {
+                Ok(Ok(parts)) => parts,
+                Ok(Err(why)) => return tracing::debug!(%remote, reason = %why.0, "stream handshake failed"),
+                Err(_) => return tracing::debug!(%remote, "stream handshake timed out"),
+            };
+            shared.router.stats.accepted.fetch_add(1, Ordering::Relaxed);
+            if permit.is_none() {
+                let limit = shared.config.limits.max_connections;
+                shared.router.stats.count_close(ErrorCode::NodeFull);
+                tracing::warn!(%remote, limit, "refused a connection: node full");
+                link.close(Some(writer), ErrorCode::NodeFull, &format!("node full: {limit} connections")).await;
+                return;
+            }
+            session::serve(link, Some((reader, writer)), shared, token).await;
+            drop(permit);
+        });
     }
 }
 
@@ -260,11 +370,14 @@ fn accept(
 /// `default` realm.
 fn realms_of(config: &NodeConfig) -> Result<Vec<(String, auth::Admission)>, NodeError> {
     let Some(realms) = &config.realms else {
-        if !config.listen.ip().is_loopback() && !config.allow_anonymous {
+        let exposed = [Some(config.listen), config.tcp, config.ws.as_ref().map(|w| w.listen)]
+            .into_iter()
+            .flatten()
+            .find(|a| !a.ip().is_loopback());
+        if let (Some(addr), false) = (exposed, config.allow_anonymous) {
             return Err(NodeError::Config(format!(
-                "refusing to listen on {} with no realms configured: anyone who can reach it could use it. \
-                 Declare realms and users in a config file (--config), or pass --allow-anonymous to run it open",
-                config.listen
+                "refusing to listen on {addr} with no realms configured: anyone who can reach it could use it. \
+                 Declare realms and users in a config file (--config), or pass --allow-anonymous to run it open"
             )));
         }
         tracing::warn!(

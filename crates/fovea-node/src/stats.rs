@@ -1,6 +1,7 @@
 //! Node-wide counters. Updated with relaxed atomics, in batches where the hot path would
 //! otherwise touch a shared cache line per message.
 
+use crate::transport::stream::Transport;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use fovea_core::ErrorCode;
@@ -14,8 +15,10 @@ const CODE_SLOTS: usize = 16;
 pub struct Stats {
     /// Open client sessions (gauge).
     pub connections: AtomicU64,
-    /// QUIC connections accepted (handshake done).
+    /// Connections accepted (transport handshake done), every transport.
     pub accepted: AtomicU64,
+    /// Open client sessions by transport, in [`Transport::ALL`]'s order (gauges).
+    pub transports: [AtomicU64; 4],
     /// `PUB` frames received.
     pub msgs_in: AtomicU64,
     /// Bytes read from client streams.
@@ -94,6 +97,8 @@ impl Histogram {
 #[non_exhaustive]
 pub struct StatsSnapshot {
     pub connections: u64,
+    /// Open sessions by transport (`quic`, `tls`, `ws`, `wss`).
+    pub transports: std::collections::BTreeMap<&'static str, u64>,
     pub accepted: u64,
     pub msgs_in: u64,
     pub bytes_in: u64,
@@ -143,6 +148,7 @@ impl Stats {
         };
         StatsSnapshot {
             connections: get(&self.connections),
+            transports: Transport::ALL.iter().map(|t| (t.name(), get(&self.transports[t.index()]))).collect(),
             accepted: get(&self.accepted),
             msgs_in: get(&self.msgs_in),
             bytes_in: get(&self.bytes_in),

@@ -195,6 +195,25 @@ pub struct NodeArgs {
     #[arg(long, env = "FOVEA_MCP", value_parser = parse_admin, value_name = "ADDR|off", num_args = 0..=1,
           default_missing_value = "127.0.0.1:8765", help_heading = "MCP")]
     pub mcp: Option<AdminAddr>,
+    /// Also serve clients over TLS 1.3 on TCP at ADDR (tls://ADDR), for networks that block
+    /// UDP: the same frames, credentials and limits as QUIC; `off` to disable the config
+    /// file's [config: [node] tcp].
+    #[arg(long, env = "FOVEA_TCP", value_parser = parse_admin, value_name = "ADDR|off", help_heading = "Transports")]
+    pub tcp: Option<AdminAddr>,
+    /// Also serve clients over WebSocket at ADDR: ws:// on a loopback address, wss:// (the
+    /// node's certificate) elsewhere; see --ws-tls. Browsers and the TypeScript SDK use it
+    /// [config: [node] ws].
+    #[arg(long, env = "FOVEA_WS", value_parser = parse_admin, value_name = "ADDR|off", help_heading = "Transports")]
+    pub ws: Option<AdminAddr>,
+    /// WebSocket over TLS: auto (plain on loopback only), on, or off (plain everywhere: only
+    /// behind a proxy that terminates TLS) [default: auto; config: [node] ws_tls].
+    #[arg(long, env = "FOVEA_WS_TLS", value_name = "auto|on|off", help_heading = "Transports")]
+    pub ws_tls: Option<fovea_node::config::WsTls>,
+    /// A web origin whose pages may open a WebSocket to the node (repeat, or separate with
+    /// commas), besides loopback pages; `https://app.example:*` matches any port, `*` any
+    /// origin [config: [node] ws_allowed_origins].
+    #[arg(long = "ws-allow-origin", env = "FOVEA_WS_ALLOW_ORIGIN", value_name = "ORIGIN", value_delimiter = ',', help_heading = "Transports")]
+    pub ws_allowed_origins: Vec<String>,
     /// Deadline of an MCP tool call [default: 60s; config: [mcp] call_timeout].
     #[arg(long, env = "FOVEA_MCP_CALL_TIMEOUT", value_parser = parse_duration, value_name = "DURATION", help_heading = "MCP")]
     pub mcp_call_timeout: Option<std::time::Duration>,

@@ -106,6 +106,7 @@ pub async fn run(
         Some(a) => format!("{admin}, mcp http://{a}/mcp"),
         None => admin,
     };
+    let admin = node.stream_urls().iter().fold(admin, |acc, url| format!("{acc}, {url}"));
     let admin = match node.mesh() {
         Some(m) => format!("{admin}, mesh quic://{} node {}", m.local().addr, m.local().id),
         None => admin,
@@ -391,6 +392,10 @@ fn overrides(
         mesh_listen: args.mesh_listen,
         join: args.join,
         idle_spin: args.idle_spin,
+        tcp: args.tcp.map(|a| a.0),
+        ws: args.ws.map(|a| a.0),
+        ws_tls: args.ws_tls,
+        ws_allowed_origins: args.ws_allowed_origins,
     }
 }
 

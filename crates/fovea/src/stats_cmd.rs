@@ -77,8 +77,20 @@ fn render(info: &serde_json::Value, prev: Option<(f64, &serde_json::Value)>) -> 
             _ => String::new(),
         }
     );
+    // By transport, when other transports than QUIC are in use (absent from older nodes).
+    let by_transport = match info["stats"]["transports"].as_object() {
+        Some(t) if t.iter().any(|(k, v)| k != "quic" && v.as_u64().unwrap_or(0) > 0) => {
+            let parts: Vec<String> = t
+                .iter()
+                .filter(|(_, v)| v.as_u64().unwrap_or(0) > 0)
+                .map(|(k, v)| format!("{k} {}", v.as_u64().unwrap_or(0)))
+                .collect();
+            format!(" ({})", parts.join(", "))
+        }
+        _ => String::new(),
+    };
     s += &format!(
-        "  connections {}   subscriptions {}   registrations {}\n",
+        "  connections {}{by_transport}   subscriptions {}   registrations {}\n",
         stat(info, "connections"),
         stat(info, "subscriptions"),
         stat(info, "registrations")

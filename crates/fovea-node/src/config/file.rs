@@ -221,6 +221,18 @@ pub struct NodeSection {
     /// Worker threads (at least 1); default one fewer than the cores, at least 1.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
+    /// TCP address of the TLS-over-TCP client transport, or `"off"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<String>,
+    /// TCP address of the WebSocket client transport, or `"off"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ws: Option<String>,
+    /// WebSocket over TLS: `auto` (plain on loopback), `on` or `off`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ws_tls: Option<super::WsTls>,
+    /// Origins whose pages may open a WebSocket, besides loopback ones.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ws_allowed_origins: Option<Vec<String>>,
 }
 
 /// What a configuration file declares.

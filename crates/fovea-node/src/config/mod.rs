@@ -45,6 +45,89 @@ pub struct NodeConfig {
     pub mesh: Option<MeshConfig>,
     /// Serve MCP (AI agents) over HTTP; `None`: off.
     pub mcp: Option<McpConfig>,
+    /// TCP address of the TLS-over-TCP client transport (for networks that block UDP);
+    /// `None`: off.
+    pub tcp: Option<SocketAddr>,
+    /// The WebSocket client transport (browsers, programs without QUIC); `None`: off.
+    pub ws: Option<WsConfig>,
+}
+
+/// Whether the WebSocket transport runs over TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WsTls {
+    /// Plain `ws://` on a loopback address (a browser accepts no self-signed certificate),
+    /// `wss://` with the node's certificate anywhere else.
+    #[default]
+    Auto,
+    /// Always `wss://`.
+    On,
+    /// Always plain `ws://`: for a node behind a proxy that terminates TLS. Anyone on the
+    /// path can read and change the traffic, credentials included.
+    Off,
+}
+
+impl std::str::FromStr for WsTls {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(WsTls::Auto),
+            "on" => Ok(WsTls::On),
+            "off" => Ok(WsTls::Off),
+            _ => Err(format!("{s:?} is not one of auto, on, off")),
+        }
+    }
+}
+
+impl WsTls {
+    /// The setting's name in flags and the file.
+    pub fn name(self) -> &'static str {
+        match self {
+            WsTls::Auto => "auto",
+            WsTls::On => "on",
+            WsTls::Off => "off",
+        }
+    }
+}
+
+/// Settings of the WebSocket transport.
+#[derive(Debug, Clone)]
+pub struct WsConfig {
+    /// TCP address to listen on.
+    pub listen: SocketAddr,
+    /// TLS or not; see [`WsTls`].
+    pub tls: WsTls,
+    /// Origins whose pages may connect, besides the loopback ones (`http://localhost:*`,
+    /// `http://127.0.0.1:*`, `http://[::1]:*` and their `https` forms). An entry ending in
+    /// `:*` matches any port; `*` matches every origin. A request without an `Origin`
+    /// header (not from a browser) is let in.
+    pub allowed_origins: Vec<String>,
+}
+
+impl WsConfig {
+    /// `listen` with TLS on `auto` and only loopback origins.
+    pub fn new(listen: SocketAddr) -> Self {
+        WsConfig { listen, tls: WsTls::Auto, allowed_origins: Vec::new() }
+    }
+
+    /// Whether this configuration serves `wss://`.
+    pub fn secure(&self) -> bool {
+        match self.tls {
+            WsTls::Auto => !self.listen.ip().is_loopback(),
+            WsTls::On => true,
+            WsTls::Off => false,
+        }
+    }
+
+    /// Every origin allowed: the loopback ones, then the configured ones.
+    pub fn origins(&self) -> Vec<String> {
+        let mut all: Vec<String> = ["localhost", "127.0.0.1", "[::1]"]
+            .iter()
+            .flat_map(|h| [format!("http://{h}:*"), format!("https://{h}:*")])
+            .collect();
+        all.extend(self.allowed_origins.iter().cloned());
+        all
+    }
 }
 
 /// Paths of a PEM certificate chain and its private key.
@@ -224,6 +307,8 @@ impl NodeConfig {
             admin_token: None,
             mesh: None,
             mcp: None,
+            tcp: None,
+            ws: None,
         }
     }
 }

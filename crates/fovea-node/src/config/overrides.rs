@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::file::{ConfigError, ConfigFile, McpSection, NodeSection, UpstreamSection};
-use super::{format_duration, parse_duration, Limits, McpConfig, MeshConfig, NodeConfig, TlsFiles};
+use super::{format_duration, parse_duration, Limits, McpConfig, MeshConfig, NodeConfig, TlsFiles, WsConfig, WsTls};
 
 /// Settings from the command line; `None` (or empty, or `false`) leaves the file's value.
 #[derive(Debug, Default, Clone)]
@@ -36,6 +36,13 @@ pub struct Overrides {
     /// Members to join through (`quic://host:port`); non-empty replaces the file's list.
     pub join: Vec<String>,
     pub idle_spin: Option<Duration>,
+    /// `Some(None)`: the TLS-over-TCP transport off.
+    pub tcp: Option<Option<SocketAddr>>,
+    /// `Some(None)`: the WebSocket transport off.
+    pub ws: Option<Option<SocketAddr>>,
+    pub ws_tls: Option<WsTls>,
+    /// Non-empty replaces the file's list.
+    pub ws_allowed_origins: Vec<String>,
 }
 
 /// A node's settings after the merge, checked.
@@ -133,6 +140,20 @@ impl Overrides {
             }
             node.mcp = Some(mcp);
         }
+
+        let address = |key: &str, v: &Option<String>| -> Result<Option<Option<SocketAddr>>, ConfigError> {
+            v.as_deref().map(|a| parse_address_or_off(a).map_err(|e| err(format!("[node] {key}: {e}")))).transpose()
+        };
+        node.tcp = self.tcp.or(address("tcp", &section.tcp)?).flatten();
+        node.ws = self.ws.or(address("ws", &section.ws)?).flatten().map(|listen| WsConfig {
+            listen,
+            tls: self.ws_tls.or(section.ws_tls).unwrap_or_default(),
+            allowed_origins: if self.ws_allowed_origins.is_empty() {
+                section.ws_allowed_origins.clone().unwrap_or_default()
+            } else {
+                self.ws_allowed_origins
+            },
+        });
 
         let identity = match (self.mesh_cert.or(section.mesh_cert.clone()), self.mesh_key.or(section.mesh_key.clone()))
         {
@@ -242,6 +263,10 @@ impl Resolved {
             mesh_key: mesh.and_then(|m| m.identity.as_ref().map(|f| f.key.clone())),
             idle_spin: Some(format_duration(self.idle_spin)),
             workers: Some(workers),
+            tcp: Some(config.tcp.map_or("off".to_owned(), |a| a.to_string())),
+            ws: Some(config.ws.as_ref().map_or("off".to_owned(), |w| w.listen.to_string())),
+            ws_tls: config.ws.as_ref().map(|w| w.tls),
+            ws_allowed_origins: config.ws.as_ref().map(|w| w.allowed_origins.clone()).filter(|o| !o.is_empty()),
         };
         let mcp = config.mcp.as_ref().map(McpSection::of);
         let body = toml::to_string(&Effective { node, limits: &config.limits, mcp })

@@ -27,8 +27,11 @@ pub(crate) struct ConnInfo {
     pub user: String,
     pub client: String,
     pub remote: SocketAddr,
-    /// The QUIC connection, for its path figures (round-trip time, datagram size).
-    pub(crate) conn: crate::transport::quic::Connection,
+    /// How the client reached the node.
+    pub transport: crate::transport::stream::Transport,
+    /// The QUIC connection, for its path figures (round-trip time, datagram size); `None`
+    /// on the stream transports, whose figures the kernel keeps.
+    pub(crate) quic: Option<crate::transport::quic::Connection>,
     pub started: Instant,
     pub handle: Arc<crate::handle::Handle>,
     pub subscriptions: std::sync::atomic::AtomicUsize,
@@ -138,13 +141,15 @@ struct ConnRow {
     user: String,
     client: String,
     remote: String,
+    /// `quic`, `tls`, `ws` or `wss`.
+    transport: &'static str,
     uptime_s: u64,
     subscriptions: usize,
     registrations: usize,
     pending_bytes: usize,
     dropped: u64,
     calls_served_in_flight: usize,
-    /// QUIC's smoothed round-trip time to the client.
+    /// QUIC's smoothed round-trip time to the client (0 on the stream transports).
     rtt_us: u64,
     /// The largest UDP payload the node sends on this path (MTU discovery's current
     /// figure: ≤ 1 452 over a network, up to 6 500 on loopback).
@@ -200,6 +205,7 @@ fn connection_page(infos: Vec<Arc<ConnInfo>>, q: &ConnQuery) -> Result<ConnPage,
                 user: c.user.clone(),
                 client: c.client.clone(),
                 remote: c.remote.to_string(),
+                transport: c.transport.name(),
                 uptime_s: c.started.elapsed().as_secs(),
                 subscriptions: c.subscriptions.load(Ordering::Relaxed),
                 registrations: c.registrations.load(Ordering::Relaxed),
@@ -229,9 +235,11 @@ fn connection_page(infos: Vec<Arc<ConnInfo>>, q: &ConnQuery) -> Result<ConnPage,
         .skip(offset)
         .take(limit)
         .map(|(mut row, info)| {
-            let path = info.conn.stats().path;
-            row.rtt_us = u64::try_from(path.rtt.as_micros()).unwrap_or(u64::MAX);
-            row.datagram_bytes = path.current_mtu;
+            if let Some(conn) = &info.quic {
+                let path = conn.stats().path;
+                row.rtt_us = u64::try_from(path.rtt.as_micros()).unwrap_or(u64::MAX);
+                row.datagram_bytes = path.current_mtu;
+            }
             row
         })
         .collect();

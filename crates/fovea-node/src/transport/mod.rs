@@ -2,6 +2,7 @@
 //! uses. Knows nothing of what frames mean.
 
 pub mod quic;
+pub mod stream;
 pub mod tls;
 
 use std::net::SocketAddr;

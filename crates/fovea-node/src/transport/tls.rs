@@ -117,6 +117,14 @@ pub(crate) fn server_crypto(id: &Identity) -> Result<Arc<quinn::crypto::rustls::
     Ok(Arc::new(quic))
 }
 
+/// The TLS of the stream transports: as QUIC's, with ALPN `alpn` (`fovea/1` over TCP,
+/// `http/1.1` for WebSocket, which browsers ask for; a client that names none is served).
+pub(crate) fn stream_tls(id: &Identity, alpn: &[u8]) -> Result<tokio_rustls::TlsAcceptor, NodeError> {
+    let mut cfg = server_tls(id)?;
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
 /// [`server_crypto`]'s TLS part.
 fn server_tls(id: &Identity) -> Result<rustls::ServerConfig, NodeError> {
     let provider = provider();

@@ -13,28 +13,45 @@ use super::{Close, Session, Shared};
 use crate::handle::outbound::Outbound;
 use crate::handle::Handle;
 use crate::routing::MatchCache;
-use crate::transport::quic::{Connection, SendStream};
+use crate::transport::stream::{Link, Reader, Writer};
 
-/// Largest chunk read from the stream at once (during the handshake).
-const READ_CHUNK: usize = 256 * 1024;
-
-/// Accepts the control stream, reads `HELLO` and answers `WELCOME`.
+/// Accepts the control stream (QUIC; a stream transport's is `streams`), reads `HELLO`
+/// and answers `WELCOME`. A refusal comes with the writer, to say why on a stream
+/// transport.
 pub(super) async fn handshake(
-    conn: &Connection,
+    link: &Link,
+    streams: Option<(Reader, Writer)>,
     shared: &Arc<Shared>,
     id: u64,
-) -> Result<(Session, SendStream), Close> {
-    let (send, mut recv) = conn
-        .accept_bi()
-        .await
-        .map_err(|e| Close::new(ErrorCode::NoError, format!("closed before the control stream opened: {e}")))?;
+) -> Result<(Session, Writer), (Close, Option<Writer>)> {
+    let (recv, send) = match (streams, link.quic()) {
+        (Some(pair), _) => pair,
+        (None, Some(conn)) => match conn.accept_bi().await {
+            Ok((send, recv)) => (Reader::Quic(recv), Writer::Quic(send)),
+            Err(e) => {
+                let why = format!("closed before the control stream opened: {e}");
+                return Err((Close::new(ErrorCode::NoError, why), None));
+            }
+        },
+        (None, None) => {
+            return Err((Close::new(ErrorCode::InternalError, "a stream transport without its stream"), None))
+        }
+    };
+    match admit(link, recv, shared, id).await {
+        Ok(session) => Ok((session, send)),
+        Err(close) => Err((close, Some(send))),
+    }
+}
+
+/// Reads `HELLO`, admits the client and queues `WELCOME`.
+async fn admit(link: &Link, mut recv: Reader, shared: &Arc<Shared>, id: u64) -> Result<Session, Close> {
     let mut deframer = Deframer::new(shared.config.limits.max_frame);
     let hello = loop {
         if let Some(frame) = deframer.next_frame().map_err(|e| Close::new(e.code(), e.to_string()))? {
             break frame;
         }
-        match recv.read_chunk(READ_CHUNK, true).await {
-            Ok(Some(chunk)) => deframer.push(chunk.bytes),
+        match recv.read_chunk().await {
+            Ok(Some(chunk)) => deframer.push(chunk),
             Ok(None) => return Err(Close::new(ErrorCode::ProtocolError, "stream finished before HELLO")),
             Err(e) => return Err(Close::new(ErrorCode::NoError, format!("read failed before HELLO: {e}"))),
         }
@@ -45,7 +62,7 @@ pub(super) async fn handshake(
     if hello.version == 0 {
         return Err(Close::new(ErrorCode::UnsupportedVersion, format!("this node speaks version {VERSION}")));
     }
-    let ip = conn.remote_address().ip();
+    let ip = link.remote_address().ip();
     let now = std::time::Instant::now();
     if shared.auth_limiter.blocked(ip, now) {
         shared.router.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
@@ -55,10 +72,7 @@ pub(super) async fn handshake(
     // One answer for an unknown realm and a bad token: which part was wrong stays secret.
     // Watch for reloads from before the credential is checked, so none falls in between.
     let config_rx = shared.config_generation.subscribe();
-    let client_cert = conn
-        .peer_identity()
-        .and_then(|id| id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
-        .and_then(|chain| chain.first().map(|c| c.to_vec()));
+    let client_cert = link.client_cert();
     let credential = crate::auth::credential_of(&hello.token, client_cert.as_deref());
     let realm = shared.router.realm(&hello.realm);
     let admitted = realm.and_then(|r| {
@@ -87,8 +101,9 @@ pub(super) async fn handshake(
         realm: realm.name.clone(),
         user,
         client: hello.name.clone(),
-        remote: conn.remote_address(),
-        conn: conn.clone(),
+        remote: link.remote_address(),
+        transport: link.transport(),
+        quic: link.quic().cloned(),
         started: std::time::Instant::now(),
         handle: peer.clone(),
         subscriptions: Default::default(),
@@ -116,5 +131,5 @@ pub(super) async fn handshake(
         stall: None,
         budget_owed: 0,
     };
-    Ok((session, send))
+    Ok(session)
 }

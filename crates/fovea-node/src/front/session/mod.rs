@@ -28,10 +28,10 @@ use super::Shared;
 use crate::auth::Permissions;
 use crate::handle::{Handle, ProviderRef};
 use crate::routing::{GroupKey, MatchCache, Realm, SubRef};
-use crate::transport::quic::{Connection, RecvStream, SendStream};
+use crate::transport::stream::{Link, Reader, Writer};
 use control::clip;
 
-/// Why a connection ends, sent as its QUIC close code and reason.
+/// Why a connection ends, sent as its close code and reason.
 #[derive(Debug)]
 pub(crate) struct Close {
     pub code: ErrorCode,
@@ -44,36 +44,46 @@ impl Close {
     }
 }
 
-/// Serves one accepted QUIC connection until it ends.
-pub(crate) async fn serve(conn: Connection, shared: Arc<Shared>, shutdown: CancellationToken) {
+/// Serves one accepted connection until it ends: a QUIC connection (`streams` is `None`:
+/// the client opens its control stream), or a stream transport's (`streams` given).
+pub(crate) async fn serve(
+    link: Link,
+    streams: Option<(Reader, Writer)>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
     let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
-    let remote = conn.remote_address();
-    tracing::debug!(conn = id, %remote, "connection accepted");
+    let remote = link.remote_address();
+    tracing::debug!(conn = id, %remote, transport = link.transport().name(), "connection accepted");
     let limits = &shared.config.limits;
-    let handshake = tokio::time::timeout(limits.handshake_timeout, handshake::handshake(&conn, &shared, id));
+    let handshake = tokio::time::timeout(limits.handshake_timeout, handshake::handshake(&link, streams, &shared, id));
     // The session is bound to its own local before it runs: a match on the handshake's
     // result around `run(…).await` would keep the whole result alive in this future, and
     // `run` taking `self` by value would store the session twice, both for every idle
     // connection's whole life.
-    let (mut session, send) = match handshake.await {
+    let (mut session, mut send) = match handshake.await {
         Ok(Ok(pair)) => pair,
-        Ok(Err(close)) => return end(&conn, &shared, id, remote, close),
-        Err(_) => return end(&conn, &shared, id, remote, Close::new(ErrorCode::HandshakeTimeout, "no HELLO in time")),
+        Ok(Err((close, send))) => return end(&link, send, &shared, id, remote, close).await,
+        Err(_) => {
+            let close = Close::new(ErrorCode::HandshakeTimeout, "no HELLO in time");
+            return end(&link, None, &shared, id, remote, close).await;
+        }
     };
-    let result = session.run(send, &shutdown).await;
+    let result = session.run(&mut send, &shutdown).await;
     drop(session);
-    end(&conn, &shared, id, remote, result.err().unwrap_or(Close { code: ErrorCode::NoError, reason: String::new() }));
+    let close = result.err().unwrap_or(Close { code: ErrorCode::NoError, reason: String::new() });
+    end(&link, Some(send), &shared, id, remote, close).await;
 }
 
 /// Closes a connection with `close`'s code and reason, counted and logged.
-fn end(conn: &Connection, shared: &Shared, id: u64, remote: std::net::SocketAddr, close: Close) {
+async fn end(link: &Link, send: Option<Writer>, shared: &Shared, id: u64, remote: std::net::SocketAddr, close: Close) {
     if close.code != ErrorCode::NoError {
         shared.router.stats.count_close(close.code);
         tracing::debug!(conn = id, %remote, code = %close.code, reason = %close.reason, "connection closed by node");
     } else {
         tracing::debug!(conn = id, %remote, "connection closed");
     }
-    conn.close(crate::transport::close_code(close.code), close.reason.as_bytes());
+    link.close(send, close.code, &close.reason).await;
 }
 
 /// An open session: the connection's state after a successful handshake.
@@ -91,7 +101,7 @@ struct Session {
     handle: Arc<Handle>,
     /// The protocol version agreed in the handshake.
     version: u64,
-    recv: RecvStream,
+    recv: Reader,
     deframer: Deframer,
     /// Where a read puts the chunks it takes: one slot until the connection publishes,
     /// then [`read::READ_BATCH`] (an idle connection keeps no batch buffer).
@@ -120,13 +130,14 @@ struct Session {
 }
 
 impl Session {
-    async fn run(&mut self, mut send: SendStream, shutdown: &CancellationToken) -> Result<(), Close> {
+    async fn run(&mut self, send: &mut Writer, shutdown: &CancellationToken) -> Result<(), Close> {
         self.shared.router.stats.connections.fetch_add(1, Ordering::Relaxed);
+        self.shared.router.stats.transports[self.info.transport.index()].fetch_add(1, Ordering::Relaxed);
         crate::sync::lock(&self.shared.conns).insert(self.info.id, self.info.clone());
         let peer = self.handle.clone();
         let mut config = self.config.take().unwrap_or_else(|| self.shared.config_generation.subscribe());
         let shared = self.shared.clone();
-        let writer = writer::write_loop(&mut send, &peer, &shared.router.stats);
+        let writer = writer::write_loop(send, &peer, &shared.router.stats);
         tokio::pin!(writer);
         let mut going_away = false;
         // Subscribed only once the client watches the tool catalog: a change must not wake
@@ -187,6 +198,7 @@ impl Session {
             self.shared.router.stats.count_rejection(ErrorCode::ProviderDisconnected);
         }
         self.shared.router.stats.connections.fetch_sub(1, Ordering::Relaxed);
+        self.shared.router.stats.transports[self.info.transport.index()].fetch_sub(1, Ordering::Relaxed);
         crate::sync::lock(&self.shared.conns).remove(&self.info.id);
         result
     }

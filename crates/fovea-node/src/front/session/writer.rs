@@ -7,7 +7,7 @@ use fovea_core::ErrorCode;
 
 use super::Close;
 use crate::handle::Handle;
-use crate::transport::quic::SendStream;
+use crate::transport::stream::Writer;
 
 /// Most bytes a client's writer hands to the transport in one call when a backlog has
 /// built up (a few encode buffers): small enough that the queue, and a publisher held back
@@ -21,7 +21,7 @@ const WRITE_STEP: usize = 256 * 1024;
 /// # Cancel safety
 /// Not cancel safe: frames taken from the queue and not yet written are lost if the
 /// future is dropped; it is only dropped when the connection ends.
-pub(super) async fn write_loop(send: &mut SendStream, peer: &Handle, stats: &crate::stats::Stats) -> Result<(), Close> {
+pub(super) async fn write_loop(send: &mut Writer, peer: &Handle, stats: &crate::stats::Stats) -> Result<(), Close> {
     let out = &peer.out;
     // The reason carries the drops (docs/PROTOCOL.md §4): the `DROPPED` notices queued
     // behind the stalled stream never arrive once the connection closes.

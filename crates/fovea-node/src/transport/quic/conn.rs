@@ -470,28 +470,6 @@ impl RecvStream {
         RecvStream { conn, id, end: None }
     }
 
-    /// The next chunk of at most `max` bytes; `None` once the stream is finished.
-    pub(crate) async fn read_chunk(
-        &mut self,
-        max: usize,
-        ordered: bool,
-    ) -> Result<Option<quinn_proto::Chunk>, ReadError> {
-        let mut chunk = None;
-        let n = poll_fn(|cx| {
-            self.read(cx, ordered, |chunks| match chunks.next(max) {
-                Ok(Some(c)) => {
-                    chunk = Some(c);
-                    Step::Read(1)
-                }
-                Ok(None) => Step::End(End::Finished),
-                Err(quinn_proto::ReadError::Blocked) => Step::Wait,
-                Err(quinn_proto::ReadError::Reset(code)) => Step::End(End::Reset(code)),
-            })
-        })
-        .await?;
-        Ok(if n == 0 { None } else { chunk })
-    }
-
     /// Fills `bufs` with the chunks that have arrived, in order: `Some(n)` for `n` of them
     /// (waits until at least one), `None` once the stream is finished.
     pub(crate) async fn read_chunks(&mut self, bufs: &mut [Bytes]) -> Result<Option<usize>, ReadError> {
@@ -560,10 +538,6 @@ impl RecvStream {
             Err(e) => Poll::Ready(Err(e)),
             Ok(Step::Wait) => Poll::Pending,
             Ok(Step::Read(n)) => Poll::Ready(Ok(n)),
-            Ok(Step::End(end)) => {
-                self.end = Some(end);
-                Poll::Ready(end.result())
-            }
             Ok(Step::ReadThenEnd(n, end)) => {
                 self.end = Some(end);
                 if n > 0 {
@@ -582,8 +556,6 @@ enum Step {
     Wait,
     /// This many chunks.
     Read(usize),
-    /// The end, and nothing before it.
-    End(End),
     /// This many chunks, then the end (reported by the next read).
     ReadThenEnd(usize, End),
 }
