@@ -261,7 +261,11 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         use metrics::{counter, describe_counter, describe_gauge, gauge};
         describe_gauge!("fovea_connections", "Open client sessions.");
         gauge!("fovea_connections").set(s.connections as f64);
-        describe_counter!("fovea_connections_accepted_total", "QUIC connections accepted.");
+        describe_gauge!("fovea_connections_by_transport", "Open client sessions by transport (quic, tls, ws, wss).");
+        for (transport, n) in &s.transports {
+            gauge!("fovea_connections_by_transport", "transport" => *transport).set(*n as f64);
+        }
+        describe_counter!("fovea_connections_accepted_total", "Connections accepted, every transport.");
         counter!("fovea_connections_accepted_total").absolute(s.accepted);
         describe_counter!("fovea_connections_closed_total", "Connections the node closed, by close code.");
         for (code, n) in &s.closes {

@@ -243,3 +243,16 @@ pub async fn metric(admin: SocketAddr, series: &str) -> f64 {
         .find_map(|rest| rest.strip_prefix(' ').and_then(|v| v.trim().parse().ok()))
         .unwrap_or(0.0)
 }
+
+/// The JSON body of `GET path` on the admin endpoint at `admin`.
+pub async fn get_json(admin: SocketAddr, path: &str) -> Value {
+    let mut s = TcpStream::connect(admin).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut raw)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
+    serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+}

@@ -34,6 +34,10 @@ pub struct TestNode {
     pub mesh: Option<Arc<fovea_node::mesh::Mesh>>,
     /// The MCP endpoint (every test node serves one).
     pub mcp: SocketAddr,
+    /// The TLS-over-TCP transport's URL (`tls://…`; every test node serves one).
+    pub tls_url: String,
+    /// The WebSocket transport's URL (`ws://…`, loopback: plain; every test node serves one).
+    pub ws_url: String,
 }
 
 impl TestNode {
@@ -144,6 +148,8 @@ impl TestNode {
         config.realms = realms;
         config.admin = Some("127.0.0.1:0".parse().unwrap());
         config.mesh = mesh;
+        config.tcp = Some("127.0.0.1:0".parse().unwrap());
+        config.ws = Some(fovea_node::config::WsConfig::new("127.0.0.1:0".parse().unwrap()));
         config.mcp = Some(mcp.unwrap_or_else(|| {
             let mut mcp = fovea_node::McpConfig::new("127.0.0.1:0".parse().unwrap());
             mcp.call_timeout = Duration::from_secs(3);
@@ -153,6 +159,9 @@ impl TestNode {
         let mcp = node.mcp_addr().expect("mcp endpoint on");
         let mesh = node.mesh();
         let addr = node.local_addr();
+        let urls = node.stream_urls();
+        let find = |scheme: &str| urls.iter().find(|u| u.starts_with(scheme)).cloned().expect("transport on");
+        let (tls_url, ws_url) = (find("tls://"), find("ws://"));
         let cert = node.self_signed_cert().unwrap().to_owned();
         let stats = node.stats();
         let admin = node.admin_addr().expect("admin endpoint on");
@@ -162,7 +171,7 @@ impl TestNode {
         let task = tokio::spawn(async move {
             node.run(token).await.unwrap();
         });
-        TestNode { addr, cert, stats, admin, reloader, shutdown, task, dir, mesh, mcp }
+        TestNode { addr, cert, stats, admin, reloader, shutdown, task, dir, mesh, mcp, tls_url, ws_url }
     }
 
     pub fn url(&self) -> String {
