@@ -1,5 +1,5 @@
 //! The session's stream, whatever carries it: QUIC's control stream, TLS over TCP, or a
-//! WebSocket (docs/PROTOCOL.md §7). The bytes are the same on all; what differs is how a
+//! WebSocket (docs/PROTOCOL.md §1.1, §1.2). The bytes are the same on all; what differs is how a
 //! connection is opened and how the node's close reaches us (QUIC's close frame, or a
 //! last `GOAWAY` before the stream ends).
 
@@ -62,6 +62,12 @@ pub(crate) async fn open(inner: &Inner) -> Result<(Option<quinn::Connection>, Re
         _ => ClientError::Connection(format!("{shown}: {e}")),
     })?;
     let _ = tcp.set_nodelay(true);
+    // As the node does (docs/PROTOCOL.md §1.1): a vanished node is noticed in about 25 s.
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(std::time::Duration::from_secs(10))
+        .with_interval(std::time::Duration::from_secs(5))
+        .with_retries(3);
+    let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
     let io: BoxIo = match url.scheme {
         Scheme::Tls | Scheme::Wss => {
             let name = rustls::pki_types::ServerName::try_from(url.host.clone())

@@ -67,9 +67,7 @@ impl NodeUrl {
     pub fn parse(s: &str) -> Result<NodeUrl, ClientError> {
         let bad = |why: &str| ClientError::InvalidUrl {
             url: s.to_owned(),
-            reason: format!(
-                "{why}; expected quic://HOST:PORT (or tls://, ws://, wss://), e.g. quic://127.0.0.1:4433"
-            ),
+            reason: format!("{why}; expected quic://HOST:PORT (or tls://, ws://, wss://), e.g. quic://127.0.0.1:4433"),
         };
         let (scheme, rest) = match s.split_once("://") {
             Some(("quic", rest)) => (Scheme::Quic, rest),
@@ -151,7 +149,17 @@ mod tests {
         assert_eq!(u("quic://[::1]").to_string(), "quic://[::1]:4433");
         assert!(u("quic://[::1]").is_loopback());
         assert!(!u("quic://example.com").is_loopback());
-        for bad in ["http://x", "quic://", "quic://h:0", "quic://h:x", "::1:3", "quic://h/p", "quic://[::1", "tls://h/p", "ws:///p"] {
+        for bad in [
+            "http://x",
+            "quic://",
+            "quic://h:0",
+            "quic://h:x",
+            "::1:3",
+            "quic://h/p",
+            "quic://[::1",
+            "tls://h/p",
+            "ws:///p",
+        ] {
             let e = NodeUrl::parse(bad).unwrap_err().to_string();
             assert!(e.contains("expected quic://"), "{bad}: {e}");
         }

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use fovea_client::{Client, ConnectOptions, Trust};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::cli::{BenchArgs, BenchMode};
+use crate::cli::{BenchArgs, BenchMode, BenchTransport};
 
 /// A subscriber that has seen nothing for this long after the publisher finished is done.
 const QUIET: Duration = Duration::from_secs(3);
@@ -44,6 +44,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchMode::Conns => vec!["--max-connections".into(), (args.conns + 16).to_string()],
         _ => Vec::new(),
     };
+    match args.transport {
+        BenchTransport::Quic => {}
+        BenchTransport::Tls => extra.extend(["--tcp".to_owned(), "127.0.0.1:0".to_owned()]),
+        BenchTransport::Ws => extra.extend(["--ws".to_owned(), "127.0.0.1:0".to_owned()]),
+    }
     if let Some(addr) = args.node_listen {
         if args.node_config.is_none() && !fovea_core::path::is_loopback(addr.ip()) {
             // A node off loopback refuses to run open by default; the benchmark's clients
@@ -63,9 +68,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 Some(_) => Trust::Insecure,
                 None => Trust::CaFiles(vec![node.cert.clone()]),
             };
-            (node.url.clone(), trust, Some(node))
+            let url = match args.transport {
+                BenchTransport::Quic => node.url.clone(),
+                t => node.stream_url(t.scheme()).context("the node did not print the transport's URL")?,
+            };
+            (url, trust, Some(node))
         }
     };
+    if args.transport != BenchTransport::Quic {
+        println!("clients connect over {url}");
+    }
     let mut opts = ConnectOptions::new().trust(trust).realm(&args.realm);
     if let Some(t) = &args.token {
         opts = opts.token(t.clone().into_bytes());
@@ -1097,6 +1109,8 @@ async fn slow_consumer(
 struct ChildNode {
     child: Child,
     url: String,
+    /// The stream transports' URLs from the ready line (`tls://…`, `ws://…`).
+    streams: Vec<String>,
     /// The mesh address from the ready line, for a node in a mesh.
     mesh: Option<String>,
     /// The MCP endpoint from the ready line, for a node with one.
@@ -1146,7 +1160,17 @@ impl ChildNode {
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
             .map(|u| u.trim_end_matches([')', ',']).to_owned());
-        Ok(ChildNode { url: url.to_owned(), mesh, mcp, cert: dir.join("node.crt"), child, _dir: None })
+        let streams = line
+            .split([' ', ','])
+            .filter(|w| w.starts_with("tls://") || w.starts_with("ws://") || w.starts_with("wss://"))
+            .map(|w| w.trim_end_matches([')', ',']).to_owned())
+            .collect();
+        Ok(ChildNode { url: url.to_owned(), streams, mesh, mcp, cert: dir.join("node.crt"), child, _dir: None })
+    }
+
+    /// The node's URL for a stream transport (`tls`, `ws`), when it serves one.
+    fn stream_url(&self, scheme: &str) -> Option<String> {
+        self.streams.iter().find(|u| u.starts_with(&format!("{scheme}://"))).cloned()
     }
 }
 

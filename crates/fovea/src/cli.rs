@@ -212,7 +212,13 @@ pub struct NodeArgs {
     /// A web origin whose pages may open a WebSocket to the node (repeat, or separate with
     /// commas), besides loopback pages; `https://app.example:*` matches any port, `*` any
     /// origin [config: [node] ws_allowed_origins].
-    #[arg(long = "ws-allow-origin", env = "FOVEA_WS_ALLOW_ORIGIN", value_name = "ORIGIN", value_delimiter = ',', help_heading = "Transports")]
+    #[arg(
+        long = "ws-allow-origin",
+        env = "FOVEA_WS_ALLOW_ORIGIN",
+        value_name = "ORIGIN",
+        value_delimiter = ',',
+        help_heading = "Transports"
+    )]
     pub ws_allowed_origins: Vec<String>,
     /// Deadline of an MCP tool call [default: 60s; config: [mcp] call_timeout].
     #[arg(long, env = "FOVEA_MCP_CALL_TIMEOUT", value_parser = parse_duration, value_name = "DURATION", help_heading = "MCP")]
@@ -488,6 +494,10 @@ pub struct BenchArgs {
     /// Use this node instead of starting one (with the other connection flags).
     #[arg(long, env = "FOVEA_BENCH_URL", value_name = "URL")]
     pub url: Option<String>,
+    /// The transport the benchmark's clients use with the node it starts: quic, tls (TLS
+    /// over TCP) or ws (WebSocket) [default: quic].
+    #[arg(long, value_enum, default_value_t = BenchTransport::Quic, conflicts_with = "url")]
+    pub transport: BenchTransport,
     /// Address for the node the benchmark starts [default: 127.0.0.1:0]. A non-loopback
     /// address of this host makes the node treat the benchmark's clients as over a network
     /// (quinn's MTU discovery up to 1 452 bytes, as for clients on other hosts);
@@ -655,6 +665,25 @@ pub struct CallArgs {
 /// Parses `500ms`, `5s`, `2m`, `1h` or a plain number of seconds.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     fovea_node::parse_duration(s)
+}
+
+/// How `fovea bench`'s clients reach the node it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchTransport {
+    Quic,
+    Tls,
+    Ws,
+}
+
+impl BenchTransport {
+    /// The URL scheme.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            BenchTransport::Quic => "quic",
+            BenchTransport::Tls => "tls",
+            BenchTransport::Ws => "ws",
+        }
+    }
 }
 
 /// `--admin`: an address, or off.

@@ -1,7 +1,7 @@
 //! The stream transports (TLS over TCP, WebSocket) against real nodes: clients on every
 //! transport meet on the same topics and procedures, on one node and across a mesh; the
 //! WebSocket mapping (messages as a byte stream, origin checks) and a stream transport's
-//! close (a last GOAWAY) behave as docs/PROTOCOL.md §7 says.
+//! close (a last GOAWAY) behave as docs/PROTOCOL.md §1.1, §1.2 says.
 
 mod common;
 
@@ -78,12 +78,8 @@ async fn clients_on_quic_tls_and_websocket_meet_on_topics_and_procedures() {
 
     // The admin endpoint says which transport each connection uses.
     let page = common::http::get_json(node.admin, "/connections").await;
-    let mut transports: Vec<String> = page["connections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["transport"].as_str().unwrap().to_owned())
-        .collect();
+    let mut transports: Vec<String> =
+        page["connections"].as_array().unwrap().iter().map(|c| c["transport"].as_str().unwrap().to_owned()).collect();
     transports.sort();
     assert_eq!(transports, ["quic", "tls", "ws"]);
     let info = common::http::get_json(node.admin, "/info").await;
@@ -209,7 +205,7 @@ async fn websocket_messages_are_a_byte_stream_whatever_their_boundaries() {
             Ok(_) => {}
         }
     }
-    assert!(closed_with.is_some(), "a last GOAWAY says why the stream ends");
+    assert_eq!(closed_with, Some(ErrorCode::ProtocolError), "a last GOAWAY says why the stream ends");
     node.stop().await;
 }
 

@@ -1,6 +1,6 @@
 //! Client sessions over byte streams, for networks and programs that cannot use QUIC: TLS
 //! over TCP, and WebSocket (over TLS, or plain on loopback). Both carry exactly the bytes
-//! of the QUIC control stream (docs/PROTOCOL.md §7); the session reads and writes through
+//! of the QUIC control stream (docs/PROTOCOL.md §1.1, §1.2); the session reads and writes through
 //! [`Reader`] and [`Writer`] whatever the transport, and ends it through [`Link`].
 //!
 //! The QUIC variants are the common case and stay unboxed; the others are boxed so that
@@ -69,7 +69,7 @@ const READ_CHUNK: usize = 64 * 1024;
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// The WebSocket settings of a session: messages bounded by the largest frame plus room
-/// for a batch's small frames around it (PROTOCOL.md §7.2).
+/// for a batch's small frames around it (docs/PROTOCOL.md §1.2).
 pub(crate) fn ws_config(max_frame: usize) -> WebSocketConfig {
     let max = max_frame.saturating_add(64 * 1024);
     WebSocketConfig::default().max_message_size(Some(max)).max_frame_size(Some(max)).max_write_buffer_size(4 * max)
@@ -104,6 +104,20 @@ pub(crate) struct StreamLink {
     pub client_cert: Option<Vec<u8>>,
 }
 
+/// Why a read failed: the connection was lost (`NO_ERROR`: nothing to tell the client),
+/// or the client broke the transport's rules (the code to close with).
+#[derive(Debug)]
+pub(crate) struct ReadFailed {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl std::fmt::Display for ReadFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 impl Reader {
     /// A reader over the read half of a TLS stream.
     pub(crate) fn tls(half: ReadHalf<BoxIo>) -> Reader {
@@ -115,9 +129,10 @@ impl Reader {
     ///
     /// # Cancel safety
     /// Cancel safe: nothing is taken from the transport until it is returned.
-    pub(crate) async fn read_chunks(&mut self, chunks: &mut [Bytes]) -> Result<Option<usize>, String> {
+    pub(crate) async fn read_chunks(&mut self, chunks: &mut [Bytes]) -> Result<Option<usize>, ReadFailed> {
+        let lost = |e: String| ReadFailed { code: ErrorCode::NoError, message: e };
         match self {
-            Reader::Quic(r) => r.read_chunks(chunks).await.map_err(|e| e.to_string()),
+            Reader::Quic(r) => r.read_chunks(chunks).await.map_err(|e| lost(e.to_string())),
             Reader::Tls(state) => {
                 let (half, buf) = &mut **state;
                 buf.reserve(READ_CHUNK);
@@ -127,7 +142,7 @@ impl Reader {
                         chunks[0] = buf.split().freeze();
                         Ok(Some(1))
                     }
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err(lost(e.to_string())),
                 }
             }
             Reader::Ws(s) => loop {
@@ -141,16 +156,21 @@ impl Reader {
                     // Answered by the WebSocket layer itself.
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                     Some(Ok(Message::Text(_))) => {
-                        return Err("a text message: fovea's WebSocket carries binary messages only".into());
+                        let message = "a text message: fovea's WebSocket carries binary messages only".into();
+                        return Err(ReadFailed { code: ErrorCode::ProtocolError, message });
                     }
-                    Some(Err(e)) => return Err(e.to_string()),
+                    Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(e))) => {
+                        let message = format!("{e} (docs/PROTOCOL.md §1.2: split larger batches)");
+                        return Err(ReadFailed { code: ErrorCode::FrameTooLarge, message });
+                    }
+                    Some(Err(e)) => return Err(lost(e.to_string())),
                 }
             },
         }
     }
 
     /// One chunk of what arrived (the handshake's reads); `None` at the end.
-    pub(crate) async fn read_chunk(&mut self) -> Result<Option<Bytes>, String> {
+    pub(crate) async fn read_chunk(&mut self) -> Result<Option<Bytes>, ReadFailed> {
         let mut one = [Bytes::new()];
         Ok(self.read_chunks(&mut one).await?.map(|_| std::mem::take(&mut one[0])))
     }
@@ -293,7 +313,7 @@ impl StreamServer {
     /// Runs the TLS handshake and, for WebSocket, the upgrade on `tcp`.
     pub(crate) async fn accept(&self, tcp: tokio::net::TcpStream) -> Result<(Link, Reader, Writer), Refused> {
         let remote = tcp.peer_addr().map_err(|e| Refused(e.to_string()))?;
-        let _ = tcp.set_nodelay(true);
+        tune(&tcp);
         let (io, client_cert): (BoxIo, Option<Vec<u8>>) = match &self.tls {
             Some(acceptor) => {
                 let tls = acceptor.accept(tcp).await.map_err(|e| Refused(format!("TLS handshake: {e}")))?;
@@ -335,6 +355,17 @@ impl StreamServer {
             }
         }
     }
+}
+
+/// No Nagle delay (frames are batched already), and TCP keep-alive so that a peer that
+/// vanished is noticed in about 25 s, as QUIC's idle timeout would (docs/PROTOCOL.md §1.1).
+pub(crate) fn tune(tcp: &tokio::net::TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(10))
+        .with_interval(Duration::from_secs(5))
+        .with_retries(3);
+    let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive);
 }
 
 /// Whether a browser page from `origin` may connect: an exact entry, or an entry ending

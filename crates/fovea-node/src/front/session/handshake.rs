@@ -53,7 +53,7 @@ async fn admit(link: &Link, mut recv: Reader, shared: &Arc<Shared>, id: u64) -> 
         match recv.read_chunk().await {
             Ok(Some(chunk)) => deframer.push(chunk),
             Ok(None) => return Err(Close::new(ErrorCode::ProtocolError, "stream finished before HELLO")),
-            Err(e) => return Err(Close::new(ErrorCode::NoError, format!("read failed before HELLO: {e}"))),
+            Err(e) => return Err(Close::new(e.code, format!("read failed before HELLO: {e}"))),
         }
     };
     let Frame::Hello(hello) = hello else {

@@ -146,7 +146,12 @@ impl Session {
                 Err(Close::new(ErrorCode::ProtocolError, "the stream ended inside a frame"))
             }
             Ok(None) => Ok(None),
-            Err(e) => Err(Close::new(ErrorCode::NoError, format!("read: {e}"))),
+            Err(e) => {
+                if e.code != ErrorCode::NoError {
+                    self.shared.router.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(Close::new(e.code, format!("read: {e}")))
+            }
         }
     }
 

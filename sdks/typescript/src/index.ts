@@ -1,0 +1,18 @@
+// @fovea/client: the TypeScript SDK for fovea, over WebSocket (browsers and Node 22+).
+export { connect, Client, Message, Subscription, Registration, Request } from "./client.js";
+export type { ConnectOptions, Payload, ServerInfo, ToolDescriptor, WebSocketLike } from "./client.js";
+export type { Headers } from "./codec.js";
+export {
+  Code,
+  FoveaError,
+  ConnectError,
+  AuthError,
+  ClosedError,
+  DisconnectedError,
+  NoProviderError,
+  TimeoutError,
+  BusyError,
+  ProviderDisconnectedError,
+  RefusedError,
+  RemoteError,
+} from "./errors.js";

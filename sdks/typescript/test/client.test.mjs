@@ -1,0 +1,152 @@
+// The TypeScript SDK against real nodes: pub/sub, queue groups, RPC and its errors, tools,
+// the Rust CLI on QUIC, reconnection, credentials.
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+
+import {
+  AuthError,
+  ConnectError,
+  NoProviderError,
+  ProviderDisconnectedError,
+  RemoteError,
+  TimeoutError,
+  connect,
+} from "../dist/index.js";
+import { cli, freePort, startNode, within } from "./helpers.mjs";
+
+describe("one node", () => {
+  let node;
+  before(async () => (node = await startNode()));
+  after(async () => node.stop());
+
+  test("messages reach wildcard subscribers with their headers", async () => {
+    const a = await connect(node.ws);
+    const b = await connect(node.ws);
+    const all = await a.subscribe("sensors.>");
+    const temps = await b.subscribe("sensors.*.temp");
+    await b.publish("sensors.kitchen.temp", "21.5", { headers: { unit: "C" } });
+    await b.publish("sensors.kitchen.humidity", new Uint8Array([1, 2, 3]));
+    const first = (await within(all.next())) ;
+    assert.equal(first.topic, "sensors.kitchen.temp");
+    assert.equal(first.text(), "21.5");
+    assert.deepEqual(first.headers, { unit: "C" });
+    const second = await within(all.next());
+    assert.deepEqual([...second.payload], [1, 2, 3]);
+    const t = await within(temps.next());
+    assert.equal(t.topic, "sensors.kitchen.temp");
+    await a.close();
+    await b.close();
+  });
+
+  test("a queue group shares the messages: each goes to one member", async () => {
+    const pub = await connect(node.ws);
+    const members = [await connect(node.ws), await connect(node.ws)];
+    const subs = await Promise.all(members.map((m) => m.subscribe("jobs.*", { group: "workers" })));
+    for (let i = 0; i < 40; i++) await pub.publish("jobs.run", String(i));
+    await pub.flush();
+    const got = [];
+    for (const s of subs) {
+      // One pending `next()` at a time: an abandoned one would take a message.
+      let next = s.next();
+      for (;;) {
+        const m = await Promise.race([next, new Promise((r) => setTimeout(() => r(undefined), 300))]);
+        if (!m) break;
+        got.push(Number(m.text()));
+        next = s.next();
+      }
+    }
+    got.sort((x, y) => x - y);
+    assert.deepEqual(got, [...Array(40).keys()], "each message exactly once across the group");
+    for (const c of [pub, ...members]) await c.close();
+  });
+
+  test("calls reach a provider; every failure is a typed error", async () => {
+    const provider = await connect(node.ws);
+    const caller = await connect(node.ws);
+    const reg = await provider.register("math.double");
+    (async () => {
+      for await (const req of reg) {
+        if (req.text() === "bad") req.fail("not a number");
+        else if (req.text() === "slow") continue; // never answered
+        else req.respond(String(2 * Number(req.text())), { headers: { by: "ts" } });
+      }
+    })();
+    const answer = await caller.call("math.double", "21", { timeout: 2000 });
+    assert.equal(new TextDecoder().decode(answer), "42");
+    const full = await caller.request("math.double", "5");
+    assert.deepEqual(full.headers, { by: "ts" });
+    await assert.rejects(caller.call("math.double", "bad"), (e) => e instanceof RemoteError && e.code === 0x1000 && /not a number/.test(e.message));
+    await assert.rejects(caller.call("nobody.home", ""), NoProviderError);
+    await assert.rejects(caller.call("math.double", "slow", { timeout: 300 }), TimeoutError);
+
+    const leaving = await connect(node.ws);
+    const r2 = await leaving.register("svc.leaving");
+    const pending = caller.call("svc.leaving", "x", { timeout: 5000 }).catch((e) => e);
+    await within(r2.next());
+    await leaving.close();
+    assert.ok((await pending) instanceof ProviderDisconnectedError);
+    await provider.close();
+    await caller.close();
+  });
+
+  test("the Rust CLI on QUIC and this SDK on WebSocket meet", async () => {
+    const ts = await connect(node.ws);
+    const sub = await ts.subscribe("cli.>");
+    await cli(["pub", "cli.hello", "from rust", "--url", node.quic, "--ca", node.cert]);
+    assert.equal((await within(sub.next())).text(), "from rust");
+
+    const reg = await ts.register("ts.upper", { tool: { description: "Upper-cases text", inputSchema: { type: "object" } } });
+    (async () => {
+      for await (const req of reg) req.respond(req.text().toUpperCase());
+    })();
+    const out = await cli(["call", "ts.upper", "shout", "--url", node.quic, "--ca", node.cert]);
+    assert.equal(out.trim(), "SHOUT");
+    await ts.close();
+  });
+
+  test("after close, operations fail and iteration ends", async () => {
+    const c = await connect(node.ws);
+    const sub = await c.subscribe("x.>");
+    await c.close();
+    assert.equal(await sub.next(), undefined);
+    await assert.rejects(c.publish("x.y", "z"));
+  });
+});
+
+test("a client reconnects to a restarted node and restores its subscriptions", async () => {
+  const port = await freePort();
+  let node = await startNode({ ws: port });
+  const sub_client = await connect(node.ws, { maxReconnectDelay: 200 });
+  const sub = await sub_client.subscribe("again.>");
+  await node.stop();
+  node = await startNode({ ws: port, dir: node.dir });
+  const pub = await connect(node.ws);
+  let got;
+  const next = sub.next();
+  for (let i = 0; i < 100 && !got; i++) {
+    await pub.publish("again.x", "back");
+    got = await Promise.race([next, new Promise((r) => setTimeout(() => r(undefined), 100))]);
+  }
+  assert.equal(got?.text(), "back");
+  await sub_client.close();
+  await pub.close();
+  await node.stop();
+});
+
+test("a wrong token is an AuthError; no node is a ConnectError", async () => {
+  const node = await startNode({
+    config: `
+[[realm]]
+name = "private"
+[[realm.user]]
+name = "alice"
+token_sha256 = "27042f4e6eca7d0b2a7ee4026df2ecfa51d3339e6d122aa099118ecd8563bad9"
+`,
+  });
+  await assert.rejects(connect(node.ws, { realm: "private", token: "wrong" }), AuthError);
+  const ok = await connect(node.ws, { realm: "private", token: "right" });
+  await ok.close();
+  await node.stop();
+  await assert.rejects(connect(node.ws, { connectTimeout: 2000 }), ConnectError);
+  await assert.rejects(connect("quic://127.0.0.1:4433"), ConnectError);
+});
