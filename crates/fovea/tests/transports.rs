@@ -102,7 +102,7 @@ async fn a_refusal_on_a_stream_transport_says_why() {
     .await;
     for url in [&node.tls_url, &node.ws_url] {
         let opts = node.options().realm("private").token("wrong");
-        let err = Client::connect(url, opts).await.err().expect("refused");
+        let Err(err) = Client::connect(url, opts).await else { panic!("{url}: not refused") };
         assert!(matches!(err, ClientError::AuthFailed), "{url}: {err}");
     }
     node.stop().await;
@@ -113,7 +113,7 @@ async fn past_the_connection_limit_a_stream_client_is_told_node_full() {
     let node = TestNode::start_with(fovea_node::Limits { max_connections: 1, ..Default::default() }).await;
     let _first = connect(&node, &node.ws_url).await;
     for url in [&node.tls_url, &node.ws_url] {
-        let err = Client::connect(url, node.options()).await.err().expect("refused");
+        let Err(err) = Client::connect(url, node.options()).await else { panic!("{url}: not refused") };
         assert!(matches!(err, ClientError::Closed { code: ErrorCode::NodeFull, .. }), "{url}: {err}");
     }
     node.stop().await;

@@ -331,6 +331,8 @@ impl StreamServer {
             }
             Transport::Ws | Transport::Wss => {
                 let origins = self.origins.clone();
+                // The callback's type is tungstenite's (`Result<Response, ErrorResponse>`).
+                #[allow(clippy::result_large_err)]
                 let check =
                     move |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
                           resp: tokio_tungstenite::tungstenite::handshake::server::Response| {
