@@ -17,7 +17,7 @@ pub struct Stats {
     pub connections: AtomicU64,
     /// Connections accepted (transport handshake done), every transport.
     pub accepted: AtomicU64,
-    /// Open client sessions by transport, in [`Transport::ALL`]'s order (gauges).
+    /// Open client sessions by transport, in `Transport::ALL`'s order (gauges).
     pub transports: [AtomicU64; 4],
     /// `PUB` frames received.
     pub msgs_in: AtomicU64,
