@@ -127,6 +127,7 @@ impl Node {
             None => None,
         };
         let router = Router::new(config.limits.clone(), realms, mesh);
+        let stream_urls = stream_urls(&streams);
         let shared = Arc::new(Shared {
             config,
             router,
@@ -139,6 +140,7 @@ impl Node {
             listen,
             mcp: std::sync::OnceLock::new(),
             quic: quic_stats,
+            stream_urls,
         });
         Ok(Node {
             endpoint,
@@ -171,10 +173,7 @@ impl Node {
     /// The URLs of the stream transports clients can use (`tls://…`, `ws://…` or
     /// `wss://…`, with the real ports).
     pub fn stream_urls(&self) -> Vec<String> {
-        self.streams
-            .iter()
-            .filter_map(|(l, s)| l.local_addr().ok().map(|a| format!("{}://{a}", s.transport.name())))
-            .collect()
+        self.shared.stream_urls.clone()
     }
 
     /// The SHA-256 fingerprint of the node's certificate, `AB:CD:…`.
@@ -280,6 +279,11 @@ impl Node {
         admin_stop.cancel();
         Ok(())
     }
+}
+
+/// The URLs clients use for the stream transports bound in `streams`.
+fn stream_urls(streams: &[(std::net::TcpListener, StreamServer)]) -> Vec<String> {
+    streams.iter().filter_map(|(l, s)| l.local_addr().ok().map(|a| format!("{}://{a}", s.transport.name()))).collect()
 }
 
 /// NODE_FULL refusals under way at once per stream transport (docs/LIMITS.md).

@@ -1163,7 +1163,7 @@ impl ChildNode {
         let streams = line
             .split([' ', ','])
             .filter(|w| w.starts_with("tls://") || w.starts_with("ws://") || w.starts_with("wss://"))
-            .map(|w| w.trim_end_matches([')', ',']).to_owned())
+            .map(|w| w.trim().trim_end_matches([')', ',']).to_owned())
             .collect();
         Ok(ChildNode { url: url.to_owned(), streams, mesh, mcp, cert: dir.join("node.crt"), child, _dir: None })
     }

@@ -223,3 +223,29 @@ async fn an_admin_token_guards_everything_but_health() {
     let e = fovea_node::Node::bind(config).err().expect("refused");
     assert!(e.to_string().contains("--admin-token"), "{e}");
 }
+
+/// The dashboard's page is served (self-contained) and `/realms` lists what it shows.
+#[tokio::test]
+async fn the_dashboard_and_the_realm_listing() {
+    let node = TestNode::start().await;
+    let (status, page) = get(node.admin, "/").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("<title>fovea node</title>"), "{page}");
+    assert!(!page.contains("http://") && !page.contains("https://"), "the page loads nothing from elsewhere");
+    let client = node.client().await;
+    let _sub = client.subscribe("a.>").await.unwrap();
+    let tool = serde_json::json!({ "description": "Doubles a number" });
+    let _reg = client.register_tool("math.double", &tool).await.unwrap();
+    let (status, body) = get(node.admin, "/realms").await;
+    assert_eq!(status, 200);
+    let realms = json(&body);
+    let default = &realms[0];
+    assert_eq!(default["name"], "default");
+    assert_eq!(default["subscriptions"], 1);
+    assert_eq!(default["procedures"], serde_json::json!([["math.double", 1]]));
+    assert_eq!(default["tools"][0][1], "Doubles a number");
+    let (_, info) = get(node.admin, "/info").await;
+    let transports = json(&info)["transports"].clone();
+    assert!(transports.as_array().unwrap().iter().any(|u| u.as_str().unwrap().starts_with("ws://")), "{transports}");
+    node.stop().await;
+}

@@ -34,7 +34,8 @@ export async function freePort() {
  */
 export async function startNode(opts = {}) {
   const dir = opts.dir ?? mkdtempSync(join(tmpdir(), "fovea-ts-"));
-  const args = ["node", "--listen", "127.0.0.1:0", "--admin", "off", "--data-dir", dir, "--ws", `127.0.0.1:${opts.ws ?? 0}`];
+  const admin = opts.admin ? "127.0.0.1:0" : "off";
+  const args = ["node", "--listen", "127.0.0.1:0", "--admin", admin, "--data-dir", dir, "--ws", `127.0.0.1:${opts.ws ?? 0}`];
   if (opts.config) {
     const file = join(dir, "fovea.toml");
     writeFileSync(file, opts.config);
@@ -58,9 +59,11 @@ export async function startNode(opts = {}) {
   });
   const ws = ready.match(/ws:\/\/[^ ,)]+/)[0];
   const quic = ready.match(/quic:\/\/[^ ,)]+/)[0];
+  const adminUrl = ready.match(/admin (http:\/\/[^ ,)]+)/)?.[1];
   return {
     ws,
     quic,
+    admin: adminUrl,
     dir,
     cert: join(dir, "node.crt"),
     async stop() {

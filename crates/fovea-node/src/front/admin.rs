@@ -50,6 +50,8 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
 fn router(shared: Arc<Shared>) -> Router {
     let token = shared.config.admin_token.clone();
     Router::new()
+        .route("/", get(dashboard))
+        .route("/realms", get(realms))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/info", get(info))
@@ -60,7 +62,9 @@ fn router(shared: Arc<Shared>) -> Router {
             async move {
                 // `/health` stays open, for probes; everything else needs the token when
                 // one is configured.
-                let open = req.uri().path() == "/health";
+                // The dashboard's page is open too: it holds no data, and asks for the
+                // token to fetch the rest.
+                let open = matches!(req.uri().path(), "/health" | "/");
                 let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
                 match &token {
                     Some(t) if !open && given.and_then(|g| g.strip_prefix("Bearer ")).is_none_or(|g| !ct_eq(g, t)) => {
@@ -88,6 +92,59 @@ async fn ready(State(shared): State<Arc<Shared>>) -> Response {
     Json(serde_json::json!({ "status": "ready" })).into_response()
 }
 
+/// The live dashboard: one self-contained page (no CDN), which reads this endpoint and
+/// taps messages through the node's WebSocket transport.
+async fn dashboard() -> Response {
+    let headers = [
+        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+        (header::CACHE_CONTROL, "no-store"),
+        // Only this endpoint and a WebSocket (the tap) may be reached from the page.
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self' ws: wss:; img-src data:",
+        ),
+    ];
+    (headers, include_str!("dashboard.html")).into_response()
+}
+
+/// Most procedures and tools listed per realm by `/realms`.
+const MAX_LISTED: usize = 500;
+
+#[derive(Serialize)]
+struct RealmRow {
+    name: String,
+    subscriptions: usize,
+    registrations: usize,
+    /// Procedures provided on this node, with their provider counts (at most 500).
+    procedures: Vec<(String, usize)>,
+    /// Tools of the realm, mesh-wide, with their descriptions (at most 500).
+    tools: Vec<(String, String)>,
+}
+
+/// The realms, with what is subscribed and provided in each.
+async fn realms(State(shared): State<Arc<Shared>>) -> Json<Vec<RealmRow>> {
+    let mut rows: Vec<RealmRow> = shared
+        .router
+        .realms()
+        .values()
+        .map(|r| RealmRow {
+            name: r.name.clone(),
+            subscriptions: r.subscription_count(),
+            registrations: r.registration_count(),
+            procedures: r.procedure_list(MAX_LISTED),
+            tools: r.with_tools(|c| {
+                c.entries_where(|_| true)
+                    .into_iter()
+                    .take(MAX_LISTED)
+                    .map(|(name, d)| (name.to_owned(), d.description().to_owned()))
+                    .collect()
+            }),
+        })
+        .collect();
+    rows.sort_by(|a, b| a.name.cmp(&b.name));
+    Json(rows)
+}
+
 #[derive(Serialize)]
 struct Info {
     version: &'static str,
@@ -98,6 +155,8 @@ struct Info {
     workers: usize,
     cores: usize,
     realms: Vec<String>,
+    /// The stream transports' URLs (`tls://…`, `ws://…`, `wss://…`).
+    transports: Vec<String>,
     limits: crate::config::Limits,
     stats: crate::stats::StatsSnapshot,
     /// The node's view of its mesh; absent for a standalone node.
@@ -115,6 +174,7 @@ async fn info(State(shared): State<Arc<Shared>>) -> Json<Info> {
         workers: tokio::runtime::Handle::current().metrics().num_workers(),
         cores: std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
         realms,
+        transports: shared.stream_urls.clone(),
         limits: shared.config.limits.clone(),
         stats: StatsHandle(shared.clone()).snapshot(),
         mesh: match shared.router.mesh.as_ref().map(|m| &m.mesh) {

@@ -40,6 +40,8 @@ pub(crate) struct Shared {
     pub mcp: OnceLock<Arc<mcp::McpState>>,
     /// The client endpoint's gauges and limit counters.
     pub quic: Arc<EndpointStats>,
+    /// The stream transports' URLs (`tls://…`, `ws://…`, `wss://…`), for the dashboard.
+    pub stream_urls: Vec<String>,
 }
 
 /// Reloads realms, users and permissions without a restart (see `Node::reloader`).

@@ -103,6 +103,18 @@ impl Realm {
         self.generation.fetch_add(1, Ordering::Release);
     }
 
+    /// Up to `max` procedures provided on this node, by name, with their provider counts.
+    pub fn procedure_list(&self, max: usize) -> Vec<(String, usize)> {
+        let procs = crate::sync::read(&self.procs);
+        let mut list: Vec<(String, usize)> = procs
+            .procedures()
+            .take(max)
+            .map(|p| (p.as_str().to_owned(), procs.providers(p.as_bytes()).len()))
+            .collect();
+        list.sort();
+        list
+    }
+
     /// Number of subscriptions in the realm.
     pub fn subscription_count(&self) -> usize {
         crate::sync::read(&self.subs).len()
