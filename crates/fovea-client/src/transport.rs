@@ -25,6 +25,8 @@ type Ws = WebSocketStream<BoxIo>;
 
 /// Largest read from a TLS stream at once.
 const READ_CHUNK: usize = 64 * 1024;
+/// Largest WebSocket message this client sends (more bytes go in more messages).
+const WS_MESSAGE: usize = 256 * 1024;
 
 /// The receiving side of the session's stream.
 pub(crate) enum Reader {
@@ -186,11 +188,12 @@ impl Writer {
                 w.flush().await.map_err(|e| e.to_string())
             }
             Writer::Ws(w) => {
-                let mut joined = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
-                for c in chunks.iter() {
-                    joined.extend_from_slice(c);
+                // Messages of at most WS_MESSAGE bytes, cut anywhere (they are a byte
+                // stream): the node refuses one over its frame limit + 64 KiB (§1.2).
+                for message in ws_messages(chunks) {
+                    w.feed(Message::Binary(message)).await.map_err(|e| e.to_string())?;
                 }
-                w.send(Message::Binary(joined.freeze())).await.map_err(|e| e.to_string())
+                w.flush().await.map_err(|e| e.to_string())
             }
         }
     }
@@ -214,6 +217,26 @@ impl Writer {
             }
         }
     }
+}
+
+/// `chunks` as WebSocket messages of at most [`WS_MESSAGE`] bytes each.
+fn ws_messages(chunks: &[Bytes]) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut joined = BytesMut::new();
+    for c in chunks {
+        let mut c = c.clone();
+        while !c.is_empty() {
+            let take = (WS_MESSAGE - joined.len()).min(c.len());
+            joined.extend_from_slice(&c.split_to(take));
+            if joined.len() == WS_MESSAGE {
+                out.push(joined.split().freeze());
+            }
+        }
+    }
+    if !joined.is_empty() {
+        out.push(joined.freeze());
+    }
+    out
 }
 
 /// Closes a QUIC connection (the stream transports close with their stream).

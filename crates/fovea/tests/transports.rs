@@ -72,9 +72,18 @@ async fn clients_on_quic_tls_and_websocket_meet_on_topics_and_procedures() {
     assert!(matches!(ws.call("nobody.home", "", T).await, Err(ClientError::NoProvider(_))));
 
     // Large payloads cross every transport whole.
+    let mut big_on_ws = ws.subscribe("sensors.big.>").await.unwrap();
     let big = Bytes::from(vec![7u8; 900_000]);
     ws.publish("sensors.big.blob", big.clone()).await.unwrap();
     assert_eq!(next(&mut on_quic).await.payload, big);
+    assert_eq!(next(&mut big_on_ws).await.payload, big, "a large frame spans WebSocket messages");
+    // A burst over the WebSocket: batches bigger than one message arrive whole.
+    for i in 0..2000 {
+        ws.publish("sensors.big.burst", vec![i as u8; 2000]).await.unwrap();
+    }
+    for i in 0..2000 {
+        assert_eq!(next(&mut big_on_ws).await.payload, vec![i as u8; 2000]);
+    }
 
     // The admin endpoint says which transport each connection uses.
     let page = common::http::get_json(node.admin, "/connections").await;

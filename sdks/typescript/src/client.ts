@@ -60,6 +60,8 @@ export interface ServerInfo {
 }
 
 const decoder = new TextDecoder();
+/** Largest WebSocket message sent; more bytes go in more messages. */
+const WS_MESSAGE = 256 * 1024;
 
 /** A message delivered to a subscription. */
 export class Message {
@@ -522,7 +524,7 @@ export class Client {
     if (this.state !== "connected" || !this.ws) return;
     this.out.push(frame);
     this.outBytes += frame.length;
-    if (this.outBytes >= 256 * 1024) return this.flushOut();
+    if (this.outBytes >= WS_MESSAGE) return this.flushOut();
     if (!this.flushing) {
       this.flushing = true;
       queueMicrotask(() => this.flushOut());
@@ -536,14 +538,15 @@ export class Client {
     this.out = [];
     const total = this.outBytes;
     this.outBytes = 0;
-    if (parts.length === 1) return this.ws.send(parts[0]);
+    if (parts.length === 1 && total <= WS_MESSAGE) return this.ws.send(parts[0]);
     const joined = new Uint8Array(total);
     let at = 0;
     for (const p of parts) {
       joined.set(p, at);
       at += p.length;
     }
-    this.ws.send(joined);
+    // Messages are a byte stream (PROTOCOL.md §1.2): cut at WS_MESSAGE, under the node's limit.
+    for (let i = 0; i < total; i += WS_MESSAGE) this.ws.send(joined.subarray(i, Math.min(total, i + WS_MESSAGE)));
   }
 
   private check(): void {

@@ -57,13 +57,14 @@ export async function startNode(opts = {}) {
     });
     child.on("exit", (code) => rej(new Error(`node exited (${code}):\n${log}`)));
   });
-  const ws = ready.match(/ws:\/\/[^ ,)]+/)[0];
+  const ws = ready.match(/wss?:\/\/[^ ,)]+/)[0];
   const quic = ready.match(/quic:\/\/[^ ,)]+/)[0];
   const adminUrl = ready.match(/admin (http:\/\/[^ ,)]+)/)?.[1];
   return {
     ws,
     quic,
     admin: adminUrl,
+    ready,
     dir,
     cert: join(dir, "node.crt"),
     async stop() {

@@ -65,6 +65,9 @@ type Ws = WebSocketStream<BoxIo>;
 /// Largest read from a TLS stream at once.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Largest WebSocket message the node sends.
+const WS_MESSAGE: usize = 256 * 1024;
+
 /// How long a closing stream transport gets to deliver its last `GOAWAY`.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
@@ -192,20 +195,24 @@ impl Writer {
                 w.flush().await.map_err(|e| e.to_string())
             }
             Writer::Ws(w) => {
-                // One message per batch: a WebSocket message costs a header and a mask
-                // check at the browser, however small.
-                let message = match chunks {
-                    [one] => std::mem::take(one),
-                    many => {
-                        let mut joined = BytesMut::with_capacity(many.iter().map(Bytes::len).sum());
-                        for c in many.iter_mut() {
-                            joined.extend_from_slice(c);
-                            *c = Bytes::new();
+                // Messages of at most WS_MESSAGE bytes, cut anywhere (they are a byte
+                // stream, PROTOCOL.md §1.2), so that a client's limit holds whatever the
+                // batch: many frames per message when small, a large one over several.
+                let mut joined = BytesMut::new();
+                for c in chunks.iter_mut() {
+                    let mut c = std::mem::take(c);
+                    while !c.is_empty() {
+                        let take = (WS_MESSAGE - joined.len()).min(c.len());
+                        joined.extend_from_slice(&c.split_to(take));
+                        if joined.len() == WS_MESSAGE {
+                            w.feed(Message::Binary(joined.split().freeze())).await.map_err(|e| e.to_string())?;
                         }
-                        joined.freeze()
                     }
-                };
-                w.send(Message::Binary(message)).await.map_err(|e| e.to_string())
+                }
+                if !joined.is_empty() {
+                    w.feed(Message::Binary(joined.freeze())).await.map_err(|e| e.to_string())?;
+                }
+                w.flush().await.map_err(|e| e.to_string())
             }
         }
     }
