@@ -62,8 +62,10 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 pub(crate) type BoxIo = Box<dyn Io>;
 type Ws = WebSocketStream<BoxIo>;
 
-/// Largest read from a TLS stream at once.
+/// Largest read from a TLS stream at once; reads start at [`READ_FIRST`] and double while
+/// they fill the buffer, so an idle session holds a small one.
 const READ_CHUNK: usize = 64 * 1024;
+const READ_FIRST: usize = 2 * 1024;
 
 /// Largest WebSocket message the node sends.
 const WS_MESSAGE: usize = 256 * 1024;
@@ -75,13 +77,20 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// for a batch's small frames around it (docs/PROTOCOL.md §1.2).
 pub(crate) fn ws_config(max_frame: usize) -> WebSocketConfig {
     let max = max_frame.saturating_add(64 * 1024);
-    WebSocketConfig::default().max_message_size(Some(max)).max_frame_size(Some(max)).max_write_buffer_size(4 * max)
+    WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+        .max_write_buffer_size(4 * max)
+        // The read buffer is allocated per connection up front (128 KiB by default): an idle
+        // session must stay small. Larger messages are read in more steps.
+        .read_buffer_size(8 * 1024)
 }
 
 /// The receiving side of a session's stream.
 pub(crate) enum Reader {
     Quic(quic::RecvStream),
-    Tls(Box<(ReadHalf<BoxIo>, BytesMut)>),
+    /// The read half, its buffer, and the size of the next read.
+    Tls(Box<(ReadHalf<BoxIo>, BytesMut, usize)>),
     Ws(Box<SplitStream<Ws>>),
 }
 
@@ -124,7 +133,7 @@ impl std::fmt::Display for ReadFailed {
 impl Reader {
     /// A reader over the read half of a TLS stream.
     pub(crate) fn tls(half: ReadHalf<BoxIo>) -> Reader {
-        Reader::Tls(Box::new((half, BytesMut::new())))
+        Reader::Tls(Box::new((half, BytesMut::new(), READ_FIRST)))
     }
 
     /// Reads what arrived into the first slots of `chunks` (at least one slot); how many,
@@ -137,11 +146,12 @@ impl Reader {
         match self {
             Reader::Quic(r) => r.read_chunks(chunks).await.map_err(|e| lost(e.to_string())),
             Reader::Tls(state) => {
-                let (half, buf) = &mut **state;
-                buf.reserve(READ_CHUNK);
+                let (half, buf, next) = &mut **state;
+                buf.reserve(*next);
                 match half.read_buf(buf).await {
                     Ok(0) => Ok(None),
-                    Ok(_) => {
+                    Ok(n) => {
+                        *next = if n >= *next { (*next * 2).min(READ_CHUNK) } else { READ_FIRST };
                         chunks[0] = buf.split().freeze();
                         Ok(Some(1))
                     }
