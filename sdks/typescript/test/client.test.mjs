@@ -104,6 +104,23 @@ describe("one node", () => {
     await ts.close();
   });
 
+  test("messages a slow reader's queue cannot hold are counted as dropped", async () => {
+    const sub_client = await connect(node.ws, { maxPending: 10 });
+    const pub = await connect(node.ws);
+    const sub = await sub_client.subscribe("slow.>");
+    const told = [];
+    sub.ondropped = (n) => told.push(n);
+    for (let i = 0; i < 50; i++) await pub.publish("slow.x", String(i));
+    await pub.flush();
+    await sub_client.flush();
+    assert.equal(sub.dropped, 40, "ten kept, the newest forty dropped");
+    assert.equal(told.reduce((a, b) => a + b, 0), 40);
+    const first = await sub.next();
+    assert.equal(first.text(), "0", "what was kept arrives in order");
+    await sub_client.close();
+    await pub.close();
+  });
+
   test("after close, operations fail and iteration ends", async () => {
     const c = await connect(node.ws);
     const sub = await c.subscribe("x.>");
