@@ -190,7 +190,7 @@ impl Writer {
             Writer::Ws(w) => {
                 // Messages of at most WS_MESSAGE bytes, cut anywhere (they are a byte
                 // stream): the node refuses one over its frame limit + 64 KiB (§1.2).
-                for message in ws_messages(chunks) {
+                for message in fovea_core::outbuf::cut_messages(chunks, WS_MESSAGE) {
                     w.feed(Message::Binary(message)).await.map_err(|e| e.to_string())?;
                 }
                 w.flush().await.map_err(|e| e.to_string())
@@ -217,26 +217,6 @@ impl Writer {
             }
         }
     }
-}
-
-/// `chunks` as WebSocket messages of at most [`WS_MESSAGE`] bytes each.
-fn ws_messages(chunks: &[Bytes]) -> Vec<Bytes> {
-    let mut out = Vec::new();
-    let mut joined = BytesMut::new();
-    for c in chunks {
-        let mut c = c.clone();
-        while !c.is_empty() {
-            let take = (WS_MESSAGE - joined.len()).min(c.len());
-            joined.extend_from_slice(&c.split_to(take));
-            if joined.len() == WS_MESSAGE {
-                out.push(joined.split().freeze());
-            }
-        }
-    }
-    if !joined.is_empty() {
-        out.push(joined.freeze());
-    }
-    out
 }
 
 /// Closes a QUIC connection (the stream transports close with their stream).

@@ -668,7 +668,7 @@ impl Frame {
 
     /// As [`Frame::decode`], except that a `MSG` is handed to `on_msg` (and `Ok(Some((None,
     /// n)))` returned) instead of being built into a [`Frame`]: a `Frame` is 152 bytes, and
-    /// moving one out per message was ~4% of a subscriber's CPU (`perf`: `memmove` under
+    /// moving one out per message shows in a subscriber's profile (`memmove` under
     /// `Deframer::next_frame` and the SDK's read loop).
     ///
     /// # Errors

@@ -199,6 +199,35 @@ fn inline_len(payload: &[u8]) -> usize {
     }
 }
 
+/// Cuts `chunks`, consecutive pieces of a byte stream, into messages of at most `max`
+/// bytes (`max` ≥ 1) for a transport that frames messages (WebSocket, docs/PROTOCOL.md
+/// §1.2): small chunks share a message, a large one is spread over several, wherever the
+/// cuts fall. A lone chunk that fits goes on as it is, without a copy. Empties `chunks`.
+pub fn cut_messages(chunks: &mut [Bytes], max: usize) -> Vec<Bytes> {
+    let max = max.max(1);
+    if let [one] = chunks {
+        if one.len() <= max {
+            return vec![std::mem::take(one)];
+        }
+    }
+    let mut out = Vec::new();
+    let mut joined = BytesMut::new();
+    for chunk in chunks.iter_mut() {
+        let mut c = std::mem::take(chunk);
+        while !c.is_empty() {
+            let take = (max - joined.len()).min(c.len());
+            joined.extend_from_slice(&c.split_to(take));
+            if joined.len() == max {
+                out.push(joined.split().freeze());
+            }
+        }
+    }
+    if !joined.is_empty() {
+        out.push(joined.freeze());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,5 +383,20 @@ mod tests {
             }
             proptest::prop_assert_eq!(got, expected);
         }
+    }
+
+    #[test]
+    fn messages_are_cut_at_the_limit_and_keep_every_byte_in_order() {
+        let lone = Bytes::from_static(b"abc");
+        let out = super::cut_messages(&mut [lone.clone()], 4);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].as_ptr(), lone.as_ptr(), "a lone chunk that fits is not copied");
+        let mut chunks: Vec<Bytes> =
+            [&b"ab"[..], b"cdefg", b"h", b"ijklmnopq"].iter().map(|c| Bytes::copy_from_slice(c)).collect();
+        let out = super::cut_messages(&mut chunks, 4);
+        assert!(out.iter().all(|m| !m.is_empty() && m.len() <= 4));
+        assert_eq!(out.concat(), b"abcdefghijklmnopq");
+        assert!(chunks.iter().all(Bytes::is_empty));
+        assert!(super::cut_messages(&mut [], 4).is_empty());
     }
 }

@@ -6,11 +6,8 @@
 //! most of a node's and a client's CPU goes to per-datagram work (packet building, AEAD
 //! setup, acknowledgement tracking, the kernel's per-datagram path), so bigger datagrams
 //! carry the same messages for less. A service next to its node (same host) is the common
-//! deployment, so this is not only a benchmark effect.
-//!
-//! Measured with `fovea bench`, node and load generator on one 2-core host, 6 500 against
-//! 1 452 (BENCHMARKS.md, twelfth session): 1 KiB pub/sub ~1.7x, fan-out ~1.5x, 64 B
-//! pub/sub ~1.35x, 64-caller RPC ~1.1x.
+//! deployment, so this is not only a benchmark effect. BENCHMARKS.md has what 6 500 bytes
+//! buy against 1 452.
 
 use std::net::{IpAddr, SocketAddr};
 

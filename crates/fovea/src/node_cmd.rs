@@ -10,12 +10,9 @@ use crate::cli::NodeArgs;
 /// least one. A node serves the services on its host ("a nearby node"), and every datagram
 /// it handles is work for the kernel and for a client there too: the core left over is
 /// theirs. A second worker mostly takes over pieces of one datagram's work, and each
-/// hand-off wakes a thread. On this project's 2-core host, with the load generator beside
-/// the node, one worker against two (seventeenth session, 3–5 alternating rounds): RPC with 64
-/// callers +20%, pub/sub +11%, fan-out to 100 and one caller's latency unchanged
-/// (BENCHMARKS.md, "Worker threads"). 100 000 clients connecting at once were all accepted
-/// with one worker or two, once loopback MTU discovery stopped costing half the node's CPU.
-/// A node with a many-core host to itself loses one core in N; `--workers` gives it back.
+/// hand-off wakes a thread, so with a client beside the node one worker does more than two
+/// (BENCHMARKS.md, "Worker threads", has the figures). A node with a many-core host to
+/// itself loses one core in N; `--workers` gives it back.
 pub fn default_workers(cores: usize) -> usize {
     cores.saturating_sub(1).max(1)
 }

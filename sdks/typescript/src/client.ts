@@ -86,8 +86,7 @@ export class Message {
 class Queue<T> implements AsyncIterable<T> {
   private items: T[] = [];
   private head = 0;
-  private waiters: ((r: IteratorResult<T>) => void)[] = [];
-  private failers: ((e: Error) => void)[] = [];
+  private waiters: { resolve: (r: IteratorResult<T>) => void; reject: (e: Error) => void }[] = [];
   private ended = false;
   private error: Error | undefined;
 
@@ -98,8 +97,7 @@ class Queue<T> implements AsyncIterable<T> {
     if (this.ended) return true;
     const waiter = this.waiters.shift();
     if (waiter) {
-      this.failers.shift();
-      waiter({ value: item, done: false });
+      waiter.resolve({ value: item, done: false });
       return true;
     }
     if (this.items.length - this.head >= this.max) return false;
@@ -111,9 +109,10 @@ class Queue<T> implements AsyncIterable<T> {
     if (this.ended) return;
     this.ended = true;
     this.error = error;
-    const waiters = this.waiters.splice(0);
-    const failers = this.failers.splice(0);
-    waiters.forEach((w, i) => (error ? failers[i](error) : w({ value: undefined, done: true })));
+    for (const w of this.waiters.splice(0)) {
+      if (error) w.reject(error);
+      else w.resolve({ value: undefined, done: true });
+    }
   }
 
   next(): Promise<IteratorResult<T>> {
@@ -126,10 +125,7 @@ class Queue<T> implements AsyncIterable<T> {
       return Promise.resolve({ value, done: false });
     }
     if (this.ended) return this.error ? Promise.reject(this.error) : Promise.resolve({ value: undefined, done: true });
-    return new Promise((resolve, reject) => {
-      this.waiters.push(resolve);
-      this.failers.push(reject);
-    });
+    return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
   }
 
   [Symbol.asyncIterator](): AsyncIterator<T> {
@@ -143,14 +139,32 @@ class Queue<T> implements AsyncIterable<T> {
   }
 }
 
+/** What a subscription and a registration share: a bounded queue to read or iterate. */
+abstract class Feed<T> implements AsyncIterable<T> {
+  /** @internal */
+  readonly queue: Queue<T>;
+
+  constructor(maxPending: number) {
+    this.queue = new Queue(maxPending);
+  }
+
+  /** The next item, or `undefined` once it ended. */
+  async next(): Promise<T | undefined> {
+    const r = await this.queue.next();
+    return r.done ? undefined : r.value;
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<T> {
+    return this.queue[Symbol.asyncIterator]();
+  }
+}
+
 /** A subscription: iterate it for its messages. */
-export class Subscription implements AsyncIterable<Message> {
+export class Subscription extends Feed<Message> {
   /** Messages lost: dropped by the node (a `DROPPED` notice) or here (queue full). */
   dropped = 0;
   /** Called with each count of lost messages. */
   ondropped: ((count: number) => void) | undefined;
-  /** @internal */
-  readonly queue: Queue<Message>;
 
   /** @internal */
   constructor(
@@ -160,17 +174,7 @@ export class Subscription implements AsyncIterable<Message> {
     readonly group: string | undefined,
     maxPending: number,
   ) {
-    this.queue = new Queue(maxPending);
-  }
-
-  /** The next message, or `undefined` once the subscription ended. */
-  async next(): Promise<Message | undefined> {
-    const r = await this.queue.next();
-    return r.done ? undefined : r.value;
-  }
-
-  [Symbol.asyncIterator](): AsyncIterator<Message> {
-    return this.queue[Symbol.asyncIterator]();
+    super(maxPending);
   }
 
   /** Ends the subscription; messages already queued are dropped. */
@@ -235,10 +239,7 @@ export class Request {
 }
 
 /** A registration: iterate it for the requests to answer. */
-export class Registration implements AsyncIterable<Request> {
-  /** @internal */
-  readonly queue: Queue<Request>;
-
+export class Registration extends Feed<Request> {
   /** @internal */
   constructor(
     private readonly client: Client,
@@ -247,16 +248,7 @@ export class Registration implements AsyncIterable<Request> {
     /** @internal */ readonly tool: Uint8Array | undefined,
     maxPending: number,
   ) {
-    this.queue = new Queue(maxPending);
-  }
-
-  async next(): Promise<Request | undefined> {
-    const r = await this.queue.next();
-    return r.done ? undefined : r.value;
-  }
-
-  [Symbol.asyncIterator](): AsyncIterator<Request> {
-    return this.queue[Symbol.asyncIterator]();
+    super(maxPending);
   }
 
   /** Withdraws the procedure. */

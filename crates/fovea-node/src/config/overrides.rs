@@ -77,23 +77,22 @@ impl Overrides {
     /// # Errors
     /// [`ConfigError`] saying which setting is wrong and what to write instead.
     pub async fn resolve(self, file: Option<ConfigFile>, default_data_dir: PathBuf) -> Result<Resolved, ConfigError> {
-        let err = |s: String| ConfigError(s);
         let section = file.as_ref().map(|f| f.node.clone()).unwrap_or_default();
         let limits = match self.limits {
             Some(l) => l,
             None => file.as_ref().and_then(|f| f.limits.clone()).unwrap_or_default(),
         };
-        limits.validate().map_err(|e| err(format!("invalid limits: {e}")))?;
+        limits.validate().map_err(|e| ConfigError(format!("invalid limits: {e}")))?;
         let mcp_section = file.as_ref().and_then(|f| f.mcp.clone()).unwrap_or_default();
         // Checked whether or not the endpoint is on, so --check-config catches it.
         mcp_section.apply(&mut McpConfig::new(SocketAddr::from(([127, 0, 0, 1], 0))))?;
         let idle_spin = match (self.idle_spin, section.idle_spin.as_deref()) {
             (Some(d), _) => d,
-            (None, Some(s)) => parse_duration(s).map_err(|e| err(format!("[node] idle_spin: {e}")))?,
+            (None, Some(s)) => parse_duration(s).map_err(|e| ConfigError(format!("[node] idle_spin: {e}")))?,
             (None, None) => DEFAULT_IDLE_SPIN,
         };
         if idle_spin > fovea_spin::MAX_WINDOW {
-            return Err(err(format!(
+            return Err(ConfigError(format!(
                 "--idle-spin (or [node] idle_spin) {idle_spin:?} is longer than the {:?} allowed: longer spins only burn CPU",
                 fovea_spin::MAX_WINDOW
             )));
@@ -114,13 +113,13 @@ impl Overrides {
         node.tls = match (cert, key) {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
             (None, None) => None,
-            _ => return Err(err("[node] cert and key go together: give both, or neither".into())),
+            _ => return Err(ConfigError("[node] cert and key go together: give both, or neither".into())),
         };
-        let file_admin = match section.admin.as_deref() {
-            Some(a) => Some(parse_address_or_off(a).map_err(|e| err(format!("[node] admin: {e}")))?),
-            None => None,
+        // A file's `KEY = "ADDR"` or `"off"`, as `Some(Some(addr))` or `Some(None)`.
+        let address = |key: &str, v: &Option<String>| -> Result<Option<Option<SocketAddr>>, ConfigError> {
+            v.as_deref().map(|a| parse_address_or_off(a).map_err(|e| ConfigError(format!("{key}: {e}")))).transpose()
         };
-        if let Some(admin) = self.admin.or(file_admin) {
+        if let Some(admin) = self.admin.or(address("[node] admin", &section.admin)?) {
             node.admin = admin;
         }
         node.admin_token = self.admin_token.or(section.admin_token.clone());
@@ -128,11 +127,7 @@ impl Overrides {
         node.allow_anonymous = self.allow_anonymous || section.allow_anonymous.unwrap_or(false);
         node.limits = limits;
 
-        let file_mcp = match mcp_section.listen.as_deref() {
-            Some(a) => Some(parse_address_or_off(a).map_err(|e| err(format!("[mcp] listen: {e}")))?),
-            None => None,
-        };
-        if let Some(addr) = self.mcp.or(file_mcp).flatten() {
+        if let Some(addr) = self.mcp.or(address("[mcp] listen", &mcp_section.listen)?).flatten() {
             let mut mcp = McpConfig::new(addr);
             mcp_section.apply(&mut mcp)?;
             if let Some(t) = self.mcp_call_timeout {
@@ -141,11 +136,8 @@ impl Overrides {
             node.mcp = Some(mcp);
         }
 
-        let address = |key: &str, v: &Option<String>| -> Result<Option<Option<SocketAddr>>, ConfigError> {
-            v.as_deref().map(|a| parse_address_or_off(a).map_err(|e| err(format!("[node] {key}: {e}")))).transpose()
-        };
-        node.tcp = self.tcp.or(address("tcp", &section.tcp)?).flatten();
-        node.ws = self.ws.or(address("ws", &section.ws)?).flatten().map(|listen| WsConfig {
+        node.tcp = self.tcp.or(address("[node] tcp", &section.tcp)?).flatten();
+        node.ws = self.ws.or(address("[node] ws", &section.ws)?).flatten().map(|listen| WsConfig {
             listen,
             tls: self.ws_tls.or(section.ws_tls).unwrap_or_default(),
             allowed_origins: if self.ws_allowed_origins.is_empty() {
@@ -159,7 +151,7 @@ impl Overrides {
         {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
             (None, None) => None,
-            _ => return Err(err("--mesh-cert and --mesh-key go together: give both, or neither".into())),
+            _ => return Err(ConfigError("--mesh-cert and --mesh-key go together: give both, or neither".into())),
         };
         let join = if self.join.is_empty() { section.join.clone().unwrap_or_default() } else { self.join };
         let mesh = Mesh {

@@ -306,6 +306,19 @@ fn connection_page(infos: Vec<Arc<ConnInfo>>, q: &ConnQuery) -> Result<ConnPage,
     Ok(ConnPage { total, offset, connections })
 }
 
+/// A counter with its help text, set to `value` (the node's counters are its own atomics;
+/// this only exposes them).
+fn count(name: &'static str, help: &'static str, value: u64) {
+    metrics::describe_counter!(name, help);
+    metrics::counter!(name).absolute(value);
+}
+
+/// A gauge with its help text, set to `value`.
+fn level(name: &'static str, help: &'static str, value: f64) {
+    metrics::describe_gauge!(name, help);
+    metrics::gauge!(name).set(value);
+}
+
 /// Prometheus text exposition of the node's counters, rendered by
 /// `metrics-exporter-prometheus` from a snapshot taken now. The counters themselves are the
 /// node's own batched atomics: the message path never calls into a metrics registry.
@@ -319,50 +332,38 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     let handle = recorder.handle();
     metrics::with_local_recorder(&recorder, || {
         use metrics::{counter, describe_counter, describe_gauge, gauge};
-        describe_gauge!("fovea_connections", "Open client sessions.");
-        gauge!("fovea_connections").set(s.connections as f64);
+        level("fovea_connections", "Open client sessions.", s.connections as f64);
         describe_gauge!("fovea_connections_by_transport", "Open client sessions by transport (quic, tls, ws, wss).");
         for (transport, n) in &s.transports {
             gauge!("fovea_connections_by_transport", "transport" => *transport).set(*n as f64);
         }
-        describe_counter!("fovea_connections_accepted_total", "Connections accepted, every transport.");
-        counter!("fovea_connections_accepted_total").absolute(s.accepted);
+        count("fovea_connections_accepted_total", "Connections accepted, every transport.", s.accepted);
         describe_counter!("fovea_connections_closed_total", "Connections the node closed, by close code.");
         for (code, n) in &s.closes {
             counter!("fovea_connections_closed_total", "reason" => code.name().to_ascii_lowercase()).absolute(*n);
         }
-        describe_counter!("fovea_messages_in_total", "Messages published by clients.");
-        counter!("fovea_messages_in_total").absolute(s.msgs_in);
-        describe_counter!("fovea_bytes_in_total", "Bytes read from client streams.");
-        counter!("fovea_bytes_in_total").absolute(s.bytes_in);
-        describe_counter!("fovea_deliveries_total", "Messages queued for subscribers.");
-        counter!("fovea_deliveries_total").absolute(s.deliveries);
-        describe_counter!("fovea_bytes_out_total", "Bytes written to client streams.");
-        counter!("fovea_bytes_out_total").absolute(s.bytes_out);
+        count("fovea_messages_in_total", "Messages published by clients.", s.msgs_in);
+        count("fovea_bytes_in_total", "Bytes read from client streams.", s.bytes_in);
+        count("fovea_deliveries_total", "Messages queued for subscribers.", s.deliveries);
+        count("fovea_bytes_out_total", "Bytes written to client streams.", s.bytes_out);
         describe_counter!("fovea_messages_dropped_total", "Messages dropped, by reason.");
         counter!("fovea_messages_dropped_total", "reason" => "slow_consumer").absolute(s.dropped);
-        describe_counter!(
-            "fovea_producer_stalls_total",
-            "Reads of a publishing connection held back (at most producer_stall) for a subscriber's queue more than an eighth full."
+        count("fovea_producer_stalls_total", "Reads of a publishing connection held back (at most producer_stall) for a subscriber's queue more than an eighth full.", s.stalls);
+        count("fovea_producer_stall_timeouts_total", "Hold-backs that ran out (producer_stall) before the subscriber's queue was taken; its publishers then run free until it takes again.", s.stall_timeouts);
+        count(
+            "fovea_protocol_errors_total",
+            "Connections closed for malformed or unexpected frames.",
+            s.protocol_errors,
         );
-        counter!("fovea_producer_stalls_total").absolute(s.stalls);
-        describe_counter!(
-            "fovea_producer_stall_timeouts_total",
-            "Hold-backs that ran out (producer_stall) before the subscriber's queue was taken; its publishers then run free until it takes again."
+        count("fovea_auth_failures_total", "Refused handshakes (realm or credential).", s.auth_failures);
+        count(
+            "fovea_auth_rate_limited_total",
+            "Handshakes refused unchecked after repeated failures.",
+            s.auth_rate_limited,
         );
-        counter!("fovea_producer_stall_timeouts_total").absolute(s.stall_timeouts);
-        describe_counter!("fovea_protocol_errors_total", "Connections closed for malformed or unexpected frames.");
-        counter!("fovea_protocol_errors_total").absolute(s.protocol_errors);
-        describe_counter!("fovea_auth_failures_total", "Refused handshakes (realm or credential).");
-        counter!("fovea_auth_failures_total").absolute(s.auth_failures);
-        describe_counter!("fovea_auth_rate_limited_total", "Handshakes refused unchecked after repeated failures.");
-        counter!("fovea_auth_rate_limited_total").absolute(s.auth_rate_limited);
-        describe_counter!("fovea_calls_total", "RPC calls received.");
-        counter!("fovea_calls_total").absolute(s.calls);
-        describe_counter!("fovea_responses_total", "RPC responses received from providers.");
-        counter!("fovea_responses_total").absolute(s.responses);
-        describe_counter!("fovea_late_responses_total", "Responses that arrived after their call ended.");
-        counter!("fovea_late_responses_total").absolute(s.late_responses);
+        count("fovea_calls_total", "RPC calls received.", s.calls);
+        count("fovea_responses_total", "RPC responses received from providers.", s.responses);
+        count("fovea_late_responses_total", "Responses that arrived after their call ended.", s.late_responses);
         describe_counter!(
             "fovea_notices_dropped_total",
             "Progress and log notices not passed on: late, over the per-call cap, or the caller's queue full."
@@ -371,37 +372,41 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             shared.router.mesh.as_ref().map_or(0, |m| m.mesh.stats.notices_dropped.load(Ordering::Relaxed));
         counter!("fovea_notices_dropped_total").absolute(s.notices_dropped + mesh_notices);
         let q = &shared.quic;
-        describe_gauge!(
+        level(
             "fovea_quic_connections",
-            "QUIC connections the client endpoint holds (handshaking, open or draining)."
+            "QUIC connections the client endpoint holds (handshaking, open or draining).",
+            q.connections.load(Ordering::Relaxed) as f64,
         );
-        gauge!("fovea_quic_connections").set(q.connections.load(Ordering::Relaxed) as f64);
-        describe_gauge!("fovea_quic_incoming_queued", "New connections waiting for the accept loop.");
-        gauge!("fovea_quic_incoming_queued").set(q.incoming_queued.load(Ordering::Relaxed) as f64);
-        describe_counter!(
+        level(
+            "fovea_quic_incoming_queued",
+            "New connections waiting for the accept loop.",
+            q.incoming_queued.load(Ordering::Relaxed) as f64,
+        );
+        count(
             "fovea_quic_incoming_refused_total",
-            "New connections refused because the accept queue was full (quic::INCOMING_QUEUE)."
+            "New connections refused because the accept queue was full (quic::INCOMING_QUEUE).",
+            q.incoming_refused.load(Ordering::Relaxed),
         );
-        counter!("fovea_quic_incoming_refused_total").absolute(q.incoming_refused.load(Ordering::Relaxed));
-        describe_counter!(
+        count(
             "fovea_quic_send_blocked_total",
-            "Datagrams the UDP socket refused for a moment (send buffer full); each was sent once it had room."
+            "Datagrams the UDP socket refused for a moment (send buffer full); each was sent once it had room.",
+            q.send_blocked.load(Ordering::Relaxed),
         );
-        counter!("fovea_quic_send_blocked_total").absolute(q.send_blocked.load(Ordering::Relaxed));
-        describe_gauge!(
+        level(
             "fovea_quic_timer_entries",
-            "Deadlines in the client endpoint's timer heap, stale ones included."
+            "Deadlines in the client endpoint's timer heap, stale ones included.",
+            q.timer_entries.load(Ordering::Relaxed) as f64,
         );
-        gauge!("fovea_quic_timer_entries").set(q.timer_entries.load(Ordering::Relaxed) as f64);
         let spin = fovea_spin::stats();
-        describe_counter!("fovea_idle_spin_hits_total", "Idle spins that ended with a datagram (a sleep avoided).");
-        counter!("fovea_idle_spin_hits_total").absolute(spin.hits);
-        describe_counter!("fovea_idle_spin_misses_total", "Idle spins that ran out; the worker then slept.");
-        counter!("fovea_idle_spin_misses_total").absolute(spin.misses);
+        count("fovea_idle_spin_hits_total", "Idle spins that ended with a datagram (a sleep avoided).", spin.hits);
+        count("fovea_idle_spin_misses_total", "Idle spins that ran out; the worker then slept.", spin.misses);
         // Seconds as a float, so a gauge: the `metrics` counter API takes integers only, and
         // Prometheus wants base units. It only grows, like a counter.
-        describe_gauge!("fovea_idle_spin_seconds", "CPU time idle workers spent spinning since the node started.");
-        gauge!("fovea_idle_spin_seconds").set(spin.spun.as_secs_f64());
+        level(
+            "fovea_idle_spin_seconds",
+            "CPU time idle workers spent spinning since the node started.",
+            spin.spun.as_secs_f64(),
+        );
         describe_counter!("fovea_call_results_total", "Calls by outcome: answered by a provider, or the node's code.");
         counter!("fovea_call_results_total", "outcome" => "answered")
             .absolute(s.responses.saturating_sub(s.late_responses));
@@ -417,108 +422,109 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         for (code, n) in &s.rejections {
             counter!("fovea_rejections_total", "code" => code.name().to_ascii_lowercase()).absolute(*n);
         }
-        describe_gauge!("fovea_subscriptions", "Active subscriptions.");
-        gauge!("fovea_subscriptions").set(s.subscriptions as f64);
-        describe_gauge!("fovea_registrations", "Active procedure registrations.");
-        gauge!("fovea_registrations").set(s.registrations as f64);
+        level("fovea_subscriptions", "Active subscriptions.", s.subscriptions as f64);
+        level("fovea_registrations", "Active procedure registrations.", s.registrations as f64);
         let (total, max) = {
             let conns = crate::sync::lock(&shared.conns);
             conns.values().map(|c| c.handle.out.pending()).fold((0usize, 0usize), |(t, m), p| (t + p, m.max(p)))
         };
-        describe_gauge!("fovea_queued_bytes", "Bytes queued at the node for all clients.");
-        gauge!("fovea_queued_bytes").set(total as f64);
-        describe_gauge!("fovea_queued_bytes_max", "Bytes queued for the most backed-up client.");
-        gauge!("fovea_queued_bytes_max").set(max as f64);
+        level("fovea_queued_bytes", "Bytes queued at the node for all clients.", total as f64);
+        level("fovea_queued_bytes_max", "Bytes queued for the most backed-up client.", max as f64);
         if let Some((snap, m)) = &mesh {
             use std::sync::atomic::Ordering::Relaxed;
-            describe_gauge!("fovea_mesh_links", "Open links to other nodes.");
-            gauge!("fovea_mesh_links").set(snap.links.len() as f64);
-            describe_gauge!("fovea_dht_contacts", "Nodes in the DHT routing table.");
-            gauge!("fovea_dht_contacts").set(snap.dht_contacts as f64);
-            describe_gauge!("fovea_dht_records", "DHT records held for other nodes.");
-            gauge!("fovea_dht_records").set(snap.dht_records as f64);
-            describe_counter!("fovea_dht_lookups_total", "DHT lookups started.");
-            counter!("fovea_dht_lookups_total").absolute(snap.dht_lookups);
-            describe_counter!("fovea_dht_requests_timed_out_total", "DHT requests that got no answer in time.");
-            counter!("fovea_dht_requests_timed_out_total").absolute(snap.dht_requests_timed_out);
-            describe_counter!(
+            level("fovea_mesh_links", "Open links to other nodes.", snap.links.len() as f64);
+            level("fovea_dht_contacts", "Nodes in the DHT routing table.", snap.dht_contacts as f64);
+            level("fovea_dht_records", "DHT records held for other nodes.", snap.dht_records as f64);
+            count("fovea_dht_lookups_total", "DHT lookups started.", snap.dht_lookups);
+            count(
+                "fovea_dht_requests_timed_out_total",
+                "DHT requests that got no answer in time.",
+                snap.dht_requests_timed_out,
+            );
+            count(
                 "fovea_mesh_peers_refused_total",
-                "Mesh handshakes refused (wrong secret, malformed, over the link limit)."
+                "Mesh handshakes refused (wrong secret, malformed, over the link limit).",
+                snap.peers_refused,
             );
-            counter!("fovea_mesh_peers_refused_total").absolute(snap.peers_refused);
-            describe_counter!(
-                "fovea_mesh_frames_dropped_total",
-                "Frames for other nodes (DHT messages, forwarded messages, calls) dropped at a full link or dial queue."
-            );
-            counter!("fovea_mesh_frames_dropped_total").absolute(snap.frames_dropped);
-            describe_counter!(
+            count("fovea_mesh_frames_dropped_total", "Frames for other nodes (DHT messages, forwarded messages, calls) dropped at a full link or dial queue.", snap.frames_dropped);
+            count(
                 "fovea_dht_dropped_total",
-                "DHT messages from other nodes dropped at the DHT's full input queue."
+                "DHT messages from other nodes dropped at the DHT's full input queue.",
+                snap.dht_dropped,
             );
-            counter!("fovea_dht_dropped_total").absolute(snap.dht_dropped);
-            describe_counter!("fovea_mesh_dials_failed_total", "Links to other nodes that could not be opened.");
-            counter!("fovea_mesh_dials_failed_total").absolute(m.stats.dials_failed.load(Relaxed));
-            describe_counter!(
+            count(
+                "fovea_mesh_dials_failed_total",
+                "Links to other nodes that could not be opened.",
+                m.stats.dials_failed.load(Relaxed),
+            );
+            count(
                 "fovea_mesh_links_evicted_total",
-                "Links closed idle or to make room (their nodes stay known)."
+                "Links closed idle or to make room (their nodes stay known).",
+                m.stats.links_evicted.load(Relaxed),
             );
-            counter!("fovea_mesh_links_evicted_total").absolute(m.stats.links_evicted.load(Relaxed));
-            describe_counter!(
+            count(
                 "fovea_mesh_answers_too_large_total",
-                "Answers from other nodes over a local caller's max_payload (the caller got PAYLOAD_TOO_LARGE)."
+                "Answers from other nodes over a local caller's max_payload (the caller got PAYLOAD_TOO_LARGE).",
+                m.stats.answers_too_large.load(Relaxed),
             );
-            counter!("fovea_mesh_answers_too_large_total").absolute(m.stats.answers_too_large.load(Relaxed));
         }
         if let Some(m) = shared.mcp.get() {
             use std::sync::atomic::Ordering::Relaxed;
             let st = &m.stats;
-            describe_counter!("fovea_mcp_requests_total", "HTTP requests to the MCP endpoint.");
-            counter!("fovea_mcp_requests_total").absolute(st.requests.load(Relaxed));
-            describe_counter!("fovea_mcp_unauthorized_total", "MCP requests refused with 401.");
-            counter!("fovea_mcp_unauthorized_total").absolute(st.unauthorized.load(Relaxed));
+            count("fovea_mcp_requests_total", "HTTP requests to the MCP endpoint.", st.requests.load(Relaxed));
+            count("fovea_mcp_unauthorized_total", "MCP requests refused with 401.", st.unauthorized.load(Relaxed));
             describe_counter!("fovea_mcp_sessions_total", "MCP sessions by how they ended (opened counts all).");
             counter!("fovea_mcp_sessions_total", "event" => "opened").absolute(st.sessions_opened.load(Relaxed));
             counter!("fovea_mcp_sessions_total", "event" => "deleted").absolute(st.sessions_deleted.load(Relaxed));
             counter!("fovea_mcp_sessions_total", "event" => "reaped").absolute(st.sessions_reaped.load(Relaxed));
             counter!("fovea_mcp_sessions_total", "event" => "refused").absolute(st.sessions_refused.load(Relaxed));
-            describe_gauge!("fovea_mcp_sessions", "MCP (2025-11-25) sessions open.");
-            gauge!("fovea_mcp_sessions").set(m.open_sessions() as f64);
-            describe_counter!(
+            level("fovea_mcp_sessions", "MCP (2025-11-25) sessions open.", m.open_sessions() as f64);
+            count(
                 "fovea_mcp_tool_calls_total",
-                "MCP tool calls made (to an existing tool, with valid arguments)."
+                "MCP tool calls made (to an existing tool, with valid arguments).",
+                st.tool_calls.load(Relaxed),
             );
-            counter!("fovea_mcp_tool_calls_total").absolute(st.tool_calls.load(Relaxed));
-            describe_counter!("fovea_mcp_tool_errors_total", "MCP tool calls answered with an error result.");
-            counter!("fovea_mcp_tool_errors_total").absolute(st.tool_errors.load(Relaxed));
+            count(
+                "fovea_mcp_tool_errors_total",
+                "MCP tool calls answered with an error result.",
+                st.tool_errors.load(Relaxed),
+            );
         }
         if let Some(i) = shared.router.mesh.as_ref().map(|m| &m.interest) {
             use std::sync::atomic::Ordering::Relaxed;
-            describe_counter!("fovea_mesh_forwarded_total", "Messages sent to other nodes' subscribers.");
-            counter!("fovea_mesh_forwarded_total").absolute(i.stats.forwarded.load(Relaxed));
-            describe_counter!("fovea_mesh_received_total", "Messages from other nodes delivered to local subscribers.");
-            counter!("fovea_mesh_received_total").absolute(i.stats.received.load(Relaxed));
-            describe_counter!(
+            count(
+                "fovea_mesh_forwarded_total",
+                "Messages sent to other nodes' subscribers.",
+                i.stats.forwarded.load(Relaxed),
+            );
+            count(
+                "fovea_mesh_received_total",
+                "Messages from other nodes delivered to local subscribers.",
+                i.stats.received.load(Relaxed),
+            );
+            count(
                 "fovea_mesh_forward_dropped_total",
-                "Messages for other nodes dropped because a link's queue was full."
+                "Messages for other nodes dropped because a link's queue was full.",
+                i.stats.dropped.load(Relaxed),
             );
-            counter!("fovea_mesh_forward_dropped_total").absolute(i.stats.dropped.load(Relaxed));
             let (d, held, prefixes) = i.discovery_stats();
-            describe_counter!("fovea_discovery_lookups_total", "DHT lookups for subscribers and providers.");
-            counter!("fovea_discovery_lookups_total").absolute(d.lookups);
-            describe_counter!(
+            count("fovea_discovery_lookups_total", "DHT lookups for subscribers and providers.", d.lookups);
+            count(
                 "fovea_discovery_held_dropped_total",
-                "Messages dropped because the wait list for running lookups was full."
+                "Messages dropped because the wait list for running lookups was full.",
+                d.held_dropped,
             );
-            counter!("fovea_discovery_held_dropped_total").absolute(d.held_dropped);
-            describe_counter!(
+            count(
                 "fovea_discovery_evicted_total",
-                "Topic segments or procedures forgotten at their cap (looked up again when needed)."
+                "Topic segments or procedures forgotten at their cap (looked up again when needed).",
+                d.evicted,
             );
-            counter!("fovea_discovery_evicted_total").absolute(d.evicted);
-            describe_gauge!("fovea_discovery_held_bytes", "Bytes of messages waiting for their lookups.");
-            gauge!("fovea_discovery_held_bytes").set(held as f64);
-            describe_gauge!("fovea_discovery_prefixes", "Topic segments whose subscribers elsewhere are tracked.");
-            gauge!("fovea_discovery_prefixes").set(prefixes as f64);
+            level("fovea_discovery_held_bytes", "Bytes of messages waiting for their lookups.", held as f64);
+            level(
+                "fovea_discovery_prefixes",
+                "Topic segments whose subscribers elsewhere are tracked.",
+                prefixes as f64,
+            );
         }
     });
     let mut text = handle.render();

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
-use fovea_core::dht::{Contact, NodeId};
+use fovea_core::dht::Contact;
 use fovea_core::discovery::{self, Action, Discovery, Providers, Publication};
 use fovea_core::frame::Forward;
 use fovea_core::{Frame, Pattern, Topic};
@@ -59,8 +59,8 @@ impl Interest {
         })
     }
 
-    /// Discovery's counters and gauges: (lookups, held messages dropped, entries evicted,
-    /// bytes held, segments tracked).
+    /// Discovery's counters, the bytes of messages held for lookups, and the segments
+    /// tracked.
     pub(crate) fn discovery_stats(&self) -> (discovery::Stats, usize, usize) {
         let d = lock(&self.discovery);
         (d.stats().clone(), d.held_bytes(), d.prefixes())
@@ -174,7 +174,8 @@ impl Interest {
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.with(|d, _| d.forget_all()),
                     Err(_) => return,
                 },
-                d = departures.recv() => if let Ok(id) = d { self.node_gone(&id) },
+                // A node left the mesh: it is no longer a target.
+                d = departures.recv() => if let Ok(id) = d { self.with(|d, _| d.node_gone(&id)) },
             }
             let publications: Vec<Publication> = self.with(|d, now| {
                 d.handle_timeout(now);
@@ -189,10 +190,5 @@ impl Interest {
                 }
             }
         }
-    }
-
-    /// A node left the mesh: it is no longer a target.
-    fn node_gone(self: &Arc<Self>, id: &NodeId) {
-        self.with(|d, _| d.node_gone(id));
     }
 }

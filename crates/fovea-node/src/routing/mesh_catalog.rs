@@ -53,7 +53,7 @@ pub(crate) const REMOTE_KEY: u64 = 1 << 63;
 
 /// The DHT key of realm `realm`'s tools records.
 pub fn tools_key(realm: &str) -> Key {
-    super::dht_key(b"fovea/tools/v1", &[realm.as_bytes()])
+    fovea_core::dht::NodeId::derive(b"fovea/tools/v1", &[realm.as_bytes()])
 }
 
 /// The catalog key of remote node `id`'s tools.

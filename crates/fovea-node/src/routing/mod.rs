@@ -31,11 +31,6 @@ use crate::stats::Stats;
 use interest::Interest;
 use mesh_catalog::MeshCatalog;
 
-/// A DHT key of routing's records (see [`fovea_core::dht::NodeId::derive`]).
-pub(crate) fn dht_key(label: &[u8], parts: &[&[u8]]) -> fovea_core::dht::Key {
-    fovea_core::dht::NodeId::derive(label, parts)
-}
-
 /// The node's routing state: its realms, the counters routing keeps, and (in a mesh) the
 /// parts that reach other nodes. Every front end routes through one `Router`; the mesh
 /// reaches it only through [`crate::mesh::LinkHandler`], which it implements.
@@ -137,7 +132,7 @@ mod tests {
     #[test]
     fn dht_keys_hash_label_and_nul_separated_parts() {
         let sha = |b: &[u8]| ring::digest::digest(&ring::digest::SHA256, b).as_ref().to_vec();
-        assert_eq!(super::dht_key(b"fovea/tools/v1", &[b"r"]).0.to_vec(), sha(b"fovea/tools/v1\0r"));
+        assert_eq!(super::mesh_catalog::tools_key("r").0.to_vec(), sha(b"fovea/tools/v1\0r"));
         let k = fovea_core::discovery::interest_key("r", "a");
         assert_eq!(k.0.to_vec(), sha(b"fovea/interest/v1\0r\0a"));
         assert_eq!(fovea_core::discovery::provider_key("r", "p.x").0.to_vec(), sha(b"fovea/provider/v1\0r\0p.x"));

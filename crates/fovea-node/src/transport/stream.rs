@@ -205,22 +205,10 @@ impl Writer {
                 w.flush().await.map_err(|e| e.to_string())
             }
             Writer::Ws(w) => {
-                // Messages of at most WS_MESSAGE bytes, cut anywhere (they are a byte
-                // stream, PROTOCOL.md §1.2), so that a client's limit holds whatever the
-                // batch: many frames per message when small, a large one over several.
-                let mut joined = BytesMut::new();
-                for c in chunks.iter_mut() {
-                    let mut c = std::mem::take(c);
-                    while !c.is_empty() {
-                        let take = (WS_MESSAGE - joined.len()).min(c.len());
-                        joined.extend_from_slice(&c.split_to(take));
-                        if joined.len() == WS_MESSAGE {
-                            w.feed(Message::Binary(joined.split().freeze())).await.map_err(|e| e.to_string())?;
-                        }
-                    }
-                }
-                if !joined.is_empty() {
-                    w.feed(Message::Binary(joined.freeze())).await.map_err(|e| e.to_string())?;
+                // Messages of at most WS_MESSAGE bytes, so that a client's limit holds
+                // whatever the batch (docs/PROTOCOL.md §1.2).
+                for message in fovea_core::outbuf::cut_messages(chunks, WS_MESSAGE) {
+                    w.feed(Message::Binary(message)).await.map_err(|e| e.to_string())?;
                 }
                 w.flush().await.map_err(|e| e.to_string())
             }
