@@ -90,6 +90,13 @@ impl Request {
         self.signal().cancelled().await
     }
 
+    /// [`Request::cancelled`] as a future that owns what it needs, for handlers (or other
+    /// languages' bindings) that hand the request on and wait apart from it. Resolves when the
+    /// call is abandoned; never if it is answered first.
+    pub fn cancellation(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.signal().clone().cancelled_owned()
+    }
+
     /// The request's cancellation token, made and filed in `Inner::serving` on first ask; set at
     /// once if the request was abandoned before (its entry gone, or its session over).
     fn signal(&self) -> &CancellationToken {

@@ -1,0 +1,331 @@
+"""fovea: events, RPC and AI tools on a mesh, from asyncio.
+
+    import asyncio, fovea
+
+    async def main():
+        async with await fovea.connect("quic://127.0.0.1:4433") as client:
+            sub = await client.subscribe("sensors.>")
+            await client.publish("sensors.kitchen.temp", b"21.5")
+            async for msg in sub:
+                print(msg.topic, msg.payload)
+                break
+
+    asyncio.run(main())
+
+The work is done by the Rust SDK (fovea-client) on threads of its own that never take
+the GIL: connections over QUIC (`quic://`), TLS on TCP (`tls://`) and WebSocket (`ws://`,
+`wss://`), reconnection with every subscription restored, and flow control (a slow reader
+slows the node's sending to it rather than losing messages in this process). A client
+belongs to the event loop that connected it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from . import _fovea
+from ._errors import (
+    AuthError,
+    BufferFull,
+    Busy,
+    ClientClosed,
+    ConnectError,
+    Disconnected,
+    FoveaError,
+    InvalidArgument,
+    NoProvider,
+    PayloadTooLarge,
+    ProviderDisconnected,
+    Refused,
+    RemoteError,
+    Timeout,
+    Unsupported,
+)
+from ._fovea import Message, Request, Response
+
+DEFAULT_URL: str = _fovea.DEFAULT_URL
+"""The URL `connect` uses by default: a node on this machine."""
+
+Payload = bytes | bytearray | memoryview | str
+"""What a payload may be given as; `str` is sent as UTF-8. Payloads arrive as `bytes`."""
+
+_Item = TypeVar("_Item", Message, Request)
+
+
+class _Feed(Generic[_Item]):
+    """Items taken from the native feed in batches and handed out one by one."""
+
+    __slots__ = ("_feed", "_batch", "_next")
+
+    def __init__(self, feed: _fovea.Feed) -> None:
+        self._feed = feed
+        self._batch: list[_Item] = []
+        self._next = 0
+
+    def __aiter__(self) -> AsyncIterator[_Item]:
+        return self
+
+    async def __anext__(self) -> _Item:
+        i = self._next
+        batch = self._batch
+        if i < len(batch):
+            self._next = i + 1
+            return batch[i]
+        while True:
+            got = self._feed.take()
+            if got.__class__ is list:
+                self._batch = got
+                self._next = 1
+                return got[0]  # type: ignore[no-any-return]
+            if got is None:
+                self._batch = []
+                self._next = 0
+                raise StopAsyncIteration
+            await got
+
+    async def next(self, timeout: float | None = None) -> _Item | None:
+        """The next item, or `None` when the feed has ended or `timeout` seconds passed."""
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.__anext__()
+        except (StopAsyncIteration, TimeoutError):
+            return None
+
+    def close(self) -> None:
+        """Ends the feed (unsubscribes or unregisters); iteration stops after the items
+        already taken. Idempotent; also done when the object is garbage-collected."""
+        self._feed.close()
+
+
+class Subscription(_Feed[Message]):
+    """The messages matching one pattern: `async for msg in sub`. Ends when the client
+    closes. The SDK never drops a message; when this process reads too slowly the node
+    drops for it and says so: `dropped` counts those."""
+
+    __slots__ = ()
+
+    @property
+    def pattern(self) -> str:
+        return self._feed.name
+
+    @property
+    def dropped(self) -> int:
+        """Messages the node dropped for this subscription because it was read too slowly
+        (its queue for this client was full)."""
+        return self._feed.dropped
+
+
+class Registration(_Feed[Request]):
+    """The calls to one procedure this client provides: `async for req in reg`, each
+    answered with `req.respond(...)` or `req.fail(...)`."""
+
+    __slots__ = ()
+
+    @property
+    def procedure(self) -> str:
+        return self._feed.name
+
+
+class Client:
+    """A connection to a node (see `connect`). Use it from the event loop that made it;
+    `close()` it, or use it as `async with client:`."""
+
+    __slots__ = ("_core", "_loop", "_url", "_closed")
+
+    def __init__(self, core: _fovea.Core, loop: asyncio.AbstractEventLoop, url: str) -> None:
+        self._core = core
+        self._loop = loop
+        self._url = url
+        self._closed = False
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    @property
+    def state(self) -> str:
+        """`"connected"`, `"reconnecting"` (the node went away; subscriptions come back
+        with the next session) or `"closed"`."""
+        return self._core.state
+
+    @property
+    def server_info(self) -> dict[str, Any] | None:
+        """What the node said when the session opened: `node`, `version`,
+        `connection_id`, `max_payload`."""
+        return self._core.server_info
+
+    async def publish(self, topic: str, payload: Payload = b"", *, headers: Mapping[str, str] | None = None) -> None:
+        """Publishes `payload` to `topic`. Returns once it is queued for the node; waits
+        only when more than `max_buffered` bytes are queued (raises `BufferFull` instead
+        while reconnecting). `flush()` waits until the node has routed it."""
+        waiting = self._core.publish(topic, payload, headers)
+        if waiting is not None:
+            await self._await(waiting)
+
+    async def subscribe(self, pattern: str, *, group: str | None = None) -> Subscription:
+        """Subscribes to `pattern` (`*` one segment, a final `>` one or more). With
+        `group`, members of the group with the same pattern share its messages (one member
+        gets each). Returns once the node confirmed it."""
+        return Subscription(await self._await(self._core.subscribe(pattern, group)))
+
+    async def register(self, procedure: str, *, tool: Mapping[str, Any] | None = None) -> Registration:
+        """Provides `procedure`; calls arrive on the returned `Registration`. With `tool`
+        (an MCP tool descriptor: `description`, `inputSchema`, ...), agents on any node of
+        the realm see it as a tool."""
+        descriptor = None if tool is None else json.dumps(tool)
+        return Registration(await self._await(self._core.register(procedure, descriptor)))
+
+    async def call(
+        self,
+        procedure: str,
+        payload: Payload = b"",
+        *,
+        timeout: float = 10.0,
+        headers: Mapping[str, str] | None = None,
+    ) -> bytes:
+        """Calls `procedure` and returns the answer's payload. The timeout travels with the
+        call. Raises `NoProvider`, `Timeout`, `RemoteError` (with the provider's `code`),
+        `ProviderDisconnected`, `Busy` or `Disconnected`. Cancelling the awaiting task
+        cancels the call at the node and the provider."""
+        result: bytes = await self._await(self._core.call(procedure, payload, timeout, headers, False))
+        return result
+
+    async def request(
+        self,
+        procedure: str,
+        payload: Payload = b"",
+        *,
+        timeout: float = 10.0,
+        headers: Mapping[str, str] | None = None,
+    ) -> Response:
+        """As `call`, returning the whole `Response` (payload and headers)."""
+        result: Response = await self._await(self._core.call(procedure, payload, timeout, headers, True))
+        return result
+
+    async def flush(self) -> None:
+        """Waits until the node has handled everything sent before (every earlier publish
+        routed). Raises `Disconnected` without a session."""
+        await self._await(self._core.flush())
+
+    async def close(self) -> None:
+        """Flushes (for at most the connect timeout) and closes the connection. Feeds end;
+        operations still waiting raise `ClientClosed`. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._core.close()
+        self._core.drain()
+        self._core.abandon_all()
+        if not self._loop.is_closed():
+            self._loop.remove_reader(self._core.fileno())
+
+    async def _await(self, fut: asyncio.Future[Any]) -> Any:
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            # Dropping the operation is what cancels it (a call at its provider).
+            self._core.forget(fut)
+            raise
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self._url!r}, {self.state})"
+
+
+async def connect(
+    url: str = DEFAULT_URL,
+    *,
+    ca: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+    realm: str | None = None,
+    token: str | bytes | None = None,
+    name: str | None = None,
+    insecure: bool = False,
+    reconnect: bool = True,
+    connect_timeout: float = 5.0,
+    max_buffered: int | None = None,
+    subscription_capacity: int | None = None,
+) -> Client:
+    """Connects to the node at `url` (`quic://`, `tls://`, `ws://` or `wss://` host:port)
+    and opens a session in `realm` (default `default`) with `token`.
+
+    `ca`: the node's certificate (its data dir's `node.crt`) or its CA, as PEM files; by
+    default a loopback URL trusts the local node's certificate and others the system's
+    roots. `insecure=True` trusts any certificate (tests only). `reconnect`: after the
+    first session, come back when the node goes away (default on). `max_buffered`: bytes
+    of outgoing frames queued before `publish` waits (default 8 MiB).
+    `subscription_capacity`: messages a subscription holds before the SDK stops reading
+    from the node (default 8192).
+
+    Raises `ConnectError` (no node, untrusted certificate; `AuthError` for a refused
+    realm or token) or `InvalidArgument` (a malformed URL) for the first attempt.
+    """
+    loop = asyncio.get_running_loop()
+    if ca is None:
+        files = None
+    elif isinstance(ca, (str, os.PathLike)):
+        files = [os.fspath(ca)]
+    else:
+        files = [os.fspath(f) for f in ca]
+    core = _fovea.Core(loop)
+    loop.add_reader(core.fileno(), core.drain)
+    client = Client(core, loop, url)
+    try:
+        await client._await(
+            core.connect(
+                url,
+                realm,
+                token,
+                name,
+                files,
+                insecure,
+                reconnect,
+                connect_timeout,
+                max_buffered,
+                subscription_capacity,
+            )
+        )
+    except BaseException:
+        loop.remove_reader(core.fileno())
+        core.abandon_all()
+        raise
+    return client
+
+
+__all__ = [
+    "DEFAULT_URL",
+    "AuthError",
+    "BufferFull",
+    "Busy",
+    "Client",
+    "ClientClosed",
+    "ConnectError",
+    "Disconnected",
+    "FoveaError",
+    "InvalidArgument",
+    "Message",
+    "NoProvider",
+    "Payload",
+    "PayloadTooLarge",
+    "ProviderDisconnected",
+    "Refused",
+    "Registration",
+    "RemoteError",
+    "Request",
+    "Response",
+    "Subscription",
+    "Timeout",
+    "Unsupported",
+    "connect",
+]

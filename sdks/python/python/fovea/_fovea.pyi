@@ -1,0 +1,110 @@
+# Types of the native module (src/*.rs). Not a public API: use the `fovea` package.
+import asyncio
+import os
+from collections.abc import Mapping
+from typing import Any, final
+
+DEFAULT_URL: str
+
+@final
+class Core:
+    def __init__(self, event_loop: asyncio.AbstractEventLoop) -> None: ...
+    def fileno(self) -> int: ...
+    def connect(
+        self,
+        url: str,
+        realm: str | None,
+        token: str | bytes | None,
+        name: str | None,
+        ca: list[str | os.PathLike[str]] | None,
+        insecure: bool,
+        reconnect: bool,
+        connect_timeout: float,
+        max_buffered: int | None,
+        subscription_capacity: int | None,
+    ) -> asyncio.Future[None]: ...
+    def publish(
+        self, topic: str, payload: bytes | bytearray | memoryview | str, headers: Mapping[str, str] | None = None
+    ) -> asyncio.Future[None] | None: ...
+    def subscribe(self, pattern: str, group: str | None = None) -> asyncio.Future[Feed]: ...
+    def register(self, procedure: str, tool: str | None = None) -> asyncio.Future[Feed]: ...
+    def call(
+        self,
+        procedure: str,
+        payload: bytes | bytearray | memoryview | str,
+        timeout: float,
+        headers: Mapping[str, str] | None = None,
+        full: bool = False,
+    ) -> asyncio.Future[Any]: ...
+    def flush(self) -> asyncio.Future[None]: ...
+    def close(self) -> asyncio.Future[None]: ...
+    def abandon_all(self) -> None: ...
+    def forget(self, fut: asyncio.Future[Any]) -> None: ...
+    def drain(self) -> None: ...
+    def pending(self) -> int: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def server_info(self) -> dict[str, Any] | None: ...
+
+@final
+class Feed:
+    def take(self, max: int = 256) -> list[Any] | asyncio.Future[None] | None: ...
+    def close(self) -> None: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def dropped(self) -> int: ...
+
+@final
+class Message:
+    """A message received on a subscription."""
+
+    @property
+    def topic(self) -> str:
+        """The topic it was published to."""
+    @property
+    def payload(self) -> bytes:
+        """Its payload."""
+    @property
+    def headers(self) -> dict[str, str]:
+        """Its headers (a new dict each time; empty when it has none)."""
+
+@final
+class Response:
+    """A call's answer with its headers (`Client.request`)."""
+
+    @property
+    def payload(self) -> bytes: ...
+    @property
+    def headers(self) -> dict[str, str]: ...
+
+@final
+class Request:
+    """One call to a procedure this client provides. Answer it once with `respond` or
+    `fail`; one dropped unanswered fails at its caller."""
+
+    @property
+    def procedure(self) -> str: ...
+    @property
+    def payload(self) -> bytes: ...
+    @property
+    def headers(self) -> dict[str, str]: ...
+    @property
+    def remaining(self) -> float:
+        """Seconds left until the caller's deadline (0 once it passed)."""
+    @property
+    def is_cancelled(self) -> bool:
+        """Whether the call was abandoned (cancelled, past its deadline, connection lost)."""
+    def cancelled(self) -> asyncio.Future[bool]:
+        """Resolves with True when the call is abandoned, False once it is answered."""
+    def respond(
+        self, payload: bytes | bytearray | memoryview | str | None = None, headers: Mapping[str, str] | None = None
+    ) -> None:
+        """Answers the call. Raises RuntimeError if it was already answered."""
+    def fail(self, message: str, code: int | None = None) -> None:
+        """Fails the call with `message` and an application code from 0x1000 up."""
+    def notify(self, progress: float, total: float | None = None, message: str | None = None) -> None:
+        """Reports progress to the caller (MCP `notifications/progress`)."""
+    def log(self, level: str, data: Any, logger: str | None = None) -> None:
+        """Sends a log line to the caller (MCP `notifications/message`)."""
