@@ -65,8 +65,9 @@ impl Feed {
 
 #[pymethods]
 impl Feed {
-    /// Up to `max` items that are ready, as a list; `None` when the feed has ended; or,
-    /// when nothing is ready, a future that resolves once something may be.
+    /// Up to `max` items that are ready, as a list **newest first** (`pop()` hands them out
+    /// in order); `None` when the feed has ended; or, when nothing is ready, a future that
+    /// resolves once something may be.
     #[pyo3(signature = (max=TAKE_MAX))]
     fn take(&self, py: Python<'_>, max: usize) -> PyResult<Py<PyAny>> {
         let mut source = lock(&self.source);
@@ -104,6 +105,7 @@ impl Feed {
             self.dropped.store(s.dropped(), Ordering::Relaxed);
         }
         if !list.is_empty() {
+            list.reverse()?;
             return Ok(list.into_any().unbind());
         }
         if ended {

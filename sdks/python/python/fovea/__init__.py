@@ -60,31 +60,27 @@ _Item = TypeVar("_Item", Message, Request)
 class _Feed(Generic[_Item]):
     """Items taken from the native feed in batches and handed out one by one."""
 
-    __slots__ = ("_feed", "_batch", "_next")
+    __slots__ = ("_feed", "_batch")
 
     def __init__(self, feed: _fovea.Feed) -> None:
         self._feed = feed
+        # Newest first: `pop()` hands items out in order and lets go of each (a request
+        # dropped by its handler must not stay referenced here).
         self._batch: list[_Item] = []
-        self._next = 0
 
     def __aiter__(self) -> AsyncIterator[_Item]:
         return self
 
     async def __anext__(self) -> _Item:
-        i = self._next
         batch = self._batch
-        if i < len(batch):
-            self._next = i + 1
-            return batch[i]
+        if batch:
+            return batch.pop()
         while True:
             got = self._feed.take()
             if got.__class__ is list:
-                self._batch = got
-                self._next = 1
-                return got[0]  # type: ignore[no-any-return]
+                self._batch = got  # type: ignore[assignment]
+                return got.pop()  # type: ignore[no-any-return,union-attr]
             if got is None:
-                self._batch = []
-                self._next = 0
                 raise StopAsyncIteration
             await got
 

@@ -1,0 +1,159 @@
+"""Calls and providers through a real node: answers, every error, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from conftest import TRANSPORTS, Node, run, start_node
+
+import fovea
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_call_and_respond_with_headers(node: Node, transport: str) -> None:
+    async def body() -> None:
+        async with await fovea.connect(node.urls[transport], ca=node.cert) as c:
+            reg = await c.register(f"math.double.{transport}")
+            assert reg.procedure == f"math.double.{transport}"
+
+            async def serve() -> None:
+                async for req in reg:
+                    assert req.headers == {"trace": "t1"}
+                    assert 0 < req.remaining <= 2
+                    req.respond(str(2 * int(req.payload)).encode(), headers={"by": "python"})
+
+            task = asyncio.create_task(serve())
+            r = await c.request(f"math.double.{transport}", b"21", timeout=2, headers={"trace": "t1"})
+            assert (r.payload, r.headers) == (b"42", {"by": "python"})
+            task.cancel()
+
+    run(body)
+
+
+def test_each_error_is_its_own_exception(node: Node) -> None:
+    async def body() -> None:
+        async with await fovea.connect(node.quic, ca=node.cert) as provider, await fovea.connect(
+            node.quic, ca=node.cert
+        ) as caller:
+            with pytest.raises(fovea.NoProvider) as no:
+                await caller.call("nobody.home", b"x")
+            assert no.value.code == 0x107
+
+            failing = await provider.register("err.fail")
+            silent = await provider.register("err.silent")
+            dropping = await provider.register("err.drop")
+
+            async def serve() -> None:
+                req = await failing.next(5)
+                assert req is not None
+                req.fail("bad input", code=0x1234)
+                with pytest.raises(RuntimeError, match="already answered"):
+                    req.respond(b"twice")
+                req2 = await dropping.next(5)
+                assert req2 is not None
+                del req2  # unanswered: the caller still gets an answer
+
+            server = asyncio.create_task(serve())
+            with pytest.raises(fovea.RemoteError) as remote:
+                await caller.call("err.fail", b"")
+            assert remote.value.code == 0x1234 and "bad input" in str(remote.value)
+            with pytest.raises(fovea.RemoteError, match="without an answer"):
+                await caller.call("err.drop", b"")
+            await server
+
+            with pytest.raises(fovea.Timeout) as timeout:
+                await caller.call("err.silent", b"", timeout=0.2)
+            assert isinstance(timeout.value, TimeoutError)
+            assert await silent.next(1) is not None, "the call did reach the provider"
+
+    run(body)
+
+
+def test_a_provider_that_goes_away_mid_call_is_provider_disconnected(node: Node) -> None:
+    async def body() -> None:
+        provider = await fovea.connect(node.quic, ca=node.cert)
+        caller = await fovea.connect(node.quic, ca=node.cert)
+        reg = await provider.register("err.vanish")
+        call = asyncio.create_task(caller.call("err.vanish", b"", timeout=10))
+        held = await reg.next(5)  # held unanswered while its provider goes
+        assert held is not None
+        await provider.close()
+        with pytest.raises(fovea.ProviderDisconnected):
+            await call
+        await caller.close()
+
+    run(body)
+
+
+def test_cancelling_a_call_cancels_it_at_the_provider(node: Node) -> None:
+    async def body() -> None:
+        async with await fovea.connect(node.ws, ca=node.cert) as c:
+            reg = await c.register("slow.job")
+            call = asyncio.create_task(c.call("slow.job", b"", timeout=30))
+            req = await reg.next(5)
+            assert req is not None and not req.is_cancelled
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            assert await asyncio.wait_for(req.cancelled(), 5) is True
+            assert req.is_cancelled
+            # Answered ones resolve False.
+            call2 = asyncio.create_task(c.call("slow.job", b"", timeout=30))
+            req2 = await reg.next(5)
+            assert req2 is not None
+            waiting = req2.cancelled()
+            req2.respond(b"done")
+            assert await waiting is False
+            assert await call2 == b"done"
+            assert c._core.pending() == 0, "nothing left in flight"
+
+    run(body)
+
+
+def test_busy_when_the_provider_is_at_its_limit() -> None:
+    node = start_node(config="[limits]\nmax_requests_in_flight = 1\n")
+    try:
+
+        async def body() -> None:
+            async with await fovea.connect(node.quic, ca=node.cert) as c:
+                reg = await c.register("one.at.a.time")
+                first = asyncio.create_task(c.call("one.at.a.time", b"1"))
+                req = await reg.next(5)
+                assert req is not None
+                with pytest.raises(fovea.Busy) as busy:
+                    await c.call("one.at.a.time", b"2")
+                assert busy.value.code == 0x10A
+                req.respond(b"ok")
+                assert await first == b"ok"
+
+        run(body)
+    finally:
+        node.stop()
+
+
+def test_progress_reaches_a_rust_sdk_caller_through_the_cli(node: Node) -> None:
+    """A provider in Python, a caller from the CLI: the languages meet on the wire."""
+
+    async def body() -> None:
+        async with await fovea.connect(node.quic, ca=node.cert) as c:
+            reg = await c.register("py.upper")
+
+            async def serve() -> None:
+                async for req in reg:
+                    req.notify(1, total=2, message="half way")
+                    req.log("info", {"seen": len(req.payload)})
+                    req.respond(req.payload.upper())
+
+            task = asyncio.create_task(serve())
+            from conftest import fovea_bin
+
+            proc = await asyncio.create_subprocess_exec(
+                fovea_bin(), "call", "py.upper", "shout", "--url", node.quic, "--ca", node.cert,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            out, _ = await proc.communicate()
+            assert out.decode().strip() == "SHOUT"
+            task.cancel()
+
+    run(body)
