@@ -68,7 +68,7 @@ class Node:
         return self.urls["mcp"]
 
     def start(self) -> Node:
-        log = open(os.path.join(self.dir, "log"), "ab")  # noqa: SIM115 (owned by the process)
+        log = open(os.path.join(self.dir, "log"), "ab")
         self.proc = subprocess.Popen([fovea_bin(), *self.args], stdout=subprocess.PIPE, stderr=log)
         assert self.proc.stdout is not None
         deadline = time.monotonic() + 20
@@ -98,13 +98,27 @@ class Node:
 
 
 def start_node(
-    *, quic_port: int = 0, ws_port: int = 0, tcp_port: int = 0, config: str | None = None, dir: str | None = None,
+    *,
+    quic_port: int = 0,
+    ws_port: int = 0,
+    tcp_port: int = 0,
+    config: str | None = None,
+    dir: str | None = None,
     mcp: bool = False,
 ) -> Node:
     d = dir or tempfile.mkdtemp(prefix="fovea-py-")
     args = [
-        "node", "--listen", f"127.0.0.1:{quic_port}", "--admin", "off", "--data-dir", d,
-        "--ws", f"127.0.0.1:{ws_port}", "--tcp", f"127.0.0.1:{tcp_port}",
+        "node",
+        "--listen",
+        f"127.0.0.1:{quic_port}",
+        "--admin",
+        "off",
+        "--data-dir",
+        d,
+        "--ws",
+        f"127.0.0.1:{ws_port}",
+        "--tcp",
+        f"127.0.0.1:{tcp_port}",
     ]
     if mcp:
         args += ["--mcp", "127.0.0.1:0"]

@@ -7,9 +7,10 @@ import asyncio
 import gc
 
 import pytest
-from conftest import Node, free_port, run, start_node
 
 import fovea
+
+from conftest import Node, free_port, run, start_node
 
 CONFIG_PRIVATE = """
 [[realm]]

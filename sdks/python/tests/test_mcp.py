@@ -8,11 +8,12 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from conftest import Node, run, start_node
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
 import fovea
+
+from conftest import Node, run, start_node
 
 ERAS = [("auto", "2026-07-28"), ("legacy", "2025-11-25")]
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import TRANSPORTS, Node, run, start_node
 
 import fovea
+
+from conftest import TRANSPORTS, Node, run, start_node
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -84,7 +85,9 @@ def test_queue_group_members_share_and_plain_subscribers_get_all(node: Node) -> 
 def test_a_slow_reader_is_told_what_the_node_dropped() -> None:
     """The SDK never drops: it stops reading, the node's queue for the client fills, and
     the node drops and says so. Received plus dropped is what was published."""
-    node = start_node(config='[limits]\nmax_pending_bytes = 262144\nproducer_stall = "0s"\nslow_consumer_timeout = "60s"\n')
+    node = start_node(
+        config='[limits]\nmax_pending_bytes = 262144\nproducer_stall = "0s"\nslow_consumer_timeout = "60s"\n'
+    )
     try:
 
         async def body() -> None:

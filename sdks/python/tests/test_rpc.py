@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import TRANSPORTS, Node, run, start_node
 
 import fovea
+
+from conftest import TRANSPORTS, Node, run, start_node
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -33,9 +34,10 @@ def test_call_and_respond_with_headers(node: Node, transport: str) -> None:
 
 def test_each_error_is_its_own_exception(node: Node) -> None:
     async def body() -> None:
-        async with await fovea.connect(node.quic, ca=node.cert) as provider, await fovea.connect(
-            node.quic, ca=node.cert
-        ) as caller:
+        async with (
+            await fovea.connect(node.quic, ca=node.cert) as provider,
+            await fovea.connect(node.quic, ca=node.cert) as caller,
+        ):
             with pytest.raises(fovea.NoProvider) as no:
                 await caller.call("nobody.home", b"x")
             assert no.value.code == 0x107
@@ -149,7 +151,14 @@ def test_progress_reaches_a_rust_sdk_caller_through_the_cli(node: Node) -> None:
             from conftest import fovea_bin
 
             proc = await asyncio.create_subprocess_exec(
-                fovea_bin(), "call", "py.upper", "shout", "--url", node.quic, "--ca", node.cert,
+                fovea_bin(),
+                "call",
+                "py.upper",
+                "shout",
+                "--url",
+                node.quic,
+                "--ca",
+                node.cert,
                 stdout=asyncio.subprocess.PIPE,
             )
             out, _ = await proc.communicate()

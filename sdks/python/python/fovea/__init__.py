@@ -60,7 +60,7 @@ _Item = TypeVar("_Item", Message, Request)
 class _Feed(Generic[_Item]):
     """Items taken from the native feed in batches and handed out one by one."""
 
-    __slots__ = ("_feed", "_batch")
+    __slots__ = ("_batch", "_feed")
 
     def __init__(self, feed: _fovea.Feed) -> None:
         self._feed = feed
@@ -131,7 +131,7 @@ class Client:
     """A connection to a node (see `connect`). Use it from the event loop that made it;
     `close()` it, or use it as `async with client:`."""
 
-    __slots__ = ("_core", "_loop", "_url", "_closed")
+    __slots__ = ("_closed", "_core", "_loop", "_url")
 
     def __init__(self, core: _fovea.Core, loop: asyncio.AbstractEventLoop, url: str) -> None:
         self._core = core
