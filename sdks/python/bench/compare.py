@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -30,7 +29,7 @@ import nats
 import fovea
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from conftest import free_port, start_node  # noqa: E402
+from conftest import free_port, start_node
 
 PAYLOAD = b"x" * 64
 CONCURRENCY = 64
@@ -43,6 +42,12 @@ class Round:
     p50_us: float
     p99_us: float
     concurrent_rate: float
+    # fovea only: delivered rate when each message crosses from Rust alone (`take(1)`, no
+    # iterator), what one crossing into Rust costs (a getter that takes a lock), in ns, and
+    # how many completions one wake-up of the loop settled with 64 callers.
+    take1_rate: float = 0.0
+    crossing_ns: float = 0.0
+    per_wake: float = 0.0
 
 
 async def latencies(call: Callable[[], Awaitable[Any]], n: int) -> tuple[float, float]:
@@ -95,6 +100,28 @@ async def fovea_round(url: str, ca: str, msgs: int, calls: int) -> Round:
     rate = got / (time.perf_counter() - t)
     dropped = sub.dropped + (msgs - got)
 
+    # The same with one message per crossing, as a binding without batches would do.
+    sub2 = await b.subscribe("bench.y")
+    feed = sub2._feed
+    t = time.perf_counter()
+    for _ in range(msgs):
+        await a.publish("bench.y", PAYLOAD)
+    seen = 0
+    while seen < msgs:
+        got2 = feed.take(1)
+        if got2.__class__ is list:
+            seen += 1
+        elif got2 is None:
+            break
+        else:
+            await asyncio.wait_for(got2, 10)  # type: ignore[arg-type]
+    unbatched = seen / (time.perf_counter() - t)
+    t = time.perf_counter()
+    for _ in range(1_000_000):
+        feed.dropped  # noqa: B018 (the crossing is what is timed)
+    crossing_ns = (time.perf_counter() - t) * 1e3
+    sub2.close()
+
     reg = await b.register("bench.echo")
 
     async def serve() -> None:
@@ -103,11 +130,14 @@ async def fovea_round(url: str, ca: str, msgs: int, calls: int) -> Round:
 
     server = asyncio.create_task(serve())
     p50, p99 = await latencies(lambda: a.call("bench.echo", PAYLOAD), calls)
+    wakes0, settled0 = a._core.counters()
     crate = await concurrent(lambda: a.call("bench.echo", PAYLOAD), calls * 4)
+    wakes1, settled1 = a._core.counters()
+    per_wake = (settled1 - settled0) / max(1, wakes1 - wakes0)
     server.cancel()
     await a.close()
     await b.close()
-    return Round(rate, dropped, p50, p99, crate)
+    return Round(rate, dropped, p50, p99, crate, unbatched, crossing_ns, per_wake)
 
 
 async def nats_round(port: int, msgs: int, calls: int) -> Round:
@@ -156,7 +186,9 @@ async def main() -> None:
     args = ap.parse_args()
     node = start_node()
     port = free_port()
-    server = subprocess.Popen(["nats-server", "-a", "127.0.0.1", "-p", str(port)], stderr=subprocess.DEVNULL)
+    server = await asyncio.create_subprocess_exec(
+        "nats-server", "-a", "127.0.0.1", "-p", str(port), stderr=asyncio.subprocess.DEVNULL
+    )
     await asyncio.sleep(0.5)
     f: list[Round] = []
     n: list[Round] = []
@@ -168,11 +200,14 @@ async def main() -> None:
                 f"round={r} fovea_rate={f[-1].rate:.0f} nats_rate={n[-1].rate:.0f} "
                 f"fovea_dropped={f[-1].dropped} nats_dropped={n[-1].dropped} "
                 f"fovea_p50_us={f[-1].p50_us:.0f} nats_p50_us={n[-1].p50_us:.0f} "
-                f"fovea_rpc64_rate={f[-1].concurrent_rate:.0f} nats_rpc64_rate={n[-1].concurrent_rate:.0f}",
+                f"fovea_rpc64_rate={f[-1].concurrent_rate:.0f} nats_rpc64_rate={n[-1].concurrent_rate:.0f} "
+                f"fovea_take1_rate={f[-1].take1_rate:.0f} crossing_ns={f[-1].crossing_ns:.0f} "
+                f"fovea_rpc64_settled_per_wake={f[-1].per_wake:.1f}",
                 flush=True,
             )
     finally:
         server.kill()
+        await server.wait()
         node.stop()
 
     def med(rs: list[Round], key: str) -> float:
@@ -187,7 +222,9 @@ async def main() -> None:
         f"fovea_dropped={sum(x.dropped for x in f)} nats_dropped={sum(x.dropped for x in n)} "
         f"fovea_p50_us={fp:.0f} nats_p50_us={np_:.0f} p50_ratio={fp / np_:.2f} "
         f"fovea_p99_us={med(f, 'p99_us'):.0f} nats_p99_us={med(n, 'p99_us'):.0f} "
-        f"fovea_rpc64_rate={fc:.0f} nats_rpc64_rate={nc:.0f} rpc64_ratio={fc / nc:.2f}"
+        f"fovea_rpc64_rate={fc:.0f} nats_rpc64_rate={nc:.0f} rpc64_ratio={fc / nc:.2f} "
+        f"fovea_take1_rate={med(f, 'take1_rate'):.0f} crossing_ns={med(f, 'crossing_ns'):.0f} "
+        f"fovea_rpc64_settled_per_wake={med(f, 'per_wake'):.1f}"
     )
 
 

@@ -51,6 +51,10 @@ pub(crate) struct Shared {
     /// here), by an odd number for a feed's wait (never an object's address).
     entries: Mutex<HashMap<u64, Entry>>,
     next_feed: AtomicU64,
+    /// Reader callbacks that found work, and the operations they settled: how many
+    /// completions one wake-up of the loop serves.
+    wakes: AtomicU64,
+    settled: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -159,6 +163,8 @@ impl Core {
             create_future: event_loop.getattr("create_future")?.unbind(),
             entries: Mutex::new(HashMap::new()),
             next_feed: AtomicU64::new(0),
+            wakes: AtomicU64::new(0),
+            settled: AtomicU64::new(0),
         });
         Ok(Core { shared, client: Arc::new(OnceLock::new()) })
     }
@@ -370,6 +376,8 @@ impl Core {
                 }
             }
         }
+        self.shared.wakes.fetch_add(1, Ordering::Relaxed);
+        self.shared.settled.fetch_add(ready.len() as u64, Ordering::Relaxed);
         // Settled with the table unlocked: Python code may run (a finaliser) meanwhile.
         for (settle, result) in ready {
             self.shared.settle(py, settle.bind(py), result);
@@ -380,6 +388,12 @@ impl Core {
     /// Operations in flight (for tests of cleanup).
     fn pending(&self) -> usize {
         lock(&self.shared.entries).len()
+    }
+
+    /// `(wakes, settled)`: reader callbacks that found work, and the operations and feed
+    /// waits they settled (for the benchmark's completions per wake-up).
+    fn counters(&self) -> (u64, u64) {
+        (self.shared.wakes.load(Ordering::Relaxed), self.shared.settled.load(Ordering::Relaxed))
     }
 
     /// The connection's state: `"connected"`, `"reconnecting"` or `"closed"`.

@@ -47,12 +47,12 @@ def test_an_agent_lists_and_calls_a_python_tool_with_progress(mcp_node: Node, mo
                     req.respond(json.dumps({"sum": args["a"] + args["b"]}))
 
             task = asyncio.create_task(serve())
-            progress: list[tuple[float, float | None, str | None]] = []
+            seen: list[tuple[float, float | None, str | None]] = []
 
-            async def on_progress(p: float, total: float | None, message: str | None) -> None:
-                progress.append((p, total, message))
+            async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+                seen.append((progress, total, message))
 
-            async with Client(mcp_node.mcp, mode=mode) as agent:  # type: ignore[call-arg]
+            async with Client(mcp_node.mcp, mode=mode) as agent:
                 assert agent.session.protocol_version == era
                 tools = {t.name: t for t in (await agent.list_tools()).tools}
                 assert "math__add" in tools
@@ -60,7 +60,7 @@ def test_an_agent_lists_and_calls_a_python_tool_with_progress(mcp_node: Node, mo
                 result = await agent.call_tool("math__add", {"a": 2, "b": 40}, progress_callback=on_progress)
                 assert not result.is_error
                 assert result.structured_content == {"sum": 42}
-                assert progress == [(1, 2, "adding")]
+                assert seen == [(1, 2, "adding")]
                 with pytest.raises(MCPError, match="required"):
                     # Checked against the schema at the node: never reaches the provider.
                     await agent.call_tool("math__add", {"a": 2})

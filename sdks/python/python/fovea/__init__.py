@@ -77,9 +77,9 @@ class _Feed(Generic[_Item]):
             return batch.pop()
         while True:
             got = self._feed.take()
-            if got.__class__ is list:
-                self._batch = got  # type: ignore[assignment]
-                return got.pop()  # type: ignore[no-any-return,union-attr]
+            if isinstance(got, list):
+                self._batch = got
+                return got.pop()  # type: ignore[no-any-return]
             if got is None:
                 raise StopAsyncIteration
             await got

@@ -1,7 +1,7 @@
 # Types of the native module (src/*.rs). Not a public API: use the `fovea` package.
 import asyncio
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, final
 
 DEFAULT_URL: str
@@ -16,7 +16,7 @@ class Core:
         realm: str | None,
         token: str | bytes | None,
         name: str | None,
-        ca: list[str | os.PathLike[str]] | None,
+        ca: Sequence[str | os.PathLike[str]] | None,
         insecure: bool,
         reconnect: bool,
         connect_timeout: float,
@@ -42,6 +42,7 @@ class Core:
     def forget(self, fut: asyncio.Future[Any]) -> None: ...
     def drain(self) -> None: ...
     def pending(self) -> int: ...
+    def counters(self) -> tuple[int, int]: ...
     @property
     def state(self) -> str: ...
     @property
