@@ -2,11 +2,11 @@
 //!
 //! The Rust SDK (`fovea-client`) does the work: QUIC, TLS/TCP and WebSocket, reconnection,
 //! flow control. This module only carries values across: it polls the SDK's futures on
-//! the thread running the asyncio loop, with wakers that need no GIL ([`wake`]), and
+//! the thread running the asyncio loop, with wakers that need no GIL (the `wake` module), and
 //! settles an asyncio future per operation. The Python package (`python/fovea`) wraps it
 //! in the documented API; nothing here is meant to be called directly.
 //!
-//! Threads: one tokio runtime per process ([`runtime`]) runs the connections; it never
+//! Threads: one tokio runtime per process (`runtime()`) runs the connections; it never
 //! takes the GIL. Everything that touches Python runs on the loop's thread.
 
 mod core;
