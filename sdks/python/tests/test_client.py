@@ -150,7 +150,7 @@ def test_after_close_operations_fail_and_feeds_end(node: Node) -> None:
             await c.call("x.proc", b"")
         with pytest.raises(fovea.ClientClosed):
             await c.subscribe("x.>")
-        assert c._core.pending() == 0
+        assert c.in_flight == 0
 
     run(body)
 

@@ -108,7 +108,7 @@ def test_cancelling_a_call_cancels_it_at_the_provider(node: Node) -> None:
             req2.respond(b"done")
             assert await waiting is False
             assert await call2 == b"done"
-            assert c._core.pending() == 0, "nothing left in flight"
+            assert c.in_flight == 0, "nothing left in flight"
 
     run(body)
 

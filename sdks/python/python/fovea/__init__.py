@@ -150,6 +150,13 @@ class Client:
         return self._core.state
 
     @property
+    def in_flight(self) -> int:
+        """Operations awaiting their result (calls, subscribes, publishes waiting for buffer
+        space, feeds waiting for items). Bounded by what the application awaits at once;
+        calls also by the node's `max_calls_in_flight` (then `Busy`)."""
+        return self._core.pending()
+
+    @property
     def server_info(self) -> dict[str, Any] | None:
         """What the node said when the session opened: `node`, `version`,
         `connection_id`, `max_payload`."""
