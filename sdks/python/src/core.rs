@@ -101,6 +101,12 @@ impl Shared {
         Ok(settle)
     }
 
+    /// Drops the entry under `key`, if any.
+    pub(crate) fn forget(&self, key: u64) {
+        let entry = lock(&self.entries).remove(&key);
+        drop(entry);
+    }
+
     /// Settles an asyncio future with an operation's result, unless it was cancelled.
     fn settle(self: &Arc<Self>, py: Python<'_>, fut: &Bound<'_, PyAny>, result: Result<Done, ClientError>) {
         let value = match result {
@@ -344,8 +350,7 @@ impl Core {
     /// Stops an operation whose awaiting task was cancelled: dropping its SDK future
     /// cancels a call at the node and its provider.
     fn forget(&self, fut: &Bound<'_, PyAny>) {
-        let entry = lock(&self.shared.entries).remove(&(fut.as_ptr() as u64));
-        drop(entry);
+        self.shared.forget(fut.as_ptr() as u64);
     }
 
     /// The loop's reader callback: polls every operation woken since the last call and

@@ -63,6 +63,13 @@ impl Feed {
     }
 }
 
+impl Drop for Feed {
+    /// A wait the application gave up on (a cancelled `async for`) must not outlive the feed.
+    fn drop(&mut self) {
+        self.shared.forget(self.key);
+    }
+}
+
 #[pymethods]
 impl Feed {
     /// Up to `max` items that are ready, as a list **newest first** (`pop()` hands them out

@@ -194,3 +194,20 @@ def test_a_client_from_one_loop_used_in_another_run_is_an_error_not_a_hang(node:
             await asyncio.wait_for(c.flush(), 5)
 
     asyncio.run(use())
+
+
+def test_a_cancelled_wait_is_released_with_its_feed(node: Node) -> None:
+    async def body() -> None:
+        async with await fovea.connect(node.quic, ca=node.cert) as c:
+            sub = await c.subscribe("quiet.>")
+            waiting = asyncio.create_task(sub.next(30))
+            await asyncio.sleep(0.05)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            assert c.in_flight == 1, "the feed's wait, until an item comes or the feed goes"
+            del sub, waiting
+            gc.collect()
+            assert c.in_flight == 0
+
+    run(body)
