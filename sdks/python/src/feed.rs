@@ -123,6 +123,13 @@ impl Feed {
         self.shared.wait(py, self.key)
     }
 
+    /// Forgets the wait `take` returned, whose awaiting task was cancelled. Needed, not
+    /// tidy: the cancelled future keeps its exception, whose traceback holds the frames that
+    /// hold this feed, and a cycle through Rust is one Python's collector cannot see.
+    fn abandon(&self) {
+        self.shared.forget(self.key);
+    }
+
     /// Ends the feed: unsubscribes or unregisters. Items not taken yet are dropped
     /// (requests among them fail at their callers). Idempotent.
     fn close(&self) {
@@ -298,14 +305,25 @@ impl Request {
     fn cancelled(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let cancel = lock(&self.inner).as_ref().map(fovea_client::Request::cancellation);
         let done = self.done.clone();
-        self.shared.start(py, async move {
+        let fut = self.shared.start(py, async move {
             let Some(cancel) = cancel else { return Ok(Done::Flag(false)) };
             tokio::select! {
                 biased;
                 () = cancel => Ok(Done::Flag(true)),
                 () = done.cancelled_owned() => Ok(Done::Flag(false)),
             }
-        })
+        })?;
+        // This future goes to the application directly, not through a wrapper that forgets
+        // it when its task is cancelled (see `Feed::abandon` for why that matters): it
+        // forgets itself when done. Settled by us, it is already forgotten.
+        let shared = self.shared.clone();
+        let forget = pyo3::types::PyCFunction::new_closure(py, None, None, move |args, _kwargs| {
+            if let Ok(f) = args.get_item(0) {
+                shared.forget(f.as_ptr() as u64);
+            }
+        })?;
+        fut.bind(py).call_method1("add_done_callback", (forget,))?;
+        Ok(fut)
     }
 
     /// Answers with `payload` (bytes or str) and optional headers.

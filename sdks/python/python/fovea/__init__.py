@@ -82,7 +82,11 @@ class _Feed(Generic[_Item]):
                 return got.pop()  # type: ignore[no-any-return]
             if got is None:
                 raise StopAsyncIteration
-            await got
+            try:
+                await got
+            except asyncio.CancelledError:
+                self._feed.abandon()
+                raise
 
     async def next(self, timeout: float | None = None) -> _Item | None:
         """The next item, or `None` when the feed has ended or `timeout` seconds passed."""
