@@ -50,6 +50,18 @@ class Round:
     per_wake: float = 0.0
 
 
+async def publish_all(publish: Callable[[], Awaitable[None]], msgs: int, done: asyncio.Event) -> float:
+    """Publishes `msgs` times, waits (at most 60 s) for `done`; seconds from first publish."""
+    t = time.perf_counter()
+    for _ in range(msgs):
+        await publish()
+    try:
+        await asyncio.wait_for(done.wait(), 60)
+    except TimeoutError:
+        pass
+    return time.perf_counter() - t
+
+
 async def latencies(call: Callable[[], Awaitable[Any]], n: int) -> tuple[float, float]:
     for _ in range(min(200, n)):  # warm up
         await call()
@@ -90,14 +102,9 @@ async def fovea_round(url: str, ca: str, msgs: int, calls: int) -> Round:
                 return
 
     reader = asyncio.create_task(read())
-    t = time.perf_counter()
-    for _ in range(msgs):
-        await a.publish("bench.x", PAYLOAD)
-    try:
-        await asyncio.wait_for(done.wait(), 60)
-    except TimeoutError:
-        reader.cancel()
-    rate = got / (time.perf_counter() - t)
+    elapsed = await publish_all(lambda: a.publish("bench.x", PAYLOAD), msgs, done)
+    reader.cancel()
+    rate = got / elapsed
     dropped = sub.dropped + (msgs - got)
 
     # The same with one message per crossing, as a binding without batches would do.
@@ -154,14 +161,8 @@ async def nats_round(port: int, msgs: int, calls: int) -> Round:
 
     sub = await b.subscribe("bench.x", cb=on_msg)
     await b.flush()
-    t = time.perf_counter()
-    for _ in range(msgs):
-        await a.publish("bench.x", PAYLOAD)
-    try:
-        await asyncio.wait_for(done.wait(), 60)
-    except TimeoutError:
-        pass
-    rate = got / (time.perf_counter() - t)
+    elapsed = await publish_all(lambda: a.publish("bench.x", PAYLOAD), msgs, done)
+    rate = got / elapsed
     dropped = msgs - got
     await sub.unsubscribe()
 
