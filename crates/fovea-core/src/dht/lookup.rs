@@ -28,7 +28,9 @@ pub struct Lookup {
     target: NodeId,
     k: usize,
     alpha: usize,
-    peers: BTreeMap<Distance, (Contact, State)>,
+    /// Each candidate with its state and its hop count: 1 for the seeds, one more than
+    /// the peer whose answer named it.
+    peers: BTreeMap<Distance, (Contact, State, u8)>,
     /// Peers whose first query went unanswered and were put back to be asked once more:
     /// a lost message should not cost a lookup its closest node. Bounded by the
     /// candidate cap.
@@ -50,7 +52,7 @@ impl Lookup {
             retried: Vec::new(),
             in_flight: 0,
         };
-        l.add(seeds);
+        l.add(seeds, 1);
         l
     }
 
@@ -59,15 +61,15 @@ impl Lookup {
         self.target
     }
 
-    fn add(&mut self, contacts: impl IntoIterator<Item = Contact>) {
+    fn add(&mut self, contacts: impl IntoIterator<Item = Contact>, hops: u8) {
         for c in contacts {
             let d = c.id.distance(&self.target);
-            self.peers.entry(d).or_insert((c, State::Waiting));
+            self.peers.entry(d).or_insert((c, State::Waiting, hops));
         }
         // Keep the closest; drop far candidates nobody is waiting on.
         let cap = self.k * CANDIDATES_PER_K;
         while self.peers.len() > cap {
-            let Some((&d, &(_, state))) = self.peers.iter().next_back() else { break };
+            let Some((&d, &(_, state, _))) = self.peers.iter().next_back() else { break };
             if state == State::InFlight {
                 break;
             }
@@ -82,12 +84,12 @@ impl Lookup {
             return None;
         }
         let k = self.k;
-        let (_, (contact, state)) = self
+        let (_, (contact, state, _)) = self
             .peers
             .iter_mut()
-            .filter(|(_, (_, s))| *s != State::Failed)
+            .filter(|(_, (_, s, _))| *s != State::Failed)
             .take(k)
-            .find(|(_, (_, s))| *s == State::Waiting)?;
+            .find(|(_, (_, s, _))| *s == State::Waiting)?;
         *state = State::InFlight;
         self.in_flight += 1;
         Some(*contact)
@@ -98,7 +100,8 @@ impl Lookup {
         if !self.settle(from, State::Answered) {
             return;
         }
-        self.add(closer);
+        let hops = self.peers.get(&from.distance(&self.target)).map_or(1, |(_, _, h)| h.saturating_add(1));
+        self.add(closer, hops);
     }
 
     /// `from` did not answer in time: it is asked once more, then given up.
@@ -118,7 +121,7 @@ impl Lookup {
     fn settle(&mut self, from: &NodeId, to: State) -> bool {
         let d = from.distance(&self.target);
         match self.peers.get_mut(&d) {
-            Some((_, s)) if *s == State::InFlight => {
+            Some((_, s, _)) if *s == State::InFlight => {
                 *s = to;
                 self.in_flight -= 1;
                 true
@@ -130,9 +133,9 @@ impl Lookup {
     /// Done: the k closest non-failed peers have all answered, or nobody is left to ask
     /// and nothing is in flight.
     pub fn is_finished(&self) -> bool {
-        let mut window = self.peers.values().filter(|(_, s)| *s != State::Failed).take(self.k);
-        let all_answered = window.clone().all(|(_, s)| *s == State::Answered);
-        let waiting = window.any(|(_, s)| *s == State::Waiting);
+        let mut window = self.peers.values().filter(|(_, s, _)| *s != State::Failed).take(self.k);
+        let all_answered = window.clone().all(|(_, s, _)| *s == State::Answered);
+        let waiting = window.any(|(_, s, _)| *s == State::Waiting);
         all_answered || (!waiting && self.in_flight == 0)
     }
 
@@ -143,7 +146,13 @@ impl Lookup {
 
     /// The closest peers that answered, closest first, at most k.
     pub fn closest(&self) -> Vec<Contact> {
-        self.peers.values().filter(|(_, s)| *s == State::Answered).take(self.k).map(|(c, _)| *c).collect()
+        self.peers.values().filter(|(_, s, _)| *s == State::Answered).take(self.k).map(|(c, _, _)| *c).collect()
+    }
+
+    /// Hops to the closest peer that answered: the sequential rounds a lookup needed to
+    /// reach it (1 when the seeds held it). `None` when nobody answered.
+    pub fn hops(&self) -> Option<u8> {
+        self.peers.values().find(|(_, s, _)| *s == State::Answered).map(|(_, _, h)| *h)
     }
 }
 
@@ -174,6 +183,27 @@ mod tests {
         let stranger = c(NodeId::from_rng(&mut rng));
         l.on_answer(&stranger.id, [stranger]);
         assert_eq!(l.in_flight(), 3);
+    }
+
+    #[test]
+    fn hops_count_the_answers_that_led_to_the_closest() {
+        let mut rng = Rng::new(3);
+        let target = NodeId::from_rng(&mut rng);
+        let mut ids: Vec<NodeId> = (0..3).map(|_| NodeId::from_rng(&mut rng)).collect();
+        ids.sort_by_key(|id| std::cmp::Reverse(id.distance(&target)));
+        let (far, mid, near) = (c(ids[0]), c(ids[1]), c(ids[2]));
+        let mut l = Lookup::new(target, 1, 1, [far]);
+        assert_eq!(l.hops(), None);
+        let q = l.next_query().unwrap();
+        l.on_answer(&q.id, [mid]);
+        assert_eq!(l.hops(), Some(1), "the seed answered");
+        let q = l.next_query().unwrap();
+        assert_eq!(q, mid);
+        l.on_answer(&q.id, [near]);
+        let q = l.next_query().unwrap();
+        l.on_answer(&q.id, []);
+        assert!(l.is_finished());
+        assert_eq!(l.hops(), Some(3), "seed → mid → near");
     }
 
     #[test]

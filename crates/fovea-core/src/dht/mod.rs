@@ -192,6 +192,9 @@ pub struct Stats {
     pub notifies_sent: u64,
     /// `NOTIFY`s received for keys this node was not watching (ignored).
     pub notifies_unwanted: u64,
+    /// Finished lookups by hops to their closest answering node ([`Lookup::hops`]); the
+    /// last slot counts 15 and more. Lookups nobody answered are not counted.
+    pub hops: [u64; 16],
 }
 
 #[derive(Debug)]
@@ -423,6 +426,9 @@ impl Dht {
             return;
         }
         let Some(running) = self.lookups.remove(&id) else { return };
+        if let Some(h) = running.lookup.hops() {
+            self.stats.hops[usize::from(h).min(15)] += 1;
+        }
         let target = running.lookup.target();
         let closest = running.lookup.closest();
         match running.purpose {

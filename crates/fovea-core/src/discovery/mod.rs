@@ -512,6 +512,14 @@ impl Discovery {
         }
     }
 
+    /// The other nodes this one currently routes to: those with subscriptions it knows of
+    /// and the providers it has cached (what a failure detector watches). A node may
+    /// appear more than once.
+    pub fn peers(&self) -> impl Iterator<Item = Contact> + '_ {
+        let interest = self.remote.values().flat_map(|r| r.nodes.values().map(|n| n.contact));
+        interest.chain(self.remote_providers.values().flat_map(|p| p.nodes.iter().copied()))
+    }
+
     /// A node left the mesh (or was found dead): it is no longer a target.
     pub fn node_gone(&mut self, id: &NodeId) {
         for p in self.remote_providers.values_mut() {
