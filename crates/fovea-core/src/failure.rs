@@ -129,7 +129,6 @@ struct Relay {
     asker: Contact,
     asker_seq: u64,
     target: NodeId,
-    expires: Instant,
 }
 
 /// One node's failure detector.
@@ -244,15 +243,7 @@ impl Detector {
                     return;
                 }
                 let ours = self.seq();
-                self.relays.insert(
-                    ours,
-                    Relay {
-                        asker: from,
-                        asker_seq: seq,
-                        target: target.id,
-                        expires: now + self.config.suspect_timeout,
-                    },
-                );
+                self.relays.insert(ours, Relay { asker: from, asker_seq: seq, target: target.id });
                 self.relay_expiry.push_back((now + self.config.suspect_timeout, ours));
                 self.send(target, Message::Ping { seq: ours });
             }
