@@ -41,6 +41,9 @@ pub struct Config {
     pub suspect_timeout: Duration,
     /// Peers watched; past it, [`Detector::watch`] refuses (returns false).
     pub max_peers: usize,
+    /// Other nodes known to be reachable, kept to help probe a suspect when fewer than
+    /// `indirect` watched peers can ([`Detector::add_helper`]); the oldest goes first.
+    pub max_helpers: usize,
     /// Probes relayed for others at once; past it, a `PING_REQ` is ignored (the asker
     /// counts on its other helpers).
     pub max_relays: usize,
@@ -54,6 +57,7 @@ impl Default for Config {
             indirect: 3,
             suspect_timeout: Duration::from_millis(700),
             max_peers: 4096,
+            max_helpers: 8,
             max_relays: 1024,
         }
     }
@@ -146,6 +150,8 @@ pub struct Detector {
     /// (when, peer) to look at; stale entries skipped.
     timers: BinaryHeap<Reverse<(Instant, NodeId)>>,
     relay_expiry: VecDeque<(Instant, u64)>,
+    /// Helpers besides the watched peers (see [`Config::max_helpers`]).
+    helpers: VecDeque<Contact>,
     next_seq: u64,
     rng: Rng,
     transmits: VecDeque<Transmit>,
@@ -162,6 +168,7 @@ impl Detector {
             relays: HashMap::new(),
             timers: BinaryHeap::new(),
             relay_expiry: VecDeque::new(),
+            helpers: VecDeque::new(),
             next_seq: 1,
             rng: Rng::new(seed),
             transmits: VecDeque::new(),
@@ -198,6 +205,19 @@ impl Detector {
         self.peers.insert(contact.id, Peer { contact, heard: now, probe: Probe::Quiet });
         self.timers.push(Reverse((now + self.config.interval, contact.id)));
         true
+    }
+
+    /// Offers `contact`, a node this one can reach (a DHT neighbour, say), as a helper for
+    /// indirect probes: a node watching only one or two peers has too few of its own, and a
+    /// single lost round trip must not condemn a peer.
+    pub fn add_helper(&mut self, contact: Contact) {
+        if self.helpers.iter().any(|h| h.id == contact.id) {
+            return;
+        }
+        if self.helpers.len() >= self.config.max_helpers {
+            self.helpers.pop_front();
+        }
+        self.helpers.push_back(contact);
     }
 
     /// Stops watching `id` (no longer relied on, or known gone).
@@ -326,7 +346,8 @@ impl Detector {
         self.timers.push(Reverse((until, id)));
     }
 
-    /// Up to `indirect` other watched peers, not suspect themselves, at random.
+    /// Up to `indirect` other watched peers, not suspect themselves, or offered helpers, at
+    /// random.
     fn helpers(&mut self, suspect: &NodeId) -> Vec<Contact> {
         let mut candidates: Vec<Contact> = self
             .peers
@@ -334,6 +355,13 @@ impl Detector {
             .filter(|p| p.contact.id != *suspect && !matches!(p.probe, Probe::Suspect { .. }))
             .map(|p| p.contact)
             .collect();
+        if candidates.len() < self.config.indirect {
+            for h in &self.helpers {
+                if h.id != *suspect && !candidates.iter().any(|c| c.id == h.id) {
+                    candidates.push(*h);
+                }
+            }
+        }
         let n = self.config.indirect.min(candidates.len());
         for i in 0..n {
             let j = i + self.rng.below(candidates.len() - i);
@@ -465,6 +493,24 @@ mod tests {
         assert!(d.poll_event().is_none());
         assert!(d.is_watched(&contact(1).id));
         assert_eq!(d.stats().refuted, 1);
+    }
+
+    #[test]
+    fn offered_helpers_probe_when_few_peers_are_watched() {
+        let now = Instant::now();
+        let mut d = Detector::new(Config::default(), 3);
+        d.watch(contact(1), now);
+        for n in 10..20 {
+            d.add_helper(contact(n));
+        }
+        d.handle_timeout(now + ms(500));
+        d.handle_timeout(now + ms(800));
+        let reqs: Vec<Contact> = std::iter::from_fn(|| d.poll_transmit())
+            .filter(|t| matches!(t.msg, Message::PingReq { .. }))
+            .map(|t| t.to)
+            .collect();
+        assert_eq!(reqs.len(), 3, "three helpers asked");
+        assert!(reqs.iter().all(|c| (12..20).contains(&c.id.0[0])), "only the 8 newest are kept: {reqs:?}");
     }
 
     #[test]

@@ -48,8 +48,14 @@ pub struct Config {
     pub k: usize,
     /// Queries in flight per lookup.
     pub alpha: usize,
-    /// A request unanswered for this long has failed.
+    /// A request unanswered for this long has failed: the longest wait, used until round
+    /// trips have been measured. After that the wait is the measured round trip plus four
+    /// deviations (RFC 6298's estimator over every answer), at least
+    /// `min_request_timeout`: a lost message then costs a lookup a few round trips, not
+    /// this.
     pub request_timeout: Duration,
+    /// The shortest wait for an answer, however fast answers have come.
+    pub min_request_timeout: Duration,
     /// A bucket no lookup went through for this long is refreshed.
     pub refresh_interval: Duration,
     /// Owned records are stored again this often (well under their TTL).
@@ -83,6 +89,7 @@ impl Default for Config {
             k: 20,
             alpha: 3,
             request_timeout: Duration::from_secs(2),
+            min_request_timeout: Duration::from_millis(100),
             refresh_interval: Duration::from_secs(600),
             republish_interval: Duration::from_secs(60),
             max_records: 100_000,
@@ -213,6 +220,12 @@ struct Running {
     purpose: Purpose,
     /// Records found so far (FindValue), one per publisher.
     records: HashMap<NodeId, Record, RandomState>,
+    /// Nodes sent the record already (Publish): each answering node that is among the k
+    /// closest answered so far gets it at once, so that a change reaches the watchers at
+    /// the storers after the lookup's first rounds, not after all of them (with α = 3 and
+    /// k = 20, the last answers come ~7 round trips in). At most k per round of answers;
+    /// the end of the lookup sends it to the final k closest not sent yet.
+    stored: Vec<NodeId>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -226,8 +239,28 @@ enum Waiting {
 #[derive(Debug)]
 struct Pending {
     to: NodeId,
+    sent: Instant,
     deadline: Instant,
     why: Waiting,
+}
+
+/// Smoothed round trip and its deviation (RFC 6298), over every answered request.
+#[derive(Debug, Clone, Copy)]
+struct RttEstimate {
+    srtt: Duration,
+    rttvar: Duration,
+}
+
+impl RttEstimate {
+    fn update(estimate: Option<RttEstimate>, sample: Duration) -> RttEstimate {
+        match estimate {
+            None => RttEstimate { srtt: sample, rttvar: sample / 2 },
+            Some(e) => {
+                let dev = e.srtt.abs_diff(sample);
+                RttEstimate { rttvar: (e.rttvar * 3 + dev) / 4, srtt: (e.srtt * 7 + sample) / 8 }
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -252,6 +285,8 @@ pub struct Dht {
     lookups: HashMap<LookupId, Running, RandomState>,
     pending: HashMap<u64, Pending, RandomState>,
     deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Round trips measured so far; `None` until the first answer.
+    rtt: Option<RttEstimate>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     owned: HashMap<Key, Owned, RandomState>,
@@ -280,6 +315,7 @@ impl Dht {
             lookups: HashMap::default(),
             pending: HashMap::default(),
             deadlines: BinaryHeap::new(),
+            rtt: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             owned: HashMap::default(),
@@ -393,7 +429,7 @@ impl Dht {
         self.table.touch(&target, now);
         let seeds = self.table.closest(&target, self.config.k);
         let lookup = Lookup::new(target, self.config.k, self.config.alpha, seeds);
-        let mut running = Running { lookup, purpose, records: HashMap::default() };
+        let mut running = Running { lookup, purpose, records: HashMap::default(), stored: Vec::new() };
         if let Purpose::FindValue = running.purpose {
             // What this node holds itself counts.
             for r in self.store.get(&target, now) {
@@ -448,7 +484,7 @@ impl Dht {
                 if among && self.store.put(to_record(&record, now, self.config.max_ttl), now) == Ok(true) {
                     self.notify_watchers(&record, now);
                 }
-                for c in &closest {
+                for c in closest.iter().filter(|c| !running.stored.contains(&c.id)) {
                     self.request(now, *c, Message::Store { record: record.clone() }, Waiting::Store);
                 }
                 self.events.push_back(Event::Published { id, key: target, stored_at: closest.len() });
@@ -459,8 +495,8 @@ impl Dht {
     fn request(&mut self, now: Instant, to: Contact, msg: Message, why: Waiting) {
         let rpc = self.next_rpc;
         self.next_rpc += 1;
-        let deadline = now + self.config.request_timeout;
-        self.pending.insert(rpc, Pending { to: to.id, deadline, why });
+        let deadline = now + self.request_timeout();
+        self.pending.insert(rpc, Pending { to: to.id, sent: now, deadline, why });
         self.deadlines.push(Reverse((deadline, rpc)));
         self.stats.requests_sent += 1;
         self.transmits.push_back(Transmit { to, rpc, msg });
@@ -509,6 +545,7 @@ impl Dht {
         }
         let Some(p) = self.pending.remove(&rpc) else { return };
         self.stats.requests_answered += 1;
+        self.rtt = Some(RttEstimate::update(self.rtt, now.saturating_duration_since(p.sent)));
         self.seen(from, now);
         let Waiting::Lookup(id) = p.why else { return };
         let k = self.config.k;
@@ -535,6 +572,13 @@ impl Dht {
             }
             // A wrong kind of answer is a failed query.
             _ => running.lookup.on_failure(&from.id),
+        }
+        if let Purpose::Publish(record) = &running.purpose {
+            if !running.stored.contains(&from.id) && running.lookup.closest().iter().any(|c| c.id == from.id) {
+                running.stored.push(from.id);
+                let store = Message::Store { record: record.clone() };
+                self.request(now, from, store, Waiting::Store);
+            }
         }
         self.advance(id, now);
         self.resume_stalled(now);
@@ -697,6 +741,14 @@ impl Dht {
                     self.start(now, target, Purpose::Refresh);
                 }
             }
+        }
+    }
+
+    /// How long a request sent now may wait for its answer (see [`Config::request_timeout`]).
+    pub fn request_timeout(&self) -> Duration {
+        match self.rtt {
+            None => self.config.request_timeout,
+            Some(e) => (e.srtt + e.rttvar * 4).clamp(self.config.min_request_timeout, self.config.request_timeout),
         }
     }
 
