@@ -11,7 +11,10 @@ use fovea_core::failure;
 /// What travels between nodes.
 #[derive(Debug, Clone)]
 pub enum Payload {
-    Dht { rpc: u64, msg: dht::Message },
+    Dht {
+        rpc: u64,
+        msg: dht::Message,
+    },
     Probe(failure::Message),
     /// A graceful departure, as a closing link tells the other end.
     Bye,
@@ -20,9 +23,15 @@ pub enum Payload {
 /// Something that happens at a simulated instant.
 #[derive(Debug)]
 pub enum Kind {
-    Deliver { from: Contact, to: usize, payload: Payload },
+    Deliver {
+        from: Contact,
+        to: usize,
+        payload: Payload,
+    },
     /// Node `node`'s state machines may have a timeout due.
-    Timer { node: usize },
+    Timer {
+        node: usize,
+    },
 }
 
 struct Ev {

@@ -80,6 +80,8 @@ pub struct Report {
     pub dht_msgs: u64,
     pub probe_msgs: u64,
     pub node_seconds: f64,
+    /// Messages of the measurement lookups (queries and answers).
+    pub probe_lookup_msgs: u64,
     /// Reach measurements whose target went away first, or that did not complete.
     pub reach_unfinished: u64,
     pub detect_unfinished: u64,
@@ -269,7 +271,7 @@ impl Sim {
                 busy = true;
                 let n = &mut self.nodes[i];
                 match e {
-                    dht::Event::RecordsFound { id, key, records } => {
+                    dht::Event::RecordsFound { id, records, cost, .. } => {
                         if let Some(k) = n.disc_lookups.remove(&id) {
                             n.disc.lookup_done(now, k, &records);
                         } else if let Some(expected) = n.probe_lookups.remove(&id) {
@@ -277,8 +279,11 @@ impl Sim {
                             if records.iter().any(|r| r.publisher == expected) {
                                 self.report.lookups_ok += 1;
                             }
-                        } else {
-                            let _ = key;
+                            if let Some(h) = cost.hops {
+                                self.report.hops[usize::from(h).min(15)] += 1;
+                            }
+                            // A query and its answer each: workload, not maintenance.
+                            self.report.probe_lookup_msgs += 2 * cost.queries as u64;
                         }
                     }
                     dht::Event::Notified { record } => n.disc.pushed(now, &record),
@@ -371,8 +376,12 @@ impl Sim {
             }
             let n = &mut self.nodes[i];
             let reached = match r.watch {
-                Watch::Topic(topic) => n.disc.remote_targets(now, REALM, &self.topics[topic].0).nodes.iter().any(|c| c.id == r.target),
-                Watch::Procedure(p) => n.disc.provider_nodes(REALM, &self.procedures[p].0).iter().any(|c| c.id == r.target),
+                Watch::Topic(topic) => {
+                    n.disc.remote_targets(now, REALM, &self.topics[topic].0).nodes.iter().any(|c| c.id == r.target)
+                }
+                Watch::Procedure(p) => {
+                    n.disc.provider_nodes(REALM, &self.procedures[p].0).iter().any(|c| c.id == r.target)
+                }
             };
             if reached {
                 let ms = (now - r.since).as_secs_f64() * 1e3;
@@ -469,7 +478,12 @@ impl Sim {
             .iter()
             .enumerate()
             .filter(|(_, n)| n.alive)
-            .flat_map(|(i, n)| n.subscribed.iter().filter(|(_, since)| now - *since >= Duration::from_secs(5)).map(move |(t, _)| (i, *t)))
+            .flat_map(|(i, n)| {
+                n.subscribed
+                    .iter()
+                    .filter(|(_, since)| now - *since >= Duration::from_secs(5))
+                    .map(move |(t, _)| (i, *t))
+            })
             .collect();
         if settled.is_empty() {
             return;
@@ -540,7 +554,9 @@ impl Sim {
     fn churn(&mut self) {
         let now = self.net.now;
         let active: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].alive && (!self.nodes[i].subscribed.is_empty() || !self.nodes[i].provides.is_empty()))
+            .filter(|&i| {
+                self.nodes[i].alive && (!self.nodes[i].subscribed.is_empty() || !self.nodes[i].provides.is_empty())
+            })
             .collect();
         let victim = if !active.is_empty() && self.net.rng.below(2) == 0 {
             active[self.net.rng.below(active.len())]
@@ -615,7 +631,6 @@ impl Sim {
         progress("measuring");
         self.measuring = true;
         let (msgs0, dht0, probe0) = (self.net.sent, self.dht_msgs, self.probe_msgs);
-        let hops0 = self.hops();
         let end = self.net.now + self.params.duration;
         self.run_until(end);
         // Let what is under way finish (lookups, detections), without new work.
@@ -627,23 +642,8 @@ impl Sim {
         report.msgs = self.net.sent - msgs0;
         report.dht_msgs = self.dht_msgs - dht0;
         report.probe_msgs = self.probe_msgs - probe0;
-        let hops1 = self.hops();
-        for (slot, (a, b)) in report.hops.iter_mut().zip(hops1.iter().zip(hops0.iter())) {
-            *slot = a - b;
-        }
         report.reach_unfinished += self.reach.values().map(|v| v.len() as u64).sum::<u64>();
         report.detect_unfinished += self.detect.values().map(|v| v.len() as u64).sum::<u64>();
         report
-    }
-
-    /// Every node's lookups by hops, summed.
-    fn hops(&self) -> [u64; 16] {
-        let mut all = [0u64; 16];
-        for n in &self.nodes {
-            for (slot, h) in all.iter_mut().zip(n.dht.stats().hops.iter()) {
-                *slot += h;
-            }
-        }
-        all
     }
 }

@@ -36,6 +36,8 @@ pub struct Lookup {
     /// candidate cap.
     retried: Vec<NodeId>,
     in_flight: usize,
+    /// Queries sent so far.
+    asked: usize,
 }
 
 /// Candidates kept per lookup: enough to survive failures among the closest k.
@@ -51,6 +53,7 @@ impl Lookup {
             peers: BTreeMap::new(),
             retried: Vec::new(),
             in_flight: 0,
+            asked: 0,
         };
         l.add(seeds, 1);
         l
@@ -92,6 +95,7 @@ impl Lookup {
             .find(|(_, (_, s, _))| *s == State::Waiting)?;
         *state = State::InFlight;
         self.in_flight += 1;
+        self.asked += 1;
         Some(*contact)
     }
 
@@ -142,6 +146,11 @@ impl Lookup {
     /// Queries in flight.
     pub fn in_flight(&self) -> usize {
         self.in_flight
+    }
+
+    /// Queries sent so far (a retried peer counts twice).
+    pub fn asked(&self) -> usize {
+        self.asked
     }
 
     /// The closest peers that answered, closest first, at most k.

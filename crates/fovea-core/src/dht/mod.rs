@@ -169,16 +169,25 @@ pub struct LookupId(pub u64);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// A [`Dht::find_node`] (or the bootstrap) finished: the closest nodes that answered.
-    NodesFound { id: LookupId, target: NodeId, closest: Vec<Contact> },
+    NodesFound { id: LookupId, target: NodeId, closest: Vec<Contact>, cost: LookupCost },
     /// A [`Dht::find_records`] finished: every live record found under `key`, one per
     /// publisher (the freshest seen).
-    RecordsFound { id: LookupId, key: Key, records: Vec<Record> },
+    RecordsFound { id: LookupId, key: Key, records: Vec<Record>, cost: LookupCost },
     /// A [`Dht::publish`] (or a republish) reached the closest nodes: `stored_at` of them
     /// were sent the record.
     Published { id: LookupId, key: Key, stored_at: usize },
     /// A node storing `record.key` pushed a new or changed record (this node looked the
     /// key up within `watch_ttl`). An empty value is a retraction ([`Dht::retract`]).
     Notified { record: Record },
+}
+
+/// What a finished lookup took.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LookupCost {
+    /// Hops to the closest node that answered ([`Lookup::hops`]); `None` if none did.
+    pub hops: Option<u8>,
+    /// Queries sent ([`Lookup::asked`]).
+    pub queries: usize,
 }
 
 /// Counters for metrics.
@@ -467,13 +476,14 @@ impl Dht {
         }
         let target = running.lookup.target();
         let closest = running.lookup.closest();
+        let cost = LookupCost { hops: running.lookup.hops(), queries: running.lookup.asked() };
         match running.purpose {
-            Purpose::FindNode => self.events.push_back(Event::NodesFound { id, target, closest }),
+            Purpose::FindNode => self.events.push_back(Event::NodesFound { id, target, closest, cost }),
             Purpose::Refresh => {}
             Purpose::FindValue => {
                 let mut records: Vec<Record> = running.records.into_values().filter(|r| r.expires > now).collect();
                 records.sort_by_key(|r| r.publisher);
-                self.events.push_back(Event::RecordsFound { id, key: target, records });
+                self.events.push_back(Event::RecordsFound { id, key: target, records, cost });
             }
             Purpose::Publish(record) => {
                 // This node keeps a copy when it is among the closest (small meshes).
