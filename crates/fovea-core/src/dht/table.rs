@@ -166,12 +166,17 @@ impl RoutingTable {
         }
     }
 
-    /// Buckets due for a refresh: not looked up through for `interval`, and no farther
-    /// out than one past the farthest non-empty bucket (the empty far reaches of a small
-    /// mesh would otherwise cost a lookup each per interval).
+    /// Buckets due for a refresh: not looked up through for `interval`, between one
+    /// nearer than the nearest non-empty bucket and one past the farthest. Nearer ones are
+    /// closer than any node of the mesh (a lookup of this node's own id covers them), and
+    /// refreshing all 256 would cost every node ~250 lookups per interval in a large mesh
+    /// (a storm `fovea-sim` found: the buckets are numbered from the nearest, 0, out).
     pub fn stale_buckets(&self, now: Instant, interval: std::time::Duration) -> Vec<usize> {
-        let top = self.buckets.iter().rposition(|b| !b.entries.is_empty()).map_or(0, |i| (i + 1).min(255));
-        (0..=top).filter(|&i| now.saturating_duration_since(self.buckets[i].touched) >= interval).collect()
+        let Some(near) = self.buckets.iter().position(|b| !b.entries.is_empty()) else { return Vec::new() };
+        let far = self.buckets.iter().rposition(|b| !b.entries.is_empty()).map_or(near, |i| (i + 1).min(255));
+        (near.saturating_sub(1)..=far)
+            .filter(|&i| now.saturating_duration_since(self.buckets[i].touched) >= interval)
+            .collect()
     }
 
     /// Every contact, for diagnostics.
@@ -187,6 +192,20 @@ mod tests {
 
     fn contact(id: NodeId) -> Contact {
         Contact { id, addr: "127.0.0.1:1".parse().unwrap() }
+    }
+
+    #[test]
+    fn only_buckets_around_the_known_nodes_are_refreshed() {
+        let now = Instant::now();
+        let mut rng = Rng::new(9);
+        let local = NodeId([0; 32]);
+        let mut table = RoutingTable::new(local, 20, 1, now);
+        assert!(table.stale_buckets(now, std::time::Duration::ZERO).is_empty(), "nothing known, nothing to refresh");
+        for b in [240, 247, 255] {
+            table.seen(contact(local.random_in_bucket(b, &mut rng)));
+        }
+        let later = now + std::time::Duration::from_secs(1);
+        assert_eq!(table.stale_buckets(later, std::time::Duration::ZERO), (239..=255).collect::<Vec<_>>());
     }
 
     #[test]
