@@ -73,6 +73,7 @@ pub mod kind {
     pub const FWD: u64 = 0x42;
     pub const BIND: u64 = 0x43;
     pub const MESH_TOOLS: u64 = 0x44;
+    pub const PROBE: u64 = 0x45;
 }
 
 /// One protocol message.
@@ -145,7 +146,12 @@ pub enum Frame {
     /// Node → node: the tools of `realm` whose providers are connected to the receiver,
     /// answered with a `TOOL_LIST` carrying the same id.
     MeshTools(MeshTools),
+    /// Node → node: a failure detector's message (`fovea_core::failure::wire`).
+    Probe(Bytes),
 }
+
+/// Largest `PROBE` body: the longest message (`PING_REQ` with an IPv6 contact) is 72 bytes.
+pub const MAX_PROBE: usize = 128;
 
 /// `MESH_TOOLS` fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -647,6 +653,7 @@ impl Frame {
             kind::MESH_TOOLS => {
                 Frame::MeshTools(MeshTools { id: r.varint("id")?, realm: r.bytes("realm", MAX_REALM_LEN)? })
             }
+            kind::PROBE => Frame::Probe(r.bytes("body", MAX_PROBE)?),
             kind::FWD => {
                 let realm = r.bytes("realm", MAX_REALM_LEN)?;
                 let topic = r.bytes("topic", MAX_TOPIC_LEN)?;
@@ -746,6 +753,7 @@ impl Frame {
             Frame::Fwd(_) => kind::FWD,
             Frame::Bind(_) => kind::BIND,
             Frame::MeshTools(_) => kind::MESH_TOOLS,
+            Frame::Probe(_) => kind::PROBE,
         }
     }
 
@@ -872,6 +880,7 @@ impl Frame {
                 w.varint(o, t.id);
                 w.bytes(o, &t.realm);
             }
+            Frame::Probe(body) => w.bytes(o, body),
             Frame::Bind(b) => {
                 w.varint(o, b.rid);
                 w.bytes(o, &b.realm);
@@ -1401,6 +1410,7 @@ mod tests {
         }));
         round_trip(&Frame::Dht(DhtFrame { rpc: 77, body: Bytes::from_static(b"\x01") }));
         round_trip(&Frame::MeshTools(MeshTools { id: 4, realm: Bytes::from_static(b"acme") }));
+        round_trip(&Frame::Probe(Bytes::from_static(b"\x01\x07")));
         round_trip(&Frame::Notice(Notice { id: 1, kind: 9, body: Bytes::from_static(b"{}") }));
         round_trip(&Frame::Bind(Bind {
             rid: 3,

@@ -706,6 +706,9 @@ fn nodes_form_a_mesh_from_the_command_line() {
         std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!("a killed node left the mesh after {:?}", start.elapsed());
+    // Found by the failure detector's probes (1.5 s at most), before the link's QUIC idle
+    // timeout (4 s) would have closed it.
+    assert!(admin_get(&a_admin, "/metrics").contains("fovea_mesh_peers_dead_total 1"));
     drop(a);
     let c_dir = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)

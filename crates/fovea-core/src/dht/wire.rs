@@ -28,18 +28,18 @@ pub const MAX_RECORDS: usize = 256;
 /// Largest record value.
 pub const MAX_VALUE: usize = 4096;
 
-/// Why a DHT message could not be decoded.
+/// Why a DHT message (or a failure detector's, `crate::failure::wire`) could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
-    #[error("truncated DHT message ({0})")]
+    #[error("truncated message ({0})")]
     Truncated(&'static str),
-    #[error("unknown DHT message type {0}")]
+    #[error("unknown message type {0}")]
     UnknownType(u64),
-    #[error("DHT {field}: {got} exceeds the limit of {max}")]
+    #[error("{field}: {got} exceeds the limit of {max}")]
     TooMany { field: &'static str, got: u64, max: usize },
     #[error("bad address family {0}")]
     BadFamily(u8),
-    #[error("{0} trailing bytes after a DHT message")]
+    #[error("{0} trailing bytes after a message")]
     Trailing(usize),
 }
 
@@ -137,19 +137,24 @@ fn put_contacts(contacts: &[Contact], out: &mut BytesMut) {
     let contacts = &contacts[..contacts.len().min(MAX_CONTACTS)];
     varint::encode(contacts.len() as u64, out);
     for c in contacts {
-        out.put_slice(&c.id.0);
-        match c.addr.ip() {
-            IpAddr::V4(ip) => {
-                out.put_u8(4);
-                out.put_slice(&ip.octets());
-            }
-            IpAddr::V6(ip) => {
-                out.put_u8(6);
-                out.put_slice(&ip.octets());
-            }
-        }
-        out.put_u16(c.addr.port());
+        put_contact(c, out);
     }
+}
+
+/// Appends one `contact` (also used by the failure detector's messages).
+pub(crate) fn put_contact(c: &Contact, out: &mut BytesMut) {
+    out.put_slice(&c.id.0);
+    match c.addr.ip() {
+        IpAddr::V4(ip) => {
+            out.put_u8(4);
+            out.put_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            out.put_u8(6);
+            out.put_slice(&ip.octets());
+        }
+    }
+    out.put_u16(c.addr.port());
 }
 
 fn put_record(r: &WireRecord, out: &mut BytesMut) {
@@ -161,7 +166,7 @@ fn put_record(r: &WireRecord, out: &mut BytesMut) {
     out.put_slice(value);
 }
 
-fn get_varint(r: &mut Bytes, field: &'static str) -> Result<u64, WireError> {
+pub(crate) fn get_varint(r: &mut Bytes, field: &'static str) -> Result<u64, WireError> {
     let (v, n) = varint::decode(r).ok_or(WireError::Truncated(field))?;
     r.advance(n);
     Ok(v)
@@ -185,7 +190,7 @@ fn take<const N: usize>(r: &mut Bytes, field: &'static str) -> Result<[u8; N], W
     Ok(a)
 }
 
-fn get_id(r: &mut Bytes, field: &'static str) -> Result<NodeId, WireError> {
+pub(crate) fn get_id(r: &mut Bytes, field: &'static str) -> Result<NodeId, WireError> {
     take::<32>(r, field).map(NodeId)
 }
 
@@ -193,17 +198,22 @@ fn get_contacts(r: &mut Bytes) -> Result<Vec<Contact>, WireError> {
     let n = get_count(r, "contacts", MAX_CONTACTS)?;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        let id = get_id(r, "contact id")?;
-        let [family] = take::<1>(r, "address family")?;
-        let ip = match family {
-            4 => IpAddr::V4(Ipv4Addr::from(take::<4>(r, "ipv4")?)),
-            6 => IpAddr::V6(Ipv6Addr::from(take::<16>(r, "ipv6")?)),
-            f => return Err(WireError::BadFamily(f)),
-        };
-        let port = u16::from_be_bytes(take::<2>(r, "port")?);
-        out.push(Contact { id, addr: SocketAddr::new(ip, port) });
+        out.push(get_contact(r)?);
     }
     Ok(out)
+}
+
+/// Reads one contact (see [`put_contact`]).
+pub(crate) fn get_contact(r: &mut Bytes) -> Result<Contact, WireError> {
+    let id = get_id(r, "contact id")?;
+    let [family] = take::<1>(r, "address family")?;
+    let ip = match family {
+        4 => IpAddr::V4(Ipv4Addr::from(take::<4>(r, "ipv4")?)),
+        6 => IpAddr::V6(Ipv6Addr::from(take::<16>(r, "ipv6")?)),
+        f => return Err(WireError::BadFamily(f)),
+    };
+    let port = u16::from_be_bytes(take::<2>(r, "port")?);
+    Ok(Contact { id, addr: SocketAddr::new(ip, port) })
 }
 
 fn get_record(r: &mut Bytes) -> Result<WireRecord, WireError> {

@@ -420,6 +420,8 @@ pub struct MeshConfig {
     pub link_idle: Duration,
     /// DHT parameters.
     pub dht: fovea_core::dht::Config,
+    /// Failure detection on links (SWIM-style probes; docs/MESH.md, "Failure").
+    pub failure: fovea_core::failure::Config,
 }
 
 impl MeshConfig {
@@ -434,6 +436,7 @@ impl MeshConfig {
             max_links: 1024,
             link_idle: Duration::from_secs(300),
             dht: fovea_core::dht::Config::default(),
+            failure: fovea_core::failure::Config::default(),
         }
     }
 }

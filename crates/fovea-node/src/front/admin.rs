@@ -463,6 +463,11 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
                 m.stats.links_evicted.load(Relaxed),
             );
             count(
+                "fovea_mesh_peers_dead_total",
+                "Linked nodes that answered no probe in time (the failure detector): their links closed and they left the DHT and every cache.",
+                m.stats.peers_dead.load(Relaxed),
+            );
+            count(
                 "fovea_mesh_answers_too_large_total",
                 "Answers from other nodes over a local caller's max_payload (the caller got PAYLOAD_TOO_LARGE).",
                 m.stats.answers_too_large.load(Relaxed),

@@ -1,5 +1,6 @@
-//! The DHT's driver: one task owns [`fovea_core::dht::Dht`], feeds it what links bring
-//! and the time, sends what it yields, and answers the commands of the layers above.
+//! The DHT's driver: one task owns [`fovea_core::dht::Dht`] and the links' failure
+//! detector ([`fovea_core::failure::Detector`]), feeds them what links bring and the time,
+//! sends what they yield, and answers the commands of the layers above.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use fovea_core::dht::{self, Contact, Dht, NodeId};
+use fovea_core::failure::{self, Detector};
 use fovea_core::frame::DhtFrame;
 use fovea_core::Frame;
 use tokio::sync::{mpsc, oneshot};
@@ -22,8 +24,19 @@ pub(super) enum Input {
         rpc: u64,
         msg: dht::Message,
     },
+    /// A failure detector's message from a linked node.
+    Probe {
+        from: Contact,
+        msg: failure::Message,
+    },
+    /// A link brought something from this node (sent at most every few hundred ms per link):
+    /// it is alive, and need not be probed.
+    Heard(NodeId),
     /// A link came up (joined, or accepted).
     Up(Contact),
+    /// A link closed to save resources (idle, evicted): its node is alive and stays
+    /// known, but is no longer probed.
+    Unlinked(NodeId),
     /// A link closed or a dial failed.
     Down(NodeId),
     Command(Command),
@@ -42,6 +55,7 @@ impl Mesh {
     pub(super) async fn drive_dht(
         self: Arc<Self>,
         mut dht: Dht,
+        mut fd: Detector,
         mut rx: mpsc::Receiver<Input>,
         shutdown: CancellationToken,
     ) {
@@ -49,17 +63,34 @@ impl Mesh {
         let mut waiting_nodes: HashMap<dht::LookupId, oneshot::Sender<Vec<Contact>>> = HashMap::new();
         let mut last_bootstrap: Option<Instant> = None;
         loop {
-            let deadline = dht.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
+            let deadline = [dht.poll_timeout(), fd.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 input = rx.recv() => {
                     let Some(input) = input else { return };
                     let now = Instant::now();
                     match input {
-                        Input::Message { from, rpc, msg } => dht.handle(now, from, rpc, msg),
+                        Input::Message { from, rpc, msg } => {
+                            fd.heard(&from.id, now);
+                            dht.handle(now, from, rpc, msg);
+                        }
+                        Input::Probe { from, msg } => fd.handle(now, from, msg),
+                        Input::Heard(id) => fd.heard(&id, now),
                         Input::Up(peer) => {
                             let new = !dht.table().contains(&peer.id);
                             dht.add_contact(peer, now);
+                            // Every linked node is watched; the DHT's closest neighbours
+                            // help probe a suspect when few links are up.
+                            if !fd.watch(peer, now) {
+                                tracing::debug!(peer = %peer.id, "failure detector full: peer not watched");
+                            }
+                            for c in dht.table().closest(&self.local.id, 4) {
+                                fd.add_helper(c);
+                            }
                             // A node not known before may know a part of the mesh this node
                             // does not (first join, a healed partition): look ourselves up
                             // through it, at most every few seconds.
@@ -68,7 +99,9 @@ impl Mesh {
                                 last_bootstrap = Some(now);
                             }
                         }
+                        Input::Unlinked(id) => fd.unwatch(&id),
                         Input::Down(id) => {
+                            fd.unwatch(&id);
                             dht.remove_contact(&id, now);
                             let _ = self.departed.send(id);
                         }
@@ -92,7 +125,24 @@ impl Mesh {
                         },
                     }
                 }
-                _ = tokio::time::sleep_until(deadline.into()) => dht.handle_timeout(Instant::now()),
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    let now = Instant::now();
+                    dht.handle_timeout(now);
+                    fd.handle_timeout(now);
+                }
+            }
+            while let Some(t) = fd.poll_transmit() {
+                let mut body = BytesMut::new();
+                failure::wire::encode(&t.msg, &mut body);
+                self.send_on_link(&t.to.id, &Frame::Probe(body.freeze()));
+            }
+            while let Some(failure::Event::Dead(peer)) = fd.poll_event() {
+                // Heard from by no path: gone, as if its link had closed (which it is now).
+                tracing::info!(peer = %peer.id, addr = %peer.addr, "mesh peer stopped answering probes: dropped");
+                self.stats.peers_dead.fetch_add(1, Ordering::Relaxed);
+                self.close_dead_link(&peer.id);
+                dht.remove_contact(&peer.id, Instant::now());
+                let _ = self.departed.send(peer.id);
             }
             while let Some(t) = dht.poll_transmit() {
                 let mut body = BytesMut::new();

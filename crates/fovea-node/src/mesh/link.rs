@@ -9,13 +9,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fovea_core::dht::{self, Contact, NodeId};
+use fovea_core::failure;
 use fovea_core::frame::DhtFrame;
 use fovea_core::{Deframer, ErrorCode, Frame};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 
 use super::driver::Input;
 use super::{
-    lock, ForwardSink, Mesh, LINK_QUEUE, MIN_DIALS, REASON_DUPLICATE, REASON_EVICTED, REASON_IDLE, RETIRE_GRACE,
+    lock, ForwardSink, Mesh, LINK_QUEUE, MIN_DIALS, REASON_DEAD, REASON_DUPLICATE, REASON_EVICTED, REASON_IDLE,
+    RETIRE_GRACE,
 };
 use crate::handle::outbound::Outbound;
 use crate::handle::Handle;
@@ -56,6 +58,10 @@ impl Link {
         self.used.store(now_ms, Ordering::Relaxed);
     }
 }
+
+/// How often, at most, a link tells the failure detector its peer is alive (any frame from
+/// it counts; at a quarter of the probe interval, a busy link is never probed).
+const HEARD_EVERY_MS: u64 = 125;
 
 /// Bindings per link (distinct procedures called across it); past this, calls that need
 /// a new binding fail with `BUSY`, and a peer sending more is closed.
@@ -134,10 +140,20 @@ impl Mesh {
 
     async fn read_link(self: Arc<Self>, link: Arc<Link>, mut recv: RecvStream, mut deframer: Deframer, peer: Contact) {
         let mut deliver = self.handler().map(|h| h.link_opened());
+        // When the failure detector was last told this peer is alive (ms since start).
+        let mut reported = 0u64;
         let why = loop {
             match deframer.next_frame() {
                 Ok(Some(frame)) => {
-                    link.touch(self.now_ms());
+                    let now_ms = self.now_ms();
+                    // Probes keep no link in use: a link only they cross is reaped when idle.
+                    if !matches!(frame, Frame::Probe(_)) {
+                        link.touch(now_ms);
+                    }
+                    if now_ms.saturating_sub(reported) >= HEARD_EVERY_MS {
+                        reported = now_ms;
+                        let _ = self.inputs.try_send(Input::Heard(peer.id));
+                    }
                     match self.on_link_frame(&link, peer, frame, &mut deliver) {
                         Ok(()) => continue,
                         Err(why) => break Some(why),
@@ -185,9 +201,9 @@ impl Mesh {
                 Some(quinn::ConnectionError::ApplicationClosed(ref c)) if c.reason == REASON_IDLE || c.reason == REASON_EVICTED || c.reason == REASON_DUPLICATE
             );
             let peer_closed = !link.reaped.load(Ordering::Relaxed) && !saved;
-            if peer_closed {
-                let _ = self.inputs.try_send(Input::Down(peer.id));
-            }
+            // A departure, or a live node no longer linked: either way nothing is left to
+            // probe (a link that comes back is watched again).
+            let _ = self.inputs.try_send(if peer_closed { Input::Down(peer.id) } else { Input::Unlinked(peer.id) });
             tracing::debug!(peer = %peer.id, peer_closed, "mesh link closed");
         }
     }
@@ -204,6 +220,12 @@ impl Mesh {
             Frame::Dht(DhtFrame { rpc, body }) => {
                 let msg = dht::wire::decode(body).map_err(|e| format!("malformed DHT message: {e}"))?;
                 if self.inputs.try_send(Input::Message { from: peer, rpc, msg }).is_err() {
+                    self.stats.dht_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Frame::Probe(body) => {
+                let msg = failure::wire::decode(body).map_err(|e| format!("malformed PROBE: {e}"))?;
+                if self.inputs.try_send(Input::Probe { from: peer, msg }).is_err() {
                     self.stats.dht_dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -334,6 +356,18 @@ impl Mesh {
 
     /// Queues `frame` for `to`, dialing it first when there is no link. `false` when it
     /// was dropped at a full queue.
+    /// Sends `frame` on the link to `to` if there is one, without counting it as use of
+    /// the link (the failure detector's probes: they must neither keep a link from being
+    /// reaped nor open one). False if there is no link or its queue is full.
+    pub(super) fn send_on_link(&self, to: &NodeId, frame: &Frame) -> bool {
+        let Some(link) = lock(&self.links).get(to).cloned() else { return false };
+        let sent = link.handle.out.send_bounded(frame);
+        if !sent {
+            self.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        sent
+    }
+
     pub(super) fn send(self: &Arc<Self>, to: Contact, frame: Frame) -> bool {
         if let Some(link) = lock(&self.links).get(&to.id).cloned() {
             link.touch(self.now_ms());
@@ -399,6 +433,19 @@ impl Mesh {
             if !link.handle.out.send_bounded(&f) {
                 self.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
             }
+        }
+    }
+}
+
+impl Mesh {
+    /// Closes the link to a node the failure detector found dead. The caller has already
+    /// dropped the node from the DHT and told the layers above, so the link's own close
+    /// must not do it again.
+    pub(super) fn close_dead_link(&self, id: &NodeId) {
+        let link = lock(&self.links).get(id).cloned();
+        if let Some(link) = link {
+            link.reaped.store(true, Ordering::Relaxed);
+            link.conn.close(VarInt::from_u32(0), REASON_DEAD);
         }
     }
 }

@@ -76,6 +76,8 @@ const REASON_IDLE: &[u8] = b"link idle";
 const REASON_EVICTED: &[u8] = b"link evicted (least recently used)";
 /// The other of two links between one pair was kept: the peer is alive.
 const REASON_DUPLICATE: &[u8] = b"duplicate link";
+/// A link closed because its node answered no probe: a departure.
+const REASON_DEAD: &[u8] = b"no answer to probes";
 /// How long a link taken out of use (evicted, or the loser of the one-link-per-pair
 /// tie-break) stays open after this node stopped putting new frames on it, so that frames
 /// already queued or in flight on it (the peer may use it until it learns) are delivered
@@ -116,6 +118,9 @@ pub struct MeshStats {
     pub frames_dropped: AtomicU64,
     /// Links closed for malformed frames.
     pub protocol_errors: AtomicU64,
+    /// Linked nodes that stopped answering the failure detector's probes (their links
+    /// closed; they left the DHT and every cache).
+    pub peers_dead: AtomicU64,
     /// `NOTICE`s from other nodes not passed on (see `Stats::notices_dropped`).
     pub notices_dropped: AtomicU64,
     /// Answers from other nodes over the local caller's `max_payload`: the caller got
@@ -297,7 +302,8 @@ impl Mesh {
         let Some(rx) = lock(&self.inputs_rx).take() else { return };
         let seed = u64::from_be_bytes(self.local.id.0[..8].try_into().unwrap_or([7; 8]));
         let dht = Dht::new(self.local, self.config.dht.clone(), Instant::now(), seed);
-        tokio::spawn(self.clone().drive_dht(dht, rx, shutdown.clone()));
+        let fd = fovea_core::failure::Detector::new(self.config.failure.clone(), seed.rotate_left(17));
+        tokio::spawn(self.clone().drive_dht(dht, fd, rx, shutdown.clone()));
         tokio::spawn(self.clone().reap_idle(shutdown.clone()));
         tokio::spawn(self.clone().tick(shutdown.clone()));
         for addr in self.config.join.clone() {
