@@ -217,8 +217,9 @@ pub struct Stats {
 enum Purpose {
     FindNode,
     FindValue,
-    /// Store `record` at the closest nodes found.
-    Publish(WireRecord),
+    /// Store `record` at the closest nodes found. `urgent` for a new or changed record
+    /// (not a republish): see [`Running::stored`].
+    Publish(WireRecord, bool),
     /// Keep a bucket fresh; no event.
     Refresh,
 }
@@ -229,11 +230,13 @@ struct Running {
     purpose: Purpose,
     /// Records found so far (FindValue), one per publisher.
     records: HashMap<NodeId, Record, RandomState>,
-    /// Nodes sent the record already (Publish): each answering node that is among the k
-    /// closest answered so far gets it at once, so that a change reaches the watchers at
-    /// the storers after the lookup's first rounds, not after all of them (with α = 3 and
-    /// k = 20, the last answers come ~7 round trips in). At most k per round of answers;
-    /// the end of the lookup sends it to the final k closest not sent yet.
+    /// Nodes sent the record already (an urgent Publish): each node queried gets the
+    /// record with the query (every node queried is among the k closest known then), so a
+    /// change reaches the watchers at the storers as soon as the lookup reaches them, not
+    /// after it ends (with α = 3 and k = 20, the last answers come ~7 round trips in); the
+    /// end of the lookup sends it to the final k closest not sent yet. That is one `STORE`
+    /// per query, ~2k per lookup instead of k: only for new or changed records, not for
+    /// the minute's republishes, which store at the end.
     stored: Vec<NodeId>,
 }
 
@@ -409,7 +412,7 @@ impl Dht {
         let next = now + self.config.republish_interval;
         self.owned.insert(key, Owned { value: value.clone(), ttl, next });
         let record = WireRecord { key, publisher: self.local.id, value, ttl };
-        self.start(now, key, Purpose::Publish(record))
+        self.start(now, key, Purpose::Publish(record, true))
     }
 
     /// Replaces this node's record under `key` with an empty one (a retraction) that lives
@@ -418,7 +421,7 @@ impl Dht {
         self.owned.remove(&key);
         self.store.remove(&key, &self.local.id);
         let record = WireRecord { key, publisher: self.local.id, value: Bytes::new(), ttl };
-        self.start(now, key, Purpose::Publish(record))
+        self.start(now, key, Purpose::Publish(record, true))
     }
 
     /// Stops republishing the record under `key` (others drop it when its TTL runs out).
@@ -464,7 +467,17 @@ impl Dht {
                 Purpose::FindValue => Message::FindValue { key: target },
                 _ => Message::FindNode { target },
             };
+            let store = match &running.purpose {
+                Purpose::Publish(record, true) if !running.stored.contains(&to.id) => {
+                    running.stored.push(to.id);
+                    Some(Message::Store { record: record.clone() })
+                }
+                _ => None,
+            };
             self.request(now, to, msg, Waiting::Lookup(id));
+            if let Some(store) = store {
+                self.request(now, to, store, Waiting::Store);
+            }
         }
         let finished = self.lookups.get(&id).is_some_and(|r| r.lookup.is_finished());
         if !finished {
@@ -485,7 +498,7 @@ impl Dht {
                 records.sort_by_key(|r| r.publisher);
                 self.events.push_back(Event::RecordsFound { id, key: target, records, cost });
             }
-            Purpose::Publish(record) => {
+            Purpose::Publish(record, _) => {
                 // This node keeps a copy when it is among the closest (small meshes).
                 let me = self.local.id.distance(&target);
                 let among =
@@ -582,13 +595,6 @@ impl Dht {
             }
             // A wrong kind of answer is a failed query.
             _ => running.lookup.on_failure(&from.id),
-        }
-        if let Purpose::Publish(record) = &running.purpose {
-            if !running.stored.contains(&from.id) && running.lookup.closest().iter().any(|c| c.id == from.id) {
-                running.stored.push(from.id);
-                let store = Message::Store { record: record.clone() };
-                self.request(now, from, store, Waiting::Store);
-            }
         }
         self.advance(id, now);
         self.resume_stalled(now);
@@ -741,7 +747,7 @@ impl Dht {
             let Some(o) = self.owned.get_mut(&key) else { continue };
             o.next = now + self.config.republish_interval;
             let record = WireRecord { key, publisher: self.local.id, value: o.value.clone(), ttl: o.ttl };
-            self.start(now, key, Purpose::Publish(record));
+            self.start(now, key, Purpose::Publish(record, false));
         }
         if now >= self.next_refresh {
             self.next_refresh = now + self.config.refresh_interval / 8;
