@@ -181,7 +181,7 @@ impl Core {
     }
 
     /// Connects; the future resolves with `None` once a session is open.
-    #[pyo3(signature = (url, realm, token, name, ca, insecure, reconnect, connect_timeout, max_buffered, subscription_capacity))]
+    #[pyo3(signature = (url, realm, token, name, ca, insecure, reconnect, connect_timeout, max_buffered, subscription_capacity, max_reconnect_delay=None))]
     #[allow(clippy::too_many_arguments)]
     fn connect(
         &self,
@@ -196,6 +196,7 @@ impl Core {
         connect_timeout: f64,
         max_buffered: Option<usize>,
         subscription_capacity: Option<usize>,
+        max_reconnect_delay: Option<f64>,
     ) -> PyResult<Py<PyAny>> {
         if self.client.get().is_some() {
             return Err(PyValueError::new_err("this client is already connected"));
@@ -220,6 +221,9 @@ impl Core {
         }
         if let Some(n) = subscription_capacity {
             opts = opts.subscription_capacity(n);
+        }
+        if let Some(d) = max_reconnect_delay {
+            opts = opts.max_reconnect_delay(duration_of(d, "max_reconnect_delay")?);
         }
         let slot = self.client.clone();
         // On the runtime: the handshake's crypto is not the loop's work.

@@ -263,6 +263,7 @@ async def connect(
     connect_timeout: float = 5.0,
     max_buffered: int | None = None,
     subscription_capacity: int | None = None,
+    max_reconnect_delay: float | None = None,
 ) -> Client:
     """Connects to the node at `url` (`quic://`, `tls://`, `ws://` or `wss://` host:port)
     and opens a session in `realm` (default `default`) with `token`.
@@ -273,7 +274,8 @@ async def connect(
     first session, come back when the node goes away (default on). `max_buffered`: bytes
     of outgoing frames queued before `publish` waits (default 8 MiB).
     `subscription_capacity`: messages a subscription holds before the SDK stops reading
-    from the node (default 8192).
+    from the node (default 8192). `max_reconnect_delay`: the longest wait between
+    reconnection attempts, in seconds (the backoff doubles up to it; default 2).
 
     Raises `ConnectError` (no node, untrusted certificate; `AuthError` for a refused
     realm or token) or `InvalidArgument` (a malformed URL) for the first attempt.
@@ -301,6 +303,7 @@ async def connect(
                 connect_timeout,
                 max_buffered,
                 subscription_capacity,
+                max_reconnect_delay,
             )
         )
     except BaseException:

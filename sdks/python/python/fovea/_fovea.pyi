@@ -22,6 +22,7 @@ class Core:
         connect_timeout: float,
         max_buffered: int | None,
         subscription_capacity: int | None,
+        max_reconnect_delay: float | None = None,
     ) -> asyncio.Future[None]: ...
     def publish(
         self, topic: str, payload: bytes | bytearray | memoryview | str, headers: Mapping[str, str] | None = None
