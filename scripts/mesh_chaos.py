@@ -16,7 +16,8 @@ What is checked and reported:
 - recovery: after each kill, the time until no node that stays up links to the killed one
   (the failure detector's work); memory and links per node.
 
-Prints progress on stderr and, last, a `key=value` line.
+Prints progress on stderr (each failed call too with CHAOS_DEBUG=1) and, last, a
+`key=value` line.
 """
 
 from __future__ import annotations
@@ -231,6 +232,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     tally.calls_ok += 1
                 except fovea.FoveaError as e:
                     tally.calls_failed[type(e).__name__] += 1
+                    if os.environ.get("CHAOS_DEBUG"):
+                        log(f"call failed: {e!r}")
                 await asyncio.sleep(0.02)
 
         callers = [await client(i) for i in rng.sample(stable, min(4, len(stable)))]
