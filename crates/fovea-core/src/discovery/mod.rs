@@ -512,6 +512,15 @@ impl Discovery {
         }
     }
 
+    /// Node `id` answered a call of `procedure` with "no provider here" (it restarted, or
+    /// its provider left before its record said so): it is not taken for a provider of it
+    /// until a lookup or a push says otherwise.
+    pub fn provider_gone(&mut self, realm: &str, procedure: &str, id: &NodeId) {
+        if let Some(p) = self.remote_providers.get_mut(&(realm.to_owned(), procedure.to_owned())) {
+            p.nodes.retain(|c| c.id != *id);
+        }
+    }
+
     /// The other nodes this one currently routes to: those with subscriptions it knows of
     /// and the providers it has cached (what a failure detector watches). A node may
     /// appear more than once.

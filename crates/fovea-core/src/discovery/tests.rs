@@ -309,6 +309,23 @@ fn a_departed_node_is_no_longer_a_target_or_provider() {
 }
 
 #[test]
+fn a_node_without_the_provider_any_more_is_skipped_until_said_otherwise() {
+    let t0 = Instant::now();
+    let mut d = discovery(t0);
+    let Providers::LookUp(key) = d.providers(t0, "r", "p") else { panic!() };
+    let record =
+        |n: u8| Record { key, publisher: contact(n).id, value: Bytes::from(format!("10.0.0.{n}:4434")), expires: t0 };
+    d.lookup_done(t0, key, &[record(2), record(3)]);
+    d.provider_gone("r", "p", &contact(2).id);
+    assert_eq!(d.providers(t0, "r", "p"), Providers::Known(vec![contact(3)]));
+    d.provider_gone("r", "other", &contact(3).id);
+    assert_eq!(d.provider_nodes("r", "p"), [contact(3)], "other procedures' lists are not touched");
+    // Its next record (it registered again) brings it back.
+    d.pushed(t0, &record(2));
+    assert_eq!(d.provider_nodes("r", "p").len(), 2);
+}
+
+#[test]
 fn provider_lists_are_cached_retried_at_most_once_a_second_and_kept_by_pushes() {
     let t0 = Instant::now();
     let mut d = discovery(t0);

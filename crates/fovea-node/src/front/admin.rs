@@ -463,6 +463,11 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
                 m.stats.links_evicted.load(Relaxed),
             );
             count(
+                "fovea_mesh_calls_redirected_total",
+                "Calls sent to another node that had no provider for them any more (restarted, or its provider just left), sent on to another provider.",
+                m.stats.calls_redirected.load(Relaxed),
+            );
+            count(
                 "fovea_mesh_peers_dead_total",
                 "Linked nodes that answered no probe in time (the failure detector): their links closed and they left the DHT and every cache.",
                 m.stats.peers_dead.load(Relaxed),

@@ -53,6 +53,21 @@ pub(crate) struct Handle {
     /// Largest answer payload this connection may receive (the `max_payload` its
     /// `WELCOME` announced); a larger answer fails the call with `PAYLOAD_TOO_LARGE`.
     max_answer: usize,
+    /// A link to another node, as a provider: requests sent to it are kept until answered,
+    /// so that one the node did not serve (`NO_PROVIDER`: its provider went away) can go
+    /// to another provider ([`Handle::take_unserved`]). Clients' handles keep nothing.
+    keeps_requests: bool,
+}
+
+/// A request sent to another node, kept so that it can be sent elsewhere if that node
+/// did not serve it.
+pub(crate) struct Unserved {
+    /// The registration id it was sent under (the link's `BIND` says what it names).
+    pub rid: u64,
+    pub headers: Headers,
+    pub payload: Bytes,
+    /// The caller's deadline.
+    pub deadline: Instant,
 }
 
 /// The caller side: calls made by this connection.
@@ -93,6 +108,9 @@ struct Serving {
     call_id: u64,
     /// `NOTICE`s passed on for this request so far.
     notices: u32,
+    /// The request itself, on a handle that keeps requests (a link); boxed so that the
+    /// entries of local providers, which never need it, stay small.
+    kept: Option<Box<Unserved>>,
 }
 
 /// Most `NOTICE`s passed on for one call; later ones are dropped and counted. Progress
@@ -157,7 +175,25 @@ impl Handle {
             serving_len: AtomicUsize::new(0),
             next_req: AtomicU64::new(1),
             max_answer,
+            keeps_requests: false,
         }
+    }
+
+    /// A link's handle: requests sent to it are kept until answered (see
+    /// `keeps_requests`).
+    pub fn for_link(out: Outbound, max_answer: usize) -> Self {
+        Handle { keeps_requests: true, ..Handle::new(out, max_answer) }
+    }
+
+    /// Caller side, for a request `req_id` sent to this link that its node answered
+    /// `NO_PROVIDER`: takes the request and its call back (nobody is answered), to be sent
+    /// to another provider. `None` when the call is no longer waiting (its deadline passed,
+    /// its caller cancelled) or the request was not kept.
+    pub fn take_unserved(&self, req_id: u64) -> Option<(Arc<Handle>, u64, Box<Unserved>)> {
+        let Serving { caller, call_id, kept, .. } = self.take_serving(req_id)?;
+        let kept = kept?;
+        caller.take_call(call_id)?;
+        Some((caller, call_id, kept))
     }
 
     /// A handle whose call answers go to `answers` rather than through `out` as frames:
@@ -238,8 +274,12 @@ impl Handle {
             }
         }
         {
+            let kept = provider.keeps_requests.then(|| {
+                let deadline = now.checked_add(timeout.min(FAR_FUTURE)).unwrap_or(now);
+                Box::new(Unserved { rid, headers: headers.clone(), payload: payload.clone(), deadline })
+            });
             let mut serving = lock(&provider.serving);
-            serving.insert(req_id, Serving { caller: self.clone(), call_id, notices: 0 });
+            serving.insert(req_id, Serving { caller: self.clone(), call_id, notices: 0, kept });
             provider.serving_len.store(serving.len(), Ordering::Relaxed);
         }
         // The provider may have closed after it was chosen. Its `out.close()` precedes its

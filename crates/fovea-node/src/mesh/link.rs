@@ -86,7 +86,7 @@ impl Mesh {
         let out = Outbound::new(self.limits.max_pending_bytes, self.limits.slow_consumer_timeout, false);
         let link = Arc::new(Link {
             conn: conn.clone(),
-            handle: Arc::new(Handle::new(out, fovea_core::limits::MAX_PAYLOAD)),
+            handle: Arc::new(Handle::for_link(out, fovea_core::limits::MAX_PAYLOAD)),
             addr: peer.addr,
             dialed,
             bound: Mutex::new(HashMap::new()),
@@ -267,6 +267,27 @@ impl Mesh {
             Frame::Notice(n) => {
                 if !link.handle.forward_notice(n.id, n.kind, n.body) {
                     self.stats.notices_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            // Caller side: the provider's node had no provider for the request any more
+            // (it restarted, or its provider left, before this node learned): the request
+            // never ran, so it goes to another provider, and this node stops counting that
+            // one as a provider of the procedure.
+            Frame::Result(r) if r.code == ErrorCode::NoProvider => {
+                let unserved = link.handle.take_unserved(r.call_id);
+                let handler = self.handler();
+                match (unserved, handler) {
+                    (Some((caller, call_id, kept)), Some(h)) => {
+                        let named = lock(&link.bound).iter().find(|(_, rid)| **rid == kept.rid).map(|(k, _)| k.clone());
+                        if let Some((realm, procedure)) = named {
+                            self.stats.calls_redirected.fetch_add(1, Ordering::Relaxed);
+                            h.not_served(peer.id, &realm, caller, call_id, procedure, *kept);
+                        }
+                    }
+                    _ => {
+                        let now = std::time::Instant::now();
+                        link.handle.finish_request(r.call_id, r.code, r.headers, r.payload, now);
+                    }
                 }
             }
             // Caller side: an answer from the provider's node.

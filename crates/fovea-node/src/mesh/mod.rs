@@ -121,6 +121,9 @@ pub struct MeshStats {
     /// Linked nodes that stopped answering the failure detector's probes (their links
     /// closed; they left the DHT and every cache).
     pub peers_dead: AtomicU64,
+    /// Calls sent to another node that had no provider for them any more, sent on to
+    /// another provider.
+    pub calls_redirected: AtomicU64,
     /// `NOTICE`s from other nodes not passed on (see `Stats::notices_dropped`).
     pub notices_dropped: AtomicU64,
     /// Answers from other nodes over the local caller's `max_payload`: the caller got
@@ -162,6 +165,18 @@ pub(crate) trait LinkHandler: Send + Sync + 'static {
     fn serve_call(&self, link: &Arc<Handle>, realm: &[u8], procedure: &[u8], request: Request);
     /// This node's own tools of `realm`, as the JSON `TOOL_LIST` carries (for `MESH_TOOLS`).
     fn local_tools(&self, realm: &[u8]) -> Bytes;
+    /// Node `node` answered `NO_PROVIDER` to call `call_id` of `caller`, a call of
+    /// `procedure` in `realm` sent there: it never ran. Find it another provider (the call
+    /// is no longer in flight anywhere), and stop taking `node` for one of `procedure`.
+    fn not_served(
+        &self,
+        node: NodeId,
+        realm: &Bytes,
+        caller: Arc<Handle>,
+        call_id: u64,
+        procedure: Bytes,
+        request: crate::handle::Unserved,
+    );
 }
 
 /// Where the messages forwarded on one link go (see [`LinkHandler::link_opened`]).

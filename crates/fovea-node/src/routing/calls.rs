@@ -119,7 +119,7 @@ fn start(router: &Router, caller: &Arc<Handle>, provider: &ProviderRef, call: Ca
 /// Sends a call to a provider on another node, found through the DHT. Runs in its own
 /// task: the first call of a procedure waits for a lookup, and the caller's other frames
 /// must not.
-fn call_remote(
+pub(crate) fn call_remote(
     router: &Arc<Router>,
     realm: &Arc<Realm>,
     caller: &Arc<Handle>,

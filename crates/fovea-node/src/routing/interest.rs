@@ -158,6 +158,12 @@ impl Interest {
         })
     }
 
+    /// `node` answered a call of `procedure` with "no provider here": not taken for one
+    /// until a lookup or a push says otherwise.
+    pub(crate) fn provider_gone(self: &Arc<Self>, realm: &str, procedure: &str, node: &fovea_core::dht::NodeId) {
+        self.with(|d, _| d.provider_gone(realm, procedure, node));
+    }
+
     /// Publishes local changes, applies pushes, renews what is in use; until `stop`.
     pub(crate) async fn run(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
         let mut pushes = self.mesh.notifications();

@@ -7,14 +7,15 @@ use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use fovea_core::balance::Rng;
+use fovea_core::dht::NodeId;
 use fovea_core::frame::{Call, Forward, Request};
 use fovea_core::ErrorCode;
 
-use super::calls::{fail, route_call, Origin};
+use super::calls::{call_remote, fail, route_call, NoRoute, Origin};
 use super::{MatchCache, Realm, Router};
 use crate::auth::Allow;
 use crate::handle::outbound::Delivered;
-use crate::handle::Handle;
+use crate::handle::{Handle, Unserved};
 use crate::mesh::{ForwardSink, LinkHandler};
 
 impl LinkHandler for Router {
@@ -45,6 +46,35 @@ impl LinkHandler for Router {
     fn local_tools(&self, realm: &[u8]) -> Bytes {
         let name = std::str::from_utf8(realm).unwrap_or_default();
         self.realm(name).map_or_else(|| Bytes::from_static(b"[]"), |r| r.local_tools_json())
+    }
+
+    /// Sent on to another provider node, with the one that had none left out from now on.
+    fn not_served(
+        &self,
+        node: NodeId,
+        realm: &Bytes,
+        caller: Arc<Handle>,
+        call_id: u64,
+        procedure: Bytes,
+        request: Unserved,
+    ) {
+        let Some(router) = self.weak().upgrade() else { return };
+        let name = String::from_utf8_lossy(&procedure).into_owned();
+        let Some(realm) = std::str::from_utf8(realm).ok().and_then(|r| router.realm(r)) else {
+            let message = format!("no provider of {name:?} on any node");
+            return fail(&router, &caller, call_id, ErrorCode::NoProvider, message);
+        };
+        if let Some(mesh) = router.mesh.as_ref() {
+            mesh.interest.provider_gone(&realm.name, &name, &node);
+        }
+        let left = request.deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            let message = format!("the call to {name:?} timed out while its provider was being found again");
+            return fail(&router, &caller, call_id, ErrorCode::Timeout, message);
+        }
+        let timeout_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
+        let call = Call { call_id, procedure, timeout_ms, headers: request.headers, payload: request.payload };
+        call_remote(&router, &realm, &caller, Rng::new(router.seed ^ call_id), call, NoRoute::NoProvider);
     }
 }
 
