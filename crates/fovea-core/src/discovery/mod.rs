@@ -298,8 +298,11 @@ impl Discovery {
         let n = self.local_providers.entry(key.clone()).or_insert(0);
         *n += 1;
         if *n == 1 {
+            // At once, as a segment's first subscription: until the record is stored,
+            // callers elsewhere cannot know of the provider (and a tool it provides may be
+            // listed by the realm's catalog before it can be called).
             self.dirty_providers.insert(key);
-            self.flush_by(now + self.config.flush_every);
+            self.flush_by(now);
         }
     }
 
