@@ -46,11 +46,23 @@ ROOT = Path(__file__).resolve().parents[1]
 SECRET = "chaos-mesh-secret-0123456789"
 
 
-def free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
+class Ports:
+    """Free loopback ports, each distinct: the sockets that found them stay bound until
+    `release`, so one port is never handed out twice."""
+
+    def __init__(self) -> None:
+        self.held: list[socket.socket] = []
+
+    def take(self, kind: int) -> int:
+        s = socket.socket(socket.AF_INET, kind)
         s.bind(("127.0.0.1", 0))
+        self.held.append(s)
         port: int = s.getsockname()[1]
         return port
+
+    def release(self) -> None:
+        for s in self.held:
+            s.close()
 
 
 @dataclass
@@ -139,14 +151,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     base = tempfile.mkdtemp(prefix="fovea-chaos-")
     n = args.nodes
     nodes: list[Node] = []
+    ports = Ports()
     for i in range(n):
-        mesh = free_port(socket.SOCK_DGRAM)
+        mesh = ports.take(socket.SOCK_DGRAM)
         join = [nodes[0].mesh] if i > 0 else []
         if i > 1:
             join.append(nodes[rng.randrange(1, i)].mesh)
         d = os.path.join(base, f"n{i}")
         os.makedirs(d)
-        nodes.append(Node(i, d, free_port(socket.SOCK_DGRAM), mesh, free_port(socket.SOCK_STREAM), join))
+        nodes.append(Node(i, d, ports.take(socket.SOCK_DGRAM), mesh, ports.take(socket.SOCK_STREAM), join))
+    ports.release()
     churn = set(rng.sample(range(1, n), max(1, n // 5)))
     stable = [i for i in range(n) if i not in churn]
     log(f"starting {n} nodes in {base} ({len(churn)} will churn: {sorted(churn)})")
