@@ -413,7 +413,7 @@ impl Detector {
 /// 1 PING  2 ACK  3 PING_REQ target:contact  4 INDIRECT_ACK target:32
 /// ```
 ///
-/// Anything malformed is a [`WireError`], never a panic.
+/// Anything malformed is a [`wire::WireError`], never a panic.
 pub mod wire {
     use bytes::{Buf, BufMut, Bytes, BytesMut};
 
