@@ -37,6 +37,7 @@ pub mod deadline;
 pub mod deframer;
 pub mod dht;
 pub mod discovery;
+pub mod duration;
 pub mod failure;
 pub mod frame;
 pub mod headers;
