@@ -9,7 +9,8 @@
 //! clears the suspicion. Only when nothing is heard for [`Config::suspect_timeout`] more
 //! is it declared dead ([`Event::Dead`]). With 2% loss per message one round fails for a
 //! live peer about once in 50 000 suspicions (a direct round trip and three relayed ones
-//! all lost), which `fovea-sim` saw in a 1 000-node run; two rounds make it about 10⁻⁹.
+//! all lost), often enough for a large mesh to condemn live nodes; two rounds make it
+//! about 10⁻⁹.
 //! As Lifeguard observes, any message proves liveness, so a peer that talks is never
 //! probed ([`Detector::heard`]).
 //!

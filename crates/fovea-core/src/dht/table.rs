@@ -167,10 +167,10 @@ impl RoutingTable {
     }
 
     /// Buckets due for a refresh: not looked up through for `interval`, between one
-    /// nearer than the nearest non-empty bucket and one past the farthest. Nearer ones are
-    /// closer than any node of the mesh (a lookup of this node's own id covers them), and
-    /// refreshing all 256 would cost every node ~250 lookups per interval in a large mesh
-    /// (a storm `fovea-sim` found: the buckets are numbered from the nearest, 0, out).
+    /// nearer than the nearest non-empty bucket and one past the farthest (buckets are
+    /// numbered from the nearest, 0, out). Nearer ones are closer than any node of the
+    /// mesh (a lookup of this node's own id covers them); refreshing all 256 would start
+    /// ~250 lookups per node at once in a large mesh.
     pub fn stale_buckets(&self, now: Instant, interval: std::time::Duration) -> Vec<usize> {
         let Some(near) = self.buckets.iter().position(|b| !b.entries.is_empty()) else { return Vec::new() };
         let far = self.buckets.iter().rposition(|b| !b.entries.is_empty()).map_or(near, |i| (i + 1).min(255));
