@@ -189,8 +189,18 @@ impl Handle {
     /// `NO_PROVIDER`: takes the request and its call back (nobody is answered), to be sent
     /// to another provider. `None` when the call is no longer waiting (its deadline passed,
     /// its caller cancelled) or the request was not kept.
+    ///
+    /// A request that was not kept stays where it is, to be answered as any other.
     pub fn take_unserved(&self, req_id: u64) -> Option<(Arc<Handle>, u64, Box<Unserved>)> {
-        let Serving { caller, call_id, kept, .. } = self.take_serving(req_id)?;
+        let Serving { caller, call_id, kept, .. } = {
+            let mut serving = lock(&self.serving);
+            if serving.get(&req_id).is_none_or(|s| s.kept.is_none()) {
+                return None;
+            }
+            let s = serving.remove(&req_id)?;
+            self.serving_len.store(serving.len(), Ordering::Relaxed);
+            s
+        };
         let kept = kept?;
         caller.take_call(call_id)?;
         Some((caller, call_id, kept))
@@ -504,6 +514,30 @@ mod tests {
         assert!(!in_flight(&caller, 2) && in_flight(&caller, 1), "only the short call ended");
         assert!(!lock(&provider.handle.serving).contains_key(&2), "the provider was told to forget it");
         task.abort();
+    }
+
+    /// A link keeps what it was sent, so a request its node did not serve can be sent
+    /// elsewhere: taken back whole, its call no longer in flight. A client provider keeps
+    /// nothing, and its request stays to be answered as any other.
+    #[test]
+    fn a_link_gives_back_an_unserved_request_and_a_client_provider_keeps_nothing() {
+        let caller = peer();
+        let link = Arc::new(Handle::for_link(Outbound::new(1 << 20, Duration::from_millis(5), false), 1 << 20));
+        let to_link = ProviderRef { handle: link.clone(), rid: 9 };
+        let payload = Bytes::from_static(b"args");
+        let sent = Call { payload: payload.clone(), ..call(1) };
+        caller.start_call(&to_link, sent, Duration::from_secs(5), 16, Instant::now()).ok().unwrap();
+        let req_id = lock(&link.serving).keys().copied().next().unwrap();
+        let (back, call_id, kept) = link.take_unserved(req_id).expect("kept");
+        assert!(Arc::ptr_eq(&back, &caller));
+        assert_eq!((call_id, kept.rid, kept.payload), (1, 9, payload));
+        assert!(!in_flight(&caller, 1) && lock(&link.serving).is_empty());
+
+        let client = ProviderRef { handle: peer(), rid: 1 };
+        caller.start_call(&client, call(2), Duration::from_secs(5), 16, Instant::now()).ok().unwrap();
+        let req_id = lock(&client.handle.serving).keys().copied().next().unwrap();
+        assert!(client.handle.take_unserved(req_id).is_none());
+        assert!(in_flight(&caller, 2) && lock(&client.handle.serving).contains_key(&req_id), "left as it was");
     }
 
     /// Calls answered before their deadline leave their filings behind; those never end a

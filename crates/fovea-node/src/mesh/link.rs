@@ -273,23 +273,29 @@ impl Mesh {
             // (it restarted, or its provider left, before this node learned): the request
             // never ran, so it goes to another provider, and this node stops counting that
             // one as a provider of the procedure.
-            Frame::Result(r) if r.code == ErrorCode::NoProvider => {
-                let unserved = link.handle.take_unserved(r.call_id);
-                let handler = self.handler();
-                match (unserved, handler) {
-                    (Some((caller, call_id, kept)), Some(h)) => {
-                        let named = lock(&link.bound).iter().find(|(_, rid)| **rid == kept.rid).map(|(k, _)| k.clone());
-                        if let Some((realm, procedure)) = named {
+            Frame::Result(r) if r.code == ErrorCode::NoProvider => match link.handle.take_unserved(r.call_id) {
+                Some((caller, call_id, kept)) => {
+                    let named = lock(&link.bound).iter().find(|(_, rid)| **rid == kept.rid).map(|(k, _)| k.clone());
+                    match (named, self.handler()) {
+                        (Some((realm, procedure)), Some(h)) => {
                             self.stats.calls_redirected.fetch_add(1, Ordering::Relaxed);
                             h.not_served(peer.id, &realm, caller, call_id, procedure, *kept);
                         }
-                    }
-                    _ => {
-                        let now = std::time::Instant::now();
-                        link.handle.finish_request(r.call_id, r.code, r.headers, r.payload, now);
+                        // Nowhere else to send it (the node is shutting down): the caller
+                        // still gets its answer.
+                        _ => caller.answer_failure(
+                            call_id,
+                            ErrorCode::NoProvider,
+                            "no provider of the procedure any more",
+                        ),
                     }
                 }
-            }
+                // Not kept, or its call already ended: answered (or not) as any result.
+                None => {
+                    let now = std::time::Instant::now();
+                    link.handle.finish_request(r.call_id, r.code, r.headers, r.payload, now);
+                }
+            },
             // Caller side: an answer from the provider's node.
             Frame::Result(r) => {
                 let answer =
