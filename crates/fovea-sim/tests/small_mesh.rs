@@ -19,12 +19,12 @@ fn num(fig: &HashMap<String, String>, key: &str) -> f64 {
 
 #[test]
 fn a_churning_lossy_mesh_finds_records_reaches_newcomers_and_detects_crashes() {
-    // 200 nodes, a fifth of them replaced every three minutes, 2% loss, 20–80 ms links.
+    // 200 nodes, a third of them replaced per simulated minute, 2% loss, 20–80 ms links.
     let fig = run(&[
         "--nodes",
         "200",
         "--churn",
-        "400",
+        "20",
         "--loss",
         "0.02",
         "--latency",
