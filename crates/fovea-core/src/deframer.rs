@@ -7,7 +7,7 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use crate::frame::{frame_size, DecodeError, Delivery, Frame, PubAt};
+use crate::frame::{frame_size, DecodeError, Delivery, Frame, FwdAt, PubAt};
 
 /// Sans-IO frame reassembly. Feed chunks with [`Deframer::push`], then call
 /// [`Deframer::next_frame`] until it returns `Ok(None)`.
@@ -110,6 +110,15 @@ impl Deframer {
     /// As [`Deframer::next_frame_or_msgs`].
     pub fn next_frame_or_pubs(&mut self, mut on_pub: impl FnMut(PubAt<'_>)) -> Result<Option<Frame>, DecodeError> {
         self.next_diverting(|src, max| Frame::decode_diverting_pub(src, max, &mut on_pub))
+    }
+
+    /// As [`Deframer::next_frame_or_pubs`], for `FWD` frames (a mesh link's forwarded
+    /// messages), each read in place ([`FwdAt`]).
+    ///
+    /// # Errors
+    /// As [`Deframer::next_frame_or_msgs`].
+    pub fn next_frame_or_fwds(&mut self, mut on_fwd: impl FnMut(FwdAt<'_>)) -> Result<Option<Frame>, DecodeError> {
+        self.next_diverting(|src, max| Frame::decode_diverting_fwd(src, max, &mut on_fwd))
     }
 
     fn next_diverting(

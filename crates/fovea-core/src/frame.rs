@@ -262,6 +262,34 @@ impl<'a> PubAt<'a> {
     }
 }
 
+/// A `FWD` frame read in place: the message as a [`PubAt`] and the realm's position in
+/// the same buffer. A node receiving a link's forwards copies most of them into its
+/// subscribers' queues, so, as for `PUB`, slicing each field would cost atomic operations
+/// on the buffer's shared count per message.
+///
+/// Invariant: `realm` lies within `msg.src()` (checked as the frame was decoded).
+#[derive(Debug, Clone)]
+pub struct FwdAt<'a> {
+    realm: std::ops::Range<usize>,
+    /// As [`Forward::groups`] (usually none: then no allocation).
+    pub groups: Vec<(Bytes, Bytes)>,
+    /// The topic, headers and payload.
+    pub msg: PubAt<'a>,
+}
+
+impl<'a> FwdAt<'a> {
+    /// The realm's wire name.
+    pub fn realm(&self) -> &'a [u8] {
+        self.msg.src.get(self.realm.clone()).unwrap_or_default()
+    }
+
+    /// The owned form, referring to the same bytes.
+    pub fn to_forward(&self) -> Forward {
+        let Publish { topic, headers, payload } = self.msg.to_publish();
+        Forward { realm: self.msg.src.slice(self.realm.clone()), topic, headers, groups: self.groups.clone(), payload }
+    }
+}
+
 /// `SUB` fields. The pattern is raw, validated by the node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscribe {
@@ -654,20 +682,7 @@ impl Frame {
                 Frame::MeshTools(MeshTools { id: r.varint("id")?, realm: r.bytes("realm", MAX_REALM_LEN)? })
             }
             kind::PROBE => Frame::Probe(r.bytes("body", MAX_PROBE)?),
-            kind::FWD => {
-                let realm = r.bytes("realm", MAX_REALM_LEN)?;
-                let topic = r.bytes("topic", MAX_TOPIC_LEN)?;
-                let headers = r.headers()?;
-                let n = r.varint("groups")?;
-                if n > MAX_FWD_GROUPS as u64 {
-                    return Err(DecodeError::FieldTooLong { field: "groups", len: n, max: MAX_FWD_GROUPS });
-                }
-                let mut groups = Vec::new();
-                for _ in 0..n {
-                    groups.push((r.bytes("group pattern", MAX_TOPIC_LEN)?, r.bytes("group name", MAX_TOPIC_LEN)?));
-                }
-                Frame::Fwd(Forward { realm, topic, headers, groups, payload: r.bytes("payload", usize::MAX)? })
-            }
+            kind::FWD => Frame::Fwd(r.forward_at()?.to_forward()),
             other => return Err(DecodeError::UnknownType(other)),
         };
         Ok(Some((frame, total)))
@@ -699,6 +714,19 @@ impl Frame {
         on_pub: &mut impl FnMut(PubAt<'s>),
     ) -> Result<Option<(Option<Frame>, usize)>, DecodeError> {
         Self::decode_diverting(src, max_frame, kind::PUB, |r| r.publish_at(), on_pub)
+    }
+
+    /// As [`Frame::decode_diverting_pub`], for `FWD` (what a node receives on a mesh
+    /// link), each read in place ([`FwdAt`]).
+    ///
+    /// # Errors
+    /// As [`Frame::decode`].
+    pub fn decode_diverting_fwd<'s>(
+        src: &'s Bytes,
+        max_frame: usize,
+        on_fwd: &mut impl FnMut(FwdAt<'s>),
+    ) -> Result<Option<(Option<Frame>, usize)>, DecodeError> {
+        Self::decode_diverting(src, max_frame, kind::FWD, |r| r.forward_at(), on_fwd)
     }
 
     fn decode_diverting<'s, T>(
@@ -923,6 +951,33 @@ pub fn encode_pub_head(out: &mut BytesMut, topic: &[u8], headers: &Headers, payl
     head.append_to(out);
     out.extend_from_slice(topic);
     encode_tail(out, headers, payload_len);
+}
+
+/// Appends a `FWD` frame naming no queue groups, without its payload bytes, which the
+/// caller appends (or sends by reference) next: `payload_len` of them.
+pub fn encode_fwd_head(out: &mut BytesMut, realm: &[u8], topic: &[u8], headers: &Headers, payload_len: usize) {
+    let fields = str_len(realm.len()) + str_len(topic.len()) + headers.encoded_len() + 1 + str_len(payload_len);
+    let len = varint::size(kind::FWD) + fields;
+    out.reserve(varint::size(len as u64) + len - payload_len + Varints::SPAN);
+    let mut head = Varints::default();
+    head.push(len as u64, out);
+    head.push(kind::FWD, out);
+    head.push(realm.len() as u64, out);
+    head.append_to(out);
+    out.extend_from_slice(realm);
+    head.push(topic.len() as u64, out);
+    head.append_to(out);
+    out.extend_from_slice(topic);
+    if headers.is_empty() {
+        // An empty header block is its zero count.
+        head.push(0, out);
+    } else {
+        headers.write(out);
+    }
+    // No groups.
+    head.push(0, out);
+    head.push(payload_len as u64, out);
+    head.append_to(out);
 }
 
 /// Appends a `MSG` frame without its payload bytes, which the caller appends (or sends by
@@ -1161,6 +1216,24 @@ impl<'a> Reader<'a> {
         let headers = self.headers()?;
         let payload = self.field("payload", usize::MAX)?;
         Ok(PubAt { src: self.src, topic, headers, payload })
+    }
+
+    /// A `FWD` frame's fields, after its type, in place.
+    #[inline]
+    fn forward_at(&mut self) -> Result<FwdAt<'a>, DecodeError> {
+        let realm = self.field("realm", MAX_REALM_LEN)?;
+        let topic = self.field("topic", MAX_TOPIC_LEN)?;
+        let headers = self.headers()?;
+        let n = self.varint("groups")?;
+        if n > MAX_FWD_GROUPS as u64 {
+            return Err(DecodeError::FieldTooLong { field: "groups", len: n, max: MAX_FWD_GROUPS });
+        }
+        let mut groups = Vec::new();
+        for _ in 0..n {
+            groups.push((self.bytes("group pattern", MAX_TOPIC_LEN)?, self.bytes("group name", MAX_TOPIC_LEN)?));
+        }
+        let payload = self.field("payload", usize::MAX)?;
+        Ok(FwdAt { realm, groups, msg: PubAt { src: self.src, topic, headers, payload } })
     }
 
     /// A `MSG` frame's fields, after its type.

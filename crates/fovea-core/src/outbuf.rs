@@ -12,7 +12,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use crate::frame::{encode_call_head, encode_msg_head, encode_pub_head, Frame};
+use crate::frame::{encode_call_head, encode_fwd_head, encode_msg_head, encode_pub_head, Frame};
 use crate::headers::Headers;
 
 /// Payloads at least this long are queued by reference rather than copied. High: quinn
@@ -110,6 +110,25 @@ impl OutBuf {
         self.room(Self::HEAD + topic.len() + headers.encoded_len() + inline_len(payload));
         let before = self.cur.len();
         encode_msg_head(&mut self.cur, sid, topic, headers, payload.len());
+        self.len += self.cur.len() - before;
+        self.push_payload(buf, payload);
+    }
+
+    /// Queues a `FWD` frame naming no queue groups, whose payload lies within `buf` (a
+    /// mesh link's run of forwards).
+    pub fn push_fwd_from(
+        &mut self,
+        realm: &[u8],
+        topic: &[u8],
+        headers: &Headers,
+        buf: &Bytes,
+        payload: std::ops::Range<usize>,
+    ) {
+        debug_assert!(payload.end <= buf.len(), "payload range outside its buffer");
+        let payload = buf.get(payload).unwrap_or_default();
+        self.room(Self::HEAD + realm.len() + topic.len() + headers.encoded_len() + inline_len(payload));
+        let before = self.cur.len();
+        encode_fwd_head(&mut self.cur, realm, topic, headers, payload.len());
         self.len += self.cur.len() - before;
         self.push_payload(buf, payload);
     }
@@ -303,6 +322,51 @@ mod tests {
             });
             proptest::prop_assert_eq!(d.next_frame().unwrap(), Some(want));
             proptest::prop_assert_eq!(d.next_frame().unwrap(), None);
+        }
+    }
+
+    proptest::proptest! {
+        /// A forward queued from its parts is the `FWD` frame itself, and read in place it
+        /// gives back the same fields.
+        #[test]
+        fn a_forward_queued_from_parts_decodes_to_the_frame(
+            realm in "[a-z]{0,12}",
+            topic in "[a-z]{1,10}(\\.[a-z]{1,60}){0,3}",
+            len in proptest::prop_oneof![0usize..80, 16_000usize..17_000],
+            header in proptest::option::of("[ -~]{0,20}"),
+        ) {
+            let headers = match &header {
+                Some(v) => Headers::from_pairs([("h", v.as_str())]).unwrap(),
+                None => Headers::new(),
+            };
+            let payload = Bytes::from(vec![7u8; len]);
+            let mut q = OutBuf::new();
+            q.push_fwd_from(realm.as_bytes(), topic.as_bytes(), &headers, &payload, 0..len);
+            let queued = q.len();
+            let mut chunks = Vec::new();
+            q.take_into(&mut chunks);
+            proptest::prop_assert_eq!(chunks.iter().map(Bytes::len).sum::<usize>(), queued);
+            let want = crate::frame::Forward {
+                realm: Bytes::from(realm.clone()),
+                topic: Bytes::from(topic.clone()),
+                headers: headers.clone(),
+                groups: Vec::new(),
+                payload: payload.clone(),
+            };
+            let mut d = Deframer::new(MAX_FRAME);
+            for c in &chunks {
+                d.push(c.clone());
+            }
+            proptest::prop_assert_eq!(d.next_frame().unwrap(), Some(Frame::Fwd(want.clone())));
+            let mut d = Deframer::new(MAX_FRAME);
+            for c in chunks {
+                d.push(c);
+            }
+            let mut seen = Vec::new();
+            proptest::prop_assert_eq!(d.next_frame_or_fwds(|f| {
+                seen.push((f.realm().to_vec(), f.msg.topic().to_vec(), f.msg.payload().len(), f.to_forward()));
+            }).unwrap(), None);
+            proptest::prop_assert_eq!(seen, vec![(realm.into_bytes(), topic.into_bytes(), len, want)]);
         }
     }
 

@@ -71,6 +71,18 @@ impl Msgs {
         self.msgs.capacity()
     }
 
+    /// Each message as a `FWD` for `realm` naming no queue groups (its fields referring
+    /// to the buffers the messages lie in).
+    pub fn forwards<'a>(&'a self, realm: &'a Bytes) -> impl Iterator<Item = fovea_core::frame::Forward> + 'a {
+        self.iter().map(move |(topic, headers, buf, payload)| fovea_core::frame::Forward {
+            realm: realm.clone(),
+            topic: Bytes::copy_from_slice(topic),
+            headers: headers.clone(),
+            groups: Vec::new(),
+            payload: buf.slice(payload),
+        })
+    }
+
     /// Each message as (topic, headers, its buffer, the payload's range in it).
     fn iter(&self) -> impl Iterator<Item = (&[u8], &Headers, &Bytes, Range<usize>)> {
         self.msgs.iter().filter_map(|m| {
@@ -305,6 +317,31 @@ impl Outbound {
             self.wake.notify_one();
         }
         true
+    }
+
+    /// Queues a run of messages as `FWD` frames for `realm` (a mesh link's), in order,
+    /// under one lock, within the queue's bound as [`Outbound::send_bounded`]: returns the
+    /// frames queued and those dropped at a full queue.
+    pub fn forward_run(&self, realm: &[u8], run: &Msgs) -> (u64, u64) {
+        if self.closed.load(Ordering::Relaxed) {
+            return (0, run.len() as u64);
+        }
+        let (mut queued, mut dropped) = (0, 0);
+        let mut q = self.lock();
+        let was_empty = q.buf.is_empty();
+        for (topic, headers, buf, payload) in run.iter() {
+            if q.buf.len() > self.max_pending {
+                dropped += 1;
+                continue;
+            }
+            q.buf.push_fwd_from(realm, topic, headers, buf, payload);
+            queued += 1;
+        }
+        drop(q);
+        if was_empty && queued > 0 {
+            self.wake.notify_one();
+        }
+        (queued, dropped)
     }
 
     /// Whether the connection is closing (no more deliveries).

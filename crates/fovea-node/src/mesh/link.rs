@@ -16,10 +16,9 @@ use quinn::{Connection, RecvStream, SendStream, VarInt};
 
 use super::driver::Input;
 use super::{
-    lock, ForwardSink, Mesh, LINK_QUEUE, MIN_DIALS, REASON_DEAD, REASON_DUPLICATE, REASON_EVICTED, REASON_IDLE,
-    RETIRE_GRACE,
+    lock, Mesh, LINK_QUEUE, MIN_DIALS, REASON_DEAD, REASON_DUPLICATE, REASON_EVICTED, REASON_IDLE, RETIRE_GRACE,
 };
-use crate::handle::outbound::Outbound;
+use crate::handle::outbound::{Msgs, Outbound};
 use crate::handle::Handle;
 use crate::handle::ProviderRef;
 
@@ -142,19 +141,37 @@ impl Mesh {
         let mut deliver = self.handler().map(|h| h.link_opened());
         // When the failure detector was last told this peer is alive (ms since start).
         let mut reported = 0u64;
+        let mut heard = |frame: Option<&Frame>| {
+            let now_ms = self.now_ms();
+            // Probes keep no link in use: a link only they cross is reaped when idle.
+            if !matches!(frame, Some(Frame::Probe(_))) {
+                link.touch(now_ms);
+            }
+            if now_ms.saturating_sub(reported) >= HEARD_EVERY_MS {
+                reported = now_ms;
+                let _ = self.inputs.try_send(Input::Heard(peer.id));
+            }
+        };
         let why = loop {
-            match deframer.next_frame() {
+            // Forwarded messages are read in place and may wait in the sink's run until
+            // the read is handled or another frame comes (which they go before).
+            let mut forwards = 0u64;
+            let next = deframer.next_frame_or_fwds(|fwd| {
+                forwards += 1;
+                if let Some(deliver) = deliver.as_mut() {
+                    deliver.deliver(fwd);
+                }
+            });
+            if let Some(deliver) = deliver.as_mut() {
+                deliver.flush();
+            }
+            if forwards > 0 {
+                heard(None);
+            }
+            match next {
                 Ok(Some(frame)) => {
-                    let now_ms = self.now_ms();
-                    // Probes keep no link in use: a link only they cross is reaped when idle.
-                    if !matches!(frame, Frame::Probe(_)) {
-                        link.touch(now_ms);
-                    }
-                    if now_ms.saturating_sub(reported) >= HEARD_EVERY_MS {
-                        reported = now_ms;
-                        let _ = self.inputs.try_send(Input::Heard(peer.id));
-                    }
-                    match self.on_link_frame(&link, peer, frame, &mut deliver) {
+                    heard(Some(&frame));
+                    match self.on_link_frame(&link, peer, frame) {
                         Ok(()) => continue,
                         Err(why) => break Some(why),
                     }
@@ -209,13 +226,7 @@ impl Mesh {
     }
 
     /// One frame from a link. `Err`: the link breaks the protocol and is closed.
-    fn on_link_frame(
-        &self,
-        link: &Arc<Link>,
-        peer: Contact,
-        frame: Frame,
-        deliver: &mut Option<Box<dyn ForwardSink>>,
-    ) -> Result<(), String> {
+    fn on_link_frame(&self, link: &Arc<Link>, peer: Contact, frame: Frame) -> Result<(), String> {
         match frame {
             Frame::Dht(DhtFrame { rpc, body }) => {
                 let msg = dht::wire::decode(body).map_err(|e| format!("malformed DHT message: {e}"))?;
@@ -227,11 +238,6 @@ impl Mesh {
                 let msg = failure::wire::decode(body).map_err(|e| format!("malformed PROBE: {e}"))?;
                 if self.inputs.try_send(Input::Probe { from: peer, msg }).is_err() {
                     self.stats.dht_dropped.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            Frame::Fwd(fwd) => {
-                if let Some(deliver) = deliver.as_mut() {
-                    deliver.deliver(fwd);
                 }
             }
             // Provider side: the peer announces what a rid means, then calls through it.
@@ -381,8 +387,29 @@ impl Mesh {
         self.send(to, frame)
     }
 
-    /// Queues `frame` for `to`, dialing it first when there is no link. `false` when it
-    /// was dropped at a full queue.
+    /// Queues a run of messages for `to` as `FWD`s for `realm`, in order: under one lock
+    /// of the link's queue when there is a link, else one by one as [`Mesh::forward`]
+    /// does (dialing). Returns the messages queued and those dropped at a full queue.
+    pub(crate) fn forward_run(self: &Arc<Self>, to: Contact, realm: &Bytes, run: &Msgs) -> (u64, u64) {
+        if let Some(link) = lock(&self.links).get(&to.id).cloned() {
+            link.touch(self.now_ms());
+            let (queued, dropped) = link.handle.out.forward_run(realm, run);
+            if dropped > 0 {
+                self.stats.frames_dropped.fetch_add(dropped, Ordering::Relaxed);
+            }
+            return (queued, dropped);
+        }
+        let (mut queued, mut dropped) = (0, 0);
+        for fwd in run.forwards(realm) {
+            if self.send(to, Frame::Fwd(fwd)) {
+                queued += 1;
+            } else {
+                dropped += 1;
+            }
+        }
+        (queued, dropped)
+    }
+
     /// Sends `frame` on the link to `to` if there is one, without counting it as use of
     /// the link (the failure detector's probes: they must neither keep a link from being
     /// reaped nor open one). False if there is no link or its queue is full.
@@ -395,6 +422,8 @@ impl Mesh {
         sent
     }
 
+    /// Queues `frame` for `to`, dialing it first when there is no link. `false` when it
+    /// was dropped at a full queue.
     pub(super) fn send(self: &Arc<Self>, to: Contact, frame: Frame) -> bool {
         if let Some(link) = lock(&self.links).get(&to.id).cloned() {
             link.touch(self.now_ms());

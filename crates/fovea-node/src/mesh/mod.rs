@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fovea_core::dht::{self, Contact, Dht, NodeId};
-use fovea_core::frame::{Forward, Request};
+use fovea_core::frame::{FwdAt, Request};
 use fovea_core::path::ByPath;
 use quinn::VarInt;
 use tokio::sync::mpsc;
@@ -181,7 +181,12 @@ pub(crate) trait LinkHandler: Send + Sync + 'static {
 
 /// Where the messages forwarded on one link go (see [`LinkHandler::link_opened`]).
 pub(crate) trait ForwardSink: Send {
-    fn deliver(&mut self, fwd: Forward);
+    /// A message forwarded on the link, read in place. Its delivery may wait, in order,
+    /// until [`ForwardSink::flush`].
+    fn deliver(&mut self, fwd: FwdAt<'_>);
+    /// Delivers every message kept back. Called after each read of the link is handled
+    /// and before any frame other than `FWD` is.
+    fn flush(&mut self);
 }
 
 /// The mesh of one node. Cheap to share (`Arc`).

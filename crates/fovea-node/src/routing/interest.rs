@@ -144,6 +144,18 @@ impl Interest {
         }
     }
 
+    /// Sends a run of messages to another node (each a `FWD` for `realm` naming no queue
+    /// groups), counted once per run.
+    pub(crate) fn forward_run(&self, to: Contact, realm: &bytes::Bytes, run: &crate::handle::outbound::Msgs) {
+        let (queued, dropped) = self.mesh.forward_run(to, realm, run);
+        if queued > 0 {
+            self.stats.forwarded.fetch_add(queued, Ordering::Relaxed);
+        }
+        if dropped > 0 {
+            self.stats.dropped.fetch_add(dropped, Ordering::Relaxed);
+        }
+    }
+
     /// The other nodes providing `procedure` in `realm`: cached, looked up when stale,
     /// kept current by the DHT's pushes.
     pub(crate) async fn providers(self: &Arc<Self>, realm: &str, procedure: &str) -> Vec<Contact> {

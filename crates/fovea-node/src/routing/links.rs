@@ -8,20 +8,20 @@ use std::sync::{Arc, Weak};
 use bytes::Bytes;
 use fovea_core::balance::Rng;
 use fovea_core::dht::NodeId;
-use fovea_core::frame::{Call, Forward, Request};
+use fovea_core::frame::{Call, FwdAt, Request};
 use fovea_core::ErrorCode;
 
 use super::calls::{call_remote, fail, route_call, NoRoute, Origin};
 use super::{MatchCache, Realm, Router};
 use crate::auth::Allow;
-use crate::handle::outbound::Delivered;
+use crate::handle::outbound::{Delivered, Msgs};
 use crate::handle::{Handle, Unserved};
 use crate::mesh::{ForwardSink, LinkHandler};
 
 impl LinkHandler for Router {
     fn link_opened(&self) -> Box<dyn ForwardSink> {
         let seed = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 1u64);
-        Box::new(LinkDelivery { router: self.weak(), caches: HashMap::new(), rng: Rng::new(seed) })
+        Box::new(LinkDelivery::new(self.weak(), seed))
     }
 
     /// Served by local providers only: one hop, no loops.
@@ -78,42 +78,127 @@ impl LinkHandler for Router {
     }
 }
 
+/// A link's match caches by realm (wire name). Looked up per message: a fast hash.
+type RealmCaches = HashMap<Bytes, (Arc<Realm>, MatchCache), foldhash::fast::RandomState>;
+
 /// One link's delivery of forwarded messages: its realms' match caches (local
-/// subscribers only) and its balancing generator for queue groups.
+/// subscribers only), its balancing generator for queue groups, and the run of messages
+/// not yet delivered.
+///
+/// Consecutive forwards to the same plain subscribers form a run, delivered as a
+/// publisher's connection delivers its runs (one lock per subscriber per run), and the
+/// counters are added once per read: a busy link carries messages at the rate of a
+/// publisher. Bounded: at most [`LinkDelivery::MAX_RUN`] messages wait.
 struct LinkDelivery {
     router: Weak<Router>,
     /// Bounded by the realms this node serves.
-    caches: HashMap<Bytes, (Arc<Realm>, MatchCache)>,
+    caches: RealmCaches,
     rng: Rng,
+    run: Option<Arc<super::Matches>>,
+    msgs: Msgs,
+    /// Counted since the last flush: messages received, deliveries queued, dropped.
+    received: u64,
+    deliveries: u64,
+    dropped: u64,
+}
+
+impl LinkDelivery {
+    /// Longest run, as a publisher's (`front::session`).
+    const MAX_RUN: usize = 64;
+
+    fn new(router: Weak<Router>, seed: u64) -> LinkDelivery {
+        LinkDelivery {
+            router,
+            caches: RealmCaches::default(),
+            rng: Rng::new(seed),
+            run: None,
+            msgs: Msgs::default(),
+            received: 0,
+            deliveries: 0,
+            dropped: 0,
+        }
+    }
+
+    /// The subscriptions here that `topic` of realm `realm` (wire name) reaches, or `None`
+    /// for a realm this node does not serve or a topic no node should have sent.
+    fn matches<'c>(
+        caches: &'c mut RealmCaches,
+        router: &Weak<Router>,
+        realm: &[u8],
+        topic: &[u8],
+    ) -> Option<&'c Arc<super::Matches>> {
+        if !caches.contains_key(realm) {
+            let router = router.upgrade()?;
+            let served = std::str::from_utf8(realm).ok().and_then(|name| router.realm(name))?;
+            let l = &router.limits;
+            let cache = MatchCache::new_local(l.match_cache_entries, l.max_topic_len, l.max_topic_depth);
+            caches.insert(Bytes::copy_from_slice(realm), (served, cache));
+        }
+        let (realm, cache) = caches.get_mut(realm)?;
+        // The publisher's node checked its permission; here only local subscribers.
+        cache.lookup(realm, topic, &Allow::All).ok().map(|(matches, _)| matches)
+    }
+
+    /// Delivers the run.
+    fn deliver_run(&mut self) {
+        let Some(subs) = self.run.take() else { return };
+        for s in &subs.plain {
+            let (queued, dropped) = s.handle.out.deliver_run(s.sid, &self.msgs);
+            self.deliveries += queued;
+            self.dropped += dropped;
+        }
+        self.msgs.clear();
+    }
 }
 
 impl ForwardSink for LinkDelivery {
-    fn deliver(&mut self, fwd: Forward) {
-        let Some(router) = self.router.upgrade() else { return };
-        if !self.caches.contains_key(&fwd.realm) {
-            let Some(realm) = std::str::from_utf8(&fwd.realm).ok().and_then(|name| router.realm(name)) else { return };
-            let l = &router.limits;
-            let cache = MatchCache::new_local(l.match_cache_entries, l.max_topic_len, l.max_topic_depth);
-            self.caches.insert(fwd.realm.clone(), (realm, cache));
+    fn deliver(&mut self, fwd: FwdAt<'_>) {
+        let Some(found) = Self::matches(&mut self.caches, &self.router, fwd.realm(), fwd.msg.topic()) else {
+            return;
+        };
+        self.received += 1;
+        if fwd.groups.is_empty() {
+            // Plain subscribers only (no group's delivery fell to this node): a run.
+            if !self.run.as_ref().is_some_and(|run| Arc::ptr_eq(run, found)) {
+                let matches = found.clone();
+                self.deliver_run();
+                self.run = Some(matches);
+            }
+            if self.msgs.capacity() == 0 {
+                self.msgs.reserve(Self::MAX_RUN);
+            }
+            self.msgs.push(fwd.msg);
+            if self.msgs.len() >= Self::MAX_RUN {
+                self.deliver_run();
+            }
+            return;
         }
-        let Some((realm, cache)) = self.caches.get_mut(&fwd.realm) else { return };
-        // The publisher's node checked its permission; here only local subscribers.
-        let Ok((matches, _)) = cache.lookup(realm, &fwd.topic, &Allow::All) else { return };
-        if let Some(m) = router.mesh.as_ref() {
-            m.interest.stats.received.fetch_add(1, Ordering::Relaxed);
-        }
-        let stats = &router.stats;
+        let matches = found.clone();
+        self.deliver_run();
         // Queue groups: only those this node was chosen for, one member each.
+        let p = fwd.msg.to_publish();
+        let (mut deliveries, mut dropped) = (0, 0);
         matches.for_each_forwarded(&fwd.groups, &mut self.rng, |s| {
-            match s.handle.out.deliver(s.sid, &fwd.topic, &fwd.headers, &fwd.payload) {
-                Delivered::Queued => {
-                    stats.deliveries.fetch_add(1, Ordering::Relaxed);
-                }
-                Delivered::Dropped => {
-                    stats.dropped.fetch_add(1, Ordering::Relaxed);
-                }
+            match s.handle.out.deliver(s.sid, &p.topic, &p.headers, &p.payload) {
+                Delivered::Queued => deliveries += 1,
+                Delivered::Dropped => dropped += 1,
                 Delivered::Closed => {}
             }
         });
+        self.deliveries += deliveries;
+        self.dropped += dropped;
+    }
+
+    fn flush(&mut self) {
+        self.deliver_run();
+        if self.received == 0 && self.deliveries == 0 && self.dropped == 0 {
+            return;
+        }
+        let Some(router) = self.router.upgrade() else { return };
+        if let Some(m) = router.mesh.as_ref() {
+            m.interest.stats.received.fetch_add(std::mem::take(&mut self.received), Ordering::Relaxed);
+        }
+        router.stats.deliveries.fetch_add(std::mem::take(&mut self.deliveries), Ordering::Relaxed);
+        router.stats.dropped.fetch_add(std::mem::take(&mut self.dropped), Ordering::Relaxed);
     }
 }

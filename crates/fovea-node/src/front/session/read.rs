@@ -21,11 +21,12 @@ use crate::routing::SubRef;
 /// paid the lock, a future and a delivery run of its own.
 pub(super) const READ_BATCH: usize = 16;
 
-/// Consecutive publishes of one read that go to the same subscribers, all plain and on
-/// this node (the same cached match set): delivered subscription by subscription, one
-/// lock per subscriber per run instead of one per message. Each subscription still gets
-/// its messages in publish order; two subscriptions of one connection that both match
-/// see a run's messages one subscription after the other.
+/// Consecutive publishes of one read that go to the same subscribers, all plain (the
+/// same cached match set, no queue group here or elsewhere, no discovery running):
+/// delivered subscription by subscription, and forwarded node by node, one lock per
+/// subscriber or link per run instead of one per message. Each subscription and each
+/// link still gets its messages in publish order; two subscriptions of one connection
+/// that both match see a run's messages one subscription after the other.
 ///
 /// Bounded: at most [`Run::MAX`] messages, each kept as positions in the read buffer it
 /// came in (one reference per buffer).
@@ -33,6 +34,9 @@ pub(super) const READ_BATCH: usize = 16;
 struct Run {
     subs: Option<Arc<crate::routing::Matches>>,
     msgs: crate::handle::outbound::Msgs,
+    /// The publisher's realm when it spans the mesh (runs with remote subscribers are
+    /// forwarded to their nodes).
+    realm: Option<Arc<crate::routing::Realm>>,
     /// The first subscriber this read delivered to whose queue was more than an eighth full:
     /// the connection's next read waits for it (`producer_stall`).
     press: Option<Arc<Handle>>,
@@ -43,9 +47,20 @@ impl Run {
     /// small (6 KB) and the first message's wait short.
     const MAX: usize = 64;
 
+    /// A run for the publisher's connection to `realm`.
+    fn new(realm: &Arc<crate::routing::Realm>) -> Run {
+        Run { realm: realm.interest.is_some().then(|| realm.clone()), ..Run::default() }
+    }
+
     /// No mesh routing to do for these matches.
     fn local_only(subs: &crate::routing::Matches) -> bool {
         !subs.remote_pending && subs.remote.is_empty() && subs.remote_groups.is_empty()
+    }
+
+    /// Messages for these matches can join a run: every target plain (here, or on another
+    /// node) and known.
+    fn batchable(subs: &crate::routing::Matches) -> bool {
+        subs.groups.is_empty() && subs.remote_groups.is_empty() && !subs.remote_pending
     }
 
     /// Adds `p` for `subs` (plain, local); returns the deliveries of a run this ended.
@@ -79,6 +94,13 @@ impl Run {
             n += queued;
             if dropped > 0 {
                 stats.dropped.fetch_add(dropped, Ordering::Relaxed);
+            }
+        }
+        if let Some(realm) = self.realm.as_ref().filter(|_| !subs.remote.is_empty()) {
+            if let Some(interest) = &realm.interest {
+                for node in &subs.remote {
+                    interest.forward_run(*node, &realm.wire_name, &self.msgs);
+                }
             }
         }
         self.msgs.clear();
@@ -161,7 +183,7 @@ impl Session {
         let shared = self.shared.clone();
         let stats = &shared.router.stats;
         let (mut msgs, mut deliveries, mut bytes) = (0u64, 0u64, 0u64);
-        let mut run = Run::default();
+        let mut run = Run::new(&self.realm);
         // Out of `self` while the read is routed, so publishes can be routed as they are
         // decoded (`publish` needs `&mut self`) without each becoming a `Frame` first.
         // Put back below; nothing in between awaits or returns early.
@@ -243,7 +265,7 @@ impl Session {
             return n;
         }
         let refused = match self.cache.lookup(&self.realm, p.topic(), &self.perms.publish) {
-            Ok((subs, true)) if subs.groups.is_empty() && Run::local_only(subs) => return run.push(subs, p, stats),
+            Ok((subs, true)) if Run::batchable(subs) => return run.push(subs, p, stats),
             Ok((subs, true)) => Ok(subs.clone()),
             Ok((_, false)) => Err(None),
             Err(e) => Err(Some(e)),
