@@ -71,7 +71,7 @@ impl Node {
         });
         let quic_stats = Arc::new(quic::EndpointStats::default());
         let (endpoint, spin_watch) =
-            transport::bind_client_endpoint(servers.network.clone(), config.listen, quic_stats.clone())?;
+            transport::bind_endpoint(servers.network.clone(), config.listen, quic_stats.clone())?;
         let listen = endpoint.local_addr().unwrap_or(config.listen);
         let admin = match config.admin {
             None => None,

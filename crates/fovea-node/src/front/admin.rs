@@ -453,6 +453,16 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
                 snap.dht_dropped,
             );
             count(
+                "fovea_mesh_incoming_refused_total",
+                "New links refused by the mesh endpoint because its accept queue was full (quic::INCOMING_QUEUE).",
+                m.endpoint_stats.incoming_refused.load(Relaxed),
+            );
+            count(
+                "fovea_mesh_send_blocked_total",
+                "Datagrams the mesh's UDP socket refused for a moment (send buffer full); each was sent once it had room.",
+                m.endpoint_stats.send_blocked.load(Relaxed),
+            );
+            count(
                 "fovea_mesh_dials_failed_total",
                 "Links to other nodes that could not be opened.",
                 m.stats.dials_failed.load(Relaxed),

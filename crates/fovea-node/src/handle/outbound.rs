@@ -321,7 +321,8 @@ impl Outbound {
 
     /// Queues a run of messages as `FWD` frames for `realm` (a mesh link's), in order,
     /// under one lock, within the queue's bound as [`Outbound::send_bounded`]: returns the
-    /// frames queued and those dropped at a full queue.
+    /// frames queued and those dropped at a full queue. A queue filled past its press
+    /// level holds the publisher back, as a subscriber's does ([`Outbound::pressing`]).
     pub fn forward_run(&self, realm: &[u8], run: &Msgs) -> (u64, u64) {
         if self.closed.load(Ordering::Relaxed) {
             return (0, run.len() as u64);
@@ -336,6 +337,9 @@ impl Outbound {
             }
             q.buf.push_fwd_from(realm, topic, headers, buf, payload);
             queued += 1;
+        }
+        if q.buf.len() > self.press_level() && !self.pressing.load(Ordering::Relaxed) {
+            self.pressing.store(true, Ordering::Relaxed);
         }
         drop(q);
         if was_empty && queued > 0 {

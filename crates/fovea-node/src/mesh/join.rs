@@ -10,7 +10,9 @@ use bytes::Bytes;
 use fovea_core::dht::{Contact, NodeId};
 use fovea_core::frame::MeshHello;
 use fovea_core::{Deframer, ErrorCode, Frame};
-use quinn::{Connection, RecvStream, SendStream, VarInt};
+use quinn_proto::VarInt;
+
+use crate::transport::quic::{Connection, ConnectionError, Incoming, RecvStream, SendStream};
 use tokio_util::sync::CancellationToken;
 
 use super::{lock, Mesh, EXPORTER_LABEL, HANDSHAKE_TIMEOUT, MESH_VERSION, REJOIN_EVERY};
@@ -87,11 +89,11 @@ impl Mesh {
     pub(super) async fn dial(self: Arc<Self>, addr: SocketAddr, expect: Option<NodeId>) -> Result<Contact, DialError> {
         let connecting = self
             .endpoint
-            .connect_with(self.clients.for_peer(addr).clone(), addr, "fovea-mesh")
+            .connect(self.clients.for_peer(addr).clone(), addr, "fovea-mesh")
             .map_err(|e| e.to_string())?;
         let attempt = async {
             let conn = connecting.await.map_err(|e| match e {
-                quinn::ConnectionError::ConnectionClosed(c) if refused_alpn(c.error_code) => DialError::NotMesh,
+                ConnectionError::ConnectionClosed(c) if refused_alpn(c.error_code) => DialError::NotMesh,
                 e => DialError::Failed(e.to_string()),
             })?;
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
@@ -110,7 +112,7 @@ impl Mesh {
         Ok(peer)
     }
 
-    pub(super) async fn accept(self: Arc<Self>, incoming: quinn::Incoming) -> Result<(), String> {
+    pub(super) async fn accept(self: Arc<Self>, incoming: Incoming) -> Result<(), String> {
         let server = self.servers.for_peer(incoming.remote_address()).clone();
         let conn = match incoming.accept_with(server) {
             Ok(connecting) => connecting.await,
@@ -146,7 +148,7 @@ impl Mesh {
             name: self.name.clone(),
             proof: self.proof(conn, &self.local.id)?,
         });
-        send.write_all(&hello.to_bytes()).await.map_err(|e| e.to_string())
+        send.write_all(hello.to_bytes()).await.map_err(|e| e.to_string())
     }
 
     /// Reads and checks the peer's `MESH_HELLO`: its id must be its certificate's key, and
@@ -167,8 +169,9 @@ impl Mesh {
                 Ok(None) => {}
                 Err(e) => return Err(refuse(&format!("malformed MESH_HELLO: {e}"))),
             }
-            match recv.read_chunk(64 * 1024, true).await {
-                Ok(Some(c)) => deframer.push(c.bytes),
+            let mut chunk = [Bytes::new()];
+            match recv.read_chunks(&mut chunk).await {
+                Ok(Some(_)) => deframer.push(std::mem::take(&mut chunk[0])),
                 Ok(None) => return Err(refuse("stream ended before MESH_HELLO")),
                 Err(e) => return Err(e.to_string()),
             }
@@ -206,8 +209,8 @@ impl Mesh {
 
 /// Whether a close is the TLS alert `no_application_protocol` (120) as QUIC carries it
 /// (RFC 9001 §4.8): the dialed endpoint offers none of our ALPNs.
-fn refused_alpn(code: quinn::TransportErrorCode) -> bool {
-    code == quinn::TransportErrorCode::crypto(120)
+fn refused_alpn(code: quinn_proto::TransportErrorCode) -> bool {
+    code == quinn_proto::TransportErrorCode::crypto(120)
 }
 
 /// Why a dial failed.

@@ -12,7 +12,9 @@ use fovea_core::dht::{self, Contact, NodeId};
 use fovea_core::failure;
 use fovea_core::frame::DhtFrame;
 use fovea_core::{Deframer, ErrorCode, Frame};
-use quinn::{Connection, RecvStream, SendStream, VarInt};
+use quinn_proto::VarInt;
+
+use crate::transport::quic::{Connection, RecvStream, SendStream};
 
 use super::driver::Input;
 use super::{
@@ -61,6 +63,10 @@ impl Link {
 /// How often, at most, a link tells the failure detector its peer is alive (any frame from
 /// it counts; at a quarter of the probe interval, a busy link is never probed).
 const HEARD_EVERY_MS: u64 = 125;
+
+/// Most chunks (each what one packet carried) a link's reader takes per read of its
+/// stream, as a client connection's reader does.
+const LINK_READ_BATCH: usize = 16;
 
 /// Bindings per link (distinct procedures called across it); past this, calls that need
 /// a new binding fail with `BUSY`, and a peer sending more is closed.
@@ -152,6 +158,9 @@ impl Mesh {
                 let _ = self.inputs.try_send(Input::Heard(peer.id));
             }
         };
+        // Chunks of the last read, `taken..read` of them not yet deframed.
+        let mut chunks = vec![Bytes::new(); LINK_READ_BATCH];
+        let (mut taken, mut read) = (0, 0);
         let why = loop {
             // Forwarded messages are read in place and may wait in the sink's run until
             // the read is handled or another frame comes (which they go before).
@@ -179,9 +188,16 @@ impl Mesh {
                 Ok(None) => {}
                 Err(e) => break Some(e.to_string()),
             }
+            // The deframer takes a chunk once the one before is drained (no reassembly
+            // copy): the rest of the last read first.
+            if let Some(chunk) = chunks.get_mut(taken..read).and_then(|rest| rest.first_mut()) {
+                deframer.push(std::mem::take(chunk));
+                taken += 1;
+                continue;
+            }
             tokio::select! {
-                r = recv.read_chunk(256 * 1024, true) => match r {
-                    Ok(Some(c)) => deframer.push(c.bytes),
+                r = recv.read_chunks(&mut chunks) => match r {
+                    Ok(Some(n)) => (taken, read) = (0, n),
                     Ok(None) | Err(_) => break None,
                 },
                 // Deadlines of calls this link makes here (it is their caller).
@@ -215,7 +231,7 @@ impl Mesh {
             // by silence) leaves a gone one.
             let saved = matches!(
                 conn.close_reason(),
-                Some(quinn::ConnectionError::ApplicationClosed(ref c)) if c.reason == REASON_IDLE || c.reason == REASON_EVICTED || c.reason == REASON_DUPLICATE
+                Some(quinn_proto::ConnectionError::ApplicationClosed(ref c)) if c.reason == REASON_IDLE || c.reason == REASON_EVICTED || c.reason == REASON_DUPLICATE
             );
             let peer_closed = !link.reaped.load(Ordering::Relaxed) && !saved;
             // A departure, or a live node no longer linked: either way nothing is left to
@@ -389,15 +405,22 @@ impl Mesh {
 
     /// Queues a run of messages for `to` as `FWD`s for `realm`, in order: under one lock
     /// of the link's queue when there is a link, else one by one as [`Mesh::forward`]
-    /// does (dialing). Returns the messages queued and those dropped at a full queue.
-    pub(crate) fn forward_run(self: &Arc<Self>, to: Contact, realm: &Bytes, run: &Msgs) -> (u64, u64) {
+    /// does (dialing). Returns the messages queued, those dropped at a full queue, and
+    /// the link's handle if its queue is pressing (the publisher should hold back).
+    pub(crate) fn forward_run(
+        self: &Arc<Self>,
+        to: Contact,
+        realm: &Bytes,
+        run: &Msgs,
+    ) -> (u64, u64, Option<Arc<Handle>>) {
         if let Some(link) = lock(&self.links).get(&to.id).cloned() {
             link.touch(self.now_ms());
             let (queued, dropped) = link.handle.out.forward_run(realm, run);
             if dropped > 0 {
                 self.stats.frames_dropped.fetch_add(dropped, Ordering::Relaxed);
             }
-            return (queued, dropped);
+            let pressing = link.handle.out.pressing().then(|| link.handle.clone());
+            return (queued, dropped, pressing);
         }
         let (mut queued, mut dropped) = (0, 0);
         for fwd in run.forwards(realm) {
@@ -407,7 +430,7 @@ impl Mesh {
                 dropped += 1;
             }
         }
-        (queued, dropped)
+        (queued, dropped, None)
     }
 
     /// Sends `frame` on the link to `to` if there is one, without counting it as use of

@@ -195,12 +195,14 @@ pub struct Mesh {
     name: String,
     /// The mesh secret's HMAC key; `None` in CA-only mode.
     secret: Option<ring::hmac::Key>,
-    endpoint: quinn::Endpoint,
+    endpoint: crate::transport::quic::Endpoint,
+    /// What the mesh endpoint's limits did (for the node's metrics).
+    pub(crate) endpoint_stats: Arc<crate::transport::quic::EndpointStats>,
     /// The mesh socket, watched by idle workers ([`fovea_spin`]).
     _spin: fovea_spin::Watch,
     /// QUIC settings for links, by the peer's path (loopback peers: larger datagrams).
-    servers: ByPath<Arc<quinn::ServerConfig>>,
-    clients: ByPath<quinn::ClientConfig>,
+    servers: ByPath<Arc<quinn_proto::ServerConfig>>,
+    clients: ByPath<quinn_proto::ClientConfig>,
     config: MeshConfig,
     links: Mutex<HashMap<NodeId, Arc<Link>>>,
     /// Dials in progress, so one peer is dialed once at a time; frames for it wait here
@@ -264,8 +266,8 @@ impl Mesh {
         let (server_crypto, client_crypto) = crate::transport::tls::mesh_crypto(&identity, ca)?;
         // Links between nodes on one host (a test, a bench, a dev box) get the loopback
         // datagram size, as client connections do (`fovea_core::path`).
-        let server = quinn::ServerConfig::with_crypto(server_crypto);
-        let client = quinn::ClientConfig::new(client_crypto);
+        let server = quinn_proto::ServerConfig::with_crypto(server_crypto);
+        let client = quinn_proto::ClientConfig::new(client_crypto);
         let (servers, clients) = ByPath {
             network: mesh_transport(),
             loopback: crate::transport::on_loopback(mesh_transport(), fovea_core::path::LOOPBACK_UDP_PAYLOAD),
@@ -278,7 +280,9 @@ impl Mesh {
             (Arc::new(server), client)
         })
         .unzip();
-        let (endpoint, spin) = crate::transport::bind_endpoint((*servers.network).clone(), config.listen)?;
+        let endpoint_stats = Arc::new(crate::transport::quic::EndpointStats::default());
+        let (endpoint, spin) =
+            crate::transport::bind_endpoint(servers.network.clone(), config.listen, endpoint_stats.clone())?;
         let addr = endpoint.local_addr().unwrap_or(config.listen);
         let (inputs, rx) = mpsc::channel(DHT_QUEUE);
         Ok(Bound(Mesh {
@@ -286,6 +290,7 @@ impl Mesh {
             name,
             secret: config.secret.as_ref().map(|s| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, s.as_bytes())),
             endpoint,
+            endpoint_stats,
             _spin: spin,
             servers,
             clients,

@@ -145,15 +145,22 @@ impl Interest {
     }
 
     /// Sends a run of messages to another node (each a `FWD` for `realm` naming no queue
-    /// groups), counted once per run.
-    pub(crate) fn forward_run(&self, to: Contact, realm: &bytes::Bytes, run: &crate::handle::outbound::Msgs) {
-        let (queued, dropped) = self.mesh.forward_run(to, realm, run);
+    /// groups), counted once per run. Returns the link's handle if its queue is pressing:
+    /// the publisher should hold back for it.
+    pub(crate) fn forward_run(
+        &self,
+        to: Contact,
+        realm: &bytes::Bytes,
+        run: &crate::handle::outbound::Msgs,
+    ) -> Option<Arc<crate::handle::Handle>> {
+        let (queued, dropped, pressing) = self.mesh.forward_run(to, realm, run);
         if queued > 0 {
             self.stats.forwarded.fetch_add(queued, Ordering::Relaxed);
         }
         if dropped > 0 {
             self.stats.dropped.fetch_add(dropped, Ordering::Relaxed);
         }
+        pressing
     }
 
     /// The other nodes providing `procedure` in `realm`: cached, looked up when stale,

@@ -16,27 +16,15 @@ use crate::config::Limits;
 use crate::error::NodeError;
 use fovea_spin as spin;
 
-/// The clients' endpoint on `addr`, on fovea's own QUIC IO shell ([`quic`] says why),
-/// whose socket idle workers watch ([`spin`]).
-pub(crate) fn bind_client_endpoint(
+/// An endpoint on `addr` (the clients', or the mesh's) on fovea's own QUIC IO shell
+/// ([`quic`] says why), whose socket idle workers watch ([`spin`]).
+pub(crate) fn bind_endpoint(
     server: Arc<quinn::ServerConfig>,
     addr: SocketAddr,
     stats: Arc<quic::EndpointStats>,
 ) -> Result<(quic::Endpoint, spin::Watch), NodeError> {
     let (socket, watch) = bind_socket(addr)?;
     let endpoint = quic::Endpoint::new(endpoint_config(), server, socket, stats)
-        .map_err(|source| NodeError::Bind { addr, source })?;
-    Ok((endpoint, watch))
-}
-
-/// A server endpoint on `addr` (the mesh's) whose socket idle workers watch ([`spin`]):
-/// quinn's `Endpoint::server`, with the socket made here so its descriptor is known.
-pub(crate) fn bind_endpoint(
-    server: quinn::ServerConfig,
-    addr: SocketAddr,
-) -> Result<(quinn::Endpoint, spin::Watch), NodeError> {
-    let (socket, watch) = bind_socket(addr)?;
-    let endpoint = quinn::Endpoint::new(endpoint_config(), Some(server), socket, Arc::new(quinn::TokioRuntime))
         .map_err(|source| NodeError::Bind { addr, source })?;
     Ok((endpoint, watch))
 }

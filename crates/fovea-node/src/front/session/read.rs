@@ -99,7 +99,12 @@ impl Run {
         if let Some(realm) = self.realm.as_ref().filter(|_| !subs.remote.is_empty()) {
             if let Some(interest) = &realm.interest {
                 for node in &subs.remote {
-                    interest.forward_run(*node, &realm.wire_name, &self.msgs);
+                    // A link whose queue fills holds the publisher back as a subscriber
+                    // does: a publisher faster than the link slows to it instead of
+                    // outrunning it into drops.
+                    if let Some(link) = interest.forward_run(*node, &realm.wire_name, &self.msgs) {
+                        self.press.get_or_insert(link);
+                    }
                 }
             }
         }

@@ -49,8 +49,8 @@ struct ConnState {
     /// A datagram the socket refused, waiting for it to be writable. While it waits,
     /// nothing else is sent (the socket is full anyway).
     blocked: Option<Box<Blocked>>,
-    /// Waiting tasks. One each: the node has one task that accepts the control stream,
-    /// one that reads it and one that writes it.
+    /// Waiting tasks. One each: the node has one task that accepts (or opens) the
+    /// connection's stream, one that reads it and one that writes it.
     on_connected: Option<Waker>,
     on_stream: Option<Waker>,
     on_read: Option<Waker>,
@@ -139,7 +139,9 @@ impl ConnShared {
         wakes.wake();
     }
 
-    /// The socket may take the datagram it refused.
+    /// The socket may take the datagram it refused. Called by the endpoint's driver only:
+    /// refused again, the connection goes back on its list, and the driver waits for the
+    /// socket to be writable (waking it here would make it retry at once, and spin).
     pub(super) fn retry_blocked(self: &Arc<Self>) {
         let mut s = self.lock();
         if let Some(b) = s.blocked.take() {
@@ -147,7 +149,6 @@ impl ConnShared {
                 s.blocked = Some(b);
                 drop(s);
                 self.ep.lock().blocked.push(self.clone());
-                self.ep.wake.notify_one();
                 return;
             }
         }
@@ -275,14 +276,17 @@ impl ConnState {
                 }
                 self.wake_all(wakes);
             }
-            Event::Stream(StreamEvent::Opened { .. }) => wakes.add(self.on_stream.take()),
+            // A stream the peer opened, or room to open one (`open_bi`).
+            Event::Stream(StreamEvent::Opened { .. } | StreamEvent::Available { .. }) => {
+                wakes.add(self.on_stream.take());
+            }
             Event::Stream(StreamEvent::Readable { .. }) => wakes.add(self.on_read.take()),
             Event::Stream(StreamEvent::Writable { .. } | StreamEvent::Stopped { .. }) => {
                 wakes.add(self.on_write.take());
             }
-            // Nothing waits for these: the node opens no streams, sends no datagrams and
-            // does not wait for its stream's end to be acknowledged.
-            Event::Stream(StreamEvent::Finished { .. } | StreamEvent::Available { .. })
+            // Nothing waits for these: the node sends no datagrams and does not wait for
+            // its stream's end to be acknowledged.
+            Event::Stream(StreamEvent::Finished { .. })
             | Event::HandshakeDataReady
             | Event::DatagramReceived
             | Event::DatagramsUnblocked => {}
@@ -382,12 +386,38 @@ impl Future for Connecting {
 pub(crate) struct Connection(ConnRef);
 
 impl Connection {
-    /// The client's address.
+    /// The peer's address.
     pub(crate) fn remote_address(&self) -> std::net::SocketAddr {
         self.0 .0.lock().proto.remote_address()
     }
 
-    /// The client's certificate chain, if it presented one (as
+    /// Why the connection ended, once it has ([`ConnectionError::LocallyClosed`] when this
+    /// side closed it first).
+    pub(crate) fn close_reason(&self) -> Option<ConnectionError> {
+        self.0 .0.lock().error.clone()
+    }
+
+    /// Tells this connection from any other alive at the same time (not across time: an
+    /// id may be reused once its connection is gone).
+    pub(crate) fn stable_id(&self) -> usize {
+        Arc::as_ptr(&self.0 .0) as usize
+    }
+
+    /// Keying material exported from the TLS session (RFC 5705 as TLS 1.3 defines it),
+    /// the same on both ends of this connection only.
+    ///
+    /// # Errors
+    /// If the session cannot export (its handshake not complete, `output` too long).
+    pub(crate) fn export_keying_material(
+        &self,
+        output: &mut [u8],
+        label: &[u8],
+        context: &[u8],
+    ) -> Result<(), quinn_proto::crypto::ExportKeyingMaterialError> {
+        self.0 .0.lock().proto.crypto_session().export_keying_material(output, label, context)
+    }
+
+    /// The peer's certificate chain, if it presented one (as
     /// `Vec<rustls::pki_types::CertificateDer>` inside the box).
     pub(crate) fn peer_identity(&self) -> Option<Box<dyn std::any::Any>> {
         self.0 .0.lock().proto.crypto_session().peer_identity()
@@ -404,7 +434,28 @@ impl Connection {
         self.0 .0.close(code, Bytes::copy_from_slice(reason));
     }
 
-    /// The next bidirectional stream the client opens.
+    /// Opens a bidirectional stream, waiting for the peer to allow one more. The peer
+    /// learns of it with the stream's first bytes.
+    pub(crate) async fn open_bi(&self) -> Result<(SendStream, RecvStream), ConnectionError> {
+        let id = poll_fn(|cx| {
+            self.0.with(|s| {
+                if let Some(e) = &s.error {
+                    return (Poll::Ready(Err(e.clone())), false);
+                }
+                match s.proto.streams().open(Dir::Bi) {
+                    Some(id) => (Poll::Ready(Ok(id)), false),
+                    None => {
+                        park(&mut s.on_stream, cx);
+                        (Poll::Pending, false)
+                    }
+                }
+            })
+        })
+        .await?;
+        Ok((SendStream { conn: self.0.clone(), id }, RecvStream::new(self.0.clone(), id)))
+    }
+
+    /// The next bidirectional stream the peer opens.
     pub(crate) async fn accept_bi(&self) -> Result<(SendStream, RecvStream), ConnectionError> {
         let id = poll_fn(|cx| {
             self.0.with(|s| {
@@ -576,6 +627,11 @@ pub(crate) struct SendStream {
 }
 
 impl SendStream {
+    /// Writes `data` (see [`SendStream::write_all_chunks`]).
+    pub(crate) async fn write_all(&mut self, data: Bytes) -> Result<(), WriteError> {
+        self.write_all_chunks(&mut [data]).await
+    }
+
     /// Writes every chunk (the slice's `Bytes` are consumed: empty once written), sending
     /// packets from this task as flow and congestion control allow.
     pub(crate) async fn write_all_chunks(&mut self, bufs: &mut [Bytes]) -> Result<(), WriteError> {

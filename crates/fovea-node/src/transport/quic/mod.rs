@@ -25,8 +25,10 @@
 //! its packets from the writing task, and a datagram wakes the reading task straight from
 //! the driver.
 //!
-//! The mesh keeps `quinn`: its links are few and long-lived, and they connect out, which
-//! this shell does not do (it only accepts).
+//! The mesh's links run on it too: few and long-lived, but each carries the messages of
+//! many clients, and a task hop per direction on them cost a node as much as serving a
+//! client's messages does (BENCHMARKS.md, "Across a mesh link"). Links also connect out
+//! ([`Endpoint::connect`]) and open their stream ([`Connection::open_bi`]).
 //!
 //! # Locks
 //! Two kinds, always taken in this order: a connection's, then the endpoint's. Code that
@@ -83,7 +85,7 @@ pub struct EndpointStats {
     pub timer_entries: AtomicU64,
 }
 
-/// A server endpoint: one UDP socket and the connections it accepted.
+/// An endpoint: one UDP socket, the connections it accepted and those it opened.
 ///
 /// Dropped, the endpoint closes as if [`Endpoint::close`] had been called with code 0
 /// (the driver task ends once its connections have drained).
@@ -115,6 +117,18 @@ struct EpState {
     blocked: Vec<Arc<ConnShared>>,
     /// Set by `close`: no new connections, and the driver stops once all are drained.
     closed: Option<(VarInt, bytes::Bytes)>,
+}
+
+impl EpState {
+    /// Keeps `conn` under its handle's slot.
+    fn insert(&mut self, handle: quinn_proto::ConnectionHandle, conn: &Arc<ConnShared>) {
+        let slot = handle.0;
+        if self.conns.len() <= slot {
+            self.conns.resize(slot + 1, None);
+        }
+        self.conns[slot] = Some(conn.clone());
+        self.live += 1;
+    }
 }
 
 impl EpShared {
@@ -224,6 +238,32 @@ impl Endpoint {
         }
     }
 
+    /// Opens a connection to `addr` with `config`, expecting a certificate for
+    /// `server_name`; the returned future resolves once the handshake completes.
+    ///
+    /// # Errors
+    /// If quinn-proto refuses to start it (the endpoint closing, a bad address or name).
+    pub(crate) fn connect(
+        &self,
+        config: quinn_proto::ClientConfig,
+        addr: SocketAddr,
+        server_name: &str,
+    ) -> Result<Connecting, quinn_proto::ConnectError> {
+        let now = Instant::now();
+        let conn = {
+            let mut ep = self.shared.lock();
+            if ep.closed.is_some() {
+                return Err(quinn_proto::ConnectError::EndpointStopping);
+            }
+            let (handle, proto) = ep.proto.connect(now, config, addr, server_name)?;
+            let conn = ConnShared::new(self.shared.clone(), handle, proto);
+            ep.insert(handle, &conn);
+            conn
+        };
+        conn.drive(now);
+        Ok(Connecting::new(conn))
+    }
+
     /// Closes every connection with `code` and `reason`, refuses new ones and ends
     /// [`accept`](Self::accept). Connections drain (QUIC's closing period) before the
     /// driver stops.
@@ -314,12 +354,7 @@ impl Incoming {
             match ep.proto.accept(incoming, now, &mut buf, Some(server)) {
                 Ok((handle, proto)) => {
                     let conn = ConnShared::new(self.ep.clone(), handle, proto);
-                    let slot = handle.0;
-                    if ep.conns.len() <= slot {
-                        ep.conns.resize(slot + 1, None);
-                    }
-                    ep.conns[slot] = Some(conn.clone());
-                    ep.live += 1;
+                    ep.insert(handle, &conn);
                     conn
                 }
                 Err(e) => {
