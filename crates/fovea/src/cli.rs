@@ -189,6 +189,19 @@ pub struct NodeArgs {
     /// e.g. --join quic://10.0.0.1:4434,quic://10.0.0.2:4434.
     #[arg(long, env = "FOVEA_JOIN", value_name = "URL", value_delimiter = ',', help_heading = "Mesh")]
     pub join: Vec<String>,
+    /// Failure detection: a linked node silent this long is probed. Shorter finds a dead
+    /// node sooner for more probe traffic (docs/MESH.md, "Failure") [default: 500ms;
+    /// config: [node] mesh_probe_interval].
+    #[arg(long, env = "FOVEA_MESH_PROBE_INTERVAL", value_parser = parse_duration, value_name = "DURATION", help_heading = "Mesh")]
+    pub mesh_probe_interval: Option<std::time::Duration>,
+    /// A probe unanswered this long makes the node suspect and asks others to probe it:
+    /// keep it above the links' round trip [default: 300ms; config: [node] mesh_probe_timeout].
+    #[arg(long, env = "FOVEA_MESH_PROBE_TIMEOUT", value_parser = parse_duration, value_name = "DURATION", help_heading = "Mesh")]
+    pub mesh_probe_timeout: Option<std::time::Duration>,
+    /// A suspect heard from by no path this long is declared dead and stops being used
+    /// [default: 700ms; config: [node] mesh_suspect_timeout].
+    #[arg(long, env = "FOVEA_MESH_SUSPECT_TIMEOUT", value_parser = parse_duration, value_name = "DURATION", help_heading = "Mesh")]
+    pub mesh_suspect_timeout: Option<std::time::Duration>,
     /// Serve MCP (AI agents) over HTTP at http://ADDR/mcp [ADDR default: 127.0.0.1:8765]; `off`
     /// to disable what the config file's [mcp] table turns on. Tools are the realm's
     /// procedures registered with a description (fovea serve --description).

@@ -215,6 +215,15 @@ pub struct NodeSection {
     /// Its key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mesh_key: Option<std::path::PathBuf>,
+    /// Failure detection: a linked node silent this long is probed (`500ms`; docs/MESH.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mesh_probe_interval: Option<String>,
+    /// A probe unanswered this long makes the node suspect (`300ms`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mesh_probe_timeout: Option<String>,
+    /// A suspect heard from by no path this long is dead (`700ms`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mesh_suspect_timeout: Option<String>,
     /// Longest time an idle worker watches the sockets before it sleeps (`100us`; `0` off).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_spin: Option<String>,

@@ -35,6 +35,9 @@ pub struct Overrides {
     pub mesh_listen: Option<SocketAddr>,
     /// Members to join through (`quic://host:port`); non-empty replaces the file's list.
     pub join: Vec<String>,
+    pub mesh_probe_interval: Option<Duration>,
+    pub mesh_probe_timeout: Option<Duration>,
+    pub mesh_suspect_timeout: Option<Duration>,
     pub idle_spin: Option<Duration>,
     /// `Some(None)`: the TLS-over-TCP transport off.
     pub tcp: Option<Option<SocketAddr>>,
@@ -154,16 +157,71 @@ impl Overrides {
             _ => return Err(ConfigError("--mesh-cert and --mesh-key go together: give both, or neither".into())),
         };
         let join = if self.join.is_empty() { section.join.clone().unwrap_or_default() } else { self.join };
+        let timer = |flag: Option<Duration>, key: &str, file: &Option<String>, default: Duration| match (flag, file) {
+            (Some(d), _) => Ok(d),
+            (None, Some(s)) => parse_duration(s).map_err(|e| ConfigError(format!("[node] {key}: {e}"))),
+            (None, None) => Ok(default),
+        };
+        let defaults = fovea_core::failure::Config::default();
+        let failure = failure_config(
+            timer(self.mesh_probe_interval, "mesh_probe_interval", &section.mesh_probe_interval, defaults.interval)?,
+            timer(self.mesh_probe_timeout, "mesh_probe_timeout", &section.mesh_probe_timeout, defaults.ack_timeout)?,
+            timer(
+                self.mesh_suspect_timeout,
+                "mesh_suspect_timeout",
+                &section.mesh_suspect_timeout,
+                defaults.suspect_timeout,
+            )?,
+        )?;
         let mesh = Mesh {
             secret: self.mesh_secret.or(section.mesh_secret.clone()),
             ca: self.mesh_ca.or(section.mesh_ca.clone()),
             identity,
             listen: self.mesh_listen.or(section.mesh_listen),
             join,
+            failure,
         };
         node.mesh = mesh.resolve(node.listen).await?;
         Ok(Resolved { node, idle_spin, upstreams: mcp_section.upstream, section })
     }
+}
+
+/// The failure detector's timers (docs/MESH.md, "Failure"), checked: a probe's timeout
+/// must end before the next probe is due, and none may be so short that a loaded machine's
+/// scheduling delay alone looks like a death, or so long that a dead node is used for
+/// minutes.
+fn failure_config(
+    interval: Duration,
+    timeout: Duration,
+    suspect: Duration,
+) -> Result<fovea_core::failure::Config, ConfigError> {
+    const SHORTEST: Duration = Duration::from_millis(10);
+    const LONGEST: Duration = Duration::from_secs(60);
+    for (name, d) in
+        [("mesh_probe_interval", interval), ("mesh_probe_timeout", timeout), ("mesh_suspect_timeout", suspect)]
+    {
+        if !(SHORTEST..=LONGEST).contains(&d) {
+            return Err(ConfigError(format!(
+                "--{} (or [node] {name}) {} must be between 10ms and 60s",
+                name.replace('_', "-"),
+                format_duration(d)
+            )));
+        }
+    }
+    if timeout >= interval {
+        return Err(ConfigError(format!(
+            "--mesh-probe-timeout {} must be shorter than --mesh-probe-interval {}: a probe must be answered or \
+             given up before the next one",
+            format_duration(timeout),
+            format_duration(interval)
+        )));
+    }
+    Ok(fovea_core::failure::Config {
+        interval,
+        ack_timeout: timeout,
+        suspect_timeout: suspect,
+        ..fovea_core::failure::Config::default()
+    })
 }
 
 /// The mesh settings before they are checked.
@@ -173,6 +231,7 @@ struct Mesh {
     identity: Option<TlsFiles>,
     listen: Option<SocketAddr>,
     join: Vec<String>,
+    failure: fovea_core::failure::Config,
 }
 
 impl Mesh {
@@ -200,6 +259,7 @@ impl Mesh {
         mesh.secret = self.secret;
         mesh.ca = self.ca;
         mesh.identity = self.identity;
+        mesh.failure = self.failure;
         for url in self.join {
             let hostport = url.trim().trim_start_matches("quic://").trim_end_matches('/');
             let addr = tokio::net::lookup_host(hostport).await.ok().and_then(|mut a| a.next()).ok_or_else(|| {
@@ -253,6 +313,9 @@ impl Resolved {
             mesh_ca: mesh.and_then(|m| m.ca.clone()),
             mesh_cert: mesh.and_then(|m| m.identity.as_ref().map(|f| f.cert.clone())),
             mesh_key: mesh.and_then(|m| m.identity.as_ref().map(|f| f.key.clone())),
+            mesh_probe_interval: mesh.map(|m| format_duration(m.failure.interval)),
+            mesh_probe_timeout: mesh.map(|m| format_duration(m.failure.ack_timeout)),
+            mesh_suspect_timeout: mesh.map(|m| format_duration(m.failure.suspect_timeout)),
             idle_spin: Some(format_duration(self.idle_spin)),
             workers: Some(workers),
             tcp: Some(config.tcp.map_or("off".to_owned(), |a| a.to_string())),
@@ -338,6 +401,34 @@ mod tests {
         let mesh = resolve(o, None).unwrap().node.mesh.unwrap();
         assert_eq!(mesh.listen, "127.0.0.1:4434".parse().unwrap());
         assert_eq!(mesh.join, ["127.0.0.1:5001".parse::<SocketAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn failure_timers_come_from_flags_or_the_file_and_are_checked() {
+        let f = file(
+            "[node]\nmesh_secret = \"a mesh secret\"\nmesh_probe_interval = \"2s\"\nmesh_suspect_timeout = \"3s\"\n",
+        );
+        let o = Overrides { mesh_probe_timeout: Some(Duration::from_millis(800)), ..Overrides::default() };
+        let r = resolve(o, Some(f)).unwrap();
+        let failure = r.node.mesh.as_ref().unwrap().failure.clone();
+        assert_eq!(
+            (failure.interval, failure.ack_timeout, failure.suspect_timeout),
+            (Duration::from_secs(2), Duration::from_millis(800), Duration::from_secs(3))
+        );
+        let secret = || Overrides { mesh_secret: Some("a mesh secret".into()), ..Overrides::default() };
+        // They survive a render and read back (the secret, never rendered, given again).
+        let back = resolve(secret(), Some(file(&r.render(None, "info", "text", 1).unwrap()))).unwrap();
+        let back = back.node.mesh.unwrap().failure;
+        assert_eq!(
+            (back.interval, back.ack_timeout, back.suspect_timeout),
+            (failure.interval, failure.ack_timeout, failure.suspect_timeout)
+        );
+        let e = resolve(Overrides { mesh_probe_timeout: Some(Duration::from_secs(1)), ..secret() }, None);
+        assert!(e.is_err_and(|e| e.0.contains("--mesh-probe-timeout 1s must be shorter than --mesh-probe-interval")));
+        let e = resolve(Overrides { mesh_suspect_timeout: Some(Duration::from_millis(1)), ..secret() }, None);
+        assert!(e.is_err_and(|e| e.0.contains("--mesh-suspect-timeout")));
+        let e = resolve(secret(), Some(file("[node]\nmesh_probe_interval = \"soon\"\n")));
+        assert!(e.is_err_and(|e| e.0.contains("[node] mesh_probe_interval")));
     }
 
     #[test]
