@@ -348,7 +348,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         count("fovea_bytes_out_total", "Bytes written to client streams.", s.bytes_out);
         describe_counter!("fovea_messages_dropped_total", "Messages dropped, by reason.");
         counter!("fovea_messages_dropped_total", "reason" => "slow_consumer").absolute(s.dropped);
-        count("fovea_producer_stalls_total", "Reads of a publishing connection held back (at most producer_stall) for a subscriber's queue more than an eighth full.", s.stalls);
+        count("fovea_producer_stalls_total", "Reads of a publishing connection held back (at most producer_stall) for a subscriber's or a mesh link's queue more than an eighth full.", s.stalls);
         count("fovea_producer_stall_timeouts_total", "Hold-backs that ran out (producer_stall) before the subscriber's queue was taken; its publishers then run free until it takes again.", s.stall_timeouts);
         count(
             "fovea_protocol_errors_total",
