@@ -24,11 +24,12 @@
 //! [`Detector::unwatch`]), and sends [`Detector::poll_transmit`]'s messages.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::balance::Rng;
 use crate::dht::{Contact, NodeId};
+use crate::hashing::Map as HashMap;
 
 /// Timings and bounds. The defaults detect in at most 1.5 s on links of up to ~100 ms RTT.
 #[derive(Debug, Clone)]
@@ -166,9 +167,9 @@ impl Detector {
     pub fn new(config: Config, seed: u64) -> Self {
         Detector {
             config,
-            peers: HashMap::new(),
-            probes: HashMap::new(),
-            relays: HashMap::new(),
+            peers: HashMap::default(),
+            probes: HashMap::default(),
+            relays: HashMap::default(),
             timers: BinaryHeap::new(),
             relay_expiry: VecDeque::new(),
             helpers: VecDeque::new(),

@@ -40,6 +40,7 @@ pub mod discovery;
 pub mod duration;
 pub mod failure;
 pub mod frame;
+pub mod hashing;
 pub mod headers;
 pub mod limits;
 pub mod outbuf;

@@ -19,8 +19,7 @@
 
 use std::collections::HashMap;
 
-use foldhash::fast::RandomState;
-
+use crate::hashing::State;
 use crate::limits::MAX_TOPIC_DEPTH;
 use crate::topic::{Pattern, Segment, Topic};
 
@@ -36,7 +35,7 @@ pub struct SubTrie<V> {
 
 #[derive(Debug)]
 struct Node<V> {
-    literal: HashMap<Box<[u8]>, Node<V>, RandomState>,
+    literal: HashMap<Box<[u8]>, Node<V>, State>,
     star: Option<Box<Node<V>>>,
     /// Values of patterns that end at this node.
     here: Vec<V>,

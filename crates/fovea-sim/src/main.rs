@@ -87,6 +87,8 @@ fn main() {
         eprintln!("error: --loss must be within 0..1 and --churn not negative");
         std::process::exit(2);
     }
+    // Same seed, same run: core's maps hash with a fixed seed here (never in a node).
+    fovea_core::hashing::use_fixed_seeds();
     let started = Instant::now();
     let rss0 = rss();
     let params = Params {

@@ -2,12 +2,12 @@
 //! failure detector, exactly as the node runs them), driven as the node's IO shell drives
 //! them, over [`Net`]; and the workload and measurements around them.
 
-use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use fovea_core::dht::{self, Contact, Dht, Key, LookupId, NodeId};
 use fovea_core::discovery::{self, interest_key, Action, Discovery, Providers, Publication};
 use fovea_core::failure::{self, Detector};
+use fovea_core::hashing::{Map as HashMap, Set as HashSet};
 use fovea_core::{Pattern, Topic};
 
 use crate::net::{Kind, Net, Payload};
@@ -115,11 +115,11 @@ impl Sim {
             params,
             net,
             nodes: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
             topics: Vec::new(),
             procedures: Vec::new(),
-            reach: HashMap::new(),
-            detect: HashMap::new(),
+            reach: HashMap::default(),
+            detect: HashMap::default(),
             measuring: false,
             report: Report::default(),
             dht_msgs: 0,
@@ -157,9 +157,9 @@ impl Sim {
             dht: Dht::new(contact, dht_config(), now, seed),
             disc: Discovery::new(contact, discovery::Config::default(), now),
             fd: Detector::new(failure::Config::default(), seed ^ 0x5eed),
-            watched: HashSet::new(),
-            disc_lookups: HashMap::new(),
-            probe_lookups: HashMap::new(),
+            watched: HashSet::default(),
+            disc_lookups: HashMap::default(),
+            probe_lookups: HashMap::default(),
             timer_at: None,
             subscribed: Vec::new(),
             provides: Vec::new(),

@@ -50,6 +50,15 @@ fn a_churning_lossy_mesh_finds_records_reaches_newcomers_and_detects_crashes() {
 }
 
 #[test]
+fn the_same_seed_gives_the_same_run() {
+    let args = ["--nodes", "120", "--churn", "20", "--seed", "3", "--duration", "20s", "--warmup", "10s"];
+    let (a, b) = (run(&args), run(&args));
+    assert_eq!(a, b, "two runs of one seed differ");
+    let c = run(&["--nodes", "120", "--churn", "20", "--seed", "4", "--duration", "20s", "--warmup", "10s"]);
+    assert_ne!(a, c, "another seed, another run");
+}
+
+#[test]
 fn bad_flags_are_refused_with_a_hint() {
     let out = Command::new(env!("CARGO_BIN_EXE_fovea-sim")).args(["--latency", "80ms..20ms"]).output().unwrap();
     assert!(!out.status.success());

@@ -32,7 +32,6 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use foldhash::fast::RandomState;
 
 pub use id::{Distance, Key, NodeId};
 pub use lookup::Lookup;
@@ -40,6 +39,7 @@ pub use store::{Record, RecordStore, StoreError};
 pub use table::{Contact, Insert, RoutingTable};
 
 use crate::balance::Rng;
+use crate::hashing::State;
 
 /// Tunables. Defaults: the paper's k and α, and timings for a LAN/datacenter mesh.
 #[derive(Debug, Clone)]
@@ -229,7 +229,7 @@ struct Running {
     lookup: Lookup,
     purpose: Purpose,
     /// Records found so far (FindValue), one per publisher.
-    records: HashMap<NodeId, Record, RandomState>,
+    records: HashMap<NodeId, Record, State>,
     /// Nodes sent the record already (an urgent Publish): each node queried gets the
     /// record with the query (every node queried is among the k closest known then), so a
     /// change reaches the watchers at the storers as soon as the lookup reaches them, not
@@ -294,18 +294,18 @@ pub struct Dht {
     config: Config,
     table: RoutingTable,
     store: RecordStore,
-    lookups: HashMap<LookupId, Running, RandomState>,
-    pending: HashMap<u64, Pending, RandomState>,
+    lookups: HashMap<LookupId, Running, State>,
+    pending: HashMap<u64, Pending, State>,
     deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
     /// Round trips measured so far; `None` until the first answer.
     rtt: Option<RttEstimate>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
-    owned: HashMap<Key, Owned, RandomState>,
+    owned: HashMap<Key, Owned, State>,
     /// Storer side: who looked each key up recently, and until when they watch it.
-    watchers: HashMap<Key, Vec<(Contact, Instant)>, RandomState>,
+    watchers: HashMap<Key, Vec<(Contact, Instant)>, State>,
     /// Watcher side: keys this node looked up, and until when it accepts `NOTIFY`s.
-    watching: HashMap<Key, Instant, RandomState>,
+    watching: HashMap<Key, Instant, State>,
     next_rpc: u64,
     next_lookup: u64,
     next_refresh: Instant,
@@ -440,7 +440,14 @@ impl Dht {
         self.stats.lookups_started += 1;
         self.table.touch(&target, now);
         let seeds = self.table.closest(&target, self.config.k);
-        let lookup = Lookup::new(target, self.config.k, self.config.alpha, seeds);
+        // A new or changed record is what a waiting subscriber or caller depends on: its
+        // lookup asks twice as many nodes at once, so one slow or lost answer delays it
+        // less (the tail of "reach" in fovea-sim). Republishes and reads keep `alpha`.
+        let alpha = match &purpose {
+            Purpose::Publish(_, true) => self.config.alpha * 2,
+            _ => self.config.alpha,
+        };
+        let lookup = Lookup::new(target, self.config.k, alpha, seeds);
         let mut running = Running { lookup, purpose, records: HashMap::default(), stored: Vec::new() };
         if let Purpose::FindValue = running.purpose {
             // What this node holds itself counts.

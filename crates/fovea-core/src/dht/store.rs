@@ -5,9 +5,9 @@ use std::collections::{BinaryHeap, HashMap};
 use std::time::Instant;
 
 use bytes::Bytes;
-use foldhash::fast::RandomState;
 
 use super::id::{Key, NodeId};
+use crate::hashing::State;
 
 /// One value stored under a key by one publisher (the node that owns it and republishes
 /// it). A key holds at most one record per publisher: a provider record per node
@@ -35,7 +35,7 @@ pub enum StoreError {
 /// expiries: no full scans.
 #[derive(Debug)]
 pub struct RecordStore {
-    map: HashMap<Key, Vec<Record>, RandomState>,
+    map: HashMap<Key, Vec<Record>, State>,
     /// (expiry, key, publisher) for every stored record; entries whose record changed
     /// since are skipped when popped.
     expiries: BinaryHeap<Reverse<(Instant, Key, NodeId)>>,

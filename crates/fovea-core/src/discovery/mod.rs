@@ -54,7 +54,7 @@ mod remote;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -65,6 +65,7 @@ use remote::{PrefixState, RemoteNode, RemoteRealm};
 use crate::balance::{pick_weighted, Rng};
 use crate::dht::{Contact, Key, NodeId, Record};
 use crate::frame::Forward;
+use crate::hashing::{Map as HashMap, Set as HashSet};
 use crate::{Pattern, Topic};
 
 /// A queue group mesh-wide: the pattern and the name its members share.
@@ -219,17 +220,17 @@ impl Discovery {
             me,
             renew_at: now + config.renew_after / 3,
             config,
-            local: HashMap::new(),
-            dirty: HashSet::new(),
-            local_providers: HashMap::new(),
-            dirty_providers: HashSet::new(),
+            local: HashMap::default(),
+            dirty: HashSet::default(),
+            local_providers: HashMap::default(),
+            dirty_providers: HashSet::default(),
             flush_at: None,
-            remote: HashMap::new(),
+            remote: HashMap::default(),
             prefixes: 0,
-            keys: HashMap::new(),
-            in_flight: HashMap::new(),
-            waiters: HashMap::new(),
-            remote_providers: HashMap::new(),
+            keys: HashMap::default(),
+            in_flight: HashMap::default(),
+            waiters: HashMap::default(),
+            remote_providers: HashMap::default(),
             held: 0,
             rng: Rng::new(u64::from_be_bytes(seed)),
             actions: VecDeque::new(),
@@ -440,7 +441,7 @@ impl Discovery {
         let ready = PrefixState::Ready { renewed: now, used: false };
         let Some(PrefixState::Pending { waiting, .. }) = r.prefixes.insert(segment.to_owned(), ready) else { return };
         // Held messages mostly share a few topics: each topic is resolved once.
-        let mut resolved: HashMap<Bytes, (Vec<Contact>, RemoteGroups)> = HashMap::new();
+        let mut resolved: HashMap<Bytes, (Vec<Contact>, RemoteGroups)> = HashMap::default();
         for (message, served) in waiting {
             self.held -= held_size(&message);
             if !resolved.contains_key(&message.topic) {

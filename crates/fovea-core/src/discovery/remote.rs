@@ -1,7 +1,6 @@
 //! What one node knows of other nodes' interest, per realm: their records by prefix and a
 //! trie of their patterns, matched on a publisher's cache miss.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -9,6 +8,7 @@ use bytes::Bytes;
 use super::{GroupId, RemoteGroups};
 use crate::dht::{Contact, NodeId};
 use crate::frame::Forward;
+use crate::hashing::Map as HashMap;
 use crate::{Pattern, SubTrie, Topic};
 
 /// One entry of another node's interest record.

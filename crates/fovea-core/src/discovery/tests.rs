@@ -429,7 +429,7 @@ proptest! {
         let t0 = Instant::now();
         let mut d = discovery(t0);
         let mut counts = [0usize; 4];
-        let mut last: HashMap<Key, Option<Vec<String>>> = HashMap::new();
+        let mut last: HashMap<Key, Option<Vec<String>>> = HashMap::default();
         let mut now = t0;
         for (i, subscribe) in ops {
             if subscribe {
