@@ -437,34 +437,26 @@ impl Connection {
     /// Opens a bidirectional stream, waiting for the peer to allow one more. The peer
     /// learns of it with the stream's first bytes.
     pub(crate) async fn open_bi(&self) -> Result<(SendStream, RecvStream), ConnectionError> {
-        let id = poll_fn(|cx| {
-            self.0.with(|s| {
-                if let Some(e) = &s.error {
-                    return (Poll::Ready(Err(e.clone())), false);
-                }
-                match s.proto.streams().open(Dir::Bi) {
-                    Some(id) => (Poll::Ready(Ok(id)), false),
-                    None => {
-                        park(&mut s.on_stream, cx);
-                        (Poll::Pending, false)
-                    }
-                }
-            })
-        })
-        .await?;
-        Ok((SendStream { conn: self.0.clone(), id }, RecvStream::new(self.0.clone(), id)))
+        self.bi_stream(true).await
     }
 
     /// The next bidirectional stream the peer opens.
     pub(crate) async fn accept_bi(&self) -> Result<(SendStream, RecvStream), ConnectionError> {
+        self.bi_stream(false).await
+    }
+
+    /// A stream this side opens (`open`) or the peer opened, once there is one.
+    async fn bi_stream(&self, open: bool) -> Result<(SendStream, RecvStream), ConnectionError> {
         let id = poll_fn(|cx| {
             self.0.with(|s| {
                 if let Some(e) = &s.error {
                     return (Poll::Ready(Err(e.clone())), false);
                 }
-                match s.proto.streams().accept(Dir::Bi) {
-                    // Accepting may raise the client's stream limit (MAX_STREAMS).
-                    Some(id) => (Poll::Ready(Ok(id)), true),
+                let mut streams = s.proto.streams();
+                match if open { streams.open(Dir::Bi) } else { streams.accept(Dir::Bi) } {
+                    // Accepting may raise the peer's stream limit (MAX_STREAMS): a drive
+                    // sends it. Opening sends nothing until the stream is written.
+                    Some(id) => (Poll::Ready(Ok(id)), !open),
                     None => {
                         park(&mut s.on_stream, cx);
                         (Poll::Pending, false)
