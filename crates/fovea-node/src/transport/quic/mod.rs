@@ -28,7 +28,7 @@
 //! The mesh's links run on it too: few and long-lived, but each carries the messages of
 //! many clients, and a task hop per direction on them cost a node as much as serving a
 //! client's messages does (BENCHMARKS.md, "Across a mesh link"). Links also connect out
-//! ([`Endpoint::connect`]) and open their stream ([`Connection::open_bi`]).
+//! (`Endpoint::connect`) and open their stream (`Connection::open_bi`).
 //!
 //! # Locks
 //! Two kinds, always taken in this order: a connection's, then the endpoint's. Code that
