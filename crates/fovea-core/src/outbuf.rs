@@ -286,6 +286,23 @@ mod tests {
         }
     }
 
+    /// One header `h` with `value`, or none.
+    fn one_header(value: &Option<String>) -> Headers {
+        match value {
+            Some(v) => Headers::from_pairs([("h", v.as_str())]).unwrap(),
+            None => Headers::new(),
+        }
+    }
+
+    /// Everything `q` queued, checked to add up to what it counted.
+    fn taken(mut q: OutBuf) -> Vec<Bytes> {
+        let queued = q.len();
+        let mut chunks = Vec::new();
+        q.take_into(&mut chunks);
+        assert_eq!(chunks.iter().map(Bytes::len).sum::<usize>(), queued);
+        chunks
+    }
+
     proptest::proptest! {
         /// A call queued from its parts is the `CALL` frame itself, whatever its sizes; a
         /// large payload goes by reference.
@@ -297,17 +314,11 @@ mod tests {
             len in proptest::prop_oneof![0usize..80, 16_000usize..17_000],
             header in proptest::option::of("[ -~]{0,20}"),
         ) {
-            let headers = match &header {
-                Some(v) => Headers::from_pairs([("h", v.as_str())]).unwrap(),
-                None => Headers::new(),
-            };
+            let headers = one_header(&header);
             let payload = Bytes::from(vec![7u8; len]);
             let mut q = OutBuf::new();
             q.push_call(call_id, procedure.as_bytes(), timeout_ms, &headers, &payload);
-            let queued = q.len();
-            let mut chunks = Vec::new();
-            q.take_into(&mut chunks);
-            proptest::prop_assert_eq!(chunks.iter().map(Bytes::len).sum::<usize>(), queued);
+            let chunks = taken(q);
             proptest::prop_assert_eq!(chunks.iter().any(|c| c.as_ptr() == payload.as_ptr()), len >= BY_REF_MIN);
             let mut d = Deframer::new(MAX_FRAME);
             for c in chunks {
@@ -335,17 +346,11 @@ mod tests {
             len in proptest::prop_oneof![0usize..80, 16_000usize..17_000],
             header in proptest::option::of("[ -~]{0,20}"),
         ) {
-            let headers = match &header {
-                Some(v) => Headers::from_pairs([("h", v.as_str())]).unwrap(),
-                None => Headers::new(),
-            };
+            let headers = one_header(&header);
             let payload = Bytes::from(vec![7u8; len]);
             let mut q = OutBuf::new();
             q.push_fwd_from(realm.as_bytes(), topic.as_bytes(), &headers, &payload, 0..len);
-            let queued = q.len();
-            let mut chunks = Vec::new();
-            q.take_into(&mut chunks);
-            proptest::prop_assert_eq!(chunks.iter().map(Bytes::len).sum::<usize>(), queued);
+            let chunks = taken(q);
             let want = crate::frame::Forward {
                 realm: Bytes::from(realm.clone()),
                 topic: Bytes::from(topic.clone()),
