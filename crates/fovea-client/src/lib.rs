@@ -33,6 +33,7 @@
 mod queue;
 mod rpc;
 mod session;
+mod stream;
 mod tls;
 mod tools;
 mod transport;
@@ -66,6 +67,7 @@ pub(crate) type IdMap<T> = HashMap<u64, T, foldhash::fast::RandomState>;
 pub use fovea_core::headers::HeaderError;
 pub use fovea_core::{ErrorCode, Headers, Pattern, Procedure, Topic, TopicError};
 pub use rpc::{Registration, Request, Response};
+pub use stream::{CallStream, MAX_CHUNK};
 pub use tls::{default_data_dir, Trust};
 pub use tools::{Notice, ToolInfo, LOG_LEVELS};
 pub use url::{NodeUrl, Scheme, DEFAULT_PORT};
@@ -146,6 +148,13 @@ pub enum ClientError {
     /// A tool descriptor the node would refuse.
     #[error("invalid tool descriptor for {procedure:?}: it {reason}")]
     InvalidTool { procedure: String, reason: String },
+    /// The call was abandoned while its stream was read or written: its caller cancelled
+    /// it, its deadline passed, or the connection was lost.
+    #[error("the call was abandoned (cancelled by its caller, past its deadline, or the connection was lost)")]
+    Cancelled,
+    /// A stream was written after its end, or the call does not stream that way.
+    #[error("the stream has ended, or this call does not stream its request (open it with `open_call`)")]
+    StreamEnded,
     /// The node speaks an older protocol version without this feature.
     #[error("the node speaks protocol version {node_version}; {what} need version {needed}: upgrade the node")]
     Unsupported { what: &'static str, node_version: u64, needed: u64 },
@@ -414,6 +423,13 @@ pub(crate) struct Inner {
     /// handler asks for it: set when the node abandons one. At most the node's
     /// `max_requests_in_flight` per registration.
     pub serving: Mutex<IdMap<rpc::Serving>>,
+    /// Streamed calls this client made, by call id, and streamed requests it serves, by
+    /// request id (see [`stream`]): the reader hands them chunks and credit.
+    pub call_streams: Mutex<IdMap<Arc<stream::Flow>>>,
+    pub request_streams: Mutex<IdMap<Arc<stream::Flow>>>,
+    /// The runtime the client was made in: a large answer given to the synchronous
+    /// `Request::respond` is streamed from a task spawned there.
+    pub runtime: tokio::runtime::Handle,
     /// Which session is current: bumped, under the `out` lock, as each session (the first
     /// too) starts reading. The node numbers requests per connection, so a request's id means
     /// something only in its session: an answer from an earlier one would reach another
@@ -574,6 +590,9 @@ impl Client {
             regs: Mutex::new(IdMap::default()),
             notice_sinks: Mutex::new(IdMap::default()),
             serving: Mutex::new(IdMap::default()),
+            call_streams: Mutex::new(IdMap::default()),
+            request_streams: Mutex::new(IdMap::default()),
+            runtime: tokio::runtime::Handle::current(),
             session: AtomicU64::new(0),
             tool_queries: Mutex::new(IdMap::default()),
             tools_changed: watch::Sender::new(0),
@@ -591,9 +610,13 @@ impl Client {
         let first = session::establish(&inner).await?;
         // Open for business before returning, so the caller's first subscribe and flush
         // see a session; the driver's restore finds nothing to restore yet.
-        // (The session number is bumped by the driver as it starts reading: requests only
-        // arrive through it.)
-        lock(&inner.out).connected = true;
+        // Numbered now, so that what is sent before the driver starts reading (a streamed
+        // call's chunks) belongs to this session; the driver numbers later sessions.
+        {
+            let mut out = lock(&inner.out);
+            out.connected = true;
+            inner.session.store(1, Ordering::Relaxed);
+        }
         inner.state.send_replace(ConnectionState::Connected);
         let driver = tokio::spawn(session::drive(inner.clone(), first));
         Ok(Client { handle: Arc::new(Handle { inner, driver: Mutex::new(Some(driver)) }) })

@@ -10,18 +10,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fovea_core::deadline::{Deadlines, FAR_FUTURE};
-use fovea_core::frame::{Register, Respond};
+use fovea_core::frame::{call_flags, data_flags, Credit, Register, Respond, INITIAL_CREDIT};
 use fovea_core::{ErrorCode, Frame, Headers, Procedure};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::stream::{Flow, Piece, Reader};
 use crate::{lock, Client, ClientError, Inner, Out};
 
 /// How long the SDK waits past a call's timeout for the node's own `TIMEOUT` answer before
 /// giving up locally (the node's answer also cancels the request at the provider).
-const TIMEOUT_GRACE: Duration = Duration::from_millis(100);
+pub(crate) const TIMEOUT_GRACE: Duration = Duration::from_millis(100);
 
 /// The headers of a call made without any.
 static NO_HEADERS: Headers = Headers::new();
@@ -66,6 +67,19 @@ pub struct Request {
     /// connection open).
     inner: Arc<Inner>,
     answered: bool,
+    /// The call's `call_flags` (v5): which directions stream.
+    flags: u64,
+    /// The streamed side of the call, when one direction streams.
+    stream: Option<Box<RequestStream>>,
+}
+
+/// A provider's side of a streamed call.
+struct RequestStream {
+    flow: Arc<Flow>,
+    pieces: mpsc::UnboundedReceiver<Piece>,
+    reader: Reader,
+    /// The request's last chunk was read (or it was lost).
+    ended: bool,
 }
 
 impl Request {
@@ -116,6 +130,104 @@ impl Request {
         })
     }
 
+    /// Whether the caller streams its request: read the rest of it, after
+    /// [`Request::payload`], with [`Request::next_chunk`] (or all of it with
+    /// [`Request::read_body`]).
+    pub fn request_streams(&self) -> bool {
+        self.flags & call_flags::STREAM_REQUEST != 0
+    }
+
+    /// Whether the caller takes its answer as a stream: [`Request::send`] chunks before the
+    /// final [`Request::respond`], and `respond` may be given more than the node's
+    /// `max_payload`.
+    pub fn answer_streams(&self) -> bool {
+        self.flags & call_flags::STREAM_ANSWER != 0
+    }
+
+    /// The next chunk of a streamed request (after [`Request::payload`]), `None` at its
+    /// end (at once when the request does not stream). The caller sends no faster than
+    /// this reads.
+    ///
+    /// # Errors
+    /// [`ClientError::Cancelled`] when the call was abandoned mid-stream.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn next_chunk(&mut self) -> Option<Result<Bytes, ClientError>> {
+        let (inner, session, req_id) = (self.inner.clone(), self.session, self.req_id);
+        let s = self.stream.as_mut().filter(|_| self.flags & call_flags::STREAM_REQUEST != 0)?;
+        if s.ended {
+            return None;
+        }
+        let grant_credit = |bytes: u64| {
+            if bytes > 0 {
+                let credit = Frame::Credit(Credit { id: req_id, flags: 0, bytes });
+                let _ = crate::stream::push(&inner, session, |b| b.push_frame(&credit));
+            }
+        };
+        // The request stream starts without credit: the first read opens the window.
+        if !s.reader_opened() {
+            grant_credit(s.reader.grant(0));
+        }
+        match s.pieces.recv().await {
+            Some(Piece::Chunk(c)) => {
+                grant_credit(s.reader.grant(c.len()));
+                Some(Ok(c))
+            }
+            Some(Piece::Lost(e)) => {
+                s.ended = true;
+                Some(Err(e))
+            }
+            Some(Piece::End) | None => {
+                s.ended = true;
+                None
+            }
+        }
+    }
+
+    /// The whole request: [`Request::payload`] and, when the request streams, every chunk
+    /// after it, refusing one over `max` bytes.
+    ///
+    /// # Errors
+    /// [`ClientError::PayloadTooLarge`] past `max`; [`ClientError::Cancelled`].
+    pub async fn read_body(&mut self, max: usize) -> Result<Bytes, ClientError> {
+        if self.payload.len() > max {
+            return Err(ClientError::PayloadTooLarge { size: self.payload.len(), max });
+        }
+        if !self.request_streams() {
+            return Ok(self.payload.clone());
+        }
+        let mut body = bytes::BytesMut::from(&self.payload[..]);
+        while let Some(chunk) = self.next_chunk().await {
+            let chunk = chunk?;
+            if body.len() + chunk.len() > max {
+                return Err(ClientError::PayloadTooLarge { size: body.len() + chunk.len(), max });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
+    }
+
+    /// Sends `data` as the next part of a streamed answer (split into chunks, each sent
+    /// once the caller has room for it: a caller that reads slowly slows this down). End
+    /// the answer with [`Request::respond`] (its payload is the last part; may be empty).
+    ///
+    /// # Errors
+    /// [`ClientError::StreamEnded`] when the caller takes one answer
+    /// ([`Request::answer_streams`] is false); [`ClientError::Cancelled`] when the call was
+    /// abandoned; [`ClientError::Disconnected`].
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: part of `data` may have been sent.
+    pub async fn send(&mut self, data: impl Into<Bytes>) -> Result<(), ClientError> {
+        let Some(s) = self.stream.as_ref().filter(|_| self.answer_streams()) else {
+            return Err(ClientError::StreamEnded);
+        };
+        let (inner, session, req_id) = (&self.inner, self.session, self.req_id);
+        let wait = crate::stream::RequestWait;
+        crate::stream::send_chunks(inner, session, &s.flow, req_id, data_flags::ANSWER, data.into(), wait).await
+    }
+
     /// Sends progress or a log line to the caller, ahead of the answer. Bounded: the node
     /// passes on at most 1024 per call and drops them when the caller reads too slowly.
     pub fn notify(&self, notice: &crate::Notice) {
@@ -137,8 +249,33 @@ impl Request {
     }
 
     /// Answers with headers and `payload`.
+    ///
+    /// A `payload` over the node's `max_payload` is streamed to a caller that takes a
+    /// streamed answer ([`Request::answer_streams`]), from a task of the client's runtime;
+    /// a caller that takes one answer gets an error saying so instead.
     pub fn respond_with_headers(mut self, headers: Headers, payload: impl Into<Bytes>) {
-        self.answer(ErrorCode::NoError, headers, payload.into());
+        let payload = payload.into();
+        let max = self.inner.max_payload.load(Ordering::Relaxed);
+        if payload.len() <= max {
+            return self.answer(ErrorCode::NoError, headers, payload);
+        }
+        if !self.answer_streams() {
+            let message = format!(
+                "the answer is {} bytes, over the node's max_payload of {max}, and the caller takes one answer: \
+                 call with a streamed answer (call_stream) to receive it",
+                payload.len()
+            );
+            return self.answer(ErrorCode::ApplicationError, Headers::new(), Bytes::from(message.into_bytes()));
+        }
+        let runtime = self.inner.runtime.clone();
+        runtime.spawn(async move {
+            if self.send(payload).await.is_ok() {
+                self.answer(ErrorCode::NoError, headers, Bytes::new());
+            } else {
+                // Abandoned or disconnected: nobody is waiting for an answer.
+                self.abandon();
+            }
+        });
     }
 
     /// Fails the call with `message` (code `APPLICATION_ERROR`, 0x1000).
@@ -178,7 +315,17 @@ impl Drop for Request {
         let mut serving = lock(&self.inner.serving);
         if self.inner.session.load(Ordering::Relaxed) == self.session {
             serving.remove(&self.req_id);
+            drop(serving);
+            if self.stream.is_some() {
+                lock(&self.inner.request_streams).remove(&self.req_id);
+            }
         }
+    }
+}
+
+impl RequestStream {
+    fn reader_opened(&self) -> bool {
+        self.reader.opened()
     }
 }
 
@@ -532,7 +679,8 @@ impl Client {
             .map_err(|source| ClientError::InvalidProcedure { procedure: procedure.to_owned(), source })?;
         let max = self.max_payload();
         if payload.len() > max {
-            return Err(ClientError::PayloadTooLarge { size: payload.len(), max });
+            // Boxed: the rare large call must not grow every call's future.
+            return Box::pin(self.call_large(procedure, headers, payload, timeout)).await;
         }
         let inner = self.inner();
         let call_id = inner.next_id.fetch_add(1, Ordering::Relaxed);
@@ -632,6 +780,14 @@ pub(crate) fn try_dispatch_request(
             Some(entry) => {
                 // No token yet: most handlers answer without asking for one.
                 lock(&inner.serving).insert(req_id, None);
+                // A streamed call's side, filed before the reader reads on (its chunks and
+                // credit come next).
+                let stream = (q.flags != 0).then(|| {
+                    let credit = if q.flags & call_flags::STREAM_ANSWER != 0 { INITIAL_CREDIT } else { 0 };
+                    let (flow, pieces) = Flow::new(credit);
+                    lock(&inner.request_streams).insert(req_id, flow.clone());
+                    Box::new(RequestStream { flow, pieces, reader: Reader::new(0), ended: false })
+                });
                 let request = Request {
                     procedure: entry.procedure.clone(),
                     headers: q.headers,
@@ -644,6 +800,8 @@ pub(crate) fn try_dispatch_request(
                     signal: OnceLock::new(),
                     inner: inner.clone(),
                     answered: false,
+                    flags: q.flags,
+                    stream,
                 };
                 match entry.tx.try_send(request) {
                     Ok(()) => Next::Done,

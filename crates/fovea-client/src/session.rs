@@ -226,8 +226,12 @@ async fn run(inner: &Arc<Inner>, s: Session) -> End {
             Frame::Tools(ToolsQuery { id: watch, cursor: Bytes::new(), watch: 1 }).encode(&mut restore);
             inner.tools_changed.send_modify(|v| *v += 1);
         }
-        out.connected = true;
-        inner.session.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // The first session was opened (and numbered) by `Client::connect`; later ones are
+        // numbered here, as they open.
+        if !out.connected {
+            out.connected = true;
+            inner.session.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
     inner.state.send_replace(ConnectionState::Connected);
     let _ = inner.events.send(Event::Connected);
@@ -271,6 +275,7 @@ async fn run(inner: &Arc<Inner>, s: Session) -> End {
     lock(&inner.pings).clear();
     lock(&inner.notice_sinks).clear();
     lock(&inner.tool_queries).clear();
+    crate::stream::end_session(inner);
     // Requests being handled can no longer be answered: tell their handlers.
     for (_, signal) in lock(&inner.serving).drain() {
         if let Some(signal) = signal {
@@ -472,7 +477,9 @@ async fn handle(inner: &Arc<Inner>, frame: Frame, pending: &mut Pending) -> Resu
             if let Some(Some(signal)) = lock(&inner.serving).remove(&req_id) {
                 signal.cancel();
             }
+            crate::stream::request_cancelled(inner, req_id);
         }
+        frame @ (Frame::Data(_) | Frame::Credit(_)) => crate::stream::on_frame(inner, frame),
         Frame::Notice(n) => {
             let sink = lock(&inner.notice_sinks).get(&n.id).cloned();
             if let (Some(sink), Some(notice)) = (sink, crate::Notice::from_wire(n.kind, &n.body)) {

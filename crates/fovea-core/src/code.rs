@@ -107,6 +107,12 @@ codes! {
     InvalidProcedure = 0x10b, "INVALID_PROCEDURE", "invalid procedure";
     /// The connection holds as many registrations as the node allows.
     TooManyRegistrations = 0x10c, "TOO_MANY_REGISTRATIONS", "too many registrations";
+    /// A call's `DATA` or `CREDIT` broke its stream's rules (beyond the credit, after the
+    /// end, on a direction that does not stream); the call ended (v5).
+    FlowControlError = 0x10d, "FLOW_CONTROL_ERROR", "stream flow control error";
+    /// The call streams its request and the provider chosen speaks a protocol version
+    /// without streams (v5).
+    StreamsUnsupported = 0x10e, "STREAMS_UNSUPPORTED", "the provider cannot take a streamed request";
     /// The provider failed the call without a code of its own (codes from 0x1000 are the
     /// provider's own, passed through).
     ApplicationError = 0x1000, "APPLICATION_ERROR", "application error";

@@ -27,8 +27,9 @@ use crate::varint;
 /// Version 2 added RPC (`REG` … `CANCEL`) and queue groups (the `group` field of `SUB`);
 /// version 3 the `DROPPED` notice; version 4 tools: the `tool` field of `REG`, `NOTICE`
 /// (progress and logs during a call) and the tool catalog (`TOOLS`, `TOOL_LIST`,
-/// `TOOLS_CHANGED`).
-pub const VERSION: u64 = 4;
+/// `TOOLS_CHANGED`); version 5 streams: `CALL` and `REQUEST`'s `flags`, `DATA` and
+/// `CREDIT`.
+pub const VERSION: u64 = 5;
 
 /// The first version with RPC frames and queue groups.
 pub const VERSION_RPC: u64 = 2;
@@ -38,6 +39,36 @@ pub const VERSION_DROPPED: u64 = 3;
 
 /// The first version with tools: `REG`'s `tool` field, `NOTICE` and the catalog frames.
 pub const VERSION_TOOLS: u64 = 4;
+
+/// The first version with streams: `CALL`/`REQUEST` `flags`, `DATA` and `CREDIT`.
+pub const VERSION_STREAMS: u64 = 5;
+
+/// Flags of `CALL` and `REQUEST` (v5): which directions of the call stream.
+pub mod call_flags {
+    /// The caller streams its request: the payload is its first part, `DATA` frames
+    /// follow, the last one flagged [`super::data_flags::END`].
+    pub const STREAM_REQUEST: u64 = 1;
+    /// The caller accepts its answer as `DATA` frames before the `RESULT`.
+    pub const STREAM_ANSWER: u64 = 2;
+    /// Every flag this version knows; a node ignores (and does not pass on) the others.
+    pub const KNOWN: u64 = STREAM_REQUEST | STREAM_ANSWER;
+}
+
+/// Flags of `DATA` and `CREDIT` (v5).
+pub mod data_flags {
+    /// The answer stream (provider to caller); without it, the request stream.
+    pub const ANSWER: u64 = 1;
+    /// `DATA` only, request stream only: the last chunk of the request.
+    pub const END: u64 = 2;
+}
+
+/// Bytes of `DATA` chunks a stream's sender may send before any `CREDIT` (v5).
+pub const INITIAL_CREDIT: u64 = 256 * 1024;
+
+/// Most credit a stream's sender may hold (granted and not yet used); a `CREDIT` that
+/// would raise it further breaks the stream's rules (`FLOW_CONTROL_ERROR`). Bounds what a
+/// node holds for one stream.
+pub const MAX_CREDIT: u64 = 16 * 1024 * 1024;
 
 /// The TLS ALPN protocol id. A later major version gets a new ALPN (`fovea/2`).
 pub const ALPN: &[u8] = b"fovea/1";
@@ -68,6 +99,8 @@ pub mod kind {
     pub const TOOLS: u64 = 0x29;
     pub const TOOL_LIST: u64 = 0x2a;
     pub const TOOLS_CHANGED: u64 = 0x2b;
+    pub const DATA: u64 = 0x2c;
+    pub const CREDIT: u64 = 0x2d;
     pub const MESH_HELLO: u64 = 0x40;
     pub const DHT: u64 = 0x41;
     pub const FWD: u64 = 0x42;
@@ -132,6 +165,10 @@ pub enum Frame {
     ToolList(ToolList),
     /// Node → client (v4): the catalog watched by `TOOLS` request `id` changed; ask again.
     ToolsChanged(u64),
+    /// Either way (v5): a chunk of a streamed request or answer.
+    Data(Data),
+    /// Either way (v5): the receiver of a stream lets its sender send more.
+    Credit(Credit),
     /// Node → node, first frame each way on a mesh link: who I am and the proof that I
     /// hold the mesh's credential (docs/MESH.md).
     MeshHello(MeshHello),
@@ -416,6 +453,32 @@ pub struct Call {
     pub timeout_ms: u64,
     pub headers: Headers,
     pub payload: Bytes,
+    /// v5: [`call_flags`]. Encoded only when non-zero, so a plain `CALL` is byte-for-byte
+    /// a v2 one.
+    pub flags: u64,
+}
+
+/// `DATA` fields (v5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Data {
+    /// The call: its call id between the caller and its node, its request id between a
+    /// node and the provider.
+    pub id: u64,
+    /// [`data_flags`].
+    pub flags: u64,
+    pub chunk: Bytes,
+}
+
+/// `CREDIT` fields (v5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credit {
+    /// The call, named as in [`Data`].
+    pub id: u64,
+    /// [`data_flags::ANSWER`] for the answer stream (sent by the caller), else the request
+    /// stream (sent by the provider).
+    pub flags: u64,
+    /// How many more bytes of chunks the stream's sender may send.
+    pub bytes: u64,
 }
 
 /// `REQUEST` fields.
@@ -429,6 +492,9 @@ pub struct Request {
     pub timeout_ms: u64,
     pub headers: Headers,
     pub payload: Bytes,
+    /// v5: the call's [`call_flags`], sent only to providers of version 5 and only when
+    /// non-zero.
+    pub flags: u64,
 }
 
 /// `RESPOND` fields.
@@ -628,6 +694,7 @@ impl Frame {
                 timeout_ms: r.varint("timeout_ms")?,
                 headers: r.headers()?,
                 payload: r.bytes("payload", usize::MAX)?,
+                flags: if r.is_empty() { 0 } else { r.varint("flags")? },
             }),
             kind::REQUEST => Frame::Request(Request {
                 req_id: r.varint("req_id")?,
@@ -635,6 +702,7 @@ impl Frame {
                 timeout_ms: r.varint("timeout_ms")?,
                 headers: r.headers()?,
                 payload: r.bytes("payload", usize::MAX)?,
+                flags: if r.is_empty() { 0 } else { r.varint("flags")? },
             }),
             kind::RESPOND => Frame::Respond(Respond {
                 req_id: r.varint("req_id")?,
@@ -665,6 +733,14 @@ impl Frame {
                 tools: r.bytes("tools", usize::MAX)?,
             }),
             kind::TOOLS_CHANGED => Frame::ToolsChanged(r.varint("id")?),
+            kind::DATA => Frame::Data(Data {
+                id: r.varint("id")?,
+                flags: r.varint("flags")?,
+                chunk: r.bytes("chunk", usize::MAX)?,
+            }),
+            kind::CREDIT => {
+                Frame::Credit(Credit { id: r.varint("id")?, flags: r.varint("flags")?, bytes: r.varint("bytes")? })
+            }
             kind::MESH_HELLO => Frame::MeshHello(MeshHello {
                 version: r.varint("version")?,
                 node_id: r.bytes("node_id", 32)?,
@@ -776,6 +852,8 @@ impl Frame {
             Frame::Tools(_) => kind::TOOLS,
             Frame::ToolList(_) => kind::TOOL_LIST,
             Frame::ToolsChanged(_) => kind::TOOLS_CHANGED,
+            Frame::Data(_) => kind::DATA,
+            Frame::Credit(_) => kind::CREDIT,
             Frame::MeshHello(_) => kind::MESH_HELLO,
             Frame::Dht(_) => kind::DHT,
             Frame::Fwd(_) => kind::FWD,
@@ -797,8 +875,9 @@ impl Frame {
                 out.put_slice(&m.payload);
             }
             // Every call passes through these four (two per side): the same register path.
-            Frame::Call(c) => encode_call(out, c),
-            Frame::Request(q) => {
+            // Streamed calls' flags come after the payload: the general path.
+            Frame::Call(c) if c.flags == 0 => encode_call(out, c),
+            Frame::Request(q) if q.flags == 0 => {
                 encode_numbered(out, kind::REQUEST, &[q.req_id, q.rid, q.timeout_ms], &q.headers, &q.payload);
             }
             Frame::Respond(x) => {
@@ -909,6 +988,32 @@ impl Frame {
                 w.bytes(o, &t.realm);
             }
             Frame::Probe(body) => w.bytes(o, body),
+            Frame::Data(d) => {
+                w.varint(o, d.id);
+                w.varint(o, d.flags);
+                w.bytes(o, &d.chunk);
+            }
+            Frame::Credit(c) => {
+                w.varint(o, c.id);
+                w.varint(o, c.flags);
+                w.varint(o, c.bytes);
+            }
+            Frame::Call(c) => {
+                w.varint(o, c.call_id);
+                w.bytes(o, &c.procedure);
+                w.varint(o, c.timeout_ms);
+                w.headers(o, &c.headers);
+                w.bytes(o, &c.payload);
+                w.varint(o, c.flags);
+            }
+            Frame::Request(q) => {
+                w.varint(o, q.req_id);
+                w.varint(o, q.rid);
+                w.varint(o, q.timeout_ms);
+                w.headers(o, &q.headers);
+                w.bytes(o, &q.payload);
+                w.varint(o, q.flags);
+            }
             Frame::Bind(b) => {
                 w.varint(o, b.rid);
                 w.bytes(o, &b.realm);
@@ -927,12 +1032,7 @@ impl Frame {
                 w.bytes(o, &f.payload);
             }
             // Encoded by their own fast paths in `encode`.
-            Frame::Pub(_)
-            | Frame::Msg(_)
-            | Frame::Call(_)
-            | Frame::Request(_)
-            | Frame::Respond(_)
-            | Frame::Result(_) => {}
+            Frame::Pub(_) | Frame::Msg(_) | Frame::Respond(_) | Frame::Result(_) => {}
         }
     }
 }
@@ -978,6 +1078,18 @@ pub fn encode_fwd_head(out: &mut BytesMut, realm: &[u8], topic: &[u8], headers: 
     head.push(0, out);
     head.push(payload_len as u64, out);
     head.append_to(out);
+}
+
+/// Appends a `DATA` frame without its chunk's bytes, which the caller appends (or sends
+/// by reference) next: `chunk_len` of them.
+pub fn encode_data_head(out: &mut BytesMut, id: u64, flags: u64, chunk_len: usize) {
+    let len = varint::size(kind::DATA) + varint::size(id) + varint::size(flags) + str_len(chunk_len);
+    out.reserve(varint::size(len as u64) + len - chunk_len);
+    varint::encode(len as u64, out);
+    varint::encode(kind::DATA, out);
+    varint::encode(id, out);
+    varint::encode(flags, out);
+    varint::encode(chunk_len as u64, out);
 }
 
 /// Appends a `MSG` frame without its payload bytes, which the caller appends (or sends by
@@ -1373,9 +1485,27 @@ mod tests {
                     timeout_ms: 5000,
                     headers: Headers::new(),
                     payload: Bytes::from_static(b"[1,2]"),
+                    flags: 0,
                 }),
                 "14 23 05 08 6d 61 74 68 2e 61 64 64 53 88 00 05 5b 31 2c 32 5d",
             ),
+            (
+                Frame::Call(Call {
+                    call_id: 7,
+                    procedure: Bytes::from_static(b"files.get"),
+                    timeout_ms: 5000,
+                    headers: Headers::new(),
+                    payload: Bytes::from_static(b"a.txt"),
+                    flags: call_flags::STREAM_ANSWER,
+                }),
+                "16 23 07 09 66 69 6c 65 73 2e 67 65 74 53 88 00 05 61 2e 74 78 74 02",
+            ),
+            (
+                Frame::Data(Data { id: 7, flags: data_flags::ANSWER, chunk: Bytes::from_static(b"hi") }),
+                "06 2c 07 01 02 68 69",
+            ),
+            (Frame::Data(Data { id: 5, flags: data_flags::END, chunk: Bytes::new() }), "04 2c 05 02 00"),
+            (Frame::Credit(Credit { id: 7, flags: data_flags::ANSWER, bytes: 262_144 }), "07 2d 07 01 80 04 00 00"),
             (
                 Frame::Request(Request {
                     req_id: 9,
@@ -1383,6 +1513,7 @@ mod tests {
                     timeout_ms: 4998,
                     headers: Headers::new(),
                     payload: Bytes::from_static(b"[1,2]"),
+                    flags: 0,
                 }),
                 "0c 24 09 01 53 86 00 05 5b 31 2c 32 5d",
             ),
@@ -1554,6 +1685,7 @@ mod tests {
             procedure in "[a-z]{1,10}(\\.[a-z]{1,60}){0,3}",
             len in prop_oneof![0usize..80, 16_000usize..16_500],
             hv in proptest::option::of("[ -~]{0,20}"),
+            flags in prop_oneof![Just(0u64), 1u64..4, 4u64..(1 << 20)],
         ) {
             let headers = match &hv {
                 Some(v) => Headers::from_pairs([("h", v.as_str())]).unwrap(),
@@ -1564,9 +1696,11 @@ mod tests {
             let [a, b, c] = ids;
             let procedure = Bytes::from(procedure);
             let (h, p) = (headers.clone(), payload.clone());
-            round_trip(&Frame::Call(Call { call_id: a, procedure, timeout_ms: b, headers: h, payload: p }));
+            round_trip(&Frame::Call(Call { call_id: a, procedure, timeout_ms: b, headers: h, payload: p, flags }));
             let (h, p) = (headers.clone(), payload.clone());
-            round_trip(&Frame::Request(Request { req_id: a, rid: b, timeout_ms: c, headers: h, payload: p }));
+            round_trip(&Frame::Request(Request { req_id: a, rid: b, timeout_ms: c, headers: h, payload: p, flags }));
+            round_trip(&Frame::Data(Data { id: a, flags, chunk: payload.clone() }));
+            round_trip(&Frame::Credit(Credit { id: b, flags, bytes: c }));
             let (h, p) = (headers.clone(), payload.clone());
             round_trip(&Frame::Respond(Respond { req_id: a, code, headers: h, payload: p }));
             round_trip(&Frame::Result(CallResult { call_id: c, code, headers, payload }));

@@ -12,7 +12,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use crate::frame::{encode_call_head, encode_fwd_head, encode_msg_head, encode_pub_head, Frame};
+use crate::frame::{encode_call_head, encode_data_head, encode_fwd_head, encode_msg_head, encode_pub_head, Frame};
 use crate::headers::Headers;
 
 /// Payloads at least this long are queued by reference rather than copied. High: quinn
@@ -131,6 +131,16 @@ impl OutBuf {
         encode_fwd_head(&mut self.cur, realm, topic, headers, payload.len());
         self.len += self.cur.len() - before;
         self.push_payload(buf, payload);
+    }
+
+    /// Queues a `DATA` frame (v5): a stream's chunk, by reference from the buffer it was
+    /// read into when it is large, as a message's payload is.
+    pub fn push_data(&mut self, id: u64, flags: u64, chunk: &Bytes) {
+        self.room(Self::HEAD + inline_len(chunk));
+        let before = self.cur.len();
+        encode_data_head(&mut self.cur, id, flags, chunk.len());
+        self.len += self.cur.len() - before;
+        self.push_payload(chunk, chunk);
     }
 
     /// Queues a `PUB` frame.
@@ -330,6 +340,7 @@ mod tests {
                 timeout_ms,
                 headers,
                 payload,
+                flags: 0,
             });
             proptest::prop_assert_eq!(d.next_frame().unwrap(), Some(want));
             proptest::prop_assert_eq!(d.next_frame().unwrap(), None);
@@ -383,6 +394,8 @@ mod tests {
         q.push_msg(1, b"a.b", &Headers::new(), &small);
         q.push_msg(2, b"a.c", &Headers::new(), &big);
         q.push_frame(&Frame::Ping(3));
+        q.push_data(4, crate::frame::data_flags::ANSWER, &big);
+        q.push_data(5, crate::frame::data_flags::END, &small);
         let expected_len = q.len();
         let mut chunks = Vec::new();
         q.take_into(&mut chunks);
@@ -404,15 +417,17 @@ mod tests {
                     sid: 1,
                     topic: Bytes::from_static(b"a.b"),
                     headers: Headers::new(),
-                    payload: small
+                    payload: small.clone()
                 }),
                 Frame::Msg(Delivery {
                     sid: 2,
                     topic: Bytes::from_static(b"a.c"),
                     headers: Headers::new(),
-                    payload: big
+                    payload: big.clone()
                 }),
                 Frame::Ping(3),
+                Frame::Data(crate::frame::Data { id: 4, flags: crate::frame::data_flags::ANSWER, chunk: big }),
+                Frame::Data(crate::frame::Data { id: 5, flags: crate::frame::data_flags::END, chunk: small }),
             ]
         );
     }

@@ -49,6 +49,11 @@ pub struct Stats {
     pub late_responses: AtomicU64,
     /// `NOTICE`s not passed on: late, over the per-call cap, or the caller's queue full.
     pub notices_dropped: AtomicU64,
+    /// Streams' `DATA` chunks passed on, and their bytes.
+    pub stream_chunks: AtomicU64,
+    pub stream_bytes: AtomicU64,
+    /// `DATA` and `CREDIT` frames for calls that had ended, ignored.
+    pub late_stream_frames: AtomicU64,
     closes: [AtomicU64; CODE_SLOTS],
     rejections: [AtomicU64; CODE_SLOTS],
     /// Time from a call reaching the node to its answer leaving it.
@@ -114,6 +119,9 @@ pub struct StatsSnapshot {
     pub responses: u64,
     pub late_responses: u64,
     pub notices_dropped: u64,
+    pub stream_chunks: u64,
+    pub stream_bytes: u64,
+    pub late_stream_frames: u64,
     pub subscriptions: u64,
     pub registrations: u64,
     /// Connections the node closed, by close code (`NO_ERROR` not counted).
@@ -164,6 +172,9 @@ impl Stats {
             responses: get(&self.responses),
             late_responses: get(&self.late_responses),
             notices_dropped: get(&self.notices_dropped),
+            stream_chunks: get(&self.stream_chunks),
+            stream_bytes: get(&self.stream_bytes),
+            late_stream_frames: get(&self.late_stream_frames),
             subscriptions,
             registrations,
             closes: by_code(&self.closes, 0),

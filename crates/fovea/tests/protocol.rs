@@ -200,6 +200,7 @@ async fn names_over_the_limit_are_the_operations_error() {
         timeout_ms: 0,
         headers: Headers::new(),
         payload: Bytes::new(),
+        flags: 0,
     };
     raw.send_frame(&Frame::Call(call)).await;
     match raw.next_frame().await {
@@ -252,6 +253,7 @@ async fn an_answer_over_max_payload_fails_the_call_and_tells_the_provider() {
             timeout_ms: 10_000,
             headers: Headers::new(),
             payload: Bytes::new(),
+            flags: 0,
         };
         caller.send_frame(&Frame::Call(call)).await;
         let Some(Frame::Request(req)) = provider.next_frame().await else { panic!("expected REQUEST") };
@@ -324,6 +326,7 @@ fn call(call_id: u64, procedure: &[u8], payload: Vec<u8>) -> Frame {
         timeout_ms: 10_000,
         headers: Headers::new(),
         payload: payload.into(),
+        flags: 0,
     })
 }
 

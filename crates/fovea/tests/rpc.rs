@@ -360,6 +360,7 @@ async fn the_node_checks_every_calls_procedure_name_however_they_alternate() {
             timeout_ms: 10_000,
             headers: Headers::new(),
             payload: Bytes::from_static(b"x"),
+            flags: 0,
         };
         raw.send_frame(&Frame::Call(call)).await;
         let Some(Frame::Result(r)) = raw.next_frame().await else { panic!("expected RESULT for call {call_id}") };

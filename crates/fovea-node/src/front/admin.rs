@@ -364,6 +364,32 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         count("fovea_calls_total", "RPC calls received.", s.calls);
         count("fovea_responses_total", "RPC responses received from providers.", s.responses);
         count("fovea_late_responses_total", "Responses that arrived after their call ended.", s.late_responses);
+        // Streams' frames from clients and from other nodes, together.
+        let mesh_stats = shared.router.mesh.as_ref().map(|m| &m.mesh.stats);
+        let from_mesh = |pick: fn(&crate::mesh::MeshStats) -> &std::sync::atomic::AtomicU64| {
+            mesh_stats.map_or(0, |m| pick(m).load(Ordering::Relaxed))
+        };
+        count(
+            "fovea_stream_chunks_total",
+            "Stream chunks (DATA) passed on.",
+            s.stream_chunks + from_mesh(|m| &m.stream_chunks),
+        );
+        count(
+            "fovea_stream_bytes_total",
+            "Bytes of stream chunks passed on.",
+            s.stream_bytes + from_mesh(|m| &m.stream_bytes),
+        );
+        count(
+            "fovea_late_stream_frames_total",
+            "DATA and CREDIT frames for calls that had ended, ignored.",
+            s.late_stream_frames + from_mesh(|m| &m.late_stream_frames),
+        );
+        count(
+            "fovea_streams_broken_total",
+            "Calls ended with FLOW_CONTROL_ERROR because another node's DATA or CREDIT broke the stream's rules \
+             (clients' count as rejections).",
+            from_mesh(|m| &m.streams_broken),
+        );
         describe_counter!(
             "fovea_notices_dropped_total",
             "Progress and log notices not passed on: late, over the per-call cap, or the caller's queue full."

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use foldhash::fast::RandomState;
 use fovea_core::deadline::{Deadlines, FAR_FUTURE};
-use fovea_core::frame::{Call, CallResult, Notice, Request};
+use fovea_core::frame::{call_flags, data_flags, Call, CallResult, Credit, Notice, Request, MAX_CREDIT};
 use fovea_core::{ErrorCode, Frame, Headers};
 use tokio::time::Sleep;
 
@@ -57,6 +57,9 @@ pub(crate) struct Handle {
     /// so that one the node did not serve (`NO_PROVIDER`: its provider went away) can go
     /// to another provider ([`Handle::take_unserved`]). Clients' handles keep nothing.
     keeps_requests: bool,
+    /// Speaks streams (protocol version 5, every link): may be sent `DATA`, `CREDIT` and
+    /// `REQUEST`s with flags.
+    streams: bool,
 }
 
 /// A request sent to another node, kept so that it can be sent elsewhere if that node
@@ -96,6 +99,12 @@ struct Calls {
 struct InFlight {
     provider: Arc<Handle>,
     req_id: u64,
+    /// The call's [`call_flags`] as its provider got them.
+    flags: u64,
+    /// Request stream: bytes of chunks the caller may still send (granted by the
+    /// provider's `CREDIT`s, less what it sent), and whether it sent its last.
+    request_credit: u64,
+    request_ended: bool,
     /// When the node received the call (for the latency histogram).
     started: Instant,
     /// `started` + the call's timeout; its filing in [`Calls::deadlines`] carries it too.
@@ -106,6 +115,10 @@ struct InFlight {
 struct Serving {
     caller: Arc<Handle>,
     call_id: u64,
+    /// The call's [`call_flags`] as this provider got them.
+    flags: u64,
+    /// Answer stream: bytes of chunks the provider may still send.
+    answer_credit: u64,
     /// `NOTICE`s passed on for this request so far.
     notices: u32,
     /// The request itself, on a handle that keeps requests (a link); boxed so that the
@@ -117,6 +130,19 @@ struct Serving {
 /// and logs are status for a person or an agent to follow, and a provider looping on
 /// them must not turn one call into an unbounded stream.
 pub(crate) const MAX_NOTICES_PER_CALL: u32 = 1024;
+
+/// What became of a stream's `DATA` or `CREDIT` ([`Handle::request_data`] and its kin).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Flow {
+    /// Passed on.
+    Passed,
+    /// The call had ended (answered, cancelled, timed out) or never streamed that way:
+    /// ignored, as a late answer is.
+    Late,
+    /// The frame broke the stream's rules: the call was ended with
+    /// `FLOW_CONTROL_ERROR` (the caller got its `RESULT`, the provider a `CANCEL`).
+    Broken,
+}
 
 /// What became of a provider's answer ([`Handle::finish_request`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,13 +202,19 @@ impl Handle {
             next_req: AtomicU64::new(1),
             max_answer,
             keeps_requests: false,
+            streams: false,
         }
     }
 
+    /// This handle's peer speaks streams (protocol version 5).
+    pub fn with_streams(self, streams: bool) -> Self {
+        Handle { streams, ..self }
+    }
+
     /// A link's handle: requests sent to it are kept until answered (see
-    /// `keeps_requests`).
+    /// `keeps_requests`); links speak streams.
     pub fn for_link(out: Outbound, max_answer: usize) -> Self {
-        Handle { keeps_requests: true, ..Handle::new(out, max_answer) }
+        Handle { keeps_requests: true, streams: true, ..Handle::new(out, max_answer) }
     }
 
     /// Caller side, for a request `req_id` sent to this link that its node answered
@@ -252,8 +284,16 @@ impl Handle {
         max_in_flight: usize,
         now: Instant,
     ) -> Result<(), Refusal> {
-        let Call { call_id, headers, payload, .. } = call;
+        let Call { call_id, headers, payload, flags, .. } = call;
         let (rid, provider) = (provider.rid, &provider.handle);
+        // A provider without streams answers in one `RESPOND`, whatever the caller accepts;
+        // a streamed request it could not read at all.
+        let asked = flags;
+        let flags = if provider.streams { flags & call_flags::KNOWN } else { 0 };
+        if asked & call_flags::STREAM_REQUEST != 0 && flags & call_flags::STREAM_REQUEST == 0 {
+            let msg = "the provider chosen speaks a protocol version without streams (below 5)".to_owned();
+            return Err(Refusal::Result(ErrorCode::StreamsUnsupported, msg));
+        }
         let req_id = provider.next_req.fetch_add(1, Ordering::Relaxed);
         {
             // The caller's entry goes in first, so that a provider disconnecting from here
@@ -272,7 +312,19 @@ impl Handle {
             // The sum fits (the node caps timeouts far below FAR_FUTURE); were the clock ever
             // at its end, the call would time out at once, an answer rather than a hang.
             let deadline = started.checked_add(timeout.min(FAR_FUTURE)).unwrap_or(started);
-            slot.insert(InFlight { provider: provider.clone(), req_id, started, deadline });
+            // The request stream starts without credit: the provider grants it once it has
+            // the request, so no chunk can reach a node before the call it belongs to has
+            // found its provider (a provider on another node is found by a look-up that
+            // may still run when the caller's next frames arrive).
+            slot.insert(InFlight {
+                provider: provider.clone(),
+                req_id,
+                flags,
+                request_credit: 0,
+                request_ended: false,
+                started,
+                deadline,
+            });
             calls.deadlines.push(deadline, call_id);
             if calls.deadlines.needs_rebuild(calls.map.len()) {
                 calls.deadlines.rebuild(calls.map.iter().map(|(id, c)| (c.deadline, *id)));
@@ -284,12 +336,16 @@ impl Handle {
             }
         }
         {
-            let kept = provider.keeps_requests.then(|| {
+            // A streamed request cannot be sent again: its chunks went to this provider.
+            let keep = provider.keeps_requests && flags & call_flags::STREAM_REQUEST == 0;
+            let kept = keep.then(|| {
                 let deadline = now.checked_add(timeout.min(FAR_FUTURE)).unwrap_or(now);
                 Box::new(Unserved { rid, headers: headers.clone(), payload: payload.clone(), deadline })
             });
             let mut serving = lock(&provider.serving);
-            serving.insert(req_id, Serving { caller: self.clone(), call_id, notices: 0, kept });
+            let answer_credit =
+                if flags & call_flags::STREAM_ANSWER != 0 { fovea_core::frame::INITIAL_CREDIT } else { 0 };
+            serving.insert(req_id, Serving { caller: self.clone(), call_id, flags, answer_credit, notices: 0, kept });
             provider.serving_len.store(serving.len(), Ordering::Relaxed);
         }
         // The provider may have closed after it was chosen. Its `out.close()` precedes its
@@ -304,8 +360,127 @@ impl Handle {
             return Ok(());
         }
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-        provider.out.send(&Frame::Request(Request { req_id, rid, timeout_ms, headers, payload }));
+        provider.out.send(&Frame::Request(Request { req_id, rid, timeout_ms, headers, payload, flags }));
         Ok(())
+    }
+
+    /// Caller side: a chunk of call `call_id`'s request stream (`flags` may hold
+    /// [`data_flags::END`]), passed on to its provider within the credit it granted.
+    pub fn request_data(&self, call_id: u64, flags: u64, chunk: &Bytes) -> Flow {
+        let (provider, req_id) = {
+            let mut calls = lock(&self.calls);
+            let Some(c) = calls.map.get_mut(&call_id) else { return Flow::Late };
+            let len = chunk.len() as u64;
+            let broken = if c.flags & call_flags::STREAM_REQUEST == 0 {
+                Some("a DATA frame for a call that does not stream its request")
+            } else if c.request_ended {
+                Some("a DATA frame after the request's last")
+            } else if len > c.request_credit {
+                Some("a request chunk beyond the credit the provider granted")
+            } else if chunk.len() > c.provider.max_answer {
+                Some("a request chunk larger than the node's max_payload")
+            } else {
+                None
+            };
+            if let Some(why) = broken {
+                drop(calls);
+                self.break_call(call_id, why);
+                return Flow::Broken;
+            }
+            c.request_credit -= len;
+            c.request_ended = flags & data_flags::END != 0;
+            (c.provider.clone(), c.req_id)
+        };
+        provider.out.send_data(req_id, flags & data_flags::END, chunk);
+        Flow::Passed
+    }
+
+    /// Provider side: a chunk of request `req_id`'s answer stream, passed on to its caller
+    /// within the credit the caller granted.
+    pub fn answer_data(&self, req_id: u64, chunk: &Bytes) -> Flow {
+        let (caller, call_id) = {
+            let mut serving = lock(&self.serving);
+            let Some(s) = serving.get_mut(&req_id) else { return Flow::Late };
+            let len = chunk.len() as u64;
+            let broken = if s.flags & call_flags::STREAM_ANSWER == 0 {
+                Some("the provider sent a DATA frame for a call whose caller takes one answer")
+            } else if len > s.answer_credit {
+                Some("the provider sent an answer chunk beyond the credit the caller granted")
+            } else if chunk.len() > s.caller.max_answer {
+                Some("the provider sent an answer chunk larger than the caller's max_payload")
+            } else {
+                None
+            };
+            if let Some(why) = broken {
+                let (caller, call_id) = (s.caller.clone(), s.call_id);
+                drop(serving);
+                caller.break_call(call_id, why);
+                return Flow::Broken;
+            }
+            s.answer_credit -= len;
+            (s.caller.clone(), s.call_id)
+        };
+        caller.out.send_data(call_id, data_flags::ANSWER, chunk);
+        Flow::Passed
+    }
+
+    /// Provider side: more credit for request `req_id`'s request stream, passed on to its
+    /// caller.
+    pub fn request_credit(&self, req_id: u64, bytes: u64) -> Flow {
+        let (caller, call_id) = match lock(&self.serving).get(&req_id) {
+            Some(s) if s.flags & call_flags::STREAM_REQUEST != 0 => (s.caller.clone(), s.call_id),
+            _ => return Flow::Late,
+        };
+        {
+            let mut calls = lock(&caller.calls);
+            let Some(c) = calls.map.get_mut(&call_id).filter(|c| c.req_id == req_id) else { return Flow::Late };
+            if c.request_ended {
+                return Flow::Late;
+            }
+            match c.request_credit.checked_add(bytes).filter(|&n| n <= MAX_CREDIT) {
+                Some(n) => c.request_credit = n,
+                None => {
+                    drop(calls);
+                    caller.break_call(call_id, "the provider granted more request credit than the protocol allows");
+                    return Flow::Broken;
+                }
+            }
+        }
+        caller.out.send(&Frame::Credit(Credit { id: call_id, flags: 0, bytes }));
+        Flow::Passed
+    }
+
+    /// Caller side: more credit for call `call_id`'s answer stream, passed on to its
+    /// provider.
+    pub fn answer_credit(&self, call_id: u64, bytes: u64) -> Flow {
+        let (provider, req_id) = match lock(&self.calls).map.get(&call_id) {
+            Some(c) if c.flags & call_flags::STREAM_ANSWER != 0 => (c.provider.clone(), c.req_id),
+            _ => return Flow::Late,
+        };
+        {
+            let mut serving = lock(&provider.serving);
+            let Some(s) = serving.get_mut(&req_id).filter(|s| s.call_id == call_id) else { return Flow::Late };
+            match s.answer_credit.checked_add(bytes).filter(|&n| n <= MAX_CREDIT) {
+                Some(n) => s.answer_credit = n,
+                None => {
+                    drop(serving);
+                    self.break_call(call_id, "the caller granted more answer credit than the protocol allows");
+                    return Flow::Broken;
+                }
+            }
+        }
+        provider.out.send(&Frame::Credit(Credit { id: req_id, flags: data_flags::ANSWER, bytes }));
+        Flow::Passed
+    }
+
+    /// Caller side: ends call `call_id`, whose stream broke its rules: the caller gets
+    /// `FLOW_CONTROL_ERROR`, the provider a `CANCEL`.
+    fn break_call(&self, call_id: u64, why: &str) {
+        let Some(c) = self.take_call(call_id) else { return };
+        if c.provider.take_serving(c.req_id).is_some() {
+            c.provider.out.send(&Frame::Cancel(c.req_id));
+        }
+        self.answer_failure(call_id, ErrorCode::FlowControlError, why);
     }
 
     /// Provider side: the answer to request `req_id`, read at `now`, relayed to its caller
@@ -484,7 +659,7 @@ mod tests {
 
     fn call(call_id: u64) -> Call {
         let procedure = Bytes::from_static(b"svc.x");
-        Call { call_id, procedure, timeout_ms: 0, headers: Headers::new(), payload: Bytes::new() }
+        Call { call_id, procedure, timeout_ms: 0, headers: Headers::new(), payload: Bytes::new(), flags: 0 }
     }
 
     fn in_flight(p: &Handle, call_id: u64) -> bool {

@@ -300,6 +300,18 @@ impl Outbound {
         }
     }
 
+    /// Queues a stream's `DATA` chunk (a large one by reference). Never dropped: the
+    /// stream's credit bounds what a receiver is sent ([`fovea_core::frame::MAX_CREDIT`]).
+    pub fn send_data(&self, id: u64, flags: u64, chunk: &Bytes) {
+        let mut q = self.lock();
+        let was_empty = q.buf.is_empty();
+        q.buf.push_data(id, flags, chunk);
+        drop(q);
+        if was_empty {
+            self.wake.notify_one();
+        }
+    }
+
     /// Queues a frame within the queue's bound (a mesh link's messages): `false`, and
     /// nothing queued, when the queue is full.
     pub fn send_bounded(&self, frame: &Frame) -> bool {

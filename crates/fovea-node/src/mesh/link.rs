@@ -285,6 +285,26 @@ impl Mesh {
                     let _ = tx.send(l.tools);
                 }
             }
+            // Streams: as from a client (`front::session::control`), the link standing for
+            // the caller or the provider of the call the frame names.
+            Frame::Data(d) => {
+                self.stats.stream_chunks.fetch_add(1, Ordering::Relaxed);
+                self.stats.stream_bytes.fetch_add(d.chunk.len() as u64, Ordering::Relaxed);
+                let flow = if d.flags & fovea_core::frame::data_flags::ANSWER != 0 {
+                    link.handle.answer_data(d.id, &d.chunk)
+                } else {
+                    link.handle.request_data(d.id, d.flags, &d.chunk)
+                };
+                self.count_flow(flow);
+            }
+            Frame::Credit(c) => {
+                let flow = if c.flags & fovea_core::frame::data_flags::ANSWER != 0 {
+                    link.handle.answer_credit(c.id, c.bytes)
+                } else {
+                    link.handle.request_credit(c.id, c.bytes)
+                };
+                self.count_flow(flow);
+            }
             // Caller side: progress or a log line from the provider's node, for our caller.
             Frame::Notice(n) => {
                 if !link.handle.forward_notice(n.id, n.kind, n.body) {
@@ -329,6 +349,16 @@ impl Mesh {
             other => return Err(format!("unexpected frame 0x{:x} on a mesh link", other.kind())),
         }
         Ok(())
+    }
+
+    fn count_flow(&self, flow: crate::handle::Flow) {
+        use crate::handle::Flow;
+        let counter = match flow {
+            Flow::Passed => return,
+            Flow::Late => &self.stats.late_stream_frames,
+            Flow::Broken => &self.stats.streams_broken,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Requests in flight to `to` over its link (0 without a link): the load that

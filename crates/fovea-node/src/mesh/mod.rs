@@ -129,6 +129,13 @@ pub struct MeshStats {
     /// Answers from other nodes over the local caller's `max_payload`: the caller got
     /// `PAYLOAD_TOO_LARGE` instead.
     pub answers_too_large: AtomicU64,
+    /// Streams' `DATA` chunks from other nodes passed on, and their bytes.
+    pub stream_chunks: AtomicU64,
+    pub stream_bytes: AtomicU64,
+    /// `DATA` and `CREDIT` from other nodes for calls that had ended, ignored.
+    pub late_stream_frames: AtomicU64,
+    /// Calls ended because another node's `DATA` or `CREDIT` broke their stream's rules.
+    pub streams_broken: AtomicU64,
 }
 
 /// A point-in-time view of the mesh, for the admin endpoint and tests.

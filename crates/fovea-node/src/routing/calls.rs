@@ -181,7 +181,7 @@ mod tests {
 
     fn call(call_id: u64) -> Call {
         let procedure = Bytes::from_static(b"svc.x");
-        Call { call_id, procedure, timeout_ms: 0, headers: Headers::new(), payload: Bytes::new() }
+        Call { call_id, procedure, timeout_ms: 0, headers: Headers::new(), payload: Bytes::new(), flags: 0 }
     }
 
     fn setup(limits: Limits) -> (Arc<Router>, Arc<Realm>) {

@@ -39,6 +39,7 @@ impl LinkHandler for Router {
             timeout_ms: q.timeout_ms,
             headers: q.headers,
             payload: q.payload,
+            flags: q.flags,
         };
         route_call(&router, &realm, link, &mut rng, call, std::time::Instant::now(), Origin::Node);
     }
@@ -73,7 +74,9 @@ impl LinkHandler for Router {
             return fail(&router, &caller, call_id, ErrorCode::Timeout, message);
         }
         let timeout_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
-        let call = Call { call_id, procedure, timeout_ms, headers: request.headers, payload: request.payload };
+        // Only requests that do not stream are kept to be sent again (`Handle::start_call`).
+        let call =
+            Call { call_id, procedure, timeout_ms, headers: request.headers, payload: request.payload, flags: 0 };
         call_remote(&router, &realm, &caller, Rng::new(router.seed ^ call_id), call, NoRoute::NoProvider);
     }
 }

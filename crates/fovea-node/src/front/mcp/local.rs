@@ -187,6 +187,7 @@ impl ToolSource for LocalTools {
             timeout_ms,
             headers: Headers::new(),
             payload,
+            flags: 0,
         };
         let router = &state.shared.router;
         router.stats.calls.fetch_add(1, Ordering::Relaxed);

@@ -4,13 +4,15 @@
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use fovea_core::frame::{Call, Register, Subscribe, ToolList, ToolsQuery, VERSION_RPC, VERSION_TOOLS};
+use fovea_core::frame::{
+    data_flags, Call, Register, Subscribe, ToolList, ToolsQuery, VERSION_RPC, VERSION_STREAMS, VERSION_TOOLS,
+};
 use fovea_core::tool::ToolDescriptor;
 use fovea_core::{ErrorCode, Frame, Pattern, Procedure};
 use std::sync::Arc;
 
 use super::{Close, Session};
-use crate::handle::{Answer, ProviderRef};
+use crate::handle::{Answer, Flow, ProviderRef};
 use crate::routing::calls::{route_call, Origin};
 use crate::routing::catalog::{TOOL_PAGE_BYTES, TOOL_PAGE_ITEMS};
 use crate::routing::{check_limits, GroupKey, SubRef};
@@ -23,6 +25,7 @@ impl Session {
             Frame::Reg(r) if !r.tool.is_empty() => VERSION_TOOLS,
             Frame::Reg(_) | Frame::Unreg(_) | Frame::Call(_) | Frame::Respond(_) | Frame::Cancel(_) => VERSION_RPC,
             Frame::Notice(_) | Frame::Tools(_) => VERSION_TOOLS,
+            Frame::Data(_) | Frame::Credit(_) => VERSION_STREAMS,
             _ => 0,
         };
         if self.version < needs {
@@ -80,6 +83,27 @@ impl Session {
                 }
             }
             Frame::Tools(q) => self.list_tools(q),
+            // A chunk of the answer comes from the call's provider (a request id), a chunk
+            // of the request from its caller (a call id); credit goes the other way.
+            Frame::Data(d) => {
+                let stats = &self.shared.router.stats;
+                stats.stream_chunks.fetch_add(1, Ordering::Relaxed);
+                stats.stream_bytes.fetch_add(d.chunk.len() as u64, Ordering::Relaxed);
+                let flow = if d.flags & data_flags::ANSWER != 0 {
+                    self.handle.answer_data(d.id, &d.chunk)
+                } else {
+                    self.handle.request_data(d.id, d.flags, &d.chunk)
+                };
+                self.count_flow(flow);
+            }
+            Frame::Credit(c) => {
+                let flow = if c.flags & data_flags::ANSWER != 0 {
+                    self.handle.answer_credit(c.id, c.bytes)
+                } else {
+                    self.handle.request_credit(c.id, c.bytes)
+                };
+                self.count_flow(flow);
+            }
             other => {
                 self.shared.router.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
                 return Err(Close::new(
@@ -89,6 +113,17 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    fn count_flow(&self, flow: Flow) {
+        let stats = &self.shared.router.stats;
+        match flow {
+            Flow::Passed => {}
+            Flow::Late => {
+                stats.late_stream_frames.fetch_add(1, Ordering::Relaxed);
+            }
+            Flow::Broken => stats.count_rejection(ErrorCode::FlowControlError),
+        }
     }
 
     fn subscribe(&mut self, s: Subscribe) {
@@ -178,8 +213,12 @@ impl Session {
         self.handle.out.send(&Frame::RegAck(r.rid));
     }
 
-    fn call(&mut self, c: Call) {
+    fn call(&mut self, mut c: Call) {
         let limits = &self.shared.config.limits;
+        // Bytes after a v4 `CALL`'s payload are a later version's field, ignored.
+        if self.version < VERSION_STREAMS {
+            c.flags = 0;
+        }
         self.shared.router.stats.calls.fetch_add(1, Ordering::Relaxed);
         let call_id = c.call_id;
         let fail = |this: &Self, code: ErrorCode, message: String| {
