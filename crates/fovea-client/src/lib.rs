@@ -66,8 +66,8 @@ pub(crate) type IdMap<T> = HashMap<u64, T, foldhash::fast::RandomState>;
 
 pub use fovea_core::headers::HeaderError;
 pub use fovea_core::{ErrorCode, Headers, Pattern, Procedure, Topic, TopicError};
-pub use rpc::{Registration, Request, Response};
-pub use stream::{CallStream, MAX_CHUNK};
+pub use rpc::{Registration, Request, RequestBody, Response};
+pub use stream::{CallSender, CallStream, MAX_CHUNK};
 pub use tls::{default_data_dir, Trust};
 pub use tools::{Notice, ToolInfo, LOG_LEVELS};
 pub use url::{NodeUrl, Scheme, DEFAULT_PORT};
@@ -427,6 +427,8 @@ pub(crate) struct Inner {
     /// request id (see [`stream`]): the reader hands them chunks and credit.
     pub call_streams: Mutex<IdMap<Arc<stream::Flow>>>,
     pub request_streams: Mutex<IdMap<Arc<stream::Flow>>>,
+    /// `call_streams.len()`, read without its lock by every call's result.
+    pub call_streams_open: AtomicUsize,
     /// The runtime the client was made in: a large answer given to the synchronous
     /// `Request::respond` is streamed from a task spawned there.
     pub runtime: tokio::runtime::Handle,
@@ -592,6 +594,7 @@ impl Client {
             serving: Mutex::new(IdMap::default()),
             call_streams: Mutex::new(IdMap::default()),
             request_streams: Mutex::new(IdMap::default()),
+            call_streams_open: AtomicUsize::new(0),
             runtime: tokio::runtime::Handle::current(),
             session: AtomicU64::new(0),
             tool_queries: Mutex::new(IdMap::default()),

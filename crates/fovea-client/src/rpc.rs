@@ -76,10 +76,83 @@ pub struct Request {
 /// A provider's side of a streamed call.
 struct RequestStream {
     flow: Arc<Flow>,
+    /// The request's chunks, until the handler takes them ([`Request::take_body`]).
+    body: Option<RequestBody>,
+}
+
+/// The rest of a streamed request, after [`Request::payload`]: its chunks, in order
+/// ([`RequestBody::next_chunk`], or as a [`futures_core::Stream`]). Taken from its
+/// [`Request`] with [`Request::take_body`] to read it while the request is answered
+/// (a bidirectional call).
+pub struct RequestBody {
     pieces: mpsc::UnboundedReceiver<Piece>,
     reader: Reader,
     /// The request's last chunk was read (or it was lost).
     ended: bool,
+    inner: Arc<Inner>,
+    session: u64,
+    req_id: u64,
+}
+
+impl RequestBody {
+    /// The next chunk, `None` at the request's end. The caller sends no faster than this
+    /// reads.
+    ///
+    /// # Errors
+    /// [`ClientError::Cancelled`] when the call was abandoned mid-stream.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn next_chunk(&mut self) -> Option<Result<Bytes, ClientError>> {
+        std::future::poll_fn(|cx| self.poll_chunk(cx)).await
+    }
+
+    fn grant(&self, bytes: u64) {
+        if bytes > 0 {
+            let credit = Frame::Credit(Credit { id: self.req_id, flags: 0, bytes });
+            let _ = crate::stream::push(&self.inner, self.session, |b| b.push_frame(&credit));
+        }
+    }
+
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, ClientError>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        // The request stream starts without credit: the first read opens the window.
+        if !self.reader.opened() {
+            let grant = self.reader.grant(0);
+            self.grant(grant);
+        }
+        match self.pieces.poll_recv(cx) {
+            Poll::Ready(Some(Piece::Chunk(c))) => {
+                let grant = self.reader.grant(c.len());
+                self.grant(grant);
+                Poll::Ready(Some(Ok(c)))
+            }
+            Poll::Ready(Some(Piece::Lost(e))) => {
+                self.ended = true;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(Some(Piece::End) | None) => {
+                self.ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl futures_core::Stream for RequestBody {
+    type Item = Result<Bytes, ClientError>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.poll_chunk(cx)
+    }
+}
+
+impl std::fmt::Debug for RequestBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestBody").field("req_id", &self.req_id).field("ended", &self.ended).finish()
+    }
 }
 
 impl Request {
@@ -154,35 +227,14 @@ impl Request {
     /// # Cancel safety
     /// Cancel safe.
     pub async fn next_chunk(&mut self) -> Option<Result<Bytes, ClientError>> {
-        let (inner, session, req_id) = (self.inner.clone(), self.session, self.req_id);
-        let s = self.stream.as_mut().filter(|_| self.flags & call_flags::STREAM_REQUEST != 0)?;
-        if s.ended {
-            return None;
-        }
-        let grant_credit = |bytes: u64| {
-            if bytes > 0 {
-                let credit = Frame::Credit(Credit { id: req_id, flags: 0, bytes });
-                let _ = crate::stream::push(&inner, session, |b| b.push_frame(&credit));
-            }
-        };
-        // The request stream starts without credit: the first read opens the window.
-        if !s.reader_opened() {
-            grant_credit(s.reader.grant(0));
-        }
-        match s.pieces.recv().await {
-            Some(Piece::Chunk(c)) => {
-                grant_credit(s.reader.grant(c.len()));
-                Some(Ok(c))
-            }
-            Some(Piece::Lost(e)) => {
-                s.ended = true;
-                Some(Err(e))
-            }
-            Some(Piece::End) | None => {
-                s.ended = true;
-                None
-            }
-        }
+        self.stream.as_mut()?.body.as_mut()?.next_chunk().await
+    }
+
+    /// Takes the rest of a streamed request (the chunks after [`Request::payload`]) to be
+    /// read apart from the request, while it is answered with [`Request::send`]. `None`
+    /// when the request does not stream, or was taken before.
+    pub fn take_body(&mut self) -> Option<RequestBody> {
+        self.stream.as_mut()?.body.take()
     }
 
     /// The whole request: [`Request::payload`] and, when the request streams, every chunk
@@ -320,12 +372,6 @@ impl Drop for Request {
                 lock(&self.inner.request_streams).remove(&self.req_id);
             }
         }
-    }
-}
-
-impl RequestStream {
-    fn reader_opened(&self) -> bool {
-        self.reader.opened()
     }
 }
 
@@ -522,6 +568,7 @@ impl Calls {
                 }
             }
         };
+        crate::stream::call_ended(inner, r.call_id);
         let _ = tx.send(r);
     }
 
@@ -786,7 +833,15 @@ pub(crate) fn try_dispatch_request(
                     let credit = if q.flags & call_flags::STREAM_ANSWER != 0 { INITIAL_CREDIT } else { 0 };
                     let (flow, pieces) = Flow::new(credit);
                     lock(&inner.request_streams).insert(req_id, flow.clone());
-                    Box::new(RequestStream { flow, pieces, reader: Reader::new(0), ended: false })
+                    let body = (q.flags & call_flags::STREAM_REQUEST != 0).then(|| RequestBody {
+                        pieces,
+                        reader: Reader::new(0),
+                        ended: false,
+                        inner: inner.clone(),
+                        session,
+                        req_id,
+                    });
+                    Box::new(RequestStream { flow, body })
                 });
                 let request = Request {
                     procedure: entry.procedure.clone(),

@@ -77,9 +77,14 @@ impl Flow {
 
     /// Ends the stream for both directions with `why`.
     pub(crate) fn lose(&self, why: ClientError) {
+        self.close();
+        let _ = self.pieces.send(Piece::Lost(why));
+    }
+
+    /// Ends the sending direction: the call has ended (its result arrived).
+    pub(crate) fn close(&self) {
         lock(&self.send).open = false;
         self.credit.notify_one();
-        let _ = self.pieces.send(Piece::Lost(why));
     }
 
     pub(crate) fn piece(&self, piece: Piece) {
@@ -132,8 +137,18 @@ pub(crate) fn on_frame(inner: &Inner, frame: Frame) {
     }
 }
 
+/// A call's result arrived: a stream of it can send no more.
+pub(crate) fn call_ended(inner: &Inner, call_id: u64) {
+    if inner.call_streams_open.load(Ordering::Relaxed) > 0 {
+        if let Some(flow) = lock(&inner.call_streams).get(&call_id) {
+            flow.close();
+        }
+    }
+}
+
 /// The session has ended: every stream of it is lost.
 pub(crate) fn end_session(inner: &Inner) {
+    inner.call_streams_open.store(0, Ordering::Relaxed);
     for (_, flow) in lock(&inner.call_streams).drain() {
         flow.lose(ClientError::Disconnected);
     }
@@ -268,7 +283,9 @@ pub struct CallStream {
     timeout: Duration,
     /// The local deadline (timeout plus grace) after which the call watchdog gives up.
     deadline: Instant,
-    flags: u64,
+    /// The request's sending half, until taken ([`CallStream::take_sender`]); `None` too
+    /// when the request does not stream.
+    sender: Option<CallSender>,
     flow: Arc<Flow>,
     pieces: mpsc::UnboundedReceiver<Piece>,
     /// The `RESULT`, until it arrives.
@@ -276,8 +293,6 @@ pub struct CallStream {
     /// The call's end, once it arrived, kept until the chunks before it are read.
     outcome: Option<Result<CallResult, ClientError>>,
     reader: Reader,
-    /// The request's end was sent.
-    finished: bool,
     /// The answer's end was handed to the application.
     done: bool,
     headers: Headers,
@@ -367,9 +382,9 @@ impl CallStream {
     /// # Cancel safety
     /// Not cancel safe: part of `data` may have been sent.
     pub async fn send(&mut self, data: impl Into<Bytes>) -> Result<(), ClientError> {
-        if self.flags & call_flags::STREAM_REQUEST == 0 || self.finished {
+        let Some(sender) = self.sender.as_mut().filter(|s| !s.finished) else {
             return Err(ClientError::StreamEnded);
-        }
+        };
         let inner = self.client.inner();
         let wait = CallWait {
             result: &mut self.result,
@@ -378,7 +393,7 @@ impl CallStream {
             deadline: self.deadline,
             inner,
         };
-        send_chunks(inner, self.session, &self.flow, self.call_id, 0, data.into(), wait).await
+        send_chunks(inner, sender.session, &sender.flow, sender.call_id, 0, data.into(), wait).await
     }
 
     /// Ends the request: the provider's read of it ends after what was sent.
@@ -386,12 +401,17 @@ impl CallStream {
     /// # Errors
     /// As [`CallStream::send`].
     pub fn finish(&mut self) -> Result<(), ClientError> {
-        if self.flags & call_flags::STREAM_REQUEST == 0 || self.finished {
-            return Err(ClientError::StreamEnded);
+        match self.sender.as_mut() {
+            Some(sender) => sender.end(),
+            None => Err(ClientError::StreamEnded),
         }
-        self.finished = true;
-        let (id, empty) = (self.call_id, Bytes::new());
-        push(self.client.inner(), self.session, |b| b.push_data(id, data_flags::END, &empty))
+    }
+
+    /// Takes the request's sending half, to send from another task while this one reads
+    /// the answer (a provider that answers as it reads needs its caller to do both at
+    /// once). `None` when the request does not stream or the half was taken before.
+    pub fn take_sender(&mut self) -> Option<CallSender> {
+        self.sender.take()
     }
 
     /// The next chunk of the answer: the provider's chunks in order, then the payload of
@@ -494,9 +514,89 @@ impl CallStream {
         }
     }
 
-    /// Forgets the stream: the reader hands it nothing more.
+    /// Forgets the stream: the reader hands it nothing more, and a sender taken from it
+    /// stops.
     fn forget(&mut self) {
-        lock(&self.client.inner().call_streams).remove(&self.call_id);
+        let inner = self.client.inner();
+        if lock(&inner.call_streams).remove(&self.call_id).is_some() {
+            inner.call_streams_open.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.flow.close();
+    }
+}
+
+/// The sending half of a streamed request ([`CallStream::take_sender`]). Dropping it
+/// ends the request as [`CallSender::finish`] does.
+pub struct CallSender {
+    client: Client,
+    call_id: u64,
+    session: u64,
+    flow: Arc<Flow>,
+    finished: bool,
+}
+
+impl std::fmt::Debug for CallSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallSender").field("call_id", &self.call_id).field("finished", &self.finished).finish()
+    }
+}
+
+/// A taken sender waits for credit until the call ends (its flow closes).
+struct SenderWait;
+
+impl AsyncWait for SenderWait {
+    fn wait<'a>(&'a mut self, credit: &'a Notify) -> WaitFuture<'a> {
+        Box::pin(async move {
+            credit.notified().await;
+            Ok(())
+        })
+    }
+
+    fn closed(&mut self) -> ClientError {
+        ClientError::StreamEnded
+    }
+}
+
+impl CallSender {
+    /// As [`CallStream::send`]; when the call has ended meanwhile, fails with
+    /// [`ClientError::StreamEnded`] (its [`CallStream`] says how it ended).
+    ///
+    /// # Errors
+    /// [`ClientError::StreamEnded`]; [`ClientError::Disconnected`].
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: part of `data` may have been sent.
+    pub async fn send(&mut self, data: impl Into<Bytes>) -> Result<(), ClientError> {
+        if self.finished {
+            return Err(ClientError::StreamEnded);
+        }
+        let inner = self.client.inner();
+        send_chunks(inner, self.session, &self.flow, self.call_id, 0, data.into(), SenderWait).await
+    }
+
+    /// Ends the request.
+    ///
+    /// # Errors
+    /// [`ClientError::Disconnected`] if the session that carried the call has ended.
+    pub fn finish(mut self) -> Result<(), ClientError> {
+        self.end()
+    }
+
+    fn end(&mut self) -> Result<(), ClientError> {
+        if self.finished {
+            return Err(ClientError::StreamEnded);
+        }
+        self.finished = true;
+        let (id, empty) = (self.call_id, Bytes::new());
+        push(self.client.inner(), self.session, |b| b.push_data(id, data_flags::END, &empty))
+    }
+}
+
+impl Drop for CallSender {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self.end();
+        }
     }
 }
 
@@ -538,12 +638,26 @@ impl Client {
         payload: impl Into<Bytes>,
         timeout: Duration,
     ) -> Result<CallStream, ClientError> {
+        self.call_stream_with_headers(procedure, &Headers::new(), payload, timeout).await
+    }
+
+    /// [`Client::call_stream`] with headers.
+    ///
+    /// # Errors
+    /// As [`Client::call_stream`].
+    pub async fn call_stream_with_headers(
+        &self,
+        procedure: &str,
+        headers: &Headers,
+        payload: impl Into<Bytes>,
+        timeout: Duration,
+    ) -> Result<CallStream, ClientError> {
         let payload = payload.into();
         if payload.len() <= self.max_payload() {
-            return self.start_stream(procedure, &Headers::new(), payload, call_flags::STREAM_ANSWER, timeout);
+            return self.start_stream(procedure, headers, payload, call_flags::STREAM_ANSWER, timeout);
         }
         let flags = call_flags::STREAM_ANSWER | call_flags::STREAM_REQUEST;
-        let mut call = self.start_stream(procedure, &Headers::new(), Bytes::new(), flags, timeout)?;
+        let mut call = self.start_stream(procedure, headers, Bytes::new(), flags, timeout)?;
         call.send(payload).await?;
         call.finish()?;
         Ok(call)
@@ -603,6 +717,7 @@ impl Client {
             alarm = out.new_calls.push(call_id, tx, deadline);
             session = inner.session.load(Ordering::Relaxed);
             lock(&inner.call_streams).insert(call_id, flow.clone());
+            inner.call_streams_open.fetch_add(1, Ordering::Relaxed);
             let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1);
             let call = Call {
                 call_id,
@@ -624,13 +739,18 @@ impl Client {
             session,
             timeout,
             deadline,
-            flags,
+            sender: (flags & call_flags::STREAM_REQUEST != 0).then(|| CallSender {
+                client: self.clone(),
+                call_id,
+                session,
+                flow: flow.clone(),
+                finished: false,
+            }),
             flow,
             pieces,
             result: Some(rx),
             outcome: None,
             reader: Reader::new(INITIAL_CREDIT),
-            finished: false,
             done: false,
             headers: Headers::new(),
         })

@@ -1505,6 +1505,15 @@ mod tests {
                 "06 2c 07 01 02 68 69",
             ),
             (Frame::Data(Data { id: 5, flags: data_flags::END, chunk: Bytes::new() }), "04 2c 05 02 00"),
+            (
+                Frame::Result(CallResult {
+                    call_id: 7,
+                    code: ErrorCode::NoError,
+                    headers: Headers::new(),
+                    payload: Bytes::new(),
+                }),
+                "05 26 07 00 00 00",
+            ),
             (Frame::Credit(Credit { id: 7, flags: data_flags::ANSWER, bytes: 262_144 }), "07 2d 07 01 80 04 00 00"),
             (
                 Frame::Request(Request {

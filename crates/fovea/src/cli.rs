@@ -397,6 +397,9 @@ pub struct PubArgs {
     pub topic: String,
     /// The payload. Without it, each line of stdin is published as one message.
     pub payload: Option<String>,
+    /// Publish the contents of this file as one message, unchanged (`-`: all of stdin).
+    #[arg(long, value_name = "PATH", conflicts_with = "payload")]
+    pub file: Option<std::path::PathBuf>,
     /// A header, as NAME=VALUE. Repeat for more.
     #[arg(short = 'H', long = "header", value_name = "NAME=VALUE")]
     pub headers: Vec<String>,
@@ -411,7 +414,8 @@ pub struct SubArgs {
     /// Exit after this many messages.
     #[arg(long, short = 'n', value_name = "N")]
     pub count: Option<u64>,
-    /// Print only the payload, as raw bytes, with no topic.
+    /// Print only the payload, exactly as published: no topic, nothing added (with
+    /// `--count 1`, a file sent with `fovea pub --file` comes out unchanged).
     #[arg(long)]
     pub raw: bool,
     /// Print headers too, as ` [name=value …]` after the topic.
@@ -551,6 +555,11 @@ pub struct ServeArgs {
     /// Run this shell command per call instead of echoing.
     #[arg(long, value_name = "CMD")]
     pub exec: Option<String>,
+    /// With --exec: send each line of the command's output to the caller as it is written
+    /// (a caller that takes a streamed answer, e.g. `fovea call --stream`; others get the
+    /// whole output at the end).
+    #[arg(long, requires = "exec")]
+    pub stream: bool,
     /// Calls handled at once; more wait (and the node balances to other providers).
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub concurrency: usize,
@@ -662,6 +671,17 @@ pub struct CallArgs {
     pub procedure: String,
     /// The payload. Without it, stdin is read as the payload (unless it is a terminal).
     pub payload: Option<String>,
+    /// Send the contents of this file as the payload (`-`: all of stdin). Any size: one over
+    /// the node's max_payload is streamed to the provider.
+    #[arg(long, value_name = "PATH", conflicts_with = "payload")]
+    pub file: Option<std::path::PathBuf>,
+    /// Print the answer's parts as they arrive (a provider that streams: tokens, lines),
+    /// unchanged.
+    #[arg(long)]
+    pub stream: bool,
+    /// Write the answer exactly as received, adding no newline (for files).
+    #[arg(long)]
+    pub raw: bool,
     /// How long to wait for the answer: e.g. 500ms, 5s, 2m.
     #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: std::time::Duration,

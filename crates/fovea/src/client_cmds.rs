@@ -47,7 +47,7 @@ pub async fn publish(args: PubArgs) -> anyhow::Result<()> {
     fovea_core::Topic::new(&args.topic).map_err(|e| anyhow::anyhow!("invalid topic {:?}: it {e}", args.topic))?;
     let client = connect(&args.client, "fovea-pub").await?;
     let mut events = client.events();
-    match args.payload {
+    match crate::rpc_cmds::read_payload(args.file.as_deref(), args.payload, false)? {
         Some(p) => client.publish_with_headers(&args.topic, &headers, p).await?,
         None => {
             let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
@@ -113,7 +113,10 @@ pub async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
         n += 1;
         let mut out = stdout.lock();
         if args.raw {
+            // Exactly the payload: a file published whole comes out unchanged.
             out.write_all(&msg.payload)?;
+            out.flush()?;
+            continue;
         } else {
             out.write_all(msg.topic.as_bytes())?;
             if args.headers && !msg.headers.is_empty() {

@@ -229,7 +229,7 @@ fn node_serves_an_operator_certificate() {
     let sub = start_sub(&["sub", "raw.*", "--count", "1", "--raw"], &cert, &url);
     assert!(fovea(&["pub", "raw.bytes", "just the payload"], &cert, &url).status().unwrap().success());
     let out = wait_output(sub, Duration::from_secs(20));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "just the payload\n");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "just the payload", "--raw adds nothing");
 
     // A key that is not PEM stops the node with a message naming the file.
     std::fs::write(data.path().join("bad.key"), "not a key").unwrap();
@@ -291,6 +291,55 @@ fn serve_and_call_through_the_binary() {
     let _slow = start_serve(&["serve", "very.slow", "--exec", "sleep 5"], &ca, &url);
     let out = fovea(&["call", "very.slow", "--timeout", "300ms"], &ca, &url).output().unwrap();
     assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Files of any size through the binary: `pub --file` and `sub --raw` move bytes unchanged;
+/// `call --file` streams a request larger than a frame into a `serve --exec` command's
+/// stdin; `serve --exec --stream` sends each line as the command writes it and `call
+/// --stream` prints them; `call --raw` writes a large answer unchanged.
+#[test]
+fn files_and_streams_through_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, url) = start_node(dir.path());
+    let ca = dir.path().join("node.crt");
+    // Every byte value, no trailing newline (under a pipe's 64 KiB: the test reads it at exit).
+    let small: Vec<u8> = (0..=255u8).cycle().take(50_000).collect();
+    let file = dir.path().join("small.bin");
+    std::fs::write(&file, &small).unwrap();
+    let sub = start_sub(&["sub", "files.in", "--count", "1", "--raw"], &ca, &url);
+    assert!(fovea(&["pub", "files.in", "--file", file.to_str().unwrap()], &ca, &url).status().unwrap().success());
+    let out = wait_output(sub, Duration::from_secs(20));
+    assert!(out.stdout == small, "the payload came out changed ({} bytes)", out.stdout.len());
+
+    // 5 MiB, five times the default max_payload, counted by the provider's command.
+    let big: Vec<u8> = (0..5 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let file = dir.path().join("big.bin");
+    std::fs::write(&file, &big).unwrap();
+    let _count = start_serve(&["serve", "bytes.count", "--exec", "wc -c"], &ca, &url);
+    let out = fovea(&["call", "bytes.count", "--file", file.to_str().unwrap(), "--timeout", "60s"], &ca, &url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), (5 << 20).to_string());
+
+    // The same file back: `cat` answers with all of it, streamed to the caller.
+    let _cat = start_serve(&["serve", "bytes.cat", "--exec", "cat"], &ca, &url);
+    let out = fovea(&["call", "bytes.cat", "--file", file.to_str().unwrap(), "--raw", "--timeout", "60s"], &ca, &url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout == big, "the answer came out changed ({} bytes)", out.stdout.len());
+
+    // Lines as they are written.
+    let script = "for i in 1 2 3; do echo line $i; done";
+    let _lines = start_serve(&["serve", "text.lines", "--exec", script, "--stream"], &ca, &url);
+    let out = fovea(&["call", "text.lines", "--stream"], &ca, &url).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "line 1\nline 2\nline 3\n");
+    // A missing file is an error that names it.
+    let out = fovea(&["call", "bytes.count", "--file", "/nonexistent/x"], &ca, &url).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/x"));
 }
 
 #[test]

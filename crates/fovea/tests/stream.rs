@@ -340,3 +340,40 @@ async fn the_node_holds_every_stream_to_its_rules() {
     assert_eq!(raw_caller.next_frame().await, Some(Frame::Pong(2)));
     node.stop().await;
 }
+
+/// A provider that answers as it reads, with more than either window: the caller sends
+/// from a taken sender while it reads, and both directions flow to the end.
+#[tokio::test]
+async fn sending_and_reading_at_once_moves_more_than_the_windows() {
+    let node = TestNode::start().await;
+    let provider = node.client().await;
+    let mut reg = provider.register("pipe.echo").await.unwrap();
+    tokio::spawn(async move {
+        while let Some(mut req) = reg.next().await {
+            let mut body = req.take_body().unwrap();
+            while let Some(chunk) = body.next_chunk().await {
+                req.send(chunk.unwrap()).await.unwrap();
+            }
+            req.respond("");
+        }
+    });
+    let caller = node.client().await;
+    let data = pattern(20 << 20);
+    let mut call = caller.open_call("pipe.echo", &Headers::new(), SECS).unwrap();
+    let mut sender = call.take_sender().unwrap();
+    assert!(call.take_sender().is_none(), "taken once");
+    let to_send = data.clone();
+    let sending = tokio::spawn(async move {
+        for piece in to_send.chunks(300_000) {
+            sender.send(Bytes::copy_from_slice(piece)).await.unwrap();
+        }
+        sender.finish().unwrap();
+    });
+    let mut back = Vec::with_capacity(data.len());
+    while let Some(chunk) = call.next().await {
+        back.extend_from_slice(&chunk.unwrap());
+    }
+    sending.await.unwrap();
+    assert!(back == data[..], "{} bytes came back", back.len());
+    node.stop().await;
+}
