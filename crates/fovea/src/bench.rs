@@ -15,6 +15,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::cli::{BenchArgs, BenchMode, BenchTransport};
 
+mod stream;
+
 /// A subscriber that has seen nothing for this long after the publisher finished is done.
 const QUIET: Duration = Duration::from_secs(3);
 
@@ -38,6 +40,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if matches!(args.mode, BenchMode::Mcp) {
         return mcp(&args).await?.finish();
+    }
+    if matches!(args.mode, BenchMode::Stream) {
+        return stream::stream(&args).await?.finish();
     }
     let mut extra: Vec<String> = match args.mode {
         // Room for every benchmark connection whatever the node's default.
@@ -101,7 +106,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 let duration = args.duration.unwrap_or(Duration::from_secs(600));
                 soak(&url, opts.clone(), args.size, duration, args.sample, node_pid).await?
             }
-            BenchMode::Mcp => unreachable!("handled above"),
+            BenchMode::Mcp | BenchMode::Stream => unreachable!("handled above"),
             BenchMode::Startup => startup(args.runs)?,
             BenchMode::Mesh => mesh(&args).await?,
         };

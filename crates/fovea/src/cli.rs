@@ -450,6 +450,10 @@ pub enum BenchMode {
     /// tool served through the mesh by a provider on the node; --sessions N also measures
     /// the node's memory per idle 2025-11-25 session.
     Mcp,
+    /// Streamed calls through one node and across a mesh link: one --bytes transfer each
+    /// way (caller → provider, provider → caller) with the node's memory growth, then an
+    /// answer of --msgs chunks of --size bytes (chunks/s) and the time to a first chunk.
+    Stream,
 }
 
 #[derive(Debug, Args)]
@@ -475,6 +479,9 @@ pub struct BenchArgs {
     /// Startup: how many times to start the node.
     #[arg(long, default_value_t = 20, value_name = "N")]
     pub runs: usize,
+    /// Stream: bytes of each large transfer.
+    #[arg(long, default_value_t = 256_000_000, value_name = "BYTES")]
+    pub bytes: u64,
     /// RPC: calls in all.
     #[arg(long, default_value_t = 100_000, value_name = "N")]
     pub calls: u64,

@@ -496,3 +496,44 @@ async fn a_2026_request_that_disconnects_cancels_its_call() {
     tokio::time::timeout(WAIT, req.cancelled()).await.expect("the provider sees the cancellation");
     node.stop().await;
 }
+
+/// A tool that streams its answer: each chunk reaches the agent as progress (with the
+/// chunk's text) before the result, which holds the whole answer; and an answer several
+/// times the frame limit arrives whole.
+#[tokio::test]
+async fn streamed_and_large_answers_reach_the_agent_whole() {
+    let node = TestNode::start().await;
+    let service = node.client().await;
+    let mut reg =
+        service.register_tool("llm.say", &json!({"description": "Says something, token by token."})).await.unwrap();
+    let mut big = service.register_tool("file.big", &json!({"description": "A large text file."})).await.unwrap();
+    tokio::spawn(async move {
+        while let Some(mut req) = reg.next().await {
+            assert!(req.answer_streams(), "the MCP endpoint takes streamed answers");
+            for token in ["Hello", ", ", "agent"] {
+                req.send(token).await.unwrap();
+            }
+            req.respond("!");
+        }
+    });
+    let text: String = (0..3_000_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let expected = text.clone();
+    tokio::spawn(async move {
+        while let Some(req) = big.next().await {
+            req.respond(text.clone());
+        }
+    });
+    let mut agent = Agent::new(node.mcp);
+    agent.initialize().await;
+    let reply = agent
+        .request(1, "tools/call", json!({"name": "llm__say", "arguments": {}, "_meta": {"progressToken": "t"}}))
+        .await;
+    let progress = reply.notifications("notifications/progress");
+    let messages: Vec<&str> = progress.iter().map(|p| p["params"]["message"].as_str().unwrap()).collect();
+    assert_eq!(messages, ["Hello", ", ", "agent"], "{}", reply.body);
+    assert_eq!(reply.result()["content"][0]["text"], "Hello, agent!");
+    let reply = agent.request(2, "tools/call", json!({"name": "file__big", "arguments": {}})).await;
+    assert_ne!(reply.result()["isError"], true, "{}", &reply.body[..reply.body.len().min(500)]);
+    assert!(reply.result()["content"][0]["text"] == expected.as_str(), "the large answer came back changed");
+    node.stop().await;
+}

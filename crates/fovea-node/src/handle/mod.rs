@@ -165,6 +165,10 @@ pub(crate) trait Answers: Send + Sync {
     /// A provider's `NOTICE` for one of the handle's calls, ahead of its result; `false`
     /// when it was dropped.
     fn notice(&self, notice: Notice) -> bool;
+    /// A chunk of the streamed answer to one of the handle's calls, ahead of its result.
+    /// It is taken at once (the node grants its credit back to the provider); `false`
+    /// refuses it, ending the call with `PAYLOAD_TOO_LARGE`.
+    fn data(&self, call_id: u64, chunk: &Bytes) -> bool;
 }
 
 /// One registration of a procedure: the handle that answers its calls, and the
@@ -420,7 +424,29 @@ impl Handle {
             s.answer_credit -= len;
             (s.caller.clone(), s.call_id)
         };
-        caller.out.send_data(call_id, data_flags::ANSWER, chunk);
+        let Some(direct) = &caller.direct else {
+            caller.out.send_data(call_id, data_flags::ANSWER, chunk);
+            return Flow::Passed;
+        };
+        // A caller inside the node takes a chunk as it comes: its credit goes straight
+        // back to the provider.
+        if !direct.data(call_id, chunk) {
+            if let Some(c) = caller.take_call(call_id) {
+                if c.provider.take_serving(c.req_id).is_some() {
+                    c.provider.out.send(&Frame::Cancel(c.req_id));
+                }
+                let message = "the answer is larger than this node's bound for a whole answer";
+                caller.answer_failure(call_id, ErrorCode::PayloadTooLarge, message);
+            }
+            return Flow::Broken;
+        }
+        if let Some(s) = lock(&self.serving).get_mut(&req_id) {
+            s.answer_credit += chunk.len() as u64;
+        } else {
+            return Flow::Passed;
+        }
+        let credit = Credit { id: req_id, flags: data_flags::ANSWER, bytes: chunk.len() as u64 };
+        self.out.send(&Frame::Credit(credit));
         Flow::Passed
     }
 

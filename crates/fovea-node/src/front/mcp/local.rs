@@ -57,7 +57,18 @@ fn admitted(extensions: &Extensions) -> Result<Admitted, McpError> {
 struct Waiting {
     notices: mpsc::Sender<Notice>,
     done: oneshot::Sender<CallResult>,
+    /// A streamed answer's chunks so far, the front of the result.
+    body: bytes::BytesMut,
 }
+
+/// Largest answer the MCP endpoint assembles for one tool call (a streamed answer is
+/// gathered here, since an MCP result is one message); larger ones fail the call with
+/// `PAYLOAD_TOO_LARGE`.
+pub(crate) const MAX_TOOL_RESULT: usize = 64 * 1024 * 1024;
+
+/// Longest chunk passed on whole as a progress notification's message: a streaming tool's
+/// tokens and lines are; a file's blocks are counted in bytes only.
+const MAX_PROGRESS_TEXT: usize = 4096;
 
 /// Calls in flight by id. Bounded by `McpConfig::max_calls_in_flight`.
 type WaitingCalls = Arc<Mutex<HashMap<u64, Waiting>>>;
@@ -66,10 +77,31 @@ type WaitingCalls = Arc<Mutex<HashMap<u64, Waiting>>>;
 struct Deliver(WaitingCalls);
 
 impl Answers for Deliver {
-    fn result(&self, result: CallResult) {
+    fn result(&self, mut result: CallResult) {
         if let Some(w) = lock(&self.0).remove(&result.call_id) {
+            // A streamed answer is its chunks, then the result's payload.
+            if !w.body.is_empty() && result.code == ErrorCode::NoError {
+                let mut body = w.body;
+                body.extend_from_slice(&result.payload);
+                result.payload = body.freeze();
+            }
             let _ = w.done.send(result);
         }
+    }
+
+    fn data(&self, call_id: u64, chunk: &Bytes) -> bool {
+        let mut waiting = lock(&self.0);
+        let Some(w) = waiting.get_mut(&call_id) else { return true };
+        if w.body.len() + chunk.len() > MAX_TOOL_RESULT {
+            return false;
+        }
+        w.body.extend_from_slice(chunk);
+        // Each chunk is progress for the agent: the bytes so far, and the chunk itself
+        // when it is short text. A full channel drops progress, never the answer.
+        let text = std::str::from_utf8(chunk).ok().filter(|t| t.len() <= MAX_PROGRESS_TEXT);
+        let notice = Notice::Progress { progress: w.body.len() as f64, total: None, message: text.map(str::to_owned) };
+        let _ = w.notices.try_send(notice);
+        true
     }
 
     fn notice(&self, n: fovea_core::frame::Notice) -> bool {
@@ -177,7 +209,7 @@ impl ToolSource for LocalTools {
                     format!("{max} tool calls are in flight on this node's MCP endpoint, its limit; retry shortly");
                 return CallOutcome::failed(ErrorCode::Busy, message);
             }
-            waiting.insert(call_id, Waiting { notices, done });
+            waiting.insert(call_id, Waiting { notices, done, body: bytes::BytesMut::new() });
         }
         let mut pending = Pending { caller, call_id, done: false };
         let timeout_ms = u64::try_from(state.config.call_timeout.as_millis()).unwrap_or(u64::MAX);
@@ -187,7 +219,9 @@ impl ToolSource for LocalTools {
             timeout_ms,
             headers: Headers::new(),
             payload,
-            flags: 0,
+            // The agent gets one result: a streamed answer is gathered (`Deliver::data`),
+            // its chunks passed on as progress.
+            flags: fovea_core::frame::call_flags::STREAM_ANSWER,
         };
         let router = &state.shared.router;
         router.stats.calls.fetch_add(1, Ordering::Relaxed);

@@ -1,0 +1,213 @@
+//! `fovea bench stream`: streamed calls through one node and across a mesh link. One large
+//! transfer each way (caller → provider as a streamed request, provider → caller as a
+//! streamed answer) with the node's memory sampled while it runs, then a stream of small
+//! chunks (a model's tokens): chunks per second and the time to the first chunk.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use fovea_client::{Client, ConnectOptions, Headers, Trust};
+
+use super::{rss_kib, ChildNode, Report};
+use crate::cli::BenchArgs;
+
+/// How long any one streamed call of the benchmark may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The report's keys: through one node, then across the link.
+const KEYS: [[&str; 5]; 2] = [
+    ["request_gbit", "answer_gbit", "rss_growth_mb", "chunk_rate", "first_chunk_us"],
+    ["link_request_gbit", "link_answer_gbit", "link_rss_growth_mb", "link_chunk_rate", "link_first_chunk_us"],
+];
+
+/// Calls whose first chunk is timed.
+const FIRST_CHUNK_CALLS: usize = 50;
+
+pub(super) async fn stream(args: &BenchArgs) -> anyhow::Result<Report> {
+    let secret = format!("bench-{:x}", std::process::id() as u64 * 0x9e37_79b9);
+    let secret = format!("{secret}{secret}");
+    let base = ["--mesh-secret".to_owned(), secret, "--mesh-listen".to_owned(), "127.0.0.1:0".to_owned()];
+    let a = ChildNode::start(None, &base)?;
+    let a_mesh = a.mesh.clone().context("node A printed no mesh address")?;
+    let mut join = base.to_vec();
+    join.extend(["--join".to_owned(), a_mesh]);
+    let b = ChildNode::start(None, &join)?;
+    let opts = ConnectOptions::new().trust(Trust::CaFiles(vec![a.cert.clone(), b.cert.clone()]));
+    let bytes = args.bytes;
+    println!(
+        "stream: {} MB each way, then {} chunks of {} bytes; through node A, then from A to a provider on B",
+        bytes / 1_000_000,
+        args.msgs,
+        args.size
+    );
+    let mut r = Report::new("stream");
+    r.put("bytes", bytes).put("chunks", args.msgs).put("chunk_size", args.size);
+    for (keys, provider_url) in KEYS.iter().zip([&a.url, &b.url]) {
+        let provider = Client::connect(provider_url, opts.clone()).await?;
+        let _served = serve(&provider, args.size).await?;
+        let caller = Client::connect(&a.url, opts.clone()).await?;
+        // A provider on the other node is found once its registration has spread.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while caller.call("bench.sink", "", Duration::from_secs(5)).await.is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "the provider on {provider_url} was not found in 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let pid = a.child.id();
+        let (up, up_rss) = sampled(pid, upload(&caller, bytes)).await?;
+        let (down, down_rss) = sampled(pid, download(&caller, bytes)).await?;
+        let (rate, first) = chunks(&caller, args.msgs).await?;
+        let where_ = if provider_url == &a.url { "through one node" } else { "across the link" };
+        let gbit = |d: Duration| bytes as f64 * 8.0 / d.as_secs_f64() / 1e9;
+        println!(
+            "  {where_}: request {:.2} Gbit/s, answer {:.2} Gbit/s, node A grew {} MB at most; \
+             {rate:.0} chunks/s, first chunk after {first:.0} µs (median of {FIRST_CHUNK_CALLS})",
+            gbit(up),
+            gbit(down),
+            up_rss.max(down_rss) / 1024,
+        );
+        r.put(keys[0], format!("{:.2}", gbit(up)));
+        r.put(keys[1], format!("{:.2}", gbit(down)));
+        r.put(keys[2], up_rss.max(down_rss) / 1024);
+        r.put(keys[3], format!("{rate:.0}"));
+        r.put(keys[4], format!("{first:.0}"));
+        caller.close().await;
+        provider.close().await;
+    }
+    Ok(r)
+}
+
+/// Serves `bench.sink` (reads a streamed request, answers its size), `bench.source`
+/// (answers the number of bytes its payload names) and `bench.tokens` (answers the number
+/// of chunks of `size` bytes its payload names).
+async fn serve(provider: &Client, size: usize) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut sink = provider.register("bench.sink").await?;
+    let mut source = provider.register("bench.source").await?;
+    let mut tokens = provider.register("bench.tokens").await?;
+    let block = Bytes::from(vec![7u8; fovea_client::MAX_CHUNK]);
+    let token = Bytes::from(vec![b't'; size]);
+    Ok(vec![
+        tokio::spawn(async move {
+            while let Some(mut req) = sink.next().await {
+                tokio::spawn(async move {
+                    let mut n = req.payload.len();
+                    while let Some(Ok(chunk)) = req.next_chunk().await {
+                        n += chunk.len();
+                    }
+                    req.respond(n.to_string());
+                });
+            }
+        }),
+        tokio::spawn(async move {
+            while let Some(mut req) = source.next().await {
+                let block = block.clone();
+                tokio::spawn(async move {
+                    let mut left: u64 = String::from_utf8_lossy(&req.payload).parse().unwrap_or(0);
+                    while left > 0 {
+                        let n = left.min(block.len() as u64) as usize;
+                        if req.send(block.slice(..n)).await.is_err() {
+                            return;
+                        }
+                        left -= n as u64;
+                    }
+                    req.respond("");
+                });
+            }
+        }),
+        tokio::spawn(async move {
+            while let Some(mut req) = tokens.next().await {
+                let token = token.clone();
+                tokio::spawn(async move {
+                    let n: u64 = String::from_utf8_lossy(&req.payload).parse().unwrap_or(0);
+                    for _ in 0..n {
+                        if req.send(token.clone()).await.is_err() {
+                            return;
+                        }
+                    }
+                    req.respond("");
+                });
+            }
+        }),
+    ])
+}
+
+/// Runs `work` while sampling the node's memory: its result, and how far the node's RSS
+/// rose above where it started (KiB).
+async fn sampled<T>(pid: u32, work: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<(T, u64)> {
+    let start = rss_kib(pid).unwrap_or(0);
+    let peak = Arc::new(AtomicU64::new(start));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (peak.clone(), done.clone());
+        tokio::spawn(async move {
+            while !done.load(Ordering::Relaxed) {
+                if let Some(now) = rss_kib(pid) {
+                    peak.fetch_max(now, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let out = work.await;
+    done.store(true, Ordering::Relaxed);
+    let _ = sampler.await;
+    Ok((out?, peak.load(Ordering::Relaxed).saturating_sub(start)))
+}
+
+/// One streamed request of `bytes` to `bench.sink`; its time.
+async fn upload(caller: &Client, bytes: u64) -> anyhow::Result<Duration> {
+    let block = Bytes::from(vec![3u8; fovea_client::MAX_CHUNK]);
+    let t0 = Instant::now();
+    let mut call = caller.open_call("bench.sink", &Headers::new(), CALL_TIMEOUT)?;
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        call.send(block.slice(..n)).await?;
+        left -= n as u64;
+    }
+    call.finish()?;
+    let answer = call.collect(64).await?;
+    let took = t0.elapsed();
+    let got: u64 = String::from_utf8_lossy(&answer.payload).parse().unwrap_or(0);
+    anyhow::ensure!(got == bytes, "the provider received {got} bytes of {bytes}");
+    Ok(took)
+}
+
+/// One streamed answer of `bytes` from `bench.source`; its time.
+async fn download(caller: &Client, bytes: u64) -> anyhow::Result<Duration> {
+    let t0 = Instant::now();
+    let mut call = caller.call_stream("bench.source", bytes.to_string(), CALL_TIMEOUT).await?;
+    let mut got = 0u64;
+    while let Some(chunk) = call.next().await {
+        got += chunk?.len() as u64;
+    }
+    let took = t0.elapsed();
+    anyhow::ensure!(got == bytes, "received {got} bytes of {bytes}");
+    Ok(took)
+}
+
+/// `n` small chunks in one answer (their rate), then the median time from a call to its
+/// first chunk (µs).
+async fn chunks(caller: &Client, n: u64) -> anyhow::Result<(f64, f64)> {
+    let t0 = Instant::now();
+    let mut call = caller.call_stream("bench.tokens", n.to_string(), CALL_TIMEOUT).await?;
+    let mut got = 0u64;
+    while let Some(chunk) = call.next().await {
+        chunk?;
+        got += 1;
+    }
+    let rate = got as f64 / t0.elapsed().as_secs_f64();
+    anyhow::ensure!(got == n, "received {got} chunks of {n}");
+    let mut firsts = Vec::with_capacity(FIRST_CHUNK_CALLS);
+    for _ in 0..FIRST_CHUNK_CALLS {
+        let t0 = Instant::now();
+        let mut call = caller.call_stream("bench.tokens", "1", CALL_TIMEOUT).await?;
+        call.next().await.context("no chunk")??;
+        firsts.push(t0.elapsed().as_secs_f64() * 1e6);
+        while call.next().await.is_some() {}
+    }
+    firsts.sort_by(f64::total_cmp);
+    Ok((rate, firsts[firsts.len() / 2]))
+}
