@@ -696,7 +696,7 @@ impl Client {
         payload: impl Into<Bytes>,
         timeout: Duration,
     ) -> impl Future<Output = Result<Response, ClientError>> + Send + 'a {
-        self.call_inner(procedure, &NO_HEADERS, payload.into(), timeout, None)
+        self.call_inner(procedure, &NO_HEADERS, payload.into(), timeout, None, 0)
     }
 
     /// [`Client::call`] with headers.
@@ -710,7 +710,34 @@ impl Client {
         payload: impl Into<Bytes>,
         timeout: Duration,
     ) -> impl Future<Output = Result<Response, ClientError>> + Send + 'a {
-        self.call_inner(procedure, headers, payload.into(), timeout, None)
+        self.call_inner(procedure, headers, payload.into(), timeout, None, 0)
+    }
+
+    /// [`Client::call_with_headers`] for a call that may run twice: if its provider
+    /// disconnects before answering, the node sends it once more, to another provider,
+    /// within the same timeout (instead of failing it with
+    /// [`ClientError::ProviderDisconnected`]). Only for calls whose effect is the same
+    /// when they run twice (a read, a put of a whole value); a request larger than
+    /// `max_payload` is not retried.
+    ///
+    /// # Errors
+    /// As [`Client::call`]; [`ClientError::Unsupported`] when the node is older than
+    /// protocol version 5.
+    pub async fn call_idempotent(
+        &self,
+        procedure: &str,
+        headers: &Headers,
+        payload: impl Into<Bytes>,
+        timeout: Duration,
+    ) -> Result<Response, ClientError> {
+        if let Some(info) = self.server_info().filter(|i| i.version < fovea_core::frame::VERSION_STREAMS) {
+            return Err(ClientError::Unsupported {
+                what: "idempotent calls",
+                node_version: info.version,
+                needed: fovea_core::frame::VERSION_STREAMS,
+            });
+        }
+        self.call_inner(procedure, headers, payload.into(), timeout, None, call_flags::IDEMPOTENT).await
     }
 
     pub(crate) async fn call_inner(
@@ -720,6 +747,7 @@ impl Client {
         payload: Bytes,
         timeout: Duration,
         notices: Option<mpsc::Sender<crate::Notice>>,
+        flags: u64,
     ) -> Result<Response, ClientError> {
         // Validated in place and encoded from the caller's string: no copy of the name.
         Procedure::check(procedure)
@@ -749,7 +777,15 @@ impl Client {
                 lock(&inner.notice_sinks).insert(call_id, n);
             }
             let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1);
-            out.buf.push_call(call_id, procedure.as_bytes(), timeout_ms, headers, &payload);
+            if flags == 0 {
+                out.buf.push_call(call_id, procedure.as_bytes(), timeout_ms, headers, &payload);
+            } else {
+                let procedure = Bytes::copy_from_slice(procedure.as_bytes());
+                let headers = headers.clone();
+                let payload = payload.clone();
+                let call = fovea_core::frame::Call { call_id, procedure, timeout_ms, headers, payload, flags };
+                out.buf.push_frame(&Frame::Call(call));
+            }
         })?;
         if alarm {
             inner.call_alarm.notify_one();

@@ -70,7 +70,7 @@ impl Client {
         timeout: Duration,
         notices: mpsc::Sender<Notice>,
     ) -> Result<Response, ClientError> {
-        self.call_inner(procedure, headers, payload.into(), timeout, Some(notices)).await
+        self.call_inner(procedure, headers, payload.into(), timeout, Some(notices), 0).await
     }
 
     /// Every tool of the realm this client may call, in procedure order.

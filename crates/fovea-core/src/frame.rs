@@ -50,8 +50,12 @@ pub mod call_flags {
     pub const STREAM_REQUEST: u64 = 1;
     /// The caller accepts its answer as `DATA` frames before the `RESULT`.
     pub const STREAM_ANSWER: u64 = 2;
+    /// The call may run twice: when its provider disconnects before answering (no chunk of
+    /// the answer passed on), the node sends it once more, to another provider. Ignored on
+    /// a call that streams its request (its chunks went to the first provider).
+    pub const IDEMPOTENT: u64 = 4;
     /// Every flag this version knows; a node ignores (and does not pass on) the others.
-    pub const KNOWN: u64 = STREAM_REQUEST | STREAM_ANSWER;
+    pub const KNOWN: u64 = STREAM_REQUEST | STREAM_ANSWER | IDEMPOTENT;
 }
 
 /// Flags of `DATA` and `CREDIT` (v5).

@@ -49,6 +49,8 @@ pub struct Stats {
     pub late_responses: AtomicU64,
     /// `NOTICE`s not passed on: late, over the per-call cap, or the caller's queue full.
     pub notices_dropped: AtomicU64,
+    /// Idempotent calls sent to another provider after theirs went away.
+    pub calls_retried: AtomicU64,
     /// Streams' `DATA` chunks passed on, and their bytes.
     pub stream_chunks: AtomicU64,
     pub stream_bytes: AtomicU64,
@@ -119,6 +121,7 @@ pub struct StatsSnapshot {
     pub responses: u64,
     pub late_responses: u64,
     pub notices_dropped: u64,
+    pub calls_retried: u64,
     pub stream_chunks: u64,
     pub stream_bytes: u64,
     pub late_stream_frames: u64,
@@ -172,6 +175,7 @@ impl Stats {
             responses: get(&self.responses),
             late_responses: get(&self.late_responses),
             notices_dropped: get(&self.notices_dropped),
+            calls_retried: get(&self.calls_retried),
             stream_chunks: get(&self.stream_chunks),
             stream_bytes: get(&self.stream_bytes),
             late_stream_frames: get(&self.late_stream_frames),

@@ -689,6 +689,10 @@ pub struct CallArgs {
     /// Write the answer exactly as received, adding no newline (for files).
     #[arg(long)]
     pub raw: bool,
+    /// The call may run twice: if its provider disconnects before answering, the node sends
+    /// it once more, to another provider (for reads and other calls safe to repeat).
+    #[arg(long, conflicts_with = "stream")]
+    pub idempotent: bool,
     /// How long to wait for the answer: e.g. 500ms, 5s, 2m.
     #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: std::time::Duration,

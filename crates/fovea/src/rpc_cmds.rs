@@ -208,7 +208,10 @@ pub async fn call(mut args: CallArgs) -> anyhow::Result<()> {
     };
     let client = connect(&args.client, "fovea-call").await?;
     let streams = client.server_info().is_some_and(|i| i.version >= fovea_core::frame::VERSION_STREAMS);
-    let result = if let Some(path) = file {
+    let result = if args.idempotent {
+        let r = client.call_idempotent(&args.procedure, &headers, payload, args.timeout).await;
+        r.map_err(anyhow::Error::from).and_then(|r| write_answer(&args, &r.headers, &r.payload))
+    } else if let Some(path) = file {
         send_file(&client, &args, &headers, path).await
     } else if streams {
         answer(&client, &args, &headers, payload).await

@@ -377,3 +377,85 @@ async fn sending_and_reading_at_once_moves_more_than_the_windows() {
     assert!(back == data[..], "{} bytes came back", back.len());
     node.stop().await;
 }
+
+/// A provider that disconnects before answering: an idempotent call runs once more on
+/// another provider and succeeds; any other call fails with `ProviderDisconnected`.
+#[tokio::test]
+async fn an_idempotent_call_is_retried_once_on_another_provider() {
+    for idempotent in [true, false] {
+        let node = TestNode::start().await;
+        let first = node.client().await;
+        let mut reg = first.register("kv.get").await.unwrap();
+        let caller = node.client().await;
+        let call = {
+            let caller = caller.clone();
+            tokio::spawn(async move {
+                if idempotent {
+                    caller.call_idempotent("kv.get", &Headers::new(), "key", SECS).await
+                } else {
+                    caller.call("kv.get", "key", SECS).await
+                }
+            })
+        };
+        // The first provider has the request; a second one arrives; the first goes away
+        // without answering.
+        let req = tokio::time::timeout(SECS, reg.next()).await.unwrap().unwrap();
+        let second = node.client().await;
+        let mut reg2 = second.register("kv.get").await.unwrap();
+        tokio::spawn(async move {
+            while let Some(req) = reg2.next().await {
+                req.respond("from the second");
+            }
+        });
+        req.abandon();
+        first.close().await;
+        let outcome = tokio::time::timeout(SECS, call).await.unwrap().unwrap();
+        if idempotent {
+            assert_eq!(&outcome.unwrap().payload[..], b"from the second");
+        } else {
+            assert!(matches!(outcome, Err(ClientError::ProviderDisconnected)), "{outcome:?}");
+        }
+        node.stop().await;
+    }
+}
+
+/// Across the mesh: the node of the provider handling an idempotent call goes away; the
+/// caller's node sends the call to a provider on a third node.
+#[tokio::test]
+async fn an_idempotent_call_survives_the_loss_of_its_providers_node() {
+    const SECRET: &str = "a mesh secret of some length";
+    let a = TestNode::start_mesh(SECRET, &[]).await;
+    let b = TestNode::start_mesh(SECRET, &[a.mesh_addr()]).await;
+    let c = TestNode::start_mesh(SECRET, &[a.mesh_addr()]).await;
+    let on_b = b.client().await;
+    let mut reg = on_b.register("kv.read").await.unwrap();
+    let caller = a.client().await;
+    // Wait until A finds B's provider: a first call is answered by B.
+    let answer_on_b = tokio::spawn(async move {
+        let first = reg.next().await.unwrap();
+        first.respond("b");
+        reg.next().await.unwrap()
+    });
+    converges("A to find the provider on B", || async {
+        caller.call("kv.read", "", SECS).await.is_ok_and(|r| &r.payload[..] == b"b")
+    })
+    .await;
+    let call = {
+        let caller = caller.clone();
+        tokio::spawn(async move { caller.call_idempotent("kv.read", &Headers::new(), "k", SECS).await })
+    };
+    let held = tokio::time::timeout(SECS, answer_on_b).await.unwrap().unwrap();
+    let on_c = c.client().await;
+    let mut reg_c = on_c.register("kv.read").await.unwrap();
+    tokio::spawn(async move {
+        while let Some(req) = reg_c.next().await {
+            req.respond("c");
+        }
+    });
+    held.abandon();
+    b.stop().await;
+    let r = tokio::time::timeout(SECS, call).await.unwrap().unwrap().unwrap();
+    assert_eq!(&r.payload[..], b"c");
+    a.stop().await;
+    c.stop().await;
+}

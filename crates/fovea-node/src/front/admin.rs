@@ -364,6 +364,11 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         count("fovea_calls_total", "RPC calls received.", s.calls);
         count("fovea_responses_total", "RPC responses received from providers.", s.responses);
         count("fovea_late_responses_total", "Responses that arrived after their call ended.", s.late_responses);
+        count(
+            "fovea_calls_retried_total",
+            "Idempotent calls sent to another provider after theirs disconnected before answering.",
+            s.calls_retried,
+        );
         // Streams' frames from clients and from other nodes, together.
         let mesh_stats = shared.router.mesh.as_ref().map(|m| &m.mesh.stats);
         let from_mesh = |pick: fn(&crate::mesh::MeshStats) -> &std::sync::atomic::AtomicU64| {

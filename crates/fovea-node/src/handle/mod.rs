@@ -71,6 +71,26 @@ pub(crate) struct Unserved {
     pub payload: Bytes,
     /// The caller's deadline.
     pub deadline: Instant,
+    /// The call's flags (`IDEMPOTENT` among them when it may be sent again after its
+    /// provider is lost).
+    pub flags: u64,
+}
+
+/// An idempotent call whose provider went away before answering, taken back from both
+/// tables to be sent to another provider ([`Handle::abandon_all`]).
+pub(crate) struct Retry {
+    pub caller: Arc<Handle>,
+    pub call_id: u64,
+    pub request: Box<Unserved>,
+}
+
+/// What [`Handle::abandon_all`] left to do.
+#[derive(Default)]
+pub(crate) struct Abandoned {
+    /// Calls of others answered `PROVIDER_DISCONNECTED`.
+    pub failed: usize,
+    /// Idempotent calls to send once more, to another provider; nobody was answered.
+    pub retry: Vec<Retry>,
 }
 
 /// The caller side: calls made by this connection.
@@ -121,9 +141,11 @@ struct Serving {
     answer_credit: u64,
     /// `NOTICE`s passed on for this request so far.
     notices: u32,
-    /// The request itself, on a handle that keeps requests (a link); boxed so that the
-    /// entries of local providers, which never need it, stay small.
+    /// The request itself, on a handle that keeps requests (a link) or for an idempotent
+    /// call; boxed so that the other entries stay small.
     kept: Option<Box<Unserved>>,
+    /// A chunk of the answer has been passed on: the call can no longer run again.
+    answered_some: bool,
 }
 
 /// Most `NOTICE`s passed on for one call; later ones are dropped and counted. Progress
@@ -341,15 +363,18 @@ impl Handle {
         }
         {
             // A streamed request cannot be sent again: its chunks went to this provider.
-            let keep = provider.keeps_requests && flags & call_flags::STREAM_REQUEST == 0;
+            let again = provider.keeps_requests || flags & call_flags::IDEMPOTENT != 0;
+            let keep = again && flags & call_flags::STREAM_REQUEST == 0;
             let kept = keep.then(|| {
                 let deadline = now.checked_add(timeout.min(FAR_FUTURE)).unwrap_or(now);
-                Box::new(Unserved { rid, headers: headers.clone(), payload: payload.clone(), deadline })
+                Box::new(Unserved { rid, headers: headers.clone(), payload: payload.clone(), deadline, flags })
             });
             let mut serving = lock(&provider.serving);
             let answer_credit =
                 if flags & call_flags::STREAM_ANSWER != 0 { fovea_core::frame::INITIAL_CREDIT } else { 0 };
-            serving.insert(req_id, Serving { caller: self.clone(), call_id, flags, answer_credit, notices: 0, kept });
+            let entry =
+                Serving { caller: self.clone(), call_id, flags, answer_credit, notices: 0, kept, answered_some: false };
+            serving.insert(req_id, entry);
             provider.serving_len.store(serving.len(), Ordering::Relaxed);
         }
         // The provider may have closed after it was chosen. Its `out.close()` precedes its
@@ -422,6 +447,7 @@ impl Handle {
                 return Flow::Broken;
             }
             s.answer_credit -= len;
+            s.answered_some = true;
             (s.caller.clone(), s.call_id)
         };
         let Some(direct) = &caller.direct else {
@@ -624,8 +650,9 @@ impl Handle {
     }
 
     /// This connection is going away: end everything it asked for and everything it was
-    /// asked. Returns how many calls of others ended with `PROVIDER_DISCONNECTED`.
-    pub fn abandon_all(&self) -> usize {
+    /// asked. Calls of others end with `PROVIDER_DISCONNECTED`, but for idempotent ones
+    /// not yet answered in part, handed back to be sent to another provider.
+    pub fn abandon_all(&self) -> Abandoned {
         let mine: Vec<InFlight> = {
             let mut calls = lock(&self.calls);
             calls.deadlines.clear();
@@ -643,15 +670,28 @@ impl Handle {
             self.serving_len.store(0, Ordering::Relaxed);
             serving.drain().map(|(_, s)| s).collect()
         };
-        let mut failed = 0;
+        let mut done = Abandoned::default();
         for s in theirs {
-            if s.caller.take_call(s.call_id).is_some() {
-                failed += 1;
-                let message = "the provider disconnected while handling the call";
-                s.caller.answer_failure(s.call_id, ErrorCode::ProviderDisconnected, message);
+            if s.caller.take_call(s.call_id).is_none() {
+                continue;
+            }
+            match s.kept {
+                Some(request) if request.flags & call_flags::IDEMPOTENT != 0 && !s.answered_some => {
+                    done.retry.push(Retry { caller: s.caller, call_id: s.call_id, request });
+                }
+                _ => {
+                    done.failed += 1;
+                    let message = "the provider disconnected while handling the call";
+                    s.caller.answer_failure(s.call_id, ErrorCode::ProviderDisconnected, message);
+                }
             }
         }
-        failed
+        done
+    }
+
+    /// Whether this is a mesh link's handle (its calls come from another node).
+    pub fn is_link(&self) -> bool {
+        self.keeps_requests
     }
 
     fn take_serving(&self, req_id: u64) -> Option<Serving> {

@@ -216,7 +216,18 @@ impl Mesh {
         // Calls across the link fail now (PROVIDER_DISCONNECTED to their callers), and
         // requests it made here are cancelled at their providers.
         link.handle.out.close();
-        link.handle.abandon_all();
+        let abandoned = link.handle.abandon_all();
+        for r in abandoned.retry {
+            let named = lock(&link.bound).iter().find(|(_, rid)| **rid == r.request.rid).map(|(k, _)| k.clone());
+            match (named, self.handler()) {
+                (Some((realm, procedure)), Some(h)) => h.retry(peer.id, &realm, procedure, r),
+                _ => r.caller.answer_failure(
+                    r.call_id,
+                    ErrorCode::ProviderDisconnected,
+                    "the provider's node went away while handling the call",
+                ),
+            }
+        }
         // Remove it only if it is still this connection (a duplicate may have replaced it).
         let removed = {
             let mut links = lock(&self.links);

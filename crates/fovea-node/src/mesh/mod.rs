@@ -184,6 +184,10 @@ pub(crate) trait LinkHandler: Send + Sync + 'static {
         procedure: Bytes,
         request: crate::handle::Unserved,
     );
+    /// The link to `node` closed before it answered idempotent call `retry` of
+    /// `procedure` in `realm`: send it once more, to another provider (here or elsewhere),
+    /// and stop taking `node` for one of `procedure`.
+    fn retry(&self, node: NodeId, realm: &Bytes, procedure: Bytes, retry: crate::handle::Retry);
 }
 
 /// Where the messages forwarded on one link go (see [`LinkHandler::link_opened`]).

@@ -11,12 +11,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use fovea_core::balance::Rng;
-use fovea_core::frame::{Call, ErrorFrame};
+use fovea_core::frame::{call_flags, Call, ErrorFrame};
 use fovea_core::{ErrorCode, Frame};
 
 use super::{Realm, Router};
-use crate::handle::{Handle, ProviderRef, Refusal};
+use crate::handle::{Handle, ProviderRef, Refusal, Retry};
 
 /// Why no provider on this node can take a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +115,26 @@ fn start(router: &Router, caller: &Arc<Handle>, provider: &ProviderRef, call: Ca
             }));
         }
     }
+}
+
+/// Sends an idempotent call `procedure` of `realm`, whose provider went away before
+/// answering, once more, to another provider (within its deadline; it is not sent a third
+/// time).
+pub(crate) fn retry(router: &Arc<Router>, realm: &Arc<Realm>, r: Retry, procedure: Bytes) {
+    let Retry { caller, call_id, request } = r;
+    let left = request.deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        let message = "the provider disconnected, and the call's deadline passed before it could be sent again";
+        return fail(router, &caller, call_id, ErrorCode::Timeout, message.into());
+    }
+    router.stats.calls_retried.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let timeout_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
+    let flags = request.flags & !call_flags::IDEMPOTENT;
+    let call = Call { call_id, procedure, timeout_ms, headers: request.headers, payload: request.payload, flags };
+    // A call from another node stays on this node, as it did the first time.
+    let origin = if caller.is_link() { Origin::Node } else { Origin::Here };
+    let mut rng = Rng::new(router.seed ^ call_id.rotate_left(17));
+    route_call(router, realm, &caller, &mut rng, call, Instant::now(), origin);
 }
 
 /// Sends a call to a provider on another node, found through the DHT. Runs in its own

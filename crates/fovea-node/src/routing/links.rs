@@ -11,7 +11,7 @@ use fovea_core::dht::NodeId;
 use fovea_core::frame::{Call, FwdAt, Request};
 use fovea_core::ErrorCode;
 
-use super::calls::{call_remote, fail, route_call, NoRoute, Origin};
+use super::calls::{call_remote, fail, retry, route_call, NoRoute, Origin};
 use super::{MatchCache, Realm, Router};
 use crate::auth::Allow;
 use crate::handle::outbound::{Delivered, Msgs};
@@ -75,9 +75,21 @@ impl LinkHandler for Router {
         }
         let timeout_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
         // Only requests that do not stream are kept to be sent again (`Handle::start_call`).
-        let call =
-            Call { call_id, procedure, timeout_ms, headers: request.headers, payload: request.payload, flags: 0 };
+        let flags = request.flags;
+        let call = Call { call_id, procedure, timeout_ms, headers: request.headers, payload: request.payload, flags };
         call_remote(&router, &realm, &caller, Rng::new(router.seed ^ call_id), call, NoRoute::NoProvider);
+    }
+
+    fn retry(&self, node: NodeId, realm: &Bytes, procedure: Bytes, r: crate::handle::Retry) {
+        let Some(router) = self.weak().upgrade() else { return };
+        let Some(realm) = std::str::from_utf8(realm).ok().and_then(|r| router.realm(r)) else {
+            let message = "the provider's node went away while handling the call".to_owned();
+            return fail(&router, &r.caller, r.call_id, ErrorCode::ProviderDisconnected, message);
+        };
+        if let Some(mesh) = router.mesh.as_ref() {
+            mesh.interest.provider_gone(&realm.name, &String::from_utf8_lossy(&procedure), &node);
+        }
+        retry(&router, &realm, r, procedure);
     }
 }
 

@@ -45,6 +45,11 @@ pub(super) async fn stream(args: &BenchArgs) -> anyhow::Result<Report> {
     );
     let mut r = Report::new("stream");
     r.put("bytes", bytes).put("chunks", args.msgs).put("chunk_size", args.size);
+    // The peer figure: quinn alone, one stream between two endpoints of this process.
+    let quinn = quinn_bulk(bytes, &a.cert).await?;
+    let quinn_gbit = bytes as f64 * 8.0 / quinn.as_secs_f64() / 1e9;
+    println!("  quinn alone (one stream, no node): {quinn_gbit:.2} Gbit/s");
+    r.put("quinn_gbit", format!("{quinn_gbit:.2}"));
     for (keys, provider_url) in KEYS.iter().zip([&a.url, &b.url]) {
         let provider = Client::connect(provider_url, opts.clone()).await?;
         let _served = serve(&provider, args.size).await?;
@@ -77,6 +82,64 @@ pub(super) async fn stream(args: &BenchArgs) -> anyhow::Result<Report> {
         provider.close().await;
     }
     Ok(r)
+}
+
+/// quinn's own bulk rate here: `bytes` on one stream from one endpoint to another on
+/// loopback, with the node's certificate (`cert`, its key beside it) and quinn's defaults.
+async fn quinn_bulk(bytes: u64, cert: &std::path::Path) -> anyhow::Result<Duration> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(cert)?.collect::<Result<_, _>>().context("reading node.crt")?;
+    let key = PrivateKeyDer::from_pem_file(cert.with_file_name("node.key")).context("reading node.key")?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(chain.clone(), key)?;
+    server_tls.alpn_protocols = vec![b"bulk".to_vec()];
+    let server_quic = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)?;
+    let server =
+        quinn::Endpoint::server(quinn::ServerConfig::with_crypto(Arc::new(server_quic)), "127.0.0.1:0".parse()?)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in chain {
+        roots.add(c)?;
+    }
+    let mut client_tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client_tls.alpn_protocols = vec![b"bulk".to_vec()];
+    let client_quic = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls)?;
+    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    client.set_default_client_config(quinn::ClientConfig::new(Arc::new(client_quic)));
+    let addr = server.local_addr()?;
+    let receiver = tokio::spawn(async move {
+        let conn = server.accept().await.context("no connection")?.await?;
+        let mut recv = conn.accept_uni().await?;
+        let mut got = 0u64;
+        while let Some(chunk) = recv.read_chunk(usize::MAX, true).await? {
+            got += chunk.bytes.len() as u64;
+        }
+        conn.close(0u32.into(), b"");
+        anyhow::Ok(got)
+    });
+    let conn = client.connect(addr, "localhost")?.await?;
+    let block = Bytes::from(vec![5u8; fovea_client::MAX_CHUNK]);
+    let t0 = Instant::now();
+    let mut send = conn.open_uni().await?;
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        send.write_chunk(block.slice(..n)).await?;
+        left -= n as u64;
+    }
+    send.finish()?;
+    let got = receiver.await??;
+    let took = t0.elapsed();
+    anyhow::ensure!(got == bytes, "quinn delivered {got} bytes of {bytes}");
+    client.wait_idle().await;
+    Ok(took)
 }
 
 /// Serves `bench.sink` (reads a streamed request, answers its size), `bench.source`

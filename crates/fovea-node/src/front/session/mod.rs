@@ -193,9 +193,23 @@ impl Session {
                 regs.iter().map(|(p, rid, key)| (p, ProviderRef { handle: peer.clone(), rid: *rid }, *key)),
             );
         }
-        let failed = peer.abandon_all();
-        for _ in 0..failed {
+        let abandoned = peer.abandon_all();
+        for _ in 0..abandoned.failed {
             self.shared.router.stats.count_rejection(ErrorCode::ProviderDisconnected);
+        }
+        // Idempotent calls it had not answered go to another provider.
+        for r in abandoned.retry {
+            match regs.iter().find(|(_, rid, _)| *rid == r.request.rid) {
+                Some((p, _, _)) => {
+                    let procedure = Bytes::copy_from_slice(p.as_bytes());
+                    crate::routing::calls::retry(&self.shared.router, &self.realm, r, procedure);
+                }
+                None => {
+                    self.shared.router.stats.count_rejection(ErrorCode::ProviderDisconnected);
+                    let message = "the provider disconnected while handling the call";
+                    r.caller.answer_failure(r.call_id, ErrorCode::ProviderDisconnected, message);
+                }
+            }
         }
         self.shared.router.stats.connections.fetch_sub(1, Ordering::Relaxed);
         self.shared.router.stats.transports[self.info.transport.index()].fetch_sub(1, Ordering::Relaxed);
