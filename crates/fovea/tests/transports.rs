@@ -270,3 +270,24 @@ async fn transports_meet_across_the_mesh() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Streams need nothing of QUIC: a caller over WebSocket and a provider over TLS move a
+/// request and an answer several frames long, flow-controlled, through the node.
+#[tokio::test]
+async fn streams_work_over_tls_and_websocket() {
+    let node = TestNode::start().await;
+    let provider = connect(&node, &node.tls_url).await;
+    let mut reg = provider.register("tcp.echo").await.unwrap();
+    tokio::spawn(async move {
+        while let Some(mut req) = reg.next().await {
+            let body = req.read_body(64 << 20).await.unwrap();
+            req.respond(body);
+        }
+    });
+    let caller = connect(&node, &node.ws_url).await;
+    let data: Bytes = (0..3_000_000u32).map(|i| (i % 253) as u8).collect::<Vec<u8>>().into();
+    let answer =
+        caller.call_stream("tcp.echo", data.clone(), Duration::from_secs(20)).await.unwrap().collect(64 << 20).await;
+    assert!(answer.unwrap().payload == data, "the answer came back changed");
+    node.stop().await;
+}

@@ -2,8 +2,11 @@
 // reconnection that restores subscriptions and registrations, as the Rust SDK does.
 
 import {
+  CallFlags,
+  DataFlags,
   Deframer,
   Encoder,
+  INITIAL_CREDIT,
   Kind,
   VERSION,
   decodeFrame,
@@ -105,6 +108,10 @@ class Queue<T> implements AsyncIterable<T> {
     return true;
   }
 
+  isEmpty(): boolean {
+    return this.head >= this.items.length;
+  }
+
   end(error?: Error): void {
     if (this.ended) return;
     this.ended = true;
@@ -189,6 +196,187 @@ export class Subscription extends Feed<Message> {
   }
 }
 
+/** Bytes of a stream this SDK lets its sender have in flight (its receive window). */
+const WINDOW = 4 << 20;
+/** Credit is granted back in steps of this many bytes read. */
+const STEP = 1 << 20;
+/** Largest chunk this SDK sends (less when the node's `max_payload` is smaller). */
+const MAX_CHUNK = 256 * 1024;
+
+/** The credit to send one direction of a streamed call (docs/PROTOCOL.md §4.4). */
+class SendCredit {
+  private waiters: (() => void)[] = [];
+  private closed: Error | undefined;
+
+  constructor(private credit: number) {}
+
+  grant(bytes: number): void {
+    this.credit += bytes;
+    for (const w of this.waiters.splice(0)) w();
+  }
+
+  close(why: Error): void {
+    this.closed ??= why;
+    for (const w of this.waiters.splice(0)) w();
+  }
+
+  /** Takes up to `want` bytes of credit, waiting for some. */
+  async take(want: number): Promise<number> {
+    while (!this.closed && this.credit === 0) await new Promise<void>((r) => this.waiters.push(r));
+    if (this.closed) throw this.closed;
+    const n = Math.min(want, this.credit);
+    this.credit -= n;
+    return n;
+  }
+}
+
+/** The receiving side's accounting: credit to grant back as the application reads. */
+class ReadWindow {
+  private unacked = 0;
+  private opened = false;
+
+  constructor(private readonly initial: number) {}
+
+  /** Credit to grant now (0: none) after reading `read` bytes; the first call opens the window. */
+  grant(read: number): number {
+    this.unacked += read;
+    if (!this.opened) {
+      this.opened = true;
+      const g = Math.max(0, WINDOW - this.initial) + this.unacked;
+      this.unacked = 0;
+      return g;
+    }
+    if (this.unacked < STEP) return 0;
+    const g = this.unacked;
+    this.unacked = 0;
+    return g;
+  }
+}
+
+/**
+ * The chunks of one direction of a streamed call, as they arrive: iterate it (or call
+ * `next`); credit goes back to the sender as they are read, so a slow reader slows it down.
+ */
+export class ChunkStream implements AsyncIterable<Uint8Array> {
+  /** @internal */
+  readonly queue = new Queue<Uint8Array>(Infinity);
+  private readonly window: ReadWindow;
+
+  /** @internal */
+  constructor(
+    initial: number,
+    private readonly grant: (bytes: number) => void,
+  ) {
+    this.window = new ReadWindow(initial);
+  }
+
+  /** The next chunk, or `undefined` at the end. */
+  async next(): Promise<Uint8Array | undefined> {
+    // A stream that starts without credit is opened by its first read.
+    if (this.queue.isEmpty()) this.give(0);
+    const r = await this.queue.next();
+    if (r.done) return undefined;
+    this.give(r.value.length);
+    return r.value;
+  }
+
+  /** Every chunk, joined; throws past `max` bytes. */
+  async collect(max = 64 << 20): Promise<Uint8Array> {
+    const parts: Uint8Array[] = [];
+    let size = 0;
+    for (let c = await this.next(); c; c = await this.next()) {
+      size += c.length;
+      if (size > max) throw new RefusedError(`the stream is over ${max} bytes`, Code.PayloadTooLarge);
+      parts.push(c);
+    }
+    const out = new Uint8Array(size);
+    let at = 0;
+    for (const p of parts) {
+      out.set(p, at);
+      at += p.length;
+    }
+    return out;
+  }
+
+  private give(read: number): void {
+    const g = this.window.grant(read);
+    if (g > 0) this.grant(g);
+  }
+
+  /** Called when an iteration stops early (`break`): a call is cancelled. @internal */
+  protected stopped(): void {}
+
+  [Symbol.asyncIterator](): AsyncIterator<Uint8Array> {
+    return {
+      next: async () => {
+        const value = await this.next();
+        return value === undefined ? { value: undefined, done: true } : { value, done: false };
+      },
+      return: async () => {
+        this.stopped();
+        return { value: undefined, done: true };
+      },
+    };
+  }
+}
+
+/**
+ * A call whose answer streams ({@link Client.callStream}) and, opened with
+ * {@link Client.openCall}, whose request streams too: `send` and `finish` the request,
+ * iterate the answer. The final answer's payload comes as the last chunk (when not empty);
+ * a failed call throws from the iteration. `headers` holds the answer's headers at the end.
+ */
+export class CallStream extends ChunkStream {
+  headers: Headers = {};
+  /** @internal */
+  readonly credit = new SendCredit(0);
+  private finished = false;
+
+  /** @internal */
+  constructor(
+    private readonly client: Client,
+    readonly callId: number,
+    readonly procedure: string,
+    private readonly streamsRequest: boolean,
+  ) {
+    super(INITIAL_CREDIT, (bytes) => client.grant(callId, DataFlags.Answer, bytes));
+  }
+
+  /** Sends `data` as the next part of the request, as the provider makes room for it. */
+  async send(data: Payload): Promise<void> {
+    if (!this.streamsRequest || this.finished) throw new RefusedError("this call's request does not stream, or was finished", Code.FlowControlError);
+    await this.client.sendChunks(this.callId, 0, toBytes(data), this.credit);
+  }
+
+  /** Ends the request. */
+  finish(): void {
+    if (!this.streamsRequest || this.finished) return;
+    this.finished = true;
+    this.client.sendData(this.callId, DataFlags.End, new Uint8Array(0));
+  }
+
+  /** Abandons the call: the provider is told. */
+  cancel(): void {
+    this.client.cancelStream(this);
+  }
+
+  protected override stopped(): void {
+    this.cancel();
+  }
+
+  /** @internal */
+  end(code: number, headers: Headers, payload: Uint8Array): void {
+    this.credit.close(new RefusedError("the call has ended", Code.FlowControlError));
+    if (code === 0) {
+      this.headers = headers;
+      if (payload.length > 0) this.queue.push(payload);
+      this.queue.end();
+    } else {
+      this.queue.end(resultError(code, decoder.decode(payload), this.procedure));
+    }
+  }
+}
+
 /** One call to a procedure this client provides: answer with `respond` or `fail`. */
 export class Request {
   private answered = false;
@@ -196,6 +384,13 @@ export class Request {
   readonly signal: AbortSignal;
   /** @internal */
   readonly abort: AbortController;
+  /** @internal */
+  readonly answerCredit: SendCredit;
+  /**
+   * The rest of a streamed request (after `payload`), when the caller streams it
+   * (`requestStreams`): iterate it; the caller sends no faster than it is read.
+   */
+  readonly body: ChunkStream | undefined;
 
   /** @internal */
   constructor(
@@ -205,9 +400,29 @@ export class Request {
     readonly payload: Uint8Array,
     /** Time left before the caller's deadline when the node sent it, ms. */
     readonly timeoutMs: number,
+    /** The call's flags (docs/PROTOCOL.md §4.4). */
+    readonly flags = 0,
   ) {
     this.abort = new AbortController();
     this.signal = this.abort.signal;
+    this.answerCredit = new SendCredit(this.answerStreams ? INITIAL_CREDIT : 0);
+    this.body = this.requestStreams ? new ChunkStream(0, (bytes) => client.grant(reqId, 0, bytes)) : undefined;
+  }
+
+  /** Whether the caller streams its request (read it from `body`). */
+  get requestStreams(): boolean {
+    return (this.flags & CallFlags.StreamRequest) !== 0;
+  }
+
+  /** Whether the caller takes its answer as a stream (`send` chunks before `respond`). */
+  get answerStreams(): boolean {
+    return (this.flags & CallFlags.StreamAnswer) !== 0;
+  }
+
+  /** Sends `data` as the next part of a streamed answer, as the caller makes room for it. */
+  async send(data: Payload): Promise<void> {
+    if (!this.answerStreams || this.answered) throw new RefusedError("the caller takes one answer", Code.FlowControlError);
+    await this.client.sendChunks(this.reqId, DataFlags.Answer, toBytes(data), this.answerCredit);
   }
 
   text(): string {
@@ -218,11 +433,26 @@ export class Request {
     return JSON.parse(this.text());
   }
 
-  /** Answers the call. Later answers are ignored. */
+  /**
+   * Answers the call. Later answers are ignored. An answer over the node's `max_payload`
+   * is streamed to a caller that takes streamed answers; others get an error saying so.
+   */
   respond(payload: Payload, opts: { headers?: Headers } = {}): void {
     if (this.answered) return;
+    const body = toBytes(payload);
+    const max = this.client.info?.maxPayload ?? Infinity;
+    if (body.length > max) {
+      if (!this.answerStreams) {
+        return this.fail(`the answer is ${body.length} bytes, over the node's max_payload of ${max}, and the caller takes one answer: call with callStream to receive it`);
+      }
+      this.send(body).then(
+        () => this.respond(new Uint8Array(0), opts),
+        () => (this.answered = true),
+      );
+      return;
+    }
     this.answered = true;
-    this.client.answer(this.reqId, 0, opts.headers, toBytes(payload));
+    this.client.answer(this.reqId, 0, opts.headers, body);
   }
 
   /** Fails the call with `message` (code 0x1000, or one of the provider's own above it). */
@@ -299,6 +529,7 @@ export class Client {
   private calls = new Map<number, PendingCall>();
   private pings = new Map<number, () => void>();
   private serving = new Map<number, Request>();
+  private streams = new Map<number, CallStream>();
   private lastGoAway: { code: number; message: string } | undefined;
   private welcomed: ((e?: Error) => void) | undefined;
   private reconnectDelay = 50;
@@ -394,6 +625,11 @@ export class Client {
         return;
       }
       case Kind.Result: {
+        const stream = this.streams.get(f.callId);
+        if (stream) {
+          this.streams.delete(f.callId);
+          return stream.end(f.code, f.headers, f.payload);
+        }
         const call = this.calls.get(f.callId);
         if (!call) return;
         this.calls.delete(f.callId);
@@ -404,7 +640,7 @@ export class Client {
       }
       case Kind.Request: {
         const reg = this.regs.get(f.rid);
-        const req = new Request(this, f.reqId, f.headers, f.payload, f.timeoutMs);
+        const req = new Request(this, f.reqId, f.headers, f.payload, f.timeoutMs, f.flags);
         if (!reg) return req.fail("no longer registered here");
         this.serving.set(f.reqId, req);
         if (!reg.queue.push(req)) {
@@ -417,8 +653,27 @@ export class Client {
         const req = this.serving.get(f.id);
         this.serving.delete(f.id);
         req?.abort.abort();
+        const gone = new RefusedError("the call was abandoned", Code.FlowControlError);
+        req?.answerCredit.close(gone);
+        req?.body?.queue.end(gone);
         return;
       }
+      // An answer's chunk is for one of our calls; a request's for a request we serve.
+      case Kind.Data: {
+        if (f.flags & DataFlags.Answer) {
+          this.streams.get(f.id)?.queue.push(f.chunk);
+          return;
+        }
+        const body = this.serving.get(f.id)?.body;
+        if (f.chunk.length > 0) body?.queue.push(f.chunk);
+        if (f.flags & DataFlags.End) body?.queue.end();
+        return;
+      }
+      // Credit for our answer comes from a caller; for our request, from its provider.
+      case Kind.Credit:
+        if (f.flags & DataFlags.Answer) this.serving.get(f.id)?.answerCredit.grant(f.bytes);
+        else this.streams.get(f.id)?.credit.grant(f.bytes);
+        return;
       case Kind.Ping:
         this.send(new Encoder().varint(f.token).frame(Kind.Pong));
         return;
@@ -444,6 +699,15 @@ export class Client {
       ? `closed by the node: ${goaway.message || "no reason"} (code 0x${goaway.code.toString(16)})`
       : `connection lost (WebSocket ${ev.code}${ev.reason ? ` ${ev.reason}` : ""})`;
     // Whatever was in flight on this session ends here (whether a call ran is unknown).
+    for (const [id, stream] of this.streams) {
+      stream.credit.close(new DisconnectedError(reason));
+      stream.queue.end(new DisconnectedError(`${stream.procedure}: ${reason}`));
+      this.streams.delete(id);
+    }
+    for (const req of this.serving.values()) {
+      req.answerCredit.close(new DisconnectedError(reason));
+      req.body?.queue.end(new DisconnectedError(reason));
+    }
     for (const [id, call] of this.calls) {
       clearTimeout(call.timer);
       call.reject(new DisconnectedError(`${call.procedure}: ${reason}`));
@@ -634,6 +898,83 @@ export class Client {
     });
   }
 
+  /**
+   * Calls `procedure` and receives its answer as a stream of chunks (iterate the result).
+   * `payload` may be larger than the node's `max_payload`: it is then streamed first.
+   */
+  async callStream(procedure: string, payload: Payload, opts: { timeout?: number; headers?: Headers } = {}): Promise<CallStream> {
+    const body = toBytes(payload);
+    const large = this.info !== undefined && body.length > this.info.maxPayload;
+    const flags = CallFlags.StreamAnswer | (large ? CallFlags.StreamRequest : 0);
+    const stream = this.startStream(procedure, large ? new Uint8Array(0) : body, flags, opts);
+    if (large) {
+      await stream.send(body);
+      stream.finish();
+    }
+    return stream;
+  }
+
+  /** Opens a call whose request and answer both stream: `send`, `finish`, then iterate. */
+  openCall(procedure: string, opts: { timeout?: number; headers?: Headers } = {}): CallStream {
+    return this.startStream(procedure, new Uint8Array(0), CallFlags.StreamAnswer | CallFlags.StreamRequest, opts);
+  }
+
+  private startStream(
+    procedure: string,
+    payload: Uint8Array,
+    flags: number,
+    opts: { timeout?: number; headers?: Headers },
+  ): CallStream {
+    this.check();
+    if (this.state !== "connected") throw new DisconnectedError("not connected to the node (reconnecting)");
+    if (this.info && this.info.version < 5) throw new RefusedError(`the node speaks protocol version ${this.info.version}; streamed calls need 5`, Code.StreamsUnsupported);
+    const callId = this.nextId++;
+    const stream = new CallStream(this, callId, procedure, (flags & CallFlags.StreamRequest) !== 0);
+    this.streams.set(callId, stream);
+    const timeout = opts.timeout ?? 10_000;
+    this.send(
+      new Encoder()
+        .varint(callId)
+        .str(procedure)
+        .varint(Math.max(1, Math.round(timeout)))
+        .headers(opts.headers)
+        .bytes(payload)
+        .varint(flags)
+        .frame(Kind.Call),
+    );
+    return stream;
+  }
+
+  /** @internal */
+  cancelStream(stream: CallStream): void {
+    if (!this.streams.delete(stream.callId)) return;
+    this.send(new Encoder().varint(stream.callId).frame(Kind.Cancel));
+    const gone = new FoveaError("the call was cancelled by its caller", Code.NoError);
+    stream.credit.close(gone);
+    stream.queue.end(gone);
+  }
+
+  /** @internal */
+  grant(id: number, flags: number, bytes: number): void {
+    this.send(new Encoder().varint(id).varint(flags).varint(bytes).frame(Kind.Credit));
+  }
+
+  /** @internal */
+  sendData(id: number, flags: number, chunk: Uint8Array): void {
+    this.send(new Encoder().varint(id).varint(flags).bytes(chunk).frame(Kind.Data));
+  }
+
+  /** @internal Sends `data` in chunks within `credit`, waiting for more as needed. */
+  async sendChunks(id: number, flags: number, data: Uint8Array, credit: SendCredit): Promise<void> {
+    const max = Math.min(MAX_CHUNK, this.info?.maxPayload ?? MAX_CHUNK);
+    for (let at = 0; at < data.length; ) {
+      const n = await credit.take(Math.min(max, data.length - at));
+      this.sendData(id, flags, data.subarray(at, at + n));
+      at += n;
+      await this.backpressure();
+    }
+  }
+
   /** Resolves once the node has handled everything sent before (a `PING` round trip). */
   flush(): Promise<void> {
     this.check();
@@ -683,6 +1024,11 @@ export class Client {
       call.reject(gone);
     }
     this.calls.clear();
+    for (const stream of this.streams.values()) {
+      stream.credit.close(gone);
+      stream.queue.end(gone);
+    }
+    this.streams.clear();
   }
 
   /** Sends what is queued, closes the connection and ends every subscription and registration. */

@@ -27,10 +27,19 @@ export const enum Kind {
   Tools = 0x29,
   ToolList = 0x2a,
   ToolsChanged = 0x2b,
+  Data = 0x2c,
+  Credit = 0x2d,
 }
 
 /** The protocol version this SDK speaks. */
-export const VERSION = 4;
+export const VERSION = 5;
+
+/** `CALL`/`REQUEST` flags (v5, docs/PROTOCOL.md §4.4). */
+export const CallFlags = { StreamRequest: 1, StreamAnswer: 2, Idempotent: 4 } as const;
+/** `DATA`/`CREDIT` flags (v5). */
+export const DataFlags = { Answer: 1, End: 2 } as const;
+/** Bytes an answer's sender may send before any `CREDIT`; a request starts with none. */
+export const INITIAL_CREDIT = 256 * 1024;
 /** The largest frame the protocol allows: 1 MiB + 32 KiB. */
 export const MAX_FRAME = (1 << 20) + 32 * 1024;
 
@@ -164,7 +173,9 @@ export type Frame =
   | { kind: Kind.SubAck | Kind.RegAck | Kind.Cancel | Kind.ToolsChanged; id: number }
   | { kind: Kind.Msg; sid: number; topic: string; headers: Headers; payload: Uint8Array }
   | { kind: Kind.Dropped; sid: number; count: number }
-  | { kind: Kind.Request; reqId: number; rid: number; timeoutMs: number; headers: Headers; payload: Uint8Array }
+  | { kind: Kind.Request; reqId: number; rid: number; timeoutMs: number; headers: Headers; payload: Uint8Array; flags: number }
+  | { kind: Kind.Data; id: number; flags: number; chunk: Uint8Array }
+  | { kind: Kind.Credit; id: number; flags: number; bytes: number }
   | { kind: Kind.Result; callId: number; code: number; headers: Headers; payload: Uint8Array }
   | { kind: Kind.Notice; id: number; noticeKind: number; body: Uint8Array }
   | { kind: Kind.ToolList; id: number; next: string; tools: Uint8Array };
@@ -192,7 +203,19 @@ export function decodeFrame(kind: number, body: Uint8Array): Frame {
     case Kind.Dropped:
       return { kind, sid: r.varint(), count: r.varint() };
     case Kind.Request:
-      return { kind, reqId: r.varint(), rid: r.varint(), timeoutMs: r.varint(), headers: r.headers(), payload: r.bytes() };
+      return {
+        kind,
+        reqId: r.varint(),
+        rid: r.varint(),
+        timeoutMs: r.varint(),
+        headers: r.headers(),
+        payload: r.bytes(),
+        flags: r.more() ? r.varint() : 0,
+      };
+    case Kind.Data:
+      return { kind, id: r.varint(), flags: r.varint(), chunk: r.bytes() };
+    case Kind.Credit:
+      return { kind, id: r.varint(), flags: r.varint(), bytes: r.varint() };
     case Kind.Result:
       return { kind, callId: r.varint(), code: r.varint(), headers: r.headers(), payload: r.bytes() };
     case Kind.Notice:

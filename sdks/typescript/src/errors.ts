@@ -26,6 +26,8 @@ export const Code = {
   Busy: 0x10a,
   InvalidProcedure: 0x10b,
   TooManyRegistrations: 0x10c,
+  FlowControlError: 0x10d,
+  StreamsUnsupported: 0x10e,
   ApplicationError: 0x1000,
 } as const;
 

@@ -12,7 +12,9 @@ import {
   TimeoutError,
   connect,
 } from "../dist/index.js";
-import { cli, freePort, startNode, within } from "./helpers.mjs";
+import { spawn } from "node:child_process";
+
+import { cli, foveaBin, freePort, startNode, within } from "./helpers.mjs";
 
 describe("one node", () => {
   let node;
@@ -102,6 +104,49 @@ describe("one node", () => {
     const out = await cli(["call", "ts.upper", "shout", "--url", node.quic, "--ca", node.cert]);
     assert.equal(out.trim(), "SHOUT");
     await ts.close();
+  });
+
+  test("streamed calls: chunks as they come, payloads larger than a frame, the Rust CLI on the other end", async () => {
+    const provider = await connect(node.ws);
+    const caller = await connect(node.ws);
+    const say = await provider.register("llm.say");
+    (async () => {
+      for await (const req of say) {
+        assert.ok(req.answerStreams);
+        for (const t of ["Hello", ", ", "world"]) await req.send(t);
+        req.respond("!");
+      }
+    })();
+    const parts = [];
+    for await (const chunk of await caller.callStream("llm.say", "")) parts.push(new TextDecoder().decode(chunk));
+    assert.deepEqual(parts, ["Hello", ", ", "world", "!"]);
+
+    // 3 MB each way: the request streamed by callStream, the answer by respond.
+    const echo = await provider.register("blob.echo");
+    (async () => {
+      for await (const req of echo) {
+        assert.ok(req.requestStreams);
+        const rest = await req.body.collect();
+        const all = new Uint8Array(req.payload.length + rest.length);
+        all.set(req.payload, 0);
+        all.set(rest, req.payload.length);
+        req.respond(all);
+      }
+    })();
+    const big = new Uint8Array(3_000_000).map((_, i) => i % 251);
+    const back = await within((await caller.callStream("blob.echo", big, { timeout: 20000 })).collect());
+    assert.equal(back.length, big.length);
+    assert.ok(back.every((b, i) => b === big[i]), "the answer came back changed");
+
+    // A Rust provider from the CLI, line by line, to this SDK.
+    const serve = spawn(foveaBin(), ["serve", "sh.lines", "--exec", "printf 'a\\nb\\n'", "--stream", "--url", node.quic, "--ca", node.cert], { stdio: ["ignore", "ignore", "pipe"] });
+    await new Promise((res) => serve.stderr.once("data", res));
+    const lines = [];
+    for await (const chunk of await caller.callStream("sh.lines", "")) lines.push(new TextDecoder().decode(chunk));
+    assert.deepEqual(lines, ["a\n", "b\n"]);
+    serve.kill();
+    await provider.close();
+    await caller.close();
   });
 
   test("messages a slow reader's queue cannot hold are counted as dropped", async () => {
