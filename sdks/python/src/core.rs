@@ -30,6 +30,10 @@ pub(crate) enum Done {
     Registration(Registration),
     /// Whether a request was abandoned (true) or answered (false).
     Flag(bool),
+    /// A chunk of a stream, or its end (`None`).
+    Chunk(Option<Bytes>),
+    /// A call whose answer streams (boxed: it is several times the other variants).
+    Stream(Box<fovea_client::CallStream>),
 }
 
 pub(crate) type Op = Pin<Box<dyn Future<Output = Result<Done, ClientError>> + Send>>;
@@ -137,7 +141,29 @@ impl Shared {
             Done::Subscription(s) => Py::new(py, Feed::subscription(s, self.clone()))?.into_any(),
             Done::Registration(r) => Py::new(py, Feed::registration(r, self.clone()))?.into_any(),
             Done::Flag(b) => b.into_pyobject(py)?.to_owned().into_any().unbind(),
+            Done::Chunk(Some(b)) => PyBytes::new(py, &b).into_any().unbind(),
+            Done::Chunk(None) => py.None(),
+            Done::Stream(s) => Py::new(py, feed::CallStream::new(*s, self.clone()))?.into_any(),
         })
+    }
+
+    /// Starts `op` for a future handed to the application itself (not through a wrapper
+    /// that forgets it when its task is cancelled; see `Feed::abandon` for why that
+    /// matters): it forgets itself when done. Settled by us, it is already forgotten.
+    pub(crate) fn start_owned(
+        self: &Arc<Self>,
+        py: Python<'_>,
+        op: impl Future<Output = Result<Done, ClientError>> + Send + 'static,
+    ) -> PyResult<Py<PyAny>> {
+        let fut = self.start(py, op)?;
+        let shared = self.clone();
+        let forget = pyo3::types::PyCFunction::new_closure(py, None, None, move |args, _kwargs| {
+            if let Ok(f) = args.get_item(0) {
+                shared.forget(f.as_ptr() as u64);
+            }
+        })?;
+        fut.bind(py).call_method1("add_done_callback", (forget,))?;
+        Ok(fut)
     }
 }
 
@@ -314,6 +340,27 @@ impl Core {
         self.shared.start(py, async move {
             let response = client.call_with_headers(&procedure, &headers, payload, timeout).await?;
             Ok(Done::Response { response, full })
+        })
+    }
+
+    /// Calls a procedure whose answer streams; the future resolves with a `CallStream`.
+    /// A payload over the node's `max_payload` is streamed first.
+    #[pyo3(signature = (procedure, payload, timeout, headers=None))]
+    fn call_stream(
+        &self,
+        py: Python<'_>,
+        procedure: String,
+        payload: &Bound<'_, PyAny>,
+        timeout: f64,
+        headers: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let client = self.client(py)?.clone();
+        let payload: Bytes = payload_of(payload)?;
+        let headers: Headers = headers_of(py, headers)?;
+        let timeout = duration_of(timeout, "timeout")?;
+        self.shared.start(py, async move {
+            let stream = client.call_stream_with_headers(&procedure, &headers, payload, timeout).await?;
+            Ok(Done::Stream(Box::new(stream)))
         })
     }
 

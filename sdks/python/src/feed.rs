@@ -226,8 +226,11 @@ pub struct Request {
     headers: Headers,
     payload: Bytes,
     deadline: tokio::time::Instant,
-    /// `None` once answered.
-    inner: Mutex<Option<fovea_client::Request>>,
+    /// `None` once answered, and while a `send` or `next_chunk` has it.
+    inner: Arc<Mutex<Option<fovea_client::Request>>>,
+    /// Which directions of the call stream (see the SDK's `Request::answer_streams`).
+    answer_streams: bool,
+    request_streams: bool,
     /// Cancelled once answered (or dropped): ends waits for cancellation.
     done: CancellationToken,
     shared: Arc<Shared>,
@@ -240,7 +243,9 @@ impl Request {
             headers: req.headers.clone(),
             payload: req.payload.clone(),
             deadline: req.deadline(),
-            inner: Mutex::new(Some(req)),
+            answer_streams: req.answer_streams(),
+            request_streams: req.request_streams(),
+            inner: Arc::new(Mutex::new(Some(req))),
             done: CancellationToken::new(),
             shared,
         }
@@ -248,8 +253,9 @@ impl Request {
 
     /// Takes the SDK request to answer it.
     fn answer(&self) -> PyResult<fovea_client::Request> {
-        let req =
-            lock(&self.inner).take().ok_or_else(|| PyRuntimeError::new_err("this request was already answered"))?;
+        let req = lock(&self.inner).take().ok_or_else(|| {
+            PyRuntimeError::new_err("this request was already answered, or a send or next_chunk on it is not finished")
+        })?;
         self.done.cancel();
         Ok(req)
     }
@@ -305,25 +311,57 @@ impl Request {
     fn cancelled(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let cancel = lock(&self.inner).as_ref().map(fovea_client::Request::cancellation);
         let done = self.done.clone();
-        let fut = self.shared.start(py, async move {
+        self.shared.start_owned(py, async move {
             let Some(cancel) = cancel else { return Ok(Done::Flag(false)) };
             tokio::select! {
                 biased;
                 () = cancel => Ok(Done::Flag(true)),
                 () = done.cancelled_owned() => Ok(Done::Flag(false)),
             }
+        })
+    }
+
+    /// Whether the caller takes its answer as a stream: `send` parts before `respond`
+    /// (and `respond` may be given more than the node's `max_payload`).
+    #[getter]
+    fn answer_streams(&self) -> bool {
+        self.answer_streams
+    }
+
+    /// Whether the caller streams its request: read the rest after `payload` with
+    /// `next_chunk`.
+    #[getter]
+    fn request_streams(&self) -> bool {
+        self.request_streams
+    }
+
+    /// A future that resolves once `payload` is sent as the next part of a streamed
+    /// answer (it waits while the caller has no room: a slow reader slows this down).
+    fn send(&self, py: Python<'_>, payload: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let payload = payload_of(payload)?;
+        let slot = self.inner.clone();
+        let mut req = lock(&slot).take().ok_or_else(|| {
+            PyRuntimeError::new_err("this request was already answered, or a send or next_chunk on it is not finished")
         })?;
-        // This future goes to the application directly, not through a wrapper that forgets
-        // it when its task is cancelled (see `Feed::abandon` for why that matters): it
-        // forgets itself when done. Settled by us, it is already forgotten.
-        let shared = self.shared.clone();
-        let forget = pyo3::types::PyCFunction::new_closure(py, None, None, move |args, _kwargs| {
-            if let Ok(f) = args.get_item(0) {
-                shared.forget(f.as_ptr() as u64);
-            }
+        self.shared.start_owned(py, async move {
+            let sent = req.send(payload).await;
+            *lock(&slot) = Some(req);
+            sent.map(|()| Done::Unit)
+        })
+    }
+
+    /// A future that resolves with the next chunk of a streamed request (after
+    /// `payload`), or `None` at its end.
+    fn next_chunk(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let slot = self.inner.clone();
+        let mut req = lock(&slot).take().ok_or_else(|| {
+            PyRuntimeError::new_err("this request was already answered, or a send or next_chunk on it is not finished")
         })?;
-        fut.bind(py).call_method1("add_done_callback", (forget,))?;
-        Ok(fut)
+        self.shared.start_owned(py, async move {
+            let chunk = req.next_chunk().await;
+            *lock(&slot) = Some(req);
+            chunk.transpose().map(Done::Chunk)
+        })
     }
 
     /// Answers with `payload` (bytes or str) and optional headers.
@@ -382,5 +420,58 @@ impl Request {
 
     fn __repr__(&self) -> String {
         format!("Request(procedure={:?}, payload=<{} bytes>)", self.procedure, self.payload.len())
+    }
+}
+
+/// A call whose answer streams (`Core::call_stream`): its chunks one `next` at a time.
+#[pyclass(frozen, module = "fovea._fovea")]
+pub struct CallStream {
+    /// `None` once the answer ended or the call was cancelled (dropping it cancels).
+    inner: Arc<tokio::sync::Mutex<Option<fovea_client::CallStream>>>,
+    headers: Arc<Mutex<Headers>>,
+    shared: Arc<Shared>,
+}
+
+impl CallStream {
+    pub(crate) fn new(stream: fovea_client::CallStream, shared: Arc<Shared>) -> CallStream {
+        CallStream { inner: Arc::new(tokio::sync::Mutex::new(Some(stream))), headers: Arc::default(), shared }
+    }
+}
+
+#[pymethods]
+impl CallStream {
+    /// A future that resolves with the next chunk of the answer, or `None` at its end
+    /// (then `headers` holds the answer's headers); a failed call raises its error once.
+    fn next(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let (inner, headers) = (self.inner.clone(), self.headers.clone());
+        self.shared.start_owned(py, async move {
+            let mut slot = inner.lock().await;
+            let Some(stream) = slot.as_mut() else { return Ok(Done::Chunk(None)) };
+            match stream.next().await {
+                Some(Ok(chunk)) => Ok(Done::Chunk(Some(chunk))),
+                Some(Err(e)) => {
+                    *slot = None;
+                    Err(e)
+                }
+                None => {
+                    *lock(&headers) = stream.headers().clone();
+                    *slot = None;
+                    Ok(Done::Chunk(None))
+                }
+            }
+        })
+    }
+
+    /// The answer's headers, once `next` has returned `None` (empty before).
+    #[getter]
+    fn headers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        headers_dict(py, &lock(&self.headers))
+    }
+
+    /// Abandons the call (the provider is told), unless a `next` is waiting.
+    fn cancel(&self) {
+        if let Ok(mut slot) = self.inner.try_lock() {
+            *slot = None;
+        }
     }
 }

@@ -87,6 +87,7 @@ pub(crate) fn to_py_err(py: Python<'_>, e: ClientError) -> PyErr {
         ClientError::ProviderDisconnected => ("ProviderDisconnected", Some(ErrorCode::ProviderDisconnected.to_u64())),
         ClientError::Busy(_) => ("Busy", Some(ErrorCode::Busy.to_u64())),
         ClientError::Unsupported { .. } => ("Unsupported", None),
+        ClientError::Cancelled => ("Cancelled", None),
         _ => ("FoveaError", None),
     };
     fovea_error(py, class, message, code)
@@ -151,6 +152,7 @@ fn _fovea(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<feed::Response>()?;
     m.add_class::<feed::Request>()?;
     m.add_class::<feed::Feed>()?;
+    m.add_class::<feed::CallStream>()?;
     m.add("DEFAULT_URL", fovea_client::DEFAULT_URL)?;
     Ok(())
 }

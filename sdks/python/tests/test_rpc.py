@@ -166,3 +166,48 @@ def test_progress_reaches_a_rust_sdk_caller_through_the_cli(node: Node) -> None:
             task.cancel()
 
     run(body)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_streamed_calls_both_ways(node: Node, transport: str) -> None:
+    """An answer in parts, read as they come; a request and an answer larger than a frame;
+    the provider sends no faster than the caller reads."""
+
+    async def body() -> None:
+        async with (
+            await fovea.connect(node.urls[transport], ca=node.cert) as provider,
+            await fovea.connect(node.urls[transport], ca=node.cert) as caller,
+        ):
+            say = await provider.register(f"llm.say.{transport}")
+            echo = await provider.register(f"blob.echo.{transport}")
+
+            async def serve_say() -> None:
+                async for req in say:
+                    assert req.answer_streams and not req.request_streams
+                    for token in (b"Hello", b", ", b"world"):
+                        await req.send(token)
+                    req.respond(b"!")
+
+            async def serve_echo() -> None:
+                async for req in echo:
+                    assert req.request_streams
+                    parts = [req.payload]
+                    while (chunk := await req.next_chunk()) is not None:
+                        parts.append(chunk)
+                    req.respond(b"".join(parts), headers={"parts": str(len(parts))})
+
+            tasks = [asyncio.create_task(serve_say()), asyncio.create_task(serve_echo())]
+            chunks = [c async for c in await caller.call_stream(f"llm.say.{transport}")]
+            assert chunks == [b"Hello", b", ", b"world", b"!"]
+
+            big = bytes(i % 251 for i in range(3_000_000))
+            stream = await caller.call_stream(f"blob.echo.{transport}", big, timeout=30)
+            assert await stream.collect() == big
+            assert int(stream.headers["parts"]) > 1
+            # A plain call takes one answer: the provider's SDK says how to get a larger one.
+            with pytest.raises(fovea.RemoteError, match="call_stream"):
+                await caller.call(f"blob.echo.{transport}", big, timeout=30)
+            for t in tasks:
+                t.cancel()
+
+    run(body)

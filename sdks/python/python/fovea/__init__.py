@@ -33,6 +33,7 @@ from ._errors import (
     AuthError,
     BufferFull,
     Busy,
+    Cancelled,
     ClientClosed,
     ConnectError,
     Disconnected,
@@ -131,6 +132,46 @@ class Registration(_Feed[Request]):
         return self._feed.name
 
 
+class CallStream:
+    """A call's streamed answer (`Client.call_stream`): iterate it for its chunks
+    (`bytes`); the provider's final payload, when not empty, is the last one."""
+
+    __slots__ = ("_native",)
+
+    def __init__(self, native: _fovea.CallStream) -> None:
+        self._native = native
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk: bytes | None = await self._native.next()
+        if chunk is None:
+            raise StopAsyncIteration
+        return chunk
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The answer's headers, once iteration has ended (empty before)."""
+        return self._native.headers
+
+    async def collect(self, max_bytes: int = 64 << 20) -> bytes:
+        """The whole answer; raises `PayloadTooLarge` past `max_bytes`."""
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in self:
+            size += len(chunk)
+            if size > max_bytes:
+                self.cancel()
+                raise PayloadTooLarge(f"the answer is over {max_bytes} bytes")
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def cancel(self) -> None:
+        """Abandons the call; the provider is told."""
+        self._native.cancel()
+
+
 class Client:
     """A connection to a node (see `connect`). Use it from the event loop that made it;
     `close()` it, or use it as `async with client:`."""
@@ -213,6 +254,22 @@ class Client:
         """As `call`, returning the whole `Response` (payload and headers)."""
         result: Response = await self._await(self._core.call(procedure, payload, timeout, headers, True))
         return result
+
+    async def call_stream(
+        self,
+        procedure: str,
+        payload: Payload = b"",
+        *,
+        timeout: float = 10.0,
+        headers: Mapping[str, str] | None = None,
+    ) -> CallStream:
+        """Calls `procedure` and receives its answer as a stream of chunks: iterate the
+        result (`async for chunk in await client.call_stream(...)`). The provider sends
+        no faster than this reads. `payload` may be larger than the node's `max_payload`:
+        it is then streamed before this returns. The call's errors are raised by the
+        iteration."""
+        native: _fovea.CallStream = await self._await(self._core.call_stream(procedure, payload, timeout, headers))
+        return CallStream(native)
 
     async def flush(self) -> None:
         """Waits until the node has handled everything sent before (every earlier publish
@@ -318,6 +375,8 @@ __all__ = [
     "AuthError",
     "BufferFull",
     "Busy",
+    "CallStream",
+    "Cancelled",
     "Client",
     "ClientClosed",
     "ConnectError",

@@ -73,10 +73,16 @@ class Unsupported(FoveaError):
     """The node speaks an older protocol without this feature."""
 
 
+class Cancelled(FoveaError):
+    """The call was abandoned while its stream was read or written: its caller cancelled
+    it, its deadline passed, or the connection was lost."""
+
+
 __all__ = [
     "AuthError",
     "BufferFull",
     "Busy",
+    "Cancelled",
     "ClientClosed",
     "ConnectError",
     "Disconnected",

@@ -37,6 +37,13 @@ class Core:
         headers: Mapping[str, str] | None = None,
         full: bool = False,
     ) -> asyncio.Future[Any]: ...
+    def call_stream(
+        self,
+        procedure: str,
+        payload: bytes | bytearray | memoryview | str,
+        timeout: float,
+        headers: Mapping[str, str] | None = None,
+    ) -> asyncio.Future[CallStream]: ...
     def flush(self) -> asyncio.Future[None]: ...
     def close(self) -> asyncio.Future[None]: ...
     def abandon_all(self) -> None: ...
@@ -111,3 +118,22 @@ class Request:
         """Reports progress to the caller (MCP `notifications/progress`)."""
     def log(self, level: str, data: Any, logger: str | None = None) -> None:
         """Sends a log line to the caller (MCP `notifications/message`)."""
+    @property
+    def answer_streams(self) -> bool:
+        """Whether the caller takes its answer as a stream (`send` parts first)."""
+    @property
+    def request_streams(self) -> bool:
+        """Whether the caller streams its request (read it with `next_chunk`)."""
+    def send(self, payload: bytes | bytearray | memoryview | str) -> asyncio.Future[None]:
+        """Sends the next part of a streamed answer, once the caller has room."""
+    def next_chunk(self) -> asyncio.Future[bytes | None]:
+        """The next part of a streamed request, or None at its end."""
+
+@final
+class CallStream:
+    """A call whose answer streams."""
+
+    def next(self) -> asyncio.Future[bytes | None]: ...
+    @property
+    def headers(self) -> dict[str, str]: ...
+    def cancel(self) -> None: ...
