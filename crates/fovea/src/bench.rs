@@ -817,15 +817,7 @@ async fn mcp_upstream(
 /// provider on B. Measures pub/sub and RPC across the link, and how long a new remote
 /// subscriber takes to receive (its discovery latency).
 async fn mesh(args: &BenchArgs) -> anyhow::Result<Report> {
-    let secret = format!("bench-{:x}", std::process::id() as u64 * 0x9e37_79b9);
-    let secret = format!("{secret}{secret}");
-    let base = ["--mesh-secret".to_owned(), secret, "--mesh-listen".to_owned(), "127.0.0.1:0".to_owned()];
-    let a = ChildNode::start(None, &base)?;
-    let a_mesh = a.mesh.clone().context("node A printed no mesh address")?;
-    let mut join = base.to_vec();
-    join.extend(["--join".to_owned(), a_mesh]);
-    let b = ChildNode::start(None, &join)?;
-    let opts = ConnectOptions::new().trust(Trust::CaFiles(vec![a.cert.clone(), b.cert.clone()]));
+    let (a, b, opts) = two_nodes()?;
     // The mesh is formed once a message crosses it.
     let publisher = Client::connect(&a.url, opts.clone()).await?;
     let sub_client = Client::connect(&b.url, opts.clone()).await?;
@@ -885,6 +877,20 @@ async fn mesh(args: &BenchArgs) -> anyhow::Result<Report> {
         r.failure = Some(format!("{dropped} messages were not delivered across the mesh"));
     }
     Ok(r)
+}
+
+/// Two nodes joined in a mesh (B joined through A), and client options that trust both.
+fn two_nodes() -> anyhow::Result<(ChildNode, ChildNode, ConnectOptions)> {
+    let secret = format!("bench-{:x}", std::process::id() as u64 * 0x9e37_79b9);
+    let secret = format!("{secret}{secret}");
+    let base = ["--mesh-secret".to_owned(), secret, "--mesh-listen".to_owned(), "127.0.0.1:0".to_owned()];
+    let a = ChildNode::start(None, &base)?;
+    let a_mesh = a.mesh.clone().context("node A printed no mesh address")?;
+    let mut join = base.to_vec();
+    join.extend(["--join".to_owned(), a_mesh]);
+    let b = ChildNode::start(None, &join)?;
+    let opts = ConnectOptions::new().trust(Trust::CaFiles(vec![a.cert.clone(), b.cert.clone()]));
+    Ok((a, b, opts))
 }
 
 /// Runs `nats.sh` for the workload just measured and prints both lines and the ratio.

@@ -181,6 +181,18 @@ impl Core {
     fn client(&self, py: Python<'_>) -> PyResult<&Client> {
         self.client.get().ok_or_else(|| to_py_err(py, ClientError::ClientClosed))
     }
+
+    /// A call's arguments from Python, checked, with the client to call through.
+    fn call_args(
+        &self,
+        py: Python<'_>,
+        payload: &Bound<'_, PyAny>,
+        headers: Option<&Bound<'_, PyAny>>,
+        timeout: f64,
+    ) -> PyResult<(Client, Bytes, Headers, std::time::Duration)> {
+        let client = self.client(py)?.clone();
+        Ok((client, payload_of(payload)?, headers_of(py, headers)?, duration_of(timeout, "timeout")?))
+    }
 }
 
 #[pymethods]
@@ -333,10 +345,7 @@ impl Core {
         headers: Option<&Bound<'_, PyAny>>,
         full: bool,
     ) -> PyResult<Py<PyAny>> {
-        let client = self.client(py)?.clone();
-        let payload: Bytes = payload_of(payload)?;
-        let headers: Headers = headers_of(py, headers)?;
-        let timeout = duration_of(timeout, "timeout")?;
+        let (client, payload, headers, timeout) = self.call_args(py, payload, headers, timeout)?;
         self.shared.start(py, async move {
             let response = client.call_with_headers(&procedure, &headers, payload, timeout).await?;
             Ok(Done::Response { response, full })
@@ -354,10 +363,7 @@ impl Core {
         timeout: f64,
         headers: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        let client = self.client(py)?.clone();
-        let payload: Bytes = payload_of(payload)?;
-        let headers: Headers = headers_of(py, headers)?;
-        let timeout = duration_of(timeout, "timeout")?;
+        let (client, payload, headers, timeout) = self.call_args(py, payload, headers, timeout)?;
         self.shared.start(py, async move {
             let stream = client.call_stream_with_headers(&procedure, &headers, payload, timeout).await?;
             Ok(Done::Stream(Box::new(stream)))

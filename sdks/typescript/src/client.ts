@@ -886,15 +886,7 @@ export class Client {
         reject(new TimeoutError(`the call to ${procedure} timed out after ${timeout} ms`, Code.Timeout));
       }, timeout + 1000);
       this.calls.set(callId, { resolve, reject, procedure, timer });
-      this.send(
-        new Encoder()
-          .varint(callId)
-          .str(procedure)
-          .varint(Math.max(1, Math.round(timeout)))
-          .headers(opts.headers)
-          .bytes(toBytes(payload))
-          .frame(Kind.Call),
-      );
+      this.send(callFrame(callId, procedure, timeout, opts.headers, toBytes(payload), 0));
     });
   }
 
@@ -931,17 +923,7 @@ export class Client {
     const callId = this.nextId++;
     const stream = new CallStream(this, callId, procedure, (flags & CallFlags.StreamRequest) !== 0);
     this.streams.set(callId, stream);
-    const timeout = opts.timeout ?? 10_000;
-    this.send(
-      new Encoder()
-        .varint(callId)
-        .str(procedure)
-        .varint(Math.max(1, Math.round(timeout)))
-        .headers(opts.headers)
-        .bytes(payload)
-        .varint(flags)
-        .frame(Kind.Call),
-    );
+    this.send(callFrame(callId, procedure, opts.timeout ?? 10_000, opts.headers, payload, flags));
     return stream;
   }
 
@@ -1052,6 +1034,20 @@ function subFrame(sid: number, pattern: string, group: string | undefined): Uint
   const e = new Encoder().varint(sid).str(pattern);
   if (group) e.str(group);
   return e.frame(Kind.Sub);
+}
+
+/** A `CALL`; its `flags` (v5) are written only when not 0, as a v4 `CALL` has none. */
+function callFrame(
+  callId: number,
+  procedure: string,
+  timeout: number,
+  headers: Headers | undefined,
+  payload: Uint8Array,
+  flags: number,
+): Uint8Array {
+  const e = new Encoder().varint(callId).str(procedure).varint(Math.max(1, Math.round(timeout))).headers(headers).bytes(payload);
+  if (flags !== 0) e.varint(flags);
+  return e.frame(Kind.Call);
 }
 
 function regFrame(rid: number, procedure: string, tool: Uint8Array | undefined): Uint8Array {

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use fovea_client::{Client, ConnectOptions, Headers, Trust};
+use fovea_client::{Client, Headers};
 
-use super::{rss_kib, ChildNode, Report};
+use super::{rss_kib, Report};
 use crate::cli::BenchArgs;
 
 /// How long any one streamed call of the benchmark may take.
@@ -27,15 +27,7 @@ const KEYS: [[&str; 5]; 2] = [
 const FIRST_CHUNK_CALLS: usize = 50;
 
 pub(super) async fn stream(args: &BenchArgs) -> anyhow::Result<Report> {
-    let secret = format!("bench-{:x}", std::process::id() as u64 * 0x9e37_79b9);
-    let secret = format!("{secret}{secret}");
-    let base = ["--mesh-secret".to_owned(), secret, "--mesh-listen".to_owned(), "127.0.0.1:0".to_owned()];
-    let a = ChildNode::start(None, &base)?;
-    let a_mesh = a.mesh.clone().context("node A printed no mesh address")?;
-    let mut join = base.to_vec();
-    join.extend(["--join".to_owned(), a_mesh]);
-    let b = ChildNode::start(None, &join)?;
-    let opts = ConnectOptions::new().trust(Trust::CaFiles(vec![a.cert.clone(), b.cert.clone()]));
+    let (a, b, opts) = super::two_nodes()?;
     let bytes = args.bytes;
     println!(
         "stream: {} MB each way, then {} chunks of {} bytes; through node A, then from A to a provider on B",
