@@ -37,9 +37,15 @@ use tokio::sync::{mpsc, Notify};
 use crate::cli::{McpApproveArgs, McpAttachArgs, McpStatusArgs};
 use crate::client_cmds::connect;
 
-/// Largest upstream result passed on (bigger ones become an error result): the node's
-/// payload limit, less room for headers.
-const MAX_RESULT: usize = 1024 * 1024 - 4096;
+/// Largest upstream result passed on (bigger ones become an error result). One over the
+/// node's `max_payload` is streamed to a caller that takes streamed answers (an agent on
+/// a node's MCP endpoint, `fovea call`); the bound is the MCP endpoint's own for a whole
+/// result.
+const MAX_RESULT: usize = 64 * 1024 * 1024;
+
+/// Largest arguments object taken for an upstream's tool (a caller may stream more than
+/// `max_payload`); an MCP request carries it whole.
+const MAX_ARGUMENTS: usize = 64 * 1024 * 1024;
 
 /// Backoff between restarts of an upstream that exited or failed.
 const FIRST_RESTART: Duration = Duration::from_millis(500);
@@ -555,7 +561,7 @@ async fn serve_tool(
 }
 
 async fn call_upstream(
-    req: Request,
+    mut req: Request,
     tool: String,
     upstream: Arc<RunningService<RoleClient, Upstream>>,
     handler: Upstream,
@@ -565,9 +571,13 @@ async fn call_upstream(
         lock(&handler.status).call_errors += 1;
         req.fail(message);
     };
-    let arguments = match serde_json::from_slice::<Value>(&req.payload) {
+    let body = match req.read_body(MAX_ARGUMENTS).await {
+        Ok(b) => b,
+        Err(e) => return fail(req, &format!("the arguments could not be read: {e}")),
+    };
+    let arguments = match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(a)) => a,
-        Ok(Value::Null) | Err(_) if req.payload.is_empty() => Default::default(),
+        Ok(Value::Null) | Err(_) if body.is_empty() => Default::default(),
         _ => return fail(req, "the arguments must be a JSON object"),
     };
     let mut params = CallToolRequestParams::new(tool);

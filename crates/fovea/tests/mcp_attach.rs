@@ -248,3 +248,33 @@ async fn a_server_over_http_can_be_attached() {
     node.stop().await;
     upstream.stop().await;
 }
+
+/// An upstream's result larger than the node's `max_payload` (a 3 MB file read) reaches a
+/// service that takes a streamed answer and an agent on the node's MCP endpoint, whole;
+/// a service taking one answer is told how to receive it.
+#[tokio::test]
+async fn an_upstreams_result_larger_than_a_frame_arrives_whole() {
+    let node = TestNode::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("desc"), "Echoes its arguments.").unwrap();
+    let _attach = attach(&node, "up", dir.path());
+    let client = node.client().await;
+    converges("the upstream's tools to be registered", || async {
+        tool_names(&client).await.contains(&"up.echo".to_owned())
+    })
+    .await;
+    let args = r#"{"size":3000000}"#;
+    let answer = client.call_stream("up.echo", args, Duration::from_secs(30)).await.unwrap();
+    let answer = answer.collect(64 << 20).await.unwrap();
+    let result: Value = serde_json::from_slice(&answer.payload).unwrap();
+    assert_eq!(result["content"][0]["text"].as_str().map(str::len), Some(3_000_000));
+    match client.call("up.echo", args, Duration::from_secs(30)).await {
+        Err(fovea_client::ClientError::Remote { message, .. }) => assert!(message.contains("call_stream"), "{message}"),
+        other => panic!("expected the refusal of a whole answer over max_payload, got {other:?}"),
+    }
+    let mut agent = Agent::new(node.mcp);
+    agent.initialize().await;
+    let call = agent.request(1, "tools/call", json!({"name": "up__echo", "arguments": {"size": 3_000_000}})).await;
+    assert_eq!(call.result()["content"][0]["text"].as_str().map(str::len), Some(3_000_000));
+    node.stop().await;
+}
