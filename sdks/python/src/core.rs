@@ -370,6 +370,25 @@ impl Core {
         })
     }
 
+    /// Opens a call whose request and answer both stream (at once, not a future).
+    #[pyo3(signature = (procedure, timeout, headers=None))]
+    fn open_call(
+        &self,
+        py: Python<'_>,
+        procedure: &str,
+        timeout: f64,
+        headers: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<feed::CallStream>> {
+        let client = self.client(py)?;
+        let headers: Headers = headers_of(py, headers)?;
+        let timeout = duration_of(timeout, "timeout")?;
+        let stream = {
+            let _rt = runtime()?.enter();
+            client.open_call(procedure, &headers, timeout).map_err(|e| to_py_err(py, e))?
+        };
+        Py::new(py, feed::CallStream::new(stream, self.shared.clone()))
+    }
+
     /// Resolves once the node has handled everything sent before.
     fn flush(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let client = self.client(py)?.clone();

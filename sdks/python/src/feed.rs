@@ -428,13 +428,22 @@ impl Request {
 pub struct CallStream {
     /// `None` once the answer ended or the call was cancelled (dropping it cancels).
     inner: Arc<tokio::sync::Mutex<Option<fovea_client::CallStream>>>,
+    /// The request's sending half, apart so that sending never waits for a `next`; `None`
+    /// when the request does not stream or once finished.
+    sender: Arc<tokio::sync::Mutex<Option<fovea_client::CallSender>>>,
     headers: Arc<Mutex<Headers>>,
     shared: Arc<Shared>,
 }
 
 impl CallStream {
-    pub(crate) fn new(stream: fovea_client::CallStream, shared: Arc<Shared>) -> CallStream {
-        CallStream { inner: Arc::new(tokio::sync::Mutex::new(Some(stream))), headers: Arc::default(), shared }
+    pub(crate) fn new(mut stream: fovea_client::CallStream, shared: Arc<Shared>) -> CallStream {
+        let sender = stream.take_sender();
+        CallStream {
+            inner: Arc::new(tokio::sync::Mutex::new(Some(stream))),
+            sender: Arc::new(tokio::sync::Mutex::new(sender)),
+            headers: Arc::default(),
+            shared,
+        }
     }
 }
 
@@ -460,6 +469,27 @@ impl CallStream {
                 }
             }
         })
+    }
+
+    /// A future that resolves once `payload` is sent as the next part of the request
+    /// (opened with `open_call`), as the provider makes room for it.
+    fn send(&self, py: Python<'_>, payload: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let payload = payload_of(payload)?;
+        let sender = self.sender.clone();
+        self.shared.start_owned(py, async move {
+            let mut slot = sender.lock().await;
+            let Some(s) = slot.as_mut() else { return Err(fovea_client::ClientError::StreamEnded) };
+            s.send(payload).await.map(|()| Done::Unit)
+        })
+    }
+
+    /// Ends the request (opened with `open_call`).
+    fn finish(&self, py: Python<'_>) -> PyResult<()> {
+        let taken = self.sender.try_lock().ok().and_then(|mut s| s.take());
+        let Some(sender) = taken else {
+            return Err(PyRuntimeError::new_err("the request was finished already, or a send is not finished"));
+        };
+        sender.finish().map_err(|e| crate::to_py_err(py, e))
     }
 
     /// The answer's headers, once `next` has returned `None` (empty before).

@@ -88,6 +88,7 @@ pub(crate) fn to_py_err(py: Python<'_>, e: ClientError) -> PyErr {
         ClientError::Busy(_) => ("Busy", Some(ErrorCode::Busy.to_u64())),
         ClientError::Unsupported { .. } => ("Unsupported", None),
         ClientError::Cancelled => ("Cancelled", None),
+        ClientError::StreamEnded => ("StreamEnded", None),
         _ => ("FoveaError", None),
     };
     fovea_error(py, class, message, code)

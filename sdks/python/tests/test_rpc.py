@@ -211,3 +211,41 @@ def test_streamed_calls_both_ways(node: Node, transport: str) -> None:
                 t.cancel()
 
     run(body)
+
+
+def test_open_call_streams_both_ways_at_once(node: Node) -> None:
+    """A provider that answers each part as it reads it, and a caller that sends from one
+    task while it reads in another: more than either window moves both ways."""
+
+    async def body() -> None:
+        async with (
+            await fovea.connect(node.quic, ca=node.cert) as provider,
+            await fovea.connect(node.quic, ca=node.cert) as caller,
+        ):
+            reg = await provider.register("pipe.upper")
+
+            async def serve() -> None:
+                async for req in reg:
+                    assert req.request_streams and req.answer_streams
+                    while (chunk := await req.next_chunk()) is not None:
+                        await req.send(chunk.upper())
+                    req.respond(b"")
+
+            server = asyncio.create_task(serve())
+            stream = caller.open_call("pipe.upper", timeout=30)
+            part = b"abcdefghij" * 30_000
+
+            async def send() -> None:
+                for _ in range(30):
+                    await stream.send(part)
+                stream.finish()
+                with pytest.raises(RuntimeError):
+                    stream.finish()
+
+            sender = asyncio.create_task(send())
+            received = b"".join([c async for c in stream])
+            await sender
+            assert received == part.upper() * 30
+            server.cancel()
+
+    run(body)

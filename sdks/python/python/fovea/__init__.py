@@ -44,6 +44,7 @@ from ._errors import (
     ProviderDisconnected,
     Refused,
     RemoteError,
+    StreamEnded,
     Timeout,
     Unsupported,
 )
@@ -154,6 +155,15 @@ class CallStream:
     def headers(self) -> dict[str, str]:
         """The answer's headers, once iteration has ended (empty before)."""
         return self._native.headers
+
+    async def send(self, payload: Payload) -> None:
+        """Sends the next part of the request (a call made with `open_call`), once the
+        provider has room for it; may run while another task iterates the answer."""
+        await self._native.send(payload)
+
+    def finish(self) -> None:
+        """Ends the request (a call made with `open_call`)."""
+        self._native.finish()
 
     async def collect(self, max_bytes: int = 64 << 20) -> bytes:
         """The whole answer; raises `PayloadTooLarge` past `max_bytes`."""
@@ -270,6 +280,14 @@ class Client:
         iteration."""
         native: _fovea.CallStream = await self._await(self._core.call_stream(procedure, payload, timeout, headers))
         return CallStream(native)
+
+    def open_call(
+        self, procedure: str, *, timeout: float = 10.0, headers: Mapping[str, str] | None = None
+    ) -> CallStream:
+        """Opens a call whose request and answer both stream: `await stream.send(part)`
+        and `stream.finish()` the request (from another task when the provider answers as
+        it reads), iterate the answer."""
+        return CallStream(self._core.open_call(procedure, timeout, headers))
 
     async def flush(self) -> None:
         """Waits until the node has handled everything sent before (every earlier publish
@@ -393,6 +411,7 @@ __all__ = [
     "RemoteError",
     "Request",
     "Response",
+    "StreamEnded",
     "Subscription",
     "Timeout",
     "Unsupported",

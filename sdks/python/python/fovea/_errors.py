@@ -73,6 +73,10 @@ class Unsupported(FoveaError):
     """The node speaks an older protocol without this feature."""
 
 
+class StreamEnded(FoveaError, RuntimeError):
+    """A stream was written after its end, or the call does not stream its request."""
+
+
 class Cancelled(FoveaError):
     """The call was abandoned while its stream was read or written: its caller cancelled
     it, its deadline passed, or the connection was lost."""
@@ -93,6 +97,7 @@ __all__ = [
     "ProviderDisconnected",
     "Refused",
     "RemoteError",
+    "StreamEnded",
     "Timeout",
     "Unsupported",
 ]
