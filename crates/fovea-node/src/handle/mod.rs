@@ -486,8 +486,9 @@ impl Handle {
         {
             let mut calls = lock(&caller.calls);
             let Some(c) = calls.map.get_mut(&call_id).filter(|c| c.req_id == req_id) else { return Flow::Late };
+            // Credit that crossed the request's last chunk: nothing more will use it.
             if c.request_ended {
-                return Flow::Late;
+                return Flow::Passed;
             }
             match c.request_credit.checked_add(bytes).filter(|&n| n <= MAX_CREDIT) {
                 Some(n) => c.request_credit = n,
