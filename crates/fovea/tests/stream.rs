@@ -459,3 +459,50 @@ async fn an_idempotent_call_survives_the_loss_of_its_providers_node() {
     a.stop().await;
     c.stop().await;
 }
+
+/// Hostile stream frames: `DATA` on a version 4 session closes it with `PROTOCOL_ERROR`;
+/// on version 5, frames naming no call are ignored, and credit past the protocol's bound
+/// ends the call it names, not the connection.
+#[tokio::test]
+async fn hostile_stream_frames_cost_only_their_call() {
+    let node = TestNode::start().await;
+    let mut old = RawClient::handshake_at(&node, 4).await;
+    old.send_frame(&Frame::Data(Data { id: 1, flags: 0, chunk: Bytes::from_static(b"x") })).await;
+    assert_eq!(old.close_code().await, Some(ErrorCode::ProtocolError.to_u64()));
+
+    let provider = node.client().await;
+    let mut reg = provider.register("hold.on").await.unwrap();
+    tokio::spawn(async move {
+        while let Some(req) = reg.next().await {
+            // Keep the request open until the node ends it; never answer.
+            tokio::spawn(async move { req.cancelled().await });
+        }
+    });
+    let mut raw = RawClient::handshake(&node).await;
+    for f in [
+        Frame::Data(Data { id: 77, flags: 0, chunk: Bytes::from_static(b"nobody") }),
+        Frame::Data(Data { id: 78, flags: data_flags::ANSWER | data_flags::END, chunk: Bytes::new() }),
+        Frame::Credit(fovea_core::frame::Credit { id: 79, flags: data_flags::ANSWER, bytes: u64::MAX >> 2 }),
+    ] {
+        raw.send_frame(&f).await;
+    }
+    raw.send_frame(&Frame::Call(Call {
+        call_id: 5,
+        procedure: Bytes::from_static(b"hold.on"),
+        timeout_ms: 10_000,
+        headers: fovea_core::Headers::new(),
+        payload: Bytes::new(),
+        flags: call_flags::STREAM_ANSWER,
+    }))
+    .await;
+    // More answer credit than a sender may hold: the call ends, the connection stays.
+    let credit = fovea_core::frame::Credit { id: 5, flags: data_flags::ANSWER, bytes: u64::MAX >> 2 };
+    raw.send_frame(&Frame::Credit(credit)).await;
+    match raw.next_frame().await {
+        Some(Frame::Result(r)) => assert_eq!((r.call_id, r.code), (5, ErrorCode::FlowControlError)),
+        other => panic!("expected RESULT FLOW_CONTROL_ERROR, got {other:?}"),
+    }
+    raw.send_frame(&Frame::Ping(9)).await;
+    assert_eq!(raw.next_frame().await, Some(Frame::Pong(9)));
+    node.stop().await;
+}
