@@ -276,7 +276,7 @@ impl Request {
             return Err(ClientError::StreamEnded);
         };
         let (inner, session, req_id) = (&self.inner, self.session, self.req_id);
-        let wait = crate::stream::RequestWait;
+        let wait = crate::stream::CreditWait(ClientError::Cancelled);
         crate::stream::send_chunks(inner, session, &s.flow, req_id, data_flags::ANSWER, data.into(), wait).await
     }
 

@@ -254,10 +254,11 @@ pub(crate) trait AsyncWait {
 
 pub(crate) type WaitFuture<'a> = Pin<Box<dyn Future<Output = Result<(), ClientError>> + Send + 'a>>;
 
-/// A provider waits for its caller's credit until the request is abandoned.
-pub(crate) struct RequestWait;
+/// A sender that waits only for credit; when its flow closes it fails with the error it
+/// holds (`Cancelled` for a provider's answer, `StreamEnded` for a taken `CallSender`).
+pub(crate) struct CreditWait(pub(crate) ClientError);
 
-impl AsyncWait for RequestWait {
+impl AsyncWait for CreditWait {
     fn wait<'a>(&'a mut self, credit: &'a Notify) -> WaitFuture<'a> {
         Box::pin(async move {
             credit.notified().await;
@@ -266,7 +267,7 @@ impl AsyncWait for RequestWait {
     }
 
     fn closed(&mut self) -> ClientError {
-        ClientError::Cancelled
+        self.0.clone()
     }
 }
 
@@ -541,22 +542,6 @@ impl std::fmt::Debug for CallSender {
     }
 }
 
-/// A taken sender waits for credit until the call ends (its flow closes).
-struct SenderWait;
-
-impl AsyncWait for SenderWait {
-    fn wait<'a>(&'a mut self, credit: &'a Notify) -> WaitFuture<'a> {
-        Box::pin(async move {
-            credit.notified().await;
-            Ok(())
-        })
-    }
-
-    fn closed(&mut self) -> ClientError {
-        ClientError::StreamEnded
-    }
-}
-
 impl CallSender {
     /// As [`CallStream::send`]; when the call has ended meanwhile, fails with
     /// [`ClientError::StreamEnded`] (its [`CallStream`] says how it ended).
@@ -571,7 +556,8 @@ impl CallSender {
             return Err(ClientError::StreamEnded);
         }
         let inner = self.client.inner();
-        send_chunks(inner, self.session, &self.flow, self.call_id, 0, data.into(), SenderWait).await
+        let wait = CreditWait(ClientError::StreamEnded);
+        send_chunks(inner, self.session, &self.flow, self.call_id, 0, data.into(), wait).await
     }
 
     /// Ends the request.
