@@ -30,6 +30,7 @@
 //! Neighbours: built on `fovea-core` (codec, topics); talks to `fovea-node` over the wire
 //! only, as any client in another language would (`docs/PROTOCOL.md`).
 
+mod messages;
 mod queue;
 mod rpc;
 mod session;
@@ -66,6 +67,7 @@ pub(crate) type IdMap<T> = HashMap<u64, T, foldhash::fast::RandomState>;
 
 pub use fovea_core::headers::HeaderError;
 pub use fovea_core::{ErrorCode, Headers, Pattern, Procedure, Topic, TopicError};
+pub use messages::{ChunkedSubscription, MessageBody, PublishStream, StreamedMessage};
 pub use rpc::{Registration, Request, RequestBody, Response};
 pub use stream::{CallSender, CallStream, MAX_CHUNK};
 pub use tls::{default_data_dir, Trust};
@@ -212,8 +214,12 @@ pub struct ConnectOptions {
     max_reconnect_delay: Duration,
     max_buffered: usize,
     subscription_capacity: usize,
+    max_message: usize,
     socket: Option<Socket>,
 }
+
+/// The default of [`ConnectOptions::max_message`]: 64 MiB, NATS's largest payload.
+pub const DEFAULT_MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// A UDP socket that several clients share.
 ///
@@ -275,6 +281,7 @@ impl Default for ConnectOptions {
             max_reconnect_delay: Duration::from_secs(2),
             max_buffered: 8 * 1024 * 1024,
             subscription_capacity: 8192,
+            max_message: DEFAULT_MAX_MESSAGE,
             socket: None,
         }
     }
@@ -337,6 +344,14 @@ impl ConnectOptions {
         self.max_buffered = bytes.max(1);
         self
     }
+    /// Largest streamed message a [`Subscription`] takes whole: a larger one is refused
+    /// (the node sends no more of it) and counted as dropped. A [`ChunkedSubscription`]
+    /// has no such bound. Default 64 MiB ([`DEFAULT_MAX_MESSAGE`]).
+    pub fn max_message(mut self, bytes: usize) -> Self {
+        self.max_message = bytes;
+        self
+    }
+
     /// Messages a [`Subscription`] holds before the client stops reading from the node
     /// (flow control). Default 8192.
     pub fn subscription_capacity(mut self, n: usize) -> Self {
@@ -427,6 +442,10 @@ pub(crate) struct Inner {
     /// request id (see [`stream`]): the reader hands them chunks and credit.
     pub call_streams: Mutex<IdMap<Arc<stream::Flow>>>,
     pub request_streams: Mutex<IdMap<Arc<stream::Flow>>>,
+    /// Streamed messages this client publishes, by its id, and receives, by the node's
+    /// (see [`messages`]).
+    pub publish_streams: Mutex<IdMap<Arc<stream::Flow>>>,
+    pub message_streams: Mutex<IdMap<messages::Incoming>>,
     /// `call_streams.len()`, read without its lock by every call's result.
     pub call_streams_open: AtomicUsize,
     /// The runtime the client was made in: a large answer given to the synchronous
@@ -476,6 +495,8 @@ pub(crate) struct SubEntry {
     /// Queue group; empty for none.
     pub group: Bytes,
     pub tx: queue::Sender,
+    /// A [`ChunkedSubscription`]'s channel: its messages go there instead of `tx`.
+    pub chunked: Option<mpsc::Sender<StreamedMessage>>,
     /// The caller of `subscribe` waiting for `SUBACK`.
     pub ack: Option<oneshot::Sender<Result<(), ClientError>>>,
 }
@@ -594,6 +615,8 @@ impl Client {
             serving: Mutex::new(IdMap::default()),
             call_streams: Mutex::new(IdMap::default()),
             request_streams: Mutex::new(IdMap::default()),
+            publish_streams: Mutex::new(IdMap::default()),
+            message_streams: Mutex::new(IdMap::default()),
             call_streams_open: AtomicUsize::new(0),
             runtime: tokio::runtime::Handle::current(),
             session: AtomicU64::new(0),
@@ -659,7 +682,11 @@ impl Client {
         Topic::check(topic).map_err(|source| ClientError::InvalidTopic { topic: topic.to_owned(), source })?;
         let max = self.max_payload();
         if payload.len() > max {
-            return Err(ClientError::PayloadTooLarge { size: payload.len(), max });
+            let streams = self.server_info().is_some_and(|i| i.version >= fovea_core::frame::VERSION_MESSAGE_STREAMS);
+            if !streams {
+                return Err(ClientError::PayloadTooLarge { size: payload.len(), max });
+            }
+            return self.publish_large(topic, headers, payload).await;
         }
         let inner = self.inner();
         loop {
@@ -697,7 +724,7 @@ impl Client {
     /// Invalid pattern; [`ClientError::Refused`] if the node refuses it (too many
     /// subscriptions, permission denied); [`ClientError::ClientClosed`].
     pub async fn subscribe(&self, pattern: &str) -> Result<Subscription, ClientError> {
-        self.subscribe_inner(pattern, "").await
+        self.subscribe_with(pattern, "", None).await
     }
 
     /// Subscribes as a member of queue group `group`: the subscriptions of all clients
@@ -709,10 +736,15 @@ impl Client {
     pub async fn subscribe_group(&self, pattern: &str, group: &str) -> Result<Subscription, ClientError> {
         Topic::new(group)
             .map_err(|source| ClientError::InvalidPattern { pattern: format!("group {group}"), source })?;
-        self.subscribe_inner(pattern, group).await
+        self.subscribe_with(pattern, group, None).await
     }
 
-    async fn subscribe_inner(&self, pattern: &str, group: &str) -> Result<Subscription, ClientError> {
+    pub(crate) async fn subscribe_with(
+        &self,
+        pattern: &str,
+        group: &str,
+        chunked: Option<mpsc::Sender<StreamedMessage>>,
+    ) -> Result<Subscription, ClientError> {
         let group = Bytes::copy_from_slice(group.as_bytes());
         let parsed = Pattern::new(pattern)
             .map_err(|source| ClientError::InvalidPattern { pattern: pattern.to_owned(), source })?;
@@ -721,7 +753,7 @@ impl Client {
         let (tx, rx) = queue::queue(inner.opts.subscription_capacity);
         let dropped = Arc::new(AtomicU64::new(0));
         let frame = Frame::Sub(Subscribe { sid, pattern: parsed.to_bytes(), group: group.clone() });
-        let entry = |ack| SubEntry { pattern: parsed.clone(), dropped: dropped.clone(), group, tx, ack };
+        let entry = |ack| SubEntry { pattern: parsed.clone(), dropped: dropped.clone(), group, tx, chunked, ack };
         let ack = inner.open_acked(&inner.subs, sid, entry, &frame)?;
         // Built before waiting: if the node refuses, dropping it sends the UNSUB.
         let sub = Subscription {

@@ -100,6 +100,17 @@ impl Pending {
         self.runs.front().map(|(sid, _)| *sid)
     }
 
+    /// Takes the first message, with its subscription.
+    pub(crate) fn pop_front(&mut self) -> Option<(u64, Message)> {
+        let (sid, n) = self.runs.front_mut()?;
+        let sid = *sid;
+        *n -= 1;
+        if *n == 0 {
+            self.runs.pop_front();
+        }
+        self.msgs.pop_front().map(|m| (sid, m))
+    }
+
     /// Drops the first run (its subscription has ended).
     pub(crate) fn drop_front_run(&mut self) {
         if let Some((_, n)) = self.runs.pop_front() {

@@ -276,6 +276,7 @@ async fn run(inner: &Arc<Inner>, s: Session) -> End {
     lock(&inner.notice_sinks).clear();
     lock(&inner.tool_queries).clear();
     crate::stream::end_session(inner);
+    crate::messages::end_session(inner);
     // Requests being handled can no longer be answered: tell their handlers.
     for (_, signal) in lock(&inner.serving).drain() {
         if let Some(signal) = signal {
@@ -435,19 +436,39 @@ async fn deliver(inner: &Arc<Inner>, pending: &mut Pending) {
                 let Some(sid) = pending.front_sid() else { break None };
                 match subs.get(&sid) {
                     None => pending.drop_front_run(),
+                    // A chunked subscription takes messages one by one, as `StreamedMessage`s.
+                    Some(crate::SubEntry { chunked: Some(tx), .. }) => match tx.try_reserve() {
+                        Ok(permit) => {
+                            if let Some((_, m)) = pending.pop_front() {
+                                permit.send(crate::messages::whole(m));
+                            }
+                        }
+                        Err(tokio::sync::mpsc::error::TrySendError::Closed(())) => pending.drop_front_run(),
+                        Err(tokio::sync::mpsc::error::TrySendError::Full(())) => {
+                            let tx = tx.clone();
+                            break Some(Space::Chunked(tx));
+                        }
+                    },
                     Some(entry) => {
                         if entry.tx.push_run(pending) == crate::queue::Pushed::Full {
-                            break Some(entry.tx.space());
+                            break Some(Space::Queue(entry.tx.space()));
                         }
                     }
                 }
             }
         };
         match full {
-            Some(space) => space.await,
+            Some(Space::Queue(space)) => space.await,
+            Some(Space::Chunked(tx)) => drop(tx.reserve().await),
             None => return,
         }
     }
+}
+
+/// What [`deliver`] waits for: room in a subscription's queue or channel.
+enum Space<Q> {
+    Queue(Q),
+    Chunked(tokio::sync::mpsc::Sender<crate::StreamedMessage>),
 }
 
 /// A message joins `pending`, delivered after the read (or before the next other frame).
@@ -478,6 +499,19 @@ async fn handle(inner: &Arc<Inner>, frame: Frame, pending: &mut Pending) -> Resu
                 signal.cancel();
             }
             crate::stream::request_cancelled(inner, req_id);
+        }
+        // Message streams: chunks of messages to us, credit for ours.
+        Frame::Data(d) if d.flags & fovea_core::frame::data_flags::MESSAGE != 0 => {
+            if let Some((sid, m)) = crate::messages::data(inner, d) {
+                pending.push(sid, m);
+            }
+        }
+        Frame::Credit(c) if c.flags & fovea_core::frame::data_flags::MESSAGE != 0 => crate::messages::credit(inner, c),
+        Frame::MsgStream(m) => {
+            if let Some((tx, m)) = crate::messages::open(inner, m)? {
+                // Waits while the application is a full channel behind, as a full queue does.
+                let _ = tx.send(m).await;
+            }
         }
         frame @ (Frame::Data(_) | Frame::Credit(_)) => crate::stream::on_frame(inner, frame),
         Frame::Notice(n) => {
@@ -520,9 +554,16 @@ async fn handle(inner: &Arc<Inner>, frame: Frame, pending: &mut Pending) -> Resu
             drop(out);
             inner.wake.notify_one();
         }
+        Frame::Error(e)
+            if e.reference != 0
+                && crate::messages::refused(
+                    inner,
+                    e.reference,
+                    &ClientError::Refused { code: e.code, message: e.message.clone() },
+                ) => {}
         Frame::Error(e) => {
             // Ids come from one counter, so the reference names at most one subscription
-            // or registration. An ERROR for a SUB or REG means it did not take effect, so
+            // or registration (or published message stream, above). An ERROR for a SUB or REG means it did not take effect, so
             // it ends, except DUPLICATE_ID against a live one: the node still has that.
             let ended = match end_refused(&inner.subs, &e) {
                 Some(ack) => Some(ack),

@@ -28,8 +28,9 @@ use crate::varint;
 /// version 3 the `DROPPED` notice; version 4 tools: the `tool` field of `REG`, `NOTICE`
 /// (progress and logs during a call) and the tool catalog (`TOOLS`, `TOOL_LIST`,
 /// `TOOLS_CHANGED`); version 5 streams: `CALL` and `REQUEST`'s `flags`, `DATA` and
-/// `CREDIT`.
-pub const VERSION: u64 = 5;
+/// `CREDIT`; version 6 streamed messages: `PUB_STREAM`, `MSG_STREAM` and the `MESSAGE`
+/// and `CUT` flags of `DATA` and `CREDIT`.
+pub const VERSION: u64 = 6;
 
 /// The first version with RPC frames and queue groups.
 pub const VERSION_RPC: u64 = 2;
@@ -42,6 +43,10 @@ pub const VERSION_TOOLS: u64 = 4;
 
 /// The first version with streams: `CALL`/`REQUEST` `flags`, `DATA` and `CREDIT`.
 pub const VERSION_STREAMS: u64 = 5;
+
+/// The first version with streamed messages: `PUB_STREAM`, `MSG_STREAM`, and `DATA` and
+/// `CREDIT` for them.
+pub const VERSION_MESSAGE_STREAMS: u64 = 6;
 
 /// Flags of `CALL` and `REQUEST` (v5): which directions of the call stream.
 pub mod call_flags {
@@ -62,8 +67,15 @@ pub mod call_flags {
 pub mod data_flags {
     /// The answer stream (provider to caller); without it, the request stream.
     pub const ANSWER: u64 = 1;
-    /// `DATA` only, request stream only: the last chunk of the request.
+    /// `DATA` only: the last chunk of a request (v5) or of a message (v6).
     pub const END: u64 = 2;
+    /// v6: the id names a message stream (`PUB_STREAM`, `MSG_STREAM`, `FWD_STREAM`), not a
+    /// call.
+    pub const MESSAGE: u64 = 4;
+    /// v6, message streams: the stream is cut before its end. On `DATA` (from its sender):
+    /// the message ends here, incomplete. On `CREDIT` (from its receiver): the receiver
+    /// wants no more of it.
+    pub const CUT: u64 = 8;
 }
 
 /// Bytes of `DATA` chunks a stream's sender may send before any `CREDIT` (v5).
@@ -91,6 +103,8 @@ pub mod kind {
     pub const SUBACK: u64 = 0x13;
     pub const MSG: u64 = 0x14;
     pub const DROPPED: u64 = 0x15;
+    pub const PUB_STREAM: u64 = 0x16;
+    pub const MSG_STREAM: u64 = 0x17;
     pub const REG: u64 = 0x20;
     pub const UNREG: u64 = 0x21;
     pub const REGACK: u64 = 0x22;
@@ -111,6 +125,7 @@ pub mod kind {
     pub const BIND: u64 = 0x43;
     pub const MESH_TOOLS: u64 = 0x44;
     pub const PROBE: u64 = 0x45;
+    pub const FWD_STREAM: u64 = 0x46;
 }
 
 /// One protocol message.
@@ -173,6 +188,11 @@ pub enum Frame {
     Data(Data),
     /// Either way (v5): the receiver of a stream lets its sender send more.
     Credit(Credit),
+    /// Client → node (v6): publish a message whose payload continues in `DATA` frames.
+    PubStream(PubStream),
+    /// Node → client (v6): a message for subscription `sid` whose payload continues in
+    /// `DATA` frames.
+    MsgStream(MsgStream),
     /// Node → node, first frame each way on a mesh link: who I am and the proof that I
     /// hold the mesh's credential (docs/MESH.md).
     MeshHello(MeshHello),
@@ -189,6 +209,9 @@ pub enum Frame {
     MeshTools(MeshTools),
     /// Node → node: a failure detector's message (`fovea_core::failure::wire`).
     Probe(Bytes),
+    /// Node → node: a streamed message published on the sender (a `FWD` whose payload
+    /// continues in `DATA` frames).
+    FwdStream(FwdStream),
 }
 
 /// Largest `PROBE` body: the longest message (`PING_REQ` with an IPv6 contact) is 72 bytes.
@@ -485,6 +508,31 @@ pub struct Credit {
     pub bytes: u64,
 }
 
+/// `PUB_STREAM` fields (v6): a `PUB` whose payload is the message's first part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PubStream {
+    /// Publisher-chosen stream id, non-zero, unique among the connection's open publish
+    /// streams; its `DATA` and `CREDIT` frames carry it.
+    pub id: u64,
+    pub msg: Publish,
+}
+
+/// `MSG_STREAM` fields (v6): a `MSG` whose payload is the message's first part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MsgStream {
+    /// Node-chosen stream id, unique among the message streams open to the connection.
+    pub id: u64,
+    pub msg: Delivery,
+}
+
+/// `FWD_STREAM` fields (node to node): a `FWD` whose payload is the message's first part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FwdStream {
+    /// Chosen by the sending node, unique among its streams open on the link.
+    pub id: u64,
+    pub fwd: Forward,
+}
+
 /// `REQUEST` fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
@@ -763,6 +811,19 @@ impl Frame {
             }
             kind::PROBE => Frame::Probe(r.bytes("body", MAX_PROBE)?),
             kind::FWD => Frame::Fwd(r.forward_at()?.to_forward()),
+            kind::PUB_STREAM => Frame::PubStream(PubStream { id: r.varint("id")?, msg: r.publish()? }),
+            kind::MSG_STREAM => {
+                let sid = r.varint("sid")?;
+                let id = r.varint("id")?;
+                let msg = Delivery {
+                    sid,
+                    topic: r.bytes("topic", MAX_TOPIC_LEN)?,
+                    headers: r.headers()?,
+                    payload: r.bytes("payload", usize::MAX)?,
+                };
+                Frame::MsgStream(MsgStream { id, msg })
+            }
+            kind::FWD_STREAM => Frame::FwdStream(FwdStream { id: r.varint("id")?, fwd: r.forward_at()?.to_forward() }),
             other => return Err(DecodeError::UnknownType(other)),
         };
         Ok(Some((frame, total)))
@@ -864,6 +925,9 @@ impl Frame {
             Frame::Bind(_) => kind::BIND,
             Frame::MeshTools(_) => kind::MESH_TOOLS,
             Frame::Probe(_) => kind::PROBE,
+            Frame::PubStream(_) => kind::PUB_STREAM,
+            Frame::MsgStream(_) => kind::MSG_STREAM,
+            Frame::FwdStream(_) => kind::FWD_STREAM,
         }
     }
 
@@ -1023,21 +1087,41 @@ impl Frame {
                 w.bytes(o, &b.realm);
                 w.bytes(o, &b.procedure);
             }
-            Frame::Fwd(f) => {
-                w.bytes(o, &f.realm);
-                w.bytes(o, &f.topic);
-                w.headers(o, &f.headers);
-                let groups = &f.groups[..f.groups.len().min(MAX_FWD_GROUPS)];
-                w.varint(o, groups.len() as u64);
-                for (pattern, name) in groups {
-                    w.bytes(o, pattern);
-                    w.bytes(o, name);
-                }
-                w.bytes(o, &f.payload);
+            Frame::PubStream(p) => {
+                w.varint(o, p.id);
+                w.bytes(o, &p.msg.topic);
+                w.headers(o, &p.msg.headers);
+                w.bytes(o, &p.msg.payload);
             }
+            Frame::MsgStream(m) => {
+                w.varint(o, m.msg.sid);
+                w.varint(o, m.id);
+                w.bytes(o, &m.msg.topic);
+                w.headers(o, &m.msg.headers);
+                w.bytes(o, &m.msg.payload);
+            }
+            Frame::FwdStream(f) => {
+                w.varint(o, f.id);
+                Frame::forward_fields(w, o, &f.fwd);
+            }
+            Frame::Fwd(f) => Frame::forward_fields(w, o, f),
             // Encoded by their own fast paths in `encode`.
             Frame::Pub(_) | Frame::Msg(_) | Frame::Respond(_) | Frame::Result(_) => {}
         }
+    }
+
+    /// `FWD`'s fields (also `FWD_STREAM`'s after its id).
+    fn forward_fields(w: &mut Writer, o: &mut Option<&mut BytesMut>, f: &Forward) {
+        w.bytes(o, &f.realm);
+        w.bytes(o, &f.topic);
+        w.headers(o, &f.headers);
+        let groups = &f.groups[..f.groups.len().min(MAX_FWD_GROUPS)];
+        w.varint(o, groups.len() as u64);
+        for (pattern, name) in groups {
+            w.bytes(o, pattern);
+            w.bytes(o, name);
+        }
+        w.bytes(o, &f.payload);
     }
 }
 

@@ -56,6 +56,12 @@ pub struct Stats {
     pub stream_bytes: AtomicU64,
     /// `DATA` and `CREDIT` frames for calls that had ended, ignored.
     pub late_stream_frames: AtomicU64,
+    /// Streamed messages opened here (a client's `PUB_STREAM`, a link's `FWD_STREAM`).
+    pub message_streams: AtomicU64,
+    /// Receivers cut from a streamed message: they stopped reading for
+    /// `slow_consumer_timeout` while the publisher waited, or broke its credit rules.
+    /// Shared with the tasks that watch publishers ([`crate::handle::fanout::watch_stalls`]).
+    pub messages_cut: std::sync::Arc<AtomicU64>,
     closes: [AtomicU64; CODE_SLOTS],
     rejections: [AtomicU64; CODE_SLOTS],
     /// Time from a call reaching the node to its answer leaving it.
@@ -125,6 +131,8 @@ pub struct StatsSnapshot {
     pub stream_chunks: u64,
     pub stream_bytes: u64,
     pub late_stream_frames: u64,
+    pub message_streams: u64,
+    pub messages_cut: u64,
     pub subscriptions: u64,
     pub registrations: u64,
     /// Connections the node closed, by close code (`NO_ERROR` not counted).
@@ -179,6 +187,8 @@ impl Stats {
             stream_chunks: get(&self.stream_chunks),
             stream_bytes: get(&self.stream_bytes),
             late_stream_frames: get(&self.late_stream_frames),
+            message_streams: get(&self.message_streams),
+            messages_cut: get(&self.messages_cut),
             subscriptions,
             registrations,
             closes: by_code(&self.closes, 0),

@@ -389,6 +389,12 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             "DATA and CREDIT frames for calls that had ended, ignored.",
             s.late_stream_frames + from_mesh(|m| &m.late_stream_frames),
         );
+        count("fovea_message_streams_total", "Streamed messages opened (PUB_STREAM, FWD_STREAM).", s.message_streams);
+        count(
+            "fovea_messages_cut_total",
+            "Receivers cut from a streamed message: stalled for slow_consumer_timeout, or broke its credit.",
+            s.messages_cut,
+        );
         count(
             "fovea_streams_broken_total",
             "Calls ended with FLOW_CONTROL_ERROR because another node's DATA or CREDIT broke the stream's rules \

@@ -19,7 +19,7 @@ use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
@@ -31,6 +31,7 @@ use fovea_core::frame::{call_flags, data_flags, Call, CallResult, Credit, Notice
 use fovea_core::{ErrorCode, Frame, Headers};
 use tokio::time::Sleep;
 
+pub(crate) mod fanout;
 pub(crate) mod outbound;
 
 use outbound::Outbound;
@@ -57,9 +58,13 @@ pub(crate) struct Handle {
     /// so that one the node did not serve (`NO_PROVIDER`: its provider went away) can go
     /// to another provider ([`Handle::take_unserved`]). Clients' handles keep nothing.
     keeps_requests: bool,
-    /// Speaks streams (protocol version 5, every link): may be sent `DATA`, `CREDIT` and
-    /// `REQUEST`s with flags.
-    streams: bool,
+    /// The protocol version its peer speaks (every link: this node's): from 5 it may be
+    /// sent `DATA`, `CREDIT` and `REQUEST`s with flags, from 6 streamed messages.
+    version: u64,
+    /// Streamed messages it publishes and receives ([`fanout`]).
+    messages: Mutex<fanout::Messages>,
+    /// A task watches its published streams for stalled receivers ([`fanout::watch_stalls`]).
+    watching: AtomicBool,
 }
 
 /// A request sent to another node, kept so that it can be sent elsewhere if that node
@@ -228,19 +233,21 @@ impl Handle {
             next_req: AtomicU64::new(1),
             max_answer,
             keeps_requests: false,
-            streams: false,
+            version: 0,
+            messages: Mutex::new(fanout::Messages::default()),
+            watching: AtomicBool::new(false),
         }
     }
 
-    /// This handle's peer speaks streams (protocol version 5).
-    pub fn with_streams(self, streams: bool) -> Self {
-        Handle { streams, ..self }
+    /// This handle's peer speaks protocol `version`.
+    pub fn with_version(self, version: u64) -> Self {
+        Handle { version, ..self }
     }
 
     /// A link's handle: requests sent to it are kept until answered (see
     /// `keeps_requests`); links speak streams.
     pub fn for_link(out: Outbound, max_answer: usize) -> Self {
-        Handle { keeps_requests: true, streams: true, ..Handle::new(out, max_answer) }
+        Handle { keeps_requests: true, version: fovea_core::frame::VERSION, ..Handle::new(out, max_answer) }
     }
 
     /// Caller side, for a request `req_id` sent to this link that its node answered
@@ -315,7 +322,8 @@ impl Handle {
         // A provider without streams answers in one `RESPOND`, whatever the caller accepts;
         // a streamed request it could not read at all.
         let asked = flags;
-        let flags = if provider.streams { flags & call_flags::KNOWN } else { 0 };
+        let streams = provider.version >= fovea_core::frame::VERSION_STREAMS;
+        let flags = if streams { flags & call_flags::KNOWN } else { 0 };
         if asked & call_flags::STREAM_REQUEST != 0 && flags & call_flags::STREAM_REQUEST == 0 {
             let msg = "the provider chosen speaks a protocol version without streams (below 5)".to_owned();
             return Err(Refusal::Result(ErrorCode::StreamsUnsupported, msg));
@@ -654,6 +662,7 @@ impl Handle {
     /// asked. Calls of others end with `PROVIDER_DISCONNECTED`, but for idempotent ones
     /// not yet answered in part, handed back to be sent to another provider.
     pub fn abandon_all(&self) -> Abandoned {
+        self.abandon_messages();
         let mine: Vec<InFlight> = {
             let mut calls = lock(&self.calls);
             calls.deadlines.clear();

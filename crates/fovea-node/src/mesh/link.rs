@@ -298,10 +298,20 @@ impl Mesh {
             }
             // Streams: as from a client (`front::session::control`), the link standing for
             // the caller or the provider of the call the frame names.
+            // A streamed message from the peer's publisher, for subscribers here.
+            Frame::FwdStream(f) => {
+                if let Some(h) = self.handler() {
+                    if h.open_stream(&link.handle, f).is_err() {
+                        return Err("a FWD_STREAM id already open, or too many open".into());
+                    }
+                }
+            }
             Frame::Data(d) => {
                 self.stats.stream_chunks.fetch_add(1, Ordering::Relaxed);
                 self.stats.stream_bytes.fetch_add(d.chunk.len() as u64, Ordering::Relaxed);
-                let flow = if d.flags & fovea_core::frame::data_flags::ANSWER != 0 {
+                let flow = if d.flags & fovea_core::frame::data_flags::MESSAGE != 0 {
+                    link.handle.publish_data(d.id, d.flags, &d.chunk, self.limits.max_payload)
+                } else if d.flags & fovea_core::frame::data_flags::ANSWER != 0 {
                     link.handle.answer_data(d.id, &d.chunk)
                 } else {
                     link.handle.request_data(d.id, d.flags, &d.chunk)
@@ -309,7 +319,9 @@ impl Mesh {
                 self.count_flow(flow);
             }
             Frame::Credit(c) => {
-                let flow = if c.flags & fovea_core::frame::data_flags::ANSWER != 0 {
+                let flow = if c.flags & fovea_core::frame::data_flags::MESSAGE != 0 {
+                    link.handle.message_credit(c.id, c.flags, c.bytes)
+                } else if c.flags & fovea_core::frame::data_flags::ANSWER != 0 {
                     link.handle.answer_credit(c.id, c.bytes)
                 } else {
                     link.handle.request_credit(c.id, c.bytes)
@@ -436,6 +448,26 @@ impl Mesh {
             }
         };
         Some(ProviderRef { handle: link.handle.clone(), rid })
+    }
+
+    /// The handle of the open link to `node`, if there is one.
+    pub(crate) fn linked(&self, node: &NodeId) -> Option<Arc<Handle>> {
+        let link = lock(&self.links).get(node).cloned()?;
+        link.touch(self.now_ms());
+        Some(link.handle.clone())
+    }
+
+    /// The handle of the link to `to`, opening it if needed; `None` when it cannot be
+    /// reached.
+    pub(crate) async fn link_to(self: &Arc<Self>, to: Contact) -> Option<Arc<Handle>> {
+        if let Some(h) = self.linked(&to.id) {
+            return Some(h);
+        }
+        if let Err(e) = self.clone().dial(to.addr, Some(to.id)).await {
+            tracing::debug!(peer = %to.id, error = %e, "cannot reach a node with subscribers");
+            return None;
+        }
+        self.linked(&to.id)
     }
 
     /// Queues a forwarded message for `to` (dialing it first if needed). `false` when it

@@ -188,6 +188,10 @@ pub(crate) trait LinkHandler: Send + Sync + 'static {
     /// `procedure` in `realm`: send it once more, to another provider (here or elsewhere),
     /// and stop taking `node` for one of `procedure`.
     fn retry(&self, node: NodeId, realm: &Bytes, procedure: Bytes, retry: crate::handle::Retry);
+    /// A streamed message from another node (`FWD_STREAM`), for the subscribers here;
+    /// `link` is its publisher here. `Err` when the link broke the stream rules (an id
+    /// already open, or too many open).
+    fn open_stream(&self, link: &Arc<Handle>, head: fovea_core::frame::FwdStream) -> Result<(), ()>;
 }
 
 /// Where the messages forwarded on one link go (see [`LinkHandler::link_opened`]).

@@ -91,6 +91,14 @@ impl LinkHandler for Router {
         }
         retry(&router, &realm, r, procedure);
     }
+
+    fn open_stream(&self, link: &Arc<Handle>, head: fovea_core::frame::FwdStream) -> Result<(), ()> {
+        let Some(router) = self.weak().upgrade() else { return Ok(()) };
+        let fovea_core::frame::FwdStream { id, fwd } = head;
+        let mut rng = Rng::new(router.seed ^ id);
+        let msg = fovea_core::frame::Publish { topic: fwd.topic, headers: fwd.headers, payload: fwd.payload };
+        super::messages::open_forwarded(&router, link, id, &fwd.realm, &fwd.groups, msg, &mut rng).map_err(|_| ())
+    }
 }
 
 /// A link's match caches by realm (wire name). Looked up per message: a fast hash.

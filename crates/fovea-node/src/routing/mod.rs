@@ -13,6 +13,7 @@ pub(crate) mod catalog;
 pub(crate) mod interest;
 mod matches;
 pub(crate) mod mesh_catalog;
+pub(crate) mod messages;
 mod realm;
 
 pub(crate) use matches::{check_limits, GroupKey, MatchCache, Matches, SubRef};

@@ -5,7 +5,8 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use fovea_core::frame::{
-    data_flags, Call, Register, Subscribe, ToolList, ToolsQuery, VERSION_RPC, VERSION_STREAMS, VERSION_TOOLS,
+    data_flags, Call, PubStream, Register, Subscribe, ToolList, ToolsQuery, VERSION_MESSAGE_STREAMS, VERSION_RPC,
+    VERSION_STREAMS, VERSION_TOOLS,
 };
 use fovea_core::tool::ToolDescriptor;
 use fovea_core::{ErrorCode, Frame, Pattern, Procedure};
@@ -26,6 +27,7 @@ impl Session {
             Frame::Reg(_) | Frame::Unreg(_) | Frame::Call(_) | Frame::Respond(_) | Frame::Cancel(_) => VERSION_RPC,
             Frame::Notice(_) | Frame::Tools(_) => VERSION_TOOLS,
             Frame::Data(_) | Frame::Credit(_) => VERSION_STREAMS,
+            Frame::PubStream(_) => VERSION_MESSAGE_STREAMS,
             _ => 0,
         };
         if self.version < needs {
@@ -43,6 +45,9 @@ impl Session {
                 if let Some((p, group)) = self.subs.remove(&sid) {
                     self.realm.unsubscribe([(&p, SubRef { handle: self.handle.clone(), sid, group })]);
                     self.info.subscriptions.store(self.subs.len(), Ordering::Relaxed);
+                    // Streamed messages under way to it end here: their publishers go on
+                    // with the other receivers.
+                    self.handle.cut_receiving(sid);
                 }
             }
             Frame::Ping(token) => self.handle.out.send(&Frame::Pong(token)),
@@ -85,11 +90,26 @@ impl Session {
             Frame::Tools(q) => self.list_tools(q),
             // A chunk of the answer comes from the call's provider (a request id), a chunk
             // of the request from its caller (a call id); credit goes the other way.
+            Frame::PubStream(p) => self.publish_stream(p),
             Frame::Data(d) => {
                 let stats = &self.shared.router.stats;
                 stats.stream_chunks.fetch_add(1, Ordering::Relaxed);
                 stats.stream_bytes.fetch_add(d.chunk.len() as u64, Ordering::Relaxed);
-                let flow = if d.flags & data_flags::ANSWER != 0 {
+                let flow = if d.flags & data_flags::MESSAGE != 0 {
+                    let flow = self.handle.publish_data(d.id, d.flags, &d.chunk, self.shared.config.limits.max_payload);
+                    if flow == Flow::Broken {
+                        let why = "a chunk beyond the credit the node granted, or larger than max_payload";
+                        self.reject(ErrorCode::FlowControlError, d.id, format!("message stream {}: {why}", d.id));
+                        let cut = fovea_core::frame::Credit {
+                            id: d.id,
+                            flags: data_flags::MESSAGE | data_flags::CUT,
+                            bytes: 0,
+                        };
+                        self.handle.out.send(&Frame::Credit(cut));
+                        return Ok(());
+                    }
+                    flow
+                } else if d.flags & data_flags::ANSWER != 0 {
                     self.handle.answer_data(d.id, &d.chunk)
                 } else {
                     self.handle.request_data(d.id, d.flags, &d.chunk)
@@ -97,7 +117,13 @@ impl Session {
                 self.count_flow(flow);
             }
             Frame::Credit(c) => {
-                let flow = if c.flags & data_flags::ANSWER != 0 {
+                let flow = if c.flags & data_flags::MESSAGE != 0 {
+                    let flow = self.handle.message_credit(c.id, c.flags, c.bytes);
+                    if flow == Flow::Broken {
+                        self.shared.router.stats.messages_cut.fetch_add(1, Ordering::Relaxed);
+                    }
+                    flow
+                } else if c.flags & data_flags::ANSWER != 0 {
                     self.handle.answer_credit(c.id, c.bytes)
                 } else {
                     self.handle.request_credit(c.id, c.bytes)
@@ -252,6 +278,59 @@ impl Session {
         let now = self.read_at();
         let router = &self.shared.router;
         route_call(router, &self.realm, &self.handle, &mut self.rng, c, now, Origin::Here);
+    }
+
+    /// `PUB_STREAM`: a message whose payload continues in `DATA` frames. Checked as a
+    /// `PUB` is; refused with `ERROR` (reference: the stream's id) and a `CREDIT` with
+    /// `CUT`, so the publisher stops.
+    fn publish_stream(&mut self, p: PubStream) {
+        let PubStream { id, msg } = p;
+        let limits = &self.shared.config.limits;
+        let refused = if id == 0 {
+            Some((ErrorCode::InvalidTopic, "message stream id 0 is reserved; use ids from 1".to_owned()))
+        } else if msg.payload.len() > limits.max_payload {
+            let (len, max) = (msg.payload.len(), limits.max_payload);
+            Some((ErrorCode::PayloadTooLarge, format!("a first part of {len} bytes exceeds max_payload {max}")))
+        } else if msg.headers.encoded_len() > limits.max_headers_len {
+            let max = limits.max_headers_len;
+            Some((ErrorCode::PayloadTooLarge, format!("headers exceed this node's max_headers_len of {max}")))
+        } else {
+            match self.cache.lookup(&self.realm, &msg.topic, &self.perms.publish) {
+                Ok((_, true)) => None,
+                Ok((_, false)) => {
+                    Some((ErrorCode::PermissionDenied, format!("not allowed to publish to {:?}", shown(&msg.topic))))
+                }
+                Err(e) => Some((ErrorCode::InvalidTopic, format!("topic {:?} {e}", shown(&msg.topic)))),
+            }
+        };
+        let refused = refused.or_else(|| match self.handle.reserve_stream(id, 0) {
+            Ok(()) => None,
+            Err(crate::handle::fanout::Refused::DuplicateId) => {
+                Some((ErrorCode::DuplicateId, format!("message stream {id} is already open")))
+            }
+            Err(crate::handle::fanout::Refused::TooMany) => Some((
+                ErrorCode::Busy,
+                format!(
+                    "{} message streams are open, the most one connection may publish",
+                    crate::handle::fanout::MAX_PUBLISHING
+                ),
+            )),
+        });
+        if let Some((code, why)) = refused {
+            self.reject(code, id, why);
+            let cut = data_flags::MESSAGE | data_flags::CUT;
+            self.handle.out.send(&Frame::Credit(fovea_core::frame::Credit { id, flags: cut, bytes: 0 }));
+            return;
+        }
+        // Looked up again (the cache lends its entry): a copy of the topic for the owned message.
+        let Ok((subs, _)) = self.cache.lookup(&self.realm, &msg.topic, &self.perms.publish) else { return };
+        let subs = subs.clone();
+        let msg = fovea_core::frame::Publish {
+            topic: Bytes::copy_from_slice(&msg.topic),
+            headers: msg.headers,
+            payload: msg.payload,
+        };
+        crate::routing::messages::open(&self.shared.router, &self.realm, &self.handle, id, msg, &subs, &mut self.rng);
     }
 
     /// `TOOLS`: one page of the realm's tools this connection may call, and (with `watch`)

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use fovea_core::balance::Rng;
-use fovea_core::frame::{Welcome, VERSION, VERSION_DROPPED, VERSION_STREAMS};
+use fovea_core::frame::{Welcome, VERSION, VERSION_DROPPED};
 use fovea_core::{Deframer, ErrorCode, Frame};
 
 use super::{Close, Session, Shared};
@@ -88,7 +88,7 @@ async fn admit(link: &Link, mut recv: Reader, shared: &Arc<Shared>, id: u64) -> 
     let limits = &shared.config.limits;
     let version = hello.version.min(VERSION);
     let out = Outbound::new(limits.max_pending_bytes, limits.slow_consumer_timeout, version >= VERSION_DROPPED);
-    let peer = Arc::new(Handle::new(out, limits.max_payload).with_streams(version >= VERSION_STREAMS));
+    let peer = Arc::new(Handle::new(out, limits.max_payload).with_version(version));
     peer.out.send(&Frame::Welcome(Welcome {
         version,
         node: shared.config.name.clone(),
