@@ -323,8 +323,21 @@ impl Client {
     /// # Errors
     /// As [`Client::subscribe`].
     pub async fn subscribe_chunked(&self, pattern: &str) -> Result<ChunkedSubscription, ClientError> {
+        self.subscribe_chunked_group(pattern, "").await
+    }
+
+    /// As [`Client::subscribe_chunked`], as a member of queue group `group` (see
+    /// [`Client::subscribe_group`]; empty: none).
+    ///
+    /// # Errors
+    /// As [`Client::subscribe_group`].
+    pub async fn subscribe_chunked_group(&self, pattern: &str, group: &str) -> Result<ChunkedSubscription, ClientError> {
+        if !group.is_empty() {
+            Topic::new(group)
+                .map_err(|source| ClientError::InvalidPattern { pattern: format!("group {group}"), source })?;
+        }
         let (tx, rx) = mpsc::channel(self.inner().opts.subscription_capacity.min(1024));
-        let sub = self.subscribe_with(pattern, "", Some(tx)).await?;
+        let sub = self.subscribe_with(pattern, group, Some(tx)).await?;
         Ok(ChunkedSubscription { sub, rx })
     }
 }

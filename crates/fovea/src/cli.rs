@@ -397,7 +397,9 @@ pub struct PubArgs {
     pub topic: String,
     /// The payload. Without it, each line of stdin is published as one message.
     pub payload: Option<String>,
-    /// Publish the contents of this file as one message, unchanged (`-`: all of stdin).
+    /// Publish the contents of this file as one message, unchanged (`-`: all of stdin). A
+    /// file larger than the node's max_payload is streamed as it is read (nodes of protocol
+    /// 6); `fovea sub --raw` writes it out the same way.
     #[arg(long, value_name = "PATH", conflicts_with = "payload")]
     pub file: Option<std::path::PathBuf>,
     /// A header, as NAME=VALUE. Repeat for more.
@@ -415,7 +417,8 @@ pub struct SubArgs {
     #[arg(long, short = 'n', value_name = "N")]
     pub count: Option<u64>,
     /// Print only the payload, exactly as published: no topic, nothing added (with
-    /// `--count 1`, a file sent with `fovea pub --file` comes out unchanged).
+    /// `--count 1`, a file sent with `fovea pub --file` comes out unchanged, written as
+    /// its parts arrive, whatever its size).
     #[arg(long)]
     pub raw: bool,
     /// Print headers too, as ` [name=value …]` after the topic.

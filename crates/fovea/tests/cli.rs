@@ -311,10 +311,28 @@ fn files_and_streams_through_the_binary() {
     let out = wait_output(sub, Duration::from_secs(20));
     assert!(out.stdout == small, "the payload came out changed ({} bytes)", out.stdout.len());
 
-    // 5 MiB, five times the default max_payload, counted by the provider's command.
+    // 5 MiB, five times the default max_payload.
     let big: Vec<u8> = (0..5 << 20).map(|i: u32| (i % 251) as u8).collect();
     let file = dir.path().join("big.bin");
     std::fs::write(&file, &big).unwrap();
+
+    // Published as one streamed message and written out as it comes, unchanged.
+    let received = dir.path().join("received.bin");
+    let mut sub = fovea(&["sub", "files.big", "--count", "1", "--raw"], &ca, &url)
+        .stdout(std::fs::File::create(&received).unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = first_line_then_drain(sub.stderr.take().unwrap());
+    assert!(line.starts_with("subscribed to"), "{line:?}");
+    let out = fovea(&["pub", "files.big", "--file", file.to_str().unwrap()], &ca, &url).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status = wait_output(sub, Duration::from_secs(30)).status;
+    assert!(status.success());
+    let got = std::fs::read(&received).unwrap();
+    assert!(got == big, "the file came out changed ({} bytes)", got.len());
+
+    // Counted by the provider's command.
     let _count = start_serve(&["serve", "bytes.count", "--exec", "wc -c"], &ca, &url);
     let out = fovea(&["call", "bytes.count", "--file", file.to_str().unwrap(), "--timeout", "60s"], &ca, &url)
         .output()
