@@ -1,7 +1,8 @@
-//! `fovea bench stream`: streamed calls through one node and across a mesh link. One large
-//! transfer each way (caller → provider as a streamed request, provider → caller as a
-//! streamed answer) with the node's memory sampled while it runs, then a stream of small
-//! chunks (a model's tokens): chunks per second and the time to the first chunk.
+//! `fovea bench stream`: streamed calls and messages through one node and across a mesh
+//! link. One large transfer each way (caller → provider as a streamed request, provider →
+//! caller as a streamed answer) and one published message (publisher → subscriber), with
+//! the node's memory sampled while each runs, then a stream of small chunks (a model's
+//! tokens): chunks per second and the time to the first chunk.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,9 +19,16 @@ use crate::cli::BenchArgs;
 const CALL_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The report's keys: through one node, then across the link.
-const KEYS: [[&str; 5]; 2] = [
-    ["request_gbit", "answer_gbit", "rss_growth_mb", "chunk_rate", "first_chunk_us"],
-    ["link_request_gbit", "link_answer_gbit", "link_rss_growth_mb", "link_chunk_rate", "link_first_chunk_us"],
+const KEYS: [[&str; 6]; 2] = [
+    ["request_gbit", "answer_gbit", "publish_gbit", "rss_growth_mb", "chunk_rate", "first_chunk_us"],
+    [
+        "link_request_gbit",
+        "link_answer_gbit",
+        "link_publish_gbit",
+        "link_rss_growth_mb",
+        "link_chunk_rate",
+        "link_first_chunk_us",
+    ],
 ];
 
 /// Calls whose first chunk is timed.
@@ -55,21 +63,25 @@ pub(super) async fn stream(args: &BenchArgs) -> anyhow::Result<Report> {
         let pid = a.child.id();
         let (up, up_rss) = sampled(pid, upload(&caller, bytes)).await?;
         let (down, down_rss) = sampled(pid, download(&caller, bytes)).await?;
+        let (publish, pub_rss) = sampled(pid, publish(&caller, &provider, bytes)).await?;
         let (rate, first) = chunks(&caller, args.msgs).await?;
         let where_ = if provider_url == &a.url { "through one node" } else { "across the link" };
         let gbit = |d: Duration| bytes as f64 * 8.0 / d.as_secs_f64() / 1e9;
+        let grew = up_rss.max(down_rss).max(pub_rss) / 1024;
         println!(
-            "  {where_}: request {:.2} Gbit/s, answer {:.2} Gbit/s, node A grew {} MB at most; \
-             {rate:.0} chunks/s, first chunk after {first:.0} µs (median of {FIRST_CHUNK_CALLS})",
+            "  {where_}: request {:.2} Gbit/s, answer {:.2} Gbit/s, published message {:.2} Gbit/s, \
+             node A grew {grew} MB at most; {rate:.0} chunks/s, first chunk after {first:.0} µs \
+             (median of {FIRST_CHUNK_CALLS})",
             gbit(up),
             gbit(down),
-            up_rss.max(down_rss) / 1024,
+            gbit(publish),
         );
         r.put(keys[0], format!("{:.2}", gbit(up)));
         r.put(keys[1], format!("{:.2}", gbit(down)));
-        r.put(keys[2], up_rss.max(down_rss) / 1024);
-        r.put(keys[3], format!("{rate:.0}"));
-        r.put(keys[4], format!("{first:.0}"));
+        r.put(keys[2], format!("{:.2}", gbit(publish)));
+        r.put(keys[3], grew);
+        r.put(keys[4], format!("{rate:.0}"));
+        r.put(keys[5], format!("{first:.0}"));
         caller.close().await;
         provider.close().await;
     }
@@ -240,6 +252,46 @@ async fn download(caller: &Client, bytes: u64) -> anyhow::Result<Duration> {
     }
     let took = t0.elapsed();
     anyhow::ensure!(got == bytes, "received {got} bytes of {bytes}");
+    Ok(took)
+}
+
+/// One message of `bytes` published by `publisher` and read chunk by chunk by a
+/// subscriber on `subscriber`'s node; the time from its head to the subscriber's last byte.
+async fn publish(publisher: &Client, subscriber: &Client, bytes: u64) -> anyhow::Result<Duration> {
+    let mut sub = subscriber.subscribe_chunked("bench.bulk.>").await?;
+    // A subscriber on the other node is known here once a small message reaches it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        publisher.publish("bench.bulk.ping", "").await?;
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(100), sub.next()).await {
+            m.body.read_all(0).await?;
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the subscriber was not found in 30 s");
+    }
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(100), sub.next()).await {}
+    let reader = tokio::spawn(async move {
+        let m = sub.next().await.context("the subscription ended")?;
+        let mut body = m.body;
+        let mut got = 0u64;
+        while let Some(chunk) = body.next_chunk().await {
+            got += chunk?.len() as u64;
+        }
+        anyhow::Ok(got)
+    });
+    let block = Bytes::from(vec![5u8; fovea_client::MAX_CHUNK]);
+    let t0 = Instant::now();
+    let mut stream = publisher.publish_stream("bench.bulk.data", &Headers::new(), Bytes::new()).await?;
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        stream.send(block.slice(..n)).await?;
+        left -= n as u64;
+    }
+    stream.finish().await?;
+    let got = reader.await??;
+    let took = t0.elapsed();
+    anyhow::ensure!(got == bytes, "the subscriber received {got} bytes of {bytes}");
     Ok(took)
 }
 
