@@ -1594,6 +1594,32 @@ mod tests {
             ),
             (Frame::Data(Data { id: 5, flags: data_flags::END, chunk: Bytes::new() }), "04 2c 05 02 00"),
             (
+                Frame::PubStream(PubStream {
+                    id: 5,
+                    msg: Publish { topic: Bytes::from_static(b"log.a"), headers: Headers::new(), payload: Bytes::from_static(b"he") },
+                }),
+                "0c 16 05 05 6c 6f 67 2e 61 00 02 68 65",
+            ),
+            (
+                Frame::Credit(Credit { id: 5, flags: data_flags::MESSAGE, bytes: 262_144 }),
+                "07 2d 05 04 80 04 00 00",
+            ),
+            (
+                Frame::Data(Data { id: 5, flags: data_flags::MESSAGE, chunk: Bytes::from_static(b"llo ") }),
+                "08 2c 05 04 04 6c 6c 6f 20",
+            ),
+            (
+                Frame::Data(Data { id: 5, flags: data_flags::MESSAGE | data_flags::END, chunk: Bytes::from_static(b"world") }),
+                "09 2c 05 06 05 77 6f 72 6c 64",
+            ),
+            (
+                Frame::MsgStream(MsgStream {
+                    id: 3,
+                    msg: Delivery { sid: 1, topic: Bytes::from_static(b"log.a"), headers: Headers::new(), payload: Bytes::from_static(b"he") },
+                }),
+                "0d 17 01 03 05 6c 6f 67 2e 61 00 02 68 65",
+            ),
+            (
                 Frame::Result(CallResult {
                     call_id: 7,
                     code: ErrorCode::NoError,
@@ -1725,6 +1751,13 @@ mod tests {
             groups: vec![(Bytes::from_static(b"jobs.>"), Bytes::from_static(b"workers"))],
             payload: Bytes::from_static(b"hi"),
         }));
+                round_trip(&Frame::FwdStream(FwdStream { id: 9, fwd: Forward {
+            realm: Bytes::from_static(b"acme"),
+            topic: Bytes::from_static(b"a.b"),
+            headers: Headers::from_pairs([("k", "v")]).unwrap(),
+            groups: vec![(Bytes::from_static(b"jobs.>"), Bytes::from_static(b"workers"))],
+            payload: Bytes::from_static(b"hi"),
+        } }));
     }
 
     proptest! {

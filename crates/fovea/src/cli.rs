@@ -453,9 +453,10 @@ pub enum BenchMode {
     /// tool served through the mesh by a provider on the node; --sessions N also measures
     /// the node's memory per idle 2025-11-25 session.
     Mcp,
-    /// Streamed calls through one node and across a mesh link: one --bytes transfer each
-    /// way (caller → provider, provider → caller) with the node's memory growth, then an
-    /// answer of --msgs chunks of --size bytes (chunks/s) and the time to a first chunk.
+    /// Streamed calls and messages through one node and across a mesh link: one --bytes
+    /// transfer each way (caller → provider, provider → caller) and one published message
+    /// of --bytes (publisher → subscriber), with the node's memory growth, then an answer of
+    /// --msgs chunks of --size bytes (chunks/s) and the time to a first chunk.
     Stream,
 }
 

@@ -192,3 +192,63 @@ async fn large_messages_cross_the_mesh() {
     a.stop().await;
     b.stop().await;
 }
+
+/// The node holds a streamed message's publisher and subscribers to the rules with raw
+/// frames: a version 5 session may not open one; a refused head and a chunk beyond the
+/// credit are that message's errors (`ERROR` naming it, `CREDIT` `CUT`); a v5 subscriber
+/// is left out. The connections stay.
+#[tokio::test]
+async fn the_node_holds_message_streams_to_their_rules() {
+    use fovea_core::frame::{data_flags, Credit, Data, PubStream, Publish, Subscribe};
+    use fovea_core::{ErrorCode, Frame};
+    let node = TestNode::start().await;
+    let head = |id: u64, topic: &'static [u8]| {
+        Frame::PubStream(PubStream {
+            id,
+            msg: Publish { topic: Bytes::from_static(topic), headers: Headers::new(), payload: Bytes::new() },
+        })
+    };
+    let mut v5 = common::RawClient::handshake_at(&node, 5).await;
+    v5.send_frame(&head(1, b"a.b")).await;
+    assert_eq!(v5.close_code().await, Some(ErrorCode::ProtocolError.to_u64()));
+
+    // A version 5 subscriber never sees a streamed message; a v6 one does.
+    let mut old_sub = common::RawClient::handshake_at(&node, 5).await;
+    old_sub.send_frame(&Frame::Sub(Subscribe { sid: 1, pattern: Bytes::from_static(b"raw.>"), group: Bytes::new() })).await;
+    assert_eq!(old_sub.next_frame().await, Some(Frame::SubAck(1)));
+
+    let mut raw = common::RawClient::handshake(&node).await;
+    raw.send_frame(&head(3, b"bad..topic")).await;
+    match raw.next_frame().await {
+        Some(Frame::Error(e)) => assert_eq!((e.code, e.reference), (ErrorCode::InvalidTopic, 3)),
+        other => panic!("expected ERROR INVALID_TOPIC, got {other:?}"),
+    }
+    let cut = Frame::Credit(Credit { id: 3, flags: data_flags::MESSAGE | data_flags::CUT, bytes: 0 });
+    assert_eq!(raw.next_frame().await, Some(cut));
+
+    // Granted 256 KiB with no receiver but the old one (left out); a chunk past that
+    // breaks the stream.
+    raw.send_frame(&head(4, b"raw.x")).await;
+    match raw.next_frame().await {
+        Some(Frame::Credit(c)) => assert_eq!((c.id, c.flags, c.bytes), (4, data_flags::MESSAGE, 262_144)),
+        other => panic!("expected the first CREDIT, got {other:?}"),
+    }
+    let chunk = Bytes::from(vec![1u8; 300_000]);
+    raw.send_frame(&Frame::Data(Data { id: 4, flags: data_flags::MESSAGE, chunk })).await;
+    match raw.next_frame().await {
+        Some(Frame::Error(e)) => assert_eq!((e.code, e.reference), (ErrorCode::FlowControlError, 4)),
+        other => panic!("expected ERROR FLOW_CONTROL_ERROR, got {other:?}"),
+    }
+    let cut = Frame::Credit(Credit { id: 4, flags: data_flags::MESSAGE | data_flags::CUT, bytes: 0 });
+    assert_eq!(raw.next_frame().await, Some(cut));
+    // Frames for a stream that has ended are ignored; the connection is fine.
+    raw.send_frame(&Frame::Data(Data { id: 4, flags: data_flags::MESSAGE, chunk: Bytes::from_static(b"x") })).await;
+    raw.send_frame(&Frame::Credit(Credit { id: 99, flags: data_flags::MESSAGE, bytes: 5 })).await;
+    raw.send_frame(&Frame::Ping(9)).await;
+    assert_eq!(raw.next_frame().await, Some(Frame::Pong(9)));
+    old_sub.send_frame(&Frame::Ping(10)).await;
+    assert_eq!(old_sub.next_frame().await, Some(Frame::Pong(10)), "no MSG_STREAM reached the v5 subscriber");
+    let stats = node.stats.snapshot();
+    assert!(stats.dropped >= 1, "the left-out subscriber counts as a drop");
+    node.stop().await;
+}

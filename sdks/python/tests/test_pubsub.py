@@ -127,3 +127,24 @@ def test_many_subscriptions_and_one_reader_task_each(node: Node) -> None:
             assert await asyncio.gather(*readers) == [str(i).encode() for i in range(50)]
 
     run(body)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_message_larger_than_a_frame_arrives_whole(node: Node, transport: str) -> None:
+    """`publish` of more than `max_payload` streams the message (protocol 6); the
+    subscriber gets it whole, between the small ones around it."""
+
+    async def body() -> None:
+        async with await fovea.connect(node.urls[transport], ca=node.cert) as c:
+            sub = await c.subscribe("files.>")
+            big = bytes(i * 7 % 251 for i in range(3 << 20))
+            await c.publish("files.small", b"a")
+            await c.publish("files.big", big)
+            got = [await sub.next(20) for _ in range(2)]
+            assert sorted((m.topic, len(m.payload)) for m in got if m) == [
+                ("files.big", len(big)),
+                ("files.small", 1),
+            ]
+            assert next(m.payload for m in got if m and m.topic == "files.big") == big
+
+    run(body)

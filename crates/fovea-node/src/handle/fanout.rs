@@ -35,9 +35,13 @@ use fovea_core::Frame;
 use super::{Flow, Handle};
 use crate::sync::lock;
 
-/// Most message streams one party may publish at once (open `PUB_STREAM`s of a
-/// connection, `FWD_STREAM`s of a link); more are refused (`BUSY`).
+/// Most message streams a client connection may publish at once; more are refused
+/// (`BUSY`).
 pub(crate) const MAX_PUBLISHING: usize = 64;
+
+/// Most message streams a link may bring at once: the other node's publishers' together
+/// (each of them bounded by [`MAX_PUBLISHING`]). Past it the link breaks the protocol.
+pub(crate) const MAX_PUBLISHING_LINK: usize = 65_536;
 
 /// A party's message streams, both ways.
 #[derive(Default)]
@@ -96,7 +100,7 @@ pub(crate) enum Via {
 pub(crate) enum Refused {
     /// The id is already open.
     DuplicateId,
-    /// [`MAX_PUBLISHING`] are open.
+    /// [`MAX_PUBLISHING`] are open ([`MAX_PUBLISHING_LINK`] on a link).
     TooMany,
 }
 
@@ -151,7 +155,8 @@ impl Handle {
         if m.sending.contains_key(&id) {
             return Err(Refused::DuplicateId);
         }
-        if m.sending.len() >= MAX_PUBLISHING {
+        let max = if self.is_link() { MAX_PUBLISHING_LINK } else { MAX_PUBLISHING };
+        if m.sending.len() >= max {
             return Err(Refused::TooMany);
         }
         let f = Fanout { receivers: Vec::new(), sent: 0, granted: initial, pending: true, starved: None };
