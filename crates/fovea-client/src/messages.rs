@@ -331,7 +331,11 @@ impl Client {
     ///
     /// # Errors
     /// As [`Client::subscribe_group`].
-    pub async fn subscribe_chunked_group(&self, pattern: &str, group: &str) -> Result<ChunkedSubscription, ClientError> {
+    pub async fn subscribe_chunked_group(
+        &self,
+        pattern: &str,
+        group: &str,
+    ) -> Result<ChunkedSubscription, ClientError> {
         if !group.is_empty() {
             Topic::new(group)
                 .map_err(|source| ClientError::InvalidPattern { pattern: format!("group {group}"), source })?;

@@ -211,7 +211,8 @@ pub enum Frame {
     Probe(Bytes),
     /// Node → node: a streamed message published on the sender (a `FWD` whose payload
     /// continues in `DATA` frames).
-    FwdStream(FwdStream),
+    /// Boxed: the largest variant, and rare; inline it would grow every `Frame`.
+    FwdStream(Box<FwdStream>),
 }
 
 /// Largest `PROBE` body: the longest message (`PING_REQ` with an IPv6 contact) is 72 bytes.
@@ -823,7 +824,9 @@ impl Frame {
                 };
                 Frame::MsgStream(MsgStream { id, msg })
             }
-            kind::FWD_STREAM => Frame::FwdStream(FwdStream { id: r.varint("id")?, fwd: r.forward_at()?.to_forward() }),
+            kind::FWD_STREAM => {
+                Frame::FwdStream(Box::new(FwdStream { id: r.varint("id")?, fwd: r.forward_at()?.to_forward() }))
+            }
             other => return Err(DecodeError::UnknownType(other)),
         };
         Ok(Some((frame, total)))
@@ -1596,26 +1599,36 @@ mod tests {
             (
                 Frame::PubStream(PubStream {
                     id: 5,
-                    msg: Publish { topic: Bytes::from_static(b"log.a"), headers: Headers::new(), payload: Bytes::from_static(b"he") },
+                    msg: Publish {
+                        topic: Bytes::from_static(b"log.a"),
+                        headers: Headers::new(),
+                        payload: Bytes::from_static(b"he"),
+                    },
                 }),
                 "0c 16 05 05 6c 6f 67 2e 61 00 02 68 65",
             ),
-            (
-                Frame::Credit(Credit { id: 5, flags: data_flags::MESSAGE, bytes: 262_144 }),
-                "07 2d 05 04 80 04 00 00",
-            ),
+            (Frame::Credit(Credit { id: 5, flags: data_flags::MESSAGE, bytes: 262_144 }), "07 2d 05 04 80 04 00 00"),
             (
                 Frame::Data(Data { id: 5, flags: data_flags::MESSAGE, chunk: Bytes::from_static(b"llo ") }),
                 "08 2c 05 04 04 6c 6c 6f 20",
             ),
             (
-                Frame::Data(Data { id: 5, flags: data_flags::MESSAGE | data_flags::END, chunk: Bytes::from_static(b"world") }),
+                Frame::Data(Data {
+                    id: 5,
+                    flags: data_flags::MESSAGE | data_flags::END,
+                    chunk: Bytes::from_static(b"world"),
+                }),
                 "09 2c 05 06 05 77 6f 72 6c 64",
             ),
             (
                 Frame::MsgStream(MsgStream {
                     id: 3,
-                    msg: Delivery { sid: 1, topic: Bytes::from_static(b"log.a"), headers: Headers::new(), payload: Bytes::from_static(b"he") },
+                    msg: Delivery {
+                        sid: 1,
+                        topic: Bytes::from_static(b"log.a"),
+                        headers: Headers::new(),
+                        payload: Bytes::from_static(b"he"),
+                    },
                 }),
                 "0d 17 01 03 05 6c 6f 67 2e 61 00 02 68 65",
             ),
@@ -1751,13 +1764,16 @@ mod tests {
             groups: vec![(Bytes::from_static(b"jobs.>"), Bytes::from_static(b"workers"))],
             payload: Bytes::from_static(b"hi"),
         }));
-                round_trip(&Frame::FwdStream(FwdStream { id: 9, fwd: Forward {
-            realm: Bytes::from_static(b"acme"),
-            topic: Bytes::from_static(b"a.b"),
-            headers: Headers::from_pairs([("k", "v")]).unwrap(),
-            groups: vec![(Bytes::from_static(b"jobs.>"), Bytes::from_static(b"workers"))],
-            payload: Bytes::from_static(b"hi"),
-        } }));
+        round_trip(&Frame::FwdStream(Box::new(FwdStream {
+            id: 9,
+            fwd: Forward {
+                realm: Bytes::from_static(b"acme"),
+                topic: Bytes::from_static(b"a.b"),
+                headers: Headers::from_pairs([("k", "v")]).unwrap(),
+                groups: vec![(Bytes::from_static(b"jobs.>"), Bytes::from_static(b"workers"))],
+                payload: Bytes::from_static(b"hi"),
+            },
+        })));
     }
 
     proptest! {

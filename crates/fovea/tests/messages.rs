@@ -214,7 +214,9 @@ async fn the_node_holds_message_streams_to_their_rules() {
 
     // A version 5 subscriber never sees a streamed message; a v6 one does.
     let mut old_sub = common::RawClient::handshake_at(&node, 5).await;
-    old_sub.send_frame(&Frame::Sub(Subscribe { sid: 1, pattern: Bytes::from_static(b"raw.>"), group: Bytes::new() })).await;
+    old_sub
+        .send_frame(&Frame::Sub(Subscribe { sid: 1, pattern: Bytes::from_static(b"raw.>"), group: Bytes::new() }))
+        .await;
     assert_eq!(old_sub.next_frame().await, Some(Frame::SubAck(1)));
 
     let mut raw = common::RawClient::handshake(&node).await;

@@ -215,7 +215,7 @@ impl Handle {
                         payload: msg.payload.clone(),
                     },
                 }),
-                Via::Link { realm, groups } => Frame::FwdStream(FwdStream {
+                Via::Link { realm, groups } => Frame::FwdStream(Box::new(FwdStream {
                     id: rid,
                     fwd: Forward {
                         realm,
@@ -224,7 +224,7 @@ impl Handle {
                         groups,
                         payload: msg.payload.clone(),
                     },
-                }),
+                })),
             };
             handle.out.send(&head);
         }

@@ -301,7 +301,7 @@ impl Mesh {
             // A streamed message from the peer's publisher, for subscribers here.
             Frame::FwdStream(f) => {
                 if let Some(h) = self.handler() {
-                    if h.open_stream(&link.handle, f).is_err() {
+                    if h.open_stream(&link.handle, *f).is_err() {
                         return Err("a FWD_STREAM id already open, or too many open".into());
                     }
                 }
