@@ -50,6 +50,11 @@ export interface ConnectOptions {
   maxBuffered?: number;
   /** Messages queued per subscription before the newest are dropped and counted (default 65536). */
   maxPending?: number;
+  /**
+   * Largest streamed message (protocol 6) a subscription takes, assembled whole (default
+   * 64 MiB); a larger one is refused and counted as lost.
+   */
+  maxMessage?: number;
   /** The WebSocket implementation (default `globalThis.WebSocket`: browsers, Node 22+). */
   WebSocket?: WebSocketLike;
 }
@@ -193,6 +198,47 @@ export class Subscription extends Feed<Message> {
   lost(count: number): void {
     this.dropped += count;
     this.ondropped?.(count);
+  }
+}
+
+/** A streamed message being assembled for its subscription. */
+interface Incoming {
+  sid: number;
+  topic: string;
+  headers: Headers;
+  parts: Uint8Array[];
+  size: number;
+}
+
+/**
+ * A message published in parts ({@link Client.publishStream}): `send` waits for the
+ * node's credit (the slowest subscriber's pace); `finish` ends it, `cut` abandons it.
+ */
+export class PublishStream {
+  /** @internal */
+  readonly credit = new SendCredit(0);
+
+  /** @internal */
+  constructor(
+    private readonly client: Client,
+    readonly id: number,
+  ) {}
+
+  /** Sends the next part, in chunks within the credit. Throws if the node refused or stopped the message. */
+  async send(part: Payload): Promise<void> {
+    await this.client.sendChunks(this.id, DataFlags.Message, toBytes(part), this.credit);
+  }
+
+  /** Ends the message: its subscribers have all of it. */
+  finish(): void {
+    this.credit.close(new FoveaError("the message has ended", Code.NoError));
+    this.client.endPublish(this, DataFlags.End);
+  }
+
+  /** Abandons the message: its subscribers learn it is incomplete. */
+  cut(): void {
+    this.credit.close(new FoveaError("the message was cut", Code.NoError));
+    this.client.endPublish(this, DataFlags.Cut);
   }
 }
 
@@ -530,6 +576,10 @@ export class Client {
   private pings = new Map<number, () => void>();
   private serving = new Map<number, Request>();
   private streams = new Map<number, CallStream>();
+  /** Streamed messages this client publishes, by its id (docs/PROTOCOL.md §4.5). */
+  private publishing = new Map<number, PublishStream>();
+  /** Streamed messages arriving, by the node's id: assembled whole for their subscription. */
+  private incoming = new Map<number, Incoming>();
   private lastGoAway: { code: number; message: string } | undefined;
   private welcomed: ((e?: Error) => void) | undefined;
   private reconnectDelay = 50;
@@ -604,6 +654,13 @@ export class Client {
       case Kind.Dropped:
         this.subs.get(f.sid)?.lost(f.count);
         return;
+      case Kind.MsgStream: {
+        if (!this.subs.has(f.sid)) return this.grant(f.id, DataFlags.Message | DataFlags.Cut, 0);
+        this.incoming.set(f.id, { sid: f.sid, topic: f.topic, headers: f.headers, parts: [f.payload], size: f.payload.length });
+        // Taken as it comes: a window as wide as a streamed call's keeps the path busy.
+        this.grant(f.id, DataFlags.Message, WINDOW - INITIAL_CREDIT);
+        return;
+      }
       case Kind.SubAck:
       case Kind.RegAck: {
         const ack = this.acks.get(f.id);
@@ -612,6 +669,12 @@ export class Client {
         return;
       }
       case Kind.Error: {
+        const published = this.publishing.get(f.reference);
+        if (published) {
+          this.publishing.delete(f.reference);
+          published.credit.close(new RefusedError(f.message, f.code));
+          return;
+        }
         const ack = this.acks.get(f.reference);
         if (ack) {
           this.acks.delete(f.reference);
@@ -660,6 +723,7 @@ export class Client {
       }
       // An answer's chunk is for one of our calls; a request's for a request we serve.
       case Kind.Data: {
+        if (f.flags & DataFlags.Message) return this.messageData(f.id, f.flags, f.chunk);
         if (f.flags & DataFlags.Answer) {
           this.streams.get(f.id)?.queue.push(f.chunk);
           return;
@@ -671,6 +735,14 @@ export class Client {
       }
       // Credit for our answer comes from a caller; for our request, from its provider.
       case Kind.Credit:
+        if (f.flags & DataFlags.Message) {
+          const p = this.publishing.get(f.id);
+          if (f.flags & DataFlags.Cut) {
+            this.publishing.delete(f.id);
+            p?.credit.close(new RefusedError("the node stopped the message", Code.FlowControlError));
+          } else p?.credit.grant(f.bytes);
+          return;
+        }
         if (f.flags & DataFlags.Answer) this.serving.get(f.id)?.answerCredit.grant(f.bytes);
         else this.streams.get(f.id)?.credit.grant(f.bytes);
         return;
@@ -691,6 +763,34 @@ export class Client {
     }
   }
 
+  /** A chunk of a streamed message to one of our subscriptions. */
+  private messageData(id: number, flags: number, chunk: Uint8Array): void {
+    const m = this.incoming.get(id);
+    if (!m) return;
+    const sub = this.subs.get(m.sid);
+    const max = this.opts.maxMessage ?? 64 << 20;
+    if (!sub || flags & DataFlags.Cut || m.size + chunk.length > max) {
+      this.incoming.delete(id);
+      if (!(flags & DataFlags.Cut)) this.grant(id, DataFlags.Message | DataFlags.Cut, 0);
+      sub?.lost(1);
+      return;
+    }
+    if (chunk.length > 0) m.parts.push(chunk);
+    m.size += chunk.length;
+    if (!(flags & DataFlags.End)) {
+      if (chunk.length > 0) this.grant(id, DataFlags.Message, chunk.length);
+      return;
+    }
+    this.incoming.delete(id);
+    const payload = new Uint8Array(m.size);
+    let at = 0;
+    for (const p of m.parts) {
+      payload.set(p, at);
+      at += p.length;
+    }
+    if (!sub.queue.push(new Message(m.topic, m.headers, payload))) sub.lost(1);
+  }
+
   private onClose(ws: WebSocket, ev: CloseEvent): void {
     if (ws !== this.ws) return;
     this.ws = undefined;
@@ -704,6 +804,9 @@ export class Client {
       stream.queue.end(new DisconnectedError(`${stream.procedure}: ${reason}`));
       this.streams.delete(id);
     }
+    for (const p of this.publishing.values()) p.credit.close(new DisconnectedError(reason));
+    this.publishing.clear();
+    this.incoming.clear();
     for (const req of this.serving.values()) {
       req.answerCredit.close(new DisconnectedError(reason));
       req.body?.queue.end(new DisconnectedError(reason));
@@ -819,7 +922,12 @@ export class Client {
     this.check();
     const body = toBytes(payload);
     if (this.info && body.length > this.info.maxPayload) {
-      throw new RefusedError(`payload of ${body.length} bytes exceeds the node's max_payload of ${this.info.maxPayload}`, Code.PayloadTooLarge);
+      if (this.info.version < 6) {
+        throw new RefusedError(`payload of ${body.length} bytes exceeds the node's max_payload of ${this.info.maxPayload}`, Code.PayloadTooLarge);
+      }
+      const stream = this.publishStream(topic, opts);
+      await stream.send(body);
+      return stream.finish();
     }
     const frame = new Encoder().str(topic).headers(opts.headers).bytes(body).frame(Kind.Pub);
     if (this.state === "connected") {
@@ -832,6 +940,28 @@ export class Client {
     }
     this.buffered.push(frame);
     this.bufferedBytes += frame.length;
+  }
+
+  /**
+   * Opens a message to `topic` whose payload follows in parts (protocol 6): `send` each
+   * (it waits while the slowest subscriber catches up), then `finish`; `cut` abandons it.
+   */
+  publishStream(topic: string, opts: { headers?: Headers; first?: Payload } = {}): PublishStream {
+    this.check();
+    if (this.state !== "connected") throw new DisconnectedError("not connected to the node (reconnecting)");
+    if (this.info && this.info.version < 6) throw new RefusedError(`the node speaks protocol version ${this.info.version}; streamed messages need 6`, Code.StreamsUnsupported);
+    const id = this.nextId++;
+    const stream = new PublishStream(this, id);
+    this.publishing.set(id, stream);
+    const first = opts.first === undefined ? new Uint8Array(0) : toBytes(opts.first);
+    this.send(new Encoder().varint(id).str(topic).headers(opts.headers).bytes(first).frame(Kind.PubStream));
+    return stream;
+  }
+
+  /** @internal A published stream ended here (finished or cut). */
+  endPublish(stream: PublishStream, flags: number): void {
+    if (!this.publishing.delete(stream.id)) return;
+    this.sendData(stream.id, DataFlags.Message | flags, new Uint8Array(0));
   }
 
   /** Subscribes to `pattern` (`*` one segment, `>` the rest); `group` makes it a queue group member. */

@@ -15,6 +15,8 @@ export const enum Kind {
   SubAck = 0x13,
   Msg = 0x14,
   Dropped = 0x15,
+  PubStream = 0x16,
+  MsgStream = 0x17,
   Reg = 0x20,
   Unreg = 0x21,
   RegAck = 0x22,
@@ -32,12 +34,12 @@ export const enum Kind {
 }
 
 /** The protocol version this SDK speaks. */
-export const VERSION = 5;
+export const VERSION = 6;
 
 /** `CALL`/`REQUEST` flags (v5, docs/PROTOCOL.md §4.4). */
 export const CallFlags = { StreamRequest: 1, StreamAnswer: 2, Idempotent: 4 } as const;
-/** `DATA`/`CREDIT` flags (v5). */
-export const DataFlags = { Answer: 1, End: 2 } as const;
+/** `DATA`/`CREDIT` flags (v5; `Message` and `Cut` v6, docs/PROTOCOL.md §4.5). */
+export const DataFlags = { Answer: 1, End: 2, Message: 4, Cut: 8 } as const;
 /** Bytes an answer's sender may send before any `CREDIT`; a request starts with none. */
 export const INITIAL_CREDIT = 256 * 1024;
 /** The largest frame the protocol allows: 1 MiB + 32 KiB. */
@@ -173,6 +175,7 @@ export type Frame =
   | { kind: Kind.SubAck | Kind.RegAck | Kind.Cancel | Kind.ToolsChanged; id: number }
   | { kind: Kind.Msg; sid: number; topic: string; headers: Headers; payload: Uint8Array }
   | { kind: Kind.Dropped; sid: number; count: number }
+  | { kind: Kind.MsgStream; sid: number; id: number; topic: string; headers: Headers; payload: Uint8Array }
   | { kind: Kind.Request; reqId: number; rid: number; timeoutMs: number; headers: Headers; payload: Uint8Array; flags: number }
   | { kind: Kind.Data; id: number; flags: number; chunk: Uint8Array }
   | { kind: Kind.Credit; id: number; flags: number; bytes: number }
@@ -202,6 +205,8 @@ export function decodeFrame(kind: number, body: Uint8Array): Frame {
       return { kind, sid: r.varint(), topic: r.str(), headers: r.headers(), payload: r.bytes() };
     case Kind.Dropped:
       return { kind, sid: r.varint(), count: r.varint() };
+    case Kind.MsgStream:
+      return { kind, sid: r.varint(), id: r.varint(), topic: r.str(), headers: r.headers(), payload: r.bytes() };
     case Kind.Request:
       return {
         kind,

@@ -1,5 +1,5 @@
 // @fovea/client: the TypeScript SDK for fovea, over WebSocket (browsers and Node 22+).
-export { connect, Client, Message, Subscription, Registration, Request, CallStream, ChunkStream } from "./client.js";
+export { connect, Client, Message, Subscription, Registration, Request, CallStream, ChunkStream, PublishStream } from "./client.js";
 export type { ConnectOptions, Payload, ServerInfo, ToolDescriptor, WebSocketLike } from "./client.js";
 export type { Headers } from "./codec.js";
 export {
