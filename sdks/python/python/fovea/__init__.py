@@ -220,7 +220,9 @@ class Client:
     async def publish(self, topic: str, payload: Payload = b"", *, headers: Mapping[str, str] | None = None) -> None:
         """Publishes `payload` to `topic`. Returns once it is queued for the node; waits
         only when more than `max_buffered` bytes are queued (raises `BufferFull` instead
-        while reconnecting). `flush()` waits until the node has routed it."""
+        while reconnecting). `flush()` waits until the node has routed it. A payload
+        larger than the node's `max_payload` is streamed (protocol 6), at the pace of the
+        slowest subscriber; subscribers get it whole (up to 64 MiB)."""
         waiting = self._core.publish(topic, payload, headers)
         if waiting is not None:
             await self._await(waiting)
