@@ -60,7 +60,7 @@ pub struct Stats {
     pub message_streams: AtomicU64,
     /// Receivers cut from a streamed message: they stopped reading for
     /// `slow_consumer_timeout` while the publisher waited, or broke its credit rules.
-    /// Shared with the tasks that watch publishers ([`crate::handle::fanout::watch_stalls`]).
+    /// Shared with the tasks that watch publishers for stalled receivers.
     pub messages_cut: std::sync::Arc<AtomicU64>,
     closes: [AtomicU64; CODE_SLOTS],
     rejections: [AtomicU64; CODE_SLOTS],
