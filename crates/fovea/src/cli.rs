@@ -287,6 +287,9 @@ pub struct LimitArgs {
     /// Largest payload, bytes [default: 1048576].
     #[arg(long, env = "FOVEA_MAX_PAYLOAD", value_name = "BYTES")]
     pub max_payload: Option<usize>,
+    /// Most bytes one streamed request, answer or message may carry [default: 17179869184].
+    #[arg(long, env = "FOVEA_MAX_STREAM_BYTES", value_name = "BYTES")]
+    pub max_stream_bytes: Option<u64>,
     /// Largest frame, bytes [default: 1081344].
     #[arg(long, env = "FOVEA_MAX_FRAME", value_name = "BYTES")]
     pub max_frame: Option<usize>,
@@ -343,6 +346,7 @@ impl LimitArgs {
             max_subscriptions,
             max_registrations,
             max_payload,
+            max_stream_bytes,
             max_frame,
             max_topic_len,
             max_topic_depth,

@@ -254,3 +254,52 @@ async fn the_node_holds_message_streams_to_their_rules() {
     assert!(stats.dropped >= 1, "the left-out subscriber counts as a drop");
     node.stop().await;
 }
+
+/// `max_stream_bytes` bounds every stream: a message or a call's request or answer past it
+/// ends with `PAYLOAD_TOO_LARGE`, and a smaller one passes.
+#[tokio::test]
+async fn streams_past_max_stream_bytes_end_with_payload_too_large() {
+    let limits = fovea_node::Limits { max_stream_bytes: 2 << 20, ..Default::default() };
+    let node = TestNode::start_with(limits).await;
+    let sub = node.client().await;
+    let mut chunked = sub.subscribe_chunked("capped.>").await.unwrap();
+    let publisher = node.client().await;
+    // The node's refusal reaches the publish while it sends, or (as for a PUB's) as an
+    // event once it has finished.
+    let mut events = publisher.events();
+    let refused = match publisher.publish("capped.big", pattern(3 << 20)).await {
+        Err(ClientError::Refused { code, .. }) => code,
+        Err(e) => panic!("{e:?}"),
+        Ok(()) => {
+            publisher.flush().await.unwrap();
+            loop {
+                match within(events.recv()).await.unwrap() {
+                    fovea_client::Event::ServerError { code, .. } => break code,
+                    _ => continue,
+                }
+            }
+        }
+    };
+    assert_eq!(refused, fovea_client::ErrorCode::PayloadTooLarge);
+    let m = within(chunked.next()).await.unwrap();
+    let cut = within(m.body.read_all(64 << 20)).await.unwrap_err();
+    assert!(matches!(cut, ClientError::StreamEnded), "{cut:?}");
+    publisher.publish("capped.ok", pattern(1 << 20)).await.unwrap();
+    let m = within(chunked.next()).await.unwrap();
+    assert_eq!(within(m.body.read_all(64 << 20)).await.unwrap().len(), 1 << 20);
+
+    let provider = node.client().await;
+    let mut reg = provider.register("capped.echo").await.unwrap();
+    tokio::spawn(async move {
+        while let Some(mut req) = reg.next().await {
+            tokio::spawn(async move {
+                if let Ok(body) = req.read_body(64 << 20).await {
+                    req.respond(body);
+                }
+            });
+        }
+    });
+    let err = publisher.call("capped.echo", pattern(3 << 20), SECS).await.unwrap_err();
+    assert!(format!("{err:?}").contains("PayloadTooLarge") || format!("{err}").contains("max_stream_bytes"), "{err:?}");
+    node.stop().await;
+}

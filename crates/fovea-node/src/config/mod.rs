@@ -166,6 +166,10 @@ pub struct Limits {
     /// Largest payload accepted in `PUB` (announced in `WELCOME`). Larger: `PAYLOAD_TOO_LARGE`.
     /// Default 1 MiB, as NATS.
     pub max_payload: usize,
+    /// Most bytes one stream may carry past its first frame: a streamed request, answer or
+    /// message (protocol 5 and 6). Past it the stream ends with `PAYLOAD_TOO_LARGE`.
+    /// Default 16 GiB: a bound, not a shape for common use.
+    pub max_stream_bytes: u64,
     /// Bytes queued for one connection that its client has not yet read. A message that
     /// would exceed it is dropped for that connection and counted. Default 64 MiB, as NATS.
     pub max_pending_bytes: usize,
@@ -226,6 +230,7 @@ impl Default for Limits {
             max_requests_in_flight: 1024,
             max_call_timeout: Duration::from_secs(300),
             max_payload: fovea_core::limits::MAX_PAYLOAD,
+            max_stream_bytes: 16 << 30,
             max_pending_bytes: 64 * 1024 * 1024,
             producer_stall: Duration::from_millis(5),
             slow_consumer_timeout: Duration::from_secs(10),
@@ -271,6 +276,12 @@ impl Limits {
         within("max_topic_depth", self.max_topic_depth, 1, proto::MAX_TOPIC_DEPTH)?;
         within("max_headers_len", self.max_headers_len, 1, proto::MAX_HEADERS_LEN)?;
         within("max_payload", self.max_payload, 1, self.max_frame.saturating_sub(1024))?;
+        if self.max_stream_bytes < self.max_payload as u64 {
+            return Err(format!(
+                "max_stream_bytes must be at least max_payload ({}), got {}",
+                self.max_payload, self.max_stream_bytes
+            ));
+        }
         // QUIC's smallest datagram, and the largest whose batches quinn can send.
         let largest = usize::from(fovea_core::path::LOOPBACK_UDP_PAYLOAD);
         within("max_loopback_datagram", self.max_loopback_datagram, 1200, largest)?;

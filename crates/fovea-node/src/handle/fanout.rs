@@ -258,20 +258,22 @@ impl Handle {
 
     /// Publisher side: a chunk of stream `id` (`flags` may hold `END` or `CUT`), relayed to
     /// every receiver within the credit granted. A chunk beyond it, or larger than
-    /// `max_chunk`, breaks the stream: its receivers are cut.
+    /// `max_chunk`, breaks the stream (one past `max_stream_bytes` makes it too large):
+    /// its receivers are cut.
     pub fn publish_data(&self, id: u64, flags: u64, chunk: &Bytes, max_chunk: usize) -> Flow {
         let ends = flags & (data_flags::END | data_flags::CUT) != 0;
         let (targets, grant) = {
             let mut m = lock(&self.messages);
             let Some(f) = m.sending.get_mut(&id) else { return Flow::Late };
             let len = chunk.len() as u64;
-            if len > f.granted - f.sent || chunk.len() > max_chunk {
+            let over = f.sent.saturating_add(len) > self.max_stream;
+            if len > f.granted - f.sent || chunk.len() > max_chunk || over {
                 let f = m.sending.remove(&id);
                 drop(m);
                 if let Some(f) = f {
                     cut(f.receivers);
                 }
-                return Flow::Broken;
+                return if over { Flow::TooLarge } else { Flow::Broken };
             }
             f.sent += len;
             let targets: Vec<(Arc<Handle>, u64)> = f.receivers.iter().map(|r| (r.handle.clone(), r.id)).collect();

@@ -65,6 +65,9 @@ pub(crate) struct Handle {
     messages: Mutex<fanout::Messages>,
     /// A task watches its published streams for stalled receivers ([`fanout::watch_stalls`]).
     watching: AtomicBool,
+    /// Most bytes of chunks one stream it sends may carry (the node's `max_stream_bytes`):
+    /// past it the stream ends with `PAYLOAD_TOO_LARGE`.
+    max_stream: u64,
 }
 
 /// A request sent to another node, kept so that it can be sent elsewhere if that node
@@ -130,6 +133,8 @@ struct InFlight {
     /// provider's `CREDIT`s, less what it sent), and whether it sent its last.
     request_credit: u64,
     request_ended: bool,
+    /// Bytes of request chunks passed on (bounded by `max_stream`).
+    request_sent: u64,
     /// When the node received the call (for the latency histogram).
     started: Instant,
     /// `started` + the call's timeout; its filing in [`Calls::deadlines`] carries it too.
@@ -142,8 +147,9 @@ struct Serving {
     call_id: u64,
     /// The call's [`call_flags`] as this provider got them.
     flags: u64,
-    /// Answer stream: bytes of chunks the provider may still send.
+    /// Answer stream: bytes of chunks the provider may still send, and those it sent.
     answer_credit: u64,
+    answer_sent: u64,
     /// `NOTICE`s passed on for this request so far.
     notices: u32,
     /// The request itself, on a handle that keeps requests (a link) or for an idempotent
@@ -169,6 +175,9 @@ pub(crate) enum Flow {
     /// The frame broke the stream's rules: the call was ended with
     /// `FLOW_CONTROL_ERROR` (the caller got its `RESULT`, the provider a `CANCEL`).
     Broken,
+    /// The stream went past the node's `max_stream_bytes`: ended with `PAYLOAD_TOO_LARGE`
+    /// (for a call, as `Broken` says).
+    TooLarge,
 }
 
 /// What became of a provider's answer ([`Handle::finish_request`]).
@@ -236,7 +245,13 @@ impl Handle {
             version: 0,
             messages: Mutex::new(fanout::Messages::default()),
             watching: AtomicBool::new(false),
+            max_stream: u64::MAX,
         }
+    }
+
+    /// Streams this handle sends may carry at most `bytes` of chunks each.
+    pub fn with_max_stream(self, bytes: u64) -> Self {
+        Handle { max_stream: bytes, ..self }
     }
 
     /// This handle's peer speaks protocol `version`.
@@ -356,6 +371,7 @@ impl Handle {
                 flags,
                 request_credit: 0,
                 request_ended: false,
+                request_sent: 0,
                 started,
                 deadline,
             });
@@ -380,8 +396,16 @@ impl Handle {
             let mut serving = lock(&provider.serving);
             let answer_credit =
                 if flags & call_flags::STREAM_ANSWER != 0 { fovea_core::frame::INITIAL_CREDIT } else { 0 };
-            let entry =
-                Serving { caller: self.clone(), call_id, flags, answer_credit, notices: 0, kept, answered_some: false };
+            let entry = Serving {
+                caller: self.clone(),
+                call_id,
+                flags,
+                answer_credit,
+                answer_sent: 0,
+                notices: 0,
+                kept,
+                answered_some: false,
+            };
             serving.insert(req_id, entry);
             provider.serving_len.store(serving.len(), Ordering::Relaxed);
         }
@@ -421,9 +445,16 @@ impl Handle {
             };
             if let Some(why) = broken {
                 drop(calls);
-                self.break_call(call_id, why);
+                self.break_call(call_id, ErrorCode::FlowControlError, why);
                 return Flow::Broken;
             }
+            if c.request_sent.saturating_add(len) > self.max_stream {
+                drop(calls);
+                let why = format!("the request is over the node's max_stream_bytes of {}", self.max_stream);
+                self.break_call(call_id, ErrorCode::PayloadTooLarge, &why);
+                return Flow::TooLarge;
+            }
+            c.request_sent += len;
             c.request_credit -= len;
             c.request_ended = flags & data_flags::END != 0;
             (c.provider.clone(), c.req_id)
@@ -451,9 +482,17 @@ impl Handle {
             if let Some(why) = broken {
                 let (caller, call_id) = (s.caller.clone(), s.call_id);
                 drop(serving);
-                caller.break_call(call_id, why);
+                caller.break_call(call_id, ErrorCode::FlowControlError, why);
                 return Flow::Broken;
             }
+            if s.answer_sent.saturating_add(len) > self.max_stream {
+                let (caller, call_id) = (s.caller.clone(), s.call_id);
+                drop(serving);
+                let why = format!("the answer is over the node's max_stream_bytes of {}", self.max_stream);
+                caller.break_call(call_id, ErrorCode::PayloadTooLarge, &why);
+                return Flow::TooLarge;
+            }
+            s.answer_sent += len;
             s.answer_credit -= len;
             s.answered_some = true;
             (s.caller.clone(), s.call_id)
@@ -502,7 +541,8 @@ impl Handle {
                 Some(n) => c.request_credit = n,
                 None => {
                     drop(calls);
-                    caller.break_call(call_id, "the provider granted more request credit than the protocol allows");
+                    let why = "the provider granted more request credit than the protocol allows";
+                    caller.break_call(call_id, ErrorCode::FlowControlError, why);
                     return Flow::Broken;
                 }
             }
@@ -525,7 +565,8 @@ impl Handle {
                 Some(n) => s.answer_credit = n,
                 None => {
                     drop(serving);
-                    self.break_call(call_id, "the caller granted more answer credit than the protocol allows");
+                    let why = "the caller granted more answer credit than the protocol allows";
+                    self.break_call(call_id, ErrorCode::FlowControlError, why);
                     return Flow::Broken;
                 }
             }
@@ -534,14 +575,15 @@ impl Handle {
         Flow::Passed
     }
 
-    /// Caller side: ends call `call_id`, whose stream broke its rules: the caller gets
-    /// `FLOW_CONTROL_ERROR`, the provider a `CANCEL`.
-    fn break_call(&self, call_id: u64, why: &str) {
+    /// Caller side: ends call `call_id`, whose stream broke its rules or bounds: the
+    /// caller gets `code` (`FLOW_CONTROL_ERROR`, `PAYLOAD_TOO_LARGE`), the provider a
+    /// `CANCEL`.
+    fn break_call(&self, call_id: u64, code: ErrorCode, why: &str) {
         let Some(c) = self.take_call(call_id) else { return };
         if c.provider.take_serving(c.req_id).is_some() {
             c.provider.out.send(&Frame::Cancel(c.req_id));
         }
-        self.answer_failure(call_id, ErrorCode::FlowControlError, why);
+        self.answer_failure(call_id, code, why);
     }
 
     /// Provider side: the answer to request `req_id`, read at `now`, relayed to its caller

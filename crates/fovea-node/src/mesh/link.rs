@@ -91,7 +91,9 @@ impl Mesh {
         let out = Outbound::new(self.limits.max_pending_bytes, self.limits.slow_consumer_timeout, false);
         let link = Arc::new(Link {
             conn: conn.clone(),
-            handle: Arc::new(Handle::for_link(out, fovea_core::limits::MAX_PAYLOAD)),
+            handle: Arc::new(
+                Handle::for_link(out, fovea_core::limits::MAX_PAYLOAD).with_max_stream(self.limits.max_stream_bytes),
+            ),
             addr: peer.addr,
             dialed,
             bound: Mutex::new(HashMap::new()),
@@ -379,7 +381,7 @@ impl Mesh {
         let counter = match flow {
             Flow::Passed => return,
             Flow::Late => &self.stats.late_stream_frames,
-            Flow::Broken => &self.stats.streams_broken,
+            Flow::Broken | Flow::TooLarge => &self.stats.streams_broken,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }

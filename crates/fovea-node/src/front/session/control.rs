@@ -96,10 +96,20 @@ impl Session {
                 stats.stream_chunks.fetch_add(1, Ordering::Relaxed);
                 stats.stream_bytes.fetch_add(d.chunk.len() as u64, Ordering::Relaxed);
                 let flow = if d.flags & data_flags::MESSAGE != 0 {
-                    let flow = self.handle.publish_data(d.id, d.flags, &d.chunk, self.shared.config.limits.max_payload);
-                    if flow == Flow::Broken {
-                        let why = "a chunk beyond the credit the node granted, or larger than max_payload";
-                        self.reject(ErrorCode::FlowControlError, d.id, format!("message stream {}: {why}", d.id));
+                    let limits = &self.shared.config.limits;
+                    let flow = self.handle.publish_data(d.id, d.flags, &d.chunk, limits.max_payload);
+                    if flow == Flow::Broken || flow == Flow::TooLarge {
+                        let (code, why) = if flow == Flow::TooLarge {
+                            let max = limits.max_stream_bytes;
+                            (
+                                ErrorCode::PayloadTooLarge,
+                                format!("the message is over the node's max_stream_bytes of {max}"),
+                            )
+                        } else {
+                            let why = "a chunk beyond the credit the node granted, or larger than max_payload";
+                            (ErrorCode::FlowControlError, why.to_owned())
+                        };
+                        self.reject(code, d.id, format!("message stream {}: {why}", d.id));
                         let cut = fovea_core::frame::Credit {
                             id: d.id,
                             flags: data_flags::MESSAGE | data_flags::CUT,
@@ -149,6 +159,7 @@ impl Session {
                 stats.late_stream_frames.fetch_add(1, Ordering::Relaxed);
             }
             Flow::Broken => stats.count_rejection(ErrorCode::FlowControlError),
+            Flow::TooLarge => stats.count_rejection(ErrorCode::PayloadTooLarge),
         }
     }
 

@@ -88,7 +88,8 @@ async fn admit(link: &Link, mut recv: Reader, shared: &Arc<Shared>, id: u64) -> 
     let limits = &shared.config.limits;
     let version = hello.version.min(VERSION);
     let out = Outbound::new(limits.max_pending_bytes, limits.slow_consumer_timeout, version >= VERSION_DROPPED);
-    let peer = Arc::new(Handle::new(out, limits.max_payload).with_version(version));
+    let peer =
+        Arc::new(Handle::new(out, limits.max_payload).with_version(version).with_max_stream(limits.max_stream_bytes));
     peer.out.send(&Frame::Welcome(Welcome {
         version,
         node: shared.config.name.clone(),
