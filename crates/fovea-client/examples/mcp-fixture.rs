@@ -105,6 +105,14 @@ fn tools() -> Vec<(&'static str, Value)> {
         ("test_streaming_elicitation", plain("Streams notices before its result (2026 diagnostics)")),
         ("test_trigger_tool_change", plain("Adds or removes a tool, changing the tool list")),
         (
+            // SEP-2243: `region` also travels as the HTTP header `Mcp-Param-Region`.
+            "test_header_param",
+            json!({"description": "Takes a parameter mirrored in an HTTP header", "inputSchema": {
+                "type": "object",
+                "properties": {"region": {"type": "string", "x-mcp-header": "Region"}},
+                "required": ["region"]}}),
+        ),
+        (
             "test_missing_capability",
             json!({"description": "Needs the client's sampling capability",
                    "inputSchema": {"type": "object"},

@@ -537,3 +537,45 @@ async fn streamed_and_large_answers_reach_the_agent_whole() {
     assert!(reply.result()["content"][0]["text"] == expected.as_str(), "the large answer came back changed");
     node.stop().await;
 }
+
+/// SEP-2243: a tool parameter annotated `x-mcp-header` also travels as an `Mcp-Param-*`
+/// header (2026-07-28), which the endpoint checks against the body before the call: a
+/// mismatch, a bad Base64 form or a missing header is refused with `-32020`; a match
+/// (literal or `=?base64?…?=`) goes through to the provider.
+#[tokio::test]
+async fn mcp_param_headers_are_checked_against_the_arguments() {
+    let node = TestNode::start().await;
+    let service = node.client().await;
+    let descriptor = json!({"description": "Weather by region.", "inputSchema": {"type": "object",
+        "properties": {"region": {"type": "string", "x-mcp-header": "Region"}}, "required": ["region"]}});
+    let mut reg = service.register_tool("weather.get", &descriptor).await.unwrap();
+    tokio::spawn(async move {
+        while let Some(req) = reg.next().await {
+            req.respond("sunny");
+        }
+    });
+    let mut agent = Agent::new(node.mcp);
+    agent.version = "2026-07-28";
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                      "io.modelcontextprotocol/clientCapabilities": {}});
+    let body = |id: u64, region: &str| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+               "params": {"name": "weather__get", "arguments": {"region": region}, "_meta": meta}})
+    };
+    let base = [("Mcp-Method", "tools/call"), ("Mcp-Name", "weather__get")];
+    let with = |value: &'static str| {
+        let mut h = base.to_vec();
+        h.push(("Mcp-Param-Region", value));
+        h
+    };
+    let ok = agent.post_with(&body(1, "north"), &with("north")).await;
+    assert_eq!(ok.response()["result"]["content"][0]["text"], "sunny", "{}", ok.body);
+    // "north" in Base64.
+    let ok = agent.post_with(&body(2, "north"), &with("=?base64?bm9ydGg=?=")).await;
+    assert_eq!(ok.response()["result"]["content"][0]["text"], "sunny", "{}", ok.body);
+    for (id, headers) in [(3, with("south")), (4, with("=?base64?bm9ydGg?=")), (5, base.to_vec())] {
+        let refused = agent.post_with(&body(id, "north"), &headers).await;
+        assert_eq!(refused.response()["error"]["code"], -32020, "{headers:?}: {}", refused.body);
+    }
+    node.stop().await;
+}

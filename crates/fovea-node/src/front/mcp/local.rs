@@ -155,6 +155,19 @@ impl Drop for Pending<'_> {
     }
 }
 
+/// Tool `name` in `realm`'s catalog: its procedure and descriptor.
+fn find_in(realm: &Realm, name: &str) -> Option<(String, ToolDescriptor)> {
+    realm.with_tools(|c| {
+        // The common case: a reversible name, whose procedure is found directly.
+        let direct = name.replace("__", ".");
+        if let Some(t) = c.get(&direct).filter(|_| tool_name(&direct) == name) {
+            return Some((direct, t.clone()));
+        }
+        let (page, _) = c.page("", usize::MAX, usize::MAX, |p| tool_name(p) == name);
+        page.first().map(|(p, t)| ((*p).to_owned(), (*t).clone()))
+    })
+}
+
 /// The endpoint's tools: those of the request's realm that its credential may call.
 pub(crate) struct LocalTools {
     pub state: Arc<McpState>,
@@ -175,17 +188,15 @@ impl ToolSource for LocalTools {
 
     async fn find(&self, extensions: &Extensions, name: &str) -> Result<Option<(String, ToolDescriptor)>, McpError> {
         let id = admitted(extensions)?;
-        let found = id.realm.with_tools(|c| {
-            // The common case: a reversible name, whose procedure is found directly.
-            let direct = name.replace("__", ".");
-            if let Some(t) = c.get(&direct).filter(|_| tool_name(&direct) == name) {
-                return Some((direct, t.clone()));
-            }
-            let (page, _) = c.page("", usize::MAX, usize::MAX, |p| tool_name(p) == name);
-            page.first().map(|(p, t)| ((*p).to_owned(), (*t).clone()))
-        });
         // A tool the credential may not call does not exist for it.
-        Ok(found.filter(|(p, _)| id.perms.call.name(p.as_bytes())))
+        Ok(find_in(&id.realm, name).filter(|(p, _)| id.perms.call.name(p.as_bytes())))
+    }
+
+    /// In any realm of the node: the header check runs before the credential is read. It
+    /// only compares headers with the body; the call itself is still checked as any.
+    fn lookup(&self, name: &str) -> Option<(String, ToolDescriptor)> {
+        let realms = self.state.shared.router.realms();
+        realms.values().find_map(|realm| find_in(realm, name))
     }
 
     async fn call(

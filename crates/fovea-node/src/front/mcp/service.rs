@@ -74,6 +74,13 @@ pub trait ToolSource: Send + Sync + 'static {
     /// The realm calls are made in (for messages in results).
     fn realm(&self, extensions: &Extensions) -> String;
 
+    /// Tool `name` as this node knows it, before any requester is known: the HTTP layer
+    /// checks a `tools/call`'s SEP-2243 `Mcp-Param-*` headers against the tool's input
+    /// schema before it reads who is asking. `None` (the default): no such check.
+    fn lookup(&self, _name: &str) -> Option<(String, ToolDescriptor)> {
+        None
+    }
+
     /// A tool call (past the tool lookup and the argument check) ended, as an error result
     /// or not (for counters).
     fn counted(&self, _failed: bool) {}
@@ -158,6 +165,11 @@ fn rank(level: &rmcp::model::LoggingLevel) -> usize {
 impl<S: ToolSource> ServerHandler for McpServer<S> {
     fn get_info(&self) -> ServerConfig {
         server_config()
+    }
+
+    /// For rmcp's SEP-2243 check of `Mcp-Param-*` headers (x-mcp-header annotations).
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.source.lookup(name).and_then(|(p, d)| to_tool(&p, &d))
     }
 
     #[allow(deprecated)]
