@@ -93,8 +93,7 @@ impl MessageBody {
             Some(Piece::Chunk(chunk)) => {
                 let grant = s.reader.grant(chunk.len());
                 if grant > 0 {
-                    let credit = Credit { id: s.id, flags: data_flags::MESSAGE, bytes: grant };
-                    let _ = push(&s.inner, s.session, |b| b.push_frame(&Frame::Credit(credit)));
+                    send_credit(&s.inner, s.session, s.id, 0, grant);
                 }
                 Some(Ok(chunk))
             }
@@ -136,8 +135,7 @@ impl Drop for MessageBody {
         let Some(s) = self.stream.as_ref().filter(|_| !self.done) else { return };
         let inner = &s.inner;
         if lock(&inner.message_streams).remove(&s.id).is_some() {
-            let credit = Credit { id: s.id, flags: data_flags::MESSAGE | data_flags::CUT, bytes: 0 };
-            let _ = push(inner, s.session, |b| b.push_frame(&Frame::Credit(credit)));
+            send_credit(inner, s.session, s.id, data_flags::CUT, 0);
         }
     }
 }
@@ -364,8 +362,7 @@ pub(crate) fn open(
     match chunked {
         // Not (or no longer) subscribed: the node is told to send no more.
         None => {
-            let credit = Credit { id, flags: data_flags::MESSAGE | data_flags::CUT, bytes: 0 };
-            let _ = push(inner, session, |b| b.push_frame(&Frame::Credit(credit)));
+            send_credit(inner, session, id, data_flags::CUT, 0);
             Ok(None)
         }
         Some(None) => {
@@ -377,8 +374,7 @@ pub(crate) fn open(
             // Taken as it comes (each chunk's credit goes straight back): a window as
             // wide as a chunked reader's keeps a path of several hops busy.
             let grant = crate::stream::WINDOW.saturating_sub(fovea_core::frame::INITIAL_CREDIT);
-            let credit = Credit { id, flags: data_flags::MESSAGE, bytes: grant };
-            let _ = push(inner, session, |b| b.push_frame(&Frame::Credit(credit)));
+            send_credit(inner, session, id, 0, grant);
             Ok(None)
         }
         Some(Some(tx)) => {
@@ -387,8 +383,7 @@ pub(crate) fn open(
             let mut reader = Reader::new(fovea_core::frame::INITIAL_CREDIT);
             // The node started with a window of INITIAL_CREDIT; open it to the full one.
             let grant = reader.grant(0);
-            let credit = Credit { id, flags: data_flags::MESSAGE, bytes: grant };
-            let _ = push(inner, session, |b| b.push_frame(&Frame::Credit(credit)));
+            send_credit(inner, session, id, 0, grant);
             let stream = BodyStream { inner: inner.clone(), id, session, pieces, reader };
             let body = MessageBody { first: Some(msg.payload), stream: Some(stream), done: false };
             Ok(Some((tx, StreamedMessage { topic, headers: msg.headers, body })))
@@ -428,8 +423,7 @@ pub(crate) fn data(inner: &Inner, d: Data) -> Option<(u64, Message)> {
                 streams.remove(&d.id);
                 drop(streams);
                 if over {
-                    let credit = Credit { id: d.id, flags: data_flags::MESSAGE | data_flags::CUT, bytes: 0 };
-                    let _ = push(inner, session, |b| b.push_frame(&Frame::Credit(credit)));
+                    send_credit(inner, session, d.id, data_flags::CUT, 0);
                 }
                 lost(inner, sid);
                 return None;
@@ -443,12 +437,18 @@ pub(crate) fn data(inner: &Inner, d: Data) -> Option<(u64, Message)> {
             drop(streams);
             // Assembled as it comes: the credit goes straight back.
             if len > 0 {
-                let credit = Credit { id: d.id, flags: data_flags::MESSAGE, bytes: len as u64 };
-                let _ = push(inner, session, |b| b.push_frame(&Frame::Credit(credit)));
+                send_credit(inner, session, d.id, 0, len as u64);
             }
             None
         }
     }
+}
+
+/// Queues `CREDIT` for message stream `id` of session `session` (`flags`: 0, or `CUT`
+/// to want no more of it). A session that has ended needs none.
+fn send_credit(inner: &Inner, session: u64, id: u64, flags: u64, bytes: u64) {
+    let credit = Credit { id, flags: data_flags::MESSAGE | flags, bytes };
+    let _ = push(inner, session, |b| b.push_frame(&Frame::Credit(credit)));
 }
 
 /// A message for subscription `sid` was lost: counted and told as the node's drops are.

@@ -297,6 +297,7 @@ impl Session {
     fn publish_stream(&mut self, p: PubStream) {
         let PubStream { id, msg } = p;
         let limits = &self.shared.config.limits;
+        let mut subs = None;
         let refused = if id == 0 {
             Some((ErrorCode::InvalidTopic, "message stream id 0 is reserved; use ids from 1".to_owned()))
         } else if msg.payload.len() > limits.max_payload {
@@ -307,7 +308,10 @@ impl Session {
             Some((ErrorCode::PayloadTooLarge, format!("headers exceed this node's max_headers_len of {max}")))
         } else {
             match self.cache.lookup(&self.realm, &msg.topic, &self.perms.publish) {
-                Ok((_, true)) => None,
+                Ok((found, true)) => {
+                    subs = Some(found.clone());
+                    None
+                }
                 Ok((_, false)) => {
                     Some((ErrorCode::PermissionDenied, format!("not allowed to publish to {:?}", shown(&msg.topic))))
                 }
@@ -333,9 +337,8 @@ impl Session {
             self.handle.out.send(&Frame::Credit(fovea_core::frame::Credit { id, flags: cut, bytes: 0 }));
             return;
         }
-        // Looked up again (the cache lends its entry): a copy of the topic for the owned message.
-        let Ok((subs, _)) = self.cache.lookup(&self.realm, &msg.topic, &self.perms.publish) else { return };
-        let subs = subs.clone();
+        // Set whenever nothing was refused: the topic passed the lookup.
+        let Some(subs) = subs else { return };
         let msg = fovea_core::frame::Publish {
             topic: Bytes::copy_from_slice(&msg.topic),
             headers: msg.headers,
