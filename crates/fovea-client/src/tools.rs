@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fovea_core::frame::{ToolList, ToolsQuery, VERSION_TOOLS};
-use fovea_core::tool::{tool_name, ToolDescriptor};
+use fovea_core::tool::{tool_name, Descriptor};
 use fovea_core::{Frame, Headers};
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -51,7 +51,7 @@ impl Client {
     /// would refuse; [`ClientError::Unsupported`] when the node is older than tools.
     pub async fn register_tool(&self, procedure: &str, descriptor: &Value) -> Result<Registration, ClientError> {
         let raw = serde_json::to_vec(descriptor).unwrap_or_default();
-        let tool = ToolDescriptor::parse(&raw)
+        let tool = Descriptor::parse(&raw)
             .map_err(|e| ClientError::InvalidTool { procedure: procedure.to_owned(), reason: e.to_string() })?;
         self.require_version(VERSION_TOOLS, "tools")?;
         self.register_with(procedure, tool.encoded().clone()).await

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use fovea_client::{Client, Headers, Notice, Registration, Request};
-use fovea_core::tool::{ToolDescriptor, TOOL_RESULT_TYPE};
+use fovea_core::tool::{Descriptor, TOOL_RESULT_TYPE};
 #[allow(deprecated)]
 use rmcp::model::LoggingMessageNotificationParam;
 use rmcp::model::{
@@ -207,7 +207,7 @@ fn descriptor_of(tool: &Tool) -> Result<Value, String> {
         obj.insert("description".into(), format!("{} (no description given upstream)", tool.name).into());
     }
     let raw = serde_json::to_vec(&v).map_err(|e| e.to_string())?;
-    ToolDescriptor::parse(&raw).map(|d| Value::Object(d.json().clone())).map_err(|e| e.to_string())
+    Descriptor::parse(&raw).map(|d| Value::Object(d.json().clone())).map_err(|e| e.to_string())
 }
 
 /// Routes the upstream's notifications to the calls in flight.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fovea_client::{Client, ClientError, Headers, Notice, ToolInfo};
-use fovea_core::tool::ToolDescriptor;
+use fovea_core::tool::Descriptor;
 use fovea_core::ErrorCode;
 use fovea_node::mcp::{CallOutcome, McpServer, ToolSource};
 use rmcp::model::Extensions;
@@ -45,8 +45,8 @@ fn unavailable(e: &ClientError) -> McpError {
     McpError::internal_error(format!("the fovea node is not reachable: {e}"), None)
 }
 
-fn descriptor(t: &ToolInfo) -> Option<ToolDescriptor> {
-    ToolDescriptor::parse(&serde_json::to_vec(&t.descriptor).ok()?).ok()
+fn descriptor(t: &ToolInfo) -> Option<Descriptor> {
+    Descriptor::parse(&serde_json::to_vec(&t.descriptor).ok()?).ok()
 }
 
 impl ToolSource for ClientTools {
@@ -55,12 +55,12 @@ impl ToolSource for ClientTools {
         &self,
         _extensions: &Extensions,
         _cursor: &str,
-    ) -> Result<(Vec<(String, ToolDescriptor)>, Option<String>), McpError> {
+    ) -> Result<(Vec<(String, Descriptor)>, Option<String>), McpError> {
         let tools = self.client.tools().await.map_err(|e| unavailable(&e))?;
         Ok((tools.iter().filter_map(|t| Some((t.procedure.clone(), descriptor(t)?))).collect(), None))
     }
 
-    async fn find(&self, _extensions: &Extensions, name: &str) -> Result<Option<(String, ToolDescriptor)>, McpError> {
+    async fn find(&self, _extensions: &Extensions, name: &str) -> Result<Option<(String, Descriptor)>, McpError> {
         let tools = self.client.tools().await.map_err(|e| unavailable(&e))?;
         Ok(tools.iter().find(|t| t.name == name).and_then(|t| Some((t.procedure.clone(), descriptor(t)?))))
     }

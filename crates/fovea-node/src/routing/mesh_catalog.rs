@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fovea_core::dht::{Contact, Key, NodeId, Record};
-use fovea_core::tool::ToolDescriptor;
+use fovea_core::tool::Descriptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::mesh::Mesh;
@@ -93,7 +93,7 @@ impl MeshCatalog {
 
     /// Puts remote node `node`'s tools of `realm` into the realm's catalog (empty: it has
     /// none now).
-    fn apply(&self, realm: &str, node: &NodeId, entries: Vec<(String, ToolDescriptor)>) {
+    fn apply(&self, realm: &str, node: &NodeId, entries: Vec<(String, Descriptor)>) {
         if let Some(r) = self.router.upgrade().and_then(|r| r.realm(realm)) {
             r.set_remote_tools(node, entries);
         }
@@ -230,7 +230,7 @@ impl MeshCatalog {
 
 /// A `TOOL_LIST` JSON array as (procedure, descriptor) pairs; malformed entries (and
 /// descriptors this node would refuse) are skipped.
-fn parse_list(json: &[u8]) -> Vec<(String, ToolDescriptor)> {
+fn parse_list(json: &[u8]) -> Vec<(String, Descriptor)> {
     let Ok(serde_json::Value::Array(items)) = serde_json::from_slice(json) else { return Vec::new() };
     items
         .iter()
@@ -238,7 +238,7 @@ fn parse_list(json: &[u8]) -> Vec<(String, ToolDescriptor)> {
             let procedure = item.get("procedure")?.as_str()?;
             fovea_core::Procedure::new(procedure).ok()?;
             let raw = serde_json::to_vec(item.get("tool")?).ok()?;
-            Some((procedure.to_owned(), ToolDescriptor::parse(&raw).ok()?))
+            Some((procedure.to_owned(), Descriptor::parse(&raw).ok()?))
         })
         .collect()
 }

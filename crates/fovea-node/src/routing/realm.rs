@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use fovea_core::balance::{pick_two, Registry, Rng};
-use fovea_core::tool::{Catalog, ToolDescriptor};
+use fovea_core::tool::{Catalog, Descriptor};
 use fovea_core::{Pattern, Procedure, SubTrie, Topic};
 
 use crate::handle::ProviderRef;
@@ -122,7 +122,7 @@ impl Realm {
 
     /// Adds a provider; with `tool`, `(key, descriptor)`, the procedure is also a tool
     /// (`key` is unique on this node and names the registration to `unregister`).
-    pub fn register(&self, procedure: &Procedure, provider: ProviderRef, tool: Option<(u64, ToolDescriptor)>) {
+    pub fn register(&self, procedure: &Procedure, provider: ProviderRef, tool: Option<(u64, Descriptor)>) {
         if let Some(i) = self.interest.as_ref() {
             i.add_provider(&self.name, procedure.as_str());
         }
@@ -165,7 +165,7 @@ impl Realm {
     }
 
     /// Replaces the tools of remote node `node` (from the mesh).
-    pub fn set_remote_tools(&self, node: &fovea_core::dht::NodeId, entries: Vec<(String, ToolDescriptor)>) {
+    pub fn set_remote_tools(&self, node: &fovea_core::dht::NodeId, entries: Vec<(String, Descriptor)>) {
         let mut tools = crate::sync::lock(&self.tools);
         if tools.replace_key(crate::routing::mesh_catalog::remote_key(node), entries) {
             self.tools_version.send_replace(tools.version());

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use fovea_core::frame::{Call, CallResult};
-use fovea_core::tool::{tool_name, Notice, ToolDescriptor};
+use fovea_core::tool::{tool_name, Descriptor, Notice};
 use fovea_core::{ErrorCode, Headers};
 use rmcp::model::Extensions;
 use rmcp::ErrorData as McpError;
@@ -156,7 +156,7 @@ impl Drop for Pending<'_> {
 }
 
 /// Tool `name` in `realm`'s catalog: its procedure and descriptor.
-fn find_in(realm: &Realm, name: &str) -> Option<(String, ToolDescriptor)> {
+fn find_in(realm: &Realm, name: &str) -> Option<(String, Descriptor)> {
     realm.with_tools(|c| {
         // The common case: a reversible name, whose procedure is found directly.
         let direct = name.replace("__", ".");
@@ -178,7 +178,7 @@ impl ToolSource for LocalTools {
         &self,
         extensions: &Extensions,
         cursor: &str,
-    ) -> Result<(Vec<(String, ToolDescriptor)>, Option<String>), McpError> {
+    ) -> Result<(Vec<(String, Descriptor)>, Option<String>), McpError> {
         let id = admitted(extensions)?;
         Ok(id.realm.with_tools(|c| {
             let (page, next) = c.page(cursor, PAGE_ITEMS, usize::MAX, |p| id.perms.call.name(p.as_bytes()));
@@ -186,7 +186,7 @@ impl ToolSource for LocalTools {
         }))
     }
 
-    async fn find(&self, extensions: &Extensions, name: &str) -> Result<Option<(String, ToolDescriptor)>, McpError> {
+    async fn find(&self, extensions: &Extensions, name: &str) -> Result<Option<(String, Descriptor)>, McpError> {
         let id = admitted(extensions)?;
         // A tool the credential may not call does not exist for it.
         Ok(find_in(&id.realm, name).filter(|(p, _)| id.perms.call.name(p.as_bytes())))
@@ -194,7 +194,7 @@ impl ToolSource for LocalTools {
 
     /// In any realm of the node: the header check runs before the credential is read. It
     /// only compares headers with the body; the call itself is still checked as any.
-    fn lookup(&self, name: &str) -> Option<(String, ToolDescriptor)> {
+    fn lookup(&self, name: &str) -> Option<(String, Descriptor)> {
         let realms = self.state.shared.router.realms();
         realms.values().find_map(|realm| find_in(realm, name))
     }

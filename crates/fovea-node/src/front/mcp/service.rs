@@ -8,7 +8,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use fovea_core::tool::{self, Notice, ToolDescriptor};
+use fovea_core::tool::{self, Descriptor, Notice};
 use fovea_core::{ErrorCode, Headers};
 use rmcp::model::{
     CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, ClientCapabilities, ContentBlock, Extensions,
@@ -40,7 +40,7 @@ impl CallOutcome {
 }
 
 /// One page of tools as (procedure, descriptor) pairs, and the next page's cursor.
-pub type ToolPage = (Vec<(String, ToolDescriptor)>, Option<String>);
+pub type ToolPage = (Vec<(String, Descriptor)>, Option<String>);
 
 /// Where an [`McpServer`]'s tools come from and where its calls go. `extensions` are the
 /// MCP request's (over HTTP they carry who is asking).
@@ -54,7 +54,7 @@ pub trait ToolSource: Send + Sync + 'static {
         &self,
         extensions: &Extensions,
         name: &str,
-    ) -> impl Future<Output = Result<Option<(String, ToolDescriptor)>, McpError>> + Send;
+    ) -> impl Future<Output = Result<Option<(String, Descriptor)>, McpError>> + Send;
 
     /// Calls `procedure` with `payload` (the JSON arguments). Notices the provider sends go
     /// to `notices` before the outcome. Dropping the future cancels the call at the
@@ -77,7 +77,7 @@ pub trait ToolSource: Send + Sync + 'static {
     /// Tool `name` as this node knows it, before any requester is known: the HTTP layer
     /// checks a `tools/call`'s SEP-2243 `Mcp-Param-*` headers against the tool's input
     /// schema before it reads who is asking. `None` (the default): no such check.
-    fn lookup(&self, _name: &str) -> Option<(String, ToolDescriptor)> {
+    fn lookup(&self, _name: &str) -> Option<(String, Descriptor)> {
         None
     }
 
@@ -133,7 +133,7 @@ pub fn server_config() -> ServerConfig {
 }
 
 /// The MCP `Tool` of a procedure.
-pub(crate) fn to_tool(procedure: &str, descriptor: &ToolDescriptor) -> Option<Tool> {
+pub(crate) fn to_tool(procedure: &str, descriptor: &Descriptor) -> Option<Tool> {
     serde_json::from_value(Value::Object(tool::tool_json(procedure, descriptor))).ok()
 }
 
@@ -355,7 +355,7 @@ mod tests {
 
     #[test]
     fn tools_carry_their_procedure() {
-        let d = ToolDescriptor::parse(
+        let d = Descriptor::parse(
             br#"{"description":"adds","_meta":{"io.fovea/requiredClientCapabilities":{"sampling":{}}}}"#,
         )
         .unwrap();

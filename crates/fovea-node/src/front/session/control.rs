@@ -8,7 +8,7 @@ use fovea_core::frame::{
     data_flags, Call, PubStream, Register, Subscribe, ToolList, ToolsQuery, VERSION_MESSAGE_STREAMS, VERSION_RPC,
     VERSION_STREAMS, VERSION_TOOLS,
 };
-use fovea_core::tool::ToolDescriptor;
+use fovea_core::tool::Descriptor;
 use fovea_core::{ErrorCode, Frame, Pattern, Procedure};
 use std::sync::Arc;
 
@@ -235,7 +235,7 @@ impl Session {
         let tool = if r.tool.is_empty() {
             None
         } else {
-            match ToolDescriptor::parse(&r.tool) {
+            match Descriptor::parse(&r.tool) {
                 Ok(t) => Some((self.shared.router.next_tool_key.fetch_add(1, Ordering::Relaxed), t)),
                 Err(e) => {
                     let msg = format!("the tool descriptor of {procedure:?} {e}");

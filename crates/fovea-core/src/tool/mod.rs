@@ -1,15 +1,14 @@
 //! Tools: procedures with a descriptor, which AI agents see through MCP.
 //!
-//! A provider that registers a procedure with a [`ToolDescriptor`] makes it a tool of its
+//! A provider that registers a procedure with a [`Descriptor`] makes it a tool of its
 //! realm. Three things live here, all pure:
 //!
-//! - [`ToolDescriptor::parse`]: the checks every descriptor passes before a node accepts
+//! - [`Descriptor::parse`]: the checks every descriptor passes before a node accepts
 //!   it (size, shape, no invisible or control characters in what a model reads);
 //! - [`tool_name`]: the one deterministic mapping from procedure names (with dots) to the
 //!   names MCP clients accept (`^[a-zA-Z0-9_-]{1,64}$`);
 //! - [`Catalog`]: a realm's tools, ordered by procedure name, paged by cursor.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -34,7 +33,7 @@ const KEYS: &[&str] =
 /// Why a descriptor was refused. The text says what to change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum ToolError {
+pub enum DescriptorError {
     #[error("is {len} bytes; the limit is {MAX_TOOL_LEN}")]
     TooLarge { len: usize },
     #[error("is not a JSON object: {0}")]
@@ -57,34 +56,34 @@ pub enum ToolError {
 /// (added when absent), `outputSchema` absent or such an object, and the texts hold no
 /// hidden characters ([`is_hidden`]).
 #[derive(Debug, Clone, PartialEq)]
-pub struct ToolDescriptor {
+pub struct Descriptor {
     json: Arc<Map<String, Value>>,
     encoded: Bytes,
 }
 
-impl ToolDescriptor {
+impl Descriptor {
     /// Parses and checks a descriptor as it arrives in `REG`.
     ///
     /// # Errors
-    /// [`ToolError`] naming the first problem found.
-    pub fn parse(raw: &[u8]) -> Result<ToolDescriptor, ToolError> {
+    /// [`DescriptorError`] naming the first problem found.
+    pub fn parse(raw: &[u8]) -> Result<Descriptor, DescriptorError> {
         if raw.len() > MAX_TOOL_LEN {
-            return Err(ToolError::TooLarge { len: raw.len() });
+            return Err(DescriptorError::TooLarge { len: raw.len() });
         }
-        let value: Value = serde_json::from_slice(raw).map_err(|e| ToolError::NotJson(e.to_string()))?;
-        let Value::Object(mut json) = value else { return Err(ToolError::NotJson("not an object".into())) };
+        let value: Value = serde_json::from_slice(raw).map_err(|e| DescriptorError::NotJson(e.to_string()))?;
+        let Value::Object(mut json) = value else { return Err(DescriptorError::NotJson("not an object".into())) };
         if let Some(key) = json.keys().find(|k| !KEYS.contains(&k.as_str())) {
-            return Err(ToolError::UnknownKey(key.clone()));
+            return Err(DescriptorError::UnknownKey(key.clone()));
         }
         match json.get("description") {
             Some(Value::String(d)) => check_text("description", d)?,
-            Some(_) => return Err(ToolError::WrongType { key: "description", want: "a string" }),
-            None => return Err(ToolError::NoDescription),
+            Some(_) => return Err(DescriptorError::WrongType { key: "description", want: "a string" }),
+            None => return Err(DescriptorError::NoDescription),
         }
         match json.get("title") {
             None => {}
             Some(Value::String(t)) => check_text("title", t)?,
-            Some(_) => return Err(ToolError::WrongType { key: "title", want: "a string" }),
+            Some(_) => return Err(DescriptorError::WrongType { key: "title", want: "a string" }),
         }
         let input = json.entry("inputSchema").or_insert_with(|| serde_json::json!({"type": "object"}));
         check_schema("inputSchema", input)?;
@@ -93,17 +92,17 @@ impl ToolDescriptor {
         }
         for key in ["annotations", "execution", "_meta"] {
             if json.get(key).is_some_and(|v| !v.is_object()) {
-                return Err(ToolError::WrongType { key: static_key(key), want: "an object" });
+                return Err(DescriptorError::WrongType { key: static_key(key), want: "an object" });
             }
         }
         if json.get("icons").is_some_and(|v| !v.is_array()) {
-            return Err(ToolError::WrongType { key: "icons", want: "an array" });
+            return Err(DescriptorError::WrongType { key: "icons", want: "an array" });
         }
         let encoded = Bytes::from(serde_json::to_vec(&json).unwrap_or_default());
         if encoded.len() > MAX_TOOL_LEN {
-            return Err(ToolError::TooLarge { len: encoded.len() });
+            return Err(DescriptorError::TooLarge { len: encoded.len() });
         }
-        Ok(ToolDescriptor { json: Arc::new(json), encoded })
+        Ok(Descriptor { json: Arc::new(json), encoded })
     }
 
     /// The descriptor as a JSON object.
@@ -126,21 +125,21 @@ fn static_key(key: &str) -> &'static str {
     KEYS.iter().find(|k| **k == key).copied().unwrap_or("?")
 }
 
-fn check_text(key: &'static str, text: &str) -> Result<(), ToolError> {
+fn check_text(key: &'static str, text: &str) -> Result<(), DescriptorError> {
     if text.len() > MAX_DESCRIPTION_LEN {
-        return Err(ToolError::TextTooLong { key, len: text.len() });
+        return Err(DescriptorError::TextTooLong { key, len: text.len() });
     }
     match text.chars().find(|c| is_hidden(*c)) {
-        Some(ch) => Err(ToolError::HiddenChar { key, ch: ch as u32 }),
+        Some(ch) => Err(DescriptorError::HiddenChar { key, ch: ch as u32 }),
         None => Ok(()),
     }
 }
 
-fn check_schema(key: &'static str, schema: &Value) -> Result<(), ToolError> {
+fn check_schema(key: &'static str, schema: &Value) -> Result<(), DescriptorError> {
     let want = "a JSON Schema object with \"type\": \"object\"";
     match schema.as_object().and_then(|o| o.get("type")) {
         Some(Value::String(t)) if t == "object" => Ok(()),
-        _ => Err(ToolError::WrongType { key, want }),
+        _ => Err(DescriptorError::WrongType { key, want }),
     }
 }
 
@@ -203,7 +202,7 @@ pub const META_REQUIRES: &str = "io.fovea/requiredClientCapabilities";
 
 /// The MCP `Tool` object of a procedure: its descriptor with `name` ([`tool_name`]) and
 /// `_meta["io.fovea/procedure"]`.
-pub fn tool_json(procedure: &str, descriptor: &ToolDescriptor) -> Map<String, Value> {
+pub fn tool_json(procedure: &str, descriptor: &Descriptor) -> Map<String, Value> {
     let mut json = descriptor.json().clone();
     json.insert("name".into(), tool_name(procedure).into());
     let meta = json.entry("_meta").or_insert_with(|| Value::Object(Map::new()));
@@ -216,7 +215,7 @@ pub fn tool_json(procedure: &str, descriptor: &ToolDescriptor) -> Map<String, Va
 
 /// The client capabilities a call of this tool needs (descriptor `_meta`, [`META_REQUIRES`])
 /// that `declared` (the client's capabilities object) lacks; `None` when it has them all.
-pub fn missing_capabilities(descriptor: &ToolDescriptor, declared: &Value) -> Option<Map<String, Value>> {
+pub fn missing_capabilities(descriptor: &Descriptor, declared: &Value) -> Option<Map<String, Value>> {
     let required = descriptor.json().get("_meta")?.get(META_REQUIRES)?.as_object()?;
     let missing: Map<String, Value> = required
         .iter()
@@ -330,131 +329,8 @@ pub fn result_json(code: ErrorCode, headers: &Headers, payload: &[u8], procedure
     }
 }
 
-/// A realm's tools: procedure → the descriptors its providers registered.
-///
-/// Each provider is identified by a `u64` key chosen by the caller (a node numbers its
-/// registrations). The descriptor shown for a procedure is the one of its oldest live
-/// registration, so a restarted replica with an edited description does not flip what
-/// agents see while older replicas still serve the old one.
-#[derive(Debug, Default)]
-pub struct Catalog {
-    tools: BTreeMap<String, Vec<(u64, ToolDescriptor)>>,
-    version: u64,
-}
-
-impl Catalog {
-    /// Adds a provider's descriptor. Returns whether what agents see changed.
-    pub fn insert(&mut self, procedure: &str, key: u64, tool: ToolDescriptor) -> bool {
-        let entry = self.tools.entry(procedure.to_owned()).or_default();
-        entry.push((key, tool));
-        let changed = entry.len() == 1;
-        if changed {
-            self.version += 1;
-        }
-        changed
-    }
-
-    /// Removes a provider's descriptor. Returns whether what agents see changed.
-    pub fn remove(&mut self, procedure: &str, key: u64) -> bool {
-        let Some(entry) = self.tools.get_mut(procedure) else { return false };
-        let Some(i) = entry.iter().position(|(k, _)| *k == key) else { return false };
-        let old = entry.remove(i);
-        let changed = match entry.first() {
-            None => {
-                self.tools.remove(procedure);
-                true
-            }
-            Some((_, now)) => i == 0 && now != &old.1,
-        };
-        if changed {
-            self.version += 1;
-        }
-        changed
-    }
-
-    /// Replaces every entry under `key` (one provider's, or one remote node's, set) with
-    /// `entries`. Returns whether what agents see changed.
-    pub fn replace_key(&mut self, key: u64, entries: Vec<(String, ToolDescriptor)>) -> bool {
-        let mut affected: Vec<String> =
-            self.tools.iter().filter(|(_, v)| v.iter().any(|(k, _)| *k == key)).map(|(p, _)| p.clone()).collect();
-        affected.extend(entries.iter().map(|(p, _)| p.clone()));
-        affected.sort();
-        affected.dedup();
-        let before: Vec<Option<ToolDescriptor>> = affected.iter().map(|p| self.get(p).cloned()).collect();
-        for p in &affected {
-            if let Some(v) = self.tools.get_mut(p) {
-                v.retain(|(k, _)| *k != key);
-                if v.is_empty() {
-                    self.tools.remove(p);
-                }
-            }
-        }
-        for (p, t) in entries {
-            self.tools.entry(p).or_default().push((key, t));
-        }
-        let changed = affected.iter().zip(before).any(|(p, b)| self.get(p) != b.as_ref());
-        if changed {
-            self.version += 1;
-        }
-        changed
-    }
-
-    /// For each procedure, its first entry whose key satisfies `pick` (say, this node's
-    /// own registrations), in procedure order.
-    pub fn entries_where(&self, mut pick: impl FnMut(u64) -> bool) -> Vec<(&str, &ToolDescriptor)> {
-        self.tools.iter().filter_map(|(p, v)| v.iter().find(|(k, _)| pick(*k)).map(|(_, t)| (p.as_str(), t))).collect()
-    }
-
-    /// Counts changes; equal versions mean an equal catalog.
-    pub fn version(&self) -> u64 {
-        self.version
-    }
-
-    /// Number of tools (procedures with at least one descriptor).
-    pub fn len(&self) -> usize {
-        self.tools.len()
-    }
-
-    /// Whether the catalog is empty.
-    pub fn is_empty(&self) -> bool {
-        self.tools.is_empty()
-    }
-
-    /// The descriptor shown for `procedure`.
-    pub fn get(&self, procedure: &str) -> Option<&ToolDescriptor> {
-        self.tools.get(procedure).and_then(|v| v.first()).map(|(_, t)| t)
-    }
-
-    /// Tools after `cursor` (all when empty), in procedure order, for which `visible`
-    /// holds: at most `max_items`, and no more than `max_bytes` of descriptors (but always
-    /// one, if any is left). Returns them and the cursor of the next page (`None` at the
-    /// end).
-    pub fn page<'a>(
-        &'a self,
-        cursor: &str,
-        max_items: usize,
-        max_bytes: usize,
-        mut visible: impl FnMut(&str) -> bool,
-    ) -> (Vec<(&'a str, &'a ToolDescriptor)>, Option<String>) {
-        use std::ops::Bound;
-        let start = if cursor.is_empty() { Bound::Unbounded } else { Bound::Excluded(cursor) };
-        let mut out: Vec<(&'a str, &'a ToolDescriptor)> = Vec::new();
-        let mut bytes = 0;
-        for (name, entries) in self.tools.range::<str, _>((start, Bound::Unbounded)) {
-            let Some((_, tool)) = entries.first() else { continue };
-            if !visible(name) {
-                continue;
-            }
-            bytes += name.len() + tool.encoded().len();
-            if !out.is_empty() && (out.len() >= max_items || bytes > max_bytes) {
-                let next = out.last().map(|(n, _)| (*n).to_owned());
-                return (out, next);
-            }
-            out.push((name.as_str(), tool));
-        }
-        (out, None)
-    }
-}
+mod catalog;
+pub use catalog::Catalog;
 
 /// The MCP log levels, least severe first.
 pub const LOG_LEVELS: [&str; 8] = ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"];
@@ -529,34 +405,40 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn desc(d: &str) -> ToolDescriptor {
-        ToolDescriptor::parse(serde_json::json!({ "description": d }).to_string().as_bytes()).unwrap()
+    fn desc(d: &str) -> Descriptor {
+        Descriptor::parse(serde_json::json!({ "description": d }).to_string().as_bytes()).unwrap()
     }
 
     #[test]
     fn descriptor_checks() {
-        let ok = ToolDescriptor::parse(br#"{"description":"adds","inputSchema":{"type":"object"}}"#).unwrap();
+        let ok = Descriptor::parse(br#"{"description":"adds","inputSchema":{"type":"object"}}"#).unwrap();
         assert_eq!(ok.description(), "adds");
         // inputSchema defaults to an object schema.
         assert_eq!(desc("x").json()["inputSchema"], serde_json::json!({"type": "object"}));
-        let bad = |raw: &str| ToolDescriptor::parse(raw.as_bytes()).unwrap_err();
-        assert_eq!(bad("{}"), ToolError::NoDescription);
-        assert!(matches!(bad("[1]"), ToolError::NotJson(_)));
-        assert!(matches!(bad("{"), ToolError::NotJson(_)));
-        assert_eq!(bad(r#"{"description":"x","name":"y"}"#), ToolError::UnknownKey("name".into()));
-        assert!(matches!(bad(r#"{"description":"x","inputSchema":{"type":"string"}}"#), ToolError::WrongType { .. }));
-        assert!(matches!(bad(r#"{"description":"x","outputSchema":[]}"#), ToolError::WrongType { .. }));
-        assert!(matches!(bad(r#"{"description":1}"#), ToolError::WrongType { .. }));
-        assert_eq!(bad("{\"description\":\"a\u{200b}b\"}"), ToolError::HiddenChar { key: "description", ch: 0x200b });
+        let bad = |raw: &str| Descriptor::parse(raw.as_bytes()).unwrap_err();
+        assert_eq!(bad("{}"), DescriptorError::NoDescription);
+        assert!(matches!(bad("[1]"), DescriptorError::NotJson(_)));
+        assert!(matches!(bad("{"), DescriptorError::NotJson(_)));
+        assert_eq!(bad(r#"{"description":"x","name":"y"}"#), DescriptorError::UnknownKey("name".into()));
+        assert!(matches!(
+            bad(r#"{"description":"x","inputSchema":{"type":"string"}}"#),
+            DescriptorError::WrongType { .. }
+        ));
+        assert!(matches!(bad(r#"{"description":"x","outputSchema":[]}"#), DescriptorError::WrongType { .. }));
+        assert!(matches!(bad(r#"{"description":1}"#), DescriptorError::WrongType { .. }));
+        assert_eq!(
+            bad("{\"description\":\"a\u{200b}b\"}"),
+            DescriptorError::HiddenChar { key: "description", ch: 0x200b }
+        );
         assert_eq!(
             bad("{\"description\":\"x\",\"title\":\"\u{e0041}\"}"),
-            ToolError::HiddenChar { key: "title", ch: 0xe0041 }
+            DescriptorError::HiddenChar { key: "title", ch: 0xe0041 }
         );
-        assert!(matches!(bad(r#"{"description":"a\u0007"}"#), ToolError::HiddenChar { ch: 7, .. }));
+        assert!(matches!(bad(r#"{"description":"a\u0007"}"#), DescriptorError::HiddenChar { ch: 7, .. }));
         // Newlines and tabs are text.
-        ToolDescriptor::parse(br#"{"description":"line\n\tmore"}"#).unwrap();
+        Descriptor::parse(br#"{"description":"line\n\tmore"}"#).unwrap();
         let long = format!(r#"{{"description":"{}"}}"#, "a".repeat(MAX_DESCRIPTION_LEN + 1));
-        assert!(matches!(bad(&long), ToolError::TextTooLong { .. }));
+        assert!(matches!(bad(&long), DescriptorError::TextTooLong { .. }));
     }
 
     #[test]
@@ -586,7 +468,7 @@ mod tests {
 
         #[test]
         fn parse_never_panics(raw in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let _ = ToolDescriptor::parse(&raw);
+            let _ = Descriptor::parse(&raw);
         }
     }
 
@@ -606,40 +488,5 @@ mod tests {
         assert!(ok(serde_json::json!({"a": 1, "tags": [1]})).unwrap_err().contains("arguments.tags[0]"));
         assert!(ok(serde_json::json!({"a": 1, "mode": "z"})).is_err());
         assert!(ok(serde_json::json!({"a": 1, "b": 2})).unwrap_err().contains("\"b\""));
-    }
-
-    #[test]
-    fn catalog_oldest_wins_and_pages() {
-        let mut c = Catalog::default();
-        assert!(c.insert("b.x", 1, desc("one")));
-        assert!(!c.insert("b.x", 2, desc("two")));
-        assert_eq!(c.get("b.x").unwrap().description(), "one");
-        // The oldest leaves: the next one shows, which is a change.
-        assert!(c.remove("b.x", 1));
-        assert_eq!(c.get("b.x").unwrap().description(), "two");
-        assert!(!c.remove("b.x", 1));
-        for p in ["a", "c", "d", "e"] {
-            c.insert(p, 9, desc(p));
-        }
-        let (page, next) = c.page("", 2, usize::MAX, |_| true);
-        assert_eq!(page.iter().map(|p| p.0).collect::<Vec<_>>(), ["a", "b.x"]);
-        let (page, next) = c.page(&next.unwrap(), 2, usize::MAX, |n| n != "d");
-        assert_eq!(page.iter().map(|p| p.0).collect::<Vec<_>>(), ["c", "e"]);
-        assert_eq!(next, None);
-        // A byte budget smaller than one descriptor still yields one per page.
-        let (page, next) = c.page("", 10, 1, |_| true);
-        assert_eq!((page.len(), next.as_deref()), (1, Some("a")));
-        // A remote node's set replaces as a whole.
-        let remote = 1 << 63;
-        assert!(c.replace_key(remote, vec![("r.one".into(), desc("r1")), ("a".into(), desc("shadowed"))]));
-        assert_eq!(c.get("a").unwrap().description(), "a", "the older local entry still shows");
-        assert_eq!(c.entries_where(|k| k < remote).len(), 5);
-        assert!(!c.replace_key(remote, vec![("r.one".into(), desc("r1")), ("a".into(), desc("shadowed"))]));
-        assert!(c.replace_key(remote, vec![]));
-        assert!(c.get("r.one").is_none());
-        let v = c.version();
-        assert!(c.remove("b.x", 2));
-        assert!(c.version() > v);
-        assert!(c.get("b.x").is_none());
     }
 }
