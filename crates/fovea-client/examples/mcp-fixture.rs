@@ -1,9 +1,11 @@
-//! The MCP conformance suite's fixture tools, provided as mesh procedures through the SDK.
+//! The MCP conformance suite's fixture tools, resources and prompts, provided as mesh
+//! procedures through the SDK.
 //!
 //! `scripts/mcp-conformance.sh` starts a node with `--mcp` and this service beside it, so
 //! the suite exercises the real path: agent → HTTP → node → mesh RPC → this provider.
 //! It also shows how a service answers with rich MCP content (images, audio, embedded
-//! resources), sends progress and logs, and changes the tool list at run time.
+//! resources), sends progress and logs, changes the tool list at run time, serves resources
+//! (fixed, binary, from a template) and prompts, and completes prompt arguments.
 //!
 //! ```text
 //! cargo run -p fovea-client --example mcp-fixture -- quic://127.0.0.1:4433 ~/.local/share/fovea/node.crt
@@ -11,7 +13,9 @@
 
 use std::time::Duration;
 
-use fovea_client::{Client, ConnectOptions, Headers, Notice, Registration, Request};
+use fovea_client::{
+    Client, ConnectOptions, ErrorCode, Headers, McpMethod, Notice, Registration, Request, MCP_RESULT_TYPE,
+};
 use serde_json::{json, Value};
 
 /// Content type of a whole MCP `CallToolResult` answer (docs/PROTOCOL.md).
@@ -85,9 +89,125 @@ async fn handle(client: Client, name: &'static str, mut reg: Registration) {
                 };
                 req.respond("tool list changed");
             }
+            "test_trigger_prompt_change" => {
+                // Toggles a prompt, so agents get notifications/prompts/list_changed.
+                dynamic = match dynamic.take() {
+                    Some(r) => {
+                        drop(r);
+                        None
+                    }
+                    None => client
+                        .register_prompt("test_dynamic_prompt", &json!({"description": "Comes and goes."}))
+                        .await
+                        .ok(),
+                };
+                req.respond("prompt list changed");
+            }
             _ => req.respond("ok"),
         }
     }
+}
+
+/// Serves one resource, template or prompt of the suite.
+async fn serve_entry(name: &'static str, mut reg: Registration) {
+    while let Some(req) = reg.next().await {
+        let params: Value = serde_json::from_slice(&req.payload).unwrap_or_default();
+        let text = |key: &str| params.pointer(key).and_then(Value::as_str).unwrap_or_default().to_owned();
+        match (req.mcp_method(), name) {
+            (Some(McpMethod::ReadResource), "test_static_text") => {
+                req.respond("This is the content of the static text resource.")
+            }
+            // Bytes that are not UTF-8 reach the agent as a blob of the declared type.
+            (Some(McpMethod::ReadResource), "test_static_binary") => req.respond(vec![0x89, b'P', b'N', b'G', 0xff, 0]),
+            (Some(McpMethod::ReadResource), "test_template") => {
+                let id = text("/variables/id");
+                if id == "missing" {
+                    req.fail_with_code(ErrorCode::NotFound.to_u64(), "no such item");
+                } else {
+                    req.respond(format!("{{\"id\":\"{id}\",\"templateTest\":true,\"data\":\"Data for ID: {id}\"}}"));
+                }
+            }
+            (Some(McpMethod::ReadResource), _) => req.respond("Watched resource content"),
+            (Some(McpMethod::GetPrompt), "test_simple_prompt") => req.respond("This is a simple prompt for testing."),
+            (Some(McpMethod::GetPrompt), "test_prompt_with_arguments") => req.respond(format!(
+                "Prompt with arguments: arg1='{}', arg2='{}'",
+                text("/arguments/arg1"),
+                text("/arguments/arg2")
+            )),
+            (Some(McpMethod::GetPrompt), "test_prompt_with_embedded_resource") => answer(
+                req,
+                whole(json!({"messages": [
+                    {"role": "user", "content": {"type": "resource", "resource": {
+                        "uri": text("/arguments/resourceUri"), "mimeType": "text/plain",
+                        "text": "Embedded resource content for testing."}}},
+                    {"role": "user", "content": {"type": "text", "text": "Please process the embedded resource above."}}]})),
+            ),
+            (Some(McpMethod::GetPrompt), _) => answer(
+                req,
+                whole(json!({"messages": [
+                    {"role": "user", "content": {"type": "image", "data": PNG, "mimeType": "image/png"}},
+                    {"role": "user", "content": {"type": "text", "text": "Please analyze the image above."}}]})),
+            ),
+            // Completions: the values that start with what the agent typed.
+            (Some(McpMethod::Complete), _) => {
+                let typed = text("/argument/value");
+                let values: Vec<&str> =
+                    ["paris", "park", "python", "test"].into_iter().filter(|v| v.starts_with(typed.as_str())).collect();
+                req.respond(serde_json::to_string(&values).unwrap_or_default());
+            }
+            (None, _) => req.fail("this procedure serves MCP methods"),
+        }
+    }
+}
+
+/// A whole MCP result (`GetPromptResult`, `ReadResourceResult`, …).
+fn whole(result: Value) -> (Headers, String) {
+    let headers = Headers::from_pairs([("content-type", MCP_RESULT_TYPE)]).unwrap_or_default();
+    (headers, result.to_string())
+}
+
+/// The suite's resources, templates and prompts.
+fn entries() -> Vec<(&'static str, Value)> {
+    let prompt = |d: &str, args: Value| json!({"description": d, "arguments": args});
+    let arg = |n: &str, d: &str| json!({"name": n, "description": d, "required": true});
+    vec![
+        (
+            "test_static_text",
+            json!({"uri": "test://static-text", "name": "static-text", "mimeType": "text/plain",
+            "description": "A static text resource for testing"}),
+        ),
+        (
+            "test_static_binary",
+            json!({"uri": "test://static-binary", "name": "static-binary", "mimeType": "image/png",
+            "description": "A static binary resource (image) for testing"}),
+        ),
+        (
+            "test_watched",
+            json!({"uri": "test://watched-resource", "name": "watched-resource", "mimeType": "text/plain",
+            "description": "A resource that can be subscribed to"}),
+        ),
+        (
+            "test_template",
+            json!({"uriTemplate": "test://template/{id}/data", "name": "template",
+            "mimeType": "application/json", "description": "A resource template with parameter substitution"}),
+        ),
+        ("test_simple_prompt", prompt("A simple prompt without arguments", json!([]))),
+        (
+            "test_prompt_with_arguments",
+            prompt(
+                "A prompt with required arguments",
+                json!([arg("arg1", "First test argument"), arg("arg2", "Second test argument")]),
+            ),
+        ),
+        (
+            "test_prompt_with_embedded_resource",
+            prompt(
+                "A prompt that includes an embedded resource",
+                json!([arg("resourceUri", "URI of the resource to embed")]),
+            ),
+        ),
+        ("test_prompt_with_image", prompt("A prompt that includes image content", json!([]))),
+    ]
 }
 
 fn tools() -> Vec<(&'static str, Value)> {
@@ -104,6 +224,7 @@ fn tools() -> Vec<(&'static str, Value)> {
         ("test_error_handling", plain("Tests error response handling")),
         ("test_streaming_elicitation", plain("Streams notices before its result (2026 diagnostics)")),
         ("test_trigger_tool_change", plain("Adds or removes a tool, changing the tool list")),
+        ("test_trigger_prompt_change", plain("Adds or removes a prompt, changing the prompt list")),
         (
             // SEP-2243: `region` also travels as the HTTP header `Mcp-Param-Region`.
             "test_header_param",
@@ -151,7 +272,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let reg = client.register_tool(name, &descriptor).await?;
         tasks.push(tokio::spawn(handle(client.clone(), name, reg)));
     }
-    println!("mcp-fixture ready: {} tools on {url}", tasks.len());
+    let tools = tasks.len();
+    for (name, descriptor) in entries() {
+        let reg = if name.starts_with("test_static") || name == "test_watched" || name == "test_template" {
+            client.register_resource(name, &descriptor).await?
+        } else {
+            client.register_prompt(name, &descriptor).await?
+        };
+        tasks.push(tokio::spawn(serve_entry(name, reg)));
+    }
+    println!("mcp-fixture ready: {tools} tools, {} resources and prompts on {url}", tasks.len() - tools);
     for t in tasks {
         t.await?;
     }

@@ -71,7 +71,7 @@ pub use messages::{ChunkedSubscription, MessageBody, PublishStream, StreamedMess
 pub use rpc::{Registration, Request, RequestBody, Response};
 pub use stream::{CallSender, CallStream, MAX_CHUNK};
 pub use tls::{default_data_dir, Trust};
-pub use tools::{Notice, ToolInfo, LOG_LEVELS};
+pub use tools::{CatalogEntry, EntryKind, McpMethod, Notice, LOG_LEVELS, MCP_RESULT_TYPE, METHOD_HEADER};
 pub use url::{NodeUrl, Scheme, DEFAULT_PORT};
 
 /// The default node URL.
@@ -147,8 +147,8 @@ pub enum ClientError {
     /// The caller or the providers are at their in-flight limit; retry later.
     #[error("busy: {0}")]
     Busy(String),
-    /// A tool descriptor the node would refuse.
-    #[error("invalid tool descriptor for {procedure:?}: it {reason}")]
+    /// A descriptor (of a tool, resource or prompt) the node would refuse.
+    #[error("invalid descriptor for {procedure:?}: it {reason}")]
     InvalidTool { procedure: String, reason: String },
     /// The call was abandoned while its stream was read or written: its caller cancelled
     /// it, its deadline passed, or the connection was lost.

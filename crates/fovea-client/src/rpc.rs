@@ -156,6 +156,13 @@ impl std::fmt::Debug for RequestBody {
 }
 
 impl Request {
+    /// The MCP method this request serves, for a procedure registered as a resource,
+    /// template or prompt (`resources/read`, `prompts/get`, `completion/complete`);
+    /// `None` for a tool call or a plain call. The payload is then the method's params.
+    pub fn mcp_method(&self) -> Option<crate::McpMethod> {
+        self.headers.get(crate::METHOD_HEADER).and_then(crate::McpMethod::parse)
+    }
+
     /// When the caller stops waiting. Work past it is wasted: the node discards a late
     /// answer (and counts it).
     pub fn deadline(&self) -> Instant {

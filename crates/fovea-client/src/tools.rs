@@ -1,13 +1,14 @@
-//! Tools in the SDK: registering a procedure as an AI tool ([`Client::register_tool`]),
-//! progress and logs during a call ([`Notice`]), and the realm's tool catalog
-//! ([`Client::tools`], [`Client::watch_tools`]).
+//! What AI agents see, in the SDK: registering a procedure as an MCP tool
+//! ([`Client::register_tool`]), resource or resource template ([`Client::register_resource`])
+//! or prompt ([`Client::register_prompt`]), progress and logs during a call ([`Notice`]),
+//! and the realm's catalog ([`Client::catalog`], [`Client::tools`], [`Client::watch_tools`]).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fovea_core::frame::{ToolList, ToolsQuery, VERSION_TOOLS};
-use fovea_core::tool::{tool_name, Descriptor};
+use fovea_core::frame::{ToolList, ToolsQuery, VERSION_MCP_KINDS, VERSION_TOOLS};
+use fovea_core::tool::{tool_name, Descriptor, Kind};
 use fovea_core::{Frame, Headers};
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -15,7 +16,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::rpc::{Registration, Response};
 use crate::{lock, Client, ClientError};
 
-pub use fovea_core::tool::{Notice, LOG_LEVELS};
+pub use fovea_core::tool::answers::{Method as McpMethod, MCP_RESULT_TYPE, METHOD_HEADER};
+pub use fovea_core::tool::{Kind as EntryKind, Notice, LOG_LEVELS};
 
 /// How long [`Client::tools`] waits for one page.
 const PAGE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -24,14 +26,16 @@ const PAGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// node holds, and a node answering with cursors forever must not loop us forever.
 const MAX_PAGES: usize = 1000;
 
-/// One tool of the realm, as [`Client::tools`] lists it.
+/// One entry of the realm's catalog, as [`Client::catalog`] lists it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ToolInfo {
+pub struct CatalogEntry {
     /// The procedure to call.
     pub procedure: String,
     /// Its MCP name ([`fovea_core::tool::tool_name`]).
     pub name: String,
-    /// The descriptor: `description`, `inputSchema`, and the optional MCP fields.
+    /// What it is to agents: a tool, resource, resource template or prompt.
+    pub kind: EntryKind,
+    /// The descriptor: the MCP fields of its kind (a tool's `description`, `inputSchema`, …).
     pub descriptor: Map<String, Value>,
 }
 
@@ -50,11 +54,85 @@ impl Client {
     /// As [`Client::register`], and [`ClientError::InvalidTool`] for a descriptor the node
     /// would refuse; [`ClientError::Unsupported`] when the node is older than tools.
     pub async fn register_tool(&self, procedure: &str, descriptor: &Value) -> Result<Registration, ClientError> {
+        self.register_kind(procedure, Kind::Tool, descriptor).await
+    }
+
+    /// Provides `procedure` as an MCP resource (a descriptor with `uri`) or resource
+    /// template (with an RFC 6570 `uriTemplate`): agents on any node of the realm list it
+    /// and read it. Optional fields: `name`, `title`, `description`, `mimeType`, `size`,
+    /// `annotations`, `icons`, `_meta`.
+    ///
+    /// Each read is a request with the header `mcp-method: resources/read` ([`Request::mcp_method`])
+    /// and the params `{"uri": …}` as payload (from a template, also `"variables"`: the
+    /// values the URI gave the template's). Answer with the content (text or bytes, with a
+    /// `content-type` header or the descriptor's `mimeType`), or a whole `ReadResourceResult`
+    /// under `content-type: application/mcp-result+json`; fail with code
+    /// [`ErrorCode::NotFound`](fovea_core::ErrorCode::NotFound) for a URI the template
+    /// matches but that does not exist. Completions of a template's variables arrive as
+    /// `completion/complete` requests.
+    ///
+    /// # Errors
+    /// As [`Client::register_tool`], and [`ClientError::Unsupported`] below protocol 7.
+    pub async fn register_resource(&self, procedure: &str, descriptor: &Value) -> Result<Registration, ClientError> {
+        let kind = if descriptor.get("uriTemplate").is_some() { Kind::ResourceTemplate } else { Kind::Resource };
+        self.register_kind(procedure, kind, descriptor).await
+    }
+
+    /// Provides `procedure` as an MCP prompt named by [`tool_name`] of the procedure, with
+    /// `description` (required), `title` and `arguments` (`[{"name", "description",
+    /// "required"}]`).
+    ///
+    /// Each `prompts/get` is a request with the header `mcp-method: prompts/get` and the
+    /// params `{"name", "arguments"}` as payload (the node has checked that the required
+    /// arguments are there). Answer with text (one user message), or a whole
+    /// `GetPromptResult` under `content-type: application/mcp-result+json`. Completions of
+    /// its arguments arrive as `completion/complete` requests; answer with a JSON array of
+    /// strings.
+    ///
+    /// # Errors
+    /// As [`Client::register_resource`].
+    pub async fn register_prompt(&self, procedure: &str, descriptor: &Value) -> Result<Registration, ClientError> {
+        self.register_kind(procedure, Kind::Prompt, descriptor).await
+    }
+
+    /// Provides `procedure` with a descriptor of any kind, as its `kind` says (absent: a
+    /// tool). What the typed `register_*` calls share, for bindings that pass descriptors
+    /// through.
+    ///
+    /// # Errors
+    /// As [`Client::register_resource`].
+    pub async fn register_described(&self, procedure: &str, descriptor: &Value) -> Result<Registration, ClientError> {
         let raw = serde_json::to_vec(descriptor).unwrap_or_default();
-        let tool = Descriptor::parse(&raw)
+        let parsed = Descriptor::parse(&raw)
             .map_err(|e| ClientError::InvalidTool { procedure: procedure.to_owned(), reason: e.to_string() })?;
-        self.require_version(VERSION_TOOLS, "tools")?;
-        self.register_with(procedure, tool.encoded().clone()).await
+        if parsed.kind() == Kind::Tool {
+            self.require_version(VERSION_TOOLS, "tools")?;
+        } else {
+            self.require_version(VERSION_MCP_KINDS, "resources, resource templates and prompts")?;
+        }
+        self.register_with(procedure, parsed.encoded().clone()).await
+    }
+
+    async fn register_kind(
+        &self,
+        procedure: &str,
+        kind: Kind,
+        descriptor: &Value,
+    ) -> Result<Registration, ClientError> {
+        let mut descriptor = descriptor.clone();
+        if let Value::Object(d) = &mut descriptor {
+            match d.get("kind").and_then(Value::as_str) {
+                Some(k) if k != kind.as_str() => {
+                    let reason = format!("has \"kind\": {k:?}, but is registered as a {}", kind.as_str());
+                    return Err(ClientError::InvalidTool { procedure: procedure.to_owned(), reason });
+                }
+                _ if kind != Kind::Tool => {
+                    d.insert("kind".into(), kind.as_str().into());
+                }
+                _ => {}
+            }
+        }
+        self.register_described(procedure, &descriptor).await
     }
 
     /// [`Client::call_with_headers`], passing the provider's progress and log notices to
@@ -78,7 +156,18 @@ impl Client {
     /// # Errors
     /// [`ClientError::Disconnected`], [`ClientError::Timeout`], [`ClientError::Unsupported`]
     /// (a node older than tools), [`ClientError::ClientClosed`].
-    pub async fn tools(&self) -> Result<Vec<ToolInfo>, ClientError> {
+    pub async fn tools(&self) -> Result<Vec<CatalogEntry>, ClientError> {
+        let mut all = self.catalog().await?;
+        all.retain(|e| e.kind == Kind::Tool);
+        Ok(all)
+    }
+
+    /// Every entry of the realm's catalog (tools, resources, resource templates, prompts)
+    /// this client may call, in procedure order.
+    ///
+    /// # Errors
+    /// As [`Client::tools`].
+    pub async fn catalog(&self) -> Result<Vec<CatalogEntry>, ClientError> {
         self.require_version(VERSION_TOOLS, "tools")?;
         let mut all = Vec::new();
         let mut cursor = Bytes::new();
@@ -92,9 +181,14 @@ impl Client {
                 else {
                     continue;
                 };
-                all.push(ToolInfo {
+                // What this SDK cannot read (a newer kind) is left out.
+                let Ok(parsed) = Descriptor::parse(&serde_json::to_vec(descriptor).unwrap_or_default()) else {
+                    continue;
+                };
+                all.push(CatalogEntry {
                     name: tool_name(procedure),
                     procedure: procedure.to_owned(),
+                    kind: parsed.kind(),
                     descriptor: descriptor.clone(),
                 });
             }

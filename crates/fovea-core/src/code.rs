@@ -113,6 +113,10 @@ codes! {
     /// The call streams its request and the provider chosen speaks a protocol version
     /// without streams (v5).
     StreamsUnsupported = 0x10e, "STREAMS_UNSUPPORTED", "the provider cannot take a streamed request";
+    /// The provider has nothing under what the call names, e.g. an MCP resource URI (v7).
+    NotFound = 0x10f, "NOT_FOUND", "not found";
+    /// The provider refused the call's arguments, e.g. an MCP prompt's (v7).
+    InvalidArguments = 0x110, "INVALID_ARGUMENTS", "invalid arguments";
     /// The provider failed the call without a code of its own (codes from 0x1000 are the
     /// provider's own, passed through).
     ApplicationError = 0x1000, "APPLICATION_ERROR", "application error";

@@ -30,7 +30,7 @@ use crate::varint;
 /// `TOOLS_CHANGED`); version 5 streams: `CALL` and `REQUEST`'s `flags`, `DATA` and
 /// `CREDIT`; version 6 streamed messages: `PUB_STREAM`, `MSG_STREAM` and the `MESSAGE`
 /// and `CUT` flags of `DATA` and `CREDIT`.
-pub const VERSION: u64 = 6;
+pub const VERSION: u64 = 7;
 
 /// The first version with RPC frames and queue groups.
 pub const VERSION_RPC: u64 = 2;
@@ -47,6 +47,10 @@ pub const VERSION_STREAMS: u64 = 5;
 /// The first version with streamed messages: `PUB_STREAM`, `MSG_STREAM`, and `DATA` and
 /// `CREDIT` for them.
 pub const VERSION_MESSAGE_STREAMS: u64 = 6;
+
+/// First version whose catalog holds resources, resource templates and prompts beside
+/// tools (a descriptor's `kind`), with MCP methods served by calls (§4.6).
+pub const VERSION_MCP_KINDS: u64 = 7;
 
 /// Flags of `CALL` and `REQUEST` (v5): which directions of the call stream.
 pub mod call_flags {

@@ -1,7 +1,7 @@
 //! `fovea mcp`: an MCP server on stdin/stdout for desktop agents (Claude Desktop, Claude
 //! Code, Cursor start MCP servers this way). It is a client of a node: the MCP server is
 //! the node's own ([`fovea_node::mcp::McpServer`], the one its HTTP endpoint serves), over
-//! a [`ToolSource`] whose tools are the realm's as `TOOLS` lists them and whose calls are
+//! a [`CatalogSource`] whose entries are the realm's as `TOOLS` lists them and whose calls are
 //! mesh calls made through the SDK. So an agent sees the same tools, checks, progress,
 //! logs and results here as on a node's endpoint.
 
@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fovea_client::{Client, ClientError, Headers, Notice, ToolInfo};
-use fovea_core::tool::Descriptor;
+use fovea_client::{Client, ClientError, Headers, Notice};
+use fovea_core::tool::{Catalog, Descriptor, Kind};
 use fovea_core::ErrorCode;
-use fovea_node::mcp::{CallOutcome, McpServer, ToolSource};
+use fovea_node::mcp::{find_in, CallOutcome, CatalogSource, EntryPage, Found, Lookup, McpServer};
 use rmcp::model::Extensions;
 use rmcp::{ErrorData as McpError, ServiceExt};
 use tokio::sync::{mpsc, watch};
@@ -24,7 +24,7 @@ pub async fn run(args: McpArgs) -> anyhow::Result<()> {
     let client = connect(&args.client, "fovea-mcp").await?;
     tracing::info!(url = %client.url(), "serving MCP on stdio");
     let source =
-        Arc::new(ClientTools { client: client.clone(), timeout: args.timeout, realm: args.client.realm.clone() });
+        Arc::new(ClientCatalog { client: client.clone(), timeout: args.timeout, realm: args.client.realm.clone() });
     let running = McpServer::new(source)
         .serve(rmcp::transport::stdio())
         .await
@@ -34,8 +34,8 @@ pub async fn run(args: McpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The tools of the client's realm, called through the client.
-struct ClientTools {
+/// The catalog of the client's realm, called through the client.
+struct ClientCatalog {
     client: Client,
     timeout: Duration,
     realm: String,
@@ -45,35 +45,41 @@ fn unavailable(e: &ClientError) -> McpError {
     McpError::internal_error(format!("the fovea node is not reachable: {e}"), None)
 }
 
-fn descriptor(t: &ToolInfo) -> Option<Descriptor> {
-    Descriptor::parse(&serde_json::to_vec(&t.descriptor).ok()?).ok()
+impl ClientCatalog {
+    /// The realm's catalog as the node lists it now (the SDK follows its pages).
+    async fn fetch(&self) -> Result<Catalog, McpError> {
+        let entries = self.client.catalog().await.map_err(|e| unavailable(&e))?;
+        let mut catalog = Catalog::default();
+        for e in entries {
+            if let Ok(d) = Descriptor::parse(&serde_json::to_vec(&e.descriptor).unwrap_or_default()) {
+                catalog.insert(&e.procedure, 0, d);
+            }
+        }
+        Ok(catalog)
+    }
 }
 
-impl ToolSource for ClientTools {
+impl CatalogSource for ClientCatalog {
     /// All at once: the SDK follows the node's pages itself.
-    async fn page(
-        &self,
-        _extensions: &Extensions,
-        _cursor: &str,
-    ) -> Result<(Vec<(String, Descriptor)>, Option<String>), McpError> {
-        let tools = self.client.tools().await.map_err(|e| unavailable(&e))?;
-        Ok((tools.iter().filter_map(|t| Some((t.procedure.clone(), descriptor(t)?))).collect(), None))
+    async fn page(&self, _extensions: &Extensions, kind: Kind, _cursor: &str) -> Result<EntryPage, McpError> {
+        let catalog = self.fetch().await?;
+        let (page, _) = catalog.page("", usize::MAX, usize::MAX, |_, d| d.kind() == kind);
+        Ok((page.into_iter().map(|(p, d)| (p.to_owned(), d.clone())).collect(), None))
     }
 
-    async fn find(&self, _extensions: &Extensions, name: &str) -> Result<Option<(String, Descriptor)>, McpError> {
-        let tools = self.client.tools().await.map_err(|e| unavailable(&e))?;
-        Ok(tools.iter().find(|t| t.name == name).and_then(|t| Some((t.procedure.clone(), descriptor(t)?))))
+    async fn find(&self, _extensions: &Extensions, lookup: Lookup<'_>) -> Result<Option<Found>, McpError> {
+        Ok(find_in(&self.fetch().await?, lookup, |_| true))
     }
 
     async fn call(
         &self,
         _extensions: &Extensions,
         procedure: &str,
+        headers: Headers,
         payload: Bytes,
         notices: mpsc::Sender<Notice>,
     ) -> CallOutcome {
-        let no_headers = Headers::new();
-        let outcome = self.client.call_with_notices(procedure, &no_headers, payload, self.timeout, notices).await;
+        let outcome = self.client.call_with_notices(procedure, &headers, payload, self.timeout, notices).await;
         match outcome {
             Ok(r) => CallOutcome { code: ErrorCode::NoError, headers: r.headers, payload: r.payload },
             Err(ClientError::NoProvider(m)) => CallOutcome::failed(ErrorCode::NoProvider, m),

@@ -326,7 +326,7 @@ impl Core {
         };
         self.shared.start(py, async move {
             let reg = match descriptor {
-                Some(d) => client.register_tool(&procedure, &d).await?,
+                Some(d) => client.register_described(&procedure, &d).await?,
                 None => client.register(&procedure).await?,
             };
             Ok(Done::Registration(reg))

@@ -1,11 +1,13 @@
 //! A realm's catalog: every procedure with a descriptor, ordered by procedure name, paged
 //! by cursor.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::Descriptor;
+use super::uri_template::Template;
+use super::{tool_name, Descriptor, Kind};
 
-/// A realm's tools: procedure → the descriptors its providers registered.
+/// A realm's catalog: procedure → the descriptors its providers registered (tools,
+/// resources, resource templates, prompts: one kind per descriptor).
 ///
 /// Each provider is identified by a `u64` key chosen by the caller (a node numbers its
 /// registrations). The descriptor shown for a procedure is the one of its oldest live
@@ -15,6 +17,10 @@ use super::Descriptor;
 pub struct Catalog {
     tools: BTreeMap<String, Vec<(u64, Descriptor)>>,
     version: u64,
+    /// Resources' URIs → the procedures showing a resource of that URI (usually one).
+    by_uri: HashMap<String, BTreeSet<String>>,
+    /// Procedures showing a resource template.
+    templates: BTreeSet<String>,
 }
 
 impl Catalog {
@@ -25,6 +31,7 @@ impl Catalog {
         let changed = entry.len() == 1;
         if changed {
             self.version += 1;
+            self.reindex(procedure, None);
         }
         changed
     }
@@ -43,6 +50,7 @@ impl Catalog {
         };
         if changed {
             self.version += 1;
+            self.reindex(procedure, Some(&old.1));
         }
         changed
     }
@@ -67,7 +75,13 @@ impl Catalog {
         for (p, t) in entries {
             self.tools.entry(p).or_default().push((key, t));
         }
-        let changed = affected.iter().zip(before).any(|(p, b)| self.get(p) != b.as_ref());
+        let mut changed = false;
+        for (p, b) in affected.iter().zip(before) {
+            if self.get(p) != b.as_ref() {
+                changed = true;
+                self.reindex(p, b.as_ref());
+            }
+        }
         if changed {
             self.version += 1;
         }
@@ -80,12 +94,76 @@ impl Catalog {
         self.tools.iter().filter_map(|(p, v)| v.iter().find(|(k, _)| pick(*k)).map(|(_, t)| (p.as_str(), t))).collect()
     }
 
+    /// Keeps the URI and template indexes in step after what `procedure` shows changed
+    /// from `before`.
+    fn reindex(&mut self, procedure: &str, before: Option<&Descriptor>) {
+        if let Some(uri) = before.and_then(Descriptor::uri) {
+            if let Some(set) = self.by_uri.get_mut(uri) {
+                set.remove(procedure);
+                if set.is_empty() {
+                    self.by_uri.remove(uri);
+                }
+            }
+        }
+        self.templates.remove(procedure);
+        let Some(now) = self.tools.get(procedure).and_then(|v| v.first()).map(|(_, d)| d) else { return };
+        if let Some(uri) = now.uri() {
+            self.by_uri.entry(uri.to_owned()).or_default().insert(procedure.to_owned());
+        } else if now.kind() == Kind::ResourceTemplate {
+            self.templates.insert(procedure.to_owned());
+        }
+    }
+
+    /// The tool or prompt (`kind`) whose MCP name ([`tool_name`]) is `name`, among those
+    /// `visible` admits.
+    pub fn named(&self, kind: Kind, name: &str, mut visible: impl FnMut(&str) -> bool) -> Option<(&str, &Descriptor)> {
+        let mut wanted = |p: &str, d: &Descriptor| d.kind() == kind && tool_name(p) == name && visible(p);
+        // The common case: a reversible name, whose procedure is found directly.
+        let direct = name.replace("__", ".");
+        if let Some((p, d)) = self.tools.get_key_value(&direct).and_then(|(p, v)| Some((p, &v.first()?.1))) {
+            if wanted(p, d) {
+                return Some((p.as_str(), d));
+            }
+        }
+        self.tools.iter().filter_map(|(p, v)| Some((p.as_str(), &v.first()?.1))).find(|(p, d)| wanted(p, d))
+    }
+
+    /// The resource of URI `uri` (the first in procedure order that `visible` admits).
+    pub fn resource(&self, uri: &str, mut visible: impl FnMut(&str) -> bool) -> Option<(&str, &Descriptor)> {
+        let procedure = self.by_uri.get(uri)?.iter().find(|p| visible(p))?;
+        self.tools.get_key_value(procedure).and_then(|(p, v)| Some((p.as_str(), &v.first()?.1)))
+    }
+
+    /// The resource template whose `uriTemplate` is exactly `template`.
+    pub fn template(&self, template: &str, mut visible: impl FnMut(&str) -> bool) -> Option<(&str, &Descriptor)> {
+        self.templates
+            .iter()
+            .filter_map(|p| self.tools.get_key_value(p).and_then(|(p, v)| Some((p.as_str(), &v.first()?.1))))
+            .find(|(p, d)| d.uri_template() == Some(template) && visible(p))
+    }
+
+    /// The first resource template (in procedure order, among those `visible` admits) that
+    /// `uri` is an expansion of, and the values of its variables.
+    #[allow(clippy::type_complexity)]
+    pub fn template_for(
+        &self,
+        uri: &str,
+        mut visible: impl FnMut(&str) -> bool,
+    ) -> Option<(&str, &Descriptor, Vec<(String, String)>)> {
+        self.templates.iter().find_map(|p| {
+            let (p, v) = self.tools.get_key_value(p)?;
+            let d = &v.first()?.1;
+            let values = Template::parse(d.uri_template()?)?.matches(uri)?;
+            visible(p).then_some((p.as_str(), d, values))
+        })
+    }
+
     /// Counts changes; equal versions mean an equal catalog.
     pub fn version(&self) -> u64 {
         self.version
     }
 
-    /// Number of tools (procedures with at least one descriptor).
+    /// Number of entries (procedures with at least one descriptor).
     pub fn len(&self) -> usize {
         self.tools.len()
     }
@@ -100,7 +178,7 @@ impl Catalog {
         self.tools.get(procedure).and_then(|v| v.first()).map(|(_, t)| t)
     }
 
-    /// Tools after `cursor` (all when empty), in procedure order, for which `visible`
+    /// Entries after `cursor` (all when empty), in procedure order, for which `visible`
     /// holds: at most `max_items`, and no more than `max_bytes` of descriptors (but always
     /// one, if any is left). Returns them and the cursor of the next page (`None` at the
     /// end).
@@ -109,7 +187,7 @@ impl Catalog {
         cursor: &str,
         max_items: usize,
         max_bytes: usize,
-        mut visible: impl FnMut(&str) -> bool,
+        mut visible: impl FnMut(&str, &Descriptor) -> bool,
     ) -> (Vec<(&'a str, &'a Descriptor)>, Option<String>) {
         use std::ops::Bound;
         let start = if cursor.is_empty() { Bound::Unbounded } else { Bound::Excluded(cursor) };
@@ -117,7 +195,7 @@ impl Catalog {
         let mut bytes = 0;
         for (name, entries) in self.tools.range::<str, _>((start, Bound::Unbounded)) {
             let Some((_, tool)) = entries.first() else { continue };
-            if !visible(name) {
+            if !visible(name, tool) {
                 continue;
             }
             bytes += name.len() + tool.encoded().len();
@@ -152,13 +230,13 @@ mod tests {
         for p in ["a", "c", "d", "e"] {
             c.insert(p, 9, desc(p));
         }
-        let (page, next) = c.page("", 2, usize::MAX, |_| true);
+        let (page, next) = c.page("", 2, usize::MAX, |_, _| true);
         assert_eq!(page.iter().map(|p| p.0).collect::<Vec<_>>(), ["a", "b.x"]);
-        let (page, next) = c.page(&next.unwrap(), 2, usize::MAX, |n| n != "d");
+        let (page, next) = c.page(&next.unwrap(), 2, usize::MAX, |n, _| n != "d");
         assert_eq!(page.iter().map(|p| p.0).collect::<Vec<_>>(), ["c", "e"]);
         assert_eq!(next, None);
         // A byte budget smaller than one descriptor still yields one per page.
-        let (page, next) = c.page("", 10, 1, |_| true);
+        let (page, next) = c.page("", 10, 1, |_, _| true);
         assert_eq!((page.len(), next.as_deref()), (1, Some("a")));
         // A remote node's set replaces as a whole.
         let remote = 1 << 63;
@@ -172,5 +250,44 @@ mod tests {
         assert!(c.remove("b.x", 2));
         assert!(c.version() > v);
         assert!(c.get("b.x").is_none());
+    }
+
+    #[test]
+    fn resources_templates_and_prompts_are_found_by_uri_and_name() {
+        let d = |v: serde_json::Value| Descriptor::parse(v.to_string().as_bytes()).unwrap();
+        let mut c = Catalog::default();
+        c.insert("docs.readme", 1, d(serde_json::json!({"kind": "resource", "uri": "file:///README.md"})));
+        c.insert(
+            "docs.page",
+            1,
+            d(serde_json::json!({"kind": "resourceTemplate", "uriTemplate": "file:///pages/{n}"})),
+        );
+        c.insert("p.hello", 1, d(serde_json::json!({"kind": "prompt", "description": "greets"})));
+        c.insert("t.hello", 1, desc("a tool"));
+        assert_eq!(c.resource("file:///README.md", |_| true).map(|(p, _)| p), Some("docs.readme"));
+        assert_eq!(c.resource("file:///README.md", |p| p != "docs.readme"), None, "invisible: not found");
+        let (p, _, vars) = c.template_for("file:///pages/7", |_| true).unwrap();
+        assert_eq!((p, vars), ("docs.page", vec![("n".to_owned(), "7".to_owned())]));
+        assert!(c.template_for("file:///other/7", |_| true).is_none());
+        assert_eq!(c.template("file:///pages/{n}", |_| true).map(|(p, _)| p), Some("docs.page"));
+        assert_eq!(c.named(Kind::Prompt, "p__hello", |_| true).map(|(p, _)| p), Some("p.hello"));
+        assert!(c.named(Kind::Tool, "p__hello", |_| true).is_none(), "a prompt is not a tool");
+        assert_eq!(c.named(Kind::Tool, "t__hello", |_| true).map(|(p, _)| p), Some("t.hello"));
+        let prompts = c.page("", 10, usize::MAX, |_, d| d.kind() == Kind::Prompt).0;
+        assert_eq!(prompts.iter().map(|p| p.0).collect::<Vec<_>>(), ["p.hello"]);
+        // The indexes follow what is shown: a second provider of another URI does not move it,
+        // the first one leaving does.
+        c.insert("docs.readme", 2, d(serde_json::json!({"kind": "resource", "uri": "file:///NEW.md"})));
+        assert!(c.resource("file:///NEW.md", |_| true).is_none());
+        c.remove("docs.readme", 1);
+        assert!(c.resource("file:///README.md", |_| true).is_none());
+        assert_eq!(c.resource("file:///NEW.md", |_| true).map(|(p, _)| p), Some("docs.readme"));
+        let remote = 1 << 63;
+        c.replace_key(remote, vec![("r.x".into(), d(serde_json::json!({"kind": "resource", "uri": "r://x"})))]);
+        assert_eq!(c.resource("r://x", |_| true).map(|(p, _)| p), Some("r.x"));
+        c.replace_key(remote, vec![]);
+        assert!(c.resource("r://x", |_| true).is_none());
+        c.remove("docs.page", 1);
+        assert!(c.template_for("file:///pages/7", |_| true).is_none());
     }
 }

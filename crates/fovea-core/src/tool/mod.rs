@@ -26,9 +26,66 @@ pub const MAX_DESCRIPTION_LEN: usize = 8 * 1024;
 /// Longest tool name MCP clients accept.
 pub const MAX_TOOL_NAME_LEN: usize = 64;
 
-/// Keys a descriptor may carry (MCP's `Tool` without `name`, which [`tool_name`] derives).
-const KEYS: &[&str] =
-    &["description", "inputSchema", "outputSchema", "title", "annotations", "icons", "execution", "_meta"];
+/// What a catalog entry is to an agent. The descriptor's `kind` says it; a descriptor without
+/// one is a tool (so descriptors written before the other kinds existed keep their meaning).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// MCP's `Tool`: called with arguments (`tools/call`).
+    Tool,
+    /// MCP's `Resource`: one fixed URI, read with `resources/read`.
+    Resource,
+    /// MCP's `ResourceTemplate`: every URI its RFC 6570 `uriTemplate` matches.
+    ResourceTemplate,
+    /// MCP's `Prompt`: messages made from arguments (`prompts/get`).
+    Prompt,
+}
+
+impl Kind {
+    /// The `kind` value of the descriptor.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Tool => "tool",
+            Kind::Resource => "resource",
+            Kind::ResourceTemplate => "resourceTemplate",
+            Kind::Prompt => "prompt",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Kind> {
+        [Kind::Tool, Kind::Resource, Kind::ResourceTemplate, Kind::Prompt].into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Keys a descriptor of this kind may carry: MCP's object of that kind without `name`
+    /// where [`tool_name`] derives it (tools, prompts), plus `kind`.
+    fn keys(self) -> &'static [&'static str] {
+        match self {
+            Kind::Tool => &[
+                "kind",
+                "description",
+                "inputSchema",
+                "outputSchema",
+                "title",
+                "annotations",
+                "icons",
+                "execution",
+                "_meta",
+            ],
+            Kind::Resource => {
+                &["kind", "uri", "name", "title", "description", "mimeType", "size", "annotations", "icons", "_meta"]
+            }
+            Kind::ResourceTemplate => {
+                &["kind", "uriTemplate", "name", "title", "description", "mimeType", "annotations", "icons", "_meta"]
+            }
+            Kind::Prompt => &["kind", "title", "description", "arguments", "icons", "_meta"],
+        }
+    }
+}
+
+/// Longest `uri` or `uriTemplate` of a resource, in bytes.
+pub const MAX_URI_LEN: usize = 2048;
+
+/// Most arguments a prompt declares.
+pub const MAX_PROMPT_ARGUMENTS: usize = 64;
 
 /// Why a descriptor was refused. The text says what to change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,25 +95,39 @@ pub enum DescriptorError {
     TooLarge { len: usize },
     #[error("is not a JSON object: {0}")]
     NotJson(String),
-    #[error("needs a \"description\" string telling an agent what the tool does")]
+    #[error("needs a \"description\" string telling an agent what it does")]
     NoDescription,
-    #[error("has the unknown key {0:?}; allowed: description, inputSchema, outputSchema, title, annotations, icons, execution, _meta")]
-    UnknownKey(String),
+    #[error("has the unknown kind {0:?}; kinds: tool (the default), resource, resourceTemplate, prompt")]
+    UnknownKind(String),
+    #[error("has the unknown key {key:?}; a {kind} allows: {allowed}", allowed = kind.keys().join(", "), kind = kind.as_str())]
+    UnknownKey { key: String, kind: Kind },
+    #[error("needs {0:?}")]
+    Missing(&'static str),
     #[error("has {key:?} of the wrong type: it must be {want}")]
     WrongType { key: &'static str, want: &'static str },
-    #[error("has {key:?} of {len} bytes; the limit is {MAX_DESCRIPTION_LEN}")]
-    TextTooLong { key: &'static str, len: usize },
+    #[error("has {key:?} of {len} bytes; the limit is {limit}")]
+    TextTooLong { key: &'static str, len: usize, limit: usize },
     #[error("has the character U+{ch:04X} in {key:?}: invisible, control and bidi characters are refused, since a model would read what a person reviewing the tool cannot see")]
     HiddenChar { key: &'static str, ch: u32 },
+    #[error("declares {0} prompt arguments; the limit is {MAX_PROMPT_ARGUMENTS}")]
+    TooManyArguments(usize),
+    #[error("has {key:?} that is not {want}")]
+    BadUri { key: &'static str, want: &'static str },
 }
 
-/// A validated tool descriptor: a JSON object with MCP's `Tool` fields except `name`.
+/// A validated descriptor of a catalog entry: a JSON object with the fields of MCP's object
+/// of its [`Kind`] (`Tool`, `Resource`, `ResourceTemplate`, `Prompt`) except a derived
+/// `name`, and `kind` unless it is a tool.
 ///
-/// Invariant: `description` is a string, `inputSchema` an object with `"type": "object"`
-/// (added when absent), `outputSchema` absent or such an object, and the texts hold no
-/// hidden characters ([`is_hidden`]).
+/// Invariants, by kind: a tool has a `description` string, an `inputSchema` object with
+/// `"type": "object"` (added when absent) and `outputSchema` absent or such an object; a
+/// resource has a `uri` with a scheme, a template a `uriTemplate` ([`uri_template`]), both
+/// at most [`MAX_URI_LEN`] bytes; a prompt has a `description` and `arguments` absent or a
+/// list of at most [`MAX_PROMPT_ARGUMENTS`] objects with a `name`. Every text an agent
+/// reads holds no hidden characters ([`is_hidden`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Descriptor {
+    kind: Kind,
     json: Arc<Map<String, Value>>,
     encoded: Bytes,
 }
@@ -67,42 +138,83 @@ impl Descriptor {
     /// # Errors
     /// [`DescriptorError`] naming the first problem found.
     pub fn parse(raw: &[u8]) -> Result<Descriptor, DescriptorError> {
+        use DescriptorError as E;
         if raw.len() > MAX_TOOL_LEN {
-            return Err(DescriptorError::TooLarge { len: raw.len() });
+            return Err(E::TooLarge { len: raw.len() });
         }
-        let value: Value = serde_json::from_slice(raw).map_err(|e| DescriptorError::NotJson(e.to_string()))?;
-        let Value::Object(mut json) = value else { return Err(DescriptorError::NotJson("not an object".into())) };
-        if let Some(key) = json.keys().find(|k| !KEYS.contains(&k.as_str())) {
-            return Err(DescriptorError::UnknownKey(key.clone()));
+        let value: Value = serde_json::from_slice(raw).map_err(|e| E::NotJson(e.to_string()))?;
+        let Value::Object(mut json) = value else { return Err(E::NotJson("not an object".into())) };
+        let kind = match json.get("kind") {
+            None => Kind::Tool,
+            Some(Value::String(k)) => Kind::parse(k).ok_or_else(|| E::UnknownKind(k.clone()))?,
+            Some(_) => return Err(E::WrongType { key: "kind", want: "a string" }),
+        };
+        if kind == Kind::Tool {
+            // One spelling per descriptor, so equal tools encode equally.
+            json.remove("kind");
         }
-        match json.get("description") {
-            Some(Value::String(d)) => check_text("description", d)?,
-            Some(_) => return Err(DescriptorError::WrongType { key: "description", want: "a string" }),
-            None => return Err(DescriptorError::NoDescription),
+        if let Some(key) = json.keys().find(|k| !kind.keys().contains(&k.as_str())) {
+            return Err(E::UnknownKey { key: key.clone(), kind });
         }
-        match json.get("title") {
-            None => {}
-            Some(Value::String(t)) => check_text("title", t)?,
-            Some(_) => return Err(DescriptorError::WrongType { key: "title", want: "a string" }),
+        for key in ["title", "name", "mimeType"] {
+            optional_text(&json, key)?;
         }
-        let input = json.entry("inputSchema").or_insert_with(|| serde_json::json!({"type": "object"}));
-        check_schema("inputSchema", input)?;
-        if let Some(output) = json.get("outputSchema") {
-            check_schema("outputSchema", output)?;
+        match (json.get("description"), kind) {
+            (Some(Value::String(d)), _) => check_text("description", d)?,
+            (Some(_), _) => return Err(E::WrongType { key: "description", want: "a string" }),
+            (None, Kind::Tool | Kind::Prompt) => return Err(E::NoDescription),
+            (None, _) => {}
+        }
+        match kind {
+            Kind::Tool => {
+                let input = json.entry("inputSchema").or_insert_with(|| serde_json::json!({"type": "object"}));
+                check_schema("inputSchema", input)?;
+                if let Some(output) = json.get("outputSchema") {
+                    check_schema("outputSchema", output)?;
+                }
+            }
+            Kind::Resource => {
+                let uri = required_text(&json, "uri")?;
+                if !has_scheme(uri) || uri.len() > MAX_URI_LEN || uri.chars().any(|c| c.is_whitespace() || is_hidden(c))
+                {
+                    return Err(E::BadUri { key: "uri", want: "an absolute URI (scheme:…) of at most 2048 bytes" });
+                }
+                if json.get("size").is_some_and(|v| v.as_u64().is_none()) {
+                    return Err(E::WrongType { key: "size", want: "a whole number of bytes" });
+                }
+            }
+            Kind::ResourceTemplate => {
+                let template = required_text(&json, "uriTemplate")?;
+                if !has_scheme(template)
+                    || template.len() > MAX_URI_LEN
+                    || uri_template::Template::parse(template).is_none()
+                {
+                    return Err(E::BadUri {
+                        key: "uriTemplate",
+                        want: "an RFC 6570 template of an absolute URI (scheme:…{var}…), at most 2048 bytes",
+                    });
+                }
+            }
+            Kind::Prompt => check_prompt_arguments(json.get("arguments"))?,
         }
         for key in ["annotations", "execution", "_meta"] {
             if json.get(key).is_some_and(|v| !v.is_object()) {
-                return Err(DescriptorError::WrongType { key: static_key(key), want: "an object" });
+                return Err(E::WrongType { key: static_key(key), want: "an object" });
             }
         }
         if json.get("icons").is_some_and(|v| !v.is_array()) {
-            return Err(DescriptorError::WrongType { key: "icons", want: "an array" });
+            return Err(E::WrongType { key: "icons", want: "an array" });
         }
         let encoded = Bytes::from(serde_json::to_vec(&json).unwrap_or_default());
         if encoded.len() > MAX_TOOL_LEN {
-            return Err(DescriptorError::TooLarge { len: encoded.len() });
+            return Err(E::TooLarge { len: encoded.len() });
         }
-        Ok(Descriptor { json: Arc::new(json), encoded })
+        Ok(Descriptor { kind, json: Arc::new(json), encoded })
+    }
+
+    /// What the entry is.
+    pub fn kind(&self) -> Kind {
+        self.kind
     }
 
     /// The descriptor as a JSON object.
@@ -115,19 +227,93 @@ impl Descriptor {
         &self.encoded
     }
 
-    /// The description text.
+    /// The description text (empty when a resource has none).
     pub fn description(&self) -> &str {
         self.json.get("description").and_then(Value::as_str).unwrap_or_default()
     }
+
+    /// A resource's `uri`.
+    pub fn uri(&self) -> Option<&str> {
+        (self.kind == Kind::Resource).then(|| self.json.get("uri").and_then(Value::as_str)).flatten()
+    }
+
+    /// A resource template's `uriTemplate`.
+    pub fn uri_template(&self) -> Option<&str> {
+        (self.kind == Kind::ResourceTemplate).then(|| self.json.get("uriTemplate").and_then(Value::as_str)).flatten()
+    }
+}
+
+/// Whether `uri` starts with a scheme (`ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ) ":"`).
+fn has_scheme(uri: &str) -> bool {
+    let Some((scheme, _)) = uri.split_once(':') else { return false };
+    let mut chars = scheme.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
+fn optional_text(json: &Map<String, Value>, key: &'static str) -> Result<(), DescriptorError> {
+    match json.get(key) {
+        None => Ok(()),
+        Some(Value::String(t)) => check_text(key, t),
+        Some(_) => Err(DescriptorError::WrongType { key, want: "a string" }),
+    }
+}
+
+fn required_text<'a>(json: &'a Map<String, Value>, key: &'static str) -> Result<&'a str, DescriptorError> {
+    match json.get(key) {
+        None => Err(DescriptorError::Missing(key)),
+        Some(Value::String(t)) => Ok(t),
+        Some(_) => Err(DescriptorError::WrongType { key, want: "a string" }),
+    }
+}
+
+/// A prompt's `arguments`: `[{"name", "title"?, "description"?, "required"?}]`.
+fn check_prompt_arguments(arguments: Option<&Value>) -> Result<(), DescriptorError> {
+    let want = "a list of {\"name\", \"description\", \"required\"} objects";
+    let Some(arguments) = arguments else { return Ok(()) };
+    let Value::Array(list) = arguments else { return Err(DescriptorError::WrongType { key: "arguments", want }) };
+    if list.len() > MAX_PROMPT_ARGUMENTS {
+        return Err(DescriptorError::TooManyArguments(list.len()));
+    }
+    for argument in list {
+        let Value::Object(a) = argument else { return Err(DescriptorError::WrongType { key: "arguments", want }) };
+        match a.get("name") {
+            Some(Value::String(n)) if !n.is_empty() => check_text("arguments", n)?,
+            _ => return Err(DescriptorError::WrongType { key: "arguments", want }),
+        }
+        for key in ["title", "description"] {
+            match a.get(key) {
+                None => {}
+                Some(Value::String(t)) => check_text("arguments", t)?,
+                Some(_) => return Err(DescriptorError::WrongType { key: "arguments", want }),
+            }
+        }
+        if a.get("required").is_some_and(|r| !r.is_boolean()) {
+            return Err(DescriptorError::WrongType { key: "arguments", want });
+        }
+    }
+    Ok(())
+}
+
+/// The names of a prompt's required arguments.
+pub fn required_arguments(descriptor: &Descriptor) -> impl Iterator<Item = &str> {
+    descriptor
+        .json()
+        .get("arguments")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|a| a.get("required") == Some(&Value::Bool(true)))
+        .filter_map(|a| a.get("name").and_then(Value::as_str))
 }
 
 fn static_key(key: &str) -> &'static str {
-    KEYS.iter().find(|k| **k == key).copied().unwrap_or("?")
+    ["annotations", "execution", "_meta"].into_iter().find(|k| *k == key).unwrap_or("?")
 }
 
 fn check_text(key: &'static str, text: &str) -> Result<(), DescriptorError> {
     if text.len() > MAX_DESCRIPTION_LEN {
-        return Err(DescriptorError::TextTooLong { key, len: text.len() });
+        return Err(DescriptorError::TextTooLong { key, len: text.len(), limit: MAX_DESCRIPTION_LEN });
     }
     match text.chars().find(|c| is_hidden(*c)) {
         Some(ch) => Err(DescriptorError::HiddenChar { key, ch: ch as u32 }),
@@ -200,11 +386,15 @@ pub const META_PROCEDURE: &str = "io.fovea/procedure";
 /// agents.
 pub const META_REQUIRES: &str = "io.fovea/requiredClientCapabilities";
 
-/// The MCP `Tool` object of a procedure: its descriptor with `name` ([`tool_name`]) and
-/// `_meta["io.fovea/procedure"]`.
-pub fn tool_json(procedure: &str, descriptor: &Descriptor) -> Map<String, Value> {
+/// The MCP object (`Tool`, `Resource`, `ResourceTemplate`, `Prompt`) of a procedure: its
+/// descriptor without `kind`, with `name` ([`tool_name`]; a resource's own `name` when it
+/// has one) and `_meta["io.fovea/procedure"]`.
+pub fn mcp_json(procedure: &str, descriptor: &Descriptor) -> Map<String, Value> {
     let mut json = descriptor.json().clone();
-    json.insert("name".into(), tool_name(procedure).into());
+    json.remove("kind");
+    if !matches!(descriptor.kind(), Kind::Resource | Kind::ResourceTemplate) || !json.contains_key("name") {
+        json.insert("name".into(), tool_name(procedure).into());
+    }
     let meta = json.entry("_meta").or_insert_with(|| Value::Object(Map::new()));
     if let Value::Object(meta) = meta {
         meta.insert(META_PROCEDURE.into(), procedure.into());
@@ -294,7 +484,7 @@ pub fn result_json(code: ErrorCode, headers: &Headers, payload: &[u8], procedure
     let message = || String::from_utf8_lossy(payload).into_owned();
     match code {
         ErrorCode::NoError => {
-            if headers.get("content-type").is_some_and(|v| v == TOOL_RESULT_TYPE) {
+            if headers.get("content-type").is_some_and(|v| v == TOOL_RESULT_TYPE || v == answers::MCP_RESULT_TYPE) {
                 return match serde_json::from_slice::<Value>(payload) {
                     Ok(Value::Object(r)) if r.get("content").is_some_and(Value::is_array) => Value::Object(r),
                     Ok(_) => error(format!("the provider of {procedure} sent a tool result without a content array")),
@@ -329,7 +519,9 @@ pub fn result_json(code: ErrorCode, headers: &Headers, payload: &[u8], procedure
     }
 }
 
+pub mod answers;
 mod catalog;
+pub mod uri_template;
 pub use catalog::Catalog;
 
 /// The MCP log levels, least severe first.
@@ -419,7 +611,10 @@ mod tests {
         assert_eq!(bad("{}"), DescriptorError::NoDescription);
         assert!(matches!(bad("[1]"), DescriptorError::NotJson(_)));
         assert!(matches!(bad("{"), DescriptorError::NotJson(_)));
-        assert_eq!(bad(r#"{"description":"x","name":"y"}"#), DescriptorError::UnknownKey("name".into()));
+        assert_eq!(
+            bad(r#"{"description":"x","name":"y"}"#),
+            DescriptorError::UnknownKey { key: "name".into(), kind: Kind::Tool }
+        );
         assert!(matches!(
             bad(r#"{"description":"x","inputSchema":{"type":"string"}}"#),
             DescriptorError::WrongType { .. }
@@ -439,6 +634,52 @@ mod tests {
         Descriptor::parse(br#"{"description":"line\n\tmore"}"#).unwrap();
         let long = format!(r#"{{"description":"{}"}}"#, "a".repeat(MAX_DESCRIPTION_LEN + 1));
         assert!(matches!(bad(&long), DescriptorError::TextTooLong { .. }));
+    }
+
+    #[test]
+    fn descriptors_of_each_kind() {
+        let parse = |v: Value| Descriptor::parse(v.to_string().as_bytes());
+        let r = parse(json!({"kind": "resource", "uri": "test://a", "name": "a", "mimeType": "text/plain", "size": 3}))
+            .unwrap();
+        assert_eq!((r.kind(), r.uri(), r.uri_template()), (Kind::Resource, Some("test://a"), None));
+        let t = parse(json!({"kind": "resourceTemplate", "uriTemplate": "test://t/{id}"})).unwrap();
+        assert_eq!((t.kind(), t.uri_template()), (Kind::ResourceTemplate, Some("test://t/{id}")));
+        let p = parse(json!({"kind": "prompt", "description": "d", "arguments": [
+            {"name": "a", "required": true}, {"name": "b", "description": "optional"}]}))
+        .unwrap();
+        assert_eq!(required_arguments(&p).collect::<Vec<_>>(), ["a"]);
+        // "kind": "tool" is the default, and not kept.
+        assert_eq!(parse(json!({"kind": "tool", "description": "x"})).unwrap(), desc("x"));
+        let bad = |v: Value| parse(v).unwrap_err();
+        assert_eq!(bad(json!({"kind": "widget"})), DescriptorError::UnknownKind("widget".into()));
+        assert_eq!(bad(json!({"kind": "resource"})), DescriptorError::Missing("uri"));
+        assert!(matches!(bad(json!({"kind": "resource", "uri": "no-scheme"})), DescriptorError::BadUri { .. }));
+        assert!(matches!(bad(json!({"kind": "resource", "uri": "a:b c"})), DescriptorError::BadUri { .. }));
+        assert!(matches!(
+            bad(json!({"kind": "resource", "uri": "a:b", "size": -1})),
+            DescriptorError::WrongType { .. }
+        ));
+        assert!(matches!(
+            bad(json!({"kind": "resource", "uri": "a:b", "inputSchema": {}})),
+            DescriptorError::UnknownKey { kind: Kind::Resource, .. }
+        ));
+        assert!(matches!(
+            bad(json!({"kind": "resourceTemplate", "uriTemplate": "a:{"})),
+            DescriptorError::BadUri { .. }
+        ));
+        assert_eq!(bad(json!({"kind": "prompt"})), DescriptorError::NoDescription);
+        assert!(matches!(
+            bad(json!({"kind": "prompt", "description": "d", "arguments": [{"required": true}]})),
+            DescriptorError::WrongType { key: "arguments", .. }
+        ));
+        assert!(matches!(
+            bad(json!({"kind": "prompt", "description": "d", "arguments": [{"name": "a\u{200b}"}]})),
+            DescriptorError::HiddenChar { .. }
+        ));
+        assert!(matches!(
+            bad(json!({"kind": "resource", "uri": "a:b", "name": "x\u{202e}"})),
+            DescriptorError::HiddenChar { key: "name", .. }
+        ));
     }
 
     #[test]

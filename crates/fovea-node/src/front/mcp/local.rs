@@ -1,5 +1,5 @@
-//! The node's own tools as a [`ToolSource`]: the realm's catalog, filtered by what the
-//! request's credential may call, and calls made by an in-process caller through routing
+//! The node's own catalog as a [`CatalogSource`]: the realm's tools, resources and prompts,
+//! filtered by what the request's credential may call, and calls made by an in-process caller through routing
 //! like any client's (deadlines, balancing, `BUSY` at its in-flight limit, provider loss,
 //! calls to other nodes), with progress and logs arriving as `NOTICE`s ahead of the
 //! `RESULT`.
@@ -10,14 +10,14 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use fovea_core::frame::{Call, CallResult};
-use fovea_core::tool::{tool_name, Descriptor, Notice};
+use fovea_core::tool::{Kind, Notice};
 use fovea_core::{ErrorCode, Headers};
 use rmcp::model::Extensions;
 use rmcp::ErrorData as McpError;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::service::{CallOutcome, ToolSource};
+use super::service::{find_in, CallOutcome, CatalogSource, EntryPage, Found, Lookup};
 use super::McpState;
 use crate::auth::Permissions;
 use crate::handle::outbound::Outbound;
@@ -26,7 +26,7 @@ use crate::routing::calls::{route_call, Origin};
 use crate::routing::Realm;
 use crate::sync::lock;
 
-/// Most tools in one `tools/list` page.
+/// Most entries in one `tools/list` (`resources/list`, …) page.
 const PAGE_ITEMS: usize = 100;
 
 /// Who a request is from: what its credential admitted (set on the HTTP request by the
@@ -155,54 +155,40 @@ impl Drop for Pending<'_> {
     }
 }
 
-/// Tool `name` in `realm`'s catalog: its procedure and descriptor.
-fn find_in(realm: &Realm, name: &str) -> Option<(String, Descriptor)> {
-    realm.with_tools(|c| {
-        // The common case: a reversible name, whose procedure is found directly.
-        let direct = name.replace("__", ".");
-        if let Some(t) = c.get(&direct).filter(|_| tool_name(&direct) == name) {
-            return Some((direct, t.clone()));
-        }
-        let (page, _) = c.page("", usize::MAX, usize::MAX, |p| tool_name(p) == name);
-        page.first().map(|(p, t)| ((*p).to_owned(), (*t).clone()))
-    })
-}
-
-/// The endpoint's tools: those of the request's realm that its credential may call.
-pub(crate) struct LocalTools {
+/// The endpoint's catalog: the entries of the request's realm that its credential may call.
+pub(crate) struct LocalCatalog {
     pub state: Arc<McpState>,
 }
 
-impl ToolSource for LocalTools {
-    async fn page(
-        &self,
-        extensions: &Extensions,
-        cursor: &str,
-    ) -> Result<(Vec<(String, Descriptor)>, Option<String>), McpError> {
+impl CatalogSource for LocalCatalog {
+    async fn page(&self, extensions: &Extensions, kind: Kind, cursor: &str) -> Result<EntryPage, McpError> {
         let id = admitted(extensions)?;
         Ok(id.realm.with_tools(|c| {
-            let (page, next) = c.page(cursor, PAGE_ITEMS, usize::MAX, |p| id.perms.call.name(p.as_bytes()));
+            let visible =
+                |p: &str, d: &fovea_core::tool::Descriptor| d.kind() == kind && id.perms.call.name(p.as_bytes());
+            let (page, next) = c.page(cursor, PAGE_ITEMS, usize::MAX, visible);
             (page.into_iter().map(|(p, t)| (p.to_owned(), t.clone())).collect(), next)
         }))
     }
 
-    async fn find(&self, extensions: &Extensions, name: &str) -> Result<Option<(String, Descriptor)>, McpError> {
+    async fn find(&self, extensions: &Extensions, lookup: Lookup<'_>) -> Result<Option<Found>, McpError> {
         let id = admitted(extensions)?;
-        // A tool the credential may not call does not exist for it.
-        Ok(find_in(&id.realm, name).filter(|(p, _)| id.perms.call.name(p.as_bytes())))
+        // An entry the credential may not call does not exist for it.
+        Ok(id.realm.with_tools(|c| find_in(c, lookup, |p| id.perms.call.name(p.as_bytes()))))
     }
 
     /// In any realm of the node: the header check runs before the credential is read. It
     /// only compares headers with the body; the call itself is still checked as any.
-    fn lookup(&self, name: &str) -> Option<(String, Descriptor)> {
+    fn lookup(&self, name: &str) -> Option<Found> {
         let realms = self.state.shared.router.realms();
-        realms.values().find_map(|realm| find_in(realm, name))
+        realms.values().find_map(|realm| realm.with_tools(|c| find_in(c, Lookup::Named(Kind::Tool, name), |_| true)))
     }
 
     async fn call(
         &self,
         extensions: &Extensions,
         procedure: &str,
+        headers: Headers,
         payload: Bytes,
         notices: mpsc::Sender<Notice>,
     ) -> CallOutcome {
@@ -228,7 +214,7 @@ impl ToolSource for LocalTools {
             call_id,
             procedure: Bytes::copy_from_slice(procedure.as_bytes()),
             timeout_ms,
-            headers: Headers::new(),
+            headers,
             payload,
             // The agent gets one result: a streamed answer is gathered (`Deliver::data`),
             // its chunks passed on as progress.

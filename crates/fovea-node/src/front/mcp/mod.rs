@@ -10,14 +10,16 @@
 //!
 //! The protocol itself is rmcp's (both eras on one URL: 2025-11-25 sessions and 2026-07-28
 //! stateless requests). The MCP server is [`McpServer`], shared with `fovea mcp` on stdio;
-//! `local.rs` gives it this node's tools and calls. This module adds what rmcp leaves to
+//! `local.rs` gives it this node's catalog and calls. This module adds what rmcp leaves to
 //! the endpoint: credentials (`Authorization: Bearer`), binding sessions to their user,
 //! session caps, counting reaped sessions, and JSON-RPC errors for malformed requests.
 
 mod local;
 mod service;
 
-pub use service::{server_config, tool_result, CallOutcome, McpServer, ToolSource};
+pub use service::{
+    find_in, server_config, tool_result, CallOutcome, CatalogSource, EntryPage, Found, Lookup, McpServer,
+};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -38,7 +40,7 @@ use super::Shared;
 use crate::config::McpConfig;
 use crate::handle::outbound::Outbound;
 use crate::sync::lock;
-use local::{Admitted, Caller, LocalTools};
+use local::{Admitted, Caller, LocalCatalog};
 
 /// Counters of the MCP endpoint (`/metrics`: `fovea_mcp_*`).
 #[derive(Debug, Default)]
@@ -114,9 +116,9 @@ pub(crate) async fn serve(
         .with_max_request_body_bytes(config.max_body_bytes)
         .with_json_response(true)
         .with_cancellation_token(stop.child_token());
-    let tools = Arc::new(LocalTools { state: state.clone() });
-    let service: StreamableHttpService<McpServer<LocalTools>, LocalSessionManager> =
-        StreamableHttpService::new(move || Ok(McpServer::new(tools.clone())), sessions, http);
+    let catalog = Arc::new(LocalCatalog { state: state.clone() });
+    let service: StreamableHttpService<McpServer<LocalCatalog>, LocalSessionManager> =
+        StreamableHttpService::new(move || Ok(McpServer::new(catalog.clone())), sessions, http);
     let app = axum::Router::new()
         .nest_service("/mcp", service)
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard))

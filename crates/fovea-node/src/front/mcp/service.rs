@@ -1,19 +1,23 @@
 //! The MCP server itself, once for every front end: the node's HTTP endpoint serves it over
 //! its own router, `fovea mcp` on stdio over a node reached through the SDK. What differs
-//! between them (where tools are listed from and calls go to) is a [`ToolSource`]; what
-//! agents see (tool names, capability and argument checks, progress and logs in each
-//! era's rules, cancellation, result conversion) is this module's, so both answer alike.
+//! between them (where the catalog is read from and calls go to) is a [`CatalogSource`];
+//! what agents see (names, capability and argument checks, progress and logs in each era's
+//! rules, cancellation, result conversion, resources, prompts and completions as calls of
+//! their procedures) is this module's, so both answer alike.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use fovea_core::tool::{self, Descriptor, Notice};
+use fovea_core::tool::answers::{self, McpFailure, Method, METHOD_HEADER};
+use fovea_core::tool::{self, Catalog, Descriptor, Kind, Notice};
 use fovea_core::{ErrorCode, Headers};
 use rmcp::model::{
-    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, ClientCapabilities, ContentBlock, Extensions,
-    Implementation, ListToolsResult, PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities,
-    ServerConfig, SubscriptionFilter, Tool,
+    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, ClientCapabilities, CompleteRequestParams,
+    CompleteResult, ContentBlock, Extensions, GetPromptRequestParams, GetPromptResponse, GetPromptResult,
+    Implementation, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
+    PaginatedRequestParams, ProgressNotificationParam, ReadResourceRequestParams, ReadResourceResponse,
+    ReadResourceResult, Reference, ResultType, ServerCapabilities, ServerConfig, SubscriptionFilter, Tool,
 };
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
@@ -39,35 +43,74 @@ impl CallOutcome {
     }
 }
 
-/// One page of tools as (procedure, descriptor) pairs, and the next page's cursor.
-pub type ToolPage = (Vec<(String, Descriptor)>, Option<String>);
+/// One page of catalog entries as (procedure, descriptor) pairs, and the next page's cursor.
+pub type EntryPage = (Vec<(String, Descriptor)>, Option<String>);
 
-/// Where an [`McpServer`]'s tools come from and where its calls go. `extensions` are the
-/// MCP request's (over HTTP they carry who is asking).
-pub trait ToolSource: Send + Sync + 'static {
-    /// One page of the tools the requester may call, after `cursor` (empty: the first),
-    /// as (procedure, descriptor) pairs, and the next page's cursor.
-    fn page(&self, extensions: &Extensions, cursor: &str) -> impl Future<Output = Result<ToolPage, McpError>> + Send;
+/// What an agent names: a tool or prompt by its MCP name, a resource by URI (a fixed
+/// resource's, else the first template's that matches), a template by its `uriTemplate`.
+#[derive(Debug, Clone, Copy)]
+pub enum Lookup<'a> {
+    Named(Kind, &'a str),
+    Uri(&'a str),
+    Template(&'a str),
+}
 
-    /// The procedure behind tool `name` and its descriptor, if the requester may call it.
+/// A catalog entry found by a [`Lookup`]: its procedure, descriptor and, for a URI that a
+/// template matched, the values of the template's variables.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub procedure: String,
+    pub descriptor: Descriptor,
+    pub variables: Vec<(String, String)>,
+}
+
+/// Looks `lookup` up in `catalog` among the procedures `visible` admits.
+pub fn find_in(catalog: &Catalog, lookup: Lookup<'_>, mut visible: impl FnMut(&str) -> bool) -> Option<Found> {
+    let found =
+        |(p, d): (&str, &Descriptor)| Found { procedure: p.to_owned(), descriptor: d.clone(), variables: vec![] };
+    match lookup {
+        Lookup::Named(kind, name) => catalog.named(kind, name, visible).map(found),
+        Lookup::Uri(uri) => catalog.resource(uri, &mut visible).map(found).or_else(|| {
+            let (p, d, variables) = catalog.template_for(uri, visible)?;
+            Some(Found { procedure: p.to_owned(), descriptor: d.clone(), variables })
+        }),
+        Lookup::Template(template) => catalog.template(template, visible).map(found),
+    }
+}
+
+/// Where an [`McpServer`]'s catalog (tools, resources, templates, prompts) comes from and
+/// where its calls go. `extensions` are the MCP request's (over HTTP they carry who is
+/// asking).
+pub trait CatalogSource: Send + Sync + 'static {
+    /// One page of the entries of `kind` the requester may call, after `cursor` (empty:
+    /// the first), and the next page's cursor.
+    fn page(
+        &self,
+        extensions: &Extensions,
+        kind: Kind,
+        cursor: &str,
+    ) -> impl Future<Output = Result<EntryPage, McpError>> + Send;
+
+    /// The entry `lookup` names, if the requester may call its procedure.
     fn find(
         &self,
         extensions: &Extensions,
-        name: &str,
-    ) -> impl Future<Output = Result<Option<(String, Descriptor)>, McpError>> + Send;
+        lookup: Lookup<'_>,
+    ) -> impl Future<Output = Result<Option<Found>, McpError>> + Send;
 
-    /// Calls `procedure` with `payload` (the JSON arguments). Notices the provider sends go
-    /// to `notices` before the outcome. Dropping the future cancels the call at the
-    /// provider.
+    /// Calls `procedure` with `headers` and `payload` (a tool's JSON arguments, or an MCP
+    /// method's params). Notices the provider sends go to `notices` before the outcome.
+    /// Dropping the future cancels the call at the provider.
     fn call(
         &self,
         extensions: &Extensions,
         procedure: &str,
+        headers: Headers,
         payload: Bytes,
         notices: mpsc::Sender<Notice>,
     ) -> impl Future<Output = CallOutcome> + Send;
 
-    /// A watch whose value changes whenever the requester's tool list may have changed,
+    /// A watch whose value changes whenever the requester's catalog may have changed,
     /// or `None` when none can be had.
     fn watch(&self, extensions: &Extensions) -> impl Future<Output = Option<watch::Receiver<u64>>> + Send;
 
@@ -77,7 +120,7 @@ pub trait ToolSource: Send + Sync + 'static {
     /// Tool `name` as this node knows it, before any requester is known: the HTTP layer
     /// checks a `tools/call`'s SEP-2243 `Mcp-Param-*` headers against the tool's input
     /// schema before it reads who is asking. `None` (the default): no such check.
-    fn lookup(&self, _name: &str) -> Option<(String, Descriptor)> {
+    fn lookup(&self, _name: &str) -> Option<Found> {
         None
     }
 
@@ -108,7 +151,7 @@ impl<S> Clone for McpServer<S> {
     }
 }
 
-impl<S: ToolSource> McpServer<S> {
+impl<S: CatalogSource> McpServer<S> {
     /// A server over `source`, with no logging level chosen yet.
     pub fn new(source: Arc<S>) -> McpServer<S> {
         let watching = CancellationToken::new();
@@ -116,25 +159,49 @@ impl<S: ToolSource> McpServer<S> {
     }
 }
 
-/// What fovea's MCP servers declare: tools with `listChanged`, logging, and empty resources
-/// and prompts (clients probe them).
+/// What fovea's MCP servers declare: tools, resources and prompts with `listChanged`,
+/// completions and logging.
 pub fn server_config() -> ServerConfig {
     #[allow(deprecated)]
     let caps = ServerCapabilities::builder()
         .enable_tools()
         .enable_tool_list_changed()
         .enable_logging()
+        .enable_completions()
         .enable_resources()
+        .enable_resources_list_changed()
         .enable_prompts()
+        .enable_prompts_list_changed()
         .build();
-    ServerConfig::new(caps)
-        .with_server_info(Implementation::new("fovea", env!("CARGO_PKG_VERSION")))
-        .with_instructions("Tools of this fovea realm: each is a procedure served by a service somewhere in the mesh.")
+    ServerConfig::new(caps).with_server_info(Implementation::new("fovea", env!("CARGO_PKG_VERSION"))).with_instructions(
+        "Tools, resources and prompts of this fovea realm: each is a procedure served by a service somewhere in the mesh.",
+    )
+}
+
+/// The MCP object of an entry, as rmcp's type `T` (`Tool`, `Resource`, …).
+fn to_mcp<T: serde::de::DeserializeOwned>(procedure: &str, descriptor: &Descriptor) -> Option<T> {
+    serde_json::from_value(Value::Object(tool::mcp_json(procedure, descriptor))).ok()
+}
+
+/// An MCP result from its JSON, as 2026-07-28 wants it (`resultType` set; rmcp drops it
+/// again for older peers).
+fn to_result<T: serde::de::DeserializeOwned>(json: Value, what: &str) -> Result<T, McpError> {
+    let mut json = json;
+    if let Value::Object(obj) = &mut json {
+        obj.entry("resultType").or_insert_with(|| serde_json::to_value(ResultType::COMPLETE).unwrap_or_default());
+    }
+    serde_json::from_value(json).map_err(|e| {
+        McpError::internal_error(format!("the provider of {what} sent a result that is not MCP: {e}"), None)
+    })
+}
+
+fn to_error(f: McpFailure) -> McpError {
+    McpError::new(rmcp::model::ErrorCode(i32::try_from(f.code).unwrap_or(-32603)), f.message, f.data)
 }
 
 /// The MCP `Tool` of a procedure.
 pub(crate) fn to_tool(procedure: &str, descriptor: &Descriptor) -> Option<Tool> {
-    serde_json::from_value(Value::Object(tool::tool_json(procedure, descriptor))).ok()
+    to_mcp(procedure, descriptor)
 }
 
 /// A call's outcome as the MCP result every front end returns, in either protocol era.
@@ -162,14 +229,14 @@ fn rank(level: &rmcp::model::LoggingLevel) -> usize {
     tool::LOG_LEVELS.iter().position(|l| name.as_ref().and_then(Value::as_str) == Some(l)).unwrap_or(0)
 }
 
-impl<S: ToolSource> ServerHandler for McpServer<S> {
+impl<S: CatalogSource> ServerHandler for McpServer<S> {
     fn get_info(&self) -> ServerConfig {
         server_config()
     }
 
     /// For rmcp's SEP-2243 check of `Mcp-Param-*` headers (x-mcp-header annotations).
     fn get_tool(&self, name: &str) -> Option<Tool> {
-        self.source.lookup(name).and_then(|(p, d)| to_tool(&p, &d))
+        self.source.lookup(name).and_then(|f| to_tool(&f.procedure, &f.descriptor))
     }
 
     #[allow(deprecated)]
@@ -192,7 +259,12 @@ impl<S: ToolSource> ServerHandler for McpServer<S> {
                     r = rx.changed() => if r.is_err() { return },
                     () = stop.cancelled() => return,
                 }
-                if peer.notify_tool_list_changed().await.is_err() {
+                // Which kinds changed is not known here: each list is announced (an extra
+                // list_changed costs an agent one list request).
+                if peer.notify_tool_list_changed().await.is_err()
+                    || peer.notify_resource_list_changed().await.is_err()
+                    || peer.notify_prompt_list_changed().await.is_err()
+                {
                     return;
                 }
             }
@@ -210,9 +282,12 @@ impl<S: ToolSource> ServerHandler for McpServer<S> {
                 r = rx.changed() => if r.is_err() { return Ok(()) },
                 () = context.cancelled() => return Ok(()),
             }
-            if context.accepted().tools_list_changed == Some(true)
-                && context.sink().notify_tool_list_changed().await.is_err()
-            {
+            let (accepted, sink) = (context.accepted(), context.sink());
+            let failed = (accepted.tools_list_changed == Some(true) && sink.notify_tool_list_changed().await.is_err())
+                || (accepted.resources_list_changed == Some(true)
+                    && sink.notify_resource_list_changed().await.is_err())
+                || (accepted.prompts_list_changed == Some(true) && sink.notify_prompt_list_changed().await.is_err());
+            if failed {
                 return Ok(());
             }
         }
@@ -223,14 +298,10 @@ impl<S: ToolSource> ServerHandler for McpServer<S> {
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
-        let cursor = request.and_then(|r| r.cursor).unwrap_or_default();
-        let (page, next) = self.source.page(&context.extensions, &cursor).await?;
-        let tools: Vec<Tool> = page.iter().filter_map(|(p, d)| to_tool(p, d)).collect();
-        let mut result = ListToolsResult::with_all_items(tools);
-        // Cache hints exist from 2026-07-28. The list depends on the caller's permissions
-        // (private), and list_changed announces changes, so a second of freshness is safe.
-        if context.protocol_version().is_some_and(|v| !v.has_initialize()) {
-            result = result.with_ttl_ms(1000).with_cache_scope(CacheScope::Private);
+        let (items, next, hint) = self.list(Kind::Tool, request, &context).await?;
+        let mut result = ListToolsResult::with_all_items(items);
+        if hint {
+            result = result.with_ttl_ms(LIST_TTL_MS).with_cache_scope(CacheScope::Private);
         }
         result.next_cursor = next;
         Ok(result)
@@ -242,8 +313,11 @@ impl<S: ToolSource> ServerHandler for McpServer<S> {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
         let unknown = || McpError::invalid_params(format!("unknown tool {:?}", request.name), None);
-        let (procedure, descriptor) =
-            self.source.find(&context.extensions, &request.name).await?.ok_or_else(unknown)?;
+        let Found { procedure, descriptor, .. } = self
+            .source
+            .find(&context.extensions, Lookup::Named(Kind::Tool, &request.name))
+            .await?
+            .ok_or_else(unknown)?;
         let declared = serde_json::to_value(context.client_capabilities().unwrap_or_default()).unwrap_or_default();
         if let Some(missing) = tool::missing_capabilities(&descriptor, &declared) {
             let caps: ClientCapabilities = serde_json::from_value(Value::Object(missing)).unwrap_or_default();
@@ -254,18 +328,171 @@ impl<S: ToolSource> ServerHandler for McpServer<S> {
             tool::check_arguments(schema, &arguments, "arguments").map_err(|e| McpError::invalid_params(e, None))?;
         }
         let payload = Bytes::from(serde_json::to_vec(&arguments).unwrap_or_default());
-        let result = self.call(&procedure, payload, &context).await;
+        let result = match self.call(&procedure, Headers::new(), payload, &context).await {
+            Some(outcome) => tool_result(&outcome, &procedure, &self.source.realm(&context.extensions)),
+            None => error_result("cancelled".into()),
+        };
         self.source.counted(result.is_error == Some(true));
         Ok(result.into())
     }
+
+    async fn list_resources(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        let (items, next, hint) = self.list(Kind::Resource, request, &context).await?;
+        let mut result = ListResourcesResult::with_all_items(items);
+        if hint {
+            result = result.with_ttl_ms(LIST_TTL_MS).with_cache_scope(CacheScope::Private);
+        }
+        result.next_cursor = next;
+        Ok(result)
+    }
+
+    async fn list_resource_templates(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, McpError> {
+        let (items, next, hint) = self.list(Kind::ResourceTemplate, request, &context).await?;
+        let mut result = ListResourceTemplatesResult::with_all_items(items);
+        if hint {
+            result = result.with_ttl_ms(LIST_TTL_MS).with_cache_scope(CacheScope::Private);
+        }
+        result.next_cursor = next;
+        Ok(result)
+    }
+
+    async fn list_prompts(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, McpError> {
+        let (items, next, hint) = self.list(Kind::Prompt, request, &context).await?;
+        let mut result = ListPromptsResult::with_all_items(items);
+        if hint {
+            result = result.with_ttl_ms(LIST_TTL_MS).with_cache_scope(CacheScope::Private);
+        }
+        result.next_cursor = next;
+        Ok(result)
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        let uri = request.uri.as_str();
+        let found = self.source.find(&context.extensions, Lookup::Uri(uri)).await?;
+        let Some(Found { procedure, descriptor, variables }) = found else {
+            return Err(to_error(answers::resource_not_found(uri)));
+        };
+        let params = answers::read_params(uri, &variables, &descriptor);
+        let outcome = self.method_call(Method::ReadResource, &procedure, &params, &context).await?;
+        let json = answers::read_result(outcome.code, &outcome.headers, &outcome.payload, uri, &descriptor)
+            .map_err(to_error)?;
+        let mut result: ReadResourceResult = to_result(json, uri)?;
+        // A read is as fresh as the provider says, else not cacheable (2026-07-28).
+        if context.protocol_version().is_some_and(|v| !v.has_initialize()) && result.ttl_ms.is_none() {
+            result.ttl_ms = Some(0);
+            result.cache_scope = Some(CacheScope::Private);
+        }
+        Ok(result.into())
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, McpError> {
+        let name = request.name.as_str();
+        let unknown = || McpError::invalid_params(format!("unknown prompt {name:?}"), None);
+        let Found { procedure, descriptor, .. } =
+            self.source.find(&context.extensions, Lookup::Named(Kind::Prompt, name)).await?.ok_or_else(unknown)?;
+        let arguments = request.arguments.clone().unwrap_or_default();
+        if let Some(missing) = tool::required_arguments(&descriptor).find(|a| !arguments.contains_key(*a)) {
+            return Err(McpError::invalid_params(format!("prompt {name:?} needs the argument {missing:?}"), None));
+        }
+        if let Some((k, _)) = arguments.iter().find(|(_, v)| !v.is_string()) {
+            return Err(McpError::invalid_params(format!("the prompt argument {k:?} must be a string"), None));
+        }
+        let params = serde_json::json!({"name": name, "arguments": arguments});
+        let outcome = self.method_call(Method::GetPrompt, &procedure, &params, &context).await?;
+        let json = answers::prompt_result(outcome.code, &outcome.headers, &outcome.payload, name, &descriptor)
+            .map_err(to_error)?;
+        let result: GetPromptResult = to_result(json, name)?;
+        Ok(result.into())
+    }
+
+    async fn complete(
+        &self,
+        request: CompleteRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, McpError> {
+        let (lookup, what) = match &request.r#ref {
+            Reference::Prompt(p) => (Lookup::Named(Kind::Prompt, &p.name), format!("prompt {:?}", p.name)),
+            Reference::Resource(r) => (Lookup::Template(&r.uri), format!("resource template {:?}", r.uri)),
+            _ => return Err(McpError::invalid_params("a completion refers to a prompt or a resource template", None)),
+        };
+        // Nothing to complete from (an unknown prompt or template): no values, as a
+        // completion is a hint, not an operation that can fail the agent's work.
+        let Some(found) = self.source.find(&context.extensions, lookup).await? else {
+            return to_result(answers::completion(Vec::new()), &what);
+        };
+        let params = serde_json::to_value(&request).unwrap_or_default();
+        let outcome = self.method_call(Method::Complete, &found.procedure, &params, &context).await?;
+        let json =
+            answers::complete_result(outcome.code, &outcome.headers, &outcome.payload, &what).map_err(to_error)?;
+        to_result(json, &what)
+    }
 }
 
-impl<S: ToolSource> McpServer<S> {
-    /// One call, passing its notices on and cancelling it with the MCP request.
-    async fn call(&self, procedure: &str, payload: Bytes, context: &RequestContext<RoleServer>) -> CallToolResult {
+/// How long a 2026-07-28 agent may keep a list: it depends on the caller's permissions
+/// (private), and list_changed announces changes, so a second of freshness is safe.
+const LIST_TTL_MS: u64 = 1000;
+
+impl<S: CatalogSource> McpServer<S> {
+    /// One page of the entries of `kind` as rmcp's type, the next cursor, and whether the
+    /// result carries cache hints (they exist from 2026-07-28).
+    async fn list<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: Kind,
+        request: Option<PaginatedRequestParams>,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<(Vec<T>, Option<String>, bool), McpError> {
+        let cursor = request.and_then(|r| r.cursor).unwrap_or_default();
+        let (page, next) = self.source.page(&context.extensions, kind, &cursor).await?;
+        let items = page.iter().filter_map(|(p, d)| to_mcp(p, d)).collect();
+        Ok((items, next, context.protocol_version().is_some_and(|v| !v.has_initialize())))
+    }
+
+    /// A call serving an MCP `method` with its `params`; an error when the agent cancelled.
+    async fn method_call(
+        &self,
+        method: Method,
+        procedure: &str,
+        params: &Value,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<CallOutcome, McpError> {
+        let headers = Headers::from_pairs([(METHOD_HEADER, method.as_str())]).unwrap_or_default();
+        let payload = Bytes::from(serde_json::to_vec(params).unwrap_or_default());
+        self.call(procedure, headers, payload, context)
+            .await
+            .ok_or_else(|| McpError::internal_error("cancelled by the client", None))
+    }
+
+    /// One call, passing its notices on and cancelling it with the MCP request (`None`).
+    async fn call(
+        &self,
+        procedure: &str,
+        headers: Headers,
+        payload: Bytes,
+        context: &RequestContext<RoleServer>,
+    ) -> Option<CallOutcome> {
         // Room for a burst of notices; a full channel drops notices, never the outcome.
         let (tx, mut rx) = mpsc::channel(64);
-        let call = self.source.call(&context.extensions, procedure, payload, tx);
+        let call = self.source.call(&context.extensions, procedure, headers, payload, tx);
         tokio::pin!(call);
         let progress_token = context.meta.get_progress_token();
         let modern = context.protocol_version().is_some_and(|v| !v.has_initialize());
@@ -277,14 +504,14 @@ impl<S: ToolSource> McpServer<S> {
                 outcome = &mut call => break outcome,
                 Some(notice) = rx.recv() => pass_on(context, &progress_token, modern, min_level.as_ref(), notice).await,
                 // Dropping the call future cancels it at the node and the provider.
-                () = context.ct.cancelled() => return error_result("cancelled".into()),
+                () = context.ct.cancelled() => return None,
             }
         };
         // Notices that arrived with the outcome still go first.
         while let Ok(notice) = rx.try_recv() {
             pass_on(context, &progress_token, modern, min_level.as_ref(), notice).await;
         }
-        tool_result(&outcome, procedure, &self.source.realm(&context.extensions))
+        Some(outcome)
     }
 }
 

@@ -5,10 +5,10 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use fovea_core::frame::{
-    data_flags, Call, PubStream, Register, Subscribe, ToolList, ToolsQuery, VERSION_MESSAGE_STREAMS, VERSION_RPC,
-    VERSION_STREAMS, VERSION_TOOLS,
+    data_flags, Call, PubStream, Register, Subscribe, ToolList, ToolsQuery, VERSION_MCP_KINDS, VERSION_MESSAGE_STREAMS,
+    VERSION_RPC, VERSION_STREAMS, VERSION_TOOLS,
 };
-use fovea_core::tool::Descriptor;
+use fovea_core::tool::{Descriptor, Kind};
 use fovea_core::{ErrorCode, Frame, Pattern, Procedure};
 use std::sync::Arc;
 
@@ -236,6 +236,13 @@ impl Session {
             None
         } else {
             match Descriptor::parse(&r.tool) {
+                Ok(t) if t.kind() != Kind::Tool && self.version < VERSION_MCP_KINDS => {
+                    let msg = format!(
+                        "{procedure:?} is a {}: resources, templates and prompts need protocol version {VERSION_MCP_KINDS}",
+                        t.kind().as_str()
+                    );
+                    return self.reject(ErrorCode::InvalidProcedure, r.rid, msg);
+                }
                 Ok(t) => Some((self.shared.router.next_tool_key.fetch_add(1, Ordering::Relaxed), t)),
                 Err(e) => {
                     let msg = format!("the tool descriptor of {procedure:?} {e}");
@@ -356,9 +363,12 @@ impl Session {
             _ => Some(q.id),
         };
         let cursor = String::from_utf8_lossy(&q.cursor);
-        let perms = &self.perms;
+        let (perms, version) = (&self.perms, self.version);
         let (tools, next) = self.realm.with_tools(|c| {
-            let (page, next) = c.page(&cursor, TOOL_PAGE_ITEMS, TOOL_PAGE_BYTES, |p| perms.call.name(p.as_bytes()));
+            // Below version 7 a client knows only tools, and would take any entry for one.
+            let known = |d: &Descriptor| d.kind() == Kind::Tool || version >= VERSION_MCP_KINDS;
+            let (page, next) =
+                c.page(&cursor, TOOL_PAGE_ITEMS, TOOL_PAGE_BYTES, |p, d| known(d) && perms.call.name(p.as_bytes()));
             (crate::routing::catalog::list_json(&page), next)
         });
         let next = next.map(|n| Bytes::from(n.into_bytes())).unwrap_or_default();
