@@ -113,13 +113,15 @@ codes! {
     /// The call streams its request and the provider chosen speaks a protocol version
     /// without streams (v5).
     StreamsUnsupported = 0x10e, "STREAMS_UNSUPPORTED", "the provider cannot take a streamed request";
-    /// The provider has nothing under what the call names, e.g. an MCP resource URI (v7).
-    NotFound = 0x10f, "NOT_FOUND", "not found";
-    /// The provider refused the call's arguments, e.g. an MCP prompt's (v7).
-    InvalidArguments = 0x110, "INVALID_ARGUMENTS", "invalid arguments";
     /// The provider failed the call without a code of its own (codes from 0x1000 are the
     /// provider's own, passed through).
     ApplicationError = 0x1000, "APPLICATION_ERROR", "application error";
+    /// A provider's failure with a meaning the node knows: nothing is under what the call
+    /// names, e.g. an MCP resource URI (agents get `-32602`, v7).
+    NotFound = 0x1001, "NOT_FOUND", "not found";
+    /// A provider's failure with a meaning the node knows: the call's arguments are
+    /// refused, e.g. an MCP prompt's (agents get `-32602`, v7).
+    InvalidArguments = 0x1002, "INVALID_ARGUMENTS", "invalid arguments";
 }
 
 impl ErrorCode {

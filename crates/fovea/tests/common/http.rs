@@ -123,9 +123,11 @@ impl Agent {
         if !self.version.starts_with("2026") {
             return self.post(&body).await;
         }
-        let name = params.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
+        // Mcp-Name names what the request is about: a tool's or prompt's name, a URI.
+        let key = if method == "resources/read" { "uri" } else { "name" };
+        let name = params.get(key).and_then(Value::as_str).unwrap_or_default().to_owned();
         let mut extra = vec![("Mcp-Method", method)];
-        if method == "tools/call" {
+        if matches!(method, "tools/call" | "prompts/get" | "resources/read") {
             extra.push(("Mcp-Name", &name));
         }
         self.post_with(&body, &extra).await

@@ -1,0 +1,245 @@
+//! MCP resources, resource templates, prompts and completions, provided through the SDK by
+//! a service on one node and used by agents on another: rmcp's client over HTTP (a
+//! 2025-11-25 session) and over stdio (`fovea mcp`), and 2026-07-28 stateless requests.
+
+mod common;
+
+use bytes::Bytes;
+use common::http::Agent;
+use common::TestNode;
+use fovea_client::{Client, ErrorCode, Headers, McpMethod, MCP_RESULT_TYPE};
+use fovea_core::frame::{Register, ToolsQuery};
+use fovea_core::Frame;
+use rmcp::model::{
+    ArgumentInfo, CompleteRequestParams, GetPromptRequestParams, ReadResourceRequestParams, Reference, ResourceContents,
+};
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::{RoleClient, ServiceExt};
+use serde_json::{json, Value};
+
+/// A service with a text resource, a binary one, a template and a prompt, on `client`.
+async fn serve_docs(client: &Client) -> Vec<tokio::task::JoinHandle<()>> {
+    let entries = [
+        (
+            "docs.readme",
+            json!({"uri": "docs://readme", "name": "readme", "mimeType": "text/markdown",
+                               "description": "The project's README."}),
+        ),
+        ("docs.logo", json!({"uri": "docs://logo", "name": "logo", "mimeType": "image/png"})),
+        ("docs.page", json!({"uriTemplate": "docs://pages/{n}", "name": "page", "description": "Page n."})),
+        (
+            "docs.summary",
+            json!({"description": "Summarise a page.", "arguments": [
+            {"name": "page", "description": "Which page", "required": true},
+            {"name": "style", "description": "terse or long"}]}),
+        ),
+    ];
+    let mut tasks = Vec::new();
+    for (name, descriptor) in entries {
+        let mut reg = if name == "docs.summary" {
+            client.register_prompt(name, &descriptor).await.unwrap()
+        } else {
+            client.register_resource(name, &descriptor).await.unwrap()
+        };
+        tasks.push(tokio::spawn(async move {
+            while let Some(req) = reg.next().await {
+                let params: Value = serde_json::from_slice(&req.payload).unwrap();
+                match (req.mcp_method(), name) {
+                    (Some(McpMethod::ReadResource), "docs.readme") => req.respond("# fovea"),
+                    (Some(McpMethod::ReadResource), "docs.logo") => req.respond(vec![0x89, 0x50, 0xff, 0x00]),
+                    (Some(McpMethod::ReadResource), _) => match params["variables"]["n"].as_str() {
+                        Some("404") => req.fail_with_code(ErrorCode::NotFound.to_u64(), "no such page"),
+                        Some(n) => req.respond(format!("page {n}")),
+                        None => req.fail("no variables"),
+                    },
+                    (Some(McpMethod::GetPrompt), _) => {
+                        let page = params["arguments"]["page"].as_str().unwrap_or_default();
+                        let style = params["arguments"]["style"].as_str().unwrap_or("terse");
+                        let h = Headers::from_pairs([("content-type", MCP_RESULT_TYPE)]).unwrap();
+                        let result = json!({"messages": [
+                            {"role": "user", "content": {"type": "text", "text": format!("Summarise page {page}, {style}.")}},
+                            {"role": "user", "content": {"type": "resource", "resource": {
+                                "uri": format!("docs://pages/{page}"), "text": format!("page {page}")}}}]});
+                        req.respond_with_headers(h, result.to_string());
+                    }
+                    (Some(McpMethod::Complete), _) => {
+                        assert_eq!(params["ref"]["type"], "ref/prompt", "{params}");
+                        let typed = params["argument"]["value"].as_str().unwrap_or_default().to_owned();
+                        let all = ["terse", "tender", "long"];
+                        let values: Vec<&str> = all.into_iter().filter(|v| v.starts_with(&typed)).collect();
+                        req.respond(serde_json::to_string(&values).unwrap());
+                    }
+                    _ => req.fail("unexpected"),
+                }
+            }
+        }));
+    }
+    tasks
+}
+
+fn read(uri: &str) -> ReadResourceRequestParams {
+    ReadResourceRequestParams::new(uri)
+}
+
+/// What every front end must answer alike.
+async fn exercise(client: &rmcp::service::RunningService<RoleClient, ()>) {
+    let resources = client.list_all_resources().await.unwrap();
+    let mut uris: Vec<&str> = resources.iter().map(|r| r.uri.as_str()).collect();
+    uris.sort();
+    assert_eq!(uris, ["docs://logo", "docs://readme"]);
+    let readme = resources.iter().find(|r| r.uri == "docs://readme").unwrap();
+    assert_eq!((readme.name.as_str(), readme.mime_type.as_deref()), ("readme", Some("text/markdown")));
+    let templates = client.list_all_resource_templates().await.unwrap();
+    assert_eq!(templates.len(), 1);
+    assert_eq!(templates[0].uri_template, "docs://pages/{n}");
+
+    let text = client.read_resource(read("docs://readme")).await.unwrap();
+    match &text.contents[..] {
+        [ResourceContents::TextResourceContents { uri, text, mime_type, .. }] => {
+            assert_eq!(
+                (uri.as_str(), text.as_str(), mime_type.as_deref()),
+                ("docs://readme", "# fovea", Some("text/markdown"))
+            );
+        }
+        other => panic!("one text content: {other:?}"),
+    }
+    let blob = client.read_resource(read("docs://logo")).await.unwrap();
+    match &blob.contents[..] {
+        [ResourceContents::BlobResourceContents { blob, mime_type, .. }] => {
+            assert_eq!((blob.as_str(), mime_type.as_deref()), ("iVD/AA==", Some("image/png")));
+        }
+        other => panic!("one blob: {other:?}"),
+    }
+    let page = client.read_resource(read("docs://pages/7")).await.unwrap();
+    assert!(matches!(&page.contents[..], [ResourceContents::TextResourceContents { text, .. }] if text == "page 7"));
+    for missing in ["docs://nothing", "docs://pages/404"] {
+        let err = client.read_resource(read(missing)).await.unwrap_err();
+        let rmcp::ServiceError::McpError(e) = err else { panic!("a JSON-RPC error for {missing}: {err:?}") };
+        assert_eq!(e.code.0, -32602, "SEP-2164 for {missing}");
+        assert_eq!(e.data, Some(json!({"uri": missing})));
+    }
+
+    let prompts = client.list_all_prompts().await.unwrap();
+    assert_eq!(prompts.len(), 1);
+    assert_eq!(prompts[0].name, "docs__summary");
+    assert_eq!(prompts[0].arguments.as_ref().map(Vec::len), Some(2));
+    let mut get = GetPromptRequestParams::new("docs__summary");
+    get.arguments = Some(json!({"page": "3", "style": "long"}).as_object().unwrap().clone());
+    let prompt = client.get_prompt(get).await.unwrap();
+    let prompt = serde_json::to_value(&prompt).unwrap();
+    assert_eq!(prompt["messages"][0]["content"]["text"], "Summarise page 3, long.");
+    assert_eq!(prompt["messages"][1]["content"]["resource"]["uri"], "docs://pages/3");
+    assert_eq!(prompt["description"], "Summarise a page.");
+    let missing = client.get_prompt(GetPromptRequestParams::new("docs__summary")).await.unwrap_err();
+    assert!(missing.to_string().contains("page"), "a missing argument is named: {missing}");
+    assert!(client.get_prompt(GetPromptRequestParams::new("nope")).await.is_err());
+
+    let complete = CompleteRequestParams::new(Reference::for_prompt("docs__summary"), ArgumentInfo::new("style", "te"));
+    let values = client.complete(complete).await.unwrap().completion.values;
+    assert_eq!(values, ["terse", "tender"]);
+    let nothing = CompleteRequestParams::new(Reference::for_prompt("nope"), ArgumentInfo::new("x", ""));
+    assert!(client.complete(nothing).await.unwrap().completion.values.is_empty());
+}
+
+#[tokio::test]
+async fn rmcp_client_on_one_node_uses_the_resources_and_prompts_of_another() {
+    const SECRET: &str = "a mesh secret of some length";
+    let a = TestNode::start_mesh(SECRET, &[]).await;
+    let b = TestNode::start_mesh(SECRET, &[a.mesh_addr()]).await;
+    let service = a.client().await;
+    let _tasks = serve_docs(&service).await;
+    let on_b = b.client().await;
+    common::converges("B's catalog to hold A's entries", || {
+        let on_b = on_b.clone();
+        async move { on_b.catalog().await.unwrap().len() == 4 }
+    })
+    .await;
+    assert!(on_b.tools().await.unwrap().is_empty(), "resources and prompts are not tools");
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let transport = StreamableHttpClientTransport::from_uri(format!("http://{}/mcp", b.mcp));
+    let client = ().serve(transport).await.expect("MCP handshake over HTTP");
+    exercise(&client).await;
+    client.cancel().await.unwrap();
+
+    // The 2026-07-28 era: stateless requests, reads not cacheable unless the provider says.
+    let mut agent = Agent::new(b.mcp);
+    agent.version = "2026-07-28";
+    let meta = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+    });
+    let read = agent.request(1, "resources/read", json!({"uri": "docs://pages/9", "_meta": meta})).await;
+    assert_eq!(read.result()["contents"][0]["text"], "page 9", "{}", read.body);
+    assert_eq!(read.result()["ttlMs"], 0);
+    let list = agent.request(2, "prompts/list", json!({"_meta": meta})).await;
+    assert_eq!(list.result()["prompts"][0]["name"], "docs__summary");
+    assert_eq!(list.result()["cacheScope"], "private");
+    let get = agent
+        .request(3, "prompts/get", json!({"name": "docs__summary", "arguments": {"page": "1"}, "_meta": meta}))
+        .await;
+    assert_eq!(get.result()["messages"][0]["content"]["text"], "Summarise page 1, terse.");
+
+    // The provider leaves: its entries leave B's catalog; a read finds nothing.
+    service.close().await;
+    common::converges("B to drop A's entries", || {
+        let on_b = on_b.clone();
+        async move { on_b.catalog().await.unwrap().is_empty() }
+    })
+    .await;
+    let gone = agent.request(4, "resources/read", json!({"uri": "docs://readme", "_meta": meta})).await;
+    assert_eq!(gone.response()["error"]["code"], -32602, "{}", gone.body);
+    b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn rmcp_client_over_stdio_reads_resources_and_gets_prompts() {
+    let node = TestNode::start().await;
+    let service = node.client().await;
+    let _tasks = serve_docs(&service).await;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_fovea"));
+    cmd.args(["mcp", "--url", &node.url(), "--ca"]).arg(&node.cert).stderr(std::process::Stdio::null());
+    let client = ().serve(TokioChildProcess::new(cmd).unwrap()).await.expect("MCP handshake over stdio");
+    exercise(&client).await;
+    client.cancel().await.unwrap();
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn descriptors_are_checked_and_old_clients_see_only_tools() {
+    let node = TestNode::start().await;
+    let service = node.client().await;
+    let bad = service.register_resource("docs.bad", &json!({"uri": "no scheme"})).await;
+    assert!(matches!(bad, Err(fovea_client::ClientError::InvalidTool { .. })), "{bad:?}");
+    let wrong = service.register_prompt("docs.p", &json!({"kind": "resource", "uri": "a:b"})).await;
+    assert!(matches!(wrong, Err(fovea_client::ClientError::InvalidTool { .. })), "{wrong:?}");
+    let _r = service.register_resource("docs.ok", &json!({"uri": "docs://ok"})).await.unwrap();
+    let _t = service.register_tool("docs.tool", &json!({"description": "a tool"})).await.unwrap();
+    let catalog = service.catalog().await.unwrap();
+    assert_eq!(catalog.len(), 2);
+    assert_eq!(service.tools().await.unwrap().len(), 1);
+
+    // A version 6 client: a resource in REG is refused, TOOL_LIST shows only the tool.
+    let mut raw = common::RawClient::handshake_at(&node, 6).await;
+    let reg = Register {
+        rid: 1,
+        procedure: Bytes::from_static(b"docs.old"),
+        tool: Bytes::from_static(br#"{"kind":"resource","uri":"a:b"}"#),
+    };
+    raw.send_frame(&Frame::Reg(reg)).await;
+    match raw.next_frame().await {
+        Some(Frame::Error(e)) => assert_eq!(e.code, ErrorCode::InvalidProcedure, "{e:?}"),
+        other => panic!("an ERROR: {other:?}"),
+    }
+    raw.send_frame(&Frame::Tools(ToolsQuery { id: 9, cursor: Bytes::new(), watch: 0 })).await;
+    match raw.next_frame().await {
+        Some(Frame::ToolList(list)) => {
+            let entries: Value = serde_json::from_slice(&list.tools).unwrap();
+            assert_eq!(entries.as_array().unwrap().len(), 1, "{entries}");
+            assert_eq!(entries[0]["procedure"], "docs.tool");
+        }
+        other => panic!("a TOOL_LIST: {other:?}"),
+    }
+    node.stop().await;
+}
