@@ -590,9 +590,26 @@ pub struct ServeArgs {
     /// The tool's output JSON Schema, inline or @FILE.
     #[arg(long, value_name = "JSON|@FILE", requires = "description", help_heading = "Tool")]
     pub output_schema: Option<String>,
-    /// The tool's human-readable title.
-    #[arg(long, value_name = "TEXT", requires = "description", help_heading = "Tool")]
+    /// The tool's (resource's, prompt's) human-readable title.
+    #[arg(long, value_name = "TEXT", help_heading = "Tool")]
     pub title: Option<String>,
+    /// Serve an MCP resource of this URI instead of a tool (a URI with {var} is an RFC 6570
+    /// template: every URI it matches). Each read runs --exec with the params JSON on stdin
+    /// ({"uri", "variables"}); its stdout is the content.
+    #[arg(long, value_name = "URI", requires = "exec", conflicts_with_all = ["input_schema", "output_schema", "prompt"], help_heading = "Resource or prompt")]
+    pub resource: Option<String>,
+    /// The resource's MIME type, e.g. text/markdown [default: text/plain, or
+    /// application/octet-stream for output that is not UTF-8].
+    #[arg(long, value_name = "TYPE", requires = "resource", help_heading = "Resource or prompt")]
+    pub mime_type: Option<String>,
+    /// Serve an MCP prompt (named like a tool) instead of a tool: each prompts/get runs --exec
+    /// with {"name", "arguments"} on stdin; its stdout is the prompt's text. Needs
+    /// --description.
+    #[arg(long, requires_all = ["exec", "description"], conflicts_with_all = ["input_schema", "output_schema"], help_heading = "Resource or prompt")]
+    pub prompt: bool,
+    /// A required argument of the --prompt (repeat for more).
+    #[arg(long = "argument", value_name = "NAME", requires = "prompt", help_heading = "Resource or prompt")]
+    pub arguments: Vec<String>,
     #[command(flatten)]
     pub client: ClientArgs,
 }

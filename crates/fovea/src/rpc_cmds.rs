@@ -20,16 +20,21 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let tool = tool_descriptor(&args)?;
     let client = connect(&args.client, "fovea-serve").await?;
     let mut reg = match &tool {
-        Some(t) => client.register_tool(&args.procedure, t).await?,
+        Some(t) => client.register_described(&args.procedure, t).await?,
         None => client.register(&args.procedure).await?,
     };
     match &args.exec {
         Some(cmd) => eprintln!("serving {} on {} with `{cmd}`", args.procedure, client.url()),
         None => eprintln!("serving {} on {} (echo)", args.procedure, client.url()),
     }
-    if tool.is_some() {
-        let name = fovea_core::tool::tool_name(&args.procedure);
-        eprintln!("{} is an AI tool: agents on any node's MCP endpoint see it as {name}", args.procedure);
+    let name = fovea_core::tool::tool_name(&args.procedure);
+    match (&args.resource, args.prompt, &tool) {
+        (Some(uri), _, _) => eprintln!("{} serves the MCP resource {uri} to agents on any node", args.procedure),
+        (_, true, _) => eprintln!("{} is an MCP prompt: agents on any node see it as {name}", args.procedure),
+        (_, _, Some(_)) => {
+            eprintln!("{} is an AI tool: agents on any node's MCP endpoint see it as {name}", args.procedure)
+        }
+        _ => {}
     }
     let slots = Arc::new(Semaphore::new(args.concurrency));
     while let Some(req) = reg.next().await {
@@ -50,9 +55,33 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     anyhow::bail!("the registration ended: the client was closed")
 }
 
-/// The tool descriptor the flags describe, if `--description` is given.
+/// The descriptor the flags describe: a resource (`--resource`), a prompt (`--prompt`), a
+/// tool (`--description`), or none (a plain procedure).
 fn tool_descriptor(args: &ServeArgs) -> anyhow::Result<Option<serde_json::Value>> {
+    if let Some(uri) = &args.resource {
+        let template = uri.contains('{');
+        let mut d = serde_json::json!({
+            "kind": if template { "resourceTemplate" } else { "resource" },
+            (if template { "uriTemplate" } else { "uri" }): uri,
+        });
+        for (key, value) in [("description", &args.description), ("title", &args.title), ("mimeType", &args.mime_type)]
+        {
+            if let Some(v) = value {
+                d[key] = v.clone().into();
+            }
+        }
+        return Ok(Some(d));
+    }
     let Some(description) = &args.description else { return Ok(None) };
+    if args.prompt {
+        let arguments: Vec<serde_json::Value> =
+            args.arguments.iter().map(|a| serde_json::json!({"name": a, "required": true})).collect();
+        let mut d = serde_json::json!({"kind": "prompt", "description": description, "arguments": arguments});
+        if let Some(t) = &args.title {
+            d["title"] = t.clone().into();
+        }
+        return Ok(Some(d));
+    }
     let schema = |flag: &str, v: &Option<String>| -> anyhow::Result<Option<serde_json::Value>> {
         let Some(v) = v else { return Ok(None) };
         let text = match v.strip_prefix('@') {
@@ -86,6 +115,7 @@ async fn run_command(cmd: &str, mut req: Request, stream: bool) {
         .arg("-c")
         .arg(cmd)
         .env("FOVEA_PROCEDURE", req.procedure.as_str())
+        .env("FOVEA_MCP_METHOD", req.mcp_method().map_or("", |m| m.as_str()))
         .env("FOVEA_TIMEOUT_MS", timeout.as_millis().to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

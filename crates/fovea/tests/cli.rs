@@ -903,6 +903,69 @@ fn any_script_becomes_an_ai_tool() {
 }
 
 #[test]
+fn any_command_serves_a_resource_or_a_prompt() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, line) = spawn_node(dir.path(), &["--mcp", "127.0.0.1:0"]);
+    let url = line.split_whitespace().find(|w| w.starts_with("quic://")).unwrap().to_owned();
+    let endpoint = line.split_whitespace().find(|w| w.starts_with("http://") && w.contains("/mcp")).unwrap();
+    let endpoint = endpoint.trim_end_matches([')', ',']).to_owned();
+    let ca = dir.path().join("node.crt");
+    let _readme = start_serve(
+        &[
+            "serve",
+            "docs.readme",
+            "--resource",
+            "docs://readme",
+            "--mime-type",
+            "text/markdown",
+            "--exec",
+            "printf '# hi'",
+        ],
+        &ca,
+        &url,
+    );
+    // A template: the command reads the params ({"uri", "variables"}) on stdin.
+    let _pages = start_serve(&["serve", "docs.page", "--resource", "docs://pages/{n}", "--exec", "cat"], &ca, &url);
+    let _prompt = start_serve(
+        &[
+            "serve",
+            "p.greet",
+            "--prompt",
+            "--description",
+            "Greets.",
+            "--argument",
+            "who",
+            "--exec",
+            "echo \"$FOVEA_MCP_METHOD\"",
+        ],
+        &ca,
+        &url,
+    );
+    let read = mcp_post(&endpoint, "resources/read", "docs://readme", serde_json::json!({"uri": "docs://readme"}));
+    assert_eq!(read["result"]["contents"][0]["text"], "# hi", "{read}");
+    assert_eq!(read["result"]["contents"][0]["mimeType"], "text/markdown");
+    let page = mcp_post(&endpoint, "resources/read", "docs://pages/4", serde_json::json!({"uri": "docs://pages/4"}));
+    let text: serde_json::Value =
+        serde_json::from_str(page["result"]["contents"][0]["text"].as_str().unwrap_or_default()).unwrap();
+    assert_eq!(text["variables"]["n"], "4", "{page}");
+    let templates = mcp_post(&endpoint, "resources/templates/list", "", serde_json::json!({}));
+    assert_eq!(templates["result"]["resourceTemplates"][0]["uriTemplate"], "docs://pages/{n}");
+    let get = mcp_post(
+        &endpoint,
+        "prompts/get",
+        "p__greet",
+        serde_json::json!({"name": "p__greet", "arguments": {"who": "Ada"}}),
+    );
+    assert_eq!(get["result"]["messages"][0]["content"]["text"], "prompts/get\n", "{get}");
+    let missing = mcp_post(&endpoint, "prompts/get", "p__greet", serde_json::json!({"name": "p__greet"}));
+    assert_eq!(missing["error"]["code"], -32602, "{missing}");
+    // The flags say what goes together.
+    let out = fovea(&["serve", "x.y", "--prompt", "--exec", "true"], &ca, &url).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--description"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn the_node_attaches_the_mcp_servers_its_configuration_lists() {
     let dir = tempfile::tempdir().unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/upstream_mcp.py");
