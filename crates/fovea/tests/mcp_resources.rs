@@ -189,6 +189,11 @@ async fn rmcp_client_on_one_node_uses_the_resources_and_prompts_of_another() {
     .await;
     let gone = agent.request(4, "resources/read", json!({"uri": "docs://readme", "_meta": meta})).await;
     assert_eq!(gone.response()["error"]["code"], -32602, "{}", gone.body);
+    // Counted per method and outcome (a URI nobody serves is refused before any call).
+    let m = |series: &'static str| common::http::metric(b.admin, series);
+    assert!(m("fovea_mcp_method_calls_total{method=\"resources/read\",outcome=\"ok\"}").await >= 4.0);
+    assert!(m("fovea_mcp_method_calls_total{method=\"resources/read\",outcome=\"error\"}").await >= 1.0);
+    assert!(m("fovea_mcp_method_calls_total{method=\"completion/complete\",outcome=\"ok\"}").await >= 1.0);
     b.stop().await;
     a.stop().await;
 }

@@ -29,6 +29,8 @@ export const Code = {
   FlowControlError: 0x10d,
   StreamsUnsupported: 0x10e,
   ApplicationError: 0x1000,
+  NotFound: 0x1001,
+  InvalidArguments: 0x1002,
 } as const;
 
 /** Every error this SDK throws. `code` is the protocol's code when there is one. */

@@ -29,12 +29,12 @@ pub const INVALID_PARAMS: i64 = -32602;
 /// JSON-RPC's internal error.
 pub const INTERNAL_ERROR: i64 = -32603;
 
-/// Which MCP method a call serves.
+/// Which MCP method a call serves (as `usize`, 0..3: an index for per-method counters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
-    ReadResource,
-    GetPrompt,
-    Complete,
+    ReadResource = 0,
+    GetPrompt = 1,
+    Complete = 2,
 }
 
 impl Method {

@@ -526,6 +526,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             );
         }
         if let Some(m) = shared.mcp.get() {
+            use fovea_core::tool::answers::Method;
             use std::sync::atomic::Ordering::Relaxed;
             let st = &m.stats;
             count("fovea_mcp_requests_total", "HTTP requests to the MCP endpoint.", st.requests.load(Relaxed));
@@ -546,6 +547,17 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
                 "MCP tool calls answered with an error result.",
                 st.tool_errors.load(Relaxed),
             );
+            describe_counter!(
+                "fovea_mcp_method_calls_total",
+                "MCP resources/read, prompts/get and completion/complete calls, by outcome."
+            );
+            for m in [Method::ReadResource, Method::GetPrompt, Method::Complete] {
+                let (calls, errors) =
+                    (st.method_calls[m as usize].load(Relaxed), st.method_errors[m as usize].load(Relaxed));
+                counter!("fovea_mcp_method_calls_total", "method" => m.as_str(), "outcome" => "ok")
+                    .absolute(calls.saturating_sub(errors));
+                counter!("fovea_mcp_method_calls_total", "method" => m.as_str(), "outcome" => "error").absolute(errors);
+            }
         }
         if let Some(i) = shared.router.mesh.as_ref().map(|m| &m.interest) {
             use std::sync::atomic::Ordering::Relaxed;

@@ -240,6 +240,14 @@ impl CatalogSource for LocalCatalog {
         admitted(extensions).map(|id| id.realm.name.clone()).unwrap_or_default()
     }
 
+    fn counted_method(&self, method: fovea_core::tool::answers::Method, failed: bool) {
+        let i = method as usize;
+        self.state.stats.method_calls[i].fetch_add(1, Ordering::Relaxed);
+        if failed {
+            self.state.stats.method_errors[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn counted(&self, failed: bool) {
         self.state.stats.tool_calls.fetch_add(1, Ordering::Relaxed);
         if failed {

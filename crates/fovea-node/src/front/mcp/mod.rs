@@ -57,6 +57,11 @@ pub struct McpStats {
     pub tool_calls: AtomicU64,
     /// Tool calls answered with an error result (remote failure, timeout, busy, …).
     pub tool_errors: AtomicU64,
+    /// Calls serving `resources/read`, `prompts/get`, `completion/complete` (by
+    /// [`fovea_core::tool::answers::Method`] as index), past the lookup.
+    pub method_calls: [AtomicU64; 3],
+    /// Of those, the ones answered with a JSON-RPC error.
+    pub method_errors: [AtomicU64; 3],
 }
 
 /// Shared by every session and request of the endpoint.

@@ -127,6 +127,9 @@ pub trait CatalogSource: Send + Sync + 'static {
     /// A tool call (past the tool lookup and the argument check) ended, as an error result
     /// or not (for counters).
     fn counted(&self, _failed: bool) {}
+
+    /// A call serving `method` (past the lookup) ended, in an error or not (for counters).
+    fn counted_method(&self, _method: Method, _failed: bool) {}
 }
 
 /// The MCP server of one session (2025-11-25) or one request (2026-07-28) over `S`.
@@ -390,8 +393,9 @@ impl<S: CatalogSource> ServerHandler for McpServer<S> {
         };
         let params = answers::read_params(uri, &variables, &descriptor);
         let outcome = self.method_call(Method::ReadResource, &procedure, &params, &context).await?;
-        let json = answers::read_result(outcome.code, &outcome.headers, &outcome.payload, uri, &descriptor)
-            .map_err(to_error)?;
+        let json = answers::read_result(outcome.code, &outcome.headers, &outcome.payload, uri, &descriptor);
+        self.source.counted_method(Method::ReadResource, json.is_err());
+        let json = json.map_err(to_error)?;
         let mut result: ReadResourceResult = to_result(json, uri)?;
         // A read is as fresh as the provider says, else not cacheable (2026-07-28).
         if context.protocol_version().is_some_and(|v| !v.has_initialize()) && result.ttl_ms.is_none() {
@@ -419,8 +423,9 @@ impl<S: CatalogSource> ServerHandler for McpServer<S> {
         }
         let params = serde_json::json!({"name": name, "arguments": arguments});
         let outcome = self.method_call(Method::GetPrompt, &procedure, &params, &context).await?;
-        let json = answers::prompt_result(outcome.code, &outcome.headers, &outcome.payload, name, &descriptor)
-            .map_err(to_error)?;
+        let json = answers::prompt_result(outcome.code, &outcome.headers, &outcome.payload, name, &descriptor);
+        self.source.counted_method(Method::GetPrompt, json.is_err());
+        let json = json.map_err(to_error)?;
         let result: GetPromptResult = to_result(json, name)?;
         Ok(result.into())
     }
@@ -442,8 +447,9 @@ impl<S: CatalogSource> ServerHandler for McpServer<S> {
         };
         let params = serde_json::to_value(&request).unwrap_or_default();
         let outcome = self.method_call(Method::Complete, &found.procedure, &params, &context).await?;
-        let json =
-            answers::complete_result(outcome.code, &outcome.headers, &outcome.payload, &what).map_err(to_error)?;
+        let json = answers::complete_result(outcome.code, &outcome.headers, &outcome.payload, &what);
+        self.source.counted_method(Method::Complete, json.is_err());
+        let json = json.map_err(to_error)?;
         to_result(json, &what)
     }
 }
