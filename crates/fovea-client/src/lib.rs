@@ -71,7 +71,9 @@ pub use messages::{ChunkedSubscription, MessageBody, PublishStream, StreamedMess
 pub use rpc::{Registration, Request, RequestBody, Response};
 pub use stream::{CallSender, CallStream, MAX_CHUNK};
 pub use tls::{default_data_dir, Trust};
-pub use tools::{CatalogEntry, EntryKind, McpMethod, Notice, LOG_LEVELS, MCP_RESULT_TYPE, METHOD_HEADER};
+pub use tools::{
+    CatalogEntry, EntryKind, McpMethod, Notice, LOG_LEVELS, MCP_RESULT_TYPE, METHOD_HEADER, RESOURCE_UPDATED_PREFIX,
+};
 pub use url::{NodeUrl, Scheme, DEFAULT_PORT};
 
 /// The default node URL.

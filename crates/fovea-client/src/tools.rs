@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::rpc::{Registration, Response};
 use crate::{lock, Client, ClientError};
 
-pub use fovea_core::tool::answers::{Method as McpMethod, MCP_RESULT_TYPE, METHOD_HEADER};
+pub use fovea_core::tool::answers::{Method as McpMethod, MCP_RESULT_TYPE, METHOD_HEADER, RESOURCE_UPDATED_PREFIX};
 pub use fovea_core::tool::{Kind as EntryKind, Notice, LOG_LEVELS};
 
 /// How long [`Client::tools`] waits for one page.
@@ -76,6 +76,18 @@ impl Client {
     pub async fn register_resource(&self, procedure: &str, descriptor: &Value) -> Result<Registration, ClientError> {
         let kind = if descriptor.get("uriTemplate").is_some() { Kind::ResourceTemplate } else { Kind::Resource };
         self.register_kind(procedure, kind, descriptor).await
+    }
+
+    /// Tells agents that resource `uri`, served by `procedure`, changed: every agent on
+    /// any node that subscribed to it (`resources/subscribe`, or a 2026-07-28 listen) gets
+    /// `notifications/resources/updated`, and reads it again. This publishes `uri` to
+    /// `$mcp.updated.<procedure>`, so it needs permission to publish there; anyone may,
+    /// not only the provider (`fovea pub '$mcp.updated.docs.readme' docs://readme`).
+    ///
+    /// # Errors
+    /// As [`Client::publish`].
+    pub async fn resource_updated(&self, procedure: &str, uri: &str) -> Result<(), ClientError> {
+        self.publish(&format!("{RESOURCE_UPDATED_PREFIX}{procedure}"), uri.to_owned()).await
     }
 
     /// Provides `procedure` as an MCP prompt named by [`tool_name`] of the procedure, with

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fovea_client::{Client, ClientError, Headers, Notice};
+use fovea_core::tool::answers::RESOURCE_UPDATED_PREFIX;
 use fovea_core::tool::{Catalog, Descriptor, Kind};
 use fovea_core::ErrorCode;
 use fovea_node::mcp::{find_in, CallOutcome, CatalogSource, EntryPage, Found, Lookup, McpServer};
@@ -93,6 +94,26 @@ impl CatalogSource for ClientCatalog {
 
     async fn watch(&self, _extensions: &Extensions) -> Option<watch::Receiver<u64>> {
         self.client.watch_tools().await.ok()
+    }
+
+    async fn updates(&self, _extensions: &Extensions, procedure: &str) -> Option<mpsc::Receiver<String>> {
+        let mut sub = self.client.subscribe(&format!("{RESOURCE_UPDATED_PREFIX}{procedure}")).await.ok()?;
+        let (tx, rx) = mpsc::channel(16);
+        // Ends when the server drops the receiver (unsubscribed, or the session ended);
+        // dropping the subscription unsubscribes at the node.
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    m = sub.next() => {
+                        let Some(m) = m else { return };
+                        let Ok(uri) = String::from_utf8(m.payload.to_vec()) else { continue };
+                        let _ = tx.try_send(uri);
+                    }
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Some(rx)
     }
 
     fn realm(&self, _extensions: &Extensions) -> String {

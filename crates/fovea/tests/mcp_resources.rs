@@ -13,9 +13,11 @@ use fovea_core::Frame;
 use rmcp::model::{
     ArgumentInfo, CompleteRequestParams, GetPromptRequestParams, ReadResourceRequestParams, Reference, ResourceContents,
 };
+use rmcp::service::NotificationContext;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
-use rmcp::{RoleClient, ServiceExt};
+use rmcp::{ClientHandler, RoleClient, ServiceExt};
 use serde_json::{json, Value};
+use tokio::sync::mpsc;
 
 /// A service with a text resource, a binary one, a template and a prompt, on `client`.
 async fn serve_docs(client: &Client) -> Vec<tokio::task::JoinHandle<()>> {
@@ -77,12 +79,53 @@ async fn serve_docs(client: &Client) -> Vec<tokio::task::JoinHandle<()>> {
     tasks
 }
 
+/// Passes on the URIs of `notifications/resources/updated`.
+#[derive(Clone)]
+struct Updated(mpsc::UnboundedSender<String>);
+
+impl ClientHandler for Updated {
+    async fn on_resource_updated(
+        &self,
+        params: rmcp::model::ResourceUpdatedNotificationParam,
+        _: NotificationContext<RoleClient>,
+    ) {
+        let _ = self.0.send(params.uri);
+    }
+}
+
+/// Subscribes `client` to `uri`, then publishes updates of `other` and `uri` (through
+/// `service`, maybe on another node) until one of `uri` arrives: a subscription reaches
+/// other nodes asynchronously, and the update of `other` must never arrive.
+async fn updates_arrive<H: ClientHandler>(
+    client: &rmcp::service::RunningService<RoleClient, H>,
+    updated: &mut mpsc::UnboundedReceiver<String>,
+    service: &Client,
+    (procedure, uri, other): (&str, &str, &str),
+) {
+    client.subscribe(rmcp::model::SubscribeRequestParams::new(uri)).await.expect("subscribed");
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        service.resource_updated(procedure, other).await.unwrap();
+        service.resource_updated(procedure, uri).await.unwrap();
+        match tokio::time::timeout(std::time::Duration::from_millis(200), updated.recv()).await {
+            Ok(Some(got)) => {
+                assert_eq!(got, uri, "only the URI subscribed to");
+                break;
+            }
+            _ => assert!(tokio::time::Instant::now() < deadline, "no notifications/resources/updated for {uri}"),
+        }
+    }
+    client.unsubscribe(rmcp::model::UnsubscribeRequestParams::new(uri)).await.expect("unsubscribed");
+    let unknown = client.subscribe(rmcp::model::SubscribeRequestParams::new("docs://nothing")).await;
+    assert!(unknown.is_err(), "a URI nobody serves cannot be watched");
+}
+
 fn read(uri: &str) -> ReadResourceRequestParams {
     ReadResourceRequestParams::new(uri)
 }
 
 /// What every front end must answer alike.
-async fn exercise(client: &rmcp::service::RunningService<RoleClient, ()>) {
+async fn exercise<H: ClientHandler>(client: &rmcp::service::RunningService<RoleClient, H>) {
     let resources = client.list_all_resources().await.unwrap();
     let mut uris: Vec<&str> = resources.iter().map(|r| r.uri.as_str()).collect();
     uris.sort();
@@ -158,8 +201,11 @@ async fn rmcp_client_on_one_node_uses_the_resources_and_prompts_of_another() {
 
     let _ = rustls::crypto::ring::default_provider().install_default();
     let transport = StreamableHttpClientTransport::from_uri(format!("http://{}/mcp", b.mcp));
-    let client = ().serve(transport).await.expect("MCP handshake over HTTP");
+    let (tx, mut updated) = mpsc::unbounded_channel();
+    let client = Updated(tx).serve(transport).await.expect("MCP handshake over HTTP");
     exercise(&client).await;
+    // Updates published on A reach the agent on B, for the URI it watches only.
+    updates_arrive(&client, &mut updated, &service, ("docs.page", "docs://pages/1", "docs://pages/2")).await;
     client.cancel().await.unwrap();
 
     // The 2026-07-28 era: stateless requests, reads not cacheable unless the provider says.
@@ -205,8 +251,10 @@ async fn rmcp_client_over_stdio_reads_resources_and_gets_prompts() {
     let _tasks = serve_docs(&service).await;
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_fovea"));
     cmd.args(["mcp", "--url", &node.url(), "--ca"]).arg(&node.cert).stderr(std::process::Stdio::null());
-    let client = ().serve(TokioChildProcess::new(cmd).unwrap()).await.expect("MCP handshake over stdio");
+    let (tx, mut updated) = mpsc::unbounded_channel();
+    let client = Updated(tx).serve(TokioChildProcess::new(cmd).unwrap()).await.expect("MCP handshake over stdio");
     exercise(&client).await;
+    updates_arrive(&client, &mut updated, &service, ("docs.readme", "docs://readme", "docs://other")).await;
     client.cancel().await.unwrap();
     node.stop().await;
 }

@@ -19,6 +19,10 @@ pub const METHOD_HEADER: &str = "mcp-method";
 /// (`ReadResourceResult`, `GetPromptResult`, `CompleteResult`, or a `CallToolResult`).
 pub const MCP_RESULT_TYPE: &str = "application/mcp-result+json";
 
+/// The topic prefix of resource updates: a URI published to `$mcp.updated.<procedure>`
+/// tells agents subscribed to it that the resource, served by `procedure`, changed.
+pub const RESOURCE_UPDATED_PREFIX: &str = "$mcp.updated.";
+
 /// Most completion values one answer carries (MCP's limit).
 pub const MAX_COMPLETIONS: usize = 100;
 

@@ -537,6 +537,11 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             counter!("fovea_mcp_sessions_total", "event" => "reaped").absolute(st.sessions_reaped.load(Relaxed));
             counter!("fovea_mcp_sessions_total", "event" => "refused").absolute(st.sessions_refused.load(Relaxed));
             level("fovea_mcp_sessions", "MCP (2025-11-25) sessions open.", m.open_sessions() as f64);
+            level(
+                "fovea_mcp_resource_watches",
+                "Agents' subscriptions to resource updates (per resource and session or listen stream).",
+                m.resource_watches() as f64,
+            );
             count(
                 "fovea_mcp_tool_calls_total",
                 "MCP tool calls made (to an existing tool, with valid arguments).",

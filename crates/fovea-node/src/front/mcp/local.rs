@@ -236,6 +236,11 @@ impl CatalogSource for LocalCatalog {
         admitted(extensions).ok().map(|id| id.realm.watch_tools())
     }
 
+    async fn updates(&self, extensions: &Extensions, procedure: &str) -> Option<mpsc::Receiver<String>> {
+        let id = admitted(extensions).ok()?;
+        self.state.updates.watch(&id.realm, procedure)
+    }
+
     fn realm(&self, extensions: &Extensions) -> String {
         admitted(extensions).map(|id| id.realm.name.clone()).unwrap_or_default()
     }

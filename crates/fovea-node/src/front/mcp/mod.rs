@@ -16,9 +16,11 @@
 
 mod local;
 mod service;
+mod updates;
 
 pub use service::{
     find_in, server_config, tool_result, CallOutcome, CatalogSource, EntryPage, Found, Lookup, McpServer,
+    MAX_RESOURCE_SUBSCRIPTIONS,
 };
 
 use std::collections::HashMap;
@@ -68,6 +70,7 @@ pub struct McpStats {
 pub(crate) struct McpState {
     shared: Arc<Shared>,
     caller: Arc<Caller>,
+    updates: Arc<updates::Updates>,
     config: McpConfig,
     sessions: Arc<LocalSessionManager>,
     /// Legacy sessions by id: their owner (realm, user).
@@ -79,6 +82,11 @@ impl McpState {
     /// Legacy sessions open now.
     pub fn open_sessions(&self) -> usize {
         lock(&self.owners).len()
+    }
+
+    /// Agents' subscriptions to resource updates now (one per resource and session).
+    pub fn resource_watches(&self) -> usize {
+        self.updates.watching()
     }
 }
 
@@ -94,12 +102,15 @@ pub(crate) async fn serve(
     let out = Outbound::new(limits.max_pending_bytes, limits.slow_consumer_timeout, false);
     let caller = Caller::new(out, limits.max_payload);
     tokio::spawn(caller.clone().drive(stop.clone()));
+    let updates = updates::Updates::new(limits.max_pending_bytes, limits.slow_consumer_timeout, limits.max_payload);
+    tokio::spawn(updates.clone().drive(stop.clone()));
     let mut sessions = LocalSessionManager::default();
     sessions.session_config.keep_alive = Some(config.session_idle);
     let sessions = Arc::new(sessions);
     let state = Arc::new(McpState {
         shared: shared.clone(),
         caller,
+        updates,
         config: config.clone(),
         sessions: sessions.clone(),
         owners: Mutex::new(HashMap::new()),

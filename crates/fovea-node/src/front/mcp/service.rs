@@ -114,6 +114,14 @@ pub trait CatalogSource: Send + Sync + 'static {
     /// or `None` when none can be had.
     fn watch(&self, extensions: &Extensions) -> impl Future<Output = Option<watch::Receiver<u64>>> + Send;
 
+    /// The URIs published as updated under `procedure` (the resources it serves), while
+    /// the receiver lives; `None` when updates cannot be had.
+    fn updates(
+        &self,
+        extensions: &Extensions,
+        procedure: &str,
+    ) -> impl Future<Output = Option<mpsc::Receiver<String>>> + Send;
+
     /// The realm calls are made in (for messages in results).
     fn realm(&self, extensions: &Extensions) -> String;
 
@@ -138,10 +146,16 @@ pub struct McpServer<S> {
     /// Legacy sessions: the level `logging/setLevel` chose (`None`: every level).
     #[allow(deprecated)]
     log_level: Arc<Mutex<Option<rmcp::model::LoggingLevel>>>,
-    /// Ends the session's tools watch when the session (its last clone) ends.
+    /// Ends the session's tools watch and resource subscriptions when the session (its
+    /// last clone) ends.
     _session: Arc<DropGuard>,
     watching: CancellationToken,
+    /// Legacy sessions: resources subscribed to (`resources/subscribe`), by URI.
+    subscribed: Arc<Mutex<std::collections::HashMap<String, CancellationToken>>>,
 }
+
+/// Most resources one session (or one `subscriptions/listen`) watches.
+pub const MAX_RESOURCE_SUBSCRIPTIONS: usize = 256;
 
 impl<S> Clone for McpServer<S> {
     fn clone(&self) -> Self {
@@ -150,6 +164,7 @@ impl<S> Clone for McpServer<S> {
             log_level: self.log_level.clone(),
             _session: self._session.clone(),
             watching: self.watching.clone(),
+            subscribed: self.subscribed.clone(),
         }
     }
 }
@@ -158,7 +173,13 @@ impl<S: CatalogSource> McpServer<S> {
     /// A server over `source`, with no logging level chosen yet.
     pub fn new(source: Arc<S>) -> McpServer<S> {
         let watching = CancellationToken::new();
-        McpServer { source, log_level: Arc::default(), _session: Arc::new(watching.clone().drop_guard()), watching }
+        McpServer {
+            source,
+            log_level: Arc::default(),
+            _session: Arc::new(watching.clone().drop_guard()),
+            watching,
+            subscribed: Arc::default(),
+        }
     }
 }
 
@@ -173,6 +194,7 @@ pub fn server_config() -> ServerConfig {
         .enable_completions()
         .enable_resources()
         .enable_resources_list_changed()
+        .enable_resources_subscribe()
         .enable_prompts()
         .enable_prompts_list_changed()
         .build();
@@ -279,21 +301,85 @@ impl<S: CatalogSource> ServerHandler for McpServer<S> {
     }
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), McpError> {
-        let Some(mut rx) = self.source.watch(&context.request_context().extensions).await else { return Ok(()) };
+        let extensions = &context.request_context().extensions;
+        let mut catalog = self.source.watch(extensions).await;
+        // Resource URIs the listener asked about: one feed of their updates.
+        let (tx, mut updated) = mpsc::channel::<String>(16);
+        let stop = CancellationToken::new();
+        let _stop = stop.clone().drop_guard();
+        let uris = context.accepted().resource_subscriptions.clone().unwrap_or_default();
+        for uri in uris.iter().take(MAX_RESOURCE_SUBSCRIPTIONS) {
+            let Some(feed) = self.feed(extensions, uri).await? else { continue };
+            let (tx, stop, uri) = (tx.clone(), stop.child_token(), uri.clone());
+            tokio::spawn(filter_updates(feed, uri, stop, move |u| {
+                let tx = tx.clone();
+                async move { tx.send(u).await.is_ok() }
+            }));
+        }
+        drop(tx);
         loop {
+            let changed = async {
+                match catalog.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                r = rx.changed() => if r.is_err() { return Ok(()) },
+                ok = changed => if !ok { return Ok(()) } else {
+                    let (accepted, sink) = (context.accepted(), context.sink());
+                    let failed = (accepted.tools_list_changed == Some(true) && sink.notify_tool_list_changed().await.is_err())
+                        || (accepted.resources_list_changed == Some(true) && sink.notify_resource_list_changed().await.is_err())
+                        || (accepted.prompts_list_changed == Some(true) && sink.notify_prompt_list_changed().await.is_err());
+                    if failed {
+                        return Ok(());
+                    }
+                },
+                Some(uri) = updated.recv() => if context.sink().notify_resource_updated(uri).await.is_err() {
+                    return Ok(());
+                },
                 () = context.cancelled() => return Ok(()),
             }
-            let (accepted, sink) = (context.accepted(), context.sink());
-            let failed = (accepted.tools_list_changed == Some(true) && sink.notify_tool_list_changed().await.is_err())
-                || (accepted.resources_list_changed == Some(true)
-                    && sink.notify_resource_list_changed().await.is_err())
-                || (accepted.prompts_list_changed == Some(true) && sink.notify_prompt_list_changed().await.is_err());
-            if failed {
-                return Ok(());
-            }
         }
+    }
+
+    #[allow(deprecated)]
+    async fn subscribe(
+        &self,
+        request: rmcp::model::SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let uri = request.uri;
+        if lock(&self.subscribed).contains_key(&uri) {
+            return Ok(());
+        }
+        if lock(&self.subscribed).len() >= MAX_RESOURCE_SUBSCRIPTIONS {
+            let why =
+                format!("a session watches at most {MAX_RESOURCE_SUBSCRIPTIONS} resources: unsubscribe some first");
+            return Err(McpError::invalid_request(why, None));
+        }
+        let Some(feed) = self.feed(&context.extensions, &uri).await? else {
+            return Err(to_error(answers::resource_not_found(&uri)));
+        };
+        let stop = self.watching.child_token();
+        lock(&self.subscribed).insert(uri.clone(), stop.clone());
+        let peer = context.peer.clone();
+        tokio::spawn(filter_updates(feed, uri, stop, move |u| {
+            let peer = peer.clone();
+            async move { peer.notify_resource_updated(rmcp::model::ResourceUpdatedNotificationParam::new(u)).await.is_ok() }
+        }));
+        Ok(())
+    }
+
+    #[allow(deprecated)]
+    async fn unsubscribe(
+        &self,
+        request: rmcp::model::UnsubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        if let Some(stop) = lock(&self.subscribed).remove(&request.uri) {
+            stop.cancel();
+        }
+        Ok(())
     }
 
     async fn list_tools(
@@ -458,7 +544,33 @@ impl<S: CatalogSource> ServerHandler for McpServer<S> {
 /// (private), and list_changed announces changes, so a second of freshness is safe.
 const LIST_TTL_MS: u64 = 1000;
 
+/// Passes on each update of `uri` from `feed` (which carries every URI updated under its
+/// procedure) with `notify`, until `stop`, the feed's end, or `notify` failing.
+async fn filter_updates<F, Fut>(mut feed: mpsc::Receiver<String>, uri: String, stop: CancellationToken, notify: F)
+where
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    loop {
+        tokio::select! {
+            u = feed.recv() => match u {
+                Some(u) if u == uri => if !notify(u).await { return },
+                Some(_) => {}
+                None => return,
+            },
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
 impl<S: CatalogSource> McpServer<S> {
+    /// The updates of the resource (or template) serving `uri`; `None` when nothing
+    /// the requester may read serves it.
+    async fn feed(&self, extensions: &Extensions, uri: &str) -> Result<Option<mpsc::Receiver<String>>, McpError> {
+        let Some(found) = self.source.find(extensions, Lookup::Uri(uri)).await? else { return Ok(None) };
+        Ok(self.source.updates(extensions, &found.procedure).await)
+    }
+
     /// One page of the entries of `kind` as rmcp's type, the next cursor, and whether the
     /// result carries cache hints (they exist from 2026-07-28).
     async fn list<T: serde::de::DeserializeOwned>(
