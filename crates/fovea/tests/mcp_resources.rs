@@ -93,9 +93,10 @@ impl ClientHandler for Updated {
     }
 }
 
-/// Subscribes `client` to `uri`, then publishes updates of `other` and `uri` (through
+/// Subscribes `client` (a 2025-11-25 session: the era of `resources/subscribe`) to `uri`, then publishes updates of `other` and `uri` (through
 /// `service`, maybe on another node) until one of `uri` arrives: a subscription reaches
 /// other nodes asynchronously, and the update of `other` must never arrive.
+#[allow(deprecated)]
 async fn updates_arrive<H: ClientHandler>(
     client: &rmcp::service::RunningService<RoleClient, H>,
     updated: &mut mpsc::UnboundedReceiver<String>,
