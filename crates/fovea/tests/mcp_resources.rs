@@ -226,6 +226,28 @@ async fn rmcp_client_on_one_node_uses_the_resources_and_prompts_of_another() {
         .request(3, "prompts/get", json!({"name": "docs__summary", "arguments": {"page": "1"}, "_meta": meta}))
         .await;
     assert_eq!(get.result()["messages"][0]["content"]["text"], "Summarise page 1, terse.");
+    // A listen stream with resource URIs gets their updates, published on A.
+    let mut stream =
+        agent.subscribe(json!({"notifications": {"resourceSubscriptions": ["docs://readme"]}, "_meta": meta})).await;
+    let (tx, mut got) = mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        loop {
+            let m = stream.next().await;
+            if m["method"] == "notifications/resources/updated" {
+                let _ = tx.send(m["params"]["uri"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+    });
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        service.resource_updated("docs.readme", "docs://readme").await.unwrap();
+        if let Ok(Some(uri)) = tokio::time::timeout(std::time::Duration::from_millis(200), got.recv()).await {
+            assert_eq!(uri, "docs://readme");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no update on the listen stream");
+    }
+    reader.abort();
 
     // The provider leaves: its entries leave B's catalog; a read finds nothing.
     service.close().await;

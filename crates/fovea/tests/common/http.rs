@@ -135,14 +135,26 @@ impl Agent {
 
     /// Opens the session's GET stream; returns a reader of its SSE messages.
     pub async fn listen(&self) -> SseStream {
-        let mut stream = TcpStream::connect(self.addr).await.unwrap();
         let mut req = self.head("GET", &[]);
         req.push_str("\r\n");
+        self.stream(req).await
+    }
+
+    /// A 2026-07-28 `subscriptions/listen` with `params`; returns a reader of its stream.
+    pub async fn subscribe(&self, params: Value) -> SseStream {
+        let body = json!({"jsonrpc": "2.0", "id": 99, "method": "subscriptions/listen", "params": params}).to_string();
+        let mut req = self.head("POST", &[("Mcp-Method", "subscriptions/listen")]);
+        req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()));
+        self.stream(req).await
+    }
+
+    async fn stream(&self, req: String) -> SseStream {
+        let mut stream = TcpStream::connect(self.addr).await.unwrap();
         stream.write_all(req.as_bytes()).await.unwrap();
         let mut reader = BufReader::new(stream);
         let mut status = String::new();
         reader.read_line(&mut status).await.unwrap();
-        assert!(status.contains(" 200 "), "GET stream: {status}");
+        assert!(status.contains(" 200 "), "stream: {status}");
         loop {
             let mut line = String::new();
             reader.read_line(&mut line).await.unwrap();
