@@ -1,5 +1,6 @@
-//! `fovea bench mcp`: MCP `tools/call` over HTTP against a node's endpoint, the tool served
-//! through the mesh's RPC by a provider connected to the node.
+//! `fovea bench mcp`: MCP `tools/call`, `resources/read` and `prompts/get` over HTTP
+//! against a node's endpoint, each served through the mesh's RPC by a provider connected to
+//! the node.
 //!
 //! The HTTP client is a few lines of HTTP/1.1 with keep-alive on a plain socket, one
 //! connection per caller, so what is measured is the node, not a client library.
@@ -139,10 +140,37 @@ pub(crate) struct McpRun {
     pub lat: Vec<u32>,
 }
 
-/// Closed loop: `callers` connections, each calling `tool` back to back for `duration`.
+/// What a closed loop asks, back to back.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Ask {
+    /// `tools/call` of this tool.
+    Tool(&'static str),
+    /// `resources/read` of the provider's resource.
+    Read,
+    /// `prompts/get` of the provider's prompt.
+    Prompt,
+}
+
+impl Ask {
+    /// The method, its params and the `Mcp-Name` header of request `n` of `caller`.
+    fn request(self, caller: usize, n: u64) -> (&'static str, Value, &'static str) {
+        match self {
+            Ask::Tool(tool) => ("tools/call", json!({"name": tool, "arguments": {"caller": caller, "n": n}}), tool),
+            Ask::Read => ("resources/read", json!({"uri": BENCH_URI}), BENCH_URI),
+            Ask::Prompt => {
+                ("prompts/get", json!({"name": "bench__prompt", "arguments": {"topic": "mesh"}}), "bench__prompt")
+            }
+        }
+    }
+}
+
+/// The URI of the provider's resource.
+const BENCH_URI: &str = "bench://doc";
+
+/// Closed loop: `callers` connections, each asking `ask` back to back for `duration`.
 pub(crate) async fn closed_loop(
     endpoint: &str,
-    tool: &'static str,
+    ask: Ask,
     callers: usize,
     duration: Duration,
     legacy: bool,
@@ -162,14 +190,14 @@ pub(crate) async fn closed_loop(
             let (mut lat, mut errors) = (Vec::new(), 0u64);
             let mut id = 1u64;
             while t0.elapsed() < duration {
-                let mut params = json!({"name": tool, "arguments": {"caller": i, "n": id}});
+                let (method, mut params, name) = ask.request(i, id);
                 if !legacy {
                     params["_meta"] = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
                                              "io.modelcontextprotocol/clientCapabilities": {}});
                 }
-                let req = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params});
+                let req = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
                 let t = Instant::now();
-                let a = http.post(&req, "tools/call", tool, version).await?;
+                let a = http.post(&req, method, name, version).await?;
                 // An upstream may leave `isError` out; only an explicit `true` is a failure.
                 let ok = a.status == 200
                     && response(&a.body).is_some_and(|r| r.get("result").is_some() && r["result"]["isError"] != true);
@@ -196,21 +224,39 @@ pub(crate) async fn closed_loop(
     Ok(McpRun { calls: lat.len(), errors, rate: lat.len() as f64 / elapsed, lat })
 }
 
-/// A provider of `bench.echo` (a tool) on the node at `url`.
+/// A provider on the node at `url` of `bench.echo` (a tool echoing its arguments),
+/// `bench.doc` (a resource of 64 bytes of text) and `bench.prompt` (a prompt).
 pub(crate) async fn provider(url: &str, opts: ConnectOptions) -> anyhow::Result<Client> {
     let client = Client::connect(url, opts.name("bench-mcp-provider")).await?;
-    let mut reg = client
+    let echo = client
         .register_tool(
             "bench.echo",
             &json!({"description": "Echoes its arguments (benchmark).", "inputSchema": {"type": "object"}}),
         )
         .await?;
-    tokio::spawn(async move {
-        while let Some(req) = reg.next().await {
-            let payload = req.payload.clone();
-            req.respond(payload);
-        }
-    });
+    let doc = client.register_resource("bench.doc", &json!({"uri": BENCH_URI, "mimeType": "text/plain"})).await?;
+    let prompt = client
+        .register_prompt(
+            "bench.prompt",
+            &json!({"description": "Asks about a topic (benchmark).", "arguments": [{"name": "topic", "required": true}]}),
+        )
+        .await?;
+    for mut reg in [echo, doc, prompt] {
+        tokio::spawn(async move {
+            while let Some(req) = reg.next().await {
+                match req.mcp_method() {
+                    None => {
+                        let payload = req.payload.clone();
+                        req.respond(payload);
+                    }
+                    Some(fovea_client::McpMethod::ReadResource) => {
+                        req.respond("a resource of the benchmark, 64 bytes of text, served from the mesh")
+                    }
+                    Some(_) => req.respond("Tell me about the mesh."),
+                }
+            }
+        });
+    }
     Ok(client)
 }
 
