@@ -1,11 +1,14 @@
 //! `fovea mcp attach`: an existing MCP server becomes a mesh service. Each upstream tool is
-//! registered as the procedure `NAME.<tool>` with its descriptor, so every service can
-//! call it and every agent on every node sees it; two attachments of one NAME share calls
-//! through ordinary RPC balancing.
+//! registered as the procedure `NAME.<tool>` with its descriptor, each prompt as
+//! `NAME.<prompt>`, each resource and resource template as `NAME.resources.<hash>` and
+//! `NAME.templates.<hash>` (agents see their URIs unchanged), so every service can call
+//! them and every agent on every node sees them; two attachments of one NAME share calls
+//! through ordinary RPC balancing. The upstream's list changes are followed, and its
+//! resource updates published to the mesh (`$mcp.updated.<procedure>`).
 //!
-//! Trust: a tool's description is prompt input for every agent of the realm, so each
-//! definition is pinned when first seen (`pins/NAME.json` in the data dir: a hash of name,
-//! description and schemas). A changed definition is not exposed until an operator runs
+//! Trust: a definition is prompt input for every agent of the realm, so each one (tool,
+//! prompt, resource, template) is pinned when first seen (`pins/NAME.json` in the data dir:
+//! a hash of what agents read). A changed definition is not exposed until an operator runs
 //! `fovea mcp approve NAME`; the change is logged and counted. The upstream's credential
 //! stays here; callers' credentials never reach it.
 //!
@@ -21,8 +24,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
-use fovea_client::{Client, Headers, Notice, Registration, Request};
-use fovea_core::tool::{Descriptor, TOOL_RESULT_TYPE};
+use fovea_client::{Client, ErrorCode, Headers, McpMethod, Notice, Registration, Request, MCP_RESULT_TYPE};
+use fovea_core::tool::uri_template::Template;
+use fovea_core::tool::{Descriptor, Kind, TOOL_RESULT_TYPE};
 #[allow(deprecated)]
 use rmcp::model::LoggingMessageNotificationParam;
 use rmcp::model::{
@@ -74,6 +78,10 @@ struct Status {
     last_error: Option<String>,
     /// Tools exposed as procedures `NAME.<tool>`.
     tools: Vec<String>,
+    /// Prompts exposed as procedures `NAME.<prompt>`.
+    prompts: Vec<String>,
+    /// Resources' URIs and templates exposed.
+    resources: Vec<String>,
     /// Tools whose definition changed since pinned: hidden until `fovea mcp approve NAME`.
     held_back: Vec<String>,
     /// Definition changes held back since the attachment started (counted once per new hash).
@@ -154,6 +162,8 @@ pub async fn status(args: McpStatusArgs) -> anyhow::Result<()> {
         println!("  last error: {e}");
     }
     println!("  tools: {}", list("tools"));
+    println!("  prompts: {}", list("prompts"));
+    println!("  resources: {}", list("resources"));
     println!("  held back (changed; `fovea mcp approve {}` exposes them): {}", text("name"), list("held_back"));
     println!("  definition changes held back since start: {}", s["definition_changes"]);
     for (tool, why) in s["refused"].as_object().into_iter().flatten() {
@@ -197,6 +207,37 @@ fn definition_hash(tool: &Tool) -> String {
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The descriptor fovea registers for an upstream prompt, resource or template (`kind`),
+/// from rmcp's object of it: the keys a descriptor of that kind holds, or why it is refused.
+fn descriptor_of_entry(kind: Kind, object: &impl serde::Serialize) -> Result<Value, String> {
+    let v = serde_json::to_value(object).map_err(|e| e.to_string())?;
+    let Value::Object(all) = v else { return Err("not an object".into()) };
+    let mut d: serde_json::Map<String, Value> =
+        all.into_iter().filter(|(k, _)| kind.keys().contains(&k.as_str()) && k != "kind").collect();
+    d.insert("kind".into(), kind.as_str().into());
+    if kind == Kind::Prompt && !d.contains_key("description") {
+        d.insert("description".into(), "(no description given upstream)".into());
+    }
+    let raw = serde_json::to_vec(&d).map_err(|e| e.to_string())?;
+    Descriptor::parse(&raw).map(|d| Value::Object(d.json().clone())).map_err(|e| e.to_string())
+}
+
+/// The hash a prompt's, resource's or template's definition is pinned by: SHA-256 over its
+/// descriptor (every text an agent reads).
+fn entry_hash(descriptor: &Value) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, descriptor.to_string().as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What an attached procedure stands for upstream.
+#[derive(Debug, Clone, PartialEq)]
+enum Target {
+    Tool(String),
+    Prompt(String),
+    /// A resource or template: its reads name their URI themselves.
+    Resource,
+}
+
 /// The descriptor fovea registers for an upstream tool, or why it is refused (size,
 /// invisible characters, shape).
 fn descriptor_of(tool: &Tool) -> Result<Value, String> {
@@ -221,6 +262,8 @@ struct Upstream {
     /// that change. At most [`EARLY_TOKENS`] tokens, oldest dropped.
     early: Arc<Mutex<std::collections::VecDeque<(String, Notice)>>>,
     list_changed: Arc<Notify>,
+    /// URIs the upstream said were updated (`notifications/resources/updated`), to publish.
+    updated: mpsc::Sender<String>,
     status: SharedStatus,
 }
 
@@ -259,6 +302,23 @@ impl ClientHandler for Upstream {
     async fn on_tool_list_changed(&self, _: NotificationContext<RoleClient>) {
         self.list_changed.notify_one();
     }
+
+    async fn on_prompt_list_changed(&self, _: NotificationContext<RoleClient>) {
+        self.list_changed.notify_one();
+    }
+
+    async fn on_resource_list_changed(&self, _: NotificationContext<RoleClient>) {
+        self.list_changed.notify_one();
+    }
+
+    async fn on_resource_updated(
+        &self,
+        params: rmcp::model::ResourceUpdatedNotificationParam,
+        _: NotificationContext<RoleClient>,
+    ) {
+        // A full queue drops the update: agents are told at the next one.
+        let _ = self.updated.try_send(params.uri);
+    }
 }
 
 pub async fn approve(args: McpApproveArgs) -> anyhow::Result<()> {
@@ -266,12 +326,16 @@ pub async fn approve(args: McpApproveArgs) -> anyhow::Result<()> {
     let path = pins_path(&data_dir, &args.name);
     let mut pins = load_pins(&path);
     if pins.pending.is_empty() {
-        println!("nothing to approve for {}: no tool definition changed", args.name);
+        println!("nothing to approve for {}: no definition changed", args.name);
         return Ok(());
     }
-    for (tool, hash) in std::mem::take(&mut pins.pending) {
-        println!("approved the new definition of {}.{tool}", args.name);
-        pins.pinned.insert(tool, hash);
+    for (key, hash) in std::mem::take(&mut pins.pending) {
+        // Tools are pinned by name; prompts, resources and templates as `kind:name`.
+        match key.split_once(':') {
+            Some((kind, what)) => println!("approved the new definition of {} {kind} {what}", args.name),
+            None => println!("approved the new definition of {}.{key}", args.name),
+        }
+        pins.pinned.insert(key, hash);
     }
     save_pins(&path, &pins)?;
     println!("the running attachment picks it up within a second");
@@ -361,6 +425,8 @@ async fn serve_upstream(
             s.set_state("restarting");
             s.last_error = Some(why);
             s.tools.clear();
+            s.prompts.clear();
+            s.resources.clear();
             s.restarts += 1;
         }
         tokio::time::sleep(delay).await;
@@ -376,8 +442,14 @@ async fn run_once(
     pins_file: &Path,
     status: &SharedStatus,
 ) -> anyhow::Result<()> {
-    let handler =
-        Upstream { calls: Arc::default(), early: Arc::default(), list_changed: Arc::default(), status: status.clone() };
+    let (updated, mut updates) = mpsc::channel(256);
+    let handler = Upstream {
+        calls: Arc::default(),
+        early: Arc::default(),
+        list_changed: Arc::default(),
+        updated,
+        status: status.clone(),
+    };
     let upstream: RunningService<RoleClient, Upstream> = match &args.upstream_url {
         Some(url) => {
             let mut config =
@@ -400,7 +472,7 @@ async fn run_once(
     };
     let upstream = Arc::new(upstream);
     lock(status).set_state("connected");
-    let mut registered: HashMap<String, (String, tokio::task::JoinHandle<()>)> = HashMap::new();
+    let mut registered: HashMap<String, Registered> = HashMap::new();
     let mut pins_seen = std::fs::metadata(pins_file).and_then(|m| m.modified()).ok();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let ping_timeout = args.ping_interval / 2;
@@ -410,12 +482,19 @@ async fn run_once(
     let result = loop {
         if refresh {
             refresh = false;
-            if let Err(e) = sync_tools(args, client, &upstream, &handler, pins_file, &mut registered).await {
+            if let Err(e) = sync_entries(args, client, &upstream, &handler, pins_file, &mut registered).await {
                 break Err(e);
             }
         }
         tokio::select! {
             () = handler.list_changed.notified() => refresh = true,
+            Some(uri) = updates.recv() => {
+                if let Some(procedure) = serving_procedure(&registered, &uri) {
+                    if let Err(e) = client.resource_updated(&procedure, &uri).await {
+                        eprintln!("{}: the update of {uri} could not be published: {e}", args.name);
+                    }
+                }
+            }
             _ = ping.tick() => {
                 let request = ClientRequest::PingRequest(rmcp::model::PingRequest {
                     method: Default::default(),
@@ -444,31 +523,59 @@ async fn run_once(
             }
         }
     };
-    for (_, (_, task)) in registered.drain() {
-        task.abort();
+    for (_, r) in registered.drain() {
+        r.task.abort();
     }
     // Calls in flight end now, with an error, rather than at their deadlines.
     upstream.cancellation_token().cancel();
     result
 }
 
-/// Lists the upstream's tools and makes the registrations match, holding back definitions
-/// that changed since they were pinned.
-async fn sync_tools(
+/// One attached entry: the pin key it is registered under.
+struct Registered {
+    hash: String,
+    procedure: String,
+    descriptor: Value,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The procedure serving `uri`: its resource's, else the first template's that matches.
+fn serving_procedure(registered: &HashMap<String, Registered>, uri: &str) -> Option<String> {
+    let by = |kind: &'static str| {
+        registered.values().filter(move |r| r.descriptor.get("kind").and_then(Value::as_str) == Some(kind))
+    };
+    by("resource")
+        .find(|r| r.descriptor.get("uri").and_then(Value::as_str) == Some(uri))
+        .or_else(|| {
+            by("resourceTemplate").find(|r| {
+                let t = r.descriptor.get("uriTemplate").and_then(Value::as_str).and_then(Template::parse);
+                t.is_some_and(|t| t.matches(uri).is_some())
+            })
+        })
+        .map(|r| r.procedure.clone())
+}
+
+/// A short stable name for a URI in a procedure name (URIs are not procedure names).
+fn uri_key(uri: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, uri.as_bytes());
+    digest.as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Most of the upstream's resources whose updates this attachment subscribes to.
+const MAX_UPSTREAM_SUBSCRIPTIONS: usize = 256;
+
+/// What the upstream lists, as (pin key, procedure, descriptor, hash, target), and what
+/// it offers that is refused (pin key → why).
+#[allow(clippy::type_complexity)]
+async fn upstream_entries(
     args: &McpAttachArgs,
-    client: &Client,
-    upstream: &Arc<RunningService<RoleClient, Upstream>>,
-    handler: &Upstream,
-    pins_file: &Path,
-    registered: &mut HashMap<String, (String, tokio::task::JoinHandle<()>)>,
-) -> anyhow::Result<()> {
-    let status = &handler.status;
-    let tools = upstream.list_all_tools().await.context("listing the upstream's tools")?;
-    let mut pins = load_pins(pins_file);
-    let mut dirty = false;
+    upstream: &RunningService<RoleClient, Upstream>,
+) -> anyhow::Result<(Vec<(String, String, Value, String, Target)>, BTreeMap<String, String>)> {
+    let caps = upstream.peer_info().map(|i| i.capabilities.clone()).unwrap_or_default();
+    let mut out = Vec::new();
     let mut refused = BTreeMap::new();
-    let mut held_back = Vec::new();
-    let mut wanted: HashMap<String, (String, Value)> = HashMap::new();
+    let tools = upstream.list_all_tools().await.context("listing the upstream's tools")?;
+    let tool_names: std::collections::HashSet<String> = tools.iter().map(|t| t.name.to_string()).collect();
     for tool in &tools {
         let name = tool.name.to_string();
         let procedure = format!("{}.{name}", args.name);
@@ -481,82 +588,264 @@ async fn sync_tools(
         } else {
             None
         };
-        let descriptor = match why.map_or_else(|| descriptor_of(tool), Err) {
-            Ok(d) => d,
+        match why.map_or_else(|| descriptor_of(tool), Err) {
+            Ok(d) => out.push((name.clone(), procedure, d, definition_hash(tool), Target::Tool(name))),
             Err(why) => {
-                if !lock(status).refused.contains_key(&name) {
-                    eprintln!("{}: upstream tool {name:?} refused: {why}", args.name);
-                }
                 refused.insert(name, why);
-                continue;
             }
-        };
-        let hash = definition_hash(tool);
-        match pins.pinned.get(&name) {
+        }
+    }
+    if caps.prompts.is_some() {
+        for prompt in upstream.list_all_prompts().await.context("listing the upstream's prompts")? {
+            let name = prompt.name.clone();
+            let key = format!("prompt:{name}");
+            let procedure = format!("{}.{name}", args.name);
+            let why = if tool_names.contains(&name) {
+                Err("a tool of the same name is attached: prompts and tools share the NAME.<name> procedures".into())
+            } else if name.starts_with('$') || fovea_client::Procedure::new(&procedure).is_err() {
+                Err("its name cannot be a procedure name".into())
+            } else {
+                descriptor_of_entry(Kind::Prompt, &prompt)
+            };
+            match why {
+                Ok(d) => {
+                    let hash = entry_hash(&d);
+                    out.push((key, procedure, d, hash, Target::Prompt(name)));
+                }
+                Err(why) => {
+                    refused.insert(key, why);
+                }
+            }
+        }
+    }
+    if caps.resources.is_some() {
+        let resources = upstream.list_all_resources().await.context("listing the upstream's resources")?;
+        for r in &resources {
+            let key = format!("resource:{}", r.uri);
+            let procedure = format!("{}.resources.{}", args.name, uri_key(&r.uri));
+            match descriptor_of_entry(Kind::Resource, r) {
+                Ok(d) => {
+                    let hash = entry_hash(&d);
+                    out.push((key, procedure, d, hash, Target::Resource));
+                }
+                Err(why) => {
+                    refused.insert(key, why);
+                }
+            }
+        }
+        let templates = upstream.list_all_resource_templates().await.unwrap_or_default();
+        for t in &templates {
+            let key = format!("template:{}", t.uri_template);
+            let procedure = format!("{}.templates.{}", args.name, uri_key(&t.uri_template));
+            match descriptor_of_entry(Kind::ResourceTemplate, t) {
+                Ok(d) => {
+                    let hash = entry_hash(&d);
+                    out.push((key, procedure, d, hash, Target::Resource));
+                }
+                Err(why) => {
+                    refused.insert(key, why);
+                }
+            }
+        }
+    }
+    Ok((out, refused))
+}
+
+/// Lists the upstream's tools, prompts, resources and templates and makes the
+/// registrations match, holding back definitions that changed since they were pinned.
+async fn sync_entries(
+    args: &McpAttachArgs,
+    client: &Client,
+    upstream: &Arc<RunningService<RoleClient, Upstream>>,
+    handler: &Upstream,
+    pins_file: &Path,
+    registered: &mut HashMap<String, Registered>,
+) -> anyhow::Result<()> {
+    let status = &handler.status;
+    let (entries, refused) = upstream_entries(args, upstream).await?;
+    for (key, why) in &refused {
+        if !lock(status).refused.contains_key(key) {
+            eprintln!("{}: upstream {key:?} refused: {why}", args.name);
+        }
+    }
+    let mut pins = load_pins(pins_file);
+    let mut dirty = false;
+    let mut held_back = Vec::new();
+    let mut wanted: HashMap<String, (String, String, Value, Target)> = HashMap::new();
+    for (key, procedure, descriptor, hash, target) in entries {
+        match pins.pinned.get(&key) {
             None if args.no_pin => {}
             None => {
-                pins.pinned.insert(name.clone(), hash.clone());
+                pins.pinned.insert(key.clone(), hash.clone());
                 dirty = true;
             }
             Some(h) if *h == hash || args.no_pin => {
-                if pins.pending.remove(&name).is_some() {
+                if pins.pending.remove(&key).is_some() {
                     dirty = true;
                 }
             }
             Some(_) => {
-                if pins.pending.get(&name) != Some(&hash) {
+                if pins.pending.get(&key) != Some(&hash) {
                     eprintln!(
-                        "{}: the definition of tool {name:?} changed upstream; it stays hidden until `fovea mcp approve {}`",
+                        "{}: the definition of {key:?} changed upstream; it stays hidden until `fovea mcp approve {}`",
                         args.name, args.name
                     );
-                    pins.pending.insert(name.clone(), hash.clone());
+                    pins.pending.insert(key.clone(), hash.clone());
                     lock(status).definition_changes += 1;
                     dirty = true;
                 }
-                held_back.push(name);
+                held_back.push(key);
                 continue;
             }
         }
-        wanted.insert(name, (hash, descriptor));
+        wanted.insert(key, (hash, procedure, descriptor, target));
     }
     if dirty {
         save_pins(pins_file, &pins)?;
     }
-    registered.retain(|name, (hash, task)| {
-        let keep = wanted.get(name).is_some_and(|(h, _)| h == hash);
+    registered.retain(|key, r| {
+        let keep = wanted.get(key).is_some_and(|(h, ..)| *h == r.hash);
         if !keep {
-            task.abort();
+            r.task.abort();
         }
         keep
     });
-    for (name, (hash, descriptor)) in wanted {
-        if registered.contains_key(&name) {
+    let can_subscribe =
+        upstream.peer_info().and_then(|i| i.capabilities.resources.as_ref().and_then(|r| r.subscribe)).unwrap_or(false);
+    let mut subscribed = 0;
+    for (key, (hash, procedure, descriptor, target)) in wanted {
+        if registered.contains_key(&key) {
             continue;
         }
-        let procedure = format!("{}.{name}", args.name);
-        let reg =
-            client.register_tool(&procedure, &descriptor).await.with_context(|| format!("registering {procedure}"))?;
-        let task = tokio::spawn(serve_tool(reg, name.clone(), upstream.clone(), handler.clone()));
-        registered.insert(name, (hash, task));
+        let reg = client
+            .register_described(&procedure, &descriptor)
+            .await
+            .with_context(|| format!("registering {procedure}"))?;
+        // Agents anywhere may watch a resource: ask the upstream for its updates.
+        if let (true, Some(uri)) = (can_subscribe, descriptor.get("uri").and_then(Value::as_str)) {
+            if subscribed < MAX_UPSTREAM_SUBSCRIPTIONS {
+                subscribed += 1;
+                #[allow(deprecated)]
+                let _ = upstream.subscribe(rmcp::model::SubscribeRequestParams::new(uri)).await;
+            }
+        }
+        let task = tokio::spawn(serve_entry(reg, target, upstream.clone(), handler.clone()));
+        registered.insert(key, Registered { hash, procedure, descriptor, task });
     }
-    eprintln!("{}: {} tools attached", args.name, registered.len());
+    let named = |kind: Option<&str>| {
+        let mut v: Vec<String> = registered
+            .iter()
+            .filter(|(_, r)| r.descriptor.get("kind").and_then(Value::as_str) == kind)
+            .map(|(k, _)| k.clone())
+            .collect();
+        v.sort();
+        v
+    };
+    let (tools, prompts) = (named(None), named(Some("prompt")));
+    let mut resources = named(Some("resource"));
+    resources.extend(named(Some("resourceTemplate")));
+    eprintln!(
+        "{}: {} tools, {} prompts, {} resources and templates attached",
+        args.name,
+        tools.len(),
+        prompts.len(),
+        resources.len()
+    );
+    let strip = |v: Vec<String>| -> Vec<String> {
+        v.into_iter().map(|k| k.split_once(':').map_or(k.clone(), |(_, rest)| rest.to_owned())).collect()
+    };
     let mut s = lock(status);
-    s.tools = registered.keys().cloned().collect();
-    s.tools.sort();
+    s.tools = tools;
+    s.prompts = strip(prompts);
+    s.resources = strip(resources);
     s.held_back = held_back;
     s.refused = refused;
     Ok(())
 }
 
-/// Serves the calls of one upstream tool.
-async fn serve_tool(
+/// Serves the calls of one attached entry: tool calls, or the MCP methods of a prompt,
+/// resource or template.
+async fn serve_entry(
     mut reg: Registration,
-    tool: String,
+    target: Target,
     upstream: Arc<RunningService<RoleClient, Upstream>>,
     handler: Upstream,
 ) {
     while let Some(req) = reg.next().await {
-        tokio::spawn(call_upstream(req, tool.clone(), upstream.clone(), handler.clone()));
+        match &target {
+            Target::Tool(tool) => {
+                tokio::spawn(call_upstream(req, tool.clone(), upstream.clone(), handler.clone()));
+            }
+            _ => {
+                tokio::spawn(method_upstream(req, target.clone(), upstream.clone(), handler.clone()));
+            }
+        }
+    }
+}
+
+/// A `resources/read`, `prompts/get` or `completion/complete` passed to the upstream; its
+/// result goes back whole, its errors as the codes agents see again (`NOT_FOUND`,
+/// `INVALID_ARGUMENTS` for the upstream's `-32602`).
+async fn method_upstream(
+    req: Request,
+    target: Target,
+    upstream: Arc<RunningService<RoleClient, Upstream>>,
+    handler: Upstream,
+) {
+    lock(&handler.status).calls += 1;
+    let params: Value = serde_json::from_slice(&req.payload).unwrap_or_default();
+    let timeout = req.deadline().saturating_duration_since(tokio::time::Instant::now());
+    let text = |k: &str| params.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let asked = async {
+        match (req.mcp_method(), &target) {
+            (Some(McpMethod::ReadResource), _) => {
+                let r = upstream.read_resource(rmcp::model::ReadResourceRequestParams::new(text("uri"))).await?;
+                Ok(serde_json::to_vec(&r).unwrap_or_default())
+            }
+            (Some(McpMethod::GetPrompt), Target::Prompt(name)) => {
+                let mut p = rmcp::model::GetPromptRequestParams::new(name.clone());
+                p.arguments = params.get("arguments").and_then(Value::as_object).cloned();
+                let r = upstream.get_prompt(p).await?;
+                Ok(serde_json::to_vec(&r).unwrap_or_default())
+            }
+            (Some(McpMethod::Complete), _) => {
+                let mut p: rmcp::model::CompleteRequestParams = serde_json::from_value(params.clone())
+                    .map_err(|e| rmcp::ServiceError::McpError(rmcp::ErrorData::invalid_params(e.to_string(), None)))?;
+                // Agents name the prompt as the mesh does; upstream it has its own name.
+                if let (rmcp::model::Reference::Prompt(r), Target::Prompt(name)) = (&mut p.r#ref, &target) {
+                    r.name = name.clone();
+                }
+                let r = upstream.complete(p).await?;
+                Ok(serde_json::to_vec(&r).unwrap_or_default())
+            }
+            _ => Err(rmcp::ServiceError::McpError(rmcp::ErrorData::invalid_request("not served here", None))),
+        }
+    };
+    let outcome: Result<Result<Vec<u8>, rmcp::ServiceError>, _> = tokio::time::timeout(timeout, asked).await;
+    let fail = |req: Request, code: ErrorCode, message: &str| {
+        lock(&handler.status).call_errors += 1;
+        req.fail_with_code(code.to_u64(), message);
+    };
+    match outcome {
+        Ok(Ok(body)) if body.len() > MAX_RESULT => fail(
+            req,
+            ErrorCode::ApplicationError,
+            &format!("the upstream's result is {} bytes; the limit is {MAX_RESULT}", body.len()),
+        ),
+        Ok(Ok(body)) => {
+            let headers = Headers::from_pairs([("content-type", MCP_RESULT_TYPE)]).unwrap_or_default();
+            req.respond_with_headers(headers, body);
+        }
+        Ok(Err(rmcp::ServiceError::McpError(e))) if e.code.0 == -32602 => {
+            let code = if req.mcp_method() == Some(McpMethod::ReadResource) {
+                ErrorCode::NotFound
+            } else {
+                ErrorCode::InvalidArguments
+            };
+            fail(req, code, &e.message)
+        }
+        Ok(Err(e)) => fail(req, ErrorCode::ApplicationError, &format!("the upstream MCP server failed: {e}")),
+        Err(_) => fail(req, ErrorCode::ApplicationError, "the upstream MCP server did not answer before the deadline"),
     }
 }
 

@@ -57,7 +57,7 @@ impl Kind {
 
     /// Keys a descriptor of this kind may carry: MCP's object of that kind without `name`
     /// where [`tool_name`] derives it (tools, prompts), plus `kind`.
-    fn keys(self) -> &'static [&'static str] {
+    pub fn keys(self) -> &'static [&'static str] {
         match self {
             Kind::Tool => &[
                 "kind",
