@@ -727,6 +727,12 @@ async fn sync_entries(
                 subscribed += 1;
                 #[allow(deprecated)]
                 let _ = upstream.subscribe(rmcp::model::SubscribeRequestParams::new(uri)).await;
+            } else if subscribed == MAX_UPSTREAM_SUBSCRIPTIONS {
+                subscribed += 1;
+                eprintln!(
+                    "{}: over {MAX_UPSTREAM_SUBSCRIPTIONS} resources: the rest are attached without upstream updates",
+                    args.name
+                );
             }
         }
         let task = tokio::spawn(serve_entry(reg, target, upstream.clone(), handler.clone()));
