@@ -293,6 +293,13 @@ impl Request {
         headers_dict(py, &self.headers)
     }
 
+    /// The MCP method this request serves for a resource, template or prompt
+    /// (`resources/read`, `prompts/get`, `completion/complete`), or None.
+    #[getter]
+    fn mcp_method(&self) -> Option<&'static str> {
+        self.headers.get(fovea_client::METHOD_HEADER).and_then(fovea_client::McpMethod::parse).map(|m| m.as_str())
+    }
+
     /// Seconds left until the caller's deadline (0 once it passed).
     #[getter]
     fn remaining(&self) -> f64 {

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
+from mcp.types import TextContent, TextResourceContents
 
 import fovea
 
@@ -66,5 +67,54 @@ def test_an_agent_lists_and_calls_a_python_tool_with_progress(mcp_node: Node, mo
                     await agent.call_tool("math__add", {"a": 2})
             task.cancel()
             reg.close()
+
+    run(body)
+
+
+@pytest.mark.parametrize("mode,era", ERAS)
+def test_an_agent_reads_a_python_resource_and_gets_a_python_prompt(mcp_node: Node, mode: str, era: str) -> None:
+    async def body() -> None:
+        async with await fovea.connect(mcp_node.quic, ca=mcp_node.cert) as c:
+            page = await c.register_resource(f"py.page.{mode}", {"uriTemplate": f"py-{mode}://pages/{{n}}"})
+            hello = await c.register_prompt(
+                f"py.hello.{mode}", {"description": "Greets.", "arguments": [{"name": "who", "required": True}]}
+            )
+
+            async def serve_pages() -> None:
+                async for req in page:
+                    params = json.loads(req.payload)
+                    assert req.mcp_method == "resources/read"
+                    n = params["variables"]["n"]
+                    if n == "0":
+                        req.fail("no page 0", code=fovea.NOT_FOUND)
+                    else:
+                        req.respond(f"page {n}")
+
+            async def serve_hello() -> None:
+                async for req in hello:
+                    params = json.loads(req.payload)
+                    if req.mcp_method == "completion/complete":
+                        req.respond(json.dumps(["Ada", "Alan"]))
+                    else:
+                        req.respond(f"Say hello to {params['arguments']['who']}.")
+
+            tasks = [asyncio.create_task(serve_pages()), asyncio.create_task(serve_hello())]
+            async with Client(mcp_node.mcp, mode=mode) as agent:
+                assert agent.session.protocol_version == era
+                read = await agent.read_resource(f"py-{mode}://pages/7")
+                assert isinstance(read.contents[0], TextResourceContents)
+                assert read.contents[0].text == "page 7"
+                with pytest.raises(MCPError):
+                    await agent.read_resource(f"py-{mode}://pages/0")
+                prompt = await agent.get_prompt(f"py__hello__{mode}", {"who": "Ada"})
+                assert isinstance(prompt.messages[0].content, TextContent)
+                assert prompt.messages[0].content.text == "Say hello to Ada."
+                assert prompt.description == "Greets."
+                names = [p.name for p in (await agent.list_prompts()).prompts]
+                assert f"py__hello__{mode}" in names
+            for t in tasks:
+                t.cancel()
+            page.close()
+            hello.close()
 
     run(body)

@@ -50,6 +50,13 @@ from ._errors import (
 )
 from ._fovea import Message, Request, Response
 
+#: The content type of an answer that is a whole MCP result (`GetPromptResult`, ...).
+MCP_RESULT_TYPE = "application/mcp-result+json"
+#: A provider's code for "nothing is under this name" (an unknown resource URI).
+NOT_FOUND = 0x1001
+#: A provider's code for "these arguments are refused" (a prompt's).
+INVALID_ARGUMENTS = 0x1002
+
 DEFAULT_URL: str = _fovea.DEFAULT_URL
 """The URL `connect` uses by default: a node on this machine."""
 
@@ -240,6 +247,28 @@ class Client:
         descriptor = None if tool is None else json.dumps(tool)
         return Registration(await self._await(self._core.register(procedure, descriptor)))
 
+    async def register_resource(self, procedure: str, descriptor: Mapping[str, Any]) -> Registration:
+        """Provides `procedure` as an MCP resource (`descriptor` with `uri`) or resource
+        template (with an RFC 6570 `uriTemplate`), for agents on any node. Each read is a
+        request whose `mcp_method` is `resources/read` and whose payload is
+        `{"uri": ..., "variables": {...}}` (variables for a template); answer with the
+        content (text or bytes) or `fail(..., code=NOT_FOUND)`."""
+        kind = "resourceTemplate" if "uriTemplate" in descriptor else "resource"
+        return await self.register(procedure, tool={**descriptor, "kind": kind})
+
+    async def register_prompt(self, procedure: str, descriptor: Mapping[str, Any]) -> Registration:
+        """Provides `procedure` as an MCP prompt (`description`, `arguments`), named like a
+        tool. Each `prompts/get` is a request with the payload `{"name", "arguments"}`;
+        answer with the prompt's text, or a whole result under
+        `{"content-type": MCP_RESULT_TYPE}`. Completions arrive as `completion/complete`:
+        answer with a JSON list of strings."""
+        return await self.register(procedure, tool={**descriptor, "kind": "prompt"})
+
+    async def resource_updated(self, procedure: str, uri: str) -> None:
+        """Tells the agents watching resource `uri` (served by `procedure`), on any node,
+        that it changed."""
+        await self.publish(f"$mcp.updated.{procedure}", uri)
+
     async def call(
         self,
         procedure: str,
@@ -392,6 +421,9 @@ async def connect(
 
 __all__ = [
     "DEFAULT_URL",
+    "INVALID_ARGUMENTS",
+    "MCP_RESULT_TYPE",
+    "NOT_FOUND",
     "AuthError",
     "BufferFull",
     "Busy",

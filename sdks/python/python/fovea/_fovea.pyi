@@ -102,6 +102,10 @@ class Request:
     @property
     def headers(self) -> dict[str, str]: ...
     @property
+    def mcp_method(self) -> str | None:
+        """`resources/read`, `prompts/get` or `completion/complete` for a resource, template
+        or prompt; None for a tool call or a plain call."""
+    @property
     def remaining(self) -> float:
         """Seconds left until the caller's deadline (0 once it passed)."""
     @property
