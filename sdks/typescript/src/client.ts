@@ -471,6 +471,15 @@ export class Request {
     await this.client.sendChunks(this.reqId, DataFlags.Answer, toBytes(data), this.answerCredit);
   }
 
+  /**
+   * The MCP method this request serves for a resource, template or prompt
+   * (`resources/read`, `prompts/get`, `completion/complete`); undefined for a tool call
+   * or a plain call. The payload is then the method's params (JSON).
+   */
+  get mcpMethod(): string | undefined {
+    return this.headers["mcp-method"];
+  }
+
   text(): string {
     return decoder.decode(this.payload);
   }
@@ -541,6 +550,31 @@ export interface ToolDescriptor {
   title?: string;
   annotations?: unknown;
 }
+
+/**
+ * A resource's descriptor (docs/PROTOCOL.md §4.6): `uri`, or an RFC 6570 `uriTemplate`
+ * for every URI it matches.
+ */
+export interface ResourceDescriptor {
+  uri?: string;
+  uriTemplate?: string;
+  name?: string;
+  title?: string;
+  description?: string;
+  mimeType?: string;
+  size?: number;
+  annotations?: unknown;
+}
+
+/** A prompt's descriptor (docs/PROTOCOL.md §4.6). */
+export interface PromptDescriptor {
+  description: string;
+  title?: string;
+  arguments?: { name: string; title?: string; description?: string; required?: boolean }[];
+}
+
+/** The content type of an answer that is a whole MCP result (docs/PROTOCOL.md §4.6). */
+export const MCP_RESULT_TYPE = "application/mcp-result+json";
 
 interface PendingAck {
   resolve: () => void;
@@ -976,9 +1010,37 @@ export class Client {
 
   /** Offers `procedure`; with `tool`, AI agents see it as a tool. */
   async register(procedure: string, opts: { tool?: ToolDescriptor } = {}): Promise<Registration> {
+    return this.registerDescribed(procedure, opts.tool);
+  }
+
+  /**
+   * Offers `procedure` as an MCP resource (or template, with `uriTemplate`) for agents on
+   * any node: each read is a request whose `mcpMethod` is `resources/read`, with the
+   * params `{uri, variables}` as JSON payload. Answer with the content, or
+   * `fail(message, Code.NotFound)`.
+   */
+  async registerResource(procedure: string, resource: ResourceDescriptor): Promise<Registration> {
+    return this.registerDescribed(procedure, { ...resource, kind: resource.uriTemplate ? "resourceTemplate" : "resource" });
+  }
+
+  /**
+   * Offers `procedure` as an MCP prompt (named like a tool): each `prompts/get` is a
+   * request with `{name, arguments}`; answer with its text. `completion/complete` requests
+   * are answered with a JSON array of strings.
+   */
+  async registerPrompt(procedure: string, prompt: PromptDescriptor): Promise<Registration> {
+    return this.registerDescribed(procedure, { ...prompt, kind: "prompt" });
+  }
+
+  /** Tells the agents watching resource `uri` (served by `procedure`), on any node, that it changed. */
+  async resourceUpdated(procedure: string, uri: string): Promise<void> {
+    await this.publish(`$mcp.updated.${procedure}`, uri);
+  }
+
+  private async registerDescribed(procedure: string, descriptor: object | undefined): Promise<Registration> {
     this.check();
     const rid = this.nextId++;
-    const tool = opts.tool ? toBytes(JSON.stringify(opts.tool)) : undefined;
+    const tool = descriptor ? toBytes(JSON.stringify(descriptor)) : undefined;
     const reg = new Registration(this, rid, procedure, tool, this.opts.maxPending ?? 65536);
     this.regs.set(rid, reg);
     await this.acked(rid, regFrame(rid, procedure, tool));

@@ -34,7 +34,7 @@ export const enum Kind {
 }
 
 /** The protocol version this SDK speaks. */
-export const VERSION = 6;
+export const VERSION = 7;
 
 /** `CALL`/`REQUEST` flags (v5, docs/PROTOCOL.md §4.4). */
 export const CallFlags = { StreamRequest: 1, StreamAnswer: 2, Idempotent: 4 } as const;

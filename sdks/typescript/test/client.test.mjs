@@ -5,6 +5,7 @@ import { after, before, describe, test } from "node:test";
 
 import {
   AuthError,
+  Code,
   ConnectError,
   NoProviderError,
   ProviderDisconnectedError,
@@ -245,4 +246,46 @@ token_sha256 = "27042f4e6eca7d0b2a7ee4026df2ecfa51d3339e6d122aa099118ecd8563bad9
   await node.stop();
   await assert.rejects(connect(node.ws, { connectTimeout: 2000 }), ConnectError);
   await assert.rejects(connect("quic://127.0.0.1:4433"), ConnectError);
+});
+
+test("a resource and a prompt served from TypeScript reach an MCP agent", async () => {
+  const node = await startNode({ args: ["--mcp", "127.0.0.1:0"] });
+  const endpoint = node.ready.match(/mcp (http:\/\/[^ ,)]+)/)[1];
+  const ts = await connect(node.ws);
+  const pages = await ts.registerResource("ts.pages", { uriTemplate: "ts://pages/{n}", mimeType: "text/plain" });
+  const hello = await ts.registerPrompt("ts.hello", { description: "Greets.", arguments: [{ name: "who", required: true }] });
+  (async () => {
+    for await (const req of pages) {
+      assert.equal(req.mcpMethod, "resources/read");
+      const n = req.json().variables.n;
+      if (n === "0") req.fail("no page 0", Code.NotFound);
+      else req.respond(`page ${n}`);
+    }
+  })();
+  (async () => {
+    for await (const req of hello) req.respond(`Say hello to ${req.json().arguments.who}.`);
+  })();
+  const meta = { "io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {} };
+  const ask = async (method, name, params) => {
+    const res = await fetch(endpoint, {
+      method: "POST",
+      headers: {
+        "content-type": "application/json",
+        accept: "application/json, text/event-stream",
+        "mcp-protocol-version": "2026-07-28",
+        "mcp-method": method,
+        "mcp-name": name,
+      },
+      body: JSON.stringify({ jsonrpc: "2.0", id: 1, method, params: { ...params, _meta: meta } }),
+    });
+    return res.json();
+  };
+  const read = await ask("resources/read", "ts://pages/4", { uri: "ts://pages/4" });
+  assert.equal(read.result.contents[0].text, "page 4", JSON.stringify(read));
+  const missing = await ask("resources/read", "ts://pages/0", { uri: "ts://pages/0" });
+  assert.equal(missing.error.code, -32602, JSON.stringify(missing));
+  const prompt = await ask("prompts/get", "ts__hello", { name: "ts__hello", arguments: { who: "Ada" } });
+  assert.equal(prompt.result.messages[0].content.text, "Say hello to Ada.", JSON.stringify(prompt));
+  await ts.close();
+  await node.stop();
 });
