@@ -595,57 +595,39 @@ async fn upstream_entries(
             }
         }
     }
+    // A prompt, resource or template: its descriptor, or why it is refused.
+    let mut add = |key: String, procedure: String, described: Result<Value, String>, target: Target| match described {
+        Ok(d) => {
+            let hash = entry_hash(&d);
+            out.push((key, procedure, d, hash, target));
+        }
+        Err(why) => {
+            refused.insert(key, why);
+        }
+    };
     if caps.prompts.is_some() {
         for prompt in upstream.list_all_prompts().await.context("listing the upstream's prompts")? {
             let name = prompt.name.clone();
-            let key = format!("prompt:{name}");
             let procedure = format!("{}.{name}", args.name);
-            let why = if tool_names.contains(&name) {
+            let described = if tool_names.contains(&name) {
                 Err("a tool of the same name is attached: prompts and tools share the NAME.<name> procedures".into())
             } else if name.starts_with('$') || fovea_client::Procedure::new(&procedure).is_err() {
                 Err("its name cannot be a procedure name".into())
             } else {
                 descriptor_of_entry(Kind::Prompt, &prompt)
             };
-            match why {
-                Ok(d) => {
-                    let hash = entry_hash(&d);
-                    out.push((key, procedure, d, hash, Target::Prompt(name)));
-                }
-                Err(why) => {
-                    refused.insert(key, why);
-                }
-            }
+            add(format!("prompt:{name}"), procedure, described, Target::Prompt(name));
         }
     }
     if caps.resources.is_some() {
-        let resources = upstream.list_all_resources().await.context("listing the upstream's resources")?;
-        for r in &resources {
-            let key = format!("resource:{}", r.uri);
+        for r in upstream.list_all_resources().await.context("listing the upstream's resources")? {
             let procedure = format!("{}.resources.{}", args.name, uri_key(&r.uri));
-            match descriptor_of_entry(Kind::Resource, r) {
-                Ok(d) => {
-                    let hash = entry_hash(&d);
-                    out.push((key, procedure, d, hash, Target::Resource));
-                }
-                Err(why) => {
-                    refused.insert(key, why);
-                }
-            }
+            add(format!("resource:{}", r.uri), procedure, descriptor_of_entry(Kind::Resource, &r), Target::Resource);
         }
-        let templates = upstream.list_all_resource_templates().await.unwrap_or_default();
-        for t in &templates {
-            let key = format!("template:{}", t.uri_template);
+        for t in upstream.list_all_resource_templates().await.unwrap_or_default() {
             let procedure = format!("{}.templates.{}", args.name, uri_key(&t.uri_template));
-            match descriptor_of_entry(Kind::ResourceTemplate, t) {
-                Ok(d) => {
-                    let hash = entry_hash(&d);
-                    out.push((key, procedure, d, hash, Target::Resource));
-                }
-                Err(why) => {
-                    refused.insert(key, why);
-                }
-            }
+            let described = descriptor_of_entry(Kind::ResourceTemplate, &t);
+            add(format!("template:{}", t.uri_template), procedure, described, Target::Resource);
         }
     }
     Ok((out, refused))

@@ -254,6 +254,20 @@ fn rank(level: &rmcp::model::LoggingLevel) -> usize {
     tool::LOG_LEVELS.iter().position(|l| name.as_ref().and_then(Value::as_str) == Some(l)).unwrap_or(0)
 }
 
+/// One page of a list method's result (`ListToolsResult`, `ListResourcesResult`, …): the
+/// types share their shape but no trait.
+macro_rules! paged {
+    ($server:ident, $ty:ident, $kind:expr, $request:ident, $context:ident) => {{
+        let (items, next, hint) = $server.list($kind, $request, &$context).await?;
+        let mut result = $ty::with_all_items(items);
+        if hint {
+            result = result.with_ttl_ms(LIST_TTL_MS).with_cache_scope(CacheScope::Private);
+        }
+        result.next_cursor = next;
+        Ok(result)
+    }};
+}
+
 impl<S: CatalogSource> ServerHandler for McpServer<S> {
     fn get_info(&self) -> ServerConfig {
         server_config()
@@ -387,13 +401,7 @@ impl<S: CatalogSource> ServerHandler for McpServer<S> {
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
-        let (items, next, hint) = self.list(Kind::Tool, request, &context).await?;
-        let mut result = ListToolsResult::with_all_items(items);
-        if hint {
-            result = result.with_ttl_ms(LIST_TTL_MS).with_cache_scope(CacheScope::Private);
-        }
-        result.next_cursor = next;
-        Ok(result)
+        paged!(self, ListToolsResult, Kind::Tool, request, context)
     }
 
     async fn call_tool(
@@ -430,13 +438,7 @@ impl<S: CatalogSource> ServerHandler for McpServer<S> {
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
-        let (items, next, hint) = self.list(Kind::Resource, request, &context).await?;
-        let mut result = ListResourcesResult::with_all_items(items);
-        if hint {
-            result = result.with_ttl_ms(LIST_TTL_MS).with_cache_scope(CacheScope::Private);
-        }
-        result.next_cursor = next;
-        Ok(result)
+        paged!(self, ListResourcesResult, Kind::Resource, request, context)
     }
 
     async fn list_resource_templates(
@@ -444,13 +446,7 @@ impl<S: CatalogSource> ServerHandler for McpServer<S> {
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, McpError> {
-        let (items, next, hint) = self.list(Kind::ResourceTemplate, request, &context).await?;
-        let mut result = ListResourceTemplatesResult::with_all_items(items);
-        if hint {
-            result = result.with_ttl_ms(LIST_TTL_MS).with_cache_scope(CacheScope::Private);
-        }
-        result.next_cursor = next;
-        Ok(result)
+        paged!(self, ListResourceTemplatesResult, Kind::ResourceTemplate, request, context)
     }
 
     async fn list_prompts(
@@ -458,13 +454,7 @@ impl<S: CatalogSource> ServerHandler for McpServer<S> {
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, McpError> {
-        let (items, next, hint) = self.list(Kind::Prompt, request, &context).await?;
-        let mut result = ListPromptsResult::with_all_items(items);
-        if hint {
-            result = result.with_ttl_ms(LIST_TTL_MS).with_cache_scope(CacheScope::Private);
-        }
-        result.next_cursor = next;
-        Ok(result)
+        paged!(self, ListPromptsResult, Kind::Prompt, request, context)
     }
 
     async fn read_resource(
