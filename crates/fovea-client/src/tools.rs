@@ -62,7 +62,7 @@ impl Client {
     /// and read it. Optional fields: `name`, `title`, `description`, `mimeType`, `size`,
     /// `annotations`, `icons`, `_meta`.
     ///
-    /// Each read is a request with the header `mcp-method: resources/read` ([`Request::mcp_method`])
+    /// Each read is a request with the header `mcp-method: resources/read` ([`crate::Request::mcp_method`])
     /// and the params `{"uri": …}` as payload (from a template, also `"variables"`: the
     /// values the URI gave the template's). Answer with the content (text or bytes, with a
     /// `content-type` header or the descriptor's `mimeType`), or a whole `ReadResourceResult`
