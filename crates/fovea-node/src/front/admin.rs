@@ -117,8 +117,10 @@ struct RealmRow {
     registrations: usize,
     /// Procedures provided on this node, with their provider counts (at most 500).
     procedures: Vec<(String, usize)>,
-    /// Tools of the realm, mesh-wide, with their descriptions (at most 500).
-    tools: Vec<(String, String)>,
+    /// The realm's MCP catalog, mesh-wide (at most 500): procedure, what agents read of it
+    /// (its description; a resource's URI or template first), and its kind (`tool`,
+    /// `resource`, `resourceTemplate`, `prompt`).
+    tools: Vec<(String, String, &'static str)>,
 }
 
 /// The realms, with what is subscribed and provided in each.
@@ -136,7 +138,14 @@ async fn realms(State(shared): State<Arc<Shared>>) -> Json<Vec<RealmRow>> {
                 c.entries_where(|_| true)
                     .into_iter()
                     .take(MAX_LISTED)
-                    .map(|(name, d)| (name.to_owned(), d.description().to_owned()))
+                    .map(|(name, d)| {
+                        let text = match d.uri().or(d.uri_template()) {
+                            Some(uri) if d.description().is_empty() => uri.to_owned(),
+                            Some(uri) => format!("{uri}: {}", d.description()),
+                            None => d.description().to_owned(),
+                        };
+                        (name.to_owned(), text, d.kind().as_str())
+                    })
                     .collect()
             }),
         })
