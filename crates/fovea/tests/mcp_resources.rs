@@ -319,3 +319,19 @@ async fn descriptors_are_checked_and_old_clients_see_only_tools() {
     }
     node.stop().await;
 }
+
+#[tokio::test]
+async fn each_list_change_is_announced_for_its_kind_only() {
+    let node = TestNode::start().await;
+    let service = node.client().await;
+    let mut agent = Agent::new(node.mcp);
+    agent.initialize().await;
+    let mut stream = agent.listen().await;
+    let _prompt = service.register_prompt("p.one", &json!({"description": "One."})).await.unwrap();
+    assert_eq!(stream.next().await["method"], "notifications/prompts/list_changed");
+    let _resource = service.register_resource("r.one", &json!({"uri": "r://one"})).await.unwrap();
+    assert_eq!(stream.next().await["method"], "notifications/resources/list_changed");
+    let _tool = service.register_tool("t.one", &json!({"description": "One."})).await.unwrap();
+    assert_eq!(stream.next().await["method"], "notifications/tools/list_changed");
+    node.stop().await;
+}

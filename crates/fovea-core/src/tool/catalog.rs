@@ -21,6 +21,8 @@ pub struct Catalog {
     by_uri: HashMap<String, BTreeSet<String>>,
     /// Procedures showing a resource template.
     templates: BTreeSet<String>,
+    /// Changes by kind ([`Kind::index`]), so a change of prompts announces prompts only.
+    kind_versions: [u64; 4],
 }
 
 impl Catalog {
@@ -97,6 +99,9 @@ impl Catalog {
     /// Keeps the URI and template indexes in step after what `procedure` shows changed
     /// from `before`.
     fn reindex(&mut self, procedure: &str, before: Option<&Descriptor>) {
+        if let Some(b) = before {
+            self.kind_versions[b.kind().index()] += 1;
+        }
         if let Some(uri) = before.and_then(Descriptor::uri) {
             if let Some(set) = self.by_uri.get_mut(uri) {
                 set.remove(procedure);
@@ -107,6 +112,7 @@ impl Catalog {
         }
         self.templates.remove(procedure);
         let Some(now) = self.tools.get(procedure).and_then(|v| v.first()).map(|(_, d)| d) else { return };
+        self.kind_versions[now.kind().index()] += 1;
         if let Some(uri) = now.uri() {
             self.by_uri.entry(uri.to_owned()).or_default().insert(procedure.to_owned());
         } else if now.kind() == Kind::ResourceTemplate {
@@ -156,6 +162,12 @@ impl Catalog {
             let values = Template::parse(d.uri_template()?)?.matches(uri)?;
             visible(p).then_some((p.as_str(), d, values))
         })
+    }
+
+    /// Counts changes of each kind (indexed by [`Kind::index`]): equal counts mean equal
+    /// lists of that kind.
+    pub fn kind_versions(&self) -> [u64; 4] {
+        self.kind_versions
     }
 
     /// Counts changes; equal versions mean an equal catalog.

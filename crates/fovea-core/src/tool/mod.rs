@@ -51,6 +51,11 @@ impl Kind {
         }
     }
 
+    /// 0 to 3, in declaration order: an index for per-kind tables.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     fn parse(s: &str) -> Option<Kind> {
         [Kind::Tool, Kind::Resource, Kind::ResourceTemplate, Kind::Prompt].into_iter().find(|k| k.as_str() == s)
     }

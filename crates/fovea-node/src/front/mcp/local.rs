@@ -241,6 +241,10 @@ impl CatalogSource for LocalCatalog {
         self.state.updates.watch(&id.realm, procedure)
     }
 
+    async fn kind_versions(&self, extensions: &Extensions) -> Option<[u64; 4]> {
+        admitted(extensions).ok().map(|id| id.realm.with_tools(|c| c.kind_versions()))
+    }
+
     fn realm(&self, extensions: &Extensions) -> String {
         admitted(extensions).map(|id| id.realm.name.clone()).unwrap_or_default()
     }

@@ -122,6 +122,12 @@ pub trait CatalogSource: Send + Sync + 'static {
         procedure: &str,
     ) -> impl Future<Output = Option<mpsc::Receiver<String>>> + Send;
 
+    /// Counts of the requester's catalog changes by kind ([`Kind::index`]), to announce
+    /// only the lists that changed; `None` (the default): every list is announced.
+    fn kind_versions(&self, _extensions: &Extensions) -> impl Future<Output = Option<[u64; 4]>> + Send {
+        std::future::ready(None)
+    }
+
     /// The realm calls are made in (for messages in results).
     fn realm(&self, extensions: &Extensions) -> String;
 
@@ -289,20 +295,23 @@ impl<S: CatalogSource> ServerHandler for McpServer<S> {
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
-        // A legacy session: tell it when the tools change, while it lasts.
+        // A legacy session: tell it when its lists change, while it lasts.
         let Some(mut rx) = self.source.watch(&context.extensions).await else { return };
-        let (peer, stop) = (context.peer.clone(), self.watching.clone());
+        let (peer, stop, source) = (context.peer.clone(), self.watching.clone(), self.source.clone());
+        let extensions = context.extensions.clone();
         tokio::spawn(async move {
+            let mut seen = source.kind_versions(&extensions).await;
             loop {
                 tokio::select! {
                     r = rx.changed() => if r.is_err() { return },
                     () = stop.cancelled() => return,
                 }
-                // Which kinds changed is not known here: each list is announced (an extra
-                // list_changed costs an agent one list request).
-                if peer.notify_tool_list_changed().await.is_err()
-                    || peer.notify_resource_list_changed().await.is_err()
-                    || peer.notify_prompt_list_changed().await.is_err()
+                let now = source.kind_versions(&extensions).await;
+                let [tools, resources, prompts] = changed_lists(seen, now);
+                seen = now;
+                if (tools && peer.notify_tool_list_changed().await.is_err())
+                    || (resources && peer.notify_resource_list_changed().await.is_err())
+                    || (prompts && peer.notify_prompt_list_changed().await.is_err())
                 {
                     return;
                 }
@@ -317,6 +326,7 @@ impl<S: CatalogSource> ServerHandler for McpServer<S> {
     async fn listen(&self, context: SubscriptionContext) -> Result<(), McpError> {
         let extensions = &context.request_context().extensions;
         let mut catalog = self.source.watch(extensions).await;
+        let mut seen = self.source.kind_versions(extensions).await;
         // Resource URIs the listener asked about: one feed of their updates.
         let (tx, mut updated) = mpsc::channel::<String>(16);
         let stop = CancellationToken::new();
@@ -340,10 +350,13 @@ impl<S: CatalogSource> ServerHandler for McpServer<S> {
             };
             tokio::select! {
                 ok = changed => if !ok { return Ok(()) } else {
+                    let now = self.source.kind_versions(extensions).await;
+                    let [tools, resources, prompts] = changed_lists(seen, now);
+                    seen = now;
                     let (accepted, sink) = (context.accepted(), context.sink());
-                    let failed = (accepted.tools_list_changed == Some(true) && sink.notify_tool_list_changed().await.is_err())
-                        || (accepted.resources_list_changed == Some(true) && sink.notify_resource_list_changed().await.is_err())
-                        || (accepted.prompts_list_changed == Some(true) && sink.notify_prompt_list_changed().await.is_err());
+                    let failed = (tools && accepted.tools_list_changed == Some(true) && sink.notify_tool_list_changed().await.is_err())
+                        || (resources && accepted.resources_list_changed == Some(true) && sink.notify_resource_list_changed().await.is_err())
+                        || (prompts && accepted.prompts_list_changed == Some(true) && sink.notify_prompt_list_changed().await.is_err());
                     if failed {
                         return Ok(());
                     }
@@ -533,6 +546,14 @@ impl<S: CatalogSource> ServerHandler for McpServer<S> {
 /// How long a 2026-07-28 agent may keep a list: it depends on the caller's permissions
 /// (private), and list_changed announces changes, so a second of freshness is safe.
 const LIST_TTL_MS: u64 = 1000;
+
+/// Which lists (tools, resources with their templates, prompts) changed between two counts
+/// by kind; all of them when either is unknown.
+fn changed_lists(before: Option<[u64; 4]>, now: Option<[u64; 4]>) -> [bool; 3] {
+    let (Some(b), Some(n)) = (before, now) else { return [true; 3] };
+    let moved = |k: Kind| b[k.index()] != n[k.index()];
+    [moved(Kind::Tool), moved(Kind::Resource) || moved(Kind::ResourceTemplate), moved(Kind::Prompt)]
+}
 
 /// Passes on each update of `uri` from `feed` (which carries every URI updated under its
 /// procedure) with `notify`, until `stop`, the feed's end, or `notify` failing.
