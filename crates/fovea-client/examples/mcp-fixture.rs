@@ -72,6 +72,25 @@ async fn handle(client: Client, name: &'static str, mut reg: Registration) {
                 req.respond("Progress completed");
             }
             "test_error_handling" => req.fail("This tool intentionally returns an error for testing"),
+            // Questions to the agent, asked through the call (protocol 8).
+            "test_elicitation" | "test_elicitation_sep1034_defaults" | "test_elicitation_sep1330_enums" => {
+                let args: Value = serde_json::from_slice(&req.payload).unwrap_or_default();
+                let params = elicitation(name, args["message"].as_str().unwrap_or("Please answer"));
+                match req.ask("elicitation/create", params).await {
+                    Ok(r) if name == "test_elicitation" => req.respond(format!("User response: {r}")),
+                    Ok(r) => req.respond(format!("Elicitation completed: action={}, content={}", r["action"], r["content"])),
+                    Err(e) => req.fail(&e.to_string()),
+                }
+            }
+            "test_sampling" => {
+                let args: Value = serde_json::from_slice(&req.payload).unwrap_or_default();
+                let prompt = args["prompt"].as_str().unwrap_or_default();
+                let params = json!({"messages": [{"role": "user", "content": {"type": "text", "text": prompt}}], "maxTokens": 100});
+                match req.ask("sampling/createMessage", params).await {
+                    Ok(r) => req.respond(format!("LLM response: {}", r["content"]["text"].as_str().unwrap_or_default())),
+                    Err(e) => req.fail(&e.to_string()),
+                }
+            }
             "test_streaming_elicitation" => {
                 req.notify(&Notice::Progress { progress: 1.0, total: Some(1.0), message: Some("working".into()) });
                 req.respond("streamed");
@@ -106,6 +125,34 @@ async fn handle(client: Client, name: &'static str, mut reg: Registration) {
             _ => req.respond("ok"),
         }
     }
+}
+
+/// The `elicitation/create` params of the suite's elicitation tools.
+fn elicitation(tool: &str, message: &str) -> Value {
+    let schema = match tool {
+        "test_elicitation_sep1034_defaults" => json!({"type": "object", "properties": {
+            "name": {"type": "string", "default": "John Doe"},
+            "age": {"type": "integer", "default": 30},
+            "score": {"type": "number", "default": 95.5},
+            "status": {"type": "string", "enum": ["active", "inactive", "pending"], "default": "active"},
+            "verified": {"type": "boolean", "default": true}}}),
+        "test_elicitation_sep1330_enums" => json!({"type": "object", "properties": {
+            "untitledSingle": {"type": "string", "enum": ["option1", "option2", "option3"]},
+            "titledSingle": {"type": "string", "oneOf": [
+                {"const": "value1", "title": "First Option"}, {"const": "value2", "title": "Second Option"},
+                {"const": "value3", "title": "Third Option"}]},
+            "legacyEnum": {"type": "string", "enum": ["opt1", "opt2", "opt3"],
+                           "enumNames": ["Option One", "Option Two", "Option Three"]},
+            "untitledMulti": {"type": "array", "items": {"type": "string", "enum": ["option1", "option2", "option3"]}},
+            "titledMulti": {"type": "array", "items": {"anyOf": [
+                {"const": "value1", "title": "First Choice"}, {"const": "value2", "title": "Second Choice"},
+                {"const": "value3", "title": "Third Choice"}]}}}}),
+        _ => json!({"type": "object", "properties": {
+            "username": {"type": "string", "description": "User's response"},
+            "email": {"type": "string", "description": "User's email address"}},
+            "required": ["username", "email"]}),
+    };
+    json!({"message": message, "requestedSchema": schema})
 }
 
 /// Serves one resource, template or prompt of the suite.
@@ -225,6 +272,12 @@ fn tools() -> Vec<(&'static str, Value)> {
         ("test_streaming_elicitation", plain("Streams notices before its result (2026 diagnostics)")),
         ("test_trigger_tool_change", plain("Adds or removes a tool, changing the tool list")),
         ("test_trigger_prompt_change", plain("Adds or removes a prompt, changing the prompt list")),
+        ("test_elicitation", json!({"description": "Asks the user through elicitation", "inputSchema": {
+            "type": "object", "properties": {"message": {"type": "string"}}, "required": ["message"]}})),
+        ("test_elicitation_sep1034_defaults", plain("Elicitation with default values (SEP-1034)")),
+        ("test_elicitation_sep1330_enums", plain("Elicitation with every enum form (SEP-1330)")),
+        ("test_sampling", json!({"description": "Asks the agent's model through sampling", "inputSchema": {
+            "type": "object", "properties": {"prompt": {"type": "string"}}, "required": ["prompt"]}})),
         (
             // SEP-2243: `region` also travels as the HTTP header `Mcp-Param-Region`.
             "test_header_param",

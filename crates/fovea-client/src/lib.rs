@@ -159,6 +159,10 @@ pub enum ClientError {
     /// A stream was written after its end, or the call does not stream that way.
     #[error("the stream has ended, or this call does not stream its request (open it with `open_call`)")]
     StreamEnded,
+    /// The caller of the request did not answer its question: its agent declined, or it
+    /// cannot ask one (a JSON-RPC code and message).
+    #[error("the question was not answered: {message} ({code})")]
+    NotAnswered { code: i64, message: String },
     /// The node speaks an older protocol version without this feature.
     #[error("the node speaks protocol version {node_version}; {what} need version {needed}: upgrade the node")]
     Unsupported { what: &'static str, node_version: u64, needed: u64 },
@@ -436,6 +440,9 @@ pub(crate) struct Inner {
     pub regs: Mutex<IdMap<rpc::RegEntry>>,
     /// Calls whose caller wants their notices (`call_with_notices`), by call id.
     pub notice_sinks: Mutex<IdMap<mpsc::Sender<tools::Notice>>>,
+    /// Questions this client's providers asked, by (request id, question id), waiting for
+    /// their answer (`Request::ask`).
+    pub questions: Mutex<HashMap<(u64, u64), oneshot::Sender<Result<serde_json::Value, (i64, String)>>>>,
     /// Requests this client is handling, by request id, with their cancellation token once the
     /// handler asks for it: set when the node abandons one. At most the node's
     /// `max_requests_in_flight` per registration.
@@ -614,6 +621,7 @@ impl Client {
             subs: Mutex::new(IdMap::default()),
             regs: Mutex::new(IdMap::default()),
             notice_sinks: Mutex::new(IdMap::default()),
+            questions: Mutex::new(HashMap::new()),
             serving: Mutex::new(IdMap::default()),
             call_streams: Mutex::new(IdMap::default()),
             request_streams: Mutex::new(IdMap::default()),

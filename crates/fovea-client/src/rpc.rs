@@ -302,6 +302,57 @@ impl Request {
         }
     }
 
+    /// Asks the caller's agent a question while handling this request (protocol 8): MCP's
+    /// `elicitation/create` (a form for the user), `sampling/createMessage` (a completion
+    /// from the agent's model) or `roots/list`, with its `params`. An MCP agent on any node
+    /// answers (the node that serves it asks it in the agent's protocol era); the answer
+    /// is the MCP result. Waits until then, or the request's deadline.
+    ///
+    /// # Errors
+    /// [`ClientError::NotAnswered`] when the caller declined or cannot ask (a plain SDK
+    /// caller, an agent without that capability), [`ClientError::Cancelled`] when the
+    /// request ends first, [`ClientError::PayloadTooLarge`] for a question over the 16 KiB
+    /// a `NOTICE` carries, [`ClientError::Unsupported`] below protocol 8.
+    pub async fn ask(&self, method: &str, params: serde_json::Value) -> Result<serde_json::Value, ClientError> {
+        let node = lock(&self.inner.info).as_ref().map_or(u64::MAX, |i| i.version);
+        if node < fovea_core::frame::VERSION_QUESTIONS {
+            let needed = fovea_core::frame::VERSION_QUESTIONS;
+            return Err(ClientError::Unsupported { what: "questions to the agent", node_version: node, needed });
+        }
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (kind, body) = crate::Notice::Question { id, method: method.to_owned(), params }.to_wire();
+        if body.len() > fovea_core::frame::MAX_NOTICE_LEN {
+            return Err(ClientError::PayloadTooLarge { size: body.len(), max: fovea_core::frame::MAX_NOTICE_LEN });
+        }
+        let (tx, rx) = oneshot::channel();
+        lock(&self.inner.questions).insert((self.req_id, id), tx);
+        /// Forgets the question however the wait ends.
+        struct Forget<'a>(&'a Inner, u64, u64);
+        impl Drop for Forget<'_> {
+            fn drop(&mut self) {
+                lock(&self.0.questions).remove(&(self.1, self.2));
+            }
+        }
+        let _forget = Forget(&self.inner, self.req_id, id);
+        {
+            let mut out = lock(&self.inner.out);
+            if !out.connected || self.inner.session.load(Ordering::Relaxed) != self.session {
+                return Err(ClientError::Cancelled);
+            }
+            out.buf.push_frame(&Frame::Notice(fovea_core::frame::Notice { id: self.req_id, kind, body }));
+        }
+        self.inner.wake.notify_one();
+        tokio::select! {
+            answer = rx => match answer {
+                Ok(Ok(result)) => Ok(result),
+                Ok(Err((code, message))) => Err(ClientError::NotAnswered { code, message }),
+                Err(_) => Err(ClientError::Cancelled),
+            },
+            () = tokio::time::sleep_until(self.deadline) => Err(ClientError::Cancelled),
+            () = self.cancelled() => Err(ClientError::Cancelled),
+        }
+    }
+
     /// Answers with `payload`.
     pub fn respond(self, payload: impl Into<Bytes>) {
         self.respond_with_headers(Headers::new(), payload)

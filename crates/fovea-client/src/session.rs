@@ -514,12 +514,33 @@ async fn handle(inner: &Arc<Inner>, frame: Frame, pending: &mut Pending) -> Resu
             }
         }
         frame @ (Frame::Data(_) | Frame::Credit(_)) => crate::stream::on_frame(inner, frame),
-        Frame::Notice(n) => {
-            let sink = lock(&inner.notice_sinks).get(&n.id).cloned();
-            if let (Some(sink), Some(notice)) = (sink, crate::Notice::from_wire(n.kind, &n.body)) {
-                let _ = sink.try_send(notice);
+        Frame::Notice(n) => match crate::Notice::from_wire(n.kind, &n.body) {
+            // The answer to a question one of our providers asked (on its request id).
+            Some(crate::Notice::Reply { id, result }) => {
+                if let Some(tx) = lock(&inner.questions).remove(&(n.id, id)) {
+                    let _ = tx.send(result);
+                }
             }
-        }
+            // A question from the provider of one of our calls: this SDK has no agent to
+            // ask, so it declines at once rather than leave the provider waiting.
+            Some(crate::Notice::Question { id, .. }) => {
+                let result = Err((-32601, "this caller cannot answer questions (it has no agent to ask)".to_owned()));
+                let (kind, body) = crate::Notice::Reply { id, result }.to_wire();
+                let mut out = lock(&inner.out);
+                if out.connected {
+                    out.buf.push_frame(&Frame::Notice(fovea_core::frame::Notice { id: n.id, kind, body }));
+                    drop(out);
+                    inner.wake.notify_one();
+                }
+            }
+            Some(notice) => {
+                let sink = lock(&inner.notice_sinks).get(&n.id).cloned();
+                if let Some(sink) = sink {
+                    let _ = sink.try_send(notice);
+                }
+            }
+            None => {}
+        },
         Frame::ToolList(page) => {
             if let Some(tx) = lock(&inner.tool_queries).remove(&page.id) {
                 let _ = tx.send(page);

@@ -30,7 +30,7 @@ use crate::varint;
 /// `TOOLS_CHANGED`); version 5 streams: `CALL` and `REQUEST`'s `flags`, `DATA` and
 /// `CREDIT`; version 6 streamed messages: `PUB_STREAM`, `MSG_STREAM` and the `MESSAGE`
 /// and `CUT` flags of `DATA` and `CREDIT`.
-pub const VERSION: u64 = 7;
+pub const VERSION: u64 = 8;
 
 /// The first version with RPC frames and queue groups.
 pub const VERSION_RPC: u64 = 2;
@@ -51,6 +51,10 @@ pub const VERSION_MESSAGE_STREAMS: u64 = 6;
 /// First version whose catalog holds resources, resource templates and prompts beside
 /// tools (a descriptor's `kind`), with MCP methods served by calls (§4.6).
 pub const VERSION_MCP_KINDS: u64 = 7;
+
+/// First version whose providers ask the caller's agent questions through their calls
+/// (`NOTICE` kinds `QUESTION` and `REPLY`, §4.7).
+pub const VERSION_QUESTIONS: u64 = 8;
 
 /// Flags of `CALL` and `REQUEST` (v5): which directions of the call stream.
 pub mod call_flags {
@@ -438,6 +442,12 @@ pub mod notice {
     pub const PROGRESS: u64 = 1;
     /// `{"level": "debug"|…|"emergency", "logger"?: string, "data": any}`.
     pub const LOG: u64 = 2;
+    /// Provider → caller (v8): `{"id": number, "method": string, "params": object}`, a
+    /// question for the caller's agent.
+    pub const QUESTION: u64 = 3;
+    /// Caller → provider (v8), on the caller's call id: `{"id": number, "result": any}` or
+    /// `{"id": number, "error": {"code": number, "message": string}}`.
+    pub const REPLY: u64 = 4;
 }
 
 /// The codec's bound on a name a client sends (a topic, pattern, queue group, procedure,

@@ -79,6 +79,7 @@ impl CatalogSource for ClientCatalog {
         headers: Headers,
         payload: Bytes,
         notices: mpsc::Sender<Notice>,
+        _replies: mpsc::Receiver<Notice>,
     ) -> CallOutcome {
         let outcome = self.client.call_with_notices(procedure, &headers, payload, self.timeout, notices).await;
         match outcome {

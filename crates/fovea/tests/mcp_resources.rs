@@ -335,3 +335,74 @@ async fn each_list_change_is_announced_for_its_kind_only() {
     assert_eq!(stream.next().await["method"], "notifications/tools/list_changed");
     node.stop().await;
 }
+
+/// An agent with elicitation and roots, for questions from providers.
+#[derive(Clone)]
+struct Answers;
+
+impl ClientHandler for Answers {
+    fn get_info(&self) -> rmcp::model::ClientInfo {
+        let mut caps = rmcp::model::ClientCapabilities::default();
+        caps.elicitation = Some(Default::default());
+        let mut info = rmcp::model::ClientInfo::default();
+        info.capabilities = caps;
+        info
+    }
+
+    async fn create_elicitation(
+        &self,
+        request: rmcp::model::ElicitRequestParams,
+        _: rmcp::service::RequestContext<RoleClient>,
+    ) -> Result<rmcp::model::ElicitResult, rmcp::ErrorData> {
+        let asked = serde_json::to_value(&request).unwrap();
+        assert_eq!(asked["message"], "Which city?", "{asked}");
+        Ok(serde_json::from_value(json!({"action": "accept", "content": {"city": "Zürich"}})).unwrap())
+    }
+}
+
+/// A provider on one node asks the agent on another (elicitation, in a 2025-11-25 session):
+/// the question and its answer cross the mesh inside the call. Roots, which this agent did
+/// not declare, are declined at once.
+#[tokio::test]
+async fn a_provider_asks_the_agent_through_its_call_across_the_mesh() {
+    const SECRET: &str = "a mesh secret of some length";
+    let a = TestNode::start_mesh(SECRET, &[]).await;
+    let b = TestNode::start_mesh(SECRET, &[a.mesh_addr()]).await;
+    let service = a.client().await;
+    let mut reg = service.register_tool("weather.ask", &json!({"description": "Asks where."})).await.unwrap();
+    tokio::spawn(async move {
+        while let Some(req) = reg.next().await {
+            let schema = json!({"type": "object", "properties": {"city": {"type": "string"}}});
+            let answer =
+                req.ask("elicitation/create", json!({"message": "Which city?", "requestedSchema": schema})).await;
+            let roots = req.ask("roots/list", json!({})).await;
+            let declined = matches!(roots, Err(fovea_client::ClientError::NotAnswered { .. }));
+            match answer {
+                Ok(a) => req.respond(json!({"city": a["content"]["city"], "roots_declined": declined}).to_string()),
+                Err(e) => req.fail(&e.to_string()),
+            }
+        }
+    });
+    let on_b = b.client().await;
+    common::converges("B to list the tool", || {
+        let on_b = on_b.clone();
+        async move { on_b.tools().await.unwrap().len() == 1 }
+    })
+    .await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let transport = StreamableHttpClientTransport::from_uri(format!("http://{}/mcp", b.mcp));
+    let client = Answers.serve(transport).await.expect("MCP handshake over HTTP");
+    let mut call = rmcp::model::CallToolRequestParams::new("weather__ask");
+    call.arguments = Some(serde_json::Map::new());
+    let result = client.call_tool(call).await.unwrap();
+    assert_ne!(result.is_error, Some(true), "{result:?}");
+    assert_eq!(result.structured_content, Some(json!({"city": "Zürich", "roots_declined": true})));
+    client.cancel().await.unwrap();
+
+    // A plain SDK caller has no agent: the question is declined at once, not left waiting.
+    let plain = on_b.call("weather.ask", "{}", std::time::Duration::from_secs(10)).await;
+    let err = plain.unwrap_err().to_string();
+    assert!(err.contains("cannot answer questions"), "{err}");
+    b.stop().await;
+    a.stop().await;
+}

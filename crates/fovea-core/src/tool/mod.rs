@@ -540,7 +540,17 @@ pub enum Notice {
     Progress { progress: f64, total: Option<f64>, message: Option<String> },
     /// A log line: one of [`LOG_LEVELS`], an optional logger name, and any JSON data.
     Log { level: String, logger: Option<String>, data: Value },
+    /// A question for the caller's agent (v8), from the provider: MCP's
+    /// `elicitation/create`, `sampling/createMessage` or `roots/list` with its params.
+    /// `id` is the provider's, unique among its open questions on the call.
+    Question { id: u64, method: String, params: Value },
+    /// The answer to question `id` (v8), from the caller: the MCP result, or the error
+    /// (JSON-RPC code and message) its agent gave or the caller's front end met.
+    Reply { id: u64, result: Result<Value, (i64, String)> },
 }
+
+/// The MCP methods a provider may ask the caller's agent ([`Notice::Question`]).
+pub const QUESTION_METHODS: [&str; 3] = ["elicitation/create", "sampling/createMessage", "roots/list"];
 
 impl Notice {
     /// Parses a `NOTICE` body. `None` for an unknown kind or a malformed body: notices are
@@ -557,6 +567,23 @@ impl Notice {
             notice::LOG => {
                 let level = text("level").filter(|l| LOG_LEVELS.contains(&l.as_str()))?;
                 Some(Notice::Log { level, logger: text("logger"), data: v.get("data").cloned().unwrap_or(Value::Null) })
+            }
+            notice::QUESTION => Some(Notice::Question {
+                id: v.get("id")?.as_u64()?,
+                method: text("method").filter(|m| QUESTION_METHODS.contains(&m.as_str()))?,
+                params: v.get("params").cloned().unwrap_or_else(|| Value::Object(Map::new())),
+            }),
+            notice::REPLY => {
+                let id = v.get("id")?.as_u64()?;
+                let result = match (v.get("result"), v.get("error")) {
+                    (Some(r), None) => Ok(r.clone()),
+                    (None, Some(e)) => Err((
+                        e.get("code").and_then(Value::as_i64).unwrap_or(-32603),
+                        e.get("message").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                    )),
+                    _ => return None,
+                };
+                Some(Notice::Reply { id, result })
             }
             _ => None,
         }
@@ -585,8 +612,34 @@ impl Notice {
                 v.insert("data".into(), data.clone());
                 (notice::LOG, v)
             }
+            Notice::Question { id, method, params } => {
+                let mut v = Map::new();
+                v.insert("id".into(), (*id).into());
+                v.insert("method".into(), method.clone().into());
+                v.insert("params".into(), params.clone());
+                (notice::QUESTION, v)
+            }
+            Notice::Reply { id, result } => {
+                let mut v = Map::new();
+                v.insert("id".into(), (*id).into());
+                match result {
+                    Ok(r) => v.insert("result".into(), r.clone()),
+                    Err((code, message)) => v.insert("error".into(), json!({"code": code, "message": message})),
+                };
+                (notice::REPLY, v)
+            }
         };
         let mut body = serde_json::to_vec(&v).unwrap_or_default();
+        if body.len() > crate::frame::MAX_NOTICE_LEN && matches!(self, Notice::Reply { .. }) {
+            // An answer cut short would mean something else: it fails instead. (A question
+            // over the limit is refused before it is sent: `Request::ask`.)
+            let id = v.get("id").cloned().unwrap_or(Value::Null);
+            let error = json!({"code": -32603, "message": "the answer is over the 16 KiB a NOTICE carries"});
+            let mut v = Map::new();
+            v.insert("id".into(), id);
+            v.insert("error".into(), error);
+            return (notice::REPLY, Bytes::from(serde_json::to_vec(&v).unwrap_or_default()));
+        }
         if body.len() > crate::frame::MAX_NOTICE_LEN {
             // Too long for the wire: keep what a reader needs to know.
             v.retain(|k, _| k == "progress" || k == "total" || k == "level");

@@ -630,6 +630,15 @@ impl Handle {
         caller.pass_notice(Notice { id, kind, body })
     }
 
+    /// Caller side: a `NOTICE` for the provider of call `call_id` (v8: the answer to a
+    /// question it asked), passed on with the provider's request id. `false` when it was
+    /// dropped: no such call (answered, or late), or the provider's queue is full.
+    pub fn notify_provider(&self, call_id: u64, kind: u64, body: Bytes) -> bool {
+        let target = lock(&self.calls).map.get(&call_id).map(|c| (c.provider.clone(), c.req_id));
+        let Some((provider, req_id)) = target else { return false };
+        provider.out.send_bounded(&Frame::Notice(Notice { id: req_id, kind, body }))
+    }
+
     /// Caller side: the caller abandons `call_id`; the provider is told, nobody answers.
     pub fn cancel_call(&self, call_id: u64) {
         if let Some(c) = self.take_call(call_id) {

@@ -330,7 +330,15 @@ impl Mesh {
                 };
                 self.count_flow(flow);
             }
-            // Caller side: progress or a log line from the provider's node, for our caller.
+            // Provider side: the answer to a question our provider asked, from the caller's
+            // node (on the link's call id).
+            Frame::Notice(n) if n.kind == fovea_core::frame::notice::REPLY => {
+                if !link.handle.notify_provider(n.id, n.kind, n.body) {
+                    self.stats.notices_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            // Caller side: progress, a log line or a question from the provider's node, for
+            // our caller.
             Frame::Notice(n) => {
                 if !link.handle.forward_notice(n.id, n.kind, n.body) {
                     self.stats.notices_dropped.fetch_add(1, Ordering::Relaxed);

@@ -191,6 +191,7 @@ impl CatalogSource for LocalCatalog {
         headers: Headers,
         payload: Bytes,
         notices: mpsc::Sender<Notice>,
+        mut replies: mpsc::Receiver<Notice>,
     ) -> CallOutcome {
         let Ok(id) = admitted(extensions) else {
             return CallOutcome::failed(ErrorCode::InternalError, "request without credentials");
@@ -224,7 +225,17 @@ impl CatalogSource for LocalCatalog {
         router.stats.calls.fetch_add(1, Ordering::Relaxed);
         let mut rng = fovea_core::balance::Rng::new(router.seed ^ call_id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         route_call(router, &id.realm, &caller.handle, &mut rng, call, std::time::Instant::now(), Origin::Here);
-        let outcome = outcome.await;
+        tokio::pin!(outcome);
+        let outcome = loop {
+            tokio::select! {
+                o = &mut outcome => break o,
+                // The agent's answer to a question of the provider goes back on this call.
+                Some(reply) = replies.recv() => {
+                    let (kind, body) = reply.to_wire();
+                    caller.handle.notify_provider(call_id, kind, body);
+                }
+            }
+        };
         pending.done = true;
         match outcome {
             Ok(r) => CallOutcome { code: r.code, headers: r.headers, payload: r.payload },

@@ -99,8 +99,9 @@ pub trait CatalogSource: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<Found>, McpError>> + Send;
 
     /// Calls `procedure` with `headers` and `payload` (a tool's JSON arguments, or an MCP
-    /// method's params). Notices the provider sends go to `notices` before the outcome.
-    /// Dropping the future cancels the call at the provider.
+    /// method's params). Notices the provider sends (questions too) go to `notices` before
+    /// the outcome; the answers to its questions come from `replies` (each a
+    /// [`Notice::Reply`]). Dropping the future cancels the call at the provider.
     fn call(
         &self,
         extensions: &Extensions,
@@ -108,6 +109,7 @@ pub trait CatalogSource: Send + Sync + 'static {
         headers: Headers,
         payload: Bytes,
         notices: mpsc::Sender<Notice>,
+        replies: mpsc::Receiver<Notice>,
     ) -> impl Future<Output = CallOutcome> + Send;
 
     /// A watch whose value changes whenever the requester's catalog may have changed,
@@ -621,8 +623,10 @@ impl<S: CatalogSource> McpServer<S> {
     ) -> Option<CallOutcome> {
         // Room for a burst of notices; a full channel drops notices, never the outcome.
         let (tx, mut rx) = mpsc::channel(64);
-        let call = self.source.call(&context.extensions, procedure, headers, payload, tx);
+        let (reply, replies) = mpsc::channel(MAX_QUESTIONS_PER_CALL);
+        let call = self.source.call(&context.extensions, procedure, headers, payload, tx, replies);
         tokio::pin!(call);
+        let asking = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let progress_token = context.meta.get_progress_token();
         let modern = context.protocol_version().is_some_and(|v| !v.has_initialize());
         // MCP logging is deprecated by SEP-2577 but still part of both eras we serve.
@@ -631,7 +635,12 @@ impl<S: CatalogSource> McpServer<S> {
         let outcome = loop {
             tokio::select! {
                 outcome = &mut call => break outcome,
-                Some(notice) = rx.recv() => pass_on(context, &progress_token, modern, min_level.as_ref(), notice).await,
+                Some(notice) = rx.recv() => match notice {
+                    Notice::Question { id, method, params } => {
+                        ask_agent(context, modern, &asking, reply.clone(), id, method, params);
+                    }
+                    notice => pass_on(context, &progress_token, modern, min_level.as_ref(), notice).await,
+                },
                 // Dropping the call future cancels it at the node and the provider.
                 () = context.ct.cancelled() => return None,
             }
@@ -642,6 +651,66 @@ impl<S: CatalogSource> McpServer<S> {
         }
         Some(outcome)
     }
+}
+
+/// Most questions one call may have open with the agent at once; more are declined.
+pub const MAX_QUESTIONS_PER_CALL: usize = 16;
+
+/// Asks the agent a provider's question (in a task: the call's notices keep flowing) and
+/// sends its answer, or why there is none, to `reply`. A 2025-11-25 session is asked with
+/// a server-to-client request; 2026-07-28 agents are answered with input-required results,
+/// which this server does not produce yet, so their providers are told so.
+fn ask_agent(
+    context: &RequestContext<RoleServer>,
+    modern: bool,
+    asking: &Arc<std::sync::atomic::AtomicUsize>,
+    reply: mpsc::Sender<Notice>,
+    id: u64,
+    method: String,
+    params: Value,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let decline = |why: String| {
+        let _ = reply.try_send(Notice::Reply { id, result: Err((-32601, why)) });
+    };
+    if modern {
+        return decline(
+            "the agent speaks MCP 2026-07-28, whose questions (input-required results) this node does not ask yet"
+                .into(),
+        );
+    }
+    let capability = match method.as_str() {
+        "elicitation/create" => "elicitation",
+        "sampling/createMessage" => "sampling",
+        _ => "roots",
+    };
+    let declared = serde_json::to_value(context.client_capabilities().unwrap_or_default()).unwrap_or_default();
+    if declared.get(capability).is_none() {
+        return decline(format!("the agent did not declare the {capability} capability"));
+    }
+    if asking.fetch_add(1, Relaxed) >= MAX_QUESTIONS_PER_CALL {
+        asking.fetch_sub(1, Relaxed);
+        return decline(format!("{MAX_QUESTIONS_PER_CALL} questions of this call are already open"));
+    }
+    let request =
+        serde_json::from_value::<rmcp::model::ServerRequest>(serde_json::json!({"method": method, "params": params}));
+    let (peer, asking, ct) = (context.peer.clone(), asking.clone(), context.ct.clone());
+    tokio::spawn(async move {
+        let result = match request {
+            Err(e) => Err((-32602, format!("the provider's {method} params are not MCP: {e}"))),
+            Ok(request) => tokio::select! {
+                r = peer.send_request(request) => match r {
+                    Ok(answer) => Ok(serde_json::to_value(answer).unwrap_or_default()),
+                    Err(rmcp::ServiceError::McpError(e)) => Err((i64::from(e.code.0), e.message.into_owned())),
+                    Err(e) => Err((-32603, format!("the agent did not answer: {e}"))),
+                },
+                // The call ended (the agent cancelled it): nobody waits for the answer.
+                () = ct.cancelled() => Err((-32603, "the call was cancelled".to_owned())),
+            },
+        };
+        asking.fetch_sub(1, Relaxed);
+        let _ = reply.send(Notice::Reply { id, result }).await;
+    });
 }
 
 /// Passes one provider notice on to the agent: progress when the request carried a

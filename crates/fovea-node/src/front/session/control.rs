@@ -82,6 +82,13 @@ impl Session {
                 }
             }
             Frame::Cancel(call_id) => self.handle.cancel_call(call_id),
+            // An answer to a provider's question comes from the call's caller (a call id);
+            // every other notice from a provider (a request id).
+            Frame::Notice(n) if n.kind == fovea_core::frame::notice::REPLY => {
+                if !self.handle.notify_provider(n.id, n.kind, n.body) {
+                    self.shared.router.stats.notices_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             Frame::Notice(n) => {
                 if !self.handle.forward_notice(n.id, n.kind, n.body) {
                     self.shared.router.stats.notices_dropped.fetch_add(1, Ordering::Relaxed);
