@@ -415,6 +415,9 @@ impl Drop for Handle {
 }
 
 /// State shared between the handles and the connection driver.
+/// The answer to a provider's question: the MCP result, or a JSON-RPC code and message.
+pub(crate) type Answer = Result<serde_json::Value, (i64, String)>;
+
 pub(crate) struct Inner {
     pub url: NodeUrl,
     pub opts: ConnectOptions,
@@ -442,7 +445,7 @@ pub(crate) struct Inner {
     pub notice_sinks: Mutex<IdMap<mpsc::Sender<tools::Notice>>>,
     /// Questions this client's providers asked, by (request id, question id), waiting for
     /// their answer (`Request::ask`).
-    pub questions: Mutex<HashMap<(u64, u64), oneshot::Sender<Result<serde_json::Value, (i64, String)>>>>,
+    pub questions: Mutex<HashMap<(u64, u64), oneshot::Sender<Answer>>>,
     /// Requests this client is handling, by request id, with their cancellation token once the
     /// handler asks for it: set when the node abandons one. At most the node's
     /// `max_requests_in_flight` per registration.
