@@ -341,10 +341,10 @@ async fn each_list_change_is_announced_for_its_kind_only() {
 struct Answers;
 
 impl ClientHandler for Answers {
-    fn get_info(&self) -> rmcp::model::ClientInfo {
+    fn get_info(&self) -> rmcp::model::ClientConfig {
         let mut caps = rmcp::model::ClientCapabilities::default();
         caps.elicitation = Some(Default::default());
-        let mut info = rmcp::model::ClientInfo::default();
+        let mut info = rmcp::model::ClientConfig::default();
         info.capabilities = caps;
         info
     }
