@@ -78,7 +78,9 @@ async fn handle(client: Client, name: &'static str, mut reg: Registration) {
                 let params = elicitation(name, args["message"].as_str().unwrap_or("Please answer"));
                 match req.ask("elicitation/create", params).await {
                     Ok(r) if name == "test_elicitation" => req.respond(format!("User response: {r}")),
-                    Ok(r) => req.respond(format!("Elicitation completed: action={}, content={}", r["action"], r["content"])),
+                    Ok(r) => {
+                        req.respond(format!("Elicitation completed: action={}, content={}", r["action"], r["content"]))
+                    }
                     Err(e) => req.fail(&e.to_string()),
                 }
             }
@@ -87,7 +89,9 @@ async fn handle(client: Client, name: &'static str, mut reg: Registration) {
                 let prompt = args["prompt"].as_str().unwrap_or_default();
                 let params = json!({"messages": [{"role": "user", "content": {"type": "text", "text": prompt}}], "maxTokens": 100});
                 match req.ask("sampling/createMessage", params).await {
-                    Ok(r) => req.respond(format!("LLM response: {}", r["content"]["text"].as_str().unwrap_or_default())),
+                    Ok(r) => {
+                        req.respond(format!("LLM response: {}", r["content"]["text"].as_str().unwrap_or_default()))
+                    }
                     Err(e) => req.fail(&e.to_string()),
                 }
             }
@@ -272,12 +276,18 @@ fn tools() -> Vec<(&'static str, Value)> {
         ("test_streaming_elicitation", plain("Streams notices before its result (2026 diagnostics)")),
         ("test_trigger_tool_change", plain("Adds or removes a tool, changing the tool list")),
         ("test_trigger_prompt_change", plain("Adds or removes a prompt, changing the prompt list")),
-        ("test_elicitation", json!({"description": "Asks the user through elicitation", "inputSchema": {
-            "type": "object", "properties": {"message": {"type": "string"}}, "required": ["message"]}})),
+        (
+            "test_elicitation",
+            json!({"description": "Asks the user through elicitation", "inputSchema": {
+            "type": "object", "properties": {"message": {"type": "string"}}, "required": ["message"]}}),
+        ),
         ("test_elicitation_sep1034_defaults", plain("Elicitation with default values (SEP-1034)")),
         ("test_elicitation_sep1330_enums", plain("Elicitation with every enum form (SEP-1330)")),
-        ("test_sampling", json!({"description": "Asks the agent's model through sampling", "inputSchema": {
-            "type": "object", "properties": {"prompt": {"type": "string"}}, "required": ["prompt"]}})),
+        (
+            "test_sampling",
+            json!({"description": "Asks the agent's model through sampling", "inputSchema": {
+            "type": "object", "properties": {"prompt": {"type": "string"}}, "required": ["prompt"]}}),
+        ),
         (
             // SEP-2243: `region` also travels as the HTTP header `Mcp-Param-Region`.
             "test_header_param",

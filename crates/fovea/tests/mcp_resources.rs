@@ -398,6 +398,9 @@ async fn a_provider_asks_the_agent_through_its_call_across_the_mesh() {
     assert_ne!(result.is_error, Some(true), "{result:?}");
     assert_eq!(result.structured_content, Some(json!({"city": "Zürich", "roots_declined": true})));
     client.cancel().await.unwrap();
+    let m = |series: &'static str| common::http::metric(b.admin, series);
+    assert_eq!(m("fovea_mcp_questions_total{outcome=\"asked\"}").await, 1.0);
+    assert_eq!(m("fovea_mcp_questions_total{outcome=\"declined\"}").await, 1.0);
 
     // A plain SDK caller has no agent: the question is declined at once, not left waiting.
     let plain = on_b.call("weather.ask", "{}", std::time::Duration::from_secs(10)).await;

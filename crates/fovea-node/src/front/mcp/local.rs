@@ -268,6 +268,12 @@ impl CatalogSource for LocalCatalog {
         }
     }
 
+    fn counted_question(&self, declined: bool) {
+        let stats = &self.state.stats;
+        let counter = if declined { &stats.questions_declined } else { &stats.questions_asked };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn counted(&self, failed: bool) {
         self.state.stats.tool_calls.fetch_add(1, Ordering::Relaxed);
         if failed {

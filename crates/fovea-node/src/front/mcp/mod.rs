@@ -64,6 +64,10 @@ pub struct McpStats {
     pub method_calls: [AtomicU64; 3],
     /// Of those, the ones answered with a JSON-RPC error.
     pub method_errors: [AtomicU64; 3],
+    /// Providers' questions put to agents (elicitation, sampling, roots).
+    pub questions_asked: AtomicU64,
+    /// Providers' questions declined without asking (era, capability, bound per call).
+    pub questions_declined: AtomicU64,
 }
 
 /// Shared by every session and request of the endpoint.

@@ -146,6 +146,10 @@ pub trait CatalogSource: Send + Sync + 'static {
 
     /// A call serving `method` (past the lookup) ended, in an error or not (for counters).
     fn counted_method(&self, _method: Method, _failed: bool) {}
+
+    /// A provider's question was put to the agent, or declined without asking (for
+    /// counters).
+    fn counted_question(&self, _declined: bool) {}
 }
 
 /// The MCP server of one session (2025-11-25) or one request (2026-07-28) over `S`.
@@ -637,7 +641,8 @@ impl<S: CatalogSource> McpServer<S> {
                 outcome = &mut call => break outcome,
                 Some(notice) = rx.recv() => match notice {
                     Notice::Question { id, method, params } => {
-                        ask_agent(context, modern, &asking, reply.clone(), id, method, params);
+                        let asked = ask_agent(context, modern, &asking, reply.clone(), id, method, params);
+                        self.source.counted_question(!asked);
                     }
                     notice => pass_on(context, &progress_token, modern, min_level.as_ref(), notice).await,
                 },
@@ -659,7 +664,8 @@ pub const MAX_QUESTIONS_PER_CALL: usize = 16;
 /// Asks the agent a provider's question (in a task: the call's notices keep flowing) and
 /// sends its answer, or why there is none, to `reply`. A 2025-11-25 session is asked with
 /// a server-to-client request; 2026-07-28 agents are answered with input-required results,
-/// which this server does not produce yet, so their providers are told so.
+/// which this server does not produce yet, so their providers are told so. Returns whether
+/// the agent is asked (else the question was declined at once).
 fn ask_agent(
     context: &RequestContext<RoleServer>,
     modern: bool,
@@ -668,10 +674,11 @@ fn ask_agent(
     id: u64,
     method: String,
     params: Value,
-) {
+) -> bool {
     use std::sync::atomic::Ordering::Relaxed;
     let decline = |why: String| {
         let _ = reply.try_send(Notice::Reply { id, result: Err((-32601, why)) });
+        false
     };
     if modern {
         return decline(
@@ -711,6 +718,7 @@ fn ask_agent(
         asking.fetch_sub(1, Relaxed);
         let _ = reply.send(Notice::Reply { id, result }).await;
     });
+    true
 }
 
 /// Passes one provider notice on to the agent: progress when the request carried a
