@@ -34,6 +34,8 @@ pub(crate) enum Done {
     Chunk(Option<Bytes>),
     /// A call whose answer streams (boxed: it is several times the other variants).
     Stream(Box<fovea_client::CallStream>),
+    /// A JSON value, given to Python as `json.loads` makes it.
+    Json(String),
 }
 
 pub(crate) type Op = Pin<Box<dyn Future<Output = Result<Done, ClientError>> + Send>>;
@@ -144,6 +146,7 @@ impl Shared {
             Done::Chunk(Some(b)) => PyBytes::new(py, &b).into_any().unbind(),
             Done::Chunk(None) => py.None(),
             Done::Stream(s) => Py::new(py, feed::CallStream::new(*s, self.clone()))?.into_any(),
+            Done::Json(text) => py.import("json")?.call_method1("loads", (text,))?.unbind(),
         })
     }
 

@@ -357,6 +357,23 @@ impl Request {
         })
     }
 
+    /// A future that resolves with the agent's answer (the MCP result, as a dict) to a
+    /// question asked while handling this request: `method` is `elicitation/create`,
+    /// `sampling/createMessage` or `roots/list`, `params` its MCP params as JSON text.
+    fn ask(&self, py: Python<'_>, method: String, params: &str) -> PyResult<Py<PyAny>> {
+        let params: serde_json::Value = serde_json::from_str(params)
+            .map_err(|e| pyo3::exceptions::PyValueError::new_err(format!("params are not JSON: {e}")))?;
+        let slot = self.inner.clone();
+        let req = lock(&slot).take().ok_or_else(|| {
+            PyRuntimeError::new_err("this request was already answered, or a send or next_chunk on it is not finished")
+        })?;
+        self.shared.start_owned(py, async move {
+            let answer = req.ask(&method, params).await;
+            *lock(&slot) = Some(req);
+            answer.map(|v| Done::Json(v.to_string()))
+        })
+    }
+
     /// A future that resolves with the next chunk of a streamed request (after
     /// `payload`), or `None` at its end.
     fn next_chunk(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {

@@ -89,6 +89,7 @@ pub(crate) fn to_py_err(py: Python<'_>, e: ClientError) -> PyErr {
         ClientError::Unsupported { .. } => ("Unsupported", None),
         ClientError::Cancelled => ("Cancelled", None),
         ClientError::StreamEnded => ("StreamEnded", None),
+        ClientError::NotAnswered { .. } => ("NotAnswered", None),
         _ => ("FoveaError", None),
     };
     fovea_error(py, class, message, code)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
-from mcp.types import TextContent, TextResourceContents
+from mcp.types import ElicitRequestParams, ElicitResult, TextContent, TextResourceContents
 
 import fovea
 
@@ -116,5 +116,37 @@ def test_an_agent_reads_a_python_resource_and_gets_a_python_prompt(mcp_node: Nod
                 t.cancel()
             page.close()
             hello.close()
+
+    run(body)
+
+
+def test_a_python_provider_asks_the_agent() -> None:
+    """Elicitation from a Python provider, answered by the official MCP client (2025-11-25
+    sessions: the era that asks with server-to-client requests)."""
+
+    async def body() -> None:
+        node = start_node(mcp=True)
+        try:
+            async with await fovea.connect(node.quic, ca=node.cert) as c:
+                reg = await c.register("py.ask", tool={"description": "Asks a name."})
+
+                async def serve() -> None:
+                    async for req in reg:
+                        params = {"message": "Your name?", "requestedSchema": {"type": "object", "properties": {}}}
+                        answer = await req.ask("elicitation/create", json.dumps(params))
+                        req.respond(json.dumps({"name": answer["content"]["name"]}))
+
+                task = asyncio.create_task(serve())
+
+                async def on_elicit(context: object, params: ElicitRequestParams) -> ElicitResult:
+                    return ElicitResult(action="accept", content={"name": "Ada"})
+
+                async with Client(node.mcp, mode="legacy", elicitation_callback=on_elicit) as agent:
+                    result = await agent.call_tool("py__ask", {})
+                    assert result.structured_content == {"name": "Ada"}
+                task.cancel()
+                reg.close()
+        finally:
+            node.stop()
 
     run(body)

@@ -77,6 +77,11 @@ class StreamEnded(FoveaError, RuntimeError):
     """A stream was written after its end, or the call does not stream its request."""
 
 
+class NotAnswered(FoveaError):
+    """The caller's agent did not answer a question (`Request.ask`): it declined, or it
+    cannot be asked."""
+
+
 class Cancelled(FoveaError):
     """The call was abandoned while its stream was read or written: its caller cancelled
     it, its deadline passed, or the connection was lost."""

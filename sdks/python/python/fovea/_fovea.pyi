@@ -133,6 +133,10 @@ class Request:
         """Sends the next part of a streamed answer, once the caller has room."""
     def next_chunk(self) -> asyncio.Future[bytes | None]:
         """The next part of a streamed request, or None at its end."""
+    def ask(self, method: str, params: str) -> asyncio.Future[Any]:
+        """Asks the caller's agent (`elicitation/create`, `sampling/createMessage`,
+        `roots/list`; `params` as JSON text): resolves with its MCP result, or raises
+        NotAnswered."""
 
 @final
 class CallStream:
