@@ -409,3 +409,42 @@ async fn a_provider_asks_the_agent_through_its_call_across_the_mesh() {
     b.stop().await;
     a.stop().await;
 }
+
+/// A caller below protocol 8 cannot see a question: its node declines for it at once.
+#[tokio::test]
+async fn a_question_to_a_caller_below_version_8_is_declined_by_the_node() {
+    let node = TestNode::start().await;
+    let service = node.client().await;
+    let mut reg = service.register("q.ask").await.unwrap();
+    tokio::spawn(async move {
+        while let Some(req) = reg.next().await {
+            match req.ask("roots/list", json!({})).await {
+                Err(e) => req.fail(&e.to_string()),
+                Ok(_) => req.respond("answered?"),
+            }
+        }
+    });
+    let mut raw = common::RawClient::handshake_at(&node, 7).await;
+    let call = fovea_core::frame::Call {
+        call_id: 1,
+        procedure: Bytes::from_static(b"q.ask"),
+        timeout_ms: 30_000,
+        headers: fovea_core::Headers::new(),
+        payload: Bytes::new(),
+        flags: 0,
+    };
+    raw.send_frame(&Frame::Call(call)).await;
+    loop {
+        match raw.next_frame().await {
+            Some(Frame::Result(r)) => {
+                let text = String::from_utf8_lossy(&r.payload).into_owned();
+                assert!(text.contains("below 8"), "{text}");
+                break;
+            }
+            Some(Frame::Notice(_)) => panic!("a version 7 caller is sent no question"),
+            Some(_) => {}
+            None => panic!("the connection ended"),
+        }
+    }
+    node.stop().await;
+}

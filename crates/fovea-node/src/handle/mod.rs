@@ -627,6 +627,21 @@ impl Handle {
             }
         };
         let Some((caller, id)) = target else { return false };
+        // A caller below version 8 would skip the question and leave the provider waiting
+        // until the deadline: the node declines for it at once.
+        if kind == fovea_core::frame::notice::QUESTION
+            && caller.version < fovea_core::frame::VERSION_QUESTIONS
+            && caller.direct.is_none()
+        {
+            let Some(fovea_core::tool::Notice::Question { id: question, .. }) =
+                fovea_core::tool::Notice::from_wire(kind, &body)
+            else {
+                return false;
+            };
+            let why = "the caller speaks a protocol version without questions (below 8)".to_owned();
+            let (kind, body) = fovea_core::tool::Notice::Reply { id: question, result: Err((-32601, why)) }.to_wire();
+            return self.out.send_bounded(&Frame::Notice(Notice { id: req_id, kind, body }));
+        }
         caller.pass_notice(Notice { id, kind, body })
     }
 
