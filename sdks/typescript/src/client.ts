@@ -8,6 +8,7 @@ import {
   Encoder,
   INITIAL_CREDIT,
   Kind,
+  NoticeKind,
   VERSION,
   decodeFrame,
   toBytes,
@@ -21,6 +22,7 @@ import {
   ConnectError,
   DisconnectedError,
   FoveaError,
+  NotAnsweredError,
   RefusedError,
   TimeoutError,
   resultError,
@@ -517,6 +519,16 @@ export class Request {
     this.client.answer(this.reqId, Math.max(code, Code.ApplicationError), undefined, toBytes(message));
   }
 
+  /**
+   * Asks the caller's agent a question while handling this call (docs/PROTOCOL.md §4.7):
+   * `elicitation/create`, `sampling/createMessage` or `roots/list` with its MCP params.
+   * Resolves with the MCP result; rejects with `NotAnsweredError` when the caller declines
+   * or the call ends first.
+   */
+  ask(method: string, params: unknown = {}): Promise<unknown> {
+    return this.client.ask(this.reqId, method, params, this.signal);
+  }
+
   /** Reports progress to the caller (an MCP agent sees it as a progress notification). */
   notify(progress: { progress: number; total?: number; message?: string }): void {
     if (!this.answered) this.client.notice(this.reqId, 1, toBytes(JSON.stringify(progress)));
@@ -609,6 +621,8 @@ export class Client {
   private calls = new Map<number, PendingCall>();
   private pings = new Map<number, () => void>();
   private serving = new Map<number, Request>();
+  /** Questions our providers asked, by `${reqId}:${questionId}` (docs/PROTOCOL.md §4.7). */
+  private questions = new Map<string, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
   private streams = new Map<number, CallStream>();
   /** Streamed messages this client publishes, by its id (docs/PROTOCOL.md §4.5). */
   private publishing = new Map<number, PublishStream>();
@@ -670,6 +684,26 @@ export class Client {
 
   private handle(f: Frame): void {
     switch (f.kind) {
+      case Kind.Notice: {
+        let body: { id?: number; result?: unknown; error?: { code?: number; message?: string } };
+        try {
+          body = JSON.parse(decoder.decode(f.body));
+        } catch {
+          return;
+        }
+        if (f.noticeKind === NoticeKind.Reply) {
+          const key = `${f.id}:${body.id}`;
+          const q = this.questions.get(key);
+          this.questions.delete(key);
+          if (body.error) q?.reject(new NotAnsweredError(body.error.message ?? "declined", body.error.code ?? -32603));
+          else q?.resolve(body.result);
+        } else if (f.noticeKind === NoticeKind.Question) {
+          // This SDK has no agent to ask: decline at once rather than leave the provider waiting.
+          const reply = { id: body.id, error: { code: -32601, message: "this caller cannot answer questions (it has no agent to ask)" } };
+          this.send(new Encoder().varint(f.id).varint(NoticeKind.Reply).bytes(toBytes(JSON.stringify(reply))).frame(Kind.Notice));
+        }
+        break;
+      }
       case Kind.Welcome: {
         this.info = { node: f.node, version: f.version, connectionId: f.connectionId, maxPayload: f.maxPayload };
         this.state = "connected";
@@ -1177,6 +1211,25 @@ export class Client {
   answer(reqId: number, code: number, headers: Headers | undefined, payload: Uint8Array): void {
     if (!this.serving.delete(reqId)) return;
     this.send(new Encoder().varint(reqId).varint(code).headers(headers).bytes(payload).frame(Kind.Respond));
+  }
+
+  /** @internal */
+  ask(reqId: number, method: string, params: unknown, signal: AbortSignal): Promise<unknown> {
+    if (!this.serving.has(reqId)) return Promise.reject(new RefusedError("the request was already answered", Code.ApplicationError));
+    const id = this.nextId++;
+    const key = `${reqId}:${id}`;
+    return new Promise((resolve, reject) => {
+      const onAbort = () => {
+        this.questions.delete(key);
+        reject(new NotAnsweredError("the call ended before the agent answered", -32603));
+      };
+      signal.addEventListener("abort", onAbort, { once: true });
+      this.questions.set(key, {
+        resolve: (v) => (signal.removeEventListener("abort", onAbort), resolve(v)),
+        reject: (e) => (signal.removeEventListener("abort", onAbort), reject(e)),
+      });
+      this.notice(reqId, NoticeKind.Question, toBytes(JSON.stringify({ id, method, params })));
+    });
   }
 
   /** @internal */

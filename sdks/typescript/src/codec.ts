@@ -34,12 +34,15 @@ export const enum Kind {
 }
 
 /** The protocol version this SDK speaks. */
-export const VERSION = 7;
+export const VERSION = 8;
 
 /** `CALL`/`REQUEST` flags (v5, docs/PROTOCOL.md §4.4). */
 export const CallFlags = { StreamRequest: 1, StreamAnswer: 2, Idempotent: 4 } as const;
 /** `DATA`/`CREDIT` flags (v5; `Message` and `Cut` v6, docs/PROTOCOL.md §4.5). */
 export const DataFlags = { Answer: 1, End: 2, Message: 4, Cut: 8 } as const;
+
+/** `NOTICE` kinds (docs/PROTOCOL.md §4.2, §4.7). */
+export const NoticeKind = { Progress: 1, Log: 2, Question: 3, Reply: 4 } as const;
 /** Bytes an answer's sender may send before any `CREDIT`; a request starts with none. */
 export const INITIAL_CREDIT = 256 * 1024;
 /** The largest frame the protocol allows: 1 MiB + 32 KiB. */

@@ -61,6 +61,8 @@ export class ProviderDisconnectedError extends FoveaError {}
 export class RefusedError extends FoveaError {}
 /** The provider answered with an error of its own (code 0x1000 and up). */
 export class RemoteError extends FoveaError {}
+/** The caller's agent did not answer a question (`Request.ask`); `code` is its JSON-RPC code. */
+export class NotAnsweredError extends FoveaError {}
 
 /** The error a failed `RESULT` stands for. */
 export function resultError(code: number, message: string, procedure: string): FoveaError {

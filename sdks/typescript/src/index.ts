@@ -14,5 +14,6 @@ export {
   BusyError,
   ProviderDisconnectedError,
   RefusedError,
+  NotAnsweredError,
   RemoteError,
 } from "./errors.js";

@@ -8,6 +8,7 @@ import {
   Code,
   ConnectError,
   NoProviderError,
+  NotAnsweredError,
   ProviderDisconnectedError,
   RemoteError,
   TimeoutError,
@@ -286,6 +287,31 @@ test("a resource and a prompt served from TypeScript reach an MCP agent", async 
   assert.equal(missing.error.code, -32602, JSON.stringify(missing));
   const prompt = await ask("prompts/get", "ts__hello", { name: "ts__hello", arguments: { who: "Ada" } });
   assert.equal(prompt.result.messages[0].content.text, "Say hello to Ada.", JSON.stringify(prompt));
+  await ts.close();
+  await node.stop();
+});
+
+test("a question from a TypeScript provider is declined by a caller with no agent", async () => {
+  const node = await startNode();
+  const ts = await connect(node.ws);
+  const reg = await ts.register("ts.ask");
+  (async () => {
+    for await (const req of reg) {
+      try {
+        await req.ask("roots/list", {});
+        req.respond("answered?");
+      } catch (e) {
+        assert.ok(e instanceof NotAnsweredError, String(e));
+        req.fail(`not answered: ${e.message}`);
+      }
+    }
+  })();
+  // A TypeScript caller declines too (it has no agent).
+  const caller = await connect(node.ws);
+  await assert.rejects(caller.call("ts.ask", "", { timeout: 10000 }), /cannot answer questions/);
+  // And so does the Rust CLI.
+  await assert.rejects(cli(["call", "ts.ask", "", "--url", node.quic, "--ca", node.cert]), /cannot answer questions/);
+  await caller.close();
   await ts.close();
   await node.stop();
 });
