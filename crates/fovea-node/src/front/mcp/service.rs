@@ -70,6 +70,9 @@ pub fn find_in(catalog: &Catalog, lookup: Lookup<'_>, mut visible: impl FnMut(&s
         |(p, d): (&str, &Descriptor)| Found { procedure: p.to_owned(), descriptor: d.clone(), variables: vec![] };
     match lookup {
         Lookup::Named(kind, name) => catalog.named(kind, name, visible).map(found),
+        // No resource has a longer URI, and matching one against every template is work a
+        // hostile agent should not get to multiply.
+        Lookup::Uri(uri) if uri.len() > tool::MAX_URI_LEN => None,
         Lookup::Uri(uri) => catalog.resource(uri, &mut visible).map(found).or_else(|| {
             let (p, d, variables) = catalog.template_for(uri, visible)?;
             Some(Found { procedure: p.to_owned(), descriptor: d.clone(), variables })
