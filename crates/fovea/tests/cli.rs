@@ -821,13 +821,19 @@ fn mcp_post(endpoint: &str, method: &str, name: &str, params: serde_json::Value)
         .unwrap_or_else(|| panic!("no JSON-RPC answer in {raw}"))
 }
 
-#[test]
-fn any_script_becomes_an_ai_tool() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_node, line) = spawn_node(dir.path(), &["--mcp", "127.0.0.1:0"]);
+/// A node with an MCP endpoint in `dir`: the process, its QUIC URL and its MCP endpoint.
+fn spawn_mcp_node(dir: &Path) -> (Proc, String, String) {
+    let (node, line) = spawn_node(dir, &["--mcp", "127.0.0.1:0"]);
     let url = line.split_whitespace().find(|w| w.starts_with("quic://")).unwrap().to_owned();
     let endpoint = line.split_whitespace().find(|w| w.starts_with("http://") && w.contains("/mcp")).unwrap();
     let endpoint = endpoint.trim_end_matches([')', ',']).to_owned();
+    (node, url, endpoint)
+}
+
+#[test]
+fn any_script_becomes_an_ai_tool() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, url, endpoint) = spawn_mcp_node(dir.path());
     let ca = dir.path().join("node.crt");
     let schema = r#"{"type":"object","properties":{"who":{"type":"string"}},"required":["who"]}"#;
     let _greet = start_serve(
@@ -905,10 +911,7 @@ fn any_script_becomes_an_ai_tool() {
 #[test]
 fn any_command_serves_a_resource_or_a_prompt() {
     let dir = tempfile::tempdir().unwrap();
-    let (_node, line) = spawn_node(dir.path(), &["--mcp", "127.0.0.1:0"]);
-    let url = line.split_whitespace().find(|w| w.starts_with("quic://")).unwrap().to_owned();
-    let endpoint = line.split_whitespace().find(|w| w.starts_with("http://") && w.contains("/mcp")).unwrap();
-    let endpoint = endpoint.trim_end_matches([')', ',']).to_owned();
+    let (_node, url, endpoint) = spawn_mcp_node(dir.path());
     let ca = dir.path().join("node.crt");
     let _readme = start_serve(
         &[
