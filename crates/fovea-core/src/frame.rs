@@ -1575,6 +1575,22 @@ mod tests {
                 Frame::Notice(Notice { id: 5, kind: notice::PROGRESS, body: Bytes::from_static(br#"{"progress":1}"#) }),
                 "12 28 05 01 0e 7b 22 70 72 6f 67 72 65 73 73 22 3a 31 7d",
             ),
+            (
+                Frame::Notice(Notice {
+                    id: 5,
+                    kind: notice::QUESTION,
+                    body: Bytes::from_static(br#"{"id":1,"method":"roots/list","params":{}}"#),
+                }),
+                "2e 28 05 03 2a 7b 22 69 64 22 3a 31 2c 22 6d 65 74 68 6f 64 22 3a 22 72 6f 6f 74 73 2f 6c 69 73 74 22 2c 22 70 61 72 61 6d 73 22 3a 7b 7d 7d",
+            ),
+            (
+                Frame::Notice(Notice {
+                    id: 9,
+                    kind: notice::REPLY,
+                    body: Bytes::from_static(br#"{"id":1,"result":{"roots":[]}}"#),
+                }),
+                "22 28 09 04 1e 7b 22 69 64 22 3a 31 2c 22 72 65 73 75 6c 74 22 3a 7b 22 72 6f 6f 74 73 22 3a 5b 5d 7d 7d",
+            ),
             (Frame::Tools(ToolsQuery { id: 1, cursor: Bytes::new(), watch: 1 }), "04 29 01 00 01"),
             (
                 Frame::ToolList(ToolList { id: 1, next: Bytes::new(), tools: Bytes::from_static(b"[]") }),

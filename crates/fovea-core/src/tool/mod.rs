@@ -741,6 +741,26 @@ mod tests {
     }
 
     #[test]
+    fn questions_and_replies_round_trip() {
+        let q = Notice::Question { id: 1, method: "roots/list".into(), params: json!({}) };
+        let (kind, body) = q.to_wire();
+        assert_eq!((kind, &body[..]), (notice::QUESTION, &br#"{"id":1,"method":"roots/list","params":{}}"#[..]));
+        assert_eq!(Notice::from_wire(kind, &body), Some(q));
+        let bad = br#"{"id":1,"method":"tools/call","params":{}}"#;
+        assert_eq!(Notice::from_wire(notice::QUESTION, bad), None, "only the three methods are questions");
+        for r in [Ok(json!({"roots": []})), Err((-32601, "no".to_owned()))] {
+            let reply = Notice::Reply { id: 7, result: r };
+            let (kind, body) = reply.to_wire();
+            assert_eq!(Notice::from_wire(kind, &body), Some(reply));
+        }
+        // An answer too long for a NOTICE becomes an error saying so, never a cut answer.
+        let long = Notice::Reply { id: 2, result: Ok(json!({"text": "x".repeat(20_000)})) };
+        let (kind, body) = long.to_wire();
+        assert!(body.len() <= crate::frame::MAX_NOTICE_LEN);
+        assert!(matches!(Notice::from_wire(kind, &body), Some(Notice::Reply { id: 2, result: Err((-32603, _)) })));
+    }
+
+    #[test]
     fn names() {
         assert_eq!(tool_name("math.add"), "math__add");
         assert_eq!(tool_name("test_simple_text"), "test_simple_text");
