@@ -25,8 +25,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use fovea_client::{Client, ErrorCode, Headers, McpMethod, Notice, Registration, Request, MCP_RESULT_TYPE};
-use fovea_core::tool::uri_template::Template;
-use fovea_core::tool::{Descriptor, Kind, TOOL_RESULT_TYPE};
+use fovea_core::tool::{Catalog, Descriptor, Kind, TOOL_RESULT_TYPE};
 #[allow(deprecated)]
 use rmcp::model::LoggingMessageNotificationParam;
 use rmcp::model::{
@@ -539,20 +538,19 @@ struct Registered {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// The procedure serving `uri`: its resource's, else the first template's that matches.
+/// The procedure serving `uri`: its resource's, else the first template's that matches,
+/// found as the node finds it (the core catalog's URI index and template matching).
 fn serving_procedure(registered: &HashMap<String, Registered>, uri: &str) -> Option<String> {
-    let by = |kind: &'static str| {
-        registered.values().filter(move |r| r.descriptor.get("kind").and_then(Value::as_str) == Some(kind))
-    };
-    by("resource")
-        .find(|r| r.descriptor.get("uri").and_then(Value::as_str) == Some(uri))
-        .or_else(|| {
-            by("resourceTemplate").find(|r| {
-                let t = r.descriptor.get("uriTemplate").and_then(Value::as_str).and_then(Template::parse);
-                t.is_some_and(|t| t.matches(uri).is_some())
-            })
-        })
-        .map(|r| r.procedure.clone())
+    let mut catalog = Catalog::default();
+    for r in registered.values() {
+        if let Ok(d) = Descriptor::parse(&serde_json::to_vec(&r.descriptor).unwrap_or_default()) {
+            catalog.insert(&r.procedure, 0, d);
+        }
+    }
+    catalog
+        .resource(uri, |_| true)
+        .map(|(p, _)| p.to_owned())
+        .or_else(|| catalog.template_for(uri, |_| true).map(|(p, ..)| p.to_owned()))
 }
 
 /// A short stable name for a URI in a procedure name (URIs are not procedure names).
