@@ -126,8 +126,99 @@ async fn handle(client: Client, name: &'static str, mut reg: Registration) {
                 };
                 req.respond("prompt list changed");
             }
+            _ if name.starts_with("test_input_required_result") => input_required(name, req).await,
             _ => req.respond("ok"),
         }
+    }
+}
+
+/// An elicitation form with one required string (or boolean) field.
+fn form(message: &str, field: &str, kind: &str) -> Value {
+    json!({"message": message, "requestedSchema": {
+        "type": "object", "properties": {field: {"type": kind}}, "required": [field]}})
+}
+
+fn sampling(text: &str, max_tokens: u32) -> Value {
+    json!({"messages": [{"role": "user", "content": {"type": "text", "text": text}}], "maxTokens": max_tokens})
+}
+
+/// The suite's input-required (MRTR) tools. Each run asks its questions by key; for an MCP
+/// 2026-07-28 agent the first run's questions fail as input required, the run ends, and the
+/// node answers the agent with an input-required result; the agent's retry runs the tool
+/// again and the same questions are answered at once. Other agents are asked live.
+async fn input_required(name: &str, req: Request) {
+    let said = |v: &Value, field: &str| v["content"][field].to_string();
+    let outcome = match name {
+        "test_input_required_result_elicitation" => req
+            .ask_keyed("user_name", "elicitation/create", form("What is your name?", "name", "string"))
+            .await
+            .map(|a| format!("Hello, {}!", a["content"]["name"].as_str().unwrap_or("stranger"))),
+        "test_input_required_result_sampling" => req
+            .ask_keyed("capital_question", "sampling/createMessage", sampling("What is the capital of France?", 100))
+            .await
+            .map(|a| format!("The model said: {}", a["content"]["text"].as_str().unwrap_or_default())),
+        "test_input_required_result_list_roots" => {
+            req.ask_keyed("client_roots", "roots/list", json!({})).await.map(|a| format!("Roots: {}", a["roots"]))
+        }
+        "test_input_required_result_request_state" | "test_input_required_result_tampered_state" => req
+            .ask_keyed("confirm", "elicitation/create", form("Please confirm", "ok", "boolean"))
+            .await
+            .map(|a| format!("state-ok: confirmed {}", said(&a, "ok"))),
+        "test_input_required_result_multiple_inputs" => {
+            // Asked together, so one input-required result carries all three.
+            let (name, greeting, roots) = tokio::join!(
+                req.ask_keyed("user_name", "elicitation/create", form("What is your name?", "name", "string")),
+                req.ask_keyed("greeting", "sampling/createMessage", sampling("Generate a greeting", 50)),
+                req.ask_keyed("client_roots", "roots/list", json!({})),
+            );
+            name.and_then(|n| Ok((n, greeting?, roots?))).map(|(n, g, r)| {
+                format!(
+                    "{} {}, roots {}",
+                    g["content"]["text"].as_str().unwrap_or_default(),
+                    said(&n, "name"),
+                    r["roots"]
+                )
+            })
+        }
+        "test_input_required_result_multi_round" => {
+            // One after the other: the second question is only asked once the first is
+            // answered, so the agent sees two rounds.
+            match req
+                .ask_keyed("step1", "elicitation/create", form("Step 1: What is your name?", "name", "string"))
+                .await
+            {
+                Err(e) => Err(e),
+                Ok(n) => req
+                    .ask_keyed(
+                        "step2",
+                        "elicitation/create",
+                        form("Step 2: What is your favorite color?", "color", "string"),
+                    )
+                    .await
+                    .map(|c| format!("{} likes {}", said(&n, "name"), said(&c, "color"))),
+            }
+        }
+        "test_input_required_result_capabilities" => {
+            // Asks what the agent can answer: a question it lacks the capability for is
+            // declined at once (not input required), and the tool does without it.
+            let (name, capital) = tokio::join!(
+                req.ask_keyed("user_name", "elicitation/create", form("What is your name?", "name", "string")),
+                req.ask_keyed(
+                    "capital_question",
+                    "sampling/createMessage",
+                    sampling("What is the capital of France?", 100)
+                ),
+            );
+            match (name, capital) {
+                (Err(e), _) | (_, Err(e)) if e.is_input_required() => Err(e),
+                (_, c) => Ok(format!("sampled: {}", c.map(|c| c["content"]["text"].to_string()).unwrap_or_default())),
+            }
+        }
+        _ => Ok("ok".to_owned()),
+    };
+    match outcome {
+        Ok(text) => req.respond(text),
+        Err(e) => req.fail(&e.to_string()),
     }
 }
 
@@ -185,6 +276,19 @@ async fn serve_entry(name: &'static str, mut reg: Registration) {
                 text("/arguments/arg1"),
                 text("/arguments/arg2")
             )),
+            (Some(McpMethod::GetPrompt), "test_input_required_result_prompt") => {
+                let context = req
+                    .ask_keyed(
+                        "user_context",
+                        "elicitation/create",
+                        form("What context should the prompt use?", "context", "string"),
+                    )
+                    .await;
+                match context {
+                    Ok(c) => req.respond(format!("Use this context: {}", c["content"]["context"])),
+                    Err(e) => req.fail(&e.to_string()),
+                }
+            }
             (Some(McpMethod::GetPrompt), "test_prompt_with_embedded_resource") => answer(
                 req,
                 whole(json!({"messages": [
@@ -258,6 +362,7 @@ fn entries() -> Vec<(&'static str, Value)> {
             ),
         ),
         ("test_prompt_with_image", prompt("A prompt that includes image content", json!([]))),
+        ("test_input_required_result_prompt", prompt("Asks the user for context first (SEP-2322)", json!([]))),
     ]
 }
 
@@ -288,6 +393,14 @@ fn tools() -> Vec<(&'static str, Value)> {
             json!({"description": "Asks the agent's model through sampling", "inputSchema": {
             "type": "object", "properties": {"prompt": {"type": "string"}}, "required": ["prompt"]}}),
         ),
+        ("test_input_required_result_elicitation", plain("Asks the user's name (SEP-2322)")),
+        ("test_input_required_result_sampling", plain("Asks the agent's model (SEP-2322)")),
+        ("test_input_required_result_list_roots", plain("Asks the agent's roots (SEP-2322)")),
+        ("test_input_required_result_request_state", plain("Asks a confirmation (SEP-2322)")),
+        ("test_input_required_result_tampered_state", plain("Asks a confirmation (SEP-2322)")),
+        ("test_input_required_result_multiple_inputs", plain("Asks three questions at once (SEP-2322)")),
+        ("test_input_required_result_multi_round", plain("Asks two questions in turn (SEP-2322)")),
+        ("test_input_required_result_capabilities", plain("Asks what the agent can answer (SEP-2322)")),
         (
             // SEP-2243: `region` also travels as the HTTP header `Mcp-Param-Region`.
             "test_header_param",

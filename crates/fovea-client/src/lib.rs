@@ -163,9 +163,21 @@ pub enum ClientError {
     /// cannot ask one (a JSON-RPC code and message).
     #[error("the question was not answered: {message} ({code})")]
     NotAnswered { code: i64, message: String },
+    /// A question's key is empty or longer than 64 bytes ([`Request::ask_keyed`]).
+    #[error("invalid question key {0:?}: a key is 1 to 64 bytes")]
+    InvalidQuestionKey(String),
     /// The node speaks an older protocol version without this feature.
     #[error("the node speaks protocol version {node_version}; {what} need version {needed}: upgrade the node")]
     Unsupported { what: &'static str, node_version: u64, needed: u64 },
+}
+
+impl ClientError {
+    /// Whether this is a question deferred to the agent's retry of its request (an MCP
+    /// 2026-07-28 agent, asked through an input-required result): the request should
+    /// end now; it runs again with the answer ([`Request::ask_keyed`]).
+    pub fn is_input_required(&self) -> bool {
+        matches!(self, ClientError::NotAnswered { code, .. } if *code == fovea_core::tool::INPUT_REQUIRED)
+    }
 }
 
 fn fmt_reason(r: &str) -> String {

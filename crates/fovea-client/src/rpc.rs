@@ -314,13 +314,47 @@ impl Request {
     /// request ends first, [`ClientError::PayloadTooLarge`] for a question over the 16 KiB
     /// a `NOTICE` carries, [`ClientError::Unsupported`] below protocol 8.
     pub async fn ask(&self, method: &str, params: serde_json::Value) -> Result<serde_json::Value, ClientError> {
+        self.ask_question(None, method, params).await
+    }
+
+    /// [`Request::ask`] with a `key` that names the question the same way each time the
+    /// call runs (1 to 64 bytes, unique among the questions of one run).
+    ///
+    /// An MCP 2026-07-28 agent is asked through an input-required result: the node ends
+    /// the agent's request with the question, the agent retries it with the answer, and the
+    /// call runs again; the answer then comes back at once to the question of the same key.
+    /// Until then the question fails with [`ClientError::NotAnswered`] whose
+    /// [`ClientError::is_input_required`] holds: end the run (fail the request). Unkeyed
+    /// questions are named by their order in the run, which holds for handlers that ask
+    /// the same questions in the same order each time.
+    ///
+    /// # Errors
+    /// As [`Request::ask`], and [`ClientError::InvalidQuestionKey`] for a key out of bounds.
+    pub async fn ask_keyed(
+        &self,
+        key: &str,
+        method: &str,
+        params: serde_json::Value,
+    ) -> Result<serde_json::Value, ClientError> {
+        if !(1..=fovea_core::tool::MAX_QUESTION_KEY_LEN).contains(&key.len()) {
+            return Err(ClientError::InvalidQuestionKey(key.to_owned()));
+        }
+        self.ask_question(Some(key.to_owned()), method, params).await
+    }
+
+    async fn ask_question(
+        &self,
+        key: Option<String>,
+        method: &str,
+        params: serde_json::Value,
+    ) -> Result<serde_json::Value, ClientError> {
         let node = lock(&self.inner.info).as_ref().map_or(u64::MAX, |i| i.version);
         if node < fovea_core::frame::VERSION_QUESTIONS {
             let needed = fovea_core::frame::VERSION_QUESTIONS;
             return Err(ClientError::Unsupported { what: "questions to the agent", node_version: node, needed });
         }
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let (kind, body) = crate::Notice::Question { id, method: method.to_owned(), params }.to_wire();
+        let (kind, body) = crate::Notice::Question { id, key, method: method.to_owned(), params }.to_wire();
         if body.len() > fovea_core::frame::MAX_NOTICE_LEN {
             return Err(ClientError::PayloadTooLarge { size: body.len(), max: fovea_core::frame::MAX_NOTICE_LEN });
         }

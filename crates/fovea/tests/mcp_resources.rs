@@ -410,6 +410,109 @@ async fn a_provider_asks_the_agent_through_its_call_across_the_mesh() {
     a.stop().await;
 }
 
+/// A 2026-07-28 agent is asked through input-required results: rmcp's client gets the
+/// provider's question (from node A) in a result, answers it and retries; the tool runs
+/// again and its question is answered from the retry. A prompt asks the same way. A
+/// tampered request state is refused.
+#[tokio::test]
+async fn a_2026_agent_answers_questions_through_input_required_results() {
+    use rmcp::service::{ClientLifecycleMode, ClientServiceExt};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const SECRET: &str = "a mesh secret of some length";
+    let a = TestNode::start_mesh(SECRET, &[]).await;
+    let b = TestNode::start_mesh(SECRET, &[a.mesh_addr()]).await;
+    let service = a.client().await;
+    let mut tool = service.register_tool("trip.plan", &json!({"description": "Asks where."})).await.unwrap();
+    let runs = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = runs.clone();
+    tokio::spawn(async move {
+        while let Some(req) = tool.next().await {
+            counted.fetch_add(1, Ordering::Relaxed);
+            let schema = json!({"type": "object", "properties": {"city": {"type": "string"}}});
+            let city = req.ask_keyed(
+                "city",
+                "elicitation/create",
+                json!({"message": "Which city?", "requestedSchema": schema}),
+            );
+            let city = match city.await {
+                Ok(a) => a["content"]["city"].clone(),
+                Err(e) => {
+                    assert!(e.is_input_required(), "{e}");
+                    req.fail(&e.to_string());
+                    continue;
+                }
+            };
+            // The agent has no roots: declined at once, not put in a result.
+            let roots = req.ask("roots/list", json!({})).await;
+            let declined = matches!(&roots, Err(e) if !e.is_input_required());
+            req.respond(json!({"city": city, "roots_declined": declined}).to_string());
+        }
+    });
+    let mut prompt = service.register_prompt("trip.brief", &json!({"description": "Briefs on a city."})).await.unwrap();
+    tokio::spawn(async move {
+        while let Some(req) = prompt.next().await {
+            let schema = json!({"type": "object", "properties": {"city": {"type": "string"}}});
+            match req
+                .ask_keyed("city", "elicitation/create", json!({"message": "Which city?", "requestedSchema": schema}))
+                .await
+            {
+                Ok(a) => req.respond(format!("Brief me on {}.", a["content"]["city"].as_str().unwrap_or_default())),
+                Err(e) => req.fail(&e.to_string()),
+            }
+        }
+    });
+    let on_b = b.client().await;
+    common::converges("B to list the tool and the prompt", || {
+        let on_b = on_b.clone();
+        async move { on_b.catalog().await.unwrap().len() == 2 }
+    })
+    .await;
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let transport = StreamableHttpClientTransport::from_uri(format!("http://{}/mcp", b.mcp));
+    let lifecycle =
+        ClientLifecycleMode::Discover { preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28] };
+    let client = Answers.serve_with_lifecycle(transport, lifecycle).await.expect("MCP discovery over HTTP");
+    let mut call = rmcp::model::CallToolRequestParams::new("trip__plan");
+    call.arguments = Some(serde_json::Map::new());
+    let result = client.call_tool(call).await.unwrap();
+    assert_ne!(result.is_error, Some(true), "{result:?}");
+    assert_eq!(result.structured_content, Some(json!({"city": "Zürich", "roots_declined": true})));
+    assert_eq!(runs.load(Ordering::Relaxed), 2, "one run to ask, one with the answer");
+    let brief = client.get_prompt(GetPromptRequestParams::new("trip__brief")).await.unwrap();
+    let text = serde_json::to_value(&brief.messages[0].content).unwrap();
+    assert_eq!(text["text"], "Brief me on Zürich.", "{text}");
+    client.cancel().await.unwrap();
+
+    // The request state is the node's, sealed: a changed one is refused.
+    let mut agent = Agent::new(b.mcp);
+    agent.version = "2026-07-28";
+    let meta = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}},
+    });
+    let first = agent.request(1, "tools/call", json!({"name": "trip__plan", "arguments": {}, "_meta": meta})).await;
+    assert_eq!(first.result()["resultType"], "input_required", "{}", first.body);
+    assert_eq!(first.result()["inputRequests"]["city"]["method"], "elicitation/create");
+    let state = first.result()["requestState"].as_str().unwrap().to_owned();
+    let answer = json!({"city": {"action": "accept", "content": {"city": "Bern"}}});
+    let tampered = json!({"name": "trip__plan", "arguments": {}, "inputResponses": answer,
+                          "requestState": format!("{state}x"), "_meta": meta});
+    let refused = agent.request(2, "tools/call", tampered).await;
+    assert_eq!(refused.response()["error"]["code"], -32602, "{}", refused.body);
+    let retry =
+        json!({"name": "trip__plan", "arguments": {}, "inputResponses": answer, "requestState": state, "_meta": meta});
+    let done = agent.request(3, "tools/call", retry).await;
+    assert_eq!(done.result()["structuredContent"]["city"], "Bern", "{}", done.body);
+
+    let m = |series: &'static str| common::http::metric(b.admin, series);
+    assert_eq!(m("fovea_mcp_questions_total{outcome=\"deferred\"}").await, 3.0);
+    assert_eq!(m("fovea_mcp_questions_total{outcome=\"answered\"}").await, 3.0);
+    assert_eq!(m("fovea_mcp_questions_total{outcome=\"declined\"}").await, 2.0);
+    b.stop().await;
+    a.stop().await;
+}
+
 /// A caller below protocol 8 cannot see a question: its node declines for it at once.
 #[tokio::test]
 async fn a_question_to_a_caller_below_version_8_is_declined_by_the_node() {

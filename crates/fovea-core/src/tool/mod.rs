@@ -542,8 +542,11 @@ pub enum Notice {
     Log { level: String, logger: Option<String>, data: Value },
     /// A question for the caller's agent (v8), from the provider: MCP's
     /// `elicitation/create`, `sampling/createMessage` or `roots/list` with its params.
-    /// `id` is the provider's, unique among its open questions on the call.
-    Question { id: u64, method: String, params: Value },
+    /// `id` is the provider's, unique among its open questions on the call. `key`, when
+    /// given (1 to [`MAX_QUESTION_KEY_LEN`] bytes), names the question the same way each
+    /// time the call runs, so an answer given on a retry finds it (MCP 2026-07-28's
+    /// input-required results); without one, the n-th question of a run is `q<n>`.
+    Question { id: u64, key: Option<String>, method: String, params: Value },
     /// The answer to question `id` (v8), from the caller: the MCP result, or the error
     /// (JSON-RPC code and message) its agent gave or the caller's front end met.
     Reply { id: u64, result: Result<Value, (i64, String)> },
@@ -551,6 +554,14 @@ pub enum Notice {
 
 /// The MCP methods a provider may ask the caller's agent ([`Notice::Question`]).
 pub const QUESTION_METHODS: [&str; 3] = ["elicitation/create", "sampling/createMessage", "roots/list"];
+
+/// The longest key a question may have ([`Notice::Question`]), in bytes.
+pub const MAX_QUESTION_KEY_LEN: usize = 64;
+
+/// The error code of a [`Notice::Reply`] that defers a question: the agent is asked
+/// through an input-required result and answers on its retry of the request, which runs
+/// the call again; the provider should end this run (fail the call).
+pub const INPUT_REQUIRED: i64 = -32090;
 
 impl Notice {
     /// Parses a `NOTICE` body. `None` for an unknown kind or a malformed body: notices are
@@ -570,6 +581,10 @@ impl Notice {
             }
             notice::QUESTION => Some(Notice::Question {
                 id: v.get("id")?.as_u64()?,
+                key: match v.get("key") {
+                    None => None,
+                    Some(k) => Some(k.as_str().filter(|k| (1..=MAX_QUESTION_KEY_LEN).contains(&k.len()))?.to_owned()),
+                },
                 method: text("method").filter(|m| QUESTION_METHODS.contains(&m.as_str()))?,
                 params: v.get("params").cloned().unwrap_or_else(|| Value::Object(Map::new())),
             }),
@@ -612,9 +627,12 @@ impl Notice {
                 v.insert("data".into(), data.clone());
                 (notice::LOG, v)
             }
-            Notice::Question { id, method, params } => {
+            Notice::Question { id, key, method, params } => {
                 let mut v = Map::new();
                 v.insert("id".into(), (*id).into());
+                if let Some(k) = key {
+                    v.insert("key".into(), k.clone().into());
+                }
                 v.insert("method".into(), method.clone().into());
                 v.insert("params".into(), params.clone());
                 (notice::QUESTION, v)
@@ -742,10 +760,19 @@ mod tests {
 
     #[test]
     fn questions_and_replies_round_trip() {
-        let q = Notice::Question { id: 1, method: "roots/list".into(), params: json!({}) };
+        let q = Notice::Question { id: 1, key: None, method: "roots/list".into(), params: json!({}) };
         let (kind, body) = q.to_wire();
         assert_eq!((kind, &body[..]), (notice::QUESTION, &br#"{"id":1,"method":"roots/list","params":{}}"#[..]));
         assert_eq!(Notice::from_wire(kind, &body), Some(q));
+        let keyed =
+            Notice::Question { id: 2, key: Some("user".into()), method: "roots/list".into(), params: json!({}) };
+        let (kind, body) = keyed.to_wire();
+        assert_eq!(&body[..], br#"{"id":2,"key":"user","method":"roots/list","params":{}}"#);
+        assert_eq!(Notice::from_wire(kind, &body), Some(keyed));
+        for bad_key in [json!(""), json!(7), json!("k".repeat(MAX_QUESTION_KEY_LEN + 1))] {
+            let body = serde_json::to_vec(&json!({"id": 3, "key": bad_key, "method": "roots/list"})).unwrap();
+            assert_eq!(Notice::from_wire(notice::QUESTION, &body), None, "a bad key makes a malformed notice");
+        }
         let bad = br#"{"id":1,"method":"tools/call","params":{}}"#;
         assert_eq!(Notice::from_wire(notice::QUESTION, bad), None, "only the three methods are questions");
         for r in [Ok(json!({"roots": []})), Err((-32601, "no".to_owned()))] {

@@ -561,10 +561,15 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
                 "MCP tool calls answered with an error result.",
                 st.tool_errors.load(Relaxed),
             );
-            describe_counter!("fovea_mcp_questions_total", "Providers' questions to agents, asked or declined.");
-            counter!("fovea_mcp_questions_total", "outcome" => "asked").absolute(st.questions_asked.load(Relaxed));
-            counter!("fovea_mcp_questions_total", "outcome" => "declined")
-                .absolute(st.questions_declined.load(Relaxed));
+            describe_counter!(
+                "fovea_mcp_questions_total",
+                "Providers' questions to agents: asked during the call, deferred to an input-required result, \
+                 answered from a retry, or declined."
+            );
+            for q in crate::front::mcp::QuestionOutcome::ALL {
+                counter!("fovea_mcp_questions_total", "outcome" => q.as_str())
+                    .absolute(st.questions[q as usize].load(Relaxed));
+            }
             describe_counter!(
                 "fovea_mcp_method_calls_total",
                 "MCP resources/read, prompts/get and completion/complete calls, by outcome."

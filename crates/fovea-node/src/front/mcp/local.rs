@@ -268,10 +268,8 @@ impl CatalogSource for LocalCatalog {
         }
     }
 
-    fn counted_question(&self, declined: bool) {
-        let stats = &self.state.stats;
-        let counter = if declined { &stats.questions_declined } else { &stats.questions_asked };
-        counter.fetch_add(1, Ordering::Relaxed);
+    fn counted_question(&self, outcome: super::QuestionOutcome) {
+        self.state.stats.questions[outcome as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     fn counted(&self, failed: bool) {

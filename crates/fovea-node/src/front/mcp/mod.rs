@@ -15,12 +15,13 @@
 //! session caps, counting reaped sessions, and JSON-RPC errors for malformed requests.
 
 mod local;
+mod rounds;
 mod service;
 mod updates;
 
 pub use service::{
     find_in, server_config, tool_result, CallOutcome, CatalogSource, EntryPage, Found, Lookup, McpServer,
-    MAX_RESOURCE_SUBSCRIPTIONS,
+    QuestionOutcome, MAX_RESOURCE_SUBSCRIPTIONS,
 };
 
 use std::collections::HashMap;
@@ -64,10 +65,9 @@ pub struct McpStats {
     pub method_calls: [AtomicU64; 3],
     /// Of those, the ones answered with a JSON-RPC error.
     pub method_errors: [AtomicU64; 3],
-    /// Providers' questions put to agents (elicitation, sampling, roots).
-    pub questions_asked: AtomicU64,
-    /// Providers' questions declined without asking (era, capability, bound per call).
-    pub questions_declined: AtomicU64,
+    /// Providers' questions to agents (elicitation, sampling, roots), by what became of
+    /// them ([`QuestionOutcome`] as index).
+    pub questions: [AtomicU64; 4],
 }
 
 /// Shared by every session and request of the endpoint.

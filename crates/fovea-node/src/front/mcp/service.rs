@@ -25,6 +25,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::rounds::{self, Round};
 use crate::sync::lock;
 
 /// How a call ended: a `RESULT`'s code, headers and payload (the payload is the answer,
@@ -150,9 +151,8 @@ pub trait CatalogSource: Send + Sync + 'static {
     /// A call serving `method` (past the lookup) ended, in an error or not (for counters).
     fn counted_method(&self, _method: Method, _failed: bool) {}
 
-    /// A provider's question was put to the agent, or declined without asking (for
-    /// counters).
-    fn counted_question(&self, _declined: bool) {}
+    /// What became of a provider's question (for counters).
+    fn counted_question(&self, _outcome: QuestionOutcome) {}
 }
 
 /// The MCP server of one session (2025-11-25) or one request (2026-07-28) over `S`.
@@ -446,8 +446,15 @@ impl<S: CatalogSource> ServerHandler for McpServer<S> {
         if let Some(schema) = descriptor.json().get("inputSchema") {
             tool::check_arguments(schema, &arguments, "arguments").map_err(|e| McpError::invalid_params(e, None))?;
         }
+        let (state, responses) = (request.request_state.as_deref(), request.input_responses.clone());
+        let mut round = self.round(&context, "tools/call", &request.name, &arguments, state, responses)?;
         let payload = Bytes::from(serde_json::to_vec(&arguments).unwrap_or_default());
-        let result = match self.call(&procedure, Headers::new(), payload, &context).await {
+        let outcome = self.call(&procedure, Headers::new(), payload, &context, round.as_mut()).await;
+        if let Some(input) = round.map(Round::finish).transpose()?.flatten() {
+            self.source.counted(false);
+            return Ok(input.into());
+        }
+        let result = match outcome {
             Some(outcome) => tool_result(&outcome, &procedure, &self.source.realm(&context.extensions)),
             None => error_result("cancelled".into()),
         };
@@ -490,7 +497,13 @@ impl<S: CatalogSource> ServerHandler for McpServer<S> {
             return Err(to_error(answers::resource_not_found(uri)));
         };
         let params = answers::read_params(uri, &variables, &descriptor);
-        let outcome = self.method_call(Method::ReadResource, &procedure, &params, &context).await?;
+        let (state, responses) = (request.request_state.as_deref(), request.input_responses.clone());
+        let mut round = self.round(&context, "resources/read", uri, &Value::Null, state, responses)?;
+        let outcome = self.method_call(Method::ReadResource, &procedure, &params, &context, round.as_mut()).await?;
+        if let Some(input) = round.map(Round::finish).transpose()?.flatten() {
+            self.source.counted_method(Method::ReadResource, false);
+            return Ok(input.into());
+        }
         let json = answers::read_result(outcome.code, &outcome.headers, &outcome.payload, uri, &descriptor);
         self.source.counted_method(Method::ReadResource, json.is_err());
         let json = json.map_err(to_error)?;
@@ -520,7 +533,13 @@ impl<S: CatalogSource> ServerHandler for McpServer<S> {
             return Err(McpError::invalid_params(format!("the prompt argument {k:?} must be a string"), None));
         }
         let params = serde_json::json!({"name": name, "arguments": arguments});
-        let outcome = self.method_call(Method::GetPrompt, &procedure, &params, &context).await?;
+        let (state, responses) = (request.request_state.as_deref(), request.input_responses.clone());
+        let mut round = self.round(&context, "prompts/get", name, &params["arguments"], state, responses)?;
+        let outcome = self.method_call(Method::GetPrompt, &procedure, &params, &context, round.as_mut()).await?;
+        if let Some(input) = round.map(Round::finish).transpose()?.flatten() {
+            self.source.counted_method(Method::GetPrompt, false);
+            return Ok(input.into());
+        }
         let json = answers::prompt_result(outcome.code, &outcome.headers, &outcome.payload, name, &descriptor);
         self.source.counted_method(Method::GetPrompt, json.is_err());
         let json = json.map_err(to_error)?;
@@ -544,7 +563,7 @@ impl<S: CatalogSource> ServerHandler for McpServer<S> {
             return to_result(answers::completion(Vec::new()), &what);
         };
         let params = serde_json::to_value(&request).unwrap_or_default();
-        let outcome = self.method_call(Method::Complete, &found.procedure, &params, &context).await?;
+        let outcome = self.method_call(Method::Complete, &found.procedure, &params, &context, None).await?;
         let json = answers::complete_result(outcome.code, &outcome.headers, &outcome.payload, &what);
         self.source.counted_method(Method::Complete, json.is_err());
         let json = json.map_err(to_error)?;
@@ -605,6 +624,25 @@ impl<S: CatalogSource> McpServer<S> {
         Ok((items, next, context.protocol_version().is_some_and(|v| !v.has_initialize())))
     }
 
+    /// The round of a 2026-07-28 request that may end input-required (`method` on `target`
+    /// with `arguments`, retried with the agent's `state` and `responses`); `None` for a
+    /// 2025-11-25 session, whose agent is asked while the call runs.
+    fn round(
+        &self,
+        context: &RequestContext<RoleServer>,
+        method: &str,
+        target: &str,
+        arguments: &Value,
+        state: Option<&str>,
+        responses: Option<rmcp::model::InputResponses>,
+    ) -> Result<Option<Round>, McpError> {
+        if !context.protocol_version().is_some_and(|v| !v.has_initialize()) {
+            return Ok(None);
+        }
+        let binding = rounds::binding(&self.source.realm(&context.extensions), method, target, arguments);
+        Round::open(state, responses, binding).map(Some)
+    }
+
     /// A call serving an MCP `method` with its `params`; an error when the agent cancelled.
     async fn method_call(
         &self,
@@ -612,21 +650,25 @@ impl<S: CatalogSource> McpServer<S> {
         procedure: &str,
         params: &Value,
         context: &RequestContext<RoleServer>,
+        round: Option<&mut Round>,
     ) -> Result<CallOutcome, McpError> {
         let headers = Headers::from_pairs([(METHOD_HEADER, method.as_str())]).unwrap_or_default();
         let payload = Bytes::from(serde_json::to_vec(params).unwrap_or_default());
-        self.call(procedure, headers, payload, context)
+        self.call(procedure, headers, payload, context, round)
             .await
             .ok_or_else(|| McpError::internal_error("cancelled by the client", None))
     }
 
     /// One call, passing its notices on and cancelling it with the MCP request (`None`).
+    /// A 2026-07-28 request that may end input-required has its `round`: the provider's
+    /// questions go there, else they are declined for such agents.
     async fn call(
         &self,
         procedure: &str,
         headers: Headers,
         payload: Bytes,
         context: &RequestContext<RoleServer>,
+        mut round: Option<&mut Round>,
     ) -> Option<CallOutcome> {
         // Room for a burst of notices; a full channel drops notices, never the outcome.
         let (tx, mut rx) = mpsc::channel(64);
@@ -643,9 +685,17 @@ impl<S: CatalogSource> McpServer<S> {
             tokio::select! {
                 outcome = &mut call => break outcome,
                 Some(notice) = rx.recv() => match notice {
-                    Notice::Question { id, method, params } => {
-                        let asked = ask_agent(context, modern, &asking, reply.clone(), id, method, params);
-                        self.source.counted_question(!asked);
+                    Notice::Question { id, key, method, params } => {
+                        let outcome = match (undeclared(context, &method), round.as_deref_mut()) {
+                            (Some(why), _) => decline(&reply, id, why),
+                            (None, Some(round)) if modern => {
+                                let (outcome, result) = round.question(key, &method, params);
+                                let _ = reply.try_send(Notice::Reply { id, result });
+                                outcome
+                            }
+                            (None, _) => ask_agent(context, modern, &asking, reply.clone(), id, method, params),
+                        };
+                        self.source.counted_question(outcome);
                     }
                     notice => pass_on(context, &progress_token, modern, min_level.as_ref(), notice).await,
                 },
@@ -661,14 +711,61 @@ impl<S: CatalogSource> McpServer<S> {
     }
 }
 
-/// Most questions one call may have open with the agent at once; more are declined.
+/// Most questions one call may have open with the agent at once (in a 2026-07-28 round:
+/// may ask in one input-required result); more are declined.
 pub const MAX_QUESTIONS_PER_CALL: usize = 16;
+
+/// What became of a provider's question to the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuestionOutcome {
+    /// Put to the agent while the call runs (a 2025-11-25 server-to-client request).
+    Asked,
+    /// Put in an input-required result; the provider was told to end its run (2026-07-28).
+    Deferred,
+    /// Answered from the agent's retry of its request (2026-07-28).
+    Answered,
+    /// Refused at once: a capability the agent lacks, too many, or not MCP.
+    Declined,
+}
+
+impl QuestionOutcome {
+    /// Every outcome, in index order.
+    pub const ALL: [QuestionOutcome; 4] =
+        [QuestionOutcome::Asked, QuestionOutcome::Deferred, QuestionOutcome::Answered, QuestionOutcome::Declined];
+
+    /// Its name in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuestionOutcome::Asked => "asked",
+            QuestionOutcome::Deferred => "deferred",
+            QuestionOutcome::Answered => "answered",
+            QuestionOutcome::Declined => "declined",
+        }
+    }
+}
+
+/// Why the agent cannot be asked `method`: it did not declare the capability.
+fn undeclared(context: &RequestContext<RoleServer>, method: &str) -> Option<String> {
+    let capability = match method {
+        "elicitation/create" => "elicitation",
+        "sampling/createMessage" => "sampling",
+        _ => "roots",
+    };
+    let declared = serde_json::to_value(context.client_capabilities().unwrap_or_default()).unwrap_or_default();
+    declared.get(capability).is_none().then(|| format!("the agent did not declare the {capability} capability"))
+}
+
+/// Declines question `id` at once with `why`.
+fn decline(reply: &mpsc::Sender<Notice>, id: u64, why: String) -> QuestionOutcome {
+    let _ = reply.try_send(Notice::Reply { id, result: Err((-32601, why)) });
+    QuestionOutcome::Declined
+}
 
 /// Asks the agent a provider's question (in a task: the call's notices keep flowing) and
 /// sends its answer, or why there is none, to `reply`. A 2025-11-25 session is asked with
-/// a server-to-client request; 2026-07-28 agents are answered with input-required results,
-/// which this server does not produce yet, so their providers are told so. Returns whether
-/// the agent is asked (else the question was declined at once).
+/// a server-to-client request; a 2026-07-28 agent only through an input-required result,
+/// which only `tools/call`, `prompts/get` and `resources/read` may end with (their round
+/// takes the question before this), so elsewhere it is declined.
 fn ask_agent(
     context: &RequestContext<RoleServer>,
     modern: bool,
@@ -677,30 +774,15 @@ fn ask_agent(
     id: u64,
     method: String,
     params: Value,
-) -> bool {
+) -> QuestionOutcome {
     use std::sync::atomic::Ordering::Relaxed;
-    let decline = |why: String| {
-        let _ = reply.try_send(Notice::Reply { id, result: Err((-32601, why)) });
-        false
-    };
     if modern {
-        return decline(
-            "the agent speaks MCP 2026-07-28, whose questions (input-required results) this node does not ask yet"
-                .into(),
-        );
-    }
-    let capability = match method.as_str() {
-        "elicitation/create" => "elicitation",
-        "sampling/createMessage" => "sampling",
-        _ => "roots",
-    };
-    let declared = serde_json::to_value(context.client_capabilities().unwrap_or_default()).unwrap_or_default();
-    if declared.get(capability).is_none() {
-        return decline(format!("the agent did not declare the {capability} capability"));
+        let why = "an MCP 2026-07-28 agent is asked only during tools/call, prompts/get and resources/read";
+        return decline(&reply, id, why.to_owned());
     }
     if asking.fetch_add(1, Relaxed) >= MAX_QUESTIONS_PER_CALL {
         asking.fetch_sub(1, Relaxed);
-        return decline(format!("{MAX_QUESTIONS_PER_CALL} questions of this call are already open"));
+        return decline(&reply, id, format!("{MAX_QUESTIONS_PER_CALL} questions of this call are already open"));
     }
     let request =
         serde_json::from_value::<rmcp::model::ServerRequest>(serde_json::json!({"method": method, "params": params}));
@@ -721,7 +803,7 @@ fn ask_agent(
         asking.fetch_sub(1, Relaxed);
         let _ = reply.send(Notice::Reply { id, result }).await;
     });
-    true
+    QuestionOutcome::Asked
 }
 
 /// Passes one provider notice on to the agent: progress when the request carried a
