@@ -359,8 +359,10 @@ impl Request {
 
     /// A future that resolves with the agent's answer (the MCP result, as a dict) to a
     /// question asked while handling this request: `method` is `elicitation/create`,
-    /// `sampling/createMessage` or `roots/list`, `params` its MCP params as JSON text.
-    fn ask(&self, py: Python<'_>, method: String, params: &str) -> PyResult<Py<PyAny>> {
+    /// `sampling/createMessage` or `roots/list`, `params` its MCP params as JSON text;
+    /// `key` names the question the same way on every run of the call (`Request::ask_keyed`).
+    #[pyo3(signature = (method, params, key=None))]
+    fn ask(&self, py: Python<'_>, method: String, params: &str, key: Option<String>) -> PyResult<Py<PyAny>> {
         let params: serde_json::Value = serde_json::from_str(params)
             .map_err(|e| pyo3::exceptions::PyValueError::new_err(format!("params are not JSON: {e}")))?;
         let slot = self.inner.clone();
@@ -368,7 +370,10 @@ impl Request {
             PyRuntimeError::new_err("this request was already answered, or a send or next_chunk on it is not finished")
         })?;
         self.shared.start_owned(py, async move {
-            let answer = req.ask(&method, params).await;
+            let answer = match &key {
+                Some(key) => req.ask_keyed(key, &method, params).await,
+                None => req.ask(&method, params).await,
+            };
             *lock(&slot) = Some(req);
             answer.map(|v| Done::Json(v.to_string()))
         })

@@ -68,7 +68,8 @@ pub(crate) fn to_py_err(py: Python<'_>, e: ClientError) -> PyErr {
         | ClientError::InvalidPattern { .. }
         | ClientError::InvalidHeaders(_)
         | ClientError::InvalidProcedure { .. }
-        | ClientError::InvalidTool { .. } => ("InvalidArgument", None),
+        | ClientError::InvalidTool { .. }
+        | ClientError::InvalidQuestionKey(_) => ("InvalidArgument", None),
         ClientError::PayloadTooLarge { .. } => ("PayloadTooLarge", None),
         ClientError::AuthFailed => ("AuthError", None),
         ClientError::Closed { code, .. } => ("ConnectError", Some(code.to_u64())),
@@ -89,6 +90,7 @@ pub(crate) fn to_py_err(py: Python<'_>, e: ClientError) -> PyErr {
         ClientError::Unsupported { .. } => ("Unsupported", None),
         ClientError::Cancelled => ("Cancelled", None),
         ClientError::StreamEnded => ("StreamEnded", None),
+        ClientError::NotAnswered { .. } if e.is_input_required() => ("InputRequired", None),
         ClientError::NotAnswered { .. } => ("NotAnswered", None),
         _ => ("FoveaError", None),
     };

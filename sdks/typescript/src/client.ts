@@ -22,6 +22,8 @@ import {
   ConnectError,
   DisconnectedError,
   FoveaError,
+  INPUT_REQUIRED,
+  InputRequiredError,
   NotAnsweredError,
   RefusedError,
   TimeoutError,
@@ -523,10 +525,16 @@ export class Request {
    * Asks the caller's agent a question while handling this call (docs/PROTOCOL.md §4.7):
    * `elicitation/create`, `sampling/createMessage` or `roots/list` with its MCP params.
    * Resolves with the MCP result; rejects with `NotAnsweredError` when the caller declines
-   * or the call ends first.
+   * or the call ends first, and with `InputRequiredError` when an MCP 2026-07-28 agent is
+   * asked through an input-required result (end the run: the agent's retry runs the handler
+   * again). `key` (1 to 64 bytes) names the question the same way on every run, so the
+   * retry's answer finds it; without one, questions go by their order in the run.
    */
-  ask(method: string, params: unknown = {}): Promise<unknown> {
-    return this.client.ask(this.reqId, method, params, this.signal);
+  ask(method: string, params: unknown = {}, key?: string): Promise<unknown> {
+    if (key !== undefined && (key.length === 0 || toBytes(key).length > 64)) {
+      return Promise.reject(new RangeError(`a question key is 1 to 64 bytes, not ${JSON.stringify(key)}`));
+    }
+    return this.client.ask(this.reqId, method, params, this.signal, key);
   }
 
   /** Reports progress to the caller (an MCP agent sees it as a progress notification). */
@@ -695,7 +703,11 @@ export class Client {
           const key = `${f.id}:${body.id}`;
           const q = this.questions.get(key);
           this.questions.delete(key);
-          if (body.error) q?.reject(new NotAnsweredError(body.error.message ?? "declined", body.error.code ?? -32603));
+          if (body.error) {
+            const code = body.error.code ?? -32603;
+            const message = body.error.message ?? "declined";
+            q?.reject(code === INPUT_REQUIRED ? new InputRequiredError(message, code) : new NotAnsweredError(message, code));
+          }
           else q?.resolve(body.result);
         } else if (f.noticeKind === NoticeKind.Question) {
           // This SDK has no agent to ask: decline at once rather than leave the provider waiting.
@@ -1214,7 +1226,7 @@ export class Client {
   }
 
   /** @internal */
-  ask(reqId: number, method: string, params: unknown, signal: AbortSignal): Promise<unknown> {
+  ask(reqId: number, method: string, params: unknown, signal: AbortSignal, questionKey?: string): Promise<unknown> {
     if (!this.serving.has(reqId)) return Promise.reject(new RefusedError("the request was already answered", Code.ApplicationError));
     const id = this.nextId++;
     const key = `${reqId}:${id}`;
@@ -1228,7 +1240,8 @@ export class Client {
         resolve: (v) => (signal.removeEventListener("abort", onAbort), resolve(v)),
         reject: (e) => (signal.removeEventListener("abort", onAbort), reject(e)),
       });
-      this.notice(reqId, NoticeKind.Question, toBytes(JSON.stringify({ id, method, params })));
+      const question = questionKey === undefined ? { id, method, params } : { id, key: questionKey, method, params };
+      this.notice(reqId, NoticeKind.Question, toBytes(JSON.stringify(question)));
     });
   }
 

@@ -63,6 +63,14 @@ export class RefusedError extends FoveaError {}
 export class RemoteError extends FoveaError {}
 /** The caller's agent did not answer a question (`Request.ask`); `code` is its JSON-RPC code. */
 export class NotAnsweredError extends FoveaError {}
+/** The JSON-RPC code of a question deferred to an input-required result (§4.7). */
+export const INPUT_REQUIRED = -32090;
+/**
+ * The question goes to an MCP 2026-07-28 agent in an input-required result: end this run
+ * of the handler (fail the request); the agent's retry runs it again, and the question
+ * asked with the same key is then answered at once.
+ */
+export class InputRequiredError extends NotAnsweredError {}
 
 /** The error a failed `RESULT` stands for. */
 export function resultError(code: number, message: string, procedure: string): FoveaError {

@@ -15,5 +15,7 @@ export {
   ProviderDisconnectedError,
   RefusedError,
   NotAnsweredError,
+  InputRequiredError,
+  INPUT_REQUIRED,
   RemoteError,
 } from "./errors.js";

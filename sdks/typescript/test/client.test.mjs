@@ -7,6 +7,7 @@ import {
   AuthError,
   Code,
   ConnectError,
+  InputRequiredError,
   NoProviderError,
   NotAnsweredError,
   ProviderDisconnectedError,
@@ -287,6 +288,55 @@ test("a resource and a prompt served from TypeScript reach an MCP agent", async 
   assert.equal(missing.error.code, -32602, JSON.stringify(missing));
   const prompt = await ask("prompts/get", "ts__hello", { name: "ts__hello", arguments: { who: "Ada" } });
   assert.equal(prompt.result.messages[0].content.text, "Say hello to Ada.", JSON.stringify(prompt));
+  await ts.close();
+  await node.stop();
+});
+
+test("a TypeScript provider's question reaches a 2026-07-28 agent as an input-required result", async () => {
+  const node = await startNode({ args: ["--mcp", "127.0.0.1:0"] });
+  const endpoint = node.ready.match(/mcp (http:\/\/[^ ,)]+)/)[1];
+  const ts = await connect(node.ws);
+  const reg = await ts.register("ts.greet", { tool: { description: "Asks a name." } });
+  let runs = 0;
+  (async () => {
+    for await (const req of reg) {
+      runs += 1;
+      const form = { message: "Your name?", requestedSchema: { type: "object", properties: { name: { type: "string" } } } };
+      try {
+        const answer = await req.ask("elicitation/create", form, "name");
+        req.respond(`Hello, ${answer.content.name}!`);
+      } catch (e) {
+        // The first run ends here; the agent's retry runs the handler again.
+        assert.ok(e instanceof InputRequiredError, String(e));
+        req.fail(e.message);
+      }
+    }
+  })();
+  const meta = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": { elicitation: {} },
+  };
+  const call = async (params) => {
+    const res = await fetch(endpoint, {
+      method: "POST",
+      headers: {
+        "content-type": "application/json",
+        accept: "application/json, text/event-stream",
+        "mcp-protocol-version": "2026-07-28",
+        "mcp-method": "tools/call",
+        "mcp-name": "ts__greet",
+      },
+      body: JSON.stringify({ jsonrpc: "2.0", id: 1, method: "tools/call", params: { name: "ts__greet", arguments: {}, ...params, _meta: meta } }),
+    });
+    return res.json();
+  };
+  const first = await call({});
+  assert.equal(first.result.resultType, "input_required", JSON.stringify(first));
+  assert.equal(first.result.inputRequests.name.method, "elicitation/create");
+  const answer = { name: { action: "accept", content: { name: "Ada" } } };
+  const done = await call({ inputResponses: answer, requestState: first.result.requestState });
+  assert.equal(done.result.content[0].text, "Hello, Ada!", JSON.stringify(done));
+  assert.equal(runs, 2);
   await ts.close();
   await node.stop();
 });

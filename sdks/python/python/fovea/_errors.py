@@ -82,6 +82,12 @@ class NotAnswered(FoveaError):
     cannot be asked."""
 
 
+class InputRequired(NotAnswered):
+    """The question goes to an MCP 2026-07-28 agent in an input-required result: end this
+    run of the handler (let it propagate); the agent's retry runs the handler again, and
+    the question asked with the same key is then answered at once."""
+
+
 class Cancelled(FoveaError):
     """The call was abandoned while its stream was read or written: its caller cancelled
     it, its deadline passed, or the connection was lost."""
@@ -96,8 +102,10 @@ __all__ = [
     "ConnectError",
     "Disconnected",
     "FoveaError",
+    "InputRequired",
     "InvalidArgument",
     "NoProvider",
+    "NotAnswered",
     "PayloadTooLarge",
     "ProviderDisconnected",
     "Refused",

@@ -133,10 +133,11 @@ class Request:
         """Sends the next part of a streamed answer, once the caller has room."""
     def next_chunk(self) -> asyncio.Future[bytes | None]:
         """The next part of a streamed request, or None at its end."""
-    def ask(self, method: str, params: str) -> asyncio.Future[Any]:
+    def ask(self, method: str, params: str, key: str | None = None) -> asyncio.Future[Any]:
         """Asks the caller's agent (`elicitation/create`, `sampling/createMessage`,
         `roots/list`; `params` as JSON text): resolves with its MCP result, or raises
-        NotAnswered."""
+        NotAnswered (InputRequired when asked through an input-required result: let it
+        end the run). `key` names the question the same way on every run."""
 
 @final
 class CallStream:
