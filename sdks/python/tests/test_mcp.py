@@ -120,20 +120,29 @@ def test_an_agent_reads_a_python_resource_and_gets_a_python_prompt(mcp_node: Nod
     run(body)
 
 
-def test_a_python_provider_asks_the_agent() -> None:
-    """Elicitation from a Python provider, answered by the official MCP client (2025-11-25
-    sessions: the era that asks with server-to-client requests)."""
+@pytest.mark.parametrize("mode,era", ERAS)
+def test_a_python_provider_asks_the_agent(mode: str, era: str) -> None:
+    """Elicitation from a Python provider, answered by the official MCP client: in a
+    2025-11-25 session while the call runs; a 2026-07-28 agent through an input-required
+    result, whose retry runs the handler again and answers the question of the same key."""
 
     async def body() -> None:
         node = start_node(mcp=True)
         try:
             async with await fovea.connect(node.quic, ca=node.cert) as c:
                 reg = await c.register("py.ask", tool={"description": "Asks a name."})
+                runs = 0
 
                 async def serve() -> None:
+                    nonlocal runs
                     async for req in reg:
+                        runs += 1
                         params = {"message": "Your name?", "requestedSchema": {"type": "object", "properties": {}}}
-                        answer = await req.ask("elicitation/create", json.dumps(params))
+                        try:
+                            answer = await req.ask("elicitation/create", json.dumps(params), key="name")
+                        except fovea.InputRequired as e:
+                            req.fail(str(e))  # this run ends; the agent's retry brings the answer
+                            continue
                         req.respond(json.dumps({"name": answer["content"]["name"]}))
 
                 task = asyncio.create_task(serve())
@@ -141,9 +150,11 @@ def test_a_python_provider_asks_the_agent() -> None:
                 async def on_elicit(context: object, params: ElicitRequestParams) -> ElicitResult:
                     return ElicitResult(action="accept", content={"name": "Ada"})
 
-                async with Client(node.mcp, mode="legacy", elicitation_callback=on_elicit) as agent:
+                async with Client(node.mcp, mode=mode, elicitation_callback=on_elicit) as agent:
+                    assert agent.session.protocol_version == era
                     result = await agent.call_tool("py__ask", {})
                     assert result.structured_content == {"name": "Ada"}
+                assert runs == (2 if era == "2026-07-28" else 1)
                 task.cancel()
                 reg.close()
         finally:
