@@ -43,6 +43,11 @@ fn log(req: &Request, level: &str, text: &str) {
 async fn handle(client: Client, name: &'static str, mut reg: Registration) {
     let mut dynamic: Option<Registration> = None;
     while let Some(req) = reg.next().await {
+        if TASK_TOOLS.contains(&name) {
+            // Long calls run side by side, as the tasks scenarios need.
+            tokio::spawn(task_tool(name, req));
+            continue;
+        }
         let image = json!({"type": "image", "data": PNG, "mimeType": "image/png"});
         let resource = json!({"type": "resource", "resource": {
             "uri": "test://embedded-resource", "mimeType": "text/plain", "text": "This is an embedded resource content."}});
@@ -129,6 +134,69 @@ async fn handle(client: Client, name: &'static str, mut reg: Registration) {
             _ if name.starts_with("test_input_required_result") => input_required(name, req).await,
             _ => req.respond("ok"),
         }
+    }
+}
+
+/// The tasks extension's fixture tools (SEP-2663). The node makes a call a task when the
+/// agent declared the extension, the tool supports tasks (`execution.taskSupport`), and
+/// the call is still running after half a second; so these take a second.
+const TASK_TOOLS: [&str; 7] = [
+    "greet",
+    "slow_compute",
+    "failing_job",
+    "protocol_error_job",
+    "confirm_delete",
+    "multi_input",
+    "test_tool_with_task",
+];
+
+async fn task_tool(name: &str, req: Request) {
+    let args: Value = serde_json::from_slice(&req.payload).unwrap_or_default();
+    let second = || tokio::time::sleep(Duration::from_secs(1));
+    let outcome = match name {
+        "greet" => Ok(format!("Hello, {}!", args["name"].as_str().unwrap_or("World"))),
+        "slow_compute" => {
+            let seconds = args["seconds"].as_f64().unwrap_or(0.0).clamp(0.0, 600.0);
+            tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+            Ok(format!("computed {} after {seconds} s", args["label"].as_str().unwrap_or("something")))
+        }
+        "failing_job" => {
+            second().await;
+            return req.fail("the job failed, as it always does");
+        }
+        "protocol_error_job" => {
+            // A failure the node reports as a JSON-RPC error: the task fails.
+            second().await;
+            return req.fail_with_code(ErrorCode::InvalidArguments.to_u64(), "the job met a protocol error");
+        }
+        "confirm_delete" => {
+            second().await;
+            req.ask_keyed("confirm", "elicitation/create", form("Delete the file?", "confirm", "boolean"))
+                .await
+                .map(|a| if a["content"]["confirm"] == json!(true) { "deleted".to_owned() } else { "kept".to_owned() })
+        }
+        "multi_input" => {
+            second().await;
+            let (a, b) = tokio::join!(
+                req.ask_keyed("first", "elicitation/create", form("First value?", "value", "string")),
+                req.ask_keyed("second", "elicitation/create", form("Second value?", "value", "string")),
+            );
+            a.and_then(|a| Ok((a, b?)))
+                .map(|(a, b)| format!("got {} and {}", a["content"]["value"], b["content"]["value"]))
+        }
+        // Asks first (an input-required round), then works long enough to become a task.
+        _ => match req.ask_keyed("user_name", "elicitation/create", form("What is your name?", "name", "string")).await
+        {
+            Err(e) => Err(e),
+            Ok(a) => {
+                second().await;
+                Ok(format!("Hello, {}!", a["content"]["name"].as_str().unwrap_or("stranger")))
+            }
+        },
+    };
+    match outcome {
+        Ok(text) => req.respond(text),
+        Err(e) => req.fail(&e.to_string()),
     }
 }
 
@@ -368,6 +436,7 @@ fn entries() -> Vec<(&'static str, Value)> {
 
 fn tools() -> Vec<(&'static str, Value)> {
     let plain = |d: &str| json!({"description": d, "inputSchema": {"type": "object"}});
+    let task = |d: &str, support: &str| json!({"description": d, "inputSchema": {"type": "object"}, "execution": {"taskSupport": support}});
     vec![
         ("test_simple_text", plain("Tests simple text content response")),
         ("test_image_content", plain("Tests image content response")),
@@ -393,6 +462,21 @@ fn tools() -> Vec<(&'static str, Value)> {
             json!({"description": "Asks the agent's model through sampling", "inputSchema": {
             "type": "object", "properties": {"prompt": {"type": "string"}}, "required": ["prompt"]}}),
         ),
+        (
+            "greet",
+            json!({"description": "Greets (never a task)", "inputSchema": {
+            "type": "object", "properties": {"name": {"type": "string"}}}}),
+        ),
+        (
+            "slow_compute",
+            json!({"description": "Computes for `seconds` (a task when long)", "execution": {"taskSupport": "optional"},
+            "inputSchema": {"type": "object", "properties": {"seconds": {"type": "number"}, "label": {"type": "string"}}}}),
+        ),
+        ("failing_job", task("Fails after a second", "required")),
+        ("protocol_error_job", task("Meets a protocol error after a second", "optional")),
+        ("confirm_delete", task("Asks for confirmation in its task", "optional")),
+        ("multi_input", task("Asks two questions at once in its task", "optional")),
+        ("test_tool_with_task", task("Asks a name, then works as a task", "required")),
         ("test_input_required_result_elicitation", plain("Asks the user's name (SEP-2322)")),
         ("test_input_required_result_sampling", plain("Asks the agent's model (SEP-2322)")),
         ("test_input_required_result_list_roots", plain("Asks the agent's roots (SEP-2322)")),

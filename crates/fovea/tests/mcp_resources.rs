@@ -513,6 +513,108 @@ async fn a_2026_agent_answers_questions_through_input_required_results() {
     a.stop().await;
 }
 
+/// The tasks extension across the mesh: a long call from a 2026-07-28 agent on node B to a
+/// provider on node A becomes a task the agent polls; the provider's question parks it in
+/// `input_required` until `tasks/update` answers; it completes with the tool's result. A
+/// task can be cancelled; a tool that needs a task is refused to an agent without the
+/// extension.
+#[tokio::test]
+async fn a_long_call_becomes_a_task_the_agent_polls_answers_and_cancels() {
+    const SECRET: &str = "a mesh secret of some length";
+    let a = TestNode::start_mesh(SECRET, &[]).await;
+    let b = TestNode::start_mesh(SECRET, &[a.mesh_addr()]).await;
+    let service = a.client().await;
+    let descriptor = json!({"description": "Packs a crate.", "execution": {"taskSupport": "required"}});
+    let mut tool = service.register_tool("crate.pack", &descriptor).await.unwrap();
+    // The provider works until the test lets it go on: no timing decides what the agent sees.
+    let go = std::sync::Arc::new(tokio::sync::Notify::new());
+    let proceed = go.clone();
+    tokio::spawn(async move {
+        while let Some(req) = tool.next().await {
+            let proceed = proceed.clone();
+            tokio::spawn(async move {
+                proceed.notified().await;
+                let form = json!({"message": "Which size?", "requestedSchema": {"type": "object",
+                                  "properties": {"size": {"type": "string"}}}});
+                match req.ask_keyed("size", "elicitation/create", form).await {
+                    Ok(a) => req.respond(format!("packed, {}", a["content"]["size"].as_str().unwrap_or_default())),
+                    Err(e) => req.fail(&e.to_string()),
+                }
+            });
+        }
+    });
+    let on_b = b.client().await;
+    common::converges("B to list the tool", || {
+        let on_b = on_b.clone();
+        async move { on_b.tools().await.unwrap().len() == 1 }
+    })
+    .await;
+
+    let mut agent = Agent::new(b.mcp);
+    agent.version = "2026-07-28";
+    let tasks = json!({"io.modelcontextprotocol/tasks": {}});
+    let meta = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}, "extensions": tasks},
+    });
+    let with = |mut p: Value| {
+        p["_meta"] = meta.clone();
+        p
+    };
+    let created = agent.request(1, "tools/call", with(json!({"name": "crate__pack", "arguments": {}}))).await;
+    let created = created.result().clone();
+    assert_eq!(created["resultType"], "task", "{created}");
+    let id = created["taskId"].as_str().unwrap().to_owned();
+    assert!(created["ttlMs"].as_u64().unwrap() > 0);
+    let get = |n: u64| agent.request(n, "tasks/get", with(json!({"taskId": id})));
+    assert_eq!(get(2).await.result()["status"], "working");
+
+    go.notify_one();
+    let mut n = 3;
+    let parked = loop {
+        n += 1;
+        let r = get(n).await;
+        if r.result()["status"] == "input_required" {
+            break r.result().clone();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(parked["inputRequests"]["size"]["method"], "elicitation/create", "{parked}");
+    let answer = json!({"size": {"action": "accept", "content": {"size": "large"}}});
+    let ack = agent.request(50, "tasks/update", with(json!({"taskId": id, "inputResponses": answer}))).await;
+    assert_eq!(ack.result()["resultType"], "complete", "{}", ack.body);
+    let done = loop {
+        n += 1;
+        let r = get(n).await;
+        if r.result()["status"] == "completed" {
+            break r.result().clone();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(done["result"]["content"][0]["text"], "packed, large", "{done}");
+
+    // Cancelled while it works: it stays cancelled.
+    let second = agent.request(100, "tools/call", with(json!({"name": "crate__pack", "arguments": {}}))).await;
+    let second = second.result()["taskId"].as_str().unwrap().to_owned();
+    let ack = agent.request(101, "tasks/cancel", with(json!({"taskId": second}))).await;
+    assert_eq!(ack.result()["resultType"], "complete");
+    let status = agent.request(102, "tasks/get", with(json!({"taskId": second}))).await;
+    assert_eq!(status.result()["status"], "cancelled");
+    let unknown = agent.request(103, "tasks/get", with(json!({"taskId": "no-such-task"}))).await;
+    assert_eq!(unknown.response()["error"]["code"], -32602, "{}", unknown.body);
+
+    // Without the extension, a tool that needs a task is refused (-32021).
+    let plain = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                       "io.modelcontextprotocol/clientCapabilities": {}});
+    let refused =
+        agent.request(104, "tools/call", json!({"name": "crate__pack", "arguments": {}, "_meta": plain})).await;
+    assert_eq!(refused.response()["error"]["code"], -32021, "{}", refused.body);
+    let m = common::http::metric(b.admin, "fovea_mcp_tasks").await;
+    assert_eq!(m, 2.0);
+    b.stop().await;
+    a.stop().await;
+}
+
 /// A caller below protocol 8 cannot see a question: its node declines for it at once.
 #[tokio::test]
 async fn a_question_to_a_caller_below_version_8_is_declined_by_the_node() {

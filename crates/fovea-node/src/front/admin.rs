@@ -551,6 +551,11 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
                 "Agents' subscriptions to resource updates (per resource and session or listen stream).",
                 m.resource_watches() as f64,
             );
+            level(
+                "fovea_mcp_tasks",
+                "Tool calls kept as tasks (the tasks extension), running or finished, until they expire.",
+                m.tasks() as f64,
+            );
             count(
                 "fovea_mcp_tool_calls_total",
                 "MCP tool calls made (to an existing tool, with valid arguments).",

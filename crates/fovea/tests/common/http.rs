@@ -123,11 +123,18 @@ impl Agent {
         if !self.version.starts_with("2026") {
             return self.post(&body).await;
         }
-        // Mcp-Name names what the request is about: a tool's or prompt's name, a URI.
-        let key = if method == "resources/read" { "uri" } else { "name" };
+        // Mcp-Name names what the request is about: a tool's or prompt's name, a URI, a task.
+        let key = match method {
+            "resources/read" => "uri",
+            m if m.starts_with("tasks/") => "taskId",
+            _ => "name",
+        };
         let name = params.get(key).and_then(Value::as_str).unwrap_or_default().to_owned();
         let mut extra = vec![("Mcp-Method", method)];
-        if matches!(method, "tools/call" | "prompts/get" | "resources/read") {
+        if matches!(
+            method,
+            "tools/call" | "prompts/get" | "resources/read" | "tasks/get" | "tasks/update" | "tasks/cancel"
+        ) {
             extra.push(("Mcp-Name", &name));
         }
         self.post_with(&body, &extra).await

@@ -17,6 +17,7 @@
 mod local;
 mod rounds;
 mod service;
+mod tasks;
 mod updates;
 
 pub use service::{
@@ -79,6 +80,8 @@ pub(crate) struct McpState {
     sessions: Arc<LocalSessionManager>,
     /// Legacy sessions by id: their owner (realm, user).
     owners: Mutex<HashMap<String, (String, String)>>,
+    /// Tool calls kept as tasks (the tasks extension), for every session and request.
+    tasks: Arc<tasks::Tasks>,
     pub stats: McpStats,
 }
 
@@ -91,6 +94,11 @@ impl McpState {
     /// Agents' subscriptions to resource updates now (one per resource and session).
     pub fn resource_watches(&self) -> usize {
         self.updates.watching()
+    }
+
+    /// Tasks the endpoint holds now (running or finished, until they expire).
+    pub fn tasks(&self) -> usize {
+        self.tasks.len()
     }
 }
 
@@ -118,6 +126,7 @@ pub(crate) async fn serve(
         config: config.clone(),
         sessions: sessions.clone(),
         owners: Mutex::new(HashMap::new()),
+        tasks: Arc::default(),
         stats: McpStats::default(),
     });
     let _ = shared.mcp.set(state.clone());
@@ -137,8 +146,12 @@ pub(crate) async fn serve(
         .with_json_response(true)
         .with_cancellation_token(stop.child_token());
     let catalog = Arc::new(LocalCatalog { state: state.clone() });
-    let service: StreamableHttpService<McpServer<LocalCatalog>, LocalSessionManager> =
-        StreamableHttpService::new(move || Ok(McpServer::new(catalog.clone())), sessions, http);
+    let tasks = state.tasks.clone();
+    let service: StreamableHttpService<McpServer<LocalCatalog>, LocalSessionManager> = StreamableHttpService::new(
+        move || Ok(McpServer::new(catalog.clone()).with_tasks(tasks.clone())),
+        sessions,
+        http,
+    );
     let app = axum::Router::new()
         .nest_service("/mcp", service)
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard))

@@ -42,6 +42,10 @@ fn codec() -> Option<&'static RequestStateCodec> {
         .as_ref()
 }
 
+/// What a question gets: what became of it, and the reply to the provider (the answer, or
+/// an error code and message).
+pub type Answer = (QuestionOutcome, Result<Value, (i64, String)>);
+
 /// One run of a call serving a 2026-07-28 request: the answers it may use, and the
 /// questions it asked that have none.
 pub struct Round {
@@ -83,33 +87,11 @@ impl Round {
 
     /// The reply to a provider's question (`key` its own, else its place in the run): the
     /// agent's answer, or an error code and message. Capabilities are checked before.
-    pub fn question(
-        &mut self,
-        key: Option<String>,
-        method: &str,
-        params: Value,
-    ) -> (QuestionOutcome, Result<Value, (i64, String)>) {
-        self.seen += 1;
-        let key = key.unwrap_or_else(|| format!("q{}", self.seen));
-        if let Some(answer) = self.given.get(&key) {
-            let size = serde_json::to_vec(answer).map_or(0, |v| v.len());
-            let checked = if size > fovea_core::frame::MAX_NOTICE_LEN {
-                Err(format!("{size} bytes, over the 16 KiB an answer may have"))
-            } else {
-                check_answer(method, answer)
-            };
-            return match checked {
-                Ok(()) => {
-                    self.used.insert(key, answer.clone());
-                    (QuestionOutcome::Answered, Ok(answer.clone()))
-                }
-                Err(why) => {
-                    let why = format!("inputResponses.{key} is not a {method} result: {why}");
-                    self.invalid.get_or_insert_with(|| why.clone());
-                    (QuestionOutcome::Declined, Err((-32602, why)))
-                }
-            };
-        }
+    pub fn question(&mut self, key: Option<String>, method: &str, params: Value) -> Answer {
+        let key = match self.answer(key, method) {
+            Ok(answered) => return answered,
+            Err(key) => key,
+        };
         if !self.asked.contains_key(&key) && self.asked.len() >= MAX_QUESTIONS_PER_CALL {
             return (
                 QuestionOutcome::Declined,
@@ -128,6 +110,49 @@ impl Round {
                 (QuestionOutcome::Deferred, Err((fovea_core::tool::INPUT_REQUIRED, why.to_owned())))
             }
         }
+    }
+
+    /// The reply to a question from the agent's answers (`key` its own, else its place in
+    /// the run), or (`Err`) the question's key when there is no answer for it.
+    pub fn answer(&mut self, key: Option<String>, method: &str) -> Result<Answer, String> {
+        self.seen += 1;
+        let key = key.unwrap_or_else(|| format!("q{}", self.seen));
+        let Some(answer) = self.given.get(&key) else { return Err(key) };
+        let size = serde_json::to_vec(answer).map_or(0, |v| v.len());
+        let checked = if size > fovea_core::frame::MAX_NOTICE_LEN {
+            Err(format!("{size} bytes, over the 16 KiB an answer may have"))
+        } else {
+            check_answer(method, answer)
+        };
+        Ok(match checked {
+            Ok(()) => {
+                self.used.insert(key, answer.clone());
+                (QuestionOutcome::Answered, Ok(answer.clone()))
+            }
+            Err(why) => {
+                let why = format!("inputResponses.{key} is not a {method} result: {why}");
+                self.invalid.get_or_insert_with(|| why.clone());
+                (QuestionOutcome::Declined, Err((-32602, why)))
+            }
+        })
+    }
+
+    /// A round with no answers and nothing asked (for a request that no longer needs one).
+    pub fn empty() -> Round {
+        Round {
+            binding: Vec::new(),
+            given: BTreeMap::new(),
+            used: BTreeMap::new(),
+            asked: InputRequests::new(),
+            seen: 0,
+            invalid: None,
+        }
+    }
+
+    /// Whether the run deferred questions (or met a malformed answer): the request ends
+    /// with them.
+    pub fn has_deferred(&self) -> bool {
+        !self.asked.is_empty() || self.invalid.is_some()
     }
 
     /// How the request ends when its run has: `None` to give the run's result, else the
@@ -166,7 +191,7 @@ pub fn binding(realm: &str, method: &str, target: &str, arguments: &Value) -> Ve
 /// Whether `answer` is a result of the question's `method` (as rmcp reads them).
 // Sampling and roots are deprecated by SEP-2577, yet still in both eras this node serves.
 #[allow(deprecated)]
-fn check_answer(method: &str, answer: &Value) -> Result<(), String> {
+pub(super) fn check_answer(method: &str, answer: &Value) -> Result<(), String> {
     let r = match method {
         "elicitation/create" => serde_json::from_value::<ElicitResult>(answer.clone()).map(drop),
         "sampling/createMessage" => {

@@ -13,11 +13,12 @@ use fovea_core::tool::answers::{self, McpFailure, Method, METHOD_HEADER};
 use fovea_core::tool::{self, Catalog, Descriptor, Kind, Notice};
 use fovea_core::{ErrorCode, Headers};
 use rmcp::model::{
-    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, ClientCapabilities, CompleteRequestParams,
-    CompleteResult, ContentBlock, Extensions, GetPromptRequestParams, GetPromptResponse, GetPromptResult,
-    Implementation, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
-    PaginatedRequestParams, ProgressNotificationParam, ReadResourceRequestParams, ReadResourceResponse,
-    ReadResourceResult, Reference, ResultType, ServerCapabilities, ServerConfig, SubscriptionFilter, Tool,
+    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, ClientCapabilities,
+    CompleteRequestParams, CompleteResult, ContentBlock, Extensions, GetPromptRequestParams, GetPromptResponse,
+    GetPromptResult, GetTaskParams, GetTaskResult, Implementation, ListPromptsResult, ListResourceTemplatesResult,
+    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ProgressNotificationParam, ReadResourceRequestParams,
+    ReadResourceResponse, ReadResourceResult, Reference, ResultType, ServerCapabilities, ServerConfig,
+    SubscriptionFilter, Tool, UpdateTaskParams,
 };
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
@@ -26,6 +27,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::rounds::{self, Round};
+use super::tasks::{End, TaskCell, Tasks, TASK_AFTER};
 use crate::sync::lock;
 
 /// How a call ended: a `RESULT`'s code, headers and payload (the payload is the answer,
@@ -167,6 +169,8 @@ pub struct McpServer<S> {
     watching: CancellationToken,
     /// Legacy sessions: resources subscribed to (`resources/subscribe`), by URI.
     subscribed: Arc<Mutex<std::collections::HashMap<String, CancellationToken>>>,
+    /// Tool calls kept as tasks, shared by every session and request of the endpoint.
+    tasks: Arc<Tasks>,
 }
 
 /// Most resources one session (or one `subscriptions/listen`) watches.
@@ -180,6 +184,7 @@ impl<S> Clone for McpServer<S> {
             _session: self._session.clone(),
             watching: self.watching.clone(),
             subscribed: self.subscribed.clone(),
+            tasks: self.tasks.clone(),
         }
     }
 }
@@ -194,7 +199,15 @@ impl<S: CatalogSource> McpServer<S> {
             _session: Arc::new(watching.clone().drop_guard()),
             watching,
             subscribed: Arc::default(),
+            tasks: Arc::default(),
         }
+    }
+
+    /// The server with `tasks` as its store of tasks (shared with other sessions and
+    /// requests, so an agent finds its task whichever request it polls with).
+    pub fn with_tasks(mut self, tasks: Arc<Tasks>) -> McpServer<S> {
+        self.tasks = tasks;
+        self
     }
 }
 
@@ -212,6 +225,7 @@ pub fn server_config() -> ServerConfig {
         .enable_resources_subscribe()
         .enable_prompts()
         .enable_prompts_list_changed()
+        .enable_tasks()
         .build();
     ServerConfig::new(caps).with_server_info(Implementation::new("fovea", env!("CARGO_PKG_VERSION"))).with_instructions(
         "Tools, resources and prompts of this fovea realm: each is a procedure served by a service somewhere in the mesh.",
@@ -442,6 +456,15 @@ impl<S: CatalogSource> ServerHandler for McpServer<S> {
             let caps: ClientCapabilities = serde_json::from_value(Value::Object(missing)).unwrap_or_default();
             return Err(McpError::missing_required_client_capability(caps));
         }
+        // The tasks extension: a tool that needs a task cannot be called without it.
+        let task_support =
+            descriptor.json().get("execution").and_then(|e| e.get("taskSupport")).and_then(Value::as_str);
+        let tasks_declared = context.client_capabilities().is_some_and(|c| c.supports_tasks());
+        if task_support == Some("required") && !tasks_declared {
+            return Err(McpError::missing_required_client_capability(
+                ClientCapabilities::builder().enable_tasks().build(),
+            ));
+        }
         let arguments = Value::Object(request.arguments.clone().unwrap_or_default());
         if let Some(schema) = descriptor.json().get("inputSchema") {
             tool::check_arguments(schema, &arguments, "arguments").map_err(|e| McpError::invalid_params(e, None))?;
@@ -449,6 +472,12 @@ impl<S: CatalogSource> ServerHandler for McpServer<S> {
         let (state, responses) = (request.request_state.as_deref(), request.input_responses.clone());
         let mut round = self.round(&context, "tools/call", &request.name, &arguments, state, responses)?;
         let payload = Bytes::from(serde_json::to_vec(&arguments).unwrap_or_default());
+        if tasks_declared && matches!(task_support, Some("optional" | "required")) {
+            if let Some(round) = round.take() {
+                self.source.counted(false);
+                return self.call_as_task(&procedure, payload, &context, round).await;
+            }
+        }
         let outcome = self.call(&procedure, Headers::new(), payload, &context, round.as_mut()).await;
         if let Some(input) = round.map(Round::finish).transpose()?.flatten() {
             self.source.counted(false);
@@ -569,6 +598,96 @@ impl<S: CatalogSource> ServerHandler for McpServer<S> {
         let json = json.map_err(to_error)?;
         to_result(json, &what)
     }
+
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, McpError> {
+        self.tasks.get(&self.source.realm(&context.extensions), &request.task_id)
+    }
+
+    async fn update_task(
+        &self,
+        request: UpdateTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.tasks.update(&self.source.realm(&context.extensions), &request.task_id, request.input_responses)
+    }
+
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.tasks.cancel(&self.source.realm(&context.extensions), &request.task_id)
+    }
+}
+
+/// Drives a call that may become a task: questions go to its cell (answered from the
+/// agent's rounds, deferred, or parked for `tasks/update`), progress messages become its
+/// status message, and its end (or cancellation) is recorded there.
+async fn run_task<S: CatalogSource>(
+    source: Arc<S>,
+    extensions: Extensions,
+    procedure: String,
+    payload: Bytes,
+    cell: Arc<TaskCell>,
+    declared: Value,
+) {
+    let (tx, mut rx) = mpsc::channel(64);
+    let (reply, replies) = mpsc::channel(MAX_QUESTIONS_PER_CALL);
+    cell.set_reply(reply.clone());
+    let call = source.call(&extensions, &procedure, Headers::new(), payload, tx, replies);
+    tokio::pin!(call);
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut call => break Some(outcome),
+            Some(notice) = rx.recv() => match notice {
+                Notice::Question { id, key, method, params } => {
+                    let outcome = match undeclared_in(&declared, &method) {
+                        Some(why) => decline(&reply, id, why),
+                        None => cell.question(id, key, &method, params),
+                    };
+                    source.counted_question(outcome);
+                }
+                Notice::Progress { message, .. } => cell.progress(message),
+                _ => {}
+            },
+            () = cell.cancel.cancelled() => break None,
+        }
+    };
+    match outcome {
+        None => cell.end(End::Cancelled),
+        Some(outcome) => {
+            let end = task_end(&outcome, &procedure, &source.realm(&extensions));
+            cell.finish(outcome, end);
+        }
+    }
+}
+
+/// How a finished call reads as a task: completed with the tool's result (an error
+/// result when the provider failed it), or failed with a JSON-RPC error when the call
+/// could not be made or finish (the node's codes; the provider's `NOT_FOUND` and
+/// `INVALID_ARGUMENTS`).
+fn task_end(outcome: &CallOutcome, procedure: &str, realm: &str) -> End {
+    let code = outcome.code.to_u64();
+    let rpc = match outcome.code {
+        ErrorCode::NotFound | ErrorCode::InvalidArguments => Some(-32602),
+        _ if code != 0 && code < ErrorCode::ApplicationError.to_u64() => Some(-32603),
+        _ => None,
+    };
+    match rpc {
+        Some(c) => {
+            let message = format!("{}: {}", outcome.code.name(), String::from_utf8_lossy(&outcome.payload));
+            let error = serde_json::json!({"code": c, "message": message});
+            End::Failed(error.as_object().cloned().unwrap_or_default())
+        }
+        None => {
+            let result = serde_json::to_value(tool_result(outcome, procedure, realm)).unwrap_or_default();
+            End::Completed(result.as_object().cloned().unwrap_or_default())
+        }
+    }
 }
 
 /// How long a 2026-07-28 agent may keep a list: it depends on the caller's permissions
@@ -636,11 +755,62 @@ impl<S: CatalogSource> McpServer<S> {
         state: Option<&str>,
         responses: Option<rmcp::model::InputResponses>,
     ) -> Result<Option<Round>, McpError> {
-        if !context.protocol_version().is_some_and(|v| !v.has_initialize()) {
+        if context.protocol_version().is_none_or(|v| v.has_initialize()) {
             return Ok(None);
         }
         let binding = rounds::binding(&self.source.realm(&context.extensions), method, target, arguments);
         Round::open(state, responses, binding).map(Some)
+    }
+
+    /// A call that becomes a task if it is still running after [`TASK_AFTER`] (and has not
+    /// asked the agent through an input-required result by then); else the request ends
+    /// as a plain one, with its result or its input-required result.
+    async fn call_as_task(
+        &self,
+        procedure: &str,
+        payload: Bytes,
+        context: &RequestContext<RoleServer>,
+        round: Round,
+    ) -> Result<CallToolResponse, McpError> {
+        let realm = self.source.realm(&context.extensions);
+        let cell = TaskCell::new(realm.clone(), round);
+        let declared = serde_json::to_value(context.client_capabilities().unwrap_or_default()).unwrap_or_default();
+        let run = run_task(
+            self.source.clone(),
+            context.extensions.clone(),
+            procedure.to_owned(),
+            payload,
+            cell.clone(),
+            declared,
+        );
+        tokio::spawn(run);
+        let later = tokio::time::sleep(TASK_AFTER);
+        tokio::pin!(later);
+        let mut waited = false;
+        loop {
+            let changed = cell.changed.notified();
+            if let Some(outcome) = cell.take_outcome() {
+                if let Some(input) = cell.take_round().finish()? {
+                    return Ok(input.into());
+                }
+                return Ok(tool_result(&outcome, procedure, &realm).into());
+            }
+            tokio::select! {
+                () = changed => {}
+                () = &mut later, if !waited => {
+                    waited = true;
+                    if !cell.deferred() {
+                        if let Some(created) = self.tasks.promote(&cell) {
+                            return Ok(CallToolResponse::Task(created));
+                        }
+                    }
+                }
+                () = context.ct.cancelled() => {
+                    cell.cancel.cancel();
+                    return Err(McpError::internal_error("cancelled by the client", None));
+                }
+            }
+        }
     }
 
     /// A call serving an MCP `method` with its `params`; an error when the agent cancelled.
@@ -746,12 +916,17 @@ impl QuestionOutcome {
 
 /// Why the agent cannot be asked `method`: it did not declare the capability.
 fn undeclared(context: &RequestContext<RoleServer>, method: &str) -> Option<String> {
+    let declared = serde_json::to_value(context.client_capabilities().unwrap_or_default()).unwrap_or_default();
+    undeclared_in(&declared, method)
+}
+
+/// Why an agent that `declared` these capabilities cannot be asked `method`.
+fn undeclared_in(declared: &Value, method: &str) -> Option<String> {
     let capability = match method {
         "elicitation/create" => "elicitation",
         "sampling/createMessage" => "sampling",
         _ => "roots",
     };
-    let declared = serde_json::to_value(context.client_capabilities().unwrap_or_default()).unwrap_or_default();
     declared.get(capability).is_none().then(|| format!("the agent did not declare the {capability} capability"))
 }
 
