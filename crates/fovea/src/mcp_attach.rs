@@ -4,7 +4,9 @@
 //! `NAME.templates.<hash>` (agents see their URIs unchanged), so every service can call
 //! them and every agent on every node sees them; two attachments of one NAME share calls
 //! through ordinary RPC balancing. The upstream's list changes are followed, and its
-//! resource updates published to the mesh (`$mcp.updated.<procedure>`).
+//! resource updates published to the mesh (`$mcp.updated.<procedure>`). Its questions
+//! during a tool call (elicitation, sampling, roots) are asked of the agent behind that
+//! call, wherever it is (`Request::ask`), and the answer goes back upstream.
 //!
 //! Trust: a definition is prompt input for every agent of the realm, so each one (tool,
 //! prompt, resource, template) is pinned when first seen (`pins/NAME.json` in the data dir:
@@ -264,12 +266,108 @@ struct Upstream {
     /// URIs the upstream said were updated (`notifications/resources/updated`), to publish.
     updated: mpsc::Sender<String>,
     status: SharedStatus,
+    /// The tool calls in flight that can ask their agent, by a number of their own, and
+    /// by the upstream request id they wait on.
+    askers: Arc<Mutex<Askers>>,
+}
+
+/// A question from the upstream for the agent behind a call: the MCP method, its params,
+/// and where the answer goes.
+type Question = (&'static str, Value, tokio::sync::oneshot::Sender<Result<Value, rmcp::ErrorData>>);
+
+#[derive(Default)]
+struct Askers {
+    next: u64,
+    calls: HashMap<u64, mpsc::Sender<Question>>,
+    by_request: HashMap<String, u64>,
+}
+
+impl Upstream {
+    /// Puts the upstream's question to the agent behind the call it belongs to. The call
+    /// is the one whose response stream carried the question (streamable HTTP), else the
+    /// only one in flight; with several and a transport that cannot tell (stdio), the
+    /// question is declined rather than put to the wrong agent.
+    async fn ask(
+        &self,
+        context: &rmcp::service::RequestContext<RoleClient>,
+        method: &'static str,
+        params: Value,
+    ) -> Result<Value, rmcp::ErrorData> {
+        let origin = match context.extensions.get::<rmcp::service::InboundStreamOrigin>() {
+            Some(rmcp::service::InboundStreamOrigin::OutboundRequest(id)) => Some(id.to_string()),
+            _ => None,
+        };
+        let asker = {
+            let askers = lock(&self.askers);
+            let by_origin = origin.and_then(|o| askers.by_request.get(&o)).and_then(|n| askers.calls.get(n));
+            match by_origin {
+                Some(tx) => Some(tx.clone()),
+                None if askers.calls.len() == 1 => askers.calls.values().next().cloned(),
+                None => None,
+            }
+        };
+        let why = "no call of this attachment can be told to have asked (none in flight, or several over a \
+                   transport that does not say which)";
+        let asker = asker.ok_or_else(|| rmcp::ErrorData::new(rmcp::model::ErrorCode(-32601), why, None))?;
+        let (back, answer) = tokio::sync::oneshot::channel();
+        let gone = || rmcp::ErrorData::internal_error("the call ended before the agent answered", None);
+        asker.send((method, params, back)).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+/// What the agent answered, as rmcp's type `T`.
+fn answered<T: serde::de::DeserializeOwned>(answer: Value) -> Result<T, rmcp::ErrorData> {
+    serde_json::from_value(answer)
+        .map_err(|e| rmcp::ErrorData::internal_error(format!("the agent's answer is not MCP: {e}"), None))
 }
 
 /// Most early progress notices kept.
 const EARLY_TOKENS: usize = 256;
 
 impl ClientHandler for Upstream {
+    /// The attachment may ask what the agents behind its calls can answer: each question
+    /// is passed to the agent of its call, which declines what it cannot.
+    fn get_info(&self) -> rmcp::model::ClientConfig {
+        let mut caps = rmcp::model::ClientCapabilities::default();
+        caps.elicitation = Some(Default::default());
+        #[allow(deprecated)]
+        {
+            caps.sampling = Some(Default::default());
+            caps.roots = Some(Default::default());
+        }
+        let mut info = rmcp::model::ClientConfig::default();
+        info.capabilities = caps;
+        info
+    }
+
+    async fn create_elicitation(
+        &self,
+        request: rmcp::model::ElicitRequestParams,
+        context: rmcp::service::RequestContext<RoleClient>,
+    ) -> Result<rmcp::model::ElicitResult, rmcp::ErrorData> {
+        let params = serde_json::to_value(&request).unwrap_or_default();
+        answered(self.ask(&context, "elicitation/create", params).await?)
+    }
+
+    #[allow(deprecated)]
+    async fn create_message(
+        &self,
+        request: rmcp::model::CreateMessageRequestParams,
+        context: rmcp::service::RequestContext<RoleClient>,
+    ) -> Result<rmcp::model::CreateMessageResult, rmcp::ErrorData> {
+        let params = serde_json::to_value(&request).unwrap_or_default();
+        answered(self.ask(&context, "sampling/createMessage", params).await?)
+    }
+
+    #[allow(deprecated)]
+    async fn list_roots(
+        &self,
+        context: rmcp::service::RequestContext<RoleClient>,
+    ) -> Result<rmcp::model::ListRootsResult, rmcp::ErrorData> {
+        answered(self.ask(&context, "roots/list", json!({})).await?)
+    }
+
     async fn on_progress(&self, p: ProgressNotificationParam, _: NotificationContext<RoleClient>) {
         let token = serde_json::to_value(&p.progress_token).ok().map(|t| t.to_string()).unwrap_or_default();
         let notice = Notice::Progress { progress: p.progress, total: p.total, message: p.message };
@@ -448,6 +546,7 @@ async fn run_once(
         list_changed: Arc::default(),
         updated,
         status: status.clone(),
+        askers: Arc::default(),
     };
     let upstream: RunningService<RoleClient, Upstream> = match &args.upstream_url {
         Some(url) => {
@@ -861,10 +960,28 @@ async fn call_upstream(
     let timeout = req.deadline().saturating_duration_since(tokio::time::Instant::now());
     let mut options = PeerRequestOptions::no_options();
     options.timeout = Some(timeout);
+    // The call can be asked from the moment the upstream has its request.
+    let (questions, mut asked) = mpsc::channel::<Question>(fovea_node::mcp::MAX_QUESTIONS_PER_CALL);
+    let asker = {
+        let mut askers = lock(&handler.askers);
+        askers.next += 1;
+        let n = askers.next;
+        askers.calls.insert(n, questions);
+        n
+    };
+    let forget = || {
+        let mut askers = lock(&handler.askers);
+        askers.calls.remove(&asker);
+        askers.by_request.retain(|_, n| *n != asker);
+    };
     let handle = match upstream.peer().send_request_with_option(request, options).await {
         Ok(h) => h,
-        Err(e) => return fail(req, &format!("the upstream MCP server is not available: {e}")),
+        Err(e) => {
+            forget();
+            return fail(req, &format!("the upstream MCP server is not available: {e}"));
+        }
     };
+    lock(&handler.askers).by_request.insert(handle.id.to_string(), asker);
     let token = serde_json::to_value(&handle.progress_token).ok().map(|t| t.to_string()).unwrap_or_default();
     let (tx, mut rx) = mpsc::channel(64);
     {
@@ -880,15 +997,32 @@ async fn call_upstream(
     let id = handle.id.clone();
     let answer = handle.await_response();
     tokio::pin!(answer);
+    // The upstream's questions, each asked of the call's agent through the mesh.
+    let mut asking = futures_util::stream::FuturesUnordered::new();
     let outcome = loop {
         tokio::select! {
             // Notices first: those that came before the answer go before it.
             biased;
             Some(n) = rx.recv() => req.notify(&n),
+            Some((method, params, back)) = asked.recv() => {
+                let req = &req;
+                asking.push(async move {
+                    let answer = req.ask(method, params).await.map_err(|e| match e {
+                        fovea_client::ClientError::NotAnswered { code, message } => {
+                            rmcp::ErrorData::new(rmcp::model::ErrorCode(i32::try_from(code).unwrap_or(-32603)), message, None)
+                        }
+                        e => rmcp::ErrorData::internal_error(e.to_string(), None),
+                    });
+                    let _ = back.send(answer);
+                });
+            }
+            Some(()) = futures_util::StreamExt::next(&mut asking), if !asking.is_empty() => {}
             r = &mut answer => break Some(r),
             () = req.cancelled() => break None,
         }
     };
+    drop(asking);
+    forget();
     // rmcp runs each notification handler in a task of its own; on this single-threaded
     // runtime (see main.rs) those spawned before the answer arrived have run by now, so
     // what they passed on is in `rx`.

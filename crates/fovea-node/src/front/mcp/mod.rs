@@ -22,7 +22,7 @@ mod updates;
 
 pub use service::{
     find_in, server_config, tool_result, CallOutcome, CatalogSource, EntryPage, Found, Lookup, McpServer,
-    QuestionOutcome, MAX_RESOURCE_SUBSCRIPTIONS,
+    QuestionOutcome, MAX_QUESTIONS_PER_CALL, MAX_RESOURCE_SUBSCRIPTIONS,
 };
 
 use std::collections::HashMap;
