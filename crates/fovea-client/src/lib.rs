@@ -455,6 +455,9 @@ pub(crate) struct Inner {
     pub regs: Mutex<IdMap<rpc::RegEntry>>,
     /// Calls whose caller wants their notices (`call_with_notices`), by call id.
     pub notice_sinks: Mutex<IdMap<mpsc::Sender<tools::Notice>>>,
+    /// Calls whose caller answers the provider's questions (`call_answering`), by call
+    /// id: their questions go here rather than being declined.
+    pub answer_sinks: Mutex<IdMap<mpsc::Sender<tools::Notice>>>,
     /// Questions this client's providers asked, by (request id, question id), waiting for
     /// their answer (`Request::ask`).
     pub questions: Mutex<HashMap<(u64, u64), oneshot::Sender<Answer>>>,
@@ -636,6 +639,7 @@ impl Client {
             subs: Mutex::new(IdMap::default()),
             regs: Mutex::new(IdMap::default()),
             notice_sinks: Mutex::new(IdMap::default()),
+            answer_sinks: Mutex::new(IdMap::default()),
             questions: Mutex::new(HashMap::new()),
             serving: Mutex::new(IdMap::default()),
             call_streams: Mutex::new(IdMap::default()),

@@ -841,6 +841,22 @@ impl Client {
         notices: Option<mpsc::Sender<crate::Notice>>,
         flags: u64,
     ) -> Result<Response, ClientError> {
+        let call_id = self.inner().next_id.fetch_add(1, Ordering::Relaxed);
+        self.call_as(call_id, procedure, headers, payload, timeout, notices, flags).await
+    }
+
+    /// [`Client::call_inner`] with the call id chosen by the caller (fresh from `next_id`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn call_as(
+        &self,
+        call_id: u64,
+        procedure: &str,
+        headers: &Headers,
+        payload: Bytes,
+        timeout: Duration,
+        notices: Option<mpsc::Sender<crate::Notice>>,
+        flags: u64,
+    ) -> Result<Response, ClientError> {
         // Validated in place and encoded from the caller's string: no copy of the name.
         Procedure::check(procedure)
             .map_err(|source| ClientError::InvalidProcedure { procedure: procedure.to_owned(), source })?;
@@ -850,7 +866,6 @@ impl Client {
             return Box::pin(self.call_large(procedure, headers, payload, timeout)).await;
         }
         let inner = self.inner();
-        let call_id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         let wants_notices = notices.is_some();
         let mut session = 0;

@@ -274,6 +274,7 @@ async fn run(inner: &Arc<Inner>, s: Session) -> End {
     inner.drained.notify_waiters();
     lock(&inner.pings).clear();
     lock(&inner.notice_sinks).clear();
+    lock(&inner.answer_sinks).clear();
     lock(&inner.tool_queries).clear();
     crate::stream::end_session(inner);
     crate::messages::end_session(inner);
@@ -521,16 +522,25 @@ async fn handle(inner: &Arc<Inner>, frame: Frame, pending: &mut Pending) -> Resu
                     let _ = tx.send(result);
                 }
             }
-            // A question from the provider of one of our calls: this SDK has no agent to
-            // ask, so it declines at once rather than leave the provider waiting.
-            Some(crate::Notice::Question { id, .. }) => {
-                let result = Err((-32601, "this caller cannot answer questions (it has no agent to ask)".to_owned()));
-                let (kind, body) = crate::Notice::Reply { id, result }.to_wire();
-                let mut out = lock(&inner.out);
-                if out.connected {
-                    out.buf.push_frame(&Frame::Notice(fovea_core::frame::Notice { id: n.id, kind, body }));
-                    drop(out);
-                    inner.wake.notify_one();
+            // A question from the provider of one of our calls: its caller answers it
+            // (`call_answering`), else this SDK has no agent to ask and declines at once
+            // rather than leave the provider waiting.
+            Some(question @ crate::Notice::Question { .. }) => {
+                let sink = lock(&inner.answer_sinks).get(&n.id).cloned();
+                let unanswered = match sink {
+                    Some(s) => s.try_send(question).err().map(tokio::sync::mpsc::error::TrySendError::into_inner),
+                    None => Some(question),
+                };
+                if let Some(crate::Notice::Question { id, .. }) = unanswered {
+                    let result =
+                        Err((-32601, "this caller cannot answer questions (it has no agent to ask)".to_owned()));
+                    let (kind, body) = crate::Notice::Reply { id, result }.to_wire();
+                    let mut out = lock(&inner.out);
+                    if out.connected {
+                        out.buf.push_frame(&Frame::Notice(fovea_core::frame::Notice { id: n.id, kind, body }));
+                        drop(out);
+                        inner.wake.notify_one();
+                    }
                 }
             }
             Some(notice) => {

@@ -163,6 +163,56 @@ impl Client {
         self.call_inner(procedure, headers, payload.into(), timeout, Some(notices), 0).await
     }
 
+    /// [`Client::call_with_notices`] for a caller that answers the provider's questions
+    /// (protocol 8; an MCP front end with an agent behind it): they arrive in `notices` as
+    /// [`Notice::Question`], and each is answered by sending a [`Notice::Reply`] with its
+    /// `id` to `replies` while the call runs. A question `notices` has no room for is
+    /// declined, as are the questions of a call whose payload is over `max_payload` (it
+    /// is sent as a stream).
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub async fn call_answering(
+        &self,
+        procedure: &str,
+        headers: &Headers,
+        payload: impl Into<Bytes>,
+        timeout: Duration,
+        notices: mpsc::Sender<Notice>,
+        mut replies: mpsc::Receiver<Notice>,
+    ) -> Result<Response, ClientError> {
+        let inner = self.inner();
+        let call_id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        lock(&inner.answer_sinks).insert(call_id, notices.clone());
+        /// Forgets the call's sink however the call ends.
+        struct Forget<'a>(&'a crate::Inner, u64);
+        impl Drop for Forget<'_> {
+            fn drop(&mut self) {
+                lock(&self.0.answer_sinks).remove(&self.1);
+            }
+        }
+        let _forget = Forget(inner, call_id);
+        let forward = async {
+            while let Some(reply) = replies.recv().await {
+                if !matches!(reply, Notice::Reply { .. }) {
+                    continue;
+                }
+                let (kind, body) = reply.to_wire();
+                let mut out = lock(&inner.out);
+                if out.connected {
+                    out.buf.push_frame(&Frame::Notice(fovea_core::frame::Notice { id: call_id, kind, body }));
+                    drop(out);
+                    inner.wake.notify_one();
+                }
+            }
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            r = self.call_as(call_id, procedure, headers, payload.into(), timeout, Some(notices), 0) => r,
+            () = forward => Err(ClientError::Cancelled),
+        }
+    }
+
     /// Every tool of the realm this client may call, in procedure order.
     ///
     /// # Errors

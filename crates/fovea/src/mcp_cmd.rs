@@ -79,9 +79,11 @@ impl CatalogSource for ClientCatalog {
         headers: Headers,
         payload: Bytes,
         notices: mpsc::Sender<Notice>,
-        _replies: mpsc::Receiver<Notice>,
+        replies: mpsc::Receiver<Notice>,
     ) -> CallOutcome {
-        let outcome = self.client.call_with_notices(procedure, &headers, payload, self.timeout, notices).await;
+        // The provider's questions reach the agent on stdio (through `notices`), and its
+        // answers go back (from `replies`).
+        let outcome = self.client.call_answering(procedure, &headers, payload, self.timeout, notices, replies).await;
         match outcome {
             Ok(r) => CallOutcome { code: ErrorCode::NoError, headers: r.headers, payload: r.payload },
             Err(ClientError::NoProvider(m)) => CallOutcome::failed(ErrorCode::NoProvider, m),

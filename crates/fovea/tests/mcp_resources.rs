@@ -615,6 +615,33 @@ async fn a_long_call_becomes_a_task_the_agent_polls_answers_and_cancels() {
     a.stop().await;
 }
 
+/// Through `fovea mcp` on stdio too: the SDK caller behind it passes the provider's
+/// question to the agent and its answer back.
+#[tokio::test]
+async fn a_provider_asks_the_agent_behind_fovea_mcp_on_stdio() {
+    let node = TestNode::start().await;
+    let service = node.client().await;
+    let mut reg = service.register_tool("weather.where", &json!({"description": "Asks where."})).await.unwrap();
+    tokio::spawn(async move {
+        while let Some(req) = reg.next().await {
+            let schema = json!({"type": "object", "properties": {"city": {"type": "string"}}});
+            match req.ask("elicitation/create", json!({"message": "Which city?", "requestedSchema": schema})).await {
+                Ok(a) => req.respond(json!({"city": a["content"]["city"]}).to_string()),
+                Err(e) => req.fail(&e.to_string()),
+            }
+        }
+    });
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_fovea"));
+    cmd.args(["mcp", "--url", &node.url(), "--ca"]).arg(&node.cert).stderr(std::process::Stdio::null());
+    let client = Answers.serve(TokioChildProcess::new(cmd).unwrap()).await.expect("MCP handshake over stdio");
+    let mut call = rmcp::model::CallToolRequestParams::new("weather__where");
+    call.arguments = Some(serde_json::Map::new());
+    let result = client.call_tool(call).await.unwrap();
+    assert_eq!(result.structured_content, Some(json!({"city": "Zürich"})), "{result:?}");
+    client.cancel().await.unwrap();
+    node.stop().await;
+}
+
 /// A caller below protocol 8 cannot see a question: its node declines for it at once.
 #[tokio::test]
 async fn a_question_to_a_caller_below_version_8_is_declined_by_the_node() {
