@@ -49,7 +49,8 @@ pub type Answer = (QuestionOutcome, Result<Value, (i64, String)>);
 /// One run of a call serving a 2026-07-28 request: the answers it may use, and the
 /// questions it asked that have none.
 pub struct Round {
-    binding: Vec<u8>,
+    /// What the request's state is bound to, once worked out.
+    binding: Option<Vec<u8>>,
     /// Answers from the state and the retry, by key (the retry's win).
     given: BTreeMap<String, Value>,
     /// The answers this run used: the next state carries them.
@@ -63,23 +64,29 @@ pub struct Round {
 
 impl Round {
     /// The round a request starts, from its `requestState` and `inputResponses`; `binding`
-    /// names the request (realm, method, target, arguments), which a state must match.
+    /// names the request (realm, method, target, arguments), which a state must match (it
+    /// is only worked out when there is a state to check).
     ///
     /// # Errors
     /// `-32602` for a state that fails its check (tampered, expired, another request's, or
     /// another node's) or when this node cannot seal states.
-    pub fn open(state: Option<&str>, responses: Option<InputResponses>, binding: Vec<u8>) -> Result<Round, McpError> {
+    pub fn open(
+        state: Option<&str>,
+        responses: Option<InputResponses>,
+        binding: impl FnOnce() -> Vec<u8>,
+    ) -> Result<Round, McpError> {
         let Some(codec) = codec() else {
             return Err(McpError::internal_error("this node cannot seal request states (no system randomness)", None));
         };
-        let mut given: BTreeMap<String, Value> = match state {
-            None => BTreeMap::new(),
-            Some(s) => codec.open_json_with(s, &binding).map_err(|e| {
+        let binding = state.map(|_| binding());
+        let mut given: BTreeMap<String, Value> = match (state, &binding) {
+            (Some(s), Some(binding)) => codec.open_json_with(s, binding).map_err(|e| {
                 McpError::invalid_params(
                     format!("requestState failed its check ({e}): send the request again without requestState"),
                     None,
                 )
             })?,
+            _ => BTreeMap::new(),
         };
         given.extend(responses.unwrap_or_default());
         Ok(Round { binding, given, used: BTreeMap::new(), asked: InputRequests::new(), seen: 0, invalid: None })
@@ -140,7 +147,7 @@ impl Round {
     /// A round with no answers and nothing asked (for a request that no longer needs one).
     pub fn empty() -> Round {
         Round {
-            binding: Vec::new(),
+            binding: None,
             given: BTreeMap::new(),
             used: BTreeMap::new(),
             asked: InputRequests::new(),
@@ -156,11 +163,12 @@ impl Round {
     }
 
     /// How the request ends when its run has: `None` to give the run's result, else the
-    /// input-required result asking the agent the run's open questions.
+    /// input-required result asking the agent the run's open questions, its state bound to
+    /// `binding` (as [`Round::open`]'s).
     ///
     /// # Errors
     /// `-32602` when the agent's answer to a question was malformed.
-    pub fn finish(self) -> Result<Option<InputRequiredResult>, McpError> {
+    pub fn finish(self, binding: impl FnOnce() -> Vec<u8>) -> Result<Option<InputRequiredResult>, McpError> {
         if let Some(why) = self.invalid {
             return Err(McpError::invalid_params(why, None));
         }
@@ -168,7 +176,8 @@ impl Round {
             return Ok(None);
         }
         let Some(codec) = codec() else { return Err(McpError::internal_error("no sealing key", None)) };
-        let options = SealOptions::new().associated_data(&self.binding).ttl(STATE_TTL);
+        let binding = self.binding.unwrap_or_else(binding);
+        let options = SealOptions::new().associated_data(&binding).ttl(STATE_TTL);
         let state = codec
             .seal_json_with(&self.used, &options)
             .map_err(|e| McpError::internal_error(format!("sealing the request state: {e}"), None))?;
@@ -219,80 +228,79 @@ mod tests {
 
     #[test]
     fn a_question_is_deferred_then_answered_on_the_retry() {
-        let mut round = Round::open(None, None, bind()).unwrap();
+        let mut round = Round::open(None, None, bind).unwrap();
         let (asked, reply) = round.question(Some("name".into()), "elicitation/create", elicit());
         assert_eq!(asked, QuestionOutcome::Deferred);
         assert_eq!(reply.unwrap_err().0, fovea_core::tool::INPUT_REQUIRED);
-        let result = serde_json::to_value(round.finish().unwrap().unwrap()).unwrap();
+        let result = serde_json::to_value(round.finish(bind).unwrap().unwrap()).unwrap();
         assert_eq!(result["resultType"], "input_required");
         assert_eq!(result["inputRequests"]["name"]["method"], "elicitation/create");
         let state = result["requestState"].as_str().unwrap().to_owned();
 
         let answer = json!({"action": "accept", "content": {"name": "Ada"}});
         let responses = InputResponses::from([("name".to_owned(), answer.clone())]);
-        let mut retry = Round::open(Some(&state), Some(responses), bind()).unwrap();
+        let mut retry = Round::open(Some(&state), Some(responses), bind).unwrap();
         assert_eq!(
             retry.question(Some("name".into()), "elicitation/create", elicit()),
             (QuestionOutcome::Answered, Ok(answer))
         );
-        assert!(retry.finish().unwrap().is_none(), "nothing left to ask: the run's result stands");
+        assert!(retry.finish(bind).unwrap().is_none(), "nothing left to ask: the run's result stands");
     }
 
     #[test]
     fn answers_carry_over_rounds_and_unkeyed_questions_go_by_place() {
-        let mut first = Round::open(None, None, bind()).unwrap();
+        let mut first = Round::open(None, None, bind).unwrap();
         let _ = first.question(None, "roots/list", json!({}));
-        let state = first.finish().unwrap().unwrap().request_state.unwrap();
+        let state = first.finish(bind).unwrap().unwrap().request_state.unwrap();
         let roots = json!({"roots": [{"uri": "file:///x"}]});
         let mut second =
-            Round::open(Some(&state), Some(InputResponses::from([("q1".into(), roots.clone())])), bind()).unwrap();
+            Round::open(Some(&state), Some(InputResponses::from([("q1".into(), roots.clone())])), bind).unwrap();
         assert_eq!(second.question(None, "roots/list", json!({})).0, QuestionOutcome::Answered);
         assert_eq!(second.question(None, "elicitation/create", elicit()).0, QuestionOutcome::Deferred);
-        let state2 = second.finish().unwrap().unwrap().request_state.unwrap();
+        let state2 = second.finish(bind).unwrap().unwrap().request_state.unwrap();
         assert_ne!(state, state2);
         // The third run gets the first answer from the state, the second from the retry.
         let accept = json!({"action": "decline"});
-        let mut third =
-            Round::open(Some(&state2), Some(InputResponses::from([("q2".into(), accept)])), bind()).unwrap();
+        let mut third = Round::open(Some(&state2), Some(InputResponses::from([("q2".into(), accept)])), bind).unwrap();
         assert_eq!(third.question(None, "roots/list", json!({})), (QuestionOutcome::Answered, Ok(roots)));
         assert_eq!(third.question(None, "elicitation/create", elicit()).0, QuestionOutcome::Answered);
-        assert!(third.finish().unwrap().is_none());
+        assert!(third.finish(bind).unwrap().is_none());
     }
 
     #[test]
     fn a_tampered_or_foreign_state_is_refused() {
-        let mut round = Round::open(None, None, bind()).unwrap();
+        let mut round = Round::open(None, None, bind).unwrap();
         let _ = round.question(None, "roots/list", json!({}));
-        let state = round.finish().unwrap().unwrap().request_state.unwrap();
-        assert!(Round::open(Some(&format!("{state}-TAMPERED")), None, bind()).is_err());
-        assert!(Round::open(Some("not a state"), None, bind()).is_err());
+        let state = round.finish(bind).unwrap().unwrap().request_state.unwrap();
+        assert!(Round::open(Some(&format!("{state}-TAMPERED")), None, bind).is_err());
+        assert!(Round::open(Some("not a state"), None, bind).is_err());
         let other = binding(NAME.0, NAME.1, "other", &json!({}));
-        assert!(Round::open(Some(&state), None, other).is_err(), "bound to its target");
+        assert!(Round::open(Some(&state), None, || other).is_err(), "bound to its target");
         let args = binding(NAME.0, NAME.1, NAME.2, &json!({"x": 1}));
-        assert!(Round::open(Some(&state), None, args).is_err(), "bound to its arguments");
-        assert!(Round::open(Some(&state), None, bind()).is_ok());
+        assert!(Round::open(Some(&state), None, || args).is_err(), "bound to its arguments");
+        assert!(Round::open(Some(&state), None, bind).is_ok());
     }
 
     #[test]
     fn a_malformed_answer_fails_the_request_and_extra_answers_are_ignored() {
         let responses = InputResponses::from([("name".into(), json!(12345)), ("extra".into(), json!({"x": 1}))]);
-        let mut round = Round::open(None, Some(responses), bind()).unwrap();
+        let mut round = Round::open(None, Some(responses), bind).unwrap();
         let (asked, reply) = round.question(Some("name".into()), "elicitation/create", elicit());
         assert_eq!((asked, reply.unwrap_err().0), (QuestionOutcome::Declined, -32602));
-        assert!(round.finish().is_err());
+        assert!(round.finish(bind).is_err());
         // Questions the provider cannot express in MCP are declined, not put to the agent.
-        let mut round = Round::open(None, None, bind()).unwrap();
+        let mut round = Round::open(None, None, bind).unwrap();
         assert_eq!(round.question(None, "elicitation/create", json!({"message": 7})).0, QuestionOutcome::Declined);
-        assert!(round.finish().unwrap().is_none());
+        assert!(round.finish(bind).unwrap().is_none());
     }
 
     #[test]
     fn a_run_asks_at_most_the_bound() {
-        let mut round = Round::open(None, None, bind()).unwrap();
+        let mut round = Round::open(None, None, bind).unwrap();
         for i in 0..MAX_QUESTIONS_PER_CALL {
             assert_eq!(round.question(Some(format!("k{i}")), "roots/list", json!({})).0, QuestionOutcome::Deferred);
         }
         assert_eq!(round.question(Some("one more".into()), "roots/list", json!({})).0, QuestionOutcome::Declined);
-        assert_eq!(round.finish().unwrap().unwrap().input_requests.unwrap().len(), MAX_QUESTIONS_PER_CALL);
+        assert_eq!(round.finish(bind).unwrap().unwrap().input_requests.unwrap().len(), MAX_QUESTIONS_PER_CALL);
     }
 }

@@ -451,7 +451,9 @@ impl<S: CatalogSource> ServerHandler for McpServer<S> {
             .find(&context.extensions, Lookup::Named(Kind::Tool, &request.name))
             .await?
             .ok_or_else(unknown)?;
-        let declared = serde_json::to_value(context.client_capabilities().unwrap_or_default()).unwrap_or_default();
+        let capabilities = context.client_capabilities().unwrap_or_default();
+        let tasks_declared = capabilities.supports_tasks();
+        let declared = serde_json::to_value(capabilities).unwrap_or_default();
         if let Some(missing) = tool::missing_capabilities(&descriptor, &declared) {
             let caps: ClientCapabilities = serde_json::from_value(Value::Object(missing)).unwrap_or_default();
             return Err(McpError::missing_required_client_capability(caps));
@@ -459,7 +461,6 @@ impl<S: CatalogSource> ServerHandler for McpServer<S> {
         // The tasks extension: a tool that needs a task cannot be called without it.
         let task_support =
             descriptor.json().get("execution").and_then(|e| e.get("taskSupport")).and_then(Value::as_str);
-        let tasks_declared = context.client_capabilities().is_some_and(|c| c.supports_tasks());
         if task_support == Some("required") && !tasks_declared {
             return Err(McpError::missing_required_client_capability(
                 ClientCapabilities::builder().enable_tasks().build(),
@@ -470,16 +471,17 @@ impl<S: CatalogSource> ServerHandler for McpServer<S> {
             tool::check_arguments(schema, &arguments, "arguments").map_err(|e| McpError::invalid_params(e, None))?;
         }
         let (state, responses) = (request.request_state.as_deref(), request.input_responses.clone());
-        let mut round = self.round(&context, "tools/call", &request.name, &arguments, state, responses)?;
+        let bind = || rounds::binding(&self.source.realm(&context.extensions), "tools/call", &request.name, &arguments);
+        let mut round = self.round(&context, state, responses, bind)?;
         let payload = Bytes::from(serde_json::to_vec(&arguments).unwrap_or_default());
         if tasks_declared && matches!(task_support, Some("optional" | "required")) {
             if let Some(round) = round.take() {
                 self.source.counted(false);
-                return self.call_as_task(&procedure, payload, &context, round).await;
+                return self.call_as_task(&procedure, payload, &context, round, bind()).await;
             }
         }
         let outcome = self.call(&procedure, Headers::new(), payload, &context, round.as_mut()).await;
-        if let Some(input) = round.map(Round::finish).transpose()?.flatten() {
+        if let Some(input) = round.map(|r| r.finish(bind)).transpose()?.flatten() {
             self.source.counted(false);
             return Ok(input.into());
         }
@@ -527,9 +529,10 @@ impl<S: CatalogSource> ServerHandler for McpServer<S> {
         };
         let params = answers::read_params(uri, &variables, &descriptor);
         let (state, responses) = (request.request_state.as_deref(), request.input_responses.clone());
-        let mut round = self.round(&context, "resources/read", uri, &Value::Null, state, responses)?;
+        let bind = || rounds::binding(&self.source.realm(&context.extensions), "resources/read", uri, &Value::Null);
+        let mut round = self.round(&context, state, responses, bind)?;
         let outcome = self.method_call(Method::ReadResource, &procedure, &params, &context, round.as_mut()).await?;
-        if let Some(input) = round.map(Round::finish).transpose()?.flatten() {
+        if let Some(input) = round.map(|r| r.finish(bind)).transpose()?.flatten() {
             self.source.counted_method(Method::ReadResource, false);
             return Ok(input.into());
         }
@@ -563,9 +566,11 @@ impl<S: CatalogSource> ServerHandler for McpServer<S> {
         }
         let params = serde_json::json!({"name": name, "arguments": arguments});
         let (state, responses) = (request.request_state.as_deref(), request.input_responses.clone());
-        let mut round = self.round(&context, "prompts/get", name, &params["arguments"], state, responses)?;
+        let bind =
+            || rounds::binding(&self.source.realm(&context.extensions), "prompts/get", name, &params["arguments"]);
+        let mut round = self.round(&context, state, responses, bind)?;
         let outcome = self.method_call(Method::GetPrompt, &procedure, &params, &context, round.as_mut()).await?;
-        if let Some(input) = round.map(Round::finish).transpose()?.flatten() {
+        if let Some(input) = round.map(|r| r.finish(bind)).transpose()?.flatten() {
             self.source.counted_method(Method::GetPrompt, false);
             return Ok(input.into());
         }
@@ -743,23 +748,20 @@ impl<S: CatalogSource> McpServer<S> {
         Ok((items, next, context.protocol_version().is_some_and(|v| !v.has_initialize())))
     }
 
-    /// The round of a 2026-07-28 request that may end input-required (`method` on `target`
-    /// with `arguments`, retried with the agent's `state` and `responses`); `None` for a
-    /// 2025-11-25 session, whose agent is asked while the call runs.
+    /// The round of a 2026-07-28 request that may end input-required (retried with the
+    /// agent's `state` and `responses`; `bind` names the request, [`rounds::binding`]);
+    /// `None` for a 2025-11-25 session, whose agent is asked while the call runs.
     fn round(
         &self,
         context: &RequestContext<RoleServer>,
-        method: &str,
-        target: &str,
-        arguments: &Value,
         state: Option<&str>,
         responses: Option<rmcp::model::InputResponses>,
+        bind: impl FnOnce() -> Vec<u8>,
     ) -> Result<Option<Round>, McpError> {
         if context.protocol_version().is_none_or(|v| v.has_initialize()) {
             return Ok(None);
         }
-        let binding = rounds::binding(&self.source.realm(&context.extensions), method, target, arguments);
-        Round::open(state, responses, binding).map(Some)
+        Round::open(state, responses, bind).map(Some)
     }
 
     /// A call that becomes a task if it is still running after [`TASK_AFTER`] (and has not
@@ -771,6 +773,7 @@ impl<S: CatalogSource> McpServer<S> {
         payload: Bytes,
         context: &RequestContext<RoleServer>,
         round: Round,
+        binding: Vec<u8>,
     ) -> Result<CallToolResponse, McpError> {
         let realm = self.source.realm(&context.extensions);
         let cell = TaskCell::new(realm.clone(), round);
@@ -790,7 +793,7 @@ impl<S: CatalogSource> McpServer<S> {
         loop {
             let changed = cell.changed.notified();
             if let Some(outcome) = cell.take_outcome() {
-                if let Some(input) = cell.take_round().finish()? {
+                if let Some(input) = cell.take_round().finish(|| binding)? {
                     return Ok(input.into());
                 }
                 return Ok(tool_result(&outcome, procedure, &realm).into());
