@@ -405,8 +405,43 @@ async fn an_upstreams_question_reaches_the_agent_behind_the_call() {
     let done = agent.request(2, "tools/call", retry).await;
     assert_eq!(done.result()["structuredContent"]["name"], "Ada", "{}", done.body);
 
+    // A 2025-11-25 session (rmcp's client) is asked while the call runs: the upstream waits
+    // for the answer.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let transport = rmcp::transport::StreamableHttpClientTransport::from_uri(format!("http://{}/mcp", b.mcp));
+    let client = rmcp::ServiceExt::serve(Named, transport).await.expect("MCP handshake over HTTP");
+    let mut call = rmcp::model::CallToolRequestParams::new("up__ask");
+    call.arguments = Some(serde_json::Map::new());
+    let result = client.call_tool(call).await.unwrap();
+    assert_eq!(result.structured_content, Some(json!({"name": "Grace"})), "{result:?}");
+    client.cancel().await.unwrap();
+
     // An SDK caller has no agent: the upstream is told its question was not answered.
     let plain = on_b.call("up.ask", "{}", Duration::from_secs(10)).await.unwrap();
     let text = String::from_utf8_lossy(&plain.payload).into_owned();
     assert!(text.contains("not answered"), "{text}");
+}
+
+/// An agent that answers a form with the name Grace.
+#[derive(Clone)]
+struct Named;
+
+impl rmcp::ClientHandler for Named {
+    fn get_info(&self) -> rmcp::model::ClientConfig {
+        let mut caps = rmcp::model::ClientCapabilities::default();
+        caps.elicitation = Some(Default::default());
+        let mut info = rmcp::model::ClientConfig::default();
+        info.capabilities = caps;
+        info
+    }
+
+    async fn create_elicitation(
+        &self,
+        request: rmcp::model::ElicitRequestParams,
+        _: rmcp::service::RequestContext<rmcp::RoleClient>,
+    ) -> Result<rmcp::model::ElicitResult, rmcp::ErrorData> {
+        let asked = serde_json::to_value(&request).unwrap();
+        assert_eq!(asked["message"], "Your name?", "{asked}");
+        Ok(serde_json::from_value(json!({"action": "accept", "content": {"name": "Grace"}})).unwrap())
+    }
 }
