@@ -377,9 +377,7 @@ async fn malformed_requests_get_a_json_rpc_error() {
 
 #[tokio::test]
 async fn agents_on_any_node_see_and_call_the_tools_of_the_whole_mesh() {
-    const SECRET: &str = "a mesh secret of some length";
-    let a = TestNode::start_mesh(SECRET, &[]).await;
-    let b = TestNode::start_mesh(SECRET, &[a.mesh_addr()]).await;
+    let (a, b) = TestNode::start_two().await;
     let mut agent = Agent::new(b.mcp);
     agent.initialize().await;
     let mut stream = agent.listen().await;

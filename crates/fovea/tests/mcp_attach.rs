@@ -290,9 +290,7 @@ async fn an_upstreams_result_larger_than_a_frame_arrives_whole() {
 /// prompt whose description changes upstream is held back like a tool.
 #[tokio::test]
 async fn an_upstreams_resources_and_prompts_reach_agents_on_other_nodes() {
-    const SECRET: &str = "a mesh secret of some length";
-    let a = TestNode::start_mesh(SECRET, &[]).await;
-    let b = TestNode::start_mesh(SECRET, &[a.mesh_addr()]).await;
+    let (a, b) = TestNode::start_two().await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("prompt_desc"), "Reviews code.").unwrap();
     let _attach = attach(&a, "up", dir.path());
@@ -378,9 +376,7 @@ async fn an_upstreams_resources_and_prompts_reach_agents_on_other_nodes() {
 /// (which calls the upstream again) brings the answer. A caller with no agent declines.
 #[tokio::test]
 async fn an_upstreams_question_reaches_the_agent_behind_the_call() {
-    const SECRET: &str = "a mesh secret of some length";
-    let a = TestNode::start_mesh(SECRET, &[]).await;
-    let b = TestNode::start_mesh(SECRET, &[a.mesh_addr()]).await;
+    let (a, b) = TestNode::start_two().await;
     let dir = tempfile::tempdir().unwrap();
     let _attach = attach(&a, "up", dir.path());
     let on_b = b.client().await;

@@ -187,9 +187,7 @@ async fn exercise<H: ClientHandler>(client: &rmcp::service::RunningService<RoleC
 
 #[tokio::test]
 async fn rmcp_client_on_one_node_uses_the_resources_and_prompts_of_another() {
-    const SECRET: &str = "a mesh secret of some length";
-    let a = TestNode::start_mesh(SECRET, &[]).await;
-    let b = TestNode::start_mesh(SECRET, &[a.mesh_addr()]).await;
+    let (a, b) = TestNode::start_two().await;
     let service = a.client().await;
     let _tasks = serve_docs(&service).await;
     let on_b = b.client().await;
@@ -365,9 +363,7 @@ impl ClientHandler for Answers {
 /// not declare, are declined at once.
 #[tokio::test]
 async fn a_provider_asks_the_agent_through_its_call_across_the_mesh() {
-    const SECRET: &str = "a mesh secret of some length";
-    let a = TestNode::start_mesh(SECRET, &[]).await;
-    let b = TestNode::start_mesh(SECRET, &[a.mesh_addr()]).await;
+    let (a, b) = TestNode::start_two().await;
     let service = a.client().await;
     let mut reg = service.register_tool("weather.ask", &json!({"description": "Asks where."})).await.unwrap();
     tokio::spawn(async move {
@@ -418,9 +414,7 @@ async fn a_provider_asks_the_agent_through_its_call_across_the_mesh() {
 async fn a_2026_agent_answers_questions_through_input_required_results() {
     use rmcp::service::{ClientLifecycleMode, ClientServiceExt};
     use std::sync::atomic::{AtomicUsize, Ordering};
-    const SECRET: &str = "a mesh secret of some length";
-    let a = TestNode::start_mesh(SECRET, &[]).await;
-    let b = TestNode::start_mesh(SECRET, &[a.mesh_addr()]).await;
+    let (a, b) = TestNode::start_two().await;
     let service = a.client().await;
     let mut tool = service.register_tool("trip.plan", &json!({"description": "Asks where."})).await.unwrap();
     let runs = std::sync::Arc::new(AtomicUsize::new(0));
@@ -520,9 +514,7 @@ async fn a_2026_agent_answers_questions_through_input_required_results() {
 /// extension.
 #[tokio::test]
 async fn a_long_call_becomes_a_task_the_agent_polls_answers_and_cancels() {
-    const SECRET: &str = "a mesh secret of some length";
-    let a = TestNode::start_mesh(SECRET, &[]).await;
-    let b = TestNode::start_mesh(SECRET, &[a.mesh_addr()]).await;
+    let (a, b) = TestNode::start_two().await;
     let service = a.client().await;
     let descriptor = json!({"description": "Packs a crate.", "execution": {"taskSupport": "required"}});
     let mut tool = service.register_tool("crate.pack", &descriptor).await.unwrap();

@@ -162,9 +162,7 @@ async fn a_subscriber_that_stops_reading_is_cut_and_the_others_go_on() {
 
 #[tokio::test]
 async fn large_messages_cross_the_mesh() {
-    const SECRET: &str = "a mesh secret of some length";
-    let a = TestNode::start_mesh(SECRET, &[]).await;
-    let b = TestNode::start_mesh(SECRET, &[a.mesh_addr()]).await;
+    let (a, b) = TestNode::start_two().await;
     let sub = b.client().await;
     let mut plain = sub.subscribe("far.files").await.unwrap();
     let mut group = sub.subscribe_group("far.files", "workers").await.unwrap();

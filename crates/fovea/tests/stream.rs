@@ -243,9 +243,7 @@ async fn a_caller_that_leaves_or_times_out_cancels_the_providers_stream() {
 /// one node and a provider on another.
 #[tokio::test]
 async fn streams_cross_the_mesh() {
-    const SECRET: &str = "a mesh secret of some length";
-    let a = TestNode::start_mesh(SECRET, &[]).await;
-    let b = TestNode::start_mesh(SECRET, &[a.mesh_addr()]).await;
+    let (a, b) = TestNode::start_two().await;
     let provider = b.client().await;
     let mut reg = provider.register("far.echo").await.unwrap();
     tokio::spawn(async move {

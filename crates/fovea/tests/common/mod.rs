@@ -69,6 +69,15 @@ impl TestNode {
         Self::start_config(addr, dir, limits, None, None).await
     }
 
+    /// Two nodes of one mesh, the second joined through the first (a provider on one, an
+    /// agent or caller on the other).
+    pub async fn start_two() -> (TestNode, TestNode) {
+        const SECRET: &str = "a mesh secret of some length";
+        let a = TestNode::start_mesh(SECRET, &[]).await;
+        let b = TestNode::start_mesh(SECRET, &[a.mesh_addr()]).await;
+        (a, b)
+    }
+
     /// Starts a mesh node on ephemeral ports that joins through `join` (mesh addresses).
     pub async fn start_mesh(secret: &str, join: &[SocketAddr]) -> TestNode {
         let dir = Arc::new(tempfile::tempdir().unwrap());
