@@ -252,6 +252,18 @@ impl CatalogSource for LocalCatalog {
         self.state.updates.watch(&id.realm, procedure)
     }
 
+    /// Who is asking, in an otherwise empty request: the HTTP request's headers are not
+    /// kept for the session's life.
+    fn keep(&self, extensions: &Extensions) -> Extensions {
+        let mut kept = Extensions::new();
+        if let Ok(id) = admitted(extensions) {
+            let (mut parts, ()) = axum::http::Request::new(()).into_parts();
+            parts.extensions.insert(id);
+            kept.insert(parts);
+        }
+        kept
+    }
+
     async fn kind_versions(&self, extensions: &Extensions) -> Option<[u64; 4]> {
         admitted(extensions).ok().map(|id| id.realm.with_tools(|c| c.kind_versions()))
     }

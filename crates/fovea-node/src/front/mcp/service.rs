@@ -130,6 +130,13 @@ pub trait CatalogSource: Send + Sync + 'static {
         procedure: &str,
     ) -> impl Future<Output = Option<mpsc::Receiver<String>>> + Send;
 
+    /// The part of a request's `extensions` this source reads again later: a session's
+    /// list watcher keeps it for the session's life, so it should hold who is asking, not
+    /// the whole HTTP request (the default keeps everything).
+    fn keep(&self, extensions: &Extensions) -> Extensions {
+        extensions.clone()
+    }
+
     /// Counts of the requester's catalog changes by kind ([`Kind::index`]), to announce
     /// only the lists that changed; `None` (the default): every list is announced.
     fn kind_versions(&self, _extensions: &Extensions) -> impl Future<Output = Option<[u64; 4]>> + Send {
@@ -321,7 +328,7 @@ impl<S: CatalogSource> ServerHandler for McpServer<S> {
         // A legacy session: tell it when its lists change, while it lasts.
         let Some(mut rx) = self.source.watch(&context.extensions).await else { return };
         let (peer, stop, source) = (context.peer.clone(), self.watching.clone(), self.source.clone());
-        let extensions = context.extensions.clone();
+        let extensions = self.source.keep(&context.extensions);
         tokio::spawn(async move {
             let mut seen = source.kind_versions(&extensions).await;
             loop {
