@@ -105,11 +105,8 @@ impl Round {
                 Err((-32601, format!("{MAX_QUESTIONS_PER_CALL} questions of this call are already open"))),
             );
         }
-        let request = serde_json::json!({"method": method, "params": params});
-        match serde_json::from_value::<InputRequest>(request) {
-            Err(e) => {
-                (QuestionOutcome::Declined, Err((-32602, format!("the provider's {method} params are not MCP: {e}"))))
-            }
+        match input_request(method, params) {
+            Err(why) => (QuestionOutcome::Declined, Err(why)),
             Ok(request) => {
                 self.asked.entry(key).or_insert(request);
                 let why = "the agent is asked through an input-required result and answers on its retry, \
@@ -183,6 +180,13 @@ impl Round {
             .map_err(|e| McpError::internal_error(format!("sealing the request state: {e}"), None))?;
         Ok(Some(InputRequiredResult::new(Some(self.asked), Some(state))))
     }
+}
+
+/// A provider's question as the MCP request the agent is sent, or the error that declines
+/// it (params MCP does not accept for that method).
+pub(super) fn input_request(method: &str, params: Value) -> Result<InputRequest, (i64, String)> {
+    serde_json::from_value(serde_json::json!({"method": method, "params": params}))
+        .map_err(|e| (-32602, format!("the provider's {method} params are not MCP: {e}")))
 }
 
 /// What a request's state is bound to: its realm, method, target (tool or prompt name,

@@ -130,22 +130,16 @@ impl TaskCell {
                     QuestionOutcome::Declined,
                     Err((-32601, format!("{MAX_QUESTIONS_PER_CALL} questions of this task are already open"))),
                 ),
-                Err(key) => {
-                    let request = serde_json::json!({"method": method, "params": params});
-                    match serde_json::from_value::<InputRequest>(request) {
-                        Err(e) => (
-                            QuestionOutcome::Declined,
-                            Err((-32602, format!("the provider's {method} params are not MCP: {e}"))),
-                        ),
-                        Ok(request) => {
-                            st.parked.insert(key, (id, request, method.to_owned()));
-                            st.updated = SystemTime::now();
-                            drop(st);
-                            self.changed.notify_waiters();
-                            return QuestionOutcome::Deferred;
-                        }
+                Err(key) => match super::rounds::input_request(method, params) {
+                    Err(why) => (QuestionOutcome::Declined, Err(why)),
+                    Ok(request) => {
+                        st.parked.insert(key, (id, request, method.to_owned()));
+                        st.updated = SystemTime::now();
+                        drop(st);
+                        self.changed.notify_waiters();
+                        return QuestionOutcome::Deferred;
                     }
-                }
+                },
             }
         };
         if let Some(reply) = &st.reply {
