@@ -421,9 +421,17 @@ async fn agents_on_any_node_see_and_call_the_tools_of_the_whole_mesh() {
 
 #[tokio::test]
 async fn sessions_are_capped_per_user_and_idle_ones_reaped() {
+    // Live sessions end by rmcp's idle timer, hibernated ones by the endpoint's sweep.
+    for hibernate_after in [None, Some(std::time::Duration::ZERO)] {
+        sessions_capped_and_reaped(hibernate_after).await;
+    }
+}
+
+async fn sessions_capped_and_reaped(hibernate_after: Option<std::time::Duration>) {
     let mut config = fovea_node::McpConfig::new("127.0.0.1:0".parse().unwrap());
     config.max_sessions_per_user = 2;
     config.session_idle = std::time::Duration::from_millis(300);
+    config.hibernate_after = hibernate_after;
     let node = TestNode::start_with_mcp(config).await;
     let mut first = Agent::new(node.mcp);
     first.initialize().await;
@@ -442,6 +450,64 @@ async fn sessions_are_capped_per_user_and_idle_ones_reaped() {
     assert_eq!(first.request(1, "tools/list", json!({})).await.status, 404, "a reaped session is gone");
     Agent::new(node.mcp).initialize().await;
     assert_eq!(common::http::metric(node.admin, "fovea_mcp_sessions_total{event=\"refused\"}").await, 1.0);
+    node.stop().await;
+}
+
+/// An idle session hibernates (its worker closed) and its next request restores it: the
+/// agent sees one session throughout. Sessions with state only a worker holds stay live.
+#[tokio::test]
+async fn idle_sessions_hibernate_and_wake_as_the_same_session() {
+    let mut config = fovea_node::McpConfig::new("127.0.0.1:0".parse().unwrap());
+    config.hibernate_after = Some(std::time::Duration::ZERO);
+    let node = TestNode::start_with_mcp(config).await;
+    let service = node.client().await;
+    let _adder = serve_adder(&service).await;
+    let metric = |name: &'static str| common::http::metric(node.admin, name);
+    let mut agent = Agent::new(node.mcp);
+    agent.initialize().await;
+    // A session that chose a logging level keeps it only in its worker: it stays live.
+    let mut held = Agent::new(node.mcp);
+    held.initialize().await;
+    assert_eq!(held.request(1, "logging/setLevel", json!({"level": "warning"})).await.status, 200);
+    common::converges("the idle session to hibernate", || async {
+        metric("fovea_mcp_sessions_hibernated").await == 1.0
+    })
+    .await;
+    assert_eq!(metric("fovea_mcp_sessions").await, 2.0, "a hibernated session is still a session");
+
+    // The held session answers from its live worker (nothing is woken).
+    assert_eq!(held.request(2, "ping", json!({})).await.status, 200);
+    assert_eq!(metric("fovea_mcp_wakes_total").await, 0.0);
+
+    // A tool appears while the agent's session sleeps; its next request wakes it.
+    let _later = service.register_tool("math.later", &json!({"description": "Registered while asleep."})).await.unwrap();
+    let list = agent.request(2, "tools/list", json!({})).await;
+    assert_eq!(list.status, 200, "{}", list.body);
+    assert_eq!(metric("fovea_mcp_wakes_total").await, 1.0);
+    let mut names: Vec<&str> = list.result()["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["math__add", "math__later"]);
+    let call = agent.request(3, "tools/call", json!({"name": "math__add", "arguments": {"a": 1, "b": 2}})).await;
+    assert_eq!(call.result()["structuredContent"]["sum"], 3.0, "{}", call.body);
+
+    // Asleep again, then the agent opens its stream: the restored session announces the
+    // list that changed since the session was opened, as a live one would have kept it.
+    common::converges("the session to hibernate again", || async {
+        metric("fovea_mcp_hibernations_total").await >= 2.0
+    })
+    .await;
+    let mut stream = agent.listen().await;
+    assert_eq!(stream.next().await["method"], "notifications/tools/list_changed");
+
+    // Its owner can delete it, asleep as awake.
+    drop(stream);
+    common::converges("the session to hibernate once more", || async {
+        metric("fovea_mcp_hibernations_total").await >= 3.0
+    })
+    .await;
+    assert!(agent.delete().await.status < 300);
+    assert_eq!(agent.request(4, "ping", json!({})).await.status, 404, "a deleted session is gone");
+    assert_eq!(metric("fovea_mcp_sessions").await, 1.0);
     node.stop().await;
 }
 

@@ -65,6 +65,8 @@ pub struct McpSection {
     pub max_sessions_per_user: Option<usize>,
     /// e.g. `"5m"`.
     pub session_idle: Option<String>,
+    /// e.g. `"30s"`, or `"off"`.
+    pub hibernate_after: Option<String>,
     /// e.g. `"60s"`.
     pub call_timeout: Option<String>,
     pub max_calls_in_flight: Option<usize>,
@@ -122,6 +124,7 @@ impl McpSection {
             max_sessions: Some(config.max_sessions),
             max_sessions_per_user: Some(config.max_sessions_per_user),
             session_idle: Some(fmt(config.session_idle)),
+            hibernate_after: Some(config.hibernate_after.map_or_else(|| "off".to_owned(), fmt)),
             call_timeout: Some(fmt(config.call_timeout)),
             max_calls_in_flight: Some(config.max_calls_in_flight),
             upstream: Vec::new(),
@@ -144,6 +147,15 @@ impl McpSection {
         };
         dur("session_idle", &self.session_idle, &mut config.session_idle)?;
         dur("call_timeout", &self.call_timeout, &mut config.call_timeout)?;
+        match self.hibernate_after.as_deref() {
+            None => {}
+            Some("off") => config.hibernate_after = None,
+            Some(v) => {
+                let d = parse_duration(v)
+                    .map_err(|e| ConfigError(format!("[mcp] hibernate_after: {e} (or \"off\" to keep idle sessions live)")))?;
+                config.hibernate_after = Some(d);
+            }
+        }
         config.allowed_hosts.extend(self.allowed_hosts.iter().cloned());
         config.allowed_origins.extend(self.allowed_origins.iter().cloned());
         for (key, v, slot) in [

@@ -422,6 +422,11 @@ pub struct McpConfig {
     pub max_sessions_per_user: usize,
     /// A legacy session without a request for this long is closed (and counted reaped).
     pub session_idle: Duration,
+    /// A legacy session with no request open for this long is hibernated: its rmcp worker
+    /// is closed and only its `initialize` is kept, replayed when its next request comes
+    /// (the agent sees no difference). Sessions with resource subscriptions or a logging
+    /// level never hibernate. `None`: sessions stay live until `session_idle`.
+    pub hibernate_after: Option<Duration>,
     /// Deadline of a `tools/call`.
     pub call_timeout: Duration,
     /// Most `tools/call`s in flight at once through this endpoint; more are answered
@@ -440,6 +445,7 @@ impl McpConfig {
             max_sessions: 50_000,
             max_sessions_per_user: 20_000,
             session_idle: Duration::from_secs(300),
+            hibernate_after: Some(Duration::from_secs(30)),
             call_timeout: Duration::from_secs(60),
             max_calls_in_flight: 256,
         }

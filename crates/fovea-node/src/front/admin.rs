@@ -547,6 +547,14 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             counter!("fovea_mcp_sessions_total", "event" => "refused").absolute(st.sessions_refused.load(Relaxed));
             level("fovea_mcp_sessions", "MCP (2025-11-25) sessions open.", m.open_sessions() as f64);
             level(
+                "fovea_mcp_sessions_hibernated",
+                "MCP sessions hibernated now (worker closed until their next request; counted in fovea_mcp_sessions).",
+                m.hibernated_sessions() as f64,
+            );
+            let (hibernations, wakes) = m.hibernations();
+            count("fovea_mcp_hibernations_total", "MCP sessions hibernated after idling.", hibernations);
+            count("fovea_mcp_wakes_total", "Hibernated MCP sessions restored by a request.", wakes);
+            level(
                 "fovea_mcp_resource_watches",
                 "Agents' subscriptions to resource updates (per resource and session or listen stream).",
                 m.resource_watches() as f64,

@@ -13,6 +13,7 @@ use fovea_core::frame::{Call, CallResult};
 use fovea_core::tool::{Kind, Notice};
 use fovea_core::{ErrorCode, Headers};
 use rmcp::model::Extensions;
+use rmcp::transport::streamable_http_server::session::SessionRestoreMarker;
 use rmcp::ErrorData as McpError;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -266,6 +267,21 @@ impl CatalogSource for LocalCatalog {
 
     async fn kind_versions(&self, extensions: &Extensions) -> Option<[u64; 4]> {
         admitted(extensions).ok().map(|id| id.realm.with_tools(|c| c.kind_versions()))
+    }
+
+    fn restored_versions(&self, extensions: &Extensions) -> Option<[u64; 4]> {
+        let marker = extensions.get::<SessionRestoreMarker>()?;
+        self.state.sessions.opened_versions(&marker.id)
+    }
+
+    fn hold(&self, extensions: &Extensions) {
+        let session = extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|p| p.headers.get("mcp-session-id"))
+            .and_then(|v| v.to_str().ok());
+        if let Some(id) = session {
+            self.state.sessions.hold(id);
+        }
     }
 
     fn realm(&self, extensions: &Extensions) -> String {

@@ -17,6 +17,7 @@
 mod local;
 mod rounds;
 mod service;
+mod sessions;
 mod tasks;
 mod updates;
 
@@ -25,17 +26,15 @@ pub use service::{
     QuestionOutcome, MAX_QUESTIONS_PER_CALL, MAX_RESOURCE_SUBSCRIPTIONS,
 };
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -43,7 +42,6 @@ use tokio_util::sync::CancellationToken;
 use super::Shared;
 use crate::config::McpConfig;
 use crate::handle::outbound::Outbound;
-use crate::sync::lock;
 use local::{Admitted, Caller, LocalCatalog};
 
 /// Counters of the MCP endpoint (`/metrics`: `fovea_mcp_*`).
@@ -77,9 +75,8 @@ pub(crate) struct McpState {
     caller: Arc<Caller>,
     updates: Arc<updates::Updates>,
     config: McpConfig,
-    sessions: Arc<LocalSessionManager>,
-    /// Legacy sessions by id: their owner (realm, user).
-    owners: Mutex<HashMap<String, (String, String)>>,
+    /// Legacy sessions, live and hibernated, with their owners.
+    sessions: Arc<sessions::Sessions>,
     /// Tool calls kept as tasks (the tasks extension), for every session and request.
     tasks: Arc<tasks::Tasks>,
     pub stats: McpStats,
@@ -88,7 +85,17 @@ pub(crate) struct McpState {
 impl McpState {
     /// Legacy sessions open now.
     pub fn open_sessions(&self) -> usize {
-        lock(&self.owners).len()
+        self.sessions.len()
+    }
+
+    /// Legacy sessions hibernated now (their worker closed until their next request).
+    pub fn hibernated_sessions(&self) -> usize {
+        self.sessions.hibernated()
+    }
+
+    /// Sessions hibernated, and woken by a request, since the start.
+    pub fn hibernations(&self) -> (u64, u64) {
+        (self.sessions.hibernations.load(Ordering::Relaxed), self.sessions.wakes.load(Ordering::Relaxed))
     }
 
     /// Agents' subscriptions to resource updates now (one per resource and session).
@@ -116,16 +123,13 @@ pub(crate) async fn serve(
     tokio::spawn(caller.clone().drive(stop.clone()));
     let updates = updates::Updates::new(limits.max_pending_bytes, limits.slow_consumer_timeout, limits.max_payload);
     tokio::spawn(updates.clone().drive(stop.clone()));
-    let mut sessions = LocalSessionManager::default();
-    sessions.session_config.keep_alive = Some(config.session_idle);
-    let sessions = Arc::new(sessions);
+    let sessions = Arc::new(sessions::Sessions::new(&config));
     let state = Arc::new(McpState {
         shared: shared.clone(),
         caller,
         updates,
         config: config.clone(),
         sessions: sessions.clone(),
-        owners: Mutex::new(HashMap::new()),
         tasks: Arc::default(),
         stats: McpStats::default(),
     });
@@ -139,15 +143,17 @@ pub(crate) async fn serve(
         .flat_map(|o| [format!("{o}:{port}"), format!("{o}:*")])
         .collect();
     origins.extend(config.allowed_origins.iter().cloned());
-    let http = StreamableHttpServerConfig::default()
+    let mut http = StreamableHttpServerConfig::default()
         .with_allowed_hosts(hosts)
         .with_allowed_origins(origins)
         .with_max_request_body_bytes(config.max_body_bytes)
         .with_json_response(true)
         .with_cancellation_token(stop.child_token());
+    // Where rmcp finds a hibernated session's `initialize` to replay.
+    http.session_store = Some(sessions.clone());
     let catalog = Arc::new(LocalCatalog { state: state.clone() });
     let tasks = state.tasks.clone();
-    let service: StreamableHttpService<McpServer<LocalCatalog>, LocalSessionManager> = StreamableHttpService::new(
+    let service: StreamableHttpService<McpServer<LocalCatalog>, sessions::Sessions> = StreamableHttpService::new(
         move || Ok(McpServer::new(catalog.clone()).with_tasks(tasks.clone())),
         sessions,
         http,
@@ -183,10 +189,15 @@ async fn guard(
     };
     let owner = identity.owner();
     let session = req.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    // The request counts as the session's open (it cannot hibernate) until its response
+    // ends; a session unknown here goes on to rmcp, which answers 404.
+    let mut open = None;
     if let Some(id) = &session {
-        // A session belongs to the user who opened it; to anyone else it does not exist.
-        if lock(&state.owners).get(id).is_some_and(|o| *o != owner) {
-            return (StatusCode::NOT_FOUND, "no such session").into_response();
+        match state.sessions.enter(id, &owner).await {
+            // A session belongs to the user who opened it; to anyone else it does not exist.
+            sessions::Entered::Foreign => return (StatusCode::NOT_FOUND, "no such session").into_response(),
+            sessions::Entered::Unknown => {}
+            sessions::Entered::Open(guard) => open = Some(guard),
         }
     }
     let method = req.method().clone();
@@ -204,36 +215,16 @@ async fn guard(
         }
         req = Request::from_parts(parts, axum::body::Body::from(body));
     }
+    // The catalog's versions when a session opens: what a hibernated session, once
+    // restored, announces changes against.
+    let versions = session.is_none().then(|| identity.realm.with_tools(|c| c.kind_versions()));
     req.extensions_mut().insert(identity);
     let response = next.run(req).await;
     let opened = response.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     match (session, opened) {
         (None, Some(id)) => {
-            let refused = {
-                let mut owners = lock(&state.owners);
-                let mine = owners.values().filter(|o| **o == owner).count();
-                let refused = if owners.len() >= state.config.max_sessions {
-                    Some((
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "this node has its maximum of MCP sessions open: retry later",
-                    ))
-                } else if mine >= state.config.max_sessions_per_user {
-                    Some((StatusCode::TOO_MANY_REQUESTS, "this user has its maximum of MCP sessions open: close some (DELETE) or wait for idle ones to expire"))
-                } else {
-                    None
-                };
-                if refused.is_none() {
-                    owners.insert(id.clone(), owner);
-                }
-                refused
-            };
-            if let Some((status, text)) = refused {
+            if let Err((status, text)) = state.sessions.admit(&id, owner, versions, &state.config).await {
                 state.stats.sessions_refused.fetch_add(1, Ordering::Relaxed);
-                let sessions = state.sessions.clone();
-                tokio::spawn(async move {
-                    use rmcp::transport::streamable_http_server::session::SessionManager;
-                    let _ = sessions.close_session(&id.into()).await;
-                });
                 let mut r = (status, text).into_response();
                 r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
                 return r;
@@ -243,13 +234,16 @@ async fn guard(
         (Some(id), _)
             if method == Method::DELETE
                 && response.status().is_success()
-                && lock(&state.owners).remove(&id).is_some() =>
+                && state.sessions.forget(&id) =>
         {
             state.stats.sessions_deleted.fetch_add(1, Ordering::Relaxed);
         }
         _ => {}
     }
-    response
+    match open {
+        Some(guard) => response.map(|body| axum::body::Body::new(sessions::Tracked::new(body, guard))),
+        None => response,
+    }
 }
 
 /// Whether a request says its body is JSON (`application/json`, any parameters).
@@ -338,23 +332,20 @@ fn authenticate(state: &McpState, req: &Request, remote: SocketAddr) -> Option<A
     }
 }
 
-/// Forgets sessions rmcp closed for idleness, counting them as reaped.
+/// Sweeps the sessions: counts those that ended for idleness as reaped, and hibernates
+/// idle ones.
 async fn reap(state: Arc<McpState>, stop: CancellationToken) {
-    let every = (state.config.session_idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
+    let shortest = state.config.hibernate_after.map_or(state.config.session_idle, |h| h.min(state.config.session_idle));
+    let every = (shortest / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
     let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = stop.cancelled() => return,
         }
-        let live: std::collections::HashSet<String> =
-            state.sessions.sessions.read().await.keys().map(|k| k.to_string()).collect();
-        let mut owners = lock(&state.owners);
-        let before = owners.len();
-        owners.retain(|id, _| live.contains(id));
-        let reaped = before - owners.len();
+        let reaped = state.sessions.sweep().await;
         if reaped > 0 {
-            state.stats.sessions_reaped.fetch_add(reaped as u64, Ordering::Relaxed);
+            state.stats.sessions_reaped.fetch_add(reaped, Ordering::Relaxed);
         }
     }
 }

@@ -143,6 +143,18 @@ pub trait CatalogSource: Send + Sync + 'static {
         std::future::ready(None)
     }
 
+    /// For a legacy session being restored after hibernation (rmcp's replayed
+    /// `initialize`): the [`kind_versions`](Self::kind_versions) it was opened with, so
+    /// the lists that changed since are announced. `None` (the default): not a restore.
+    fn restored_versions(&self, _extensions: &Extensions) -> Option<[u64; 4]> {
+        None
+    }
+
+    /// The requester's legacy session now holds state that only its live worker keeps
+    /// (resource subscriptions, a logging level): it must not be hibernated. The default
+    /// does nothing (no hibernation).
+    fn hold(&self, _extensions: &Extensions) {}
+
     /// The realm calls are made in (for messages in results).
     fn realm(&self, extensions: &Extensions) -> String;
 
@@ -318,9 +330,10 @@ impl<S: CatalogSource> ServerHandler for McpServer<S> {
     async fn set_level(
         &self,
         request: rmcp::model::SetLevelRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
         *lock(&self.log_level) = Some(request.level);
+        self.source.hold(&context.extensions);
         Ok(())
     }
 
@@ -329,12 +342,20 @@ impl<S: CatalogSource> ServerHandler for McpServer<S> {
         let Some(mut rx) = self.source.watch(&context.extensions).await else { return };
         let (peer, stop, source) = (context.peer.clone(), self.watching.clone(), self.source.clone());
         let extensions = self.source.keep(&context.extensions);
+        // A restored session first announces what changed while it was hibernated.
+        let restored = self.source.restored_versions(&context.extensions);
         tokio::spawn(async move {
-            let mut seen = source.kind_versions(&extensions).await;
+            let mut seen = match restored {
+                Some(opened) => Some(opened),
+                None => source.kind_versions(&extensions).await,
+            };
+            let mut first = restored.is_some();
             loop {
-                tokio::select! {
-                    r = rx.changed() => if r.is_err() { return },
-                    () = stop.cancelled() => return,
+                if !std::mem::take(&mut first) {
+                    tokio::select! {
+                        r = rx.changed() => if r.is_err() { return },
+                        () = stop.cancelled() => return,
+                    }
                 }
                 let now = source.kind_versions(&extensions).await;
                 let [tools, resources, prompts] = changed_lists(seen, now);
@@ -419,6 +440,7 @@ impl<S: CatalogSource> ServerHandler for McpServer<S> {
         };
         let stop = self.watching.child_token();
         lock(&self.subscribed).insert(uri.clone(), stop.clone());
+        self.source.hold(&context.extensions);
         let peer = context.peer.clone();
         tokio::spawn(filter_updates(feed, uri, stop, move |u| {
             let peer = peer.clone();
