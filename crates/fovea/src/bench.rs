@@ -642,7 +642,11 @@ async fn mcp(args: &BenchArgs) -> anyhow::Result<Report> {
         // Room for the sessions measured: the node's defaults are below some runs.
         let cfg = tempfile::NamedTempFile::new()?;
         let n = args.sessions + 1000;
-        std::fs::write(cfg.path(), format!("[mcp]\nmax_sessions = {n}\nmax_sessions_per_user = {n}\n"))?;
+        let mut toml = format!("[mcp]\nmax_sessions = {n}\nmax_sessions_per_user = {n}\n");
+        if let Some(h) = &args.hibernate_after {
+            toml.push_str(&format!("hibernate_after = \"{h}\"\n"));
+        }
+        std::fs::write(cfg.path(), toml)?;
         let node = ChildNode::start(Some(cfg.path()), &extra)?;
         return mcp_on(args, node).await;
     }
@@ -660,16 +664,37 @@ async fn mcp_on(args: &BenchArgs, node: ChildNode) -> anyhow::Result<Report> {
         let pid = node.child.id();
         let before = rss_kib(pid).unwrap_or(0);
         let progress = Progress::start(args.sessions as u64, "sessions");
-        crate::bench_mcp::open_sessions(&endpoint, args.sessions, progress.counter()).await?;
+        let ids = crate::bench_mcp::open_sessions(&endpoint, args.sessions, progress.counter()).await?;
         progress.finish();
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Idle for as long as the node hibernates sessions after, and a few of its sweeps.
+        let idle = match args.hibernate_after.as_deref() {
+            None => Duration::from_secs(30),
+            Some("off") => Duration::ZERO,
+            Some(h) => crate::cli::parse_duration(h).unwrap_or_default(),
+        };
+        let sweep = if idle.is_zero() {
+            Duration::ZERO
+        } else {
+            (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(10))
+        };
+        tokio::time::sleep(idle + sweep + Duration::from_secs(2)).await;
         let after = rss_kib(pid).unwrap_or(0);
         let per = (after.saturating_sub(before)) as f64 / args.sessions as f64;
+        let hibernate = args.hibernate_after.as_deref().unwrap_or("30s (the default)");
         println!(
-            "mcp sessions: {} idle 2025-11-25 sessions; node RSS {before} → {after} KiB, {per:.1} KiB each",
+            "mcp sessions: {} idle 2025-11-25 sessions, hibernate_after {hibernate}; node RSS {before} → {after} KiB, {per:.1} KiB each",
             args.sessions
         );
-        r.put("sessions", args.sessions).put("kib_per_session", format!("{per:.1}"));
+        // The first request of an idle session: restored first when it hibernated.
+        let lat = crate::bench_mcp::first_requests(&endpoint, &ids[..ids.len().min(2000)]).await?;
+        let q =
+            |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
+        println!("  first request (ping) of {} of them: p50 {} µs, p99 {} µs", lat.len(), q(0.5), q(0.99));
+        r.put("sessions", args.sessions)
+            .put("hibernate_after", hibernate)
+            .put("kib_per_session", format!("{per:.1}"))
+            .put("first_p50_us", q(0.5))
+            .put("first_p99_us", q(0.99));
     }
     let duration = args.duration.unwrap_or(Duration::from_secs(10));
     if args.upstream {

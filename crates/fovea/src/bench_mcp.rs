@@ -260,9 +260,10 @@ pub(crate) async fn provider(url: &str, opts: ConnectOptions) -> anyhow::Result<
     Ok(client)
 }
 
-/// Opens `n` 2025-11-25 sessions and leaves them idle; returns their connections (closed
-/// when dropped: sessions live on at the node until reaped or deleted).
-pub(crate) async fn open_sessions(endpoint: &str, n: usize, done: Arc<AtomicU64>) -> anyhow::Result<()> {
+/// Opens `n` 2025-11-25 sessions and leaves them idle (they live on at the node until
+/// reaped or deleted); returns their ids.
+pub(crate) async fn open_sessions(endpoint: &str, n: usize, done: Arc<AtomicU64>) -> anyhow::Result<Vec<String>> {
+    let mut ids = Vec::with_capacity(n);
     let mut http = Http::connect(endpoint).await?;
     for _ in 0..n {
         let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
@@ -273,9 +274,27 @@ pub(crate) async fn open_sessions(endpoint: &str, n: usize, done: Arc<AtomicU64>
         http.session = a.session;
         let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
         http.post(&note, "", "", "2025-11-25").await?;
+        ids.extend(http.session.take());
         done.fetch_add(1, Ordering::Relaxed);
     }
-    Ok(())
+    Ok(ids)
+}
+
+/// The latency (µs, sorted) of one `ping` on each of `sessions` in turn: what an agent
+/// waits for its first request after idling (a hibernated session is restored first).
+pub(crate) async fn first_requests(endpoint: &str, sessions: &[String]) -> anyhow::Result<Vec<u32>> {
+    let mut http = Http::connect(endpoint).await?;
+    let ping = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"});
+    let mut lat = Vec::with_capacity(sessions.len());
+    for id in sessions {
+        http.session = Some(id.clone());
+        let t = Instant::now();
+        let a = http.post(&ping, "ping", "", "2025-11-25").await?;
+        lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        anyhow::ensure!(a.status == 200, "ping on an idle session answered HTTP {}: {}", a.status, a.body);
+    }
+    lat.sort_unstable();
+    Ok(lat)
 }
 
 /// What an open-loop run measured.

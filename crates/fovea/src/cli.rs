@@ -510,6 +510,10 @@ pub struct BenchArgs {
     /// MCP: first open this many idle 2025-11-25 sessions and report the node's memory per session.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub sessions: usize,
+    /// MCP with --sessions: the node's `[mcp] hibernate_after` (its default: 30s); the memory
+    /// is read once the sessions have been idle that long.
+    #[arg(long, value_parser = parse_hibernate_after, value_name = "DURATION|off", requires = "sessions")]
+    pub hibernate_after: Option<String>,
     /// Soak: how often to sample the node's memory.
     #[arg(long, default_value = "1m", value_parser = parse_duration, value_name = "DURATION")]
     pub sample: std::time::Duration,
@@ -734,6 +738,14 @@ pub struct CallArgs {
 /// Parses `500ms`, `5s`, `2m`, `1h` or a plain number of seconds.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     fovea_node::parse_duration(s)
+}
+
+/// `bench --hibernate-after`: a duration or `off`, kept as written for the node's config.
+fn parse_hibernate_after(s: &str) -> Result<String, String> {
+    if s != "off" {
+        parse_duration(s)?;
+    }
+    Ok(s.to_owned())
 }
 
 /// How `fovea bench`'s clients reach the node it starts.

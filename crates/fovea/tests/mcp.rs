@@ -480,11 +480,13 @@ async fn idle_sessions_hibernate_and_wake_as_the_same_session() {
     assert_eq!(metric("fovea_mcp_wakes_total").await, 0.0);
 
     // A tool appears while the agent's session sleeps; its next request wakes it.
-    let _later = service.register_tool("math.later", &json!({"description": "Registered while asleep."})).await.unwrap();
+    let _later =
+        service.register_tool("math.later", &json!({"description": "Registered while asleep."})).await.unwrap();
     let list = agent.request(2, "tools/list", json!({})).await;
     assert_eq!(list.status, 200, "{}", list.body);
     assert_eq!(metric("fovea_mcp_wakes_total").await, 1.0);
-    let mut names: Vec<&str> = list.result()["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    let mut names: Vec<&str> =
+        list.result()["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
     names.sort();
     assert_eq!(names, ["math__add", "math__later"]);
     let call = agent.request(3, "tools/call", json!({"name": "math__add", "arguments": {"a": 1, "b": 2}})).await;

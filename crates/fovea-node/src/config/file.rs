@@ -151,8 +151,9 @@ impl McpSection {
             None => {}
             Some("off") => config.hibernate_after = None,
             Some(v) => {
-                let d = parse_duration(v)
-                    .map_err(|e| ConfigError(format!("[mcp] hibernate_after: {e} (or \"off\" to keep idle sessions live)")))?;
+                let d = parse_duration(v).map_err(|e| {
+                    ConfigError(format!("[mcp] hibernate_after: {e} (or \"off\" to keep idle sessions live)"))
+                })?;
                 config.hibernate_after = Some(d);
             }
         }

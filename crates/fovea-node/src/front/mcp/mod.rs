@@ -231,11 +231,7 @@ async fn guard(
             }
             state.stats.sessions_opened.fetch_add(1, Ordering::Relaxed);
         }
-        (Some(id), _)
-            if method == Method::DELETE
-                && response.status().is_success()
-                && state.sessions.forget(&id) =>
-        {
+        (Some(id), _) if method == Method::DELETE && response.status().is_success() && state.sessions.forget(&id) => {
             state.stats.sessions_deleted.fetch_add(1, Ordering::Relaxed);
         }
         _ => {}

@@ -48,6 +48,10 @@ const SETTLE: Duration = Duration::from_secs(5);
 /// Hibernations run at once by one sweep.
 const HIBERNATING_AT_ONCE: usize = 64;
 
+/// A sweep that hibernates at least this many sessions (~14 MiB of workers) hands the
+/// freed memory back to the system ([`release_freed_memory`]).
+const RELEASE_AFTER: usize = 256;
+
 /// The endpoint's legacy sessions: rmcp's [`LocalSessionManager`] for the live ones, and
 /// the book of every session, live or hibernated. Serves rmcp as both its
 /// [`SessionManager`] and its [`SessionStore`].
@@ -222,8 +226,7 @@ impl Sessions {
                     "this user has its maximum of MCP sessions open: close some (DELETE) or wait for idle ones to expire",
                 ))
             } else {
-                let entry =
-                    Entry { owner, open: 0, last: Instant::now(), held: false, phase: Phase::Live, opened };
+                let entry = Entry { owner, open: 0, last: Instant::now(), held: false, phase: Phase::Live, opened };
                 book.entries.insert(id.to_owned(), entry);
                 None
             }
@@ -297,9 +300,13 @@ impl Sessions {
             // Handshakes in progress are live before they have an entry.
             inits.retain(|id, _| entries.contains_key(id) || live.contains(id.as_str()));
         }
+        let hibernated = sleepy.len();
         futures_util::stream::iter(sleepy)
             .for_each_concurrent(HIBERNATING_AT_ONCE, |id| async move { self.hibernate(&id).await })
             .await;
+        if hibernated >= RELEASE_AFTER {
+            let _ = tokio::task::spawn_blocking(release_freed_memory).await;
+        }
         ended
     }
 
@@ -315,6 +322,20 @@ impl Sessions {
             e.phase = Phase::Hibernated;
             self.hibernations.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// Returns the heap's free pages to the system. glibc's malloc keeps what was freed for
+/// reuse, so without this a burst of sessions that then hibernate leaves the node's
+/// resident memory at the burst's peak; `malloc_trim` releases every whole free page of
+/// every arena. Elsewhere (another libc, or the `mimalloc` build, which returns memory on
+/// its own) there is nothing to do.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists, under its locks; it
+    // takes no pointers from us and is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
