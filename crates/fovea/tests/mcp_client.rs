@@ -142,6 +142,31 @@ async fn rmcp_client_over_http() {
     node.stop().await;
 }
 
+/// rmcp's client on a node that hibernates sessions as soon as they idle: the client keeps
+/// its session's GET stream open, so its session is never idle and never hibernates, and
+/// its notifications flow as on any node.
+#[tokio::test]
+async fn rmcp_client_listening_keeps_its_session_live() {
+    let mut config = fovea_node::McpConfig::new("127.0.0.1:0".parse().unwrap());
+    config.hibernate_after = Some(std::time::Duration::ZERO);
+    let node = TestNode::start_with_mcp(config).await;
+    let service = node.client().await;
+    let (_tasks, _slow) = serve_tools(&service).await;
+    let recorder = Recorder::default();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let transport = StreamableHttpClientTransport::from_uri(format!("http://{}/mcp", node.mcp));
+    let client = recorder.clone().serve(transport).await.expect("MCP handshake over HTTP");
+    // Idle across several of the node's sweeps (100 ms apart) between requests.
+    for _ in 0..3 {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(client.list_all_tools().await.unwrap().len(), 5);
+    }
+    exercise(&client, &recorder, &service).await;
+    assert_eq!(common::http::metric(node.admin, "fovea_mcp_hibernations_total").await, 0.0);
+    client.cancel().await.unwrap();
+    node.stop().await;
+}
+
 #[tokio::test]
 async fn rmcp_client_over_stdio_against_fovea_mcp() {
     let node = TestNode::start().await;

@@ -215,14 +215,15 @@ async fn guard(
         }
         req = Request::from_parts(parts, axum::body::Body::from(body));
     }
-    // The catalog's versions when a session opens: what a hibernated session, once
-    // restored, announces changes against.
-    let versions = session.is_none().then(|| identity.realm.with_tools(|c| c.kind_versions()));
+    let realm = session.is_none().then(|| identity.realm.clone());
     req.extensions_mut().insert(identity);
     let response = next.run(req).await;
     let opened = response.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     match (session, opened) {
         (None, Some(id)) => {
+            // The catalog's versions when the session opens: what it, once restored from
+            // hibernation, announces changes against.
+            let versions = realm.map(|r| r.with_tools(|c| c.kind_versions()));
             if let Err((status, text)) = state.sessions.admit(&id, owner, versions, &state.config).await {
                 state.stats.sessions_refused.fetch_add(1, Ordering::Relaxed);
                 let mut r = (status, text).into_response();

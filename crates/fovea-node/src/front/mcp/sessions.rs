@@ -434,3 +434,93 @@ impl SessionStore for Sessions {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sessions(hibernate_after: Option<Duration>, session_idle: Duration) -> Arc<Sessions> {
+        let mut config = McpConfig::new("127.0.0.1:0".parse().unwrap());
+        config.hibernate_after = hibernate_after;
+        config.session_idle = session_idle;
+        Arc::new(Sessions::new(&config))
+    }
+
+    fn user(name: &str) -> (String, String) {
+        ("default".to_owned(), name.to_owned())
+    }
+
+    fn set_phase(s: &Sessions, id: &str, phase: Phase) {
+        lock(&s.book).entries.get_mut(id).unwrap().phase = phase;
+    }
+
+    #[tokio::test]
+    async fn sessions_are_admitted_up_to_the_limits_and_exist_only_for_their_owner() {
+        let s = sessions(None, Duration::from_secs(60));
+        let config = {
+            let mut c = McpConfig::new("127.0.0.1:0".parse().unwrap());
+            c.max_sessions = 3;
+            c.max_sessions_per_user = 2;
+            c
+        };
+        assert!(s.admit("a1", user("a"), None, &config).await.is_ok());
+        assert!(s.admit("a2", user("a"), None, &config).await.is_ok());
+        let (status, _) = s.admit("a3", user("a"), None, &config).await.unwrap_err();
+        assert_eq!(status, axum::http::StatusCode::TOO_MANY_REQUESTS);
+        assert!(s.admit("b1", user("b"), None, &config).await.is_ok());
+        let (status, _) = s.admit("c1", user("c"), None, &config).await.unwrap_err();
+        assert_eq!(status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(s.len(), 3);
+
+        assert!(matches!(s.enter("a1", &user("b")).await, Entered::Foreign));
+        assert!(matches!(s.enter("zz", &user("a")).await, Entered::Unknown));
+        let open = s.enter("a1", &user("a")).await;
+        assert!(matches!(open, Entered::Open(_)));
+        assert_eq!(lock(&s.book).entries["a1"].open, 1);
+        drop(open);
+        assert_eq!(lock(&s.book).entries["a1"].open, 0, "the request ends with its guard");
+
+        assert!(s.forget("a1"));
+        assert!(!s.forget("a1"));
+        assert_eq!(s.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn only_a_hibernated_session_is_restored_and_only_once() {
+        let s = sessions(Some(Duration::ZERO), Duration::from_secs(60));
+        let config = McpConfig::new("127.0.0.1:0".parse().unwrap());
+        s.admit("x", user("a"), Some([1, 2, 3, 4]), &config).await.unwrap();
+        let params: InitializeRequestParams = serde_json::from_value(serde_json::json!({
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}
+        }))
+        .unwrap();
+        s.store("x", &SessionState::new(params)).await.unwrap();
+        assert!(s.load("x").await.unwrap().is_none(), "a live session is not restored");
+        set_phase(&s, "x", Phase::Hibernated);
+        let state = s.load("x").await.unwrap().expect("a hibernated session is restored");
+        assert_eq!(state.initialize_params.client_info.name, "t");
+        assert!(s.load("x").await.unwrap().is_none(), "and then it is live");
+        assert_eq!(s.opened_versions("x"), Some([1, 2, 3, 4]));
+    }
+
+    #[tokio::test]
+    async fn a_sweep_ends_closed_and_expired_sessions_and_keeps_held_and_busy_ones() {
+        let s = sessions(Some(Duration::ZERO), Duration::from_millis(50));
+        let config = McpConfig::new("127.0.0.1:0".parse().unwrap());
+        for id in ["closed", "asleep", "held", "busy"] {
+            s.admit(id, user("a"), None, &config).await.unwrap();
+        }
+        // None of them has a worker here: "closed" is a live one rmcp has closed.
+        set_phase(&s, "asleep", Phase::Hibernated);
+        set_phase(&s, "held", Phase::Hibernated);
+        s.hold("held");
+        let _busy = s.enter("busy", &user("a")).await;
+        set_phase(&s, "busy", Phase::Hibernated);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(s.sweep().await, 1, "the closed session ends");
+        assert_eq!(s.hibernated(), 3);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(s.sweep().await, 2, "hibernated past session_idle: ended, held or not");
+        assert_eq!(s.len(), 1, "a session with a request open stays");
+    }
+}
