@@ -12,7 +12,8 @@
 //! stateless requests). The MCP server is [`McpServer`], shared with `fovea mcp` on stdio;
 //! `local.rs` gives it this node's catalog and calls. This module adds what rmcp leaves to
 //! the endpoint: credentials (`Authorization: Bearer`), binding sessions to their user,
-//! session caps, counting reaped sessions, and JSON-RPC errors for malformed requests.
+//! session caps, hibernating idle sessions (`sessions.rs`), counting reaped sessions, and
+//! JSON-RPC errors for malformed requests.
 
 mod local;
 mod rounds;
