@@ -225,7 +225,7 @@ async fn guard(
             // The catalog's versions when the session opens: what it, once restored from
             // hibernation, announces changes against.
             let versions = realm.map(|r| r.with_tools(|c| c.kind_versions()));
-            if let Err((status, text)) = state.sessions.admit(&id, owner, versions, &state.config).await {
+            if let Err((status, text)) = state.sessions.admit(&id, owner, versions).await {
                 state.stats.sessions_refused.fetch_add(1, Ordering::Relaxed);
                 let mut r = (status, text).into_response();
                 r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("10"));

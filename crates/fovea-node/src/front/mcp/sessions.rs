@@ -62,6 +62,9 @@ pub(crate) struct Sessions {
     hibernate_after: Option<Duration>,
     /// A session without a request for this long ends (live or hibernated).
     session_idle: Duration,
+    /// Most sessions on the node, and per user.
+    max_sessions: usize,
+    max_sessions_per_user: usize,
     /// Sessions hibernated, and woken again, since the start.
     pub hibernations: AtomicU64,
     pub wakes: AtomicU64,
@@ -167,6 +170,8 @@ impl Sessions {
             book: Mutex::default(),
             hibernate_after: config.hibernate_after,
             session_idle: config.session_idle,
+            max_sessions: config.max_sessions,
+            max_sessions_per_user: config.max_sessions_per_user,
             hibernations: AtomicU64::new(0),
             wakes: AtomicU64::new(0),
         }
@@ -212,15 +217,14 @@ impl Sessions {
         id: &str,
         owner: (String, String),
         opened: Option<[u64; 4]>,
-        config: &McpConfig,
     ) -> Result<(), (axum::http::StatusCode, &'static str)> {
         use axum::http::StatusCode;
         let refused = {
             let mut book = lock(&self.book);
             let mine = book.entries.values().filter(|e| e.owner == owner).count();
-            if book.entries.len() >= config.max_sessions {
+            if book.entries.len() >= self.max_sessions {
                 Some((StatusCode::SERVICE_UNAVAILABLE, "this node has its maximum of MCP sessions open: retry later"))
-            } else if mine >= config.max_sessions_per_user {
+            } else if mine >= self.max_sessions_per_user {
                 Some((
                     StatusCode::TOO_MANY_REQUESTS,
                     "this user has its maximum of MCP sessions open: close some (DELETE) or wait for idle ones to expire",
@@ -456,19 +460,16 @@ mod tests {
 
     #[tokio::test]
     async fn sessions_are_admitted_up_to_the_limits_and_exist_only_for_their_owner() {
-        let s = sessions(None, Duration::from_secs(60));
-        let config = {
-            let mut c = McpConfig::new("127.0.0.1:0".parse().unwrap());
-            c.max_sessions = 3;
-            c.max_sessions_per_user = 2;
-            c
-        };
-        assert!(s.admit("a1", user("a"), None, &config).await.is_ok());
-        assert!(s.admit("a2", user("a"), None, &config).await.is_ok());
-        let (status, _) = s.admit("a3", user("a"), None, &config).await.unwrap_err();
+        let mut config = McpConfig::new("127.0.0.1:0".parse().unwrap());
+        config.max_sessions = 3;
+        config.max_sessions_per_user = 2;
+        let s = Arc::new(Sessions::new(&config));
+        assert!(s.admit("a1", user("a"), None).await.is_ok());
+        assert!(s.admit("a2", user("a"), None).await.is_ok());
+        let (status, _) = s.admit("a3", user("a"), None).await.unwrap_err();
         assert_eq!(status, axum::http::StatusCode::TOO_MANY_REQUESTS);
-        assert!(s.admit("b1", user("b"), None, &config).await.is_ok());
-        let (status, _) = s.admit("c1", user("c"), None, &config).await.unwrap_err();
+        assert!(s.admit("b1", user("b"), None).await.is_ok());
+        let (status, _) = s.admit("c1", user("c"), None).await.unwrap_err();
         assert_eq!(status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(s.len(), 3);
 
@@ -488,8 +489,7 @@ mod tests {
     #[tokio::test]
     async fn only_a_hibernated_session_is_restored_and_only_once() {
         let s = sessions(Some(Duration::ZERO), Duration::from_secs(60));
-        let config = McpConfig::new("127.0.0.1:0".parse().unwrap());
-        s.admit("x", user("a"), Some([1, 2, 3, 4]), &config).await.unwrap();
+        s.admit("x", user("a"), Some([1, 2, 3, 4])).await.unwrap();
         let params: InitializeRequestParams = serde_json::from_value(serde_json::json!({
             "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}
         }))
@@ -506,9 +506,8 @@ mod tests {
     #[tokio::test]
     async fn a_sweep_ends_closed_and_expired_sessions_and_keeps_held_and_busy_ones() {
         let s = sessions(Some(Duration::ZERO), Duration::from_millis(50));
-        let config = McpConfig::new("127.0.0.1:0".parse().unwrap());
         for id in ["closed", "asleep", "held", "busy"] {
-            s.admit(id, user("a"), None, &config).await.unwrap();
+            s.admit(id, user("a"), None).await.unwrap();
         }
         // None of them has a worker here: "closed" is a live one rmcp has closed.
         set_phase(&s, "asleep", Phase::Hibernated);
